@@ -1,0 +1,26 @@
+//! Domain values of talkgate: what a request *is*, independent of how it travels.
+//!
+//! Every value here is validated when it is built (`parse` / `TryFrom`) and immutable
+//! afterwards, so code that holds one never has to check it again: a [`TalkId`] that
+//! reaches an upstream URL cannot contain `/` or `..`, a [`Priority`] is one of four
+//! levels and never a silent default.
+//!
+//! # Layout
+//! - [`priority`]: [`Priority`], the four request classes the limiter orders by.
+//! - [`talk`]: [`TalkId`], [`TalkStatus`], [`Talk`] and its parts, as D-ID returns them.
+//! - [`request`]: [`TalkRequest`], a `POST /talks` body with D-ID's validation rules.
+//! - [`upload`]: [`UploadKind`], [`MediaType`] content sniffing, [`Upload`], [`Asset`].
+//!
+//! This crate does no I/O and depends on nothing that does (checked by `cargo xtask test`).
+
+pub mod priority;
+pub mod request;
+pub mod talk;
+pub mod upload;
+
+pub use priority::{ParsePriorityError, Priority};
+pub use request::{Script, TalkConfig, TalkRequest, TalkRequestError};
+pub use talk::{
+    CreatedTalk, Credits, InvalidTalkId, Talk, TalkError, TalkId, TalkPage, TalkStatus,
+};
+pub use upload::{Asset, AssetId, MediaType, Upload, UploadError, UploadKind};

@@ -1,0 +1,1 @@
+//! The ConcurrencyLimiter contract suite (being written).

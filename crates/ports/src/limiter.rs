@@ -1,0 +1,237 @@
+//! The concurrency-limiter port: a bounded number of slots, handed out by priority.
+//!
+//! # Contract
+//! Every adapter guarantees, and the contract suite (`ports::contract`) checks:
+//! - at most `max_concurrent` permits are alive at any moment (across all processes, for a
+//!   distributed adapter);
+//! - a waiter is served before every waiter of a lower priority, and after every earlier
+//!   waiter of its own priority (strict priority, FIFO within a class);
+//! - a freed slot goes straight to the head waiter: a later `acquire` cannot take it first;
+//! - dropping a pending `acquire` future removes its place in the queue and takes no slot;
+//! - dropping a [`Permit`] frees its slot, also while a task unwinds from a panic; a slot is
+//!   freed at most once, so releases can never raise capacity above the limit.
+//!
+//! # Releasing a permit
+//! [`Permit`] is a value. Dropping it releases the slot: synchronously for an in-process
+//! adapter, by a spawned task for an adapter that needs I/O (Redis), whose server-side lease
+//! is the last safety net. [`Permit::release`] releases it and waits until the backend
+//! confirms, reporting a backend error instead of logging it; callers that can `.await`
+//! should prefer it. Either way a permit is released exactly once.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::Priority;
+use serde::{Deserialize, Serialize};
+
+/// Why a limiter could not grant a permit or apply a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimiterError {
+    /// No slot became free within the caller's wait timeout. The queue entry is gone.
+    #[error("no {priority} slot free within {waited:?}")]
+    Timeout {
+        /// The priority that was waited for.
+        priority: Priority,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// `set_limit` was given a limit of zero.
+    #[error("invalid limit {given}: must be at least 1")]
+    InvalidLimit {
+        /// The rejected value.
+        given: u32,
+    },
+    /// The backend failed and no fallback could serve the call.
+    #[error("limiter backend unavailable: {message}")]
+    Unavailable {
+        /// What went wrong (never contains credentials).
+        message: String,
+    },
+}
+
+/// The adapter side of a [`Permit`]: how one granted slot is given back.
+///
+/// Adapters implement this; callers only see [`Permit`], which calls exactly one of the two
+/// release methods exactly once.
+pub trait PermitHandle: Send + Sync + 'static {
+    /// Gives the slot back without blocking. Called from `Drop` (also during unwinding), so
+    /// it must not panic; an adapter that needs I/O spawns the release here.
+    fn release_on_drop(self: Box<Self>);
+
+    /// Gives the slot back and resolves once the backend has confirmed it.
+    fn release(
+        self: Box<Self>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), LimiterError>> + Send + 'static>>;
+
+    /// Whether the adapter knows this slot has been lost (a distributed lease expired and was
+    /// reclaimed by others). The default says no.
+    fn is_lost(&self) -> bool {
+        false
+    }
+}
+
+/// One granted slot. Dropping it frees the slot; see the module docs.
+#[must_use = "a permit frees its slot as soon as it is dropped"]
+pub struct Permit {
+    handle: Option<Box<dyn PermitHandle>>,
+    priority: Priority,
+    waited: Duration,
+}
+
+impl Permit {
+    /// Wraps an adapter's handle. `waited` is the time spent queued before the grant.
+    pub fn new(handle: Box<dyn PermitHandle>, priority: Priority, waited: Duration) -> Self {
+        Permit {
+            handle: Some(handle),
+            priority,
+            waited,
+        }
+    }
+
+    /// The priority this permit was granted at.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// How long the acquire waited in the queue (zero when granted at once).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// Whether the backend reports the slot as lost (see [`PermitHandle::is_lost`]).
+    pub fn is_lost(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| h.is_lost())
+    }
+
+    /// Releases the slot and waits for the backend to confirm.
+    pub async fn release(mut self) -> Result<(), LimiterError> {
+        match self.handle.take() {
+            Some(handle) => handle.release().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.release_on_drop();
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("priority", &self.priority)
+            .field("waited", &self.waited)
+            .field("held", &self.handle.is_some())
+            .finish()
+    }
+}
+
+/// Waiters currently queued, per priority.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedByPriority {
+    /// Queued `low` waiters.
+    pub low: u32,
+    /// Queued `normal` waiters.
+    pub normal: u32,
+    /// Queued `high` waiters.
+    pub high: u32,
+    /// Queued `critical` waiters.
+    pub critical: u32,
+}
+
+impl QueuedByPriority {
+    /// The count for one priority.
+    pub fn get(&self, priority: Priority) -> u32 {
+        match priority {
+            Priority::Low => self.low,
+            Priority::Normal => self.normal,
+            Priority::High => self.high,
+            Priority::Critical => self.critical,
+        }
+    }
+
+    /// A mutable reference to the count for one priority.
+    pub fn get_mut(&mut self, priority: Priority) -> &mut u32 {
+        match priority {
+            Priority::Low => &mut self.low,
+            Priority::Normal => &mut self.normal,
+            Priority::High => &mut self.high,
+            Priority::Critical => &mut self.critical,
+        }
+    }
+
+    /// All queued waiters.
+    pub fn total(&self) -> u32 {
+        self.low + self.normal + self.high + self.critical
+    }
+}
+
+/// Monotonic counters since the limiter was built (per process for distributed adapters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimiterCounters {
+    /// Permits granted without queueing.
+    pub acquired_immediately: u64,
+    /// Permits granted after queueing.
+    pub acquired_after_wait: u64,
+    /// Acquires that gave up at their wait timeout.
+    pub timeouts: u64,
+    /// Acquires dropped while queued (caller went away).
+    pub cancelled: u64,
+    /// Permits given back.
+    pub released: u64,
+    /// Permits whose lease was found expired while still held (distributed adapters).
+    pub leases_lost: u64,
+    /// Expired leases or waiter tickets of dead holders removed (distributed adapters).
+    pub leases_reclaimed: u64,
+}
+
+/// A snapshot of a limiter's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimiterStats {
+    /// Which backend answered: `"memory"` or `"redis"`.
+    pub backend: String,
+    /// True while a distributed limiter runs on its local fallback.
+    pub degraded: bool,
+    /// The limit.
+    pub max_concurrent: u32,
+    /// Permits alive now (may exceed the limit right after `set_limit` lowered it).
+    pub active: u32,
+    /// Slots free now (`max_concurrent - active`, never negative).
+    pub available: u32,
+    /// Waiters queued now, per priority.
+    pub queued: QueuedByPriority,
+    /// Event counters.
+    pub counters: LimiterCounters,
+    /// The longest wait of any granted acquire so far, in milliseconds.
+    pub max_wait_ms: u64,
+    /// How long the oldest current waiter has been queued, in milliseconds (0 if none).
+    pub oldest_queued_ms: u64,
+}
+
+/// A priority-aware concurrency limiter. Object-safe; inject it as `Arc<dyn ConcurrencyLimiter>`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ConcurrencyLimiter: Send + Sync {
+    /// Waits up to `wait_timeout` for a slot at `priority` (a zero timeout only takes a slot
+    /// that is free now with nobody queued). Cancel-safe: dropping the future leaves no trace.
+    async fn acquire(
+        &self,
+        priority: Priority,
+        wait_timeout: Duration,
+    ) -> Result<Permit, LimiterError>;
+
+    /// A snapshot of the limiter's state. Infallible: a distributed adapter that cannot reach
+    /// its backend reports its fallback's state with `degraded: true`.
+    async fn stats(&self) -> LimiterStats;
+
+    /// Changes the limit (≥ 1). Raising it admits waiters at once; lowering it lets holders
+    /// finish, admitting nobody until `active` is below the new limit.
+    async fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError>;
+}

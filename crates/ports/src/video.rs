@@ -1,0 +1,196 @@
+//! The video port: D-ID's operations as talkgate uses them, with one closed error type.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::{
+    Asset, AssetId, CreatedTalk, Credits, Priority, Talk, TalkId, TalkPage, TalkRequest, Upload,
+};
+
+use crate::limiter::LimiterError;
+
+/// Everything that can go wrong talking to D-ID, closed so callers can map each case.
+///
+/// Messages never contain credentials; upstream descriptions are D-ID's own words.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VideoApiError {
+    /// No API key is configured, so no call was made.
+    #[error("D-ID API key is not configured")]
+    NotConfigured,
+    /// D-ID rejected the credentials (401, or a gateway 403 without a D-ID error kind).
+    #[error("D-ID rejected the credentials (HTTP {status})")]
+    Unauthorized {
+        /// 401 or 403.
+        status: u16,
+    },
+    /// The account may not do this (403 `PermissionError`, e.g. stitch on some plans).
+    #[error("D-ID refused permission: {description}")]
+    Forbidden {
+        /// D-ID's description.
+        description: String,
+    },
+    /// The account has no credits left (402).
+    #[error("D-ID account has insufficient credits")]
+    InsufficientCredits,
+    /// The resource does not exist (404).
+    #[error("not found at D-ID: {description}")]
+    NotFound {
+        /// D-ID's description.
+        description: String,
+    },
+    /// The talk is still in progress (409 on delete).
+    #[error("D-ID resource not ready: {description}")]
+    NotReady {
+        /// D-ID's description.
+        description: String,
+    },
+    /// D-ID refused the input (400, 413, 415, 422, 451).
+    #[error("D-ID rejected the request ({kind}): {description}")]
+    Validation {
+        /// The HTTP status.
+        status: u16,
+        /// D-ID's error kind (`ValidationError`, `BadRequestError`, …).
+        kind: String,
+        /// D-ID's description.
+        description: String,
+        /// D-ID's details object, if any.
+        details: Option<serde_json::Value>,
+    },
+    /// D-ID throttled the call (429).
+    #[error("rate limited by D-ID (retry after {retry_after:?})")]
+    RateLimited {
+        /// The server's `Retry-After` / `retry-after-ms`, if it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// D-ID failed (5xx), after all retries.
+    #[error("D-ID server error: HTTP {status}")]
+    Server {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// No response in time (per-request timeout or the call's total deadline).
+    #[error("D-ID did not answer in time")]
+    Timeout,
+    /// The connection failed or was cut.
+    #[error("could not reach D-ID: {message}")]
+    Connect {
+        /// What failed.
+        message: String,
+    },
+    /// D-ID answered something this client cannot understand.
+    #[error("unexpected answer from D-ID: {message}")]
+    Protocol {
+        /// What was wrong.
+        message: String,
+    },
+    /// The talk ended in `error`.
+    #[error("talk {talk_id} failed ({kind}): {description}")]
+    TalkFailed {
+        /// The talk.
+        talk_id: TalkId,
+        /// D-ID's error kind (`FaceError`, …).
+        kind: String,
+        /// D-ID's description.
+        description: String,
+    },
+    /// The talk ended in `rejected`.
+    #[error("talk {talk_id} was rejected: {description}")]
+    TalkRejected {
+        /// The talk.
+        talk_id: TalkId,
+        /// D-ID's description, if any.
+        description: String,
+    },
+    /// The talk was not finished within the wait bound; it may still finish later.
+    #[error("talk {talk_id} not finished after {waited:?}")]
+    TalkTimedOut {
+        /// The talk, so the caller can resume polling.
+        talk_id: TalkId,
+        /// How long was waited.
+        waited: Duration,
+    },
+    /// No concurrency slot could be had.
+    #[error(transparent)]
+    Limiter(#[from] LimiterError),
+}
+
+impl VideoApiError {
+    /// Whether the same call may succeed if repeated: timeouts, connection failures and 5xx.
+    /// A 429 is not retryable by default (a retry policy may opt in and honour `retry_after`).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            VideoApiError::Server { .. } | VideoApiError::Timeout | VideoApiError::Connect { .. }
+        )
+    }
+}
+
+/// How long [`VideoApi::create_talk_and_wait`] polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitOptions {
+    /// Pause between two status polls (jitter is added by the adapter).
+    pub poll_interval: Duration,
+    /// Give up (with [`VideoApiError::TalkTimedOut`]) after this long.
+    pub max_wait: Duration,
+}
+
+impl Default for WaitOptions {
+    /// 5 s between polls, at most 10 minutes.
+    fn default() -> Self {
+        WaitOptions {
+            poll_interval: Duration::from_secs(5),
+            max_wait: Duration::from_secs(600),
+        }
+    }
+}
+
+/// D-ID's talk and upload operations. Each call takes the caller's priority, which the
+/// adapter uses for its concurrency slot. Object-safe; inject it as `Arc<dyn VideoApi>`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait VideoApi: Send + Sync {
+    /// `POST /images`; `upload` must be of kind image.
+    async fn upload_image(
+        &self,
+        upload: Upload,
+        priority: Priority,
+    ) -> Result<Asset, VideoApiError>;
+    /// `POST /audios`; `upload` must be of kind audio.
+    async fn upload_audio(
+        &self,
+        upload: Upload,
+        priority: Priority,
+    ) -> Result<Asset, VideoApiError>;
+    /// `DELETE /images/{id}`.
+    async fn delete_image(&self, id: &AssetId, priority: Priority) -> Result<(), VideoApiError>;
+    /// `DELETE /audios/{id}`.
+    async fn delete_audio(&self, id: &AssetId, priority: Priority) -> Result<(), VideoApiError>;
+    /// `POST /talks`, exactly once even when the adapter retries.
+    async fn create_talk(
+        &self,
+        request: &TalkRequest,
+        priority: Priority,
+    ) -> Result<CreatedTalk, VideoApiError>;
+    /// `GET /talks/{id}`.
+    async fn get_talk(&self, id: &TalkId, priority: Priority) -> Result<Talk, VideoApiError>;
+    /// `GET /talks?limit=&token=`.
+    async fn list_talks(
+        &self,
+        limit: Option<u32>,
+        token: Option<String>,
+        priority: Priority,
+    ) -> Result<TalkPage, VideoApiError>;
+    /// `DELETE /talks/{id}` (409 → [`VideoApiError::NotReady`] while in progress).
+    async fn delete_talk(&self, id: &TalkId, priority: Priority) -> Result<Talk, VideoApiError>;
+    /// `GET /credits`.
+    async fn credits(&self, priority: Priority) -> Result<Credits, VideoApiError>;
+    /// Creates a talk and polls it until it is terminal: the `done` talk, or
+    /// [`VideoApiError::TalkFailed`], [`VideoApiError::TalkRejected`],
+    /// [`VideoApiError::TalkTimedOut`]. No slot is held between polls.
+    async fn create_talk_and_wait(
+        &self,
+        request: &TalkRequest,
+        priority: Priority,
+        wait: WaitOptions,
+    ) -> Result<Talk, VideoApiError>;
+}
