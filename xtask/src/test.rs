@@ -1,0 +1,115 @@
+//! `cargo xtask test`: the gate. Fast checks first, so a formatting slip fails in seconds.
+//!
+//! 1. `cargo fmt --check`
+//! 2. the layering check (architecture invariant: `domain` and `ports` stay free of I/O)
+//! 3. `cargo clippy --workspace --all-targets -- -D warnings`
+//! 4. `cargo test --workspace` (Redis and end-to-end tests included; they start their own
+//!    servers)
+//! 5. `cargo doc --workspace --no-deps` with broken intra-doc links denied
+
+use anyhow::{Result, bail};
+
+use crate::{cargo, run_step};
+
+/// Crates that do I/O (or are adapters). `domain` and `ports` must not depend on any of them
+/// in a normal build with default features.
+const IO_CRATES: &[&str] = &[
+    "hyper",
+    "hyper-util",
+    "h2",
+    "reqwest",
+    "fred",
+    "redis",
+    "tokio",
+    "mio",
+    "multer",
+    "socket2",
+    "limiter-memory",
+    "limiter-redis",
+    "did-client",
+    "did-fake",
+    "http-api",
+];
+
+/// Inner layers and what they may not reach, beyond [`IO_CRATES`] for the innermost two.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("domain", &["ports"]),
+    ("ports", &[]),
+    ("limiter-memory", &["limiter-redis", "did-client", "did-fake", "http-api"]),
+    ("limiter-redis", &["did-client", "did-fake", "http-api"]),
+    ("did-client", &["limiter-redis", "did-fake", "http-api"]),
+];
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    if let Some(extra) = args.first() {
+        bail!("`cargo xtask test` takes no arguments (got {extra:?})");
+    }
+    run_step("format", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    layering()?;
+    run_step(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run_step("tests", cargo().args(["test", "--workspace"]))?;
+    run_step(
+        "docs",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D rustdoc::broken_intra_doc_links"),
+    )?;
+    eprintln!("\nxtask test: all checks passed");
+    Ok(())
+}
+
+/// Fails if an inner crate depends (normal edges, default features) on a forbidden crate.
+fn layering() -> Result<()> {
+    eprintln!("\n==> layering: inner crates must not depend on I/O or outer crates");
+    let mut violations = Vec::new();
+    for &(krate, extra) in LAYERS {
+        let out = cargo()
+            .args([
+                "tree",
+                "--quiet",
+                "-p",
+                krate,
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "--format",
+                "{p}",
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "cargo tree -p {krate} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let innermost = matches!(krate, "domain" | "ports");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            let forbidden = extra.contains(&name) || (innermost && IO_CRATES.contains(&name));
+            if forbidden {
+                violations.push(format!("{krate} depends on {name}"));
+            }
+        }
+    }
+    if !violations.is_empty() {
+        violations.sort();
+        violations.dedup();
+        bail!(
+            "architecture invariant broken (see docs/ARCHITECTURE.md):\n  {}",
+            violations.join("\n  ")
+        );
+    }
+    eprintln!("layering: ok");
+    Ok(())
+}
