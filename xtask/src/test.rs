@@ -35,7 +35,10 @@ const IO_CRATES: &[&str] = &[
 const LAYERS: &[(&str, &[&str])] = &[
     ("domain", &["ports"]),
     ("ports", &[]),
-    ("limiter-memory", &["limiter-redis", "did-client", "did-fake", "http-api"]),
+    (
+        "limiter-memory",
+        &["limiter-redis", "did-client", "did-fake", "http-api"],
+    ),
     ("limiter-redis", &["did-client", "did-fake", "http-api"]),
     ("did-client", &["limiter-redis", "did-fake", "http-api"]),
 ];
@@ -75,15 +78,7 @@ fn layering() -> Result<()> {
     for &(krate, extra) in LAYERS {
         let out = cargo()
             .args([
-                "tree",
-                "--quiet",
-                "-p",
-                krate,
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-                "--format",
+                "tree", "--quiet", "-p", krate, "-e", "normal", "--prefix", "none", "--format",
                 "{p}",
             ])
             .output()?;

@@ -96,8 +96,12 @@ impl State {
     pub(crate) fn release_one(&mut self, now: Instant) {
         // `Permit` releases exactly once, so `active` is positive here; saturate anyway so
         // that no sequence of calls can ever create capacity.
-        debug_assert!(self.active > 0, "release without a held slot");
-        self.active = self.active.saturating_sub(1);
+        // This runs inside `Drop`, possibly while unwinding, so it reports instead of panicking.
+        if self.active == 0 {
+            tracing::error!("limiter release without a held slot; ignored");
+            return;
+        }
+        self.active -= 1;
         self.counters.released += 1;
         self.grant_waiters(now);
     }

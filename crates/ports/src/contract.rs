@@ -106,7 +106,10 @@ where
         permits.push(acquire_now(&*limiter, Priority::Normal).await);
     }
     let stats = limiter.stats().await;
-    assert_eq!((stats.active, stats.available, stats.max_concurrent), (3, 0, 3));
+    assert_eq!(
+        (stats.active, stats.available, stats.max_concurrent),
+        (3, 0, 3)
+    );
     let err = limiter
         .acquire(Priority::Critical, SHORT)
         .await
@@ -223,7 +226,10 @@ where
     // The next waiter of the same priority is served as soon as the holder leaves.
     let l = Arc::clone(&limiter);
     let next = tokio::spawn(async move { l.acquire(Priority::Normal, SERVED).await });
-    wait_for_stats(&*limiter, "the next waiter queued", |s| s.queued.normal == 1).await;
+    wait_for_stats(&*limiter, "the next waiter queued", |s| {
+        s.queued.normal == 1
+    })
+    .await;
     holder.release().await.unwrap();
     let permit = next.await.unwrap().expect("next waiter served");
     let stats = limiter.stats().await;
@@ -332,7 +338,11 @@ where
     let _holder = acquire_now(&*limiter, Priority::Normal).await;
     let started = Instant::now();
     let err = limiter.acquire(Priority::High, SHORT).await.unwrap_err();
-    assert!(started.elapsed() >= SHORT, "gave up early: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= SHORT,
+        "gave up early: {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         std::mem::discriminant(&err),
         std::mem::discriminant(&LimiterError::Timeout {
@@ -374,11 +384,17 @@ where
         held.push(w.await.unwrap().expect("admitted by the raised limit"));
     }
     let stats = limiter.stats().await;
-    assert_eq!((stats.max_concurrent, stats.active, stats.available), (3, 3, 0));
+    assert_eq!(
+        (stats.max_concurrent, stats.active, stats.available),
+        (3, 3, 0)
+    );
 
     limiter.set_limit(1).await.unwrap();
     let stats = limiter.stats().await;
-    assert_eq!((stats.max_concurrent, stats.active, stats.available), (1, 3, 0));
+    assert_eq!(
+        (stats.max_concurrent, stats.active, stats.available),
+        (1, 3, 0)
+    );
     held.pop().unwrap().release().await.unwrap();
     held.pop().unwrap().release().await.unwrap();
     assert!(
@@ -407,21 +423,26 @@ where
     let limiter = make(2).await;
     let stats = limiter.stats().await;
     assert!(!stats.backend.is_empty());
-    assert_eq!((stats.active, stats.available, stats.queued.total()), (0, 2, 0));
+    assert_eq!(
+        (stats.active, stats.available, stats.queued.total()),
+        (0, 2, 0)
+    );
     let a = acquire_now(&*limiter, Priority::Normal).await;
     assert_eq!(limiter.stats().await.active, 1);
     let b = acquire_now(&*limiter, Priority::Normal).await;
     let mut waiters = Vec::new();
-    for p in [Priority::Low, Priority::High, Priority::High, Priority::Critical] {
+    for p in [
+        Priority::Low,
+        Priority::High,
+        Priority::High,
+        Priority::Critical,
+    ] {
         let l = Arc::clone(&limiter);
         waiters.push(tokio::spawn(async move {
             l.acquire(p, SERVED).await.unwrap().release().await
         }));
     }
-    let stats = wait_for_stats(&*limiter, "four waiters queued", |s| {
-        s.queued.total() == 4
-    })
-    .await;
+    let stats = wait_for_stats(&*limiter, "four waiters queued", |s| s.queued.total() == 4).await;
     assert_eq!(
         (
             stats.queued.low,
@@ -503,8 +524,15 @@ where
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(violations.load(Ordering::SeqCst), 0, "more holders than the limit");
-    assert!(grants.load(Ordering::SeqCst) > 0, "nothing was ever granted");
+    assert_eq!(
+        violations.load(Ordering::SeqCst),
+        0,
+        "more holders than the limit"
+    );
+    assert!(
+        grants.load(Ordering::SeqCst) > 0,
+        "nothing was ever granted"
+    );
     let stats = wait_for_stats(&*limiter, "nothing held or queued at the end", |s| {
         s.active == 0 && s.queued.total() == 0
     })

@@ -31,7 +31,10 @@ async fn first_served(limiter: MemoryLimiter, gap: Duration) -> Vec<&'static str
         let l = Arc::clone(&limiter);
         let o = Arc::clone(&order);
         tasks.push(tokio::spawn(async move {
-            let p = l.acquire(priority, Duration::from_secs(3600)).await.unwrap();
+            let p = l
+                .acquire(priority, Duration::from_secs(3600))
+                .await
+                .unwrap();
             o.lock().unwrap().push(label);
             drop(p);
         }));
@@ -45,8 +48,7 @@ async fn first_served(limiter: MemoryLimiter, gap: Duration) -> Vec<&'static str
     for t in tasks {
         t.await.unwrap();
     }
-    let served = order.lock().unwrap().clone();
-    served
+    order.lock().unwrap().clone()
 }
 
 #[tokio::test(start_paused = true)]
@@ -84,14 +86,20 @@ async fn ageing_raises_by_one_class_only() {
             .ageing(Duration::from_secs(30))
             .build(),
     );
-    let holder = limiter.acquire(Priority::Normal, Duration::ZERO).await.unwrap();
+    let holder = limiter
+        .acquire(Priority::Normal, Duration::ZERO)
+        .await
+        .unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for (priority, label) in [(Priority::Low, "low"), (Priority::High, "high")] {
         let l = Arc::clone(&limiter);
         let o = Arc::clone(&order);
         tasks.push(tokio::spawn(async move {
-            let p = l.acquire(priority, Duration::from_secs(3600)).await.unwrap();
+            let p = l
+                .acquire(priority, Duration::from_secs(3600))
+                .await
+                .unwrap();
             o.lock().unwrap().push(label);
             drop(p);
         }));
