@@ -93,7 +93,7 @@ impl State {
     }
 
     /// Frees one slot and hands free slots to waiters.
-    pub(crate) fn release_one(&mut self, now: Instant) {
+    pub(crate) fn release_one(&mut self) {
         // `Permit` releases exactly once, so `active` is positive here; saturate anyway so
         // that no sequence of calls can ever create capacity.
         // This runs inside `Drop`, possibly while unwinding, so it reports instead of panicking.
@@ -103,18 +103,21 @@ impl State {
         }
         self.active -= 1;
         self.counters.released += 1;
-        self.grant_waiters(now);
+        self.grant_waiters();
     }
 
-    pub(crate) fn set_limit(&mut self, limit: u32, now: Instant) {
+    pub(crate) fn set_limit(&mut self, limit: u32) {
         self.limit = limit;
-        self.grant_waiters(now);
+        self.grant_waiters();
     }
 
     /// While a slot is free, gives it to the best waiter. The slot is counted as taken
     /// before the waiter runs: that is what makes the hand-off immune to barging.
-    fn grant_waiters(&mut self, now: Instant) {
-        while self.active < self.limit {
+    fn grant_waiters(&mut self) {
+        // The clock is only read when someone waits and ageing needs it.
+        let mut now = None;
+        while self.active < self.limit && !self.nobody_waiting() {
+            let now = *now.get_or_insert_with(Instant::now);
             let Some(class) = self.next_class(now) else {
                 return;
             };

@@ -21,6 +21,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,15 +56,18 @@ pub enum LimiterError {
 /// The adapter side of a [`Permit`]: how one granted slot is given back.
 ///
 /// Adapters implement this; callers only see [`Permit`], which calls exactly one of the two
-/// release methods exactly once.
+/// release methods exactly once per permit. The handle is shared (`Arc`), so an adapter whose
+/// permits need no identity (the in-memory limiter) can hand out clones of one `Arc` and grant
+/// a permit without allocating; an adapter with per-permit state (a Redis lease) allocates one
+/// `Arc` per permit and keeps any state it must take out of it behind a lock.
 pub trait PermitHandle: Send + Sync + 'static {
     /// Gives the slot back without blocking. Called from `Drop` (also during unwinding), so
     /// it must not panic; an adapter that needs I/O spawns the release here.
-    fn release_on_drop(self: Box<Self>);
+    fn release_on_drop(self: Arc<Self>);
 
     /// Gives the slot back and resolves once the backend has confirmed it.
     fn release(
-        self: Box<Self>,
+        self: Arc<Self>,
     ) -> Pin<Box<dyn Future<Output = Result<(), LimiterError>> + Send + 'static>>;
 
     /// Whether the adapter knows this slot has been lost (a distributed lease expired and was
@@ -76,14 +80,14 @@ pub trait PermitHandle: Send + Sync + 'static {
 /// One granted slot. Dropping it frees the slot; see the module docs.
 #[must_use = "a permit frees its slot as soon as it is dropped"]
 pub struct Permit {
-    handle: Option<Box<dyn PermitHandle>>,
+    handle: Option<Arc<dyn PermitHandle>>,
     priority: Priority,
     waited: Duration,
 }
 
 impl Permit {
     /// Wraps an adapter's handle. `waited` is the time spent queued before the grant.
-    pub fn new(handle: Box<dyn PermitHandle>, priority: Priority, waited: Duration) -> Self {
+    pub fn new(handle: Arc<dyn PermitHandle>, priority: Priority, waited: Duration) -> Self {
         Permit {
             handle: Some(handle),
             priority,
