@@ -1,0 +1,79 @@
+//! D-ID over HTTP: the reqwest adapter of [`ports::VideoApi`].
+//!
+//! [`DidClient`] talks to D-ID's REST API (`/images`, `/audios`, `/talks`, `/credits`) through
+//! one shared, pooled `reqwest::Client`, and fixes what the original Python client got wrong:
+//!
+//! - **Permits per exchange.** Each HTTP exchange takes a permit from the injected
+//!   [`ports::ConcurrencyLimiter`] at the caller's priority and returns it as soon as the
+//!   answer is read — never held while backing off or between status polls.
+//! - **Retries done right.** At most 3 attempts; timeouts, cut connections and 5xx are
+//!   retried, other 4xx never; 429 becomes [`ports::VideoApiError::RateLimited`] (retried only
+//!   if [`RetryPolicy::retry_rate_limited`], honouring `Retry-After` up to a cap). Backoff
+//!   2 s → 4 s → 8 s, capped at 10 s, with jitter; a total deadline bounds every call; after
+//!   the last attempt the caller gets the typed error itself, not a wrapper.
+//! - **Exactly-once talk creation.** `POST /talks` has no idempotency key, so every create
+//!   carries a random token in `user_data` (format in [`tag`]); after an ambiguous failure
+//!   (timeout, cut connection, 5xx) the client looks for the token in `GET /talks` before it
+//!   creates again, and reports a talk it found as created.
+//! - **Typed errors for every shape D-ID answers** (`{kind, description}`, the gateway's
+//!   `{message}`/`{Message}`, HTML, empty), uploads with their real content type, one
+//!   `Authorization: Basic base64(key)` for every call, a key that never reaches logs, `Debug`
+//!   or errors, and a client without a key that answers
+//!   [`ports::VideoApiError::NotConfigured`] without touching the network.
+//!
+//! # Layout
+//! - [`config`]: [`DidClientConfig`] (base URL, key, pool, timeouts, deadlines, retries) and
+//!   [`AuthScheme`].
+//! - `client`: [`DidClient`] — the exchange under a permit, the retry loop, exactly-once
+//!   create, polling; [`DidClientError`] for construction failures.
+//! - [`retry`]: [`RetryPolicy`], a pure function from attempt and error to a wait.
+//! - `errors`: D-ID's answers and transport failures → [`ports::VideoApiError`],
+//!   `Retry-After` parsing.
+//! - [`tag`]: the create token in `user_data`: format, 1000-character limit, stripping.
+//! - [`stats`]: [`DidClientStats`], the serializable snapshot of [`DidClient::stats`].
+//!
+//! # Example: using did-client from your own binary
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use did_client::{DidClient, DidClientConfig};
+//! use domain::{Priority, Script, TalkRequest};
+//! use limiter_memory::MemoryLimiter;
+//! use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
+//! use secrecy::SecretString;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // At most 4 exchanges with D-ID in flight, whoever asks; the pool keeps as many warm.
+//!     let limiter: Arc<dyn ConcurrencyLimiter> = Arc::new(MemoryLimiter::new(4));
+//!     let key = std::env::var("DID_API_KEY").ok().map(SecretString::from);
+//!     let config = DidClientConfig {
+//!         pool_max_idle_per_host: 4,
+//!         ..DidClientConfig::new(did_client::DEFAULT_BASE_URL, key)
+//!     };
+//!     let did: Arc<dyn VideoApi> = Arc::new(DidClient::new(config, limiter)?);
+//!
+//!     let request = TalkRequest::new(
+//!         Some("https://example.com/alice.jpg".to_owned()),
+//!         Script::Text { input: "Hello from talkgate!".to_owned() },
+//!     )?
+//!     .with_user_data("job-42".to_owned())?;
+//!     let talk = did
+//!         .create_talk_and_wait(&request, Priority::High, WaitOptions::default())
+//!         .await?;
+//!     tracing::info!(talk_id = %talk.id, result_url = ?talk.result_url, "video ready");
+//!     Ok(())
+//! }
+//! ```
+
+mod client;
+pub mod config;
+mod errors;
+pub mod retry;
+pub mod stats;
+pub mod tag;
+
+pub use client::{DidClient, DidClientError};
+pub use config::{AuthScheme, DEFAULT_BASE_URL, DidClientConfig};
+pub use retry::{RetryDecision, RetryPolicy};
+pub use stats::{DidClientStats, PoolStats};
