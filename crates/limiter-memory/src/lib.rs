@@ -73,7 +73,7 @@ impl Shared {
     }
 
     /// Gives one slot back and hands free slots to waiters.
-    fn release(&self) {
+    fn release_slot(&self) {
         self.lock().release_one();
     }
 }
@@ -244,13 +244,13 @@ impl ConcurrencyLimiter for MemoryLimiter {
 /// one of these exactly once per granted slot.
 impl PermitHandle for Shared {
     fn release_on_drop(self: Arc<Self>) {
-        self.release();
+        self.release_slot();
     }
 
     fn release(
         self: Arc<Self>,
     ) -> Pin<Box<dyn Future<Output = Result<(), LimiterError>> + Send + 'static>> {
-        Shared::release(&self);
+        self.release_slot();
         // A zero-sized future: boxing it does not allocate.
         Box::pin(std::future::ready(Ok(())))
     }
