@@ -1,11 +1,15 @@
 //! `cargo xtask`: talkgate's developer tasks, one module per subcommand.
 //!
 //! - `cargo xtask test`: the one gate (format, layering, clippy, tests, docs).
+//! - `cargo xtask demo`: fake D-ID + the service, walking a real request flow.
 //!
 //! Run `cargo xtask` without arguments for the list.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool talks to its user
 
+mod demo;
+mod media;
+mod procs;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -18,12 +22,15 @@ usage: cargo xtask <task>
 
 tasks:
   test    the gate: fmt --check, layering check, clippy -D warnings, all tests, docs
+  demo    fake D-ID + the service on free loopback ports, walking a real request flow
+          (in-memory limiter; the Redis limiter when REDIS_URL is set)
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
+        Some("demo") => demo::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -1,0 +1,149 @@
+//! Spawning talkgate's servers for the demo, the harness and the benchmarks: free loopback
+//! ports, logs to files under `target/xtask-logs/`, readiness checks, and shutdown that also
+//! happens when the task fails (children are killed when their handle is dropped).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+
+use crate::{cargo, root, run_step};
+
+/// Builds the given binaries (debug profile) so that spawning them is instant.
+pub(crate) fn build(packages: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.arg("build").arg("--quiet");
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    run_step("build", &mut cmd)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Where a debug binary of this workspace lands.
+pub(crate) fn bin(name: &str) -> PathBuf {
+    target_dir().join("debug").join(name)
+}
+
+/// Where the children's output goes.
+pub(crate) fn log_dir() -> PathBuf {
+    target_dir().join("xtask-logs")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the window for a race is tiny).
+pub(crate) fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A running child server. Dropping it kills the process.
+pub(crate) struct Server {
+    pub(crate) name: String,
+    pub(crate) base_url: String,
+    pub(crate) log: PathBuf,
+    child: Child,
+}
+
+impl Server {
+    /// Starts `program` with `args` and `envs`, output to `<log_dir>/<name>.log`.
+    pub(crate) fn spawn(
+        name: &str,
+        program: PathBuf,
+        args: &[String],
+        envs: &[(&str, String)],
+        port: u16,
+    ) -> Result<Server> {
+        std::fs::create_dir_all(log_dir())?;
+        let log = log_dir().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(&program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("could not start {}", program.display()))?;
+        Ok(Server {
+            name: name.to_owned(),
+            base_url: format!("http://127.0.0.1:{port}"),
+            log,
+            child,
+        })
+    }
+
+    /// The child's process id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits until `GET <base_url><path>` answers (any status), or fails after `within`.
+    pub(crate) async fn wait_ready(
+        &mut self,
+        client: &reqwest::Client,
+        path: &str,
+        within: Duration,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let url = format!("{}{path}", self.base_url);
+        loop {
+            if client.get(&url).send().await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited early ({status}); see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            if started.elapsed() > within {
+                bail!(
+                    "{} not ready after {within:?}; see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL", "STOP", "CONT") to the child.
+    pub(crate) fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().context("process already reaped")?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Asks the child to stop (SIGTERM), waits up to `grace`, then kills it.
+    pub(crate) async fn stop(mut self, grace: Duration) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            let _ = self.signal("TERM");
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
+                self.child.kill().await?;
+            }
+        }
+        Ok(())
+    }
+}
