@@ -1,0 +1,20 @@
+//! did-client's integration tests: one binary, over real HTTP on loopback.
+//!
+//! Modules against the scripted upstream (`support::Scripted`, exact bytes in and out):
+//! - `errors`: every error shape D-ID sends, and lenient parsing of what it returns;
+//! - `requests`: what goes on the wire (auth header, upload content types, create token);
+//! - `retries`: which failures are retried, how often, how long, within which deadline;
+//! - `permits`: a permit only during the exchange — not in backoff, not between polls, not
+//!   after cancellation;
+//! - `waiting`: `create_talk_and_wait` to done, error, rejected and timeout.
+//!
+//! Modules against `did-fake` (the realistic upstream):
+//! - `fake`: every operation, exactly-once create under create-then-fail, polling to each
+//!   end state.
+
+mod errors;
+mod permits;
+mod requests;
+mod retries;
+mod support;
+mod waiting;

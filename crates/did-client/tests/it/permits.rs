@@ -1,0 +1,136 @@
+//! A permit is held only while bytes are in flight: not while backing off, not between
+//! status polls, and never after the caller gave up on the call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{Priority, Script, TalkId, TalkRequest};
+use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
+use serde_json::json;
+
+use crate::support::{Reply, Scripted, client, config, eventually, limiter, talk_json};
+
+#[tokio::test]
+async fn no_permit_is_held_while_backing_off() {
+    let server = Scripted::start(|_, _| Reply::empty(503)).await;
+    let mut cfg = config(&server.base_url);
+    cfg.retry.base_delay = Duration::from_millis(600);
+    cfg.retry.max_delay = Duration::from_millis(600);
+    let slots = limiter(1);
+    let did = Arc::new(client(cfg, slots.clone()));
+    let call = tokio::spawn({
+        let did = did.clone();
+        async move { did.credits(Priority::Normal).await }
+    });
+    // `retries` is counted just before the client starts sleeping.
+    eventually("the first backoff", || did.stats().retries >= 1).await;
+    assert_eq!(
+        slots.stats().await.active,
+        0,
+        "the slot is free during the backoff"
+    );
+    // And usable by someone else: a zero-wait acquire only succeeds on a free slot.
+    let other = slots
+        .acquire(Priority::Low, Duration::ZERO)
+        .await
+        .expect("slot free during backoff");
+    drop(other);
+    call.abort();
+}
+
+#[tokio::test]
+async fn no_permit_is_held_between_polls() {
+    let server = Scripted::start(|seen, i| match seen.method.as_str() {
+        "POST" => Reply::json(201, json!({"id": "tlk_p", "status": "created"})),
+        _ if i < 4 => Reply::json(200, talk_json("tlk_p", "started")),
+        _ => Reply::json(200, talk_json("tlk_p", "done")),
+    })
+    .await;
+    let slots = limiter(1);
+    let did = Arc::new(client(config(&server.base_url), slots.clone()));
+    let wait = WaitOptions {
+        poll_interval: Duration::from_millis(300),
+        max_wait: Duration::from_secs(20),
+    };
+    let call = tokio::spawn({
+        let did = did.clone();
+        async move {
+            let request = TalkRequest::new(
+                None,
+                Script::Text {
+                    input: "hello".into(),
+                },
+            )
+            .unwrap();
+            did.create_talk_and_wait(&request, Priority::High, wait)
+                .await
+        }
+    });
+    eventually("the first poll", || {
+        did.stats().polls >= 1 && server.count() >= 2
+    })
+    .await;
+    // Between polls (≥ 270 ms apart with jitter) the slot is free.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(slots.stats().await.active, 0);
+    let other = slots
+        .acquire(Priority::Low, Duration::ZERO)
+        .await
+        .expect("slot free between polls");
+    drop(other);
+    let talk = call.await.unwrap().unwrap();
+    assert_eq!(talk.id.as_str(), "tlk_p");
+    assert_eq!(slots.stats().await.active, 0);
+    // One permit per exchange: 1 create + 4 polls, plus the test's own.
+    assert_eq!(slots.stats().await.counters.released, 1 + 4 + 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_call_leaves_no_permit_behind() {
+    let server = Scripted::start(|_, _| Reply::empty(200).after(Duration::from_secs(60))).await;
+    let slots = limiter(2);
+    let did = Arc::new(client(config(&server.base_url), slots.clone()));
+    let call = tokio::spawn({
+        let did = did.clone();
+        async move {
+            did.get_talk(&TalkId::parse("tlk_slow").unwrap(), Priority::Normal)
+                .await
+        }
+    });
+    eventually("the request in flight", || server.count() == 1).await;
+    assert_eq!(
+        slots.stats().await.active,
+        1,
+        "the permit is held during the exchange"
+    );
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        slots.stats().await.active,
+        0,
+        "dropping the call freed its slot"
+    );
+
+    // Dropping a future directly (no task) does the same.
+    let fut = did.credits(Priority::Low);
+    let timed_out = tokio::time::timeout(Duration::from_millis(200), fut).await;
+    assert!(timed_out.is_err());
+    assert_eq!(slots.stats().await.active, 0);
+}
+
+#[tokio::test]
+async fn a_full_limiter_is_a_typed_error_after_the_wait_timeout() {
+    let server = Scripted::start(|_, _| Reply::empty(204)).await;
+    let mut cfg = config(&server.base_url);
+    cfg.limiter_wait_timeout = Duration::from_millis(50);
+    let slots = limiter(1);
+    let did = client(cfg, slots.clone());
+    let held = slots
+        .acquire(Priority::Critical, Duration::ZERO)
+        .await
+        .unwrap();
+    let err = did.credits(Priority::Normal).await.unwrap_err();
+    assert!(matches!(err, ports::VideoApiError::Limiter(_)), "{err:?}");
+    assert_eq!(server.count(), 0, "nothing is sent without a permit");
+    drop(held);
+}

@@ -1,0 +1,200 @@
+//! What goes on the wire: one auth header for every call, real upload content types, the
+//! create token in `user_data`, paths and query strings.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use domain::{AssetId, Priority, Script, TalkId, TalkRequest, Upload, UploadKind};
+use ports::VideoApi;
+use serde_json::{Value, json};
+
+use crate::support::{KEY, PNG, Reply, Scripted, WAV, client, config, limiter, talk_json};
+
+fn upstream() -> impl Fn(&crate::support::Seen, usize) -> Reply + Send + Sync + 'static {
+    |seen, _| match (seen.method.as_str(), seen.path()) {
+        ("POST", "/images") => Reply::json(
+            201,
+            json!({"id": "img_abc", "url": "s3://d-id-images-prod/u/img_abc/face.png"}),
+        ),
+        ("POST", "/audios") => Reply::json(
+            201,
+            json!({"id": "aud123", "url": "s3://d-id-audios-prod/u/aud123/voice.wav", "duration": 1.5}),
+        ),
+        ("DELETE", _)
+            if seen.path().starts_with("/images/") || seen.path().starts_with("/audios/") =>
+        {
+            Reply::empty(204)
+        }
+        ("POST", "/talks") => Reply::json(
+            201,
+            json!({"id": "tlk_new", "object": "talk", "status": "created", "created_at": "2024-01-01T00:00:00.000Z"}),
+        ),
+        ("GET", "/talks/tlk_new") => {
+            // Echo the user_data that was sent, as D-ID does.
+            let mut t = talk_json("tlk_new", "done");
+            t["user_data"] = "job-7|tg:AbCdEfGhIjKlMnOp".into();
+            Reply::json(200, t)
+        }
+        ("GET", "/talks") => Reply::json(200, json!({"talks": []})),
+        ("GET", "/credits") => Reply::json(200, json!({"remaining": 1, "total": 2})),
+        _ => Reply::empty(404),
+    }
+}
+
+#[tokio::test]
+async fn every_call_sends_the_same_basic_base64_authorization() {
+    let server = Scripted::start(upstream()).await;
+    let did = client(config(&server.base_url), limiter(2));
+    let p = Priority::Normal;
+    let png = Upload::new(UploadKind::Image, Some("face.png"), Bytes::from_static(PNG)).unwrap();
+    let wav = Upload::new(
+        UploadKind::Audio,
+        Some("voice.wav"),
+        Bytes::from_static(WAV),
+    )
+    .unwrap();
+    let image = did.upload_image(png, p).await.unwrap();
+    assert_eq!(image.url, "s3://d-id-images-prod/u/img_abc/face.png");
+    assert_eq!(image.id, Some(AssetId::parse("img_abc").unwrap()));
+    did.upload_audio(wav, p).await.unwrap();
+    did.delete_image(&AssetId::parse("img_abc").unwrap(), p)
+        .await
+        .unwrap();
+    did.delete_audio(&AssetId::parse("aud123").unwrap(), p)
+        .await
+        .unwrap();
+    did.credits(p).await.unwrap();
+    did.list_talks(None, None, p).await.unwrap();
+
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(KEY)
+    );
+    let seen = server.seen();
+    assert_eq!(seen.len(), 6);
+    for request in &seen {
+        assert_eq!(
+            request.header("authorization"),
+            Some(expected.as_str()),
+            "{} {}",
+            request.method,
+            request.target
+        );
+        assert_eq!(request.header("accept"), Some("application/json"));
+    }
+    let paths: Vec<String> = seen
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.target))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "POST /images",
+            "POST /audios",
+            "DELETE /images/img_abc",
+            "DELETE /audios/aud123",
+            "GET /credits",
+            "GET /talks"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn uploads_carry_their_real_content_type_and_field() {
+    let server = Scripted::start(upstream()).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let p = Priority::High;
+    // Named .jpg but a PNG: the sniffed type wins (the original sent image/jpeg for all).
+    let png = Upload::new(
+        UploadKind::Image,
+        Some("photo.jpg"),
+        Bytes::from_static(PNG),
+    )
+    .unwrap();
+    did.upload_image(png, p).await.unwrap();
+    let wav = Upload::new(UploadKind::Audio, None, Bytes::from_static(WAV)).unwrap();
+    did.upload_audio(wav, p).await.unwrap();
+    let seen = server.seen();
+    let image = seen[0].body_text();
+    assert!(
+        seen[0]
+            .header("content-type")
+            .unwrap()
+            .starts_with("multipart/form-data; boundary=")
+    );
+    assert!(
+        image.contains(r#"name="image"; filename="photo.png""#),
+        "{image}"
+    );
+    assert!(image.contains("Content-Type: image/png"), "{image}");
+    assert!(!image.contains("image/jpeg"), "{image}");
+    let audio = seen[1].body_text();
+    assert!(
+        audio.contains(r#"name="audio"; filename="audio.wav""#),
+        "{audio}"
+    );
+    assert!(audio.contains("Content-Type: audio/wav"), "{audio}");
+}
+
+#[tokio::test]
+async fn creates_are_json_tagged_with_a_token_and_callers_see_their_own_user_data() {
+    let server = Scripted::start(upstream()).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let p = Priority::Normal;
+    let request = TalkRequest::new(
+        Some("https://x.test/alice.jpg".into()),
+        Script::Audio {
+            audio_url: "s3://d-id-audios-prod/u/aud123/voice.wav".into(),
+        },
+    )
+    .unwrap()
+    .with_user_data("job-7".into())
+    .unwrap();
+    let created = did.create_talk(&request, p).await.unwrap();
+    assert_eq!(created.id, TalkId::parse("tlk_new").unwrap());
+    let untagged = TalkRequest::new(
+        None,
+        Script::Text {
+            input: "hello".into(),
+        },
+    )
+    .unwrap();
+    did.create_talk(&untagged, p).await.unwrap();
+
+    let seen = server.seen();
+    assert_eq!(seen[0].header("content-type"), Some("application/json"));
+    let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    let user_data = body["user_data"].as_str().unwrap();
+    let token = user_data.strip_prefix("job-7|tg:").expect(user_data);
+    assert!(
+        token.len() == 16 && token.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{user_data}"
+    );
+    assert_eq!(body["source_url"], "https://x.test/alice.jpg");
+    assert_eq!(body["script"]["type"], "audio");
+    let body2: Value = serde_json::from_slice(&seen[1].body).unwrap();
+    let user_data2 = body2["user_data"].as_str().unwrap();
+    assert!(
+        user_data2.starts_with("tg:") && user_data2.len() == 19,
+        "{user_data2}"
+    );
+    assert_ne!(
+        &user_data[user_data.len() - 16..],
+        &user_data2[3..],
+        "a fresh token per create"
+    );
+
+    // The tag never reaches the caller.
+    let talk = did.get_talk(&created.id, p).await.unwrap();
+    assert_eq!(talk.user_data.as_deref(), Some("job-7"));
+    assert_eq!(did.stats().creates, 2);
+}
+
+#[tokio::test]
+async fn list_talks_passes_limit_and_token() {
+    let server = Scripted::start(upstream()).await;
+    let did = client(config(&server.base_url), limiter(1));
+    did.list_talks(Some(5), Some("abc=".into()), Priority::Low)
+        .await
+        .unwrap();
+    assert_eq!(server.seen()[0].target, "/talks?limit=5&token=abc%3D");
+}

@@ -1,0 +1,275 @@
+//! Which failures are retried, how often and how long: timeouts, cut connections and 5xx
+//! up to 3 attempts with growing waits; 4xx never; 429 only when asked; the caller always
+//! gets the typed error; a total deadline bounds the call.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use domain::{Priority, Script, TalkRequest};
+use ports::{VideoApi, VideoApiError};
+use serde_json::json;
+
+use crate::support::{Reply, Scripted, client, config, limiter};
+
+fn credits() -> Reply {
+    Reply::json(200, json!({"remaining": 1, "total": 1}))
+}
+
+#[tokio::test]
+async fn server_errors_are_tried_three_times_then_returned_typed() {
+    let server =
+        Scripted::start(|_, _| Reply::raw(502, "text/html", "<html>bad gateway</html>")).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let started = Instant::now();
+    let err = did.credits(Priority::Normal).await.unwrap_err();
+    let elapsed = started.elapsed();
+    // The typed error itself, not a "retry error" wrapper.
+    assert_eq!(err, VideoApiError::Server { status: 502 });
+    assert_eq!(server.count(), 3);
+    let stats = did.stats();
+    assert_eq!((stats.requests, stats.retries), (3, 2));
+    assert_eq!(stats.responses.get(&502), Some(&3));
+    // Waits of 20 ms then 40 ms, each shortened by at most 25 % jitter.
+    assert!(elapsed >= Duration::from_millis(45), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_transient_failure_then_success_succeeds() {
+    let server = Scripted::start(|_, i| if i < 2 { Reply::empty(503) } else { credits() }).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let credits = did.credits(Priority::Normal).await.unwrap();
+    assert_eq!(credits.remaining, 1);
+    assert_eq!(did.stats().retries, 2);
+}
+
+#[tokio::test]
+async fn client_errors_are_never_retried() {
+    for status in [400, 401, 402, 403, 404, 409, 413, 415, 422, 451] {
+        let server = Scripted::start(move |_, _| Reply::empty(status)).await;
+        let did = client(config(&server.base_url), limiter(1));
+        let err = did.credits(Priority::Normal).await.unwrap_err();
+        assert!(!err.is_retryable(), "{status}: {err:?}");
+        assert_eq!(server.count(), 1, "{status} was retried");
+        assert_eq!(did.stats().retries, 0);
+    }
+}
+
+#[tokio::test]
+async fn rate_limits_are_not_retried_by_default() {
+    let server = Scripted::start(|_, _| Reply::empty(429).header("retry-after-ms", "10")).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let err = did.credits(Priority::Normal).await.unwrap_err();
+    assert_eq!(
+        err,
+        VideoApiError::RateLimited {
+            retry_after: Some(Duration::from_millis(10))
+        }
+    );
+    assert_eq!(server.count(), 1);
+}
+
+#[tokio::test]
+async fn opted_in_rate_limit_retries_wait_what_the_server_asks() {
+    let server = Scripted::start(|_, i| {
+        if i == 0 {
+            Reply::empty(429).header("retry-after-ms", "150")
+        } else {
+            credits()
+        }
+    })
+    .await;
+    let mut cfg = config(&server.base_url);
+    cfg.retry.retry_rate_limited = true;
+    let did = client(cfg, limiter(1));
+    let started = Instant::now();
+    did.credits(Priority::Normal).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.count(), 2);
+
+    // A server asking for more than the cap is not waited for.
+    let slow = Scripted::start(|_, _| Reply::empty(429).header("retry-after", "3600")).await;
+    let mut cfg = config(&slow.base_url);
+    cfg.retry.retry_rate_limited = true;
+    let did = client(cfg, limiter(1));
+    let err = did.credits(Priority::Normal).await.unwrap_err();
+    assert_eq!(
+        err,
+        VideoApiError::RateLimited {
+            retry_after: Some(Duration::from_secs(3600))
+        }
+    );
+    assert_eq!(slow.count(), 1);
+}
+
+#[tokio::test]
+async fn slow_answers_time_out_and_are_retried() {
+    let server = Scripted::start(|_, _| credits().after(Duration::from_millis(400))).await;
+    let mut cfg = config(&server.base_url);
+    cfg.request_timeout = Duration::from_millis(100);
+    let did = client(cfg, limiter(1));
+    let err = did.credits(Priority::Normal).await.unwrap_err();
+    assert_eq!(err, VideoApiError::Timeout);
+    assert_eq!(server.count(), 3);
+    assert_eq!(did.stats().transport_errors, 3);
+}
+
+#[tokio::test]
+async fn the_total_deadline_bounds_the_whole_call() {
+    let server = Scripted::start(|_, _| credits().after(Duration::from_secs(30))).await;
+    let mut cfg = config(&server.base_url);
+    cfg.call_deadline = Duration::from_millis(300);
+    let did = client(cfg, limiter(1));
+    let started = Instant::now();
+    let err = did.credits(Priority::Normal).await.unwrap_err();
+    assert_eq!(err, VideoApiError::Timeout);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn refused_connections_are_retried_and_reported_as_connect() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let did = client(config(&format!("http://127.0.0.1:{port}")), limiter(1));
+    let err = did.credits(Priority::Normal).await.unwrap_err();
+    assert!(matches!(err, VideoApiError::Connect { .. }), "{err:?}");
+    let stats = did.stats();
+    assert_eq!(
+        (stats.requests, stats.retries, stats.transport_errors),
+        (3, 2, 3)
+    );
+}
+
+#[tokio::test]
+async fn an_ambiguous_create_is_looked_up_before_it_is_sent_again() {
+    // The create makes the talk, then answers 504; the listing shows the talk.
+    let made: Arc<Mutex<Option<String>>> = Arc::default();
+    let server = Scripted::start({
+        let made = made.clone();
+        move |seen, _| match (seen.method.as_str(), seen.path()) {
+            ("POST", "/talks") => {
+                let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+                *made.lock().unwrap() = body["user_data"].as_str().map(str::to_owned);
+                Reply::json(504, json!({"message": "Endpoint request timed out"}))
+            }
+            ("GET", "/talks") => Reply::json(
+                200,
+                json!({"talks": [
+                    {"id": "tlk_other", "status": "done", "user_data": "job-9"},
+                    {"id": "tlk_made", "status": "created", "user_data": *made.lock().unwrap()},
+                ]}),
+            ),
+            _ => Reply::empty(404),
+        }
+    })
+    .await;
+    let did = client(config(&server.base_url), limiter(1));
+    let request = TalkRequest::new(
+        None,
+        Script::Text {
+            input: "hello".into(),
+        },
+    )
+    .unwrap()
+    .with_user_data("job-9".into())
+    .unwrap();
+    let created = did.create_talk(&request, Priority::Normal).await.unwrap();
+    assert_eq!(
+        created.id.as_str(),
+        "tlk_made",
+        "found by token, not by the caller's user_data"
+    );
+    let posts = server.seen().iter().filter(|s| s.method == "POST").count();
+    assert_eq!(posts, 1, "the talk was not created a second time");
+    assert_eq!(did.stats().create_recoveries, 1);
+}
+
+#[tokio::test]
+async fn an_ambiguous_create_not_found_is_sent_again_and_a_refused_one_is_not() {
+    let server = Scripted::start(|seen, i| match (seen.method.as_str(), seen.path()) {
+        // First create: 500 and nothing made. Second: created.
+        ("POST", "/talks") if i == 0 => Reply::empty(500),
+        ("POST", "/talks") => Reply::json(201, json!({"id": "tlk_2", "status": "created"})),
+        ("GET", "/talks") => Reply::json(200, json!({"talks": []})),
+        _ => Reply::empty(404),
+    })
+    .await;
+    let did = client(config(&server.base_url), limiter(1));
+    let request = TalkRequest::new(
+        None,
+        Script::Text {
+            input: "hello".into(),
+        },
+    )
+    .unwrap();
+    let created = did.create_talk(&request, Priority::Normal).await.unwrap();
+    assert_eq!(created.id.as_str(), "tlk_2");
+    let calls: Vec<String> = server
+        .seen()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.target))
+        .collect();
+    assert_eq!(
+        calls,
+        ["POST /talks", "GET /talks?limit=100", "POST /talks"]
+    );
+    assert_eq!(did.stats().create_recoveries, 0);
+
+    let refused = Scripted::start(|_, _| {
+        Reply::json(
+            400,
+            json!({"kind": "BadRequestError", "description": "invalid actor url"}),
+        )
+    })
+    .await;
+    let did = client(config(&refused.base_url), limiter(1));
+    let err = did
+        .create_talk(&request, Priority::Normal)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VideoApiError::Validation { status: 400, .. }),
+        "{err:?}"
+    );
+    assert_eq!(refused.count(), 1, "a 400 is neither retried nor looked up");
+}
+
+#[tokio::test]
+async fn an_untagged_create_is_never_repeated_after_an_ambiguous_failure() {
+    let server = Scripted::start(|_, _| Reply::empty(500)).await;
+    let did = client(config(&server.base_url), limiter(1));
+    // 990 characters leave no room for the 20-character tag.
+    let request = TalkRequest::new(
+        None,
+        Script::Text {
+            input: "hello".into(),
+        },
+    )
+    .unwrap()
+    .with_user_data("u".repeat(990))
+    .unwrap();
+    let err = did
+        .create_talk(&request, Priority::Normal)
+        .await
+        .unwrap_err();
+    assert_eq!(err, VideoApiError::Server { status: 500 });
+    assert_eq!(server.count(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&server.seen()[0].body).unwrap();
+    assert_eq!(
+        body["user_data"].as_str().map(str::len),
+        Some(990),
+        "sent as given"
+    );
+    assert_eq!(did.stats().creates_untagged, 1);
+}

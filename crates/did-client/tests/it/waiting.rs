@@ -1,0 +1,161 @@
+//! `create_talk_and_wait` ends in the done talk or a typed error carrying the talk id.
+
+use std::time::Duration;
+
+use domain::{Priority, Script, TalkRequest, TalkStatus};
+use ports::{VideoApi, VideoApiError, WaitOptions};
+use serde_json::json;
+
+use crate::support::{Reply, Scripted, client, config, limiter, talk_json};
+
+fn request() -> TalkRequest {
+    TalkRequest::new(
+        None,
+        Script::Text {
+            input: "hello".into(),
+        },
+    )
+    .unwrap()
+    .with_user_data("job-w".into())
+    .unwrap()
+}
+
+fn fast() -> WaitOptions {
+    WaitOptions {
+        poll_interval: Duration::from_millis(10),
+        max_wait: Duration::from_secs(10),
+    }
+}
+
+/// An upstream whose talk answers `statuses` to successive polls (the last one repeats).
+async fn upstream(statuses: &'static [serde_json::Value]) -> Scripted {
+    Scripted::start(move |seen, i| match seen.method.as_str() {
+        "POST" => Reply::json(201, json!({"id": "tlk_w", "status": "created"})),
+        _ => Reply::json(200, statuses[(i - 1).min(statuses.len() - 1)].clone()),
+    })
+    .await
+}
+
+#[tokio::test]
+async fn polls_until_done() {
+    let statuses: &'static [serde_json::Value] = Box::leak(Box::new([
+        talk_json("tlk_w", "created"),
+        talk_json("tlk_w", "started"),
+        {
+            let mut t = talk_json("tlk_w", "done");
+            t["user_data"] = "job-w|tg:AbCdEfGhIjKlMnOp".into();
+            t
+        },
+    ]));
+    let server = upstream(statuses).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let talk = did
+        .create_talk_and_wait(&request(), Priority::Normal, fast())
+        .await
+        .unwrap();
+    assert_eq!(talk.status, TalkStatus::Done);
+    assert_eq!(
+        talk.result_url.as_deref(),
+        Some("https://fake.test/result.mp4")
+    );
+    assert_eq!(talk.user_data.as_deref(), Some("job-w"));
+    assert_eq!(did.stats().polls, 3);
+}
+
+#[tokio::test]
+async fn an_error_talk_is_talk_failed_with_kind_and_description() {
+    let statuses: &'static [serde_json::Value] = Box::leak(Box::new([json!({
+        "id": "tlk_w", "status": "error",
+        "error": {"kind": "FaceError", "description": "No valid face detected", "details": "x"}
+    })]));
+    let server = upstream(statuses).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let err = did
+        .create_talk_and_wait(&request(), Priority::Normal, fast())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        VideoApiError::TalkFailed {
+            talk_id: domain::TalkId::parse("tlk_w").unwrap(),
+            kind: "FaceError".into(),
+            description: "No valid face detected".into(),
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_talk_is_talk_rejected() {
+    let statuses: &'static [serde_json::Value] =
+        Box::leak(Box::new([json!({"id": "tlk_w", "status": "rejected"})]));
+    let server = upstream(statuses).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let err = did
+        .create_talk_and_wait(&request(), Priority::Normal, fast())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VideoApiError::TalkRejected { ref talk_id, .. } if talk_id.as_str() == "tlk_w"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_talk_times_out_with_its_id() {
+    let statuses: &'static [serde_json::Value] =
+        Box::leak(Box::new([talk_json("tlk_w", "started")]));
+    let server = upstream(statuses).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let wait = WaitOptions {
+        poll_interval: Duration::from_millis(20),
+        max_wait: Duration::from_millis(300),
+    };
+    let started = std::time::Instant::now();
+    let err = did
+        .create_talk_and_wait(&request(), Priority::Normal, wait)
+        .await
+        .unwrap_err();
+    let VideoApiError::TalkTimedOut { talk_id, waited } = err else {
+        panic!("expected TalkTimedOut, got {err:?}");
+    };
+    assert_eq!(talk_id.as_str(), "tlk_w");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(did.stats().polls >= 5);
+}
+
+#[tokio::test]
+async fn transient_poll_failures_do_not_end_the_wait() {
+    let server = Scripted::start(|seen, i| match (seen.method.as_str(), i) {
+        ("POST", _) => Reply::json(201, json!({"id": "tlk_w", "status": "created"})),
+        // Three 502s in a row exhaust one poll's retries; polling goes on regardless.
+        (_, 1..=3) => Reply::raw(502, "text/html", "<html></html>"),
+        _ => Reply::json(200, talk_json("tlk_w", "done")),
+    })
+    .await;
+    let did = client(config(&server.base_url), limiter(1));
+    let talk = did
+        .create_talk_and_wait(&request(), Priority::Normal, fast())
+        .await
+        .unwrap();
+    assert_eq!(talk.status, TalkStatus::Done);
+    assert_eq!(did.stats().polls, 2);
+}
+
+#[tokio::test]
+async fn a_vanished_talk_ends_the_wait_with_not_found() {
+    let server = Scripted::start(|seen, _| match seen.method.as_str() {
+        "POST" => Reply::json(201, json!({"id": "tlk_w", "status": "created"})),
+        _ => Reply::json(
+            404,
+            json!({"kind": "NotFoundError", "description": "not found"}),
+        ),
+    })
+    .await;
+    let did = client(config(&server.base_url), limiter(1));
+    let err = did
+        .create_talk_and_wait(&request(), Priority::Normal, fast())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VideoApiError::NotFound { .. }), "{err:?}");
+}
