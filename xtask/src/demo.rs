@@ -76,7 +76,7 @@ async fn demo() -> Result<()> {
         ("D_ID_BASE_URL", fake.base_url.clone()),
         ("BIND_ADDR", format!("127.0.0.1:{api_port}")),
         ("MAX_CONCURRENT_REQUESTS", "2".to_owned()),
-        ("POLL_INTERVAL_MS", "300".to_owned()),
+        ("POLL_INTERVAL_SECS", "0.3".to_owned()),
     ];
     let backend = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {

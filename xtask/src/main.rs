@@ -2,12 +2,14 @@
 //!
 //! - `cargo xtask test`: the one gate (format, layering, clippy, tests, docs).
 //! - `cargo xtask demo`: fake D-ID + the service, walking a real request flow.
+//! - `cargo xtask harness`: multi-process fault-injection run that checks the invariants.
 //!
 //! Run `cargo xtask` without arguments for the list.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool talks to its user
 
 mod demo;
+mod harness;
 mod media;
 mod procs;
 mod test;
@@ -24,6 +26,8 @@ tasks:
   test    the gate: fmt --check, layering check, clippy -D warnings, all tests, docs
   demo    fake D-ID + the service on free loopback ports, walking a real request flow
           (in-memory limiter; the Redis limiter when REDIS_URL is set)
+  harness redis-server + did-fake with faults + N http-api processes, a seeded mixed
+          workload, invariants checked [--quick] [--seed N]
 ";
 
 fn main() -> ExitCode {
@@ -31,6 +35,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
+        Some("harness") => harness::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -147,3 +147,50 @@ impl Server {
         Ok(())
     }
 }
+
+/// Starts `redis-server` on a free loopback port, without persistence. Fails with the install
+/// command when the binary is missing.
+pub(crate) async fn spawn_redis(name: &str) -> Result<Server> {
+    let port = free_port()?;
+    let program = which("redis-server")
+        .context("redis-server not found: install it with `apt-get install -y redis-server`")?;
+    let args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let server = Server::spawn(name, program, &args, &[], port)?;
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "redis-server not accepting connections; see {}",
+                server.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Server {
+        base_url: format!("redis://127.0.0.1:{port}"),
+        ..server
+    })
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}

@@ -5,7 +5,8 @@
 //! 3. `cargo clippy --workspace --all-targets -- -D warnings`
 //! 4. `cargo test --workspace` (Redis and end-to-end tests included; they start their own
 //!    servers)
-//! 5. `cargo doc --workspace --no-deps` with broken intra-doc links denied
+//! 5. `cargo xtask harness --quick`: redis-server + did-fake with faults + 2 http-api processes
+//! 6. `cargo doc --workspace --no-deps` with broken intra-doc links denied
 
 use anyhow::{Result, bail};
 
@@ -61,6 +62,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         ]),
     )?;
     run_step("tests", cargo().args(["test", "--workspace"]))?;
+    eprintln!("\n==> harness (quick): multi-process run with faults, invariants checked");
+    crate::harness::run(&["--quick".to_owned()])?;
     run_step(
         "docs",
         cargo()
