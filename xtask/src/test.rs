@@ -74,6 +74,16 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The forbidden dependencies of `krate` in `cargo tree --prefix none --format {p}` output.
+fn forbidden_edges(krate: &str, extra: &[&str], tree: &str) -> Vec<String> {
+    let innermost = matches!(krate, "domain" | "ports");
+    tree.lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| extra.contains(name) || (innermost && IO_CRATES.contains(name)))
+        .map(|name| format!("{krate} depends on {name}"))
+        .collect()
+}
+
 /// Fails if an inner crate depends (normal edges, default features) on a forbidden crate.
 fn layering() -> Result<()> {
     eprintln!("\n==> layering: inner crates must not depend on I/O or outer crates");
@@ -91,14 +101,11 @@ fn layering() -> Result<()> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let innermost = matches!(krate, "domain" | "ports");
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            let forbidden = extra.contains(&name) || (innermost && IO_CRATES.contains(&name));
-            if forbidden {
-                violations.push(format!("{krate} depends on {name}"));
-            }
-        }
+        violations.extend(forbidden_edges(
+            krate,
+            extra,
+            &String::from_utf8_lossy(&out.stdout),
+        ));
     }
     if !violations.is_empty() {
         violations.sort();
@@ -110,4 +117,24 @@ fn layering() -> Result<()> {
     }
     eprintln!("layering: ok");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layering_flags_io_crates_in_inner_layers_only() {
+        let tree = "ports v0.1.0 (/x)\nserde v1.0.0\ntokio v1.0.0\nhyper v1.0.0\n";
+        assert_eq!(
+            forbidden_edges("ports", &[], tree),
+            ["ports depends on tokio", "ports depends on hyper"]
+        );
+        assert!(forbidden_edges("limiter-memory", &["http-api"], tree).is_empty());
+        let tree = "did-client v0.1.0\nhttp-api v0.1.0\n";
+        assert_eq!(
+            forbidden_edges("did-client", &["http-api"], tree),
+            ["did-client depends on http-api"]
+        );
+    }
 }
