@@ -620,13 +620,15 @@ impl DidClient {
                     }
                     ref status => debug!(%status, "talk not finished yet"),
                 },
-                // The talk keeps rendering while D-ID has a bad moment: keep polling, and if
-                // the bound passes the caller still gets the talk id to resume with.
+                // The talk keeps rendering while D-ID (or our own limiter) has a bad moment:
+                // keep polling, and if the bound passes the caller still gets the talk id to
+                // resume with.
                 Err(
                     error @ (VideoApiError::RateLimited { .. }
                     | VideoApiError::Server { .. }
                     | VideoApiError::Timeout
-                    | VideoApiError::Connect { .. }),
+                    | VideoApiError::Connect { .. }
+                    | VideoApiError::Limiter(_)),
                 ) => {
                     warn!(error = %error, "status poll failed; polling on");
                     if let VideoApiError::RateLimited {
