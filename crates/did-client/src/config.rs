@@ -101,6 +101,13 @@ impl DidClientConfig {
             ..DidClientConfig::default()
         }
     }
+
+    /// Sizes the pool for a limiter of `max_concurrent` slots: at least that many idle
+    /// connections are kept per host, so every permit holder finds a warm connection.
+    pub fn with_pool_for(mut self, max_concurrent: u32) -> Self {
+        self.pool_max_idle_per_host = self.pool_max_idle_per_host.max(max_concurrent as usize);
+        self
+    }
 }
 
 impl fmt::Debug for DidClientConfig {
@@ -147,5 +154,21 @@ mod tests {
         assert_eq!(cfg.pool_idle_timeout, Duration::from_secs(30));
         assert_eq!(cfg.retry.max_attempts, 3);
         assert!(cfg.api_key.is_none());
+    }
+
+    #[test]
+    fn the_pool_grows_to_the_limiter_but_never_shrinks() {
+        assert_eq!(
+            DidClientConfig::default()
+                .with_pool_for(32)
+                .pool_max_idle_per_host,
+            32
+        );
+        assert_eq!(
+            DidClientConfig::default()
+                .with_pool_for(2)
+                .pool_max_idle_per_host,
+            10
+        );
     }
 }

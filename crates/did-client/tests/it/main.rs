@@ -13,6 +13,7 @@
 //!   end state.
 
 mod errors;
+mod fake;
 mod permits;
 mod requests;
 mod retries;
