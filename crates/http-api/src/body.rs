@@ -1,0 +1,339 @@
+//! Reading request bodies: JSON and multipart uploads, always through a size limit.
+//!
+//! Every body is wrapped in `http_body_util::Limited` before a byte is buffered, so no
+//! request can make the service hold more than its route's limit in memory. Uploads are also
+//! bounded per field by multer, and their type is decided by [`domain::Upload::new`] from the
+//! content's magic bytes — the client's `Content-Type` and file name are not trusted.
+
+use bytes::Bytes;
+use domain::{Upload, UploadKind};
+use http::{HeaderMap, Request, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A boxed error, as bodies report them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Room for multipart headers, boundaries and a `priority` field next to the file.
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
+
+/// The media type of a request (`essence`: lowercase, without parameters).
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    Some(essence.to_ascii_lowercase())
+}
+
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    media_type(headers).is_some_and(|m| {
+        m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+    })
+}
+
+/// Whether a body-read error was the size limit.
+fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Reads a JSON body of at most `limit` bytes into `T`.
+///
+/// 415 without a JSON content type, 413 over the limit, 400 for malformed JSON, 422 for
+/// JSON of the wrong shape.
+pub async fn read_json<T, B>(req: Request<B>, limit: usize) -> Result<T, ApiError>
+where
+    T: DeserializeOwned,
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if !is_json(req.headers()) {
+        return Err(ApiError::UnsupportedMediaType {
+            expected: "application/json",
+        });
+    }
+    let bytes = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if is_too_large(e.as_ref()) {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::MalformedJson("the request body could not be read".to_owned())
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::InvalidBody(e.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::MalformedJson(e.to_string())
+            }
+        }
+    })
+}
+
+/// Drains a body the route does not read, up to `limit` bytes, so a keep-alive connection
+/// stays usable. Errors are ignored: the response does not depend on the body.
+pub async fn discard<B>(req: Request<B>, limit: usize)
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let _ = Limited::new(req.into_body(), limit).collect().await;
+}
+
+/// An upload form: the checked file, and the `priority` form field if one was sent.
+#[derive(Debug)]
+pub struct UploadForm {
+    /// The file, its type sniffed from its bytes.
+    pub upload: Upload,
+    /// The `priority` form field, unparsed.
+    pub priority: Option<String>,
+}
+
+/// Reads a `multipart/form-data` body with a `file` part of `kind` (and optionally a
+/// `priority` part). Unknown parts are skipped; only the first `file` part counts.
+pub async fn read_upload<B>(req: Request<B>, kind: UploadKind) -> Result<UploadForm, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if media_type(req.headers()).as_deref() != Some("multipart/form-data") {
+        return Err(ApiError::UnsupportedMediaType {
+            expected: "multipart/form-data",
+        });
+    }
+    let boundary = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| multer::parse_boundary(ct).ok())
+        .ok_or_else(|| {
+            ApiError::MalformedMultipart("the content type has no boundary".to_owned())
+        })?;
+
+    let max = kind.max_bytes();
+    let whole = max + MULTIPART_OVERHEAD;
+    let limits = multer::SizeLimit::new()
+        .whole_stream(whole as u64)
+        .per_field(MULTIPART_OVERHEAD as u64)
+        .for_field("file", max as u64)
+        .for_field("priority", 64);
+    let stream = Limited::new(req.into_body(), whole).into_data_stream();
+    let mut multipart = multer::Multipart::with_constraints(
+        stream,
+        boundary,
+        multer::Constraints::new().size_limit(limits),
+    );
+
+    let map_err = |e: multer::Error| -> ApiError {
+        match e {
+            multer::Error::FieldSizeExceeded { field_name, .. }
+                if field_name.as_deref() == Some("file") =>
+            {
+                ApiError::FileTooLarge { kind, max }
+            }
+            multer::Error::FieldSizeExceeded { .. } | multer::Error::StreamSizeExceeded { .. } => {
+                ApiError::PayloadTooLarge { limit: whole }
+            }
+            multer::Error::StreamReadFailed(inner) if is_too_large(inner.as_ref()) => {
+                ApiError::PayloadTooLarge { limit: whole }
+            }
+            other => ApiError::MalformedMultipart(other.to_string()),
+        }
+    };
+
+    let mut file: Option<(Option<String>, Bytes)> = None;
+    let mut priority = None;
+    while let Some(field) = multipart.next_field().await.map_err(map_err)? {
+        match field.name() {
+            Some("file") if file.is_none() => {
+                let name = field.file_name().map(str::to_owned);
+                let data = field.bytes().await.map_err(map_err)?;
+                file = Some((name, data));
+            }
+            Some("priority") if priority.is_none() => {
+                priority = Some(field.text().await.map_err(map_err)?);
+            }
+            // Other parts are skipped (as the original did); `next_field` drains them.
+            _ => {}
+        }
+    }
+    let (name, data) = file.ok_or(ApiError::MissingFile)?;
+    let upload = Upload::new(kind, name.as_deref(), data)?;
+    Ok(UploadForm { upload, priority })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    fn request(content_type: Option<&str>, body: Vec<u8>) -> Request<Full<Bytes>> {
+        let mut b = Request::post("/x");
+        if let Some(ct) = content_type {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        b.body(Full::new(Bytes::from(body))).unwrap()
+    }
+
+    fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, filename, data) in parts {
+            out.extend_from_slice(b"--XBOUNDARY\r\n");
+            let disp = match filename {
+                Some(f) => {
+                    format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n")
+                }
+                None => format!("Content-Disposition: form-data; name=\"{name}\"\r\n"),
+            };
+            out.extend_from_slice(disp.as_bytes());
+            out.extend_from_slice(b"Content-Type: application/octet-stream\r\n\r\n");
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"--XBOUNDARY--\r\n");
+        out
+    }
+
+    const MP: &str = "multipart/form-data; boundary=XBOUNDARY";
+    const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0];
+
+    async fn upload(ct: Option<&str>, body: Vec<u8>) -> Result<UploadForm, &'static str> {
+        read_upload(request(ct, body), UploadKind::Image)
+            .await
+            .map_err(|e| e.code())
+    }
+
+    #[tokio::test]
+    async fn json_bodies_are_checked_for_type_size_and_syntax() {
+        async fn read(
+            ct: Option<&str>,
+            body: &str,
+            limit: usize,
+        ) -> Result<serde_json::Value, &'static str> {
+            read_json(request(ct, body.as_bytes().to_vec()), limit)
+                .await
+                .map_err(|e| e.code())
+        }
+        assert!(
+            read(Some("application/json"), r#"{"a":1}"#, 100)
+                .await
+                .is_ok()
+        );
+        assert!(
+            read(Some("Application/JSON; charset=utf-8"), "{}", 100)
+                .await
+                .is_ok()
+        );
+        assert!(
+            read(Some("application/vnd.x+json"), "{}", 100)
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            read(Some("text/plain"), "{}", 100).await,
+            Err("unsupported_media_type")
+        );
+        assert_eq!(read(None, "{}", 100).await, Err("unsupported_media_type"));
+        assert_eq!(
+            read(Some("application/json"), "{", 100).await,
+            Err("malformed_json")
+        );
+        assert_eq!(
+            read(Some("application/json"), "[1,", 100).await,
+            Err("malformed_json")
+        );
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(200));
+        assert_eq!(
+            read(Some("application/json"), &big, 100).await,
+            Err("payload_too_large")
+        );
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Need {
+            a: u32,
+        }
+        let r = read_json::<Need, _>(
+            request(Some("application/json"), b"{\"b\":1}".to_vec()),
+            100,
+        )
+        .await;
+        assert_eq!(r.unwrap_err().code(), "invalid_request");
+    }
+
+    #[tokio::test]
+    async fn uploads_are_typed_by_content_and_bounded() {
+        let ok = upload(
+            Some(MP),
+            multipart(&[("priority", None, b"high"), ("file", Some("a.gif"), PNG)]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok.upload.filename(), "a.png");
+        assert_eq!(ok.priority.as_deref(), Some("high"));
+
+        let skipped = upload(
+            Some(MP),
+            multipart(&[("other", None, b"x"), ("file", None, PNG)]),
+        )
+        .await;
+        assert!(skipped.is_ok());
+
+        assert_eq!(
+            upload(Some("application/json"), b"{}".to_vec())
+                .await
+                .unwrap_err(),
+            "unsupported_media_type"
+        );
+        assert_eq!(
+            upload(Some("multipart/form-data"), vec![])
+                .await
+                .unwrap_err(),
+            "malformed_multipart"
+        );
+        assert_eq!(
+            upload(Some(MP), multipart(&[("priority", None, b"low")]))
+                .await
+                .unwrap_err(),
+            "missing_file"
+        );
+        assert_eq!(
+            upload(Some(MP), multipart(&[("file", Some("e.png"), b"")]))
+                .await
+                .unwrap_err(),
+            "empty_file"
+        );
+        assert_eq!(
+            upload(
+                Some(MP),
+                multipart(&[("file", Some("x.png"), b"GIF89a...")])
+            )
+            .await
+            .unwrap_err(),
+            "unsupported_file_type"
+        );
+        let mut big = PNG.to_vec();
+        big.resize(UploadKind::Image.max_bytes() + 1, 0);
+        assert_eq!(
+            upload(Some(MP), multipart(&[("file", Some("b.png"), &big)]))
+                .await
+                .unwrap_err(),
+            "file_too_large"
+        );
+        assert_eq!(
+            upload(Some(MP), b"garbage".to_vec()).await.unwrap_err(),
+            "malformed_multipart"
+        );
+    }
+}

@@ -1,0 +1,595 @@
+//! The service's one error type and the one place where errors become HTTP responses.
+//!
+//! Every handler returns `Result<_, ApiError>`; [`ApiError::into_response`] decides status,
+//! stable snake_case `code`, message and headers. Nothing else in the crate picks an error
+//! status. Messages are written for the API's caller: D-ID's own descriptions are passed on
+//! (they explain what to fix), internals are not, and credentials never appear because no
+//! error variant carries them. The full cause is logged once, by the request span in
+//! `server`, at the level [`ApiError::log_level_is_error`] asks for.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use domain::{InvalidTalkId, ParsePriorityError, TalkRequestError, UploadError};
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use ports::{LimiterError, VideoApiError};
+use serde_json::{Value, json};
+
+/// The response body type of the whole service.
+pub type Body = Full<Bytes>;
+
+/// `Retry-After` sent with a limiter-queue timeout: long enough for a slot to turn over,
+/// short enough that an interactive client is not told to go away for a minute.
+pub const QUEUE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A D-ID call (or its limiter slot) failed.
+    #[error(transparent)]
+    Upstream(#[from] VideoApiError),
+    /// The body was not valid JSON (syntax).
+    #[error("malformed JSON body: {0}")]
+    MalformedJson(String),
+    /// The JSON was well formed but did not have the expected shape.
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    /// A priority was none of the four names.
+    #[error(transparent)]
+    InvalidPriority(#[from] ParsePriorityError),
+    /// A talk id in the path was unsafe or malformed.
+    #[error(transparent)]
+    InvalidTalkId(#[from] InvalidTalkId),
+    /// The talk request broke one of D-ID's rules (checked before any paid call).
+    #[error(transparent)]
+    InvalidTalkRequest(#[from] TalkRequestError),
+    /// `config` of a generate request was not a valid talk config.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// An uploaded file was empty, too large or of the wrong type.
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    /// The `file` part was larger than the route accepts (found while streaming it).
+    #[error("the {kind} file is larger than the {max} bytes allowed")]
+    FileTooLarge {
+        /// The upload kind.
+        kind: domain::UploadKind,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// The multipart body had no `file` part.
+    #[error("missing multipart field \"file\"")]
+    MissingFile,
+    /// The multipart body was malformed.
+    #[error("malformed multipart body: {0}")]
+    MalformedMultipart(String),
+    /// The body was larger than the route accepts.
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The request's `Content-Type` is not what the route reads.
+    #[error("unsupported content type: expected {expected}")]
+    UnsupportedMediaType {
+        /// What the route reads.
+        expected: &'static str,
+    },
+    /// No route has this path.
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    /// The route exists but not for this method.
+    #[error("method not allowed; allowed: {}", .allow.join(", "))]
+    MethodNotAllowed {
+        /// The allowed methods.
+        allow: &'static [&'static str],
+    },
+    /// The bearer token is missing or wrong.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// An admin route was called while no `HTTP_API_TOKEN` is configured.
+    #[error("admin routes are disabled: set HTTP_API_TOKEN to enable them")]
+    AdminDisabled,
+    /// A bug: a handler panicked or an impossible state was reached.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        use VideoApiError as V;
+        match self {
+            ApiError::Upstream(e) => match e {
+                V::NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+                V::Unauthorized { .. } => StatusCode::BAD_GATEWAY,
+                V::Forbidden { .. } => StatusCode::FORBIDDEN,
+                V::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
+                V::NotFound { .. } => StatusCode::NOT_FOUND,
+                V::NotReady { .. } => StatusCode::CONFLICT,
+                V::Validation { status, .. } if *status == 400 => StatusCode::BAD_REQUEST,
+                V::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                V::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                V::Server { .. } | V::Connect { .. } | V::Protocol { .. } => {
+                    StatusCode::BAD_GATEWAY
+                }
+                V::Timeout | V::TalkTimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+                V::TalkFailed { .. } => StatusCode::BAD_GATEWAY,
+                V::TalkRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                V::Limiter(LimiterError::Timeout { .. }) => StatusCode::TOO_MANY_REQUESTS,
+                V::Limiter(LimiterError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+                V::Limiter(LimiterError::InvalidLimit { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidPriority(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidTalkId(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidTalkRequest(_) | ApiError::InvalidConfig(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Upload(UploadError::Empty { .. }) => StatusCode::BAD_REQUEST,
+            ApiError::Upload(UploadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Upload(UploadError::UnsupportedType { .. }) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::MissingFile | ApiError::MalformedMultipart(_) => StatusCode::BAD_REQUEST,
+            ApiError::FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, documented snake_case code (the contract clients switch on).
+    pub fn code(&self) -> &'static str {
+        use VideoApiError as V;
+        match self {
+            ApiError::Upstream(e) => match e {
+                V::NotConfigured => "upstream_not_configured",
+                V::Unauthorized { .. } => "upstream_auth_failed",
+                V::Forbidden { .. } => "upstream_permission_denied",
+                V::InsufficientCredits => "insufficient_credits",
+                V::NotFound { .. } => "not_found",
+                V::NotReady { .. } => "not_ready",
+                V::Validation { .. } => "upstream_validation_error",
+                V::RateLimited { .. } => "upstream_rate_limited",
+                V::Server { .. } => "upstream_error",
+                V::Connect { .. } => "upstream_unreachable",
+                V::Protocol { .. } => "upstream_protocol_error",
+                V::Timeout => "upstream_timeout",
+                V::TalkTimedOut { .. } => "talk_timeout",
+                V::TalkFailed { .. } => "talk_failed",
+                V::TalkRejected { .. } => "talk_rejected",
+                V::Limiter(LimiterError::Timeout { .. }) => "queue_timeout",
+                V::Limiter(LimiterError::Unavailable { .. }) => "limiter_unavailable",
+                V::Limiter(LimiterError::InvalidLimit { .. }) => "internal_error",
+            },
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::InvalidBody(_) => "invalid_request",
+            ApiError::InvalidPriority(_) => "invalid_priority",
+            ApiError::InvalidTalkId(_) => "invalid_talk_id",
+            ApiError::InvalidTalkRequest(TalkRequestError::InvalidSourceUrl) => {
+                "invalid_source_url"
+            }
+            ApiError::InvalidTalkRequest(TalkRequestError::InvalidAudioUrl) => "invalid_audio_url",
+            ApiError::InvalidTalkRequest(_) | ApiError::InvalidConfig(_) => "invalid_config",
+            ApiError::Upload(UploadError::Empty { .. }) => "empty_file",
+            ApiError::Upload(UploadError::TooLarge { .. }) => "file_too_large",
+            ApiError::Upload(UploadError::UnsupportedType { .. }) => "unsupported_file_type",
+            ApiError::MissingFile => "missing_file",
+            ApiError::FileTooLarge { .. } => "file_too_large",
+            ApiError::MalformedMultipart(_) => "malformed_multipart",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            ApiError::RouteNotFound(_) => "route_not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::AdminDisabled => "admin_disabled",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The message shown to the caller. Internal details stay in the log.
+    fn public_message(&self) -> String {
+        use VideoApiError as V;
+        match self {
+            ApiError::Upstream(V::NotConfigured) => {
+                "D-ID is not configured on this service: set D_ID_API_KEY and restart".to_owned()
+            }
+            ApiError::Upstream(V::Unauthorized { .. }) => {
+                "D-ID rejected this service's credentials; an operator must check D_ID_API_KEY"
+                    .to_owned()
+            }
+            ApiError::Upstream(V::Limiter(LimiterError::Timeout { priority, waited })) => format!(
+                "all D-ID slots stayed busy for {:.1}s ({priority} priority); retry later",
+                waited.as_secs_f64()
+            ),
+            ApiError::Upstream(V::Limiter(LimiterError::Unavailable { .. })) => {
+                "the concurrency limiter is unavailable; retry later".to_owned()
+            }
+            ApiError::Upstream(V::Validation {
+                kind, description, ..
+            }) => format!("D-ID rejected the request ({kind}): {description}"),
+            ApiError::Internal(_)
+            | ApiError::Upstream(V::Limiter(LimiterError::InvalidLimit { .. })) => {
+                "internal error; the request id identifies the log entry".to_owned()
+            }
+            // The other upstream messages are D-ID's words or plain facts, never secrets.
+            ApiError::Upstream(e) => e.to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Extra fields next to `code` and `message`: D-ID's error kind and details, the talk id.
+    fn extra(&self) -> Vec<(&'static str, Value)> {
+        use VideoApiError as V;
+        match self {
+            ApiError::Upstream(V::Validation { kind, details, .. }) => {
+                let mut v = vec![("upstream_kind", json!(kind))];
+                if let Some(d) = details {
+                    v.push(("details", d.clone()));
+                }
+                v
+            }
+            ApiError::Upstream(V::TalkFailed {
+                talk_id,
+                kind,
+                description,
+            }) => vec![
+                ("talk_id", json!(talk_id)),
+                ("upstream_kind", json!(kind)),
+                ("description", json!(description)),
+            ],
+            ApiError::Upstream(V::TalkRejected {
+                talk_id,
+                description,
+            }) => vec![
+                ("talk_id", json!(talk_id)),
+                ("description", json!(description)),
+            ],
+            ApiError::Upstream(V::TalkTimedOut { talk_id, .. }) => {
+                vec![("talk_id", json!(talk_id))]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether this is our fault or the upstream's (logged at `error`), rather than the
+    /// caller's (logged at `info`).
+    pub fn log_level_is_error(&self) -> bool {
+        self.status().is_server_error()
+    }
+
+    /// The response: status, `{"error": {"code", "message", …}}`, and headers where the
+    /// status calls for them (`Retry-After`, `Allow`, `WWW-Authenticate`).
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), json!(self.code()));
+        error.insert("message".into(), json!(self.public_message()));
+        for (k, v) in self.extra() {
+            error.insert(k.into(), v);
+        }
+        let mut resp = json_response(status, &json!({ "error": error }));
+        let headers = resp.headers_mut();
+        match &self {
+            ApiError::Upstream(VideoApiError::Limiter(LimiterError::Timeout { .. })) => {
+                headers.insert(header::RETRY_AFTER, secs(QUEUE_RETRY_AFTER));
+            }
+            ApiError::Upstream(VideoApiError::RateLimited { retry_after }) => {
+                let after = retry_after.unwrap_or(QUEUE_RETRY_AFTER);
+                headers.insert(header::RETRY_AFTER, secs(after));
+            }
+            ApiError::Upstream(VideoApiError::NotConfigured)
+            | ApiError::Upstream(VideoApiError::Limiter(LimiterError::Unavailable { .. })) => {
+                headers.insert(header::RETRY_AFTER, secs(QUEUE_RETRY_AFTER));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                    headers.insert(header::ALLOW, v);
+                }
+            }
+            ApiError::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"talkgate\""),
+                );
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// A whole number of seconds, rounded up and at least 1, as a header value.
+fn secs(d: Duration) -> HeaderValue {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::from(s.max(1))
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::{Priority, TalkId, UploadKind};
+    use http_body_util::BodyExt;
+
+    fn body(resp: Response<Body>) -> Value {
+        let bytes = futures_util::FutureExt::now_or_never(resp.into_body().collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn check(err: ApiError, status: u16, code: &str) {
+        let resp = err.into_response();
+        assert_eq!(resp.status().as_u16(), status, "{code}");
+        let v = body(resp);
+        assert_eq!(v["error"]["code"], code);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+
+    fn talk_id() -> TalkId {
+        TalkId::parse("tlk_abc").unwrap()
+    }
+
+    #[test]
+    fn every_upstream_error_has_its_status_and_code() {
+        use VideoApiError as V;
+        check(V::NotConfigured.into(), 503, "upstream_not_configured");
+        check(
+            V::Unauthorized { status: 401 }.into(),
+            502,
+            "upstream_auth_failed",
+        );
+        check(
+            V::Forbidden {
+                description: "no stitch".into(),
+            }
+            .into(),
+            403,
+            "upstream_permission_denied",
+        );
+        check(V::InsufficientCredits.into(), 402, "insufficient_credits");
+        check(
+            V::NotFound {
+                description: "x".into(),
+            }
+            .into(),
+            404,
+            "not_found",
+        );
+        check(
+            V::NotReady {
+                description: "x".into(),
+            }
+            .into(),
+            409,
+            "not_ready",
+        );
+        let validation = |status| V::Validation {
+            status,
+            kind: "ValidationError".into(),
+            description: "bad source".into(),
+            details: None,
+        };
+        check(validation(400).into(), 400, "upstream_validation_error");
+        check(validation(422).into(), 422, "upstream_validation_error");
+        check(
+            V::RateLimited { retry_after: None }.into(),
+            429,
+            "upstream_rate_limited",
+        );
+        check(V::Server { status: 503 }.into(), 502, "upstream_error");
+        check(V::Timeout.into(), 504, "upstream_timeout");
+        check(
+            V::Connect {
+                message: "refused".into(),
+            }
+            .into(),
+            502,
+            "upstream_unreachable",
+        );
+        check(
+            V::Protocol {
+                message: "x".into(),
+            }
+            .into(),
+            502,
+            "upstream_protocol_error",
+        );
+        check(
+            V::TalkFailed {
+                talk_id: talk_id(),
+                kind: "FaceError".into(),
+                description: "no face".into(),
+            }
+            .into(),
+            502,
+            "talk_failed",
+        );
+        check(
+            V::TalkRejected {
+                talk_id: talk_id(),
+                description: "moderation".into(),
+            }
+            .into(),
+            422,
+            "talk_rejected",
+        );
+        check(
+            V::TalkTimedOut {
+                talk_id: talk_id(),
+                waited: Duration::from_secs(1),
+            }
+            .into(),
+            504,
+            "talk_timeout",
+        );
+        check(
+            V::Limiter(LimiterError::Timeout {
+                priority: Priority::Low,
+                waited: Duration::from_secs(1),
+            })
+            .into(),
+            429,
+            "queue_timeout",
+        );
+        check(
+            V::Limiter(LimiterError::Unavailable {
+                message: "down".into(),
+            })
+            .into(),
+            503,
+            "limiter_unavailable",
+        );
+    }
+
+    #[test]
+    fn local_errors_have_their_status_and_code() {
+        check(ApiError::MalformedJson("eof".into()), 400, "malformed_json");
+        check(
+            ApiError::InvalidBody("missing".into()),
+            422,
+            "invalid_request",
+        );
+        check(
+            "urgent".parse::<Priority>().unwrap_err().into(),
+            400,
+            "invalid_priority",
+        );
+        check(
+            TalkId::parse("../x").unwrap_err().into(),
+            400,
+            "invalid_talk_id",
+        );
+        check(
+            TalkRequestError::InvalidSourceUrl.into(),
+            422,
+            "invalid_source_url",
+        );
+        check(
+            TalkRequestError::InvalidAudioUrl.into(),
+            422,
+            "invalid_audio_url",
+        );
+        check(
+            UploadError::Empty {
+                kind: UploadKind::Image,
+            }
+            .into(),
+            400,
+            "empty_file",
+        );
+        check(
+            UploadError::TooLarge {
+                kind: UploadKind::Audio,
+                size: 9,
+                max: 1,
+            }
+            .into(),
+            413,
+            "file_too_large",
+        );
+        check(
+            UploadError::UnsupportedType {
+                kind: UploadKind::Image,
+                detected: None,
+            }
+            .into(),
+            415,
+            "unsupported_file_type",
+        );
+        check(ApiError::MissingFile, 400, "missing_file");
+        check(
+            ApiError::PayloadTooLarge { limit: 1 },
+            413,
+            "payload_too_large",
+        );
+        check(
+            ApiError::UnsupportedMediaType {
+                expected: "application/json",
+            },
+            415,
+            "unsupported_media_type",
+        );
+        check(ApiError::RouteNotFound("/x".into()), 404, "route_not_found");
+        check(
+            ApiError::MethodNotAllowed { allow: &["GET"] },
+            405,
+            "method_not_allowed",
+        );
+        check(ApiError::Unauthorized, 401, "unauthorized");
+        check(ApiError::AdminDisabled, 403, "admin_disabled");
+        check(
+            ApiError::Internal("boom at x.rs:1".into()),
+            500,
+            "internal_error",
+        );
+    }
+
+    #[test]
+    fn headers_follow_the_status() {
+        let r = ApiError::MethodNotAllowed {
+            allow: &["GET", "HEAD"],
+        }
+        .into_response();
+        assert_eq!(r.headers()[header::ALLOW], "GET, HEAD");
+        let r = ApiError::from(VideoApiError::Limiter(LimiterError::Timeout {
+            priority: Priority::Normal,
+            waited: Duration::from_secs(60),
+        }))
+        .into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+        let r = ApiError::from(VideoApiError::RateLimited {
+            retry_after: Some(Duration::from_millis(1500)),
+        })
+        .into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        let r = ApiError::Unauthorized.into_response();
+        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn internal_details_and_talk_failures_are_reported_as_documented() {
+        let v = body(ApiError::Internal("secret path /etc/x".into()).into_response());
+        assert!(!v.to_string().contains("/etc/x"));
+        let v = body(
+            ApiError::from(VideoApiError::TalkFailed {
+                talk_id: talk_id(),
+                kind: "FaceError".into(),
+                description: "no face found".into(),
+            })
+            .into_response(),
+        );
+        assert_eq!(v["error"]["talk_id"], "tlk_abc");
+        assert_eq!(v["error"]["upstream_kind"], "FaceError");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no face found")
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! talkgate's HTTP service: the original Python router's routes on hyper 1, in front of the
+//! [`ports::VideoApi`] and [`ports::ConcurrencyLimiter`] ports.
+//!
+//! A request goes: accept loop ([`server`]) → request span with `request_id` → [`router`]
+//! (404/405, bearer auth) → a handler ([`handlers`] for D-ID, [`ops`] for stats, probes,
+//! metrics) → one port call → `Result<Response, ApiError>` → [`error`], the one place where
+//! errors become HTTP.
+//!
+//! # Layout
+//! - [`config`]: [`Config`] from a [`config::Source`] (env map or flags), all errors at once.
+//! - [`wiring`]: builds the adapters a config asks for and the [`AppState`].
+//! - [`state`]: [`AppState`], [`Settings`], [`state::UpstreamStats`].
+//! - [`server`]: [`run`], the accept loop, graceful shutdown, panic catching, request ids.
+//! - [`router`]: the route table, auth rule per route, query parsing.
+//! - [`handlers`]: `generate-video`, `upload-source-image`, `upload-audio`, `talk-status`.
+//! - [`ops`]: `stats`, `health`, `ready`, `metrics`, `cleanup-expired`.
+//! - [`body`]: JSON and multipart bodies, always size-limited.
+//! - [`auth`]: bearer tokens compared in constant time.
+//! - [`error`]: [`ApiError`] and its mapping to status, code and headers.
+//! - [`metrics`]: the Prometheus registry and [`metrics::MeteredLimiter`].
+//! - [`telemetry`]: the tracing subscriber (human or JSON).
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod metrics;
+pub mod ops;
+pub mod router;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod wiring;
+
+pub use config::{Config, ConfigError, LogFormat};
+pub use error::ApiError;
+pub use server::{run, shutdown_signal};
+pub use state::{AppState, Settings};

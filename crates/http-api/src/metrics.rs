@@ -1,0 +1,359 @@
+//! Prometheus metrics: the registry, the per-request families, a limiter decorator that
+//! records wait times, and a scrape-time collector for limiter and upstream snapshots.
+//!
+//! Counters we own (HTTP requests, limiter acquires) are live `Family`s. Numbers that belong
+//! to an adapter (limiter state and counters, D-ID responses and retries) are read at scrape
+//! time: `/metrics` refreshes a snapshot, then [`SnapshotCollector`] encodes it as constant
+//! metrics. That keeps one source of truth (the adapter) and no background task.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::Priority;
+use ports::{ConcurrencyLimiter, LimiterError, LimiterStats, Permit};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::state::UpstreamSnapshot;
+
+/// Labels of one HTTP request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route template (`/api/d_id_optimized/talk-status/{talk_id}`), or `unmatched`.
+    pub route: &'static str,
+    /// The method.
+    pub method: String,
+    /// The response status.
+    pub status: u16,
+}
+
+/// Labels of one route.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route template.
+    pub route: &'static str,
+}
+
+/// Labels of one priority.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriorityLabels {
+    /// `low`, `normal`, `high` or `critical`.
+    pub priority: &'static str,
+}
+
+/// Labels of one limiter acquire.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcquireLabels {
+    /// The priority.
+    pub priority: &'static str,
+    /// `granted`, `timeout` or `unavailable` (a dropped acquire is counted by the limiter).
+    pub outcome: &'static str,
+}
+
+/// Buckets for waits and latencies, in seconds: 1 ms … ~10 min.
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+        300.0, 600.0,
+    ]
+    .into_iter()
+}
+
+/// The service's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<RouteLabels, Histogram>,
+    limiter_wait: Family<PriorityLabels, Histogram>,
+    limiter_acquires: Family<AcquireLabels, Counter>,
+    snapshot: Arc<SnapshotCollector>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered under the `talkgate` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("talkgate");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status",
+            http_requests.clone(),
+        );
+        let http_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                (|| Histogram::new(seconds_buckets())) as fn() -> Histogram,
+            );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template",
+            http_duration.clone(),
+        );
+        let limiter_wait = Family::new_with_constructor(
+            (|| Histogram::new(seconds_buckets())) as fn() -> Histogram,
+        );
+        registry.register(
+            "limiter_wait_seconds",
+            "Time a granted limiter acquire spent queued, by priority",
+            limiter_wait.clone(),
+        );
+        let limiter_acquires = Family::<AcquireLabels, Counter>::default();
+        registry.register(
+            "limiter_acquires",
+            "Limiter acquires by priority and outcome",
+            limiter_acquires.clone(),
+        );
+        let snapshot = Arc::new(SnapshotCollector::default());
+        registry.register_collector(Box::new(snapshot.clone()));
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            limiter_wait,
+            limiter_acquires,
+            snapshot,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn record_request(&self, route: &'static str, method: &str, status: u16, took: Duration) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route,
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
+    }
+
+    fn record_acquire(&self, priority: Priority, result: &Result<Permit, LimiterError>) {
+        let outcome = match result {
+            Ok(permit) => {
+                self.limiter_wait
+                    .get_or_create(&PriorityLabels {
+                        priority: priority.as_str(),
+                    })
+                    .observe(permit.waited().as_secs_f64());
+                "granted"
+            }
+            Err(LimiterError::Timeout { .. }) => "timeout",
+            Err(_) => "unavailable",
+        };
+        self.limiter_acquires
+            .get_or_create(&AcquireLabels {
+                priority: priority.as_str(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Stores the latest adapter snapshots, encoded by the next [`Metrics::encode`].
+    pub fn set_snapshot(&self, limiter: LimiterStats, upstream: Option<UpstreamSnapshot>) {
+        let mut s = self
+            .snapshot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.limiter = Some(limiter);
+        s.upstream = upstream;
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The latest limiter and upstream snapshots.
+#[derive(Debug, Default)]
+struct SnapshotState {
+    limiter: Option<LimiterStats>,
+    upstream: Option<UpstreamSnapshot>,
+}
+
+/// Encodes the snapshots stored by [`Metrics::set_snapshot`] as constant metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotCollector {
+    state: Mutex<SnapshotState>,
+}
+
+fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    let m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+/// Labels of one upstream status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: u16,
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = &s.limiter {
+            let i = |v: u32| i64::from(v);
+            gauge(
+                &mut enc,
+                "limiter_max_concurrent",
+                "The limiter's limit",
+                i(l.max_concurrent),
+            )?;
+            gauge(&mut enc, "limiter_active", "Permits held now", i(l.active))?;
+            gauge(
+                &mut enc,
+                "limiter_available",
+                "Slots free now",
+                i(l.available),
+            )?;
+            gauge(
+                &mut enc,
+                "limiter_degraded",
+                "1 while a distributed limiter runs on its local fallback",
+                i64::from(l.degraded),
+            )?;
+            {
+                let g = ConstGauge::new(0i64);
+                let mut m = enc.encode_descriptor(
+                    "limiter_queued",
+                    "Waiters queued now, by priority",
+                    None,
+                    g.metric_type(),
+                )?;
+                for p in Priority::ALL {
+                    let labels = PriorityLabels {
+                        priority: p.as_str(),
+                    };
+                    let g = ConstGauge::new(i64::from(l.queued.get(p)));
+                    g.encode(m.encode_family(&labels)?)?;
+                }
+            }
+            gauge(
+                &mut enc,
+                "limiter_oldest_queued_milliseconds",
+                "How long the oldest current waiter has waited",
+                i64::try_from(l.oldest_queued_ms).unwrap_or(i64::MAX),
+            )?;
+            let c = &l.counters;
+            counter(
+                &mut enc,
+                "limiter_timeouts",
+                "Acquires that timed out (limiter's count)",
+                c.timeouts,
+            )?;
+            counter(
+                &mut enc,
+                "limiter_cancelled",
+                "Acquires dropped while queued",
+                c.cancelled,
+            )?;
+            counter(&mut enc, "limiter_released", "Permits released", c.released)?;
+            counter(
+                &mut enc,
+                "limiter_leases_lost",
+                "Leases found expired while held",
+                c.leases_lost,
+            )?;
+            counter(
+                &mut enc,
+                "limiter_leases_reclaimed",
+                "Expired leases or dead waiters reclaimed",
+                c.leases_reclaimed,
+            )?;
+        }
+        if let Some(u) = &s.upstream {
+            counter(
+                &mut enc,
+                "upstream_requests",
+                "HTTP exchanges with D-ID started",
+                u.requests,
+            )?;
+            counter(
+                &mut enc,
+                "upstream_retries",
+                "D-ID attempts repeated after a failure",
+                u.retries,
+            )?;
+            counter(
+                &mut enc,
+                "upstream_transport_errors",
+                "D-ID exchanges without an HTTP answer",
+                u.transport_errors,
+            )?;
+            let c = ConstCounter::new(0u64);
+            let mut m = enc.encode_descriptor(
+                "upstream_responses",
+                "D-ID answers by HTTP status",
+                None,
+                c.metric_type(),
+            )?;
+            for (status, n) in &u.responses {
+                let labels = StatusLabels { status: *status };
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A limiter decorator that records each acquire's outcome and wait time in [`Metrics`].
+pub struct MeteredLimiter {
+    inner: Arc<dyn ConcurrencyLimiter>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredLimiter {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn ConcurrencyLimiter>, metrics: Arc<Metrics>) -> MeteredLimiter {
+        MeteredLimiter { inner, metrics }
+    }
+}
+
+#[async_trait]
+impl ConcurrencyLimiter for MeteredLimiter {
+    async fn acquire(
+        &self,
+        priority: Priority,
+        wait_timeout: Duration,
+    ) -> Result<Permit, LimiterError> {
+        // Dropping this future drops the inner one, which is cancel-safe by contract.
+        let result = self.inner.acquire(priority, wait_timeout).await;
+        self.metrics.record_acquire(priority, &result);
+        result
+    }
+
+    async fn stats(&self) -> LimiterStats {
+        self.inner.stats().await
+    }
+
+    async fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError> {
+        self.inner.set_limit(max_concurrent).await
+    }
+}

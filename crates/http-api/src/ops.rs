@@ -1,0 +1,166 @@
+//! Operational routes: `/stats`, `/health`, `/ready`, `/metrics` and `/cleanup-expired`.
+//!
+//! `/health` is liveness: always 200 while the process serves, with the facts an operator
+//! needs (key configured? limiter degraded?). `/ready` is readiness: 503 while this instance
+//! cannot do useful work — no D-ID key, or a limiter that has run degraded (Redis lost, local
+//! fallback) for longer than `READY_DEGRADED_GRACE_SECS`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use ports::LimiterStats;
+use serde_json::{Value, json};
+
+use crate::body::{self, BoxError};
+use crate::error::{ApiError, Body, json_response};
+use crate::metrics::CONTENT_TYPE;
+use crate::state::AppState;
+
+/// The limiter part of `/stats`, in the original's field names plus the new ones.
+fn limiter_json(s: &LimiterStats) -> Value {
+    json!({
+        "backend": s.backend,
+        "degraded": s.degraded,
+        "max_concurrent": s.max_concurrent,
+        "active_requests": s.active,
+        "available_slots": s.available,
+        "queue_size": s.queued.total(),
+        "queue_by_priority": s.queued,
+        "waits": {
+            "acquired_immediately": s.counters.acquired_immediately,
+            "acquired_after_wait": s.counters.acquired_after_wait,
+            "timeouts": s.counters.timeouts,
+            "cancelled": s.counters.cancelled,
+            "max_wait_ms": s.max_wait_ms,
+            "oldest_queued_ms": s.oldest_queued_ms,
+        },
+        "counters": s.counters,
+    })
+}
+
+/// `GET /stats`.
+pub async fn stats(state: &AppState) -> Result<Response<Body>, ApiError> {
+    let limiter = state.limiter().stats().await;
+    state.observe_degraded(limiter.degraded);
+    let upstream = state.inner.upstream_stats.as_ref().map(|u| u.snapshot());
+    let mut client = json!({
+        "api_key_configured": state.settings().api_key_configured,
+        "client_initialized": true,
+        "pool_limits": {
+            "max_connections": limiter.max_concurrent,
+            "max_keepalive": upstream.as_ref()
+                .and_then(|u| u.details.pointer("/pool/max_idle_per_host").cloned()),
+        },
+        "retries": upstream.as_ref().map(|u| u.retries),
+    });
+    if let (Some(u), Some(obj)) = (&upstream, client.as_object_mut()) {
+        obj.insert("upstream".into(), u.details.clone());
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "client": client, "rate_limiter": limiter_json(&limiter) }),
+    ))
+}
+
+/// `GET /health` (liveness).
+pub async fn health(state: &AppState) -> Result<Response<Body>, ApiError> {
+    let s = state.limiter().stats().await;
+    state.observe_degraded(s.degraded);
+    let status = if s.degraded { "degraded" } else { "healthy" };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "status": status,
+            "service": state.settings().service_name,
+            "version": env!("CARGO_PKG_VERSION"),
+            "api_key_configured": state.settings().api_key_configured,
+            "rate_limiter": {
+                "backend": s.backend,
+                "degraded": s.degraded,
+                "max_concurrent": s.max_concurrent,
+                "active_requests": s.active,
+                "available_slots": s.available,
+                "queue_size": s.queued.total(),
+            },
+        }),
+    ))
+}
+
+/// `GET /ready` (readiness).
+pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
+    let s = state.limiter().stats().await;
+    let degraded_for = state.observe_degraded(s.degraded);
+    let grace = state.settings().ready_degraded_grace;
+    let mut reasons = Vec::new();
+    if !state.settings().api_key_configured {
+        reasons.push("D_ID_API_KEY is not set".to_owned());
+    }
+    if let Some(d) = degraded_for {
+        if d >= grace {
+            reasons.push(format!(
+                "the {} limiter has run degraded for {:.0}s (grace {:.0}s)",
+                s.backend,
+                d.as_secs_f64(),
+                grace.as_secs_f64()
+            ));
+        }
+    }
+    let ready = reasons.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(json_response(
+        status,
+        &json!({
+            "ready": ready,
+            "status": if ready { "ready" } else { "not_ready" },
+            "reasons": reasons,
+            "api_key_configured": state.settings().api_key_configured,
+            "limiter_degraded": s.degraded,
+        }),
+    ))
+}
+
+/// `GET /metrics` (Prometheus text format 0.0.4).
+pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
+    let limiter = state.limiter().stats().await;
+    let upstream = state.inner.upstream_stats.as_ref().map(|u| u.snapshot());
+    let m = state.metrics();
+    m.set_snapshot(limiter, upstream);
+    let text = m
+        .encode()
+        .map_err(|_| ApiError::Internal("metrics encoding failed".into()))?;
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    Ok(resp)
+}
+
+/// `POST /cleanup-expired`: an admin call. Slots are leases now, reclaimed by the limiter
+/// itself, so this only reports what was reclaimed. It needs `HTTP_API_TOKEN` to be set
+/// (the router has already checked the bearer token then); `max_age_seconds` is accepted
+/// for compatibility and ignored.
+pub async fn cleanup<B>(state: &AppState, req: Request<B>) -> Result<Response<Body>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if state.settings().api_token.is_none() {
+        return Err(ApiError::AdminDisabled);
+    }
+    body::discard(req, 4096).await;
+    let s = state.limiter().stats().await;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "message": "nothing to clean up: slots are leases that expire and are reclaimed by the limiter itself",
+            "backend": s.backend,
+            "reclaimed_leases": s.counters.leases_reclaimed,
+            "leases_lost": s.counters.leases_lost,
+            "active_requests": s.active,
+            "queue_size": s.queued.total(),
+        }),
+    ))
+}

@@ -1,0 +1,241 @@
+//! Routing: which handler answers a method and path, plus the auth rule per route.
+//!
+//! The route table is small and fixed, so it is a `match` on the path rather than a router
+//! crate. A path that matches no route is a 404; a path that matches with another method is
+//! a 405 with `Allow`. Auth is checked after routing, so an unknown path is a 404 with or
+//! without a token, and a probe (`/health`, `/ready`) or `/metrics` never needs one.
+
+use bytes::Bytes;
+use http::{Request, Response};
+
+use crate::auth;
+use crate::body::BoxError;
+use crate::error::{ApiError, Body};
+use crate::handlers;
+use crate::ops;
+use crate::state::AppState;
+
+/// The prefix of the original service's routes.
+pub const PREFIX: &str = "/api/d_id_optimized";
+
+/// Route templates, used as metrics labels and in logs.
+pub mod templates {
+    /// `POST /api/d_id_optimized/generate-video`.
+    pub const GENERATE_VIDEO: &str = "/api/d_id_optimized/generate-video";
+    /// `POST /api/d_id_optimized/upload-source-image`.
+    pub const UPLOAD_IMAGE: &str = "/api/d_id_optimized/upload-source-image";
+    /// `POST /api/d_id_optimized/upload-audio`.
+    pub const UPLOAD_AUDIO: &str = "/api/d_id_optimized/upload-audio";
+    /// `GET /api/d_id_optimized/talk-status/{talk_id}`.
+    pub const TALK_STATUS: &str = "/api/d_id_optimized/talk-status/{talk_id}";
+    /// `GET /api/d_id_optimized/stats`.
+    pub const STATS: &str = "/api/d_id_optimized/stats";
+    /// `GET /api/d_id_optimized/health` and `GET /health`.
+    pub const HEALTH: &str = "/health";
+    /// `GET /api/d_id_optimized/ready` and `GET /ready`.
+    pub const READY: &str = "/ready";
+    /// `GET /api/d_id_optimized/metrics` and `GET /metrics`.
+    pub const METRICS: &str = "/metrics";
+    /// `POST /api/d_id_optimized/cleanup-expired`.
+    pub const CLEANUP: &str = "/api/d_id_optimized/cleanup-expired";
+    /// Any path without a route.
+    pub const UNMATCHED: &str = "unmatched";
+}
+
+/// A matched route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    GenerateVideo,
+    UploadImage,
+    UploadAudio,
+    TalkStatus(String),
+    Stats,
+    Health,
+    Ready,
+    Metrics,
+    Cleanup,
+}
+
+impl Route {
+    fn template(&self) -> &'static str {
+        use templates as t;
+        match self {
+            Route::GenerateVideo => t::GENERATE_VIDEO,
+            Route::UploadImage => t::UPLOAD_IMAGE,
+            Route::UploadAudio => t::UPLOAD_AUDIO,
+            Route::TalkStatus(_) => t::TALK_STATUS,
+            Route::Stats => t::STATS,
+            Route::Health => t::HEALTH,
+            Route::Ready => t::READY,
+            Route::Metrics => t::METRICS,
+            Route::Cleanup => t::CLEANUP,
+        }
+    }
+
+    fn allowed(&self) -> &'static [&'static str] {
+        match self {
+            Route::GenerateVideo | Route::UploadImage | Route::UploadAudio | Route::Cleanup => {
+                &["POST"]
+            }
+            _ => &["GET"],
+        }
+    }
+
+    /// Probes and metrics are open so that orchestrators and scrapers need no secret; they
+    /// reveal no credentials and no caller data.
+    fn needs_auth(&self) -> bool {
+        !matches!(self, Route::Health | Route::Ready | Route::Metrics)
+    }
+}
+
+fn match_path(path: &str) -> Option<Route> {
+    // The probes and metrics also live at the root, where orchestrators look for them.
+    match path {
+        "/health" => return Some(Route::Health),
+        "/ready" => return Some(Route::Ready),
+        "/metrics" => return Some(Route::Metrics),
+        _ => {}
+    }
+    let rest = path.strip_prefix(PREFIX)?;
+    Some(match rest {
+        "/generate-video" => Route::GenerateVideo,
+        "/upload-source-image" => Route::UploadImage,
+        "/upload-audio" => Route::UploadAudio,
+        "/stats" => Route::Stats,
+        "/health" => Route::Health,
+        "/ready" => Route::Ready,
+        "/metrics" => Route::Metrics,
+        "/cleanup-expired" => Route::Cleanup,
+        _ => {
+            // Everything after the prefix is the id, also if it holds '/' or '%': TalkId
+            // rejects it with a 400 that says why, instead of a confusing 404.
+            let id = rest.strip_prefix("/talk-status/")?;
+            Route::TalkStatus(id.to_owned())
+        }
+    })
+}
+
+/// Answers one request: the route template (for metrics) and the handler's result.
+pub async fn dispatch<B>(
+    state: &AppState,
+    req: Request<B>,
+) -> (&'static str, Result<Response<Body>, ApiError>)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Some(route) = match_path(req.uri().path()) else {
+        return (
+            templates::UNMATCHED,
+            Err(ApiError::RouteNotFound(
+                req.uri().path().chars().take(200).collect(),
+            )),
+        );
+    };
+    let template = route.template();
+    let allowed = route.allowed();
+    if !allowed.contains(&req.method().as_str()) {
+        return (template, Err(ApiError::MethodNotAllowed { allow: allowed }));
+    }
+    if route.needs_auth() {
+        if let Err(why) = auth::check(req.headers(), state.settings().api_token.as_ref()) {
+            tracing::info!(reason = ?why, "request not authorised");
+            return (template, Err(ApiError::Unauthorized));
+        }
+    }
+    let result = match route {
+        Route::GenerateVideo => handlers::generate_video(state, req).await,
+        Route::UploadImage => handlers::upload(state, req, domain::UploadKind::Image).await,
+        Route::UploadAudio => handlers::upload(state, req, domain::UploadKind::Audio).await,
+        Route::TalkStatus(id) => handlers::talk_status(state, &req, &id).await,
+        Route::Stats => ops::stats(state).await,
+        Route::Health => ops::health(state).await,
+        Route::Ready => ops::ready(state).await,
+        Route::Metrics => ops::metrics(state).await,
+        Route::Cleanup => ops::cleanup(state, req).await,
+    };
+    (template, result)
+}
+
+/// The value of query parameter `name`, percent-decoded (`+` is a space).
+pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(path: &str, expected: Option<Route>) {
+        assert_eq!(match_path(path), expected, "{path}");
+    }
+
+    #[test]
+    fn paths_map_to_routes() {
+        check(
+            "/api/d_id_optimized/generate-video",
+            Some(Route::GenerateVideo),
+        );
+        check(
+            "/api/d_id_optimized/upload-source-image",
+            Some(Route::UploadImage),
+        );
+        check("/api/d_id_optimized/upload-audio", Some(Route::UploadAudio));
+        check("/api/d_id_optimized/stats", Some(Route::Stats));
+        check("/api/d_id_optimized/health", Some(Route::Health));
+        check("/health", Some(Route::Health));
+        check("/ready", Some(Route::Ready));
+        check("/metrics", Some(Route::Metrics));
+        check("/api/d_id_optimized/cleanup-expired", Some(Route::Cleanup));
+        check(
+            "/api/d_id_optimized/talk-status/tlk_1",
+            Some(Route::TalkStatus("tlk_1".into())),
+        );
+        check(
+            "/api/d_id_optimized/talk-status/../credits",
+            Some(Route::TalkStatus("../credits".into())),
+        );
+        check("/api/d_id_optimized/talk-status", None);
+        check("/api/d_id_optimized/nope", None);
+        check("/api/d_id_optimized", None);
+        check("/", None);
+        check("/api/d_id/generate-video", None);
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let uri: http::Uri = "/x?a=1&priority=h%69gh&b".parse().unwrap();
+        assert_eq!(query_param(&uri, "priority").as_deref(), Some("high"));
+        assert_eq!(query_param(&uri, "b").as_deref(), Some(""));
+        assert_eq!(query_param(&uri, "c"), None);
+        let uri: http::Uri = "/x?p=a+b%2".parse().unwrap();
+        assert_eq!(query_param(&uri, "p").as_deref(), Some("a b%2"));
+    }
+}

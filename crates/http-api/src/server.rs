@@ -1,0 +1,224 @@
+//! The hyper 1 server: accept loop, per-request span and request id, panic catching,
+//! metrics, and graceful shutdown.
+//!
+//! # Shutdown
+//! When the `shutdown` future resolves the listener is closed, idle keep-alive connections
+//! are closed, and in-flight requests get `shutdown_grace` to finish. After that every
+//! remaining connection task is aborted: dropping a request's future drops whatever limiter
+//! permit or queue place it held, so nothing is leaked even when the grace runs out.
+//!
+//! # Disconnects
+//! hyper's HTTP/1 dispatcher watches the socket while a handler runs; when the client goes
+//! away it drops the handler's future, which releases its permit or leaves the queue (the
+//! limiter port's acquire is cancel-safe).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::body::BoxError;
+use crate::error::{ApiError, Body};
+use crate::router;
+use crate::state::AppState;
+
+/// The request-id header, read from the client when valid and always echoed.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A client-supplied id is kept if it is 1..=64 characters of `[A-Za-z0-9._-]` (so it is safe
+/// in logs); otherwise a new one is made.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+/// Answers one request: span, dispatch, error mapping, panic catching, metrics, request id.
+pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let started = Instant::now();
+    let id = request_id(req.headers());
+    let method = req.method().clone();
+    let path: String = req.uri().path().chars().take(200).collect();
+    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
+
+    let outcome = AssertUnwindSafe(async { router::dispatch(&state, req).await })
+        .catch_unwind()
+        .instrument(span.clone())
+        .await;
+    let (route, result) = match outcome {
+        Ok(x) => x,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            ("panic", Err(ApiError::Internal(what)))
+        }
+    };
+
+    let _enter = span.enter();
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            // The one place where an error's cause is logged.
+            if e.log_level_is_error() {
+                tracing::error!(error = %e, code = e.code(), "request failed");
+            } else {
+                tracing::info!(error = %e, code = e.code(), "request rejected");
+            }
+            e.into_response()
+        }
+    };
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    state
+        .metrics()
+        .record_request(route, method.as_str(), status, took);
+    tracing::info!(
+        status,
+        route,
+        latency_ms = took.as_millis() as u64,
+        "request finished"
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains (see the module docs).
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // hyper 1 needs an explicit timer, or header_read_timeout is never enforced (and setting
+    // it without one panics).
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.settings().header_read_timeout)
+        .keep_alive(true);
+    let grace = state.settings().shutdown_grace;
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening");
+    }
+
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let st = state.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let st = st.clone();
+                    async move { Ok::<_, Infallible>(handle(st, req).await) }
+                });
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                connections.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+
+    drop(listener);
+    tracing::info!(
+        in_flight = connections.len(),
+        grace_ms = grace.as_millis() as u64,
+        "shutting down"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = connections.len(),
+            "shutdown grace elapsed; cutting off the remaining requests"
+        );
+    }
+    // Aborting drops each request's future and with it any permit or queue place.
+    connections.shutdown().await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_only_when_safe() {
+        let mut h = http::HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123.x_y"));
+        assert_eq!(request_id(&h), "abc-123.x_y");
+        h.insert(REQUEST_ID, HeaderValue::from_static("bad id\" with=stuff"));
+        let made = request_id(&h);
+        assert_eq!(made.len(), 16);
+        assert!(made.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(request_id(&http::HeaderMap::new()), made);
+    }
+}

@@ -1,0 +1,171 @@
+//! What every request handler shares: the two ports, the metrics and the service settings.
+//!
+//! Handlers only see `Arc<dyn VideoApi>` and `Arc<dyn ConcurrencyLimiter>`; which adapters
+//! stand behind them is decided once, in `wiring` (or by a test).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Counters of the upstream client, for `/stats` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamSnapshot {
+    /// The client's own description (configuration and counters) for `/stats`.
+    pub details: Value,
+    /// HTTP exchanges started.
+    pub requests: u64,
+    /// Attempts repeated after a failure.
+    pub retries: u64,
+    /// Exchanges without an HTTP answer.
+    pub transport_errors: u64,
+    /// Answers per HTTP status.
+    pub responses: BTreeMap<u16, u64>,
+}
+
+/// An upstream client that can report its counters (the D-ID client does).
+pub trait UpstreamStats: Send + Sync {
+    /// The current counters.
+    fn snapshot(&self) -> UpstreamSnapshot;
+}
+
+/// Settings the handlers read (a subset of [`Config`], without adapter details).
+#[derive(Clone)]
+pub struct Settings {
+    /// Whether a D-ID key is configured; without one, D-ID routes answer 503 before reading
+    /// the body.
+    pub api_key_configured: bool,
+    /// The bearer token for API routes, if any.
+    pub api_token: Option<SecretString>,
+    /// Polling of a synchronous generate.
+    pub wait: WaitOptions,
+    /// Largest JSON body.
+    pub json_body_limit: usize,
+    /// How long the limiter may be degraded before `/ready` fails.
+    pub ready_degraded_grace: Duration,
+    /// The service name reported by `/health`.
+    pub service_name: &'static str,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for in-flight requests before cutting them off.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// The handler settings of a configuration.
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            api_key_configured: config.did_api_key.is_some(),
+            api_token: config.http_api_token.clone(),
+            wait: WaitOptions {
+                poll_interval: config.poll_interval,
+                max_wait: config.max_wait,
+            },
+            json_body_limit: config.json_body_limit,
+            ready_degraded_grace: config.ready_degraded_grace,
+            service_name: "talkgate",
+            header_read_timeout: config.header_read_timeout,
+            shutdown_grace: config.shutdown_grace,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from_config(&Config::default())
+    }
+}
+
+/// Shared state of the service; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub video: Arc<dyn VideoApi>,
+    pub limiter: Arc<dyn ConcurrencyLimiter>,
+    pub upstream_stats: Option<Arc<dyn UpstreamStats>>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    /// Since when the limiter has been seen degraded (by `/ready`, `/health` or `/stats`).
+    pub degraded_since: Mutex<Option<Instant>>,
+}
+
+impl AppState {
+    /// State over the given ports. `limiter` should be the same limiter the video adapter
+    /// uses (ideally wrapped in [`crate::metrics::MeteredLimiter`] over `metrics`), so that
+    /// `/stats` shows what the calls wait for.
+    pub fn new(
+        video: Arc<dyn VideoApi>,
+        limiter: Arc<dyn ConcurrencyLimiter>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                video,
+                limiter,
+                upstream_stats: None,
+                metrics,
+                settings,
+                degraded_since: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Adds the upstream client's counters to `/stats` and `/metrics`.
+    pub fn with_upstream_stats(self, stats: Arc<dyn UpstreamStats>) -> AppState {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            video: shared.video.clone(),
+            limiter: shared.limiter.clone(),
+            upstream_stats: shared.upstream_stats.clone(),
+            metrics: shared.metrics.clone(),
+            settings: shared.settings.clone(),
+            degraded_since: Mutex::new(None),
+        });
+        AppState {
+            inner: Arc::new(Inner {
+                upstream_stats: Some(stats),
+                ..inner
+            }),
+        }
+    }
+
+    /// The limiter (tests hold slots through it).
+    pub fn limiter(&self) -> &Arc<dyn ConcurrencyLimiter> {
+        &self.inner.limiter
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Records whether the limiter is degraded now; returns for how long it has been.
+    pub(crate) fn observe_degraded(&self, degraded: bool) -> Option<Duration> {
+        let mut since = self
+            .inner
+            .degraded_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if degraded {
+            let start = *since.get_or_insert_with(Instant::now);
+            Some(start.elapsed())
+        } else {
+            *since = None;
+            None
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Building the adapters a [`Config`] asks for, and the [`AppState`] over them.
+//!
+//! This is the only module that names adapter types. `main` calls [`build`]; end-to-end tests
+//! call it too, so they exercise the same wiring as production.
+//!
+//! The limiter is wrapped in [`MeteredLimiter`] *before* it is handed to the D-ID client, so
+//! every wait the client's exchanges spend in the queue shows up in the wait histograms.
+
+use std::sync::Arc;
+
+use did_client::{DidClient, DidClientConfig};
+use ports::ConcurrencyLimiter;
+
+use crate::config::Config;
+use crate::metrics::{MeteredLimiter, Metrics};
+use crate::state::{AppState, Settings, UpstreamSnapshot, UpstreamStats};
+
+/// Why the adapters could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The D-ID client rejected its configuration.
+    #[error("could not build the D-ID client")]
+    DidClient(#[source] did_client::DidClientError),
+    /// The Redis limiter could not be built.
+    #[error("could not build the Redis limiter: {0}")]
+    Redis(String),
+}
+
+impl UpstreamStats for DidClient {
+    fn snapshot(&self) -> UpstreamSnapshot {
+        let s = self.stats();
+        UpstreamSnapshot {
+            details: serde_json::to_value(&s).unwrap_or_default(),
+            requests: s.requests,
+            retries: s.retries,
+            transport_errors: s.transport_errors,
+            responses: s.responses.clone(),
+        }
+    }
+}
+
+/// The limiter the configuration asks for: Redis when `REDIS_URL` is set, else in-memory.
+pub async fn limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
+    match &config.redis_url {
+        None => Ok(Arc::new(limiter_memory::MemoryLimiter::new(
+            config.max_concurrent,
+        ))),
+        Some(_url) => redis_limiter(config).await,
+    }
+}
+
+async fn redis_limiter(_config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
+    Err(BuildError::Redis(
+        "REDIS_URL is set but this build has no Redis limiter yet".to_owned(),
+    ))
+}
+
+/// Builds the limiter, the D-ID client and the state over them.
+pub async fn build(config: &Config) -> Result<AppState, BuildError> {
+    let metrics = Arc::new(Metrics::new());
+    let raw = limiter(config).await?;
+    let limiter: Arc<dyn ConcurrencyLimiter> = Arc::new(MeteredLimiter::new(raw, metrics.clone()));
+    let did_config = DidClientConfig {
+        limiter_wait_timeout: config.limiter_wait_timeout,
+        pool_max_idle_per_host: config.max_concurrent as usize,
+        ..DidClientConfig::new(config.did_base_url.clone(), config.did_api_key.clone())
+    };
+    let client =
+        Arc::new(DidClient::new(did_config, limiter.clone()).map_err(BuildError::DidClient)?);
+    Ok(AppState::new(
+        client.clone(),
+        limiter,
+        metrics,
+        Settings::from_config(config),
+    )
+    .with_upstream_stats(client))
+}
