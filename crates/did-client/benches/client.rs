@@ -122,7 +122,7 @@ fn benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("before_after");
     group
-        .sample_size(20)
+        .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Elements(BATCH as u64));
