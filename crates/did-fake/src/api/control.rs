@@ -43,8 +43,13 @@ pub(crate) async fn handle(shared: &Shared, req: http::Request<Incoming>) -> Res
                 Ok(c) => c.to_bytes(),
                 Err(e) => return bad_request(&format!("cannot read body: {e}")),
             };
-            let faults: Faults = match serde_json::from_slice(&bytes) {
-                Ok(f) => f,
+            // Only an object: serde would also read a struct from a JSON array.
+            let faults: Faults = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(v) if v.is_object() => match serde_json::from_value(v) {
+                    Ok(f) => f,
+                    Err(e) => return bad_request(&format!("invalid faults: {e}")),
+                },
+                Ok(_) => return bad_request("invalid faults: expected a JSON object"),
                 Err(e) => return bad_request(&format!("invalid faults: {e}")),
             };
             if let Err(e) = faults.validate() {

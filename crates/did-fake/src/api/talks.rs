@@ -346,13 +346,21 @@ pub(crate) fn list(shared: &Shared, user: &str, query: Option<&str>) -> Resp {
                 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                 Ok(n) if n.is_finite() => limit = n.clamp(1.0, 1000.0) as usize,
                 _ => {
-                    return errors::validation("limit", "invalid float number", Some(&json!(value)));
+                    return errors::validation(
+                        "limit",
+                        "invalid float number",
+                        Some(&json!(value)),
+                    );
                 }
             },
             "token" if !value.is_empty() => match decode_token(value) {
                 Some(o) => offset = o,
                 None => {
-                    return errors::did(StatusCode::BAD_REQUEST, "BadRequestError", "invalid token");
+                    return errors::did(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequestError",
+                        "invalid token",
+                    );
                 }
             },
             _ => {}
