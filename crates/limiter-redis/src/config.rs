@@ -1,0 +1,209 @@
+//! [`RedisLimiterConfig`]: everything a [`RedisLimiter`](crate::RedisLimiter) needs to know,
+//! as one plain struct with documented defaults, and its validation.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::RedisLimiterError;
+
+/// How a [`RedisLimiter`](crate::RedisLimiter) connects and how long its leases live.
+///
+/// Build it with [`RedisLimiterConfig::new`] and change fields as needed; every field has a
+/// default suited to a D-ID gateway (slots held for seconds to minutes). `Debug` hides the
+/// password in [`url`](Self::url).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisLimiterConfig {
+    /// The Redis URL, as fred's `Config::from_url` accepts it
+    /// (`redis://[user:password@]host:port[/db]`, `redis-cluster://…`, `valkey://…`).
+    pub url: String,
+    /// The limiter's name. Every process that uses the same name on the same Redis shares one
+    /// limit and one queue. All keys live under the hash tag `{talkgate:<name>}`.
+    pub name: String,
+    /// The global limit used when Redis holds none yet (the first process to run a script
+    /// stores it; [`set_limit`](ports::ConcurrencyLimiter::set_limit) changes it for all).
+    /// Default 10.
+    pub max_concurrent: u32,
+    /// How long a holder's lease lives without renewal. Permits renew it every
+    /// `lease_ttl / 3`, so a holder whose process died frees its slot within
+    /// `lease_ttl + lease_ttl / 3`. Default 15 s.
+    pub lease_ttl: Duration,
+    /// How long a queued ticket lives without refresh. Waiters refresh theirs at least every
+    /// `waiter_ttl / 3`, so a dead process's waiter blocks the queue head for at most this
+    /// long. Default 6 s.
+    pub waiter_ttl: Duration,
+    /// The bound on every Redis command (fred's `default_command_timeout`, and our own
+    /// `tokio::time::timeout` around each call). A call that takes longer switches the
+    /// limiter to its in-memory fallback. Default 500 ms.
+    pub op_timeout: Duration,
+    /// The bound on opening a TCP connection to Redis. Default 1 s.
+    pub connect_timeout: Duration,
+    /// The share of the limit this process may grant on its own while Redis is unreachable.
+    /// `None` (the default) means the full limit: with N processes degraded at once, up to
+    /// N × limit permits can be alive. Set it to `ceil(limit / N)` to keep the sum at the
+    /// limit, at the price of less throughput while degraded.
+    pub local_share: Option<u32>,
+    /// The longest a waiter sleeps between two checks when no wake-up message arrives (a
+    /// lost pub/sub message costs at most this, jittered to 50–100 %). It is also capped at
+    /// `waiter_ttl / 3`. Default 1 s.
+    pub safety_poll: Duration,
+    /// How often a degraded limiter probes Redis to switch back (jittered). Default 500 ms.
+    pub probe_interval: Duration,
+}
+
+impl RedisLimiterConfig {
+    /// A config for `url` and `name` with every other field at its default.
+    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
+        RedisLimiterConfig {
+            url: url.into(),
+            name: name.into(),
+            max_concurrent: 10,
+            lease_ttl: Duration::from_secs(15),
+            waiter_ttl: Duration::from_secs(6),
+            op_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(1),
+            local_share: None,
+            safety_poll: Duration::from_secs(1),
+            probe_interval: Duration::from_millis(500),
+        }
+    }
+
+    /// How often a permit renews its lease.
+    pub fn renew_period(&self) -> Duration {
+        self.lease_ttl / 3
+    }
+
+    /// The limit the in-memory fallback enforces for a given global limit.
+    pub fn fallback_limit(&self, global: u32) -> u32 {
+        self.local_share.unwrap_or(global).clamp(1, global.max(1))
+    }
+
+    /// Checks every field and reports all problems at once.
+    pub(crate) fn validate(&self) -> Result<(), RedisLimiterError> {
+        let mut problems = Vec::new();
+        if self.url.trim().is_empty() {
+            problems.push("url is empty".to_owned());
+        }
+        if self.name.is_empty() || self.name.contains(['{', '}']) {
+            problems.push(format!(
+                "name {:?} must be non-empty and contain no braces",
+                self.name
+            ));
+        }
+        if self.max_concurrent == 0 {
+            problems.push("max_concurrent must be at least 1".to_owned());
+        }
+        for (field, value, min) in [
+            ("lease_ttl", self.lease_ttl, Duration::from_millis(30)),
+            ("waiter_ttl", self.waiter_ttl, Duration::from_millis(30)),
+            ("op_timeout", self.op_timeout, Duration::from_millis(1)),
+            (
+                "connect_timeout",
+                self.connect_timeout,
+                Duration::from_millis(1),
+            ),
+            ("safety_poll", self.safety_poll, Duration::from_millis(1)),
+            (
+                "probe_interval",
+                self.probe_interval,
+                Duration::from_millis(1),
+            ),
+        ] {
+            if value < min {
+                problems.push(format!("{field} must be at least {min:?}, got {value:?}"));
+            }
+        }
+        if self.local_share == Some(0) {
+            problems.push("local_share must be at least 1 when set".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RedisLimiterError::InvalidConfig {
+                problems: problems.join("; "),
+            })
+        }
+    }
+}
+
+impl fmt::Debug for RedisLimiterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiterConfig")
+            .field("url", &redact_url(&self.url))
+            .field("name", &self.name)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("waiter_ttl", &self.waiter_ttl)
+            .field("op_timeout", &self.op_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("local_share", &self.local_share)
+            .field("safety_poll", &self.safety_poll)
+            .field("probe_interval", &self.probe_interval)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***`, safe to log.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let masked = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        // `redis://secret@host` puts the password in the user position.
+        "***".to_owned()
+    };
+    format!("{}{masked}{}", &url[..scheme_end], &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(url: &str, expected: &str) {
+        assert_eq!(redact_url(url), expected, "{url}");
+    }
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        check("redis://127.0.0.1:6379", "redis://127.0.0.1:6379");
+        check("redis://:hunter2@host:6379/0", "redis://:***@host:6379/0");
+        check("redis://me:hunter2@host", "redis://me:***@host");
+        check("rediss://hunter2@host", "rediss://***@host");
+        check("redis://host/0?x=a@b", "redis://host/0?x=a@b");
+        let config = RedisLimiterConfig::new("redis://u:hunter2@h:1", "n");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_fields_are_all_reported() {
+        assert!(
+            RedisLimiterConfig::new("redis://h", "d-id")
+                .validate()
+                .is_ok()
+        );
+        let mut config = RedisLimiterConfig::new("", "{x}");
+        config.max_concurrent = 0;
+        config.lease_ttl = Duration::ZERO;
+        let err = config.validate().unwrap_err().to_string();
+        for needle in ["url", "name", "max_concurrent", "lease_ttl"] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn fallback_share_defaults_to_the_full_limit() {
+        let mut config = RedisLimiterConfig::new("redis://h", "n");
+        assert_eq!(config.fallback_limit(8), 8);
+        config.local_share = Some(3);
+        assert_eq!(config.fallback_limit(8), 3);
+        assert_eq!(config.fallback_limit(2), 2);
+    }
+}

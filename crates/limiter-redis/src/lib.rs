@@ -1,0 +1,70 @@
+//! A distributed priority limiter on Redis: every process that shares one Redis and one
+//! limiter name never exceeds the global limit, and waiters are served in one global order —
+//! priority first, then arrival — whichever process they live in.
+//!
+//! [`RedisLimiter`] implements [`ports::ConcurrencyLimiter`] and passes the same contract
+//! suite as the in-memory limiter. While Redis is unreachable it serves from an injected
+//! in-memory fallback and says so (`stats().degraded`).
+//!
+//! # Layout
+//! - [`config`]: [`RedisLimiterConfig`], its defaults and validation, URL redaction.
+//! - [`error`]: [`RedisLimiterError`], construction errors (runtime errors are
+//!   [`ports::LimiterError`]).
+//! - [`scripts`]: the Redis data model and the Lua scripts, one per transition.
+//! - `limiter`: [`RedisLimiter`]: acquire loop, stats, `set_limit`, failover and probing.
+//! - `permit`: the Redis permit handle: lease renewal, release, loss detection.
+//! - `wakeup`: the pub/sub task that wakes local waiters when Redis grants their ticket.
+//! - `bin/limiter-holder.rs`: a tiny process used by the multi-process tests.
+//!
+//! # How it works
+//! Every transition is one Lua script run with `EVALSHA` (reloaded after `NOSCRIPT`, e.g.
+//! after a Redis restart); see [`scripts`] for the keys and each script. Holders have
+//! *leases* and waiters have *tickets*, both deadlines in Redis server time; every script
+//! first reclaims expired ones, then *promotes* the queue head into free slots, so the grant
+//! happens inside Redis at the moment a slot frees, and a late arrival can never take a slot
+//! freed for a waiter. Granted tokens are published; the waiting process wakes at once and
+//! confirms its grant (which turns the short grant deadline into a full lease). Waiters also
+//! re-check on a jittered safety poll, which refreshes their ticket.
+//!
+//! # Time and clocks
+//! No client timestamp is ever written to Redis. Lease and ticket deadlines come from
+//! `redis.call('TIME')` inside the scripts, and arrival order from a counter in Redis
+//! (`HINCRBY`), so clock skew between hosts changes nothing. Local code only uses the
+//! monotonic `tokio::time::Instant` to bound its own waits.
+//!
+//! # Failure modes and their bounds
+//! - **A holder's process dies** (SIGKILL, OOM): its lease is not renewed and is reclaimed
+//!   by the next script after its deadline: the slot is free within `lease_ttl` + one renew
+//!   period (`lease_ttl / 3`) of the death.
+//! - **A waiter's process dies**: its ticket is not refreshed and expires within
+//!   `waiter_ttl`; if it was granted in the meantime, the grant keeps the ticket's deadline,
+//!   so the queue head or the slot is blocked for at most `waiter_ttl`.
+//! - **A holder stalls longer than its lease** (e.g. SIGSTOP): the slot is reclaimed and
+//!   may be granted again; when the holder resumes, its renewal returns 0 and the permit
+//!   reports [`is_lost`](ports::Permit::is_lost) (logged, counted in `leases_lost`).
+//! - **Redis refuses, drops or hangs**: every call is bounded by `op_timeout` (fred's
+//!   command timeout plus our own). The first failing call switches this process to the
+//!   fallback, which grants up to `local_share` (default: the full limit) permits, so with
+//!   N degraded processes at most N × share permits are alive. A probe every
+//!   `probe_interval` switches back once a script runs again. Memory permits are released
+//!   in memory; Redis permits granted before the outage keep renewing and are released in
+//!   Redis (retried in the background until their lease would have expired anyway).
+//! - **After switching back**, memory permits still alive and new Redis permits coexist
+//!   until the former finish: at most `share` extra permits per process, for as long as the
+//!   work started during the outage lasts.
+//! - **Lost pub/sub messages** (reconnects): a reconnect wakes every local waiter; otherwise
+//!   a lost message costs at most one safety poll.
+//! - **Dropped futures and permits**: a dropped `acquire` cancels its ticket (giving back
+//!   a grant that raced with the drop); a dropped permit releases its slot. Both are sent
+//!   from `Drop` immediately, ordered before any later command of the same task.
+
+pub mod config;
+pub mod error;
+mod limiter;
+mod permit;
+pub mod scripts;
+mod wakeup;
+
+pub use config::RedisLimiterConfig;
+pub use error::RedisLimiterError;
+pub use limiter::RedisLimiter;

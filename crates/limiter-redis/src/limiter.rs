@@ -1,0 +1,688 @@
+//! [`RedisLimiter`]: the `ConcurrencyLimiter` adapter on Redis, its waiting loop, and the
+//! switch to and from the in-memory fallback.
+//!
+//! # Who decides what
+//! Redis decides every grant (see [`crate::scripts`]); this process only asks, waits for a
+//! wake-up or a safety poll, and confirms. All local time is `tokio::time::Instant`
+//! (monotonic) and is used only to bound the caller's own wait.
+//!
+//! # Failover
+//! Any Redis call that fails or outlives `op_timeout` marks the limiter *degraded*: the
+//! call at hand and every later `acquire` are served by the injected fallback limiter
+//! (limit = the configured local share), and a probe task tries Redis every
+//! `probe_interval` until a script runs again, then switches back. A permit remembers where
+//! it came from, so memory permits are released in memory and Redis permits in Redis.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::Priority;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface};
+use fred::prelude::{Builder, Config, ReconnectPolicy, TcpConfig};
+use fred::types::scripts::Script;
+use fred::types::{FromValue, Value};
+use ports::{ConcurrencyLimiter, LimiterCounters, LimiterError, LimiterStats, Permit};
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{RedisLimiterConfig, redact_url};
+use crate::error::RedisLimiterError;
+use crate::permit::{Cleanup, RedisPermit};
+use crate::scripts::Scripts;
+use crate::wakeup;
+
+/// A distributed priority limiter: every process that uses the same Redis and the same
+/// [`name`](RedisLimiterConfig::name) shares one limit and one queue.
+///
+/// Built by [`RedisLimiter::connect`]. Dropping it stops its background tasks; permits that
+/// are still alive keep working (they hold the connection) until they are released.
+pub struct RedisLimiter {
+    inner: Arc<Inner>,
+    wakeups: JoinHandle<()>,
+}
+
+/// The state shared by the limiter, its permits and its background tasks.
+pub(crate) struct Inner {
+    pub(crate) config: RedisLimiterConfig,
+    client: Client,
+    subscriber: SubscriberClient,
+    pub(crate) scripts: Scripts,
+    fallback: Arc<dyn ConcurrencyLimiter>,
+    /// True while calls go to the fallback.
+    degraded: AtomicBool,
+    /// The last global limit seen or set: the default a script stores when Redis has lost it.
+    limit: AtomicU32,
+    /// A `set_limit` made while degraded, pushed to Redis by the probe before switching back.
+    pending_limit: Mutex<Option<u32>>,
+    /// This limiter instance's random prefix for tokens.
+    instance: String,
+    next_token: AtomicU64,
+    /// Local waiters by token, woken by the pub/sub task.
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    pub(crate) counters: Counters,
+}
+
+/// This process's event counters (see [`LimiterCounters`]).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) acquired_immediately: AtomicU64,
+    pub(crate) acquired_after_wait: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) released: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self, leases_reclaimed: u64) -> LimiterCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LimiterCounters {
+            acquired_immediately: get(&self.acquired_immediately),
+            acquired_after_wait: get(&self.acquired_after_wait),
+            timeouts: get(&self.timeouts),
+            cancelled: get(&self.cancelled),
+            released: get(&self.released),
+            leases_lost: get(&self.leases_lost),
+            leases_reclaimed,
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A Redis call that failed or timed out; the message is safe to show (no URL, no password).
+#[derive(Debug, Clone)]
+pub(crate) struct BackendError(pub(crate) String);
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `d` scaled by a random factor in `[low, 1]`, so periodic work of many holders and
+/// processes does not line up.
+pub(crate) fn jittered(d: Duration, low: f64) -> Duration {
+    d.mul_f64(rand::rng().random_range(low..=1.0))
+}
+
+/// Starts `fut` at once and lets the runtime finish it.
+///
+/// The first poll happens here, synchronously, so a Redis command inside is already queued
+/// on the connection when this returns: a release or cancel issued from `Drop` therefore
+/// reaches Redis before any command the same task sends afterwards (fred keeps the order of
+/// commands on one connection). Without a runtime nothing can be sent; the server-side lease
+/// or ticket deadline then frees the slot.
+pub(crate) fn spawn_now<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let mut fut = Box::pin(fut);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    if let Poll::Pending = fut.as_mut().poll(&mut cx) {
+        handle.spawn(fut);
+    }
+}
+
+impl RedisLimiter {
+    /// Builds a limiter for `config`, with `fallback` serving calls while Redis is
+    /// unreachable (its limit is set to the configured local share here).
+    ///
+    /// An unreachable Redis is not an error: the limiter then starts degraded and switches to
+    /// Redis as soon as a probe succeeds. Must be called inside a tokio runtime.
+    pub async fn connect(
+        config: RedisLimiterConfig,
+        fallback: Arc<dyn ConcurrencyLimiter>,
+    ) -> Result<Self, RedisLimiterError> {
+        config.validate()?;
+        let invalid_url = |source| RedisLimiterError::InvalidUrl {
+            url: redact_url(&config.url),
+            source,
+        };
+        let mut fred_config = Config::from_url(&config.url).map_err(invalid_url)?;
+        // Keep retrying the first connection too, so a limiter built during an outage
+        // recovers by itself.
+        fred_config.fail_fast = false;
+        let mut builder = Builder::from_config(fred_config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = config.connect_timeout;
+                c.internal_command_timeout = config.connect_timeout;
+                c.max_command_attempts = 2;
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..TcpConfig::default()
+                };
+            })
+            .with_performance_config(|p| {
+                // fred applies no timeout unless told; every call is bounded by op_timeout.
+                p.default_command_timeout = config.op_timeout;
+            })
+            // Reconnect forever, 50 ms doubling to 1 s (fred adds jitter).
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
+        let client = builder.build().map_err(invalid_url)?;
+        let subscriber = builder.build_subscriber_client().map_err(invalid_url)?;
+
+        fallback
+            .set_limit(config.fallback_limit(config.max_concurrent))
+            .await
+            .map_err(RedisLimiterError::Fallback)?;
+
+        let mut instance_id = [0u8; 8];
+        rand::rng().fill(&mut instance_id);
+        let inner = Arc::new(Inner {
+            scripts: Scripts::new(&config.name),
+            limit: AtomicU32::new(config.max_concurrent),
+            config,
+            client,
+            subscriber,
+            fallback,
+            degraded: AtomicBool::new(false),
+            pending_limit: Mutex::new(None),
+            instance: instance_id.iter().map(|b| format!("{b:02x}")).collect(),
+            next_token: AtomicU64::new(0),
+            waiters: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        });
+
+        // The receivers exist before the connections, so the first connect event is seen.
+        let messages = inner.subscriber.message_rx();
+        let reconnects = inner.subscriber.reconnect_rx();
+        let wakeups = tokio::spawn(wakeup::run(
+            Arc::downgrade(&inner),
+            inner.subscriber.clone(),
+            inner.scripts.channel.clone(),
+            messages,
+            reconnects,
+        ));
+        let _subscriber_task = inner.subscriber.connect();
+        let _client_task = inner.client.connect();
+
+        let connected = tokio::time::timeout(
+            inner.config.connect_timeout,
+            inner.client.wait_for_connect(),
+        )
+        .await;
+        match connected {
+            Ok(Ok(())) => tracing::debug!(
+                limiter = %inner.config.name,
+                url = %redact_url(&inner.config.url),
+                "redis limiter connected"
+            ),
+            Ok(Err(e)) => inner.fail_over(&BackendError(format!("connect: {e}"))),
+            Err(_) => inner.fail_over(&BackendError(format!(
+                "connect: no connection within {:?}",
+                inner.config.connect_timeout
+            ))),
+        }
+        Ok(RedisLimiter { inner, wakeups })
+    }
+
+    /// [`connect`](Self::connect) with a [`limiter_memory::MemoryLimiter`] as the fallback,
+    /// sized to the configured local share.
+    pub async fn connect_with_memory_fallback(
+        config: RedisLimiterConfig,
+    ) -> Result<Self, RedisLimiterError> {
+        let share = config.fallback_limit(config.max_concurrent);
+        let fallback = Arc::new(limiter_memory::MemoryLimiter::new(share));
+        Self::connect(config, fallback).await
+    }
+
+    /// Whether calls are currently served by the in-memory fallback.
+    pub fn is_degraded(&self) -> bool {
+        self.inner.degraded.load(Ordering::SeqCst)
+    }
+
+    /// The config this limiter was built with.
+    pub fn config(&self) -> &RedisLimiterConfig {
+        &self.inner.config
+    }
+}
+
+impl Drop for RedisLimiter {
+    fn drop(&mut self) {
+        self.wakeups.abort();
+    }
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("config", &self.inner.config)
+            .field("degraded", &self.is_degraded())
+            .finish()
+    }
+}
+
+impl Inner {
+    /// Runs `script` with the limiter's keys and `[default limit, channel, args…]`, bounded
+    /// by `op_timeout` in total (including a `SCRIPT LOAD` after `NOSCRIPT`).
+    pub(crate) async fn eval<R: FromValue>(
+        &self,
+        script: &Script,
+        args: Vec<Value>,
+    ) -> Result<R, BackendError> {
+        let mut argv: Vec<Value> = Vec::with_capacity(args.len() + 2);
+        argv.push(Value::Integer(i64::from(
+            self.limit.load(Ordering::Relaxed),
+        )));
+        argv.push(Value::from(self.scripts.channel.as_str()));
+        argv.extend(args);
+        let call =
+            script.evalsha_with_reload::<R, _, _>(&self.client, self.scripts.keys.clone(), argv);
+        match tokio::time::timeout(self.config.op_timeout, call).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(BackendError(format!("redis: {e}"))),
+            Err(_) => Err(BackendError(format!(
+                "redis: no answer within {:?}",
+                self.config.op_timeout
+            ))),
+        }
+    }
+
+    fn new_token(&self) -> String {
+        let n = self.next_token.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.instance)
+    }
+
+    fn lease_ms(&self) -> i64 {
+        duration_ms(self.config.lease_ttl)
+    }
+
+    fn acquire_args(&self, token: &str, priority: Priority, mode: &'static str) -> Vec<Value> {
+        vec![
+            Value::from(token),
+            Value::Integer(priority.index() as i64),
+            Value::Integer(self.lease_ms()),
+            Value::Integer(duration_ms(self.config.waiter_ttl)),
+            Value::from(mode),
+        ]
+    }
+
+    /// The longest a waiter sleeps without a wake-up: the safety poll, capped so that the
+    /// ticket is refreshed at least three times per `waiter_ttl`, jittered to 50–100 %.
+    fn poll_period(&self) -> Duration {
+        jittered(self.config.safety_poll.min(self.config.waiter_ttl / 3), 0.5)
+    }
+
+    /// Switches to the fallback (once) and starts the probe that switches back.
+    pub(crate) fn fail_over(self: &Arc<Self>, why: &BackendError) {
+        if self.degraded.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(
+            limiter = %self.config.name,
+            error = %why,
+            "redis limiter degraded: serving from the in-memory fallback"
+        );
+        let weak = Arc::downgrade(self);
+        let share = self
+            .config
+            .fallback_limit(self.limit.load(Ordering::Relaxed));
+        tokio::spawn(async move {
+            if let Some(inner) = weak.upgrade() {
+                if let Err(e) = inner.fallback.set_limit(share).await {
+                    tracing::warn!(error = %e, "fallback refused its local share");
+                }
+            }
+            probe(weak).await;
+        });
+    }
+
+    /// One probe: pushes a pending limit, runs the stats script, and switches back to Redis
+    /// when both succeed.
+    async fn try_recover(self: &Arc<Self>) -> bool {
+        let pending = *self.pending_limit.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match pending {
+            Some(limit) => self
+                .eval::<i64>(
+                    &self.scripts.set_limit,
+                    vec![Value::Integer(i64::from(limit))],
+                )
+                .await
+                .map(drop),
+            None => self
+                .eval::<Vec<i64>>(&self.scripts.stats, Vec::new())
+                .await
+                .map(drop),
+        };
+        if result.is_err() {
+            return false;
+        }
+        {
+            let mut slot = self.pending_limit.lock().unwrap_or_else(|p| p.into_inner());
+            if *slot == pending {
+                *slot = None;
+            }
+        }
+        self.degraded.store(false, Ordering::SeqCst);
+        tracing::info!(limiter = %self.config.name, "redis limiter recovered: back on redis");
+        true
+    }
+
+    /// Wakes the local waiters among `tokens`.
+    pub(crate) fn wake<'a>(&self, tokens: impl Iterator<Item = &'a str>) {
+        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for token in tokens {
+            if let Some(notify) = waiters.get(token) {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// Wakes every local waiter (after a reconnect or a lagged receiver).
+    pub(crate) fn wake_all(&self) {
+        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for notify in waiters.values() {
+            notify.notify_one();
+        }
+    }
+
+    /// Gives `token` back in the background, retrying while Redis is unreachable until the
+    /// server-side deadline would have freed it anyway.
+    pub(crate) fn spawn_cleanup(self: &Arc<Self>, what: Cleanup, token: String) {
+        let inner = Arc::clone(self);
+        spawn_now(async move {
+            let give_up = Instant::now() + inner.config.lease_ttl.max(inner.config.waiter_ttl);
+            loop {
+                let script = match what {
+                    Cleanup::Release => &inner.scripts.release,
+                    Cleanup::Cancel => &inner.scripts.cancel,
+                };
+                match inner
+                    .eval::<i64>(script, vec![Value::from(token.as_str())])
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(e) => {
+                        inner.fail_over(&e);
+                        if Instant::now() >= give_up {
+                            tracing::debug!(error = %e, "giving up a cleanup: the deadline frees it");
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(jittered(inner.config.renew_period(), 0.5)).await;
+            }
+        });
+    }
+
+    async fn redis_stats(self: &Arc<Self>) -> Result<LimiterStats, BackendError> {
+        let v: Vec<i64> = self.eval(&self.scripts.stats, Vec::new()).await?;
+        let [
+            limit,
+            active,
+            low,
+            normal,
+            high,
+            critical,
+            reclaimed,
+            max_wait,
+            oldest,
+        ] = v[..]
+        else {
+            return Err(BackendError(format!("stats script returned {v:?}")));
+        };
+        let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
+        let u64_of = |x: i64| u64::try_from(x.max(0)).unwrap_or(0);
+        self.limit.store(u32_of(limit).max(1), Ordering::Relaxed);
+        Ok(LimiterStats {
+            backend: "redis".to_owned(),
+            degraded: false,
+            max_concurrent: u32_of(limit),
+            active: u32_of(active),
+            available: u32_of(limit - active),
+            queued: ports::QueuedByPriority {
+                low: u32_of(low),
+                normal: u32_of(normal),
+                high: u32_of(high),
+                critical: u32_of(critical),
+            },
+            counters: self.counters.snapshot(u64_of(reclaimed)),
+            max_wait_ms: u64_of(max_wait),
+            oldest_queued_ms: u64_of(oldest),
+        })
+    }
+
+    async fn fallback_stats(&self) -> LimiterStats {
+        let mut stats = self.fallback.stats().await;
+        let local = self.counters.snapshot(0);
+        let c = &mut stats.counters;
+        c.acquired_immediately += local.acquired_immediately;
+        c.acquired_after_wait += local.acquired_after_wait;
+        c.timeouts += local.timeouts;
+        c.cancelled += local.cancelled;
+        c.released += local.released;
+        c.leases_lost += local.leases_lost;
+        stats.backend = "memory".to_owned();
+        stats.degraded = true;
+        stats
+    }
+
+    fn permit(self: &Arc<Self>, token: String, priority: Priority, waited: Duration) -> Permit {
+        Permit::new(Arc::new(RedisPermit::start(self, token)), priority, waited)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Close both connections; fred's connection tasks otherwise live on.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let subscriber = self.subscriber.clone();
+            handle.spawn(async move {
+                let _ = client.quit().await;
+                let _ = subscriber.quit().await;
+            });
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// Tries Redis every `probe_interval` (jittered) until it answers, then returns.
+async fn probe(weak: Weak<Inner>) {
+    loop {
+        let period = match weak.upgrade() {
+            Some(inner) => jittered(inner.config.probe_interval, 0.5),
+            None => return,
+        };
+        tokio::time::sleep(period).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if !inner.degraded.load(Ordering::SeqCst) || inner.try_recover().await {
+            return;
+        }
+    }
+}
+
+/// A queued ticket of the current `acquire`: registered for wake-ups, and cancelled in Redis
+/// if the future is dropped before it is disarmed.
+struct Ticket {
+    inner: Arc<Inner>,
+    token: String,
+    armed: bool,
+}
+
+impl Ticket {
+    fn new(inner: &Arc<Inner>, token: &str, notify: Arc<Notify>) -> Self {
+        inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.to_owned(), notify);
+        Ticket {
+            inner: Arc::clone(inner),
+            token: token.to_owned(),
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.token);
+        if self.armed {
+            // The caller went away while queued. Remove the ticket; if Redis granted it in
+            // the meantime, the cancel script gives the slot back.
+            bump(&self.inner.counters.cancelled);
+            self.inner
+                .spawn_cleanup(Cleanup::Cancel, std::mem::take(&mut self.token));
+        }
+    }
+}
+
+#[async_trait]
+impl ConcurrencyLimiter for RedisLimiter {
+    #[tracing::instrument(skip(self), fields(limiter = %self.inner.config.name))]
+    async fn acquire(
+        &self,
+        priority: Priority,
+        wait_timeout: Duration,
+    ) -> Result<Permit, LimiterError> {
+        let inner = &self.inner;
+        if inner.degraded.load(Ordering::SeqCst) {
+            return inner.fallback.acquire(priority, wait_timeout).await;
+        }
+        let started = Instant::now();
+        let token = inner.new_token();
+
+        if wait_timeout.is_zero() {
+            let args = inner.acquire_args(&token, priority, "try");
+            return match inner.eval::<i64>(&inner.scripts.acquire, args).await {
+                Ok(1) => {
+                    bump(&inner.counters.acquired_immediately);
+                    Ok(inner.permit(token, priority, Duration::ZERO))
+                }
+                Ok(_) => {
+                    bump(&inner.counters.timeouts);
+                    Err(LimiterError::Timeout {
+                        priority,
+                        waited: Duration::ZERO,
+                    })
+                }
+                Err(e) => {
+                    inner.fail_over(&e);
+                    // The script may still run after our timeout: give back what it grants.
+                    inner.spawn_cleanup(Cleanup::Cancel, token);
+                    inner.fallback.acquire(priority, Duration::ZERO).await
+                }
+            };
+        }
+
+        let deadline = started + wait_timeout;
+        let notify = Arc::new(Notify::new());
+        let mut ticket = Ticket::new(inner, &token, Arc::clone(&notify));
+        let mut first = true;
+        loop {
+            let args = inner.acquire_args(&token, priority, "wait");
+            match inner.eval::<i64>(&inner.scripts.acquire, args).await {
+                Ok(1) => {
+                    ticket.disarm();
+                    drop(ticket);
+                    let waited = if first {
+                        bump(&inner.counters.acquired_immediately);
+                        Duration::ZERO
+                    } else {
+                        bump(&inner.counters.acquired_after_wait);
+                        started.elapsed()
+                    };
+                    return Ok(inner.permit(token, priority, waited));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    inner.fail_over(&e);
+                    ticket.disarm();
+                    drop(ticket);
+                    inner.spawn_cleanup(Cleanup::Cancel, token);
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    return inner.fallback.acquire(priority, remaining).await;
+                }
+            }
+            first = false;
+            let now = Instant::now();
+            if now >= deadline {
+                // Leave the queue before answering, so that the caller's next `stats()`
+                // no longer sees this ticket.
+                ticket.disarm();
+                drop(ticket);
+                let cancel = inner
+                    .eval::<i64>(&inner.scripts.cancel, vec![Value::from(token.as_str())])
+                    .await;
+                if let Err(e) = cancel {
+                    inner.fail_over(&e);
+                    inner.spawn_cleanup(Cleanup::Cancel, token);
+                }
+                bump(&inner.counters.timeouts);
+                return Err(LimiterError::Timeout {
+                    priority,
+                    waited: started.elapsed(),
+                });
+            }
+            let nap = inner.poll_period().min(deadline - now);
+            tokio::select! {
+                () = notify.notified() => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    async fn stats(&self) -> LimiterStats {
+        let inner = &self.inner;
+        if !inner.degraded.load(Ordering::SeqCst) {
+            match inner.redis_stats().await {
+                Ok(stats) => return stats,
+                Err(e) => inner.fail_over(&e),
+            }
+        }
+        inner.fallback_stats().await
+    }
+
+    #[tracing::instrument(skip(self), fields(limiter = %self.inner.config.name))]
+    async fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError> {
+        if max_concurrent == 0 {
+            return Err(LimiterError::InvalidLimit { given: 0 });
+        }
+        let inner = &self.inner;
+        inner.limit.store(max_concurrent, Ordering::Relaxed);
+        inner
+            .fallback
+            .set_limit(inner.config.fallback_limit(max_concurrent))
+            .await?;
+        if !inner.degraded.load(Ordering::SeqCst) {
+            let args = vec![Value::Integer(i64::from(max_concurrent))];
+            match inner.eval::<i64>(&inner.scripts.set_limit, args).await {
+                Ok(_) => return Ok(()),
+                Err(e) => inner.fail_over(&e),
+            }
+        }
+        // Redis is unreachable: the probe stores the limit before switching back.
+        *inner
+            .pending_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(max_concurrent);
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! [`RedisPermit`]: one granted Redis slot, its lease renewal, and its release.
+//!
+//! A permit starts a renewal task that extends the lease every `lease_ttl / 3` (jittered to
+//! 80–100 %), so a live holder keeps its slot however long it works, and a holder whose
+//! process died loses it at most `lease_ttl` after its last renewal. When a renewal finds the
+//! lease gone (the process stalled longer than the lease, or Redis lost its data), the permit
+//! is *lost*: it is logged, counted in `leases_lost`, and [`PermitHandle::is_lost`] says so;
+//! the caller's work is then no longer protected by the limit.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use fred::types::Value;
+use ports::{LimiterError, PermitHandle};
+use tokio::task::JoinHandle;
+
+use crate::limiter::{Inner, bump, jittered};
+
+/// Which script gives a token back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cleanup {
+    /// The token holds (or may hold) a slot.
+    Release,
+    /// The token is (or may be) queued, or was granted without anyone taking the permit.
+    Cancel,
+}
+
+/// The Redis side of a [`ports::Permit`].
+pub(crate) struct RedisPermit {
+    inner: Arc<Inner>,
+    token: String,
+    lost: Arc<AtomicBool>,
+    /// Set by the first release, so a handle shared by clones frees its slot once.
+    released: AtomicBool,
+    renewer: JoinHandle<()>,
+}
+
+impl RedisPermit {
+    /// Wraps a granted `token` and starts renewing its lease.
+    pub(crate) fn start(inner: &Arc<Inner>, token: String) -> Self {
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = tokio::spawn(renew(
+            Arc::downgrade(inner),
+            token.clone(),
+            Arc::clone(&lost),
+        ));
+        RedisPermit {
+            inner: Arc::clone(inner),
+            token,
+            lost,
+            released: AtomicBool::new(false),
+            renewer,
+        }
+    }
+}
+
+/// Renews the lease of `token` until the permit stops the task or the lease is lost.
+async fn renew(inner: Weak<Inner>, token: String, lost: Arc<AtomicBool>) {
+    loop {
+        let period = match inner.upgrade() {
+            Some(i) => jittered(i.config.renew_period(), 0.8),
+            None => return,
+        };
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let lease_ms = i64::try_from(inner.config.lease_ttl.as_millis()).unwrap_or(i64::MAX);
+        let args = vec![Value::from(token.as_str()), Value::Integer(lease_ms)];
+        match inner.eval::<i64>(&inner.scripts.renew, args).await {
+            Ok(1) => {}
+            Ok(_) => {
+                lost.store(true, Ordering::SeqCst);
+                bump(&inner.counters.leases_lost);
+                tracing::warn!(
+                    limiter = %inner.config.name,
+                    token = %token,
+                    "lease lost: the slot was reclaimed while still held"
+                );
+                return;
+            }
+            // Redis is unreachable; the lease may still be valid, so keep trying.
+            Err(e) => inner.fail_over(&e),
+        }
+    }
+}
+
+impl PermitHandle for RedisPermit {
+    fn release_on_drop(self: Arc<Self>) {
+        if self.released.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.renewer.abort();
+        bump(&self.inner.counters.released);
+        self.inner
+            .spawn_cleanup(Cleanup::Release, self.token.clone());
+    }
+
+    fn release(
+        self: Arc<Self>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), LimiterError>> + Send + 'static>> {
+        Box::pin(async move {
+            if self.released.swap(true, Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.renewer.abort();
+            bump(&self.inner.counters.released);
+            let args = vec![Value::from(self.token.as_str())];
+            match self
+                .inner
+                .eval::<i64>(&self.inner.scripts.release, args)
+                .await
+            {
+                // 0 means the lease had already been reclaimed: nothing left to free.
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    self.inner.fail_over(&e);
+                    // Keep trying in the background; the lease is the last safety net.
+                    self.inner
+                        .spawn_cleanup(Cleanup::Release, self.token.clone());
+                    Err(LimiterError::Unavailable { message: e.0 })
+                }
+            }
+        })
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,5 @@
+//! The integration tests of `limiter-redis`, one binary (see STYLE rule 14), all against
+//! real `redis-server` processes started by [`support`].
+
+mod contract;
+mod support;
