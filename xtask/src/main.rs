@@ -3,11 +3,13 @@
 //! - `cargo xtask test`: the one gate (format, layering, clippy, tests, docs).
 //! - `cargo xtask demo`: fake D-ID + the service, walking a real request flow.
 //! - `cargo xtask harness`: multi-process fault-injection run that checks the invariants.
+//! - `cargo xtask bench`: macro benchmarks over real sockets, baselines in the same run.
 //!
 //! Run `cargo xtask` without arguments for the list.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool talks to its user
 
+mod bench;
 mod demo;
 mod harness;
 mod media;
@@ -28,6 +30,9 @@ tasks:
           (in-memory limiter; the Redis limiter when REDIS_URL is set)
   harness redis-server + did-fake with faults + N http-api processes, a seeded mixed
           workload, invariants checked [--quick] [--seed N]
+  bench   macro benchmarks against did-fake over real sockets (before/after, budget
+          utilisation, priority, crash recovery, Redis outage), baselines in the same
+          run, report in target/bench-report/ [--quick] [--only 1,2,..]
 ";
 
 fn main() -> ExitCode {
@@ -36,6 +41,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("harness") => harness::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

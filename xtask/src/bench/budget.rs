@@ -1,0 +1,340 @@
+//! Scenario 2, budget utilisation: with a limit of C slots and an upstream latency of L, the
+//! best any gateway can do is C / L requests per second. Many more callers than C hammer
+//! http-api's `GET /talk-status/{id}`; utilisation is the achieved throughput over C / L.
+//! did-fake answers 429 above C in flight (`max_in_flight_per_key = C`) and reports its peak
+//! in-flight, so over-admission shows up twice. Runs the memory backend (1 process) and the
+//! Redis backend (4 processes, one Redis); the baseline is C workers sending the same request
+//! straight to did-fake, no gateway, in the same run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::Ctx;
+use super::load::{self, Sample, Stop};
+use super::report::{Plot, Section, Summary, Table, f1, f2};
+use super::rig::{self, ApiOptions, FAKE_KEY, PREFIX, STATUS_ROUTE};
+use crate::procs::{self, Server};
+
+struct Params {
+    limit: u32,
+    latency_ms: u64,
+    callers: usize,
+    warmup: f64,
+    measure: f64,
+}
+
+struct Outcome {
+    name: String,
+    throughput: f64,
+    latency: Summary,
+    errors: usize,
+    peak_in_flight: u64,
+    upstream_429: u64,
+}
+
+pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
+    let p = if ctx.quick {
+        Params {
+            limit: 4,
+            latency_ms: 100,
+            callers: 24,
+            warmup: 1.0,
+            measure: 5.0,
+        }
+    } else {
+        Params {
+            limit: 8,
+            latency_ms: 200,
+            callers: 64,
+            warmup: 3.0,
+            measure: 20.0,
+        }
+    };
+    let client = &ctx.client;
+    let fake = rig::spawn_fake("bench2-did-fake", client).await?;
+    let base = fake.base_url.clone();
+    let talk = rig::create_talk(client, &base).await?;
+    rig::set_faults(
+        client,
+        &base,
+        json!({
+            "latency": {"routes": {STATUS_ROUTE: p.latency_ms}},
+            "max_in_flight_per_key": p.limit,
+        }),
+    )
+    .await?;
+    let ideal = f64::from(p.limit) / (p.latency_ms as f64 / 1000.0);
+    println!(
+        "  C = {}, L = {} ms on {STATUS_ROUTE} → C/L = {ideal:.1} req/s; {} callers; \
+         {:.0} s warm-up + {:.0} s measured per run",
+        p.limit, p.latency_ms, p.callers, p.warmup, p.measure
+    );
+
+    // Baseline: exactly C workers straight at did-fake, one pooled client.
+    let direct = reqwest::Client::builder()
+        .pool_max_idle_per_host(p.limit as usize)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let url = Arc::new(format!("{base}/talks/{talk}"));
+    let baseline = measure(
+        ctx,
+        &p,
+        &base,
+        "direct (C workers, no gateway)",
+        p.limit as usize,
+        {
+            move |_, _| {
+                let (direct, url) = (direct.clone(), Arc::clone(&url));
+                async move {
+                    direct
+                        .get(url.as_str())
+                        .header("authorization", format!("Basic {FAKE_KEY}"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            }
+        },
+    )
+    .await?;
+
+    // Memory backend: one http-api process.
+    let api = rig::spawn_api(
+        "bench2-http-api-memory",
+        client,
+        &ApiOptions {
+            fake: &base,
+            redis: None,
+            limit: p.limit,
+            lease_ttl_secs: None,
+        },
+    )
+    .await?;
+    let memory = gateway_run(ctx, &p, &base, "http-api, memory, 1 process", &[api], &talk).await?;
+
+    // Redis backend: four http-api processes sharing one Redis.
+    let redis = procs::spawn_redis("bench2-redis").await?;
+    let mut apis = Vec::new();
+    for i in 0..4 {
+        apis.push(
+            rig::spawn_api(
+                &format!("bench2-http-api-redis-{i}"),
+                client,
+                &ApiOptions {
+                    fake: &base,
+                    redis: Some(&redis.base_url),
+                    limit: p.limit,
+                    lease_ttl_secs: None,
+                },
+            )
+            .await?,
+        );
+    }
+    let redis_run =
+        gateway_run(ctx, &p, &base, "http-api, Redis, 4 processes", &apis, &talk).await?;
+    drop(apis);
+    drop(redis);
+    drop(fake);
+
+    let mut section = Section::new(
+        2,
+        "Budget utilisation",
+        &format!(
+            "Limit C = {c}, upstream latency L = {l} ms (did-fake latency on `{STATUS_ROUTE}`), \
+             so the budget allows C / L = {ideal:.1} req/s. {callers} closed-loop callers send \
+             `GET {PREFIX}/talk-status/{{id}}` (one talk created straight at did-fake), spread \
+             round-robin over the processes. Throughput counts successful answers that ended \
+             inside the {m:.0} s window after a {w:.0} s warm-up. Utilisation = throughput / \
+             (C / L). did-fake answers 429 above C in flight (`max_in_flight_per_key = C`). \
+             Baseline: C workers sending `GET /talks/{{id}}` straight to did-fake with a pooled \
+             client, no gateway and no limiter, same window.",
+            c = p.limit,
+            l = p.latency_ms,
+            callers = p.callers,
+            m = p.measure,
+            w = p.warmup
+        ),
+    );
+    let mut table = Table::new(
+        "",
+        &[
+            "run",
+            "throughput (req/s)",
+            "utilisation of C/L",
+            "vs direct baseline",
+            "errors",
+            "p50 (ms)",
+            "p99 (ms)",
+            "did-fake peak in-flight",
+            "upstream 429s",
+        ],
+    );
+    for o in [&baseline, &memory, &redis_run] {
+        table.row(vec![
+            o.name.clone(),
+            f1(o.throughput),
+            format!("{:.1} %", 100.0 * o.throughput / ideal),
+            format!(
+                "{:.1} %",
+                100.0 * o.throughput / baseline.throughput.max(1e-9)
+            ),
+            o.errors.to_string(),
+            f2(o.latency.p50),
+            f2(o.latency.p99),
+            o.peak_in_flight.to_string(),
+            o.upstream_429.to_string(),
+        ]);
+    }
+    section.table(table);
+    section.plots.push(Plot {
+        file: "2-budget-latency.svg".into(),
+        title: format!(
+            "Scenario 2: caller latency, C = {}, L = {} ms, {} callers (direct: C workers)",
+            p.limit, p.latency_ms, p.callers
+        ),
+        series: vec![
+            baseline.name.clone(),
+            memory.name.clone(),
+            redis_run.name.clone(),
+        ],
+        groups: ["p50", "p95", "p99"]
+            .iter()
+            .map(|g| {
+                let pick = |s: &Summary| match *g {
+                    "p50" => s.p50,
+                    "p95" => s.p95,
+                    _ => s.p99,
+                };
+                (
+                    (*g).to_owned(),
+                    vec![
+                        pick(&baseline.latency),
+                        pick(&memory.latency),
+                        pick(&redis_run.latency),
+                    ],
+                )
+            })
+            .collect(),
+    });
+    let u_mem = memory.throughput / ideal;
+    let u_redis = redis_run.throughput / ideal;
+    section.target(
+        "memory backend utilisation >= 99 %",
+        u_mem >= 0.99,
+        &format!(
+            "{:.1} % ({:.1} of {ideal:.1} req/s; direct baseline {:.1} %)",
+            100.0 * u_mem,
+            memory.throughput,
+            100.0 * baseline.throughput / ideal
+        ),
+    );
+    section.target(
+        "Redis backend (4 processes) utilisation >= 95 %",
+        u_redis >= 0.95,
+        &format!(
+            "{:.1} % ({:.1} of {ideal:.1} req/s)",
+            100.0 * u_redis,
+            redis_run.throughput
+        ),
+    );
+    for o in [&memory, &redis_run] {
+        section.target(
+            &format!("{}: did-fake peak in-flight <= C", o.name),
+            o.peak_in_flight <= u64::from(p.limit),
+            &format!("peak {} (C = {})", o.peak_in_flight, p.limit),
+        );
+        section.target(
+            &format!("{}: zero upstream 429s (cap = C)", o.name),
+            o.upstream_429 == 0,
+            &format!("{} 429s, {} caller errors", o.upstream_429, o.errors),
+        );
+    }
+    let runs: Vec<Value> = [&baseline, &memory, &redis_run]
+        .iter()
+        .map(|o| {
+            json!({
+                "name": o.name, "throughput_rps": o.throughput,
+                "utilisation": o.throughput / ideal, "errors": o.errors,
+                "latency": o.latency.json(), "peak_in_flight": o.peak_in_flight,
+                "upstream_429": o.upstream_429,
+            })
+        })
+        .collect();
+    section.data = json!({
+        "limit": p.limit, "latency_ms": p.latency_ms, "callers": p.callers,
+        "warmup_s": p.warmup, "measure_s": p.measure, "ideal_rps": ideal, "runs": runs,
+    });
+    Ok(section)
+}
+
+/// Runs `callers` closed-loop callers through the given http-api processes.
+async fn gateway_run(
+    ctx: &Ctx,
+    p: &Params,
+    fake: &str,
+    name: &str,
+    apis: &[Server],
+    talk: &str,
+) -> Result<Outcome> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let urls: Arc<Vec<String>> = Arc::new(
+        apis.iter()
+            .map(|a| format!("{}{PREFIX}/talk-status/{talk}", a.base_url))
+            .collect(),
+    );
+    let mut outcome = measure(ctx, p, fake, name, p.callers, move |w, _| {
+        let (http, urls) = (http.clone(), Arc::clone(&urls));
+        async move {
+            http.get(&urls[w % urls.len()])
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await?;
+    // Every process should be idle again; a leftover permit would skew the next run.
+    for a in apis {
+        let stats = rig::api_stats(&ctx.client, &a.base_url).await?;
+        let active = rig::limiter_of(&stats)["active_requests"].as_u64();
+        if active != Some(0) {
+            outcome.name.push_str(" (permits left after the run!)");
+        }
+    }
+    Ok(outcome)
+}
+
+/// Resets did-fake's counters, runs the load, and reads throughput and did-fake's view.
+async fn measure<F, Fut>(
+    ctx: &Ctx,
+    p: &Params,
+    fake: &str,
+    name: &str,
+    workers: usize,
+    f: F,
+) -> Result<Outcome>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    println!("  run: {name}");
+    rig::reset_fake(&ctx.client, fake).await?;
+    let t0 = Instant::now();
+    let end = p.warmup + p.measure;
+    let samples =
+        load::closed_loop(name, t0, workers, Stop::At(Duration::from_secs_f64(end)), f).await?;
+    let stats = rig::fake_stats(&ctx.client, fake).await?;
+    let mut lat = load::latencies(&samples, p.warmup, end);
+    Ok(Outcome {
+        name: name.to_owned(),
+        throughput: load::throughput(&samples, p.warmup, end),
+        latency: Summary::of(&mut lat),
+        errors: samples.iter().filter(|s: &&Sample| !s.ok).count(),
+        peak_in_flight: rig::count(&stats, "peak_in_flight"),
+        upstream_429: rig::count(&stats, "rate_limited"),
+    })
+}

@@ -1,0 +1,479 @@
+//! The benchmark report: percentiles from sorted samples, one [`Section`] per scenario
+//! (tables with their baseline column, targets, raw JSON, latency plots), written as
+//! `report.json`, `report.md` and hand-drawn SVG bar charts under `target/bench-report/`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+/// Latency (or wait) figures of one set of samples, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Summary {
+    pub(crate) n: usize,
+    pub(crate) mean: f64,
+    pub(crate) p50: f64,
+    pub(crate) p95: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+}
+
+impl Summary {
+    /// Summarises `samples` (milliseconds); sorts them in place.
+    pub(crate) fn of(samples: &mut [f64]) -> Summary {
+        if samples.is_empty() {
+            return Summary::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let n = samples.len();
+        Summary {
+            n,
+            mean: samples.iter().sum::<f64>() / n as f64,
+            p50: percentile(samples, 50.0),
+            p95: percentile(samples, 95.0),
+            p99: percentile(samples, 99.0),
+            max: samples[n - 1],
+        }
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        json!({
+            "n": self.n, "mean_ms": round3(self.mean), "p50_ms": round3(self.p50),
+            "p95_ms": round3(self.p95), "p99_ms": round3(self.p99), "max_ms": round3(self.max),
+        })
+    }
+}
+
+/// Nearest-rank percentile of sorted samples: the smallest sample with at least `p` % of
+/// the samples at or below it.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub(crate) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// `x` with one decimal (for tables).
+pub(crate) fn f1(x: f64) -> String {
+    format!("{x:.1}")
+}
+
+/// `x` with two decimals (for tables).
+pub(crate) fn f2(x: f64) -> String {
+    format!("{x:.2}")
+}
+
+/// A Markdown table.
+#[derive(Debug, Clone)]
+pub(crate) struct Table {
+    pub(crate) caption: String,
+    pub(crate) headers: Vec<String>,
+    pub(crate) rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub(crate) fn new(caption: &str, headers: &[&str]) -> Table {
+        Table {
+            caption: caption.to_owned(),
+            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn markdown(&self, out: &mut String) {
+        if !self.caption.is_empty() {
+            let _ = writeln!(out, "{}\n", self.caption);
+        }
+        let _ = writeln!(out, "| {} |", self.headers.join(" | "));
+        let _ = writeln!(
+            out,
+            "|{}",
+            self.headers.iter().map(|_| "---|").collect::<String>()
+        );
+        for row in &self.rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        out.push('\n');
+    }
+
+    /// Prints the table to the terminal, columns padded.
+    pub(crate) fn print(&self) {
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|i| {
+                std::iter::once(&self.headers[i])
+                    .chain(self.rows.iter().filter_map(|r| r.get(i)))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            let mut s = String::from("   ");
+            for (i, c) in cells.iter().enumerate() {
+                let w = widths.get(i).copied().unwrap_or(0);
+                let _ = write!(s, " {c:<w$} ");
+            }
+            println!("{}", s.trim_end());
+        };
+        if !self.caption.is_empty() {
+            println!("  {}", self.caption);
+        }
+        line(&self.headers);
+        for row in &self.rows {
+            line(row);
+        }
+    }
+}
+
+/// One target: a named bound, what was measured, and whether it holds.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) measured: String,
+    pub(crate) pass: bool,
+}
+
+/// A grouped bar chart: for each group (e.g. `p50`), one bar per series (e.g. naive, pooled).
+#[derive(Debug, Clone)]
+pub(crate) struct Plot {
+    pub(crate) file: String,
+    pub(crate) title: String,
+    pub(crate) series: Vec<String>,
+    /// (group label, one value per series).
+    pub(crate) groups: Vec<(String, Vec<f64>)>,
+}
+
+/// The result of one scenario.
+#[derive(Debug, Clone)]
+pub(crate) struct Section {
+    pub(crate) number: usize,
+    pub(crate) title: String,
+    /// What is measured and how, as Markdown prose (definitions included).
+    pub(crate) method: String,
+    pub(crate) tables: Vec<Table>,
+    pub(crate) targets: Vec<Target>,
+    pub(crate) plots: Vec<Plot>,
+    pub(crate) notes: Vec<String>,
+    pub(crate) data: Value,
+    pub(crate) seconds: f64,
+}
+
+impl Section {
+    pub(crate) fn new(number: usize, title: &str, method: &str) -> Section {
+        Section {
+            number,
+            title: title.to_owned(),
+            method: method.to_owned(),
+            tables: Vec::new(),
+            targets: Vec::new(),
+            plots: Vec::new(),
+            notes: Vec::new(),
+            data: json!({}),
+            seconds: 0.0,
+        }
+    }
+
+    /// A scenario that could not run: one failed target carrying the error.
+    pub(crate) fn failed(number: usize, title: &str, error: &str) -> Section {
+        let mut s = Section::new(number, title, "The scenario did not complete.");
+        s.target("scenario ran to completion", false, error);
+        s
+    }
+
+    pub(crate) fn target(&mut self, name: &str, pass: bool, measured: &str) {
+        self.targets.push(Target {
+            name: name.to_owned(),
+            measured: measured.to_owned(),
+            pass,
+        });
+    }
+
+    pub(crate) fn table(&mut self, table: Table) {
+        table.print();
+        self.tables.push(table);
+    }
+
+    pub(crate) fn print_targets(&self) {
+        for t in &self.targets {
+            println!(
+                "  {}  {}: {}",
+                if t.pass { "PASS" } else { "FAIL" },
+                t.name,
+                t.measured
+            );
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "scenario": self.number,
+            "title": self.title,
+            "seconds": round3(self.seconds),
+            "targets": self.targets.iter().map(|t| json!({
+                "name": t.name, "measured": t.measured, "pass": t.pass,
+            })).collect::<Vec<_>>(),
+            "tables": self.tables.iter().map(|t| json!({
+                "caption": t.caption, "headers": t.headers, "rows": t.rows,
+            })).collect::<Vec<_>>(),
+            "notes": self.notes,
+            "data": self.data,
+        })
+    }
+}
+
+/// The whole run.
+pub(crate) struct Report {
+    pub(crate) quick: bool,
+    pub(crate) date: String,
+    pub(crate) nproc: String,
+    pub(crate) memory: String,
+    pub(crate) commit: String,
+    pub(crate) sections: Vec<Section>,
+    pub(crate) total_seconds: f64,
+}
+
+fn capture(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .current_dir(crate::root())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+impl Report {
+    pub(crate) fn new(quick: bool) -> Report {
+        let free = capture("free", &["-h"]);
+        let memory = free
+            .lines()
+            .find(|l| l.starts_with("Mem:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("unknown")
+            .to_owned();
+        Report {
+            quick,
+            date: capture("date", &[]),
+            nproc: capture("nproc", &[]),
+            memory,
+            commit: capture("git", &["rev-parse", "--short", "HEAD"]),
+            sections: Vec::new(),
+            total_seconds: 0.0,
+        }
+    }
+
+    pub(crate) fn machine_line(&self) -> String {
+        format!(
+            "{} cores (nproc), {} RAM (free -h), commit {}, {}",
+            self.nproc, self.memory, self.commit, self.date
+        )
+    }
+
+    pub(crate) fn tally(&self) -> (usize, usize) {
+        let all = self.sections.iter().flat_map(|s| &s.targets);
+        let passed = all.clone().filter(|t| t.pass).count();
+        (passed, all.count() - passed)
+    }
+
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let command = if self.quick {
+            "cargo xtask bench --quick"
+        } else {
+            "cargo xtask bench"
+        };
+        let json = json!({
+            "command": command,
+            "date": self.date,
+            "machine": {"nproc": self.nproc, "memory": self.memory},
+            "commit": self.commit,
+            "binaries": "debug profile (cargo build), as built by the task",
+            "total_seconds": round3(self.total_seconds),
+            "scenarios": self.sections.iter().map(Section::json).collect::<Vec<_>>(),
+        });
+        std::fs::write(
+            dir.join("report.json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+
+        let mut md = String::new();
+        let _ = writeln!(md, "# talkgate macro benchmarks\n");
+        let _ = writeln!(
+            md,
+            "- command: `{command}`\n- date: {}\n- machine: {} cores (`nproc`), {} RAM \
+             (`free -h`)\n- commit: {}\n- binaries: debug profile, as built by the task\n\
+             - total time: {:.0} s\n",
+            self.date, self.nproc, self.memory, self.commit, self.total_seconds
+        );
+        let _ = writeln!(md, "## Targets\n");
+        let _ = writeln!(
+            md,
+            "| scenario | target | measured | result |\n|---|---|---|---|"
+        );
+        for s in &self.sections {
+            for t in &s.targets {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} |",
+                    s.number,
+                    t.name,
+                    t.measured,
+                    if t.pass { "PASS" } else { "FAIL" }
+                );
+            }
+        }
+        md.push('\n');
+        for s in &self.sections {
+            let _ = writeln!(md, "## {}. {} ({:.0} s)\n", s.number, s.title, s.seconds);
+            let _ = writeln!(md, "{}\n", s.method);
+            for t in &s.tables {
+                t.markdown(&mut md);
+            }
+            for p in &s.plots {
+                std::fs::write(dir.join(&p.file), svg(p))?;
+                let _ = writeln!(md, "![{}]({})\n", p.title, p.file);
+            }
+            for n in &s.notes {
+                let _ = writeln!(md, "- {n}");
+            }
+            if !s.notes.is_empty() {
+                md.push('\n');
+            }
+        }
+        std::fs::write(dir.join("report.md"), md)?;
+        Ok(())
+    }
+}
+
+const COLOURS: [&str; 6] = [
+    "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+];
+
+/// A horizontal grouped bar chart, drawn by hand: one row of bars per group, one colour per
+/// series, the value written at the end of each bar; linear scale from 0 to the largest value.
+pub(crate) fn svg(plot: &Plot) -> String {
+    let bar_h = 16.0;
+    let gap = 10.0;
+    let left = 120.0;
+    let width = 760.0;
+    let plot_w = width - left - 110.0;
+    let legend_h = 24.0;
+    let group_h = bar_h * plot.series.len() as f64 + gap;
+    let height = 40.0 + legend_h + group_h * plot.groups.len() as f64 + 20.0;
+    let max = plot
+        .groups
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(0.0_f64, f64::max)
+        .max(1e-9);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        escape(&plot.title)
+    );
+    let mut x = left;
+    for (i, name) in plot.series.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="32" width="12" height="12" fill="{c}"/><text x="{}" y="43">{}</text>"#,
+            x + 16.0,
+            escape(name)
+        );
+        x += 30.0 + 7.0 * name.chars().count() as f64;
+    }
+    let mut y = 40.0 + legend_h;
+    for (label, values) in &plot.groups {
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            left - 8.0,
+            y + group_h / 2.0,
+            escape(label)
+        );
+        for (i, v) in values.iter().enumerate() {
+            let c = COLOURS[i % COLOURS.len()];
+            let w = (v / max * plot_w).max(1.0);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{left}" y="{y}" width="{w:.1}" height="{}" fill="{c}"/><text x="{:.1}" y="{}">{}</text>"#,
+                bar_h - 2.0,
+                left + w + 4.0,
+                y + bar_h - 4.0,
+                fmt_value(*v)
+            );
+            y += bar_h;
+        }
+        y += gap;
+    }
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{}" x2="{left}" y2="{}" stroke="black"/></svg>"#,
+        40.0 + legend_h - 4.0,
+        y - gap + 4.0
+    );
+    s
+}
+
+fn fmt_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else if v >= 1.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.3} ms")
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        let s = Summary::of(&mut v);
+        assert_eq!((s.p50, s.p95, s.p99, s.max), (50.0, 95.0, 99.0, 100.0));
+        assert_eq!(s.mean, 50.5);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert_eq!(Summary::of(&mut []).n, 0);
+    }
+
+    #[test]
+    fn svg_has_one_bar_per_value() {
+        let p = Plot {
+            file: "x.svg".into(),
+            title: "t <1>".into(),
+            series: vec!["a".into(), "b".into()],
+            groups: vec![
+                ("p50".into(), vec![1.0, 2.0]),
+                ("p99".into(), vec![3.0, 4.0]),
+            ],
+        };
+        let s = svg(&p);
+        assert_eq!(s.matches("<rect").count(), 1 + 2 + 4);
+        assert!(s.contains("t &lt;1&gt;"));
+    }
+}

@@ -1,0 +1,245 @@
+//! The benchmark rig: did-fake, http-api and redis-server processes on free loopback ports
+//! (killed when dropped, see `procs`), and the few HTTP calls the scenarios make to steer and
+//! observe them.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::procs::{self, Server};
+
+/// The service's route prefix.
+pub(crate) const PREFIX: &str = "/api/d_id_optimized";
+/// did-fake's default API key (`did_fake::DEFAULT_API_KEY`).
+pub(crate) const FAKE_KEY: &str = "talkgate:fake-key";
+/// The upstream route the load goes to (its latency is what the scenarios set).
+pub(crate) const STATUS_ROUTE: &str = "GET /talks/{id}";
+
+/// Starts did-fake (fast talk lifecycle, fixed seed) and waits until it answers.
+pub(crate) async fn spawn_fake(name: &str, client: &reqwest::Client) -> Result<Server> {
+    let port = procs::free_port()?;
+    let mut fake = Server::spawn(
+        name,
+        procs::bin("did-fake"),
+        &[
+            "--port".into(),
+            port.to_string(),
+            "--time-scale".into(),
+            "0.01".into(),
+            "--seed".into(),
+            "7".into(),
+        ],
+        &[],
+        port,
+    )?;
+    fake.wait_ready(client, "/_fake/stats", Duration::from_secs(30))
+        .await?;
+    Ok(fake)
+}
+
+/// Replaces did-fake's faults with `faults` (the JSON form of `did_fake::Faults`).
+pub(crate) async fn set_faults(client: &reqwest::Client, fake: &str, faults: Value) -> Result<()> {
+    let resp = client
+        .post(format!("{fake}/_fake/faults"))
+        .json(&faults)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!(
+            "did-fake refused the faults {faults}: {}",
+            resp.text().await?
+        );
+    }
+    Ok(())
+}
+
+/// Zeroes did-fake's counters (the peak in-flight restarts from the current in-flight).
+pub(crate) async fn reset_fake(client: &reqwest::Client, fake: &str) -> Result<()> {
+    let resp = client.post(format!("{fake}/_fake/reset")).send().await?;
+    if !resp.status().is_success() {
+        bail!("did-fake reset failed: {}", resp.status());
+    }
+    Ok(())
+}
+
+/// did-fake's `FakeStats` as JSON.
+pub(crate) async fn fake_stats(client: &reqwest::Client, fake: &str) -> Result<Value> {
+    Ok(client
+        .get(format!("{fake}/_fake/stats"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+/// A counter of did-fake's stats (0 when absent).
+pub(crate) fn count(stats: &Value, field: &str) -> u64 {
+    stats[field].as_u64().unwrap_or(0)
+}
+
+/// Creates one talk straight at did-fake and returns its id (the status calls read it).
+pub(crate) async fn create_talk(client: &reqwest::Client, fake: &str) -> Result<String> {
+    let resp = client
+        .post(format!("{fake}/talks"))
+        .header("authorization", format!("Basic {FAKE_KEY}"))
+        .json(&json!({
+            "source_url": "https://example.com/bench-face.jpg",
+            "script": {"type": "text", "input": "Benchmarks measure real traffic."},
+        }))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("did-fake refused to create a talk: {status} {body}");
+    }
+    body["id"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no id in the create answer {body}"))
+}
+
+/// How one http-api process is configured beyond the defaults.
+pub(crate) struct ApiOptions<'a> {
+    pub(crate) fake: &'a str,
+    pub(crate) redis: Option<&'a str>,
+    pub(crate) limit: u32,
+    pub(crate) lease_ttl_secs: Option<f64>,
+}
+
+/// Starts one http-api process against `fake` (and `redis`, if given) and waits for `/health`.
+pub(crate) async fn spawn_api(
+    name: &str,
+    client: &reqwest::Client,
+    opts: &ApiOptions<'_>,
+) -> Result<Server> {
+    let port = procs::free_port()?;
+    let mut envs = vec![
+        ("D_ID_API_KEY", FAKE_KEY.to_owned()),
+        ("D_ID_BASE_URL", opts.fake.to_owned()),
+        ("BIND_ADDR", format!("127.0.0.1:{port}")),
+        ("MAX_CONCURRENT_REQUESTS", opts.limit.to_string()),
+        ("LIMITER_WAIT_TIMEOUT_SECS", "60".to_owned()),
+        ("POLL_INTERVAL_SECS", "0.05".to_owned()),
+        ("MAX_WAIT_SECS", "10".to_owned()),
+        ("SHUTDOWN_GRACE_SECS", "1".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    if let Some(redis) = opts.redis {
+        envs.push(("REDIS_URL", redis.to_owned()));
+    }
+    if let Some(ttl) = opts.lease_ttl_secs {
+        envs.push(("LEASE_TTL_SECS", ttl.to_string()));
+    }
+    let mut api = Server::spawn(name, procs::bin("http-api"), &[], &envs, port)?;
+    api.wait_ready(client, &format!("{PREFIX}/health"), Duration::from_secs(30))
+        .await?;
+    Ok(api)
+}
+
+/// http-api's `/stats` as JSON.
+pub(crate) async fn api_stats(client: &reqwest::Client, api: &str) -> Result<Value> {
+    Ok(client
+        .get(format!("{api}{PREFIX}/stats"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+/// http-api's `/health` as JSON (whatever the status code).
+pub(crate) async fn api_health(client: &reqwest::Client, api: &str) -> Result<Value> {
+    Ok(client
+        .get(format!("{api}{PREFIX}/health"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+/// The `rate_limiter` object of `/stats`.
+pub(crate) fn limiter_of(stats: &Value) -> &Value {
+    &stats["rate_limiter"]
+}
+
+/// Polls `probe` every `every` until it returns true; the time it took, or `None` after
+/// `within`.
+pub(crate) async fn time_until<F, Fut>(
+    within: Duration,
+    every: Duration,
+    mut probe: F,
+) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if probe().await {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// `redis-server` from `PATH`, or the install hint.
+pub(crate) fn redis_server() -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("redis-server"))
+                .find(|p| p.is_file())
+        })
+        .context("redis-server not found: install it with `apt-get install -y redis-server`")
+}
+
+/// Starts redis-server on a given loopback port (used to restart Redis where it was).
+pub(crate) async fn spawn_redis_on(name: &str, port: u16) -> Result<Server> {
+    let args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let server = Server::spawn(name, redis_server()?, &args, &[], port)?;
+    let ready = time_until(
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    if ready.is_none() {
+        bail!(
+            "redis-server not accepting connections on {port}; see {}",
+            server.log.display()
+        );
+    }
+    Ok(server)
+}
+
+/// The port of a `redis://127.0.0.1:PORT` URL.
+pub(crate) fn redis_port(url: &str) -> Result<u16> {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .with_context(|| format!("no port in {url}"))
+}
