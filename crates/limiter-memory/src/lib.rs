@@ -255,8 +255,3 @@ impl PermitHandle for Shared {
         Box::pin(std::future::ready(Ok(())))
     }
 }
-
-/// Compiles the Rust examples of the README, so they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeExamples;
