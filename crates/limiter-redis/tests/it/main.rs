@@ -2,4 +2,5 @@
 //! real `redis-server` processes started by [`support`].
 
 mod contract;
+mod processes;
 mod support;

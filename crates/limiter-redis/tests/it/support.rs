@@ -237,3 +237,10 @@ pub async fn wait_until(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Prints a measured figure to the test output (`--nocapture` shows it), for the benchmark
+/// notes; the assertions next to each call are what the test checks.
+#[allow(clippy::print_stderr)]
+pub fn report(what: &str, took: Duration) {
+    eprintln!("MEASURED {what}: {} ms", took.as_millis());
+}

@@ -1,0 +1,299 @@
+//! Several OS processes (`limiter-holder`) sharing one Redis: the global limit, the global
+//! priority order, and recovery after a holder or a waiter is SIGKILLed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use domain::Priority;
+use fred::prelude::{Builder, ClientLike, Config, KeysInterface, ListInterface};
+use limiter_redis::RedisLimiter;
+use ports::ConcurrencyLimiter;
+
+use crate::support::{RedisServer, config, report, unique_name, wait_until};
+
+/// One running `limiter-holder` process; killed on drop.
+struct Holder {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Holder {
+    fn spawn(url: &str, name: &str, args: &[(&str, &str)]) -> Holder {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_limiter-holder"));
+        command.args(["--url", url, "--name", name]);
+        for (k, v) in args {
+            command.arg(format!("--{k}")).arg(v);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("limiter-holder starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut holder = Holder { child, lines };
+        holder.expect_line("ready", Duration::from_secs(10));
+        holder
+    }
+
+    fn expect_line(&mut self, want: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == want => return,
+                Ok(_) => {}
+                Err(e) => panic!("limiter-holder never said {want:?}: {e}"),
+            }
+        }
+    }
+
+    /// Waits for a clean exit.
+    fn finish(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                assert!(status.success(), "limiter-holder failed: {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "limiter-holder did not finish in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, like a crash or an OOM kill.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn bookkeeping(server: &RedisServer, name: &str) -> (i64, i64, Vec<String>) {
+    let redis = Builder::from_config(Config::from_url(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    redis.init().await.unwrap();
+    let tag = format!("{{talkgate-test:{name}}}");
+    let peak: Option<i64> = redis.get(format!("{tag}:peak")).await.unwrap();
+    let failed: Option<i64> = redis.get(format!("{tag}:failed")).await.unwrap();
+    let order: Vec<String> = redis.lrange(format!("{tag}:order"), 0, -1).await.unwrap();
+    let _ = redis.quit().await;
+    (peak.unwrap_or(0), failed.unwrap_or(0), order)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_limit_holds_across_processes() {
+    let server = RedisServer::start();
+    let name = unique_name("procs");
+    let url = server.url();
+    let mut holders: Vec<Holder> = ["low", "normal", "high", "critical"]
+        .iter()
+        .map(|p| {
+            Holder::spawn(
+                &url,
+                &name,
+                &[
+                    ("limit", "3"),
+                    ("priority", p),
+                    ("count", "6"),
+                    ("hold-ms", "30"),
+                ],
+            )
+        })
+        .collect();
+    for h in &mut holders {
+        h.finish(Duration::from_secs(60));
+    }
+    let (peak, failed, order) = bookkeeping(&server, &name).await;
+    assert_eq!(failed, 0, "every acquire must be served");
+    assert_eq!(order.len(), 24);
+    assert!(
+        (1..=3).contains(&peak),
+        "peak {peak} concurrent holders with a limit of 3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_order_holds_across_processes() {
+    let server = RedisServer::start();
+    let mut cfg = config(&server, 1);
+    cfg.name = unique_name("order");
+    let name = cfg.name.clone();
+    let url = server.url();
+    let limiter = RedisLimiter::connect_with_memory_fallback(cfg)
+        .await
+        .unwrap();
+    let gate = limiter
+        .acquire(Priority::Normal, Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    // Queue low, then normal, then high waiters, each group in its own process, each group
+    // visibly queued before the next arrives.
+    let mut holders = Vec::new();
+    for (priority, count) in [("low", 3u32), ("normal", 2), ("high", 3)] {
+        let count_s = count.to_string();
+        holders.push(Holder::spawn(
+            &url,
+            &name,
+            &[
+                ("limit", "1"),
+                ("priority", priority),
+                ("count", &count_s),
+                ("hold-ms", "10"),
+            ],
+        ));
+        let p: Priority = priority.parse().unwrap();
+        wait_until(&limiter, Duration::from_secs(10), "a group queued", |s| {
+            s.queued.get(p) == count
+        })
+        .await;
+    }
+    gate.release().await.unwrap();
+    for h in &mut holders {
+        h.finish(Duration::from_secs(30));
+    }
+    let (peak, failed, order) = bookkeeping(&server, &name).await;
+    assert_eq!((peak, failed), (1, 0));
+    assert_eq!(
+        order,
+        [
+            "high", "high", "high", "normal", "normal", "low", "low", "low"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_holder_frees_its_slots_within_lease_and_renew_period() {
+    let server = RedisServer::start();
+    let mut cfg = config(&server, 2);
+    cfg.name = unique_name("crash");
+    let name = cfg.name.clone();
+    let limiter = RedisLimiter::connect_with_memory_fallback(cfg)
+        .await
+        .unwrap();
+    let lease = Duration::from_millis(1_000);
+    let mut holder = Holder::spawn(
+        &server.url(),
+        &name,
+        &[
+            ("limit", "2"),
+            ("count", "2"),
+            ("hold-ms", "60000"),
+            ("lease-ms", "1000"),
+        ],
+    );
+    holder.expect_line("held", Duration::from_secs(10));
+    holder.expect_line("held", Duration::from_secs(10));
+    // Renewals keep the slots past the lease while the holder lives.
+    tokio::time::sleep(lease * 2).await;
+    assert_eq!(
+        limiter.stats().await.active,
+        2,
+        "live holders keep their slots"
+    );
+
+    holder.kill();
+    let killed = Instant::now();
+    let a = limiter
+        .acquire(Priority::Normal, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let b = limiter
+        .acquire(Priority::Normal, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let recovered = killed.elapsed();
+    report(
+        "crash recovery (SIGKILLed holder of 2 slots, lease 1 s)",
+        recovered,
+    );
+    // Lease + one renew period (1/3 lease) + one safety poll of the waiter (≤ 1/3 waiter ttl).
+    assert!(
+        recovered <= lease + lease / 3 + Duration::from_millis(600),
+        "capacity came back after {recovered:?}"
+    );
+    let stats = limiter.stats().await;
+    assert!(stats.counters.leases_reclaimed >= 2, "{stats:?}");
+    a.release().await.unwrap();
+    b.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_waiter_at_the_head_blocks_the_queue_at_most_its_ttl() {
+    let server = RedisServer::start();
+    let mut cfg = config(&server, 1);
+    cfg.name = unique_name("deadwaiter");
+    cfg.waiter_ttl = Duration::from_secs(1);
+    let name = cfg.name.clone();
+    let limiter = std::sync::Arc::new(
+        RedisLimiter::connect_with_memory_fallback(cfg)
+            .await
+            .unwrap(),
+    );
+    let gate = limiter
+        .acquire(Priority::Normal, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut holder = Holder::spawn(
+        &server.url(),
+        &name,
+        &[
+            ("limit", "1"),
+            ("priority", "critical"),
+            ("hold-ms", "60000"),
+            ("waiter-ms", "1000"),
+        ],
+    );
+    wait_until(
+        &*limiter,
+        Duration::from_secs(10),
+        "the critical waiter queued",
+        |s| s.queued.critical == 1,
+    )
+    .await;
+    let l = std::sync::Arc::clone(&limiter);
+    let next = tokio::spawn(async move { l.acquire(Priority::Low, Duration::from_secs(10)).await });
+    wait_until(
+        &*limiter,
+        Duration::from_secs(10),
+        "the low waiter queued",
+        |s| s.queued.low == 1,
+    )
+    .await;
+
+    holder.kill();
+    let killed = Instant::now();
+    // The freed slot goes to the dead critical ticket first; its grant keeps the ticket's
+    // deadline, so the low waiter gets it at most one waiter ttl after the death.
+    gate.release().await.unwrap();
+    let permit = next.await.unwrap().expect("the live waiter is served");
+    let unblocked = killed.elapsed();
+    report(
+        "dead head-of-queue waiter skipped (waiter ttl 1 s)",
+        unblocked,
+    );
+    assert!(
+        unblocked <= Duration::from_millis(1_000 + 600),
+        "the dead waiter blocked the queue for {unblocked:?}"
+    );
+    permit.release().await.unwrap();
+}
