@@ -55,16 +55,29 @@ async fn redis_limiter(_config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, 
     ))
 }
 
+/// The D-ID client configuration a service configuration asks for.
+pub fn did_client_config(config: &Config) -> DidClientConfig {
+    DidClientConfig {
+        limiter_wait_timeout: config.limiter_wait_timeout,
+        // Every permit holder should find a warm connection.
+        pool_max_idle_per_host: config.max_concurrent as usize,
+        ..DidClientConfig::new(config.did_base_url.clone(), config.did_api_key.clone())
+    }
+}
+
 /// Builds the limiter, the D-ID client and the state over them.
 pub async fn build(config: &Config) -> Result<AppState, BuildError> {
+    build_with(config, did_client_config(config)).await
+}
+
+/// As [`build`], with an explicit D-ID client configuration (tests shorten its backoff).
+pub async fn build_with(
+    config: &Config,
+    did_config: DidClientConfig,
+) -> Result<AppState, BuildError> {
     let metrics = Arc::new(Metrics::new());
     let raw = limiter(config).await?;
     let limiter: Arc<dyn ConcurrencyLimiter> = Arc::new(MeteredLimiter::new(raw, metrics.clone()));
-    let did_config = DidClientConfig {
-        limiter_wait_timeout: config.limiter_wait_timeout,
-        pool_max_idle_per_host: config.max_concurrent as usize,
-        ..DidClientConfig::new(config.did_base_url.clone(), config.did_api_key.clone())
-    };
     let client =
         Arc::new(DidClient::new(did_config, limiter.clone()).map_err(BuildError::DidClient)?);
     Ok(AppState::new(

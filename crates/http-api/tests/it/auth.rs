@@ -1,0 +1,124 @@
+//! Bearer auth on and off, and the admin route.
+
+use serde_json::json;
+
+use crate::support::{self, client, json};
+
+const TOKEN: &str = "test-token-Xy7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_api_routes_need_it_and_probes_do_not() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[("HTTP_API_TOKEN", TOKEN)]).await;
+    let http = client();
+
+    let resp = http.get(srv.api("/stats")).send().await.unwrap();
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let (status, err) = json(resp).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str().unwrap()),
+        (401, "unauthorized")
+    );
+    let (status, _) = json(
+        http.get(srv.api("/stats"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = json(
+        http.get(srv.api("/stats"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // D-ID routes too, before any body is read.
+    let body = json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "wait": false});
+    let (status, _) = json(
+        http.post(srv.api("/generate-video"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = json(
+        http.post(srv.api("/generate-video"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(fake.stats().talks_created, 1);
+
+    for open in [
+        "/health",
+        "/ready",
+        "/metrics",
+        "/api/d_id_optimized/health",
+    ] {
+        let resp = http.get(srv.url(open)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{open}");
+    }
+
+    // The admin route: 401 without the token, 200 with it.
+    let (status, _) = json(http.post(srv.api("/cleanup-expired")).send().await.unwrap()).await;
+    assert_eq!(status, 401);
+    let (status, v) = json(
+        http.post(srv.api("/cleanup-expired?max_age_seconds=600"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["reclaimed_leases"], 0);
+    assert_eq!(v["backend"], "memory");
+    srv.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_everything_is_open_but_admin_is_disabled() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[]).await;
+    let http = client();
+    let (status, _) = json(http.get(srv.api("/stats")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    let (status, err) = json(
+        http.post(srv.api("/cleanup-expired"))
+            .bearer_auth("anything")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str().unwrap()),
+        (403, "admin_disabled")
+    );
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP_API_TOKEN")
+    );
+    srv.stop().await;
+    fake.shutdown().await;
+}

@@ -1,0 +1,197 @@
+//! The limiter seen through the service: queue timeouts, clients that go away, and shutdown.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use did_fake::{Delay, Faults, Latency};
+use domain::Priority;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::support::{self, client, json};
+
+/// Faults that delay `GET /talks/{id}` by `ms` milliseconds.
+fn slow_status(ms: u64) -> Faults {
+    Faults {
+        latency: Latency {
+            all: None,
+            routes: BTreeMap::from([("GET /talks/{id}".to_owned(), Delay::Fixed(ms))]),
+        },
+        ..Faults::default()
+    }
+}
+
+/// Sends a raw status request and returns the open connection.
+async fn raw_status_request(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /api/d_id_optimized/talk-status/tlk_abc HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let fake = support::fake().await;
+    let srv = support::service(
+        &fake,
+        &[
+            ("MAX_CONCURRENT_REQUESTS", "1"),
+            ("LIMITER_WAIT_TIMEOUT_SECS", "0.2"),
+        ],
+    )
+    .await;
+    let held = srv
+        .state
+        .limiter()
+        .acquire(Priority::Critical, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let resp = client()
+        .get(srv.api("/talk-status/tlk_abc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["retry-after"], "5");
+    let (status, err) = json(resp).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str().unwrap()),
+        (429, "queue_timeout"),
+        "{err}"
+    );
+    drop(held);
+    let text = srv.state.metrics().encode().unwrap();
+    assert!(text.contains("outcome=\"timeout\""), "{text}");
+    srv.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_while_queued_leaves_the_queue() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[("MAX_CONCURRENT_REQUESTS", "1")]).await;
+    let held = srv
+        .state
+        .limiter()
+        .acquire(Priority::Normal, Duration::from_secs(1))
+        .await
+        .unwrap();
+
+    let conn = raw_status_request(srv.addr).await;
+    support::eventually(Duration::from_secs(5), "the request is queued", || async {
+        srv.limiter_stats().await.queued.total() == 1
+    })
+    .await;
+    drop(conn);
+    support::eventually(
+        Duration::from_secs(5),
+        "the queue is empty again",
+        || async {
+            let s = srv.limiter_stats().await;
+            s.queued.total() == 0 && s.counters.cancelled == 1
+        },
+    )
+    .await;
+    drop(held);
+    let s = srv.limiter_stats().await;
+    assert_eq!((s.active, s.queued.total()), (0, 0), "{s:?}");
+    assert_eq!(
+        fake.stats().total("GET /talks/{id}"),
+        0,
+        "the dropped request never reached D-ID"
+    );
+    srv.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_call_releases_its_permit() {
+    let fake = support::fake_with(slow_status(5_000)).await;
+    let srv = support::service(&fake, &[("MAX_CONCURRENT_REQUESTS", "1")]).await;
+    let conn = raw_status_request(srv.addr).await;
+    support::eventually(
+        Duration::from_secs(5),
+        "the call holds the slot",
+        || async { srv.limiter_stats().await.active == 1 },
+    )
+    .await;
+    let dropped_at = Instant::now();
+    drop(conn);
+    support::eventually(Duration::from_secs(3), "the slot is free again", || async {
+        srv.limiter_stats().await.active == 0
+    })
+    .await;
+    assert!(
+        dropped_at.elapsed() < Duration::from_secs(3),
+        "released before the upstream answered"
+    );
+    srv.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let fake = support::fake_with(slow_status(400)).await;
+    let mut srv = support::service(&fake, &[]).await;
+    let url = srv.api("/talk-status/tlk_abc");
+    let in_flight =
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
+    support::eventually(Duration::from_secs(5), "the call is in flight", || async {
+        srv.limiter_stats().await.active == 1
+    })
+    .await;
+    let addr = srv.addr;
+    let state = srv.state.clone();
+    srv.trigger_shutdown();
+    let task = srv.take_task();
+    // The in-flight request still gets its (404: the talk does not exist) answer.
+    let status = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(status, 404);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer listening"
+    );
+    assert_eq!(state.limiter().stats().await.active, 0);
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_is_bounded_and_cut_off_requests_release_their_permits() {
+    let fake = support::fake_with(slow_status(20_000)).await;
+    let mut srv = support::service(&fake, &[("SHUTDOWN_GRACE_SECS", "0.3")]).await;
+    let url = srv.api("/talk-status/tlk_abc");
+    let in_flight =
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
+    support::eventually(Duration::from_secs(5), "the call is in flight", || async {
+        srv.limiter_stats().await.active == 1
+    })
+    .await;
+    let state = srv.state.clone();
+    let started = Instant::now();
+    srv.trigger_shutdown();
+    let task = srv.take_task();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the cut-off request gets no answer"
+    );
+    assert_eq!(state.limiter().stats().await.active, 0);
+    fake.shutdown().await;
+}

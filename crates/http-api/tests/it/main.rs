@@ -1,0 +1,12 @@
+//! The integration tests of http-api: one binary, one module per concern.
+//!
+//! Everything runs over real loopback sockets: the service from `http_api::run` on
+//! `127.0.0.1:0`, in front of `did-fake` (or a mock, where the interaction is the point).
+
+mod auth;
+mod e2e;
+mod limits;
+mod logs;
+mod mock;
+mod openapi;
+mod support;

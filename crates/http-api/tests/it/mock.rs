@@ -1,0 +1,181 @@
+//! Routes over a mocked `VideoApi`, where the interaction (which call, which arguments) or an
+//! error the fake cannot produce is the point.
+
+use std::time::Duration;
+
+use domain::{Priority, Talk, TalkId, TalkStatus};
+use mockall::predicate::eq;
+use ports::{MockVideoApi, VideoApiError, WaitOptions};
+use serde_json::json;
+
+use crate::support::{self, client, json};
+
+fn body() -> serde_json::Value {
+    json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "priority": "critical"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_generate_waits_with_the_configured_polling_and_priority() {
+    let mut mock = MockVideoApi::new();
+    let wait = WaitOptions {
+        poll_interval: Duration::from_millis(250),
+        max_wait: Duration::from_secs(42),
+    };
+    mock.expect_create_talk_and_wait()
+        .withf(move |req, prio, w| {
+            *prio == Priority::Critical
+                && *w == wait
+                && req.source_url() == Some("https://x.test/a.jpg")
+                // The original's default config when the caller sends none.
+                && req.config().and_then(|c| c.stitch) == Some(true)
+        })
+        .times(1)
+        .returning(|_, _, _| {
+            Ok(Talk {
+                id: TalkId::parse("tlk_1").unwrap(),
+                status: TalkStatus::Done,
+                result_url: Some("https://r.test/v.mp4".into()),
+                created_at: Some("2026-01-01T00:00:00.000Z".into()),
+                started_at: None,
+                modified_at: None,
+                error: None,
+                user_data: None,
+                name: None,
+                duration: None,
+                source_url: None,
+                audio_url: None,
+            })
+        });
+    let settings = http_api::Settings {
+        wait,
+        ..support::keyed_settings()
+    };
+    let srv = support::mock_service(mock, settings, 2).await;
+    let (status, v) = json(
+        client()
+            .post(srv.api("/generate-video"))
+            .json(&body())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result_url"], "https://r.test/v.mp4");
+    assert_eq!(v["created_at"], "2026-01-01T00:00:00.000Z");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_the_fake_cannot_produce_are_mapped() {
+    let mut mock = MockVideoApi::new();
+    let id = TalkId::parse("tlk_slow").unwrap();
+    mock.expect_create_talk_and_wait()
+        .times(1)
+        .returning(move |_, _, _| {
+            Err(VideoApiError::TalkTimedOut {
+                talk_id: id.clone(),
+                waited: Duration::from_secs(600),
+            })
+        });
+    mock.expect_get_talk()
+        .with(eq(TalkId::parse("tlk_v").unwrap()), eq(Priority::Low))
+        .times(1)
+        .returning(|_, _| {
+            Err(VideoApiError::Validation {
+                status: 400,
+                kind: "ValidationError".into(),
+                description: "source_url is not a valid image".into(),
+                details: Some(json!({"field": "source_url"})),
+            })
+        });
+    mock.expect_get_talk()
+        .with(eq(TalkId::parse("tlk_rl").unwrap()), eq(Priority::Normal))
+        .times(1)
+        .returning(|_, _| {
+            Err(VideoApiError::RateLimited {
+                retry_after: Some(Duration::from_secs(7)),
+            })
+        });
+    mock.expect_get_talk()
+        .with(eq(TalkId::parse("tlk_to").unwrap()), eq(Priority::Normal))
+        .times(1)
+        .returning(|_, _| Err(VideoApiError::Timeout));
+    mock.expect_get_talk()
+        .with(
+            eq(TalkId::parse("tlk_panic").unwrap()),
+            eq(Priority::Normal),
+        )
+        .times(1)
+        .returning(|_, _| panic!("handler bug"));
+    let srv = support::mock_service(mock, support::keyed_settings(), 2).await;
+    let http = client();
+
+    let (status, v) = json(
+        http.post(srv.api("/generate-video"))
+            .json(&body())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str().unwrap()),
+        (504, "talk_timeout")
+    );
+    assert_eq!(v["error"]["talk_id"], "tlk_slow");
+
+    let (status, v) = json(
+        http.get(srv.api("/talk-status/tlk_v?priority=low"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str().unwrap()),
+        (400, "upstream_validation_error")
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("source_url is not a valid image")
+    );
+    assert_eq!(v["error"]["upstream_kind"], "ValidationError");
+    assert_eq!(v["error"]["details"]["field"], "source_url");
+
+    let resp = http
+        .get(srv.api("/talk-status/tlk_rl"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["retry-after"], "7");
+    assert_eq!(json(resp).await.0, 429);
+
+    let (status, _) = json(
+        http.get(srv.api("/talk-status/tlk_to"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 504);
+
+    // A panic is a 500 JSON answer, and the server keeps serving.
+    let (status, v) = json(
+        http.get(srv.api("/talk-status/tlk_panic"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str().unwrap()),
+        (500, "internal_error")
+    );
+    assert!(!v.to_string().contains("handler bug"));
+    let (status, _) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    srv.stop().await;
+}

@@ -1,0 +1,262 @@
+//! Test support: a service on `127.0.0.1:0`, built over did-fake or over mocks, a captured
+//! log, fixtures, and a bounded `eventually` for state that settles asynchronously.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use did_fake::{FakeDid, Faults, RunningFake};
+use http_api::config::Config;
+use http_api::metrics::{MeteredLimiter, Metrics};
+use http_api::{AppState, Settings};
+use ports::{ConcurrencyLimiter, LimiterStats, MockVideoApi};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A PNG header: enough for the content sniffing.
+pub const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13];
+/// A JPEG header.
+pub const JPEG: &[u8] = &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10, b'J', b'F', b'I', b'F'];
+
+/// A small valid WAV file (44-byte header + 800 samples of silence at 8 kHz mono 8-bit).
+pub fn wav() -> Vec<u8> {
+    let data_len: u32 = 800;
+    let mut v = Vec::new();
+    v.extend_from_slice(b"RIFF");
+    v.extend_from_slice(&(36 + data_len).to_le_bytes());
+    v.extend_from_slice(b"WAVEfmt ");
+    v.extend_from_slice(&16u32.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    v.extend_from_slice(&1u16.to_le_bytes()); // mono
+    v.extend_from_slice(&8000u32.to_le_bytes());
+    v.extend_from_slice(&8000u32.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes());
+    v.extend_from_slice(&8u16.to_le_bytes());
+    v.extend_from_slice(b"data");
+    v.extend_from_slice(&data_len.to_le_bytes());
+    v.resize(v.len() + data_len as usize, 128);
+    v
+}
+
+/// The captured log of the whole test binary (JSON lines, level `debug`).
+pub fn logs() -> String {
+    String::from_utf8_lossy(&log_buffer().lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUF.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capturing subscriber once for the whole binary.
+pub fn init_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let buf = log_buffer().clone();
+        // `debug` everywhere, so the secret check sees what an operator turning logs up sees.
+        let filter = tracing_subscriber::EnvFilter::new("debug");
+        let _ = http_api::telemetry::init_with(http_api::LogFormat::Json, filter, move || {
+            LogWriter(buf.clone())
+        });
+    });
+}
+
+/// A running service.
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state (the limiter is reachable through it).
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    /// Serves `state` on a free loopback port.
+    pub async fn start(state: AppState) -> Server {
+        init_logs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(http_api::run(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Server {
+            addr,
+            state,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/api/d_id_optimized{path}`.
+    pub fn api(&self, path: &str) -> String {
+        self.url(&format!("/api/d_id_optimized{path}"))
+    }
+
+    /// Asks the server to shut down (does not wait).
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shuts down and waits (bounded) for `run` to return.
+    pub async fn stop(mut self) {
+        self.trigger_shutdown();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("server stops in time")
+                .expect("server task did not panic")
+                .expect("server returned Ok");
+        }
+    }
+
+    /// The running task, to await its end.
+    pub fn take_task(&mut self) -> JoinHandle<std::io::Result<()>> {
+        self.task.take().expect("task not taken yet")
+    }
+
+    /// The limiter's stats.
+    pub async fn limiter_stats(&self) -> LimiterStats {
+        self.state.limiter().stats().await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.trigger_shutdown();
+    }
+}
+
+/// A configuration from pairs (never the process environment).
+pub fn config(pairs: &[(&str, &str)]) -> Config {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Config::from_source(&map).expect("valid test config")
+}
+
+/// A fake D-ID that finishes talks in milliseconds.
+pub async fn fake() -> RunningFake {
+    fake_with(Faults::default()).await
+}
+
+/// A fast fake D-ID with faults.
+pub async fn fake_with(faults: Faults) -> RunningFake {
+    FakeDid::builder()
+        .time_scale(0.001)
+        .faults(faults)
+        .spawn()
+        .await
+        .expect("fake D-ID starts")
+}
+
+/// The service over `fake`, with the production wiring, fast polling and fast retries.
+pub async fn service(fake: &RunningFake, extra: &[(&str, &str)]) -> Server {
+    let base = fake.base_url();
+    let mut pairs = vec![
+        ("D_ID_BASE_URL", base.as_str()),
+        ("D_ID_API_KEY", did_fake::DEFAULT_API_KEY),
+        ("POLL_INTERVAL_SECS", "0.01"),
+        ("MAX_WAIT_SECS", "10"),
+        ("SHUTDOWN_GRACE_SECS", "5"),
+    ];
+    pairs.extend_from_slice(extra);
+    let config = config(&pairs);
+    let mut did = http_api::wiring::did_client_config(&config);
+    did.retry.base_delay = Duration::from_millis(5);
+    did.retry.max_delay = Duration::from_millis(20);
+    let state = http_api::wiring::build_with(&config, did)
+        .await
+        .expect("adapters build");
+    Server::start(state).await
+}
+
+/// The service over a mock video API and an in-memory limiter of `limit` slots.
+pub async fn mock_service(mock: MockVideoApi, settings: Settings, limit: u32) -> Server {
+    let metrics = Arc::new(Metrics::new());
+    let limiter: Arc<dyn ConcurrencyLimiter> = Arc::new(MeteredLimiter::new(
+        Arc::new(limiter_memory::MemoryLimiter::new(limit)),
+        metrics.clone(),
+    ));
+    Server::start(AppState::new(Arc::new(mock), limiter, metrics, settings)).await
+}
+
+/// Settings with a key configured (so D-ID routes reach the mock).
+pub fn keyed_settings() -> Settings {
+    Settings {
+        api_key_configured: true,
+        ..Settings::default()
+    }
+}
+
+/// An HTTP client without proxies or retries.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Polls `check` every 10 ms until it holds, failing after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The JSON body of a response, with its status.
+pub async fn json(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text}"));
+    (status, value)
+}
+
+/// A multipart form with one `file` part.
+pub fn file_form(name: &str, data: Vec<u8>, content_type: &str) -> reqwest::multipart::Form {
+    let part = reqwest::multipart::Part::bytes(data)
+        .file_name(name.to_owned())
+        .mime_str(content_type)
+        .unwrap();
+    reqwest::multipart::Form::new().part("file", part)
+}
