@@ -217,11 +217,17 @@ impl RedisLimiter {
         )
         .await;
         match connected {
-            Ok(Ok(())) => tracing::debug!(
-                limiter = %inner.config.name,
-                url = %redact_url(&inner.config.url),
-                "redis limiter connected"
-            ),
+            // One script now loads it into Redis's cache and stores the limit, so that
+            // other processes see it before this one's first acquire.
+            Ok(Ok(())) => match inner.redis_stats().await {
+                Ok(stats) => tracing::debug!(
+                    limiter = %inner.config.name,
+                    url = %redact_url(&inner.config.url),
+                    limit = stats.max_concurrent,
+                    "redis limiter connected"
+                ),
+                Err(e) => inner.fail_over(&e),
+            },
             Ok(Err(e)) => inner.fail_over(&BackendError(format!("connect: {e}"))),
             Err(_) => inner.fail_over(&BackendError(format!(
                 "connect: no connection within {:?}",

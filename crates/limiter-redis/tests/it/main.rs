@@ -1,6 +1,7 @@
 //! The integration tests of `limiter-redis`, one binary (see STYLE rule 14), all against
 //! real `redis-server` processes started by [`support`].
 
+mod behaviour;
 mod contract;
 mod processes;
 mod support;

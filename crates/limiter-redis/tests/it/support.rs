@@ -33,6 +33,11 @@ impl RedisServer {
         panic!("redis-server did not start on any of 5 free ports");
     }
 
+    /// Starts a server on `port` (which must be free), or panics.
+    pub fn start_on(port: u16) -> Self {
+        Self::try_start_on(port).unwrap_or_else(|| panic!("redis-server did not start on {port}"))
+    }
+
     fn try_start_on(port: u16) -> Option<Self> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -69,11 +74,6 @@ impl RedisServer {
     /// The URL of this server.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     /// Whether the server answers `PING` now.
@@ -136,7 +136,8 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on (at the moment of the call).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -243,4 +244,14 @@ pub async fn wait_until(
 #[allow(clippy::print_stderr)]
 pub fn report(what: &str, took: Duration) {
     eprintln!("MEASURED {what}: {} ms", took.as_millis());
+}
+
+/// A plain fred client on `server`, for poking at the limiter's keys.
+pub async fn raw_client(server: &RedisServer) -> fred::prelude::Client {
+    use fred::prelude::{Builder, ClientLike, Config};
+    let client = Builder::from_config(Config::from_url(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.expect("raw redis client connects");
+    client
 }
