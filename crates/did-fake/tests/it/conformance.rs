@@ -21,7 +21,6 @@
 //!    describes, against a one-field gateway schema.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use did_fake::{Delay, Faults, silent_wav};
 use reqwest::{Method, StatusCode};
@@ -448,12 +447,15 @@ async fn every_route_answers_as_the_openapi_schema_says() {
         },
         ..Faults::default()
     };
-    let (_cap, cap) = spawn(fast().faults(f)).await;
+    let (cap_fake, cap) = spawn(fast().faults(f)).await;
     let slow_call = tokio::spawn({
         let cap = cap.clone();
         async move { cap.get("/credits").await }
     });
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    crate::support::eventually(SHORT, "one request in flight", || {
+        cap_fake.stats().in_flight == 1
+    })
+    .await;
     let limited = cap.get("/credits").await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     c.check_gateway("429", &limited, "message");
