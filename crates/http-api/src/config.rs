@@ -77,6 +77,8 @@ pub mod vars {
     pub const READY_DEGRADED_GRACE_SECS: &str = "READY_DEGRADED_GRACE_SECS";
     /// Largest accepted JSON body, in bytes.
     pub const JSON_BODY_LIMIT_BYTES: &str = "JSON_BODY_LIMIT_BYTES";
+    /// Name of the shared Redis limiter (instances with the same name share one limit).
+    pub const LIMITER_NAME: &str = "LIMITER_NAME";
 }
 
 /// The default D-ID endpoint.
@@ -110,7 +112,7 @@ pub struct Config {
     pub max_concurrent: u32,
     /// `LIMITER_WAIT_TIMEOUT_SECS` (default 60, the original's): longer waits answer 429.
     pub limiter_wait_timeout: Duration,
-    /// `LEASE_TTL_SECS` (default 30): the Redis limiter's lease; renewed while held.
+    /// `LEASE_TTL_SECS` (default 15): the Redis limiter's lease; renewed while held.
     pub lease_ttl: Duration,
     /// `POLL_INTERVAL_SECS` (default 5): pause between status polls of a synchronous generate.
     pub poll_interval: Duration,
@@ -129,6 +131,9 @@ pub struct Config {
     pub ready_degraded_grace: Duration,
     /// `JSON_BODY_LIMIT_BYTES` (default 65536).
     pub json_body_limit: usize,
+    /// `LIMITER_NAME` (default `d-id`): instances sharing a Redis and this name share one
+    /// limit and one queue.
+    pub limiter_name: String,
 }
 
 impl fmt::Debug for Config {
@@ -152,6 +157,7 @@ impl fmt::Debug for Config {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("ready_degraded_grace", &self.ready_degraded_grace)
             .field("json_body_limit", &self.json_body_limit)
+            .field("limiter_name", &self.limiter_name)
             .finish()
     }
 }
@@ -300,7 +306,7 @@ impl Config {
 
         let max_concurrent = r.integer(vars::MAX_CONCURRENT_REQUESTS, 10u32, 1);
         let limiter_wait_timeout = r.seconds(vars::LIMITER_WAIT_TIMEOUT_SECS, 60.0, true);
-        let lease_ttl = r.seconds(vars::LEASE_TTL_SECS, 30.0, false);
+        let lease_ttl = r.seconds(vars::LEASE_TTL_SECS, 15.0, false);
         let poll_interval = r.seconds(vars::POLL_INTERVAL_SECS, 5.0, false);
         let max_wait = r.seconds(vars::MAX_WAIT_SECS, 600.0, false);
         let http_api_token = r.secret(vars::HTTP_API_TOKEN);
@@ -319,6 +325,18 @@ impl Config {
         let header_read_timeout = r.seconds(vars::HEADER_READ_TIMEOUT_SECS, 10.0, false);
         let ready_degraded_grace = r.seconds(vars::READY_DEGRADED_GRACE_SECS, 30.0, true);
         let json_body_limit = r.integer(vars::JSON_BODY_LIMIT_BYTES, 64 * 1024usize, 256);
+        let limiter_name = r
+            .raw(vars::LIMITER_NAME)
+            .unwrap_or_else(|| "d-id".to_owned());
+        if !limiter_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        {
+            r.problem(
+                vars::LIMITER_NAME,
+                format!("{limiter_name:?} may only hold A-Z, a-z, 0-9, '_', '-', '.', ':'"),
+            );
+        }
 
         if !r.problems.is_empty() {
             return Err(ConfigError {
@@ -341,6 +359,7 @@ impl Config {
             header_read_timeout,
             ready_degraded_grace,
             json_body_limit,
+            limiter_name,
         })
     }
 }
@@ -399,6 +418,9 @@ pub struct Cli {
     /// Largest accepted JSON body, in bytes.
     #[arg(long, env = "JSON_BODY_LIMIT_BYTES")]
     pub json_body_limit_bytes: Option<String>,
+    /// Name of the shared Redis limiter.
+    #[arg(long, env = "LIMITER_NAME")]
+    pub limiter_name: Option<String>,
 }
 
 /// The flags (which clap already filled from their variables) over a fallback source for the
@@ -435,6 +457,7 @@ impl<S: Source + ?Sized> Source for Layered<'_, S> {
             vars::HEADER_READ_TIMEOUT_SECS => &c.header_read_timeout_secs,
             vars::READY_DEGRADED_GRACE_SECS => &c.ready_degraded_grace_secs,
             vars::JSON_BODY_LIMIT_BYTES => &c.json_body_limit_bytes,
+            vars::LIMITER_NAME => &c.limiter_name,
             _ => &None,
         };
         flag.clone().or_else(|| self.fallback.get(name))

@@ -262,7 +262,9 @@ impl ApiError {
     /// Whether this is our fault or the upstream's (logged at `error`), rather than the
     /// caller's (logged at `info`).
     pub fn log_level_is_error(&self) -> bool {
+        // A missing key is a known, already-warned-about state, not a failure per request.
         self.status().is_server_error()
+            && !matches!(self, ApiError::Upstream(VideoApiError::NotConfigured))
     }
 
     /// The response: status, `{"error": {"code", "message", …}}`, and headers where the

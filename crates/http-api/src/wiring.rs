@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use did_client::{DidClient, DidClientConfig};
+use limiter_redis::RedisLimiterConfig;
 use ports::ConcurrencyLimiter;
+use secrecy::ExposeSecret;
 
 use crate::config::Config;
 use crate::metrics::{MeteredLimiter, Metrics};
@@ -21,7 +23,7 @@ pub enum BuildError {
     /// The D-ID client rejected its configuration.
     #[error("could not build the D-ID client")]
     DidClient(#[source] did_client::DidClientError),
-    /// The Redis limiter could not be built.
+    /// The Redis limiter could not be built (bad URL or settings; never the password).
     #[error("could not build the Redis limiter: {0}")]
     Redis(String),
 }
@@ -45,14 +47,24 @@ pub async fn limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, Bui
         None => Ok(Arc::new(limiter_memory::MemoryLimiter::new(
             config.max_concurrent,
         ))),
-        Some(_url) => redis_limiter(config).await,
+        Some(_) => redis_limiter(config).await,
     }
 }
 
-async fn redis_limiter(_config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
-    Err(BuildError::Redis(
-        "REDIS_URL is set but this build has no Redis limiter yet".to_owned(),
-    ))
+async fn redis_limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
+    let Some(url) = &config.redis_url else {
+        return Err(BuildError::Redis("REDIS_URL is not set".to_owned()));
+    };
+    let mut redis = RedisLimiterConfig::new(url.expose_secret(), config.limiter_name.clone());
+    redis.max_concurrent = config.max_concurrent;
+    redis.lease_ttl = config.lease_ttl;
+    // An unreachable Redis is not fatal: the limiter starts degraded on its in-memory
+    // fallback and switches over once Redis answers (`/ready` reports it meanwhile).
+    let limiter = limiter_redis::RedisLimiter::connect_with_memory_fallback(redis)
+        .await
+        // The error's Display redacts the URL's password.
+        .map_err(|e| BuildError::Redis(e.to_string()))?;
+    Ok(Arc::new(limiter))
 }
 
 /// The D-ID client configuration a service configuration asks for.

@@ -9,4 +9,5 @@ mod limits;
 mod logs;
 mod mock;
 mod openapi;
+mod redis;
 mod support;

@@ -1,0 +1,128 @@
+//! The service with `REDIS_URL`: the Redis limiter serves, and when Redis goes away the
+//! service keeps serving on the fallback while `/health` and `/ready` say so.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{self, PNG, client, file_form, json};
+
+const MISSING: &str = "redis-server not found: install it with `apt-get install -y redis-server`";
+
+/// A `redis-server` on a free loopback port, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
+                Err(e) => panic!("could not start redis-server: {e}"),
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return RedisServer { child, port };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // lost the port race: try another port
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let fake = support::fake().await;
+    let name = format!("http-api-it-{}", std::process::id());
+    let srv = support::service(
+        &fake,
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("LIMITER_NAME", name.as_str()),
+            ("MAX_CONCURRENT_REQUESTS", "2"),
+            ("READY_DEGRADED_GRACE_SECS", "0"),
+        ],
+    )
+    .await;
+    let http = client();
+    let upload = || {
+        http.post(srv.api("/upload-source-image"))
+            .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+            .send()
+    };
+
+    let (status, _) = json(upload().await.unwrap()).await;
+    assert_eq!(status, 200);
+    let (_, stats) = json(http.get(srv.api("/stats")).send().await.unwrap()).await;
+    assert_eq!(stats["rate_limiter"]["backend"], "redis");
+    assert_eq!(stats["rate_limiter"]["max_concurrent"], 2);
+    assert_eq!(stats["rate_limiter"]["degraded"], false);
+    let (status, _) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+
+    redis.kill();
+    // The next limiter call notices and fails over; calls keep being served.
+    let (status, _) = json(upload().await.unwrap()).await;
+    assert_eq!(status, 200, "served by the fallback while Redis is down");
+    support::eventually(
+        Duration::from_secs(10),
+        "health reports degraded",
+        || async {
+            let (_, h) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+            h["status"] == "degraded" && h["rate_limiter"]["degraded"] == true
+        },
+    )
+    .await;
+    let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready["reasons"][0].as_str().unwrap().contains("degraded"));
+    let metrics = http
+        .get(srv.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("talkgate_limiter_degraded 1"), "{metrics}");
+    srv.stop().await;
+    fake.shutdown().await;
+}
