@@ -26,9 +26,9 @@ use crate::procs;
 
 /// The classes in the stream, highest first, and their share of arrivals.
 const MIX: [(Priority, f64); 3] = [
-    (Priority::High, 0.2),
-    (Priority::Normal, 0.3),
-    (Priority::Low, 0.5),
+    (Priority::High, 0.1),
+    (Priority::Normal, 0.2),
+    (Priority::Low, 0.7),
 ];
 
 struct Params {
@@ -59,6 +59,8 @@ struct RunResult {
     records: Vec<Record>,
     failed: usize,
     inversions: usize,
+    inversions_20ms: usize,
+    examples: Vec<serde_json::Value>,
     fifo_violations: usize,
     fifo_pairs: usize,
     degraded: bool,
@@ -75,7 +77,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     let stream = stream(&p, capacity * 3.0, 42);
     println!(
         "  limit {}, hold U(0.5, 1.5) × {} ms → capacity {capacity:.0}/s; {} acquires over \
-         {:.0} s at 3× capacity (high 20 %, normal 30 %, low 50 %)",
+         {:.0} s at 3× capacity (high 10 %, normal 20 %, low 70 %)",
         p.limit,
         p.hold_mean_ms,
         stream.len(),
@@ -218,14 +220,28 @@ async fn drive(
         bail!("{name}: no acquire succeeded");
     }
     let margin = margin_ms / 1000.0;
-    let inversions = count_inversions(&records, margin);
+    let found = inversions(&records, margin);
+    let examples = found
+        .iter()
+        .take(10)
+        .map(|(b, a, by)| {
+            json!({
+                "granted": {"priority": b.priority.as_str(), "start_s": b.start, "grant_s": b.grant},
+                "overtaken": {"priority": a.priority.as_str(), "start_s": a.start, "grant_s": a.grant},
+                "overtaken_by_ms": by * 1000.0,
+            })
+        })
+        .collect();
+    let inversions_20ms = count_inversions(&records, 0.020);
     let (fifo_violations, fifo_pairs) = count_fifo(&records, margin);
     Ok(RunResult {
         name: name.to_owned(),
         margin_ms,
         failed: failed.load(std::sync::atomic::Ordering::Relaxed),
         records,
-        inversions,
+        inversions: found.len(),
+        inversions_20ms,
+        examples,
         fifo_violations,
         fifo_pairs,
         degraded,
@@ -234,16 +250,27 @@ async fn drive(
 
 /// Grants `b` made while some `a` of a higher priority had been waiting for at least the
 /// margin (`start_a + margin <= grant_b`) and was granted more than the margin later
-/// (`grant_a > grant_b + margin`). Each such `b` counts once.
-fn count_inversions(records: &[Record], margin: f64) -> usize {
+/// (`grant_a > grant_b + margin`). Each such `b` counts once; returns the count and, for each
+/// inverted `b`, its worst overtaking `(b, a, grant_a - grant_b)`.
+fn inversions(records: &[Record], margin: f64) -> Vec<(Record, Record, f64)> {
     records
         .iter()
-        .filter(|b| {
-            records.iter().any(|a| {
-                a.priority > b.priority && a.start + margin <= b.grant && a.grant > b.grant + margin
-            })
+        .filter_map(|b| {
+            records
+                .iter()
+                .filter(|a| {
+                    a.priority > b.priority
+                        && a.start + margin <= b.grant
+                        && a.grant > b.grant + margin
+                })
+                .map(|a| (*b, *a, a.grant - b.grant))
+                .max_by(|x, y| x.2.total_cmp(&y.2))
         })
-        .count()
+        .collect()
+}
+
+fn count_inversions(records: &[Record], margin: f64) -> usize {
+    inversions(records, margin).len()
 }
 
 /// Pairs of the same priority where `a` started at least the margin before `b` but was
@@ -284,7 +311,7 @@ fn report(p: &Params, capacity: f64, acquires: usize, runs: &[RunResult]) -> Res
         "Priority under contention",
         &format!(
             "In-process, against limiter objects. A seeded stream of {acquires} acquires \
-             (high 20 %, normal 30 %, low 50 %) arrives evenly over {:.0} s at 3× capacity \
+             (high 10 %, normal 20 %, low 70 %) arrives evenly over {:.0} s at 3× capacity \
              (limit {}, each permit held U(0.5, 1.5) × {} ms, capacity {capacity:.0}/s), so \
              the queue grows during the stream and drains after it. Arrival i goes to limiter \
              i mod n. For each acquire the caller records start, grant and priority.\n\n\
@@ -327,6 +354,12 @@ fn report(p: &Params, capacity: f64, acquires: usize, runs: &[RunResult]) -> Res
             r.records.len().to_string(),
             r.failed.to_string(),
             r.inversions.to_string(),
+            r.inversions_20ms.to_string(),
+            r.examples
+                .iter()
+                .filter_map(|e| e["overtaken_by_ms"].as_f64())
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+                .map_or("—".to_owned(), f1),
             format!(
                 "{} of {} pairs ({:.3} %)",
                 r.fifo_violations,
@@ -340,6 +373,7 @@ fn report(p: &Params, capacity: f64, acquires: usize, runs: &[RunResult]) -> Res
         data.push(json!({
             "name": r.name, "margin_ms": r.margin_ms, "granted": r.records.len(),
             "failed": r.failed, "inversions": r.inversions,
+            "inversions_at_20ms": r.inversions_20ms, "inversion_examples": r.examples,
             "fifo_violations": r.fifo_violations, "fifo_pairs": r.fifo_pairs,
             "degraded": r.degraded,
             "wait": {"high": h.json(), "normal": n.json(), "low": l.json()},
@@ -398,13 +432,28 @@ fn report(p: &Params, capacity: f64, acquires: usize, runs: &[RunResult]) -> Res
             100.0 * redis_rate
         ),
     );
-    let low_strict = waits(&strict.records, Priority::Low).max;
-    let low_aged = waits(&aged.records, Priority::Low).max;
-    section.target(
-        "ageing bounds low's worst wait below strict mode's",
-        low_aged < low_strict,
-        &format!("low max wait {low_aged:.0} ms with ageing vs {low_strict:.0} ms without"),
+    let (low_strict, low_aged) = (
+        waits(&strict.records, Priority::Low),
+        waits(&aged.records, Priority::Low),
     );
+    let (normal_strict, normal_aged) = (
+        waits(&strict.records, Priority::Normal),
+        waits(&aged.records, Priority::Normal),
+    );
+    section.notes.push(format!(
+        "Low's worst wait: {:.0} ms with ageing ({} ms) vs {:.0} ms without (p99 {:.0} vs \
+         {:.0} ms); normal's p50 wait {:.0} vs {:.0} ms. At 3× capacity the backlog grows by \
+         twice the capacity every second whatever the order, so the last grants come at the end \
+         of the drain either way; ageing (one class up) moves waiting from low to normal rather \
+         than bounding low's worst wait.",
+        low_aged.max,
+        p.ageing_ms,
+        low_strict.max,
+        low_aged.p99,
+        low_strict.p99,
+        normal_aged.p50,
+        normal_strict.p50
+    ));
     section.notes.push(format!(
         "Baseline (per-process priority only): {} inversions, {} FIFO violations of {} pairs — \
          what a shared queue removes.",
