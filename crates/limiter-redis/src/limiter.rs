@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -132,7 +132,7 @@ where
     };
     let mut fut = Box::pin(fut);
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    if let Poll::Pending = fut.as_mut().poll(&mut cx) {
+    if fut.as_mut().poll(&mut cx).is_pending() {
         handle.spawn(fut);
     }
 }

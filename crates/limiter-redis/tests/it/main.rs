@@ -3,5 +3,6 @@
 
 mod behaviour;
 mod contract;
+mod faults;
 mod processes;
 mod support;

@@ -1,0 +1,193 @@
+//! Redis faults under load: killed (refused), restarted empty, and hung (SIGSTOP). The
+//! limiter keeps serving from its in-memory fallback, says so, switches back, and leaks no
+//! permit on either side.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use domain::Priority;
+use limiter_memory::MemoryLimiter;
+use limiter_redis::RedisLimiter;
+use ports::ConcurrencyLimiter;
+
+use crate::support::{RedisServer, config, report, short_ttls, wait_until};
+
+/// Tasks that acquire, hold briefly and release until stopped, counting grants and the
+/// highest number of permits this process held at once.
+struct Load {
+    stop: Arc<AtomicBool>,
+    granted: Arc<AtomicU64>,
+    peak: Arc<AtomicU32>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(limiter: &Arc<RedisLimiter>, tasks: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let granted = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(AtomicU32::new(0));
+        let holding = Arc::new(AtomicU32::new(0));
+        let tasks = (0..tasks)
+            .map(|i| {
+                let (limiter, stop, granted, peak, holding) = (
+                    Arc::clone(limiter),
+                    Arc::clone(&stop),
+                    Arc::clone(&granted),
+                    Arc::clone(&peak),
+                    Arc::clone(&holding),
+                );
+                tokio::spawn(async move {
+                    let priority = Priority::ALL[i % 4];
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok(permit) = limiter.acquire(priority, Duration::from_secs(2)).await
+                        else {
+                            continue;
+                        };
+                        granted.fetch_add(1, Ordering::SeqCst);
+                        let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        holding.fetch_sub(1, Ordering::SeqCst);
+                        // During an outage the Redis release fails and is retried in the
+                        // background; the error is expected here.
+                        let _ = permit.release().await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            granted,
+            peak,
+            tasks,
+        }
+    }
+
+    fn granted(&self) -> u64 {
+        self.granted.load(Ordering::SeqCst)
+    }
+
+    async fn grants_continue(&self, what: &str) {
+        let before = self.granted();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.granted() < before + 20 {
+            assert!(Instant::now() < deadline, "no grants while {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) -> u32 {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+async fn wait_degraded(limiter: &RedisLimiter, want: bool, within: Duration) -> Duration {
+    let start = Instant::now();
+    while limiter.is_degraded() != want {
+        assert!(
+            start.elapsed() < within,
+            "degraded did not become {want} in {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_fails_over_to_memory_and_back() {
+    let mut server = RedisServer::start();
+    let cfg = short_ttls(config(&server, 3));
+    let op_timeout = cfg.op_timeout;
+    let fallback = Arc::new(MemoryLimiter::new(3));
+    let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
+    let load = Load::start(&limiter, 8);
+    load.grants_continue("on redis").await;
+
+    server.kill();
+    let failover = wait_degraded(&limiter, true, Duration::from_secs(5)).await;
+    report(
+        "failover after redis was killed (refused), op timeout 200 ms",
+        failover,
+    );
+    assert!(
+        failover <= op_timeout + Duration::from_millis(300),
+        "{failover:?}"
+    );
+    let stats = limiter.stats().await;
+    assert_eq!((stats.backend.as_str(), stats.degraded), ("memory", true));
+    load.grants_continue("degraded").await;
+
+    server.restart();
+    let restarted = Instant::now();
+    wait_degraded(&limiter, false, Duration::from_secs(10)).await;
+    report("switch back after redis restarted", restarted.elapsed());
+    load.grants_continue("back on redis").await;
+    let peak = load.stop().await;
+    // Redis permits (≤ 3) and memory permits (≤ local share 3) may overlap around a switch.
+    assert!(peak <= 6, "this process held {peak} permits at once");
+
+    let stats = wait_until(&*limiter, Duration::from_secs(5), "nothing held", |s| {
+        !s.degraded && s.active == 0 && s.queued.total() == 0
+    })
+    .await;
+    assert_eq!(stats.backend, "redis");
+    assert_eq!(fallback.stats().await.active, 0, "a memory permit leaked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_redis_fails_over_within_the_op_timeout_and_leaks_nothing() {
+    let server = RedisServer::start();
+    let cfg = short_ttls(config(&server, 2));
+    let op_timeout = cfg.op_timeout;
+    let fallback = Arc::new(MemoryLimiter::new(2));
+    let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
+    let held = limiter
+        .acquire(Priority::Normal, Duration::from_secs(1))
+        .await
+        .unwrap();
+
+    server.signal("STOP");
+    let started = Instant::now();
+    let local = limiter
+        .acquire(Priority::High, Duration::from_secs(5))
+        .await
+        .expect("served by the fallback while redis hangs");
+    let failover = started.elapsed();
+    report(
+        "failover while redis hangs (SIGSTOP), op timeout 200 ms",
+        failover,
+    );
+    assert!(
+        failover <= op_timeout + Duration::from_millis(300),
+        "{failover:?}"
+    );
+    assert!(limiter.is_degraded());
+    let stats = limiter.stats().await;
+    assert_eq!((stats.backend.as_str(), stats.active), ("memory", 1));
+    // Released while Redis hangs: retried in the background.
+    drop(held);
+    let load = Load::start(&limiter, 4);
+    load.grants_continue("redis hangs").await;
+
+    server.signal("CONT");
+    let resumed = Instant::now();
+    wait_degraded(&limiter, false, Duration::from_secs(10)).await;
+    report("switch back after SIGCONT", resumed.elapsed());
+    load.grants_continue("back on redis").await;
+    load.stop().await;
+    drop(local);
+    let stats = wait_until(
+        &*limiter,
+        Duration::from_secs(5),
+        "nothing held after the hang",
+        |s| !s.degraded && s.active == 0 && s.queued.total() == 0,
+    )
+    .await;
+    assert_eq!(stats.backend, "redis");
+    assert_eq!(fallback.stats().await.active, 0);
+}
