@@ -157,11 +157,11 @@ async fn walk(client: &reqwest::Client, base: &str) -> Result<()> {
     for result in futures_join(jobs).await {
         let (priority, took, value) = result?;
         println!(
-            "    {priority:<8} done in {:>5.1} s  id={}  status={}  result_url={}",
+            "    {priority:<8} done in {:>4.1} s  id={}  status={}  result_url={}",
             took.as_secs_f64(),
             value["id"].as_str().unwrap_or("?"),
             value["status"].as_str().unwrap_or("?"),
-            value["result_url"].as_str().unwrap_or("-"),
+            short(value["result_url"].as_str().unwrap_or("-")),
         );
         ensure!(value["status"] == "done", "{priority}: not done: {value}");
     }
@@ -251,7 +251,7 @@ async fn walk(client: &reqwest::Client, base: &str) -> Result<()> {
     let metrics = client.get(url("/metrics")).send().await?.text().await?;
     for line in metrics
         .lines()
-        .filter(|l| !l.starts_with('#'))
+        .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
         .filter(|l| l.contains("limiter") || l.contains("upstream"))
         .take(12)
     {
@@ -297,4 +297,12 @@ fn indent(text: &str) -> String {
         .map(|l| format!("    {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The start of a long URL, enough to recognise it.
+fn short(url: &str) -> String {
+    match url.char_indices().nth(72) {
+        Some((i, _)) => format!("{}…", &url[..i]),
+        None => url.to_owned(),
+    }
 }
