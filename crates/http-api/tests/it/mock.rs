@@ -179,3 +179,58 @@ async fn errors_the_fake_cannot_produce_are_mapped() {
     assert_eq!(status, 200);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_limiter_is_ready_within_its_grace_and_healthy_says_degraded() {
+    use std::sync::Arc;
+
+    use ports::{LimiterStats, MockConcurrencyLimiter};
+
+    let mut limiter = MockConcurrencyLimiter::new();
+    limiter.expect_stats().returning(|| LimiterStats {
+        backend: "redis".into(),
+        degraded: true,
+        max_concurrent: 4,
+        available: 4,
+        ..LimiterStats::default()
+    });
+    let settings = http_api::Settings {
+        ready_degraded_grace: Duration::from_secs(3600),
+        ..support::keyed_settings()
+    };
+    let metrics = Arc::new(http_api::metrics::Metrics::new());
+    let state = http_api::AppState::new(
+        Arc::new(MockVideoApi::new()),
+        Arc::new(limiter),
+        metrics,
+        settings,
+    );
+    let srv = support::Server::start(state).await;
+    let http = client();
+    let (status, h) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+    assert_eq!((status, h["status"].as_str().unwrap()), (200, "degraded"));
+    let (status, r) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "still within the grace: {r}");
+    assert_eq!(r["limiter_degraded"], true);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let settings = http_api::Settings {
+        header_read_timeout: Duration::from_millis(200),
+        ..support::keyed_settings()
+    };
+    let srv = support::mock_service(MockVideoApi::new(), settings, 1).await;
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // The server closes the connection (possibly after a 408); reading ends well within 5 s.
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    srv.stop().await;
+}
