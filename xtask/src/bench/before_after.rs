@@ -35,7 +35,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         (8, 2000, 20)
     };
     let client = &ctx.client;
-    let fake = rig::spawn_fake("bench1-did-fake", client).await?;
+    let fake = rig::spawn_fake(ctx, "bench1-did-fake").await?;
     let base = fake.base_url.clone();
     let talk = rig::create_talk(client, &base).await?;
     rig::set_faults(

@@ -54,7 +54,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         }
     };
     let client = &ctx.client;
-    let fake = rig::spawn_fake("bench2-did-fake", client).await?;
+    let fake = rig::spawn_fake(ctx, "bench2-did-fake").await?;
     let base = fake.base_url.clone();
     let talk = rig::create_talk(client, &base).await?;
     rig::set_faults(
@@ -103,8 +103,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
 
     // Memory backend: one http-api process.
     let api = rig::spawn_api(
+        ctx,
         "bench2-http-api-memory",
-        client,
         &ApiOptions {
             fake: &base,
             redis: None,
@@ -121,8 +121,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     for i in 0..4 {
         apis.push(
             rig::spawn_api(
+                ctx,
                 &format!("bench2-http-api-redis-{i}"),
-                client,
                 &ApiOptions {
                     fake: &base,
                     redis: Some(&redis.base_url),

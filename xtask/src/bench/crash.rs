@@ -31,7 +31,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     };
     let client = &ctx.client;
     let redis = procs::spawn_redis("bench4-redis").await?;
-    let fake = rig::spawn_fake("bench4-did-fake", client).await?;
+    let fake = rig::spawn_fake(ctx, "bench4-did-fake").await?;
     let base = fake.base_url.clone();
     let talk = rig::create_talk(client, &base).await?;
     rig::set_faults(
@@ -49,11 +49,10 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             limit,
             lease_ttl_secs: Some(ttl),
         };
-        let observer =
-            rig::spawn_api(&format!("bench4-http-api-b-ttl{ttl}"), client, &opts).await?;
+        let observer = rig::spawn_api(ctx, &format!("bench4-http-api-b-ttl{ttl}"), &opts).await?;
         for rep in 0..reps {
             let holder =
-                rig::spawn_api(&format!("bench4-http-api-a-ttl{ttl}-{rep}"), client, &opts).await?;
+                rig::spawn_api(ctx, &format!("bench4-http-api-a-ttl{ttl}-{rep}"), &opts).await?;
             // A's calls: each holds a permit until the upstream answers (it will not).
             let slow = reqwest::Client::builder()
                 .timeout(Duration::from_millis(HOLD_MS))

@@ -1,4 +1,5 @@
-//! `cargo xtask bench [--quick] [--only 1,2,..]`: macro benchmarks over real sockets.
+//! `cargo xtask bench [--quick] [--debug] [--only 1,2,..]`: macro benchmarks over real
+//! sockets. The servers run as release builds unless `--debug` is given.
 //!
 //! Every scenario drives real HTTP traffic (or, for the priority scenario, real limiter
 //! objects, one of them on a real redis-server) and measures its baseline in the same run:
@@ -40,6 +41,8 @@ use report::{Report, Section};
 /// What a run looks like: `quick` is for CI (all scenarios under 3 minutes).
 pub(crate) struct Ctx {
     pub(crate) quick: bool,
+    /// Run the servers' release builds (the default) rather than their debug builds.
+    pub(crate) release: bool,
     /// A client for control calls (stats, faults, health); pooled, generous timeout.
     pub(crate) client: reqwest::Client,
 }
@@ -54,11 +57,13 @@ const SCENARIOS: [&str; 5] = [
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut quick = false;
+    let mut release = true;
     let mut only: Option<Vec<usize>> = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--debug" => release = false,
             "--only" => {
                 let list = it.next().context("--only needs a list, e.g. 1,3")?;
                 let picked = list
@@ -71,30 +76,39 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 }
                 only = Some(picked);
             }
-            other => bail!("unknown bench option {other:?} (expected --quick, --only 1,2,...)"),
+            other => {
+                bail!("unknown bench option {other:?} (expected --quick, --debug, --only 1,2,...)")
+            }
         }
     }
-    procs::build(&["did-fake", "http-api"])?;
+    // Benchmarks measure the servers as they would be deployed: optimised builds.
+    let mut build = crate::cargo();
+    build.args(["build", "--quiet", "-p", "did-fake", "-p", "http-api"]);
+    if release {
+        build.arg("--release");
+    }
+    crate::run_step("build", &mut build)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
         tokio::select! {
-            result = bench(quick, only) => result,
+            result = bench(quick, release, only) => result,
             _ = tokio::signal::ctrl_c() => bail!("interrupted; servers stopped"),
         }
     })
 }
 
-async fn bench(quick: bool, only: Option<Vec<usize>>) -> Result<()> {
+async fn bench(quick: bool, release: bool, only: Option<Vec<usize>>) -> Result<()> {
     let ctx = Ctx {
         quick,
+        release,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?,
     };
-    let mut report = Report::new(quick);
+    let mut report = Report::new(quick, release);
     println!(
         "bench: {} run, machine: {}",
         if quick { "quick" } else { "full" },

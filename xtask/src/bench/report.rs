@@ -235,6 +235,7 @@ impl Section {
 /// The whole run.
 pub(crate) struct Report {
     pub(crate) quick: bool,
+    pub(crate) release: bool,
     pub(crate) date: String,
     pub(crate) nproc: String,
     pub(crate) memory: String,
@@ -254,7 +255,7 @@ fn capture(program: &str, args: &[&str]) -> String {
 }
 
 impl Report {
-    pub(crate) fn new(quick: bool) -> Report {
+    pub(crate) fn new(quick: bool, release: bool) -> Report {
         let free = capture("free", &["-h"]);
         let memory = free
             .lines()
@@ -264,6 +265,7 @@ impl Report {
             .to_owned();
         Report {
             quick,
+            release,
             date: capture("date", &[]),
             nproc: capture("nproc", &[]),
             memory,
@@ -288,17 +290,23 @@ impl Report {
 
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)?;
-        let command = if self.quick {
-            "cargo xtask bench --quick"
+        let command = format!(
+            "cargo xtask bench{}{}",
+            if self.quick { " --quick" } else { "" },
+            if self.release { "" } else { " --debug" }
+        );
+        let binaries = if self.release {
+            "did-fake and http-api: release profile; xtask (load generator, in-process limiters): \
+             debug profile (`cargo xtask`)"
         } else {
-            "cargo xtask bench"
+            "did-fake, http-api and xtask: debug profile"
         };
         let json = json!({
             "command": command,
             "date": self.date,
             "machine": {"nproc": self.nproc, "memory": self.memory},
             "commit": self.commit,
-            "binaries": "debug profile (cargo build), as built by the task",
+            "binaries": binaries,
             "total_seconds": round3(self.total_seconds),
             "scenarios": self.sections.iter().map(Section::json).collect::<Vec<_>>(),
         });
@@ -312,8 +320,7 @@ impl Report {
         let _ = writeln!(
             md,
             "- command: `{command}`\n- date: {}\n- machine: {} cores (`nproc`), {} RAM \
-             (`free -h`)\n- commit: {}\n- binaries: debug profile, as built by the task\n\
-             - total time: {:.0} s\n",
+             (`free -h`)\n- commit: {}\n- binaries: {binaries}\n- total time: {:.0} s\n",
             self.date, self.nproc, self.memory, self.commit, self.total_seconds
         );
         let _ = writeln!(md, "## Targets\n");

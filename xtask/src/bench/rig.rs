@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use super::Ctx;
 use crate::procs::{self, Server};
 
 /// The service's route prefix.
@@ -17,12 +18,26 @@ pub(crate) const FAKE_KEY: &str = "talkgate:fake-key";
 /// The upstream route the load goes to (its latency is what the scenarios set).
 pub(crate) const STATUS_ROUTE: &str = "GET /talks/{id}";
 
+/// A server binary of this workspace in the profile the run uses.
+fn bin(ctx: &Ctx, name: &str) -> PathBuf {
+    let debug = procs::bin(name);
+    if !ctx.release {
+        return debug;
+    }
+    // `<target>/debug/<name>` → `<target>/release/<name>`.
+    debug
+        .parent()
+        .and_then(|d| d.parent())
+        .map_or(debug.clone(), |t| t.join("release").join(name))
+}
+
 /// Starts did-fake (fast talk lifecycle, fixed seed) and waits until it answers.
-pub(crate) async fn spawn_fake(name: &str, client: &reqwest::Client) -> Result<Server> {
+pub(crate) async fn spawn_fake(ctx: &Ctx, name: &str) -> Result<Server> {
+    let client = &ctx.client;
     let port = procs::free_port()?;
     let mut fake = Server::spawn(
         name,
-        procs::bin("did-fake"),
+        bin(ctx, "did-fake"),
         &[
             "--port".into(),
             port.to_string(),
@@ -111,11 +126,8 @@ pub(crate) struct ApiOptions<'a> {
 }
 
 /// Starts one http-api process against `fake` (and `redis`, if given) and waits for `/health`.
-pub(crate) async fn spawn_api(
-    name: &str,
-    client: &reqwest::Client,
-    opts: &ApiOptions<'_>,
-) -> Result<Server> {
+pub(crate) async fn spawn_api(ctx: &Ctx, name: &str, opts: &ApiOptions<'_>) -> Result<Server> {
+    let client = &ctx.client;
     let port = procs::free_port()?;
     let mut envs = vec![
         ("D_ID_API_KEY", FAKE_KEY.to_owned()),
@@ -134,7 +146,7 @@ pub(crate) async fn spawn_api(
     if let Some(ttl) = opts.lease_ttl_secs {
         envs.push(("LEASE_TTL_SECS", ttl.to_string()));
     }
-    let mut api = Server::spawn(name, procs::bin("http-api"), &[], &envs, port)?;
+    let mut api = Server::spawn(name, bin(ctx, "http-api"), &[], &envs, port)?;
     api.wait_ready(client, &format!("{PREFIX}/health"), Duration::from_secs(30))
         .await?;
     Ok(api)
