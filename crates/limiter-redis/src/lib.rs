@@ -38,7 +38,10 @@
 //!   period (`lease_ttl / 3`) of the death.
 //! - **A waiter's process dies**: its ticket is not refreshed and expires within
 //!   `waiter_ttl`; if it was granted in the meantime, the grant keeps the ticket's deadline,
-//!   so the queue head or the slot is blocked for at most `waiter_ttl`.
+//!   so the queue head or the slot is blocked for at most `waiter_ttl`, plus one safety poll
+//!   of the next waiter (≤ `waiter_ttl / 3`) until it notices.
+//! - **A live waiter stalls longer than `waiter_ttl`**: its ticket expires; its next check
+//!   queues it again at the back of its priority (it loses its place, never a slot).
 //! - **A holder stalls longer than its lease** (e.g. SIGSTOP): the slot is reclaimed and
 //!   may be granted again; when the holder resumes, its renewal returns 0 and the permit
 //!   reports [`is_lost`](ports::Permit::is_lost) (logged, counted in `leases_lost`).

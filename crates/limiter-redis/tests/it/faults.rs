@@ -191,3 +191,48 @@ async fn hung_redis_fails_over_within_the_op_timeout_and_leaks_nothing() {
     assert_eq!(stats.backend, "redis");
     assert_eq!(fallback.stats().await.active, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_queued_in_redis_moves_to_memory_when_redis_hangs() {
+    let server = RedisServer::start();
+    let cfg = short_ttls(config(&server, 1));
+    let fallback = Arc::new(MemoryLimiter::new(1));
+    let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
+    let held = limiter
+        .acquire(Priority::Normal, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let l = Arc::clone(&limiter);
+    let waiter =
+        tokio::spawn(async move { l.acquire(Priority::High, Duration::from_secs(10)).await });
+    wait_until(
+        &*limiter,
+        Duration::from_secs(5),
+        "the waiter queued in redis",
+        |s| s.queued.high == 1,
+    )
+    .await;
+
+    server.signal("STOP");
+    let stopped = Instant::now();
+    let permit = waiter.await.unwrap().expect("served by the fallback");
+    // Its next check (≤ one safety poll) times out after op_timeout, then memory serves it.
+    let moved = stopped.elapsed();
+    report("queued waiter moved to memory after SIGSTOP", moved);
+    assert!(moved <= Duration::from_millis(200 + 200 + 300), "{moved:?}");
+    assert_eq!(fallback.stats().await.active, 1);
+
+    server.signal("CONT");
+    drop(permit);
+    drop(held);
+    wait_degraded(&limiter, false, Duration::from_secs(10)).await;
+    let stats = wait_until(
+        &*limiter,
+        Duration::from_secs(5),
+        "no ticket or slot left",
+        |s| !s.degraded && s.active == 0 && s.queued.total() == 0,
+    )
+    .await;
+    assert_eq!(stats.backend, "redis");
+    assert_eq!(fallback.stats().await.active, 0);
+}
