@@ -9,5 +9,6 @@ mod limits;
 mod logs;
 mod mock;
 mod openapi;
+mod readme;
 mod redis;
 mod support;
