@@ -11,7 +11,7 @@ use limiter_memory::MemoryLimiter;
 use limiter_redis::RedisLimiter;
 use ports::ConcurrencyLimiter;
 
-use crate::support::{RedisServer, config, report, short_ttls, wait_until};
+use crate::support::{RedisServer, config, fast_failover, report, wait_until};
 
 /// Tasks that acquire, hold briefly and release until stopped, counting grants and the
 /// highest number of permits this process held at once.
@@ -101,7 +101,7 @@ async fn wait_degraded(limiter: &RedisLimiter, want: bool, within: Duration) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_under_load_fails_over_to_memory_and_back() {
     let mut server = RedisServer::start();
-    let cfg = short_ttls(config(&server, 3));
+    let cfg = fast_failover(config(&server, 3));
     let op_timeout = cfg.op_timeout;
     let fallback = Arc::new(MemoryLimiter::new(3));
     let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
@@ -142,7 +142,7 @@ async fn redis_killed_under_load_fails_over_to_memory_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_redis_fails_over_within_the_op_timeout_and_leaks_nothing() {
     let server = RedisServer::start();
-    let cfg = short_ttls(config(&server, 2));
+    let cfg = fast_failover(config(&server, 2));
     let op_timeout = cfg.op_timeout;
     let fallback = Arc::new(MemoryLimiter::new(2));
     let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
@@ -195,7 +195,7 @@ async fn hung_redis_fails_over_within_the_op_timeout_and_leaks_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_queued_in_redis_moves_to_memory_when_redis_hangs() {
     let server = RedisServer::start();
-    let cfg = short_ttls(config(&server, 1));
+    let cfg = fast_failover(config(&server, 1));
     let fallback = Arc::new(MemoryLimiter::new(1));
     let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
     let held = limiter

@@ -166,10 +166,16 @@ pub fn config(server: &RedisServer, limit: u32) -> RedisLimiterConfig {
 pub fn short_ttls(mut config: RedisLimiterConfig) -> RedisLimiterConfig {
     config.lease_ttl = Duration::from_secs(1);
     config.waiter_ttl = Duration::from_secs(1);
-    config.op_timeout = Duration::from_millis(200);
     config.connect_timeout = Duration::from_millis(300);
     config.probe_interval = Duration::from_millis(100);
     config.safety_poll = Duration::from_millis(200);
+    config
+}
+
+/// [`short_ttls`] plus a 200 ms op timeout, for the failover tests that measure it.
+pub fn fast_failover(config: RedisLimiterConfig) -> RedisLimiterConfig {
+    let mut config = short_ttls(config);
+    config.op_timeout = Duration::from_millis(200);
     config
 }
 
