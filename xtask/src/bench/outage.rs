@@ -1,9 +1,11 @@
 //! Scenario 5, Redis outage: steady load through two http-api processes on the Redis
-//! limiter, then redis-server is SIGKILLed (connection refused from then on), left down for a
-//! while, and restarted on the same port. Measured from the load's own samples and from
-//! `/health`, `/stats` and did-fake's counters: failover time, latency while degraded against
-//! the steady phase, over-admission (did-fake's peak in-flight against C), time to fail back,
-//! and permits left over at the end.
+//! limiter, then Redis fails, stays down for a while, and comes back. Two kinds of failure,
+//! each its own timeline with fresh processes: redis-server SIGKILLed (connection refused)
+//! and restarted empty on the same port; and redis-server SIGSTOPped (a black hole: the TCP
+//! connections stay open, nothing answers) and then SIGCONTed with its data intact. Measured
+//! from the load's own samples and from `/health`, `/stats` and did-fake's counters:
+//! failover time, latency while degraded against the steady phase, over-admission (did-fake's
+//! peak in-flight against C), time to fail back, and permits left over at the end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +30,36 @@ struct Params {
     after: f64,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL, then a new redis-server on the same port (empty: no persistence).
+    Kill,
+    /// SIGSTOP, then SIGCONT (the same server, data intact).
+    Stop,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "SIGKILL + restart",
+            Fault::Stop => "SIGSTOP + SIGCONT",
+        }
+    }
+}
+
+/// What one timeline measured.
+struct Timeline {
+    fault: Fault,
+    samples: Vec<Sample>,
+    phases: Vec<(String, f64, f64, Summary, usize, usize)>,
+    first_ok_after_fault: Option<f64>,
+    all_degraded: Option<Duration>,
+    fail_back: Option<Duration>,
+    peaks: [u64; 3],
+    leftovers: Vec<String>,
+    final_health: Vec<Value>,
+}
+
 pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     let p = if ctx.quick {
         Params {
@@ -43,16 +75,34 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             limit: 4,
             latency_ms: 50,
             callers: 16,
-            steady: 6.0,
+            steady: 8.0,
             outage: 8.0,
             after: 6.0,
         }
     };
+    println!(
+        "  C = {}, L = {} ms, {} callers over {PROCESSES} processes; {:.0} s steady, Redis down \
+         {:.0} s, {:.0} s after it is back; SIGKILL, then SIGSTOP",
+        p.limit, p.latency_ms, p.callers, p.steady, p.outage, p.after
+    );
+    let mut timelines = Vec::new();
+    for fault in [Fault::Kill, Fault::Stop] {
+        println!("  run: {}", fault.name());
+        timelines.push(timeline(ctx, &p, fault).await?);
+    }
+    report(&p, &timelines)
+}
+
+async fn timeline(ctx: &Ctx, p: &Params, fault: Fault) -> Result<Timeline> {
     let client = &ctx.client;
-    let redis = procs::spawn_redis("bench5-redis").await?;
+    let tag = match fault {
+        Fault::Kill => "kill",
+        Fault::Stop => "stop",
+    };
+    let mut redis = procs::spawn_redis(&format!("bench5-{tag}-redis")).await?;
     let redis_url = redis.base_url.clone();
     let redis_port = rig::redis_port(&redis_url)?;
-    let fake = rig::spawn_fake(ctx, "bench5-did-fake").await?;
+    let fake = rig::spawn_fake(ctx, &format!("bench5-{tag}-did-fake")).await?;
     let base = fake.base_url.clone();
     let talk = rig::create_talk(client, &base).await?;
     rig::set_faults(
@@ -66,7 +116,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         apis.push(
             rig::spawn_api(
                 ctx,
-                &format!("bench5-http-api-{i}"),
+                &format!("bench5-{tag}-http-api-{i}"),
                 &ApiOptions {
                     fake: &base,
                     redis: Some(&redis_url),
@@ -78,11 +128,6 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         );
     }
     let bases: Vec<String> = apis.iter().map(|a| a.base_url.clone()).collect();
-    println!(
-        "  C = {}, L = {} ms, {} callers over {PROCESSES} processes; {:.0} s steady, Redis down \
-         {:.0} s, {:.0} s after the restart",
-        p.limit, p.latency_ms, p.callers, p.steady, p.outage, p.after
-    );
 
     // The load runs in the background for the whole timeline.
     let t0 = Instant::now();
@@ -97,9 +142,10 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             .collect(),
     );
     let callers = p.callers;
+    let label = format!("outage, {}", fault.name());
     let load = tokio::spawn(async move {
         load::closed_loop(
-            "outage",
+            &label,
             t0,
             callers,
             Stop::At(Duration::from_secs_f64(total)),
@@ -119,32 +165,48 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     tokio::time::sleep_until((t0 + Duration::from_secs_f64(p.steady)).into()).await;
     let steady_peak = rig::count(&rig::fake_stats(client, &base).await?, "peak_in_flight");
     rig::reset_fake(client, &base).await?;
-    println!("    killing redis-server (SIGKILL)");
-    redis.signal("KILL").context("SIGKILL redis-server")?;
-    let t_kill = t0.elapsed().as_secs_f64();
-    drop(redis);
-    let degraded_after = all_health(client, &bases, Duration::from_secs_f64(p.outage), |h| {
+    let t_fault = t0.elapsed().as_secs_f64();
+    match fault {
+        Fault::Kill => {
+            println!("    SIGKILL redis-server");
+            redis.signal("KILL").context("SIGKILL redis-server")?;
+        }
+        Fault::Stop => {
+            println!("    SIGSTOP redis-server");
+            redis.signal("STOP").context("SIGSTOP redis-server")?;
+        }
+    }
+    let all_degraded = all_health(client, &bases, Duration::from_secs_f64(p.outage), |h| {
         h["rate_limiter"]["degraded"].as_bool() == Some(true) && h["status"] == "degraded"
     })
     .await;
     println!(
         "    /health degraded on every process after {}",
-        show_ms(degraded_after)
+        show_ms(all_degraded)
     );
 
     tokio::time::sleep_until((t0 + Duration::from_secs_f64(p.steady + p.outage)).into()).await;
-    let outage_stats = rig::fake_stats(client, &base).await?;
-    let outage_peak = rig::count(&outage_stats, "peak_in_flight");
+    let outage_peak = rig::count(&rig::fake_stats(client, &base).await?, "peak_in_flight");
     rig::reset_fake(client, &base).await?;
-    println!("    restarting redis-server on port {redis_port}");
-    let redis = rig::spawn_redis_on("bench5-redis-restarted", redis_port).await?;
-    let t_restart = t0.elapsed().as_secs_f64();
-    let back_after = all_health(client, &bases, Duration::from_secs_f64(p.after), |h| {
+    match fault {
+        Fault::Kill => {
+            println!("    restarting redis-server on port {redis_port}");
+            drop(redis);
+            redis =
+                rig::spawn_redis_on(&format!("bench5-{tag}-redis-restarted"), redis_port).await?;
+        }
+        Fault::Stop => {
+            println!("    SIGCONT redis-server");
+            redis.signal("CONT").context("SIGCONT redis-server")?;
+        }
+    }
+    let t_back = t0.elapsed().as_secs_f64();
+    let fail_back = all_health(client, &bases, Duration::from_secs_f64(p.after), |h| {
         h["rate_limiter"]["degraded"].as_bool() == Some(false)
             && h["rate_limiter"]["backend"] == "redis"
     })
     .await;
-    println!("    back on Redis everywhere after {}", show_ms(back_after));
+    println!("    back on Redis everywhere after {}", show_ms(fail_back));
 
     let samples = load.await.context("the load task panicked")??;
     let after_peak = rig::count(&rig::fake_stats(client, &base).await?, "peak_in_flight");
@@ -168,96 +230,85 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             leftovers.push(format!("{b}: {}", rig::limiter_of(&s)));
         }
     }
-    let final_health: Vec<Value> = {
-        let mut v = Vec::new();
-        for b in &bases {
-            v.push(rig::api_health(client, b).await.unwrap_or(Value::Null));
-        }
-        v
-    };
+    let mut final_health = Vec::new();
+    for b in &bases {
+        final_health.push(rig::api_health(client, b).await.unwrap_or(Value::Null));
+    }
     drop(apis);
     drop(redis);
     drop(fake);
+    if samples.is_empty() {
+        bail!("the load produced no samples");
+    }
 
-    // The first success of a request that started after the kill.
-    let first_ok_after_kill = samples
+    // The first success of a request that started after the fault.
+    let first_ok_after_fault = samples
         .iter()
-        .filter(|s| s.ok && s.start >= t_kill)
+        .filter(|s| s.ok && s.start >= t_fault)
         .map(|s| s.end)
         .min_by(f64::total_cmp)
-        .map(|end| end - t_kill);
-    let failover_end = t_kill + first_ok_after_kill.unwrap_or(p.outage);
-    let phases = [
-        ("steady (Redis)", 1.0_f64.min(p.steady / 2.0), t_kill),
-        ("failing over", t_kill, failover_end),
-        ("degraded (memory fallback)", failover_end, t_restart),
+        .map(|end| end - t_fault);
+    let failover_end = t_fault + first_ok_after_fault.unwrap_or(p.outage);
+    let windows = [
+        ("steady (Redis)", 1.0_f64.min(p.steady / 2.0), t_fault),
+        ("failing over", t_fault, failover_end),
+        ("degraded (memory fallback)", failover_end, t_back),
         (
-            "after restart",
-            t_restart + back_after.map_or(p.after, |d| d.as_secs_f64()),
+            "back on Redis",
+            t_back + fail_back.map_or(p.after, |d| d.as_secs_f64()),
             total,
         ),
     ];
-    let mut table = Table::new(
-        "",
-        &[
-            "phase",
-            "window (s)",
-            "ok",
-            "failed",
-            "throughput (req/s)",
-            "mean (ms)",
-            "p50 (ms)",
-            "p99 (ms)",
-            "max (ms)",
-        ],
-    );
-    let mut summaries = Vec::new();
-    let mut phase_json = Vec::new();
-    for (name, from, to) in phases {
-        let in_phase: Vec<&Sample> = samples
-            .iter()
-            .filter(|s| s.start >= from && s.start < to)
-            .collect();
-        let failed = in_phase.iter().filter(|s| !s.ok).count();
-        let mut lat = load::latencies(&samples, from, to);
-        let s = Summary::of(&mut lat);
-        let tp = load::throughput(&samples, from, to.max(from + 1e-3));
-        table.row(vec![
-            name.to_owned(),
-            format!("{from:.2}–{to:.2}"),
-            s.n.to_string(),
-            failed.to_string(),
-            f1(tp),
-            f2(s.mean),
-            f2(s.p50),
-            f2(s.p99),
-            f2(s.max),
-        ]);
-        phase_json.push(json!({
-            "phase": name, "from_s": from, "to_s": to, "failed": failed,
-            "throughput_rps": tp, "latency": s.json(),
-        }));
-        summaries.push(s);
-    }
-    let failed_total = samples.iter().filter(|s| !s.ok).count();
+    let phases = windows
+        .iter()
+        .map(|&(name, from, to)| {
+            let in_phase = samples.iter().filter(|s| s.start >= from && s.start < to);
+            let failed = in_phase.clone().filter(|s| !s.ok).count();
+            let over_1s = in_phase.filter(|s| s.latency_ms() > 1000.0).count();
+            let mut lat = load::latencies(&samples, from, to);
+            (
+                name.to_owned(),
+                from,
+                to,
+                Summary::of(&mut lat),
+                failed,
+                over_1s,
+            )
+        })
+        .collect();
+    Ok(Timeline {
+        fault,
+        samples,
+        phases,
+        first_ok_after_fault,
+        all_degraded,
+        fail_back,
+        peaks: [steady_peak, outage_peak, after_peak],
+        leftovers,
+        final_health,
+    })
+}
 
+fn report(p: &Params, timelines: &[Timeline]) -> Result<Section> {
     let mut section = Section::new(
         5,
         "Redis outage",
         &format!(
-            "Redis backend, limit C = {c}, {PROCESSES} http-api processes (`LEASE_TTL_SECS` 5, \
-             the limiter's default local share = the full limit), did-fake latency {l} ms on \
-             `{STATUS_ROUTE}`, {callers} closed-loop callers on `GET {PREFIX}/talk-status/{{id}}`. \
-             After {steady:.0} s redis-server is SIGKILLed (connection refused), restarted on \
-             the same port {outage:.0} s later, and the load runs {after:.0} s more. Failover: \
-             from the kill until the first request *started after the kill* succeeds, and until \
-             every process's `/health` says `degraded` (polled every 10 ms). Over-admission: \
-             did-fake's peak in-flight while Redis was down, against C and against the \
-             documented bound of {PROCESSES} × local share. Fail-back: from the restarted Redis \
-             accepting connections until every `/health` reports backend `redis`, not \
-             degraded. Leaks: every process's `/stats` once the load has stopped \
-             (`active_requests` and `queue_size`, which on Redis are the global counts). The \
-             steady phase is the baseline for the latency while degraded.",
+            "Redis backend, limit C = {c}, {PROCESSES} http-api processes (`LEASE_TTL_SECS` 5; \
+             the limiter's defaults: op timeout 500 ms, probe interval 500 ms, local share = the \
+             full limit), did-fake latency {l} ms on `{STATUS_ROUTE}`, {callers} closed-loop \
+             callers on `GET {PREFIX}/talk-status/{{id}}`. After {steady:.0} s Redis fails for \
+             {outage:.0} s, then the load runs {after:.0} s more. Two timelines, fresh processes \
+             each: **SIGKILL** (connection refused; a new empty redis-server on the same port \
+             afterwards) and **SIGSTOP** (a black hole: connections open, no answers; SIGCONT \
+             afterwards). Failover: from the fault until the first request *started after it* \
+             succeeds, and until every process's `/health` says `degraded` (each polled every \
+             10 ms). Over-admission: did-fake's peak in-flight while Redis was down, against C \
+             and the documented bound {PROCESSES} × local share. Fail-back: from Redis being \
+             back until every `/health` reports backend `redis`, not degraded. Leaks: every \
+             process's `/stats` once the load has stopped (`active_requests`, `queue_size`; on \
+             Redis the global counts). The steady phase is the baseline for the latency while \
+             degraded.",
             c = p.limit,
             l = p.latency_ms,
             callers = p.callers,
@@ -266,133 +317,183 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             after = p.after
         ),
     );
-    section.table(table);
-    let mut events = Table::new("", &["event", "measured", "baseline / bound"]);
-    events.row(vec![
-        "first success of a request started after the kill".into(),
-        show_ms(first_ok_after_kill.map(Duration::from_secs_f64)),
-        "—".into(),
-    ]);
-    events.row(vec![
-        "every /health says degraded".into(),
-        show_ms(degraded_after),
-        "—".into(),
-    ]);
-    events.row(vec![
-        "did-fake peak in-flight while Redis was down".into(),
-        outage_peak.to_string(),
-        format!(
-            "steady phase: {steady_peak}; C = {}; bound {PROCESSES} × C = {}",
-            p.limit,
-            PROCESSES as u32 * p.limit
-        ),
-    ]);
-    events.row(vec![
-        "did-fake peak in-flight after the restart".into(),
-        after_peak.to_string(),
-        format!(
-            "C = {}; documented bound while fallback permits drain: C + {PROCESSES} × share = {}",
-            p.limit,
-            (PROCESSES as u32 + 1) * p.limit
-        ),
-    ]);
-    events.row(vec![
-        "fail-back: every /health on Redis again".into(),
-        show_ms(back_after),
-        "—".into(),
-    ]);
-    events.row(vec![
-        "processes with permits or waiters left at the end".into(),
-        leftovers.len().to_string(),
-        "0".into(),
-    ]);
-    events.row(vec![
-        "failed requests over the whole run".into(),
-        format!("{failed_total} of {}", samples.len()),
-        "—".into(),
-    ]);
-    section.table(events);
-    let (steady, degraded) = (summaries[0], summaries[2]);
-    section.plots.push(Plot {
-        file: "5-outage-latency.svg".into(),
-        title: "Scenario 5: caller latency, Redis vs degraded (memory fallback)".into(),
-        series: vec![
-            "steady (Redis)".into(),
-            "degraded".into(),
-            "after restart".into(),
-        ],
-        groups: vec![
-            (
-                "p50".into(),
-                vec![steady.p50, degraded.p50, summaries[3].p50],
+    let mut data = Vec::new();
+    for t in timelines {
+        let name = t.fault.name();
+        let mut table = Table::new(
+            &format!("**{name}**: latency per phase (requests grouped by start time)"),
+            &[
+                "phase",
+                "window (s)",
+                "ok",
+                "failed",
+                "> 1 s",
+                "throughput (req/s)",
+                "mean (ms)",
+                "p50 (ms)",
+                "p99 (ms)",
+                "max (ms)",
+            ],
+        );
+        let mut phase_json = Vec::new();
+        for (phase, from, to, s, failed, over) in &t.phases {
+            let tp = load::throughput(&t.samples, *from, to.max(from + 1e-3));
+            table.row(vec![
+                phase.clone(),
+                format!("{from:.2}–{to:.2}"),
+                s.n.to_string(),
+                failed.to_string(),
+                over.to_string(),
+                f1(tp),
+                f2(s.mean),
+                f2(s.p50),
+                f2(s.p99),
+                f2(s.max),
+            ]);
+            phase_json.push(json!({
+                "phase": phase, "from_s": from, "to_s": to, "failed": failed, "over_1s": over,
+                "throughput_rps": tp, "latency": s.json(),
+            }));
+        }
+        section.table(table);
+        let failed_total = t.samples.iter().filter(|s| !s.ok).count();
+        let [steady_peak, outage_peak, after_peak] = t.peaks;
+        let mut events = Table::new(
+            &format!("**{name}**: events"),
+            &["event", "measured", "baseline / bound"],
+        );
+        events.row(vec![
+            "first success of a request started after the fault".into(),
+            show_ms(t.first_ok_after_fault.map(Duration::from_secs_f64)),
+            "op timeout 500 ms".into(),
+        ]);
+        events.row(vec![
+            "every /health says degraded".into(),
+            show_ms(t.all_degraded),
+            "op timeout + probe interval = 1000 ms".into(),
+        ]);
+        events.row(vec![
+            "did-fake peak in-flight while Redis was down".into(),
+            outage_peak.to_string(),
+            format!(
+                "steady phase: {steady_peak}; C = {}; bound {PROCESSES} × share = {}",
+                p.limit,
+                PROCESSES as u32 * p.limit
             ),
-            (
-                "p99".into(),
-                vec![steady.p99, degraded.p99, summaries[3].p99],
+        ]);
+        events.row(vec![
+            "did-fake peak in-flight once Redis was back".into(),
+            after_peak.to_string(),
+            format!(
+                "C = {}; documented bound while fallback permits drain: C + {PROCESSES} × share = {}",
+                p.limit,
+                (PROCESSES as u32 + 1) * p.limit
             ),
-            (
-                "max".into(),
-                vec![steady.max, degraded.max, summaries[3].max],
+        ]);
+        events.row(vec![
+            "fail-back: every /health on Redis again".into(),
+            show_ms(t.fail_back),
+            "—".into(),
+        ]);
+        events.row(vec![
+            "processes with permits or waiters left at the end".into(),
+            t.leftovers.len().to_string(),
+            "0".into(),
+        ]);
+        events.row(vec![
+            "failed requests over the whole run".into(),
+            format!("{failed_total} of {}", t.samples.len()),
+            "—".into(),
+        ]);
+        section.table(events);
+
+        let s = |i: usize| t.phases[i].3;
+        let (steady, degraded, back) = (s(0), s(2), s(3));
+        section.notes.push(format!(
+            "{name}: latency while degraded vs steady on Redis: p50 {:+.2} ms, p99 {:+.2} ms \
+             (the two processes then admit up to {PROCESSES} × C together, so callers queue \
+             less).",
+            degraded.p50 - steady.p50,
+            degraded.p99 - steady.p99
+        ));
+        section.plots.push(Plot {
+            file: format!(
+                "5-outage-{}-latency.svg",
+                match t.fault {
+                    Fault::Kill => "kill",
+                    Fault::Stop => "stop",
+                }
             ),
-        ],
-    });
-    section.notes.push(format!(
-        "Latency while degraded vs steady: p50 {:+.2} ms, p99 {:+.2} ms (requests queue for \
-         the local limit, so this is mostly queueing, not limiter overhead).",
-        degraded.p50 - steady.p50,
-        degraded.p99 - steady.p99
-    ));
+            title: format!("Scenario 5 ({name}): caller latency per phase"),
+            series: vec![
+                "steady (Redis)".into(),
+                "degraded".into(),
+                "back on Redis".into(),
+            ],
+            groups: vec![
+                ("p50".into(), vec![steady.p50, degraded.p50, back.p50]),
+                ("p99".into(), vec![steady.p99, degraded.p99, back.p99]),
+                ("max".into(), vec![steady.max, degraded.max, back.max]),
+            ],
+        });
+
+        section.target(
+            &format!("{name}: requests succeed again within 1 s of the fault"),
+            t.first_ok_after_fault.is_some_and(|s| s <= 1.0),
+            &format!(
+                "first success after {}",
+                show_ms(t.first_ok_after_fault.map(Duration::from_secs_f64))
+            ),
+        );
+        section.target(
+            &format!(
+                "{name}: /health degraded everywhere within op timeout + probe interval (1 s)"
+            ),
+            t.all_degraded.is_some_and(|d| d <= Duration::from_secs(1)),
+            &show_ms(t.all_degraded),
+        );
+        section.target(
+            &format!("{name}: over-admission bounded by processes × local share"),
+            outage_peak <= PROCESSES as u64 * u64::from(p.limit),
+            &format!(
+                "peak {outage_peak} in flight while down (C = {}, ×{:.2}; bound {})",
+                p.limit,
+                outage_peak as f64 / f64::from(p.limit),
+                PROCESSES as u32 * p.limit
+            ),
+        );
+        section.target(
+            &format!("{name}: fail-back to Redis within 3 s"),
+            t.fail_back.is_some_and(|d| d <= Duration::from_secs(3)),
+            &show_ms(t.fail_back),
+        );
+        section.target(
+            &format!("{name}: 0 leaked permits at the end"),
+            t.leftovers.is_empty(),
+            &if t.leftovers.is_empty() {
+                "every process idle (active 0, queued 0)".to_owned()
+            } else {
+                t.leftovers.join("; ")
+            },
+        );
+        data.push(json!({
+            "fault": name,
+            "first_ok_after_fault_ms": t.first_ok_after_fault.map(|s| s * 1000.0),
+            "all_degraded_ms": t.all_degraded.map(|d| d.as_secs_f64() * 1000.0),
+            "fail_back_ms": t.fail_back.map(|d| d.as_secs_f64() * 1000.0),
+            "peak_in_flight": {"steady": steady_peak, "outage": outage_peak, "after": after_peak},
+            "leftovers": t.leftovers, "final_health": t.final_health, "phases": phase_json,
+            "failed_requests": failed_total, "requests": t.samples.len(),
+            "slow_requests": t.samples.iter().filter(|s| s.latency_ms() > 1000.0).take(50)
+                .map(|s| json!({"start_s": s.start, "latency_ms": s.latency_ms()}))
+                .collect::<Vec<_>>(),
+        }));
+    }
     section.data = json!({
         "limit": p.limit, "latency_ms": p.latency_ms, "callers": p.callers,
-        "processes": PROCESSES, "t_kill_s": t_kill, "t_restart_s": t_restart,
-        "first_ok_after_kill_ms": first_ok_after_kill.map(|s| s * 1000.0),
-        "all_degraded_ms": degraded_after.map(|d| d.as_secs_f64() * 1000.0),
-        "fail_back_ms": back_after.map(|d| d.as_secs_f64() * 1000.0),
-        "peak_in_flight": {"steady": steady_peak, "outage": outage_peak, "after": after_peak},
-        "leftovers": leftovers, "final_health": final_health, "phases": phase_json,
-        "failed_requests": failed_total,
+        "processes": PROCESSES, "steady_s": p.steady, "outage_s": p.outage, "after_s": p.after,
+        "timelines": data,
     });
-
-    section.target(
-        "failover: requests succeed again within 1 s of the kill",
-        first_ok_after_kill.is_some_and(|s| s <= 1.0),
-        &format!(
-            "first success after {}",
-            show_ms(first_ok_after_kill.map(Duration::from_secs_f64))
-        ),
-    );
-    section.target(
-        "/health reports degraded on every process within op timeout + probe interval (1 s)",
-        degraded_after.is_some_and(|d| d <= Duration::from_secs(1)),
-        &show_ms(degraded_after),
-    );
-    section.target(
-        "over-admission bounded by processes × local share",
-        outage_peak <= PROCESSES as u64 * u64::from(p.limit),
-        &format!(
-            "peak {outage_peak} in flight while down (C = {}, ×{:.2}; bound {})",
-            p.limit,
-            outage_peak as f64 / f64::from(p.limit),
-            PROCESSES as u32 * p.limit
-        ),
-    );
-    section.target(
-        "fail-back to Redis within 3 s of the restart",
-        back_after.is_some_and(|d| d <= Duration::from_secs(3)),
-        &show_ms(back_after),
-    );
-    section.target(
-        "0 leaked permits at the end",
-        leftovers.is_empty(),
-        &if leftovers.is_empty() {
-            "every process idle (active 0, queued 0)".to_owned()
-        } else {
-            leftovers.join("; ")
-        },
-    );
-    if samples.is_empty() {
-        bail!("the load produced no samples");
-    }
     Ok(section)
 }
 
@@ -406,18 +507,21 @@ async fn all_health(
     check: fn(&Value) -> bool,
 ) -> Option<Duration> {
     let started = Instant::now();
-    let polls = bases.iter().map(|b| {
-        let (client, b) = (client.clone(), b.clone());
-        tokio::spawn(async move {
-            rig::time_until(within, Duration::from_millis(10), || async {
-                rig::api_health(&client, &b).await.is_ok_and(|h| check(&h))
+    let polls: Vec<_> = bases
+        .iter()
+        .map(|b| {
+            let (client, b) = (client.clone(), b.clone());
+            tokio::spawn(async move {
+                rig::time_until(within, Duration::from_millis(10), || async {
+                    rig::api_health(&client, &b).await.is_ok_and(|h| check(&h))
+                })
+                .await
+                .map(|_| started.elapsed())
             })
-            .await
-            .map(|_| started.elapsed())
         })
-    });
+        .collect();
     let mut last = Duration::ZERO;
-    for p in polls.collect::<Vec<_>>() {
+    for p in polls {
         last = last.max(p.await.ok()??);
     }
     Some(last)

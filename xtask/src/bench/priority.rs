@@ -339,6 +339,8 @@ fn report(p: &Params, capacity: f64, acquires: usize, runs: &[RunResult]) -> Res
             "granted",
             "failed",
             "inversions",
+            "inversions at ε = 20 ms",
+            "worst overtaking (ms)",
             "FIFO violations",
             "high wait p50/p99 (ms)",
             "normal wait p50/p99 (ms)",
