@@ -47,11 +47,21 @@ impl Fault {
     }
 }
 
+/// The requests of one phase of a timeline.
+struct Phase {
+    name: String,
+    window: Option<(f64, f64)>,
+    summary: Summary,
+    failed: usize,
+    over_1s: usize,
+    throughput: Option<f64>,
+}
+
 /// What one timeline measured.
 struct Timeline {
     fault: Fault,
     samples: Vec<Sample>,
-    phases: Vec<(String, f64, f64, Summary, usize, usize)>,
+    phases: Vec<Phase>,
     first_ok_after_fault: Option<f64>,
     all_degraded: Option<Duration>,
     fail_back: Option<Duration>,
@@ -249,31 +259,66 @@ async fn timeline(ctx: &Ctx, p: &Params, fault: Fault) -> Result<Timeline> {
         .min_by(f64::total_cmp)
         .map(|end| end - t_fault);
     let failover_end = t_fault + first_ok_after_fault.unwrap_or(p.outage);
-    let windows = [
-        ("steady (Redis)", 1.0_f64.min(p.steady / 2.0), t_fault),
-        ("failing over", t_fault, failover_end),
-        ("degraded (memory fallback)", failover_end, t_back),
+    let back_end = t_back + fail_back.map_or(p.after, |d| d.as_secs_f64());
+    let warm = 1.0_f64.min(p.steady / 2.0);
+    // Each request belongs to exactly one phase, by when it started and ended; `window` is
+    // the span over which a phase's throughput means something (steady states only).
+    type Member = Box<dyn Fn(&Sample) -> bool>;
+    type PhaseDef = (&'static str, Member, Option<(f64, f64)>);
+    let phases: [PhaseDef; 6] = [
+        (
+            "steady (Redis)",
+            Box::new(move |s| s.start >= warm && s.end < t_fault),
+            Some((warm, t_fault)),
+        ),
+        (
+            "caught by the fault (started before, ended after)",
+            Box::new(move |s| s.start < t_fault && s.end >= t_fault),
+            None,
+        ),
+        (
+            "failing over (started after the fault, before the first success)",
+            Box::new(move |s| s.start >= t_fault && s.start < failover_end),
+            None,
+        ),
+        (
+            "degraded (memory fallback)",
+            Box::new(move |s| s.start >= failover_end && s.end < t_back),
+            Some((failover_end, t_back)),
+        ),
+        (
+            "switching back (running while Redis returned)",
+            Box::new(move |s| s.start >= failover_end && s.end >= t_back && s.start < back_end),
+            None,
+        ),
         (
             "back on Redis",
-            t_back + fail_back.map_or(p.after, |d| d.as_secs_f64()),
-            total,
+            Box::new(move |s| s.start >= back_end),
+            Some((back_end, total)),
         ),
     ];
-    let phases = windows
-        .iter()
-        .map(|&(name, from, to)| {
-            let in_phase = samples.iter().filter(|s| s.start >= from && s.start < to);
-            let failed = in_phase.clone().filter(|s| !s.ok).count();
-            let over_1s = in_phase.filter(|s| s.latency_ms() > 1000.0).count();
-            let mut lat = load::latencies(&samples, from, to);
-            (
-                name.to_owned(),
-                from,
-                to,
-                Summary::of(&mut lat),
+    let phases = phases
+        .into_iter()
+        .map(|(name, member, window)| {
+            let members: Vec<&Sample> = samples.iter().filter(|s| member(s)).collect();
+            let failed = members.iter().filter(|s| !s.ok).count();
+            let over_1s = members.iter().filter(|s| s.latency_ms() > 1000.0).count();
+            let mut lat: Vec<f64> = members
+                .iter()
+                .filter(|s| s.ok)
+                .map(|s| s.latency_ms())
+                .collect();
+            let throughput = window.map(|(from, to)| {
+                members.iter().filter(|s| s.ok).count() as f64 / (to - from).max(1e-3)
+            });
+            Phase {
+                name: name.to_owned(),
+                window,
+                summary: Summary::of(&mut lat),
                 failed,
                 over_1s,
-            )
+                throughput,
+            }
         })
         .collect();
     Ok(Timeline {
@@ -321,10 +366,10 @@ fn report(p: &Params, timelines: &[Timeline]) -> Result<Section> {
     for t in timelines {
         let name = t.fault.name();
         let mut table = Table::new(
-            &format!("**{name}**: latency per phase (requests grouped by start time)"),
+            &format!("**{name}**: latency per phase (each request in exactly one phase)"),
             &[
                 "phase",
-                "window (s)",
+                "steady window (s)",
                 "ok",
                 "failed",
                 "> 1 s",
@@ -336,23 +381,24 @@ fn report(p: &Params, timelines: &[Timeline]) -> Result<Section> {
             ],
         );
         let mut phase_json = Vec::new();
-        for (phase, from, to, s, failed, over) in &t.phases {
-            let tp = load::throughput(&t.samples, *from, to.max(from + 1e-3));
+        for ph in &t.phases {
+            let s = &ph.summary;
             table.row(vec![
-                phase.clone(),
-                format!("{from:.2}–{to:.2}"),
+                ph.name.clone(),
+                ph.window
+                    .map_or("—".to_owned(), |(a, b)| format!("{a:.2}–{b:.2}")),
                 s.n.to_string(),
-                failed.to_string(),
-                over.to_string(),
-                f1(tp),
+                ph.failed.to_string(),
+                ph.over_1s.to_string(),
+                ph.throughput.map_or("—".to_owned(), f1),
                 f2(s.mean),
                 f2(s.p50),
                 f2(s.p99),
                 f2(s.max),
             ]);
             phase_json.push(json!({
-                "phase": phase, "from_s": from, "to_s": to, "failed": failed, "over_1s": over,
-                "throughput_rps": tp, "latency": s.json(),
+                "phase": ph.name, "window_s": ph.window, "failed": ph.failed,
+                "over_1s": ph.over_1s, "throughput_rps": ph.throughput, "latency": s.json(),
             }));
         }
         section.table(table);
@@ -407,8 +453,8 @@ fn report(p: &Params, timelines: &[Timeline]) -> Result<Section> {
         ]);
         section.table(events);
 
-        let s = |i: usize| t.phases[i].3;
-        let (steady, degraded, back) = (s(0), s(2), s(3));
+        let s = |i: usize| t.phases[i].summary;
+        let (steady, degraded, back) = (s(0), s(3), s(5));
         section.notes.push(format!(
             "{name}: latency while degraded vs steady on Redis: p50 {:+.2} ms, p99 {:+.2} ms \
              (the two processes then admit up to {PROCESSES} × C together, so callers queue \
