@@ -39,10 +39,10 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     let p = if ctx.quick {
         Params {
             limit: 4,
-            latency_ms: 100,
-            callers: 24,
+            latency_ms: 200,
+            callers: 16,
             warmup: 1.0,
-            measure: 5.0,
+            measure: 8.0,
         }
     } else {
         Params {
