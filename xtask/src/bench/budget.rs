@@ -50,7 +50,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             latency_ms: 200,
             callers: 64,
             warmup: 3.0,
-            measure: 20.0,
+            measure: 40.0,
         }
     };
     let client = &ctx.client;

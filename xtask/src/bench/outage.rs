@@ -513,6 +513,25 @@ fn report(p: &Params, timelines: &[Timeline]) -> Result<Section> {
             t.fail_back.is_some_and(|d| d <= Duration::from_secs(3)),
             &show_ms(t.fail_back),
         );
+        // Once Redis is back, nobody should wait longer than a steady-state request does by
+        // far: a stall here means slots or the queue head are blocked by stale state.
+        let after_back = &t.phases[4..];
+        let stalled: usize = after_back.iter().map(|ph| ph.over_1s).sum();
+        let worst_after = after_back
+            .iter()
+            .map(|ph| ph.summary.max)
+            .fold(0.0_f64, f64::max);
+        section.target(
+            &format!("{name}: no request running when or after Redis returned takes > 1 s"),
+            stalled == 0,
+            &format!(
+                "{stalled} requests over 1 s, worst {worst_after:.0} ms (steady max {:.0} ms); \
+                 throughput back on Redis {} vs steady {} req/s",
+                steady.max,
+                t.phases[5].throughput.map_or("—".to_owned(), f1),
+                t.phases[0].throughput.map_or("—".to_owned(), f1),
+            ),
+        );
         section.target(
             &format!("{name}: 0 leaked permits at the end"),
             t.leftovers.is_empty(),
