@@ -14,7 +14,7 @@
 //! `1000 - TAG_LEN` characters is sent untagged, and such a create is never repeated after an
 //! ambiguous failure (the caller gets the error instead of a possible duplicate).
 //!
-//! Talks returned to callers have the tag removed again ([`strip`]), so a caller sees its own
+//! Talks returned to callers have the tag removed again (`strip`), so a caller sees its own
 //! `user_data` exactly as given.
 
 use rand::Rng;

@@ -4,7 +4,7 @@
 //! Use it from an adapter's integration tests with a factory that returns a fresh, independent
 //! limiter of the given limit on every call:
 //!
-//! ```ignore
+//! ```text
 //! async fn new_limiter(limit: u32) -> std::sync::Arc<dyn ports::ConcurrencyLimiter> {
 //!     std::sync::Arc::new(limiter_memory::MemoryLimiter::new(limit))
 //! }

@@ -8,7 +8,7 @@
 //! - [`limiter`]: [`ConcurrencyLimiter`], [`Permit`], [`LimiterStats`], [`LimiterError`].
 //! - [`video`]: [`VideoApi`] (D-ID's operations), [`VideoApiError`], [`WaitOptions`].
 //! - `contract` (feature `contract`): the behaviour every limiter must show, written once and
-//!   run against each adapter with [`limiter_contract_tests!`].
+//!   run against each adapter with `limiter_contract_tests!`.
 //!
 //! # Features
 //! - `mock`: mockall mocks `MockConcurrencyLimiter` and `MockVideoApi`.
