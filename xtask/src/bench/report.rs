@@ -290,6 +290,13 @@ impl Report {
 
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)?;
+        // Plots of an earlier run must not pass for this run's.
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "svg") {
+                std::fs::remove_file(path)?;
+            }
+        }
         let command = format!(
             "cargo xtask bench{}{}",
             if self.quick { " --quick" } else { "" },
@@ -375,9 +382,9 @@ pub(crate) fn svg(plot: &Plot) -> String {
     let left = 120.0;
     let width = 760.0;
     let plot_w = width - left - 110.0;
-    let legend_h = 24.0;
+    let legend_h = 16.0 * plot.series.len() as f64 + 8.0;
     let group_h = bar_h * plot.series.len() as f64 + gap;
-    let height = 40.0 + legend_h + group_h * plot.groups.len() as f64 + 20.0;
+    let height = 32.0 + legend_h + group_h * plot.groups.len() as f64 + 20.0;
     let max = plot
         .groups
         .iter()
@@ -394,18 +401,19 @@ pub(crate) fn svg(plot: &Plot) -> String {
         r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#,
         escape(&plot.title)
     );
-    let mut x = left;
+    // One legend line per series, so long names never run off the canvas.
     for (i, name) in plot.series.iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
+        let y = 32.0 + 16.0 * i as f64;
         let _ = writeln!(
             s,
-            r#"<rect x="{x}" y="32" width="12" height="12" fill="{c}"/><text x="{}" y="43">{}</text>"#,
-            x + 16.0,
+            r#"<rect x="{left}" y="{y}" width="12" height="12" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
+            left + 16.0,
+            y + 11.0,
             escape(name)
         );
-        x += 30.0 + 7.0 * name.chars().count() as f64;
     }
-    let mut y = 40.0 + legend_h;
+    let mut y = 32.0 + legend_h;
     for (label, values) in &plot.groups {
         let _ = writeln!(
             s,
@@ -432,7 +440,7 @@ pub(crate) fn svg(plot: &Plot) -> String {
     let _ = writeln!(
         s,
         r#"<line x1="{left}" y1="{}" x2="{left}" y2="{}" stroke="black"/></svg>"#,
-        40.0 + legend_h - 4.0,
+        32.0 + legend_h - 4.0,
         y - gap + 4.0
     );
     s
