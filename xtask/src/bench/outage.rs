@@ -532,6 +532,18 @@ fn report(p: &Params, timelines: &[Timeline]) -> Result<Section> {
                 t.phases[0].throughput.map_or("—".to_owned(), f1),
             ),
         );
+        let (tp_back, tp_steady) = (
+            t.phases[5].throughput.unwrap_or(0.0),
+            t.phases[0].throughput.unwrap_or(0.0),
+        );
+        section.target(
+            &format!("{name}: throughput back on Redis >= 90 % of the steady phase"),
+            tp_back >= 0.9 * tp_steady,
+            &format!(
+                "{tp_back:.1} vs {tp_steady:.1} req/s ({:.0} %)",
+                100.0 * tp_back / tp_steady.max(1e-9)
+            ),
+        );
         section.target(
             &format!("{name}: 0 leaked permits at the end"),
             t.leftovers.is_empty(),
