@@ -60,10 +60,17 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     let api = rig::spawn_api(
         ctx,
         "bench6-http-api",
-        &ApiOptions { fake: &base, redis: None, limit: 16, lease_ttl_secs: None },
+        &ApiOptions {
+            fake: &base,
+            redis: None,
+            limit: 16,
+            lease_ttl_secs: None,
+        },
     )
     .await?;
-    let pooled = reqwest::Client::builder().pool_max_idle_per_host(2).build()?;
+    let pooled = reqwest::Client::builder()
+        .pool_max_idle_per_host(2)
+        .build()?;
     let direct_url = format!("{base}/talks/{talk}");
     let gateway_url = format!("{}{PREFIX}/talk-status/{talk}", api.base_url);
     let auth = format!("Basic {FAKE_KEY}");
@@ -85,8 +92,18 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         "Latency of one status read, ms",
         &["path", "n", "mean", "p50", "p95", "p99"],
     );
-    for (name, s) in [("did-fake directly (baseline)", &d), ("through http-api", &g)] {
-        table.row(vec![name.into(), s.n.to_string(), f2(s.mean), f2(s.p50), f2(s.p95), f2(s.p99)]);
+    for (name, s) in [
+        ("did-fake directly (baseline)", &d),
+        ("through http-api", &g),
+    ] {
+        table.row(vec![
+            name.into(),
+            s.n.to_string(),
+            f2(s.mean),
+            f2(s.p50),
+            f2(s.p95),
+            f2(s.p99),
+        ]);
     }
     table.print();
     section.tables.push(table);
@@ -108,39 +125,78 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     api.stop(Duration::from_secs(5)).await?;
 
     // 2. /stats under load.
-    rig::set_faults(client, &base, json!({"latency": {"routes": {STATUS_ROUTE: 20}}})).await?;
+    rig::set_faults(
+        client,
+        &base,
+        json!({"latency": {"routes": {STATUS_ROUTE: 20}}}),
+    )
+    .await?;
     let api = rig::spawn_api(
         ctx,
         "bench6-http-api-loaded",
-        &ApiOptions { fake: &base, redis: None, limit: 4, lease_ttl_secs: None },
+        &ApiOptions {
+            fake: &base,
+            redis: None,
+            limit: 4,
+            lease_ttl_secs: None,
+        },
     )
     .await?;
     let window = Duration::from_secs(if ctx.quick { 3 } else { 10 });
     let t0 = Instant::now();
     let load_client = reqwest::Client::new();
     let url = format!("{}{PREFIX}/talk-status/{talk}", api.base_url);
-    let load = tokio::spawn(load::closed_loop("status load", t0, 32, Stop::At(window), move |_, _| {
-        let (c, u) = (load_client.clone(), url.clone());
-        async move { matches!(c.get(&u).send().await, Ok(r) if r.status().is_success()) }
-    }));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = tokio::spawn(load::closed_loop(
+        "status load",
+        t0,
+        32,
+        Stop::At(window),
+        move |_, _| {
+            let (c, u) = (load_client.clone(), url.clone());
+            async move { matches!(c.get(&u).send().await, Ok(r) if r.status().is_success()) }
+        },
+    ));
+    // The prober runs on its own thread and runtime, so the 32 load workers of this process
+    // do not delay its measurements.
     let stats_url = format!("{}{PREFIX}/stats", api.base_url);
-    let mut stats_ms = Vec::new();
+    let until = window.saturating_sub(Duration::from_millis(200));
+    let prober = std::thread::spawn(move || -> Result<Vec<f64>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let c = reqwest::Client::new();
+            let mut ms = Vec::new();
+            while t0.elapsed() < until {
+                ms.push(timed(c.get(&stats_url)).await?);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(ms)
+        })
+    });
     let mut max_queued = 0;
-    while t0.elapsed() < window.saturating_sub(Duration::from_millis(200)) {
-        stats_ms.push(timed(pooled.get(&stats_url)).await?);
-        if stats_ms.len() % 50 == 0 {
-            let s = rig::api_stats(client, &api.base_url).await?;
-            max_queued = max_queued.max(rig::limiter_of(&s)["queue_size"].as_u64().unwrap_or(0));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    while t0.elapsed() < until {
+        let s = rig::api_stats(client, &api.base_url).await?;
+        max_queued = max_queued.max(rig::limiter_of(&s)["queue_size"].as_u64().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let mut stats_ms = tokio::task::spawn_blocking(move || prober.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the /stats prober panicked"))??;
     let samples = load.await.context("load task")??;
     let s = Summary::of(&mut stats_ms);
     let ok = samples.iter().filter(|x| x.ok).count();
     let mut table = Table::new(
         "`/stats` while the limiter is saturated, ms",
-        &["n", "mean", "p50", "p99", "max", "load requests ok", "max queued seen"],
+        &[
+            "n",
+            "mean",
+            "p50",
+            "p99",
+            "max",
+            "load requests ok",
+            "max queued seen",
+        ],
     );
     table.row(vec![
         s.n.to_string(),
@@ -153,21 +209,37 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     ]);
     table.print();
     section.tables.push(table);
-    section.target("/stats p99 under load < 1 ms", s.p99 < 1.0, &format!("{} ms", f2(s.p99)));
+    section.target(
+        "/stats p99 under load < 1 ms",
+        s.p99 < 1.0,
+        &format!("{} ms", f2(s.p99)),
+    );
     api.stop(Duration::from_secs(5)).await?;
 
     // 3. Memory with 1000 queued requests.
     const QUEUED: usize = 1000;
-    rig::set_faults(client, &base, json!({"latency": {"routes": {STATUS_ROUTE: 60_000}}})).await?;
+    rig::set_faults(
+        client,
+        &base,
+        json!({"latency": {"routes": {STATUS_ROUTE: 60_000}}}),
+    )
+    .await?;
     let api = rig::spawn_api(
         ctx,
         "bench6-http-api-queue",
-        &ApiOptions { fake: &base, redis: None, limit: 2, lease_ttl_secs: None },
+        &ApiOptions {
+            fake: &base,
+            redis: None,
+            limit: 2,
+            lease_ttl_secs: None,
+        },
     )
     .await?;
     let pid = api.pid().context("http-api pid")?;
     let idle = rss_kib(pid)?;
-    let waiters = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    let waiters = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
     let url = format!("{}{PREFIX}/talk-status/{talk}", api.base_url);
     let calls: Vec<_> = (0..QUEUED)
         .map(|_| {
@@ -176,34 +248,46 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         })
         .collect();
     let queued_target = (QUEUED - 2) as u64;
-    let took = rig::time_until(Duration::from_secs(60), Duration::from_millis(100), || async {
-        rig::api_stats(client, &api.base_url)
-            .await
-            .map(|s| rig::limiter_of(&s)["queue_size"].as_u64().unwrap_or(0) >= queued_target)
-            .unwrap_or(false)
-    })
+    let took = rig::time_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            rig::api_stats(client, &api.base_url)
+                .await
+                .map(|s| rig::limiter_of(&s)["queue_size"].as_u64().unwrap_or(0) >= queued_target)
+                .unwrap_or(false)
+        },
+    )
     .await;
     let loaded = rss_kib(pid)?;
     for call in &calls {
         call.abort();
     }
     drop(waiters);
-    let drained = rig::time_until(Duration::from_secs(30), Duration::from_millis(100), || async {
-        rig::api_stats(client, &api.base_url)
-            .await
-            .map(|s| {
-                let l = rig::limiter_of(&s);
-                l["queue_size"].as_u64() == Some(0) && l["active_requests"].as_u64() == Some(0)
-            })
-            .unwrap_or(false)
-    })
+    let drained = rig::time_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            rig::api_stats(client, &api.base_url)
+                .await
+                .map(|s| {
+                    let l = rig::limiter_of(&s);
+                    l["queue_size"].as_u64() == Some(0) && l["active_requests"].as_u64() == Some(0)
+                })
+                .unwrap_or(false)
+        },
+    )
     .await;
     let per_request = (loaded.saturating_sub(idle)) as f64 / QUEUED as f64;
     let mut table = Table::new(
         "http-api resident memory (VmRSS)",
         &["state", "RSS (MiB)", "per queued request (KiB)"],
     );
-    table.row(vec!["idle (baseline)".into(), f1(idle as f64 / 1024.0), "-".into()]);
+    table.row(vec![
+        "idle (baseline)".into(),
+        f1(idle as f64 / 1024.0),
+        "-".into(),
+    ]);
     table.row(vec![
         format!("{QUEUED} requests queued"),
         f1(loaded as f64 / 1024.0),

@@ -16,6 +16,9 @@
 //!    sees the capacity back, against the lease bound.
 //! 5. `outage`: SIGKILL redis-server under load: failover, degraded latency, over-admission,
 //!    fail-back after a restart on the same port, leaked permits.
+//! 6. `gateway`: http-api's own overhead: `talk-status` through the gateway against the same
+//!    read straight at did-fake, `/stats` latency under a saturated limiter, RSS with 1000
+//!    queued requests beside the idle RSS.
 //!
 //! Results go to `target/bench-report/` (`report.json`, `report.md`, one SVG per latency plot),
 //! and one PASS/FAIL line per target is printed. The exit code is non-zero if a target fails.
@@ -25,6 +28,7 @@
 mod before_after;
 mod budget;
 mod crash;
+mod gateway;
 mod load;
 mod outage;
 mod priority;
@@ -47,12 +51,13 @@ pub(crate) struct Ctx {
     pub(crate) client: reqwest::Client,
 }
 
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 6] = [
     "before/after",
     "budget utilisation",
     "priority under contention",
     "crash recovery",
     "redis outage",
+    "gateway overhead",
 ];
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
@@ -70,9 +75,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                     .split(',')
                     .map(|s| s.trim().parse::<usize>())
                     .collect::<Result<Vec<_>, _>>()
-                    .context("--only takes scenario numbers 1..=5, e.g. 1,3")?;
+                    .context("--only takes scenario numbers 1..=6, e.g. 1,3")?;
                 if picked.iter().any(|n| !(1..=SCENARIOS.len()).contains(n)) {
-                    bail!("--only takes scenario numbers 1..=5");
+                    bail!("--only takes scenario numbers 1..=6");
                 }
                 only = Some(picked);
             }
@@ -127,7 +132,8 @@ async fn bench(quick: bool, release: bool, only: Option<Vec<usize>>) -> Result<(
             2 => budget::run(&ctx).await,
             3 => priority::run(&ctx).await,
             4 => crash::run(&ctx).await,
-            _ => outage::run(&ctx).await,
+            5 => outage::run(&ctx).await,
+            _ => gateway::run(&ctx).await,
         };
         let mut section = result.unwrap_or_else(|e| {
             println!("scenario {n} failed to run: {e:#}");
