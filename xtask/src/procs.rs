@@ -151,7 +151,12 @@ impl Server {
 /// Starts `redis-server` on a free loopback port, without persistence. Fails with the install
 /// command when the binary is missing.
 pub(crate) async fn spawn_redis(name: &str) -> Result<Server> {
-    let port = free_port()?;
+    spawn_redis_on(name, free_port()?).await
+}
+
+/// Starts `redis-server` on `port` (also used to restart Redis where it was), without
+/// persistence, and waits until it accepts connections. `base_url` is `redis://127.0.0.1:PORT`.
+pub(crate) async fn spawn_redis_on(name: &str, port: u16) -> Result<Server> {
     let program = which("redis-server")
         .context("redis-server not found: install it with `apt-get install -y redis-server`")?;
     let args: Vec<String> = [
@@ -175,11 +180,11 @@ pub(crate) async fn spawn_redis(name: &str) -> Result<Server> {
     {
         if started.elapsed() > Duration::from_secs(10) {
             bail!(
-                "redis-server not accepting connections; see {}",
+                "redis-server not accepting connections on {port}; see {}",
                 server.log.display()
             );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(Server {
         base_url: format!("redis://127.0.0.1:{port}"),

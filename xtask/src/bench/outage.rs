@@ -203,7 +203,7 @@ async fn timeline(ctx: &Ctx, p: &Params, fault: Fault) -> Result<Timeline> {
             println!("    restarting redis-server on port {redis_port}");
             drop(redis);
             redis =
-                rig::spawn_redis_on(&format!("bench5-{tag}-redis-restarted"), redis_port).await?;
+                procs::spawn_redis_on(&format!("bench5-{tag}-redis-restarted"), redis_port).await?;
         }
         Fault::Stop => {
             println!("    SIGCONT redis-server");

@@ -202,52 +202,6 @@ where
     }
 }
 
-/// `redis-server` from `PATH`, or the install hint.
-pub(crate) fn redis_server() -> Result<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("redis-server"))
-                .find(|p| p.is_file())
-        })
-        .context("redis-server not found: install it with `apt-get install -y redis-server`")
-}
-
-/// Starts redis-server on a given loopback port (used to restart Redis where it was).
-pub(crate) async fn spawn_redis_on(name: &str, port: u16) -> Result<Server> {
-    let args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let server = Server::spawn(name, redis_server()?, &args, &[], port)?;
-    let ready = time_until(
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        },
-    )
-    .await;
-    if ready.is_none() {
-        bail!(
-            "redis-server not accepting connections on {port}; see {}",
-            server.log.display()
-        );
-    }
-    Ok(server)
-}
-
 /// The port of a `redis://127.0.0.1:PORT` URL.
 pub(crate) fn redis_port(url: &str) -> Result<u16> {
     url.rsplit(':')
