@@ -31,6 +31,14 @@ pub struct RedisLimiterConfig {
     /// `waiter_ttl / 3`, so a dead process's waiter blocks the queue head for at most this
     /// long. Default 6 s.
     pub waiter_ttl: Duration,
+    /// How long a grant lives until its owner confirms it. Redis grants a slot to the queue
+    /// head the moment one frees; the waiting process is woken at once and confirms it with
+    /// one round trip (which turns it into a full lease). A grant nobody confirms (the
+    /// waiter's process died, or the ticket was re-created by a stale command after its
+    /// owner gave up) frees the slot after this long. Waiters re-check at least every
+    /// `grant_ttl / 2`, so a lost wake-up message never costs a live waiter its grant.
+    /// Default 1 s.
+    pub grant_ttl: Duration,
     /// The bound on every Redis command (fred's `default_command_timeout`, and our own
     /// `tokio::time::timeout` around each call). A call that takes longer switches the
     /// limiter to its in-memory fallback. Default 500 ms.
@@ -59,6 +67,7 @@ impl RedisLimiterConfig {
             max_concurrent: 10,
             lease_ttl: Duration::from_secs(15),
             waiter_ttl: Duration::from_secs(6),
+            grant_ttl: Duration::from_secs(1),
             op_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(1),
             local_share: None,
@@ -70,6 +79,12 @@ impl RedisLimiterConfig {
     /// How often a permit renews its lease.
     pub fn renew_period(&self) -> Duration {
         self.lease_ttl / 3
+    }
+
+    /// How long Redis remembers a cancelled or released token, refusing stale acquires for
+    /// it: `max(lease_ttl, waiter_ttl)`.
+    pub fn tombstone_ttl(&self) -> Duration {
+        self.lease_ttl.max(self.waiter_ttl)
     }
 
     /// The limit the in-memory fallback enforces for a given global limit.
@@ -95,6 +110,7 @@ impl RedisLimiterConfig {
         for (field, value, min) in [
             ("lease_ttl", self.lease_ttl, Duration::from_millis(30)),
             ("waiter_ttl", self.waiter_ttl, Duration::from_millis(30)),
+            ("grant_ttl", self.grant_ttl, Duration::from_millis(30)),
             ("op_timeout", self.op_timeout, Duration::from_millis(1)),
             (
                 "connect_timeout",
@@ -133,6 +149,7 @@ impl fmt::Debug for RedisLimiterConfig {
             .field("max_concurrent", &self.max_concurrent)
             .field("lease_ttl", &self.lease_ttl)
             .field("waiter_ttl", &self.waiter_ttl)
+            .field("grant_ttl", &self.grant_ttl)
             .field("op_timeout", &self.op_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("local_share", &self.local_share)

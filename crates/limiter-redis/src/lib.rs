@@ -23,8 +23,10 @@
 //! first reclaims expired ones, then *promotes* the queue head into free slots, so the grant
 //! happens inside Redis at the moment a slot frees, and a late arrival can never take a slot
 //! freed for a waiter. Granted tokens are published; the waiting process wakes at once and
-//! confirms its grant (which turns the short grant deadline into a full lease). Waiters also
-//! re-check on a jittered safety poll, which refreshes their ticket.
+//! confirms its grant (which turns the short grant deadline, `grant_ttl`, into a full lease).
+//! Waiters also re-check on a jittered safety poll (at most every `grant_ttl / 2`), which
+//! refreshes their ticket. Cancel and release leave a short-lived *tombstone* for the token,
+//! and an acquire for a tombstoned token creates nothing.
 //!
 //! # Time and clocks
 //! No client timestamp is ever written to Redis. Lease and ticket deadlines come from
@@ -37,9 +39,9 @@
 //!   by the next script after its deadline: the slot is free within `lease_ttl` + one renew
 //!   period (`lease_ttl / 3`) of the death.
 //! - **A waiter's process dies**: its ticket is not refreshed and expires within
-//!   `waiter_ttl`; if it was granted in the meantime, the grant keeps the ticket's deadline,
-//!   so the queue head or the slot is blocked for at most `waiter_ttl`, plus one safety poll
-//!   of the next waiter (≤ `waiter_ttl / 3`) until it notices.
+//!   `waiter_ttl`; if it was granted in the meantime, the unconfirmed grant expires after
+//!   `grant_ttl` (default 1 s), so the slot is blocked for at most `grant_ttl`, plus one
+//!   safety poll of the next waiter until it notices.
 //! - **A live waiter stalls longer than `waiter_ttl`**: its ticket expires; its next check
 //!   queues it again at the back of its priority (it loses its place, never a slot).
 //! - **A holder stalls longer than its lease** (e.g. SIGSTOP): the slot is reclaimed and
@@ -52,6 +54,14 @@
 //!   `probe_interval` switches back once a script runs again. Memory permits are released
 //!   in memory; Redis permits granted before the outage keep renewing and are released in
 //!   Redis (retried in the background until their lease would have expired anyway).
+//! - **Redis hangs, then resumes** (SIGSTOP/SIGCONT, a long GC-like pause): commands that
+//!   timed out on our side are still in the socket and run when Redis resumes, long after
+//!   their callers gave up. A stale acquire must not leave a ticket or a slot nobody owns:
+//!   one that runs after its cancel is refused (tombstone); a token whose cleanup gave up
+//!   during the outage is kept and given back once more by the probe, after Redis answered
+//!   it (so after every earlier command of this connection) and before switching back; and
+//!   any grant nobody confirms frees its slot after `grant_ttl`. Measured: callers are served
+//!   by Redis again ~160 ms after SIGCONT (7 s SIGSTOP, 200 ms op timeout, 6 s tickets).
 //! - **After switching back**, memory permits still alive and new Redis permits coexist
 //!   until the former finish: at most `share` extra permits per process, for as long as the
 //!   work started during the outage lasts.

@@ -67,6 +67,10 @@ pub(crate) struct Inner {
     next_token: AtomicU64,
     /// Local waiters by token, woken by the pub/sub task.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Tokens given up while Redis did not answer, with the script that gives each back.
+    /// Their acquires may still be sitting in a socket and run when Redis answers again, so
+    /// the probe sends every cleanup once more before switching back (see [`Self::try_recover`]).
+    abandoned: Mutex<HashMap<String, Cleanup>>,
     pub(crate) counters: Counters,
 }
 
@@ -195,6 +199,7 @@ impl RedisLimiter {
             instance: instance_id.iter().map(|b| format!("{b:02x}")).collect(),
             next_token: AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
 
@@ -274,18 +279,19 @@ impl std::fmt::Debug for RedisLimiter {
 }
 
 impl Inner {
-    /// Runs `script` with the limiter's keys and `[default limit, channel, args…]`, bounded
+    /// Runs `script` with the limiter's keys and `[default limit, channel, grant ttl, args…]`, bounded
     /// by `op_timeout` in total (including a `SCRIPT LOAD` after `NOSCRIPT`).
     pub(crate) async fn eval<R: FromValue>(
         &self,
         script: &Script,
         args: Vec<Value>,
     ) -> Result<R, BackendError> {
-        let mut argv: Vec<Value> = Vec::with_capacity(args.len() + 2);
+        let mut argv: Vec<Value> = Vec::with_capacity(args.len() + 3);
         argv.push(Value::Integer(i64::from(
             self.limit.load(Ordering::Relaxed),
         )));
         argv.push(Value::from(self.scripts.channel.as_str()));
+        argv.push(Value::Integer(duration_ms(self.config.grant_ttl)));
         argv.extend(args);
         let call =
             script.evalsha_with_reload::<R, _, _>(&self.client, self.scripts.keys.clone(), argv);
@@ -319,9 +325,25 @@ impl Inner {
     }
 
     /// The longest a waiter sleeps without a wake-up: the safety poll, capped so that the
-    /// ticket is refreshed at least three times per `waiter_ttl`, jittered to 50–100 %.
+    /// ticket is refreshed at least three times per `waiter_ttl` and a grant whose wake-up
+    /// message was lost is confirmed well within `grant_ttl`, jittered to 50–100 %.
     fn poll_period(&self) -> Duration {
-        jittered(self.config.safety_poll.min(self.config.waiter_ttl / 3), 0.5)
+        let cap = (self.config.waiter_ttl / 3).min(self.config.grant_ttl / 2);
+        jittered(self.config.safety_poll.min(cap), 0.5)
+    }
+
+    /// Runs the script that gives `token` back (it also tombstones the token in Redis).
+    pub(crate) async fn run_cleanup(
+        &self,
+        what: Cleanup,
+        token: &str,
+    ) -> Result<i64, BackendError> {
+        let script = match what {
+            Cleanup::Release => &self.scripts.release,
+            Cleanup::Cancel => &self.scripts.cancel,
+        };
+        let tombstone = Value::Integer(duration_ms(self.config.tombstone_ttl()));
+        self.eval(script, vec![Value::from(token), tombstone]).await
     }
 
     /// Switches to the fallback (once) and starts the probe that switches back.
@@ -368,6 +390,26 @@ impl Inner {
         if result.is_err() {
             return false;
         }
+        // Redis answered this probe, so every command this process wrote to it before (stale
+        // acquires included) has run by now. Give back each token abandoned during the
+        // outage once more: a stale acquire that ran after its cancel, or whose cancel gave
+        // up, would otherwise hold a slot or a place in the queue that nobody owns.
+        let abandoned: Vec<(String, Cleanup)> = self
+            .abandoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(token, what)| (token.clone(), *what))
+            .collect();
+        for (token, what) in abandoned {
+            if self.run_cleanup(what, &token).await.is_err() {
+                return false;
+            }
+            self.abandoned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&token);
+        }
         {
             let mut slot = self.pending_limit.lock().unwrap_or_else(|p| p.into_inner());
             if *slot == pending {
@@ -398,25 +440,37 @@ impl Inner {
     }
 
     /// Gives `token` back in the background, retrying while Redis is unreachable until the
-    /// server-side deadline would have freed it anyway.
+    /// server-side deadline would have freed it anyway. Until one attempt succeeds the token
+    /// is also kept in `abandoned`, so the switch back to Redis gives it back once more.
     pub(crate) fn spawn_cleanup(self: &Arc<Self>, what: Cleanup, token: String) {
+        {
+            let mut abandoned = self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: only calls in flight when Redis stopped answering land here, and the
+            // server-side deadlines free the rest anyway.
+            if abandoned.len() < MAX_ABANDONED {
+                abandoned.insert(token.clone(), what);
+            }
+        }
         let inner = Arc::clone(self);
         spawn_now(async move {
             let give_up = Instant::now() + inner.config.lease_ttl.max(inner.config.waiter_ttl);
             loop {
-                let script = match what {
-                    Cleanup::Release => &inner.scripts.release,
-                    Cleanup::Cancel => &inner.scripts.cancel,
-                };
-                match inner
-                    .eval::<i64>(script, vec![Value::from(token.as_str())])
-                    .await
-                {
-                    Ok(_) => return,
+                match inner.run_cleanup(what, &token).await {
+                    Ok(_) => {
+                        inner
+                            .abandoned
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&token);
+                        return;
+                    }
                     Err(e) => {
                         inner.fail_over(&e);
                         if Instant::now() >= give_up {
-                            tracing::debug!(error = %e, "giving up a cleanup: the deadline frees it");
+                            tracing::debug!(
+                                error = %e,
+                                "giving up a cleanup: the switch back to redis retries it"
+                            );
                             return;
                         }
                     }
@@ -496,6 +550,9 @@ impl Drop for Inner {
         }
     }
 }
+
+/// The most tokens kept for a cleanup at the switch back (see [`Inner::spawn_cleanup`]).
+const MAX_ABANDONED: usize = 10_000;
 
 fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
@@ -617,6 +674,17 @@ impl ConcurrencyLimiter for RedisLimiter {
                     };
                     return Ok(inner.permit(token, priority, waited));
                 }
+                Ok(3) => {
+                    // Redis already saw this token cancelled: never for a live caller, but
+                    // never wait on a ticket that cannot exist either.
+                    ticket.disarm();
+                    drop(ticket);
+                    bump(&inner.counters.timeouts);
+                    return Err(LimiterError::Timeout {
+                        priority,
+                        waited: started.elapsed(),
+                    });
+                }
                 Ok(_) => {}
                 Err(e) => {
                     inner.fail_over(&e);
@@ -634,9 +702,7 @@ impl ConcurrencyLimiter for RedisLimiter {
                 // no longer sees this ticket.
                 ticket.disarm();
                 drop(ticket);
-                let cancel = inner
-                    .eval::<i64>(&inner.scripts.cancel, vec![Value::from(token.as_str())])
-                    .await;
+                let cancel = inner.run_cleanup(Cleanup::Cancel, &token).await;
                 if let Err(e) = cancel {
                     inner.fail_over(&e);
                     inner.spawn_cleanup(Cleanup::Cancel, token);

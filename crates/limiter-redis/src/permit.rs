@@ -105,12 +105,7 @@ impl PermitHandle for RedisPermit {
             }
             self.renewer.abort();
             bump(&self.inner.counters.released);
-            let args = vec![Value::from(self.token.as_str())];
-            match self
-                .inner
-                .eval::<i64>(&self.inner.scripts.release, args)
-                .await
-            {
+            match self.inner.run_cleanup(Cleanup::Release, &self.token).await {
                 // 0 means the lease had already been reclaimed: nothing left to free.
                 Ok(_) => Ok(()),
                 Err(e) => {

@@ -8,6 +8,7 @@
 //! | `{talkgate:<name>}:waiters` | ZSET | token → ticket deadline (ms, Redis `TIME`) |
 //! | `{talkgate:<name>}:enqueued` | ZSET | token → time it was queued (ms, Redis `TIME`) |
 //! | `{talkgate:<name>}:meta` | HASH | `limit`, `seq`, `reclaimed`, `max_wait_ms` |
+//! | `{talkgate:<name>}:cancelled` | ZSET | token → tombstone deadline (ms, Redis `TIME`) |
 //!
 //! The wake-up channel is `{talkgate:<name>}:wake`; a message is the space-separated list of
 //! tokens just granted.
@@ -17,25 +18,41 @@
 //! in which Redis ran the enqueues, whatever the processes' clocks say. Every deadline is
 //! computed from `redis.call('TIME')` inside the script: no client clock is ever written.
 //!
+//! `cancelled` holds a *tombstone* for every token that was cancelled or released, for
+//! `ARGV[4]` ms (the caller passes `max(lease_ttl, waiter_ttl)`). An acquire for a
+//! tombstoned token is refused, so an acquire that was stuck in a socket while Redis hung
+//! (or that a client library replayed after a reconnect) and runs *after* its cancel cannot
+//! re-create a ticket or a slot that nobody owns. Tokens are never reused, so a tombstone
+//! never refuses a live caller.
+//!
 //! # The shared prelude
-//! Every script starts by reading `TIME` and the limit (storing the caller's default when
-//! Redis has none, e.g. after a restart) and defines two steps:
+//! Every script gets `ARGV[1]` the default limit, `ARGV[2]` the wake-up channel and
+//! `ARGV[3]` the grant TTL in ms; its own arguments start at `ARGV[4]`. It starts by reading
+//! `TIME` and the limit (storing the caller's default when Redis has none, e.g. after a
+//! restart) and defines two steps:
 //! - `reclaim()`: drops holders whose lease deadline has passed and tickets whose deadline
 //!   has passed (counted in `meta.reclaimed`);
 //! - `promote()`: while `active < limit`, moves the queue head into `holders` (the grant is
 //!   decided here, atomically, so a freed slot goes straight to the head waiter and no late
-//!   arrival can take it), keeping the ticket's deadline as the grant's lease until its owner
-//!   confirms, and publishes the granted tokens.
+//!   arrival can take it) and publishes the granted tokens. Until its owner confirms it, a
+//!   grant only lives for the *grant TTL* (`ARGV[3]` of the prelude, `grant_ttl`, capped by
+//!   the ticket's own deadline): a grant whose owner is gone (its process died, or its
+//!   acquire was a stale command run after the caller gave up) frees the slot within
+//!   `grant_ttl`, not within a whole `waiter_ttl`. The reclaim step also drops expired
+//!   tombstones.
 //!
 //! # Scripts
-//! - [`ACQUIRE`]: reclaim, promote; then a token already in `holders` is confirmed (full
+//! - [`ACQUIRE`]: reclaim, promote; a tombstoned token is refused (returns 3); then a token
+//!   already in `holders` is confirmed (full
 //!   lease, returns 1); a queued token refreshes its ticket (returns 0); a new token takes a
 //!   free slot (only possible with an empty queue, returns 1), or, in `try` mode, returns 2
 //!   without queueing, or is queued with the next `seq` (returns 0).
-//! - [`RELEASE`]: removes the token from `holders`, reclaims, promotes. Returns 1 if it held
-//!   a slot (0 makes a second release, or a release after the lease was reclaimed, a no-op).
+//! - [`RELEASE`]: removes the token from `holders`, tombstones it, reclaims, promotes.
+//!   Returns 1 if it held a slot (0 makes a second release, or a release after the lease was
+//!   reclaimed, a no-op).
 //! - [`CANCEL`]: removes the token's ticket, and its grant if it was promoted meanwhile;
-//!   reclaims, promotes. Returns 2 (a grant was given back), 1 (a ticket removed) or 0.
+//!   tombstones it, reclaims, promotes. Returns 2 (a grant was given back), 1 (a ticket
+//!   removed) or 0.
 //! - [`RENEW`]: extends a live lease (returns 1); a lease already past its deadline or gone
 //!   is not revived (returns 0: the permit is lost). Then reclaims and promotes.
 //! - [`STATS`]: reclaims, promotes, and returns
@@ -50,7 +67,7 @@ use fred::types::scripts::Script;
 pub const BAND: u64 = 1 << 40;
 
 const PRELUDE: &str = r#"
-local H, Q, W, E, M = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local H, Q, W, E, M, C = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function num(x) return string.format('%.0f', x) end
@@ -59,7 +76,9 @@ if not limit then
   limit = tonumber(ARGV[1])
   redis.call('HSET', M, 'limit', limit)
 end
+local grant_ttl = tonumber(ARGV[3])
 local function reclaim()
+  redis.call('ZREMRANGEBYSCORE', C, '-inf', num(now))
   local n = redis.call('ZREMRANGEBYSCORE', H, '-inf', num(now))
   local gone = redis.call('ZRANGEBYSCORE', W, '-inf', num(now))
   for i = 1, #gone do
@@ -78,7 +97,8 @@ local function promote()
   local maxw = tonumber(redis.call('HGET', M, 'max_wait_ms')) or 0
   for i = 1, #heads do
     local tok = heads[i]
-    local deadline = tonumber(redis.call('ZSCORE', W, tok)) or (now + 1000)
+    local deadline = tonumber(redis.call('ZSCORE', W, tok)) or (now + grant_ttl)
+    if deadline > now + grant_ttl then deadline = now + grant_ttl end
     local since = tonumber(redis.call('ZSCORE', E, tok)) or now
     if now - since > maxw then maxw = now - since end
     redis.call('ZREM', Q, tok)
@@ -91,43 +111,48 @@ local function promote()
 end
 "#;
 
-/// ARGV 3 token, 4 priority index (0 low … 3 critical), 5 lease ms, 6 waiter ttl ms,
-/// 7 mode (`wait` or `try`). Returns 1 granted, 0 queued, 2 refused (`try` only).
+/// ARGV 4 token, 5 priority index (0 low … 3 critical), 6 lease ms, 7 waiter ttl ms,
+/// 8 mode (`wait` or `try`). Returns 1 granted, 0 queued, 2 refused (`try` only),
+/// 3 the token was cancelled or released already (a stale command: nothing is created).
 pub const ACQUIRE: &str = r#"
 reclaim()
 promote()
-local tok, lease = ARGV[3], tonumber(ARGV[5])
+local tok, lease = ARGV[4], tonumber(ARGV[6])
+if redis.call('ZSCORE', C, tok) then return 3 end
 if redis.call('ZSCORE', H, tok) then
   redis.call('ZADD', H, num(now + lease), tok)
   return 1
 end
 if redis.call('ZSCORE', Q, tok) then
-  redis.call('ZADD', W, num(now + tonumber(ARGV[6])), tok)
+  redis.call('ZADD', W, num(now + tonumber(ARGV[7])), tok)
   return 0
 end
 if redis.call('ZCARD', H) < limit then
   redis.call('ZADD', H, num(now + lease), tok)
   return 1
 end
-if ARGV[7] == 'try' then return 2 end
+if ARGV[8] == 'try' then return 2 end
 local seq = redis.call('HINCRBY', M, 'seq', 1)
-redis.call('ZADD', Q, num((3 - tonumber(ARGV[4])) * 1099511627776 + seq), tok)
-redis.call('ZADD', W, num(now + tonumber(ARGV[6])), tok)
+redis.call('ZADD', Q, num((3 - tonumber(ARGV[5])) * 1099511627776 + seq), tok)
+redis.call('ZADD', W, num(now + tonumber(ARGV[7])), tok)
 redis.call('ZADD', E, num(now), tok)
 return 0
 "#;
 
-/// ARGV 3 token. Returns 1 if the token held a slot, else 0.
+/// ARGV 4 token, 5 tombstone ms. Returns 1 if the token held a slot, else 0.
 pub const RELEASE: &str = r#"
-local n = redis.call('ZREM', H, ARGV[3])
+local n = redis.call('ZREM', H, ARGV[4])
+redis.call('ZADD', C, num(now + tonumber(ARGV[5])), ARGV[4])
 reclaim()
 promote()
 return n
 "#;
 
-/// ARGV 3 token. Returns 2 if a grant was given back, 1 if a ticket was removed, else 0.
+/// ARGV 4 token, 5 tombstone ms. Returns 2 if a grant was given back, 1 if a ticket was
+/// removed, else 0.
 pub const CANCEL: &str = r#"
-local tok = ARGV[3]
+local tok = ARGV[4]
+redis.call('ZADD', C, num(now + tonumber(ARGV[5])), tok)
 local q = redis.call('ZREM', Q, tok)
 redis.call('ZREM', W, tok)
 redis.call('ZREM', E, tok)
@@ -138,13 +163,13 @@ if h > 0 then return 2 end
 return q
 "#;
 
-/// ARGV 3 token, 4 lease ms. Returns 1 if the lease was extended, 0 if it was lost.
+/// ARGV 4 token, 5 lease ms. Returns 1 if the lease was extended, 0 if it was lost.
 pub const RENEW: &str = r#"
-local tok = ARGV[3]
+local tok = ARGV[4]
 local s = tonumber(redis.call('ZSCORE', H, tok))
 local ok = 0
 if s and s > now then
-  redis.call('ZADD', H, num(now + tonumber(ARGV[4])), tok)
+  redis.call('ZADD', H, num(now + tonumber(ARGV[5])), tok)
   ok = 1
 end
 reclaim()
@@ -170,9 +195,9 @@ if #oldest == 2 then out[#out + 1] = now - tonumber(oldest[2]) else out[#out + 1
 return out
 "#;
 
-/// ARGV 3 the new limit (≥ 1). Returns 1.
+/// ARGV 4 the new limit (≥ 1). Returns 1.
 pub const SET_LIMIT: &str = r#"
-limit = tonumber(ARGV[3])
+limit = tonumber(ARGV[4])
 redis.call('HSET', M, 'limit', limit)
 reclaim()
 promote()
@@ -182,7 +207,8 @@ return 1
 /// The keys and channel of one limiter, and its scripts with their SHA-1s computed once.
 #[derive(Debug, Clone)]
 pub struct Scripts {
-    /// `holders, queue, waiters, enqueued, meta`, in the order the scripts read them.
+    /// `holders, queue, waiters, enqueued, meta, cancelled`, in the order the scripts read
+    /// them.
     pub keys: Vec<Key>,
     /// The wake-up channel.
     pub channel: String,
@@ -204,10 +230,17 @@ impl Scripts {
     /// The keys, channel and scripts of the limiter called `name`.
     pub fn new(name: &str) -> Self {
         let tag = format!("{{talkgate:{name}}}");
-        let keys = ["holders", "queue", "waiters", "enqueued", "meta"]
-            .iter()
-            .map(|k| Key::from(format!("{tag}:{k}")))
-            .collect();
+        let keys = [
+            "holders",
+            "queue",
+            "waiters",
+            "enqueued",
+            "meta",
+            "cancelled",
+        ]
+        .iter()
+        .map(|k| Key::from(format!("{tag}:{k}")))
+        .collect();
         let script = |body: &str| Script::from_lua(format!("{PRELUDE}{body}"));
         Scripts {
             keys,

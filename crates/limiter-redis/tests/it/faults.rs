@@ -24,6 +24,21 @@ struct Load {
 
 impl Load {
     fn start(limiter: &Arc<RedisLimiter>, tasks: usize) -> Load {
+        Self::start_with(
+            limiter,
+            tasks,
+            Duration::from_secs(2),
+            Duration::from_millis(10),
+        )
+    }
+
+    /// [`start`](Self::start) with a given wait timeout per acquire and hold time per permit.
+    fn start_with(
+        limiter: &Arc<RedisLimiter>,
+        tasks: usize,
+        wait: Duration,
+        hold: Duration,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let granted = Arc::new(AtomicU64::new(0));
         let peak = Arc::new(AtomicU32::new(0));
@@ -40,14 +55,13 @@ impl Load {
                 tokio::spawn(async move {
                     let priority = Priority::ALL[i % 4];
                     while !stop.load(Ordering::SeqCst) {
-                        let Ok(permit) = limiter.acquire(priority, Duration::from_secs(2)).await
-                        else {
+                        let Ok(permit) = limiter.acquire(priority, wait).await else {
                             continue;
                         };
                         granted.fetch_add(1, Ordering::SeqCst);
                         let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
                         peak.fetch_max(now, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        tokio::time::sleep(hold).await;
                         holding.fetch_sub(1, Ordering::SeqCst);
                         // During an outage the Redis release fails and is retried in the
                         // background; the error is expected here.
@@ -234,5 +248,83 @@ async fn a_waiter_queued_in_redis_moves_to_memory_when_redis_hangs() {
     )
     .await;
     assert_eq!(stats.backend, "redis");
+    assert_eq!(fallback.stats().await.active, 0);
+}
+
+/// Regression (bench 5, "redis outage", SIGSTOP): acquires and cancels that timed out while
+/// Redis hung are still in the socket and run when it resumes. Acquires whose cancel never
+/// arrives (the background retry gave up during the outage) or arrives first used to leave
+/// tickets nobody owns; `promote()` turned them into grants that held every slot for the
+/// ticket's deadline (`waiter_ttl`, 6 s here), so every caller stalled that long after
+/// SIGCONT. Now Redis must be usable again well within `waiter_ttl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_commands_run_after_a_hang_do_not_hold_slots() {
+    let server = RedisServer::start();
+    let mut cfg = config(&server, 2);
+    cfg.op_timeout = Duration::from_millis(200);
+    cfg.connect_timeout = Duration::from_millis(300);
+    cfg.probe_interval = Duration::from_millis(100);
+    // Background cleanups retry for max(lease_ttl, waiter_ttl) = 6 s, less than the hang.
+    cfg.lease_ttl = Duration::from_secs(3);
+    cfg.waiter_ttl = Duration::from_secs(6);
+    let waiter_ttl = cfg.waiter_ttl;
+    let fallback = Arc::new(MemoryLimiter::new(2));
+    let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
+    // Many more callers than slots, with short waits: at any moment most of them have a
+    // ticket or an acquire in flight, so the hang catches several of them mid-call.
+    let load = Load::start_with(
+        &limiter,
+        8,
+        Duration::from_millis(300),
+        Duration::from_millis(20),
+    );
+    load.grants_continue("on redis").await;
+
+    server.signal("STOP");
+    wait_degraded(&limiter, true, Duration::from_secs(2)).await;
+    load.grants_continue("redis hangs").await;
+    tokio::time::sleep(Duration::from_millis(7_000)).await;
+    server.signal("CONT");
+    let resumed = Instant::now();
+    wait_degraded(&limiter, false, Duration::from_secs(2)).await;
+    report("switch back after a 7 s SIGSTOP", resumed.elapsed());
+
+    // Callers are served by Redis again, well within the waiter TTL.
+    let bound = Duration::from_secs(2);
+    let before = load.granted();
+    while load.granted() < before + 20 {
+        assert!(
+            resumed.elapsed() < bound,
+            "only {} grants within {bound:?} of SIGCONT (waiter ttl {waiter_ttl:?}); stats: {:?}",
+            load.granted() - before,
+            limiter.stats().await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!limiter.is_degraded());
+    report("20 grants on redis after SIGCONT", resumed.elapsed());
+
+    // Once the callers stop, Redis shows nothing held or queued: no grant without an owner.
+    load.stop().await;
+    let stats = wait_until(
+        &*limiter,
+        bound.saturating_sub(resumed.elapsed()) + Duration::from_millis(500),
+        "no slot or ticket without an owner after the hang",
+        |s| !s.degraded && s.active == 0 && s.queued.total() == 0,
+    )
+    .await;
+    report(
+        "redis free of stale grants after SIGCONT",
+        resumed.elapsed(),
+    );
+    assert_eq!(stats.backend, "redis");
+    let mut permits = Vec::new();
+    for _ in 0..2 {
+        let permit = limiter.acquire(Priority::Normal, Duration::ZERO).await;
+        permits.push(permit.expect("both slots free on redis"));
+    }
+    for permit in permits {
+        permit.release().await.unwrap();
+    }
     assert_eq!(fallback.stats().await.active, 0);
 }
