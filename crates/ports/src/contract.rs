@@ -20,7 +20,6 @@
 //! Each test names the bug of the original Python limiter it guards against, where there is one:
 //! over-admission, priority ignored, over-release, a cancelled waiter blocking its queue.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,11 +94,7 @@ async fn queue_in_order(
 
 /// The limit holds: `limit` permits are granted at once, the next one waits and times out,
 /// and a freed slot can be taken again. (Original bug: over-admission.)
-pub async fn capacity_is_respected<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn capacity_is_respected(make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>) {
     let limiter = make(3).await;
     let mut permits = Vec::new();
     for _ in 0..3 {
@@ -125,11 +120,9 @@ where
 
 /// Waiters are served strictly by priority, whatever their arrival order.
 /// (Original bug: priority ignored — LOW won 21 of 40 races against CRITICAL.)
-pub async fn higher_priority_is_served_first<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn higher_priority_is_served_first(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
     let limiter = make(1).await;
     let holder = acquire_now(&*limiter, Priority::Low).await;
     let (order, handles) = queue_in_order(
@@ -154,11 +147,7 @@ where
 
 /// Within one priority, waiters are served in arrival order, also when other priorities
 /// are interleaved.
-pub async fn fifo_within_a_priority<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn fifo_within_a_priority(make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>) {
     let limiter = make(1).await;
     let holder = acquire_now(&*limiter, Priority::Normal).await;
     let (order, handles) = queue_in_order(
@@ -182,11 +171,9 @@ where
 
 /// A slot freed while someone waits goes to that waiter: a later caller of the same
 /// priority cannot take it first, even one that does not wait at all.
-pub async fn released_slot_goes_to_the_waiter_not_a_late_arrival<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn released_slot_goes_to_the_waiter_not_a_late_arrival(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
     let limiter = make(1).await;
     let holder = acquire_now(&*limiter, Priority::Normal).await;
     let l = Arc::clone(&limiter);
@@ -206,11 +193,9 @@ where
 /// Dropping a queued acquire removes it: nothing stays queued, no slot is taken, and the next
 /// waiter of the same priority is not blocked. (Original bug: a cancelled waiter stayed at the
 /// head of its queue for ever.)
-pub async fn cancelled_acquire_leaves_no_trace<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn cancelled_acquire_leaves_no_trace(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
     let limiter = make(1).await;
     let holder = acquire_now(&*limiter, Priority::Normal).await;
     let l = Arc::clone(&limiter);
@@ -239,11 +224,9 @@ where
 }
 
 /// A waiter cancelled just as it is being granted does not leak the slot.
-pub async fn cancelling_many_waiters_under_release_leaks_nothing<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn cancelling_many_waiters_under_release_leaks_nothing(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
     let limiter = make(2).await;
     for round in 0..20u64 {
         let a = acquire_now(&*limiter, Priority::High).await;
@@ -276,11 +259,9 @@ where
 }
 
 /// A permit dropped by a panicking task frees its slot. (Original: slots leaked on crashes.)
-pub async fn dropped_permit_frees_its_slot_even_on_panic<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn dropped_permit_frees_its_slot_even_on_panic(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
     let limiter = make(1).await;
     let l = Arc::clone(&limiter);
     let task = tokio::spawn(async move {
@@ -303,11 +284,9 @@ where
 /// Releasing frees exactly one slot: an explicit release followed by the permit's drop does
 /// not free a second one, and capacity never grows past the limit. (Original bug: release
 /// of an unknown or already-released id raised capacity to 4 with a limit of 2.)
-pub async fn release_is_idempotent_and_never_raises_capacity<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn release_is_idempotent_and_never_raises_capacity(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
     let limiter = make(2).await;
     for _ in 0..3 {
         let a = acquire_now(&*limiter, Priority::Normal).await;
@@ -329,11 +308,9 @@ where
 }
 
 /// An acquire gives up at its wait timeout with a typed error and leaves the queue.
-pub async fn wait_timeout_expires_with_a_typed_error<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn wait_timeout_expires_with_a_typed_error(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
     let limiter = make(1).await;
     let _holder = acquire_now(&*limiter, Priority::Normal).await;
     let started = Instant::now();
@@ -363,11 +340,7 @@ where
 
 /// Raising the limit admits waiters at once; lowering it lets holders finish and admits
 /// nobody until `active` is below the new limit; zero is refused.
-pub async fn set_limit_up_and_down<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn set_limit_up_and_down(make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>) {
     let limiter = make(1).await;
     let a = acquire_now(&*limiter, Priority::Normal).await;
     let mut waiters = Vec::new();
@@ -415,11 +388,7 @@ where
 }
 
 /// `stats()` reports what is really held and queued.
-pub async fn stats_match_reality<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn stats_match_reality(make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>) {
     let limiter = make(2).await;
     let stats = limiter.stats().await;
     assert!(!stats.backend.is_empty());
@@ -466,11 +435,9 @@ where
 
 /// Many tasks with random priorities, timeouts and cancellations: the limit holds at every
 /// grant, and at the end nothing is held or queued.
-pub async fn randomized_stress_keeps_the_invariants<F, Fut>(make: F)
-where
-    F: Fn(u32) -> Fut,
-    Fut: Future<Output = Arc<dyn ConcurrencyLimiter>>,
-{
+pub async fn randomized_stress_keeps_the_invariants(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
     const LIMIT: u32 = 4;
     const TASKS: usize = 32;
     const ROUNDS: usize = 12;
