@@ -18,8 +18,12 @@ async fn queued(limiter: &MemoryLimiter, n: usize) {
     panic!("{n} waiters never queued: {:?}", limiter.stats().await);
 }
 
-/// Queues `Low` first, then after `gap` a `Normal`, and returns who was served first.
-async fn first_served(limiter: MemoryLimiter, gap: Duration) -> Vec<&'static str> {
+/// Queues `Low` first, then after `gap` a waiter of `second`, and returns the service order.
+async fn first_served_against(
+    limiter: MemoryLimiter,
+    gap: Duration,
+    second: (Priority, &'static str),
+) -> Vec<&'static str> {
     let limiter = Arc::new(limiter);
     let holder = limiter
         .acquire(Priority::Normal, Duration::ZERO)
@@ -27,7 +31,7 @@ async fn first_served(limiter: MemoryLimiter, gap: Duration) -> Vec<&'static str
         .unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    for (priority, label) in [(Priority::Low, "low"), (Priority::Normal, "normal")] {
+    for (priority, label) in [(Priority::Low, "low"), second] {
         let l = Arc::clone(&limiter);
         let o = Arc::clone(&order);
         tasks.push(tokio::spawn(async move {
@@ -49,6 +53,11 @@ async fn first_served(limiter: MemoryLimiter, gap: Duration) -> Vec<&'static str
         t.await.unwrap();
     }
     order.lock().unwrap().clone()
+}
+
+/// Queues `Low` first, then after `gap` a `Normal`, and returns the service order.
+async fn first_served(limiter: MemoryLimiter, gap: Duration) -> Vec<&'static str> {
+    first_served_against(limiter, gap, (Priority::Normal, "normal")).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -80,37 +89,11 @@ async fn a_low_waiter_younger_than_the_bound_is_not_raised() {
 #[tokio::test(start_paused = true)]
 async fn ageing_raises_by_one_class_only() {
     // An aged Low competes as Normal, so a fresh High still goes first.
-    let limiter = Arc::new(
-        MemoryLimiter::builder()
-            .max_concurrent(1)
-            .ageing(Duration::from_secs(30))
-            .build(),
-    );
-    let holder = limiter
-        .acquire(Priority::Normal, Duration::ZERO)
-        .await
-        .unwrap();
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for (priority, label) in [(Priority::Low, "low"), (Priority::High, "high")] {
-        let l = Arc::clone(&limiter);
-        let o = Arc::clone(&order);
-        tasks.push(tokio::spawn(async move {
-            let p = l
-                .acquire(priority, Duration::from_secs(3600))
-                .await
-                .unwrap();
-            o.lock().unwrap().push(label);
-            drop(p);
-        }));
-        queued(&limiter, tasks.len()).await;
-        if tasks.len() == 1 {
-            tokio::time::advance(Duration::from_secs(60)).await;
-        }
-    }
-    drop(holder);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(*order.lock().unwrap(), ["high", "low"]);
+    let limiter = MemoryLimiter::builder()
+        .max_concurrent(1)
+        .ageing(Duration::from_secs(30))
+        .build();
+    let served =
+        first_served_against(limiter, Duration::from_secs(60), (Priority::High, "high")).await;
+    assert_eq!(served, ["high", "low"]);
 }
