@@ -141,24 +141,125 @@ impl TryFrom<RawTalkRequest> for TalkRequest {
     }
 }
 
-/// Whether `url` is `https://` or `s3://`, has no whitespace, and its path (before `?`/`#`)
-/// ends in one of `extensions` (ASCII case ignored).
-fn url_with_extension(url: &str, extensions: &[&str]) -> bool {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("s3://"));
-    let Some(rest) = rest else { return false };
-    if rest.is_empty() || url.chars().any(char::is_whitespace) {
+/// Characters that must not appear in a raw URL: whitespace, controls (NUL, DEL, …), and the Unicode bidirectional formatting characters (U+061C, U+200E/F,
+/// U+202A–U+202E, U+2066–U+2069) that make a displayed name differ from the real one.
+fn forbidden_char(c: char) -> bool {
+    c.is_whitespace() || hidden_char(c)
+}
+
+/// Controls and bidi formatting characters: never allowed, not even percent-encoded (an
+/// encoded space, `%20`, is an ordinary file name character).
+fn hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// An S3 bucket name as AWS allows it: 3–63 of `a-z 0-9 . -`, starting and ending with a
+/// letter or digit.
+fn valid_bucket(name: &str) -> bool {
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && edge(name.as_bytes().first())
+        && edge(name.as_bytes().last())
+        && !name.contains("..")
+}
+
+/// Whether `raw` is a media URL D-ID accepts, ending in one of `extensions` (ASCII case
+/// ignored).
+///
+/// The rules, from D-ID's `CreateTalkRequest` patterns and what its fetcher can use:
+/// `https://` or `s3://` only; a host (for `s3://`, a valid bucket name); no credentials; a
+/// valid, non-zero port; no controls, whitespace or bidi characters, raw or percent-encoded;
+/// no `.`/`..` path segments; and the extension on the last path segment (never only in the
+/// query or fragment). The URL is parsed with the `url` crate (WHATWG), and checked on the
+/// raw text as well where parsing would quietly repair it (`https:///a.wav` parses with host
+/// `a.wav`).
+fn url_with_extension(raw: &str, extensions: &[&str]) -> bool {
+    if raw.chars().any(forbidden_char) {
         return false;
     }
-    let path = rest.split(['?', '#']).next().unwrap_or_default();
-    let Some((stem, ext)) = path.rsplit_once('.') else {
+    let lower = raw
+        .get(..8)
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let (scheme, rest) = if lower.starts_with("https://") {
+        ("https", &raw[8..])
+    } else if lower.starts_with("s3://") {
+        ("s3", &raw[5..])
+    } else {
+        return false;
+    };
+    // The authority must be right after `//`: no extra slashes (WHATWG would skip them).
+    if rest.starts_with(['/', '\\']) || raw.contains('\\') {
+        return false;
+    }
+    let Ok(url) = url::Url::parse(raw) else {
+        return false;
+    };
+    if url.scheme() != scheme
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.port() == Some(0)
+    {
+        return false;
+    }
+    match (scheme, url.host_str()) {
+        ("https", Some(host)) if !host.is_empty() => {}
+        ("s3", Some(bucket)) if valid_bucket(bucket) => {}
+        _ => return false,
+    }
+    // The raw path (before `?`/`#`), segment by segment and percent-decoded: no dot
+    // segments, nothing forbidden hiding behind `%00` or `%E2%80%AE`.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let raw_path = rest[authority_end..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    let mut last = "";
+    for segment in raw_path.split('/').skip(1) {
+        let decoded: Vec<u8> = percent_decode(segment);
+        let Ok(decoded) = String::from_utf8(decoded) else {
+            return false;
+        };
+        if decoded == "." || decoded == ".." || decoded.chars().any(hidden_char) {
+            return false;
+        }
+        last = segment;
+    }
+    let Some((stem, ext)) = last.rsplit_once('.') else {
         return false;
     };
     !stem.is_empty()
         && extensions
             .iter()
             .any(|allowed| allowed.eq_ignore_ascii_case(ext))
+}
+
+/// `%XX` sequences decoded to bytes; a `%` without two hex digits stays as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 impl TalkRequest {
@@ -311,6 +412,73 @@ mod tests {
             audio("ftp://x.test/a.wav"),
             Err(TalkRequestError::InvalidAudioUrl),
         );
+    }
+
+    /// The inputs outside testers got accepted (and paid for) before URLs were parsed.
+    #[test]
+    fn urls_d_id_would_refuse_are_rejected_before_any_call() {
+        let img = |url: &str| TalkRequest::new(Some(url.to_owned()), audio("https://x.test/a.wav"));
+        let aud = |url: &str| TalkRequest::new(None, audio(url));
+        for bad in [
+            "https:///a.wav",
+            "https://x.test/a\u{0}b.wav",
+            "https://x.test/a%00b.wav",
+            "https://x.test:99999/a.wav",
+            "https://x.test:0/a.wav",
+            "https://user:pw@x.test/a.wav",
+            "https://user@x.test/a.wav",
+            "s3://../../a.wav",
+            "s3://./a.wav",
+            "s3:///a.wav",
+            "s3://bucket/../a.wav",
+            "s3://bucket/x/%2e%2e/a.wav",
+            "https://x.test/a.txt?x=.wav",
+            "https://x.test/a.txt#.wav",
+            "https://x.test/a?.wav",
+            "https://x.test/\u{202e}vaw.a.wav",
+            "https://x.test/a%E2%80%AE.wav",
+            "https://x.test/\u{200f}a.wav",
+            "https://x.test/a\u{7f}.wav",
+            "https://x.test/.wav",
+            "https://x.test/",
+            "https://x.test",
+            "HTTP://x.test/a.wav",
+            "https:x.test/a.wav",
+            "https:\\\\x.test/a.wav",
+            "https://x test/a.wav",
+            "https://[::1/a.wav",
+            "s3://BUCKET/a.wav",
+            "s3://-bucket/a.wav",
+        ] {
+            assert_eq!(
+                aud(bad).map(drop),
+                Err(TalkRequestError::InvalidAudioUrl),
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            "https:///a.png",
+            "s3://../../a.jpg",
+            "https://x.test/a.wav?x=.jpg",
+            "https://u:p@x.test/a.jpg",
+        ] {
+            assert_eq!(
+                img(bad).map(drop),
+                Err(TalkRequestError::InvalidSourceUrl),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "https://x.test/a.wav",
+            "HTTPS://X.test/dir/a.WAV",
+            "https://x.test:8443/a.wav?sig=1&x=.jpg#t=2",
+            "https://127.0.0.1/a.wav",
+            "https://d-id-talks-prod.s3.us-west-2.amazonaws.com/google-oauth2%7C1/tlk_x/microsoft.wav?AWSAccessKeyId=A&Expires=1&Signature=X%3D",
+            "s3://d-id-audios-prod/auth0|64a000000000000000000002/fQfFnUUyrLwfFnP2zPRyg/audio.wav",
+            "s3://my.bucket-1/a%20b.mp3",
+        ] {
+            assert_eq!(aud(good).map(drop), Ok(()), "{good:?}");
+        }
     }
 
     #[test]
