@@ -68,12 +68,13 @@ impl Priority {
 impl FromStr for Priority {
     type Err = ParsePriorityError;
 
-    /// Parses `low|normal|high|critical`, ignoring ASCII case and surrounding whitespace.
+    /// Parses `low|normal|high|critical`, ignoring ASCII case only (`HIGH` is `high`).
+    /// Anything else is an error: surrounding whitespace, non-breaking spaces, zero-width
+    /// characters and non-ASCII look-alikes (`hıgh`) are not quietly accepted.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let trimmed = s.trim();
         Priority::ALL
             .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(trimmed))
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| ParsePriorityError {
                 given: s.to_owned(),
             })
@@ -115,8 +116,26 @@ mod tests {
     fn parses_the_four_names_case_insensitively() {
         check("low", Ok(Priority::Low));
         check("NORMAL", Ok(Priority::Normal));
-        check(" High ", Ok(Priority::High));
+        check("HIGH", Ok(Priority::High));
         check("CrItIcAl", Ok(Priority::Critical));
+    }
+
+    #[test]
+    fn padded_and_look_alike_names_are_errors() {
+        for bad in [
+            " high ",
+            "high ",
+            "\thigh",
+            "high\n",
+            "high\u{a0}",
+            "\u{feff}high",
+            "hi\u{200b}gh",
+            "h\u{131}gh",
+            "\u{ff48}igh",
+            "LOW\u{0}",
+        ] {
+            check(bad, Err(()));
+        }
     }
 
     #[test]
