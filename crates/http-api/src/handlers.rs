@@ -159,13 +159,12 @@ where
 {
     require_upstream(state)?;
     let query_priority = query_param(req.uri(), "priority");
-    // Checked before the body is read, so a bad query fails fast.
-    let from_query = priority(query_priority.as_deref())?;
     let form = body::read_upload(req, kind).await?;
-    // A `priority` form field wins over the query parameter.
+    // A `priority` form field wins over the query parameter, so the query is only checked
+    // when it is the one that counts (a bad query beside a good form field is not an error).
     let priority = match form.priority.as_deref() {
         Some(p) => priority(Some(p))?,
-        None => from_query,
+        None => priority(query_priority.as_deref())?,
     };
     let upload = form.upload;
     tracing::info!(

@@ -214,7 +214,29 @@ async fn validation_errors_never_reach_d_id() {
             422,
             "invalid_request",
         ),
+        (
+            json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "priority": " high "}),
+            400,
+            "invalid_priority",
+        ),
     ];
+    // URLs outside testers got a talk created for (issue 9, item 9).
+    let hostile_audio = [
+        "https:///a.wav",
+        "https://x.test/a\u{0}b.wav",
+        "https://x.test:99999/a.wav",
+        "https://user:pw@x.test/a.wav",
+        "s3://../../a.wav",
+        "https://x.test/a.txt?x=.wav",
+        "https://x.test/\u{202e}vaw.a.wav",
+    ];
+    let cases = cases.into_iter().chain(hostile_audio.iter().map(|url| {
+        (
+            json!({"audio_url": url, "source_url": "https://x.test/a.jpg"}),
+            422,
+            "invalid_audio_url",
+        )
+    }));
     for (body, want_status, want_code) in cases {
         let (status, err) = json(http.post(&gen_url).json(&body).send().await.unwrap()).await;
         assert_eq!(
@@ -387,10 +409,30 @@ async fn multipart_edge_cases() {
         (400, "invalid_priority"),
     )
     .await;
+    // Padded and look-alike names are not priorities, in a form field or a query.
+    for bad in [" high ", "high\u{a0}", "h\u{131}gh"] {
+        let form = file_form("f.png", PNG.to_vec(), "image/png").text("priority", bad);
+        check(
+            http.post(&image_url).multipart(form).send().await.unwrap(),
+            (400, "invalid_priority"),
+        )
+        .await;
+    }
     assert_eq!(
         fake.stats().total("POST /images") + fake.stats().total("POST /audios"),
         0
     );
+    // The README's precedence: a form field wins over the query, so a bad query beside a
+    // good form field is not an error (and the upload is made).
+    let form = file_form("f.png", PNG.to_vec(), "image/png").text("priority", "high");
+    let resp = http
+        .post(format!("{image_url}?priority=asap"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    assert_eq!(fake.stats().total("POST /images"), 1);
     srv.stop().await;
     fake.shutdown().await;
 }
