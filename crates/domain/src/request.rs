@@ -8,10 +8,28 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Image extensions D-ID accepts in `source_url`.
+/// Image extensions D-ID accepts in `source_url`, each in lower or upper case.
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
-/// Audio extensions D-ID accepts in `script.audio_url`.
+/// Audio extensions D-ID accepts in `script.audio_url`, each in lower or upper case.
 const AUDIO_EXTENSIONS: &[&str] = &["m4a", "flac", "mp3", "mp4", "wav"];
+
+/// The media URL rules of one field (see [`url_with_extension`]).
+struct MediaRules {
+    /// The extensions allowed on the last path segment.
+    extensions: &'static [&'static str],
+    /// Whether a query or fragment must fit D-ID's `audio_url` pattern: one or more of
+    /// `A-Z a-z 0-9 _ . / = & # % -` after the `?` or `#`.
+    strict_tail: bool,
+}
+
+const IMAGE_URL: MediaRules = MediaRules {
+    extensions: IMAGE_EXTENSIONS,
+    strict_tail: false,
+};
+const AUDIO_URL: MediaRules = MediaRules {
+    extensions: AUDIO_EXTENSIONS,
+    strict_tail: true,
+};
 /// Bounds of a text script, in characters.
 const TEXT_LEN: std::ops::RangeInclusive<usize> = 3..=40_000;
 /// Bounds of `user_data`, in characters.
@@ -167,28 +185,24 @@ fn valid_bucket(name: &str) -> bool {
         && !name.contains("..")
 }
 
-/// Whether `raw` is a media URL D-ID accepts, ending in one of `extensions` (ASCII case
-/// ignored).
+/// Whether `raw` is a media URL D-ID accepts under `rules`.
 ///
 /// The rules, from D-ID's `CreateTalkRequest` patterns and what its fetcher can use:
-/// `https://` or `s3://` only; a host (for `s3://`, a valid bucket name); no credentials; a
+/// `https://` or `s3://` only (lowercase, as D-ID's pattern has it); the extension all lower
+/// or all upper case (`.wav`, `.WAV`, not `.Wav`); a host (for `s3://`, a valid bucket name); no credentials; a
 /// valid, non-zero port; no controls, whitespace or bidi characters, raw or percent-encoded;
 /// no `.`/`..` path segments; and the extension on the last path segment (never only in the
 /// query or fragment). The URL is parsed with the `url` crate (WHATWG), and checked on the
 /// raw text as well where parsing would quietly repair it (`https:///a.wav` parses with host
 /// `a.wav`).
-fn url_with_extension(raw: &str, extensions: &[&str]) -> bool {
+fn url_with_extension(raw: &str, rules: &MediaRules) -> bool {
     if raw.chars().any(forbidden_char) {
         return false;
     }
-    let lower = raw
-        .get(..8)
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    let (scheme, rest) = if lower.starts_with("https://") {
-        ("https", &raw[8..])
-    } else if lower.starts_with("s3://") {
-        ("s3", &raw[5..])
+    let (scheme, rest) = if let Some(rest) = raw.strip_prefix("https://") {
+        ("https", rest)
+    } else if let Some(rest) = raw.strip_prefix("s3://") {
+        ("s3", rest)
     } else {
         return false;
     };
@@ -214,10 +228,20 @@ fn url_with_extension(raw: &str, extensions: &[&str]) -> bool {
     // The raw path (before `?`/`#`), segment by segment and percent-decoded: no dot
     // segments, nothing forbidden hiding behind `%00` or `%E2%80%AE`.
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let raw_path = rest[authority_end..]
-        .split(['?', '#'])
-        .next()
-        .unwrap_or_default();
+    let after_authority = &rest[authority_end..];
+    let (raw_path, tail) = match after_authority.find(['?', '#']) {
+        Some(i) => after_authority.split_at(i),
+        None => (after_authority, ""),
+    };
+    let tail_ok = |t: &str| {
+        t.len() > 1
+            && t[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_./=&#%-".contains(&b))
+    };
+    if rules.strict_tail && !tail.is_empty() && !tail_ok(tail) {
+        return false;
+    }
     let mut last = "";
     for segment in raw_path.split('/').skip(1) {
         let decoded: Vec<u8> = percent_decode(segment);
@@ -233,9 +257,10 @@ fn url_with_extension(raw: &str, extensions: &[&str]) -> bool {
         return false;
     };
     !stem.is_empty()
-        && extensions
+        && rules
+            .extensions
             .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(ext))
+            .any(|allowed| *allowed == ext || allowed.to_ascii_uppercase() == ext)
 }
 
 /// `%XX` sequences decoded to bytes; a `%` without two hex digits stays as it is.
@@ -266,13 +291,13 @@ impl TalkRequest {
     /// A request animating `source_url` (if given; D-ID has a default image) with `script`.
     pub fn new(source_url: Option<String>, script: Script) -> Result<Self, TalkRequestError> {
         if let Some(url) = &source_url {
-            if !url_with_extension(url, IMAGE_EXTENSIONS) {
+            if !url_with_extension(url, &IMAGE_URL) {
                 return Err(TalkRequestError::InvalidSourceUrl);
             }
         }
         match &script {
             Script::Audio { audio_url } => {
-                if !url_with_extension(audio_url, AUDIO_EXTENSIONS) {
+                if !url_with_extension(audio_url, &AUDIO_URL) {
                     return Err(TalkRequestError::InvalidAudioUrl);
                 }
             }
@@ -434,6 +459,10 @@ mod tests {
             "s3://bucket/x/%2e%2e/a.wav",
             "https://x.test/a.txt?x=.wav",
             "https://x.test/a.txt#.wav",
+            "HTTPS://x.test/a.wav",
+            "https://x.test/a.Wav",
+            "https://x.test/a.wav?",
+            "https://x.test/a.wav?x=a|b",
             "https://x.test/a?.wav",
             "https://x.test/\u{202e}vaw.a.wav",
             "https://x.test/a%E2%80%AE.wav",
@@ -470,7 +499,7 @@ mod tests {
         }
         for good in [
             "https://x.test/a.wav",
-            "HTTPS://X.test/dir/a.WAV",
+            "https://X.test/dir/a.WAV",
             "https://x.test:8443/a.wav?sig=1&x=.jpg#t=2",
             "https://127.0.0.1/a.wav",
             "https://d-id-talks-prod.s3.us-west-2.amazonaws.com/google-oauth2%7C1/tlk_x/microsoft.wav?AWSAccessKeyId=A&Expires=1&Signature=X%3D",

@@ -35,6 +35,14 @@ pub enum ApiError {
     /// The JSON was well formed but did not have the expected shape.
     #[error("invalid request body: {0}")]
     InvalidBody(String),
+    /// A query parameter had a value the route cannot use.
+    #[error("invalid query parameter {name}: {message}")]
+    InvalidParameter {
+        /// The parameter's name.
+        name: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A priority was none of the four names.
     #[error(transparent)]
     InvalidPriority(#[from] ParsePriorityError),
@@ -123,7 +131,9 @@ impl ApiError {
             },
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::InvalidPriority(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidPriority(_) | ApiError::InvalidParameter { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::InvalidTalkId(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidTalkRequest(_) | ApiError::InvalidConfig(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -172,6 +182,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidBody(_) => "invalid_request",
             ApiError::InvalidPriority(_) => "invalid_priority",
+            ApiError::InvalidParameter { .. } => "invalid_parameter",
             ApiError::InvalidTalkId(_) => "invalid_talk_id",
             ApiError::InvalidTalkRequest(TalkRequestError::InvalidSourceUrl) => {
                 "invalid_source_url"
@@ -524,6 +535,14 @@ mod tests {
             "unsupported_file_type",
         );
         check(ApiError::MissingFile, 400, "missing_file");
+        check(
+            ApiError::InvalidParameter {
+                name: "max_age_seconds",
+                message: "\"null\" is not a number".into(),
+            },
+            400,
+            "invalid_parameter",
+        );
         check(
             ApiError::PayloadTooLarge { limit: 1 },
             413,

@@ -141,7 +141,8 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
 /// `POST /cleanup-expired`: an admin call. Slots are leases now, reclaimed by the limiter
 /// itself, so this only reports what was reclaimed. It needs `HTTP_API_TOKEN` to be set
 /// (the router has already checked the bearer token then); `max_age_seconds` is accepted
-/// for compatibility and ignored.
+/// for compatibility and ignored, but must be a number of seconds when given (as the
+/// OpenAPI document says), so a caller's mistake is not silently swallowed.
 pub async fn cleanup<B>(state: &AppState, req: Request<B>) -> Result<Response<Body>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -149,6 +150,15 @@ where
 {
     if state.settings().api_token.is_none() {
         return Err(ApiError::AdminDisabled);
+    }
+    if let Some(raw) = crate::router::query_param(req.uri(), "max_age_seconds") {
+        if !raw.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0) {
+            let shown: String = raw.chars().take(40).filter(|c| !c.is_control()).collect();
+            return Err(ApiError::InvalidParameter {
+                name: "max_age_seconds",
+                message: format!("{shown:?} is not a number of seconds (zero or more)"),
+            });
+        }
     }
     body::discard(req, 4096).await;
     let s = state.limiter().stats().await;

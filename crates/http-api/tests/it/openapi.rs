@@ -350,3 +350,133 @@ async fn every_route_answers_as_documented() {
         "documented but never exercised: {missing:?}"
     );
 }
+
+/// Whether `instance` is valid under `schema` (which may `$ref` the spec's components).
+fn valid_under(schema: &Value, instance: &Value) -> bool {
+    let root = json!({ "allOf": [schema], "components": spec()["components"] });
+    jsonschema::validator_for(&root)
+        .expect("schema compiles")
+        .is_valid(instance)
+}
+
+/// A query value as a generated client would send it: a number when it reads as one.
+fn query_value(raw: &str) -> Value {
+    serde_json::from_str::<serde_json::Number>(raw)
+        .map(Value::Number)
+        .unwrap_or_else(|_| Value::String(raw.to_owned()))
+}
+
+/// The spec must be exactly as strict as the server on the inputs it can express: a request
+/// the server refuses as invalid (400/422) must be invalid under the documented schema, and
+/// one it accepts must be valid. A spec looser than the server (schemathesis: "valid data
+/// rejected") or stricter (an accepted request the spec forbids) fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_schemas_are_as_strict_as_the_server() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[("HTTP_API_TOKEN", "t0k")]).await;
+    let http = client();
+    let op = |path: &str| &spec()["paths"][path]["post"];
+    let gen_schema = op("/api/d_id_optimized/generate-video")
+        .pointer("/requestBody/content/application~1json/schema")
+        .unwrap()
+        .clone();
+
+    let img = "https://x.test/face.jpg";
+    let wav = "https://x.test/a.wav";
+    let bodies = [
+        json!({"audio_url": wav, "source_url": img}),
+        json!({"audio_url": "https://X.test/dir/A.WAV?sig=1#t", "source_url": "s3://d-id-images-prod/auth0|1/img_1/face.PNG"}),
+        json!({"audio_url": "HTTPS://x.test/a.wav", "source_url": img}),
+        json!({"audio_url": "https://x.test/a.Wav", "source_url": img}),
+        json!({"audio_url": "https://x.test/a.wav?x=a|b", "source_url": img}),
+        json!({"audio_url": wav, "source_url": img, "priority": "HIGH"}),
+        json!({"audio_url": "", "source_url": img}),
+        json!({"audio_url": wav, "source_url": ""}),
+        json!({"audio_url": "https:///a.wav", "source_url": img}),
+        json!({"audio_url": "https://user:pw@x.test/a.wav", "source_url": img}),
+        json!({"audio_url": "https://x.test/a.txt?x=.wav", "source_url": img}),
+        json!({"audio_url": "https://x.test/a b.wav", "source_url": img}),
+        json!({"audio_url": "http://x.test/a.wav", "source_url": img}),
+        json!({"audio_url": wav, "source_url": "https://x.test/face.gif"}),
+        json!({"audio_url": "https://x.test/.wav", "source_url": img}),
+        json!({"audio_url": wav, "source_url": img, "priority": " high "}),
+        json!({"audio_url": wav, "source_url": img, "priority": "urgent"}),
+        json!({"audio_url": wav, "source_url": img, "config": {"pad_audio": 61}}),
+    ];
+    for mut body in bodies {
+        let valid = valid_under(&gen_schema, &body);
+        body["wait"] = json!(false);
+        let resp = http
+            .post(srv.api("/generate-video"))
+            .bearer_auth("t0k")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert!(
+            matches!(status, 202 | 400 | 422),
+            "{body}: unexpected {status} {text}"
+        );
+        assert_eq!(
+            valid,
+            status == 202,
+            "{body}: the server answered {status} but the spec calls it {} ({text})",
+            if valid { "valid" } else { "invalid" }
+        );
+    }
+
+    let cleanup = op("/api/d_id_optimized/cleanup-expired");
+    let max_age = cleanup["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "max_age_seconds")
+        .unwrap()["schema"]
+        .clone();
+    for raw in ["3600", "0", "1.5", "null", "abc", "-1", ""] {
+        let valid = raw.is_empty() || valid_under(&max_age, &query_value(raw));
+        let url = if raw.is_empty() {
+            srv.api("/cleanup-expired")
+        } else {
+            srv.api(&format!("/cleanup-expired?max_age_seconds={raw}"))
+        };
+        let status = http
+            .post(url)
+            .bearer_auth("t0k")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert!(
+            cleanup["responses"][status.to_string()].is_object(),
+            "max_age_seconds={raw}: {status} is not documented"
+        );
+        assert_eq!(valid, status == 200, "max_age_seconds={raw}: {status}");
+    }
+
+    let priority = resolve(&spec()["components"]["parameters"]["priority"])["schema"].clone();
+    let priority = resolve(&priority).clone();
+    for (raw, sent) in [
+        ("HIGH", "HIGH"),
+        ("low", "low"),
+        (" high ", "%20high%20"),
+        ("high\u{a0}", "high%C2%A0"),
+        ("urgent", "urgent"),
+    ] {
+        let valid = valid_under(&priority, &json!(raw));
+        let resp = http
+            .post(srv.api(&format!("/upload-source-image?priority={sent}")))
+            .bearer_auth("t0k")
+            .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        assert_eq!(valid, status == 200, "priority={raw:?}: {status}");
+    }
+    srv.stop().await;
+    fake.shutdown().await;
+}
