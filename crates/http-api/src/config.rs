@@ -403,8 +403,12 @@ pub struct Cli {
     /// Listen address [default: 127.0.0.1:55433].
     #[arg(long, env = "BIND_ADDR")]
     pub bind_addr: Option<String>,
-    /// D-ID API base URL [default: https://api.d-id.com].
-    #[arg(long, env = "D_ID_BASE_URL")]
+    /// D-ID API base URL (default `https://api.d-id.com`).
+    #[arg(
+        long,
+        env = "D_ID_BASE_URL",
+        help = "D-ID API base URL [default: https://api.d-id.com]"
+    )]
     pub did_base_url: Option<String>,
     /// Maximum concurrent D-ID calls (across all instances with Redis) [default: 10].
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS")]
