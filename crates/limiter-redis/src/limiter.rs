@@ -82,9 +82,9 @@ pub(crate) struct Inner {
     /// connection errors fred reports while it reconnects (a command that timed out because
     /// the connection is refused is a refusal, not a timeout), cleared at the switch back.
     degraded_reason: Mutex<Option<DegradedReason>>,
-    /// The last connection error fred reported (reason and message), cleared at the switch
+    /// The last connection error fred reported (reason, message, when), cleared at the switch
     /// back to Redis.
-    last_failure: Mutex<Option<(DegradedReason, String)>>,
+    last_failure: Mutex<Option<(DegradedReason, String, Instant)>>,
 }
 
 /// This process's event counters (see [`LimiterCounters`]).
@@ -630,15 +630,21 @@ impl Inner {
         stats
     }
 
+    /// The last connection error, if it is recent enough to explain a failure now (an old
+    /// one, from before a healthy spell, says nothing about a hang today).
     fn last_failure(&self) -> Option<(DegradedReason, String)> {
-        lock(&self.last_failure).clone()
+        let recent = self.config.connect_timeout.max(self.config.op_timeout) * 4;
+        lock(&self.last_failure)
+            .as_ref()
+            .filter(|(_, _, at)| at.elapsed() <= recent)
+            .map(|(reason, message, _)| (*reason, message.clone()))
     }
 
     /// Records a connection error fred reported; while degraded, a better-known reason
     /// replaces a timeout (and a change of reason is logged once).
     fn record_connection_error(&self, e: &fred::error::Error) {
         let reason = classify(e);
-        *lock(&self.last_failure) = Some((reason, e.to_string()));
+        *lock(&self.last_failure) = Some((reason, e.to_string(), Instant::now()));
         if !self.degraded.load(Ordering::SeqCst) {
             return;
         }
