@@ -1,8 +1,11 @@
 //! `cargo xtask demo`: the main job, end to end. Starts did-fake (time scale chosen so a video
 //! takes a few seconds) and http-api on free loopback ports — in-memory limiter, or Redis when
 //! `REDIS_URL` is set — then walks the real flow with an HTTP client and prints each step:
-//! upload an image and an audio file, generate videos at several priorities concurrently,
-//! start one asynchronously and poll its status, show a typed error, stats and health.
+//! upload an image and an audio file, build a real backlog on the service's one limiter slot
+//! (did-fake answers each create slowly; three `low` requests arrive first, then `normal`,
+//! `high` and `critical`) and print the order they were served in, generate a video
+//! synchronously, start one asynchronously and poll its status, show a typed error, stats and
+//! health.
 //! Everything is shut down at the end, on failure, and on Ctrl-C. Exit code non-zero if any
 //! step fails.
 
@@ -75,7 +78,8 @@ async fn demo() -> Result<()> {
         ("D_ID_API_KEY", FAKE_KEY.to_owned()),
         ("D_ID_BASE_URL", fake.base_url.clone()),
         ("BIND_ADDR", format!("127.0.0.1:{api_port}")),
-        ("MAX_CONCURRENT_REQUESTS", "2".to_owned()),
+        // One slot, so that the priority step below builds a real queue.
+        ("MAX_CONCURRENT_REQUESTS", "1".to_owned()),
         ("POLL_INTERVAL_SECS", "0.3".to_owned()),
     ];
     let backend = match std::env::var("REDIS_URL") {
@@ -93,14 +97,14 @@ async fn demo() -> Result<()> {
     )
     .await?;
     println!(
-        "    http-api  {}  (limiter: {backend}, 2 slots; log {})",
+        "    http-api  {}  (limiter: {backend}, 1 slot; log {})",
         api.base_url,
         api.log.display()
     );
 
-    let result = walk(&client, &api.base_url).await;
+    let result = walk(&client, &api.base_url, &fake.base_url).await;
     step(
-        9,
+        10,
         "shutting down (SIGTERM: the service drains in-flight requests)",
     );
     api.stop(Duration::from_secs(15)).await?;
@@ -116,7 +120,7 @@ async fn demo() -> Result<()> {
     result
 }
 
-async fn walk(client: &reqwest::Client, base: &str) -> Result<()> {
+async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<()> {
     let url = |path: &str| format!("{base}{PREFIX}{path}");
 
     step(2, "uploading a generated 64x64 PNG and 2 s of WAV audio");
@@ -137,37 +141,32 @@ async fn walk(client: &reqwest::Client, base: &str) -> Result<()> {
     .await?;
     println!("    audio  -> {audio_url}");
 
-    step(
-        3,
-        "generating four videos at once, one per priority (waits until each is done)",
-    );
-    let started = Instant::now();
-    let jobs = ["low", "normal", "high", "critical"].map(|priority| {
-        let client = client.clone();
-        let body = json!({"audio_url": audio_url, "source_url": image_url, "priority": priority});
-        let endpoint = url("/generate-video");
-        async move {
-            let resp = client.post(endpoint).json(&body).send().await?;
-            let status = resp.status();
-            let value: Value = resp.json().await?;
-            ensure!(status.is_success(), "{priority}: HTTP {status}: {value}");
-            Ok::<_, anyhow::Error>((priority, started.elapsed(), value))
-        }
-    });
-    for result in futures_join(jobs).await {
-        let (priority, took, value) = result?;
-        println!(
-            "    {priority:<8} done in {:>4.1} s  id={}  status={}  result_url={}",
-            took.as_secs_f64(),
-            value["id"].as_str().unwrap_or("?"),
-            value["status"].as_str().unwrap_or("?"),
-            short(value["result_url"].as_str().unwrap_or("-")),
-        );
-        ensure!(value["status"] == "done", "{priority}: not done: {value}");
-    }
+    priority_backlog(client, base, fake_base, &audio_url, &image_url).await?;
 
     step(
         4,
+        "generating a video synchronously (the answer comes when the video is done)",
+    );
+    let started = Instant::now();
+    let resp = client
+        .post(url("/generate-video"))
+        .json(&json!({"audio_url": audio_url, "source_url": image_url, "priority": "normal"}))
+        .send()
+        .await?;
+    let status = resp.status();
+    let value: Value = resp.json().await?;
+    ensure!(status.is_success(), "generate: HTTP {status}: {value}");
+    println!(
+        "    done in {:.1} s  id={}  status={}  result_url={}",
+        started.elapsed().as_secs_f64(),
+        value["id"].as_str().unwrap_or("?"),
+        value["status"].as_str().unwrap_or("?"),
+        short(value["result_url"].as_str().unwrap_or("-")),
+    );
+    ensure!(value["status"] == "done", "not done: {value}");
+
+    step(
+        5,
         "starting a video asynchronously (\"wait\": false) and polling its status",
     );
     let resp = client
@@ -216,7 +215,7 @@ async fn walk(client: &reqwest::Client, base: &str) -> Result<()> {
     }
 
     step(
-        5,
+        6,
         "bad input gets a clear, typed error (unknown priority, unsafe talk id)",
     );
     let resp = client
@@ -234,11 +233,11 @@ async fn walk(client: &reqwest::Client, base: &str) -> Result<()> {
     println!("    talk id \"../credits\" -> HTTP {status}: {body}");
     ensure!(status.is_client_error(), "expected a 4xx, got {status}");
 
-    step(6, "health");
+    step(7, "health");
     let health: Value = client.get(url("/health")).send().await?.json().await?;
     println!("{}", indent(&show(&health)));
 
-    step(7, "stats");
+    step(8, "stats");
     let stats: Value = client.get(url("/stats")).send().await?.json().await?;
     println!("{}", indent(&show(&stats)));
     let limiter = &stats["rate_limiter"];
@@ -247,7 +246,7 @@ async fn walk(client: &reqwest::Client, base: &str) -> Result<()> {
         "permits still held after all requests finished: {limiter}"
     );
 
-    step(8, "a few Prometheus metrics");
+    step(9, "a few Prometheus metrics");
     let metrics = client.get(url("/metrics")).send().await?.text().await?;
     for line in metrics
         .lines()
@@ -278,18 +277,171 @@ async fn upload(
         .to_owned())
 }
 
-/// Runs futures concurrently and returns their results in order.
-async fn futures_join<F>(futures: [F; 4]) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles = futures.map(tokio::spawn);
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.expect("demo task panicked"));
+/// How long did-fake takes to answer each `POST /talks` during the priority step: the one
+/// slot stays busy that long per request, so later requests queue behind it.
+const SLOW_CREATE_MS: u64 = 700;
+
+/// Step 3: a real backlog on the one slot, and the order it is served in.
+///
+/// did-fake answers every create after [`SLOW_CREATE_MS`]. `low` #1 takes the slot; while it is
+/// busy `low` #2, `low` #3, `normal`, `high` and `critical` arrive in that order, each only once
+/// `/stats` shows the previous one queued, so the arrival order is certain. Each request is an
+/// asynchronous generate (`"wait": false`), whose 202 comes right after its create exchange,
+/// so the order of the 202s is the order the slot was granted in.
+async fn priority_backlog(
+    client: &reqwest::Client,
+    base: &str,
+    fake_base: &str,
+    audio_url: &str,
+    image_url: &str,
+) -> Result<()> {
+    step(
+        3,
+        &format!(
+            "priority: one slot, did-fake answering each create in {:.1} s; three low \
+             requests arrive first, then normal, high and critical while the slot is busy",
+            SLOW_CREATE_MS as f64 / 1000.0
+        ),
+    );
+    set_fake_latency(client, fake_base, Some(SLOW_CREATE_MS)).await?;
+    let result = backlog(client, base, audio_url, image_url).await;
+    // Put did-fake back to normal speed even when the step failed.
+    set_fake_latency(client, fake_base, None).await?;
+    result
+}
+
+async fn backlog(
+    client: &reqwest::Client,
+    base: &str,
+    audio_url: &str,
+    image_url: &str,
+) -> Result<()> {
+    let arrivals = [
+        ("low #1", "low"),
+        ("low #2", "low"),
+        ("low #3", "low"),
+        ("normal", "normal"),
+        ("high", "high"),
+        ("critical", "critical"),
+    ];
+    let started = Instant::now();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(arrivals.len());
+    for (i, (label, priority)) in arrivals.into_iter().enumerate() {
+        let body = json!({
+            "audio_url": audio_url, "source_url": image_url,
+            "priority": priority, "wait": false,
+        });
+        let (client2, tx) = (client.clone(), done_tx.clone());
+        let endpoint = format!("{base}{PREFIX}/generate-video");
+        tokio::spawn(async move {
+            let answer = async {
+                let resp = client2.post(endpoint).json(&body).send().await?;
+                let status = resp.status();
+                let value: Value = resp.json().await?;
+                ensure!(status.as_u16() == 202, "{label}: HTTP {status}: {value}");
+                Ok(value["id"].as_str().unwrap_or("?").to_owned())
+            }
+            .await;
+            let _ = tx.send((i, label, started.elapsed(), answer)).await;
+        });
+        // The first takes the slot; each later one must be queued before the next is sent.
+        wait_for_stats(client, base, |limiter| {
+            let queued = limiter["queue_size"].as_u64().unwrap_or(0);
+            limiter["active_requests"] == 1 && queued == i as u64
+        })
+        .await
+        .with_context(|| format!("{label} was not queued as expected"))?;
     }
-    out
+    drop(done_tx);
+    let stats: Value = client
+        .get(format!("{base}{PREFIX}/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    println!(
+        "    submitted low #1 (took the slot), then low #2, low #3, normal, high, critical; \
+         queued now: {}",
+        stats["rate_limiter"]["queue_by_priority"]
+    );
+    println!("    served in this order:");
+    let mut order = Vec::new();
+    while let Some((i, label, at, answer)) = done_rx.recv().await {
+        let id = answer?;
+        order.push(label);
+        println!(
+            "      {}. {label:<9} answered after {:>3.1} s  (arrived {}{})  id={id}",
+            order.len(),
+            at.as_secs_f64(),
+            i + 1,
+            ordinal(i + 1),
+        );
+    }
+    let expected = ["low #1", "critical", "high", "normal", "low #2", "low #3"];
+    ensure!(
+        order == expected,
+        "served in order {order:?}, expected {expected:?}"
+    );
+    println!("    critical arrived last of the six and overtook both waiting low requests");
+    Ok(())
+}
+
+fn ordinal(n: usize) -> &'static str {
+    match n {
+        1 => "st",
+        2 => "nd",
+        3 => "rd",
+        _ => "th",
+    }
+}
+
+/// Sets (or with `None` clears) did-fake's added latency on `POST /talks`.
+async fn set_fake_latency(
+    client: &reqwest::Client,
+    fake_base: &str,
+    ms: Option<u64>,
+) -> Result<()> {
+    let faults = match ms {
+        Some(ms) => json!({"latency": {"routes": {"POST /talks": ms}}}),
+        None => json!({}),
+    };
+    let resp = client
+        .post(format!("{fake_base}/_fake/faults"))
+        .json(&faults)
+        .send()
+        .await?;
+    ensure!(
+        resp.status().is_success(),
+        "did-fake refused the faults: {}",
+        resp.text().await?
+    );
+    Ok(())
+}
+
+/// Polls `/stats` until `check` accepts its `rate_limiter` part (at most 5 s).
+async fn wait_for_stats(
+    client: &reqwest::Client,
+    base: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats: Value = client
+            .get(format!("{base}{PREFIX}/stats"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if check(&stats["rate_limiter"]) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the limiter never got there: {}",
+            stats["rate_limiter"]
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn indent(text: &str) -> String {

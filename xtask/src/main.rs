@@ -35,8 +35,44 @@ tasks:
           run, report in target/bench-report/ [--quick] [--only 1,2,..]
 ";
 
+/// `cargo xtask demo --help`.
+const DEMO_USAGE: &str = "\
+usage: cargo xtask demo
+
+Builds did-fake and http-api, starts both on free loopback ports (one limiter slot, so the
+priority queue is visible) and walks a real request flow: uploads, a priority backlog served
+critical first, a synchronous and an asynchronous generate, a typed error, health, stats and
+metrics. Takes no options. Environment:
+  REDIS_URL   use the Redis limiter at this URL instead of the in-memory one
+Server logs are written to target/xtask-logs/.
+";
+
+/// `cargo xtask harness --help`.
+const HARNESS_USAGE: &str = "\
+usage: cargo xtask harness [--quick] [--seed N]
+
+Starts redis-server, did-fake with faults injected and several http-api processes sharing one
+Redis limiter, runs a seeded mixed workload and checks the invariants (every request answered
+or typed error, no duplicate talks, global in-flight <= limit, no permit left).
+  --quick    2 processes, 80 requests (what `cargo xtask test` runs)
+  --seed N   the workload's seed [default: 42]
+";
+
+fn wants_help(args: &[String]) -> bool {
+    args.iter().any(|a| a == "-h" || a == "--help")
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let task_help = match args.first().map(String::as_str) {
+        Some("demo") if wants_help(&args[1..]) => Some(DEMO_USAGE),
+        Some("harness") if wants_help(&args[1..]) => Some(HARNESS_USAGE),
+        _ => None,
+    };
+    if let Some(help) = task_help {
+        print!("{help}");
+        return ExitCode::SUCCESS;
+    }
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),

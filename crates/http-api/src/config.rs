@@ -373,54 +373,131 @@ impl Default for Config {
     }
 }
 
+/// The long help's closing text: the variables that have no flag.
+const AFTER_LONG_HELP: &str = "\
+Every flag can also be set by the environment variable shown with it; a flag wins over its
+variable. A flag left out means \"not set\": the default shown applies.
+
+Read from the environment only (secrets get no flag, a flag would show up in `ps`):
+  D_ID_API_KEY     D-ID API key (`user:secret`); unset: D-ID routes answer 503
+                   (DID_API_KEY is read when D_ID_API_KEY is unset)
+  HTTP_API_TOKEN   bearer token the API routes require; unset: no authentication
+  REDIS_URL        redis:// or rediss:// URL of the shared limiter; unset: in-memory limiter
+  RUST_LOG         log filter, e.g. `info`, `http_api=debug,info` [default: info]";
+
 /// Command-line flags. Each falls back to its environment variable; secrets have no flag.
+///
+/// Clap fills no default value: a flag that is absent (and whose variable is unset) stays
+/// `None`, so [`Config::from_source`] applies the default and the help text only shows it.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
     name = "http-api",
+    version,
     about = "talkgate: a D-ID gateway with a priority concurrency limiter",
     long_about = "talkgate: a D-ID gateway with a priority concurrency limiter.\n\n\
-        Secrets are read from the environment only: D_ID_API_KEY, HTTP_API_TOKEN, REDIS_URL."
+        Secrets are read from the environment only: D_ID_API_KEY, HTTP_API_TOKEN, REDIS_URL. \
+        Logging is filtered by RUST_LOG.",
+    after_long_help = AFTER_LONG_HELP
 )]
 pub struct Cli {
-    /// Listen address.
+    /// Listen address [default: 127.0.0.1:55433].
     #[arg(long, env = "BIND_ADDR")]
     pub bind_addr: Option<String>,
-    /// D-ID API base URL.
-    #[arg(long, env = "D_ID_BASE_URL")]
+    /// D-ID API base URL (default `https://api.d-id.com`).
+    #[arg(
+        long,
+        env = "D_ID_BASE_URL",
+        help = "D-ID API base URL [default: https://api.d-id.com]"
+    )]
     pub did_base_url: Option<String>,
-    /// Maximum concurrent D-ID calls (across all instances with Redis).
+    /// Maximum concurrent D-ID calls (across all instances with Redis) [default: 10].
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<String>,
-    /// Seconds a request may wait for a limiter slot before 429.
+    /// Seconds a request may wait for a limiter slot before 429 [default: 60].
     #[arg(long, env = "LIMITER_WAIT_TIMEOUT_SECS")]
     pub limiter_wait_timeout_secs: Option<String>,
-    /// Seconds of a Redis slot lease.
+    /// Seconds of a Redis slot lease [default: 15].
     #[arg(long, env = "LEASE_TTL_SECS")]
     pub lease_ttl_secs: Option<String>,
-    /// Seconds between status polls of a synchronous generate.
+    /// Seconds between status polls of a synchronous generate [default: 5].
     #[arg(long, env = "POLL_INTERVAL_SECS")]
     pub poll_interval_secs: Option<String>,
-    /// Longest a synchronous generate waits, in seconds.
+    /// Longest a synchronous generate waits, in seconds [default: 600].
     #[arg(long, env = "MAX_WAIT_SECS")]
     pub max_wait_secs: Option<String>,
-    /// Log format: human or json.
+    /// Log format: human or json [default: human].
     #[arg(long, env = "LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Seconds in-flight requests get after SIGINT/SIGTERM.
+    /// Seconds in-flight requests get after SIGINT/SIGTERM [default: 30].
     #[arg(long, env = "SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<String>,
-    /// Seconds a client may take to send its request headers.
+    /// Seconds a client may take to send its request headers [default: 10].
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<String>,
-    /// Seconds the limiter may run degraded before /ready answers 503.
+    /// Seconds the limiter may run degraded before /ready answers 503 [default: 30].
     #[arg(long, env = "READY_DEGRADED_GRACE_SECS")]
     pub ready_degraded_grace_secs: Option<String>,
-    /// Largest accepted JSON body, in bytes.
+    /// Largest accepted JSON body, in bytes [default: 65536].
     #[arg(long, env = "JSON_BODY_LIMIT_BYTES")]
     pub json_body_limit_bytes: Option<String>,
-    /// Name of the shared Redis limiter.
+    /// Name of the shared Redis limiter [default: d-id].
     #[arg(long, env = "LIMITER_NAME")]
     pub limiter_name: Option<String>,
+    /// The variables whose value came from a command-line flag rather than the environment,
+    /// so that a problem is reported under the name the user typed.
+    #[arg(skip)]
+    pub from_flags: Vec<String>,
+}
+
+impl Cli {
+    /// Parses the process's arguments (exiting with clap's message and code 2 on a usage
+    /// error, or printing `--help`/`--version`) and remembers which values were typed as flags.
+    pub fn parse_args() -> Cli {
+        Self::parse_from_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`parse_args`](Self::parse_args) over given arguments, for tests.
+    pub fn parse_from_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.from_flags = Cli::command()
+            .get_arguments()
+            .filter(|a| matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+            .filter_map(|a| a.get_env().and_then(|v| v.to_str()))
+            .map(str::to_owned)
+            .collect();
+        Ok(cli)
+    }
+
+    /// How a problem's variable is shown to the user: `--flag` when its value came from the
+    /// command line, else the variable's name.
+    pub fn source_name(&self, var: &str) -> String {
+        use clap::CommandFactory;
+        if !self.from_flags.iter().any(|v| v == var) {
+            return var.to_owned();
+        }
+        Cli::command()
+            .get_arguments()
+            .find(|a| a.get_env().and_then(|v| v.to_str()) == Some(var))
+            .and_then(|a| a.get_long())
+            .map_or_else(|| var.to_owned(), |long| format!("--{long}"))
+    }
+
+    /// `err` in one line, each problem under the name the user gave it (see
+    /// [`source_name`](Self::source_name)).
+    pub fn describe(&self, err: &ConfigError) -> String {
+        let problems: Vec<String> = err
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", self.source_name(p.var), p.message))
+            .collect();
+        format!("invalid configuration: {}", problems.join("; "))
+    }
 }
 
 /// The flags (which clap already filled from their variables) over a fallback source for the
@@ -556,5 +633,16 @@ mod tests {
         assert_eq!(c.bind_addr.port(), 0);
         assert!(c.did_api_key.is_some());
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_absent_flag_stays_unset_and_problems_name_what_the_user_typed() {
+        let cli = Cli::parse_from_args(["http-api", "--did-base-url", "ftp://x"]).unwrap();
+        assert!(cli.bind_addr.is_none(), "clap must not fill defaults");
+        let env: HashMap<&str, &str> = HashMap::from([("MAX_CONCURRENT_REQUESTS", "0")]);
+        let err = Config::from_source(&cli.layered(&env)).unwrap_err();
+        let text = cli.describe(&err);
+        assert!(text.contains("--did-base-url: "), "{text}");
+        assert!(text.contains("MAX_CONCURRENT_REQUESTS: "), "{text}");
     }
 }

@@ -1,14 +1,45 @@
 //! The talkgate service binary: reads the configuration, installs logging, builds the
 //! adapters and serves until SIGINT/SIGTERM. Everything else lives in the library.
+//!
+//! Start-up errors are printed as one plain line on stderr (never as a `Debug` value with a
+//! backtrace, which `RUST_BACKTRACE=1` would add): exit code 2 for a bad configuration, as
+//! for a usage error, and 1 for anything else.
+
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use http_api::config::{Cli, Config, EnvSource};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let config = Config::from_source(&cli.layered(&EnvSource))?;
+#[allow(clippy::print_stderr)] // the binary's user-facing output
+fn main() -> ExitCode {
+    let cli = Cli::parse_args();
+    let config = match Config::from_source(&cli.layered(&EnvSource)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("http-api: {}", cli.describe(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("http-api: starting the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("http-api: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     http_api::telemetry::init(config.log_format).context("installing the log subscriber")?;
     tracing::info!(?config, "starting talkgate");
     if config.did_api_key.is_none() {

@@ -3,7 +3,9 @@
 //! `/health` is liveness: always 200 while the process serves, with the facts an operator
 //! needs (key configured? limiter degraded?). `/ready` is readiness: 503 while this instance
 //! cannot do useful work — no D-ID key, or a limiter that has run degraded (Redis lost, local
-//! fallback) for longer than `READY_DEGRADED_GRACE_SECS`.
+//! fallback) for longer than `READY_DEGRADED_GRACE_SECS`. Both name the configured and the
+//! serving backend, the Redis address (never the password) and why it is unusable
+//! (`auth`, `refused`, `timeout`, `tls`, `other`).
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -76,7 +78,11 @@ pub async fn health(state: &AppState) -> Result<Response<Body>, ApiError> {
             "api_key_configured": state.settings().api_key_configured,
             "rate_limiter": {
                 "backend": s.backend,
+                "configured_backend": s.configured_backend,
+                "serving_backend": s.serving_backend,
+                "address": s.address,
                 "degraded": s.degraded,
+                "degraded_reason": s.degraded_reason,
                 "max_concurrent": s.max_concurrent,
                 "active_requests": s.active,
                 "available_slots": s.available,
@@ -97,9 +103,24 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
     }
     if let Some(d) = degraded_for {
         if d >= grace {
+            // Name what was configured, where it is, why it is unusable and what serves
+            // instead: "the memory limiter has run degraded" told an operator none of that.
+            let configured = if s.configured_backend.is_empty() {
+                "distributed"
+            } else {
+                s.configured_backend.as_str()
+            };
+            let at = s
+                .address
+                .as_deref()
+                .map_or_else(String::new, |a| format!(" at {a}"));
+            let why = s
+                .degraded_reason
+                .map_or_else(String::new, |r| format!(" ({r})"));
             reasons.push(format!(
-                "the {} limiter has run degraded for {:.0}s (grace {:.0}s)",
-                s.backend,
+                "the {configured} limiter{at} is degraded{why}: the {} fallback has served \
+                 for {:.0}s (grace {:.0}s)",
+                s.serving_backend,
                 d.as_secs_f64(),
                 grace.as_secs_f64()
             ));
@@ -119,6 +140,13 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
             "reasons": reasons,
             "api_key_configured": state.settings().api_key_configured,
             "limiter_degraded": s.degraded,
+            "rate_limiter": {
+                "configured_backend": s.configured_backend,
+                "serving_backend": s.serving_backend,
+                "address": s.address,
+                "degraded": s.degraded,
+                "degraded_reason": s.degraded_reason,
+            },
         }),
     ))
 }

@@ -167,6 +167,10 @@ impl State {
         }
         LimiterStats {
             backend: crate::BACKEND.to_owned(),
+            configured_backend: crate::BACKEND.to_owned(),
+            serving_backend: crate::BACKEND.to_owned(),
+            address: None,
+            degraded_reason: None,
             degraded: false,
             max_concurrent: self.limit,
             active: self.active,

@@ -159,6 +159,30 @@ impl fmt::Debug for RedisLimiterConfig {
     }
 }
 
+/// The server a Redis URL points at, as `host:port` (port 6379 when the URL has none), or the
+/// socket path of a `redis+unix://` URL: never the user name or the password, safe to show.
+pub fn address_of(url: &str) -> String {
+    let rest = url.find("://").map_or(url, |i| &url[i + 3..]);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let host = authority
+        .rfind('@')
+        .map_or(authority, |at| &authority[at + 1..]);
+    if host.is_empty() {
+        // `redis+unix:///path/to/socket`: the path is the address.
+        return rest[authority_end..]
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("")
+            .to_owned();
+    }
+    if host.contains(':') && !host.ends_with(']') {
+        host.to_owned()
+    } else {
+        format!("{host}:6379")
+    }
+}
+
 /// The URL with any password replaced by `***`, safe to log.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
@@ -183,6 +207,22 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_address_names_host_and_port_but_never_the_credentials() {
+        fn check(url: &str, expected: &str) {
+            assert_eq!(address_of(url), expected, "{url}");
+        }
+        check("redis://127.0.0.1:6380", "127.0.0.1:6380");
+        check("redis://:hunter2@127.0.0.1:6380/0", "127.0.0.1:6380");
+        check(
+            "rediss://user:pw@cache.example:6390/?timeout=1",
+            "cache.example:6390",
+        );
+        check("redis://secret@host", "host:6379");
+        check("redis://[::1]:7000", "[::1]:7000");
+        check("redis+unix:///run/redis.sock?db=1", "/run/redis.sock");
+    }
 
     fn check(url: &str, expected: &str) {
         assert_eq!(redact_url(url), expected, "{url}");

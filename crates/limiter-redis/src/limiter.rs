@@ -27,13 +27,15 @@ use fred::interfaces::{ClientLike, EventInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, TcpConfig};
 use fred::types::scripts::Script;
 use fred::types::{FromValue, Value};
-use ports::{ConcurrencyLimiter, LimiterCounters, LimiterError, LimiterStats, Permit};
+use ports::{
+    ConcurrencyLimiter, DegradedReason, LimiterCounters, LimiterError, LimiterStats, Permit,
+};
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{RedisLimiterConfig, redact_url};
+use crate::config::{RedisLimiterConfig, address_of, redact_url};
 use crate::error::RedisLimiterError;
 use crate::permit::{Cleanup, RedisPermit};
 use crate::scripts::Scripts;
@@ -47,6 +49,8 @@ use crate::wakeup;
 pub struct RedisLimiter {
     inner: Arc<Inner>,
     wakeups: JoinHandle<()>,
+    /// Records fred's connection errors (see [`Inner::last_failure`]).
+    errors: JoinHandle<()>,
 }
 
 /// The state shared by the limiter, its permits and its background tasks.
@@ -72,6 +76,15 @@ pub(crate) struct Inner {
     /// the probe sends every cleanup once more before switching back (see [`Self::try_recover`]).
     abandoned: Mutex<HashMap<String, Cleanup>>,
     pub(crate) counters: Counters,
+    /// The Redis address (`host:port`), without credentials, for stats and logs.
+    address: String,
+    /// Why the limiter is degraded: set at the switch to the fallback, refined by the
+    /// connection errors fred reports while it reconnects (a command that timed out because
+    /// the connection is refused is a refusal, not a timeout), cleared at the switch back.
+    degraded_reason: Mutex<Option<DegradedReason>>,
+    /// The last connection error fred reported (reason, message, when), cleared at the switch
+    /// back to Redis.
+    last_failure: Mutex<Option<(DegradedReason, String, Instant)>>,
 }
 
 /// This process's event counters (see [`LimiterCounters`]).
@@ -106,11 +119,49 @@ pub(crate) fn bump(counter: &AtomicU64) {
 
 /// A Redis call that failed or timed out; the message is safe to show (no URL, no password).
 #[derive(Debug, Clone)]
-pub(crate) struct BackendError(pub(crate) String);
+pub(crate) struct BackendError {
+    message: String,
+    reason: DegradedReason,
+}
+
+impl BackendError {
+    fn new(reason: DegradedReason, message: String) -> Self {
+        BackendError { message, reason }
+    }
+
+    /// A fred error, classified.
+    fn fred(context: &str, e: &fred::error::Error) -> Self {
+        Self::new(classify(e), format!("{context}: {e}"))
+    }
+}
 
 impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
+    }
+}
+
+/// Which kind of failure a fred error is. fred reports `WRONGPASS`/`NOAUTH` as `Auth`, and a
+/// socket error as `IO` with the `std::io::Error`'s debug text (`kind: ConnectionRefused`).
+pub(crate) fn classify(e: &fred::error::Error) -> DegradedReason {
+    use fred::error::ErrorKind;
+    let details = e.details();
+    let lower = details.to_ascii_lowercase();
+    let kind = format!("{:?}", e.kind());
+    if *e.kind() == ErrorKind::Auth
+        || details.contains("WRONGPASS")
+        || details.contains("NOAUTH")
+        || lower.contains("invalid password")
+    {
+        DegradedReason::Auth
+    } else if kind == "Tls" || lower.contains("tls") || lower.contains("certificate") {
+        DegradedReason::Tls
+    } else if *e.kind() == ErrorKind::Timeout || details.contains("TimedOut") {
+        DegradedReason::Timeout
+    } else if details.contains("ConnectionRefused") || lower.contains("connection refused") {
+        DegradedReason::Refused
+    } else {
+        DegradedReason::Other
     }
 }
 
@@ -189,6 +240,9 @@ impl RedisLimiter {
         rand::rng().fill(&mut instance_id);
         let inner = Arc::new(Inner {
             scripts: Scripts::new(&config.name),
+            address: address_of(&config.url),
+            degraded_reason: Mutex::new(None),
+            last_failure: Mutex::new(None),
             limit: AtomicU32::new(config.max_concurrent),
             config,
             client,
@@ -206,6 +260,10 @@ impl RedisLimiter {
         // The receivers exist before the connections, so the first connect event is seen.
         let messages = inner.subscriber.message_rx();
         let reconnects = inner.subscriber.reconnect_rx();
+        let errors = tokio::spawn(watch_errors(
+            Arc::downgrade(&inner),
+            inner.client.error_rx(),
+        ));
         let wakeups = tokio::spawn(wakeup::run(
             Arc::downgrade(&inner),
             inner.subscriber.clone(),
@@ -233,13 +291,20 @@ impl RedisLimiter {
                 ),
                 Err(e) => inner.fail_over(&e),
             },
-            Ok(Err(e)) => inner.fail_over(&BackendError(format!("connect: {e}"))),
-            Err(_) => inner.fail_over(&BackendError(format!(
-                "connect: no connection within {:?}",
-                inner.config.connect_timeout
-            ))),
+            Ok(Err(e)) => inner.fail_over(&BackendError::fred("connect", &e)),
+            Err(_) => inner.fail_over(&BackendError::new(
+                DegradedReason::Timeout,
+                format!(
+                    "connect: no connection within {:?}",
+                    inner.config.connect_timeout
+                ),
+            )),
         }
-        Ok(RedisLimiter { inner, wakeups })
+        Ok(RedisLimiter {
+            inner,
+            wakeups,
+            errors,
+        })
     }
 
     /// [`connect`](Self::connect) with a [`limiter_memory::MemoryLimiter`] as the fallback,
@@ -266,6 +331,7 @@ impl RedisLimiter {
 impl Drop for RedisLimiter {
     fn drop(&mut self) {
         self.wakeups.abort();
+        self.errors.abort();
     }
 }
 
@@ -297,11 +363,11 @@ impl Inner {
             script.evalsha_with_reload::<R, _, _>(&self.client, self.scripts.keys.clone(), argv);
         match tokio::time::timeout(self.config.op_timeout, call).await {
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(BackendError(format!("redis: {e}"))),
-            Err(_) => Err(BackendError(format!(
-                "redis: no answer within {:?}",
-                self.config.op_timeout
-            ))),
+            Ok(Err(e)) => Err(BackendError::fred("redis", &e)),
+            Err(_) => Err(BackendError::new(
+                DegradedReason::Timeout,
+                format!("redis: no answer within {:?}", self.config.op_timeout),
+            )),
         }
     }
 
@@ -351,10 +417,25 @@ impl Inner {
         if self.degraded.swap(true, Ordering::SeqCst) {
             return;
         }
+        // A command that timed out while fred could not connect failed for the connection's
+        // reason: prefer what fred reported about the connection.
+        let (reason, detail) = match self.last_failure() {
+            Some((reason, message)) if why.reason == DegradedReason::Timeout => {
+                (reason, format!("{why}; connection: {message}"))
+            }
+            _ => (why.reason, why.to_string()),
+        };
+        *lock(&self.degraded_reason) = Some(reason);
         tracing::warn!(
             limiter = %self.config.name,
-            error = %why,
-            "redis limiter degraded: serving from the in-memory fallback"
+            configured_backend = "redis",
+            serving_backend = "memory",
+            address = %self.address,
+            reason = %reason,
+            error = %detail,
+            "redis limiter degraded: redis at {} unusable ({reason}), serving from the \
+             in-memory fallback",
+            self.address
         );
         let weak = Arc::downgrade(self);
         let share = self
@@ -416,8 +497,14 @@ impl Inner {
                 *slot = None;
             }
         }
+        *lock(&self.last_failure) = None;
+        *lock(&self.degraded_reason) = None;
         self.degraded.store(false, Ordering::SeqCst);
-        tracing::info!(limiter = %self.config.name, "redis limiter recovered: back on redis");
+        tracing::info!(
+            limiter = %self.config.name,
+            address = %self.address,
+            "redis limiter recovered: back on redis"
+        );
         true
     }
 
@@ -494,13 +581,20 @@ impl Inner {
             oldest,
         ] = v[..]
         else {
-            return Err(BackendError(format!("stats script returned {v:?}")));
+            return Err(BackendError::new(
+                DegradedReason::Other,
+                format!("stats script returned {v:?}"),
+            ));
         };
         let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
         let u64_of = |x: i64| u64::try_from(x.max(0)).unwrap_or(0);
         self.limit.store(u32_of(limit).max(1), Ordering::Relaxed);
         Ok(LimiterStats {
             backend: "redis".to_owned(),
+            configured_backend: "redis".to_owned(),
+            serving_backend: "redis".to_owned(),
+            address: Some(self.address.clone()),
+            degraded_reason: None,
             degraded: false,
             max_concurrent: u32_of(limit),
             active: u32_of(active),
@@ -528,8 +622,48 @@ impl Inner {
         c.released += local.released;
         c.leases_lost += local.leases_lost;
         stats.backend = "memory".to_owned();
+        stats.configured_backend = "redis".to_owned();
+        stats.serving_backend = "memory".to_owned();
+        stats.address = Some(self.address.clone());
+        stats.degraded_reason = Some(lock(&self.degraded_reason).unwrap_or(DegradedReason::Other));
         stats.degraded = true;
         stats
+    }
+
+    /// The last connection error, if it is recent enough to explain a failure now (an old
+    /// one, from before a healthy spell, says nothing about a hang today).
+    fn last_failure(&self) -> Option<(DegradedReason, String)> {
+        let recent = self.config.connect_timeout.max(self.config.op_timeout) * 4;
+        lock(&self.last_failure)
+            .as_ref()
+            .filter(|(_, _, at)| at.elapsed() <= recent)
+            .map(|(reason, message, _)| (*reason, message.clone()))
+    }
+
+    /// Records a connection error fred reported; while degraded, a better-known reason
+    /// replaces a timeout (and a change of reason is logged once).
+    fn record_connection_error(&self, e: &fred::error::Error) {
+        let reason = classify(e);
+        *lock(&self.last_failure) = Some((reason, e.to_string(), Instant::now()));
+        if !self.degraded.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut current = lock(&self.degraded_reason);
+        let known = matches!(
+            *current,
+            Some(DegradedReason::Auth | DegradedReason::Refused | DegradedReason::Tls)
+        );
+        if *current != Some(reason) && (!known || reason != DegradedReason::Other) {
+            *current = Some(reason);
+            tracing::warn!(
+                limiter = %self.config.name,
+                address = %self.address,
+                reason = %reason,
+                error = %e,
+                "redis limiter still degraded: redis at {} unusable ({reason})",
+                self.address
+            );
+        }
     }
 
     fn permit(self: &Arc<Self>, token: String, priority: Priority, waited: Duration) -> Permit {
@@ -547,6 +681,33 @@ impl Drop for Inner {
                 let _ = client.quit().await;
                 let _ = subscriber.quit().await;
             });
+        }
+    }
+}
+
+/// A poisoned lock still holds a valid value here (plain data, no invariant across fields).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records every connection error fred broadcasts (a refused connect, a wrong password at
+/// `AUTH`), so that stats and logs can name the cause and not only "timed out".
+async fn watch_errors(
+    weak: Weak<Inner>,
+    mut errors: tokio::sync::broadcast::Receiver<(
+        fred::error::Error,
+        Option<fred::types::config::Server>,
+    )>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match errors.recv().await {
+            Ok((e, _server)) => match weak.upgrade() {
+                Some(inner) => inner.record_connection_error(&e),
+                None => return,
+            },
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
         }
     }
 }

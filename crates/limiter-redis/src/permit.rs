@@ -113,7 +113,9 @@ impl PermitHandle for RedisPermit {
                     // Keep trying in the background; the lease is the last safety net.
                     self.inner
                         .spawn_cleanup(Cleanup::Release, self.token.clone());
-                    Err(LimiterError::Unavailable { message: e.0 })
+                    Err(LimiterError::Unavailable {
+                        message: e.to_string(),
+                    })
                 }
             }
         })

@@ -21,8 +21,8 @@ pub mod video;
 pub mod contract;
 
 pub use limiter::{
-    ConcurrencyLimiter, LimiterCounters, LimiterError, LimiterStats, Permit, PermitHandle,
-    QueuedByPriority,
+    ConcurrencyLimiter, DegradedReason, LimiterCounters, LimiterError, LimiterStats, Permit,
+    PermitHandle, QueuedByPriority,
 };
 pub use video::{VideoApi, VideoApiError, WaitOptions};
 

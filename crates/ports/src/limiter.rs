@@ -196,11 +196,63 @@ pub struct LimiterCounters {
     pub leases_reclaimed: u64,
 }
 
+/// Why a distributed limiter could not use its backend and serves from its local fallback.
+///
+/// Serialized in lowercase (`"auth"`, `"refused"`, …), the words `/health` and `/ready` show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DegradedReason {
+    /// The backend refused the credentials (`WRONGPASS`, `NOAUTH`).
+    Auth,
+    /// Nothing accepted the connection at the address (connection refused).
+    Refused,
+    /// The backend did not connect or answer in time (down host, hung server, slow network).
+    Timeout,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// Anything else (the limiter's log line has the detail).
+    Other,
+}
+
+impl DegradedReason {
+    /// The lowercase word, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DegradedReason::Auth => "auth",
+            DegradedReason::Refused => "refused",
+            DegradedReason::Timeout => "timeout",
+            DegradedReason::Tls => "tls",
+            DegradedReason::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for DegradedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A snapshot of a limiter's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimiterStats {
-    /// Which backend answered: `"memory"` or `"redis"`.
+    /// Which backend answered: `"memory"` or `"redis"` (the same as
+    /// [`serving_backend`](Self::serving_backend), kept for compatibility).
     pub backend: String,
+    /// The backend the operator configured: `"redis"` for a Redis limiter also while it runs
+    /// degraded, `"memory"` for the in-memory limiter.
+    #[serde(default)]
+    pub configured_backend: String,
+    /// The backend serving calls now: `"memory"` while a Redis limiter runs on its fallback.
+    #[serde(default)]
+    pub serving_backend: String,
+    /// Where the configured backend is (`host:port`, or a socket path), never with
+    /// credentials; `None` for an in-process limiter.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Why the configured backend is not serving; `None` unless `degraded`.
+    #[serde(default)]
+    pub degraded_reason: Option<DegradedReason>,
     /// True while a distributed limiter runs on its local fallback.
     pub degraded: bool,
     /// The limit.

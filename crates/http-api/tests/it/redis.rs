@@ -54,6 +54,23 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Makes the server require `password` (`CONFIG SET requirepass`).
+    fn require_password(&self, password: &str) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let command = format!(
+            "*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nrequirepass\r\n${}\r\n{password}\r\n",
+            password.len()
+        );
+        stream.write_all(command.as_bytes()).unwrap();
+        let mut reply = [0u8; 5];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"+OK\r\n", "CONFIG SET requirepass refused");
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -111,6 +128,21 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
         },
     )
     .await;
+    // Killed: fred's reconnects are refused, and health says so, naming both backends.
+    let address = format!("127.0.0.1:{}", redis.port);
+    support::eventually(
+        Duration::from_secs(10),
+        "health names the refused redis",
+        || async {
+            let (_, h) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+            let l = &h["rate_limiter"];
+            l["configured_backend"] == "redis"
+                && l["serving_backend"] == "memory"
+                && l["address"] == address.as_str()
+                && l["degraded_reason"] == "refused"
+        },
+    )
+    .await;
     let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
     assert_eq!(status, 503, "{ready}");
     assert!(ready["reasons"][0].as_str().unwrap().contains("degraded"));
@@ -123,6 +155,63 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
         .await
         .unwrap();
     assert!(metrics.contains("talkgate_limiter_degraded 1"), "{metrics}");
+    srv.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_redis_password_is_named_in_health_ready_and_the_log_without_the_password() {
+    support::init_logs();
+    let redis = RedisServer::start();
+    redis.require_password("right-pw");
+    let url = format!("redis://:wrong-pw@127.0.0.1:{}", redis.port);
+    let address = format!("127.0.0.1:{}", redis.port);
+    let fake = support::fake().await;
+    let name = format!("http-api-it-auth-{}", std::process::id());
+    let srv = support::service(
+        &fake,
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("LIMITER_NAME", name.as_str()),
+            ("READY_DEGRADED_GRACE_SECS", "0"),
+        ],
+    )
+    .await;
+    let http = client();
+
+    let (status, health) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    let limiter = &health["rate_limiter"];
+    assert_eq!(limiter["degraded"], true, "{health}");
+    assert_eq!(
+        limiter["backend"], "memory",
+        "the old field keeps its meaning"
+    );
+    assert_eq!(limiter["configured_backend"], "redis", "{health}");
+    assert_eq!(limiter["serving_backend"], "memory", "{health}");
+    assert_eq!(limiter["address"], address.as_str(), "{health}");
+    assert_eq!(limiter["degraded_reason"], "auth", "{health}");
+
+    let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    assert_eq!(status, 503, "{ready}");
+    let reason = ready["reasons"][0].as_str().unwrap();
+    for needle in ["redis", address.as_str(), "auth", "memory"] {
+        assert!(
+            reason.contains(needle),
+            "{needle:?} missing from {reason:?}"
+        );
+    }
+    assert_eq!(ready["rate_limiter"]["degraded_reason"], "auth", "{ready}");
+
+    let logs = support::logs();
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("redis limiter degraded") && l.contains(address.as_str()))
+        .unwrap_or_else(|| panic!("no degraded warning naming {address}:\n{logs}"));
+    assert!(warning.contains("auth"), "{warning}");
+    for text in [health.to_string(), ready.to_string(), logs] {
+        assert!(!text.contains("wrong-pw"), "the password leaked: {text}");
+    }
     srv.stop().await;
     fake.shutdown().await;
 }

@@ -11,11 +11,12 @@
 //!
 //! Usage: `limiter-holder --url redis://127.0.0.1:6379 --name n --limit 2 --priority high
 //! --count 3 --hold-ms 100 [--wait-ms 30000] [--lease-ms 15000] [--waiter-ms 6000]
-//! [--label x]`. It writes `ready` to stdout once connected, `held` after each grant,
+//! [--label x]` (`--help` lists them with their defaults). It writes `ready` to stdout once connected, `held` after each grant,
 //! and exits 0 when every task is done.
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,42 +38,163 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-fn arg_map() -> HashMap<String, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    args.chunks(2)
-        .filter_map(|pair| match pair {
-            [k, v] => Some((k.trim_start_matches("--").to_owned(), v.clone())),
-            _ => None,
-        })
-        .collect()
+const USAGE: &str = "\
+limiter-holder: holds permits of a shared Redis limiter (a test tool for multi-process runs)
+
+Usage: limiter-holder --url <redis://host:port> --name <limiter> [options]
+
+Options:
+  --url <URL>          Redis URL (required)
+  --name <NAME>        limiter name, shared by the processes under test (required)
+  --limit <N>          global limit stored when Redis holds none [default: 1]
+  --priority <P>       low, normal, high or critical [default: normal]
+  --count <N>          tasks, each acquiring one permit [default: 1]
+  --hold-ms <MS>       how long each permit is held [default: 100]
+  --wait-ms <MS>       how long an acquire may wait [default: 30000]
+  --lease-ms <MS>      lease of a slot [default: 15000]
+  --waiter-ms <MS>     lifetime of a queued ticket [default: 6000]
+  --label <TEXT>       what is recorded in the grant order [default: the priority]
+  -h, --help           print this help";
+
+/// The parsed command line.
+struct Args {
+    url: String,
+    name: String,
+    limit: u32,
+    priority: Priority,
+    count: usize,
+    hold: Duration,
+    wait: Duration,
+    lease: Duration,
+    waiter: Duration,
+    label: String,
 }
 
-fn ms(args: &HashMap<String, String>, key: &str, default: u64) -> Duration {
-    Duration::from_millis(args.get(key).map_or(default, |v| v.parse().expect(key)))
-}
-
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let args = arg_map();
-    let url = args.get("url").expect("--url").clone();
-    let name = args.get("name").expect("--name").clone();
-    let priority: Priority = args
+/// Parses `--key value` pairs; every problem is collected, so one run names them all.
+fn parse_args(args: &[String]) -> Result<Args, Vec<String>> {
+    const KNOWN: &[&str] = &[
+        "url",
+        "name",
+        "limit",
+        "priority",
+        "count",
+        "hold-ms",
+        "wait-ms",
+        "lease-ms",
+        "waiter-ms",
+        "label",
+    ];
+    let mut map: HashMap<&str, &str> = HashMap::new();
+    let mut problems = Vec::new();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.strip_prefix("--").filter(|k| KNOWN.contains(k)) {
+            Some(key) => match it.next() {
+                Some(value) => {
+                    map.insert(key, value);
+                }
+                None => problems.push(format!("--{key} needs a value")),
+            },
+            None => problems.push(format!("unknown argument {flag:?}")),
+        }
+    }
+    let mut required = |key: &str| match map.get(key) {
+        Some(v) => (*v).to_owned(),
+        None => {
+            problems.push(format!("--{key} is required"));
+            String::new()
+        }
+    };
+    let url = required("url");
+    let name = required("name");
+    fn number<T: std::str::FromStr + Copy>(
+        map: &HashMap<&str, &str>,
+        problems: &mut Vec<String>,
+        key: &str,
+        default: T,
+    ) -> T {
+        match map.get(key) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                problems.push(format!("--{key} {v:?} is not a whole number"));
+                default
+            }),
+        }
+    }
+    let mut ms =
+        |key: &str, default: u64| Duration::from_millis(number(&map, &mut problems, key, default));
+    let (hold, wait, lease, waiter) = (
+        ms("hold-ms", 100),
+        ms("wait-ms", 30_000),
+        ms("lease-ms", 15_000),
+        ms("waiter-ms", 6_000),
+    );
+    let limit = number(&map, &mut problems, "limit", 1u32);
+    let count = number(&map, &mut problems, "count", 1usize);
+    let priority = match map
         .get("priority")
         .map_or("normal", |s| s)
-        .parse()
-        .expect("priority");
-    let count: usize = args.get("count").map_or(1, |v| v.parse().expect("count"));
-    let hold = ms(&args, "hold-ms", 100);
-    let wait = ms(&args, "wait-ms", 30_000);
-    let label = args
+        .parse::<Priority>()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            problems.push(format!("--priority: {e}"));
+            Priority::Normal
+        }
+    };
+    let label = map
         .get("label")
-        .cloned()
-        .unwrap_or_else(|| priority.to_string());
+        .map_or_else(|| priority.to_string(), |s| (*s).to_owned());
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Args {
+        url,
+        name,
+        limit,
+        priority,
+        count,
+        hold,
+        wait,
+        lease,
+        waiter,
+        label,
+    })
+}
+
+#[allow(clippy::print_stderr)] // the binary's user-facing output
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.iter().any(|a| a == "--help" || a == "-h") {
+        say(USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let args = match parse_args(&argv) {
+        Ok(args) => args,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("limiter-holder: {p}");
+            }
+            eprintln!("run `limiter-holder --help` for the usage");
+            return ExitCode::from(2);
+        }
+    };
+    let Args {
+        url,
+        name,
+        priority,
+        count,
+        hold,
+        wait,
+        label,
+        ..
+    } = args;
 
     let mut config = RedisLimiterConfig::new(url.clone(), name.clone());
-    config.max_concurrent = args.get("limit").map_or(1, |v| v.parse().expect("limit"));
-    config.lease_ttl = ms(&args, "lease-ms", 15_000);
-    config.waiter_ttl = ms(&args, "waiter-ms", 6_000);
+    config.max_concurrent = args.limit;
+    config.lease_ttl = args.lease;
+    config.waiter_ttl = args.waiter;
     let limiter = Arc::new(
         RedisLimiter::connect_with_memory_fallback(config)
             .await
@@ -122,4 +244,5 @@ async fn main() {
     }
     let _: i64 = redis.llen(&keys[2]).await.unwrap_or(0);
     let _ = redis.quit().await;
+    ExitCode::SUCCESS
 }

@@ -3,6 +3,7 @@
 
 mod behaviour;
 mod contract;
+mod diagnosis;
 mod faults;
 mod processes;
 mod support;

@@ -297,3 +297,32 @@ async fn killed_waiter_at_the_head_blocks_the_queue_at_most_its_ttl() {
     );
     permit.release().await.unwrap();
 }
+
+#[test]
+fn limiter_holder_help_prints_its_usage_and_a_bad_argument_is_a_usage_error() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_limiter-holder"))
+        .arg("--help")
+        .output()
+        .expect("limiter-holder runs");
+    let stdout = String::from_utf8_lossy(&help.stdout);
+    assert_eq!(
+        help.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&help.stderr)
+    );
+    for flag in ["--url", "--name", "--priority", "--hold-ms"] {
+        assert!(stdout.contains(flag), "usage lacks {flag}: {stdout}");
+    }
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_limiter-holder"))
+        .args(["--name", "n", "--count", "many"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("limiter-holder runs");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--url"), "missing --url is named: {stderr}");
+    assert!(stderr.contains("--count"), "bad --count is named: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

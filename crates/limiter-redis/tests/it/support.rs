@@ -91,6 +91,28 @@ impl RedisServer {
             && &buf == b"+PONG\r\n"
     }
 
+    /// Makes the server require `password` (`CONFIG SET requirepass`); `pings` fails from
+    /// now on, as it sends no password.
+    pub fn require_password(&self, password: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis connects");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let command = format!(
+            "*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nrequirepass\r\n${}\r\n{password}\r\n",
+            password.len()
+        );
+        stream
+            .write_all(command.as_bytes())
+            .expect("CONFIG SET sent");
+        let mut reply = [0u8; 5];
+        stream.read_exact(&mut reply).expect("CONFIG SET answered");
+        assert_eq!(&reply, b"+OK\r\n", "CONFIG SET requirepass refused");
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// SIGKILLs the server (connections are refused from now on).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

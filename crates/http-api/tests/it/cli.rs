@@ -1,0 +1,90 @@
+//! The `http-api` binary's command line, run as a user runs it: `--help`, `--version`, and
+//! how bad flags and bad variables are reported.
+
+use std::process::{Command, Output};
+
+/// Runs the built binary with `args` and `env`, in an environment without talkgate's own
+/// variables (so the developer's shell cannot change the outcome).
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_http-api"));
+    cmd.args(args).env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("the http-api binary runs")
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn help_shows_every_default_and_the_log_and_secret_variables() {
+    let out = run(&["--help"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for needle in [
+        "[default: 127.0.0.1:55433]",
+        "[default: https://api.d-id.com]",
+        "[default: 10]",
+        "[default: 60]",
+        "[default: 15]",
+        "[default: 5]",
+        "[default: 600]",
+        "[default: human]",
+        "[default: 30]",
+        "[default: 65536]",
+        "[default: d-id]",
+        "RUST_LOG",
+        "D_ID_API_KEY",
+        "HTTP_API_TOKEN",
+        "REDIS_URL",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = run(&["--version"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let version = text(&out.stdout);
+    assert!(
+        version.contains(env!("CARGO_PKG_VERSION")),
+        "--version printed {version:?}"
+    );
+}
+
+#[test]
+fn a_bad_flag_is_named_as_the_flag_with_exit_code_2_and_no_backtrace() {
+    let out = run(
+        &[
+            "--max-concurrent-requests",
+            "0",
+            "--bind-addr",
+            "127.0.0.1:0",
+        ],
+        &[("RUST_BACKTRACE", "1")],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--max-concurrent-requests"), "{err}");
+    assert!(!err.contains("MAX_CONCURRENT_REQUESTS"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
+    assert!(!err.contains("Stack"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one plain line: {err}");
+}
+
+#[test]
+fn a_bad_variable_is_named_as_the_variable() {
+    let out = run(
+        &["--bind-addr", "127.0.0.1:0"],
+        &[("MAX_CONCURRENT_REQUESTS", "zero"), ("RUST_BACKTRACE", "1")],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("MAX_CONCURRENT_REQUESTS"), "{err}");
+    assert!(!err.contains("--max-concurrent-requests"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
+}
