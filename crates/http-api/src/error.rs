@@ -259,10 +259,7 @@ impl ApiError {
             ApiError::Upstream(V::TalkRejected {
                 talk_id,
                 description,
-            }) => format!(
-                "talk {talk_id} was rejected: {}",
-                client_text(description)
-            ),
+            }) => format!("talk {talk_id} was rejected: {}", client_text(description)),
             ApiError::Upstream(V::TalkTimedOut { talk_id, waited }) => format!(
                 "talk {talk_id} was not finished after {:.1}s; poll its status to follow it",
                 waited.as_secs_f64()

@@ -5,6 +5,7 @@
 
 mod auth;
 mod e2e;
+mod labels;
 mod limits;
 mod logs;
 mod mock;
