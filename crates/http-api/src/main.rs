@@ -9,7 +9,11 @@ use http_api::config::{Cli, Config, EnvSource};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_source(&cli.layered(&EnvSource))?;
-    http_api::telemetry::init(config.log_format).context("installing the log subscriber")?;
+    http_api::telemetry::init(
+        config.log_format,
+        http_api::telemetry::Scrubber::from_config(&config),
+    )
+    .context("installing the log subscriber")?;
     tracing::info!(?config, "starting talkgate");
     if config.did_api_key.is_none() {
         tracing::warn!("D_ID_API_KEY is not set: D-ID routes answer 503 until it is");
