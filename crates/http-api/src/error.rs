@@ -23,6 +23,13 @@ pub type Body = Full<Bytes>;
 /// short enough that an interactive client is not told to go away for a minute.
 pub const QUEUE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// The longest `Retry-After` ever sent to a client: an upstream that asks for days is
+/// passed on as this (a client told to wait longer would rather see an error it can act on).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The longest upstream `description` passed on to a client, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 300;
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -205,7 +212,8 @@ impl ApiError {
         }
     }
 
-    /// The message shown to the caller. Internal details stay in the log.
+    /// The message shown to the caller. Internal details stay in the log (the server logs
+    /// the error's `Display` once, with the request id).
     fn public_message(&self) -> String {
         use VideoApiError as V;
         match self {
@@ -216,6 +224,57 @@ impl ApiError {
                 "D-ID rejected this service's credentials; an operator must check D_ID_API_KEY"
                     .to_owned()
             }
+            ApiError::Upstream(V::Forbidden { description }) => {
+                format!("D-ID refused permission: {}", client_text(description))
+            }
+            ApiError::Upstream(V::NotFound { description }) => {
+                // D-ID's description is usually "not found" itself: say it once.
+                let d = client_text(description);
+                if d.is_empty() || d.to_ascii_lowercase().contains("not found") {
+                    format!("D-ID: {}", if d.is_empty() { "not found" } else { &d })
+                } else {
+                    format!("not found at D-ID: {d}")
+                }
+            }
+            ApiError::Upstream(V::NotReady { description }) => {
+                format!("D-ID resource not ready: {}", client_text(description))
+            }
+            ApiError::Upstream(V::Validation {
+                kind, description, ..
+            }) => format!(
+                "D-ID rejected the request ({}): {}",
+                client_text(kind),
+                client_text(description)
+            ),
+            ApiError::Upstream(V::RateLimited { .. }) => {
+                "D-ID is rate limiting this service; retry after the Retry-After delay".to_owned()
+            }
+            ApiError::Upstream(V::Server { status }) => {
+                format!("D-ID failed (HTTP {status}) after retries; retry later")
+            }
+            ApiError::Upstream(V::Connect { .. }) => {
+                "D-ID could not be reached; retry later".to_owned()
+            }
+            ApiError::Upstream(V::Protocol { .. }) => {
+                "D-ID sent an answer this service could not read; retry later".to_owned()
+            }
+            ApiError::Upstream(V::TalkFailed {
+                talk_id,
+                kind,
+                description,
+            }) => format!(
+                "talk {talk_id} failed ({}): {}",
+                client_text(kind),
+                client_text(description)
+            ),
+            ApiError::Upstream(V::TalkRejected {
+                talk_id,
+                description,
+            }) => format!("talk {talk_id} was rejected: {}", client_text(description)),
+            ApiError::Upstream(V::TalkTimedOut { talk_id, waited }) => format!(
+                "talk {talk_id} was not finished after {:.1}s; poll its status to follow it",
+                waited.as_secs_f64()
+            ),
             ApiError::Upstream(V::Limiter(LimiterError::Timeout { priority, waited })) => format!(
                 "all D-ID slots stayed busy for {:.1}s ({priority} priority); retry later",
                 waited.as_secs_f64()
@@ -223,29 +282,24 @@ impl ApiError {
             ApiError::Upstream(V::Limiter(LimiterError::Unavailable { .. })) => {
                 "the concurrency limiter is unavailable; retry later".to_owned()
             }
-            ApiError::Upstream(V::Validation {
-                kind, description, ..
-            }) => format!("D-ID rejected the request ({kind}): {description}"),
             ApiError::Internal(_)
             | ApiError::Upstream(V::Limiter(LimiterError::InvalidLimit { .. })) => {
                 "internal error; the request id identifies the log entry".to_owned()
             }
-            // The other upstream messages are D-ID's words or plain facts, never secrets.
+            // The remaining upstream messages are fixed texts without upstream words.
             ApiError::Upstream(e) => e.to_string(),
             other => other.to_string(),
         }
     }
 
-    /// Extra fields next to `code` and `message`: D-ID's error kind and details, the talk id.
+    /// Extra fields next to `code` and `message`: D-ID's error kind, its (capped)
+    /// description and the talk id. D-ID's `details` object is never passed on: it is free
+    /// form, and an upstream (or a proxy in front of it) may echo request headers into it.
     fn extra(&self) -> Vec<(&'static str, Value)> {
         use VideoApiError as V;
         match self {
-            ApiError::Upstream(V::Validation { kind, details, .. }) => {
-                let mut v = vec![("upstream_kind", json!(kind))];
-                if let Some(d) = details {
-                    v.push(("details", d.clone()));
-                }
-                v
+            ApiError::Upstream(V::Validation { kind, .. }) => {
+                vec![("upstream_kind", json!(client_text(kind)))]
             }
             ApiError::Upstream(V::TalkFailed {
                 talk_id,
@@ -253,15 +307,15 @@ impl ApiError {
                 description,
             }) => vec![
                 ("talk_id", json!(talk_id)),
-                ("upstream_kind", json!(kind)),
-                ("description", json!(description)),
+                ("upstream_kind", json!(client_text(kind))),
+                ("description", json!(client_text(description))),
             ],
             ApiError::Upstream(V::TalkRejected {
                 talk_id,
                 description,
             }) => vec![
                 ("talk_id", json!(talk_id)),
-                ("description", json!(description)),
+                ("description", json!(client_text(description))),
             ],
             ApiError::Upstream(V::TalkTimedOut { talk_id, .. }) => {
                 vec![("talk_id", json!(talk_id))]
@@ -292,15 +346,15 @@ impl ApiError {
         let headers = resp.headers_mut();
         match &self {
             ApiError::Upstream(VideoApiError::Limiter(LimiterError::Timeout { .. })) => {
-                headers.insert(header::RETRY_AFTER, secs(QUEUE_RETRY_AFTER));
+                headers.insert(header::RETRY_AFTER, retry_after_value(QUEUE_RETRY_AFTER));
             }
             ApiError::Upstream(VideoApiError::RateLimited { retry_after }) => {
                 let after = retry_after.unwrap_or(QUEUE_RETRY_AFTER);
-                headers.insert(header::RETRY_AFTER, secs(after));
+                headers.insert(header::RETRY_AFTER, retry_after_value(after));
             }
-            ApiError::Upstream(VideoApiError::NotConfigured)
-            | ApiError::Upstream(VideoApiError::Limiter(LimiterError::Unavailable { .. })) => {
-                headers.insert(header::RETRY_AFTER, secs(QUEUE_RETRY_AFTER));
+            // No `Retry-After` for `NotConfigured`: only a restart with a key helps.
+            ApiError::Upstream(VideoApiError::Limiter(LimiterError::Unavailable { .. })) => {
+                headers.insert(header::RETRY_AFTER, retry_after_value(QUEUE_RETRY_AFTER));
             }
             ApiError::MethodNotAllowed { allow } => {
                 if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
@@ -319,10 +373,29 @@ impl ApiError {
     }
 }
 
-/// A whole number of seconds, rounded up and at least 1, as a header value.
-fn secs(d: Duration) -> HeaderValue {
+/// A `Retry-After` value: whole seconds, rounded up, at least 1 and at most
+/// [`MAX_RETRY_AFTER`]. Every `Retry-After` the service sends goes through here.
+pub fn retry_after_value(d: Duration) -> HeaderValue {
+    let d = d.min(MAX_RETRY_AFTER);
     let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     HeaderValue::from(s.max(1))
+}
+
+/// Upstream text as shown to a client: control characters replaced by spaces, trimmed, and
+/// at most [`MAX_DESCRIPTION_CHARS`] characters (with `…` when cut).
+fn client_text(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let cleaned = cleaned.trim();
+    if cleaned.chars().count() <= MAX_DESCRIPTION_CHARS {
+        cleaned.to_owned()
+    } else {
+        let mut cut: String = cleaned.chars().take(MAX_DESCRIPTION_CHARS).collect();
+        cut.push('…');
+        cut
+    }
 }
 
 /// A JSON response with the given status.
@@ -612,5 +685,95 @@ mod tests {
                 .unwrap()
                 .contains("no face found")
         );
+    }
+}
+
+#[cfg(test)]
+mod client_text_tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn message_and_headers(err: ApiError) -> (String, http::HeaderMap) {
+        let resp = err.into_response();
+        let headers = resp.headers().clone();
+        let bytes = futures_util::FutureExt::now_or_never(resp.into_body().collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        (v["error"]["message"].as_str().unwrap().to_owned(), headers)
+    }
+
+    #[test]
+    fn transport_failures_do_not_show_the_internal_url_or_the_error_chain() {
+        let hostile = "error sending request for url (http://10.0.0.7:8443/talks): \
+                       client error (Connect): tcp connect error: Connection refused (os error 111)";
+        for err in [
+            VideoApiError::Connect {
+                message: hostile.into(),
+            },
+            VideoApiError::Protocol {
+                message: hostile.into(),
+            },
+        ] {
+            let (msg, _) = message_and_headers(err.into());
+            for leak in ["10.0.0.7", "8443", "http://", "os error", "tcp", "Connect)"] {
+                assert!(!msg.contains(leak), "{leak:?} in {msg:?}");
+            }
+            assert!(msg.contains("D-ID"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_messages_have_no_debug_text_and_retry_after_is_capped() {
+        let (msg, headers) = message_and_headers(
+            VideoApiError::RateLimited {
+                retry_after: Some(Duration::from_secs(99_999_999)),
+            }
+            .into(),
+        );
+        assert!(!msg.contains("Some("), "{msg}");
+        assert!(!msg.contains("99999999"), "{msg}");
+        assert_eq!(headers[header::RETRY_AFTER], "300");
+        let (msg, headers) =
+            message_and_headers(VideoApiError::RateLimited { retry_after: None }.into());
+        assert!(!msg.contains("None"), "{msg}");
+        assert_eq!(headers[header::RETRY_AFTER], "5");
+    }
+
+    #[test]
+    fn a_timed_out_talk_message_has_no_debug_duration() {
+        let (msg, _) = message_and_headers(
+            VideoApiError::TalkTimedOut {
+                talk_id: domain::TalkId::parse("tlk_abc").unwrap(),
+                waited: Duration::from_millis(1234),
+            }
+            .into(),
+        );
+        assert!(!msg.contains("1.234s"), "{msg}");
+        assert!(msg.contains("tlk_abc"), "{msg}");
+    }
+
+    #[test]
+    fn upstream_not_configured_sends_no_retry_after() {
+        let (_, headers) = message_and_headers(VideoApiError::NotConfigured.into());
+        assert!(!headers.contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn the_not_found_message_says_not_found_once() {
+        for description in ["not found", "Not Found", "talk not found"] {
+            let (msg, _) = message_and_headers(
+                VideoApiError::NotFound {
+                    description: description.into(),
+                }
+                .into(),
+            );
+            assert_eq!(
+                msg.to_ascii_lowercase().matches("not found").count(),
+                1,
+                "{msg}"
+            );
+        }
     }
 }

@@ -27,10 +27,23 @@ use crate::state::UpstreamSnapshot;
 pub struct HttpLabels {
     /// The route template (`/api/d_id_optimized/talk-status/{talk_id}`), or `unmatched`.
     pub route: &'static str,
-    /// The method.
-    pub method: String,
+    /// The method: one of the nine standard ones, or `other` (see [`method_label`]).
+    pub method: &'static str,
     /// The response status.
     pub status: u16,
+}
+
+/// The label of a request method: the standard methods (RFC 9110 and PATCH) by name,
+/// anything else `other`. A client picks the method string, so it must never become a label
+/// value by itself: every distinct value would be a new series kept forever.
+pub fn method_label(method: &str) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|m| *m == method)
+        .unwrap_or("other")
 }
 
 /// Labels of one route.
@@ -127,12 +140,13 @@ impl Metrics {
         }
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request. `route` must be a template (never a raw path);
+    /// `method` is mapped onto a closed set by [`method_label`].
     pub fn record_request(&self, route: &'static str, method: &str, status: u16, took: Duration) {
         self.http_requests
             .get_or_create(&HttpLabels {
                 route,
-                method: method.to_owned(),
+                method: method_label(method),
                 status,
             })
             .inc();
@@ -355,5 +369,41 @@ impl ConcurrencyLimiter for MeteredLimiter {
 
     async fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError> {
         self.inner.set_limit(max_concurrent).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(method: &str, label: &str) {
+        assert_eq!(method_label(method), label, "{method:?}");
+    }
+
+    #[test]
+    fn methods_outside_the_standard_set_are_labelled_other() {
+        check("GET", "GET");
+        check("HEAD", "HEAD");
+        check("CONNECT", "CONNECT");
+        check("PATCH", "PATCH");
+        check("get", "other");
+        check("PROPFIND", "other");
+        check(&"X".repeat(60_000), "other");
+        check("", "other");
+    }
+
+    #[test]
+    fn every_request_series_has_a_closed_set_label() {
+        let m = Metrics::new();
+        for i in 0..100 {
+            m.record_request("unmatched", &format!("M{i}"), 405, Duration::ZERO);
+        }
+        let text = m.encode().unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("talkgate_http_requests_total{"))
+            .count();
+        assert_eq!(series, 1, "{text}");
+        assert!(text.contains("method=\"other\""), "{text}");
     }
 }

@@ -2,8 +2,14 @@
 //!
 //! The route table is small and fixed, so it is a `match` on the path rather than a router
 //! crate. A path that matches no route is a 404; a path that matches with another method is
-//! a 405 with `Allow`. Auth is checked after routing, so an unknown path is a 404 with or
-//! without a token, and a probe (`/health`, `/ready`) or `/metrics` never needs one.
+//! a 405 with `Allow`.
+//!
+//! Auth comes first: when `HTTP_API_TOKEN` is set, every path under the prefix other than
+//! the open probes and metrics ([`is_open`]) needs the token *before* the method or the
+//! route is looked at, so an unauthenticated client cannot tell an existing route from an
+//! unknown one or learn which methods a route takes. The probes (`/health`, `/ready`) and
+//! `/metrics`, at the root or under the prefix, never need one; paths outside the prefix
+//! are 404 without one.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -80,12 +86,21 @@ impl Route {
             _ => &["GET"],
         }
     }
+}
 
-    /// Probes and metrics are open so that orchestrators and scrapers need no secret; they
-    /// reveal no credentials and no caller data.
-    fn needs_auth(&self) -> bool {
-        !matches!(self, Route::Health | Route::Ready | Route::Metrics)
+/// Whether `path` is answered without a token: the probes and metrics (at the root or under
+/// the prefix) and every path outside the prefix (which is a 404 anyway). Probes and
+/// metrics are open so that orchestrators and scrapers need no secret; they reveal no
+/// credentials and no caller data.
+fn is_open(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(PREFIX) else {
+        return true;
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        // `/api/d_id_optimizedX` is not under the prefix.
+        return true;
     }
+    matches!(rest, "/health" | "/ready" | "/metrics")
 }
 
 fn match_path(path: &str) -> Option<Route> {
@@ -124,6 +139,14 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    if !is_open(req.uri().path()) {
+        if let Err(why) = auth::check(req.headers(), state.settings().api_token.as_ref()) {
+            tracing::info!(reason = ?why, "request not authorised");
+            let template =
+                match_path(req.uri().path()).map_or(templates::UNMATCHED, |r| r.template());
+            return (template, Err(ApiError::Unauthorized));
+        }
+    }
     let Some(route) = match_path(req.uri().path()) else {
         return (
             templates::UNMATCHED,
@@ -136,12 +159,6 @@ where
     let allowed = route.allowed();
     if !allowed.contains(&req.method().as_str()) {
         return (template, Err(ApiError::MethodNotAllowed { allow: allowed }));
-    }
-    if route.needs_auth() {
-        if let Err(why) = auth::check(req.headers(), state.settings().api_token.as_ref()) {
-            tracing::info!(reason = ?why, "request not authorised");
-            return (template, Err(ApiError::Unauthorized));
-        }
     }
     let result = match route {
         Route::GenerateVideo => handlers::generate_video(state, req).await,
@@ -227,6 +244,28 @@ mod tests {
         check("/api/d_id_optimized", None);
         check("/", None);
         check("/api/d_id/generate-video", None);
+    }
+
+    #[test]
+    fn only_probes_metrics_and_paths_outside_the_prefix_are_open() {
+        for (path, open) in [
+            ("/health", true),
+            ("/ready", true),
+            ("/metrics", true),
+            ("/nope", true),
+            ("/api/d_id_optimizedX/stats", true),
+            ("/api/d_id_optimized/health", true),
+            ("/api/d_id_optimized/ready", true),
+            ("/api/d_id_optimized/metrics", true),
+            ("/api/d_id_optimized", false),
+            ("/api/d_id_optimized/", false),
+            ("/api/d_id_optimized/stats", false),
+            ("/api/d_id_optimized/nope", false),
+            ("/api/d_id_optimized/health/x", false),
+            ("/api/d_id_optimized/talk-status/tlk_1", false),
+        ] {
+            assert_eq!(is_open(path), open, "{path}");
+        }
     }
 
     #[test]

@@ -122,3 +122,109 @@ async fn without_a_token_everything_is_open_but_admin_is_disabled() {
     srv.stop().await;
     fake.shutdown().await;
 }
+
+/// Status and code of `method path`, with or without the token.
+async fn probe(
+    srv: &support::Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut req = client().request(method.parse().unwrap(), srv.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let (status, v) = json(req.send().await.unwrap()).await;
+    (status, v["error"]["code"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_token_protected_paths_reveal_neither_methods_nor_routes() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[("HTTP_API_TOKEN", TOKEN)]).await;
+    let p = "/api/d_id_optimized";
+    let cases: &[(&str, String, Option<&str>, u16, &str)] = &[
+        // Unauthenticated: 401 whatever the method or the path under the prefix.
+        ("TRACE", format!("{p}/stats"), None, 401, "unauthorized"),
+        (
+            "DELETE",
+            format!("{p}/generate-video"),
+            None,
+            401,
+            "unauthorized",
+        ),
+        (
+            "GET",
+            format!("{p}/no-such-route"),
+            None,
+            401,
+            "unauthorized",
+        ),
+        ("GET", format!("{p}/talk-status"), None, 401, "unauthorized"),
+        ("GET", p.to_owned(), None, 401, "unauthorized"),
+        // Authenticated: the real answer.
+        (
+            "TRACE",
+            format!("{p}/stats"),
+            Some(TOKEN),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            format!("{p}/no-such-route"),
+            Some(TOKEN),
+            404,
+            "route_not_found",
+        ),
+        // Open probes and paths outside the prefix need no token.
+        (
+            "POST",
+            "/health".to_owned(),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            format!("{p}/ready"),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/no-such-route".to_owned(),
+            None,
+            404,
+            "route_not_found",
+        ),
+    ];
+    for (method, path, token, status, code) in cases {
+        assert_eq!(
+            probe(&srv, method, path, *token).await,
+            (*status, (*code).to_owned()),
+            "{method} {path} token={}",
+            token.is_some()
+        );
+    }
+    srv.stop().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_configured_token_methods_and_routes_answer_as_before() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[]).await;
+    let p = "/api/d_id_optimized";
+    assert_eq!(
+        probe(&srv, "TRACE", &format!("{p}/stats"), None).await,
+        (405, "method_not_allowed".to_owned())
+    );
+    assert_eq!(
+        probe(&srv, "GET", &format!("{p}/no-such-route"), None).await,
+        (404, "route_not_found".to_owned())
+    );
+    srv.stop().await;
+    fake.shutdown().await;
+}

@@ -143,7 +143,8 @@ async fn errors_the_fake_cannot_produce_are_mapped() {
             .contains("source_url is not a valid image")
     );
     assert_eq!(v["error"]["upstream_kind"], "ValidationError");
-    assert_eq!(v["error"]["details"]["field"], "source_url");
+    // D-ID's free-form `details` is never passed on (it may echo request headers).
+    assert!(v["error"].get("details").is_none(), "{v}");
 
     let resp = http
         .get(srv.api("/talk-status/tlk_rl"))
