@@ -7,6 +7,12 @@
 //! remaining connection task is aborted: dropping a request's future drops whatever limiter
 //! permit or queue place it held, so nothing is leaked even when the grace runs out.
 //!
+//! # Slow bodies
+//! Every request body is a [`TimedBody`]: it must arrive whole within `body_read_timeout`
+//! and never pause longer than `body_idle_timeout`. A reader that hits either limit answers
+//! 408 `request_timeout` with `Connection: close`, and hyper closes the connection after
+//! that answer (the rest of the body was never read, so the connection cannot be reused).
+//!
 //! # Disconnects
 //! hyper's HTTP/1 dispatcher watches the socket while a handler runs; when the client goes
 //! away it drops the handler's future, which releases its permit or leaves the queue (the
@@ -28,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::body::BoxError;
+use crate::body::{BoxError, TimedBody};
 use crate::error::{ApiError, Body};
 use crate::router;
 use crate::state::AppState;
@@ -145,8 +151,14 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let st = state.clone();
+                let (total, gap) = (
+                    state.settings().body_read_timeout,
+                    state.settings().body_idle_timeout,
+                );
                 let service = service_fn(move |req: Request<Incoming>| {
                     let st = st.clone();
+                    // The body deadline starts when the head has been read.
+                    let req = req.map(|b| TimedBody::new(b, total, gap));
                     async move { Ok::<_, Infallible>(handle(st, req).await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));

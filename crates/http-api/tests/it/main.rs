@@ -12,3 +12,4 @@ mod openapi;
 mod readme;
 mod redis;
 mod support;
+mod transport;
