@@ -4,17 +4,130 @@
 //! request can make the service hold more than its route's limit in memory. Uploads are also
 //! bounded per field by multer, and their type is decided by [`domain::Upload::new`] from the
 //! content's magic bytes — the client's `Content-Type` and file name are not trusted.
+//!
+//! Every body is also wrapped, before dispatch, in a [`TimedBody`]: it must arrive whole
+//! within `BODY_READ_TIMEOUT_SECS` and may not pause for longer than `BODY_IDLE_TIMEOUT_SECS`,
+//! or reading it fails with [`BodyTimeout`], which the readers here turn into a 408.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use domain::{Upload, UploadKind};
 use http::{HeaderMap, Request, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Frame, SizeHint};
 use serde::de::DeserializeOwned;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 
 /// A boxed error, as bodies report them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body that did not arrive in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyTimeout {
+    /// The whole body took longer than the read deadline.
+    #[error("the request body did not arrive within {0:?}")]
+    Deadline(Duration),
+    /// No byte of the body arrived for the idle gap.
+    #[error("the request body stalled: no data for {0:?}")]
+    Idle(Duration),
+}
+
+/// A body that must arrive whole by a deadline and without long pauses.
+///
+/// Both limits are tokio timers polled next to the inner body, so a stalled client costs
+/// no task of its own; the timers only run while someone reads the body (see `server` for
+/// bodies nobody reads). Once a limit fired the body reports the error on every later poll.
+pub struct TimedBody<B> {
+    inner: B,
+    deadline: Pin<Box<Sleep>>,
+    idle: Pin<Box<Sleep>>,
+    total: Duration,
+    gap: Duration,
+    failed: Option<BodyTimeout>,
+}
+
+impl<B> TimedBody<B> {
+    /// Wraps `inner`: whole within `total` from now, no pause longer than `gap`.
+    pub fn new(inner: B, total: Duration, gap: Duration) -> TimedBody<B> {
+        let now = Instant::now();
+        TimedBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(now + total)),
+            idle: Box::pin(tokio::time::sleep_until(now + gap)),
+            total,
+            gap,
+            failed: None,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for TimedBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(e) = this.failed {
+            return Poll::Ready(Some(Err(Box::new(e))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Progress: the idle gap starts again.
+                this.idle.as_mut().reset(Instant::now() + this.gap);
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        let fired = if this.deadline.as_mut().poll(cx).is_ready() {
+            Some(BodyTimeout::Deadline(this.total))
+        } else if this.idle.as_mut().poll(cx).is_ready() {
+            Some(BodyTimeout::Idle(this.gap))
+        } else {
+            None
+        };
+        match fired {
+            Some(e) => {
+                this.failed = Some(e);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            None => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body-timeout in an error's chain, if that is what it was.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> Option<BodyTimeout> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<BodyTimeout>() {
+            return Some(*t);
+        }
+        cur = err.source();
+    }
+    None
+}
 
 /// Room for multipart headers, boundaries and a `priority` field next to the file.
 const MULTIPART_OVERHEAD: usize = 64 * 1024;
@@ -64,7 +177,9 @@ where
         .collect()
         .await
         .map_err(|e| {
-            if is_too_large(e.as_ref()) {
+            if let Some(t) = timed_out(e.as_ref()) {
+                ApiError::BodyTimeout(t)
+            } else if is_too_large(e.as_ref()) {
                 ApiError::PayloadTooLarge { limit }
             } else {
                 ApiError::MalformedJson("the request body could not be read".to_owned())
@@ -137,6 +252,11 @@ where
     );
 
     let map_err = |e: multer::Error| -> ApiError {
+        if let multer::Error::StreamReadFailed(inner) = &e {
+            if let Some(t) = timed_out(inner.as_ref()) {
+                return ApiError::BodyTimeout(t);
+            }
+        }
         match e {
             multer::Error::FieldSizeExceeded { field_name, .. }
                 if field_name.as_deref() == Some("file") =>

@@ -73,6 +73,10 @@ pub mod vars {
     pub const SHUTDOWN_GRACE_SECS: &str = "SHUTDOWN_GRACE_SECS";
     /// How long a client may take to send its request headers.
     pub const HEADER_READ_TIMEOUT_SECS: &str = "HEADER_READ_TIMEOUT_SECS";
+    /// How long a client may take to send a whole request body.
+    pub const BODY_READ_TIMEOUT_SECS: &str = "BODY_READ_TIMEOUT_SECS";
+    /// Longest pause between two pieces of a request body.
+    pub const BODY_IDLE_TIMEOUT_SECS: &str = "BODY_IDLE_TIMEOUT_SECS";
     /// How long the limiter may run degraded before `/ready` answers 503.
     pub const READY_DEGRADED_GRACE_SECS: &str = "READY_DEGRADED_GRACE_SECS";
     /// Largest accepted JSON body, in bytes.
@@ -126,6 +130,15 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `HEADER_READ_TIMEOUT_SECS` (default 10).
     pub header_read_timeout: Duration,
+    /// `BODY_READ_TIMEOUT_SECS` (default 120): a request body must arrive whole within this
+    /// long after its headers, or the request is answered 408 and the connection closed.
+    /// Sized for the largest upload (10 MiB + 64 KiB multipart overhead ≈ 84 Mbit) on a
+    /// 1 Mbit/s uplink: ≈ 84 s, so 120 s leaves room for links down to ≈ 0.7 Mbit/s.
+    pub body_read_timeout: Duration,
+    /// `BODY_IDLE_TIMEOUT_SECS` (default 10): a request body that sends no byte for this long
+    /// is cut the same way (408), so a stalled client cannot hold its connection for the
+    /// whole `BODY_READ_TIMEOUT_SECS`.
+    pub body_idle_timeout: Duration,
     /// `READY_DEGRADED_GRACE_SECS` (default 30): `/ready` fails once the limiter has been
     /// degraded (Redis down, running on its local fallback) for longer than this.
     pub ready_degraded_grace: Duration,
@@ -155,6 +168,8 @@ impl fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("body_idle_timeout", &self.body_idle_timeout)
             .field("ready_degraded_grace", &self.ready_degraded_grace)
             .field("json_body_limit", &self.json_body_limit)
             .field("limiter_name", &self.limiter_name)
@@ -323,6 +338,8 @@ impl Config {
 
         let shutdown_grace = r.seconds(vars::SHUTDOWN_GRACE_SECS, 30.0, true);
         let header_read_timeout = r.seconds(vars::HEADER_READ_TIMEOUT_SECS, 10.0, false);
+        let body_read_timeout = r.seconds(vars::BODY_READ_TIMEOUT_SECS, 120.0, false);
+        let body_idle_timeout = r.seconds(vars::BODY_IDLE_TIMEOUT_SECS, 10.0, false);
         let ready_degraded_grace = r.seconds(vars::READY_DEGRADED_GRACE_SECS, 30.0, true);
         let json_body_limit = r.integer(vars::JSON_BODY_LIMIT_BYTES, 64 * 1024usize, 256);
         let limiter_name = r
@@ -357,6 +374,8 @@ impl Config {
             log_format,
             shutdown_grace,
             header_read_timeout,
+            body_read_timeout,
+            body_idle_timeout,
             ready_degraded_grace,
             json_body_limit,
             limiter_name,
@@ -434,6 +453,12 @@ pub struct Cli {
     /// Seconds a client may take to send its request headers [default: 10].
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<String>,
+    /// Seconds a client may take to send a whole request body [default: 120].
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<String>,
+    /// Longest pause, in seconds, between two pieces of a request body [default: 10].
+    #[arg(long, env = "BODY_IDLE_TIMEOUT_SECS")]
+    pub body_idle_timeout_secs: Option<String>,
     /// Seconds the limiter may run degraded before /ready answers 503 [default: 30].
     #[arg(long, env = "READY_DEGRADED_GRACE_SECS")]
     pub ready_degraded_grace_secs: Option<String>,
@@ -532,6 +557,8 @@ impl<S: Source + ?Sized> Source for Layered<'_, S> {
             vars::LOG_FORMAT => &c.log_format,
             vars::SHUTDOWN_GRACE_SECS => &c.shutdown_grace_secs,
             vars::HEADER_READ_TIMEOUT_SECS => &c.header_read_timeout_secs,
+            vars::BODY_READ_TIMEOUT_SECS => &c.body_read_timeout_secs,
+            vars::BODY_IDLE_TIMEOUT_SECS => &c.body_idle_timeout_secs,
             vars::READY_DEGRADED_GRACE_SECS => &c.ready_degraded_grace_secs,
             vars::JSON_BODY_LIMIT_BYTES => &c.json_body_limit_bytes,
             vars::LIMITER_NAME => &c.limiter_name,

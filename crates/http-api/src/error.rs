@@ -85,6 +85,10 @@ pub enum ApiError {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The request body did not arrive in time (`BODY_READ_TIMEOUT_SECS`,
+    /// `BODY_IDLE_TIMEOUT_SECS`); the connection is closed after the answer.
+    #[error(transparent)]
+    BodyTimeout(#[from] crate::body::BodyTimeout),
     /// The request's `Content-Type` is not what the route reads.
     #[error("unsupported content type: expected {expected}")]
     UnsupportedMediaType {
@@ -153,6 +157,7 @@ impl ApiError {
             ApiError::MissingFile | ApiError::MalformedMultipart(_) => StatusCode::BAD_REQUEST,
             ApiError::FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -203,6 +208,7 @@ impl ApiError {
             ApiError::FileTooLarge { .. } => "file_too_large",
             ApiError::MalformedMultipart(_) => "malformed_multipart",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::RouteNotFound(_) => "route_not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -360,6 +366,11 @@ impl ApiError {
                 if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
                     headers.insert(header::ALLOW, v);
                 }
+            }
+            ApiError::BodyTimeout(_) => {
+                // The rest of the body was never read, so the connection cannot carry
+                // another request; hyper closes it after this answer.
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::Unauthorized => {
                 headers.insert(
@@ -635,6 +646,11 @@ mod tests {
             "method_not_allowed",
         );
         check(ApiError::Unauthorized, 401, "unauthorized");
+        check(
+            crate::body::BodyTimeout::Idle(Duration::from_secs(1)).into(),
+            408,
+            "request_timeout",
+        );
         check(ApiError::AdminDisabled, 403, "admin_disabled");
         check(
             ApiError::Internal("boom at x.rs:1".into()),

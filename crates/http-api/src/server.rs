@@ -7,6 +7,12 @@
 //! remaining connection task is aborted: dropping a request's future drops whatever limiter
 //! permit or queue place it held, so nothing is leaked even when the grace runs out.
 //!
+//! # Slow bodies
+//! Every request body is a [`TimedBody`]: it must arrive whole within `body_read_timeout`
+//! and never pause longer than `body_idle_timeout`. A reader that hits either limit answers
+//! 408 `request_timeout` with `Connection: close`, and hyper closes the connection after
+//! that answer (the rest of the body was never read, so the connection cannot be reused).
+//!
 //! # Disconnects
 //! hyper's HTTP/1 dispatcher watches the socket while a handler runs; when the client goes
 //! away it drops the handler's future, which releases its permit or leaves the queue (the
@@ -28,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::body::BoxError;
+use crate::body::{BoxError, TimedBody};
 use crate::error::{ApiError, Body};
 use crate::router;
 use crate::state::AppState;
@@ -110,6 +116,42 @@ where
     resp
 }
 
+/// At most one `accept failed` line per this window (with the count of the ones left out).
+const ACCEPT_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Rate limit of a repeating failure's log line: the first failure is logged at once, later
+/// ones at most once per `window`, each saying how many were left out since the last line.
+#[derive(Debug)]
+struct FailureLog {
+    window: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl FailureLog {
+    fn new(window: Duration) -> FailureLog {
+        FailureLog {
+            window,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// A failure at `now`: `Some(left out since the last line)` when it should be logged.
+    fn on_failure(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.window => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then drains (see the module docs).
 pub async fn run(
     listener: TcpListener,
@@ -131,22 +173,32 @@ pub async fn run(
         tracing::info!(%addr, "listening");
     }
 
+    let mut accept_log = FailureLog::new(ACCEPT_LOG_WINDOW);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
+                        // Out of file descriptors and the like: back off instead of spinning,
+                        // and log the first failure at once, then one summary per window.
+                        if let Some(suppressed) = accept_log.on_failure(Instant::now()) {
+                            tracing::warn!(error = %e, suppressed, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
                 let st = state.clone();
+                let (total, gap) = (
+                    state.settings().body_read_timeout,
+                    state.settings().body_idle_timeout,
+                );
                 let service = service_fn(move |req: Request<Incoming>| {
                     let st = st.clone();
+                    // The body deadline starts when the head has been read.
+                    let req = req.map(|b| TimedBody::new(b, total, gap));
                     async move { Ok::<_, Infallible>(handle(st, req).await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
@@ -209,6 +261,28 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_failures_are_logged_once_per_window_with_the_count_left_out() {
+        let t0 = Instant::now();
+        let mut log = FailureLog::new(Duration::from_secs(10));
+        let mut check = |ms: u64, expected: Option<u64>| {
+            assert_eq!(
+                log.on_failure(t0 + Duration::from_millis(ms)),
+                expected,
+                "at {ms} ms"
+            );
+        };
+        check(0, Some(0));
+        // 20 failures a second (the observed flood) are left out inside the window...
+        for i in 1..200 {
+            check(i * 50, None);
+        }
+        // ...and counted in the next line.
+        check(10_000, Some(199));
+        check(10_050, None);
+        check(25_000, Some(1));
+    }
 
     #[test]
     fn request_ids_are_kept_only_when_safe() {

@@ -53,6 +53,10 @@ pub struct Settings {
     pub service_name: &'static str,
     /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
+    /// How long a client may take to send a whole request body (408 after).
+    pub body_read_timeout: Duration,
+    /// Longest pause between two pieces of a request body (408 after).
+    pub body_idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests before cutting them off.
     pub shutdown_grace: Duration,
 }
@@ -71,6 +75,8 @@ impl Settings {
             ready_degraded_grace: config.ready_degraded_grace,
             service_name: "talkgate",
             header_read_timeout: config.header_read_timeout,
+            body_read_timeout: config.body_read_timeout,
+            body_idle_timeout: config.body_idle_timeout,
             shutdown_grace: config.shutdown_grace,
         }
     }

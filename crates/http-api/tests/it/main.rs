@@ -14,3 +14,4 @@ mod openapi;
 mod readme;
 mod redis;
 mod support;
+mod transport;

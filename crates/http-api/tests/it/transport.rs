@@ -1,0 +1,211 @@
+//! The server's transport edges, seen by raw TCP clients: request bodies that never arrive,
+//! and connections whose body nobody reads.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ports::MockVideoApi;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{self, Server};
+
+/// A service whose bodies must arrive within `total` seconds, with pauses of at most `gap`.
+async fn timed_service(total: f64, gap: f64) -> Server {
+    let settings = http_api::Settings {
+        body_read_timeout: Duration::from_secs_f64(total),
+        body_idle_timeout: Duration::from_secs_f64(gap),
+        ..support::keyed_settings()
+    };
+    // No expectation: a request whose body is cut must never reach D-ID.
+    support::mock_service(MockVideoApi::new(), settings, 2).await
+}
+
+/// An answer read off a raw connection.
+#[derive(Debug)]
+struct Raw {
+    status: u16,
+    /// Header lines, lowercase names.
+    headers: Vec<(String, String)>,
+    body: String,
+    /// Whether the server closed the connection after the answer.
+    closed: bool,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Reads one answer from `s`, then waits up to `close_within` for the server to close.
+async fn read_answer(s: &mut TcpStream, within: Duration, close_within: Duration) -> Raw {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = tokio::time::timeout(within, async {
+        loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                return i + 4;
+            }
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "closed before an answer: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no answer within {within:?}"));
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        let n = tokio::time::timeout(within, s.read(&mut chunk))
+            .await
+            .expect("body in time")
+            .expect("read");
+        assert!(n > 0, "closed inside the body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let closed = matches!(
+        tokio::time::timeout(close_within, s.read(&mut chunk)).await,
+        Ok(Ok(0) | Err(_))
+    );
+    Raw {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        closed,
+    }
+}
+
+const GENERATE: &str = "/api/d_id_optimized/generate-video";
+
+/// A JSON POST head to generate-video with `framing` (`Content-Length: …` or chunked).
+fn json_head(framing: &str) -> String {
+    format!(
+        "POST {GENERATE} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+    )
+}
+
+async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s
+}
+
+fn assert_cut(raw: &Raw, what: &str) {
+    assert_eq!(raw.status, 408, "{what}: {raw:?}");
+    assert_eq!(raw.json()["error"]["code"], "request_timeout", "{what}");
+    assert!(raw.header("x-request-id").is_some(), "{what}: {raw:?}");
+    assert_eq!(raw.header("connection"), Some("close"), "{what}: {raw:?}");
+    assert!(raw.closed, "{what}: the connection stays open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_are_answered_408_and_closed() {
+    let srv = timed_service(1.0, 0.5).await;
+    let shapes: [(&str, Vec<u8>); 3] = [
+        (
+            "content-length larger than what is sent",
+            format!("{}{{", json_head("Content-Length: 1000")).into_bytes(),
+        ),
+        (
+            "chunked without the final chunk",
+            format!("{}1\r\n{{\r\n", json_head("Transfer-Encoding: chunked")).into_bytes(),
+        ),
+        (
+            "a chunk larger than what is sent",
+            format!("{}3e8\r\n{{", json_head("Transfer-Encoding: chunked")).into_bytes(),
+        ),
+    ];
+    for (what, bytes) in shapes {
+        let mut s = send(srv.addr, &bytes).await;
+        // Bounded well below the old behaviour (never), above the 1 s deadline.
+        let raw = read_answer(&mut s, Duration::from_secs(5), Duration::from_secs(2)).await;
+        assert_cut(&raw, what);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_cut_at_the_whole_body_deadline() {
+    // The idle gap alone would never fire: a byte arrives every 100 ms.
+    let srv = timed_service(0.8, 10.0).await;
+    let mut s = send(srv.addr, json_head("Content-Length: 1000").as_bytes()).await;
+    let trickle = async {
+        for _ in 0..100 {
+            if s.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // The trickle ends when the server stops reading (write error) or after 10 s at most.
+    let _ = tokio::time::timeout(Duration::from_secs(3), trickle).await;
+    let raw = read_answer(&mut s, Duration::from_secs(5), Duration::from_secs(2)).await;
+    assert_cut(&raw, "trickled body");
+    assert!(
+        raw.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive within"),
+        "{raw:?}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_bodies_do_not_hold_the_connection() {
+    let srv = timed_service(1.0, 0.5).await;
+    // 405 (POST on a GET route) and 404 are answered without reading the body.
+    for path in ["/health", "/api/d_id_optimized/nope"] {
+        let head = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nx");
+        let mut s = send(srv.addr, head.as_bytes()).await;
+        let raw = read_answer(&mut s, Duration::from_secs(5), Duration::from_secs(3)).await;
+        assert!(matches!(raw.status, 404 | 405), "{raw:?}");
+        assert!(raw.closed, "{path}: the connection stays open: {raw:?}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_stalled_bodies_do_not_stop_health() {
+    // A long deadline, so the bodies are all still held while /health is asked.
+    let srv = timed_service(30.0, 30.0).await;
+    let stalled = json_head("Content-Length: 1000");
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(send(srv.addr, stalled.as_bytes()).await);
+    }
+    let mut s = send(srv.addr, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let raw = read_answer(&mut s, Duration::from_secs(5), Duration::ZERO).await;
+    assert_eq!(raw.status, 200, "{raw:?}");
+    assert_eq!(raw.json()["status"], "healthy", "{raw:?}");
+    drop(held);
+    srv.stop().await;
+}
