@@ -8,13 +8,30 @@
 //! renders starved every upload.
 //!
 //! The permit is released by dropping it, not by `Permit::release().await`: dropping can not
-//! be cut short by the caller cancelling the call, so a cancelled call never leaves a slot
-//! behind (an adapter that needs I/O schedules the release from `Drop`).
+//! be cut short, so no slot is ever left behind (an adapter that needs I/O schedules the
+//! release from `Drop`).
+//!
+//! A caller that hangs up does **not** free the slot of an exchange already under way: once
+//! the permit is held, the exchange (send and read the answer) runs in a spawned task that
+//! owns the permit, and the call only awaits it. Dropping the call detaches from the task;
+//! the task runs to the end of the exchange (bounded by the request or upload timeout) and
+//! drops the permit only then, so the limiter never lets more requests be at D-ID than it
+//! has slots. Waiting for the permit stays cancellable (nothing is spawned before it is
+//! held), so a queued caller that gives up leaves the queue at once. At runtime shutdown the
+//! tasks are dropped with the runtime, and their permits with them.
 //!
 //! # Time
-//! Each call has a total deadline ([`DidClientConfig::call_deadline`]) covering limiter
-//! waits, attempts and backoffs; each exchange also has its own request timeout. All clocks
-//! are `tokio::time`, so tests can pause them.
+//! Each call has a total deadline ([`DidClientConfig::call_deadline`], uploads
+//! [`DidClientConfig::upload_call_deadline`]) covering limiter waits, attempts and backoffs;
+//! each exchange also has its own request timeout. Status polls start 0.5 s after the create
+//! and double up to the caller's poll interval (`poll_delay`). All clocks are `tokio::time`,
+//! so tests can pause them.
+//!
+//! # Bodies
+//! An answer body is read chunk by chunk up to a cap ([`DidClientConfig::max_body_bytes`],
+//! [`DidClientConfig::max_error_body_bytes`] for non-2xx); a `Content-Length` past it is
+//! refused before reading. A 2xx past the cap is `VideoApiError::Protocol`; an error answer
+//! past it keeps its status and loses its words.
 
 use std::fmt;
 use std::sync::Arc;
@@ -69,7 +86,8 @@ pub struct DidClient {
     /// The prebuilt, sensitive-marked `Authorization` value; `None` when no key is set.
     auth: Option<HeaderValue>,
     limiter: Arc<dyn ConcurrencyLimiter>,
-    counters: Counters,
+    /// Shared with the exchange tasks, which may outlive the call that started them.
+    counters: Arc<Counters>,
 }
 
 impl fmt::Debug for DidClient {
@@ -177,6 +195,83 @@ fn untagged(mut talk: Talk) -> Talk {
     talk
 }
 
+/// The first pause before a status poll: short, because a talk may be done at once.
+const FIRST_POLL: Duration = Duration::from_millis(500);
+
+/// The pause before status poll number `poll` (0 for the first): [`FIRST_POLL`] doubling
+/// with every poll up to `interval` (never more), then `±jitter` of it from the uniform
+/// sample `u` in `[0, 1)`. So a talk that is done at once is seen after ~0.5 s instead of a
+/// full interval, and a long render is polled at the interval after a few polls.
+fn poll_delay(interval: Duration, poll: u32, jitter: f64, u: f64) -> Duration {
+    let nominal = FIRST_POLL
+        .saturating_mul(1u32 << poll.min(16))
+        .min(interval);
+    let jitter = jitter.clamp(0.0, 1.0);
+    nominal.mul_f64(1.0 + jitter * (2.0 * u.clamp(0.0, 1.0) - 1.0))
+}
+
+/// How much of an answer body is read at most.
+#[derive(Clone, Copy)]
+struct Caps {
+    /// 2xx bodies: past it the answer is a protocol error.
+    body: usize,
+    /// Error bodies: past it the body is dropped and the status alone decides.
+    error_body: usize,
+}
+
+/// Sends `request` and reads its answer, at most the cap of its kind; no permit logic here.
+async fn send(
+    request: reqwest::RequestBuilder,
+    counters: &Counters,
+    caps: Caps,
+) -> Result<Answer, VideoApiError> {
+    let transport = |e: reqwest::Error| {
+        bump(&counters.transport_errors);
+        map_transport(e)
+    };
+    let mut response = request.send().await.map_err(transport)?;
+    let status = response.status().as_u16();
+    counters.response(status);
+    let retry_after = retry_after(response.headers(), SystemTime::now());
+    let success = (200..300).contains(&status);
+    let cap = if success { caps.body } else { caps.error_body };
+    let body = match read_capped(&mut response, cap).await.map_err(transport)? {
+        Some(body) => body,
+        // An error answer is still D-ID's answer: keep the status, drop the words.
+        None if !success => Bytes::new(),
+        None => {
+            return Err(VideoApiError::Protocol {
+                message: format!("answer body larger than {cap} bytes"),
+            });
+        }
+    };
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+/// The body if it is at most `cap` bytes, `None` (without reading further) if it is longer.
+/// A `Content-Length` past the cap is refused before a byte of the body is read.
+async fn read_capped(
+    response: &mut reqwest::Response,
+    cap: usize,
+) -> Result<Option<Bytes>, reqwest::Error> {
+    let cap64 = u64::try_from(cap).unwrap_or(u64::MAX);
+    if response.content_length().is_some_and(|n| n > cap64) {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
 impl DidClient {
     /// Builds the client and its connection pool. Without an API key the client works, but
     /// every call returns [`VideoApiError::NotConfigured`].
@@ -212,7 +307,7 @@ impl DidClient {
             base,
             auth,
             limiter,
-            counters: Counters::default(),
+            counters: Arc::default(),
             config,
         })
     }
@@ -233,22 +328,55 @@ impl DidClient {
     }
 
     /// One HTTP exchange under one permit.
+    ///
+    /// The permit is taken here, where waiting for it stays cancellable; from then on the
+    /// exchange (send and read the answer) runs in its own task that owns the permit, and
+    /// this future only awaits its result. A caller that gives up detaches from the task, but
+    /// the request may already be at D-ID, so the slot stays taken until the exchange is
+    /// really over (answered, failed, or cut by the request timeout).
     async fn exchange(&self, call: &Call, priority: Priority) -> Result<Answer, VideoApiError> {
         let auth = self.auth.as_ref().ok_or(VideoApiError::NotConfigured)?;
+        let (request, timeout) = self.request(call, auth)?;
         let permit = self
             .limiter
             .acquire(priority, self.config.limiter_wait_timeout)
             .await?;
         bump(&self.counters.requests);
-        let answer = self.send(call, auth).await;
-        // The slot is given back the moment the bytes are in: parsing, backoff and polling
-        // happen without it (see the module docs for why this is a drop).
-        drop(permit);
-        answer
+        let counters = self.counters.clone();
+        let caps = Caps {
+            body: self.config.max_body_bytes,
+            error_body: self.config.max_error_body_bytes,
+        };
+        let exchange = tokio::spawn(async move {
+            // reqwest's timeout already covers the body; this one also bounds a stalled
+            // `chunk()` whatever reqwest does, so the permit can never be held longer.
+            let answer = match tokio::time::timeout(timeout, send(request, &counters, caps)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    bump(&counters.transport_errors);
+                    Err(VideoApiError::Timeout)
+                }
+            };
+            // The slot is given back the moment the bytes are in: parsing, backoff and
+            // polling happen without it (see the module docs for why this is a drop).
+            drop(permit);
+            answer
+        });
+        match exchange.await {
+            Ok(answer) => answer,
+            // The task panicked or the runtime is shutting down; either way no answer.
+            Err(error) => Err(VideoApiError::Connect {
+                message: format!("the exchange task ended without an answer: {error}"),
+            }),
+        }
     }
 
-    /// Sends `call` and reads the whole answer; no permit logic here.
-    async fn send(&self, call: &Call, auth: &HeaderValue) -> Result<Answer, VideoApiError> {
+    /// Builds the request for `call` and its per-exchange timeout.
+    fn request(
+        &self,
+        call: &Call,
+        auth: &HeaderValue,
+    ) -> Result<(reqwest::RequestBuilder, Duration), VideoApiError> {
         let timeout = if call.is_upload() {
             self.config.upload_timeout
         } else {
@@ -276,25 +404,12 @@ impl DidClient {
                 )
                 .file_name(upload.filename().to_owned())
                 .mime_str(upload.media_type().mime())
-                .map_err(|e| map_transport(&e))?;
+                .map_err(map_transport)?;
                 let form = reqwest::multipart::Form::new().part(upload.kind().field_name(), part);
                 request.multipart(form)
             }
         };
-        let transport = |e: reqwest::Error| {
-            bump(&self.counters.transport_errors);
-            map_transport(&e)
-        };
-        let response = request.send().await.map_err(transport)?;
-        let status = response.status().as_u16();
-        self.counters.response(status);
-        let retry_after = retry_after(response.headers(), SystemTime::now());
-        let body = response.bytes().await.map_err(transport)?;
-        Ok(Answer {
-            status,
-            retry_after,
-            body,
-        })
+        Ok((request, timeout))
     }
 
     /// One attempt, cut off at `deadline`; a non-2xx answer becomes its error.
@@ -584,6 +699,7 @@ impl DidClient {
     ) -> Result<Talk, VideoApiError> {
         let deadline = started + wait.max_wait;
         let jitter = self.config.poll_jitter.clamp(0.0, 1.0);
+        let mut polls = 0;
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -592,8 +708,8 @@ impl DidClient {
                     waited: now - started,
                 });
             }
-            let factor = 1.0 + jitter * (2.0 * rand::random::<f64>() - 1.0);
-            let pause = wait.poll_interval.mul_f64(factor);
+            let pause = poll_delay(wait.poll_interval, polls, jitter, rand::random());
+            polls = polls.saturating_add(1);
             tokio::time::sleep_until((now + pause).min(deadline)).await;
 
             bump(&self.counters.polls);
@@ -875,6 +991,31 @@ mod tests {
             assert!(!text.contains(&encoded), "{text}");
         }
         assert!(client.stats().api_key_configured);
+    }
+
+    #[test]
+    fn polls_start_short_and_grow_to_the_interval() {
+        let ms = Duration::from_millis;
+        let check = |interval: Duration, poll: u32, expected: Duration| {
+            assert_eq!(
+                poll_delay(interval, poll, 0.0, 0.5),
+                expected,
+                "{interval:?} poll {poll}"
+            );
+        };
+        let five = Duration::from_secs(5);
+        check(five, 0, ms(500));
+        check(five, 1, ms(1000));
+        check(five, 2, ms(2000));
+        check(five, 3, ms(4000));
+        check(five, 4, five);
+        check(five, 40, five);
+        // An interval shorter than the first step is used from the start.
+        check(ms(100), 0, ms(100));
+        check(ms(100), 5, ms(100));
+        // Jitter is ±10 % of the step, never more.
+        assert_eq!(poll_delay(five, 0, 0.1, 0.0), ms(450));
+        assert_eq!(poll_delay(five, 9, 0.1, 1.0), ms(5500));
     }
 
     #[test]

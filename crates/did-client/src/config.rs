@@ -1,6 +1,7 @@
 //! [`DidClientConfig`]: everything the client can be told, as one plain documented struct.
 //!
-//! Defaults follow the D-ID reference (connect 10 s, JSON calls 30 s, uploads 120 s) and the
+//! Defaults follow the D-ID reference (connect 10 s, JSON calls 30 s; uploads 60 s per attempt
+//! under a 150 s total, so a stalled upload waits no longer than other calls) and the
 //! original client's contract (3 attempts, 60 s limiter wait). Reading it from the environment
 //! is the service's job; this crate never reads env variables.
 
@@ -49,12 +50,15 @@ pub struct DidClientConfig {
     /// Bound on one JSON exchange, body included (default 30 s, just above the ~29 s of
     /// D-ID's API gateway).
     pub request_timeout: Duration,
-    /// Bound on one upload exchange (default 120 s).
+    /// Bound on one upload exchange (default 60 s: a 10 MiB upload at ~1.5 Mbit/s; two
+    /// attempts and a backoff fit in [`upload_call_deadline`](Self::upload_call_deadline)).
     pub upload_timeout: Duration,
     /// Bound on a whole JSON call: limiter waits, every attempt and every backoff (default
     /// 120 s). When it passes the caller gets `VideoApiError::Timeout`.
     pub call_deadline: Duration,
-    /// Bound on a whole upload call (default 400 s).
+    /// Bound on a whole upload call: limiter waits, attempts and backoffs (default 150 s,
+    /// in line with [`call_deadline`](Self::call_deadline); a stalled upstream makes the
+    /// caller wait at most this long).
     pub upload_call_deadline: Duration,
     /// How long one attempt waits for a limiter permit (default 60 s); past it the caller gets
     /// `VideoApiError::Limiter`.
@@ -68,7 +72,20 @@ pub struct DidClientConfig {
     pub recovery_page_size: u32,
     /// Fraction of a poll interval added or removed at random (default 0.1, i.e. ±10 %).
     pub poll_jitter: f64,
+    /// The largest successful (2xx) answer body read, in bytes (default 1 MiB, ample for a
+    /// 100-talk `GET /talks` page). A larger body, declared by `Content-Length` or streamed,
+    /// is a `VideoApiError::Protocol`, and nothing past the cap is read.
+    pub max_body_bytes: usize,
+    /// The largest error (non-2xx) body read, in bytes (default 16 KiB; D-ID's error bodies
+    /// are a few hundred bytes). Past it the body is ignored and not read further; the status
+    /// alone decides the error.
+    pub max_error_body_bytes: usize,
 }
+
+/// Default of [`DidClientConfig::max_body_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default of [`DidClientConfig::max_error_body_bytes`]: 16 KiB.
+pub const DEFAULT_MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
 
 impl Default for DidClientConfig {
     fn default() -> Self {
@@ -80,14 +97,16 @@ impl Default for DidClientConfig {
             pool_idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
-            upload_timeout: Duration::from_secs(120),
+            upload_timeout: Duration::from_secs(60),
             call_deadline: Duration::from_secs(120),
-            upload_call_deadline: Duration::from_secs(400),
+            upload_call_deadline: Duration::from_secs(150),
             limiter_wait_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
             recovery_pages: 3,
             recovery_page_size: 100,
             poll_jitter: 0.1,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_error_body_bytes: DEFAULT_MAX_ERROR_BODY_BYTES,
         }
     }
 }
@@ -128,6 +147,8 @@ impl fmt::Debug for DidClientConfig {
             .field("recovery_pages", &self.recovery_pages)
             .field("recovery_page_size", &self.recovery_page_size)
             .field("poll_jitter", &self.poll_jitter)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_error_body_bytes", &self.max_error_body_bytes)
             .finish()
     }
 }

@@ -172,18 +172,20 @@ fn parse_http_date(s: &str) -> Option<u64> {
 
 /// Maps a transport failure (no usable answer) to [`VideoApiError::Timeout`],
 /// [`VideoApiError::Connect`] or [`VideoApiError::Protocol`]. The message is the error's
-/// cause chain; reqwest puts the URL in it, never headers, so the key cannot leak.
-pub(crate) fn map_transport(error: &reqwest::Error) -> VideoApiError {
+/// cause chain without the URL (reqwest would name D-ID's internal address and port);
+/// reqwest never puts headers in it, so the key cannot leak either.
+pub(crate) fn map_transport(error: reqwest::Error) -> VideoApiError {
     if error.is_timeout() {
         return VideoApiError::Timeout;
     }
+    let error = error.without_url();
     if error.is_decode() || error.is_redirect() || error.is_builder() {
         return VideoApiError::Protocol {
-            message: chain(error),
+            message: chain(&error),
         };
     }
     VideoApiError::Connect {
-        message: chain(error),
+        message: chain(&error),
     }
 }
 

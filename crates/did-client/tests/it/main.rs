@@ -1,6 +1,8 @@
 //! did-client's integration tests: one binary, over real HTTP on loopback.
 //!
 //! Modules against the scripted upstream (`support::Scripted`, exact bytes in and out):
+//! - `bodies`: upstream bodies are capped (a hand-rolled upstream streams endless bodies);
+//! - `hardening`: bounded upload waits, a slot kept until an abandoned exchange ends, early polls;
 //! - `errors`: every error shape D-ID sends, and lenient parsing of what it returns;
 //! - `requests`: what goes on the wire (auth header, upload content types, create token);
 //! - `retries`: which failures are retried, how often, how long, within which deadline;
@@ -12,8 +14,10 @@
 //! - `fake`: every operation, exactly-once create under create-then-fail, polling to each
 //!   end state.
 
+mod bodies;
 mod errors;
 mod fake;
+mod hardening;
 mod permits;
 mod requests;
 mod retries;

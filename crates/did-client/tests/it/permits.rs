@@ -86,10 +86,13 @@ async fn no_permit_is_held_between_polls() {
 }
 
 #[tokio::test]
-async fn a_cancelled_call_leaves_no_permit_behind() {
+async fn a_cancelled_call_keeps_its_slot_until_the_exchange_ends_then_frees_it() {
     let server = Scripted::start(|_, _| Reply::empty(200).after(Duration::from_secs(60))).await;
     let slots = limiter(2);
-    let did = Arc::new(client(config(&server.base_url), slots.clone()));
+    let mut cfg = config(&server.base_url);
+    // The exchange a cancelled call leaves behind ends at this timeout.
+    cfg.request_timeout = Duration::from_millis(300);
+    let did = Arc::new(client(cfg, slots.clone()));
     let call = tokio::spawn({
         let did = did.clone();
         async move {
@@ -105,17 +108,37 @@ async fn a_cancelled_call_leaves_no_permit_behind() {
     );
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
-    assert_eq!(
-        slots.stats().await.active,
-        0,
-        "dropping the call freed its slot"
-    );
+    // The request is still at the upstream: the slot stays taken until the exchange ends.
+    assert_eq!(slots.stats().await.active, 1, "freed while still in flight");
+    let mut active = 1;
+    eventually_async("the abandoned exchange to time out", &slots, &mut active).await;
 
     // Dropping a future directly (no task) does the same.
     let fut = did.credits(Priority::Low);
-    let timed_out = tokio::time::timeout(Duration::from_millis(200), fut).await;
+    let timed_out = tokio::time::timeout(Duration::from_millis(100), fut).await;
     assert!(timed_out.is_err());
-    assert_eq!(slots.stats().await.active, 0);
+    eventually_async("the dropped exchange to time out", &slots, &mut active).await;
+    assert_eq!(
+        server.count(),
+        2,
+        "nothing was retried behind the caller's back"
+    );
+}
+
+/// Waits (bounded) until no slot of `slots` is active.
+async fn eventually_async(what: &str, slots: &limiter_memory::MemoryLimiter, active: &mut u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        *active = slots.stats().await.active;
+        if *active == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]
