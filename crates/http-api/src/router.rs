@@ -83,7 +83,8 @@ impl Route {
             Route::GenerateVideo | Route::UploadImage | Route::UploadAudio | Route::Cleanup => {
                 &["POST"]
             }
-            _ => &["GET"],
+            // HEAD answers like GET without a body (RFC 9110 §9.3.2); hyper drops the body.
+            _ => &["GET", "HEAD"],
         }
     }
 }

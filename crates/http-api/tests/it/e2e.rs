@@ -684,7 +684,7 @@ async fn unknown_routes_and_methods() {
             resp.status().as_u16(),
             resp.headers()["allow"].to_str().unwrap()
         ),
-        (405, "GET")
+        (405, "GET, HEAD")
     );
     // The request id is echoed, or made.
     let resp = http

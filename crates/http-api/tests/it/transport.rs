@@ -209,3 +209,54 @@ async fn many_stalled_bodies_do_not_stop_health() {
     drop(held);
     srv.stop().await;
 }
+
+/// Everything the server sends for `request` on a fresh connection, until it closes.
+async fn exchange_raw(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the server closes after answering")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// RFC 9110 §9.3.2: HEAD answers like GET, without a body; `Allow` names both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_on_a_get_route_answers_like_get_without_a_body() {
+    let srv = timed_service(5.0, 5.0).await;
+    let get = reqwest::get(srv.url("/health")).await.unwrap();
+    assert_eq!(get.status(), 200);
+    let get_len = get.bytes().await.unwrap().len();
+    for path in ["/health", "/api/d_id_optimized/health", "/ready"] {
+        let answer = exchange_raw(
+            srv.addr,
+            &format!("HEAD {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a complete head");
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert!(body.is_empty(), "{path}: HEAD sent a body: {body:?}");
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("x-request-id:"), "{head}");
+        assert!(lower.contains("content-type: application/json"), "{head}");
+        if path == "/health" {
+            assert!(
+                lower.contains(&format!("content-length: {get_len}")),
+                "{head} (GET body: {get_len} bytes)"
+            );
+        }
+    }
+    let answer = exchange_raw(
+        srv.addr,
+        "TRACE /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("allow: get, head"),
+        "{answer}"
+    );
+    srv.stop().await;
+}
