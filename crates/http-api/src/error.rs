@@ -3,9 +3,10 @@
 //! Every handler returns `Result<_, ApiError>`; [`ApiError::into_response`] decides status,
 //! stable snake_case `code`, message and headers. Nothing else in the crate picks an error
 //! status. Messages are written for the API's caller: D-ID's own descriptions are passed on
-//! (they explain what to fix), internals are not, and credentials never appear because no
-//! error variant carries them. The full cause is logged once, by the request span in
-//! `server`, at the level [`ApiError::log_level_is_error`] asks for.
+//! (they explain what to fix), internals are not. No variant carries a credential; text from
+//! outside that might (an upstream echo) is scrubbed from every body by `server::handle`.
+//! The full cause is logged once, by the request span in `server`, at the level
+//! [`ApiError::log_level_is_error`] asks for.
 
 use std::time::Duration;
 

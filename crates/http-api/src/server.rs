@@ -1,5 +1,5 @@
 //! The hyper 1 server: accept loop, per-request span and request id, panic catching,
-//! metrics, and graceful shutdown.
+//! metrics, the secret scrubber on every response body, and graceful shutdown.
 //!
 //! # Shutdown
 //! When the `shutdown` future resolves the listener is closed, idle keep-alive connections
@@ -87,7 +87,7 @@ where
     };
 
     let _enter = span.enter();
-    let mut resp = match result {
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             // The one place where an error's cause is logged.
@@ -99,6 +99,8 @@ where
             e.into_response()
         }
     };
+    // Secrets never leave in a body, whatever text reached it from outside.
+    let mut resp = state.settings().scrubber.scrub_response(resp);
     let took = started.elapsed();
     let status = resp.status().as_u16();
     state

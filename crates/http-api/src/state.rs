@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::telemetry::Scrubber;
 
 /// Counters of the upstream client, for `/stats` and `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -59,6 +60,9 @@ pub struct Settings {
     pub body_idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests before cutting them off.
     pub shutdown_grace: Duration,
+    /// Replaces the configured secrets in every response body (the logs have their own, in
+    /// the log writer).
+    pub scrubber: Scrubber,
 }
 
 impl Settings {
@@ -78,6 +82,7 @@ impl Settings {
             body_read_timeout: config.body_read_timeout,
             body_idle_timeout: config.body_idle_timeout,
             shutdown_grace: config.shutdown_grace,
+            scrubber: Scrubber::from_config(config),
         }
     }
 }

@@ -17,11 +17,16 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use http::Response;
+use http_body_util::BodyExt as _;
 use secrecy::{ExposeSecret, SecretString};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{Config, LogFormat};
+use crate::error::Body;
 
 /// The default filter when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info";
@@ -134,6 +139,31 @@ impl Scrubber {
             // Whole UTF-8 substrings were replaced by ASCII, so this is still UTF-8.
             Cow::Owned(o) => Cow::Owned(String::from_utf8_lossy(&o).into_owned()),
         }
+    }
+}
+
+impl Scrubber {
+    /// `resp` with every secret in its body replaced by [`REDACTED`]. The service's bodies
+    /// are complete in memory ([`Body`] is `Full`), so this reads the body without waiting.
+    /// Text that reaches a response from outside (an upstream description or talk field that
+    /// echoes our `Authorization` header, a client's own path) is caught here, once, for
+    /// every route and error.
+    pub fn scrub_response(&self, resp: Response<Body>) -> Response<Body> {
+        if self.is_empty() {
+            return resp;
+        }
+        let (parts, body) = resp.into_parts();
+        let bytes = match body.collect().now_or_never() {
+            Some(Ok(collected)) => collected.to_bytes(),
+            // `Full` is always ready and cannot fail; were it ever not, an empty body is
+            // safer than one that was not checked.
+            _ => Bytes::new(),
+        };
+        let bytes = match self.scrub_bytes(&bytes) {
+            Cow::Borrowed(_) => bytes,
+            Cow::Owned(o) => Bytes::from(o),
+        };
+        Response::from_parts(parts, Body::new(bytes))
     }
 }
 
