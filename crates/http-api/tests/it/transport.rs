@@ -194,19 +194,32 @@ async fn unread_bodies_do_not_hold_the_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_stalled_bodies_do_not_stop_health() {
-    // A long deadline, so the bodies are all still held while /health is asked.
-    let srv = timed_service(30.0, 30.0).await;
+async fn many_stalled_bodies_do_not_stop_health_and_each_is_cut_and_closed() {
+    // The body deadline is long enough that all 200 are held at once while /health is asked.
+    let srv = timed_service(3.0, 3.0).await;
     let stalled = json_head("Content-Length: 1000");
     let mut held = Vec::new();
     for _ in 0..200 {
-        held.push(send(srv.addr, stalled.as_bytes()).await);
+        let mut s = send(srv.addr, stalled.as_bytes()).await;
+        s.write_all(b"{").await.unwrap();
+        held.push(s);
     }
     let mut s = send(srv.addr, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").await;
     let raw = read_answer(&mut s, Duration::from_secs(5), Duration::ZERO).await;
     assert_eq!(raw.status, 200, "{raw:?}");
     assert_eq!(raw.json()["status"], "healthy", "{raw:?}");
-    drop(held);
+    // Every held connection is then answered 408 and closed by the server, so none of them
+    // keeps its file descriptor (the exhaustion the fix prevents). Generous bounds: this is
+    // about "cut at all", the deadline's precision is tested above.
+    let answers = futures_util::future::join_all(held.into_iter().map(|mut s| async move {
+        read_answer(&mut s, Duration::from_secs(20), Duration::from_secs(5)).await
+    }))
+    .await;
+    for (i, raw) in answers.iter().enumerate() {
+        assert_eq!(raw.status, 408, "connection {i}: {raw:?}");
+        assert_eq!(raw.json()["error"]["code"], "request_timeout", "{raw:?}");
+        assert!(raw.closed, "connection {i} was left open: {raw:?}");
+    }
     srv.stop().await;
 }
 
