@@ -5,7 +5,7 @@
 //! a 405 with `Allow`.
 //!
 //! Auth comes first: when `HTTP_API_TOKEN` is set, every path under the prefix other than
-//! the open probes and metrics ([`is_open`]) needs the token *before* the method or the
+//! the open probes and metrics (`is_open`) needs the token *before* the method or the
 //! route is looked at, so an unauthenticated client cannot tell an existing route from an
 //! unknown one or learn which methods a route takes. The probes (`/health`, `/ready`) and
 //! `/metrics`, at the root or under the prefix, never need one; paths outside the prefix
