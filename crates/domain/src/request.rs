@@ -244,7 +244,8 @@ fn url_with_extension(raw: &str, rules: &MediaRules) -> bool {
     }
     let mut last = "";
     for segment in raw_path.split('/').skip(1) {
-        let decoded: Vec<u8> = percent_decode(segment);
+        // `%XX` decoded to bytes; a `%` without two hex digits stays as it is.
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(segment).collect();
         let Ok(decoded) = String::from_utf8(decoded) else {
             return false;
         };
@@ -261,30 +262,6 @@ fn url_with_extension(raw: &str, rules: &MediaRules) -> bool {
             .extensions
             .iter()
             .any(|allowed| *allowed == ext || allowed.to_ascii_uppercase() == ext)
-}
-
-/// `%XX` sequences decoded to bytes; a `%` without two hex digits stays as it is.
-fn percent_decode(s: &str) -> Vec<u8> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 impl TalkRequest {
