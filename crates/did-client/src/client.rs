@@ -844,6 +844,28 @@ impl VideoApi for DidClient {
     }
 
     #[tracing::instrument(
+        skip(self, wait),
+        fields(
+            priority = %priority,
+            talk_id = %id,
+            poll_interval_ms = wait.poll_interval.as_millis() as u64,
+            max_wait_ms = wait.max_wait.as_millis() as u64,
+        )
+    )]
+    async fn wait_for_talk(
+        &self,
+        id: &TalkId,
+        priority: Priority,
+        wait: WaitOptions,
+    ) -> Result<Talk, VideoApiError> {
+        // Without a key no poll can succeed: say so now rather than after the first pause.
+        if !self.is_configured() {
+            return Err(VideoApiError::NotConfigured);
+        }
+        self.wait_for(id, priority, wait, Instant::now()).await
+    }
+
+    #[tracing::instrument(
         skip(self, request, wait),
         fields(
             priority = %priority,
@@ -930,6 +952,7 @@ mod tests {
                     .map(drop),
                 nc
             );
+            assert_eq!(client.wait_for_talk(&id, p, wait).await.map(drop), nc);
             assert_eq!(client.stats().requests, 0);
             assert_eq!(client.stats().retries, 0);
         }

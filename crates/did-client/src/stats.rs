@@ -56,7 +56,7 @@ pub struct DidClientStats {
     /// Creates sent without a token because the caller's `user_data` left no room; these
     /// are never repeated after an ambiguous failure.
     pub creates_untagged: u64,
-    /// Status polls made by `create_talk_and_wait`.
+    /// Status polls made by `wait_for_talk` and `create_talk_and_wait`.
     pub polls: u64,
 }
 

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use domain::{InvalidTalkId, ParsePriorityError, TalkRequestError, UploadError};
+use domain::{InvalidTalkId, ParsePriorityError, TalkId, TalkRequestError, UploadError};
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use ports::{LimiterError, VideoApiError};
@@ -23,6 +23,10 @@ pub type Body = Full<Bytes>;
 /// `Retry-After` sent with a limiter-queue timeout: long enough for a slot to turn over,
 /// short enough that an interactive client is not told to go away for a minute.
 pub const QUEUE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// `Retry-After` sent with `shutting_down`: another replica, or this one restarted, can
+/// take the request within seconds.
+pub const SHUTDOWN_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The longest `Retry-After` ever sent to a client: an upstream that asks for days is
 /// passed on as this (a client told to wait longer would rather see an error it can act on).
@@ -111,6 +115,13 @@ pub enum ApiError {
     /// An admin route was called while no `HTTP_API_TOKEN` is configured.
     #[error("admin routes are disabled: set HTTP_API_TOKEN to enable them")]
     AdminDisabled,
+    /// The shutdown grace elapsed while the request was still running; the connection is
+    /// closed after the answer.
+    #[error("cut off at shutdown{}", .talk_id.as_ref().map(|id| format!(" while talk {id} was rendering")).unwrap_or_default())]
+    ShuttingDown {
+        /// The talk the request had created (a generate), which D-ID keeps rendering.
+        talk_id: Option<TalkId>,
+    },
     /// A bug: a handler panicked or an impossible state was reached.
     #[error("internal error: {0}")]
     Internal(String),
@@ -164,6 +175,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -215,6 +227,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
             ApiError::AdminDisabled => "admin_disabled",
+            ApiError::ShuttingDown { .. } => "shutting_down",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -289,6 +302,13 @@ impl ApiError {
             ApiError::Upstream(V::Limiter(LimiterError::Unavailable { .. })) => {
                 "the concurrency limiter is unavailable; retry later".to_owned()
             }
+            ApiError::ShuttingDown { talk_id: Some(id) } => format!(
+                "the service is shutting down; talk {id} was created and keeps rendering at \
+                 D-ID: follow it at status_url instead of generating it again"
+            ),
+            ApiError::ShuttingDown { talk_id: None } => {
+                "the service is shutting down; retry after the Retry-After delay".to_owned()
+            }
             ApiError::Internal(_)
             | ApiError::Upstream(V::Limiter(LimiterError::InvalidLimit { .. })) => {
                 "internal error; the request id identifies the log entry".to_owned()
@@ -327,20 +347,30 @@ impl ApiError {
             ApiError::Upstream(V::TalkTimedOut { talk_id, .. }) => {
                 vec![("talk_id", json!(talk_id))]
             }
+            ApiError::ShuttingDown {
+                talk_id: Some(talk_id),
+            } => vec![
+                ("talk_id", json!(talk_id)),
+                ("status_url", json!(crate::router::status_url(talk_id))),
+            ],
             _ => Vec::new(),
         }
     }
 
     /// Whether this is our fault or the upstream's (logged at `error`), rather than the
-    /// caller's (logged at `info`).
+    /// caller's (logged at `info`). A request cut off at shutdown is neither: the server logs
+    /// it at `warn`.
     pub fn log_level_is_error(&self) -> bool {
         // A missing key is a known, already-warned-about state, not a failure per request.
         self.status().is_server_error()
-            && !matches!(self, ApiError::Upstream(VideoApiError::NotConfigured))
+            && !matches!(
+                self,
+                ApiError::Upstream(VideoApiError::NotConfigured) | ApiError::ShuttingDown { .. }
+            )
     }
 
     /// The response: status, `{"error": {"code", "message", …}}`, and headers where the
-    /// status calls for them (`Retry-After`, `Allow`, `WWW-Authenticate`).
+    /// status calls for them (`Retry-After`, `Allow`, `WWW-Authenticate`, `Connection`).
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         let mut error = serde_json::Map::new();
@@ -371,6 +401,12 @@ impl ApiError {
             ApiError::BodyTimeout(_) => {
                 // The rest of the body was never read, so the connection cannot carry
                 // another request; hyper closes it after this answer.
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ApiError::ShuttingDown { .. } => {
+                headers.insert(header::RETRY_AFTER, retry_after_value(SHUTDOWN_RETRY_AFTER));
+                // This process serves nothing more: the next request goes to a new connection
+                // (and, behind a balancer, to another replica).
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::Unauthorized => {
@@ -654,6 +690,11 @@ mod tests {
         );
         check(ApiError::AdminDisabled, 403, "admin_disabled");
         check(
+            ApiError::ShuttingDown { talk_id: None },
+            503,
+            "shutting_down",
+        );
+        check(
             ApiError::Internal("boom at x.rs:1".into()),
             500,
             "internal_error",
@@ -680,6 +721,29 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
         let r = ApiError::Unauthorized.into_response();
         assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+        let r = ApiError::ShuttingDown { talk_id: None }.into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+    }
+
+    #[test]
+    fn a_generate_cut_off_at_shutdown_names_its_talk_and_where_to_follow_it() {
+        let err = ApiError::ShuttingDown {
+            talk_id: Some(talk_id()),
+        };
+        assert!(!err.log_level_is_error(), "logged at warn by the server");
+        assert!(err.to_string().contains("tlk_abc"), "{err}");
+        let v = body(err.into_response());
+        assert_eq!(v["error"]["code"], "shutting_down");
+        assert_eq!(v["error"]["talk_id"], "tlk_abc");
+        assert_eq!(
+            v["error"]["status_url"],
+            "/api/d_id_optimized/talk-status/tlk_abc"
+        );
+        assert!(v["error"]["message"].as_str().unwrap().contains("tlk_abc"));
+        let v = body(ApiError::ShuttingDown { talk_id: None }.into_response());
+        assert_eq!(v["error"].get("talk_id"), None);
+        assert_eq!(v["error"].get("status_url"), None);
     }
 
     #[test]

@@ -1,19 +1,23 @@
 //! The D-ID routes: generate a video, upload an image or audio file, read a talk's status.
 //!
 //! Each handler validates everything it can before a paid upstream call (priority, URLs,
-//! config, file type), then makes one [`ports::VideoApi`] call. The limiter slot is taken
-//! inside the adapter, per HTTP exchange, so no handler holds a slot while it waits.
+//! config, file type), then calls [`ports::VideoApi`]: once, or for a synchronous generate
+//! `create_talk` then `wait_for_talk`, recording the talk id in the request's
+//! [`TalkSlot`] in between so that a cut-off at shutdown can still name it. The limiter slot
+//! is taken inside the adapter, per HTTP exchange, so no handler holds a slot while it waits.
 
 use bytes::Bytes;
 use domain::{Priority, Script, TalkConfig, TalkId, TalkRequest, UploadKind};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use ports::VideoApiError;
+use ports::{VideoApiError, WaitOptions};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::body::{self, BoxError};
+use crate::cutoff::TalkSlot;
 use crate::error::{ApiError, Body, json_response};
-use crate::router::{PREFIX, query_param};
+use crate::router::{query_param, status_url};
 use crate::state::AppState;
 
 /// D-ID routes answer 503 at once without a key, before reading (and buffering) a body.
@@ -88,6 +92,7 @@ where
 {
     require_upstream(state)?;
     let headers = req.headers().clone();
+    let slot = TalkSlot::of(&req);
     let body: GenerateVideoBody = body::read_json(req, state.settings().json_body_limit).await?;
     let priority = priority(body.priority.as_deref())?;
     let config = match body.config {
@@ -107,8 +112,9 @@ where
 
     if asynchronous {
         let created = video.create_talk(&request, priority).await?;
+        slot.record(&created.id);
         tracing::info!(talk_id = %created.id, %priority, "talk created (asynchronous)");
-        let status_url = format!("{PREFIX}/talk-status/{}", created.id);
+        let status_url = status_url(&created.id);
         let mut resp = json_response(
             StatusCode::ACCEPTED,
             &json!({
@@ -131,9 +137,28 @@ where
         return Ok(resp);
     }
 
+    // Create and wait as two calls, so that the talk id is known while waiting: a request
+    // cut off at shutdown still names the paid talk (see `cutoff`).
+    let started = Instant::now();
+    let created = video.create_talk(&request, priority).await?;
+    slot.record(&created.id);
+    tracing::info!(talk_id = %created.id, %priority, "talk created; waiting for it");
+    // `MAX_WAIT_SECS` counts from the start of the create, as documented.
+    let configured = state.settings().wait;
+    let wait = WaitOptions {
+        max_wait: configured.max_wait.saturating_sub(started.elapsed()),
+        ..configured
+    };
     let talk = video
-        .create_talk_and_wait(&request, priority, state.settings().wait)
-        .await?;
+        .wait_for_talk(&created.id, priority, wait)
+        .await
+        .map_err(|e| match e {
+            VideoApiError::TalkTimedOut { talk_id, .. } => VideoApiError::TalkTimedOut {
+                talk_id,
+                waited: started.elapsed(),
+            },
+            other => other,
+        })?;
     tracing::info!(talk_id = %talk.id, %priority, "talk done");
     Ok(json_response(
         StatusCode::OK,

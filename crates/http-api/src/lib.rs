@@ -11,6 +11,7 @@
 //! - [`wiring`]: builds the adapters a config asks for and the [`AppState`].
 //! - [`state`]: [`AppState`], [`Settings`], [`state::UpstreamStats`].
 //! - [`server`]: [`run`], the accept loop, graceful shutdown, panic catching, request ids.
+//! - [`cutoff`]: the shutdown grace's end as a signal, and the talk a request created.
 //! - [`router`]: the route table, auth rule per route, query parsing.
 //! - [`handlers`]: `generate-video`, `upload-source-image`, `upload-audio`, `talk-status`.
 //! - [`ops`]: `stats`, `health`, `ready`, `metrics`, `cleanup-expired`.
@@ -23,6 +24,7 @@
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod cutoff;
 pub mod error;
 pub mod handlers;
 pub mod metrics;

@@ -131,6 +131,16 @@ fn match_path(path: &str) -> Option<Route> {
     })
 }
 
+/// The route template of `path` (the metrics label), known before the handler runs.
+pub fn template(path: &str) -> &'static str {
+    match_path(path).map_or(templates::UNMATCHED, |r| r.template())
+}
+
+/// Where a talk's status is read: `/api/d_id_optimized/talk-status/{id}`.
+pub fn status_url(id: &domain::TalkId) -> String {
+    format!("{PREFIX}/talk-status/{id}")
+}
+
 /// Answers one request: the route template (for metrics) and the handler's result.
 pub async fn dispatch<B>(
     state: &AppState,
@@ -143,9 +153,7 @@ where
     if !is_open(req.uri().path()) {
         if let Err(why) = auth::check(req.headers(), state.settings().api_token.as_ref()) {
             tracing::info!(reason = ?why, "request not authorised");
-            let template =
-                match_path(req.uri().path()).map_or(templates::UNMATCHED, |r| r.template());
-            return (template, Err(ApiError::Unauthorized));
+            return (template(req.uri().path()), Err(ApiError::Unauthorized));
         }
     }
     let Some(route) = match_path(req.uri().path()) else {

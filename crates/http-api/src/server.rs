@@ -3,9 +3,13 @@
 //!
 //! # Shutdown
 //! When the `shutdown` future resolves the listener is closed, idle keep-alive connections
-//! are closed, and in-flight requests get `shutdown_grace` to finish. After that every
-//! remaining connection task is aborted: dropping a request's future drops whatever limiter
-//! permit or queue place it held, so nothing is leaked even when the grace runs out.
+//! are closed, and in-flight requests get `shutdown_grace` to finish. When the grace runs
+//! out, `run` fires the [`Cutoff`]: every request still running answers 503 `shutting_down`
+//! (`Retry-After`, `Connection: close`; a generate that has created its talk names it, see
+//! [`crate::cutoff`]) and logs one `warn` line with its request id and talk id. The answers
+//! get [`CUTOFF_WRITE_TIME`] to be written; then every remaining connection task is aborted.
+//! Dropping a request's future drops whatever limiter permit or queue place it held, so
+//! nothing is leaked either way.
 //!
 //! # Slow bodies
 //! Every request body is a [`TimedBody`]: it must arrive whole within `body_read_timeout`
@@ -35,6 +39,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::body::{BoxError, TimedBody};
+use crate::cutoff::{Cutoff, TalkSlot};
 use crate::error::{ApiError, Body};
 use crate::router;
 use crate::state::AppState;
@@ -58,8 +63,14 @@ fn request_id(headers: &http::HeaderMap) -> String {
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
 }
 
+/// How long the 503 answers of requests cut off at shutdown get to be written before their
+/// connections are aborted.
+pub const CUTOFF_WRITE_TIME: Duration = Duration::from_secs(1);
+
 /// Answers one request: span, dispatch, error mapping, panic catching, metrics, request id.
-pub async fn handle<B>(state: AppState, req: Request<B>) -> Response<Body>
+/// When `cutoff` fires before the handler is done, the handler is dropped and the request
+/// answers 503 `shutting_down`.
+pub async fn handle<B>(state: AppState, mut req: Request<B>, cutoff: Cutoff) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -70,13 +81,30 @@ where
     let path: String = req.uri().path().chars().take(200).collect();
     let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
 
-    let outcome = AssertUnwindSafe(async { router::dispatch(&state, req).await })
-        .catch_unwind()
-        .instrument(span.clone())
-        .await;
+    let template = router::template(req.uri().path());
+    let talk = TalkSlot::default();
+    req.extensions_mut().insert(talk.clone());
+    let dispatch = AssertUnwindSafe(async { router::dispatch(&state, req).await }).catch_unwind();
+    let outcome = async {
+        tokio::select! {
+            // An answer that is ready wins over a cut-off that fires at the same moment.
+            biased;
+            outcome = dispatch => Some(outcome),
+            () = cutoff.fired() => None,
+        }
+    }
+    .instrument(span.clone())
+    .await;
     let (route, result) = match outcome {
-        Ok(x) => x,
-        Err(panic) => {
+        // The handler was dropped (with its permits); only the talk it recorded is left.
+        None => (
+            template,
+            Err(ApiError::ShuttingDown {
+                talk_id: talk.get(),
+            }),
+        ),
+        Some(Ok(x)) => x,
+        Some(Err(panic)) => {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
@@ -91,7 +119,14 @@ where
         Ok(resp) => resp,
         Err(e) => {
             // The one place where an error's cause is logged.
-            if e.log_level_is_error() {
+            if let ApiError::ShuttingDown { talk_id } = &e {
+                // The only trace of a paid talk whose caller got no video: name it.
+                tracing::warn!(
+                    talk_id = talk_id.as_ref().map(tracing::field::display),
+                    code = e.code(),
+                    "shutdown grace elapsed; request cut off"
+                );
+            } else if e.log_level_is_error() {
                 tracing::error!(error = %e, code = e.code(), "request failed");
             } else {
                 tracing::info!(error = %e, code = e.code(), "request rejected");
@@ -169,6 +204,7 @@ pub async fn run(
         .keep_alive(true);
     let grace = state.settings().shutdown_grace;
     let graceful = GracefulShutdown::new();
+    let (cutoff_trigger, cutoff) = crate::cutoff::cutoff();
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {
@@ -197,11 +233,13 @@ pub async fn run(
                     state.settings().body_read_timeout,
                     state.settings().body_idle_timeout,
                 );
+                let cutoff = cutoff.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
                     let st = st.clone();
+                    let cutoff = cutoff.clone();
                     // The body deadline starts when the head has been read.
                     let req = req.map(|b| TimedBody::new(b, total, gap));
-                    async move { Ok::<_, Infallible>(handle(st, req).await) }
+                    async move { Ok::<_, Infallible>(handle(st, req, cutoff).await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 connections.spawn(async move {
@@ -229,6 +267,18 @@ pub async fn run(
             remaining = connections.len(),
             "shutdown grace elapsed; cutting off the remaining requests"
         );
+        // Each running request answers 503 at once; its connection ends after the answer.
+        cutoff_trigger.fire();
+        let written = tokio::time::timeout(CUTOFF_WRITE_TIME, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if written.is_err() {
+            tracing::warn!(
+                remaining = connections.len(),
+                "connections still open after the cut-off answers; aborting them"
+            );
+        }
     }
     // Aborting drops each request's future and with it any permit or queue place.
     connections.shutdown().await;

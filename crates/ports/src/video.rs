@@ -125,7 +125,7 @@ impl VideoApiError {
     }
 }
 
-/// How long [`VideoApi::create_talk_and_wait`] polls.
+/// How long [`VideoApi::wait_for_talk`] and [`VideoApi::create_talk_and_wait`] poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitOptions {
     /// Pause between two status polls (jitter is added by the adapter).
@@ -184,9 +184,22 @@ pub trait VideoApi: Send + Sync {
     async fn delete_talk(&self, id: &TalkId, priority: Priority) -> Result<Talk, VideoApiError>;
     /// `GET /credits`.
     async fn credits(&self, priority: Priority) -> Result<Credits, VideoApiError>;
-    /// Creates a talk and polls it until it is terminal: the `done` talk, or
+    /// Polls the talk `id` until it is terminal: the `done` talk, or
     /// [`VideoApiError::TalkFailed`], [`VideoApiError::TalkRejected`],
-    /// [`VideoApiError::TalkTimedOut`]. No slot is held between polls.
+    /// [`VideoApiError::TalkTimedOut`] once `wait.max_wait` (counted from this call) has
+    /// passed. Transient poll failures do not end the wait. No slot is held between polls.
+    ///
+    /// With [`VideoApi::create_talk`] this is [`VideoApi::create_talk_and_wait`] split in
+    /// two, for a caller that must know the talk id while it waits.
+    async fn wait_for_talk(
+        &self,
+        id: &TalkId,
+        priority: Priority,
+        wait: WaitOptions,
+    ) -> Result<Talk, VideoApiError>;
+    /// Creates a talk (exactly once, as [`VideoApi::create_talk`]) and waits for it as
+    /// [`VideoApi::wait_for_talk`] does, with `wait.max_wait` counted from the start of the
+    /// create.
     async fn create_talk_and_wait(
         &self,
         request: &TalkRequest,

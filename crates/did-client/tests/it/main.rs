@@ -8,7 +8,8 @@
 //! - `retries`: which failures are retried, how often, how long, within which deadline;
 //! - `permits`: a permit only during the exchange — not in backoff, not between polls, not
 //!   after cancellation;
-//! - `waiting`: `create_talk_and_wait` to done, error, rejected and timeout.
+//! - `waiting`: `create_talk_and_wait` to done, error, rejected and timeout; `wait_for_talk`
+//!   on a talk created before.
 //!
 //! Modules against `did-fake` (the realistic upstream):
 //! - `fake`: every operation, exactly-once create under create-then-fail, polling to each

@@ -1,4 +1,5 @@
-//! `create_talk_and_wait` ends in the done talk or a typed error carrying the talk id.
+//! `create_talk_and_wait` and `wait_for_talk` end in the done talk or a typed error carrying
+//! the talk id.
 
 use std::time::Duration;
 
@@ -158,4 +159,59 @@ async fn a_vanished_talk_ends_the_wait_with_not_found() {
         .await
         .unwrap_err();
     assert!(matches!(err, VideoApiError::NotFound { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn waiting_for_a_created_talk_polls_that_talk_and_creates_nothing() {
+    let statuses: &'static [serde_json::Value] =
+        Box::leak(Box::new([talk_json("tlk_w", "started"), {
+            let mut t = talk_json("tlk_w", "done");
+            t["user_data"] = "job-w|tg:AbCdEfGhIjKlMnOp".into();
+            t
+        }]));
+    let server = upstream(statuses).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let created = did.create_talk(&request(), Priority::Normal).await.unwrap();
+    let talk = did
+        .wait_for_talk(&created.id, Priority::Normal, fast())
+        .await
+        .unwrap();
+    assert_eq!(talk.id, created.id);
+    assert_eq!(talk.status, TalkStatus::Done);
+    assert_eq!(
+        talk.user_data.as_deref(),
+        Some("job-w"),
+        "the tag is stripped"
+    );
+    let seen = server.seen();
+    let methods: Vec<(&str, &str)> = seen.iter().map(|s| (s.method.as_str(), s.path())).collect();
+    assert_eq!(
+        methods,
+        [
+            ("POST", "/talks"),
+            ("GET", "/talks/tlk_w"),
+            ("GET", "/talks/tlk_w")
+        ]
+    );
+    assert_eq!(did.stats().polls, 2);
+}
+
+#[tokio::test]
+async fn waiting_for_a_talk_times_out_with_its_id() {
+    let server = Scripted::start(|_, _| Reply::json(200, talk_json("tlk_w", "started"))).await;
+    let did = client(config(&server.base_url), limiter(1));
+    let id = domain::TalkId::parse("tlk_w").unwrap();
+    let wait = WaitOptions {
+        poll_interval: Duration::from_millis(20),
+        max_wait: Duration::from_millis(200),
+    };
+    let err = did
+        .wait_for_talk(&id, Priority::Normal, wait)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VideoApiError::TalkTimedOut { ref talk_id, .. } if *talk_id == id),
+        "{err:?}"
+    );
+    assert!(server.seen().iter().all(|s| s.method == "GET"), "no create");
 }

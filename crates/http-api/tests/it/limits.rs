@@ -177,12 +177,20 @@ async fn shutdown_drains_in_flight_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_grace_is_bounded_and_cut_off_requests_release_their_permits() {
+async fn shutdown_grace_is_bounded_and_cut_off_requests_answer_503_and_release_their_permits() {
     let fake = support::fake_with(slow_status(2_000)).await;
     let mut srv = support::service(&fake, &[("SHUTDOWN_GRACE_SECS", "0.3")]).await;
     let url = srv.api("/talk-status/tlk_abc");
-    let in_flight =
-        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
+    let in_flight = tokio::spawn(async move {
+        let resp = client()
+            .get(url)
+            .header("x-request-id", "cutoff-status-1")
+            .send()
+            .await
+            .expect("the cut-off request gets an answer");
+        let retry_after = resp.headers().get("retry-after").cloned();
+        (retry_after, json(resp).await)
+    });
     support::eventually(Duration::from_secs(5), "the call is in flight", || async {
         srv.limiter_stats().await.active == 1
     })
@@ -201,9 +209,18 @@ async fn shutdown_grace_is_bounded_and_cut_off_requests_release_their_permits() 
         "took {:?}",
         started.elapsed()
     );
+    // The cut-off request is answered, not dropped: 503, retry soon, no talk to follow.
+    let (retry_after, (status, v)) = in_flight.await.unwrap();
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "shutting_down", "{v}");
+    assert_eq!(v["error"].get("talk_id"), None, "{v}");
+    assert_eq!(retry_after.unwrap(), "5");
     assert!(
-        in_flight.await.unwrap().is_err(),
-        "the cut-off request gets no answer"
+        support::logs()
+            .lines()
+            .any(|l| l.contains("cutoff-status-1")
+                && l.contains("shutdown grace elapsed; request cut off")),
+        "the cut-off is logged with the request id"
     );
     // The exchange D-ID had started runs to its end and only then gives its slot back.
     support::eventually(Duration::from_secs(5), "the slot is free again", || async {

@@ -14,5 +14,6 @@ mod openapi;
 mod readme;
 mod redis;
 mod scrub;
+mod shutdown;
 mod support;
 mod transport;

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use domain::{Priority, Talk, TalkId, TalkStatus};
+use domain::{CreatedTalk, Priority, Talk, TalkId, TalkStatus};
+use mockall::Sequence;
 use mockall::predicate::eq;
 use ports::{MockVideoApi, VideoApiError, WaitOptions};
 use serde_json::json;
@@ -14,22 +15,45 @@ fn body() -> serde_json::Value {
     json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "priority": "critical"})
 }
 
+/// A talk just created.
+fn created(id: &str) -> CreatedTalk {
+    CreatedTalk {
+        id: TalkId::parse(id).unwrap(),
+        status: TalkStatus::Created,
+        created_at: None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_generate_waits_with_the_configured_polling_and_priority() {
+async fn sync_generate_creates_then_waits_with_the_configured_polling_and_priority() {
     let mut mock = MockVideoApi::new();
+    let mut order = Sequence::new();
     let wait = WaitOptions {
         poll_interval: Duration::from_millis(250),
         max_wait: Duration::from_secs(42),
     };
-    mock.expect_create_talk_and_wait()
-        .withf(move |req, prio, w| {
+    mock.expect_create_talk()
+        .withf(move |req, prio| {
             *prio == Priority::Critical
-                && *w == wait
                 && req.source_url() == Some("https://x.test/a.jpg")
                 // The original's default config when the caller sends none.
                 && req.config().and_then(|c| c.stitch) == Some(true)
         })
         .times(1)
+        .in_sequence(&mut order)
+        .returning(|_, _| Ok(created("tlk_1")));
+    mock.expect_wait_for_talk()
+        .withf(move |id, prio, w| {
+            // `MAX_WAIT_SECS` counts from the start of the create, so what is left of it is
+            // passed on (the create above answered at once: nearly all of it).
+            id.as_str() == "tlk_1"
+                && *prio == Priority::Critical
+                && w.poll_interval == wait.poll_interval
+                && w.max_wait <= wait.max_wait
+                && w.max_wait > wait.max_wait - Duration::from_secs(10)
+        })
+        .times(1)
+        .in_sequence(&mut order)
         .returning(|_, _, _| {
             Ok(Talk {
                 id: TalkId::parse("tlk_1").unwrap(),
@@ -70,7 +94,10 @@ async fn sync_generate_waits_with_the_configured_polling_and_priority() {
 async fn errors_the_fake_cannot_produce_are_mapped() {
     let mut mock = MockVideoApi::new();
     let id = TalkId::parse("tlk_slow").unwrap();
-    mock.expect_create_talk_and_wait()
+    mock.expect_create_talk()
+        .times(1)
+        .returning(|_, _| Ok(created("tlk_slow")));
+    mock.expect_wait_for_talk()
         .times(1)
         .returning(move |_, _, _| {
             Err(VideoApiError::TalkTimedOut {

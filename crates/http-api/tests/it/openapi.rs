@@ -31,25 +31,35 @@ fn resolve(v: &Value) -> &Value {
 }
 
 /// The checker: records which operations were exercised.
-struct Checker {
+pub(crate) struct Checker {
     seen: BTreeSet<(String, String)>,
 }
 
 impl Checker {
-    fn new() -> Checker {
+    pub(crate) fn new() -> Checker {
         Checker {
             seen: BTreeSet::new(),
         }
     }
 
     /// Sends `req`, and checks status and body against the operation `method path`.
-    async fn check(
+    pub(crate) async fn check(
         &mut self,
         method: &str,
         path: &str,
         req: reqwest::RequestBuilder,
     ) -> (u16, Value) {
         let resp = req.send().await.unwrap();
+        self.check_response(method, path, resp).await
+    }
+
+    /// Checks a response already received (when the test needs its headers too).
+    pub(crate) async fn check_response(
+        &mut self,
+        method: &str,
+        path: &str,
+        resp: reqwest::Response,
+    ) -> (u16, Value) {
         let status = resp.status().as_u16();
         let ct = resp
             .headers()
