@@ -13,5 +13,6 @@ mod mock;
 mod openapi;
 mod readme;
 mod redis;
+mod stats;
 mod support;
 mod transport;
