@@ -1,5 +1,8 @@
 //! Counters of what the client did, and the serializable snapshot [`DidClientStats`].
 //!
+//! Every duration in the snapshot is whole milliseconds under a name ending in `_ms`
+//! (never serde's default `{"secs", "nanos"}` for a `Duration`), so `/stats` has one unit.
+//!
 //! Counters are relaxed atomics: they are monotonic tallies read for dashboards, nothing is
 //! decided from them. Responses per status sit behind a mutex held only to bump one entry.
 
@@ -7,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::config::{AuthScheme, DidClientConfig};
 use crate::retry::RetryPolicy;
@@ -73,6 +76,19 @@ pub(crate) struct Counters {
     responses: Mutex<BTreeMap<u16, u64>>,
 }
 
+/// A duration as whole milliseconds (saturating at `u64::MAX`).
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Serializes a `Duration` as whole milliseconds, for fields named `*_ms`.
+pub(crate) fn serialize_ms<S: Serializer>(
+    d: &std::time::Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(millis(*d))
+}
+
 /// Adds one to a counter.
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
@@ -92,17 +108,16 @@ impl Counters {
     /// The snapshot.
     pub fn snapshot(&self, config: &DidClientConfig, api_key_configured: bool) -> DidClientStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         DidClientStats {
             base_url: config.base_url.clone(),
             api_key_configured,
             auth_scheme: config.auth_scheme,
             pool: PoolStats {
                 max_idle_per_host: config.pool_max_idle_per_host,
-                idle_timeout_ms: ms(config.pool_idle_timeout),
-                connect_timeout_ms: ms(config.connect_timeout),
-                request_timeout_ms: ms(config.request_timeout),
-                upload_timeout_ms: ms(config.upload_timeout),
+                idle_timeout_ms: millis(config.pool_idle_timeout),
+                connect_timeout_ms: millis(config.connect_timeout),
+                request_timeout_ms: millis(config.request_timeout),
+                upload_timeout_ms: millis(config.upload_timeout),
             },
             retry_policy: config.retry,
             requests: get(&self.requests),

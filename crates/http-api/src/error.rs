@@ -94,6 +94,35 @@ pub enum ApiError {
     /// `BODY_IDLE_TIMEOUT_SECS`); the connection is closed after the answer.
     #[error(transparent)]
     BodyTimeout(#[from] crate::body::BodyTimeout),
+    /// The request target (path and query) is longer than the service accepts
+    /// ([`MAX_URI_BYTES`](crate::server::MAX_URI_BYTES)); the connection is closed after the
+    /// answer.
+    #[error("the request target is {len} bytes long; at most {limit} are accepted")]
+    UriTooLong {
+        /// The target's length, in bytes.
+        len: usize,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The request has more header fields than the service accepts
+    /// ([`MAX_HEADERS`](crate::server::MAX_HEADERS)); the connection is closed after the answer.
+    #[error("the request has {count} header fields; at most {limit} are accepted")]
+    TooManyHeaders {
+        /// How many header fields the request has.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request's header fields are larger in all than the service accepts
+    /// ([`MAX_HEADER_BYTES`](crate::server::MAX_HEADER_BYTES)); the connection is closed
+    /// after the answer.
+    #[error("the request's header fields are {size} bytes in all; at most {limit} are accepted")]
+    HeadersTooLarge {
+        /// Their size: names, values and the 4 bytes of `: ` and CRLF per field.
+        size: usize,
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// The request's `Content-Type` is not what the route reads.
     #[error("unsupported content type: expected {expected}")]
     UnsupportedMediaType {
@@ -170,6 +199,10 @@ impl ApiError {
             ApiError::FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ApiError::TooManyHeaders { .. } | ApiError::HeadersTooLarge { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -222,6 +255,10 @@ impl ApiError {
             ApiError::MalformedMultipart(_) => "malformed_multipart",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::BodyTimeout(_) => "request_timeout",
+            ApiError::UriTooLong { .. } => "uri_too_long",
+            ApiError::TooManyHeaders { .. } | ApiError::HeadersTooLarge { .. } => {
+                "request_header_fields_too_large"
+            }
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::RouteNotFound(_) => "route_not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -398,9 +435,14 @@ impl ApiError {
                     headers.insert(header::ALLOW, v);
                 }
             }
-            ApiError::BodyTimeout(_) => {
+            ApiError::BodyTimeout(_)
+            | ApiError::UriTooLong { .. }
+            | ApiError::TooManyHeaders { .. }
+            | ApiError::HeadersTooLarge { .. } => {
                 // The rest of the body was never read, so the connection cannot carry
-                // another request; hyper closes it after this answer.
+                // another request (and a client that sent an oversized head gets no second
+                // try on it, as with hyper's own 414 and 431); hyper closes it after this
+                // answer.
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::ShuttingDown { .. } => {
@@ -695,6 +737,30 @@ mod tests {
             "shutting_down",
         );
         check(
+            ApiError::UriTooLong {
+                len: 9000,
+                limit: 8192,
+            },
+            414,
+            "uri_too_long",
+        );
+        check(
+            ApiError::TooManyHeaders {
+                count: 101,
+                limit: 100,
+            },
+            431,
+            "request_header_fields_too_large",
+        );
+        check(
+            ApiError::HeadersTooLarge {
+                size: 20_000,
+                limit: 16_384,
+            },
+            431,
+            "request_header_fields_too_large",
+        );
+        check(
             ApiError::Internal("boom at x.rs:1".into()),
             500,
             "internal_error",
@@ -721,6 +787,12 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
         let r = ApiError::Unauthorized.into_response();
         assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
+        let r = ApiError::TooManyHeaders {
+            count: 101,
+            limit: 100,
+        }
+        .into_response();
+        assert_eq!(r.headers()[header::CONNECTION], "close");
         let r = ApiError::ShuttingDown { talk_id: None }.into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
         assert_eq!(r.headers()[header::CONNECTION], "close");

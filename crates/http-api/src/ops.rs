@@ -36,11 +36,34 @@ fn limiter_json(s: &LimiterStats) -> Value {
             "max_wait_ms": s.max_wait_ms,
             "oldest_queued_ms": s.oldest_queued_ms,
         },
-        "counters": s.counters,
+        // The acquire outcomes are under `waits` already; `counters` has only the rest.
+        "counters": {
+            "released": s.counters.released,
+            "leases_lost": s.counters.leases_lost,
+            "leases_reclaimed": s.counters.leases_reclaimed,
+        },
     })
 }
 
+/// The upstream client's own description, without the facts the `client` section already
+/// holds under the original's names (`api_key_configured`, `pool_limits.max_keepalive`).
+fn upstream_json(details: &Value) -> Value {
+    let mut details = details.clone();
+    if let Some(obj) = details.as_object_mut() {
+        obj.remove("api_key_configured");
+        if let Some(pool) = obj.get_mut("pool").and_then(Value::as_object_mut) {
+            pool.remove("max_idle_per_host");
+        }
+    }
+    details
+}
+
 /// `GET /stats`.
+///
+/// Each fact appears once, and every duration is a number of milliseconds named `*_ms`.
+/// The original's keys stay where they were (`client.api_key_configured`,
+/// `client.pool_limits`); `client.upstream` is the D-ID client's configuration and counters
+/// (`retries` among them) without what those keys already say.
 pub async fn stats(state: &AppState) -> Result<Response<Body>, ApiError> {
     let limiter = state.limiter().stats().await;
     state.observe_degraded(limiter.degraded);
@@ -53,10 +76,9 @@ pub async fn stats(state: &AppState) -> Result<Response<Body>, ApiError> {
             "max_keepalive": upstream.as_ref()
                 .and_then(|u| u.details.pointer("/pool/max_idle_per_host").cloned()),
         },
-        "retries": upstream.as_ref().map(|u| u.retries),
     });
     if let (Some(u), Some(obj)) = (&upstream, client.as_object_mut()) {
-        obj.insert("upstream".into(), u.details.clone());
+        obj.insert("upstream".into(), upstream_json(&u.details));
     }
     Ok(json_response(
         StatusCode::OK,

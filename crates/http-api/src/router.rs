@@ -4,9 +4,10 @@
 //! crate. A path that matches no route is a 404; a path that matches with another method is
 //! a 405 with `Allow`.
 //!
-//! Auth comes first: when `HTTP_API_TOKEN` is set, every path under the prefix other than
-//! the open probes and metrics (`is_open`) needs the token *before* the method or the
-//! route is looked at, so an unauthenticated client cannot tell an existing route from an
+//! The request head's size limits ([`check_head`](crate::server::check_head)) come first,
+//! then auth: when `HTTP_API_TOKEN` is set, every path under the prefix other than the open
+//! probes and metrics (`is_open`) needs the token *before* the method or the route is
+//! looked at, so an unauthenticated client cannot tell an existing route from an
 //! unknown one or learn which methods a route takes. The probes (`/health`, `/ready`) and
 //! `/metrics`, at the root or under the prefix, never need one; paths outside the prefix
 //! are 404 without one.
@@ -150,6 +151,11 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    // An oversized head is refused before anything else looks at it, also before auth.
+    if let Err(e) = crate::server::check_head(&req) {
+        let template = match_path(req.uri().path()).map_or(templates::UNMATCHED, |r| r.template());
+        return (template, Err(e));
+    }
     if !is_open(req.uri().path()) {
         if let Err(why) = auth::check(req.headers(), state.settings().api_token.as_ref()) {
             tracing::info!(reason = ?why, "request not authorised");

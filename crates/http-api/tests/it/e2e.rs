@@ -614,7 +614,7 @@ async fn stats_health_ready_and_metrics_report_the_limiter_and_upstream() {
     assert_eq!(rl["queue_by_priority"]["critical"], 0);
     assert!(rl["waits"]["acquired_immediately"].as_u64().unwrap() >= 1);
     assert_eq!(stats["client"]["api_key_configured"], true);
-    assert_eq!(stats["client"]["retries"], 0);
+    assert_eq!(stats["client"]["upstream"]["retries"], 0);
     // D-ID answers an upload with 201 Created.
     assert_eq!(
         stats["client"]["upstream"]["responses"]["201"], 1,

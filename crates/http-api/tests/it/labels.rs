@@ -15,7 +15,7 @@ const STANDARD: &[&str] = &[
 ];
 
 /// `(method, route, status)` of every `talkgate_http_requests_total` series.
-fn series(metrics: &str) -> Vec<(String, String, String)> {
+pub fn series(metrics: &str) -> Vec<(String, String, String)> {
     metrics
         .lines()
         .filter(|l| l.starts_with("talkgate_http_requests_total{"))

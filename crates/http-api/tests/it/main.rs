@@ -15,5 +15,6 @@ mod readme;
 mod redis;
 mod scrub;
 mod shutdown;
+mod stats;
 mod support;
 mod transport;

@@ -273,3 +273,117 @@ async fn head_on_a_get_route_answers_like_get_without_a_body() {
     );
     srv.stop().await;
 }
+
+/// Asserts `raw` is the service's own JSON error `code` with `status`, a request id, and the
+/// connection closed after it.
+fn assert_json_error(raw: &Raw, status: u16, code: &str, what: &str) {
+    assert_eq!(raw.status, status, "{what}: {raw:?}");
+    assert_eq!(raw.json()["error"]["code"], code, "{what}: {raw:?}");
+    assert!(
+        raw.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {raw:?}"
+    );
+    assert!(raw.header("x-request-id").is_some(), "{what}: {raw:?}");
+    assert_eq!(
+        raw.header("content-type"),
+        Some("application/json"),
+        "{what}"
+    );
+    assert!(raw.closed, "{what}: the connection stays open: {raw:?}");
+}
+
+/// The `talk-status` path with an id of `n` characters.
+fn long_path(n: usize) -> String {
+    format!("/api/d_id_optimized/talk-status/tlk_{}", "a".repeat(n))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_the_json_error_shape_with_a_request_id() {
+    let srv = timed_service(5.0, 5.0).await;
+    let within = Duration::from_secs(5);
+
+    // A 20 KB request target: over the service's 8 KiB, under hyper's fixed 64 KiB.
+    let head = format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", long_path(20_000));
+    let mut s = send(srv.addr, head.as_bytes()).await;
+    let raw = read_answer(&mut s, within, within).await;
+    assert_json_error(&raw, 414, "uri_too_long", "20 KB URL");
+
+    // 1000 header fields: over the service's 100, under what hyper is set to parse.
+    let many: String = (0..1000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let head = format!("GET /health HTTP/1.1\r\nHost: t\r\n{many}\r\n");
+    let mut s = send(srv.addr, head.as_bytes()).await;
+    let raw = read_answer(&mut s, within, within).await;
+    assert_json_error(&raw, 431, "request_header_fields_too_large", "1000 headers");
+
+    // One header of about 20 KB: over the service's 16 KiB of header fields.
+    let head = format!(
+        "GET /health HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    let mut s = send(srv.addr, head.as_bytes()).await;
+    let raw = read_answer(&mut s, within, within).await;
+    assert_json_error(&raw, 431, "request_header_fields_too_large", "20 KB header");
+
+    // A client's own request id is kept on these answers too.
+    let head = format!(
+        "GET {} HTTP/1.1\r\nHost: t\r\nX-Request-Id: mine-1\r\n\r\n",
+        long_path(9_000)
+    );
+    let mut s = send(srv.addr, head.as_bytes()).await;
+    let raw = read_answer(&mut s, within, within).await;
+    assert_json_error(&raw, 414, "uri_too_long", "9 KB URL");
+    assert_eq!(raw.header("x-request-id"), Some("mine-1"));
+
+    // They are counted, under route labels from the closed set (never the long path).
+    let metrics = reqwest::get(srv.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = crate::labels::series(&metrics);
+    let rejected: Vec<_> = series
+        .iter()
+        .filter(|(_, _, status)| status == "414" || status == "431")
+        .collect();
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    for (method, route, _) in rejected {
+        assert_eq!(method, "GET");
+        assert!(
+            ["/health", "/api/d_id_optimized/talk-status/{talk_id}"].contains(&route.as_str()),
+            "{route}"
+        );
+    }
+    srv.stop().await;
+}
+
+/// What hyper rejects before the service sees a request keeps hyper's own bare answer (as
+/// the README's Errors section and `server`'s module docs say), and the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_hyper_rejects_itself_get_its_bare_answer_and_a_closed_connection() {
+    let srv = timed_service(5.0, 5.0).await;
+    let within = Duration::from_secs(5);
+    let cases = [
+        (
+            "a bare CR in a header value",
+            "GET /health HTTP/1.1\r\nHost: t\r\nX-Bad: a\rb\r\n\r\n".to_owned(),
+            400,
+        ),
+        (
+            "a 100 KB URL (over hyper's fixed 65,534 bytes)",
+            format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", long_path(100_000)),
+            414,
+        ),
+    ];
+    for (what, head, status) in cases {
+        let mut s = send(srv.addr, head.as_bytes()).await;
+        let raw = read_answer(&mut s, within, within).await;
+        assert_eq!(raw.status, status, "{what}: {raw:?}");
+        assert!(raw.body.is_empty(), "{what}: {raw:?}");
+        assert!(raw.header("x-request-id").is_none(), "{what}: {raw:?}");
+        assert!(raw.closed, "{what}: the connection stays open: {raw:?}");
+    }
+    srv.stop().await;
+}
