@@ -10,6 +10,8 @@
 //! - [`config`]: [`RedisLimiterConfig`], its defaults and validation, URL redaction.
 //! - [`error`]: [`RedisLimiterError`], construction errors (runtime errors are
 //!   [`ports::LimiterError`]).
+//! - `connection`: config → fred clients (timeouts, reconnects, command attempts), and the
+//!   classification of a failed Redis call.
 //! - [`scripts`]: the Redis data model and the Lua scripts, one per transition.
 //! - `limiter`: [`RedisLimiter`]: acquire loop, stats, `set_limit`, failover and probing.
 //! - `permit`: the Redis permit handle: lease renewal, release, loss detection.
@@ -72,6 +74,7 @@
 //!   from `Drop` immediately, ordered before any later command of the same task.
 
 pub mod config;
+mod connection;
 pub mod error;
 mod limiter;
 mod permit;

@@ -24,7 +24,6 @@ use async_trait::async_trait;
 use domain::Priority;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface};
-use fred::prelude::{Builder, Config, ReconnectPolicy, TcpConfig};
 use fred::types::scripts::Script;
 use fred::types::{FromValue, Value};
 use ports::{
@@ -36,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{RedisLimiterConfig, address_of, redact_url};
+use crate::connection::{self, BackendError, Clients, classify};
 use crate::error::RedisLimiterError;
 use crate::permit::{Cleanup, RedisPermit};
 use crate::scripts::Scripts;
@@ -117,54 +117,6 @@ pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A Redis call that failed or timed out; the message is safe to show (no URL, no password).
-#[derive(Debug, Clone)]
-pub(crate) struct BackendError {
-    message: String,
-    reason: DegradedReason,
-}
-
-impl BackendError {
-    fn new(reason: DegradedReason, message: String) -> Self {
-        BackendError { message, reason }
-    }
-
-    /// A fred error, classified.
-    fn fred(context: &str, e: &fred::error::Error) -> Self {
-        Self::new(classify(e), format!("{context}: {e}"))
-    }
-}
-
-impl std::fmt::Display for BackendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Which kind of failure a fred error is. fred reports `WRONGPASS`/`NOAUTH` as `Auth`, and a
-/// socket error as `IO` with the `std::io::Error`'s debug text (`kind: ConnectionRefused`).
-pub(crate) fn classify(e: &fred::error::Error) -> DegradedReason {
-    use fred::error::ErrorKind;
-    let details = e.details();
-    let lower = details.to_ascii_lowercase();
-    let kind = format!("{:?}", e.kind());
-    if *e.kind() == ErrorKind::Auth
-        || details.contains("WRONGPASS")
-        || details.contains("NOAUTH")
-        || lower.contains("invalid password")
-    {
-        DegradedReason::Auth
-    } else if kind == "Tls" || lower.contains("tls") || lower.contains("certificate") {
-        DegradedReason::Tls
-    } else if *e.kind() == ErrorKind::Timeout || details.contains("TimedOut") {
-        DegradedReason::Timeout
-    } else if details.contains("ConnectionRefused") || lower.contains("connection refused") {
-        DegradedReason::Refused
-    } else {
-        DegradedReason::Other
-    }
-}
-
 /// `d` scaled by a random factor in `[low, 1]`, so periodic work of many holders and
 /// processes does not line up.
 pub(crate) fn jittered(d: Duration, low: f64) -> Duration {
@@ -203,33 +155,7 @@ impl RedisLimiter {
         fallback: Arc<dyn ConcurrencyLimiter>,
     ) -> Result<Self, RedisLimiterError> {
         config.validate()?;
-        let invalid_url = |source| RedisLimiterError::InvalidUrl {
-            url: redact_url(&config.url),
-            source,
-        };
-        let mut fred_config = Config::from_url(&config.url).map_err(invalid_url)?;
-        // Keep retrying the first connection too, so a limiter built during an outage
-        // recovers by itself.
-        fred_config.fail_fast = false;
-        let mut builder = Builder::from_config(fred_config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = config.connect_timeout;
-                c.internal_command_timeout = config.connect_timeout;
-                c.max_command_attempts = 2;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..TcpConfig::default()
-                };
-            })
-            .with_performance_config(|p| {
-                // fred applies no timeout unless told; every call is bounded by op_timeout.
-                p.default_command_timeout = config.op_timeout;
-            })
-            // Reconnect forever, 50 ms doubling to 1 s (fred adds jitter).
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
-        let client = builder.build().map_err(invalid_url)?;
-        let subscriber = builder.build_subscriber_client().map_err(invalid_url)?;
+        let Clients { client, subscriber } = connection::clients(&config)?;
 
         fallback
             .set_limit(config.fallback_limit(config.max_concurrent))
