@@ -13,6 +13,8 @@
 //! - `connection`: config → fred clients (timeouts, reconnects, command attempts), and the
 //!   classification of a failed Redis call.
 //! - [`scripts`]: the Redis data model and the Lua scripts, one per transition.
+//! - `reply`: each script's answer decoded into a type (the one place that knows what
+//!   `return 3` means).
 //! - `limiter`: [`RedisLimiter`]: acquire loop, stats, `set_limit`, failover and probing.
 //! - `permit`: the Redis permit handle: lease renewal, release, loss detection.
 //! - `wakeup`: the pub/sub task that wakes local waiters when Redis grants their ticket.
@@ -78,6 +80,7 @@ mod connection;
 pub mod error;
 mod limiter;
 mod permit;
+mod reply;
 pub mod scripts;
 mod wakeup;
 

@@ -38,6 +38,7 @@ use crate::config::{RedisLimiterConfig, address_of, redact_url};
 use crate::connection::{self, BackendError, Clients, classify};
 use crate::error::RedisLimiterError;
 use crate::permit::{Cleanup, RedisPermit};
+use crate::reply::{self, Acquire, GivenBack, Renew};
 use crate::scripts::Scripts;
 use crate::wakeup;
 
@@ -141,6 +142,25 @@ where
     let mut cx = Context::from_waker(std::task::Waker::noop());
     if fut.as_mut().poll(&mut cx).is_pending() {
         handle.spawn(fut);
+    }
+}
+
+/// How the acquire script treats a token that finds no free slot.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Queue it (a ticket that lives `waiter_ttl` unless refreshed).
+    Wait,
+    /// Refuse it without queueing (an acquire with a zero wait).
+    Try,
+}
+
+impl Mode {
+    /// The script's `ARGV[8]`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Wait => "wait",
+            Mode::Try => "try",
+        }
     }
 }
 
@@ -306,14 +326,39 @@ impl Inner {
         duration_ms(self.config.lease_ttl)
     }
 
-    fn acquire_args(&self, token: &str, priority: Priority, mode: &'static str) -> Vec<Value> {
-        vec![
+    /// Runs the acquire script for `token`: queue it, refresh its ticket, or confirm its
+    /// grant (see [`Acquire`] for the answers).
+    async fn acquire_script(
+        &self,
+        token: &str,
+        priority: Priority,
+        mode: Mode,
+    ) -> Result<Acquire, BackendError> {
+        let args = vec![
             Value::from(token),
             Value::Integer(priority.index() as i64),
             Value::Integer(self.lease_ms()),
             Value::Integer(duration_ms(self.config.waiter_ttl)),
-            Value::from(mode),
-        ]
+            Value::from(mode.as_str()),
+        ];
+        Acquire::decode(self.eval(&self.scripts.acquire, args).await?)
+    }
+
+    /// Extends the lease of `token` by a full `lease_ttl`, unless it was lost.
+    pub(crate) async fn renew_lease(&self, token: &str) -> Result<Renew, BackendError> {
+        let args = vec![Value::from(token), Value::Integer(self.lease_ms())];
+        Renew::decode(self.eval(&self.scripts.renew, args).await?)
+    }
+
+    /// Stores `limit` as the global limit (admitting waiters at once if it grew).
+    async fn store_limit(&self, limit: u32) -> Result<(), BackendError> {
+        let args = vec![Value::Integer(i64::from(limit))];
+        reply::decode_set_limit(self.eval(&self.scripts.set_limit, args).await?)
+    }
+
+    /// Runs the stats script (which also reclaims and promotes).
+    async fn read_stats(&self) -> Result<reply::Stats, BackendError> {
+        reply::Stats::decode(self.eval(&self.scripts.stats, Vec::new()).await?)
     }
 
     /// The longest a waiter sleeps without a wake-up: the safety poll, capped so that the
@@ -329,13 +374,19 @@ impl Inner {
         &self,
         what: Cleanup,
         token: &str,
-    ) -> Result<i64, BackendError> {
-        let script = match what {
-            Cleanup::Release => &self.scripts.release,
-            Cleanup::Cancel => &self.scripts.cancel,
+    ) -> Result<GivenBack, BackendError> {
+        let args = || {
+            let tombstone = Value::Integer(duration_ms(self.config.tombstone_ttl()));
+            vec![Value::from(token), tombstone]
         };
-        let tombstone = Value::Integer(duration_ms(self.config.tombstone_ttl()));
-        self.eval(script, vec![Value::from(token), tombstone]).await
+        match what {
+            Cleanup::Release => {
+                GivenBack::decode_release(self.eval(&self.scripts.release, args()).await?)
+            }
+            Cleanup::Cancel => {
+                GivenBack::decode_cancel(self.eval(&self.scripts.cancel, args()).await?)
+            }
+        }
     }
 
     /// Switches to the fallback (once) and starts the probe that switches back.
@@ -382,17 +433,8 @@ impl Inner {
     async fn try_recover(self: &Arc<Self>) -> bool {
         let pending = *self.pending_limit.lock().unwrap_or_else(|p| p.into_inner());
         let result = match pending {
-            Some(limit) => self
-                .eval::<i64>(
-                    &self.scripts.set_limit,
-                    vec![Value::Integer(i64::from(limit))],
-                )
-                .await
-                .map(drop),
-            None => self
-                .eval::<Vec<i64>>(&self.scripts.stats, Vec::new())
-                .await
-                .map(drop),
+            Some(limit) => self.store_limit(limit).await,
+            None => self.read_stats().await.map(drop),
         };
         if result.is_err() {
             return false;
@@ -494,24 +536,14 @@ impl Inner {
     }
 
     async fn redis_stats(self: &Arc<Self>) -> Result<LimiterStats, BackendError> {
-        let v: Vec<i64> = self.eval(&self.scripts.stats, Vec::new()).await?;
-        let [
+        let reply::Stats {
             limit,
             active,
-            low,
-            normal,
-            high,
-            critical,
+            queued: [low, normal, high, critical],
             reclaimed,
-            max_wait,
-            oldest,
-        ] = v[..]
-        else {
-            return Err(BackendError::new(
-                DegradedReason::Other,
-                format!("stats script returned {v:?}"),
-            ));
-        };
+            max_wait_ms: max_wait,
+            oldest_ms: oldest,
+        } = self.read_stats().await?;
         let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
         let u64_of = |x: i64| u64::try_from(x.max(0)).unwrap_or(0);
         self.limit.store(u32_of(limit).max(1), Ordering::Relaxed);
@@ -720,13 +752,13 @@ impl ConcurrencyLimiter for RedisLimiter {
         let token = inner.new_token();
 
         if wait_timeout.is_zero() {
-            let args = inner.acquire_args(&token, priority, "try");
-            return match inner.eval::<i64>(&inner.scripts.acquire, args).await {
-                Ok(1) => {
+            return match inner.acquire_script(&token, priority, Mode::Try).await {
+                Ok(Acquire::Granted) => {
                     bump(&inner.counters.acquired_immediately);
                     Ok(inner.permit(token, priority, Duration::ZERO))
                 }
-                Ok(_) => {
+                // `try` never queues; a tombstone cannot exist for a fresh token.
+                Ok(Acquire::Refused | Acquire::Queued | Acquire::Tombstoned) => {
                     bump(&inner.counters.timeouts);
                     Err(LimiterError::Timeout {
                         priority,
@@ -747,9 +779,8 @@ impl ConcurrencyLimiter for RedisLimiter {
         let mut ticket = Ticket::new(inner, &token, Arc::clone(&notify));
         let mut first = true;
         loop {
-            let args = inner.acquire_args(&token, priority, "wait");
-            match inner.eval::<i64>(&inner.scripts.acquire, args).await {
-                Ok(1) => {
+            match inner.acquire_script(&token, priority, Mode::Wait).await {
+                Ok(Acquire::Granted) => {
                     ticket.disarm();
                     drop(ticket);
                     let waited = if first {
@@ -761,7 +792,7 @@ impl ConcurrencyLimiter for RedisLimiter {
                     };
                     return Ok(inner.permit(token, priority, waited));
                 }
-                Ok(3) => {
+                Ok(Acquire::Tombstoned) => {
                     // Redis already saw this token cancelled: never for a live caller, but
                     // never wait on a ticket that cannot exist either.
                     ticket.disarm();
@@ -772,7 +803,8 @@ impl ConcurrencyLimiter for RedisLimiter {
                         waited: started.elapsed(),
                     });
                 }
-                Ok(_) => {}
+                // Queued (`wait` mode is never refused): wait for a wake-up or the poll.
+                Ok(Acquire::Queued | Acquire::Refused) => {}
                 Err(e) => {
                     inner.fail_over(&e);
                     ticket.disarm();
@@ -831,9 +863,8 @@ impl ConcurrencyLimiter for RedisLimiter {
             .set_limit(inner.config.fallback_limit(max_concurrent))
             .await?;
         if !inner.degraded.load(Ordering::SeqCst) {
-            let args = vec![Value::Integer(i64::from(max_concurrent))];
-            match inner.eval::<i64>(&inner.scripts.set_limit, args).await {
-                Ok(_) => return Ok(()),
+            match inner.store_limit(max_concurrent).await {
+                Ok(()) => return Ok(()),
                 Err(e) => inner.fail_over(&e),
             }
         }

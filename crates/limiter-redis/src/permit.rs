@@ -12,11 +12,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
-use fred::types::Value;
 use ports::{LimiterError, PermitHandle};
 use tokio::task::JoinHandle;
 
 use crate::limiter::{Inner, bump, jittered};
+use crate::reply::{GivenBack, Renew};
 
 /// Which script gives a token back.
 #[derive(Debug, Clone, Copy)]
@@ -65,11 +65,9 @@ async fn renew(inner: Weak<Inner>, token: String, lost: Arc<AtomicBool>) {
         };
         tokio::time::sleep(period).await;
         let Some(inner) = inner.upgrade() else { return };
-        let lease_ms = i64::try_from(inner.config.lease_ttl.as_millis()).unwrap_or(i64::MAX);
-        let args = vec![Value::from(token.as_str()), Value::Integer(lease_ms)];
-        match inner.eval::<i64>(&inner.scripts.renew, args).await {
-            Ok(1) => {}
-            Ok(_) => {
+        match inner.renew_lease(&token).await {
+            Ok(Renew::Extended) => {}
+            Ok(Renew::Lost) => {
                 lost.store(true, Ordering::SeqCst);
                 bump(&inner.counters.leases_lost);
                 tracing::warn!(
@@ -106,8 +104,9 @@ impl PermitHandle for RedisPermit {
             self.renewer.abort();
             bump(&self.inner.counters.released);
             match self.inner.run_cleanup(Cleanup::Release, &self.token).await {
-                // 0 means the lease had already been reclaimed: nothing left to free.
-                Ok(_) => Ok(()),
+                // Nothing given back means the lease had already been reclaimed: nothing left
+                // to free.
+                Ok(GivenBack::Slot | GivenBack::Nothing | GivenBack::Ticket) => Ok(()),
                 Err(e) => {
                     self.inner.fail_over(&e);
                     // Keep trying in the background; the lease is the last safety net.
