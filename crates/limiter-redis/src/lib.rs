@@ -7,13 +7,27 @@
 //! in-memory fallback and says so (`stats().degraded`).
 //!
 //! # Layout
-//! - [`config`]: [`RedisLimiterConfig`], its defaults and validation, URL redaction.
+//! Listed from the bottom up: each module uses only modules listed above it, so there is
+//! no circle.
+//! - `util`: jitter, millisecond arguments, a poison-proof lock, `spawn_now` (for `Drop`).
 //! - [`error`]: [`RedisLimiterError`], construction errors (runtime errors are
 //!   [`ports::LimiterError`]).
+//! - [`config`]: [`RedisLimiterConfig`], its defaults and validation, URL redaction.
+//! - `connection`: config → fred clients (timeouts, reconnects, command attempts), and
+//!   `BackendError`, a failed Redis call classified. The one place that knows how we
+//!   connect.
 //! - [`scripts`]: the Redis data model and the Lua scripts, one per transition.
-//! - `limiter`: [`RedisLimiter`]: acquire loop, stats, `set_limit`, failover and probing.
-//! - `permit`: the Redis permit handle: lease renewal, release, loss detection.
+//! - `reply`: each script's answer decoded into a type (the one place that knows what
+//!   `return 3` means).
+//! - `inner`: `Inner`, the state shared by the limiter, its permits and tasks; one typed
+//!   call per script; tokens, waiters, counters.
+//! - `failover`: the switch to the fallback and back (probe), connection errors, and giving
+//!   tokens back in the background (abandoned tokens re-sent by the probe).
+//! - `stats`: `LimiterStats` from Redis or from the fallback.
 //! - `wakeup`: the pub/sub task that wakes local waiters when Redis grants their ticket.
+//! - `permit`: the Redis permit handle: lease renewal, release, loss detection.
+//! - `limiter`: [`RedisLimiter`]: `connect`, the acquire loop and its ticket, `stats`,
+//!   `set_limit`.
 //! - `bin/limiter-holder.rs`: a tiny process used by the multi-process tests.
 //!
 //! # How it works
@@ -72,10 +86,16 @@
 //!   from `Drop` immediately, ordered before any later command of the same task.
 
 pub mod config;
+mod connection;
 pub mod error;
+mod failover;
+mod inner;
 mod limiter;
 mod permit;
+mod reply;
 pub mod scripts;
+mod stats;
+mod util;
 mod wakeup;
 
 pub use config::RedisLimiterConfig;

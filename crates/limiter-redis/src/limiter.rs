@@ -1,44 +1,33 @@
-//! [`RedisLimiter`]: the `ConcurrencyLimiter` adapter on Redis, its waiting loop, and the
-//! switch to and from the in-memory fallback.
+//! [`RedisLimiter`]: the `ConcurrencyLimiter` adapter on Redis: building it, its waiting
+//! loop, `stats` and `set_limit`.
 //!
 //! # Who decides what
 //! Redis decides every grant (see [`crate::scripts`]); this process only asks, waits for a
 //! wake-up or a safety poll, and confirms. All local time is `tokio::time::Instant`
-//! (monotonic) and is used only to bound the caller's own wait.
-//!
-//! # Failover
-//! Any Redis call that fails or outlives `op_timeout` marks the limiter *degraded*: the
-//! call at hand and every later `acquire` are served by the injected fallback limiter
-//! (limit = the configured local share), and a probe task tries Redis every
-//! `probe_interval` until a script runs again, then switches back. A permit remembers where
-//! it came from, so memory permits are released in memory and Redis permits in Redis.
+//! (monotonic) and is used only to bound the caller's own wait. Whichever call finds Redis
+//! failing hands over to the fallback (`failover`); this module only decides what the
+//! caller at hand gets then.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::task::Context;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::Priority;
-use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface};
-use fred::prelude::{Builder, Config, ReconnectPolicy, TcpConfig};
-use fred::types::scripts::Script;
-use fred::types::{FromValue, Value};
-use ports::{
-    ConcurrencyLimiter, DegradedReason, LimiterCounters, LimiterError, LimiterStats, Permit,
-};
-use rand::Rng;
+use ports::{ConcurrencyLimiter, DegradedReason, LimiterError, LimiterStats, Permit};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{RedisLimiterConfig, address_of, redact_url};
+use crate::config::{RedisLimiterConfig, redact_url};
+use crate::connection::{self, BackendError};
 use crate::error::RedisLimiterError;
-use crate::permit::{Cleanup, RedisPermit};
-use crate::scripts::Scripts;
+use crate::failover::watch_errors;
+use crate::inner::{Cleanup, Inner, Mode, bump};
+use crate::permit;
+use crate::reply::Acquire;
+use crate::util::lock;
 use crate::wakeup;
 
 /// A distributed priority limiter: every process that uses the same Redis and the same
@@ -49,147 +38,8 @@ use crate::wakeup;
 pub struct RedisLimiter {
     inner: Arc<Inner>,
     wakeups: JoinHandle<()>,
-    /// Records fred's connection errors (see [`Inner::last_failure`]).
+    /// Records fred's connection errors (see `failover::watch_errors`).
     errors: JoinHandle<()>,
-}
-
-/// The state shared by the limiter, its permits and its background tasks.
-pub(crate) struct Inner {
-    pub(crate) config: RedisLimiterConfig,
-    client: Client,
-    subscriber: SubscriberClient,
-    pub(crate) scripts: Scripts,
-    fallback: Arc<dyn ConcurrencyLimiter>,
-    /// True while calls go to the fallback.
-    degraded: AtomicBool,
-    /// The last global limit seen or set: the default a script stores when Redis has lost it.
-    limit: AtomicU32,
-    /// A `set_limit` made while degraded, pushed to Redis by the probe before switching back.
-    pending_limit: Mutex<Option<u32>>,
-    /// This limiter instance's random prefix for tokens.
-    instance: String,
-    next_token: AtomicU64,
-    /// Local waiters by token, woken by the pub/sub task.
-    waiters: Mutex<HashMap<String, Arc<Notify>>>,
-    /// Tokens given up while Redis did not answer, with the script that gives each back.
-    /// Their acquires may still be sitting in a socket and run when Redis answers again, so
-    /// the probe sends every cleanup once more before switching back (see [`Self::try_recover`]).
-    abandoned: Mutex<HashMap<String, Cleanup>>,
-    pub(crate) counters: Counters,
-    /// The Redis address (`host:port`), without credentials, for stats and logs.
-    address: String,
-    /// Why the limiter is degraded: set at the switch to the fallback, refined by the
-    /// connection errors fred reports while it reconnects (a command that timed out because
-    /// the connection is refused is a refusal, not a timeout), cleared at the switch back.
-    degraded_reason: Mutex<Option<DegradedReason>>,
-    /// The last connection error fred reported (reason, message, when), cleared at the switch
-    /// back to Redis.
-    last_failure: Mutex<Option<(DegradedReason, String, Instant)>>,
-}
-
-/// This process's event counters (see [`LimiterCounters`]).
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) acquired_immediately: AtomicU64,
-    pub(crate) acquired_after_wait: AtomicU64,
-    pub(crate) timeouts: AtomicU64,
-    pub(crate) cancelled: AtomicU64,
-    pub(crate) released: AtomicU64,
-    pub(crate) leases_lost: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self, leases_reclaimed: u64) -> LimiterCounters {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        LimiterCounters {
-            acquired_immediately: get(&self.acquired_immediately),
-            acquired_after_wait: get(&self.acquired_after_wait),
-            timeouts: get(&self.timeouts),
-            cancelled: get(&self.cancelled),
-            released: get(&self.released),
-            leases_lost: get(&self.leases_lost),
-            leases_reclaimed,
-        }
-    }
-}
-
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A Redis call that failed or timed out; the message is safe to show (no URL, no password).
-#[derive(Debug, Clone)]
-pub(crate) struct BackendError {
-    message: String,
-    reason: DegradedReason,
-}
-
-impl BackendError {
-    fn new(reason: DegradedReason, message: String) -> Self {
-        BackendError { message, reason }
-    }
-
-    /// A fred error, classified.
-    fn fred(context: &str, e: &fred::error::Error) -> Self {
-        Self::new(classify(e), format!("{context}: {e}"))
-    }
-}
-
-impl std::fmt::Display for BackendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Which kind of failure a fred error is. fred reports `WRONGPASS`/`NOAUTH` as `Auth`, and a
-/// socket error as `IO` with the `std::io::Error`'s debug text (`kind: ConnectionRefused`).
-pub(crate) fn classify(e: &fred::error::Error) -> DegradedReason {
-    use fred::error::ErrorKind;
-    let details = e.details();
-    let lower = details.to_ascii_lowercase();
-    let kind = format!("{:?}", e.kind());
-    if *e.kind() == ErrorKind::Auth
-        || details.contains("WRONGPASS")
-        || details.contains("NOAUTH")
-        || lower.contains("invalid password")
-    {
-        DegradedReason::Auth
-    } else if kind == "Tls" || lower.contains("tls") || lower.contains("certificate") {
-        DegradedReason::Tls
-    } else if *e.kind() == ErrorKind::Timeout || details.contains("TimedOut") {
-        DegradedReason::Timeout
-    } else if details.contains("ConnectionRefused") || lower.contains("connection refused") {
-        DegradedReason::Refused
-    } else {
-        DegradedReason::Other
-    }
-}
-
-/// `d` scaled by a random factor in `[low, 1]`, so periodic work of many holders and
-/// processes does not line up.
-pub(crate) fn jittered(d: Duration, low: f64) -> Duration {
-    d.mul_f64(rand::rng().random_range(low..=1.0))
-}
-
-/// Starts `fut` at once and lets the runtime finish it.
-///
-/// The first poll happens here, synchronously, so a Redis command inside is already queued
-/// on the connection when this returns: a release or cancel issued from `Drop` therefore
-/// reaches Redis before any command the same task sends afterwards (fred keeps the order of
-/// commands on one connection). Without a runtime nothing can be sent; the server-side lease
-/// or ticket deadline then frees the slot.
-pub(crate) fn spawn_now<F>(fut: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let mut fut = Box::pin(fut);
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    if fut.as_mut().poll(&mut cx).is_pending() {
-        handle.spawn(fut);
-    }
 }
 
 impl RedisLimiter {
@@ -203,59 +53,14 @@ impl RedisLimiter {
         fallback: Arc<dyn ConcurrencyLimiter>,
     ) -> Result<Self, RedisLimiterError> {
         config.validate()?;
-        let invalid_url = |source| RedisLimiterError::InvalidUrl {
-            url: redact_url(&config.url),
-            source,
-        };
-        let mut fred_config = Config::from_url(&config.url).map_err(invalid_url)?;
-        // Keep retrying the first connection too, so a limiter built during an outage
-        // recovers by itself.
-        fred_config.fail_fast = false;
-        let mut builder = Builder::from_config(fred_config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = config.connect_timeout;
-                c.internal_command_timeout = config.connect_timeout;
-                c.max_command_attempts = 2;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..TcpConfig::default()
-                };
-            })
-            .with_performance_config(|p| {
-                // fred applies no timeout unless told; every call is bounded by op_timeout.
-                p.default_command_timeout = config.op_timeout;
-            })
-            // Reconnect forever, 50 ms doubling to 1 s (fred adds jitter).
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
-        let client = builder.build().map_err(invalid_url)?;
-        let subscriber = builder.build_subscriber_client().map_err(invalid_url)?;
+        let clients = connection::clients(&config)?;
 
         fallback
             .set_limit(config.fallback_limit(config.max_concurrent))
             .await
             .map_err(RedisLimiterError::Fallback)?;
 
-        let mut instance_id = [0u8; 8];
-        rand::rng().fill(&mut instance_id);
-        let inner = Arc::new(Inner {
-            scripts: Scripts::new(&config.name),
-            address: address_of(&config.url),
-            degraded_reason: Mutex::new(None),
-            last_failure: Mutex::new(None),
-            limit: AtomicU32::new(config.max_concurrent),
-            config,
-            client,
-            subscriber,
-            fallback,
-            degraded: AtomicBool::new(false),
-            pending_limit: Mutex::new(None),
-            instance: instance_id.iter().map(|b| format!("{b:02x}")).collect(),
-            next_token: AtomicU64::new(0),
-            waiters: Mutex::new(HashMap::new()),
-            abandoned: Mutex::new(HashMap::new()),
-            counters: Counters::default(),
-        });
+        let inner = Arc::new(Inner::new(config, clients, fallback));
 
         // The receivers exist before the connections, so the first connect event is seen.
         let messages = inner.subscriber.message_rx();
@@ -319,7 +124,7 @@ impl RedisLimiter {
 
     /// Whether calls are currently served by the in-memory fallback.
     pub fn is_degraded(&self) -> bool {
-        self.inner.degraded.load(Ordering::SeqCst)
+        self.inner.is_degraded()
     }
 
     /// The config this limiter was built with.
@@ -344,396 +149,6 @@ impl std::fmt::Debug for RedisLimiter {
     }
 }
 
-impl Inner {
-    /// Runs `script` with the limiter's keys and `[default limit, channel, grant ttl, args…]`, bounded
-    /// by `op_timeout` in total (including a `SCRIPT LOAD` after `NOSCRIPT`).
-    pub(crate) async fn eval<R: FromValue>(
-        &self,
-        script: &Script,
-        args: Vec<Value>,
-    ) -> Result<R, BackendError> {
-        let mut argv: Vec<Value> = Vec::with_capacity(args.len() + 3);
-        argv.push(Value::Integer(i64::from(
-            self.limit.load(Ordering::Relaxed),
-        )));
-        argv.push(Value::from(self.scripts.channel.as_str()));
-        argv.push(Value::Integer(duration_ms(self.config.grant_ttl)));
-        argv.extend(args);
-        let call =
-            script.evalsha_with_reload::<R, _, _>(&self.client, self.scripts.keys.clone(), argv);
-        match tokio::time::timeout(self.config.op_timeout, call).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(BackendError::fred("redis", &e)),
-            Err(_) => Err(BackendError::new(
-                DegradedReason::Timeout,
-                format!("redis: no answer within {:?}", self.config.op_timeout),
-            )),
-        }
-    }
-
-    fn new_token(&self) -> String {
-        let n = self.next_token.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.instance)
-    }
-
-    fn lease_ms(&self) -> i64 {
-        duration_ms(self.config.lease_ttl)
-    }
-
-    fn acquire_args(&self, token: &str, priority: Priority, mode: &'static str) -> Vec<Value> {
-        vec![
-            Value::from(token),
-            Value::Integer(priority.index() as i64),
-            Value::Integer(self.lease_ms()),
-            Value::Integer(duration_ms(self.config.waiter_ttl)),
-            Value::from(mode),
-        ]
-    }
-
-    /// The longest a waiter sleeps without a wake-up: the safety poll, capped so that the
-    /// ticket is refreshed at least three times per `waiter_ttl` and a grant whose wake-up
-    /// message was lost is confirmed well within `grant_ttl`, jittered to 50–100 %.
-    fn poll_period(&self) -> Duration {
-        let cap = (self.config.waiter_ttl / 3).min(self.config.grant_ttl / 2);
-        jittered(self.config.safety_poll.min(cap), 0.5)
-    }
-
-    /// Runs the script that gives `token` back (it also tombstones the token in Redis).
-    pub(crate) async fn run_cleanup(
-        &self,
-        what: Cleanup,
-        token: &str,
-    ) -> Result<i64, BackendError> {
-        let script = match what {
-            Cleanup::Release => &self.scripts.release,
-            Cleanup::Cancel => &self.scripts.cancel,
-        };
-        let tombstone = Value::Integer(duration_ms(self.config.tombstone_ttl()));
-        self.eval(script, vec![Value::from(token), tombstone]).await
-    }
-
-    /// Switches to the fallback (once) and starts the probe that switches back.
-    pub(crate) fn fail_over(self: &Arc<Self>, why: &BackendError) {
-        if self.degraded.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        // A command that timed out while fred could not connect failed for the connection's
-        // reason: prefer what fred reported about the connection.
-        let (reason, detail) = match self.last_failure() {
-            Some((reason, message)) if why.reason == DegradedReason::Timeout => {
-                (reason, format!("{why}; connection: {message}"))
-            }
-            _ => (why.reason, why.to_string()),
-        };
-        *lock(&self.degraded_reason) = Some(reason);
-        tracing::warn!(
-            limiter = %self.config.name,
-            configured_backend = "redis",
-            serving_backend = "memory",
-            address = %self.address,
-            reason = %reason,
-            error = %detail,
-            "redis limiter degraded: redis at {} unusable ({reason}), serving from the \
-             in-memory fallback",
-            self.address
-        );
-        let weak = Arc::downgrade(self);
-        let share = self
-            .config
-            .fallback_limit(self.limit.load(Ordering::Relaxed));
-        tokio::spawn(async move {
-            if let Some(inner) = weak.upgrade() {
-                if let Err(e) = inner.fallback.set_limit(share).await {
-                    tracing::warn!(error = %e, "fallback refused its local share");
-                }
-            }
-            probe(weak).await;
-        });
-    }
-
-    /// One probe: pushes a pending limit, runs the stats script, and switches back to Redis
-    /// when both succeed.
-    async fn try_recover(self: &Arc<Self>) -> bool {
-        let pending = *self.pending_limit.lock().unwrap_or_else(|p| p.into_inner());
-        let result = match pending {
-            Some(limit) => self
-                .eval::<i64>(
-                    &self.scripts.set_limit,
-                    vec![Value::Integer(i64::from(limit))],
-                )
-                .await
-                .map(drop),
-            None => self
-                .eval::<Vec<i64>>(&self.scripts.stats, Vec::new())
-                .await
-                .map(drop),
-        };
-        if result.is_err() {
-            return false;
-        }
-        // Redis answered this probe, so every command this process wrote to it before (stale
-        // acquires included) has run by now. Give back each token abandoned during the
-        // outage once more: a stale acquire that ran after its cancel, or whose cancel gave
-        // up, would otherwise hold a slot or a place in the queue that nobody owns.
-        let abandoned: Vec<(String, Cleanup)> = self
-            .abandoned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(token, what)| (token.clone(), *what))
-            .collect();
-        for (token, what) in abandoned {
-            if self.run_cleanup(what, &token).await.is_err() {
-                return false;
-            }
-            self.abandoned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&token);
-        }
-        {
-            let mut slot = self.pending_limit.lock().unwrap_or_else(|p| p.into_inner());
-            if *slot == pending {
-                *slot = None;
-            }
-        }
-        *lock(&self.last_failure) = None;
-        *lock(&self.degraded_reason) = None;
-        self.degraded.store(false, Ordering::SeqCst);
-        tracing::info!(
-            limiter = %self.config.name,
-            address = %self.address,
-            "redis limiter recovered: back on redis"
-        );
-        true
-    }
-
-    /// Wakes the local waiters among `tokens`.
-    pub(crate) fn wake<'a>(&self, tokens: impl Iterator<Item = &'a str>) {
-        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for token in tokens {
-            if let Some(notify) = waiters.get(token) {
-                notify.notify_one();
-            }
-        }
-    }
-
-    /// Wakes every local waiter (after a reconnect or a lagged receiver).
-    pub(crate) fn wake_all(&self) {
-        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for notify in waiters.values() {
-            notify.notify_one();
-        }
-    }
-
-    /// Gives `token` back in the background, retrying while Redis is unreachable until the
-    /// server-side deadline would have freed it anyway. Until one attempt succeeds the token
-    /// is also kept in `abandoned`, so the switch back to Redis gives it back once more.
-    pub(crate) fn spawn_cleanup(self: &Arc<Self>, what: Cleanup, token: String) {
-        {
-            let mut abandoned = self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
-            // Bounded: only calls in flight when Redis stopped answering land here, and the
-            // server-side deadlines free the rest anyway.
-            if abandoned.len() < MAX_ABANDONED {
-                abandoned.insert(token.clone(), what);
-            }
-        }
-        let inner = Arc::clone(self);
-        spawn_now(async move {
-            let give_up = Instant::now() + inner.config.lease_ttl.max(inner.config.waiter_ttl);
-            loop {
-                match inner.run_cleanup(what, &token).await {
-                    Ok(_) => {
-                        inner
-                            .abandoned
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&token);
-                        return;
-                    }
-                    Err(e) => {
-                        inner.fail_over(&e);
-                        if Instant::now() >= give_up {
-                            tracing::debug!(
-                                error = %e,
-                                "giving up a cleanup: the switch back to redis retries it"
-                            );
-                            return;
-                        }
-                    }
-                }
-                tokio::time::sleep(jittered(inner.config.renew_period(), 0.5)).await;
-            }
-        });
-    }
-
-    async fn redis_stats(self: &Arc<Self>) -> Result<LimiterStats, BackendError> {
-        let v: Vec<i64> = self.eval(&self.scripts.stats, Vec::new()).await?;
-        let [
-            limit,
-            active,
-            low,
-            normal,
-            high,
-            critical,
-            reclaimed,
-            max_wait,
-            oldest,
-        ] = v[..]
-        else {
-            return Err(BackendError::new(
-                DegradedReason::Other,
-                format!("stats script returned {v:?}"),
-            ));
-        };
-        let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
-        let u64_of = |x: i64| u64::try_from(x.max(0)).unwrap_or(0);
-        self.limit.store(u32_of(limit).max(1), Ordering::Relaxed);
-        Ok(LimiterStats {
-            backend: "redis".to_owned(),
-            configured_backend: "redis".to_owned(),
-            serving_backend: "redis".to_owned(),
-            address: Some(self.address.clone()),
-            degraded_reason: None,
-            degraded: false,
-            max_concurrent: u32_of(limit),
-            active: u32_of(active),
-            available: u32_of(limit - active),
-            queued: ports::QueuedByPriority {
-                low: u32_of(low),
-                normal: u32_of(normal),
-                high: u32_of(high),
-                critical: u32_of(critical),
-            },
-            counters: self.counters.snapshot(u64_of(reclaimed)),
-            max_wait_ms: u64_of(max_wait),
-            oldest_queued_ms: u64_of(oldest),
-        })
-    }
-
-    async fn fallback_stats(&self) -> LimiterStats {
-        let mut stats = self.fallback.stats().await;
-        let local = self.counters.snapshot(0);
-        let c = &mut stats.counters;
-        c.acquired_immediately += local.acquired_immediately;
-        c.acquired_after_wait += local.acquired_after_wait;
-        c.timeouts += local.timeouts;
-        c.cancelled += local.cancelled;
-        c.released += local.released;
-        c.leases_lost += local.leases_lost;
-        stats.backend = "memory".to_owned();
-        stats.configured_backend = "redis".to_owned();
-        stats.serving_backend = "memory".to_owned();
-        stats.address = Some(self.address.clone());
-        stats.degraded_reason = Some(lock(&self.degraded_reason).unwrap_or(DegradedReason::Other));
-        stats.degraded = true;
-        stats
-    }
-
-    /// The last connection error, if it is recent enough to explain a failure now (an old
-    /// one, from before a healthy spell, says nothing about a hang today).
-    fn last_failure(&self) -> Option<(DegradedReason, String)> {
-        let recent = self.config.connect_timeout.max(self.config.op_timeout) * 4;
-        lock(&self.last_failure)
-            .as_ref()
-            .filter(|(_, _, at)| at.elapsed() <= recent)
-            .map(|(reason, message, _)| (*reason, message.clone()))
-    }
-
-    /// Records a connection error fred reported; while degraded, a better-known reason
-    /// replaces a timeout (and a change of reason is logged once).
-    fn record_connection_error(&self, e: &fred::error::Error) {
-        let reason = classify(e);
-        *lock(&self.last_failure) = Some((reason, e.to_string(), Instant::now()));
-        if !self.degraded.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut current = lock(&self.degraded_reason);
-        let known = matches!(
-            *current,
-            Some(DegradedReason::Auth | DegradedReason::Refused | DegradedReason::Tls)
-        );
-        if *current != Some(reason) && (!known || reason != DegradedReason::Other) {
-            *current = Some(reason);
-            tracing::warn!(
-                limiter = %self.config.name,
-                address = %self.address,
-                reason = %reason,
-                error = %e,
-                "redis limiter still degraded: redis at {} unusable ({reason})",
-                self.address
-            );
-        }
-    }
-
-    fn permit(self: &Arc<Self>, token: String, priority: Priority, waited: Duration) -> Permit {
-        Permit::new(Arc::new(RedisPermit::start(self, token)), priority, waited)
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Close both connections; fred's connection tasks otherwise live on.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let client = self.client.clone();
-            let subscriber = self.subscriber.clone();
-            handle.spawn(async move {
-                let _ = client.quit().await;
-                let _ = subscriber.quit().await;
-            });
-        }
-    }
-}
-
-/// A poisoned lock still holds a valid value here (plain data, no invariant across fields).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Records every connection error fred broadcasts (a refused connect, a wrong password at
-/// `AUTH`), so that stats and logs can name the cause and not only "timed out".
-async fn watch_errors(
-    weak: Weak<Inner>,
-    mut errors: tokio::sync::broadcast::Receiver<(
-        fred::error::Error,
-        Option<fred::types::config::Server>,
-    )>,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match errors.recv().await {
-            Ok((e, _server)) => match weak.upgrade() {
-                Some(inner) => inner.record_connection_error(&e),
-                None => return,
-            },
-            Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => return,
-        }
-    }
-}
-
-/// The most tokens kept for a cleanup at the switch back (see [`Inner::spawn_cleanup`]).
-const MAX_ABANDONED: usize = 10_000;
-
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
-}
-
-/// Tries Redis every `probe_interval` (jittered) until it answers, then returns.
-async fn probe(weak: Weak<Inner>) {
-    loop {
-        let period = match weak.upgrade() {
-            Some(inner) => jittered(inner.config.probe_interval, 0.5),
-            None => return,
-        };
-        tokio::time::sleep(period).await;
-        let Some(inner) = weak.upgrade() else { return };
-        if !inner.degraded.load(Ordering::SeqCst) || inner.try_recover().await {
-            return;
-        }
-    }
-}
-
 /// A queued ticket of the current `acquire`: registered for wake-ups, and cancelled in Redis
 /// if the future is dropped before it is disarmed.
 struct Ticket {
@@ -744,11 +159,7 @@ struct Ticket {
 
 impl Ticket {
     fn new(inner: &Arc<Inner>, token: &str, notify: Arc<Notify>) -> Self {
-        inner
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(token.to_owned(), notify);
+        lock(&inner.waiters).insert(token.to_owned(), notify);
         Ticket {
             inner: Arc::clone(inner),
             token: token.to_owned(),
@@ -763,11 +174,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.inner
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.token);
+        lock(&self.inner.waiters).remove(&self.token);
         if self.armed {
             // The caller went away while queued. Remove the ticket; if Redis granted it in
             // the meantime, the cancel script gives the slot back.
@@ -787,20 +194,20 @@ impl ConcurrencyLimiter for RedisLimiter {
         wait_timeout: Duration,
     ) -> Result<Permit, LimiterError> {
         let inner = &self.inner;
-        if inner.degraded.load(Ordering::SeqCst) {
+        if inner.is_degraded() {
             return inner.fallback.acquire(priority, wait_timeout).await;
         }
         let started = Instant::now();
         let token = inner.new_token();
 
         if wait_timeout.is_zero() {
-            let args = inner.acquire_args(&token, priority, "try");
-            return match inner.eval::<i64>(&inner.scripts.acquire, args).await {
-                Ok(1) => {
+            return match inner.acquire_script(&token, priority, Mode::Try).await {
+                Ok(Acquire::Granted) => {
                     bump(&inner.counters.acquired_immediately);
-                    Ok(inner.permit(token, priority, Duration::ZERO))
+                    Ok(permit::granted(inner, token, priority, Duration::ZERO))
                 }
-                Ok(_) => {
+                // `try` never queues; a tombstone cannot exist for a fresh token.
+                Ok(Acquire::Refused | Acquire::Queued | Acquire::Tombstoned) => {
                     bump(&inner.counters.timeouts);
                     Err(LimiterError::Timeout {
                         priority,
@@ -821,9 +228,8 @@ impl ConcurrencyLimiter for RedisLimiter {
         let mut ticket = Ticket::new(inner, &token, Arc::clone(&notify));
         let mut first = true;
         loop {
-            let args = inner.acquire_args(&token, priority, "wait");
-            match inner.eval::<i64>(&inner.scripts.acquire, args).await {
-                Ok(1) => {
+            match inner.acquire_script(&token, priority, Mode::Wait).await {
+                Ok(Acquire::Granted) => {
                     ticket.disarm();
                     drop(ticket);
                     let waited = if first {
@@ -833,9 +239,9 @@ impl ConcurrencyLimiter for RedisLimiter {
                         bump(&inner.counters.acquired_after_wait);
                         started.elapsed()
                     };
-                    return Ok(inner.permit(token, priority, waited));
+                    return Ok(permit::granted(inner, token, priority, waited));
                 }
-                Ok(3) => {
+                Ok(Acquire::Tombstoned) => {
                     // Redis already saw this token cancelled: never for a live caller, but
                     // never wait on a ticket that cannot exist either.
                     ticket.disarm();
@@ -846,7 +252,8 @@ impl ConcurrencyLimiter for RedisLimiter {
                         waited: started.elapsed(),
                     });
                 }
-                Ok(_) => {}
+                // Queued (`wait` mode is never refused): wait for a wake-up or the poll.
+                Ok(Acquire::Queued | Acquire::Refused) => {}
                 Err(e) => {
                     inner.fail_over(&e);
                     ticket.disarm();
@@ -884,7 +291,7 @@ impl ConcurrencyLimiter for RedisLimiter {
 
     async fn stats(&self) -> LimiterStats {
         let inner = &self.inner;
-        if !inner.degraded.load(Ordering::SeqCst) {
+        if !inner.is_degraded() {
             match inner.redis_stats().await {
                 Ok(stats) => return stats,
                 Err(e) => inner.fail_over(&e),
@@ -904,18 +311,14 @@ impl ConcurrencyLimiter for RedisLimiter {
             .fallback
             .set_limit(inner.config.fallback_limit(max_concurrent))
             .await?;
-        if !inner.degraded.load(Ordering::SeqCst) {
-            let args = vec![Value::Integer(i64::from(max_concurrent))];
-            match inner.eval::<i64>(&inner.scripts.set_limit, args).await {
-                Ok(_) => return Ok(()),
+        if !inner.is_degraded() {
+            match inner.store_limit(max_concurrent).await {
+                Ok(()) => return Ok(()),
                 Err(e) => inner.fail_over(&e),
             }
         }
         // Redis is unreachable: the probe stores the limit before switching back.
-        *inner
-            .pending_limit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(max_concurrent);
+        *lock(&inner.pending_limit) = Some(max_concurrent);
         Ok(())
     }
 }

@@ -6,29 +6,40 @@
 //! lease gone (the process stalled longer than the lease, or Redis lost its data), the permit
 //! is *lost*: it is logged, counted in `leases_lost`, and [`PermitHandle::is_lost`] says so;
 //! the caller's work is then no longer protected by the limit.
+//!
+//! Release is explicit and idempotent: `release().await` runs the release script once per
+//! handle, however many clones share it. A handle dropped without it schedules the release
+//! from `Drop` (`Inner::spawn_cleanup`, retried until the lease would have expired anyway).
+//! A renewal or release that cannot reach Redis switches the limiter to its fallback
+//! (`Inner::fail_over`); both methods come from `failover`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use fred::types::Value;
-use ports::{LimiterError, PermitHandle};
+use domain::Priority;
+use ports::{LimiterError, Permit, PermitHandle};
 use tokio::task::JoinHandle;
 
-use crate::limiter::{Inner, bump, jittered};
+use crate::inner::{Cleanup, Inner, bump};
+use crate::reply::{GivenBack, Renew};
+use crate::util::jittered;
 
-/// Which script gives a token back.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Cleanup {
-    /// The token holds (or may hold) a slot.
-    Release,
-    /// The token is (or may be) queued, or was granted without anyone taking the permit.
-    Cancel,
+/// The permit for a `token` Redis granted (and this process confirmed), renewing its lease
+/// from now on.
+pub(crate) fn granted(
+    inner: &Arc<Inner>,
+    token: String,
+    priority: Priority,
+    waited: Duration,
+) -> Permit {
+    Permit::new(Arc::new(RedisPermit::start(inner, token)), priority, waited)
 }
 
 /// The Redis side of a [`ports::Permit`].
-pub(crate) struct RedisPermit {
+struct RedisPermit {
     inner: Arc<Inner>,
     token: String,
     lost: Arc<AtomicBool>,
@@ -39,7 +50,7 @@ pub(crate) struct RedisPermit {
 
 impl RedisPermit {
     /// Wraps a granted `token` and starts renewing its lease.
-    pub(crate) fn start(inner: &Arc<Inner>, token: String) -> Self {
+    fn start(inner: &Arc<Inner>, token: String) -> Self {
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = tokio::spawn(renew(
             Arc::downgrade(inner),
@@ -65,11 +76,9 @@ async fn renew(inner: Weak<Inner>, token: String, lost: Arc<AtomicBool>) {
         };
         tokio::time::sleep(period).await;
         let Some(inner) = inner.upgrade() else { return };
-        let lease_ms = i64::try_from(inner.config.lease_ttl.as_millis()).unwrap_or(i64::MAX);
-        let args = vec![Value::from(token.as_str()), Value::Integer(lease_ms)];
-        match inner.eval::<i64>(&inner.scripts.renew, args).await {
-            Ok(1) => {}
-            Ok(_) => {
+        match inner.renew_lease(&token).await {
+            Ok(Renew::Extended) => {}
+            Ok(Renew::Lost) => {
                 lost.store(true, Ordering::SeqCst);
                 bump(&inner.counters.leases_lost);
                 tracing::warn!(
@@ -106,8 +115,9 @@ impl PermitHandle for RedisPermit {
             self.renewer.abort();
             bump(&self.inner.counters.released);
             match self.inner.run_cleanup(Cleanup::Release, &self.token).await {
-                // 0 means the lease had already been reclaimed: nothing left to free.
-                Ok(_) => Ok(()),
+                // Nothing given back means the lease had already been reclaimed: nothing left
+                // to free.
+                Ok(GivenBack::Slot | GivenBack::Nothing | GivenBack::Ticket) => Ok(()),
                 Err(e) => {
                     self.inner.fail_over(&e);
                     // Keep trying in the background; the lease is the last safety net.

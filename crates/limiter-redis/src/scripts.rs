@@ -42,6 +42,9 @@
 //!   tombstones.
 //!
 //! # Scripts
+//! Their integer answers are decoded into types in one place, the crate's private `reply`
+//! module (a unit test there checks every number `ACQUIRE` returns): change a `return`
+//! here and its decoder there together.
 //! - [`ACQUIRE`]: reclaim, promote; a tombstoned token is refused (returns 3); then a token
 //!   already in `holders` is confirmed (full
 //!   lease, returns 1); a queued token refreshes its ticket (returns 0); a new token takes a

@@ -16,7 +16,7 @@ use fred::types::Message;
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::limiter::Inner;
+use crate::inner::Inner;
 
 /// Runs until the limiter is dropped (the task is aborted) or the subscriber is closed.
 pub(crate) async fn run(

@@ -1,0 +1,223 @@
+//! The switch to the in-memory fallback and back: what happens when Redis stops answering.
+//!
+//! Any Redis call that fails or outlives `op_timeout` calls [`Inner::fail_over`], which marks
+//! the limiter *degraded*: the call at hand and every later `acquire` are served by the
+//! injected fallback limiter (limit = the configured local share), and a probe task tries
+//! Redis every `probe_interval` until a script runs again, then switches back. A permit
+//! remembers where it came from, so memory permits are released in memory and Redis
+//! permits in Redis.
+//!
+//! Giving a token back ([`Inner::spawn_cleanup`]) lives here too, because its failure is
+//! part of the same story: a cleanup that cannot reach Redis is kept as *abandoned*, and the
+//! probe sends it once more before switching back. fred's connection errors are recorded
+//! ([`watch_errors`]) so the degraded reason names the cause, not only "timed out".
+//!
+//! This module adds methods to [`Inner`]. It uses `inner`, `connection` and `util`, and none
+//! of those calls these methods, so the modules form no circle.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use ports::DegradedReason;
+use tokio::time::Instant;
+
+use crate::connection::{BackendError, classify};
+use crate::inner::{Cleanup, Inner};
+use crate::util::{jittered, lock, spawn_now};
+
+/// The most tokens kept for a cleanup at the switch back (see [`Inner::spawn_cleanup`]).
+const MAX_ABANDONED: usize = 10_000;
+
+impl Inner {
+    /// Switches to the fallback (once) and starts the probe that switches back.
+    pub(crate) fn fail_over(self: &Arc<Self>, why: &BackendError) {
+        if self.degraded.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // A command that timed out while fred could not connect failed for the connection's
+        // reason: prefer what fred reported about the connection.
+        let (reason, detail) = match self.last_failure() {
+            Some((reason, message)) if why.reason == DegradedReason::Timeout => {
+                (reason, format!("{why}; connection: {message}"))
+            }
+            _ => (why.reason, why.to_string()),
+        };
+        *lock(&self.degraded_reason) = Some(reason);
+        tracing::warn!(
+            limiter = %self.config.name,
+            configured_backend = "redis",
+            serving_backend = "memory",
+            address = %self.address,
+            reason = %reason,
+            error = %detail,
+            "redis limiter degraded: redis at {} unusable ({reason}), serving from the \
+             in-memory fallback",
+            self.address
+        );
+        let weak = Arc::downgrade(self);
+        let share = self
+            .config
+            .fallback_limit(self.limit.load(Ordering::Relaxed));
+        tokio::spawn(async move {
+            if let Some(inner) = weak.upgrade() {
+                if let Err(e) = inner.fallback.set_limit(share).await {
+                    tracing::warn!(error = %e, "fallback refused its local share");
+                }
+            }
+            probe(weak).await;
+        });
+    }
+
+    /// One probe: pushes a pending limit, runs the stats script, and switches back to Redis
+    /// when both succeed.
+    async fn try_recover(self: &Arc<Self>) -> bool {
+        let pending = *lock(&self.pending_limit);
+        let result = match pending {
+            Some(limit) => self.store_limit(limit).await,
+            None => self.read_stats().await.map(drop),
+        };
+        if result.is_err() {
+            return false;
+        }
+        // Redis answered this probe, so every command this process wrote to it before (stale
+        // acquires included) has run by now. Give back each token abandoned during the
+        // outage once more: a stale acquire that ran after its cancel, or whose cancel gave
+        // up, would otherwise hold a slot or a place in the queue that nobody owns.
+        let abandoned: Vec<(String, Cleanup)> = lock(&self.abandoned)
+            .iter()
+            .map(|(token, what)| (token.clone(), *what))
+            .collect();
+        for (token, what) in abandoned {
+            if self.run_cleanup(what, &token).await.is_err() {
+                return false;
+            }
+            lock(&self.abandoned).remove(&token);
+        }
+        {
+            let mut slot = lock(&self.pending_limit);
+            if *slot == pending {
+                *slot = None;
+            }
+        }
+        *lock(&self.last_failure) = None;
+        *lock(&self.degraded_reason) = None;
+        self.degraded.store(false, Ordering::SeqCst);
+        tracing::info!(
+            limiter = %self.config.name,
+            address = %self.address,
+            "redis limiter recovered: back on redis"
+        );
+        true
+    }
+
+    /// Gives `token` back in the background, retrying while Redis is unreachable until the
+    /// server-side deadline would have freed it anyway. Until one attempt succeeds the token
+    /// is also kept in `abandoned`, so the switch back to Redis gives it back once more.
+    pub(crate) fn spawn_cleanup(self: &Arc<Self>, what: Cleanup, token: String) {
+        {
+            let mut abandoned = lock(&self.abandoned);
+            // Bounded: only calls in flight when Redis stopped answering land here, and the
+            // server-side deadlines free the rest anyway.
+            if abandoned.len() < MAX_ABANDONED {
+                abandoned.insert(token.clone(), what);
+            }
+        }
+        let inner = Arc::clone(self);
+        spawn_now(async move {
+            let give_up = Instant::now() + inner.config.lease_ttl.max(inner.config.waiter_ttl);
+            loop {
+                match inner.run_cleanup(what, &token).await {
+                    Ok(_) => {
+                        lock(&inner.abandoned).remove(&token);
+                        return;
+                    }
+                    Err(e) => {
+                        inner.fail_over(&e);
+                        if Instant::now() >= give_up {
+                            tracing::debug!(
+                                error = %e,
+                                "giving up a cleanup: the switch back to redis retries it"
+                            );
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(jittered(inner.config.renew_period(), 0.5)).await;
+            }
+        });
+    }
+
+    /// The last connection error, if it is recent enough to explain a failure now (an old
+    /// one, from before a healthy spell, says nothing about a hang today).
+    fn last_failure(&self) -> Option<(DegradedReason, String)> {
+        let recent = self.config.connect_timeout.max(self.config.op_timeout) * 4;
+        lock(&self.last_failure)
+            .as_ref()
+            .filter(|(_, _, at)| at.elapsed() <= recent)
+            .map(|(reason, message, _)| (*reason, message.clone()))
+    }
+
+    /// Records a connection error fred reported; while degraded, a better-known reason
+    /// replaces a timeout (and a change of reason is logged once).
+    fn record_connection_error(&self, e: &fred::error::Error) {
+        let reason = classify(e);
+        *lock(&self.last_failure) = Some((reason, e.to_string(), Instant::now()));
+        if !self.is_degraded() {
+            return;
+        }
+        let mut current = lock(&self.degraded_reason);
+        let known = matches!(
+            *current,
+            Some(DegradedReason::Auth | DegradedReason::Refused | DegradedReason::Tls)
+        );
+        if *current != Some(reason) && (!known || reason != DegradedReason::Other) {
+            *current = Some(reason);
+            tracing::warn!(
+                limiter = %self.config.name,
+                address = %self.address,
+                reason = %reason,
+                error = %e,
+                "redis limiter still degraded: redis at {} unusable ({reason})",
+                self.address
+            );
+        }
+    }
+}
+
+/// Tries Redis every `probe_interval` (jittered) until it answers, then returns.
+async fn probe(weak: Weak<Inner>) {
+    loop {
+        let period = match weak.upgrade() {
+            Some(inner) => jittered(inner.config.probe_interval, 0.5),
+            None => return,
+        };
+        tokio::time::sleep(period).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if !inner.is_degraded() || inner.try_recover().await {
+            return;
+        }
+    }
+}
+
+/// Records every connection error fred broadcasts (a refused connect, a wrong password at
+/// `AUTH`), so that stats and logs can name the cause and not only "timed out". Runs until
+/// the limiter is dropped (the task is aborted) or the client is closed.
+pub(crate) async fn watch_errors(
+    weak: Weak<Inner>,
+    mut errors: tokio::sync::broadcast::Receiver<(
+        fred::error::Error,
+        Option<fred::types::config::Server>,
+    )>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match errors.recv().await {
+            Ok((e, _server)) => match weak.upgrade() {
+                Some(inner) => inner.record_connection_error(&e),
+                None => return,
+            },
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! [`Inner`]: the state one limiter shares with its permits and background tasks, and the
+//! calls every other module builds on: one typed method per script, local tokens and
+//! waiters, and this process's counters.
+//!
+//! Nothing here decides to fail over or retries: a failed call comes back as a
+//! [`BackendError`] and the caller chooses (see `failover`). So this module depends only on
+//! the config, the connection, the scripts and their replies.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use domain::Priority;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::ClientLike;
+use fred::types::scripts::Script;
+use fred::types::{FromValue, Value};
+use ports::{ConcurrencyLimiter, DegradedReason, LimiterCounters};
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::{RedisLimiterConfig, address_of};
+use crate::connection::{BackendError, Clients};
+use crate::reply::{self, Acquire, GivenBack, Renew};
+use crate::scripts::Scripts;
+use crate::util::{duration_ms, jittered, lock};
+
+/// The state shared by the limiter, its permits and its background tasks.
+pub(crate) struct Inner {
+    /// The config the limiter was built with.
+    pub(crate) config: RedisLimiterConfig,
+    /// The connection that runs the scripts.
+    pub(crate) client: Client,
+    /// The connection subscribed to the wake-up channel.
+    pub(crate) subscriber: SubscriberClient,
+    /// The keys, channel and scripts of this limiter's name.
+    pub(crate) scripts: Scripts,
+    /// Serves every call while degraded.
+    pub(crate) fallback: Arc<dyn ConcurrencyLimiter>,
+    /// True while calls go to the fallback.
+    pub(crate) degraded: AtomicBool,
+    /// The last global limit seen or set: the default a script stores when Redis has lost it.
+    pub(crate) limit: AtomicU32,
+    /// A `set_limit` made while degraded, pushed to Redis by the probe before switching back.
+    pub(crate) pending_limit: Mutex<Option<u32>>,
+    /// This limiter instance's random prefix for tokens.
+    instance: String,
+    next_token: AtomicU64,
+    /// Local waiters by token, woken by the pub/sub task.
+    pub(crate) waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Tokens given up while Redis did not answer, with the script that gives each back.
+    /// Their acquires may still be sitting in a socket and run when Redis answers again, so
+    /// the probe sends every cleanup once more before switching back (see `failover`).
+    pub(crate) abandoned: Mutex<HashMap<String, Cleanup>>,
+    /// This process's event counters.
+    pub(crate) counters: Counters,
+    /// The Redis address (`host:port`), without credentials, for stats and logs.
+    pub(crate) address: String,
+    /// Why the limiter is degraded: set at the switch to the fallback, refined by the
+    /// connection errors fred reports while it reconnects (a command that timed out because
+    /// the connection is refused is a refusal, not a timeout), cleared at the switch back.
+    pub(crate) degraded_reason: Mutex<Option<DegradedReason>>,
+    /// The last connection error fred reported (reason, message, when), cleared at the switch
+    /// back to Redis.
+    pub(crate) last_failure: Mutex<Option<(DegradedReason, String, Instant)>>,
+}
+
+/// This process's event counters (see [`LimiterCounters`]).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) acquired_immediately: AtomicU64,
+    pub(crate) acquired_after_wait: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) released: AtomicU64,
+    pub(crate) leases_lost: AtomicU64,
+}
+
+impl Counters {
+    /// The counters as the port reports them, with Redis's count of reclaimed leases.
+    pub(crate) fn snapshot(&self, leases_reclaimed: u64) -> LimiterCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LimiterCounters {
+            acquired_immediately: get(&self.acquired_immediately),
+            acquired_after_wait: get(&self.acquired_after_wait),
+            timeouts: get(&self.timeouts),
+            cancelled: get(&self.cancelled),
+            released: get(&self.released),
+            leases_lost: get(&self.leases_lost),
+            leases_reclaimed,
+        }
+    }
+}
+
+/// Counts one event.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Which script gives a token back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cleanup {
+    /// The token holds (or may hold) a slot.
+    Release,
+    /// The token is (or may be) queued, or was granted without anyone taking the permit.
+    Cancel,
+}
+
+/// How the acquire script treats a token that finds no free slot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mode {
+    /// Queue it (a ticket that lives `waiter_ttl` unless refreshed).
+    Wait,
+    /// Refuse it without queueing (an acquire with a zero wait).
+    Try,
+}
+
+impl Mode {
+    /// The script's `ARGV[8]`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Wait => "wait",
+            Mode::Try => "try",
+        }
+    }
+}
+
+impl Inner {
+    /// The state of a new limiter on `clients` (not connected yet), healthy until a call
+    /// fails.
+    pub(crate) fn new(
+        config: RedisLimiterConfig,
+        clients: Clients,
+        fallback: Arc<dyn ConcurrencyLimiter>,
+    ) -> Self {
+        let mut instance_id = [0u8; 8];
+        rand::rng().fill(&mut instance_id);
+        Inner {
+            scripts: Scripts::new(&config.name),
+            address: address_of(&config.url),
+            degraded_reason: Mutex::new(None),
+            last_failure: Mutex::new(None),
+            limit: AtomicU32::new(config.max_concurrent),
+            config,
+            client: clients.client,
+            subscriber: clients.subscriber,
+            fallback,
+            degraded: AtomicBool::new(false),
+            pending_limit: Mutex::new(None),
+            instance: instance_id.iter().map(|b| format!("{b:02x}")).collect(),
+            next_token: AtomicU64::new(0),
+            waiters: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Whether calls are currently served by the fallback.
+    pub(crate) fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::SeqCst)
+    }
+
+    /// Runs `script` with the limiter's keys and `[default limit, channel, grant ttl, args…]`, bounded
+    /// by `op_timeout` in total (including a `SCRIPT LOAD` after `NOSCRIPT`).
+    async fn eval<R: FromValue>(
+        &self,
+        script: &Script,
+        args: Vec<Value>,
+    ) -> Result<R, BackendError> {
+        let mut argv: Vec<Value> = Vec::with_capacity(args.len() + 3);
+        argv.push(Value::Integer(i64::from(
+            self.limit.load(Ordering::Relaxed),
+        )));
+        argv.push(Value::from(self.scripts.channel.as_str()));
+        argv.push(Value::Integer(duration_ms(self.config.grant_ttl)));
+        argv.extend(args);
+        let call =
+            script.evalsha_with_reload::<R, _, _>(&self.client, self.scripts.keys.clone(), argv);
+        match tokio::time::timeout(self.config.op_timeout, call).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(BackendError::fred("redis", &e)),
+            Err(_) => Err(BackendError::new(
+                DegradedReason::Timeout,
+                format!("redis: no answer within {:?}", self.config.op_timeout),
+            )),
+        }
+    }
+
+    /// A token no other acquire of any process uses, now or later.
+    pub(crate) fn new_token(&self) -> String {
+        let n = self.next_token.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.instance)
+    }
+
+    fn lease_ms(&self) -> i64 {
+        duration_ms(self.config.lease_ttl)
+    }
+
+    /// Runs the acquire script for `token`: queue it, refresh its ticket, or confirm its
+    /// grant (see [`Acquire`] for the answers).
+    pub(crate) async fn acquire_script(
+        &self,
+        token: &str,
+        priority: Priority,
+        mode: Mode,
+    ) -> Result<Acquire, BackendError> {
+        let args = vec![
+            Value::from(token),
+            Value::Integer(priority.index() as i64),
+            Value::Integer(self.lease_ms()),
+            Value::Integer(duration_ms(self.config.waiter_ttl)),
+            Value::from(mode.as_str()),
+        ];
+        Acquire::decode(self.eval(&self.scripts.acquire, args).await?)
+    }
+
+    /// Extends the lease of `token` by a full `lease_ttl`, unless it was lost.
+    pub(crate) async fn renew_lease(&self, token: &str) -> Result<Renew, BackendError> {
+        let args = vec![Value::from(token), Value::Integer(self.lease_ms())];
+        Renew::decode(self.eval(&self.scripts.renew, args).await?)
+    }
+
+    /// Stores `limit` as the global limit (admitting waiters at once if it grew).
+    pub(crate) async fn store_limit(&self, limit: u32) -> Result<(), BackendError> {
+        let args = vec![Value::Integer(i64::from(limit))];
+        reply::decode_set_limit(self.eval(&self.scripts.set_limit, args).await?)
+    }
+
+    /// Runs the stats script (which also reclaims and promotes).
+    pub(crate) async fn read_stats(&self) -> Result<reply::Stats, BackendError> {
+        reply::Stats::decode(self.eval(&self.scripts.stats, Vec::new()).await?)
+    }
+
+    /// Runs the script that gives `token` back (it also tombstones the token in Redis).
+    pub(crate) async fn run_cleanup(
+        &self,
+        what: Cleanup,
+        token: &str,
+    ) -> Result<GivenBack, BackendError> {
+        let args = || {
+            let tombstone = Value::Integer(duration_ms(self.config.tombstone_ttl()));
+            vec![Value::from(token), tombstone]
+        };
+        match what {
+            Cleanup::Release => {
+                GivenBack::decode_release(self.eval(&self.scripts.release, args()).await?)
+            }
+            Cleanup::Cancel => {
+                GivenBack::decode_cancel(self.eval(&self.scripts.cancel, args()).await?)
+            }
+        }
+    }
+
+    /// The longest a waiter sleeps without a wake-up: the safety poll, capped so that the
+    /// ticket is refreshed at least three times per `waiter_ttl` and a grant whose wake-up
+    /// message was lost is confirmed well within `grant_ttl`, jittered to 50–100 %.
+    pub(crate) fn poll_period(&self) -> Duration {
+        let cap = (self.config.waiter_ttl / 3).min(self.config.grant_ttl / 2);
+        jittered(self.config.safety_poll.min(cap), 0.5)
+    }
+
+    /// Wakes the local waiters among `tokens`.
+    pub(crate) fn wake<'a>(&self, tokens: impl Iterator<Item = &'a str>) {
+        let waiters = lock(&self.waiters);
+        for token in tokens {
+            if let Some(notify) = waiters.get(token) {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// Wakes every local waiter (after a reconnect or a lagged receiver).
+    pub(crate) fn wake_all(&self) {
+        let waiters = lock(&self.waiters);
+        for notify in waiters.values() {
+            notify.notify_one();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Close both connections; fred's connection tasks otherwise live on.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let subscriber = self.subscriber.clone();
+            handle.spawn(async move {
+                let _ = client.quit().await;
+                let _ = subscriber.quit().await;
+            });
+        }
+    }
+}

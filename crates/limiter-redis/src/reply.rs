@@ -1,0 +1,255 @@
+//! What the scripts answer: every reply of a [`crate::scripts`] script decoded into a type,
+//! here and nowhere else.
+//!
+//! The scripts answer with bare integers (Lua has no enums); the meaning of each number is
+//! written once, in the `decode` functions below, which must agree with the `return`
+//! statements of the script they decode. A reply no script can give is a [`BackendError`]
+//! (as if Redis had failed), never silently read as something else.
+
+use ports::DegradedReason;
+
+use crate::connection::BackendError;
+
+/// A reply no script gives: the script in Redis is not the one this code expects.
+fn unexpected(script: &str, reply: impl std::fmt::Debug) -> BackendError {
+    BackendError::new(
+        DegradedReason::Other,
+        format!("{script} script returned {reply:?}"),
+    )
+}
+
+/// The answer of [`ACQUIRE`](crate::scripts::ACQUIRE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acquire {
+    /// `0`: the token is queued (a new ticket, or a refreshed one).
+    Queued,
+    /// `1`: the token holds a slot with a full lease (taken now, or a grant confirmed).
+    Granted,
+    /// `2`: no free slot, and the `try` mode does not queue.
+    Refused,
+    /// `3`: the token was cancelled or released already (its tombstone is alive): a stale
+    /// command, and nothing was created.
+    Tombstoned,
+}
+
+impl Acquire {
+    pub(crate) fn decode(reply: i64) -> Result<Self, BackendError> {
+        match reply {
+            0 => Ok(Acquire::Queued),
+            1 => Ok(Acquire::Granted),
+            2 => Ok(Acquire::Refused),
+            3 => Ok(Acquire::Tombstoned),
+            other => Err(unexpected("acquire", other)),
+        }
+    }
+}
+
+/// The answer of [`RENEW`](crate::scripts::RENEW).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renew {
+    /// `1`: the lease was live and now ends a full `lease_ttl` from now.
+    Extended,
+    /// `0`: the lease had passed its deadline or was gone; it is not revived, the permit is
+    /// lost.
+    Lost,
+}
+
+impl Renew {
+    pub(crate) fn decode(reply: i64) -> Result<Self, BackendError> {
+        match reply {
+            1 => Ok(Renew::Extended),
+            0 => Ok(Renew::Lost),
+            other => Err(unexpected("renew", other)),
+        }
+    }
+}
+
+/// What giving a token back freed: the answer of [`RELEASE`](crate::scripts::RELEASE) or
+/// [`CANCEL`](crate::scripts::CANCEL). Either way the token is tombstoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GivenBack {
+    /// The token held a slot (release `1`) or had been granted one (cancel `2`): the slot
+    /// is free again.
+    Slot,
+    /// The token was queued (cancel `1`): its ticket is gone.
+    Ticket,
+    /// Nothing was left to give back (`0`): a second release or cancel, or a lease that had
+    /// been reclaimed already.
+    Nothing,
+}
+
+impl GivenBack {
+    pub(crate) fn decode_release(reply: i64) -> Result<Self, BackendError> {
+        match reply {
+            1 => Ok(GivenBack::Slot),
+            0 => Ok(GivenBack::Nothing),
+            other => Err(unexpected("release", other)),
+        }
+    }
+
+    pub(crate) fn decode_cancel(reply: i64) -> Result<Self, BackendError> {
+        match reply {
+            2 => Ok(GivenBack::Slot),
+            1 => Ok(GivenBack::Ticket),
+            0 => Ok(GivenBack::Nothing),
+            other => Err(unexpected("cancel", other)),
+        }
+    }
+}
+
+/// The answer of [`SET_LIMIT`](crate::scripts::SET_LIMIT), which only ever answers `1`.
+pub(crate) fn decode_set_limit(reply: i64) -> Result<(), BackendError> {
+    match reply {
+        1 => Ok(()),
+        other => Err(unexpected("set_limit", other)),
+    }
+}
+
+/// The answer of [`STATS`](crate::scripts::STATS), field by field, as Redis counted it
+/// (after its reclaim and promote steps). Values are as the script returned them; the
+/// caller clamps them into its own types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stats {
+    /// The global limit stored in Redis.
+    pub(crate) limit: i64,
+    /// Slots held (confirmed leases and unconfirmed grants).
+    pub(crate) active: i64,
+    /// Tickets queued per priority, `[low, normal, high, critical]`.
+    pub(crate) queued: [i64; 4],
+    /// Leases and tickets reclaimed after their deadline, since the data was created.
+    pub(crate) reclaimed: i64,
+    /// The longest wait from queueing to grant seen, in ms.
+    pub(crate) max_wait_ms: i64,
+    /// How long the oldest queued ticket has waited, in ms (0 with an empty queue).
+    pub(crate) oldest_ms: i64,
+}
+
+impl Stats {
+    pub(crate) fn decode(reply: Vec<i64>) -> Result<Self, BackendError> {
+        let [
+            limit,
+            active,
+            low,
+            normal,
+            high,
+            critical,
+            reclaimed,
+            max_wait_ms,
+            oldest_ms,
+        ] = reply[..]
+        else {
+            return Err(unexpected("stats", reply));
+        };
+        Ok(Stats {
+            limit,
+            active,
+            queued: [low, normal, high, critical],
+            reclaimed,
+            max_wait_ms,
+            oldest_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes every reply in `cases` with `decode` and compares; `None` means "an error".
+    fn check<T: PartialEq + std::fmt::Debug>(
+        decode: impl Fn(i64) -> Result<T, BackendError>,
+        cases: &[(i64, Option<T>)],
+    ) {
+        for (reply, expected) in cases {
+            let got = decode(*reply).ok();
+            assert_eq!(&got, expected, "reply {reply}");
+        }
+    }
+
+    /// The integer literals a Lua script body returns (`return 3`), in order.
+    fn returned_literals(lua: &str) -> Vec<i64> {
+        lua.split("return ")
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_number_the_acquire_script_returns_is_decoded_and_every_answer_is_returned() {
+        let mut returned = returned_literals(crate::scripts::ACQUIRE);
+        for reply in &returned {
+            assert!(Acquire::decode(*reply).is_ok(), "acquire returns {reply}");
+        }
+        returned.sort_unstable();
+        returned.dedup();
+        assert_eq!(returned, [0, 1, 2, 3]);
+        use Acquire::*;
+        check(
+            Acquire::decode,
+            &[
+                (0, Some(Queued)),
+                (1, Some(Granted)),
+                (2, Some(Refused)),
+                (3, Some(Tombstoned)),
+                (4, None),
+                (-1, None),
+            ],
+        );
+    }
+
+    #[test]
+    fn renew_and_set_limit_replies() {
+        check(
+            Renew::decode,
+            &[
+                (1, Some(Renew::Extended)),
+                (0, Some(Renew::Lost)),
+                (2, None),
+            ],
+        );
+        check(decode_set_limit, &[(1, Some(())), (0, None)]);
+        assert_eq!(returned_literals(crate::scripts::SET_LIMIT), [1]);
+    }
+
+    #[test]
+    fn release_and_cancel_say_what_was_given_back() {
+        use GivenBack::*;
+        check(
+            GivenBack::decode_release,
+            &[(1, Some(Slot)), (0, Some(Nothing)), (2, None)],
+        );
+        check(
+            GivenBack::decode_cancel,
+            &[
+                (2, Some(Slot)),
+                (1, Some(Ticket)),
+                (0, Some(Nothing)),
+                (3, None),
+            ],
+        );
+        // The cancel script's other answer is `ZREM`'s count of one token: 0 or 1.
+        assert_eq!(returned_literals(crate::scripts::CANCEL), [2]);
+    }
+
+    #[test]
+    fn stats_reply_is_nine_numbers_in_the_documented_order() {
+        let stats = Stats::decode(vec![5, 2, 1, 2, 3, 4, 7, 80, 9]).unwrap();
+        assert_eq!(
+            stats,
+            Stats {
+                limit: 5,
+                active: 2,
+                queued: [1, 2, 3, 4],
+                reclaimed: 7,
+                max_wait_ms: 80,
+                oldest_ms: 9,
+            }
+        );
+        let err = Stats::decode(vec![5, 2]).unwrap_err();
+        assert_eq!(err.to_string(), "stats script returned [5, 2]");
+        assert_eq!(err.reason, DegradedReason::Other);
+    }
+}

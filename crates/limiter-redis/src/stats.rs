@@ -1,0 +1,71 @@
+//! The limiter's [`LimiterStats`]: read from Redis (the stats script's reply, clamped into
+//! the port's types) or, while degraded, from the fallback with this process's Redis
+//! counters added.
+
+use std::sync::atomic::Ordering;
+
+use ports::{DegradedReason, LimiterStats};
+
+use crate::connection::BackendError;
+use crate::inner::Inner;
+use crate::reply;
+use crate::util::lock;
+
+impl Inner {
+    /// The stats as Redis counts them; also remembers the limit Redis holds, as the default
+    /// the next script stores should Redis lose it.
+    pub(crate) async fn redis_stats(&self) -> Result<LimiterStats, BackendError> {
+        let reply::Stats {
+            limit,
+            active,
+            queued: [low, normal, high, critical],
+            reclaimed,
+            max_wait_ms: max_wait,
+            oldest_ms: oldest,
+        } = self.read_stats().await?;
+        let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
+        let u64_of = |x: i64| u64::try_from(x.max(0)).unwrap_or(0);
+        self.limit.store(u32_of(limit).max(1), Ordering::Relaxed);
+        Ok(LimiterStats {
+            backend: "redis".to_owned(),
+            configured_backend: "redis".to_owned(),
+            serving_backend: "redis".to_owned(),
+            address: Some(self.address.clone()),
+            degraded_reason: None,
+            degraded: false,
+            max_concurrent: u32_of(limit),
+            active: u32_of(active),
+            available: u32_of(limit - active),
+            queued: ports::QueuedByPriority {
+                low: u32_of(low),
+                normal: u32_of(normal),
+                high: u32_of(high),
+                critical: u32_of(critical),
+            },
+            counters: self.counters.snapshot(u64_of(reclaimed)),
+            max_wait_ms: u64_of(max_wait),
+            oldest_queued_ms: u64_of(oldest),
+        })
+    }
+
+    /// The fallback's stats, marked degraded and with why, plus the events this process
+    /// counted while it was on Redis.
+    pub(crate) async fn fallback_stats(&self) -> LimiterStats {
+        let mut stats = self.fallback.stats().await;
+        let local = self.counters.snapshot(0);
+        let c = &mut stats.counters;
+        c.acquired_immediately += local.acquired_immediately;
+        c.acquired_after_wait += local.acquired_after_wait;
+        c.timeouts += local.timeouts;
+        c.cancelled += local.cancelled;
+        c.released += local.released;
+        c.leases_lost += local.leases_lost;
+        stats.backend = "memory".to_owned();
+        stats.configured_backend = "redis".to_owned();
+        stats.serving_backend = "memory".to_owned();
+        stats.address = Some(self.address.clone());
+        stats.degraded_reason = Some(lock(&self.degraded_reason).unwrap_or(DegradedReason::Other));
+        stats.degraded = true;
+        stats
+    }
+}
