@@ -35,6 +35,19 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// The longest upstream `description` passed on to a client, in characters.
 pub const MAX_DESCRIPTION_CHARS: usize = 300;
 
+/// A request body that did not arrive in time (what a `body::TimedBody` fails with;
+/// defined here, beside the variant that carries it, so that this module needs
+/// nothing from `body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyTimeout {
+    /// The whole body took longer than the read deadline.
+    #[error("the request body did not arrive within {0:?}")]
+    Deadline(Duration),
+    /// No byte of the body arrived for the idle gap.
+    #[error("the request body stalled: no data for {0:?}")]
+    Idle(Duration),
+}
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -93,9 +106,9 @@ pub enum ApiError {
     /// The request body did not arrive in time (`BODY_READ_TIMEOUT_SECS`,
     /// `BODY_IDLE_TIMEOUT_SECS`); the connection is closed after the answer.
     #[error(transparent)]
-    BodyTimeout(#[from] crate::body::BodyTimeout),
+    BodyTimeout(#[from] BodyTimeout),
     /// The request target (path and query) is longer than the service accepts
-    /// ([`MAX_URI_BYTES`](crate::server::MAX_URI_BYTES)); the connection is closed after the
+    /// ([`MAX_URI_BYTES`](crate::head::MAX_URI_BYTES)); the connection is closed after the
     /// answer.
     #[error("the request target is {len} bytes long; at most {limit} are accepted")]
     UriTooLong {
@@ -105,7 +118,7 @@ pub enum ApiError {
         limit: usize,
     },
     /// The request has more header fields than the service accepts
-    /// ([`MAX_HEADERS`](crate::server::MAX_HEADERS)); the connection is closed after the answer.
+    /// ([`MAX_HEADERS`](crate::head::MAX_HEADERS)); the connection is closed after the answer.
     #[error("the request has {count} header fields; at most {limit} are accepted")]
     TooManyHeaders {
         /// How many header fields the request has.
@@ -114,7 +127,7 @@ pub enum ApiError {
         limit: usize,
     },
     /// The request's header fields are larger in all than the service accepts
-    /// ([`MAX_HEADER_BYTES`](crate::server::MAX_HEADER_BYTES)); the connection is closed
+    /// ([`MAX_HEADER_BYTES`](crate::head::MAX_HEADER_BYTES)); the connection is closed
     /// after the answer.
     #[error("the request's header fields are {size} bytes in all; at most {limit} are accepted")]
     HeadersTooLarge {
@@ -388,7 +401,7 @@ impl ApiError {
                 talk_id: Some(talk_id),
             } => vec![
                 ("talk_id", json!(talk_id)),
-                ("status_url", json!(crate::router::status_url(talk_id))),
+                ("status_url", json!(crate::uri::status_url(talk_id))),
             ],
             _ => Vec::new(),
         }
@@ -726,7 +739,7 @@ mod tests {
         );
         check(ApiError::Unauthorized, 401, "unauthorized");
         check(
-            crate::body::BodyTimeout::Idle(Duration::from_secs(1)).into(),
+            BodyTimeout::Idle(Duration::from_secs(1)).into(),
             408,
             "request_timeout",
         );
