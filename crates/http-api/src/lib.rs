@@ -7,7 +7,8 @@
 //! errors become HTTP.
 //!
 //! # Layout
-//! - [`config`]: [`Config`] from a [`config::Source`] (env map or flags), all errors at once.
+//! - [`config`]: [`Config`] from a [`config::Source`] (env map or flags), all errors at once;
+//!   every setting declared once ([`config::SETTINGS`]), flags and `--help` made from it.
 //! - [`wiring`]: builds the adapters a config asks for and the [`AppState`].
 //! - [`state`]: [`AppState`], [`Settings`], [`state::UpstreamStats`].
 //! - [`server`]: [`run`], the accept loop, graceful shutdown, panic catching, request ids.
