@@ -21,21 +21,10 @@ use hyper::body::{Frame, SizeHint};
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, Sleep};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, BodyTimeout};
 
 /// A boxed error, as bodies report them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A request body that did not arrive in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BodyTimeout {
-    /// The whole body took longer than the read deadline.
-    #[error("the request body did not arrive within {0:?}")]
-    Deadline(Duration),
-    /// No byte of the body arrived for the idle gap.
-    #[error("the request body stalled: no data for {0:?}")]
-    Idle(Duration),
-}
 
 /// A body that must arrive whole by a deadline and without long pauses.
 ///

@@ -1,12 +1,17 @@
 //! The service's one error type and the one place where errors become HTTP responses.
 //!
 //! Every handler returns `Result<_, ApiError>`; [`ApiError::into_response`] decides status,
-//! stable snake_case `code`, message and headers. Nothing else in the crate picks an error
-//! status. Messages are written for the API's caller: D-ID's own descriptions are passed on
+//! stable snake_case `code`, message and headers. Status, code and headers come from one
+//! table with a row per variant (`ApiError::row`), the words from one more match
+//! (`ApiError::text`). Nothing else in the crate picks an error status. Messages are written for the API's caller: D-ID's own descriptions are passed on
 //! (they explain what to fix), internals are not. No variant carries a credential; text from
 //! outside that might (an upstream echo) is scrubbed from every body by `server::handle`.
 //! The full cause is logged once, by the request span in `server`, at the level
 //! [`ApiError::log_level_is_error`] asks for.
+//!
+//! The file stays whole although it is long: the variants, their table and their words are
+//! one contract that is read and changed together, and more than half of it is the tests
+//! that pin every row.
 
 use std::time::Duration;
 
@@ -34,6 +39,19 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// The longest upstream `description` passed on to a client, in characters.
 pub const MAX_DESCRIPTION_CHARS: usize = 300;
+
+/// A request body that did not arrive in time (what a `body::TimedBody` fails with;
+/// defined here, beside the variant that carries it, so that this module needs
+/// nothing from `body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyTimeout {
+    /// The whole body took longer than the read deadline.
+    #[error("the request body did not arrive within {0:?}")]
+    Deadline(Duration),
+    /// No byte of the body arrived for the idle gap.
+    #[error("the request body stalled: no data for {0:?}")]
+    Idle(Duration),
+}
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +111,9 @@ pub enum ApiError {
     /// The request body did not arrive in time (`BODY_READ_TIMEOUT_SECS`,
     /// `BODY_IDLE_TIMEOUT_SECS`); the connection is closed after the answer.
     #[error(transparent)]
-    BodyTimeout(#[from] crate::body::BodyTimeout),
+    BodyTimeout(#[from] BodyTimeout),
     /// The request target (path and query) is longer than the service accepts
-    /// ([`MAX_URI_BYTES`](crate::server::MAX_URI_BYTES)); the connection is closed after the
+    /// ([`MAX_URI_BYTES`](crate::head::MAX_URI_BYTES)); the connection is closed after the
     /// answer.
     #[error("the request target is {len} bytes long; at most {limit} are accepted")]
     UriTooLong {
@@ -105,7 +123,7 @@ pub enum ApiError {
         limit: usize,
     },
     /// The request has more header fields than the service accepts
-    /// ([`MAX_HEADERS`](crate::server::MAX_HEADERS)); the connection is closed after the answer.
+    /// ([`MAX_HEADERS`](crate::head::MAX_HEADERS)); the connection is closed after the answer.
     #[error("the request has {count} header fields; at most {limit} are accepted")]
     TooManyHeaders {
         /// How many header fields the request has.
@@ -114,7 +132,7 @@ pub enum ApiError {
         limit: usize,
     },
     /// The request's header fields are larger in all than the service accepts
-    /// ([`MAX_HEADER_BYTES`](crate::server::MAX_HEADER_BYTES)); the connection is closed
+    /// ([`MAX_HEADER_BYTES`](crate::head::MAX_HEADER_BYTES)); the connection is closed
     /// after the answer.
     #[error("the request's header fields are {size} bytes in all; at most {limit} are accepted")]
     HeadersTooLarge {
@@ -156,241 +174,287 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// How one error is answered, apart from its words: the status, the stable code, and the
+/// headers the status calls for. [`ApiError::row`] holds one of these per variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Row {
+    status: StatusCode,
+    code: &'static str,
+    /// `Retry-After`, when waiting is what helps.
+    retry_after: Option<Duration>,
+    /// `Connection: close`: the connection cannot (or should not) carry another request.
+    close: bool,
+    /// `Allow`, for a 405.
+    allow: Option<&'static [&'static str]>,
+    /// `WWW-Authenticate: Bearer realm="talkgate"`, for a 401.
+    challenge: bool,
+}
+
+/// A row with no extra header.
+fn row(status: StatusCode, code: &'static str) -> Row {
+    Row {
+        status,
+        code,
+        retry_after: None,
+        close: false,
+        allow: None,
+        challenge: false,
+    }
+}
+
+impl Row {
+    fn retry_after(self, after: Duration) -> Row {
+        Row {
+            retry_after: Some(after),
+            ..self
+        }
+    }
+
+    fn close(self) -> Row {
+        Row {
+            close: true,
+            ..self
+        }
+    }
+
+    fn allow(self, allow: &'static [&'static str]) -> Row {
+        Row {
+            allow: Some(allow),
+            ..self
+        }
+    }
+
+    fn challenge(self) -> Row {
+        Row {
+            challenge: true,
+            ..self
+        }
+    }
+}
+
 impl ApiError {
-    /// The HTTP status of this error.
-    pub fn status(&self) -> StatusCode {
+    /// The table: status, code and headers of every variant. No arm is a wildcard, so a new
+    /// variant (here or in a port's error) does not compile until it has its row.
+    fn row(&self) -> Row {
+        use LimiterError as L;
+        use StatusCode as S;
+        use TalkRequestError as T;
         use VideoApiError as V;
         match self {
             ApiError::Upstream(e) => match e {
-                V::NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
-                V::Unauthorized { .. } => StatusCode::BAD_GATEWAY,
-                V::Forbidden { .. } => StatusCode::FORBIDDEN,
-                V::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
-                V::NotFound { .. } => StatusCode::NOT_FOUND,
-                V::NotReady { .. } => StatusCode::CONFLICT,
-                V::Validation { status, .. } if *status == 400 => StatusCode::BAD_REQUEST,
-                V::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                V::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-                V::Server { .. } | V::Connect { .. } | V::Protocol { .. } => {
-                    StatusCode::BAD_GATEWAY
+                // No `Retry-After`: only a restart with a key helps.
+                V::NotConfigured => row(S::SERVICE_UNAVAILABLE, "upstream_not_configured"),
+                V::Unauthorized { .. } => row(S::BAD_GATEWAY, "upstream_auth_failed"),
+                V::Forbidden { .. } => row(S::FORBIDDEN, "upstream_permission_denied"),
+                V::InsufficientCredits => row(S::PAYMENT_REQUIRED, "insufficient_credits"),
+                V::NotFound { .. } => row(S::NOT_FOUND, "not_found"),
+                V::NotReady { .. } => row(S::CONFLICT, "not_ready"),
+                V::Validation { status: 400, .. } => {
+                    row(S::BAD_REQUEST, "upstream_validation_error")
                 }
-                V::Timeout | V::TalkTimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
-                V::TalkFailed { .. } => StatusCode::BAD_GATEWAY,
-                V::TalkRejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                V::Limiter(LimiterError::Timeout { .. }) => StatusCode::TOO_MANY_REQUESTS,
-                V::Limiter(LimiterError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-                V::Limiter(LimiterError::InvalidLimit { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+                V::Validation { .. } => row(S::UNPROCESSABLE_ENTITY, "upstream_validation_error"),
+                V::RateLimited { retry_after } => {
+                    row(S::TOO_MANY_REQUESTS, "upstream_rate_limited")
+                        .retry_after(retry_after.unwrap_or(QUEUE_RETRY_AFTER))
+                }
+                V::Server { .. } => row(S::BAD_GATEWAY, "upstream_error"),
+                V::Connect { .. } => row(S::BAD_GATEWAY, "upstream_unreachable"),
+                V::Protocol { .. } => row(S::BAD_GATEWAY, "upstream_protocol_error"),
+                V::Timeout => row(S::GATEWAY_TIMEOUT, "upstream_timeout"),
+                V::TalkTimedOut { .. } => row(S::GATEWAY_TIMEOUT, "talk_timeout"),
+                V::TalkFailed { .. } => row(S::BAD_GATEWAY, "talk_failed"),
+                V::TalkRejected { .. } => row(S::UNPROCESSABLE_ENTITY, "talk_rejected"),
+                V::Limiter(L::Timeout { .. }) => {
+                    row(S::TOO_MANY_REQUESTS, "queue_timeout").retry_after(QUEUE_RETRY_AFTER)
+                }
+                V::Limiter(L::Unavailable { .. }) => {
+                    row(S::SERVICE_UNAVAILABLE, "limiter_unavailable")
+                        .retry_after(QUEUE_RETRY_AFTER)
+                }
+                V::Limiter(L::InvalidLimit { .. }) => {
+                    row(S::INTERNAL_SERVER_ERROR, "internal_error")
+                }
             },
-            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::InvalidPriority(_) | ApiError::InvalidParameter { .. } => {
-                StatusCode::BAD_REQUEST
+            ApiError::MalformedJson(_) => row(S::BAD_REQUEST, "malformed_json"),
+            ApiError::InvalidBody(_) => row(S::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::InvalidParameter { .. } => row(S::BAD_REQUEST, "invalid_parameter"),
+            ApiError::InvalidPriority(_) => row(S::BAD_REQUEST, "invalid_priority"),
+            ApiError::InvalidTalkId(_) => row(S::BAD_REQUEST, "invalid_talk_id"),
+            ApiError::InvalidTalkRequest(e) => match e {
+                T::InvalidSourceUrl => row(S::UNPROCESSABLE_ENTITY, "invalid_source_url"),
+                T::InvalidAudioUrl => row(S::UNPROCESSABLE_ENTITY, "invalid_audio_url"),
+                T::TextLength { .. } | T::PadAudio { .. } | T::UserData | T::Webhook => {
+                    row(S::UNPROCESSABLE_ENTITY, "invalid_config")
+                }
+            },
+            ApiError::InvalidConfig(_) => row(S::UNPROCESSABLE_ENTITY, "invalid_config"),
+            ApiError::Upload(e) => match e {
+                UploadError::Empty { .. } => row(S::BAD_REQUEST, "empty_file"),
+                UploadError::TooLarge { .. } => row(S::PAYLOAD_TOO_LARGE, "file_too_large"),
+                UploadError::UnsupportedType { .. } => {
+                    row(S::UNSUPPORTED_MEDIA_TYPE, "unsupported_file_type")
+                }
+            },
+            ApiError::FileTooLarge { .. } => row(S::PAYLOAD_TOO_LARGE, "file_too_large"),
+            ApiError::MissingFile => row(S::BAD_REQUEST, "missing_file"),
+            ApiError::MalformedMultipart(_) => row(S::BAD_REQUEST, "malformed_multipart"),
+            ApiError::PayloadTooLarge { .. } => row(S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            // The rest of the body was never read, so the connection cannot carry another
+            // request (and a client that sent an oversized head gets no second try on it, as
+            // with hyper's own 414 and 431); hyper closes it after this answer.
+            ApiError::BodyTimeout(_) => row(S::REQUEST_TIMEOUT, "request_timeout").close(),
+            ApiError::UriTooLong { .. } => row(S::URI_TOO_LONG, "uri_too_long").close(),
+            ApiError::TooManyHeaders { .. } | ApiError::HeadersTooLarge { .. } => row(
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_header_fields_too_large",
+            )
+            .close(),
+            ApiError::UnsupportedMediaType { .. } => {
+                row(S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            ApiError::InvalidTalkId(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidTalkRequest(_) | ApiError::InvalidConfig(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
+            ApiError::RouteNotFound(_) => row(S::NOT_FOUND, "route_not_found"),
+            ApiError::MethodNotAllowed { allow } => {
+                row(S::METHOD_NOT_ALLOWED, "method_not_allowed").allow(allow)
             }
-            ApiError::Upload(UploadError::Empty { .. }) => StatusCode::BAD_REQUEST,
-            ApiError::Upload(UploadError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Upload(UploadError::UnsupportedType { .. }) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
-            ApiError::MissingFile | ApiError::MalformedMultipart(_) => StatusCode::BAD_REQUEST,
-            ApiError::FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            ApiError::TooManyHeaders { .. } | ApiError::HeadersTooLarge { .. } => {
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            }
-            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
-            ApiError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unauthorized => row(S::UNAUTHORIZED, "unauthorized").challenge(),
+            ApiError::AdminDisabled => row(S::FORBIDDEN, "admin_disabled"),
+            // This process serves nothing more: the next request goes to a new connection
+            // (and, behind a balancer, to another replica).
+            ApiError::ShuttingDown { .. } => row(S::SERVICE_UNAVAILABLE, "shutting_down")
+                .retry_after(SHUTDOWN_RETRY_AFTER)
+                .close(),
+            ApiError::Internal(_) => row(S::INTERNAL_SERVER_ERROR, "internal_error"),
         }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        self.row().status
     }
 
     /// The stable, documented snake_case code (the contract clients switch on).
     pub fn code(&self) -> &'static str {
-        use VideoApiError as V;
-        match self {
-            ApiError::Upstream(e) => match e {
-                V::NotConfigured => "upstream_not_configured",
-                V::Unauthorized { .. } => "upstream_auth_failed",
-                V::Forbidden { .. } => "upstream_permission_denied",
-                V::InsufficientCredits => "insufficient_credits",
-                V::NotFound { .. } => "not_found",
-                V::NotReady { .. } => "not_ready",
-                V::Validation { .. } => "upstream_validation_error",
-                V::RateLimited { .. } => "upstream_rate_limited",
-                V::Server { .. } => "upstream_error",
-                V::Connect { .. } => "upstream_unreachable",
-                V::Protocol { .. } => "upstream_protocol_error",
-                V::Timeout => "upstream_timeout",
-                V::TalkTimedOut { .. } => "talk_timeout",
-                V::TalkFailed { .. } => "talk_failed",
-                V::TalkRejected { .. } => "talk_rejected",
-                V::Limiter(LimiterError::Timeout { .. }) => "queue_timeout",
-                V::Limiter(LimiterError::Unavailable { .. }) => "limiter_unavailable",
-                V::Limiter(LimiterError::InvalidLimit { .. }) => "internal_error",
-            },
-            ApiError::MalformedJson(_) => "malformed_json",
-            ApiError::InvalidBody(_) => "invalid_request",
-            ApiError::InvalidPriority(_) => "invalid_priority",
-            ApiError::InvalidParameter { .. } => "invalid_parameter",
-            ApiError::InvalidTalkId(_) => "invalid_talk_id",
-            ApiError::InvalidTalkRequest(TalkRequestError::InvalidSourceUrl) => {
-                "invalid_source_url"
-            }
-            ApiError::InvalidTalkRequest(TalkRequestError::InvalidAudioUrl) => "invalid_audio_url",
-            ApiError::InvalidTalkRequest(_) | ApiError::InvalidConfig(_) => "invalid_config",
-            ApiError::Upload(UploadError::Empty { .. }) => "empty_file",
-            ApiError::Upload(UploadError::TooLarge { .. }) => "file_too_large",
-            ApiError::Upload(UploadError::UnsupportedType { .. }) => "unsupported_file_type",
-            ApiError::MissingFile => "missing_file",
-            ApiError::FileTooLarge { .. } => "file_too_large",
-            ApiError::MalformedMultipart(_) => "malformed_multipart",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::BodyTimeout(_) => "request_timeout",
-            ApiError::UriTooLong { .. } => "uri_too_long",
-            ApiError::TooManyHeaders { .. } | ApiError::HeadersTooLarge { .. } => {
-                "request_header_fields_too_large"
-            }
-            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
-            ApiError::RouteNotFound(_) => "route_not_found",
-            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::AdminDisabled => "admin_disabled",
-            ApiError::ShuttingDown { .. } => "shutting_down",
-            ApiError::Internal(_) => "internal_error",
-        }
+        self.row().code
     }
 
-    /// The message shown to the caller. Internal details stay in the log (the server logs
-    /// the error's `Display` once, with the request id).
-    fn public_message(&self) -> String {
+    /// What the answer says: the message shown to the caller, and the extra fields next to
+    /// `code` and `message` (D-ID's error kind, its capped description, the talk id).
+    /// Internal details stay in the log (the server logs the error's `Display` once, with the
+    /// request id). D-ID's `details` object is never passed on: it is free form, and an
+    /// upstream (or a proxy in front of it) may echo request headers into it.
+    fn text(&self) -> (String, Vec<(&'static str, Value)>) {
         use VideoApiError as V;
+        let said = |message: String| (message, Vec::new());
         match self {
-            ApiError::Upstream(V::NotConfigured) => {
-                "D-ID is not configured on this service: set D_ID_API_KEY and restart".to_owned()
-            }
-            ApiError::Upstream(V::Unauthorized { .. }) => {
+            ApiError::Upstream(V::NotConfigured) => said(
+                "D-ID is not configured on this service: set D_ID_API_KEY and restart".to_owned(),
+            ),
+            ApiError::Upstream(V::Unauthorized { .. }) => said(
                 "D-ID rejected this service's credentials; an operator must check D_ID_API_KEY"
-                    .to_owned()
-            }
-            ApiError::Upstream(V::Forbidden { description }) => {
-                format!("D-ID refused permission: {}", client_text(description))
-            }
+                    .to_owned(),
+            ),
+            ApiError::Upstream(V::Forbidden { description }) => said(format!(
+                "D-ID refused permission: {}",
+                client_text(description)
+            )),
             ApiError::Upstream(V::NotFound { description }) => {
                 // D-ID's description is usually "not found" itself: say it once.
                 let d = client_text(description);
-                if d.is_empty() || d.to_ascii_lowercase().contains("not found") {
-                    format!("D-ID: {}", if d.is_empty() { "not found" } else { &d })
-                } else {
-                    format!("not found at D-ID: {d}")
-                }
+                said(
+                    if d.is_empty() || d.to_ascii_lowercase().contains("not found") {
+                        format!("D-ID: {}", if d.is_empty() { "not found" } else { &d })
+                    } else {
+                        format!("not found at D-ID: {d}")
+                    },
+                )
             }
-            ApiError::Upstream(V::NotReady { description }) => {
-                format!("D-ID resource not ready: {}", client_text(description))
-            }
+            ApiError::Upstream(V::NotReady { description }) => said(format!(
+                "D-ID resource not ready: {}",
+                client_text(description)
+            )),
             ApiError::Upstream(V::Validation {
                 kind, description, ..
-            }) => format!(
-                "D-ID rejected the request ({}): {}",
-                client_text(kind),
-                client_text(description)
+            }) => (
+                format!(
+                    "D-ID rejected the request ({}): {}",
+                    client_text(kind),
+                    client_text(description)
+                ),
+                vec![("upstream_kind", json!(client_text(kind)))],
             ),
-            ApiError::Upstream(V::RateLimited { .. }) => {
-                "D-ID is rate limiting this service; retry after the Retry-After delay".to_owned()
-            }
-            ApiError::Upstream(V::Server { status }) => {
-                format!("D-ID failed (HTTP {status}) after retries; retry later")
-            }
+            ApiError::Upstream(V::RateLimited { .. }) => said(
+                "D-ID is rate limiting this service; retry after the Retry-After delay".to_owned(),
+            ),
+            ApiError::Upstream(V::Server { status }) => said(format!(
+                "D-ID failed (HTTP {status}) after retries; retry later"
+            )),
             ApiError::Upstream(V::Connect { .. }) => {
-                "D-ID could not be reached; retry later".to_owned()
+                said("D-ID could not be reached; retry later".to_owned())
             }
             ApiError::Upstream(V::Protocol { .. }) => {
-                "D-ID sent an answer this service could not read; retry later".to_owned()
+                said("D-ID sent an answer this service could not read; retry later".to_owned())
             }
             ApiError::Upstream(V::TalkFailed {
                 talk_id,
                 kind,
                 description,
-            }) => format!(
-                "talk {talk_id} failed ({}): {}",
-                client_text(kind),
-                client_text(description)
+            }) => (
+                format!(
+                    "talk {talk_id} failed ({}): {}",
+                    client_text(kind),
+                    client_text(description)
+                ),
+                vec![
+                    ("talk_id", json!(talk_id)),
+                    ("upstream_kind", json!(client_text(kind))),
+                    ("description", json!(client_text(description))),
+                ],
             ),
             ApiError::Upstream(V::TalkRejected {
                 talk_id,
                 description,
-            }) => format!("talk {talk_id} was rejected: {}", client_text(description)),
-            ApiError::Upstream(V::TalkTimedOut { talk_id, waited }) => format!(
-                "talk {talk_id} was not finished after {:.1}s; poll its status to follow it",
-                waited.as_secs_f64()
+            }) => (
+                format!("talk {talk_id} was rejected: {}", client_text(description)),
+                vec![
+                    ("talk_id", json!(talk_id)),
+                    ("description", json!(client_text(description))),
+                ],
             ),
-            ApiError::Upstream(V::Limiter(LimiterError::Timeout { priority, waited })) => format!(
-                "all D-ID slots stayed busy for {:.1}s ({priority} priority); retry later",
-                waited.as_secs_f64()
+            ApiError::Upstream(V::TalkTimedOut { talk_id, waited }) => (
+                format!(
+                    "talk {talk_id} was not finished after {:.1}s; poll its status to follow it",
+                    waited.as_secs_f64()
+                ),
+                vec![("talk_id", json!(talk_id))],
             ),
-            ApiError::Upstream(V::Limiter(LimiterError::Unavailable { .. })) => {
-                "the concurrency limiter is unavailable; retry later".to_owned()
+            ApiError::Upstream(V::Limiter(LimiterError::Timeout { priority, waited })) => {
+                said(format!(
+                    "all D-ID slots stayed busy for {:.1}s ({priority} priority); retry later",
+                    waited.as_secs_f64()
+                ))
             }
-            ApiError::ShuttingDown { talk_id: Some(id) } => format!(
-                "the service is shutting down; talk {id} was created and keeps rendering at \
-                 D-ID: follow it at status_url instead of generating it again"
+            ApiError::Upstream(V::Limiter(LimiterError::Unavailable { .. })) => {
+                said("the concurrency limiter is unavailable; retry later".to_owned())
+            }
+            ApiError::ShuttingDown { talk_id: Some(id) } => (
+                format!(
+                    "the service is shutting down; talk {id} was created and keeps rendering at \
+                     D-ID: follow it at status_url instead of generating it again"
+                ),
+                vec![
+                    ("talk_id", json!(id)),
+                    ("status_url", json!(crate::uri::status_url(id))),
+                ],
             ),
             ApiError::ShuttingDown { talk_id: None } => {
-                "the service is shutting down; retry after the Retry-After delay".to_owned()
+                said("the service is shutting down; retry after the Retry-After delay".to_owned())
             }
             ApiError::Internal(_)
             | ApiError::Upstream(V::Limiter(LimiterError::InvalidLimit { .. })) => {
-                "internal error; the request id identifies the log entry".to_owned()
+                said("internal error; the request id identifies the log entry".to_owned())
             }
-            // The remaining upstream messages are fixed texts without upstream words.
-            ApiError::Upstream(e) => e.to_string(),
-            other => other.to_string(),
-        }
-    }
-
-    /// Extra fields next to `code` and `message`: D-ID's error kind, its (capped)
-    /// description and the talk id. D-ID's `details` object is never passed on: it is free
-    /// form, and an upstream (or a proxy in front of it) may echo request headers into it.
-    fn extra(&self) -> Vec<(&'static str, Value)> {
-        use VideoApiError as V;
-        match self {
-            ApiError::Upstream(V::Validation { kind, .. }) => {
-                vec![("upstream_kind", json!(client_text(kind)))]
-            }
-            ApiError::Upstream(V::TalkFailed {
-                talk_id,
-                kind,
-                description,
-            }) => vec![
-                ("talk_id", json!(talk_id)),
-                ("upstream_kind", json!(client_text(kind))),
-                ("description", json!(client_text(description))),
-            ],
-            ApiError::Upstream(V::TalkRejected {
-                talk_id,
-                description,
-            }) => vec![
-                ("talk_id", json!(talk_id)),
-                ("description", json!(client_text(description))),
-            ],
-            ApiError::Upstream(V::TalkTimedOut { talk_id, .. }) => {
-                vec![("talk_id", json!(talk_id))]
-            }
-            ApiError::ShuttingDown {
-                talk_id: Some(talk_id),
-            } => vec![
-                ("talk_id", json!(talk_id)),
-                ("status_url", json!(crate::router::status_url(talk_id))),
-            ],
-            _ => Vec::new(),
+            // The remaining messages are fixed texts without upstream words.
+            other => said(other.to_string()),
         }
     }
 
@@ -406,58 +470,36 @@ impl ApiError {
             )
     }
 
-    /// The response: status, `{"error": {"code", "message", …}}`, and headers where the
-    /// status calls for them (`Retry-After`, `Allow`, `WWW-Authenticate`, `Connection`).
+    /// The response: status, `{"error": {"code", "message", …}}`, and the headers of the
+    /// error's row (`Retry-After`, `Allow`, `WWW-Authenticate`, `Connection`).
     pub fn into_response(self) -> Response<Body> {
-        let status = self.status();
+        let row = self.row();
+        let (message, extra) = self.text();
         let mut error = serde_json::Map::new();
-        error.insert("code".into(), json!(self.code()));
-        error.insert("message".into(), json!(self.public_message()));
-        for (k, v) in self.extra() {
+        error.insert("code".into(), json!(row.code));
+        error.insert("message".into(), json!(message));
+        for (k, v) in extra {
             error.insert(k.into(), v);
         }
-        let mut resp = json_response(status, &json!({ "error": error }));
+        let mut resp = json_response(row.status, &json!({ "error": error }));
         let headers = resp.headers_mut();
-        match &self {
-            ApiError::Upstream(VideoApiError::Limiter(LimiterError::Timeout { .. })) => {
-                headers.insert(header::RETRY_AFTER, retry_after_value(QUEUE_RETRY_AFTER));
-            }
-            ApiError::Upstream(VideoApiError::RateLimited { retry_after }) => {
-                let after = retry_after.unwrap_or(QUEUE_RETRY_AFTER);
-                headers.insert(header::RETRY_AFTER, retry_after_value(after));
-            }
-            // No `Retry-After` for `NotConfigured`: only a restart with a key helps.
-            ApiError::Upstream(VideoApiError::Limiter(LimiterError::Unavailable { .. })) => {
-                headers.insert(header::RETRY_AFTER, retry_after_value(QUEUE_RETRY_AFTER));
-            }
-            ApiError::MethodNotAllowed { allow } => {
-                if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
-                    headers.insert(header::ALLOW, v);
-                }
-            }
-            ApiError::BodyTimeout(_)
-            | ApiError::UriTooLong { .. }
-            | ApiError::TooManyHeaders { .. }
-            | ApiError::HeadersTooLarge { .. } => {
-                // The rest of the body was never read, so the connection cannot carry
-                // another request (and a client that sent an oversized head gets no second
-                // try on it, as with hyper's own 414 and 431); hyper closes it after this
-                // answer.
-                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            ApiError::ShuttingDown { .. } => {
-                headers.insert(header::RETRY_AFTER, retry_after_value(SHUTDOWN_RETRY_AFTER));
-                // This process serves nothing more: the next request goes to a new connection
-                // (and, behind a balancer, to another replica).
-                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            ApiError::Unauthorized => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"talkgate\""),
-                );
-            }
-            _ => {}
+        if let Some(after) = row.retry_after {
+            headers.insert(header::RETRY_AFTER, retry_after_value(after));
+        }
+        if let Some(v) = row
+            .allow
+            .and_then(|a| HeaderValue::from_str(&a.join(", ")).ok())
+        {
+            headers.insert(header::ALLOW, v);
+        }
+        if row.challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"talkgate\""),
+            );
+        }
+        if row.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -726,7 +768,7 @@ mod tests {
         );
         check(ApiError::Unauthorized, 401, "unauthorized");
         check(
-            crate::body::BodyTimeout::Idle(Duration::from_secs(1)).into(),
+            BodyTimeout::Idle(Duration::from_secs(1)).into(),
             408,
             "request_timeout",
         );
@@ -796,6 +838,111 @@ mod tests {
         let r = ApiError::ShuttingDown { talk_id: None }.into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
         assert_eq!(r.headers()[header::CONNECTION], "close");
+    }
+
+    #[test]
+    fn the_less_common_rows_keep_their_status_code_and_headers() {
+        use VideoApiError as V;
+        let close = Some(("connection", "close"));
+        let retry = Some(("retry-after", "5"));
+        for (err, status, code, header) in [
+            (
+                ApiError::FileTooLarge {
+                    kind: UploadKind::Image,
+                    max: 1,
+                },
+                413,
+                "file_too_large",
+                None,
+            ),
+            (
+                ApiError::MalformedMultipart("x".into()),
+                400,
+                "malformed_multipart",
+                None,
+            ),
+            (
+                ApiError::InvalidConfig("x".into()),
+                422,
+                "invalid_config",
+                None,
+            ),
+            (
+                TalkRequestError::TextLength { len: 1 }.into(),
+                422,
+                "invalid_config",
+                None,
+            ),
+            (
+                TalkRequestError::PadAudio { value: 99.0 }.into(),
+                422,
+                "invalid_config",
+                None,
+            ),
+            (
+                TalkRequestError::UserData.into(),
+                422,
+                "invalid_config",
+                None,
+            ),
+            (
+                TalkRequestError::Webhook.into(),
+                422,
+                "invalid_config",
+                None,
+            ),
+            (
+                V::Limiter(LimiterError::InvalidLimit { given: 0 }).into(),
+                500,
+                "internal_error",
+                None,
+            ),
+            (
+                V::Limiter(LimiterError::Unavailable {
+                    message: "down".into(),
+                })
+                .into(),
+                503,
+                "limiter_unavailable",
+                retry,
+            ),
+            (
+                BodyTimeout::Deadline(Duration::from_secs(1)).into(),
+                408,
+                "request_timeout",
+                close,
+            ),
+            (
+                ApiError::UriTooLong {
+                    len: 9000,
+                    limit: 8192,
+                },
+                414,
+                "uri_too_long",
+                close,
+            ),
+            (
+                ApiError::HeadersTooLarge {
+                    size: 20_000,
+                    limit: 16_384,
+                },
+                431,
+                "request_header_fields_too_large",
+                close,
+            ),
+        ] {
+            let resp = err.into_response();
+            assert_eq!(resp.status().as_u16(), status, "{code}");
+            let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+            match header {
+                Some((name, value)) => {
+                    assert_eq!(names, ["content-type", name], "{code}");
+                    assert_eq!(resp.headers()[name], value, "{code}");
+                }
+                None => assert_eq!(names, ["content-type"], "{code}"),
+            }
+            assert_eq!(body(resp)["error"]["code"], code);
+        }
     }
 
     #[test]

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use crate::body::{self, BoxError};
 use crate::cutoff::TalkSlot;
 use crate::error::{ApiError, Body, json_response};
-use crate::router::{query_param, status_url};
 use crate::state::AppState;
+use crate::uri::{query_param, status_url};
 
 /// D-ID routes answer 503 at once without a key, before reading (and buffering) a body.
 fn require_upstream(state: &AppState) -> Result<(), ApiError> {

@@ -7,12 +7,15 @@
 //! errors become HTTP.
 //!
 //! # Layout
-//! - [`config`]: [`Config`] from a [`config::Source`] (env map or flags), all errors at once.
+//! - [`config`]: [`Config`] from a [`config::Source`] (env map or flags), all errors at once;
+//!   every setting declared once ([`config::SETTINGS`]), flags and `--help` made from it.
 //! - [`wiring`]: builds the adapters a config asks for and the [`AppState`].
 //! - [`state`]: [`AppState`], [`Settings`], [`state::UpstreamStats`].
 //! - [`server`]: [`run`], the accept loop, graceful shutdown, panic catching, request ids.
 //! - [`cutoff`]: the shutdown grace's end as a signal, and the talk a request created.
-//! - [`router`]: the route table, auth rule per route, query parsing.
+//! - [`head`]: the request head's size limits (414, 431), checked before routing.
+//! - [`router`]: the route table and the auth rule per route.
+//! - [`uri`]: the route prefix, a talk's status URL, query parameters.
 //! - [`handlers`]: `generate-video`, `upload-source-image`, `upload-audio`, `talk-status`.
 //! - [`ops`]: `stats`, `health`, `ready`, `metrics`, `cleanup-expired`.
 //! - [`body`]: JSON and multipart bodies, always size-limited.
@@ -27,12 +30,14 @@ pub mod config;
 pub mod cutoff;
 pub mod error;
 pub mod handlers;
+pub mod head;
 pub mod metrics;
 pub mod ops;
 pub mod router;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod uri;
 pub mod wiring;
 
 pub use config::{Config, ConfigError, LogFormat};

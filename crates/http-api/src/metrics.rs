@@ -6,6 +6,7 @@
 //! time: `/metrics` refreshes a snapshot, then [`SnapshotCollector`] encodes it as constant
 //! metrics. That keeps one source of truth (the adapter) and no background task.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,8 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-use crate::state::UpstreamSnapshot;
+use serde_json::Value;
 
 /// Labels of one HTTP request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +76,21 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
         300.0, 600.0,
     ]
     .into_iter()
+}
+
+/// Counters of the upstream client, for `/stats` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamSnapshot {
+    /// The client's own description (configuration and counters) for `/stats`.
+    pub details: Value,
+    /// HTTP exchanges started.
+    pub requests: u64,
+    /// Attempts repeated after a failure.
+    pub retries: u64,
+    /// Exchanges without an HTTP answer.
+    pub transport_errors: u64,
+    /// Answers per HTTP status.
+    pub responses: BTreeMap<u16, u64>,
 }
 
 /// The service's metrics.

@@ -201,7 +201,7 @@ where
     if state.settings().api_token.is_none() {
         return Err(ApiError::AdminDisabled);
     }
-    if let Some(raw) = crate::router::query_param(req.uri(), "max_age_seconds") {
+    if let Some(raw) = crate::uri::query_param(req.uri(), "max_age_seconds") {
         if !raw.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0) {
             let shown: String = raw.chars().take(40).filter(|c| !c.is_control()).collect();
             return Err(ApiError::InvalidParameter {

@@ -4,7 +4,7 @@
 //! crate. A path that matches no route is a 404; a path that matches with another method is
 //! a 405 with `Allow`.
 //!
-//! The request head's size limits ([`check_head`](crate::server::check_head)) come first,
+//! The request head's size limits ([`check_head`](crate::head::check_head)) come first,
 //! then auth: when `HTTP_API_TOKEN` is set, every path under the prefix other than the open
 //! probes and metrics (`is_open`) needs the token *before* the method or the route is
 //! looked at, so an unauthenticated client cannot tell an existing route from an
@@ -21,9 +21,7 @@ use crate::error::{ApiError, Body};
 use crate::handlers;
 use crate::ops;
 use crate::state::AppState;
-
-/// The prefix of the original service's routes.
-pub const PREFIX: &str = "/api/d_id_optimized";
+use crate::uri::PREFIX;
 
 /// Route templates, used as metrics labels and in logs.
 pub mod templates {
@@ -137,11 +135,6 @@ pub fn template(path: &str) -> &'static str {
     match_path(path).map_or(templates::UNMATCHED, |r| r.template())
 }
 
-/// Where a talk's status is read: `/api/d_id_optimized/talk-status/{id}`.
-pub fn status_url(id: &domain::TalkId) -> String {
-    format!("{PREFIX}/talk-status/{id}")
-}
-
 /// Answers one request: the route template (for metrics) and the handler's result.
 pub async fn dispatch<B>(
     state: &AppState,
@@ -152,7 +145,7 @@ where
     B::Error: Into<BoxError>,
 {
     // An oversized head is refused before anything else looks at it, also before auth.
-    if let Err(e) = crate::server::check_head(&req) {
+    if let Err(e) = crate::head::check_head(&req) {
         let template = match_path(req.uri().path()).map_or(templates::UNMATCHED, |r| r.template());
         return (template, Err(e));
     }
@@ -187,15 +180,6 @@ where
         Route::Cleanup => ops::cleanup(state, req).await,
     };
     (template, result)
-}
-
-/// The value of query parameter `name`, decoded as a form (`application/x-www-form-urlencoded`:
-/// `%XX` escapes, `+` is a space; an invalid escape is kept as written). The first occurrence
-/// wins.
-pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
-    form_urlencoded::parse(uri.query()?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]
@@ -258,15 +242,5 @@ mod tests {
         ] {
             assert_eq!(is_open(path), open, "{path}");
         }
-    }
-
-    #[test]
-    fn query_parameters_are_decoded() {
-        let uri: http::Uri = "/x?a=1&priority=h%69gh&b".parse().unwrap();
-        assert_eq!(query_param(&uri, "priority").as_deref(), Some("high"));
-        assert_eq!(query_param(&uri, "b").as_deref(), Some(""));
-        assert_eq!(query_param(&uri, "c"), None);
-        let uri: http::Uri = "/x?p=a+b%2".parse().unwrap();
-        assert_eq!(query_param(&uri, "p").as_deref(), Some("a b%2"));
     }
 }

@@ -3,32 +3,17 @@
 //! Handlers only see `Arc<dyn VideoApi>` and `Arc<dyn ConcurrencyLimiter>`; which adapters
 //! stand behind them is decided once, in `wiring` (or by a test).
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
 use secrecy::SecretString;
-use serde_json::Value;
 
 use crate::config::Config;
+// Defined beside the metrics that export it, so that `metrics` needs nothing from here.
 use crate::metrics::Metrics;
+pub use crate::metrics::UpstreamSnapshot;
 use crate::telemetry::Scrubber;
-
-/// Counters of the upstream client, for `/stats` and `/metrics`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct UpstreamSnapshot {
-    /// The client's own description (configuration and counters) for `/stats`.
-    pub details: Value,
-    /// HTTP exchanges started.
-    pub requests: u64,
-    /// Attempts repeated after a failure.
-    pub retries: u64,
-    /// Exchanges without an HTTP answer.
-    pub transport_errors: u64,
-    /// Answers per HTTP status.
-    pub responses: BTreeMap<u16, u64>,
-}
 
 /// An upstream client that can report its counters (the D-ID client does).
 pub trait UpstreamStats: Send + Sync {

@@ -28,8 +28,8 @@ use tracing_subscriber::fmt::MakeWriter;
 use crate::config::{Config, LogFormat};
 use crate::error::Body;
 
-/// The default filter when `RUST_LOG` is unset.
-pub const DEFAULT_FILTER: &str = "info";
+/// The default filter when `RUST_LOG` is unset (declared with the other settings).
+pub const DEFAULT_FILTER: &str = crate::config::DEFAULT_LOG_FILTER;
 
 /// What a secret is replaced with.
 pub const REDACTED: &str = "[redacted]";

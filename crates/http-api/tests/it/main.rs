@@ -10,6 +10,7 @@ mod labels;
 mod limits;
 mod logs;
 mod mock;
+mod modules;
 mod openapi;
 mod readme;
 mod redis;

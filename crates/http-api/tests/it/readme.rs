@@ -1,17 +1,78 @@
-//! The README's curl examples, run as written against the service over did-fake: same
-//! paths, same JSON. Only the two ports are adapted (the test picks free ones) and the
-//! servers are started by the test instead of the "Terminal 1/2" lines. Every `# {...}` line
-//! after a command is its expected answer: each key must be present, and each value without
-//! a "…" placeholder must be equal.
+//! The README checked against the code. Its configuration table lists exactly the declared
+//! settings (`http_api::config::SETTINGS`) with their defaults. Its curl examples run as
+//! written against the service over did-fake: same paths, same JSON. Only the two ports are
+//! adapted (the test picks free ones) and the servers are started by the test instead of the
+//! "Terminal 1/2" lines. Every `# {...}` line after a command is its expected answer: each
+//! key must be present, and each value without a "…" placeholder must be equal.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
+use http_api::config::SETTINGS;
 use serde_json::Value;
 
 use crate::support::service;
 
 const README: &str = include_str!("../../../../README.md");
+
+/// The rows of the README's configuration table: variable → (default cell, meaning cell).
+fn configuration_table() -> BTreeMap<String, (String, String)> {
+    let section = README
+        .split("### Configuration\n")
+        .nth(1)
+        .and_then(|s| s.split("\n#").next())
+        .expect("README has a Configuration section");
+    let mut rows = BTreeMap::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        let [variable, default, meaning @ ..] = cells.as_slice() else {
+            panic!("a configuration row without a default: {line}");
+        };
+        let variable = variable.trim_matches('`').to_owned();
+        let row = (default.to_string(), meaning.join(" | "));
+        assert!(
+            rows.insert(variable.clone(), row).is_none(),
+            "{variable} is in the table twice"
+        );
+    }
+    rows
+}
+
+#[test]
+fn the_readme_configuration_table_lists_every_setting_with_its_default() {
+    let table = configuration_table();
+    let declared: BTreeMap<String, String> = SETTINGS
+        .iter()
+        .map(|s| {
+            let default = s
+                .default
+                .map_or_else(|| "unset".to_owned(), |d| format!("`{d}`"));
+            (s.env.to_owned(), default)
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for (var, default) in &declared {
+        match table.get(var) {
+            None => problems.push(format!("{var} is declared but not in the README table")),
+            Some((shown, _)) if shown != default => problems.push(format!(
+                "{var}: the README says the default is {shown}, the declaration {default}"
+            )),
+            Some((_, meaning)) if meaning.is_empty() => {
+                problems.push(format!("{var} has no meaning in the README table"))
+            }
+            Some(_) => {}
+        }
+    }
+    for var in table.keys().filter(|v| !declared.contains_key(*v)) {
+        problems.push(format!("{var} is in the README table but not declared"));
+    }
+    assert!(
+        problems.is_empty(),
+        "README.md's configuration table and http_api::config disagree:\n{}",
+        problems.join("\n")
+    );
+}
 
 /// One shell command of the example, with the answer the README shows for it, if any.
 struct Step {
