@@ -71,6 +71,37 @@ impl Scrubber {
         if let Some(token) = api_token {
             raw.push(token.expose_secret().to_owned());
         }
+        Scrubber::of(raw)
+    }
+
+    /// This scrubber plus the Redis URL (whole) and its password (on its own, as written
+    /// and percent-decoded, when at least 8 characters long: a shorter one is replaced only
+    /// inside the URL, as it would mangle ordinary text).
+    pub fn with_redis_url(self, redis_url: Option<&SecretString>) -> Scrubber {
+        let Some(url) = redis_url else {
+            return self;
+        };
+        let url = url.expose_secret();
+        let mut raw = vec![url.to_owned()];
+        if let Ok(parsed) = url::Url::parse(url) {
+            if let Some(password) = parsed.password() {
+                let decoded = percent_encoding::percent_decode_str(password)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                for p in [password.to_owned(), decoded] {
+                    if p.len() >= MIN_PART_LEN {
+                        raw.push(p);
+                    }
+                }
+            }
+        }
+        let mut needles: Vec<Box<[u8]>> = self.needles.iter().cloned().collect();
+        needles.extend(Scrubber::of(raw).needles.iter().cloned());
+        Scrubber::sorted(needles)
+    }
+
+    /// The needles for `raw` secrets, each also JSON-escaped.
+    fn of(raw: Vec<String>) -> Scrubber {
         let mut needles: Vec<Box<[u8]>> = Vec::new();
         for s in raw.into_iter().filter(|s| !s.is_empty()) {
             // In a JSON log line or body, `"` and `\` in a secret appear escaped.
@@ -84,6 +115,10 @@ impl Scrubber {
             }
             needles.push(s.into_bytes().into());
         }
+        Scrubber::sorted(needles)
+    }
+
+    fn sorted(mut needles: Vec<Box<[u8]>>) -> Scrubber {
         needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         needles.dedup();
         Scrubber {
@@ -94,6 +129,7 @@ impl Scrubber {
     /// The scrubber for a configuration's secrets.
     pub fn from_config(config: &Config) -> Scrubber {
         Scrubber::new(config.did_api_key.as_ref(), config.http_api_token.as_ref())
+            .with_redis_url(config.redis_url.as_ref())
     }
 
     /// Whether there is nothing to scrub.
@@ -329,6 +365,30 @@ mod tests {
             Some(&SecretString::from(KEY)),
             Some(&SecretString::from(TOKEN)),
         )
+    }
+
+    #[test]
+    fn the_redis_url_and_its_password_are_redacted() {
+        let url = SecretString::from("redis://:p%40ssw0rd-long@10.0.0.5:6379/0");
+        let s = scrubber().with_redis_url(Some(&url));
+        let check = |input: &str, expected: &str| assert_eq!(s.scrub(input), expected);
+        check(
+            "connecting to redis://:p%40ssw0rd-long@10.0.0.5:6379/0",
+            "connecting to [redacted]",
+        );
+        check("auth p@ssw0rd-long refused", "auth [redacted] refused");
+        check("auth p%40ssw0rd-long refused", "auth [redacted] refused");
+        // The other secrets are still there.
+        check(&format!("Bearer {TOKEN}"), "Bearer [redacted]");
+        // A short password is replaced inside the URL only.
+        let short = SecretString::from("redis://:pw@h:6379");
+        let s = Scrubber::default().with_redis_url(Some(&short));
+        check_with(&s, "at redis://:pw@h:6379 (pw)", "at [redacted] (pw)");
+        assert!(Scrubber::default().with_redis_url(None).is_empty());
+    }
+
+    fn check_with(s: &Scrubber, input: &str, expected: &str) {
+        assert_eq!(s.scrub(input), expected);
     }
 
     #[test]
