@@ -1,8 +1,12 @@
 //! [`RedisLimiterConfig`]: everything a [`RedisLimiter`](crate::RedisLimiter) needs to know,
-//! as one plain struct with documented defaults, and its validation.
+//! as one plain struct with documented defaults, and its validation; [`RedisTlsConfig`], the
+//! TLS options of a `rediss://` URL.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use fred::rustls::pki_types::ServerName;
 
 use crate::error::RedisLimiterError;
 
@@ -15,6 +19,7 @@ use crate::error::RedisLimiterError;
 pub struct RedisLimiterConfig {
     /// The Redis URL, as fred's `Config::from_url` accepts it
     /// (`redis://[user:password@]host:port[/db]`, `redis-cluster://…`, `valkey://…`).
+    /// `rediss://` (and `valkeys://`) connect over TLS, configured by [`tls`](Self::tls).
     pub url: String,
     /// The limiter's name. Every process that uses the same name on the same Redis shares one
     /// limit and one queue. All keys live under the hash tag `{talkgate:<name>}`.
@@ -56,6 +61,96 @@ pub struct RedisLimiterConfig {
     pub safety_poll: Duration,
     /// How often a degraded limiter probes Redis to switch back (jittered). Default 500 ms.
     pub probe_interval: Duration,
+    /// TLS options; only allowed with a TLS URL (`rediss://`). Default: verify the server
+    /// against the system's root certificates and the URL's host name, no client certificate.
+    pub tls: RedisTlsConfig,
+}
+
+/// How a `rediss://` connection is secured. Every field is off by default, which verifies the
+/// server's certificate against the system's root certificates (`/etc/ssl/certs`) and the
+/// host name in the URL, and sends no client certificate.
+///
+/// Every file is read once, when the limiter is built: a file that cannot be read or parsed,
+/// or a key that does not match its certificate, fails
+/// [`RedisLimiter::connect`](crate::RedisLimiter::connect) with a
+/// [`RedisLimiterError::TlsFile`] naming the file, so a TLS setup that can never work stops
+/// the start instead of running degraded. A handshake that fails later (a certificate from
+/// another CA, for another name) is a run-time failure: the limiter serves from its fallback
+/// and reports the reason `tls`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTlsConfig {
+    /// A PEM file with the CA certificate(s) to trust *instead of* the system's roots (a
+    /// private CA, a self-signed server certificate).
+    pub ca_file: Option<PathBuf>,
+    /// A PEM file with the client certificate (chain) for mutual TLS (Redis
+    /// `tls-auth-clients yes`). Needs [`key_file`](Self::key_file).
+    pub cert_file: Option<PathBuf>,
+    /// A PEM file with the private key (PKCS#8, PKCS#1 or SEC1) of
+    /// [`cert_file`](Self::cert_file).
+    pub key_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the host of the URL
+    /// (e.g. the URL names an IP address or a tunnel). Default: the URL's host. Applies to
+    /// the host(s) named in the URL.
+    pub server_name: Option<String>,
+    /// **Dangerous**: accept any server certificate, from any CA, for any name. The traffic
+    /// is still encrypted but anyone on the path can impersonate Redis. Only for a throwaway
+    /// self-signed setup; excludes [`ca_file`](Self::ca_file). Default false.
+    pub insecure_skip_verify: bool,
+}
+
+impl RedisTlsConfig {
+    /// The names of the options that are set, for error messages.
+    fn set_options(&self) -> Vec<&'static str> {
+        [
+            ("ca_file", self.ca_file.is_some()),
+            ("cert_file", self.cert_file.is_some()),
+            ("key_file", self.key_file.is_some()),
+            ("server_name", self.server_name.is_some()),
+            ("insecure_skip_verify", self.insecure_skip_verify),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
+    /// Adds every problem of these options (for a URL that does or does not use TLS).
+    fn check(&self, uses_tls: bool, problems: &mut Vec<String>) {
+        let set = self.set_options();
+        if !uses_tls && !set.is_empty() {
+            problems.push(format!(
+                "tls options ({}) are set but the url does not use TLS: use a rediss:// url",
+                set.join(", ")
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            problems.push(
+                "tls cert_file and key_file must be set together (a client certificate needs \
+                 its key)"
+                    .to_owned(),
+            );
+        }
+        if self.insecure_skip_verify && self.ca_file.is_some() {
+            problems.push(
+                "tls insecure_skip_verify and ca_file exclude each other (skipping \
+                 verification would ignore the CA)"
+                    .to_owned(),
+            );
+        }
+        if let Some(name) = &self.server_name {
+            if ServerName::try_from(name.as_str()).is_err() {
+                problems.push(format!(
+                    "tls server_name {name:?} is not a DNS name or an IP address"
+                ));
+            }
+        }
+    }
+}
+
+/// Whether `url` asks for TLS: the scheme is `rediss` or `valkeys` (also with a `-cluster`
+/// or `-sentinel` suffix), as fred decides it.
+pub fn uses_tls(url: &str) -> bool {
+    let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+    url.contains("://") && (scheme.starts_with("rediss") || scheme.starts_with("valkeys"))
 }
 
 impl RedisLimiterConfig {
@@ -73,7 +168,13 @@ impl RedisLimiterConfig {
             local_share: None,
             safety_poll: Duration::from_secs(1),
             probe_interval: Duration::from_millis(500),
+            tls: RedisTlsConfig::default(),
         }
+    }
+
+    /// Whether the URL asks for TLS (see [`uses_tls`]).
+    pub fn uses_tls(&self) -> bool {
+        uses_tls(&self.url)
     }
 
     /// How often a permit renews its lease.
@@ -131,6 +232,7 @@ impl RedisLimiterConfig {
         if self.local_share == Some(0) {
             problems.push("local_share must be at least 1 when set".to_owned());
         }
+        self.tls.check(self.uses_tls(), &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -155,6 +257,7 @@ impl fmt::Debug for RedisLimiterConfig {
             .field("local_share", &self.local_share)
             .field("safety_poll", &self.safety_poll)
             .field("probe_interval", &self.probe_interval)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -252,6 +355,82 @@ mod tests {
         let err = config.validate().unwrap_err().to_string();
         for needle in ["url", "name", "max_concurrent", "lease_ttl"] {
             assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn tls_options_need_a_tls_url_and_must_agree_with_each_other() {
+        #[track_caller]
+        fn check(url: &str, change: impl FnOnce(&mut RedisTlsConfig), expected: Option<&str>) {
+            let mut config = RedisLimiterConfig::new(url, "n");
+            change(&mut config.tls);
+            match (config.validate(), expected) {
+                (Ok(()), None) => {}
+                (Err(e), Some(needle)) => {
+                    let message = e.to_string();
+                    assert!(message.contains(needle), "{needle:?} not in {message:?}");
+                }
+                (got, want) => panic!("{url} {:?}: got {got:?}, want {want:?}", config.tls),
+            }
+        }
+        let ca = |t: &mut RedisTlsConfig| t.ca_file = Some("ca.pem".into());
+        check("rediss://h:6380", |_| {}, None);
+        check("rediss://h:6380", ca, None);
+        check("valkeys://h", ca, None);
+        check("REDISS://h", ca, None);
+        check(
+            "redis://h",
+            ca,
+            Some("tls options (ca_file) are set but the url does not use TLS: use a rediss://"),
+        );
+        check(
+            "redis://h",
+            |t| t.insecure_skip_verify = true,
+            Some("(insecure_skip_verify)"),
+        );
+        check(
+            "rediss://h",
+            |t| t.cert_file = Some("c.pem".into()),
+            Some("cert_file and key_file must be set together"),
+        );
+        check(
+            "rediss://h",
+            |t| t.key_file = Some("k.pem".into()),
+            Some("cert_file and key_file must be set together"),
+        );
+        check(
+            "rediss://h",
+            |t| {
+                t.insecure_skip_verify = true;
+                t.ca_file = Some("ca.pem".into());
+            },
+            Some("insecure_skip_verify and ca_file exclude each other"),
+        );
+        check(
+            "rediss://h",
+            |t| t.server_name = Some("not a name".into()),
+            Some("server_name \"not a name\""),
+        );
+        check(
+            "rediss://10.0.0.1",
+            |t| t.server_name = Some("redis.internal".into()),
+            None,
+        );
+    }
+
+    #[test]
+    fn tls_is_asked_for_by_the_scheme() {
+        for (url, tls) in [
+            ("rediss://h", true),
+            ("rediss-cluster://h", true),
+            ("valkeys://h", true),
+            ("Rediss://h", true),
+            ("redis://h", false),
+            ("redis://rediss", false),
+            ("valkey://h", false),
+            ("rediss", false),
+        ] {
+            assert_eq!(uses_tls(url), tls, "{url}");
         }
     }
 

@@ -6,11 +6,13 @@
 //! and the config, not the limiter.
 
 use fred::clients::{Client, SubscriberClient};
-use fred::prelude::{Builder, Config, ReconnectPolicy, TcpConfig};
+use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig, TcpConfig};
+use fred::types::config::TlsConfig;
 use ports::DegradedReason;
 
 use crate::config::{RedisLimiterConfig, redact_url};
 use crate::error::RedisLimiterError;
+use crate::tls;
 
 /// The two connections of one limiter. Neither is connected yet: the caller subscribes to
 /// their event streams first, then calls `connect()`.
@@ -28,7 +30,15 @@ pub(crate) fn clients(config: &RedisLimiterConfig) -> Result<Clients, RedisLimit
         url: redact_url(&config.url),
         source,
     };
-    let mut fred_config = Config::from_url(&config.url).map_err(invalid_url)?;
+    let mut fred_config = Config::from_url(&without_tls(&config.url)).map_err(invalid_url)?;
+    if config.uses_tls() {
+        fred_config.tls = Some(TlsConfig::from(tls::client_config(&config.tls)?));
+        if let Some(name) = &config.tls.server_name {
+            for server in seed_servers(&mut fred_config.server) {
+                server.tls_server_name = Some(name.as_str().into());
+            }
+        }
+    }
     // Keep retrying the first connection too, so a limiter built during an outage
     // recovers by itself.
     fred_config.fail_fast = false;
@@ -65,6 +75,31 @@ pub(crate) fn clients(config: &RedisLimiterConfig) -> Result<Clients, RedisLimit
     })
 }
 
+/// `url` with a TLS scheme turned into its plain twin (`rediss` → `redis`, `valkeys` →
+/// `valkey`, suffixes kept). fred's `from_url` would build a TLS connector of its own for a
+/// TLS scheme, loading the system's roots even when a CA file is given and failing the whole
+/// URL if any of them is unreadable; ours replaces it anyway ([`tls::client_config`]).
+fn without_tls(url: &str) -> String {
+    for (tls, plain) in [("rediss", "redis"), ("valkeys", "valkey")] {
+        if let (Some(scheme), Some(rest)) = (url.get(..tls.len()), url.get(tls.len()..)) {
+            if scheme.eq_ignore_ascii_case(tls) {
+                return format!("{plain}{rest}");
+            }
+        }
+    }
+    url.to_owned()
+}
+
+/// The servers named in the URL (the ones a configured TLS server name applies to).
+fn seed_servers(server: &mut ServerConfig) -> Vec<&mut fred::types::config::Server> {
+    match server {
+        ServerConfig::Centralized { server } => vec![server],
+        ServerConfig::Clustered { hosts, .. } | ServerConfig::Sentinel { hosts, .. } => {
+            hosts.iter_mut().collect()
+        }
+    }
+}
+
 /// A Redis call that failed or timed out; the message is safe to show (no URL, no password).
 #[derive(Debug, Clone)]
 pub(crate) struct BackendError {
@@ -91,20 +126,45 @@ impl std::fmt::Display for BackendError {
     }
 }
 
-/// Which kind of failure a fred error is. fred reports `WRONGPASS`/`NOAUTH` as `Auth`, and a
-/// socket error as `IO` with the `std::io::Error`'s debug text (`kind: ConnectionRefused`).
+/// The `rustls::Error` variants a failed handshake shows up as. tokio-rustls hands them to
+/// fred inside an `io::Error` of kind `InvalidData`, so fred reports an `IO` error whose
+/// details are that error's debug text, e.g. `Custom { kind: InvalidData, error:
+/// InvalidCertificate(UnknownIssuer) }` (a server certificate from another CA) or
+/// `AlertReceived(CertificateRequired)` (mutual TLS without a client certificate).
+const RUSTLS_ERRORS: &[&str] = &[
+    "InvalidCertificate",
+    "AlertReceived",
+    "NoCertificatesPresented",
+    "UnsupportedNameType",
+    "PeerIncompatible",
+    "PeerMisbehaved",
+    "InappropriateMessage",
+    "InappropriateHandshakeMessage",
+    "InvalidMessage",
+    "DecryptError",
+    "EncryptError",
+    "HandshakeNotComplete",
+    "InconsistentKeys",
+];
+
+/// Which kind of failure a fred error is. fred reports `WRONGPASS`/`NOAUTH` as `Auth`, its
+/// own TLS errors (a server name that is no DNS name) as `Tls`, a failed handshake as in
+/// [`RUSTLS_ERRORS`], and a socket error as `IO` with the `std::io::Error`'s debug text
+/// (`kind: ConnectionRefused`).
 pub(crate) fn classify(e: &fred::error::Error) -> DegradedReason {
     use fred::error::ErrorKind;
     let details = e.details();
     let lower = details.to_ascii_lowercase();
-    let kind = format!("{:?}", e.kind());
+    let rustls_failure = || {
+        details.contains("kind: InvalidData") && RUSTLS_ERRORS.iter().any(|v| details.contains(v))
+    };
     if *e.kind() == ErrorKind::Auth
         || details.contains("WRONGPASS")
         || details.contains("NOAUTH")
         || lower.contains("invalid password")
     {
         DegradedReason::Auth
-    } else if kind == "Tls" || lower.contains("tls") || lower.contains("certificate") {
+    } else if *e.kind() == ErrorKind::Tls || rustls_failure() {
         DegradedReason::Tls
     } else if *e.kind() == ErrorKind::Timeout || details.contains("TimedOut") {
         DegradedReason::Timeout
@@ -112,5 +172,81 @@ pub(crate) fn classify(e: &fred::error::Error) -> DegradedReason {
         DegradedReason::Refused
     } else {
         DegradedReason::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fred::error::{Error, ErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn fred_sees_the_plain_twin_of_a_tls_url() {
+        for (url, plain) in [
+            ("rediss://:pw@h:6380/0", "redis://:pw@h:6380/0"),
+            ("REDISS://h", "redis://h"),
+            ("rediss-cluster://h:7000", "redis-cluster://h:7000"),
+            ("valkeys://h", "valkey://h"),
+            ("redis://h", "redis://h"),
+        ] {
+            assert_eq!(without_tls(url), plain, "{url}");
+        }
+    }
+
+    #[test]
+    fn failures_are_classified_by_what_went_wrong() {
+        #[track_caller]
+        fn check(kind: ErrorKind, details: &str, expected: DegradedReason) {
+            assert_eq!(
+                classify(&Error::new(kind, details.to_owned())),
+                expected,
+                "{details}"
+            );
+        }
+        // The details as fred reports them (seen against a real redis-server).
+        check(
+            ErrorKind::IO,
+            "Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }",
+            DegradedReason::Tls,
+        );
+        check(
+            ErrorKind::IO,
+            "Custom { kind: InvalidData, error: InvalidCertificate(NotValidForNameContext { \
+             expected: DnsName(\"redis.example\"), presented: [] }) }",
+            DegradedReason::Tls,
+        );
+        check(
+            ErrorKind::IO,
+            "Custom { kind: InvalidData, error: AlertReceived(CertificateRequired) }",
+            DegradedReason::Tls,
+        );
+        check(ErrorKind::Tls, "InvalidDnsNameError", DegradedReason::Tls);
+        check(
+            ErrorKind::IO,
+            "Os { code: 111, kind: ConnectionRefused, message: \"Connection refused\" }",
+            DegradedReason::Refused,
+        );
+        check(
+            ErrorKind::Auth,
+            "WRONGPASS invalid username-password pair",
+            DegradedReason::Auth,
+        );
+        check(
+            ErrorKind::Timeout,
+            "Request timed out.",
+            DegradedReason::Timeout,
+        );
+        check(
+            ErrorKind::IO,
+            "Os { code: 104, kind: ConnectionReset, message: \"Connection reset by peer\" }",
+            DegradedReason::Other,
+        );
+        // A word in a message is not a handshake failure.
+        check(
+            ErrorKind::Unknown,
+            "ERR certificate store full",
+            DegradedReason::Other,
+        );
     }
 }

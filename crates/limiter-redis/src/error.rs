@@ -23,6 +23,27 @@ pub enum RedisLimiterError {
         #[source]
         source: fred::error::Error,
     },
+    /// A TLS file of [`RedisTlsConfig`](crate::config::RedisTlsConfig) cannot be used: it
+    /// cannot be read, holds no usable PEM item, or (the key) does not match the certificate.
+    #[error("redis tls {setting} {path}: {problem}")]
+    TlsFile {
+        /// Which option named the file: `ca_file`, `cert_file` or `key_file`.
+        setting: &'static str,
+        /// The file, as configured.
+        path: String,
+        /// What is wrong with it, e.g. `cannot be read`.
+        problem: String,
+        /// The underlying error (I/O, PEM, rustls), when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// TLS was asked for (`rediss://`) but cannot be set up, e.g. no system root
+    /// certificates were found and no `ca_file` was given.
+    #[error("redis tls cannot be set up: {problem}")]
+    Tls {
+        /// What is missing, and what to do about it.
+        problem: String,
+    },
     /// The fallback limiter refused the configured local share.
     #[error("the fallback limiter refused its limit")]
     Fallback(#[source] ports::LimiterError),

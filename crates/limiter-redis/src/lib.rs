@@ -12,8 +12,11 @@
 //! - `util`: jitter, millisecond arguments, a poison-proof lock, `spawn_now` (for `Drop`).
 //! - [`error`]: [`RedisLimiterError`], construction errors (runtime errors are
 //!   [`ports::LimiterError`]).
-//! - [`config`]: [`RedisLimiterConfig`], its defaults and validation, URL redaction.
-//! - `connection`: config → fred clients (timeouts, reconnects, command attempts), and
+//! - [`config`]: [`RedisLimiterConfig`] and [`RedisTlsConfig`], their defaults and
+//!   validation, URL redaction.
+//! - `tls`: [`RedisTlsConfig`] → a rustls client config (roots, client certificate,
+//!   skip-verify); reads and checks the TLS files.
+//! - `connection`: config → fred clients (timeouts, reconnects, command attempts, TLS), and
 //!   `BackendError`, a failed Redis call classified. The one place that knows how we
 //!   connect.
 //! - [`scripts`]: the Redis data model and the Lua scripts, one per transition.
@@ -41,6 +44,37 @@
 //! Waiters also re-check on a jittered safety poll (at most every `grant_ttl / 2`), which
 //! refreshes their ticket. Cancel and release leave a short-lived *tombstone* for the token,
 //! and an acquire for a tombstoned token creates nothing.
+//!
+//! # TLS
+//! A `rediss://` (or `valkeys://`) URL connects over TLS, with rustls on aws-lc-rs. By
+//! default the server's certificate is verified against the system's root certificates and
+//! the URL's host name, and no client certificate is sent; [`RedisTlsConfig`] (the
+//! config's `tls` field) names a private CA, a client certificate and key for mutual TLS
+//! (Redis `tls-auth-clients yes`), another name to verify, or, for a throwaway self-signed
+//! setup only, `insecure_skip_verify`. TLS options with a plain `redis://` URL are a config
+//! error.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), limiter_redis::RedisLimiterError> {
+//! use limiter_redis::{RedisLimiter, RedisLimiterConfig};
+//!
+//! let mut config = RedisLimiterConfig::new("rediss://:password@redis.internal:6380", "d-id");
+//! config.tls.ca_file = Some("/etc/talkgate/redis-ca.pem".into());
+//! config.tls.cert_file = Some("/etc/talkgate/redis-client.pem".into());
+//! config.tls.key_file = Some("/etc/talkgate/redis-client-key.pem".into());
+//! let limiter = RedisLimiter::connect_with_memory_fallback(config).await?;
+//! # drop(limiter);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What can be known at start-up fails the start: a TLS file that cannot be read or holds no
+//! PEM item, or a key that does not match its certificate, is a
+//! [`RedisLimiterError::TlsFile`] naming the setting and the file; no system root certificate
+//! and no `ca_file` is a [`RedisLimiterError::Tls`]. A handshake that fails (a certificate
+//! from another CA, for another name, mutual TLS without a certificate) is a run-time
+//! failure: the limiter serves from its fallback, `stats().degraded_reason` is
+//! [`DegradedReason::Tls`](ports::DegradedReason::Tls), and fred keeps reconnecting.
 //!
 //! # Time and clocks
 //! No client timestamp is ever written to Redis. Lease and ticket deadlines come from
@@ -76,6 +110,7 @@
 //!   it (so after every earlier command of this connection) and before switching back; and
 //!   any grant nobody confirms frees its slot after `grant_ttl`. Measured: callers are served
 //!   by Redis again ~160 ms after SIGCONT (7 s SIGSTOP, 200 ms op timeout, 6 s tickets).
+//! - **The TLS handshake fails**: as a refused Redis, with the reason `tls` (see TLS above).
 //! - **After switching back**, memory permits still alive and new Redis permits coexist
 //!   until the former finish: at most `share` extra permits per process, for as long as the
 //!   work started during the outage lasts.
@@ -95,9 +130,10 @@ mod permit;
 mod reply;
 pub mod scripts;
 mod stats;
+mod tls;
 mod util;
 mod wakeup;
 
-pub use config::RedisLimiterConfig;
+pub use config::{RedisLimiterConfig, RedisTlsConfig};
 pub use error::RedisLimiterError;
 pub use limiter::RedisLimiter;

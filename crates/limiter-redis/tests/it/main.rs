@@ -7,3 +7,4 @@ mod diagnosis;
 mod faults;
 mod processes;
 mod support;
+mod tls;

@@ -1,11 +1,13 @@
 //! Test support: a real `redis-server` on a free loopback port, killed on drop, and helpers
-//! to build limiters against it.
+//! to build limiters against it; for TLS, a server with a TLS port too and [`TestPki`], a CA
+//! and certificates generated for the test.
 //!
 //! The server runs with `--save "" --appendonly no`, so a restart starts empty, exactly like
 //! a Redis that lost its data. A missing binary fails the test with the install command.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,10 +17,28 @@ use ports::{ConcurrencyLimiter, LimiterStats};
 
 const MISSING: &str = "redis-server not found: install it with `apt-get install -y redis-server`";
 
-/// A `redis-server` child process on `127.0.0.1:<port>`.
+/// A `redis-server` child process on `127.0.0.1:<port>`, with a TLS port too when started by
+/// [`RedisServer::start_tls`].
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls: Option<TlsListener>,
+}
+
+/// The TLS port of a server and the arguments that configure it (kept for a restart).
+#[derive(Clone)]
+struct TlsListener {
+    port: u16,
+    args: Vec<String>,
+}
+
+/// Whether a TLS server asks its clients for a certificate (`--tls-auth-clients`).
+#[derive(Debug, Clone, Copy)]
+pub enum ClientCerts {
+    /// A client may present a certificate (it is verified if it does).
+    Optional,
+    /// A client without a certificate from the CA is refused (mutual TLS).
+    Required,
 }
 
 impl RedisServer {
@@ -26,7 +46,7 @@ impl RedisServer {
     pub fn start() -> Self {
         for _ in 0..5 {
             let port = free_port();
-            if let Some(server) = Self::try_start_on(port) {
+            if let Some(server) = Self::try_start_on(port, None) {
                 return server;
             }
         }
@@ -35,16 +55,58 @@ impl RedisServer {
 
     /// Starts a server on `port` (which must be free), or panics.
     pub fn start_on(port: u16) -> Self {
-        Self::try_start_on(port).unwrap_or_else(|| panic!("redis-server did not start on {port}"))
+        Self::try_start_on(port, None)
+            .unwrap_or_else(|| panic!("redis-server did not start on {port}"))
     }
 
-    fn try_start_on(port: u16) -> Option<Self> {
-        let child = Command::new("redis-server")
+    /// Starts a server with a TLS port (certificate and CA from `pki`) besides its plain port.
+    /// The plain port is only the harness's: `PING` on it tells that the server is up (Redis
+    /// opens all its listeners before it answers, and exits if one fails), and
+    /// [`require_password`](Self::require_password) uses it. Limiters use
+    /// [`tls_url`](Self::tls_url).
+    pub fn start_tls(pki: &TestPki, clients: ClientCerts) -> Self {
+        let path = |p: PathBuf| p.display().to_string();
+        let auth = match clients {
+            ClientCerts::Optional => "optional",
+            ClientCerts::Required => "yes",
+        };
+        let args = vec![
+            "--tls-cert-file".to_owned(),
+            path(pki.server_cert()),
+            "--tls-key-file".to_owned(),
+            path(pki.server_key()),
+            "--tls-ca-cert-file".to_owned(),
+            path(pki.ca_file()),
+            "--tls-auth-clients".to_owned(),
+            auth.to_owned(),
+        ];
+        for _ in 0..5 {
+            let (port, tls_port) = (free_port(), free_port());
+            if port == tls_port {
+                continue;
+            }
+            let tls = TlsListener {
+                port: tls_port,
+                args: args.clone(),
+            };
+            if let Some(server) = Self::try_start_on(port, Some(tls)) {
+                return server;
+            }
+        }
+        panic!("redis-server with TLS did not start on any of 5 pairs of free ports");
+    }
+
+    fn try_start_on(port: u16, tls: Option<TlsListener>) -> Option<Self> {
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+            .args(["--save", "", "--appendonly", "no"]);
+        if let Some(tls) = &tls {
+            command
+                .args(["--tls-port", &tls.port.to_string()])
+                .args(&tls.args);
+        }
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
         let child = match child {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
@@ -53,6 +115,7 @@ impl RedisServer {
         let mut server = RedisServer {
             child: Some(child),
             port,
+            tls,
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -74,6 +137,16 @@ impl RedisServer {
     /// The URL of this server.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The `rediss://` URL of this server's TLS port (started by [`start_tls`](Self::start_tls)).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port())
+    }
+
+    /// The TLS port (started by [`start_tls`](Self::start_tls)).
+    pub fn tls_port(&self) -> u16 {
+        self.tls.as_ref().expect("a server started with TLS").port
     }
 
     /// Whether the server answers `PING` now.
@@ -126,7 +199,7 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Some(server) = Self::try_start_on(self.port) {
+            if let Some(server) = Self::try_start_on(self.port, self.tls.clone()) {
                 *self = server;
                 return;
             }
@@ -156,6 +229,125 @@ impl Drop for RedisServer {
         }
         self.kill();
     }
+}
+
+/// A CA and certificates made for one test with `rcgen`, as PEM files in a temporary
+/// directory that is removed on drop: the CA, a server certificate for `localhost` and
+/// `127.0.0.1` and a client certificate, both signed by it, and an unrelated CA with a client
+/// certificate of its own (a key that belongs to another certificate).
+pub struct TestPki {
+    dir: PathBuf,
+}
+
+impl TestPki {
+    /// Generates every certificate and key (ECDSA P-256: milliseconds).
+    pub fn generate() -> Self {
+        use rcgen::{CertifiedIssuer, ExtendedKeyUsagePurpose, KeyPair};
+        let dir = std::env::temp_dir().join(unique_name("talkgate-tls"));
+        std::fs::create_dir_all(&dir).expect("temporary directory for the test certificates");
+        let pki = TestPki { dir };
+        let ca = |name: &str| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let leaf = |names: &[&str], usage, issuer: &CertifiedIssuer<'_, KeyPair>, file: &str| {
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, file);
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, issuer).unwrap();
+            pki.write(&format!("{file}.pem"), &cert.pem());
+            pki.write(&format!("{file}-key.pem"), &key.serialize_pem());
+        };
+        let ca_cert = ca("talkgate test CA");
+        pki.write("ca.pem", &ca_cert.pem());
+        let other_ca = ca("an unrelated CA");
+        pki.write("other-ca.pem", &other_ca.pem());
+        leaf(
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            &ca_cert,
+            "server",
+        );
+        leaf(&[], ExtendedKeyUsagePurpose::ClientAuth, &ca_cert, "client");
+        leaf(
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &other_ca,
+            "other-client",
+        );
+        pki
+    }
+
+    fn write(&self, name: &str, pem: &str) {
+        std::fs::write(self.dir.join(name), pem).expect("test certificate written");
+    }
+
+    /// A file in the certificates' directory (which need not exist).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The CA that signed the server and client certificates.
+    pub fn ca_file(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+
+    /// A CA that signed neither.
+    pub fn other_ca_file(&self) -> PathBuf {
+        self.path("other-ca.pem")
+    }
+
+    /// The server certificate (for `localhost` and `127.0.0.1`).
+    pub fn server_cert(&self) -> PathBuf {
+        self.path("server.pem")
+    }
+
+    /// The server certificate's key.
+    pub fn server_key(&self) -> PathBuf {
+        self.path("server-key.pem")
+    }
+
+    /// The client certificate, signed by [`ca_file`](Self::ca_file).
+    pub fn client_cert(&self) -> PathBuf {
+        self.path("client.pem")
+    }
+
+    /// The client certificate's key.
+    pub fn client_key(&self) -> PathBuf {
+        self.path("client-key.pem")
+    }
+
+    /// The key of a client certificate from the other CA: not the key of
+    /// [`client_cert`](Self::client_cert).
+    pub fn other_client_key(&self) -> PathBuf {
+        self.path("other-client-key.pem")
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A config for `server`'s TLS port that trusts the test CA, with a unique name and `limit`.
+pub fn tls_config(server: &RedisServer, pki: &TestPki, limit: u32) -> RedisLimiterConfig {
+    let mut config = RedisLimiterConfig::new(server.tls_url(), unique_name("tls"));
+    config.max_concurrent = limit;
+    config.tls.ca_file = Some(pki.ca_file());
+    config
 }
 
 /// A loopback port nothing listens on (at the moment of the call).
@@ -201,10 +393,12 @@ pub fn fast_failover(config: RedisLimiterConfig) -> RedisLimiterConfig {
     config
 }
 
-/// A limiter that owns its server, so the server lives exactly as long as the limiter.
+/// A limiter that owns its server (and the server's certificates, if any), so the server
+/// lives exactly as long as the limiter.
 pub struct OwnedServerLimiter {
     limiter: RedisLimiter,
     _server: RedisServer,
+    _pki: Option<TestPki>,
 }
 
 #[async_trait::async_trait]
@@ -243,6 +437,29 @@ pub async fn contract_limiter(limit: u32) -> Arc<dyn ConcurrencyLimiter> {
     Arc::new(OwnedServerLimiter {
         limiter,
         _server: server,
+        _pki: None,
+    })
+}
+
+/// The contract suite's factory over TLS: a fresh TLS server, certificates and limiter.
+pub async fn tls_contract_limiter(limit: u32) -> Arc<dyn ConcurrencyLimiter> {
+    let pki = TestPki::generate();
+    let server = RedisServer::start_tls(&pki, ClientCerts::Optional);
+    let mut config = tls_config(&server, &pki, limit);
+    // As in `contract_limiter`: behaviour, not failover.
+    config.op_timeout = Duration::from_secs(3);
+    let limiter = RedisLimiter::connect_with_memory_fallback(config)
+        .await
+        .expect("limiter builds");
+    let stats = limiter.stats().await;
+    assert!(
+        !stats.degraded,
+        "redis is up over TLS, the limiter must use it: {stats:?}"
+    );
+    Arc::new(OwnedServerLimiter {
+        limiter,
+        _server: server,
+        _pki: Some(pki),
     })
 }
 
