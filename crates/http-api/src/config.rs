@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -280,6 +281,46 @@ settings! {
         default: unset,
         help: "redis:// or rediss:// URL of the shared limiter; unset: in-memory limiter",
         parse: parse::redis_url,
+    }
+    /// Read by the Redis limiter at start-up; unreadable or unparsable stops the start.
+    redis_tls_ca_file: Option<PathBuf> {
+        env: "REDIS_TLS_CA_FILE",
+        access: flag("redis-tls-ca-file"),
+        default: unset,
+        help: "PEM CA file trusted instead of the system roots for a rediss:// REDIS_URL",
+        parse: parse::file,
+    }
+    /// With [`redis_tls_key_file`](Self::redis_tls_key_file): mutual TLS.
+    redis_tls_cert_file: Option<PathBuf> {
+        env: "REDIS_TLS_CERT_FILE",
+        access: flag("redis-tls-cert-file"),
+        default: unset,
+        help: "PEM client certificate for mutual TLS to Redis (needs REDIS_TLS_KEY_FILE)",
+        parse: parse::file,
+    }
+    /// The key of [`redis_tls_cert_file`](Self::redis_tls_cert_file).
+    redis_tls_key_file: Option<PathBuf> {
+        env: "REDIS_TLS_KEY_FILE",
+        access: flag("redis-tls-key-file"),
+        default: unset,
+        help: "PEM private key of REDIS_TLS_CERT_FILE",
+        parse: parse::file,
+    }
+    /// Unset: the URL's host.
+    redis_tls_server_name: Option<String> {
+        env: "REDIS_TLS_SERVER_NAME",
+        access: flag("redis-tls-server-name"),
+        default: unset,
+        help: "Name the Redis server certificate must carry, when not REDIS_URL's host",
+        parse: |raw| Ok(raw.to_owned()),
+    }
+    /// Dangerous: encrypted but not authenticated.
+    redis_tls_insecure_skip_verify: bool {
+        env: "REDIS_TLS_INSECURE_SKIP_VERIFY",
+        access: flag("redis-tls-insecure-skip-verify"),
+        default: "false",
+        help: "DANGEROUS: accept any Redis server certificate (throwaway self-signed setups only)",
+        parse: parse::boolean,
     }
     /// At least 1.
     max_concurrent: u32 {

@@ -44,11 +44,25 @@ impl UpstreamStats for DidClient {
 /// The limiter the configuration asks for: Redis when `REDIS_URL` is set, else in-memory.
 pub async fn limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
     match &config.redis_url {
+        None if tls_requested(config) => Err(BuildError::Redis(
+            "REDIS_TLS_* settings are set but REDIS_URL is not: set a rediss:// REDIS_URL \
+             or remove them"
+                .to_owned(),
+        )),
         None => Ok(Arc::new(limiter_memory::MemoryLimiter::new(
             config.max_concurrent,
         ))),
         Some(_) => redis_limiter(config).await,
     }
+}
+
+/// Whether any Redis TLS setting is set (they mean nothing without a Redis URL).
+fn tls_requested(config: &Config) -> bool {
+    config.redis_tls_ca_file.is_some()
+        || config.redis_tls_cert_file.is_some()
+        || config.redis_tls_key_file.is_some()
+        || config.redis_tls_server_name.is_some()
+        || config.redis_tls_insecure_skip_verify
 }
 
 async fn redis_limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
@@ -58,6 +72,13 @@ async fn redis_limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, B
     let mut redis = RedisLimiterConfig::new(url.expose_secret(), config.limiter_name.clone());
     redis.max_concurrent = config.max_concurrent;
     redis.lease_ttl = config.lease_ttl;
+    redis.tls = limiter_redis::RedisTlsConfig {
+        ca_file: config.redis_tls_ca_file.clone(),
+        cert_file: config.redis_tls_cert_file.clone(),
+        key_file: config.redis_tls_key_file.clone(),
+        server_name: config.redis_tls_server_name.clone(),
+        insecure_skip_verify: config.redis_tls_insecure_skip_verify,
+    };
     // An unreachable Redis is not fatal: the limiter starts degraded on its in-memory
     // fallback and switches over once Redis answers (`/ready` reports it meanwhile).
     let limiter = limiter_redis::RedisLimiter::connect_with_memory_fallback(redis)

@@ -92,3 +92,17 @@ pub(super) fn limiter_name(raw: &str) -> Result<String, String> {
         ))
     }
 }
+
+/// A file path (whether it can be read is checked by whoever opens it, naming the setting).
+pub(super) fn file(raw: &str) -> Result<std::path::PathBuf, String> {
+    Ok(std::path::PathBuf::from(raw))
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any ASCII case).
+pub(super) fn boolean(raw: &str) -> Result<bool, String> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("{raw:?} is not true or false")),
+    }
+}

@@ -88,3 +88,45 @@ fn a_bad_variable_is_named_as_the_variable() {
     assert!(!err.contains("--max-concurrent-requests"), "{err}");
     assert!(!err.contains("backtrace"), "{err}");
 }
+
+/// Redis TLS settings reach the limiter: a CA file that cannot be read, TLS settings
+/// without a Redis URL or with a plain `redis://` one each stop the start with a line that
+/// says what is wrong (issue 12 item 2: "a clear start-up error when TLS is requested but
+/// impossible"), instead of a service that runs degraded for ever.
+#[test]
+fn impossible_redis_tls_settings_stop_the_start_with_a_clear_line() {
+    for (env, expected) in [
+        (
+            &[
+                ("REDIS_URL", "rediss://127.0.0.1:1"),
+                ("REDIS_TLS_CA_FILE", "/nonexistent/talkgate-ca.pem"),
+            ][..],
+            "/nonexistent/talkgate-ca.pem: cannot be read",
+        ),
+        (
+            &[("REDIS_TLS_CA_FILE", "/nonexistent/talkgate-ca.pem")][..],
+            "REDIS_TLS_* settings are set but REDIS_URL is not",
+        ),
+        (
+            &[
+                ("REDIS_URL", "redis://127.0.0.1:1"),
+                ("REDIS_TLS_INSECURE_SKIP_VERIFY", "true"),
+            ][..],
+            "use a rediss:// url",
+        ),
+    ] {
+        let mut env = env.to_vec();
+        env.push(("BIND_ADDR", "127.0.0.1:0"));
+        let out = run(&[], &env);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{env:?}: {err}");
+        assert!(err.contains(expected), "{env:?}: {err}");
+    }
+    let out = run(
+        &["--redis-tls-insecure-skip-verify", "maybe"],
+        &[("BIND_ADDR", "127.0.0.1:0")],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not true or false"), "{err}");
+}
