@@ -31,8 +31,9 @@ tasks:
   harness redis-server + did-fake with faults + N http-api processes, a seeded mixed
           workload, invariants checked [--quick] [--seed N]
   bench   macro benchmarks against did-fake over real sockets (before/after, budget
-          utilisation, priority, crash recovery, Redis outage), baselines in the same
-          run, report in target/bench-report/ [--quick] [--debug] [--only 1,2,..]
+          utilisation, priority, crash recovery, Redis outage, gateway overhead), every
+          target a ratio to a baseline of the same run or a bound from the configuration,
+          report in target/bench-report/ [--quick] [--debug] [--only 1,2,..]
 
 `cargo xtask <task> --help` prints a task's options.
 ";
@@ -52,13 +53,16 @@ const BENCH_USAGE: &str = "\
 usage: cargo xtask bench [--quick] [--debug] [--only N[,N..]]
 
 Macro benchmarks over real loopback sockets: did-fake, http-api and redis-server run as
-separate processes on free ports, each scenario beside a baseline measured in the same run.
-Scenarios: 1 before/after, 2 budget utilisation, 3 priority under contention, 4 crash
-recovery, 5 Redis outage, 6 gateway overhead.
-  --quick      CI size: every scenario and target, shorter runs
-  --debug      run did-fake and http-api as debug builds (default: release builds)
+separate processes on free ports. Every target is a ratio to a baseline measured in the same
+run or a bound that follows from the configuration; absolute figures are reported as
+information. Scenarios: 1 before/after, 2 budget utilisation, 3 priority under contention,
+4 crash recovery, 5 Redis outage, 6 gateway overhead (and polls per synchronous video).
+  --quick      CI size: every scenario and target, shorter runs (about 2 minutes)
+  --debug      run everything as debug builds (default: did-fake, http-api and the load
+               generator, i.e. the bench itself, run as release builds)
   --only N,..  run only these scenarios, e.g. --only 2,6
-The report goes to target/bench-report/ (report.md, report.json, SVG plots). Exit code 1 if a
+The report goes to target/bench-report/ (report.md, report.json, SVG plots, and
+docs-section.md, the same report shaped to paste into docs/BENCHMARKS.md). Exit code 1 if a
 target fails.
 ";
 
