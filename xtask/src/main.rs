@@ -31,8 +31,39 @@ tasks:
   harness redis-server + did-fake with faults + N http-api processes, a seeded mixed
           workload, invariants checked [--quick] [--seed N]
   bench   macro benchmarks against did-fake over real sockets (before/after, budget
-          utilisation, priority, crash recovery, Redis outage), baselines in the same
-          run, report in target/bench-report/ [--quick] [--only 1,2,..]
+          utilisation, priority, crash recovery, Redis outage, gateway overhead), every
+          target a ratio to a baseline of the same run or a bound from the configuration,
+          report in target/bench-report/ [--quick] [--debug] [--only 1,2,..]
+
+`cargo xtask <task> --help` prints a task's options.
+";
+
+/// `cargo xtask test --help`.
+const TEST_USAGE: &str = "\
+usage: cargo xtask test
+
+The one gate, fast checks first: cargo fmt --check, the layering check (inner crates stay free
+of I/O), cargo clippy --workspace --all-targets -D warnings, cargo test --workspace (Redis and
+end-to-end tests included; they start their own servers), harness --quick, and cargo doc with
+broken intra-doc links denied. Takes no options; needs redis-server on PATH.
+";
+
+/// `cargo xtask bench --help`.
+const BENCH_USAGE: &str = "\
+usage: cargo xtask bench [--quick] [--debug] [--only N[,N..]]
+
+Macro benchmarks over real loopback sockets: did-fake, http-api and redis-server run as
+separate processes on free ports. Every target is a ratio to a baseline measured in the same
+run or a bound that follows from the configuration; absolute figures are reported as
+information. Scenarios: 1 before/after, 2 budget utilisation, 3 priority under contention,
+4 crash recovery, 5 Redis outage, 6 gateway overhead (and polls per synchronous video).
+  --quick      CI size: every scenario and target, shorter runs (about 2 minutes)
+  --debug      run everything as debug builds (default: did-fake, http-api and the load
+               generator, i.e. the bench itself, run as release builds)
+  --only N,..  run only these scenarios, e.g. --only 2,6
+The report goes to target/bench-report/ (report.md, report.json, SVG plots, and
+docs-section.md, the same report shaped to paste into docs/BENCHMARKS.md). Exit code 1 if a
+target fails.
 ";
 
 /// `cargo xtask demo --help`.
@@ -62,14 +93,24 @@ fn wants_help(args: &[String]) -> bool {
     args.iter().any(|a| a == "-h" || a == "--help")
 }
 
+/// The usage text to print when `args` (without the program name) ask for a task's help.
+fn task_help(args: &[String]) -> Option<&'static str> {
+    let (task, rest) = args.split_first()?;
+    if !wants_help(rest) {
+        return None;
+    }
+    match task.as_str() {
+        "test" => Some(TEST_USAGE),
+        "demo" => Some(DEMO_USAGE),
+        "harness" => Some(HARNESS_USAGE),
+        "bench" => Some(BENCH_USAGE),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let task_help = match args.first().map(String::as_str) {
-        Some("demo") if wants_help(&args[1..]) => Some(DEMO_USAGE),
-        Some("harness") if wants_help(&args[1..]) => Some(HARNESS_USAGE),
-        _ => None,
-    };
-    if let Some(help) = task_help {
+    if let Some(help) = task_help(&args) {
         print!("{help}");
         return ExitCode::SUCCESS;
     }
@@ -121,4 +162,38 @@ pub(crate) fn run_step(name: &str, cmd: &mut Command) -> Result<()> {
         bail!("{name} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn every_task_prints_its_options_for_help() {
+        let check = |task: &str, options: &[&str]| {
+            for flag in ["--help", "-h"] {
+                let help = task_help(&args(&[task, flag]))
+                    .unwrap_or_else(|| panic!("`cargo xtask {task} {flag}` prints no usage"));
+                assert!(
+                    help.starts_with(&format!("usage: cargo xtask {task}")),
+                    "{task}: {help}"
+                );
+                for option in options {
+                    assert!(help.contains(option), "{task} --help misses {option}");
+                }
+            }
+        };
+        check("test", &[]);
+        check("demo", &["REDIS_URL"]);
+        check("harness", &["--quick", "--seed"]);
+        check("bench", &["--quick", "--debug", "--only"]);
+        // Help after other options counts too; a task without --help runs.
+        assert!(task_help(&args(&["bench", "--quick", "--help"])).is_some());
+        assert_eq!(task_help(&args(&["bench", "--quick"])), None);
+        assert_eq!(task_help(&args(&["nonsense", "--help"])), None);
+    }
 }

@@ -21,7 +21,7 @@ pub(crate) fn build(packages: &[&str]) -> Result<()> {
     run_step("build", &mut cmd)
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))
@@ -30,6 +30,11 @@ fn target_dir() -> PathBuf {
 /// Where a debug binary of this workspace lands.
 pub(crate) fn bin(name: &str) -> PathBuf {
     target_dir().join("debug").join(name)
+}
+
+/// Where a release binary of this workspace lands.
+pub(crate) fn release_bin(name: &str) -> PathBuf {
+    target_dir().join("release").join(name)
 }
 
 /// Where the children's output goes.

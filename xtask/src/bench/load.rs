@@ -133,6 +133,25 @@ pub(crate) fn throughput(samples: &[Sample], from: f64, to: f64) -> f64 {
     n as f64 / (to - from).max(1e-9)
 }
 
+/// The throughput of `callers` closed-loop callers without think time, by Little's law:
+/// `callers / mean latency` of the successful requests that started inside `[from, to)`.
+/// Unlike a count of answers in a window it uses every request's full latency, so it does
+/// not depend on where the window's edges cut the callers' cycles (with C slots each
+/// completing one request per L, a count can be off by up to C answers per edge).
+pub(crate) fn closed_loop_throughput(
+    samples: &[Sample],
+    callers: usize,
+    from: f64,
+    to: f64,
+) -> f64 {
+    let lat = latencies(samples, from, to);
+    if lat.is_empty() {
+        return 0.0;
+    }
+    let mean_s = lat.iter().sum::<f64>() / lat.len() as f64 / 1000.0;
+    callers as f64 / mean_s.max(1e-9)
+}
+
 /// Latencies (ms) of successful requests that started inside `[from, to)`.
 pub(crate) fn latencies(samples: &[Sample], from: f64, to: f64) -> Vec<f64> {
     samples
@@ -140,4 +159,40 @@ pub(crate) fn latencies(samples: &[Sample], from: f64, to: f64) -> Vec<f64> {
         .filter(|s| s.ok && s.start >= from && s.start < to)
         .map(Sample::latency_ms)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(start: f64, end: f64) -> Sample {
+        Sample {
+            start,
+            end,
+            ok: true,
+        }
+    }
+
+    #[test]
+    fn closed_loop_throughput_follows_littles_law_where_a_window_count_is_off() {
+        // 4 callers in lockstep, 0.25 s per request: 16 req/s whatever the window.
+        let samples: Vec<Sample> = (0..40)
+            .flat_map(|i| {
+                let start = f64::from(i) * 0.25;
+                std::iter::repeat_n(sample(start, start + 0.25), 4)
+            })
+            .collect();
+        let rate = closed_loop_throughput(&samples, 4, 1.0, 8.9);
+        assert!((rate - 16.0).abs() < 1e-9, "{rate}");
+        // Counting answers in [1.0, 8.9) finds 32 rounds of 4 in 7.9 s: 16.2 req/s.
+        let counted = throughput(&samples, 1.0, 8.9);
+        assert!((counted - 16.2).abs() < 0.01, "{counted}");
+        // Failed requests do not count, and no request at all is 0.
+        let failed = [Sample {
+            start: 1.0,
+            end: 1.001,
+            ok: false,
+        }];
+        assert_eq!(closed_loop_throughput(&failed, 4, 0.0, 2.0), 0.0);
+    }
 }

@@ -1,6 +1,8 @@
 //! The benchmark report: percentiles from sorted samples, one [`Section`] per scenario
-//! (tables with their baseline column, targets, raw JSON, latency plots), written as
-//! `report.json`, `report.md` and hand-drawn SVG bar charts under `target/bench-report/`.
+//! (tables with their baseline column, targets with their reasoning, raw JSON, latency
+//! plots), written as `report.json`, `report.md`, `docs-section.md` (the same Markdown shaped
+//! to paste into `docs/BENCHMARKS.md`) and hand-drawn SVG bar charts under
+//! `target/bench-report/`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -136,12 +138,35 @@ impl Table {
     }
 }
 
-/// One target: a named bound, what was measured, and whether it holds.
+/// What a target's threshold is made of. No target compares with an absolute time on its
+/// own: the machine is shared and its speed is not a property of talkgate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A ratio to a baseline measured in the same run, under the same load.
+    Ratio,
+    /// A bound that follows from the configuration (limits, timeouts, intervals), plus a
+    /// stated slack where something is observed by polling.
+    Bound,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ratio => "ratio",
+            Kind::Bound => "bound",
+        }
+    }
+}
+
+/// One target: a named threshold, what was measured, whether it holds, and why the
+/// threshold is what it is.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub(crate) name: String,
+    pub(crate) kind: Kind,
     pub(crate) measured: String,
     pub(crate) pass: bool,
+    pub(crate) why: String,
 }
 
 /// A grouped bar chart: for each group (e.g. `p50`), one bar per series (e.g. naive, pooled).
@@ -187,15 +212,32 @@ impl Section {
     /// A scenario that could not run: one failed target carrying the error.
     pub(crate) fn failed(number: usize, title: &str, error: &str) -> Section {
         let mut s = Section::new(number, title, "The scenario did not complete.");
-        s.target("scenario ran to completion", false, error);
+        s.bound(
+            "scenario ran to completion",
+            false,
+            error,
+            "A scenario that cannot run measures nothing; its error is the finding.",
+        );
         s
     }
 
-    pub(crate) fn target(&mut self, name: &str, pass: bool, measured: &str) {
+    /// A target that is a ratio to a baseline of the same run; `why` says why the threshold.
+    pub(crate) fn ratio(&mut self, name: &str, pass: bool, measured: &str, why: &str) {
+        self.push(name, Kind::Ratio, pass, measured, why);
+    }
+
+    /// A target that is a bound from the configuration; `why` derives it.
+    pub(crate) fn bound(&mut self, name: &str, pass: bool, measured: &str, why: &str) {
+        self.push(name, Kind::Bound, pass, measured, why);
+    }
+
+    fn push(&mut self, name: &str, kind: Kind, pass: bool, measured: &str, why: &str) {
         self.targets.push(Target {
             name: name.to_owned(),
+            kind,
             measured: measured.to_owned(),
             pass,
+            why: why.to_owned(),
         });
     }
 
@@ -207,8 +249,9 @@ impl Section {
     pub(crate) fn print_targets(&self) {
         for t in &self.targets {
             println!(
-                "  {}  {}: {}",
+                "  {}  ({}) {}: {}",
                 if t.pass { "PASS" } else { "FAIL" },
+                t.kind.as_str(),
                 t.name,
                 t.measured
             );
@@ -221,7 +264,8 @@ impl Section {
             "title": self.title,
             "seconds": round3(self.seconds),
             "targets": self.targets.iter().map(|t| json!({
-                "name": t.name, "measured": t.measured, "pass": t.pass,
+                "name": t.name, "kind": t.kind.as_str(), "measured": t.measured,
+                "pass": t.pass, "why": t.why,
             })).collect::<Vec<_>>(),
             "tables": self.tables.iter().map(|t| json!({
                 "caption": t.caption, "headers": t.headers, "rows": t.rows,
@@ -235,11 +279,18 @@ impl Section {
 /// The whole run.
 pub(crate) struct Report {
     pub(crate) quick: bool,
+    /// did-fake and http-api ran their release builds (else their debug builds).
     pub(crate) release: bool,
+    /// The profile this process (the load generator) was built in.
+    pub(crate) generator: &'static str,
     pub(crate) date: String,
     pub(crate) nproc: String,
     pub(crate) memory: String,
     pub(crate) commit: String,
+    pub(crate) redis: String,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute averages when the run started and ended.
+    pub(crate) load_start: String,
+    pub(crate) load_end: String,
     pub(crate) sections: Vec<Section>,
     pub(crate) total_seconds: f64,
 }
@@ -254,6 +305,14 @@ fn capture(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The 1, 5 and 15 minute load averages, e.g. `0.31 0.52 0.60`.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 impl Report {
     pub(crate) fn new(quick: bool, release: bool) -> Report {
         let free = capture("free", &["-h"]);
@@ -263,13 +322,29 @@ impl Report {
             .and_then(|l| l.split_whitespace().nth(1))
             .unwrap_or("unknown")
             .to_owned();
+        let mut commit = capture("git", &["rev-parse", "--short", "HEAD"]);
+        if !capture("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            commit.push_str(" + uncommitted changes");
+        }
+        let redis = capture("redis-server", &["--version"])
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("v="))
+            .map_or_else(|| "unknown".to_owned(), |v| format!("redis-server {v}"));
         Report {
             quick,
             release,
-            date: capture("date", &[]),
+            generator: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            date: capture("date", &["-u"]),
             nproc: capture("nproc", &[]),
             memory,
-            commit: capture("git", &["rev-parse", "--short", "HEAD"]),
+            commit,
+            redis,
+            load_start: load_average(),
+            load_end: String::new(),
             sections: Vec::new(),
             total_seconds: 0.0,
         }
@@ -277,8 +352,27 @@ impl Report {
 
     pub(crate) fn machine_line(&self) -> String {
         format!(
-            "{} cores (nproc), {} RAM (free -h), commit {}, {}",
-            self.nproc, self.memory, self.commit, self.date
+            "{} cores (nproc), {} RAM (free -h), load average {} (1/5/15 min), commit {}, {}",
+            self.nproc, self.memory, self.load_start, self.commit, self.date
+        )
+    }
+
+    /// Which build every process ran, in one sentence.
+    pub(crate) fn binaries(&self) -> String {
+        let services = if self.release { "release" } else { "debug" };
+        format!(
+            "http-api and did-fake: {services} profile (`target/{services}/`); the load \
+             generator, the `/stats`/`/health` probes and scenario 3's in-process limiters \
+             (this xtask process): {} profile; {}: the system binary",
+            self.generator, self.redis
+        )
+    }
+
+    pub(crate) fn command(&self) -> String {
+        format!(
+            "cargo xtask bench{}{}",
+            if self.quick { " --quick" } else { "" },
+            if self.release { "" } else { " --debug" }
         )
     }
 
@@ -286,6 +380,98 @@ impl Report {
         let all = self.sections.iter().flat_map(|s| &s.targets);
         let passed = all.clone().filter(|t| t.pass).count();
         (passed, all.count() - passed)
+    }
+
+    /// The report as Markdown. `for_docs` shapes it for `docs/BENCHMARKS.md`: headings one
+    /// level deeper (the docs put the run under a `##` heading), a first line saying which run
+    /// the figures are from, and plots named rather than embedded (they stay in `target/`).
+    pub(crate) fn markdown(&self, for_docs: bool) -> String {
+        let h = if for_docs { "###" } else { "##" };
+        let mut md = String::new();
+        if for_docs {
+            let _ = writeln!(
+                md,
+                "Figures below: run of {}, commit {}, `{}` (pasted from \
+                 `target/bench-report/docs-section.md`).\n",
+                self.date,
+                self.commit,
+                self.command()
+            );
+        } else {
+            let _ = writeln!(md, "# talkgate macro benchmarks\n");
+        }
+        let _ = writeln!(
+            md,
+            "- command: `{}`\n- date: {}\n- machine: {} cores (`nproc`), {} RAM (`free -h`), \
+             load average {} at the start and {} at the end (1/5/15 min, `/proc/loadavg`)\n\
+             - commit: {}\n- binaries: {}\n- total time: {:.0} s\n",
+            self.command(),
+            self.date,
+            self.nproc,
+            self.memory,
+            self.load_start,
+            self.load_end,
+            self.commit,
+            self.binaries(),
+            self.total_seconds
+        );
+        let _ = writeln!(md, "{h} Targets\n");
+        let _ = writeln!(
+            md,
+            "Each target is a ratio to a baseline measured in the same run or a bound that \
+             follows from the configuration; each scenario below says why its thresholds are \
+             what they are. Absolute figures are information.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| scenario | target | kind | measured | result |\n|---|---|---|---|---|"
+        );
+        for s in &self.sections {
+            for t in &s.targets {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    s.number,
+                    t.name,
+                    t.kind.as_str(),
+                    t.measured,
+                    if t.pass { "PASS" } else { "FAIL" }
+                );
+            }
+        }
+        md.push('\n');
+        for s in &self.sections {
+            let _ = writeln!(md, "{h} {}. {} ({:.0} s)\n", s.number, s.title, s.seconds);
+            let _ = writeln!(md, "{}\n", s.method);
+            for t in &s.tables {
+                t.markdown(&mut md);
+            }
+            for p in &s.plots {
+                if for_docs {
+                    let _ = writeln!(
+                        md,
+                        "(Plot: `target/bench-report/{}`, written by the run.)\n",
+                        p.file
+                    );
+                } else {
+                    let _ = writeln!(md, "![{}]({})\n", p.title, p.file);
+                }
+            }
+            for n in &s.notes {
+                let _ = writeln!(md, "- {n}");
+            }
+            if !s.notes.is_empty() {
+                md.push('\n');
+            }
+            if !s.targets.is_empty() {
+                let _ = writeln!(md, "Why these targets:\n");
+                for t in &s.targets {
+                    let _ = writeln!(md, "- **{}** ({}): {}", t.name, t.kind.as_str(), t.why);
+                }
+                md.push('\n');
+            }
+        }
+        md
     }
 
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
@@ -297,23 +483,21 @@ impl Report {
                 std::fs::remove_file(path)?;
             }
         }
-        let command = format!(
-            "cargo xtask bench{}{}",
-            if self.quick { " --quick" } else { "" },
-            if self.release { "" } else { " --debug" }
-        );
-        let binaries = if self.release {
-            "did-fake and http-api: release profile; xtask (load generator, in-process limiters): \
-             debug profile (`cargo xtask`)"
-        } else {
-            "did-fake, http-api and xtask: debug profile"
-        };
         let json = json!({
-            "command": command,
+            "command": self.command(),
             "date": self.date,
-            "machine": {"nproc": self.nproc, "memory": self.memory},
+            "machine": {
+                "nproc": self.nproc, "memory": self.memory,
+                "load_average_start": self.load_start, "load_average_end": self.load_end,
+            },
             "commit": self.commit,
-            "binaries": binaries,
+            "binaries": self.binaries(),
+            "profiles": {
+                "http-api": if self.release { "release" } else { "debug" },
+                "did-fake": if self.release { "release" } else { "debug" },
+                "load generator (xtask)": self.generator,
+                "redis-server": self.redis,
+            },
             "total_seconds": round3(self.total_seconds),
             "scenarios": self.sections.iter().map(Section::json).collect::<Vec<_>>(),
         });
@@ -321,51 +505,13 @@ impl Report {
             dir.join("report.json"),
             serde_json::to_string_pretty(&json)?,
         )?;
-
-        let mut md = String::new();
-        let _ = writeln!(md, "# talkgate macro benchmarks\n");
-        let _ = writeln!(
-            md,
-            "- command: `{command}`\n- date: {}\n- machine: {} cores (`nproc`), {} RAM \
-             (`free -h`)\n- commit: {}\n- binaries: {binaries}\n- total time: {:.0} s\n",
-            self.date, self.nproc, self.memory, self.commit, self.total_seconds
-        );
-        let _ = writeln!(md, "## Targets\n");
-        let _ = writeln!(
-            md,
-            "| scenario | target | measured | result |\n|---|---|---|---|"
-        );
         for s in &self.sections {
-            for t in &s.targets {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} |",
-                    s.number,
-                    t.name,
-                    t.measured,
-                    if t.pass { "PASS" } else { "FAIL" }
-                );
-            }
-        }
-        md.push('\n');
-        for s in &self.sections {
-            let _ = writeln!(md, "## {}. {} ({:.0} s)\n", s.number, s.title, s.seconds);
-            let _ = writeln!(md, "{}\n", s.method);
-            for t in &s.tables {
-                t.markdown(&mut md);
-            }
             for p in &s.plots {
                 std::fs::write(dir.join(&p.file), svg(p))?;
-                let _ = writeln!(md, "![{}]({})\n", p.title, p.file);
-            }
-            for n in &s.notes {
-                let _ = writeln!(md, "- {n}");
-            }
-            if !s.notes.is_empty() {
-                md.push('\n');
             }
         }
-        std::fs::write(dir.join("report.md"), md)?;
+        std::fs::write(dir.join("report.md"), self.markdown(false))?;
+        std::fs::write(dir.join("docs-section.md"), self.markdown(true))?;
         Ok(())
     }
 }
@@ -474,6 +620,73 @@ mod tests {
         assert_eq!(s.mean, 50.5);
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
         assert_eq!(Summary::of(&mut []).n, 0);
+    }
+
+    fn report_with(targets: &[(Kind, bool)]) -> Report {
+        let mut r = Report::new(true, true);
+        let mut s = Section::new(6, "gateway overhead", "How it is measured.");
+        for (i, (kind, pass)) in targets.iter().enumerate() {
+            s.push(
+                &format!("target {i}"),
+                *kind,
+                *pass,
+                "1 vs 2",
+                &format!("reason {i}"),
+            );
+        }
+        s.plots.push(Plot {
+            file: "6-x.svg".into(),
+            title: "x".into(),
+            series: vec!["a".into()],
+            groups: vec![("p50".into(), vec![1.0])],
+        });
+        r.sections.push(s);
+        r
+    }
+
+    #[test]
+    fn the_report_gives_every_target_its_kind_and_reason() {
+        let r = report_with(&[(Kind::Ratio, true), (Kind::Bound, false)]);
+        assert_eq!(r.tally(), (1, 1));
+        let md = r.markdown(false);
+        assert!(
+            md.contains("| 6 | target 0 | ratio | 1 vs 2 | PASS |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 6 | target 1 | bound | 1 vs 2 | FAIL |"),
+            "{md}"
+        );
+        assert!(md.contains("- **target 0** (ratio): reason 0"), "{md}");
+        assert!(md.contains("- **target 1** (bound): reason 1"), "{md}");
+        assert!(md.contains("![x](6-x.svg)"));
+        assert!(
+            md.contains("load generator"),
+            "the binaries line names every process"
+        );
+    }
+
+    #[test]
+    fn the_docs_section_is_shaped_for_benchmarks_md() {
+        let r = report_with(&[(Kind::Ratio, true)]);
+        let md = r.markdown(true);
+        let first = md.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!(
+                "Figures below: run of {}, commit {}",
+                r.date, r.commit
+            )),
+            "{first}"
+        );
+        // One level below the docs' `## Macro benchmarks`, and no `#`/`##` heading at all.
+        assert!(md.contains("\n### Targets\n") && md.contains("\n### 6. gateway overhead"));
+        assert!(
+            !md.lines()
+                .any(|l| l.starts_with("# ") || l.starts_with("## ")),
+            "{md}"
+        );
+        assert!(md.contains("(Plot: `target/bench-report/6-x.svg`, written by the run.)"));
+        assert!(!md.contains("![x]"));
     }
 
     #[test]

@@ -17,18 +17,18 @@ pub(crate) const PREFIX: &str = "/api/d_id_optimized";
 pub(crate) const FAKE_KEY: &str = "talkgate:fake-key";
 /// The upstream route the load goes to (its latency is what the scenarios set).
 pub(crate) const STATUS_ROUTE: &str = "GET /talks/{id}";
+/// did-fake's `--time-scale`: a talk's lifecycle runs at 1/100 of D-ID's speed.
+pub(crate) const TIME_SCALE: f64 = 0.01;
+/// `POLL_INTERVAL_SECS` of the http-api processes unless a scenario says otherwise.
+const POLL_INTERVAL_SECS: f64 = 0.05;
 
 /// A server binary of this workspace in the profile the run uses.
 fn bin(ctx: &Ctx, name: &str) -> PathBuf {
-    let debug = procs::bin(name);
-    if !ctx.release {
-        return debug;
+    if ctx.release {
+        procs::release_bin(name)
+    } else {
+        procs::bin(name)
     }
-    // `<target>/debug/<name>` → `<target>/release/<name>`.
-    debug
-        .parent()
-        .and_then(|d| d.parent())
-        .map_or(debug.clone(), |t| t.join("release").join(name))
 }
 
 /// Starts did-fake (fast talk lifecycle, fixed seed) and waits until it answers.
@@ -42,7 +42,7 @@ pub(crate) async fn spawn_fake(ctx: &Ctx, name: &str) -> Result<Server> {
             "--port".into(),
             port.to_string(),
             "--time-scale".into(),
-            "0.01".into(),
+            TIME_SCALE.to_string(),
             "--seed".into(),
             "7".into(),
         ],
@@ -123,6 +123,8 @@ pub(crate) struct ApiOptions<'a> {
     pub(crate) redis: Option<&'a str>,
     pub(crate) limit: u32,
     pub(crate) lease_ttl_secs: Option<f64>,
+    /// `POLL_INTERVAL_SECS`, if not the rig's 0.05 s.
+    pub(crate) poll_interval_secs: Option<f64>,
 }
 
 /// Starts one http-api process against `fake` (and `redis`, if given) and waits for `/health`.
@@ -135,7 +137,12 @@ pub(crate) async fn spawn_api(ctx: &Ctx, name: &str, opts: &ApiOptions<'_>) -> R
         ("BIND_ADDR", format!("127.0.0.1:{port}")),
         ("MAX_CONCURRENT_REQUESTS", opts.limit.to_string()),
         ("LIMITER_WAIT_TIMEOUT_SECS", "60".to_owned()),
-        ("POLL_INTERVAL_SECS", "0.05".to_owned()),
+        (
+            "POLL_INTERVAL_SECS",
+            opts.poll_interval_secs
+                .unwrap_or(POLL_INTERVAL_SECS)
+                .to_string(),
+        ),
         ("MAX_WAIT_SECS", "10".to_owned()),
         ("SHUTDOWN_GRACE_SECS", "1".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
