@@ -2,7 +2,8 @@
 
 use serde_json::json;
 
-use crate::support::{self, client, json};
+use crate::support;
+use test_support::http::{client, json};
 
 const TOKEN: &str = "test-token-Xy7";
 

@@ -5,7 +5,11 @@ use std::time::Duration;
 use did_fake::Faults;
 use serde_json::json;
 
-use crate::support::{self, JPEG, PNG, client, file_form, json, wav};
+use crate::support;
+use test_support::{
+    http::{client, file_form, json},
+    media,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_image_and_audio_then_generate_synchronously() {
@@ -16,7 +20,7 @@ async fn upload_image_and_audio_then_generate_synchronously() {
     let (status, image) = json(
         http.post(srv.api("/upload-source-image?priority=high"))
             // The client's content type lies; the content decides.
-            .multipart(file_form("face.gif", PNG.to_vec(), "text/plain"))
+            .multipart(file_form("face.gif", media::png(), "text/plain"))
             .send()
             .await
             .unwrap(),
@@ -26,7 +30,7 @@ async fn upload_image_and_audio_then_generate_synchronously() {
     assert_eq!(image["message"], "Upload successful");
     let image_url = image["url"].as_str().unwrap().to_owned();
 
-    let form = file_form("voice.wav", wav(), "audio/wav").text("priority", "critical");
+    let form = file_form("voice.wav", media::wav(), "audio/wav").text("priority", "critical");
     let (status, audio) = json(
         http.post(srv.api("/upload-audio"))
             .multipart(form)
@@ -98,7 +102,7 @@ async fn generate_asynchronously_by_body_or_prefer_header() {
     // Poll the status URL until the fake finishes the talk.
     let http2 = http.clone();
     let url = srv.url(&location);
-    support::eventually(Duration::from_secs(10), "the talk is done", || {
+    test_support::eventually(Duration::from_secs(10), "the talk is done", || {
         let (http, url) = (http2.clone(), url.clone());
         async move {
             let (_, t) = json(http.get(&url).send().await.unwrap()).await;
@@ -347,7 +351,7 @@ async fn multipart_edge_cases() {
     // Wrong type: a WAV as image, a JPEG as audio, text claiming to be an image.
     check(
         http.post(&image_url)
-            .multipart(file_form("x.png", wav(), "image/png"))
+            .multipart(file_form("x.png", media::wav(), "image/png"))
             .send()
             .await
             .unwrap(),
@@ -356,7 +360,7 @@ async fn multipart_edge_cases() {
     .await;
     check(
         http.post(&audio_url)
-            .multipart(file_form("x.wav", JPEG.to_vec(), "audio/wav"))
+            .multipart(file_form("x.wav", media::jpeg(), "audio/wav"))
             .send()
             .await
             .unwrap(),
@@ -373,7 +377,7 @@ async fn multipart_edge_cases() {
     )
     .await;
     // Oversized: 6 MiB + 1 of audio.
-    let mut big = wav();
+    let mut big = media::wav().to_vec();
     big.resize(6 * 1024 * 1024 + 1, 0);
     check(
         http.post(&audio_url)
@@ -394,7 +398,7 @@ async fn multipart_edge_cases() {
         (415, "unsupported_media_type"),
     )
     .await;
-    let form = file_form("f.png", PNG.to_vec(), "image/png").text("priority", "asap");
+    let form = file_form("f.png", media::png(), "image/png").text("priority", "asap");
     check(
         http.post(&image_url).multipart(form).send().await.unwrap(),
         (400, "invalid_priority"),
@@ -402,7 +406,7 @@ async fn multipart_edge_cases() {
     .await;
     check(
         http.post(format!("{image_url}?priority=asap"))
-            .multipart(file_form("f.png", PNG.to_vec(), "image/png"))
+            .multipart(file_form("f.png", media::png(), "image/png"))
             .send()
             .await
             .unwrap(),
@@ -411,7 +415,7 @@ async fn multipart_edge_cases() {
     .await;
     // Padded and look-alike names are not priorities, in a form field or a query.
     for bad in [" high ", "high\u{a0}", "h\u{131}gh"] {
-        let form = file_form("f.png", PNG.to_vec(), "image/png").text("priority", bad);
+        let form = file_form("f.png", media::png(), "image/png").text("priority", bad);
         check(
             http.post(&image_url).multipart(form).send().await.unwrap(),
             (400, "invalid_priority"),
@@ -424,7 +428,7 @@ async fn multipart_edge_cases() {
     );
     // The README's precedence: a form field wins over the query, so a bad query beside a
     // good form field is not an error (and the upload is made).
-    let form = file_form("f.png", PNG.to_vec(), "image/png").text("priority", "high");
+    let form = file_form("f.png", media::png(), "image/png").text("priority", "high");
     let resp = http
         .post(format!("{image_url}?priority=asap"))
         .multipart(form)
@@ -562,7 +566,7 @@ async fn no_key_starts_and_d_id_routes_answer_503() {
     );
     let resp = http
         .post(srv.api("/upload-source-image"))
-        .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+        .multipart(file_form("a.png", media::png(), "image/png"))
         .send()
         .await
         .unwrap();
@@ -597,7 +601,7 @@ async fn stats_health_ready_and_metrics_report_the_limiter_and_upstream() {
     let http = client();
     let r = http
         .post(srv.api("/upload-source-image"))
-        .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+        .multipart(file_form("a.png", media::png(), "image/png"))
         .send()
         .await
         .unwrap();

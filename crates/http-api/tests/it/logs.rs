@@ -3,7 +3,11 @@
 use base64::Engine;
 use serde_json::json;
 
-use crate::support::{self, PNG, Server, client, file_form, json};
+use crate::support::{self, Server};
+use test_support::{
+    http::{client, file_form, json},
+    media,
+};
 
 const KEY_SECRET: &str = "S3cretKeyPart-771";
 const TOKEN: &str = "Bearer-Secret-Token-3141";
@@ -34,7 +38,7 @@ async fn neither_the_d_id_key_nor_the_token_is_ever_logged() {
         .post(srv.api("/upload-source-image"))
         .bearer_auth(TOKEN)
         .header("x-request-id", "logcheck-upload-1")
-        .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+        .multipart(file_form("a.png", media::png(), "image/png"))
         .send()
         .await
         .unwrap();

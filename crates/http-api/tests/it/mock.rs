@@ -9,7 +9,8 @@ use mockall::predicate::eq;
 use ports::{MockVideoApi, VideoApiError, WaitOptions};
 use serde_json::json;
 
-use crate::support::{self, client, json};
+use crate::support;
+use test_support::http::{client, json};
 
 fn body() -> serde_json::Value {
     json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "priority": "critical"})

@@ -1,87 +1,12 @@
 //! The service with `REDIS_URL`: the Redis limiter serves, and when Redis goes away the
 //! service keeps serving on the fallback while `/health` and `/ready` say so.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{self, PNG, client, file_form, json};
-
-const MISSING: &str = "redis-server not found: install it with `apt-get install -y redis-server`";
-
-/// A `redis-server` on a free loopback port, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match child {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
-                Err(e) => panic!("could not start redis-server: {e}"),
-            };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return RedisServer { child, port };
-                }
-                if child.try_wait().ok().flatten().is_some() {
-                    break; // lost the port race: try another port
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start on any of 5 free ports");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Makes the server require `password` (`CONFIG SET requirepass`).
-    fn require_password(&self, password: &str) {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let command = format!(
-            "*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nrequirepass\r\n${}\r\n{password}\r\n",
-            password.len()
-        );
-        stream.write_all(command.as_bytes()).unwrap();
-        let mut reply = [0u8; 5];
-        stream.read_exact(&mut reply).unwrap();
-        assert_eq!(&reply, b"+OK\r\n", "CONFIG SET requirepass refused");
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::support;
+use test_support::http::{client, file_form, json};
+use test_support::media;
+use test_support::redis::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
@@ -102,7 +27,7 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
     let http = client();
     let upload = || {
         http.post(srv.api("/upload-source-image"))
-            .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+            .multipart(file_form("a.png", media::png(), "image/png"))
             .send()
     };
 
@@ -119,7 +44,7 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
     // The next limiter call notices and fails over; calls keep being served.
     let (status, _) = json(upload().await.unwrap()).await;
     assert_eq!(status, 200, "served by the fallback while Redis is down");
-    support::eventually(
+    test_support::eventually(
         Duration::from_secs(10),
         "health reports degraded",
         || async {
@@ -129,8 +54,8 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
     )
     .await;
     // Killed: fred's reconnects are refused, and health says so, naming both backends.
-    let address = format!("127.0.0.1:{}", redis.port);
-    support::eventually(
+    let address = format!("127.0.0.1:{}", redis.port());
+    test_support::eventually(
         Duration::from_secs(10),
         "health names the refused redis",
         || async {
@@ -164,8 +89,8 @@ async fn a_wrong_redis_password_is_named_in_health_ready_and_the_log_without_the
     support::init_logs();
     let redis = RedisServer::start();
     redis.require_password("right-pw");
-    let url = format!("redis://:wrong-pw@127.0.0.1:{}", redis.port);
-    let address = format!("127.0.0.1:{}", redis.port);
+    let url = format!("redis://:wrong-pw@127.0.0.1:{}", redis.port());
+    let address = format!("127.0.0.1:{}", redis.port());
     let fake = support::fake().await;
     let name = format!("http-api-it-auth-{}", std::process::id());
     let srv = support::service(

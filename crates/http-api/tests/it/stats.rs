@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::support::{self, PNG, client, file_form, json};
+use crate::support;
+use test_support::{
+    http::{client, file_form, json},
+    media,
+};
 
 /// Suffixes that name a duration in a unit other than milliseconds.
 const OTHER_UNITS: &[&str] = &[
@@ -99,7 +103,7 @@ async fn stats_has_one_unit_per_kind_and_each_fact_once() {
     // One upload, so the upstream counters and responses per status are filled in.
     let r = http
         .post(srv.api("/upload-source-image"))
-        .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+        .multipart(file_form("a.png", media::png(), "image/png"))
         .send()
         .await
         .unwrap();
