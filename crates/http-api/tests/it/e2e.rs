@@ -6,10 +6,8 @@ use did_fake::Faults;
 use serde_json::json;
 
 use crate::support;
-use test_support::{
-    http::{client, file_form, json},
-    media,
-};
+use test_support::http::{client, file_form, get_json, json, post_form, post_json};
+use test_support::media;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_image_and_audio_then_generate_synchronously() {
@@ -17,13 +15,13 @@ async fn upload_image_and_audio_then_generate_synchronously() {
     let srv = support::service(&fake, &[]).await;
     let http = client();
 
-    let (status, image) = json(
-        http.post(srv.api("/upload-source-image?priority=high"))
-            // The client's content type lies; the content decides.
-            .multipart(file_form("face.gif", media::png(), "text/plain"))
-            .send()
-            .await
-            .unwrap(),
+    // The client's content type lies; the content decides.
+    let form = file_form("face.gif", media::png(), "text/plain");
+    let (status, image) = post_form(
+        &http,
+        srv.api("/upload-source-image?priority=high"),
+        None,
+        form,
     )
     .await;
     assert_eq!(status, 200, "{image}");
@@ -31,23 +29,15 @@ async fn upload_image_and_audio_then_generate_synchronously() {
     let image_url = image["url"].as_str().unwrap().to_owned();
 
     let form = file_form("voice.wav", media::wav(), "audio/wav").text("priority", "critical");
-    let (status, audio) = json(
-        http.post(srv.api("/upload-audio"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, audio) = post_form(&http, srv.api("/upload-audio"), None, form).await;
     assert_eq!(status, 200, "{audio}");
     let audio_url = audio["url"].as_str().unwrap().to_owned();
 
-    let (status, video) = json(
-        http.post(srv.api("/generate-video"))
-            .json(&json!({"audio_url": audio_url, "source_url": image_url, "priority": "high"}))
-            .send()
-            .await
-            .unwrap(),
+    let (status, video) = post_json(
+        &http,
+        srv.api("/generate-video"),
+        None,
+        &json!({"audio_url": audio_url, "source_url": image_url, "priority": "high"}),
     )
     .await;
     assert_eq!(status, 200, "{video}");
@@ -56,13 +46,7 @@ async fn upload_image_and_audio_then_generate_synchronously() {
     assert!(video["result_url"].as_str().is_some_and(|u| !u.is_empty()));
     let id = video["id"].as_str().unwrap();
 
-    let (status, talk) = json(
-        http.get(srv.api(&format!("/talk-status/{id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, talk) = get_json(&http, srv.api(&format!("/talk-status/{id}")), None).await;
     assert_eq!(status, 200);
     assert_eq!(talk["id"], id);
     assert_eq!(talk["status"], "done");
@@ -105,7 +89,7 @@ async fn generate_asynchronously_by_body_or_prefer_header() {
     test_support::eventually(Duration::from_secs(10), "the talk is done", || {
         let (http, url) = (http2.clone(), url.clone());
         async move {
-            let (_, t) = json(http.get(&url).send().await.unwrap()).await;
+            let (_, t) = get_json(&http, &url, None).await;
             t["status"] == "done"
         }
     })
@@ -134,14 +118,7 @@ async fn failed_and_rejected_talks_are_reported_with_d_ids_words() {
     let srv = support::service(&fake, &[]).await;
     let http = client();
     let body = json!({"audio_url": "https://example.test/v.wav", "source_url": "https://example.test/f.jpg"});
-    let (status, err) = json(
-        http.post(srv.api("/generate-video"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = post_json(&http, srv.api("/generate-video"), None, &body).await;
     assert_eq!(status, 502, "{err}");
     assert_eq!(err["error"]["code"], "talk_failed");
     let talk_id = err["error"]["talk_id"].as_str().unwrap().to_owned();
@@ -152,13 +129,7 @@ async fn failed_and_rejected_talks_are_reported_with_d_ids_words() {
     );
 
     // The failed talk's status is a normal 200 with its error.
-    let (status, talk) = json(
-        http.get(srv.api(&format!("/talk-status/{talk_id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, talk) = get_json(&http, srv.api(&format!("/talk-status/{talk_id}")), None).await;
     assert_eq!(status, 200);
     assert_eq!(talk["status"], "error");
     assert!(talk["error"]["kind"].is_string() && talk["error"]["description"].is_string());
@@ -167,14 +138,7 @@ async fn failed_and_rejected_talks_are_reported_with_d_ids_words() {
         p_rejected: 1.0,
         ..Faults::default()
     });
-    let (status, err) = json(
-        http.post(srv.api("/generate-video"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = post_json(&http, srv.api("/generate-video"), None, &body).await;
     assert_eq!(status, 422, "{err}");
     assert_eq!(err["error"]["code"], "talk_rejected");
     srv.stop().await;
@@ -242,21 +206,14 @@ async fn validation_errors_never_reach_d_id() {
         )
     }));
     for (body, want_status, want_code) in cases {
-        let (status, err) = json(http.post(&gen_url).json(&body).send().await.unwrap()).await;
+        let (status, err) = post_json(&http, &gen_url, None, &body).await;
         assert_eq!(
             (status, err["error"]["code"].as_str().unwrap()),
             (want_status, want_code),
             "{body}"
         );
     }
-    let (_, err) = json(
-        http.post(&gen_url)
-            .json(&json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "priority": "urgent"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, err) = post_json(&http, &gen_url, None, &json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "priority": "urgent"})).await;
     assert!(
         err["error"]["message"]
             .as_str()
@@ -297,13 +254,7 @@ async fn validation_errors_never_reach_d_id() {
 
     // Unsafe talk ids are refused before any upstream call.
     for bad in ["..%2Fcredits", "tlk%20x", "a.b", &"x".repeat(65)] {
-        let (status, err) = json(
-            http.get(srv.api(&format!("/talk-status/{bad}")))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, err) = get_json(&http, srv.api(&format!("/talk-status/{bad}")), None).await;
         assert_eq!(
             (status, err["error"]["code"].as_str().unwrap()),
             (400, "invalid_talk_id"),
@@ -450,13 +401,7 @@ async fn upstream_failures_map_to_gateway_errors() {
     .await;
     let srv = support::service(&fake, &[]).await;
     let http = client();
-    let (status, err) = json(
-        http.get(srv.api("/talk-status/tlk_abc"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = get_json(&http, srv.api("/talk-status/tlk_abc"), None).await;
     assert_eq!(
         (status, err["error"]["code"].as_str().unwrap()),
         (502, "upstream_error")
@@ -471,13 +416,7 @@ async fn upstream_failures_map_to_gateway_errors() {
 
     // Unknown talk → 404.
     fake.set_faults(Faults::default());
-    let (status, err) = json(
-        http.get(srv.api("/talk-status/tlk_doesnotexist000000"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = get_json(&http, srv.api("/talk-status/tlk_doesnotexist000000"), None).await;
     assert_eq!(
         (status, err["error"]["code"].as_str().unwrap()),
         (404, "not_found")
@@ -497,14 +436,7 @@ async fn upstream_failures_map_to_gateway_errors() {
         .unwrap();
     let srv = support::service(&fake, &[]).await;
     let body = json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg"});
-    let (status, err) = json(
-        http.post(srv.api("/generate-video"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = post_json(&http, srv.api("/generate-video"), None, &body).await;
     assert_eq!(
         (status, err["error"]["code"].as_str().unwrap()),
         (402, "insufficient_credits"),
@@ -552,11 +484,11 @@ async fn no_key_starts_and_d_id_routes_answer_503() {
     )
     .await;
     let http = client();
-    let (status, health) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+    let (status, health) = get_json(&http, srv.url("/health"), None).await;
     assert_eq!(status, 200);
     assert_eq!(health["api_key_configured"], false);
     assert_eq!(health["rate_limiter"]["backend"], "memory");
-    let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 503);
     assert!(
         ready["reasons"][0]
@@ -583,13 +515,7 @@ async fn no_key_starts_and_d_id_routes_answer_503() {
             .unwrap()
             .contains("D_ID_API_KEY")
     );
-    let (status, _) = json(
-        http.get(srv.api("/talk-status/tlk_1"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = get_json(&http, srv.api("/talk-status/tlk_1"), None).await;
     assert_eq!(status, 503);
     srv.stop().await;
 }
@@ -599,15 +525,11 @@ async fn stats_health_ready_and_metrics_report_the_limiter_and_upstream() {
     let fake = support::fake().await;
     let srv = support::service(&fake, &[("MAX_CONCURRENT_REQUESTS", "3")]).await;
     let http = client();
-    let r = http
-        .post(srv.api("/upload-source-image"))
-        .multipart(file_form("a.png", media::png(), "image/png"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let form = file_form("a.png", media::png(), "image/png");
+    let (status, upload) = post_form(&http, srv.api("/upload-source-image"), None, form).await;
+    assert_eq!(status, 200, "{upload}");
 
-    let (status, stats) = json(http.get(srv.api("/stats")).send().await.unwrap()).await;
+    let (status, stats) = get_json(&http, srv.api("/stats"), None).await;
     assert_eq!(status, 200);
     let rl = &stats["rate_limiter"];
     assert_eq!(rl["backend"], "memory");
@@ -625,9 +547,9 @@ async fn stats_health_ready_and_metrics_report_the_limiter_and_upstream() {
         "{stats}"
     );
 
-    let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!((status, ready["ready"].as_bool()), (200, Some(true)));
-    let (status, _) = json(http.get(srv.api("/health")).send().await.unwrap()).await;
+    let (status, _) = get_json(&http, srv.api("/health"), None).await;
     assert_eq!(status, 200);
 
     let resp = http.get(srv.url("/metrics")).send().await.unwrap();
@@ -664,13 +586,7 @@ async fn unknown_routes_and_methods() {
     )
     .await;
     let http = client();
-    let (status, err) = json(
-        http.get(srv.url("/api/d_id_optimized/nope"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = get_json(&http, srv.url("/api/d_id_optimized/nope"), None).await;
     assert_eq!(
         (status, err["error"]["code"].as_str().unwrap()),
         (404, "route_not_found")

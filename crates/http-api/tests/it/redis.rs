@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support;
-use test_support::http::{client, file_form, json};
+use test_support::http::{client, file_form, get_json, json};
 use test_support::media;
 use test_support::redis::RedisServer;
 
@@ -33,11 +33,11 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
 
     let (status, _) = json(upload().await.unwrap()).await;
     assert_eq!(status, 200);
-    let (_, stats) = json(http.get(srv.api("/stats")).send().await.unwrap()).await;
+    let (_, stats) = get_json(&http, srv.api("/stats"), None).await;
     assert_eq!(stats["rate_limiter"]["backend"], "redis");
     assert_eq!(stats["rate_limiter"]["max_concurrent"], 2);
     assert_eq!(stats["rate_limiter"]["degraded"], false);
-    let (status, _) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, _) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 200);
 
     redis.kill();
@@ -48,7 +48,7 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
         Duration::from_secs(10),
         "health reports degraded",
         || async {
-            let (_, h) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+            let (_, h) = get_json(&http, srv.url("/health"), None).await;
             h["status"] == "degraded" && h["rate_limiter"]["degraded"] == true
         },
     )
@@ -59,7 +59,7 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
         Duration::from_secs(10),
         "health names the refused redis",
         || async {
-            let (_, h) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+            let (_, h) = get_json(&http, srv.url("/health"), None).await;
             let l = &h["rate_limiter"];
             l["configured_backend"] == "redis"
                 && l["serving_backend"] == "memory"
@@ -68,7 +68,7 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
         },
     )
     .await;
-    let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 503, "{ready}");
     assert!(ready["reasons"][0].as_str().unwrap().contains("degraded"));
     let metrics = http
@@ -104,7 +104,7 @@ async fn a_wrong_redis_password_is_named_in_health_ready_and_the_log_without_the
     .await;
     let http = client();
 
-    let (status, health) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+    let (status, health) = get_json(&http, srv.url("/health"), None).await;
     assert_eq!(status, 200);
     let limiter = &health["rate_limiter"];
     assert_eq!(limiter["degraded"], true, "{health}");
@@ -117,7 +117,7 @@ async fn a_wrong_redis_password_is_named_in_health_ready_and_the_log_without_the
     assert_eq!(limiter["address"], address.as_str(), "{health}");
     assert_eq!(limiter["degraded_reason"], "auth", "{health}");
 
-    let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 503, "{ready}");
     let reason = ready["reasons"][0].as_str().unwrap();
     for needle in ["redis", address.as_str(), "auth", "memory"] {
