@@ -6,7 +6,7 @@ use did_fake::Faults;
 use serde_json::json;
 
 use crate::support;
-use test_support::http::{client, file_form, get_json, json, post_form, post_json};
+use test_support::http::{client, file_form, get_json, json, post_form, post_json, send};
 use test_support::media;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,8 +274,8 @@ async fn multipart_edge_cases() {
     let http = client();
     let image_url = srv.api("/upload-source-image");
     let audio_url = srv.api("/upload-audio");
-    async fn check(resp: reqwest::Response, want: (u16, &str)) {
-        let (status, body) = json(resp).await;
+    async fn check(req: reqwest::RequestBuilder, want: (u16, &str)) {
+        let (status, body) = send(req, None).await;
         assert_eq!(
             (status, body["error"]["code"].as_str().unwrap_or("")),
             want,
@@ -284,46 +284,30 @@ async fn multipart_edge_cases() {
     }
     // No `file` part.
     let form = reqwest::multipart::Form::new().text("priority", "low");
-    check(
-        http.post(&image_url).multipart(form).send().await.unwrap(),
-        (400, "missing_file"),
-    )
-    .await;
+    check(http.post(&image_url).multipart(form), (400, "missing_file")).await;
     // Empty file.
     check(
         http.post(&image_url)
-            .multipart(file_form("e.png", vec![], "image/png"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("e.png", vec![], "image/png")),
         (400, "empty_file"),
     )
     .await;
     // Wrong type: a WAV as image, a JPEG as audio, text claiming to be an image.
     check(
         http.post(&image_url)
-            .multipart(file_form("x.png", media::wav(), "image/png"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("x.png", media::wav(), "image/png")),
         (415, "unsupported_file_type"),
     )
     .await;
     check(
         http.post(&audio_url)
-            .multipart(file_form("x.wav", media::jpeg(), "audio/wav"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("x.wav", media::jpeg(), "audio/wav")),
         (415, "unsupported_file_type"),
     )
     .await;
     check(
         http.post(&image_url)
-            .multipart(file_form("x.jpg", b"hello".to_vec(), "image/jpeg"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("x.jpg", b"hello".to_vec(), "image/jpeg")),
         (415, "unsupported_file_type"),
     )
     .await;
@@ -332,35 +316,25 @@ async fn multipart_edge_cases() {
     big.resize(6 * 1024 * 1024 + 1, 0);
     check(
         http.post(&audio_url)
-            .multipart(file_form("big.wav", big, "audio/wav"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("big.wav", big, "audio/wav")),
         (413, "file_too_large"),
     )
     .await;
     // Not multipart at all, and a bad priority.
     check(
-        http.post(&image_url)
-            .json(&json!({"file": "x"}))
-            .send()
-            .await
-            .unwrap(),
+        http.post(&image_url).json(&json!({"file": "x"})),
         (415, "unsupported_media_type"),
     )
     .await;
     let form = file_form("f.png", media::png(), "image/png").text("priority", "asap");
     check(
-        http.post(&image_url).multipart(form).send().await.unwrap(),
+        http.post(&image_url).multipart(form),
         (400, "invalid_priority"),
     )
     .await;
     check(
         http.post(format!("{image_url}?priority=asap"))
-            .multipart(file_form("f.png", media::png(), "image/png"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("f.png", media::png(), "image/png")),
         (400, "invalid_priority"),
     )
     .await;
@@ -368,7 +342,7 @@ async fn multipart_edge_cases() {
     for bad in [" high ", "high\u{a0}", "h\u{131}gh"] {
         let form = file_form("f.png", media::png(), "image/png").text("priority", bad);
         check(
-            http.post(&image_url).multipart(form).send().await.unwrap(),
+            http.post(&image_url).multipart(form),
             (400, "invalid_priority"),
         )
         .await;
