@@ -6,7 +6,7 @@
 //! the layering check: it is test infrastructure, like `did-fake`.
 //!
 //! # Layout
-//! - [`eventually`]: [`eventually()`], the one bounded poll for state that settles
+//! - [`mod@eventually`]: [`eventually()`], the one bounded poll for state that settles
 //!   asynchronously (an async condition, a deadline, a description).
 //! - [`media`]: small valid media files (PNG, JPEG, WAV, MP3), generated once per process.
 //! - `redis` (feature `redis`): a real `redis-server` on a free loopback port, killed on drop:
