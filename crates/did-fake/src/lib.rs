@@ -61,7 +61,6 @@ pub use builder::{FakeBuilder, FakeDid, RunningFake};
 pub use faults::{CreateThenFail, Delay, Faults, Latency};
 pub use stats::FakeStats;
 pub use timing::Timing;
-pub use util::silent_wav;
 
 /// The API key every fake accepts unless told otherwise: send it as
 /// `Authorization: Basic talkgate:fake-key` (or base64 of it).

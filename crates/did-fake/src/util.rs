@@ -153,30 +153,6 @@ fn wav_duration(bytes: &[u8]) -> Option<f64> {
     None
 }
 
-/// A PCM WAV file of `seconds` of silence at 16 kHz mono 16-bit (for tests and demos).
-pub fn silent_wav(seconds: f64) -> Vec<u8> {
-    let rate: u32 = 16_000;
-    // Truncation to whole samples is intended.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let samples = (seconds.max(0.0) * f64::from(rate)) as u32;
-    let data_len = samples * 2;
-    let mut v = Vec::with_capacity(44 + data_len as usize);
-    v.extend_from_slice(b"RIFF");
-    v.extend_from_slice(&(36 + data_len).to_le_bytes());
-    v.extend_from_slice(b"WAVEfmt ");
-    v.extend_from_slice(&16u32.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    v.extend_from_slice(&1u16.to_le_bytes()); // mono
-    v.extend_from_slice(&rate.to_le_bytes());
-    v.extend_from_slice(&(rate * 2).to_le_bytes()); // byte rate
-    v.extend_from_slice(&2u16.to_le_bytes()); // block align
-    v.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
-    v.extend_from_slice(b"data");
-    v.extend_from_slice(&data_len.to_le_bytes());
-    v.resize(44 + data_len as usize, 0);
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,7 +192,7 @@ mod tests {
 
     #[test]
     fn wav_duration_reads_the_header_and_falls_back_to_an_estimate() {
-        assert!((audio_duration(&silent_wav(2.5)) - 2.5).abs() < 1e-9);
+        assert!((audio_duration(&test_support::media::silent_wav(2.5)) - 2.5).abs() < 1e-9);
         assert!((audio_duration(&[0u8; 32_000]) - 2.0).abs() < 1e-9);
     }
 

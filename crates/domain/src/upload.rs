@@ -331,9 +331,7 @@ pub struct Asset {
 mod tests {
     use super::*;
 
-    const WAV: &[u8] = b"RIFF\x24\x00\x00\x00WAVEfmt ";
-    const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0];
-    const JPEG: &[u8] = &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10];
+    use test_support::media::{jpeg, png, wav};
 
     fn check(data: &[u8], expected: Option<MediaType>) {
         assert_eq!(MediaType::sniff(data), expected, "{data:?}");
@@ -341,9 +339,9 @@ mod tests {
 
     #[test]
     fn sniffs_by_magic_bytes() {
-        check(JPEG, Some(MediaType::Jpeg));
-        check(PNG, Some(MediaType::Png));
-        check(WAV, Some(MediaType::Wav));
+        check(jpeg(), Some(MediaType::Jpeg));
+        check(png(), Some(MediaType::Png));
+        check(wav(), Some(MediaType::Wav));
         check(b"ID3\x04\x00", Some(MediaType::Mp3));
         check(&[0xFF, 0xFB, 0x90, 0x00], Some(MediaType::Mp3));
         check(b"fLaC\x00", Some(MediaType::Flac));
@@ -358,19 +356,23 @@ mod tests {
 
     #[test]
     fn uploads_check_kind_size_and_content() {
-        let png =
-            Upload::new(UploadKind::Image, Some("face.jpg"), Bytes::from_static(PNG)).unwrap();
+        let png = Upload::new(
+            UploadKind::Image,
+            Some("face.jpg"),
+            Bytes::from_static(png()),
+        )
+        .unwrap();
         assert_eq!(png.media_type(), MediaType::Png);
         assert_eq!(png.filename(), "face.png", "extension follows the content");
         assert!(matches!(
-            Upload::new(UploadKind::Image, None, Bytes::from_static(WAV)),
+            Upload::new(UploadKind::Image, None, Bytes::from_static(wav())),
             Err(UploadError::UnsupportedType {
                 detected: Some(MediaType::Wav),
                 ..
             })
         ));
         assert!(matches!(
-            Upload::new(UploadKind::Audio, None, Bytes::from_static(JPEG)),
+            Upload::new(UploadKind::Audio, None, Bytes::from_static(jpeg())),
             Err(UploadError::UnsupportedType { .. })
         ));
         assert_eq!(
@@ -379,7 +381,7 @@ mod tests {
                 kind: UploadKind::Audio
             })
         );
-        let mut big = WAV.to_vec();
+        let mut big = wav().to_vec();
         big.resize(UploadKind::Audio.max_bytes() + 1, 0);
         assert!(matches!(
             Upload::new(UploadKind::Audio, None, Bytes::from(big)),
@@ -390,7 +392,7 @@ mod tests {
     #[test]
     fn file_names_are_sanitised() {
         let name = |given: Option<&str>| {
-            Upload::new(UploadKind::Audio, given, Bytes::from_static(WAV))
+            Upload::new(UploadKind::Audio, given, Bytes::from_static(wav()))
                 .unwrap()
                 .filename()
                 .to_owned()

@@ -316,7 +316,7 @@ mod tests {
     }
 
     const MP: &str = "multipart/form-data; boundary=XBOUNDARY";
-    const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0];
+    use test_support::media::png;
 
     async fn upload(ct: Option<&str>, body: Vec<u8>) -> Result<UploadForm, &'static str> {
         read_upload(request(ct, body), UploadKind::Image)
@@ -385,7 +385,7 @@ mod tests {
     async fn uploads_are_typed_by_content_and_bounded() {
         let ok = upload(
             Some(MP),
-            multipart(&[("priority", None, b"high"), ("file", Some("a.gif"), PNG)]),
+            multipart(&[("priority", None, b"high"), ("file", Some("a.gif"), png())]),
         )
         .await
         .unwrap();
@@ -394,7 +394,7 @@ mod tests {
 
         let skipped = upload(
             Some(MP),
-            multipart(&[("other", None, b"x"), ("file", None, PNG)]),
+            multipart(&[("other", None, b"x"), ("file", None, png())]),
         )
         .await;
         assert!(skipped.is_ok());
@@ -432,7 +432,7 @@ mod tests {
             .unwrap_err(),
             "unsupported_file_type"
         );
-        let mut big = PNG.to_vec();
+        let mut big = png().to_vec();
         big.resize(UploadKind::Image.max_bytes() + 1, 0);
         assert_eq!(
             upload(Some(MP), multipart(&[("file", Some("b.png"), &big)]))

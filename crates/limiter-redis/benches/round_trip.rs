@@ -3,52 +3,22 @@
 //! (the baseline; the target is a cycle ≤ 3 × `SET`).
 //!
 //! Run: `cargo bench -p limiter-redis --bench round_trip`. Needs `redis-server` on PATH; the
-//! bench starts it on a free loopback port (`--save "" --appendonly no`) and kills it.
+//! bench starts it with the shared harness (`test_support::redis`: a free loopback port,
+//! `--save "" --appendonly no`) and kills it.
 
 use std::hint::black_box;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use domain::Priority;
 use fred::prelude::{Builder, ClientLike, Config, KeysInterface};
 use limiter_redis::{RedisLimiter, RedisLimiterConfig};
 use ports::ConcurrencyLimiter;
-
-/// The server process, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> (Server, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server not found: install it with `apt-get install -y redis-server`");
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (server, format!("redis://127.0.0.1:{port}"))
-}
+use test_support::redis::RedisServer;
 
 fn round_trip(c: &mut Criterion) {
-    let (_server, url) = start_redis();
+    let server = RedisServer::start();
+    let url = server.url();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

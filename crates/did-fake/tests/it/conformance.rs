@@ -22,9 +22,10 @@
 
 use std::collections::BTreeSet;
 
-use did_fake::{Delay, Faults, silent_wav};
+use did_fake::{Delay, Faults};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use test_support::media::silent_wav;
 
 use crate::support::{Api, Reply, SHORT, fast, spawn, talk_body};
 
@@ -452,7 +453,7 @@ async fn every_route_answers_as_the_openapi_schema_says() {
         let cap = cap.clone();
         async move { cap.get("/credits").await }
     });
-    crate::support::eventually(SHORT, "one request in flight", || {
+    test_support::eventually(SHORT, "one request in flight", || async {
         cap_fake.stats().in_flight == 1
     })
     .await;

@@ -6,7 +6,8 @@ use did_fake::{CreateThenFail, Delay, Faults, Latency};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{Api, SHORT, eventually, fast, spawn, talk_body};
+use crate::support::{Api, SHORT, fast, spawn, talk_body};
+use test_support::eventually;
 
 fn faults(f: impl FnOnce(&mut Faults)) -> Faults {
     let mut faults = Faults::default();
@@ -198,7 +199,7 @@ async fn in_flight_cap_per_key_answers_429() {
             tokio::spawn(async move { api.get("/credits").await })
         })
         .collect();
-    eventually(SHORT, "two requests in flight", || {
+    eventually(SHORT, "two requests in flight", || async {
         fake.stats().in_flight == 2
     })
     .await;
@@ -211,7 +212,7 @@ async fn in_flight_cap_per_key_answers_429() {
     // while another key is not affected.
     let other = api.with_auth("Basic other:key");
     let other_call = tokio::spawn(async move { other.get("/credits").await });
-    eventually(SHORT, "the other key's request in flight", || {
+    eventually(SHORT, "the other key's request in flight", || async {
         fake.stats().in_flight == 3
     })
     .await;
@@ -339,10 +340,8 @@ async fn shutdown_stops_the_server_and_drop_does_too() {
     let (fake, _api) = spawn(fast()).await;
     let addr = fake.addr();
     drop(fake);
-    let mut refused = false;
-    eventually(SHORT, "the dropped fake to stop listening", || {
-        refused = std::net::TcpStream::connect(addr).is_err();
-        refused
+    eventually(SHORT, "the dropped fake to stop listening", || async move {
+        std::net::TcpStream::connect(addr).is_err()
     })
     .await;
 }

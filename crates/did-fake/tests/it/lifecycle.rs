@@ -7,7 +7,8 @@ use did_fake::{DEFAULT_API_KEY, FakeDid, Faults, Timing};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{SHORT, eventually, fast, spawn};
+use crate::support::{SHORT, fast, spawn};
+use test_support::eventually;
 
 #[tokio::test]
 async fn a_talk_ends_done_with_result_metadata_and_face() {
@@ -126,7 +127,7 @@ async fn excess_talks_stay_created_until_a_render_slot_frees() {
     assert_eq!(fake.stats().renders_in_progress, 1);
     api.wait_status(&first, &["done"], SHORT).await;
     api.wait_status(&second, &["done"], SHORT).await;
-    eventually(SHORT, "renders to drain", || {
+    eventually(SHORT, "renders to drain", || async {
         fake.stats().renders_in_progress == 0
     })
     .await;

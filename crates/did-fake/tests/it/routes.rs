@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use did_fake::{DEFAULT_API_KEY, silent_wav};
+use did_fake::DEFAULT_API_KEY;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use test_support::media::silent_wav;
 
 use crate::support::{SHORT, fast, spawn, talk_body};
 

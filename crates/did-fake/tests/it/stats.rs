@@ -4,7 +4,8 @@ use did_fake::{Delay, FakeStats, Faults};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{SHORT, eventually, fast, spawn};
+use crate::support::{SHORT, fast, spawn};
+use test_support::eventually;
 
 #[tokio::test]
 async fn stats_count_requests_connections_talks_and_in_flight() {
@@ -61,7 +62,7 @@ async fn peak_in_flight_sees_concurrent_requests() {
             tokio::spawn(async move { api.get("/credits").await.status })
         })
         .collect();
-    eventually(SHORT, "four requests in flight", || {
+    eventually(SHORT, "four requests in flight", || async {
         fake.stats().in_flight == 4
     })
     .await;

@@ -1,6 +1,7 @@
-//! Test helpers: spawning fakes, a small D-ID client over reqwest, bounded polling.
+//! Test helpers: spawning fakes and a small D-ID client over reqwest (bounded polling is
+//! `test_support::eventually`, the fixtures are `test_support::media`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use did_fake::{DEFAULT_API_KEY, FakeBuilder, FakeDid, RunningFake};
 use reqwest::StatusCode;
@@ -147,21 +148,19 @@ impl Api {
 
     /// Polls `GET /talks/{id}` until its status is one of `want`, for at most `within`.
     pub async fn wait_status(&self, id: &str, want: &[&str], within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
+        let what = format!("talk {id} to reach one of {want:?}");
+        test_support::eventually(within, &what, || async {
             let r = self.get(&format!("/talks/{id}")).await;
             assert_eq!(r.status, StatusCode::OK, "{}", r.text);
             let talk = r.json();
             let status = talk["status"].as_str().unwrap_or_default().to_owned();
             if want.contains(&status.as_str()) {
-                return talk;
+                Ok(talk)
+            } else {
+                Err(status)
             }
-            assert!(
-                Instant::now() < deadline,
-                "talk {id} still {status}, wanted {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -171,15 +170,6 @@ pub fn talk_body() -> Value {
         "source_url": "https://example.test/face.jpg",
         "script": { "type": "audio", "audio_url": "https://example.test/speech.wav" },
     })
-}
-
-/// Polls `cond` every few milliseconds for at most `within`.
-pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 pub const SHORT: Duration = Duration::from_secs(5);

@@ -2,7 +2,8 @@
 
 use serde_json::json;
 
-use crate::support::{self, client, json};
+use crate::support;
+use test_support::http::{client, get_json, json, post_json, send};
 
 const TOKEN: &str = "test-token-Xy7";
 
@@ -24,45 +25,16 @@ async fn with_a_token_api_routes_need_it_and_probes_do_not() {
         (status, err["error"]["code"].as_str().unwrap()),
         (401, "unauthorized")
     );
-    let (status, _) = json(
-        http.get(srv.api("/stats"))
-            .bearer_auth("wrong")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = get_json(&http, srv.api("/stats"), Some("wrong")).await;
     assert_eq!(status, 401);
-    let (status, _) = json(
-        http.get(srv.api("/stats"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = get_json(&http, srv.api("/stats"), Some(TOKEN)).await;
     assert_eq!(status, 200);
 
     // D-ID routes too, before any body is read.
     let body = json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "wait": false});
-    let (status, _) = json(
-        http.post(srv.api("/generate-video"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = post_json(&http, srv.api("/generate-video"), None, &body).await;
     assert_eq!(status, 401);
-    let (status, _) = json(
-        http.post(srv.api("/generate-video"))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = post_json(&http, srv.api("/generate-video"), Some(TOKEN), &body).await;
     assert_eq!(status, 202);
     assert_eq!(fake.stats().talks_created, 1);
 
@@ -77,14 +49,11 @@ async fn with_a_token_api_routes_need_it_and_probes_do_not() {
     }
 
     // The admin route: 401 without the token, 200 with it.
-    let (status, _) = json(http.post(srv.api("/cleanup-expired")).send().await.unwrap()).await;
+    let (status, _) = send(http.post(srv.api("/cleanup-expired")), None).await;
     assert_eq!(status, 401);
-    let (status, v) = json(
-        http.post(srv.api("/cleanup-expired?max_age_seconds=600"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
+    let (status, v) = send(
+        http.post(srv.api("/cleanup-expired?max_age_seconds=600")),
+        Some(TOKEN),
     )
     .await;
     assert_eq!(status, 200, "{v}");
@@ -99,16 +68,9 @@ async fn without_a_token_everything_is_open_but_admin_is_disabled() {
     let fake = support::fake().await;
     let srv = support::service(&fake, &[]).await;
     let http = client();
-    let (status, _) = json(http.get(srv.api("/stats")).send().await.unwrap()).await;
+    let (status, _) = get_json(&http, srv.api("/stats"), None).await;
     assert_eq!(status, 200);
-    let (status, err) = json(
-        http.post(srv.api("/cleanup-expired"))
-            .bearer_auth("anything")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = send(http.post(srv.api("/cleanup-expired")), Some("anything")).await;
     assert_eq!(
         (status, err["error"]["code"].as_str().unwrap()),
         (403, "admin_disabled")
@@ -130,11 +92,8 @@ async fn probe(
     path: &str,
     token: Option<&str>,
 ) -> (u16, String) {
-    let mut req = client().request(method.parse().unwrap(), srv.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let (status, v) = json(req.send().await.unwrap()).await;
+    let req = client().request(method.parse().unwrap(), srv.url(path));
+    let (status, v) = send(req, token).await;
     (status, v["error"]["code"].as_str().unwrap_or("").to_owned())
 }
 

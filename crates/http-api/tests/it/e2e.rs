@@ -5,7 +5,9 @@ use std::time::Duration;
 use did_fake::Faults;
 use serde_json::json;
 
-use crate::support::{self, JPEG, PNG, client, file_form, json, wav};
+use crate::support;
+use test_support::http::{client, file_form, get_json, json, post_form, post_json, send};
+use test_support::media;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_image_and_audio_then_generate_synchronously() {
@@ -13,37 +15,29 @@ async fn upload_image_and_audio_then_generate_synchronously() {
     let srv = support::service(&fake, &[]).await;
     let http = client();
 
-    let (status, image) = json(
-        http.post(srv.api("/upload-source-image?priority=high"))
-            // The client's content type lies; the content decides.
-            .multipart(file_form("face.gif", PNG.to_vec(), "text/plain"))
-            .send()
-            .await
-            .unwrap(),
+    // The client's content type lies; the content decides.
+    let form = file_form("face.gif", media::png(), "text/plain");
+    let (status, image) = post_form(
+        &http,
+        srv.api("/upload-source-image?priority=high"),
+        None,
+        form,
     )
     .await;
     assert_eq!(status, 200, "{image}");
     assert_eq!(image["message"], "Upload successful");
     let image_url = image["url"].as_str().unwrap().to_owned();
 
-    let form = file_form("voice.wav", wav(), "audio/wav").text("priority", "critical");
-    let (status, audio) = json(
-        http.post(srv.api("/upload-audio"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let form = file_form("voice.wav", media::wav(), "audio/wav").text("priority", "critical");
+    let (status, audio) = post_form(&http, srv.api("/upload-audio"), None, form).await;
     assert_eq!(status, 200, "{audio}");
     let audio_url = audio["url"].as_str().unwrap().to_owned();
 
-    let (status, video) = json(
-        http.post(srv.api("/generate-video"))
-            .json(&json!({"audio_url": audio_url, "source_url": image_url, "priority": "high"}))
-            .send()
-            .await
-            .unwrap(),
+    let (status, video) = post_json(
+        &http,
+        srv.api("/generate-video"),
+        None,
+        &json!({"audio_url": audio_url, "source_url": image_url, "priority": "high"}),
     )
     .await;
     assert_eq!(status, 200, "{video}");
@@ -52,13 +46,7 @@ async fn upload_image_and_audio_then_generate_synchronously() {
     assert!(video["result_url"].as_str().is_some_and(|u| !u.is_empty()));
     let id = video["id"].as_str().unwrap();
 
-    let (status, talk) = json(
-        http.get(srv.api(&format!("/talk-status/{id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, talk) = get_json(&http, srv.api(&format!("/talk-status/{id}")), None).await;
     assert_eq!(status, 200);
     assert_eq!(talk["id"], id);
     assert_eq!(talk["status"], "done");
@@ -98,10 +86,10 @@ async fn generate_asynchronously_by_body_or_prefer_header() {
     // Poll the status URL until the fake finishes the talk.
     let http2 = http.clone();
     let url = srv.url(&location);
-    support::eventually(Duration::from_secs(10), "the talk is done", || {
+    test_support::eventually(Duration::from_secs(10), "the talk is done", || {
         let (http, url) = (http2.clone(), url.clone());
         async move {
-            let (_, t) = json(http.get(&url).send().await.unwrap()).await;
+            let (_, t) = get_json(&http, &url, None).await;
             t["status"] == "done"
         }
     })
@@ -130,14 +118,7 @@ async fn failed_and_rejected_talks_are_reported_with_d_ids_words() {
     let srv = support::service(&fake, &[]).await;
     let http = client();
     let body = json!({"audio_url": "https://example.test/v.wav", "source_url": "https://example.test/f.jpg"});
-    let (status, err) = json(
-        http.post(srv.api("/generate-video"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = post_json(&http, srv.api("/generate-video"), None, &body).await;
     assert_eq!(status, 502, "{err}");
     assert_eq!(err["error"]["code"], "talk_failed");
     let talk_id = err["error"]["talk_id"].as_str().unwrap().to_owned();
@@ -148,13 +129,7 @@ async fn failed_and_rejected_talks_are_reported_with_d_ids_words() {
     );
 
     // The failed talk's status is a normal 200 with its error.
-    let (status, talk) = json(
-        http.get(srv.api(&format!("/talk-status/{talk_id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, talk) = get_json(&http, srv.api(&format!("/talk-status/{talk_id}")), None).await;
     assert_eq!(status, 200);
     assert_eq!(talk["status"], "error");
     assert!(talk["error"]["kind"].is_string() && talk["error"]["description"].is_string());
@@ -163,14 +138,7 @@ async fn failed_and_rejected_talks_are_reported_with_d_ids_words() {
         p_rejected: 1.0,
         ..Faults::default()
     });
-    let (status, err) = json(
-        http.post(srv.api("/generate-video"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = post_json(&http, srv.api("/generate-video"), None, &body).await;
     assert_eq!(status, 422, "{err}");
     assert_eq!(err["error"]["code"], "talk_rejected");
     srv.stop().await;
@@ -238,21 +206,14 @@ async fn validation_errors_never_reach_d_id() {
         )
     }));
     for (body, want_status, want_code) in cases {
-        let (status, err) = json(http.post(&gen_url).json(&body).send().await.unwrap()).await;
+        let (status, err) = post_json(&http, &gen_url, None, &body).await;
         assert_eq!(
             (status, err["error"]["code"].as_str().unwrap()),
             (want_status, want_code),
             "{body}"
         );
     }
-    let (_, err) = json(
-        http.post(&gen_url)
-            .json(&json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "priority": "urgent"}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, err) = post_json(&http, &gen_url, None, &json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "priority": "urgent"})).await;
     assert!(
         err["error"]["message"]
             .as_str()
@@ -293,13 +254,7 @@ async fn validation_errors_never_reach_d_id() {
 
     // Unsafe talk ids are refused before any upstream call.
     for bad in ["..%2Fcredits", "tlk%20x", "a.b", &"x".repeat(65)] {
-        let (status, err) = json(
-            http.get(srv.api(&format!("/talk-status/{bad}")))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, err) = get_json(&http, srv.api(&format!("/talk-status/{bad}")), None).await;
         assert_eq!(
             (status, err["error"]["code"].as_str().unwrap()),
             (400, "invalid_talk_id"),
@@ -319,8 +274,8 @@ async fn multipart_edge_cases() {
     let http = client();
     let image_url = srv.api("/upload-source-image");
     let audio_url = srv.api("/upload-audio");
-    async fn check(resp: reqwest::Response, want: (u16, &str)) {
-        let (status, body) = json(resp).await;
+    async fn check(req: reqwest::RequestBuilder, want: (u16, &str)) {
+        let (status, body) = send(req, None).await;
         assert_eq!(
             (status, body["error"]["code"].as_str().unwrap_or("")),
             want,
@@ -329,91 +284,65 @@ async fn multipart_edge_cases() {
     }
     // No `file` part.
     let form = reqwest::multipart::Form::new().text("priority", "low");
-    check(
-        http.post(&image_url).multipart(form).send().await.unwrap(),
-        (400, "missing_file"),
-    )
-    .await;
+    check(http.post(&image_url).multipart(form), (400, "missing_file")).await;
     // Empty file.
     check(
         http.post(&image_url)
-            .multipart(file_form("e.png", vec![], "image/png"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("e.png", vec![], "image/png")),
         (400, "empty_file"),
     )
     .await;
     // Wrong type: a WAV as image, a JPEG as audio, text claiming to be an image.
     check(
         http.post(&image_url)
-            .multipart(file_form("x.png", wav(), "image/png"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("x.png", media::wav(), "image/png")),
         (415, "unsupported_file_type"),
     )
     .await;
     check(
         http.post(&audio_url)
-            .multipart(file_form("x.wav", JPEG.to_vec(), "audio/wav"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("x.wav", media::jpeg(), "audio/wav")),
         (415, "unsupported_file_type"),
     )
     .await;
     check(
         http.post(&image_url)
-            .multipart(file_form("x.jpg", b"hello".to_vec(), "image/jpeg"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("x.jpg", b"hello".to_vec(), "image/jpeg")),
         (415, "unsupported_file_type"),
     )
     .await;
     // Oversized: 6 MiB + 1 of audio.
-    let mut big = wav();
+    let mut big = media::wav().to_vec();
     big.resize(6 * 1024 * 1024 + 1, 0);
     check(
         http.post(&audio_url)
-            .multipart(file_form("big.wav", big, "audio/wav"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("big.wav", big, "audio/wav")),
         (413, "file_too_large"),
     )
     .await;
     // Not multipart at all, and a bad priority.
     check(
-        http.post(&image_url)
-            .json(&json!({"file": "x"}))
-            .send()
-            .await
-            .unwrap(),
+        http.post(&image_url).json(&json!({"file": "x"})),
         (415, "unsupported_media_type"),
     )
     .await;
-    let form = file_form("f.png", PNG.to_vec(), "image/png").text("priority", "asap");
+    let form = file_form("f.png", media::png(), "image/png").text("priority", "asap");
     check(
-        http.post(&image_url).multipart(form).send().await.unwrap(),
+        http.post(&image_url).multipart(form),
         (400, "invalid_priority"),
     )
     .await;
     check(
         http.post(format!("{image_url}?priority=asap"))
-            .multipart(file_form("f.png", PNG.to_vec(), "image/png"))
-            .send()
-            .await
-            .unwrap(),
+            .multipart(file_form("f.png", media::png(), "image/png")),
         (400, "invalid_priority"),
     )
     .await;
     // Padded and look-alike names are not priorities, in a form field or a query.
     for bad in [" high ", "high\u{a0}", "h\u{131}gh"] {
-        let form = file_form("f.png", PNG.to_vec(), "image/png").text("priority", bad);
+        let form = file_form("f.png", media::png(), "image/png").text("priority", bad);
         check(
-            http.post(&image_url).multipart(form).send().await.unwrap(),
+            http.post(&image_url).multipart(form),
             (400, "invalid_priority"),
         )
         .await;
@@ -424,7 +353,7 @@ async fn multipart_edge_cases() {
     );
     // The README's precedence: a form field wins over the query, so a bad query beside a
     // good form field is not an error (and the upload is made).
-    let form = file_form("f.png", PNG.to_vec(), "image/png").text("priority", "high");
+    let form = file_form("f.png", media::png(), "image/png").text("priority", "high");
     let resp = http
         .post(format!("{image_url}?priority=asap"))
         .multipart(form)
@@ -446,13 +375,7 @@ async fn upstream_failures_map_to_gateway_errors() {
     .await;
     let srv = support::service(&fake, &[]).await;
     let http = client();
-    let (status, err) = json(
-        http.get(srv.api("/talk-status/tlk_abc"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = get_json(&http, srv.api("/talk-status/tlk_abc"), None).await;
     assert_eq!(
         (status, err["error"]["code"].as_str().unwrap()),
         (502, "upstream_error")
@@ -467,13 +390,7 @@ async fn upstream_failures_map_to_gateway_errors() {
 
     // Unknown talk → 404.
     fake.set_faults(Faults::default());
-    let (status, err) = json(
-        http.get(srv.api("/talk-status/tlk_doesnotexist000000"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = get_json(&http, srv.api("/talk-status/tlk_doesnotexist000000"), None).await;
     assert_eq!(
         (status, err["error"]["code"].as_str().unwrap()),
         (404, "not_found")
@@ -493,14 +410,7 @@ async fn upstream_failures_map_to_gateway_errors() {
         .unwrap();
     let srv = support::service(&fake, &[]).await;
     let body = json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg"});
-    let (status, err) = json(
-        http.post(srv.api("/generate-video"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = post_json(&http, srv.api("/generate-video"), None, &body).await;
     assert_eq!(
         (status, err["error"]["code"].as_str().unwrap()),
         (402, "insufficient_credits"),
@@ -548,11 +458,11 @@ async fn no_key_starts_and_d_id_routes_answer_503() {
     )
     .await;
     let http = client();
-    let (status, health) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+    let (status, health) = get_json(&http, srv.url("/health"), None).await;
     assert_eq!(status, 200);
     assert_eq!(health["api_key_configured"], false);
     assert_eq!(health["rate_limiter"]["backend"], "memory");
-    let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 503);
     assert!(
         ready["reasons"][0]
@@ -562,7 +472,7 @@ async fn no_key_starts_and_d_id_routes_answer_503() {
     );
     let resp = http
         .post(srv.api("/upload-source-image"))
-        .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+        .multipart(file_form("a.png", media::png(), "image/png"))
         .send()
         .await
         .unwrap();
@@ -579,13 +489,7 @@ async fn no_key_starts_and_d_id_routes_answer_503() {
             .unwrap()
             .contains("D_ID_API_KEY")
     );
-    let (status, _) = json(
-        http.get(srv.api("/talk-status/tlk_1"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = get_json(&http, srv.api("/talk-status/tlk_1"), None).await;
     assert_eq!(status, 503);
     srv.stop().await;
 }
@@ -595,15 +499,11 @@ async fn stats_health_ready_and_metrics_report_the_limiter_and_upstream() {
     let fake = support::fake().await;
     let srv = support::service(&fake, &[("MAX_CONCURRENT_REQUESTS", "3")]).await;
     let http = client();
-    let r = http
-        .post(srv.api("/upload-source-image"))
-        .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let form = file_form("a.png", media::png(), "image/png");
+    let (status, upload) = post_form(&http, srv.api("/upload-source-image"), None, form).await;
+    assert_eq!(status, 200, "{upload}");
 
-    let (status, stats) = json(http.get(srv.api("/stats")).send().await.unwrap()).await;
+    let (status, stats) = get_json(&http, srv.api("/stats"), None).await;
     assert_eq!(status, 200);
     let rl = &stats["rate_limiter"];
     assert_eq!(rl["backend"], "memory");
@@ -621,9 +521,9 @@ async fn stats_health_ready_and_metrics_report_the_limiter_and_upstream() {
         "{stats}"
     );
 
-    let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!((status, ready["ready"].as_bool()), (200, Some(true)));
-    let (status, _) = json(http.get(srv.api("/health")).send().await.unwrap()).await;
+    let (status, _) = get_json(&http, srv.api("/health"), None).await;
     assert_eq!(status, 200);
 
     let resp = http.get(srv.url("/metrics")).send().await.unwrap();
@@ -660,13 +560,7 @@ async fn unknown_routes_and_methods() {
     )
     .await;
     let http = client();
-    let (status, err) = json(
-        http.get(srv.url("/api/d_id_optimized/nope"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, err) = get_json(&http, srv.url("/api/d_id_optimized/nope"), None).await;
     assert_eq!(
         (status, err["error"]["code"].as_str().unwrap()),
         (404, "route_not_found")

@@ -8,7 +8,8 @@ use http_api::Settings;
 use ports::MockVideoApi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{self, client};
+use crate::support;
+use test_support::http::client;
 
 const STANDARD: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",

@@ -8,7 +8,8 @@ use domain::Priority;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::{self, client, json};
+use crate::support;
+use test_support::http::{client, json};
 
 /// Faults that delay `GET /talks/{id}` by `ms` milliseconds.
 fn slow_status(ms: u64) -> Faults {
@@ -78,12 +79,12 @@ async fn a_client_that_disconnects_while_queued_leaves_the_queue() {
         .unwrap();
 
     let conn = raw_status_request(srv.addr).await;
-    support::eventually(Duration::from_secs(5), "the request is queued", || async {
+    test_support::eventually(Duration::from_secs(5), "the request is queued", || async {
         srv.limiter_stats().await.queued.total() == 1
     })
     .await;
     drop(conn);
-    support::eventually(
+    test_support::eventually(
         Duration::from_secs(5),
         "the queue is empty again",
         || async {
@@ -111,7 +112,7 @@ async fn a_client_that_disconnects_mid_call_keeps_the_slot_until_d_id_is_done() 
     let fake = support::fake_with(slow_status(1_500)).await;
     let srv = support::service(&fake, &[("MAX_CONCURRENT_REQUESTS", "1")]).await;
     let conn = raw_status_request(srv.addr).await;
-    support::eventually(
+    test_support::eventually(
         Duration::from_secs(5),
         "the call holds the slot",
         || async { srv.limiter_stats().await.active == 1 },
@@ -119,7 +120,7 @@ async fn a_client_that_disconnects_mid_call_keeps_the_slot_until_d_id_is_done() 
     .await;
     drop(conn);
     // While D-ID still works on the abandoned exchange, the slot stays taken.
-    support::eventually(
+    test_support::eventually(
         Duration::from_secs(5),
         "the upstream exchange has ended",
         || async {
@@ -133,7 +134,7 @@ async fn a_client_that_disconnects_mid_call_keeps_the_slot_until_d_id_is_done() 
         },
     )
     .await;
-    support::eventually(Duration::from_secs(3), "the slot is free again", || async {
+    test_support::eventually(Duration::from_secs(3), "the slot is free again", || async {
         srv.limiter_stats().await.active == 0
     })
     .await;
@@ -149,7 +150,7 @@ async fn shutdown_drains_in_flight_requests() {
     let url = srv.api("/talk-status/tlk_abc");
     let in_flight =
         tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
-    support::eventually(Duration::from_secs(5), "the call is in flight", || async {
+    test_support::eventually(Duration::from_secs(5), "the call is in flight", || async {
         srv.limiter_stats().await.active == 1
     })
     .await;
@@ -191,7 +192,7 @@ async fn shutdown_grace_is_bounded_and_cut_off_requests_answer_503_and_release_t
         let retry_after = resp.headers().get("retry-after").cloned();
         (retry_after, json(resp).await)
     });
-    support::eventually(Duration::from_secs(5), "the call is in flight", || async {
+    test_support::eventually(Duration::from_secs(5), "the call is in flight", || async {
         srv.limiter_stats().await.active == 1
     })
     .await;
@@ -223,7 +224,7 @@ async fn shutdown_grace_is_bounded_and_cut_off_requests_answer_503_and_release_t
         "the cut-off is logged with the request id"
     );
     // The exchange D-ID had started runs to its end and only then gives its slot back.
-    support::eventually(Duration::from_secs(5), "the slot is free again", || async {
+    test_support::eventually(Duration::from_secs(5), "the slot is free again", || async {
         state.limiter().stats().await.active == 0
     })
     .await;

@@ -3,7 +3,9 @@
 use base64::Engine;
 use serde_json::json;
 
-use crate::support::{self, PNG, Server, client, file_form, json};
+use crate::support::{self, Server};
+use test_support::http::{client, file_form, get_json, json, post_json};
+use test_support::media;
 
 const KEY_SECRET: &str = "S3cretKeyPart-771";
 const TOKEN: &str = "Bearer-Secret-Token-3141";
@@ -34,49 +36,20 @@ async fn neither_the_d_id_key_nor_the_token_is_ever_logged() {
         .post(srv.api("/upload-source-image"))
         .bearer_auth(TOKEN)
         .header("x-request-id", "logcheck-upload-1")
-        .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+        .multipart(file_form("a.png", media::png(), "image/png"))
         .send()
         .await
         .unwrap();
     let (status, up) = json(r).await;
     assert_eq!(status, 200, "{up}");
     let body = json!({"audio_url": "https://x.test/a.wav", "source_url": up["url"]});
-    let (status, _) = json(
-        http.post(srv.api("/generate-video"))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = post_json(&http, srv.api("/generate-video"), Some(TOKEN), &body).await;
     assert_eq!(status, 200);
-    let (status, _) = json(
-        http.get(srv.api("/stats"))
-            .bearer_auth(format!("{TOKEN}x"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = get_json(&http, srv.api("/stats"), Some(&format!("{TOKEN}x"))).await;
     assert_eq!(status, 401);
-    let (status, _) = json(
-        http.get(srv.api("/talk-status/tlk_missing0000"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = get_json(&http, srv.api("/talk-status/tlk_missing0000"), Some(TOKEN)).await;
     assert_eq!(status, 404);
-    let (status, stats) = json(
-        http.get(srv.api("/stats"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, stats) = get_json(&http, srv.api("/stats"), Some(TOKEN)).await;
     assert_eq!(status, 200);
     srv.stop().await;
     fake.shutdown().await;

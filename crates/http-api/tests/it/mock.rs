@@ -9,7 +9,8 @@ use mockall::predicate::eq;
 use ports::{MockVideoApi, VideoApiError, WaitOptions};
 use serde_json::json;
 
-use crate::support::{self, client, json};
+use crate::support;
+use test_support::http::{client, get_json, json, post_json};
 
 fn body() -> serde_json::Value {
     json!({"audio_url": "https://x.test/a.wav", "source_url": "https://x.test/a.jpg", "priority": "critical"})
@@ -75,15 +76,7 @@ async fn sync_generate_creates_then_waits_with_the_configured_polling_and_priori
         ..support::keyed_settings()
     };
     let srv = support::mock_service(mock, settings, 2).await;
-    let (status, v) = json(
-        client()
-            .post(srv.api("/generate-video"))
-            .json(&body())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, v) = post_json(&client(), srv.api("/generate-video"), None, &body()).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result_url"], "https://r.test/v.mp4");
     assert_eq!(v["created_at"], "2026-01-01T00:00:00.000Z");
@@ -138,27 +131,14 @@ async fn errors_the_fake_cannot_produce_are_mapped() {
     let srv = support::mock_service(mock, support::keyed_settings(), 2).await;
     let http = client();
 
-    let (status, v) = json(
-        http.post(srv.api("/generate-video"))
-            .json(&body())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, v) = post_json(&http, srv.api("/generate-video"), None, &body()).await;
     assert_eq!(
         (status, v["error"]["code"].as_str().unwrap()),
         (504, "talk_timeout")
     );
     assert_eq!(v["error"]["talk_id"], "tlk_slow");
 
-    let (status, v) = json(
-        http.get(srv.api("/talk-status/tlk_v?priority=low"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, v) = get_json(&http, srv.api("/talk-status/tlk_v?priority=low"), None).await;
     assert_eq!(
         (status, v["error"]["code"].as_str().unwrap()),
         (400, "upstream_validation_error")
@@ -181,29 +161,17 @@ async fn errors_the_fake_cannot_produce_are_mapped() {
     assert_eq!(resp.headers()["retry-after"], "7");
     assert_eq!(json(resp).await.0, 429);
 
-    let (status, _) = json(
-        http.get(srv.api("/talk-status/tlk_to"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = get_json(&http, srv.api("/talk-status/tlk_to"), None).await;
     assert_eq!(status, 504);
 
     // A panic is a 500 JSON answer, and the server keeps serving.
-    let (status, v) = json(
-        http.get(srv.api("/talk-status/tlk_panic"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, v) = get_json(&http, srv.api("/talk-status/tlk_panic"), None).await;
     assert_eq!(
         (status, v["error"]["code"].as_str().unwrap()),
         (500, "internal_error")
     );
     assert!(!v.to_string().contains("handler bug"));
-    let (status, _) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+    let (status, _) = get_json(&http, srv.url("/health"), None).await;
     assert_eq!(status, 200);
     srv.stop().await;
 }
@@ -235,9 +203,9 @@ async fn a_degraded_limiter_is_ready_within_its_grace_and_healthy_says_degraded(
     );
     let srv = support::Server::start(state).await;
     let http = client();
-    let (status, h) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+    let (status, h) = get_json(&http, srv.url("/health"), None).await;
     assert_eq!((status, h["status"].as_str().unwrap()), (200, "degraded"));
-    let (status, r) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, r) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 200, "still within the grace: {r}");
     assert_eq!(r["limiter_degraded"], true);
     srv.stop().await;

@@ -7,7 +7,11 @@ use std::sync::OnceLock;
 use did_fake::Faults;
 use serde_json::{Value, json};
 
-use crate::support::{self, PNG, Server, client, file_form, wav};
+use crate::support::{self, Server};
+use test_support::{
+    http::{client, file_form},
+    media,
+};
 
 fn spec() -> &'static Value {
     static SPEC: OnceLock<Value> = OnceLock::new();
@@ -122,7 +126,7 @@ async fn every_route_answers_as_documented() {
             "POST",
             IMG,
             http.post(srv.api("/upload-source-image"))
-                .multipart(file_form("a.png", PNG.to_vec(), "image/png")),
+                .multipart(file_form("a.png", media::png(), "image/png")),
         )
         .await;
     assert_eq!(s, 200);
@@ -131,7 +135,7 @@ async fn every_route_answers_as_documented() {
             "POST",
             AUD,
             http.post(srv.api("/upload-audio?priority=low"))
-                .multipart(file_form("a.wav", wav(), "audio/wav")),
+                .multipart(file_form("a.wav", media::wav(), "audio/wav")),
         )
         .await;
     assert_eq!(s, 200);
@@ -263,7 +267,7 @@ async fn every_route_answers_as_documented() {
             "POST",
             IMG,
             http.post(srv.api("/upload-source-image"))
-                .multipart(file_form("a.wav", wav(), "audio/wav"))
+                .multipart(file_form("a.wav", media::wav(), "audio/wav"))
         )
         .await
         .0,
@@ -480,7 +484,7 @@ async fn request_schemas_are_as_strict_as_the_server() {
         let resp = http
             .post(srv.api(&format!("/upload-source-image?priority={sent}")))
             .bearer_auth("t0k")
-            .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+            .multipart(file_form("a.png", media::png(), "image/png"))
             .send()
             .await
             .unwrap();

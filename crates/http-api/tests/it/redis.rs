@@ -1,87 +1,12 @@
 //! The service with `REDIS_URL`: the Redis limiter serves, and when Redis goes away the
 //! service keeps serving on the fallback while `/health` and `/ready` say so.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{self, PNG, client, file_form, json};
-
-const MISSING: &str = "redis-server not found: install it with `apt-get install -y redis-server`";
-
-/// A `redis-server` on a free loopback port, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match child {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
-                Err(e) => panic!("could not start redis-server: {e}"),
-            };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return RedisServer { child, port };
-                }
-                if child.try_wait().ok().flatten().is_some() {
-                    break; // lost the port race: try another port
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start on any of 5 free ports");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Makes the server require `password` (`CONFIG SET requirepass`).
-    fn require_password(&self, password: &str) {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let command = format!(
-            "*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nrequirepass\r\n${}\r\n{password}\r\n",
-            password.len()
-        );
-        stream.write_all(command.as_bytes()).unwrap();
-        let mut reply = [0u8; 5];
-        stream.read_exact(&mut reply).unwrap();
-        assert_eq!(&reply, b"+OK\r\n", "CONFIG SET requirepass refused");
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::support;
+use test_support::http::{client, file_form, get_json, json};
+use test_support::media;
+use test_support::redis::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
@@ -102,39 +27,39 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
     let http = client();
     let upload = || {
         http.post(srv.api("/upload-source-image"))
-            .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
+            .multipart(file_form("a.png", media::png(), "image/png"))
             .send()
     };
 
     let (status, _) = json(upload().await.unwrap()).await;
     assert_eq!(status, 200);
-    let (_, stats) = json(http.get(srv.api("/stats")).send().await.unwrap()).await;
+    let (_, stats) = get_json(&http, srv.api("/stats"), None).await;
     assert_eq!(stats["rate_limiter"]["backend"], "redis");
     assert_eq!(stats["rate_limiter"]["max_concurrent"], 2);
     assert_eq!(stats["rate_limiter"]["degraded"], false);
-    let (status, _) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, _) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 200);
 
     redis.kill();
     // The next limiter call notices and fails over; calls keep being served.
     let (status, _) = json(upload().await.unwrap()).await;
     assert_eq!(status, 200, "served by the fallback while Redis is down");
-    support::eventually(
+    test_support::eventually(
         Duration::from_secs(10),
         "health reports degraded",
         || async {
-            let (_, h) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+            let (_, h) = get_json(&http, srv.url("/health"), None).await;
             h["status"] == "degraded" && h["rate_limiter"]["degraded"] == true
         },
     )
     .await;
     // Killed: fred's reconnects are refused, and health says so, naming both backends.
-    let address = format!("127.0.0.1:{}", redis.port);
-    support::eventually(
+    let address = format!("127.0.0.1:{}", redis.port());
+    test_support::eventually(
         Duration::from_secs(10),
         "health names the refused redis",
         || async {
-            let (_, h) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+            let (_, h) = get_json(&http, srv.url("/health"), None).await;
             let l = &h["rate_limiter"];
             l["configured_backend"] == "redis"
                 && l["serving_backend"] == "memory"
@@ -143,7 +68,7 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
         },
     )
     .await;
-    let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 503, "{ready}");
     assert!(ready["reasons"][0].as_str().unwrap().contains("degraded"));
     let metrics = http
@@ -164,8 +89,8 @@ async fn a_wrong_redis_password_is_named_in_health_ready_and_the_log_without_the
     support::init_logs();
     let redis = RedisServer::start();
     redis.require_password("right-pw");
-    let url = format!("redis://:wrong-pw@127.0.0.1:{}", redis.port);
-    let address = format!("127.0.0.1:{}", redis.port);
+    let url = format!("redis://:wrong-pw@127.0.0.1:{}", redis.port());
+    let address = format!("127.0.0.1:{}", redis.port());
     let fake = support::fake().await;
     let name = format!("http-api-it-auth-{}", std::process::id());
     let srv = support::service(
@@ -179,7 +104,7 @@ async fn a_wrong_redis_password_is_named_in_health_ready_and_the_log_without_the
     .await;
     let http = client();
 
-    let (status, health) = json(http.get(srv.url("/health")).send().await.unwrap()).await;
+    let (status, health) = get_json(&http, srv.url("/health"), None).await;
     assert_eq!(status, 200);
     let limiter = &health["rate_limiter"];
     assert_eq!(limiter["degraded"], true, "{health}");
@@ -192,7 +117,7 @@ async fn a_wrong_redis_password_is_named_in_health_ready_and_the_log_without_the
     assert_eq!(limiter["address"], address.as_str(), "{health}");
     assert_eq!(limiter["degraded_reason"], "auth", "{health}");
 
-    let (status, ready) = json(http.get(srv.url("/ready")).send().await.unwrap()).await;
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 503, "{ready}");
     let reason = ready["reasons"][0].as_str().unwrap();
     for needle in ["redis", address.as_str(), "auth", "memory"] {

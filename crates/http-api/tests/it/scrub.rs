@@ -17,7 +17,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use crate::support::{self, Server, client};
+use crate::support::{self, Server};
+use test_support::http::client;
 
 const KEY: &str = "echo-user:Ech0SecretPart-9981";
 const TOKEN: &str = "Scrub-Bearer-Token-2718";

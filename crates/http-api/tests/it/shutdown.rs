@@ -9,7 +9,8 @@ use did_fake::{Delay, FakeDid, Faults, Latency, RunningFake, Timing};
 use serde_json::{Value, json};
 
 use crate::openapi::Checker;
-use crate::support::{self, Server, client};
+use crate::support::{self, Server};
+use test_support::http::client;
 
 const GENERATE: &str = "/api/d_id_optimized/generate-video";
 
@@ -88,7 +89,7 @@ async fn a_synchronous_generate_cut_off_at_shutdown_answers_503_with_its_talk_an
     let state = srv.state.clone();
     let in_flight = spawn_generate(&srv, "cutoff-generate-1");
     // A status poll has been answered, so the create has come back and the handler is waiting.
-    support::eventually(
+    test_support::eventually(
         Duration::from_secs(5),
         "the generate is polling",
         || async { fake.stats().total("GET /talks/{id}") >= 1 },
@@ -132,7 +133,7 @@ async fn a_synchronous_generate_cut_off_at_shutdown_answers_503_with_its_talk_an
         "{lines:?}"
     );
 
-    support::eventually(Duration::from_secs(5), "the slot is free again", || async {
+    test_support::eventually(Duration::from_secs(5), "the slot is free again", || async {
         state.limiter().stats().await.active == 0
     })
     .await;
@@ -153,7 +154,7 @@ async fn a_generate_cut_off_before_d_id_answered_the_create_names_no_talk() {
     let mut srv = support::service(&fake, &[("SHUTDOWN_GRACE_SECS", "0.3")]).await;
     let state = srv.state.clone();
     let in_flight = spawn_generate(&srv, "cutoff-generate-2");
-    support::eventually(Duration::from_secs(5), "the create is at D-ID", || async {
+    test_support::eventually(Duration::from_secs(5), "the create is at D-ID", || async {
         fake.stats().in_flight == 1
     })
     .await;
@@ -176,7 +177,7 @@ async fn a_generate_cut_off_before_d_id_answered_the_create_names_no_talk() {
     assert_eq!(cut["fields"].get("talk_id"), None, "{cut}");
 
     // The create D-ID had started runs to its end and only then gives its slot back.
-    support::eventually(Duration::from_secs(5), "the slot is free again", || async {
+    test_support::eventually(Duration::from_secs(5), "the slot is free again", || async {
         state.limiter().stats().await.active == 0
     })
     .await;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::support::{self, PNG, client, file_form, json};
+use crate::support;
+use test_support::http::{client, file_form, get_json, post_form};
+use test_support::media;
 
 /// Suffixes that name a duration in a unit other than milliseconds.
 const OTHER_UNITS: &[&str] = &[
@@ -97,15 +99,11 @@ async fn stats_has_one_unit_per_kind_and_each_fact_once() {
     let srv = support::service(&fake, &[]).await;
     let http = client();
     // One upload, so the upstream counters and responses per status are filled in.
-    let r = http
-        .post(srv.api("/upload-source-image"))
-        .multipart(file_form("a.png", PNG.to_vec(), "image/png"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let form = file_form("a.png", media::png(), "image/png");
+    let (status, upload) = post_form(&http, srv.api("/upload-source-image"), None, form).await;
+    assert_eq!(status, 200, "{upload}");
 
-    let (status, stats) = json(http.get(srv.api("/stats")).send().await.unwrap()).await;
+    let (status, stats) = get_json(&http, srv.api("/stats"), None).await;
     assert_eq!(status, 200, "{stats}");
     let found = problems(&stats);
     assert!(found.is_empty(), "{}\nin {stats:#}", found.join("\n"));

@@ -1,5 +1,6 @@
-//! Test support: a service on `127.0.0.1:0`, built over did-fake or over mocks, a captured
-//! log, fixtures, and a bounded `eventually` for state that settles asynchronously.
+//! Test support: a service on `127.0.0.1:0`, built over did-fake or over mocks, and a
+//! captured log. The client, request helpers, fixtures and `eventually` are the shared ones
+//! of `test-support`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -14,31 +15,6 @@ use http_api::{AppState, Settings};
 use ports::{ConcurrencyLimiter, LimiterStats, MockVideoApi};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// A PNG header: enough for the content sniffing.
-pub const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13];
-/// A JPEG header.
-pub const JPEG: &[u8] = &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10, b'J', b'F', b'I', b'F'];
-
-/// A small valid WAV file (44-byte header + 800 samples of silence at 8 kHz mono 8-bit).
-pub fn wav() -> Vec<u8> {
-    let data_len: u32 = 800;
-    let mut v = Vec::new();
-    v.extend_from_slice(b"RIFF");
-    v.extend_from_slice(&(36 + data_len).to_le_bytes());
-    v.extend_from_slice(b"WAVEfmt ");
-    v.extend_from_slice(&16u32.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    v.extend_from_slice(&1u16.to_le_bytes()); // mono
-    v.extend_from_slice(&8000u32.to_le_bytes());
-    v.extend_from_slice(&8000u32.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&8u16.to_le_bytes());
-    v.extend_from_slice(b"data");
-    v.extend_from_slice(&data_len.to_le_bytes());
-    v.resize(v.len() + data_len as usize, 128);
-    v
-}
 
 /// The captured log of the whole test binary (JSON lines, level `debug`).
 pub fn logs() -> String {
@@ -213,50 +189,4 @@ pub fn keyed_settings() -> Settings {
         api_key_configured: true,
         ..Settings::default()
     }
-}
-
-/// An HTTP client without proxies or retries.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// Polls `check` every 10 ms until it holds, failing after `within`.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The JSON body of a response, with its status.
-pub async fn json(resp: reqwest::Response) -> (u16, serde_json::Value) {
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text}"));
-    (status, value)
-}
-
-/// A multipart form with one `file` part.
-pub fn file_form(name: &str, data: Vec<u8>, content_type: &str) -> reqwest::multipart::Form {
-    let part = reqwest::multipart::Part::bytes(data)
-        .file_name(name.to_owned())
-        .mime_str(content_type)
-        .unwrap();
-    reqwest::multipart::Form::new().part("file", part)
 }

@@ -67,14 +67,12 @@ async fn a_lost_lease_is_reported_and_its_late_release_frees_nothing() {
         .await
         .unwrap();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while !first.is_lost() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lost lease was never noticed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    test_support::eventually(
+        Duration::from_secs(3),
+        "the lost lease to be noticed",
+        || async { first.is_lost() },
+    )
+    .await;
     assert!(!second.is_lost());
     assert_eq!(limiter.stats().await.counters.leases_lost, 1);
     first.release().await.unwrap();
