@@ -44,7 +44,7 @@ use domain::{
     Asset, AssetId, CreatedTalk, Credits, Priority, Talk, TalkId, TalkPage, TalkRequest,
     TalkStatus, Upload, UploadKind,
 };
-use ports::{ConcurrencyLimiter, VideoApi, VideoApiError, WaitOptions};
+use ports::{ConcurrencyLimiter, VideoApi, VideoApiError, VideoApiStats, WaitOptions};
 use reqwest::Method;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
@@ -841,6 +841,10 @@ impl VideoApi for DidClient {
             )
             .await?;
         answer.json("credits")
+    }
+
+    fn stats(&self) -> VideoApiStats {
+        DidClient::stats(self)
     }
 
     #[tracing::instrument(

@@ -16,8 +16,7 @@ use crate::retry::RetryPolicy;
 pub const DEFAULT_BASE_URL: &str = "https://api.d-id.com";
 
 /// How the API key is put into `Authorization: Basic …`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuthScheme {
     /// `Basic base64(key)` (RFC 7617), with the key in D-ID's `user:pass` form. D-ID's own
     /// agents SDK sends this; it is the default.
@@ -25,6 +24,16 @@ pub enum AuthScheme {
     Rfc7617,
     /// `Basic <key>` verbatim, the form in D-ID's documentation.
     Literal,
+}
+
+impl AuthScheme {
+    /// The scheme's name in stats: `"rfc7617"` or `"literal"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthScheme::Rfc7617 => "rfc7617",
+            AuthScheme::Literal => "literal",
+        }
+    }
 }
 
 /// Configuration of a [`DidClient`](crate::DidClient).

@@ -75,5 +75,6 @@ pub mod tag;
 
 pub use client::{DidClient, DidClientError};
 pub use config::{AuthScheme, DEFAULT_BASE_URL, DidClientConfig};
+pub use ports::{PoolStats, RetryStats};
 pub use retry::{RetryDecision, RetryPolicy};
-pub use stats::{DidClientStats, PoolStats};
+pub use stats::DidClientStats;

@@ -18,24 +18,18 @@
 use std::time::Duration;
 
 use ports::VideoApiError;
-use serde::Serialize;
 
 /// How failed upstream calls are retried. Plain data; see the module docs for the schedule.
 ///
-/// Serialized (in [`DidClientStats`](crate::stats::DidClientStats)) with every wait as whole
-/// milliseconds under a `_ms` name: `base_delay_ms`, `max_delay_ms`, `max_retry_after_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// Reported in [`DidClientStats`](crate::stats::DidClientStats) as a
+/// [`RetryStats`](ports::RetryStats), every wait in whole milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (default 3). `1` disables retries.
     pub max_attempts: u32,
     /// Wait before the first retry (default 2 s); doubles for every further retry.
-    #[serde(
-        rename = "base_delay_ms",
-        serialize_with = "crate::stats::serialize_ms"
-    )]
     pub base_delay: Duration,
     /// Upper bound of any one wait (default 10 s).
-    #[serde(rename = "max_delay_ms", serialize_with = "crate::stats::serialize_ms")]
     pub max_delay: Duration,
     /// Fraction of a wait that jitter may remove, `0.0..=1.0` (default 0.25).
     pub jitter: f64,
@@ -44,10 +38,6 @@ pub struct RetryPolicy {
     pub retry_rate_limited: bool,
     /// The longest `Retry-After` honoured when 429s are retried (default 60 s); a server that
     /// asks for more is not retried.
-    #[serde(
-        rename = "max_retry_after_ms",
-        serialize_with = "crate::stats::serialize_ms"
-    )]
     pub max_retry_after: Duration,
 }
 
@@ -123,25 +113,6 @@ mod tests {
             policy.decide(attempt, &error, 0.0),
             expected,
             "attempt {attempt}, {error:?}"
-        );
-    }
-
-    #[test]
-    fn serialized_waits_are_whole_milliseconds_named_ms() {
-        let p = RetryPolicy {
-            base_delay: Duration::from_millis(1500),
-            ..RetryPolicy::default()
-        };
-        assert_eq!(
-            serde_json::to_value(p).unwrap(),
-            serde_json::json!({
-                "max_attempts": 3,
-                "base_delay_ms": 1500,
-                "max_delay_ms": 10_000,
-                "jitter": 0.25,
-                "retry_rate_limited": false,
-                "max_retry_after_ms": 60_000,
-            })
         );
     }
 

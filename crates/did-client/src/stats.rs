@@ -1,4 +1,4 @@
-//! Counters of what the client did, and the serializable snapshot [`DidClientStats`].
+//! Counters of what the client did, and their snapshot, the port's [`VideoApiStats`].
 //!
 //! Every duration in the snapshot is whole milliseconds under a name ending in `_ms`
 //! (never serde's default `{"secs", "nanos"}` for a `Duration`), so `/stats` has one unit.
@@ -10,58 +10,13 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Serialize, Serializer};
+use ports::{PoolStats, RetryStats, VideoApiStats};
 
-use crate::config::{AuthScheme, DidClientConfig};
-use crate::retry::RetryPolicy;
+use crate::config::DidClientConfig;
 
-/// How the connection pool and timeouts are set up (from [`DidClientConfig`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PoolStats {
-    /// Idle connections kept per host.
-    pub max_idle_per_host: usize,
-    /// Idle connection lifetime, in milliseconds.
-    pub idle_timeout_ms: u64,
-    /// Connect timeout, in milliseconds.
-    pub connect_timeout_ms: u64,
-    /// Per-exchange timeout of JSON calls, in milliseconds.
-    pub request_timeout_ms: u64,
-    /// Per-exchange timeout of uploads, in milliseconds.
-    pub upload_timeout_ms: u64,
-}
-
-/// A snapshot of a [`DidClient`](crate::DidClient)'s configuration and counters.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DidClientStats {
-    /// Where requests go.
-    pub base_url: String,
-    /// Whether an API key is set (the key itself is never reported).
-    pub api_key_configured: bool,
-    /// How the key is sent.
-    pub auth_scheme: AuthScheme,
-    /// Pool and timeouts.
-    pub pool: PoolStats,
-    /// The retry policy.
-    pub retry_policy: RetryPolicy,
-    /// HTTP exchanges started (each attempt counts once).
-    pub requests: u64,
-    /// Attempts that were repeated after a failure.
-    pub retries: u64,
-    /// Exchanges that got no HTTP answer (timeout, connection refused or cut).
-    pub transport_errors: u64,
-    /// Answers received, per HTTP status.
-    pub responses: BTreeMap<u16, u64>,
-    /// Creates started.
-    pub creates: u64,
-    /// Talks found by their create token after an ambiguous create failure, instead of being
-    /// created a second time.
-    pub create_recoveries: u64,
-    /// Creates sent without a token because the caller's `user_data` left no room; these
-    /// are never repeated after an ambiguous failure.
-    pub creates_untagged: u64,
-    /// Status polls made by `wait_for_talk` and `create_talk_and_wait`.
-    pub polls: u64,
-}
+/// A snapshot of a [`DidClient`](crate::DidClient)'s configuration and counters: the port's
+/// typed [`VideoApiStats`], which is what [`VideoApi::stats`](ports::VideoApi::stats) returns.
+pub type DidClientStats = VideoApiStats;
 
 /// The live counters.
 #[derive(Debug, Default)]
@@ -79,14 +34,6 @@ pub(crate) struct Counters {
 /// A duration as whole milliseconds (saturating at `u64::MAX`).
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Serializes a `Duration` as whole milliseconds, for fields named `*_ms`.
-pub(crate) fn serialize_ms<S: Serializer>(
-    d: &std::time::Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_u64(millis(*d))
 }
 
 /// Adds one to a counter.
@@ -111,7 +58,7 @@ impl Counters {
         DidClientStats {
             base_url: config.base_url.clone(),
             api_key_configured,
-            auth_scheme: config.auth_scheme,
+            auth_scheme: config.auth_scheme.as_str().to_owned(),
             pool: PoolStats {
                 max_idle_per_host: config.pool_max_idle_per_host,
                 idle_timeout_ms: millis(config.pool_idle_timeout),
@@ -119,7 +66,14 @@ impl Counters {
                 request_timeout_ms: millis(config.request_timeout),
                 upload_timeout_ms: millis(config.upload_timeout),
             },
-            retry_policy: config.retry,
+            retry_policy: RetryStats {
+                max_attempts: config.retry.max_attempts,
+                base_delay_ms: millis(config.retry.base_delay),
+                max_delay_ms: millis(config.retry.max_delay),
+                jitter: config.retry.jitter,
+                retry_rate_limited: config.retry.retry_rate_limited,
+                max_retry_after_ms: millis(config.retry.max_retry_after),
+            },
             requests: get(&self.requests),
             retries: get(&self.retries),
             transport_errors: get(&self.transport_errors),
@@ -133,5 +87,36 @@ impl Counters {
             creates_untagged: get(&self.creates_untagged),
             polls: get(&self.polls),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::retry::RetryPolicy;
+
+    #[test]
+    fn serialized_waits_are_whole_milliseconds_named_ms() {
+        let config = DidClientConfig {
+            retry: RetryPolicy {
+                base_delay: Duration::from_millis(1500),
+                ..RetryPolicy::default()
+            },
+            ..DidClientConfig::new("http://127.0.0.1:1".to_owned(), None)
+        };
+        let stats = Counters::default().snapshot(&config, false);
+        assert_eq!(
+            serde_json::to_value(stats.retry_policy).unwrap(),
+            serde_json::json!({
+                "max_attempts": 3,
+                "base_delay_ms": 1500,
+                "max_delay_ms": 10_000,
+                "jitter": 0.25,
+                "retry_rate_limited": false,
+                "max_retry_after_ms": 60_000,
+            })
+        );
     }
 }

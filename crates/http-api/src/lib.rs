@@ -10,7 +10,7 @@
 //! - [`config`]: [`Config`] from a [`config::Source`] (env map or flags), all errors at once;
 //!   every setting declared once ([`config::SETTINGS`]), flags and `--help` made from it.
 //! - [`wiring`]: builds the adapters a config asks for and the [`AppState`].
-//! - [`state`]: [`AppState`], [`Settings`], [`state::UpstreamStats`].
+//! - [`state`]: [`AppState`], [`Settings`].
 //! - [`server`]: [`run`], the accept loop, graceful shutdown, panic catching, request ids.
 //! - [`cutoff`]: the shutdown grace's end as a signal, and the talk a request created.
 //! - [`head`]: the request head's size limits (414, 431), checked before routing.

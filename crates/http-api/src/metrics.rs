@@ -6,13 +6,12 @@
 //! time: `/metrics` refreshes a snapshot, then [`SnapshotCollector`] encodes it as constant
 //! metrics. That keeps one source of truth (the adapter) and no background task.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::Priority;
-use ports::{ConcurrencyLimiter, LimiterError, LimiterStats, Permit};
+use ports::{ConcurrencyLimiter, LimiterError, LimiterStats, Permit, VideoApiStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -20,7 +19,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use serde_json::Value;
 
 /// Labels of one HTTP request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,21 +74,6 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
         300.0, 600.0,
     ]
     .into_iter()
-}
-
-/// Counters of the upstream client, for `/stats` and `/metrics`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct UpstreamSnapshot {
-    /// The client's own description (configuration and counters) for `/stats`.
-    pub details: Value,
-    /// HTTP exchanges started.
-    pub requests: u64,
-    /// Attempts repeated after a failure.
-    pub retries: u64,
-    /// Exchanges without an HTTP answer.
-    pub transport_errors: u64,
-    /// Answers per HTTP status.
-    pub responses: BTreeMap<u16, u64>,
 }
 
 /// The service's metrics.
@@ -192,14 +175,14 @@ impl Metrics {
     }
 
     /// Stores the latest adapter snapshots, encoded by the next [`Metrics::encode`].
-    pub fn set_snapshot(&self, limiter: LimiterStats, upstream: Option<UpstreamSnapshot>) {
+    pub fn set_snapshot(&self, limiter: LimiterStats, upstream: VideoApiStats) {
         let mut s = self
             .snapshot
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         s.limiter = Some(limiter);
-        s.upstream = upstream;
+        s.upstream = Some(upstream);
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -217,7 +200,7 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 #[derive(Debug, Default)]
 struct SnapshotState {
     limiter: Option<LimiterStats>,
-    upstream: Option<UpstreamSnapshot>,
+    upstream: Option<VideoApiStats>,
 }
 
 /// Encodes the snapshots stored by [`Metrics::set_snapshot`] as constant metrics.

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use ports::LimiterStats;
+use ports::{LimiterStats, VideoApiStats};
 use serde_json::{Value, json};
 
 use crate::body::{self, BoxError};
@@ -47,15 +47,26 @@ fn limiter_json(s: &LimiterStats) -> Value {
 
 /// The upstream client's own description, without the facts the `client` section already
 /// holds under the original's names (`api_key_configured`, `pool_limits.max_keepalive`).
-fn upstream_json(details: &Value) -> Value {
-    let mut details = details.clone();
-    if let Some(obj) = details.as_object_mut() {
-        obj.remove("api_key_configured");
-        if let Some(pool) = obj.get_mut("pool").and_then(Value::as_object_mut) {
-            pool.remove("max_idle_per_host");
-        }
-    }
-    details
+fn upstream_json(u: &VideoApiStats) -> Value {
+    json!({
+        "base_url": u.base_url,
+        "auth_scheme": u.auth_scheme,
+        "pool": {
+            "idle_timeout_ms": u.pool.idle_timeout_ms,
+            "connect_timeout_ms": u.pool.connect_timeout_ms,
+            "request_timeout_ms": u.pool.request_timeout_ms,
+            "upload_timeout_ms": u.pool.upload_timeout_ms,
+        },
+        "retry_policy": u.retry_policy,
+        "requests": u.requests,
+        "retries": u.retries,
+        "transport_errors": u.transport_errors,
+        "responses": u.responses,
+        "creates": u.creates,
+        "create_recoveries": u.create_recoveries,
+        "creates_untagged": u.creates_untagged,
+        "polls": u.polls,
+    })
 }
 
 /// `GET /stats`.
@@ -67,19 +78,16 @@ fn upstream_json(details: &Value) -> Value {
 pub async fn stats(state: &AppState) -> Result<Response<Body>, ApiError> {
     let limiter = state.limiter().stats().await;
     state.observe_degraded(limiter.degraded);
-    let upstream = state.inner.upstream_stats.as_ref().map(|u| u.snapshot());
-    let mut client = json!({
+    let upstream = state.inner.video.stats();
+    let client = json!({
         "api_key_configured": state.settings().api_key_configured,
         "client_initialized": true,
         "pool_limits": {
             "max_connections": limiter.max_concurrent,
-            "max_keepalive": upstream.as_ref()
-                .and_then(|u| u.details.pointer("/pool/max_idle_per_host").cloned()),
+            "max_keepalive": upstream.pool.max_idle_per_host,
         },
+        "upstream": upstream_json(&upstream),
     });
-    if let (Some(u), Some(obj)) = (&upstream, client.as_object_mut()) {
-        obj.insert("upstream".into(), upstream_json(&u.details));
-    }
     Ok(json_response(
         StatusCode::OK,
         &json!({ "client": client, "rate_limiter": limiter_json(&limiter) }),
@@ -176,7 +184,7 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
 /// `GET /metrics` (Prometheus text format 0.0.4).
 pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
     let limiter = state.limiter().stats().await;
-    let upstream = state.inner.upstream_stats.as_ref().map(|u| u.snapshot());
+    let upstream = state.inner.video.stats();
     let m = state.metrics();
     m.set_snapshot(limiter, upstream);
     let text = m

@@ -10,16 +10,8 @@ use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
 use secrecy::SecretString;
 
 use crate::config::Config;
-// Defined beside the metrics that export it, so that `metrics` needs nothing from here.
 use crate::metrics::Metrics;
-pub use crate::metrics::UpstreamSnapshot;
 use crate::telemetry::Scrubber;
-
-/// An upstream client that can report its counters (the D-ID client does).
-pub trait UpstreamStats: Send + Sync {
-    /// The current counters.
-    fn snapshot(&self) -> UpstreamSnapshot;
-}
 
 /// Settings the handlers read (a subset of [`Config`], without adapter details).
 #[derive(Clone)]
@@ -87,7 +79,6 @@ pub struct AppState {
 pub(crate) struct Inner {
     pub video: Arc<dyn VideoApi>,
     pub limiter: Arc<dyn ConcurrencyLimiter>,
-    pub upstream_stats: Option<Arc<dyn UpstreamStats>>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     /// Since when the limiter has been seen degraded (by `/ready`, `/health` or `/stats`).
@@ -108,28 +99,9 @@ impl AppState {
             inner: Arc::new(Inner {
                 video,
                 limiter,
-                upstream_stats: None,
                 metrics,
                 settings,
                 degraded_since: Mutex::new(None),
-            }),
-        }
-    }
-
-    /// Adds the upstream client's counters to `/stats` and `/metrics`.
-    pub fn with_upstream_stats(self, stats: Arc<dyn UpstreamStats>) -> AppState {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            video: shared.video.clone(),
-            limiter: shared.limiter.clone(),
-            upstream_stats: shared.upstream_stats.clone(),
-            metrics: shared.metrics.clone(),
-            settings: shared.settings.clone(),
-            degraded_since: Mutex::new(None),
-        });
-        AppState {
-            inner: Arc::new(Inner {
-                upstream_stats: Some(stats),
-                ..inner
             }),
         }
     }

@@ -15,7 +15,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::Config;
 use crate::metrics::{MeteredLimiter, Metrics};
-use crate::state::{AppState, Settings, UpstreamSnapshot, UpstreamStats};
+use crate::state::{AppState, Settings};
 
 /// Why the adapters could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -26,19 +26,6 @@ pub enum BuildError {
     /// The Redis limiter could not be built (bad URL or settings; never the password).
     #[error("could not build the Redis limiter: {0}")]
     Redis(String),
-}
-
-impl UpstreamStats for DidClient {
-    fn snapshot(&self) -> UpstreamSnapshot {
-        let s = self.stats();
-        UpstreamSnapshot {
-            details: serde_json::to_value(&s).unwrap_or_default(),
-            requests: s.requests,
-            retries: s.retries,
-            transport_errors: s.transport_errors,
-            responses: s.responses.clone(),
-        }
-    }
 }
 
 /// The limiter the configuration asks for: Redis when `REDIS_URL` is set, else in-memory.
@@ -114,10 +101,9 @@ pub async fn build_with(
     let client =
         Arc::new(DidClient::new(did_config, limiter.clone()).map_err(BuildError::DidClient)?);
     Ok(AppState::new(
-        client.clone(),
+        client,
         limiter,
         metrics,
         Settings::from_config(config),
-    )
-    .with_upstream_stats(client))
+    ))
 }

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`limiter`]: [`ConcurrencyLimiter`], [`Permit`], [`LimiterStats`], [`LimiterError`].
-//! - [`video`]: [`VideoApi`] (D-ID's operations), [`VideoApiError`], [`WaitOptions`].
+//! - [`video`]: [`VideoApi`] (D-ID's operations), [`VideoApiError`], [`WaitOptions`],
+//!   [`VideoApiStats`].
 //! - `contract` (feature `contract`): the behaviour every limiter must show, written once and
 //!   run against each adapter with `limiter_contract_tests!`.
 //!
@@ -24,7 +25,7 @@ pub use limiter::{
     ConcurrencyLimiter, DegradedReason, LimiterCounters, LimiterError, LimiterStats, Permit,
     PermitHandle, QueuedByPriority,
 };
-pub use video::{VideoApi, VideoApiError, WaitOptions};
+pub use video::{PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats, WaitOptions};
 
 #[cfg(feature = "mock")]
 pub use limiter::MockConcurrencyLimiter;

@@ -1,11 +1,13 @@
 //! The video port: D-ID's operations as talkgate uses them, with one closed error type.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
     Asset, AssetId, CreatedTalk, Credits, Priority, Talk, TalkId, TalkPage, TalkRequest, Upload,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::limiter::LimiterError;
 
@@ -144,6 +146,75 @@ impl Default for WaitOptions {
     }
 }
 
+/// A snapshot of a video adapter's configuration and counters, for `/stats` and `/metrics`
+/// (the video side's [`LimiterStats`](crate::LimiterStats)).
+///
+/// Every duration is whole milliseconds under a name ending in `_ms`. Counters only grow.
+/// The API key itself is never part of it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VideoApiStats {
+    /// Where requests go.
+    pub base_url: String,
+    /// Whether an API key is set.
+    pub api_key_configured: bool,
+    /// How the key is sent (`"rfc7617"` or `"literal"` for the D-ID client).
+    pub auth_scheme: String,
+    /// The connection pool and timeouts.
+    pub pool: PoolStats,
+    /// How failed attempts are repeated.
+    pub retry_policy: RetryStats,
+    /// HTTP exchanges started (each attempt counts once).
+    pub requests: u64,
+    /// Attempts that were repeated after a failure.
+    pub retries: u64,
+    /// Exchanges that got no HTTP answer (timeout, connection refused or cut).
+    pub transport_errors: u64,
+    /// Answers received, per HTTP status.
+    pub responses: BTreeMap<u16, u64>,
+    /// Creates started.
+    pub creates: u64,
+    /// Talks found by their create token after an ambiguous create failure, instead of being
+    /// created a second time.
+    pub create_recoveries: u64,
+    /// Creates sent without a token because the caller's `user_data` left no room; these
+    /// are never repeated after an ambiguous failure.
+    pub creates_untagged: u64,
+    /// Status polls made by [`VideoApi::wait_for_talk`] and [`VideoApi::create_talk_and_wait`].
+    pub polls: u64,
+}
+
+/// How a video adapter's connection pool and timeouts are set up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStats {
+    /// Idle connections kept per host.
+    pub max_idle_per_host: usize,
+    /// Idle connection lifetime, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Connect timeout, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Per-exchange timeout of JSON calls, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Per-exchange timeout of uploads, in milliseconds.
+    pub upload_timeout_ms: u64,
+}
+
+/// A video adapter's retry policy, as reported in [`VideoApiStats`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RetryStats {
+    /// Attempts in all, the first included (`1`: no retries).
+    pub max_attempts: u32,
+    /// Wait before the first retry, in milliseconds; doubles for every further retry.
+    pub base_delay_ms: u64,
+    /// Upper bound of any one wait, in milliseconds.
+    pub max_delay_ms: u64,
+    /// Fraction of a wait that jitter may remove, `0.0..=1.0`.
+    pub jitter: f64,
+    /// Whether a 429 is retried.
+    pub retry_rate_limited: bool,
+    /// The longest `Retry-After` honoured when 429s are retried, in milliseconds.
+    pub max_retry_after_ms: u64,
+}
+
 /// D-ID's talk and upload operations. Each call takes the caller's priority, which the
 /// adapter uses for its concurrency slot. Object-safe; inject it as `Arc<dyn VideoApi>`.
 #[cfg_attr(feature = "mock", mockall::automock)]
@@ -184,6 +255,8 @@ pub trait VideoApi: Send + Sync {
     async fn delete_talk(&self, id: &TalkId, priority: Priority) -> Result<Talk, VideoApiError>;
     /// `GET /credits`.
     async fn credits(&self, priority: Priority) -> Result<Credits, VideoApiError>;
+    /// A snapshot of the adapter's configuration and counters. Makes no call.
+    fn stats(&self) -> VideoApiStats;
     /// Polls the talk `id` until it is terminal: the `done` talk, or
     /// [`VideoApiError::TalkFailed`], [`VideoApiError::TalkRejected`],
     /// [`VideoApiError::TalkTimedOut`] once `wait.max_wait` (counted from this call) has

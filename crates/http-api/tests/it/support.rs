@@ -12,7 +12,7 @@ use did_fake::{FakeDid, Faults, RunningFake};
 use http_api::config::Config;
 use http_api::metrics::{MeteredLimiter, Metrics};
 use http_api::{AppState, Settings};
-use ports::{ConcurrencyLimiter, LimiterStats, MockVideoApi};
+use ports::{ConcurrencyLimiter, LimiterStats, MockVideoApi, VideoApiStats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -173,8 +173,10 @@ pub async fn service(fake: &RunningFake, extra: &[(&str, &str)]) -> Server {
     Server::start(state).await
 }
 
-/// The service over a mock video API and an in-memory limiter of `limit` slots.
-pub async fn mock_service(mock: MockVideoApi, settings: Settings, limit: u32) -> Server {
+/// The service over a mock video API and an in-memory limiter of `limit` slots. The mock
+/// reports empty stats to `/stats` and `/metrics`.
+pub async fn mock_service(mut mock: MockVideoApi, settings: Settings, limit: u32) -> Server {
+    mock.expect_stats().return_const(VideoApiStats::default());
     let metrics = Arc::new(Metrics::new());
     let limiter: Arc<dyn ConcurrencyLimiter> = Arc::new(MeteredLimiter::new(
         Arc::new(limiter_memory::MemoryLimiter::new(limit)),
