@@ -14,7 +14,10 @@
 //! - **Exactly-once talk creation.** `POST /talks` has no idempotency key, so every create
 //!   carries a random token in `user_data` (format in [`tag`]); after an ambiguous failure
 //!   (timeout, cut connection, 5xx) the client looks for the token in `GET /talks` before it
-//!   creates again, and reports a talk it found as created.
+//!   creates again, and reports a talk it found as created. A caller that may repeat a create
+//!   from another process supplies the token ([`DidClient::create_talk_with_token`] with
+//!   [`CreateToken::derive`] of its job id); the client then looks before the first attempt
+//!   too.
 //! - **Typed errors for every shape D-ID answers** (`{kind, description}`, the gateway's
 //!   `{message}`/`{Message}`, HTML, empty), uploads with their real content type, one
 //!   `Authorization: Basic base64(key)` for every call, a key that never reaches logs, `Debug`
@@ -24,12 +27,17 @@
 //! # Layout
 //! - [`config`]: [`DidClientConfig`] (base URL, key, pool, timeouts, deadlines, retries) and
 //!   [`AuthScheme`].
-//! - `client`: [`DidClient`] — the exchange under a permit, the retry loop, exactly-once
-//!   create, polling; [`DidClientError`] for construction failures.
+//! - `client`: [`DidClient`] (construction, auth, [`DidClient::stats`]) and
+//!   [`DidClientError`] for construction failures; one job a module beside it: `transport`
+//!   (one exchange under one permit), `execute` (the one retry loop, with the hook for
+//!   ambiguous failures), `create` (exactly-once create,
+//!   [`DidClient::create_talk_with_token`]), `poll` (waiting for a talk), `video_api` (the
+//!   port).
 //! - [`retry`]: [`RetryPolicy`], a pure function from attempt and error to a wait.
 //! - `errors`: D-ID's answers and transport failures → [`ports::VideoApiError`],
 //!   `Retry-After` parsing.
-//! - [`tag`]: the create token in `user_data`: format, 1000-character limit, stripping.
+//! - [`tag`]: the create token in `user_data` ([`CreateToken`]: random, or derived from a
+//!   caller's key): format, 1000-character limit, stripping.
 //! - [`stats`]: [`DidClientStats`], the serializable snapshot of [`DidClient::stats`].
 //!
 //! # Example: using did-client from your own binary
@@ -68,13 +76,19 @@
 
 mod client;
 pub mod config;
+mod create;
 mod errors;
+mod execute;
+mod poll;
 pub mod retry;
 pub mod stats;
 pub mod tag;
+mod transport;
+mod video_api;
 
 pub use client::{DidClient, DidClientError};
 pub use config::{AuthScheme, DEFAULT_BASE_URL, DidClientConfig};
 pub use ports::{PoolStats, RetryStats};
 pub use retry::{RetryDecision, RetryPolicy};
 pub use stats::DidClientStats;
+pub use tag::{CreateToken, InvalidCreateToken};

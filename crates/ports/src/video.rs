@@ -173,8 +173,8 @@ pub struct VideoApiStats {
     pub responses: BTreeMap<u16, u64>,
     /// Creates started.
     pub creates: u64,
-    /// Talks found by their create token after an ambiguous create failure, instead of being
-    /// created a second time.
+    /// Talks found by their create token (after an ambiguous create failure, or before a
+    /// create with a token the caller supplied), instead of being created a second time.
     pub create_recoveries: u64,
     /// Creates sent without a token because the caller's `user_data` left no room; these
     /// are never repeated after an ambiguous failure.

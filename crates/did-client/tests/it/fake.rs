@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use did_client::{DidClient, DidClientConfig};
+use did_client::{CreateToken, DidClient, DidClientConfig, RetryPolicy};
 use did_fake::{CreateThenFail, FakeDid, Faults, RunningFake};
 use domain::{Priority, Script, TalkRequest, TalkStatus, Upload, UploadKind};
 use ports::{VideoApi, VideoApiError, WaitOptions};
@@ -366,5 +366,86 @@ async fn sequential_calls_reuse_one_pooled_connection() {
     let stats = did.stats();
     assert_eq!(stats.requests, 20);
     assert_eq!(stats.responses.get(&200), Some(&20));
+    fake.shutdown().await;
+}
+
+/// The durable-job case: process A's create reached D-ID but A never learned the talk's id
+/// (its look-up finds nothing and it gives up, as if it had crashed). Process B, a second
+/// client with the same caller-supplied token, must find A's talk instead of paying again.
+#[tokio::test]
+async fn two_clients_with_the_same_token_make_one_talk_under_create_then_fail() {
+    let fake = fake(Faults {
+        p_create_then_fail: 1.0,
+        create_then_fail: CreateThenFail::Status500,
+        routes: vec!["POST /talks".into()],
+        ..Faults::default()
+    })
+    .await;
+    let request = text_request("job-41");
+    let token = CreateToken::derive("job-41");
+    let a = crate::support::client(
+        DidClientConfig {
+            retry: RetryPolicy {
+                max_attempts: 1,
+                ..fast_retry()
+            },
+            recovery_pages: 0,
+            ..did_config(&fake)
+        },
+        limiter(4),
+    );
+    let err = a
+        .create_talk_with_token(&request, Priority::High, &token)
+        .await
+        .unwrap_err();
+    assert_eq!(err, VideoApiError::Server { status: 500 });
+    let tagged = format!("job-41|tg:{token}");
+    assert_eq!(fake.stats().talks_by_user_data.get(&tagged), Some(&1));
+    let posts = fake.stats().total("POST /talks");
+
+    // B: another client (another process), D-ID still failing after every create.
+    let b = did(&fake);
+    let created = b
+        .create_talk_with_token(&request, Priority::High, &token)
+        .await
+        .expect("B finds A's talk");
+    let stats = fake.stats();
+    assert_eq!(stats.talks_created, 1, "{stats:?}");
+    assert_eq!(stats.total("POST /talks"), posts, "B looked before posting");
+    assert_eq!(b.stats().create_recoveries, 1);
+    let talk = b.get_talk(&created.id, Priority::High).await.unwrap();
+    assert_eq!(talk.user_data.as_deref(), Some("job-41"));
+
+    // Asking again is idempotent; another key is another talk.
+    fake.set_faults(Faults::default());
+    let again = b
+        .create_talk_with_token(&request, Priority::High, &token)
+        .await
+        .unwrap();
+    assert_eq!(again.id, created.id);
+    let other = b
+        .create_talk_with_token(&request, Priority::High, &CreateToken::derive("job-42"))
+        .await
+        .unwrap();
+    assert_ne!(other.id, created.id);
+    assert_eq!(fake.stats().talks_created, 2);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_that_does_not_fit_in_user_data_is_refused_before_any_call() {
+    let fake = fake(Faults::default()).await;
+    let did = did(&fake);
+    let request = text_request(&"x".repeat(1000 - did_client::tag::TAG_LEN + 1));
+    let err = did
+        .create_talk_with_token(&request, Priority::Low, &CreateToken::derive("job"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, VideoApiError::Validation { status: 400, description, .. } if description.contains("create token")),
+        "{err:?}"
+    );
+    assert_eq!(did.stats().requests, 0);
+    assert_eq!(fake.stats().talks_created, 0);
     fake.shutdown().await;
 }
