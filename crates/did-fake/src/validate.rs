@@ -6,6 +6,10 @@
 //! separate `400 BadRequestError "invalid actor url"` once the schema passed. The regular
 //! expressions of D-ID's schema are matched by hand here (the workspace has no regex crate);
 //! each matcher's doc names the pattern it implements.
+//!
+//! The file stays whole although it is long: the rules are one schema, checked in one pass
+//! that collects every error into one body, so they are read and changed together; the last
+//! quarter is the tests that pin D-ID's answers.
 
 use std::collections::BTreeMap;
 

@@ -14,9 +14,9 @@
 //! as [`SecretString`], whose `Debug` never shows them, and they have no command-line flag
 //! (a flag would show up in `ps`).
 //!
-//! The parsers are in `config/parse.rs`, the command line in `config/cli.rs`; this file keeps
-//! the declarations together with the macros that turn them into code, which are read
-//! together.
+//! The parsers are in `config/parse.rs`, the command line in `config/cli.rs`. This file stays
+//! whole although it is long: it keeps the declarations together with the macros that turn
+//! them into code, which are read and changed together, and its tests.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -19,6 +19,9 @@
 //!
 //! Each test names the bug of the original Python limiter it guards against, where there is one:
 //! over-admission, priority ignored, over-release, a cancelled waiter blocking its queue.
+//!
+//! The file stays whole although it is long: it is one suite, and the macro at its end must
+//! name every test defined above it, so both are kept in one place.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
