@@ -128,13 +128,13 @@ impl DidClient {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use ports::MockConcurrencyLimiter;
 
     /// A limiter that must never be asked: the assertion is that no call reaches it.
-    fn untouchable_limiter() -> Arc<dyn ConcurrencyLimiter> {
+    pub(crate) fn untouchable_limiter() -> Arc<dyn ConcurrencyLimiter> {
         let mut limiter = MockConcurrencyLimiter::new();
         limiter.expect_acquire().never();
         Arc::new(limiter)

@@ -224,22 +224,13 @@ impl VideoApi for DidClient {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use bytes::Bytes;
     use domain::Script;
-    use ports::{ConcurrencyLimiter, MockConcurrencyLimiter};
     use secrecy::SecretString;
 
     use super::*;
+    use crate::client::tests::untouchable_limiter;
     use crate::config::DidClientConfig;
-
-    /// A limiter that must never be asked: the assertion is that no call reaches it.
-    fn untouchable_limiter() -> Arc<dyn ConcurrencyLimiter> {
-        let mut limiter = MockConcurrencyLimiter::new();
-        limiter.expect_acquire().never();
-        Arc::new(limiter)
-    }
 
     fn request() -> TalkRequest {
         TalkRequest::new(
