@@ -11,7 +11,9 @@ use domain::{Priority, Script, TalkRequest, TalkStatus, Upload, UploadKind};
 use ports::{VideoApi, VideoApiError, WaitOptions};
 use secrecy::SecretString;
 
-use crate::support::{PNG, WAV, fast_retry, limiter};
+use test_support::media::{png, wav};
+
+use crate::support::{fast_retry, limiter};
 
 async fn fake(faults: Faults) -> RunningFake {
     FakeDid::builder()
@@ -76,7 +78,12 @@ async fn every_operation_works_end_to_end() {
     let did = did(&fake);
     let p = Priority::Normal;
 
-    let image = Upload::new(UploadKind::Image, Some("face.png"), Bytes::from_static(PNG)).unwrap();
+    let image = Upload::new(
+        UploadKind::Image,
+        Some("face.png"),
+        Bytes::from_static(png()),
+    )
+    .unwrap();
     let image = did.upload_image(image, p).await.unwrap();
     assert!(
         image.url.starts_with("s3://d-id-images-prod/"),
@@ -86,7 +93,7 @@ async fn every_operation_works_end_to_end() {
     let audio = Upload::new(
         UploadKind::Audio,
         Some("voice.wav"),
-        Bytes::from_static(WAV),
+        Bytes::from_static(wav()),
     )
     .unwrap();
     let audio = did.upload_audio(audio, p).await.unwrap();

@@ -11,7 +11,9 @@ use ports::{VideoApi, VideoApiError, WaitOptions};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::support::{PNG, Reply, Scripted, client, config, fast_retry, limiter, talk_json};
+use test_support::media::png;
+
+use crate::support::{Scripted, client, config, fast_retry, limiter, reply, talk_json};
 
 #[test]
 fn upload_defaults_fit_the_other_routes_worst_case() {
@@ -24,12 +26,12 @@ fn upload_defaults_fit_the_other_routes_worst_case() {
 
 #[tokio::test]
 async fn a_stalled_upload_ends_as_timeout_within_its_deadline() {
-    let server = Scripted::start(|_, _| Reply::empty(201).after(Duration::from_secs(60))).await;
+    let server = Scripted::start(|_, _| reply::empty(201).set_delay(Duration::from_secs(60))).await;
     let mut cfg = config(&server.base_url);
     cfg.upload_timeout = Duration::from_millis(150);
     cfg.upload_call_deadline = Duration::from_millis(400);
     let did = client(cfg, limiter(1));
-    let png = Upload::new(UploadKind::Image, None, Bytes::from_static(PNG)).unwrap();
+    let png = Upload::new(UploadKind::Image, None, Bytes::from_static(png())).unwrap();
     let started = tokio::time::Instant::now();
     let err = did.upload_image(png, Priority::Normal).await.unwrap_err();
     assert_eq!(err, VideoApiError::Timeout);
@@ -81,8 +83,8 @@ async fn an_abandoned_exchange_keeps_its_slot_until_the_upstream_is_done() {
 #[tokio::test]
 async fn a_talk_that_is_done_at_once_is_returned_after_one_early_poll() {
     let server = Scripted::start(|seen, _| match seen.method.as_str() {
-        "POST" => Reply::json(201, json!({"id": "tlk_q", "status": "created"})),
-        _ => Reply::json(200, talk_json("tlk_q", "done")),
+        "POST" => reply::json(201, json!({"id": "tlk_q", "status": "created"})),
+        _ => reply::json(200, talk_json("tlk_q", "done")),
     })
     .await;
     let did = client(config(&server.base_url), limiter(1));

@@ -7,7 +7,7 @@ use domain::{Priority, Script, TalkRequest, TalkStatus};
 use ports::{VideoApi, VideoApiError, WaitOptions};
 use serde_json::json;
 
-use crate::support::{Reply, Scripted, client, config, limiter, talk_json};
+use crate::support::{Scripted, Sent, client, config, limiter, reply, talk_json};
 
 fn request() -> TalkRequest {
     TalkRequest::new(
@@ -31,8 +31,8 @@ fn fast() -> WaitOptions {
 /// An upstream whose talk answers `statuses` to successive polls (the last one repeats).
 async fn upstream(statuses: &'static [serde_json::Value]) -> Scripted {
     Scripted::start(move |seen, i| match seen.method.as_str() {
-        "POST" => Reply::json(201, json!({"id": "tlk_w", "status": "created"})),
-        _ => Reply::json(200, statuses[(i - 1).min(statuses.len() - 1)].clone()),
+        "POST" => reply::json(201, json!({"id": "tlk_w", "status": "created"})),
+        _ => reply::json(200, statuses[(i - 1).min(statuses.len() - 1)].clone()),
     })
     .await
 }
@@ -128,10 +128,10 @@ async fn a_stuck_talk_times_out_with_its_id() {
 #[tokio::test]
 async fn transient_poll_failures_do_not_end_the_wait() {
     let server = Scripted::start(|seen, i| match (seen.method.as_str(), i) {
-        ("POST", _) => Reply::json(201, json!({"id": "tlk_w", "status": "created"})),
+        ("POST", _) => reply::json(201, json!({"id": "tlk_w", "status": "created"})),
         // Three 502s in a row exhaust one poll's retries; polling goes on regardless.
-        (_, 1..=3) => Reply::raw(502, "text/html", "<html></html>"),
-        _ => Reply::json(200, talk_json("tlk_w", "done")),
+        (_, 1..=3) => reply::raw(502, "text/html", "<html></html>"),
+        _ => reply::json(200, talk_json("tlk_w", "done")),
     })
     .await;
     let did = client(config(&server.base_url), limiter(1));
@@ -146,8 +146,8 @@ async fn transient_poll_failures_do_not_end_the_wait() {
 #[tokio::test]
 async fn a_vanished_talk_ends_the_wait_with_not_found() {
     let server = Scripted::start(|seen, _| match seen.method.as_str() {
-        "POST" => Reply::json(201, json!({"id": "tlk_w", "status": "created"})),
-        _ => Reply::json(
+        "POST" => reply::json(201, json!({"id": "tlk_w", "status": "created"})),
+        _ => reply::json(
             404,
             json!({"kind": "NotFoundError", "description": "not found"}),
         ),
@@ -183,7 +183,7 @@ async fn waiting_for_a_created_talk_polls_that_talk_and_creates_nothing() {
         Some("job-w"),
         "the tag is stripped"
     );
-    let seen = server.seen();
+    let seen = server.seen().await;
     let methods: Vec<(&str, &str)> = seen.iter().map(|s| (s.method.as_str(), s.path())).collect();
     assert_eq!(
         methods,
@@ -198,7 +198,7 @@ async fn waiting_for_a_created_talk_polls_that_talk_and_creates_nothing() {
 
 #[tokio::test]
 async fn waiting_for_a_talk_times_out_with_its_id() {
-    let server = Scripted::start(|_, _| Reply::json(200, talk_json("tlk_w", "started"))).await;
+    let server = Scripted::start(|_, _| reply::json(200, talk_json("tlk_w", "started"))).await;
     let did = client(config(&server.base_url), limiter(1));
     let id = domain::TalkId::parse("tlk_w").unwrap();
     let wait = WaitOptions {
@@ -213,5 +213,8 @@ async fn waiting_for_a_talk_times_out_with_its_id() {
         matches!(err, VideoApiError::TalkTimedOut { ref talk_id, .. } if *talk_id == id),
         "{err:?}"
     );
-    assert!(server.seen().iter().all(|s| s.method == "GET"), "no create");
+    assert!(
+        server.seen().await.iter().all(|s| s.method == "GET"),
+        "no create"
+    );
 }
