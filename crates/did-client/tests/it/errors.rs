@@ -11,7 +11,7 @@ use serde_json::json;
 
 use wiremock::ResponseTemplate;
 
-use crate::support::{Scripted, Sent, client, config, limiter, reply, talk_json};
+use crate::support::{Scripted, Sent, client, config, limiter, png_upload, reply, talk_json};
 
 fn validation(
     status: u16,
@@ -32,10 +32,7 @@ async fn every_error_shape_maps_to_its_variant() {
     let html = "<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>";
     let cases: Vec<(ResponseTemplate, VideoApiError)> = vec![
         (
-            reply::json(
-                401,
-                json!({"kind": "AuthorizationError", "description": "user unauthenticated"}),
-            ),
+            reply::error(401, "AuthorizationError", "user unauthenticated"),
             VideoApiError::Unauthorized { status: 401 },
         ),
         (
@@ -46,35 +43,23 @@ async fn every_error_shape_maps_to_its_variant() {
             VideoApiError::Unauthorized { status: 403 },
         ),
         (
-            reply::json(
-                403,
-                json!({"kind": "PermissionError", "description": "user has no permission for stitch"}),
-            ),
+            reply::error(403, "PermissionError", "user has no permission for stitch"),
             VideoApiError::Forbidden {
                 description: "user has no permission for stitch".into(),
             },
         ),
         (
-            reply::json(
-                402,
-                json!({"kind": "InsufficientCreditsError", "description": "not enough credits"}),
-            ),
+            reply::error(402, "InsufficientCreditsError", "not enough credits"),
             VideoApiError::InsufficientCredits,
         ),
         (
-            reply::json(
-                404,
-                json!({"kind": "NotFoundError", "description": "not found"}),
-            ),
+            reply::error(404, "NotFoundError", "not found"),
             VideoApiError::NotFound {
                 description: "not found".into(),
             },
         ),
         (
-            reply::json(
-                409,
-                json!({"kind": "NotReadyError", "description": "talk is in process, try again later"}),
-            ),
+            reply::error(409, "NotReadyError", "talk is in process, try again later"),
             VideoApiError::NotReady {
                 description: "talk is in process, try again later".into(),
             },
@@ -93,10 +78,7 @@ async fn every_error_shape_maps_to_its_variant() {
             ),
         ),
         (
-            reply::json(
-                400,
-                json!({"kind": "BadRequestError", "description": "invalid actor url"}),
-            ),
+            reply::error(400, "BadRequestError", "invalid actor url"),
             validation(400, "BadRequestError", "invalid actor url", None),
         ),
         (
@@ -113,10 +95,7 @@ async fn every_error_shape_maps_to_its_variant() {
             ),
         ),
         (
-            reply::json(
-                451,
-                json!({"kind": "ImageModerationError", "description": "Automatic content moderation"}),
-            ),
+            reply::error(451, "ImageModerationError", "Automatic content moderation"),
             validation(
                 451,
                 "ImageModerationError",
@@ -144,10 +123,7 @@ async fn every_error_shape_maps_to_its_variant() {
             VideoApiError::RateLimited { retry_after: None },
         ),
         (
-            reply::json(
-                500,
-                json!({"kind": "UnknownError", "description": "Internal Server Error"}),
-            ),
+            reply::error(500, "UnknownError", "Internal Server Error"),
             VideoApiError::Server { status: 500 },
         ),
         (
@@ -204,14 +180,8 @@ async fn success_bodies_that_do_not_fit_are_protocol_errors() {
         protocol(did.get_talk(&id, p).await.unwrap_err()),
         "a hostile talk id is refused"
     );
-    let png = domain::Upload::new(
-        domain::UploadKind::Image,
-        None,
-        bytes::Bytes::from_static(test_support::media::png()),
-    )
-    .unwrap();
     assert!(
-        protocol(did.upload_image(png, p).await.unwrap_err()),
+        protocol(did.upload_image(png_upload(None), p).await.unwrap_err()),
         "an upload answer needs a url"
     );
 }

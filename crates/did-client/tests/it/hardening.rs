@@ -3,17 +3,16 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use did_client::{DidClient, DidClientConfig};
 use did_fake::{Delay, FakeDid, Faults, Latency};
-use domain::{Priority, Script, TalkRequest, Upload, UploadKind};
+use domain::Priority;
 use ports::{VideoApi, VideoApiError, WaitOptions};
 use secrecy::SecretString;
 use serde_json::json;
 
-use test_support::media::png;
-
-use crate::support::{Scripted, client, config, fast_retry, limiter, reply, talk_json};
+use crate::support::{
+    Scripted, client, config, fast_retry, hello, limiter, png_upload, reply, talk_json,
+};
 
 #[test]
 fn upload_defaults_fit_the_other_routes_worst_case() {
@@ -31,7 +30,7 @@ async fn a_stalled_upload_ends_as_timeout_within_its_deadline() {
     cfg.upload_timeout = Duration::from_millis(150);
     cfg.upload_call_deadline = Duration::from_millis(400);
     let did = client(cfg, limiter(1));
-    let png = Upload::new(UploadKind::Image, None, Bytes::from_static(png())).unwrap();
+    let png = png_upload(None);
     let started = tokio::time::Instant::now();
     let err = did.upload_image(png, Priority::Normal).await.unwrap_err();
     assert_eq!(err, VideoApiError::Timeout);
@@ -88,13 +87,7 @@ async fn a_talk_that_is_done_at_once_is_returned_after_one_early_poll() {
     })
     .await;
     let did = client(config(&server.base_url), limiter(1));
-    let request = TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap();
+    let request = hello(None);
     let wait = WaitOptions {
         poll_interval: Duration::from_secs(60),
         max_wait: Duration::from_secs(120),

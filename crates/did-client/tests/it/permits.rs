@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Priority, Script, TalkId, TalkRequest};
+use domain::{Priority, TalkId};
 use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
 use serde_json::json;
 
 use test_support::eventually;
 
-use crate::support::{SETTLE, Scripted, client, config, limiter, reply, talk_json};
+use crate::support::{SETTLE, Scripted, client, config, hello, limiter, reply, talk_json};
 
 #[tokio::test]
 async fn no_permit_is_held_while_backing_off() {
@@ -60,13 +60,7 @@ async fn no_permit_is_held_between_polls() {
     let call = tokio::spawn({
         let did = did.clone();
         async move {
-            let request = TalkRequest::new(
-                None,
-                Script::Text {
-                    input: "hello".into(),
-                },
-            )
-            .unwrap();
+            let request = hello(None);
             did.create_talk_and_wait(&request, Priority::High, wait)
                 .await
         }

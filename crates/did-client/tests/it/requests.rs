@@ -2,15 +2,15 @@
 //! create token in `user_data`, paths and query strings.
 
 use base64::Engine as _;
-use bytes::Bytes;
-use domain::{AssetId, Priority, Script, TalkId, TalkRequest, Upload, UploadKind};
+use domain::{AssetId, Priority, Script, TalkId, TalkRequest};
 use ports::VideoApi;
 use serde_json::{Value, json};
 
-use test_support::media::{png, wav};
 use wiremock::{Request, ResponseTemplate};
 
-use crate::support::{KEY, Scripted, Sent, client, config, limiter, reply, talk_json};
+use crate::support::{
+    KEY, Scripted, Sent, client, config, hello, limiter, png_upload, reply, talk_json, wav_upload,
+};
 
 fn upstream() -> impl Fn(&Request, usize) -> ResponseTemplate + Send + Sync + 'static {
     |seen, _| match (seen.method.as_str(), seen.path()) {
@@ -48,18 +48,8 @@ async fn every_call_sends_the_same_basic_base64_authorization() {
     let server = Scripted::start(upstream()).await;
     let did = client(config(&server.base_url), limiter(2));
     let p = Priority::Normal;
-    let png = Upload::new(
-        UploadKind::Image,
-        Some("face.png"),
-        Bytes::from_static(png()),
-    )
-    .unwrap();
-    let wav = Upload::new(
-        UploadKind::Audio,
-        Some("voice.wav"),
-        Bytes::from_static(wav()),
-    )
-    .unwrap();
+    let png = png_upload(Some("face.png"));
+    let wav = wav_upload(Some("voice.wav"));
     let image = did.upload_image(png, p).await.unwrap();
     assert_eq!(image.url, "s3://d-id-images-prod/u/img_abc/face.png");
     assert_eq!(image.id, Some(AssetId::parse("img_abc").unwrap()));
@@ -112,14 +102,9 @@ async fn uploads_carry_their_real_content_type_and_field() {
     let did = client(config(&server.base_url), limiter(1));
     let p = Priority::High;
     // Named .jpg but a PNG: the sniffed type wins (the original sent image/jpeg for all).
-    let png = Upload::new(
-        UploadKind::Image,
-        Some("photo.jpg"),
-        Bytes::from_static(png()),
-    )
-    .unwrap();
+    let png = png_upload(Some("photo.jpg"));
     did.upload_image(png, p).await.unwrap();
-    let wav = Upload::new(UploadKind::Audio, None, Bytes::from_static(wav())).unwrap();
+    let wav = wav_upload(None);
     did.upload_audio(wav, p).await.unwrap();
     let seen = server.seen().await;
     let image = seen[0].body_text();
@@ -159,13 +144,7 @@ async fn creates_are_json_tagged_with_a_token_and_callers_see_their_own_user_dat
     .unwrap();
     let created = did.create_talk(&request, p).await.unwrap();
     assert_eq!(created.id, TalkId::parse("tlk_new").unwrap());
-    let untagged = TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap();
+    let untagged = hello(None);
     did.create_talk(&untagged, p).await.unwrap();
 
     let seen = server.seen().await;

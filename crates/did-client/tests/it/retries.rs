@@ -5,16 +5,23 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domain::{Priority, Script, TalkRequest};
+use domain::Priority;
 use ports::{VideoApi, VideoApiError};
 use serde_json::json;
 
 use wiremock::ResponseTemplate;
 
-use crate::support::{Scripted, Sent, client, config, limiter, reply};
+use crate::support::{Scripted, Sent, client, config, hello, limiter, reply};
 
 fn credits() -> ResponseTemplate {
     reply::json(200, json!({"remaining": 1, "total": 1}))
+}
+
+/// The error of a 429 that asked to wait `after`.
+fn rate_limited(after: Duration) -> VideoApiError {
+    VideoApiError::RateLimited {
+        retry_after: Some(after),
+    }
 }
 
 #[tokio::test]
@@ -62,12 +69,7 @@ async fn rate_limits_are_not_retried_by_default() {
         Scripted::start(|_, _| reply::empty(429).insert_header("retry-after-ms", "10")).await;
     let did = client(config(&server.base_url), limiter(1));
     let err = did.credits(Priority::Normal).await.unwrap_err();
-    assert_eq!(
-        err,
-        VideoApiError::RateLimited {
-            retry_after: Some(Duration::from_millis(10))
-        }
-    );
+    assert_eq!(err, rate_limited(Duration::from_millis(10)));
     assert_eq!(server.count().await, 1);
 }
 
@@ -99,12 +101,7 @@ async fn opted_in_rate_limit_retries_wait_what_the_server_asks() {
     cfg.retry.retry_rate_limited = true;
     let did = client(cfg, limiter(1));
     let err = did.credits(Priority::Normal).await.unwrap_err();
-    assert_eq!(
-        err,
-        VideoApiError::RateLimited {
-            retry_after: Some(Duration::from_secs(3600))
-        }
-    );
+    assert_eq!(err, rate_limited(Duration::from_secs(3600)));
     assert_eq!(slow.count().await, 1);
 }
 
@@ -183,15 +180,7 @@ async fn an_ambiguous_create_is_looked_up_before_it_is_sent_again() {
     })
     .await;
     let did = client(config(&server.base_url), limiter(1));
-    let request = TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap()
-    .with_user_data("job-9".into())
-    .unwrap();
+    let request = hello(Some("job-9"));
     let created = did.create_talk(&request, Priority::Normal).await.unwrap();
     assert_eq!(
         created.id.as_str(),
@@ -219,13 +208,7 @@ async fn an_ambiguous_create_not_found_is_sent_again_and_a_refused_one_is_not() 
     })
     .await;
     let did = client(config(&server.base_url), limiter(1));
-    let request = TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap();
+    let request = hello(None);
     let created = did.create_talk(&request, Priority::Normal).await.unwrap();
     assert_eq!(created.id.as_str(), "tlk_2");
     let calls: Vec<String> = server
@@ -240,13 +223,8 @@ async fn an_ambiguous_create_not_found_is_sent_again_and_a_refused_one_is_not() 
     );
     assert_eq!(did.stats().create_recoveries, 0);
 
-    let refused = Scripted::start(|_, _| {
-        reply::json(
-            400,
-            json!({"kind": "BadRequestError", "description": "invalid actor url"}),
-        )
-    })
-    .await;
+    let refused =
+        Scripted::start(|_, _| reply::error(400, "BadRequestError", "invalid actor url")).await;
     let did = client(config(&refused.base_url), limiter(1));
     let err = did
         .create_talk(&request, Priority::Normal)
@@ -268,15 +246,7 @@ async fn an_untagged_create_is_never_repeated_after_an_ambiguous_failure() {
     let server = Scripted::start(|_, _| reply::empty(500)).await;
     let did = client(config(&server.base_url), limiter(1));
     // 990 characters leave no room for the 20-character tag.
-    let request = TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap()
-    .with_user_data("u".repeat(990))
-    .unwrap();
+    let request = hello(Some(&"u".repeat(990)));
     let err = did
         .create_talk(&request, Priority::Normal)
         .await

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use did_client::{DidClient, DidClientConfig, RetryPolicy};
+use domain::{Script, TalkRequest, Upload, UploadKind};
 use limiter_memory::MemoryLimiter;
-use ports::ConcurrencyLimiter;
+use ports::{ConcurrencyLimiter, WaitOptions};
 use secrecy::SecretString;
+use test_support::media;
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -61,6 +64,13 @@ pub mod reply {
     pub fn json(status: u16, body: serde_json::Value) -> ResponseTemplate {
         ResponseTemplate::new(status).set_body_json(body)
     }
+    /// `status` with D-ID's error body `{"kind", "description"}`.
+    pub fn error(status: u16, kind: &str, description: &str) -> ResponseTemplate {
+        json(
+            status,
+            serde_json::json!({"kind": kind, "description": description}),
+        )
+    }
     /// `status` with `body` as `content_type`.
     pub fn raw(status: u16, content_type: &str, body: &str) -> ResponseTemplate {
         ResponseTemplate::new(status).set_body_raw(body, content_type)
@@ -73,12 +83,12 @@ pub mod reply {
 
 /// A wiremock responder that hands each request and its index (from 0, in arrival order) to
 /// the test's script.
-struct Script<F> {
+struct Responder<F> {
     next: AtomicUsize,
     reply: F,
 }
 
-impl<F> Respond for Script<F>
+impl<F> Respond for Responder<F>
 where
     F: Fn(&Request, usize) -> ResponseTemplate + Send + Sync + 'static,
 {
@@ -101,7 +111,7 @@ impl Scripted {
     ) -> Scripted {
         let server = MockServer::builder().start().await;
         Mock::given(any())
-            .respond_with(Script {
+            .respond_with(Responder {
                 next: AtomicUsize::new(0),
                 reply: script,
             })
@@ -179,4 +189,37 @@ pub fn talk_json(id: &str, status: &str) -> serde_json::Value {
         talk["result_url"] = "https://fake.test/result.mp4".into();
     }
     talk
+}
+
+/// A text talk saying "hello", with the caller's `user_data` when given.
+pub fn hello(user_data: Option<&str>) -> TalkRequest {
+    let request = TalkRequest::new(
+        None,
+        Script::Text {
+            input: "hello".into(),
+        },
+    )
+    .unwrap();
+    match user_data {
+        Some(user_data) => request.with_user_data(user_data.into()).unwrap(),
+        None => request,
+    }
+}
+
+/// Polls every 10 ms for up to 10 s: fast, and never the reason a test fails.
+pub fn fast_wait() -> WaitOptions {
+    WaitOptions {
+        poll_interval: Duration::from_millis(10),
+        max_wait: Duration::from_secs(10),
+    }
+}
+
+/// `test_support`'s PNG as an image upload, named `name` when given.
+pub fn png_upload(name: Option<&str>) -> Upload {
+    Upload::new(UploadKind::Image, name, Bytes::from_static(media::png())).unwrap()
+}
+
+/// `test_support`'s WAV as an audio upload, named `name` when given.
+pub fn wav_upload(name: Option<&str>) -> Upload {
+    Upload::new(UploadKind::Audio, name, Bytes::from_static(media::wav())).unwrap()
 }
