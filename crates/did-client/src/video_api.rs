@@ -260,7 +260,7 @@ mod tests {
             let png = Upload::new(
                 UploadKind::Image,
                 None,
-                Bytes::from_static(&[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0]),
+                Bytes::from_static(test_support::media::png()),
             )
             .unwrap();
             let nc = Err::<(), _>(VideoApiError::NotConfigured);

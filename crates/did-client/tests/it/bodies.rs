@@ -111,18 +111,17 @@ async fn get_talk_from(server: &Endless) -> (Result<domain::Talk, VideoApiError>
     (result, did.stats().requests)
 }
 
-#[tokio::test]
-async fn an_endless_json_body_is_a_protocol_error_read_no_further_than_the_cap() {
-    let server = Endless::start(200, Framing::Chunked).await;
-    let (result, requests) = get_talk_from(&server).await;
-    let err = result.unwrap_err();
+/// The error of a body past the cap.
+fn assert_too_large(err: &VideoApiError) {
     assert!(
-        matches!(&err, VideoApiError::Protocol { message } if message.contains("larger than")),
+        matches!(err, VideoApiError::Protocol { message } if message.contains("larger than")),
         "{err:?}"
     );
-    assert_eq!(requests, 1, "a protocol error is not retried");
-    // The client stopped reading at the cap; what the server got rid of beyond it sits in
-    // loopback socket buffers (a few MiB at most), not in the client.
+}
+
+/// The client stopped reading at the cap: what the server got rid of beyond it sits in
+/// loopback socket buffers (a few MiB at most), not in the client.
+fn assert_read_no_further(server: &Endless) {
     let written = server.written();
     assert!(
         written < 64 * 1024 * 1024,
@@ -131,19 +130,20 @@ async fn an_endless_json_body_is_a_protocol_error_read_no_further_than_the_cap()
 }
 
 #[tokio::test]
+async fn an_endless_json_body_is_a_protocol_error_read_no_further_than_the_cap() {
+    let server = Endless::start(200, Framing::Chunked).await;
+    let (result, requests) = get_talk_from(&server).await;
+    assert_too_large(&result.unwrap_err());
+    assert_eq!(requests, 1, "a protocol error is not retried");
+    assert_read_no_further(&server);
+}
+
+#[tokio::test]
 async fn a_declared_oversized_body_is_refused_before_it_is_read() {
     let server = Endless::start(200, Framing::Declared).await;
     let (result, _) = get_talk_from(&server).await;
-    let err = result.unwrap_err();
-    assert!(
-        matches!(&err, VideoApiError::Protocol { message } if message.contains("larger than")),
-        "{err:?}"
-    );
-    let written = server.written();
-    assert!(
-        written < 64 * 1024 * 1024,
-        "the server wrote {written} bytes"
-    );
+    assert_too_large(&result.unwrap_err());
+    assert_read_no_further(&server);
 }
 
 #[tokio::test]
@@ -160,9 +160,5 @@ async fn an_endless_error_body_keeps_its_status_and_is_cut_at_the_small_cap() {
         }
     );
     assert_eq!(requests, 1);
-    let written = server.written();
-    assert!(
-        written < 64 * 1024 * 1024,
-        "the server wrote {written} bytes"
-    );
+    assert_read_no_further(&server);
 }

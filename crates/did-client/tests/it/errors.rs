@@ -9,7 +9,9 @@ use domain::{Priority, TalkId, TalkStatus};
 use ports::{VideoApi, VideoApiError};
 use serde_json::json;
 
-use crate::support::{Reply, Scripted, client, config, limiter, talk_json};
+use wiremock::ResponseTemplate;
+
+use crate::support::{Scripted, Sent, client, config, limiter, png_upload, reply, talk_json};
 
 fn validation(
     status: u16,
@@ -28,57 +30,42 @@ fn validation(
 #[tokio::test]
 async fn every_error_shape_maps_to_its_variant() {
     let html = "<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>";
-    let cases: Vec<(Reply, VideoApiError)> = vec![
+    let cases: Vec<(ResponseTemplate, VideoApiError)> = vec![
         (
-            Reply::json(
-                401,
-                json!({"kind": "AuthorizationError", "description": "user unauthenticated"}),
-            ),
+            reply::error(401, "AuthorizationError", "user unauthenticated"),
             VideoApiError::Unauthorized { status: 401 },
         ),
         (
-            Reply::json(
+            reply::json(
                 403,
                 json!({"Message": "User is not authorized to access this resource with an explicit deny"}),
             ),
             VideoApiError::Unauthorized { status: 403 },
         ),
         (
-            Reply::json(
-                403,
-                json!({"kind": "PermissionError", "description": "user has no permission for stitch"}),
-            ),
+            reply::error(403, "PermissionError", "user has no permission for stitch"),
             VideoApiError::Forbidden {
                 description: "user has no permission for stitch".into(),
             },
         ),
         (
-            Reply::json(
-                402,
-                json!({"kind": "InsufficientCreditsError", "description": "not enough credits"}),
-            ),
+            reply::error(402, "InsufficientCreditsError", "not enough credits"),
             VideoApiError::InsufficientCredits,
         ),
         (
-            Reply::json(
-                404,
-                json!({"kind": "NotFoundError", "description": "not found"}),
-            ),
+            reply::error(404, "NotFoundError", "not found"),
             VideoApiError::NotFound {
                 description: "not found".into(),
             },
         ),
         (
-            Reply::json(
-                409,
-                json!({"kind": "NotReadyError", "description": "talk is in process, try again later"}),
-            ),
+            reply::error(409, "NotReadyError", "talk is in process, try again later"),
             VideoApiError::NotReady {
                 description: "talk is in process, try again later".into(),
             },
         ),
         (
-            Reply::json(
+            reply::json(
                 400,
                 json!({"kind": "ValidationError", "description": "validation failed",
                 "details": {"body.script": {"message": "'script' is required"}}}),
@@ -91,14 +78,11 @@ async fn every_error_shape_maps_to_its_variant() {
             ),
         ),
         (
-            Reply::json(
-                400,
-                json!({"kind": "BadRequestError", "description": "invalid actor url"}),
-            ),
+            reply::error(400, "BadRequestError", "invalid actor url"),
             validation(400, "BadRequestError", "invalid actor url", None),
         ),
         (
-            Reply::json(
+            reply::json(
                 415,
                 json!({"kind": "UnsupportedMimeTypeError", "description": "The provided mime type is not supported",
                 "details": {"received": "image/gif", "supported": ["image/jpeg"]}}),
@@ -111,10 +95,7 @@ async fn every_error_shape_maps_to_its_variant() {
             ),
         ),
         (
-            Reply::json(
-                451,
-                json!({"kind": "ImageModerationError", "description": "Automatic content moderation"}),
-            ),
+            reply::error(451, "ImageModerationError", "Automatic content moderation"),
             validation(
                 451,
                 "ImageModerationError",
@@ -123,41 +104,40 @@ async fn every_error_shape_maps_to_its_variant() {
             ),
         ),
         (
-            Reply::empty(413),
+            reply::empty(413),
             validation(413, "Payload Too Large", "Payload Too Large", None),
         ),
         (
-            Reply::empty(422),
+            reply::empty(422),
             validation(422, "Unprocessable Entity", "Unprocessable Entity", None),
         ),
         (
-            Reply::json(429, json!({"message": "Too Many Requests"})).header("retry-after", "7"),
+            reply::json(429, json!({"message": "Too Many Requests"}))
+                .insert_header("retry-after", "7"),
             VideoApiError::RateLimited {
                 retry_after: Some(Duration::from_secs(7)),
             },
         ),
         (
-            Reply::empty(429),
+            reply::empty(429),
             VideoApiError::RateLimited { retry_after: None },
         ),
         (
-            Reply::json(
-                500,
-                json!({"kind": "UnknownError", "description": "Internal Server Error"}),
-            ),
+            reply::error(500, "UnknownError", "Internal Server Error"),
             VideoApiError::Server { status: 500 },
         ),
         (
-            Reply::raw(502, "text/html", html),
+            reply::raw(502, "text/html", html),
             VideoApiError::Server { status: 502 },
         ),
         (
-            Reply::json(504, json!({"message": "Endpoint request timed out"})),
+            reply::json(504, json!({"message": "Endpoint request timed out"})),
             VideoApiError::Server { status: 504 },
         ),
-        (Reply::empty(503), VideoApiError::Server { status: 503 }),
+        (reply::empty(503), VideoApiError::Server { status: 503 }),
     ];
-    let replies: Arc<Vec<Reply>> = Arc::new(cases.iter().map(|(r, _)| r.clone()).collect());
+    let replies: Arc<Vec<ResponseTemplate>> =
+        Arc::new(cases.iter().map(|(r, _)| r.clone()).collect());
     let server = Scripted::start({
         let replies = replies.clone();
         move |_, i| replies[i].clone()
@@ -175,7 +155,7 @@ async fn every_error_shape_maps_to_its_variant() {
         // No message may carry the key, whatever the upstream said.
         assert!(!got.to_string().contains(crate::support::KEY));
     }
-    assert_eq!(server.count(), cases.len());
+    assert_eq!(server.count().await, cases.len());
     let stats = did.stats();
     assert_eq!(stats.responses.get(&429), Some(&2));
     assert_eq!(stats.responses.values().sum::<u64>(), cases.len() as u64);
@@ -184,10 +164,10 @@ async fn every_error_shape_maps_to_its_variant() {
 #[tokio::test]
 async fn success_bodies_that_do_not_fit_are_protocol_errors() {
     let replies = Arc::new(Mutex::new(vec![
-        Reply::raw(200, "text/html", "<html>maintenance</html>"),
-        Reply::json(200, json!({"remaining": "lots"})),
-        Reply::json(200, json!({"id": "../credits", "status": "done"})),
-        Reply::json(201, json!({"id": "img_1"})),
+        reply::raw(200, "text/html", "<html>maintenance</html>"),
+        reply::json(200, json!({"remaining": "lots"})),
+        reply::json(200, json!({"id": "../credits", "status": "done"})),
+        reply::json(201, json!({"id": "img_1"})),
     ]));
     let server = Scripted::start(move |_, _| replies.lock().unwrap().remove(0)).await;
     let did = client(config(&server.base_url), limiter(1));
@@ -200,14 +180,8 @@ async fn success_bodies_that_do_not_fit_are_protocol_errors() {
         protocol(did.get_talk(&id, p).await.unwrap_err()),
         "a hostile talk id is refused"
     );
-    let png = domain::Upload::new(
-        domain::UploadKind::Image,
-        None,
-        bytes::Bytes::from_static(crate::support::PNG),
-    )
-    .unwrap();
     assert!(
-        protocol(did.upload_image(png, p).await.unwrap_err()),
+        protocol(did.upload_image(png_upload(None), p).await.unwrap_err()),
         "an upload answer needs a url"
     );
 }
@@ -216,18 +190,18 @@ async fn success_bodies_that_do_not_fit_are_protocol_errors() {
 async fn answers_parse_leniently() {
     let server = Scripted::start(|seen, _| match (seen.method.as_str(), seen.path()) {
         ("GET", "/talks/tlk_n41-6smhLSOWm9WGTrP6c") => {
-            Reply::json(200, talk_json("tlk_n41-6smhLSOWm9WGTrP6c", "started"))
+            reply::json(200, talk_json("tlk_n41-6smhLSOWm9WGTrP6c", "started"))
         }
-        ("GET", "/talks") => Reply::json(200, json!({
+        ("GET", "/talks") => reply::json(200, json!({
             "talks": [talk_json("tlk_a", "done"), talk_json("tlk_b", "archived")],
             "token": "next-page"
         })),
-        ("DELETE", "/talks/tlk_a") => Reply::json(200, talk_json("tlk_a", "done")),
-        ("GET", "/credits") => Reply::json(200, json!({
+        ("DELETE", "/talks/tlk_a") => reply::json(200, talk_json("tlk_a", "done")),
+        ("GET", "/credits") => reply::json(200, json!({
             "credits": [{"owner_id": "x", "remaining": 9, "total": 10, "expire_at": "2030-01-01T00:00:00Z"}],
             "remaining": 9, "total": 10, "plan": "trial"
         })),
-        _ => Reply::empty(404),
+        _ => reply::empty(404),
     })
     .await;
     let did = client(config(&server.base_url), limiter(1));

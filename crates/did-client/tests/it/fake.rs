@@ -4,14 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use did_client::{CreateToken, DidClient, DidClientConfig, RetryPolicy};
 use did_fake::{CreateThenFail, FakeDid, Faults, RunningFake};
-use domain::{Priority, Script, TalkRequest, TalkStatus, Upload, UploadKind};
+use domain::{Priority, Script, Talk, TalkRequest, TalkStatus};
 use ports::{VideoApi, VideoApiError, WaitOptions};
 use secrecy::SecretString;
 
-use crate::support::{PNG, WAV, fast_retry, limiter};
+use crate::support::{fast_retry, fast_wait, hello, limiter, png_upload, wav_upload};
 
 async fn fake(faults: Faults) -> RunningFake {
     FakeDid::builder()
@@ -40,25 +39,6 @@ fn did(fake: &RunningFake) -> DidClient {
     crate::support::client(did_config(fake), limiter(4))
 }
 
-fn text_request(user_data: &str) -> TalkRequest {
-    TalkRequest::new(
-        None,
-        Script::Text {
-            input: "Hello from the tests.".into(),
-        },
-    )
-    .unwrap()
-    .with_user_data(user_data.into())
-    .unwrap()
-}
-
-fn fast_wait() -> WaitOptions {
-    WaitOptions {
-        poll_interval: Duration::from_millis(10),
-        max_wait: Duration::from_secs(10),
-    }
-}
-
 /// The fake's talk counts for every `user_data` the client derived from `caller`.
 fn created_for(fake_stats: &did_fake::FakeStats, caller: &str) -> Vec<u64> {
     let prefix = format!("{caller}|tg:");
@@ -76,19 +56,14 @@ async fn every_operation_works_end_to_end() {
     let did = did(&fake);
     let p = Priority::Normal;
 
-    let image = Upload::new(UploadKind::Image, Some("face.png"), Bytes::from_static(PNG)).unwrap();
+    let image = png_upload(Some("face.png"));
     let image = did.upload_image(image, p).await.unwrap();
     assert!(
         image.url.starts_with("s3://d-id-images-prod/"),
         "{}",
         image.url
     );
-    let audio = Upload::new(
-        UploadKind::Audio,
-        Some("voice.wav"),
-        Bytes::from_static(WAV),
-    )
-    .unwrap();
+    let audio = wav_upload(Some("voice.wav"));
     let audio = did.upload_audio(audio, p).await.unwrap();
     assert!(
         audio.url.starts_with("s3://d-id-audios-prod/"),
@@ -119,7 +94,7 @@ async fn every_operation_works_end_to_end() {
     assert!(page.talks.iter().any(|t| t.id == created.id));
 
     let done = did
-        .create_talk_and_wait(&text_request("e2e-wait"), p, fast_wait())
+        .create_talk_and_wait(&hello(Some("e2e-wait")), p, fast_wait())
         .await
         .unwrap();
     assert_eq!(done.status, TalkStatus::Done);
@@ -184,7 +159,7 @@ async fn create_then_fail_creates_exactly_one_talk_whatever_the_failure() {
         let did = did(&fake);
         let caller = format!("once-{mode:?}");
         let created = did
-            .create_talk(&text_request(&caller), Priority::High)
+            .create_talk(&hello(Some(&caller)), Priority::High)
             .await
             .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
         let stats = fake.stats();
@@ -212,7 +187,7 @@ async fn concurrent_creates_under_mixed_faults_never_duplicate() {
         .map(|i| {
             let did = did.clone();
             tokio::spawn(async move {
-                did.create_talk(&text_request(&format!("burst-{i}")), Priority::Normal)
+                did.create_talk(&hello(Some(&format!("burst-{i}"))), Priority::Normal)
                     .await
             })
         })
@@ -238,25 +213,16 @@ async fn concurrent_creates_under_mixed_faults_never_duplicate() {
 
 #[tokio::test]
 async fn waiting_ends_in_each_terminal_state() {
-    // done
-    let fake_done = fake(Faults::default()).await;
-    let talk = did(&fake_done)
-        .create_talk_and_wait(&text_request("w-done"), Priority::Normal, fast_wait())
-        .await
-        .unwrap();
-    assert_eq!(talk.status, TalkStatus::Done);
+    let (fake_done, _, result) = wait_under(Faults::default(), "w-done", fast_wait()).await;
+    assert_eq!(result.unwrap().status, TalkStatus::Done);
     fake_done.shutdown().await;
 
-    // error
-    let fake_error = fake(Faults {
+    let faults = Faults {
         p_async_error: 1.0,
         ..Faults::default()
-    })
-    .await;
-    let err = did(&fake_error)
-        .create_talk_and_wait(&text_request("w-error"), Priority::Normal, fast_wait())
-        .await
-        .unwrap_err();
+    };
+    let (fake_error, _, result) = wait_under(faults, "w-error", fast_wait()).await;
+    let err = result.unwrap_err();
     let VideoApiError::TalkFailed { kind, .. } = &err else {
         panic!("expected TalkFailed, got {err:?}")
     };
@@ -266,34 +232,25 @@ async fn waiting_ends_in_each_terminal_state() {
     );
     fake_error.shutdown().await;
 
-    // rejected
-    let fake_rejected = fake(Faults {
+    let faults = Faults {
         p_rejected: 1.0,
         ..Faults::default()
-    })
-    .await;
-    let err = did(&fake_rejected)
-        .create_talk_and_wait(&text_request("w-rejected"), Priority::Normal, fast_wait())
-        .await
-        .unwrap_err();
+    };
+    let (fake_rejected, _, result) = wait_under(faults, "w-rejected", fast_wait()).await;
+    let err = result.unwrap_err();
     assert!(matches!(err, VideoApiError::TalkRejected { .. }), "{err:?}");
     fake_rejected.shutdown().await;
 
-    // stuck
-    let fake_stuck = fake(Faults {
+    let faults = Faults {
         p_stuck: 1.0,
         ..Faults::default()
-    })
-    .await;
+    };
     let wait = WaitOptions {
         poll_interval: Duration::from_millis(20),
         max_wait: Duration::from_millis(400),
     };
-    let did_stuck = did(&fake_stuck);
-    let err = did_stuck
-        .create_talk_and_wait(&text_request("w-stuck"), Priority::Normal, wait)
-        .await
-        .unwrap_err();
+    let (fake_stuck, did_stuck, result) = wait_under(faults, "w-stuck", wait).await;
+    let err = result.unwrap_err();
     let VideoApiError::TalkTimedOut { talk_id, .. } = &err else {
         panic!("expected TalkTimedOut, got {err:?}")
     };
@@ -301,6 +258,21 @@ async fn waiting_ends_in_each_terminal_state() {
     let talk = did_stuck.get_talk(talk_id, Priority::Normal).await.unwrap();
     assert_eq!(talk.status, TalkStatus::Started);
     fake_stuck.shutdown().await;
+}
+
+/// `create_talk_and_wait` of `caller`'s talk against a fake with `faults`; the fake and the
+/// client are returned for what a test checks after.
+async fn wait_under(
+    faults: Faults,
+    caller: &str,
+    wait: WaitOptions,
+) -> (RunningFake, DidClient, Result<Talk, VideoApiError>) {
+    let fake = fake(faults).await;
+    let did = did(&fake);
+    let result = did
+        .create_talk_and_wait(&hello(Some(caller)), Priority::Normal, wait)
+        .await;
+    (fake, did, result)
 }
 
 #[tokio::test]
@@ -381,7 +353,7 @@ async fn two_clients_with_the_same_token_make_one_talk_under_create_then_fail() 
         ..Faults::default()
     })
     .await;
-    let request = text_request("job-41");
+    let request = hello(Some("job-41"));
     let token = CreateToken::derive("job-41");
     let a = crate::support::client(
         DidClientConfig {
@@ -436,7 +408,7 @@ async fn two_clients_with_the_same_token_make_one_talk_under_create_then_fail() 
 async fn a_token_that_does_not_fit_in_user_data_is_refused_before_any_call() {
     let fake = fake(Faults::default()).await;
     let did = did(&fake);
-    let request = text_request(&"x".repeat(1000 - did_client::tag::TAG_LEN + 1));
+    let request = hello(Some(&"x".repeat(1000 - did_client::tag::TAG_LEN + 1)));
     let err = did
         .create_talk_with_token(&request, Priority::Low, &CreateToken::derive("job"))
         .await

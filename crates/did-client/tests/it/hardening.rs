@@ -3,15 +3,16 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use did_client::{DidClient, DidClientConfig};
 use did_fake::{Delay, FakeDid, Faults, Latency};
-use domain::{Priority, Script, TalkRequest, Upload, UploadKind};
+use domain::Priority;
 use ports::{VideoApi, VideoApiError, WaitOptions};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::support::{PNG, Reply, Scripted, client, config, fast_retry, limiter, talk_json};
+use crate::support::{
+    Scripted, client, config, fast_retry, hello, limiter, png_upload, reply, talk_json,
+};
 
 #[test]
 fn upload_defaults_fit_the_other_routes_worst_case() {
@@ -24,12 +25,12 @@ fn upload_defaults_fit_the_other_routes_worst_case() {
 
 #[tokio::test]
 async fn a_stalled_upload_ends_as_timeout_within_its_deadline() {
-    let server = Scripted::start(|_, _| Reply::empty(201).after(Duration::from_secs(60))).await;
+    let server = Scripted::start(|_, _| reply::empty(201).set_delay(Duration::from_secs(60))).await;
     let mut cfg = config(&server.base_url);
     cfg.upload_timeout = Duration::from_millis(150);
     cfg.upload_call_deadline = Duration::from_millis(400);
     let did = client(cfg, limiter(1));
-    let png = Upload::new(UploadKind::Image, None, Bytes::from_static(PNG)).unwrap();
+    let png = png_upload(None);
     let started = tokio::time::Instant::now();
     let err = did.upload_image(png, Priority::Normal).await.unwrap_err();
     assert_eq!(err, VideoApiError::Timeout);
@@ -81,18 +82,12 @@ async fn an_abandoned_exchange_keeps_its_slot_until_the_upstream_is_done() {
 #[tokio::test]
 async fn a_talk_that_is_done_at_once_is_returned_after_one_early_poll() {
     let server = Scripted::start(|seen, _| match seen.method.as_str() {
-        "POST" => Reply::json(201, json!({"id": "tlk_q", "status": "created"})),
-        _ => Reply::json(200, talk_json("tlk_q", "done")),
+        "POST" => reply::json(201, json!({"id": "tlk_q", "status": "created"})),
+        _ => reply::json(200, talk_json("tlk_q", "done")),
     })
     .await;
     let did = client(config(&server.base_url), limiter(1));
-    let request = TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap();
+    let request = hello(None);
     let wait = WaitOptions {
         poll_interval: Duration::from_secs(60),
         max_wait: Duration::from_secs(120),

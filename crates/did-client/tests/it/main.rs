@@ -1,7 +1,9 @@
 //! did-client's integration tests: one binary, over real HTTP on loopback.
 //!
-//! Modules against the scripted upstream (`support::Scripted`, exact bytes in and out):
-//! - `bodies`: upstream bodies are capped (a hand-rolled upstream streams endless bodies);
+//! Modules against the scripted upstream (`support::Scripted`, a wiremock server answering
+//! exact bodies and headers and recording every request):
+//! - `bodies`: upstream bodies are capped (a hand-rolled loopback upstream streams endless
+//!   bodies, which wiremock's whole-body responses cannot);
 //! - `hardening`: bounded upload waits, a slot kept until an abandoned exchange ends, early polls;
 //! - `errors`: every error shape D-ID sends, and lenient parsing of what it returns;
 //! - `requests`: what goes on the wire (auth header, upload content types, create token);

@@ -4,15 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Priority, Script, TalkId, TalkRequest};
+use domain::{Priority, TalkId};
 use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
 use serde_json::json;
 
-use crate::support::{Reply, Scripted, client, config, eventually, limiter, talk_json};
+use test_support::eventually;
+
+use crate::support::{SETTLE, Scripted, client, config, hello, limiter, reply, talk_json};
 
 #[tokio::test]
 async fn no_permit_is_held_while_backing_off() {
-    let server = Scripted::start(|_, _| Reply::empty(503)).await;
+    let server = Scripted::start(|_, _| reply::empty(503)).await;
     let mut cfg = config(&server.base_url);
     cfg.retry.base_delay = Duration::from_millis(600);
     cfg.retry.max_delay = Duration::from_millis(600);
@@ -23,7 +25,10 @@ async fn no_permit_is_held_while_backing_off() {
         async move { did.credits(Priority::Normal).await }
     });
     // `retries` is counted just before the client starts sleeping.
-    eventually("the first backoff", || did.stats().retries >= 1).await;
+    eventually(SETTLE, "the first backoff", || async {
+        did.stats().retries >= 1
+    })
+    .await;
     assert_eq!(
         slots.stats().await.active,
         0,
@@ -41,9 +46,9 @@ async fn no_permit_is_held_while_backing_off() {
 #[tokio::test]
 async fn no_permit_is_held_between_polls() {
     let server = Scripted::start(|seen, i| match seen.method.as_str() {
-        "POST" => Reply::json(201, json!({"id": "tlk_p", "status": "created"})),
-        _ if i < 4 => Reply::json(200, talk_json("tlk_p", "started")),
-        _ => Reply::json(200, talk_json("tlk_p", "done")),
+        "POST" => reply::json(201, json!({"id": "tlk_p", "status": "created"})),
+        _ if i < 4 => reply::json(200, talk_json("tlk_p", "started")),
+        _ => reply::json(200, talk_json("tlk_p", "done")),
     })
     .await;
     let slots = limiter(1);
@@ -55,19 +60,13 @@ async fn no_permit_is_held_between_polls() {
     let call = tokio::spawn({
         let did = did.clone();
         async move {
-            let request = TalkRequest::new(
-                None,
-                Script::Text {
-                    input: "hello".into(),
-                },
-            )
-            .unwrap();
+            let request = hello(None);
             did.create_talk_and_wait(&request, Priority::High, wait)
                 .await
         }
     });
-    eventually("the first poll", || {
-        did.stats().polls >= 1 && server.count() >= 2
+    eventually(SETTLE, "the first poll", || async {
+        did.stats().polls >= 1 && server.count().await >= 2
     })
     .await;
     // Between polls (≥ 270 ms apart with jitter) the slot is free.
@@ -87,7 +86,7 @@ async fn no_permit_is_held_between_polls() {
 
 #[tokio::test]
 async fn a_cancelled_call_keeps_its_slot_until_the_exchange_ends_then_frees_it() {
-    let server = Scripted::start(|_, _| Reply::empty(200).after(Duration::from_secs(60))).await;
+    let server = Scripted::start(|_, _| reply::empty(200).set_delay(Duration::from_secs(60))).await;
     let slots = limiter(2);
     let mut cfg = config(&server.base_url);
     // The exchange a cancelled call leaves behind ends at this timeout.
@@ -100,7 +99,10 @@ async fn a_cancelled_call_keeps_its_slot_until_the_exchange_ends_then_frees_it()
                 .await
         }
     });
-    eventually("the request in flight", || server.count() == 1).await;
+    eventually(SETTLE, "the request in flight", || async {
+        server.count().await == 1
+    })
+    .await;
     assert_eq!(
         slots.stats().await.active,
         1,
@@ -110,40 +112,34 @@ async fn a_cancelled_call_keeps_its_slot_until_the_exchange_ends_then_frees_it()
     assert!(call.await.unwrap_err().is_cancelled());
     // The request is still at the upstream: the slot stays taken until the exchange ends.
     assert_eq!(slots.stats().await.active, 1, "freed while still in flight");
-    let mut active = 1;
-    eventually_async("the abandoned exchange to time out", &slots, &mut active).await;
+    all_slots_free(&slots, "the abandoned exchange to time out").await;
 
     // Dropping a future directly (no task) does the same.
     let fut = did.credits(Priority::Low);
     let timed_out = tokio::time::timeout(Duration::from_millis(100), fut).await;
     assert!(timed_out.is_err());
-    eventually_async("the dropped exchange to time out", &slots, &mut active).await;
+    all_slots_free(&slots, "the dropped exchange to time out").await;
     assert_eq!(
-        server.count(),
+        server.count().await,
         2,
         "nothing was retried behind the caller's back"
     );
 }
 
-/// Waits (bounded) until no slot of `slots` is active.
-async fn eventually_async(what: &str, slots: &limiter_memory::MemoryLimiter, active: &mut u32) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        *active = slots.stats().await.active;
-        if *active == 0 {
-            return;
+/// Waits (bounded) until no slot of `slots` is active; a timeout shows the active count.
+async fn all_slots_free(slots: &limiter_memory::MemoryLimiter, what: &str) {
+    eventually(SETTLE, what, || async {
+        match slots.stats().await.active {
+            0 => Ok(()),
+            active => Err(format!("{active} active")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_full_limiter_is_a_typed_error_after_the_wait_timeout() {
-    let server = Scripted::start(|_, _| Reply::empty(204)).await;
+    let server = Scripted::start(|_, _| reply::empty(204)).await;
     let mut cfg = config(&server.base_url);
     cfg.limiter_wait_timeout = Duration::from_millis(50);
     let slots = limiter(1);
@@ -154,6 +150,6 @@ async fn a_full_limiter_is_a_typed_error_after_the_wait_timeout() {
         .unwrap();
     let err = did.credits(Priority::Normal).await.unwrap_err();
     assert!(matches!(err, ports::VideoApiError::Limiter(_)), "{err:?}");
-    assert_eq!(server.count(), 0, "nothing is sent without a permit");
+    assert_eq!(server.count().await, 0, "nothing is sent without a permit");
     drop(held);
 }

@@ -2,29 +2,32 @@
 //! create token in `user_data`, paths and query strings.
 
 use base64::Engine as _;
-use bytes::Bytes;
-use domain::{AssetId, Priority, Script, TalkId, TalkRequest, Upload, UploadKind};
+use domain::{AssetId, Priority, Script, TalkId, TalkRequest};
 use ports::VideoApi;
 use serde_json::{Value, json};
 
-use crate::support::{KEY, PNG, Reply, Scripted, WAV, client, config, limiter, talk_json};
+use wiremock::{Request, ResponseTemplate};
 
-fn upstream() -> impl Fn(&crate::support::Seen, usize) -> Reply + Send + Sync + 'static {
+use crate::support::{
+    KEY, Scripted, Sent, client, config, hello, limiter, png_upload, reply, talk_json, wav_upload,
+};
+
+fn upstream() -> impl Fn(&Request, usize) -> ResponseTemplate + Send + Sync + 'static {
     |seen, _| match (seen.method.as_str(), seen.path()) {
-        ("POST", "/images") => Reply::json(
+        ("POST", "/images") => reply::json(
             201,
             json!({"id": "img_abc", "url": "s3://d-id-images-prod/u/img_abc/face.png"}),
         ),
-        ("POST", "/audios") => Reply::json(
+        ("POST", "/audios") => reply::json(
             201,
             json!({"id": "aud123", "url": "s3://d-id-audios-prod/u/aud123/voice.wav", "duration": 1.5}),
         ),
         ("DELETE", _)
             if seen.path().starts_with("/images/") || seen.path().starts_with("/audios/") =>
         {
-            Reply::empty(204)
+            reply::empty(204)
         }
-        ("POST", "/talks") => Reply::json(
+        ("POST", "/talks") => reply::json(
             201,
             json!({"id": "tlk_new", "object": "talk", "status": "created", "created_at": "2024-01-01T00:00:00.000Z"}),
         ),
@@ -32,11 +35,11 @@ fn upstream() -> impl Fn(&crate::support::Seen, usize) -> Reply + Send + Sync + 
             // Echo the user_data that was sent, as D-ID does.
             let mut t = talk_json("tlk_new", "done");
             t["user_data"] = "job-7|tg:AbCdEfGhIjKlMnOp".into();
-            Reply::json(200, t)
+            reply::json(200, t)
         }
-        ("GET", "/talks") => Reply::json(200, json!({"talks": []})),
-        ("GET", "/credits") => Reply::json(200, json!({"remaining": 1, "total": 2})),
-        _ => Reply::empty(404),
+        ("GET", "/talks") => reply::json(200, json!({"talks": []})),
+        ("GET", "/credits") => reply::json(200, json!({"remaining": 1, "total": 2})),
+        _ => reply::empty(404),
     }
 }
 
@@ -45,13 +48,8 @@ async fn every_call_sends_the_same_basic_base64_authorization() {
     let server = Scripted::start(upstream()).await;
     let did = client(config(&server.base_url), limiter(2));
     let p = Priority::Normal;
-    let png = Upload::new(UploadKind::Image, Some("face.png"), Bytes::from_static(PNG)).unwrap();
-    let wav = Upload::new(
-        UploadKind::Audio,
-        Some("voice.wav"),
-        Bytes::from_static(WAV),
-    )
-    .unwrap();
+    let png = png_upload(Some("face.png"));
+    let wav = wav_upload(Some("voice.wav"));
     let image = did.upload_image(png, p).await.unwrap();
     assert_eq!(image.url, "s3://d-id-images-prod/u/img_abc/face.png");
     assert_eq!(image.id, Some(AssetId::parse("img_abc").unwrap()));
@@ -69,7 +67,7 @@ async fn every_call_sends_the_same_basic_base64_authorization() {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(KEY)
     );
-    let seen = server.seen();
+    let seen = server.seen().await;
     assert_eq!(seen.len(), 6);
     for request in &seen {
         assert_eq!(
@@ -77,13 +75,13 @@ async fn every_call_sends_the_same_basic_base64_authorization() {
             Some(expected.as_str()),
             "{} {}",
             request.method,
-            request.target
+            request.target()
         );
         assert_eq!(request.header("accept"), Some("application/json"));
     }
     let paths: Vec<String> = seen
         .iter()
-        .map(|s| format!("{} {}", s.method, s.target))
+        .map(|s| format!("{} {}", s.method, s.target()))
         .collect();
     assert_eq!(
         paths,
@@ -104,16 +102,11 @@ async fn uploads_carry_their_real_content_type_and_field() {
     let did = client(config(&server.base_url), limiter(1));
     let p = Priority::High;
     // Named .jpg but a PNG: the sniffed type wins (the original sent image/jpeg for all).
-    let png = Upload::new(
-        UploadKind::Image,
-        Some("photo.jpg"),
-        Bytes::from_static(PNG),
-    )
-    .unwrap();
+    let png = png_upload(Some("photo.jpg"));
     did.upload_image(png, p).await.unwrap();
-    let wav = Upload::new(UploadKind::Audio, None, Bytes::from_static(WAV)).unwrap();
+    let wav = wav_upload(None);
     did.upload_audio(wav, p).await.unwrap();
-    let seen = server.seen();
+    let seen = server.seen().await;
     let image = seen[0].body_text();
     assert!(
         seen[0]
@@ -151,16 +144,10 @@ async fn creates_are_json_tagged_with_a_token_and_callers_see_their_own_user_dat
     .unwrap();
     let created = did.create_talk(&request, p).await.unwrap();
     assert_eq!(created.id, TalkId::parse("tlk_new").unwrap());
-    let untagged = TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap();
+    let untagged = hello(None);
     did.create_talk(&untagged, p).await.unwrap();
 
-    let seen = server.seen();
+    let seen = server.seen().await;
     assert_eq!(seen[0].header("content-type"), Some("application/json"));
     let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
     let user_data = body["user_data"].as_str().unwrap();
@@ -196,5 +183,8 @@ async fn list_talks_passes_limit_and_token() {
     did.list_talks(Some(5), Some("abc=".into()), Priority::Low)
         .await
         .unwrap();
-    assert_eq!(server.seen()[0].target, "/talks?limit=5&token=abc%3D");
+    assert_eq!(
+        server.seen().await[0].target(),
+        "/talks?limit=5&token=abc%3D"
+    );
 }

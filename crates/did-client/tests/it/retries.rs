@@ -5,27 +5,36 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domain::{Priority, Script, TalkRequest};
+use domain::Priority;
 use ports::{VideoApi, VideoApiError};
 use serde_json::json;
 
-use crate::support::{Reply, Scripted, client, config, limiter};
+use wiremock::ResponseTemplate;
 
-fn credits() -> Reply {
-    Reply::json(200, json!({"remaining": 1, "total": 1}))
+use crate::support::{Scripted, Sent, client, config, hello, limiter, reply};
+
+fn credits() -> ResponseTemplate {
+    reply::json(200, json!({"remaining": 1, "total": 1}))
+}
+
+/// The error of a 429 that asked to wait `after`.
+fn rate_limited(after: Duration) -> VideoApiError {
+    VideoApiError::RateLimited {
+        retry_after: Some(after),
+    }
 }
 
 #[tokio::test]
 async fn server_errors_are_tried_three_times_then_returned_typed() {
     let server =
-        Scripted::start(|_, _| Reply::raw(502, "text/html", "<html>bad gateway</html>")).await;
+        Scripted::start(|_, _| reply::raw(502, "text/html", "<html>bad gateway</html>")).await;
     let did = client(config(&server.base_url), limiter(1));
     let started = Instant::now();
     let err = did.credits(Priority::Normal).await.unwrap_err();
     let elapsed = started.elapsed();
     // The typed error itself, not a "retry error" wrapper.
     assert_eq!(err, VideoApiError::Server { status: 502 });
-    assert_eq!(server.count(), 3);
+    assert_eq!(server.count().await, 3);
     let stats = did.stats();
     assert_eq!((stats.requests, stats.retries), (3, 2));
     assert_eq!(stats.responses.get(&502), Some(&3));
@@ -35,7 +44,7 @@ async fn server_errors_are_tried_three_times_then_returned_typed() {
 
 #[tokio::test]
 async fn a_transient_failure_then_success_succeeds() {
-    let server = Scripted::start(|_, i| if i < 2 { Reply::empty(503) } else { credits() }).await;
+    let server = Scripted::start(|_, i| if i < 2 { reply::empty(503) } else { credits() }).await;
     let did = client(config(&server.base_url), limiter(1));
     let credits = did.credits(Priority::Normal).await.unwrap();
     assert_eq!(credits.remaining, 1);
@@ -45,34 +54,30 @@ async fn a_transient_failure_then_success_succeeds() {
 #[tokio::test]
 async fn client_errors_are_never_retried() {
     for status in [400, 401, 402, 403, 404, 409, 413, 415, 422, 451] {
-        let server = Scripted::start(move |_, _| Reply::empty(status)).await;
+        let server = Scripted::start(move |_, _| reply::empty(status)).await;
         let did = client(config(&server.base_url), limiter(1));
         let err = did.credits(Priority::Normal).await.unwrap_err();
         assert!(!err.is_retryable(), "{status}: {err:?}");
-        assert_eq!(server.count(), 1, "{status} was retried");
+        assert_eq!(server.count().await, 1, "{status} was retried");
         assert_eq!(did.stats().retries, 0);
     }
 }
 
 #[tokio::test]
 async fn rate_limits_are_not_retried_by_default() {
-    let server = Scripted::start(|_, _| Reply::empty(429).header("retry-after-ms", "10")).await;
+    let server =
+        Scripted::start(|_, _| reply::empty(429).insert_header("retry-after-ms", "10")).await;
     let did = client(config(&server.base_url), limiter(1));
     let err = did.credits(Priority::Normal).await.unwrap_err();
-    assert_eq!(
-        err,
-        VideoApiError::RateLimited {
-            retry_after: Some(Duration::from_millis(10))
-        }
-    );
-    assert_eq!(server.count(), 1);
+    assert_eq!(err, rate_limited(Duration::from_millis(10)));
+    assert_eq!(server.count().await, 1);
 }
 
 #[tokio::test]
 async fn opted_in_rate_limit_retries_wait_what_the_server_asks() {
     let server = Scripted::start(|_, i| {
         if i == 0 {
-            Reply::empty(429).header("retry-after-ms", "150")
+            reply::empty(429).insert_header("retry-after-ms", "150")
         } else {
             credits()
         }
@@ -88,38 +93,33 @@ async fn opted_in_rate_limit_retries_wait_what_the_server_asks() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(server.count(), 2);
+    assert_eq!(server.count().await, 2);
 
     // A server asking for more than the cap is not waited for.
-    let slow = Scripted::start(|_, _| Reply::empty(429).header("retry-after", "3600")).await;
+    let slow = Scripted::start(|_, _| reply::empty(429).insert_header("retry-after", "3600")).await;
     let mut cfg = config(&slow.base_url);
     cfg.retry.retry_rate_limited = true;
     let did = client(cfg, limiter(1));
     let err = did.credits(Priority::Normal).await.unwrap_err();
-    assert_eq!(
-        err,
-        VideoApiError::RateLimited {
-            retry_after: Some(Duration::from_secs(3600))
-        }
-    );
-    assert_eq!(slow.count(), 1);
+    assert_eq!(err, rate_limited(Duration::from_secs(3600)));
+    assert_eq!(slow.count().await, 1);
 }
 
 #[tokio::test]
 async fn slow_answers_time_out_and_are_retried() {
-    let server = Scripted::start(|_, _| credits().after(Duration::from_millis(400))).await;
+    let server = Scripted::start(|_, _| credits().set_delay(Duration::from_millis(400))).await;
     let mut cfg = config(&server.base_url);
     cfg.request_timeout = Duration::from_millis(100);
     let did = client(cfg, limiter(1));
     let err = did.credits(Priority::Normal).await.unwrap_err();
     assert_eq!(err, VideoApiError::Timeout);
-    assert_eq!(server.count(), 3);
+    assert_eq!(server.count().await, 3);
     assert_eq!(did.stats().transport_errors, 3);
 }
 
 #[tokio::test]
 async fn the_total_deadline_bounds_the_whole_call() {
-    let server = Scripted::start(|_, _| credits().after(Duration::from_secs(30))).await;
+    let server = Scripted::start(|_, _| credits().set_delay(Duration::from_secs(30))).await;
     let mut cfg = config(&server.base_url);
     cfg.call_deadline = Duration::from_millis(300);
     let did = client(cfg, limiter(1));
@@ -166,36 +166,33 @@ async fn an_ambiguous_create_is_looked_up_before_it_is_sent_again() {
             ("POST", "/talks") => {
                 let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
                 *made.lock().unwrap() = body["user_data"].as_str().map(str::to_owned);
-                Reply::json(504, json!({"message": "Endpoint request timed out"}))
+                reply::json(504, json!({"message": "Endpoint request timed out"}))
             }
-            ("GET", "/talks") => Reply::json(
+            ("GET", "/talks") => reply::json(
                 200,
                 json!({"talks": [
                     {"id": "tlk_other", "status": "done", "user_data": "job-9"},
                     {"id": "tlk_made", "status": "created", "user_data": *made.lock().unwrap()},
                 ]}),
             ),
-            _ => Reply::empty(404),
+            _ => reply::empty(404),
         }
     })
     .await;
     let did = client(config(&server.base_url), limiter(1));
-    let request = TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap()
-    .with_user_data("job-9".into())
-    .unwrap();
+    let request = hello(Some("job-9"));
     let created = did.create_talk(&request, Priority::Normal).await.unwrap();
     assert_eq!(
         created.id.as_str(),
         "tlk_made",
         "found by token, not by the caller's user_data"
     );
-    let posts = server.seen().iter().filter(|s| s.method == "POST").count();
+    let posts = server
+        .seen()
+        .await
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count();
     assert_eq!(posts, 1, "the talk was not created a second time");
     assert_eq!(did.stats().create_recoveries, 1);
 }
@@ -204,26 +201,21 @@ async fn an_ambiguous_create_is_looked_up_before_it_is_sent_again() {
 async fn an_ambiguous_create_not_found_is_sent_again_and_a_refused_one_is_not() {
     let server = Scripted::start(|seen, i| match (seen.method.as_str(), seen.path()) {
         // First create: 500 and nothing made. Second: created.
-        ("POST", "/talks") if i == 0 => Reply::empty(500),
-        ("POST", "/talks") => Reply::json(201, json!({"id": "tlk_2", "status": "created"})),
-        ("GET", "/talks") => Reply::json(200, json!({"talks": []})),
-        _ => Reply::empty(404),
+        ("POST", "/talks") if i == 0 => reply::empty(500),
+        ("POST", "/talks") => reply::json(201, json!({"id": "tlk_2", "status": "created"})),
+        ("GET", "/talks") => reply::json(200, json!({"talks": []})),
+        _ => reply::empty(404),
     })
     .await;
     let did = client(config(&server.base_url), limiter(1));
-    let request = TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap();
+    let request = hello(None);
     let created = did.create_talk(&request, Priority::Normal).await.unwrap();
     assert_eq!(created.id.as_str(), "tlk_2");
     let calls: Vec<String> = server
         .seen()
+        .await
         .iter()
-        .map(|s| format!("{} {}", s.method, s.target))
+        .map(|s| format!("{} {}", s.method, s.target()))
         .collect();
     assert_eq!(
         calls,
@@ -231,13 +223,8 @@ async fn an_ambiguous_create_not_found_is_sent_again_and_a_refused_one_is_not() 
     );
     assert_eq!(did.stats().create_recoveries, 0);
 
-    let refused = Scripted::start(|_, _| {
-        Reply::json(
-            400,
-            json!({"kind": "BadRequestError", "description": "invalid actor url"}),
-        )
-    })
-    .await;
+    let refused =
+        Scripted::start(|_, _| reply::error(400, "BadRequestError", "invalid actor url")).await;
     let did = client(config(&refused.base_url), limiter(1));
     let err = did
         .create_talk(&request, Priority::Normal)
@@ -247,30 +234,26 @@ async fn an_ambiguous_create_not_found_is_sent_again_and_a_refused_one_is_not() 
         matches!(err, VideoApiError::Validation { status: 400, .. }),
         "{err:?}"
     );
-    assert_eq!(refused.count(), 1, "a 400 is neither retried nor looked up");
+    assert_eq!(
+        refused.count().await,
+        1,
+        "a 400 is neither retried nor looked up"
+    );
 }
 
 #[tokio::test]
 async fn an_untagged_create_is_never_repeated_after_an_ambiguous_failure() {
-    let server = Scripted::start(|_, _| Reply::empty(500)).await;
+    let server = Scripted::start(|_, _| reply::empty(500)).await;
     let did = client(config(&server.base_url), limiter(1));
     // 990 characters leave no room for the 20-character tag.
-    let request = TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap()
-    .with_user_data("u".repeat(990))
-    .unwrap();
+    let request = hello(Some(&"u".repeat(990)));
     let err = did
         .create_talk(&request, Priority::Normal)
         .await
         .unwrap_err();
     assert_eq!(err, VideoApiError::Server { status: 500 });
-    assert_eq!(server.count(), 1);
-    let body: serde_json::Value = serde_json::from_slice(&server.seen()[0].body).unwrap();
+    assert_eq!(server.count().await, 1);
+    let body: serde_json::Value = serde_json::from_slice(&server.seen().await[0].body).unwrap();
     assert_eq!(
         body["user_data"].as_str().map(str::len),
         Some(990),

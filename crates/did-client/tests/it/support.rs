@@ -1,230 +1,140 @@
-//! Test support: a scripted HTTP/1.1 upstream, client and limiter builders.
+//! Test support: a scripted upstream on wiremock, client and limiter builders.
 //!
-//! `did-fake` is the realistic upstream; the scripted server exists for what a fake should
-//! not do on purpose: answer exact bodies (HTML, `{"Message"}`, empty), exact headers
-//! (`Retry-After`), and record every request byte so tests can check what was sent.
+//! `did-fake` is the realistic upstream; the scripted one exists for what a fake should not do
+//! on purpose: answer exact bodies (HTML, `{"Message"}`, empty) and exact headers
+//! (`Retry-After`), and record every request so tests can check what was sent. `eventually` and
+//! the media fixtures come from `test-support`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use did_client::{DidClient, DidClientConfig, RetryPolicy};
+use domain::{Script, TalkRequest, Upload, UploadKind};
 use limiter_memory::MemoryLimiter;
-use ports::ConcurrencyLimiter;
+use ports::{ConcurrencyLimiter, WaitOptions};
 use secrecy::SecretString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use test_support::media;
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+/// How long a test waits for state that settles asynchronously (`test_support::eventually`).
+pub const SETTLE: Duration = Duration::from_secs(10);
 
 /// The key tests configure.
 pub const KEY: &str = "dXNlckBleGFtcGxlLmNvbQ:AbCdEfGhIjKlMnOpQrStU";
 
-/// One request as the server saw it.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    /// Path with query.
-    pub target: String,
-    /// Lowercase header names.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+/// What a test reads from a request the upstream saw.
+pub trait Sent {
+    /// Path with query, as sent.
+    fn target(&self) -> String;
+    /// The path alone.
+    fn path(&self) -> &str;
+    /// The first value of header `name`.
+    fn header(&self, name: &str) -> Option<&str>;
+    /// The body as (lossy) UTF-8.
+    fn body_text(&self) -> String;
 }
 
-impl Seen {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+impl Sent for Request {
+    fn target(&self) -> String {
+        match self.url.query() {
+            Some(query) => format!("{}?{query}", self.url.path()),
+            None => self.url.path().to_owned(),
+        }
     }
-    pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or_default()
+    fn path(&self) -> &str {
+        self.url.path()
     }
-    pub fn body_text(&self) -> String {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
-/// What the server answers.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-    /// Wait this long before answering.
-    pub delay: Duration,
-}
+/// The replies tests script: exact status, body and content type. A header is added with
+/// `.insert_header(..)`, a delay before answering with `.set_delay(..)`.
+pub mod reply {
+    use wiremock::ResponseTemplate;
 
-impl Reply {
-    pub fn json(status: u16, body: serde_json::Value) -> Reply {
-        Reply {
+    /// `status` with `body` as `application/json`.
+    pub fn json(status: u16, body: serde_json::Value) -> ResponseTemplate {
+        ResponseTemplate::new(status).set_body_json(body)
+    }
+    /// `status` with D-ID's error body `{"kind", "description"}`.
+    pub fn error(status: u16, kind: &str, description: &str) -> ResponseTemplate {
+        json(
             status,
-            headers: vec![("content-type", "application/json".into())],
-            body: body.to_string().into_bytes(),
-            delay: Duration::ZERO,
-        }
+            serde_json::json!({"kind": kind, "description": description}),
+        )
     }
-    pub fn raw(status: u16, content_type: &str, body: &str) -> Reply {
-        Reply {
-            status,
-            headers: vec![("content-type", content_type.into())],
-            body: body.as_bytes().to_vec(),
-            delay: Duration::ZERO,
-        }
+    /// `status` with `body` as `content_type`.
+    pub fn raw(status: u16, content_type: &str, body: &str) -> ResponseTemplate {
+        ResponseTemplate::new(status).set_body_raw(body, content_type)
     }
-    pub fn empty(status: u16) -> Reply {
-        Reply {
-            status,
-            headers: vec![],
-            body: vec![],
-            delay: Duration::ZERO,
-        }
-    }
-    pub fn header(mut self, name: &'static str, value: &str) -> Reply {
-        self.headers.push((name, value.into()));
-        self
-    }
-    pub fn after(mut self, delay: Duration) -> Reply {
-        self.delay = delay;
-        self
+    /// `status` with no body and no content type.
+    pub fn empty(status: u16) -> ResponseTemplate {
+        ResponseTemplate::new(status)
     }
 }
 
-type Handler = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
+/// A wiremock responder that hands each request and its index (from 0, in arrival order) to
+/// the test's script.
+struct Responder<F> {
+    next: AtomicUsize,
+    reply: F,
+}
 
-/// A loopback HTTP/1.1 server answering each request with `handler(request, index)`, where
-/// `index` counts requests from 0. Stops when dropped.
+impl<F> Respond for Responder<F>
+where
+    F: Fn(&Request, usize) -> ResponseTemplate + Send + Sync + 'static,
+{
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        (self.reply)(request, self.next.fetch_add(1, Ordering::SeqCst))
+    }
+}
+
+/// A loopback upstream answering each request with `script(request, index)`, recording every
+/// request. Its own server (not one of wiremock's pooled ones, which a late request of an
+/// earlier test could reach); stops when dropped.
 pub struct Scripted {
     pub base_url: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    connections: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    server: MockServer,
 }
 
 impl Scripted {
     pub async fn start(
-        handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
+        script: impl Fn(&Request, usize) -> ResponseTemplate + Send + Sync + 'static,
     ) -> Scripted {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(AtomicU64::new(0));
-        let handler: Arc<Handler> = Arc::new(handler);
-        let task = tokio::spawn({
-            let seen = seen.clone();
-            let connections = connections.clone();
-            async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    connections.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(serve(stream, seen.clone(), handler.clone()));
-                }
-            }
-        });
+        let server = MockServer::builder().start().await;
+        Mock::given(any())
+            .respond_with(Responder {
+                next: AtomicUsize::new(0),
+                reply: script,
+            })
+            .mount(&server)
+            .await;
         Scripted {
-            base_url,
-            seen,
-            connections,
-            task,
+            base_url: server.uri(),
+            server,
         }
     }
 
-    /// Every request so far.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+    /// Every request so far, in arrival order.
+    pub async fn seen(&self) -> Vec<Request> {
+        self.server
+            .received_requests()
+            .await
+            .expect("request recording is on by default")
     }
 
     /// Requests so far.
-    pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
+    pub async fn count(&self) -> usize {
+        self.seen().await.len()
     }
-
-    /// TCP connections accepted so far.
-    #[allow(dead_code)]
-    pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
-
-async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, handler: Arc<Handler>) {
-    let mut buf = Vec::new();
-    loop {
-        // Read the head.
-        let head_end = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i;
-            }
-            let mut chunk = [0u8; 8192];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let mut first = lines.next().unwrap_or_default().split(' ');
-        let method = first.next().unwrap_or_default().to_owned();
-        let target = first.next().unwrap_or_default().to_owned();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let body_start = head_end + 4;
-        while buf.len() < body_start + len {
-            let mut chunk = [0u8; 65536];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = buf[body_start..body_start + len].to_vec();
-        buf.drain(..body_start + len);
-        let request = Seen {
-            method,
-            target,
-            headers,
-            body,
-        };
-        let index = {
-            let mut seen = seen.lock().unwrap();
-            seen.push(request.clone());
-            seen.len() - 1
-        };
-        let reply = handler(&request, index);
-        if !reply.delay.is_zero() {
-            tokio::time::sleep(reply.delay).await;
-        }
-        let mut out = format!(
-            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
-            reply.status,
-            reply.body.len()
-        );
-        for (n, v) in &reply.headers {
-            out.push_str(&format!("{n}: {v}\r\n"));
-        }
-        out.push_str("\r\n");
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&reply.body);
-        if stream.write_all(&bytes).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A retry policy with the default shape but millisecond waits, so tests stay fast.
@@ -260,18 +170,6 @@ pub fn client(config: DidClientConfig, limiter: Arc<MemoryLimiter>) -> DidClient
     DidClient::new(config, limiter).unwrap()
 }
 
-/// Waits (bounded) until `cond` holds.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// A talk body in D-ID's shape, with the quirks: unknown fields, `started_at` without `Z`,
 /// `result_format` ".mp4".
 pub fn talk_json(id: &str, status: &str) -> serde_json::Value {
@@ -293,7 +191,35 @@ pub fn talk_json(id: &str, status: &str) -> serde_json::Value {
     talk
 }
 
-/// A tiny PNG header (sniffs as PNG).
-pub const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0];
-/// A tiny WAV header (sniffs as WAV).
-pub const WAV: &[u8] = b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00";
+/// A text talk saying "hello", with the caller's `user_data` when given.
+pub fn hello(user_data: Option<&str>) -> TalkRequest {
+    let request = TalkRequest::new(
+        None,
+        Script::Text {
+            input: "hello".into(),
+        },
+    )
+    .unwrap();
+    match user_data {
+        Some(user_data) => request.with_user_data(user_data.into()).unwrap(),
+        None => request,
+    }
+}
+
+/// Polls every 10 ms for up to 10 s: fast, and never the reason a test fails.
+pub fn fast_wait() -> WaitOptions {
+    WaitOptions {
+        poll_interval: Duration::from_millis(10),
+        max_wait: Duration::from_secs(10),
+    }
+}
+
+/// `test_support`'s PNG as an image upload, named `name` when given.
+pub fn png_upload(name: Option<&str>) -> Upload {
+    Upload::new(UploadKind::Image, name, Bytes::from_static(media::png())).unwrap()
+}
+
+/// `test_support`'s WAV as an audio upload, named `name` when given.
+pub fn wav_upload(name: Option<&str>) -> Upload {
+    Upload::new(UploadKind::Audio, name, Bytes::from_static(media::wav())).unwrap()
+}

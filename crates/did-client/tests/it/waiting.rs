@@ -3,43 +3,35 @@
 
 use std::time::Duration;
 
-use domain::{Priority, Script, TalkRequest, TalkStatus};
+use did_client::DidClient;
+use domain::{Priority, Talk, TalkStatus};
 use ports::{VideoApi, VideoApiError, WaitOptions};
 use serde_json::json;
 
-use crate::support::{Reply, Scripted, client, config, limiter, talk_json};
-
-fn request() -> TalkRequest {
-    TalkRequest::new(
-        None,
-        Script::Text {
-            input: "hello".into(),
-        },
-    )
-    .unwrap()
-    .with_user_data("job-w".into())
-    .unwrap()
-}
-
-fn fast() -> WaitOptions {
-    WaitOptions {
-        poll_interval: Duration::from_millis(10),
-        max_wait: Duration::from_secs(10),
-    }
-}
+use crate::support::{Scripted, Sent, client, config, fast_wait, hello, limiter, reply, talk_json};
 
 /// An upstream whose talk answers `statuses` to successive polls (the last one repeats).
-async fn upstream(statuses: &'static [serde_json::Value]) -> Scripted {
+async fn upstream(statuses: Vec<serde_json::Value>) -> Scripted {
     Scripted::start(move |seen, i| match seen.method.as_str() {
-        "POST" => Reply::json(201, json!({"id": "tlk_w", "status": "created"})),
-        _ => Reply::json(200, statuses[(i - 1).min(statuses.len() - 1)].clone()),
+        "POST" => reply::json(201, json!({"id": "tlk_w", "status": "created"})),
+        _ => reply::json(200, statuses[(i - 1).min(statuses.len() - 1)].clone()),
     })
     .await
 }
 
+/// `create_talk_and_wait` of a "job-w" talk against `server`; the client is returned for its
+/// stats.
+async fn wait_on(server: &Scripted, wait: WaitOptions) -> (Result<Talk, VideoApiError>, DidClient) {
+    let did = client(config(&server.base_url), limiter(1));
+    let result = did
+        .create_talk_and_wait(&hello(Some("job-w")), Priority::Normal, wait)
+        .await;
+    (result, did)
+}
+
 #[tokio::test]
 async fn polls_until_done() {
-    let statuses: &'static [serde_json::Value] = Box::leak(Box::new([
+    let statuses = vec![
         talk_json("tlk_w", "created"),
         talk_json("tlk_w", "started"),
         {
@@ -47,13 +39,9 @@ async fn polls_until_done() {
             t["user_data"] = "job-w|tg:AbCdEfGhIjKlMnOp".into();
             t
         },
-    ]));
-    let server = upstream(statuses).await;
-    let did = client(config(&server.base_url), limiter(1));
-    let talk = did
-        .create_talk_and_wait(&request(), Priority::Normal, fast())
-        .await
-        .unwrap();
+    ];
+    let (result, did) = wait_on(&upstream(statuses).await, fast_wait()).await;
+    let talk = result.unwrap();
     assert_eq!(talk.status, TalkStatus::Done);
     assert_eq!(
         talk.result_url.as_deref(),
@@ -65,16 +53,12 @@ async fn polls_until_done() {
 
 #[tokio::test]
 async fn an_error_talk_is_talk_failed_with_kind_and_description() {
-    let statuses: &'static [serde_json::Value] = Box::leak(Box::new([json!({
+    let statuses = vec![json!({
         "id": "tlk_w", "status": "error",
         "error": {"kind": "FaceError", "description": "No valid face detected", "details": "x"}
-    })]));
-    let server = upstream(statuses).await;
-    let did = client(config(&server.base_url), limiter(1));
-    let err = did
-        .create_talk_and_wait(&request(), Priority::Normal, fast())
-        .await
-        .unwrap_err();
+    })];
+    let (result, _) = wait_on(&upstream(statuses).await, fast_wait()).await;
+    let err = result.unwrap_err();
     assert_eq!(
         err,
         VideoApiError::TalkFailed {
@@ -87,14 +71,9 @@ async fn an_error_talk_is_talk_failed_with_kind_and_description() {
 
 #[tokio::test]
 async fn a_rejected_talk_is_talk_rejected() {
-    let statuses: &'static [serde_json::Value] =
-        Box::leak(Box::new([json!({"id": "tlk_w", "status": "rejected"})]));
-    let server = upstream(statuses).await;
-    let did = client(config(&server.base_url), limiter(1));
-    let err = did
-        .create_talk_and_wait(&request(), Priority::Normal, fast())
-        .await
-        .unwrap_err();
+    let statuses = vec![json!({"id": "tlk_w", "status": "rejected"})];
+    let (result, _) = wait_on(&upstream(statuses).await, fast_wait()).await;
+    let err = result.unwrap_err();
     assert!(
         matches!(err, VideoApiError::TalkRejected { ref talk_id, .. } if talk_id.as_str() == "tlk_w"),
         "{err:?}"
@@ -103,19 +82,13 @@ async fn a_rejected_talk_is_talk_rejected() {
 
 #[tokio::test]
 async fn a_stuck_talk_times_out_with_its_id() {
-    let statuses: &'static [serde_json::Value] =
-        Box::leak(Box::new([talk_json("tlk_w", "started")]));
-    let server = upstream(statuses).await;
-    let did = client(config(&server.base_url), limiter(1));
     let wait = WaitOptions {
         poll_interval: Duration::from_millis(20),
         max_wait: Duration::from_millis(300),
     };
     let started = std::time::Instant::now();
-    let err = did
-        .create_talk_and_wait(&request(), Priority::Normal, wait)
-        .await
-        .unwrap_err();
+    let (result, did) = wait_on(&upstream(vec![talk_json("tlk_w", "started")]).await, wait).await;
+    let err = result.unwrap_err();
     let VideoApiError::TalkTimedOut { talk_id, waited } = err else {
         panic!("expected TalkTimedOut, got {err:?}");
     };
@@ -128,17 +101,14 @@ async fn a_stuck_talk_times_out_with_its_id() {
 #[tokio::test]
 async fn transient_poll_failures_do_not_end_the_wait() {
     let server = Scripted::start(|seen, i| match (seen.method.as_str(), i) {
-        ("POST", _) => Reply::json(201, json!({"id": "tlk_w", "status": "created"})),
+        ("POST", _) => reply::json(201, json!({"id": "tlk_w", "status": "created"})),
         // Three 502s in a row exhaust one poll's retries; polling goes on regardless.
-        (_, 1..=3) => Reply::raw(502, "text/html", "<html></html>"),
-        _ => Reply::json(200, talk_json("tlk_w", "done")),
+        (_, 1..=3) => reply::raw(502, "text/html", "<html></html>"),
+        _ => reply::json(200, talk_json("tlk_w", "done")),
     })
     .await;
-    let did = client(config(&server.base_url), limiter(1));
-    let talk = did
-        .create_talk_and_wait(&request(), Priority::Normal, fast())
-        .await
-        .unwrap();
+    let (result, did) = wait_on(&server, fast_wait()).await;
+    let talk = result.unwrap();
     assert_eq!(talk.status, TalkStatus::Done);
     assert_eq!(did.stats().polls, 2);
 }
@@ -146,34 +116,30 @@ async fn transient_poll_failures_do_not_end_the_wait() {
 #[tokio::test]
 async fn a_vanished_talk_ends_the_wait_with_not_found() {
     let server = Scripted::start(|seen, _| match seen.method.as_str() {
-        "POST" => Reply::json(201, json!({"id": "tlk_w", "status": "created"})),
-        _ => Reply::json(
-            404,
-            json!({"kind": "NotFoundError", "description": "not found"}),
-        ),
+        "POST" => reply::json(201, json!({"id": "tlk_w", "status": "created"})),
+        _ => reply::error(404, "NotFoundError", "not found"),
     })
     .await;
-    let did = client(config(&server.base_url), limiter(1));
-    let err = did
-        .create_talk_and_wait(&request(), Priority::Normal, fast())
-        .await
-        .unwrap_err();
+    let (result, _) = wait_on(&server, fast_wait()).await;
+    let err = result.unwrap_err();
     assert!(matches!(err, VideoApiError::NotFound { .. }), "{err:?}");
 }
 
 #[tokio::test]
 async fn waiting_for_a_created_talk_polls_that_talk_and_creates_nothing() {
-    let statuses: &'static [serde_json::Value] =
-        Box::leak(Box::new([talk_json("tlk_w", "started"), {
-            let mut t = talk_json("tlk_w", "done");
-            t["user_data"] = "job-w|tg:AbCdEfGhIjKlMnOp".into();
-            t
-        }]));
+    let statuses = vec![talk_json("tlk_w", "started"), {
+        let mut t = talk_json("tlk_w", "done");
+        t["user_data"] = "job-w|tg:AbCdEfGhIjKlMnOp".into();
+        t
+    }];
     let server = upstream(statuses).await;
     let did = client(config(&server.base_url), limiter(1));
-    let created = did.create_talk(&request(), Priority::Normal).await.unwrap();
+    let created = did
+        .create_talk(&hello(Some("job-w")), Priority::Normal)
+        .await
+        .unwrap();
     let talk = did
-        .wait_for_talk(&created.id, Priority::Normal, fast())
+        .wait_for_talk(&created.id, Priority::Normal, fast_wait())
         .await
         .unwrap();
     assert_eq!(talk.id, created.id);
@@ -183,7 +149,7 @@ async fn waiting_for_a_created_talk_polls_that_talk_and_creates_nothing() {
         Some("job-w"),
         "the tag is stripped"
     );
-    let seen = server.seen();
+    let seen = server.seen().await;
     let methods: Vec<(&str, &str)> = seen.iter().map(|s| (s.method.as_str(), s.path())).collect();
     assert_eq!(
         methods,
@@ -198,7 +164,7 @@ async fn waiting_for_a_created_talk_polls_that_talk_and_creates_nothing() {
 
 #[tokio::test]
 async fn waiting_for_a_talk_times_out_with_its_id() {
-    let server = Scripted::start(|_, _| Reply::json(200, talk_json("tlk_w", "started"))).await;
+    let server = Scripted::start(|_, _| reply::json(200, talk_json("tlk_w", "started"))).await;
     let did = client(config(&server.base_url), limiter(1));
     let id = domain::TalkId::parse("tlk_w").unwrap();
     let wait = WaitOptions {
@@ -213,5 +179,8 @@ async fn waiting_for_a_talk_times_out_with_its_id() {
         matches!(err, VideoApiError::TalkTimedOut { ref talk_id, .. } if *talk_id == id),
         "{err:?}"
     );
-    assert!(server.seen().iter().all(|s| s.method == "GET"), "no create");
+    assert!(
+        server.seen().await.iter().all(|s| s.method == "GET"),
+        "no create"
+    );
 }

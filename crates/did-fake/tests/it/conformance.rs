@@ -23,11 +23,11 @@
 use std::collections::BTreeSet;
 
 use did_fake::{Delay, Faults};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use test_support::media::silent_wav;
 
-use crate::support::{Api, Reply, SHORT, fast, spawn, talk_body};
+use crate::support::{Api, Reply, SHORT, fast, faults, spawn, talk_body};
 
 const SPEC: &str = include_str!("../data/d-id-openapi.json");
 
@@ -92,6 +92,13 @@ impl Checker {
     }
 
     /// API Gateway bodies (patch 5).
+    /// [`Checker::check`] of each of `replies`, all answers of `method path`.
+    fn check_all(&mut self, method: &str, path: &str, replies: &[Reply]) {
+        for reply in replies {
+            self.check(method, path, reply);
+        }
+    }
+
     fn check_gateway(&mut self, what: &str, reply: &Reply, field: &str) {
         let schema = json!({
             "type": "object",
@@ -161,19 +168,21 @@ fn patch_talk(talk: &mut Value) {
 }
 
 async fn image(api: &Api) -> Reply {
-    api.upload("/images", "image", vec![1; 64], "face.png", "image/png")
-        .await
+    api.image(vec![1; 64], "face.png", "image/png").await
 }
 
 async fn audio(api: &Api) -> Reply {
-    api.upload(
-        "/audios",
-        "audio",
-        silent_wav(1.0),
-        "speech.wav",
-        "audio/wav",
-    )
-    .await
+    api.audio(silent_wav(1.0), "speech.wav", "audio/wav").await
+}
+
+/// `DELETE path` by each of `callers`, one after the other (the second of the same talk or file
+/// is the 404).
+async fn deletes(callers: &[&Api], path: &str) -> Vec<Reply> {
+    let mut replies = Vec::new();
+    for caller in callers {
+        replies.push(caller.delete(path).await);
+    }
+    replies
 }
 
 #[tokio::test]
@@ -186,93 +195,37 @@ async fn every_route_answers_as_the_openapi_schema_says() {
     // POST /images: 201 (plain and with faces), 400, 401, 402, 415.
     let img = image(&api).await;
     c.check("POST", "/images", &img);
-    let part = reqwest::multipart::Part::bytes(vec![1; 8])
-        .file_name("a.jpg")
-        .mime_str("image/jpeg")
-        .unwrap();
-    let form = reqwest::multipart::Form::new()
-        .part("image", part)
-        .text("detect_faces", "true");
-    c.check(
-        "POST",
-        "/images",
-        &api.send(api.req(Method::POST, "/images").multipart(form))
+    let replies = [
+        api.image_detecting_faces(vec![1; 8]).await,
+        api.upload("/images", "file", vec![1], "a.png", "image/png")
             .await,
-    );
-    c.check(
-        "POST",
-        "/images",
-        &api.upload("/images", "file", vec![1], "a.png", "image/png")
-            .await,
-    );
-    c.check("POST", "/images", &image(&anon).await);
-    c.check("POST", "/images", &image(&broke).await);
-    c.check(
-        "POST",
-        "/images",
-        &api.upload("/images", "image", vec![1], "a.gif", "image/gif")
-            .await,
-    );
+        image(&anon).await,
+        image(&broke).await,
+        api.image(vec![1], "a.gif", "image/gif").await,
+    ];
+    c.check_all("POST", "/images", &replies);
 
     // DELETE /images/{id}: 204, 401, 404.
     let img_id = img.json()["id"].as_str().unwrap().to_owned();
-    c.check(
-        "DELETE",
-        "/images/{id}",
-        &anon.delete(&format!("/images/{img_id}")).await,
-    );
-    c.check(
-        "DELETE",
-        "/images/{id}",
-        &api.delete(&format!("/images/{img_id}")).await,
-    );
-    c.check(
-        "DELETE",
-        "/images/{id}",
-        &api.delete(&format!("/images/{img_id}")).await,
-    );
+    let replies = deletes(&[&anon, &api, &api], &format!("/images/{img_id}")).await;
+    c.check_all("DELETE", "/images/{id}", &replies);
 
     // POST /audios: 201, 400, 401, 402, 415.
     let aud = audio(&api).await;
     c.check("POST", "/audios", &aud);
-    c.check(
-        "POST",
-        "/audios",
-        &api.upload(
-            "/audios",
-            "audio",
-            vec![0; 6 * 1024 * 1024 + 1],
-            "a.wav",
-            "audio/wav",
-        )
-        .await,
-    );
-    c.check("POST", "/audios", &audio(&anon).await);
-    c.check("POST", "/audios", &audio(&broke).await);
-    c.check(
-        "POST",
-        "/audios",
-        &api.upload("/audios", "audio", vec![1], "a.png", "image/png")
+    let replies = [
+        api.audio(vec![0; 6 * 1024 * 1024 + 1], "a.wav", "audio/wav")
             .await,
-    );
+        audio(&anon).await,
+        audio(&broke).await,
+        api.audio(vec![1], "a.png", "image/png").await,
+    ];
+    c.check_all("POST", "/audios", &replies);
 
     // DELETE /audios/{id}: 204, 401, 404.
     let aud_id = aud.json()["id"].as_str().unwrap().to_owned();
-    c.check(
-        "DELETE",
-        "/audios/{id}",
-        &anon.delete(&format!("/audios/{aud_id}")).await,
-    );
-    c.check(
-        "DELETE",
-        "/audios/{id}",
-        &api.delete(&format!("/audios/{aud_id}")).await,
-    );
-    c.check(
-        "DELETE",
-        "/audios/{id}",
-        &api.delete(&format!("/audios/{aud_id}")).await,
-    );
+    let replies = deletes(&[&anon, &api, &api], &format!("/audios/{aud_id}")).await;
+    c.check_all("DELETE", "/audios/{id}", &replies);
 
     // POST /talks: 201, 400 (ValidationError, BadRequestError), 401, 402.
     let mut full = talk_body();
@@ -283,48 +236,32 @@ async fn every_route_answers_as_the_openapi_schema_says() {
                             "logo": {"url": "https://example.test/logo.png", "position": [1, 2]}});
     let created = api.post_json("/talks", &full).await;
     c.check("POST", "/talks", &created);
-    c.check(
-        "POST",
-        "/talks",
-        &api.post_json("/talks", &json!({"script": {"type": "x"}}))
+    let bad_source =
+        json!({"source_url": "https://x/a.gif", "script": {"type": "text", "input": "hello"}});
+    let replies = [
+        api.post_json("/talks", &json!({"script": {"type": "x"}}))
             .await,
-    );
-    c.check("POST", "/talks", &api.post_json("/talks", &json!({"source_url": "https://x/a.gif",
-                                                                "script": {"type": "text", "input": "hello"}})).await);
-    c.check(
-        "POST",
-        "/talks",
-        &anon.post_json("/talks", &talk_body()).await,
-    );
-    c.check(
-        "POST",
-        "/talks",
-        &broke.post_json("/talks", &talk_body()).await,
-    );
+        api.post_json("/talks", &bad_source).await,
+        anon.post_json("/talks", &talk_body()).await,
+        broke.post_json("/talks", &talk_body()).await,
+    ];
+    c.check_all("POST", "/talks", &replies);
 
     // GET /talks/{id} in every state: done (with all optional fields) here.
     let id = created.json()["id"].as_str().unwrap().to_owned();
     api.wait_status(&id, &["done"], SHORT).await;
-    c.check(
-        "GET",
-        "/talks/{id}",
-        &api.get(&format!("/talks/{id}")).await,
-    );
-    c.check(
-        "GET",
-        "/talks/{id}",
-        &anon.get(&format!("/talks/{id}")).await,
-    );
-    c.check("GET", "/talks/{id}", &api.get("/talks/tlk_missing").await);
+    let replies = [
+        api.get(&format!("/talks/{id}")).await,
+        anon.get(&format!("/talks/{id}")).await,
+        api.get("/talks/tlk_missing").await,
+    ];
+    c.check_all("GET", "/talks/{id}", &replies);
     // From uploads (s3 urls echoed) and a text script.
     let img = image(&api).await.json();
     let aud = audio(&api).await.json();
     let from_uploads =
         json!({"source_url": img["url"], "script": {"type": "audio", "audio_url": aud["url"]}});
-    let id2 = api.post_json("/talks", &from_uploads).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id2 = api.create_talk_from(&from_uploads).await;
     api.wait_status(&id2, &["done"], SHORT).await;
     c.check(
         "GET",
@@ -332,18 +269,14 @@ async fn every_route_answers_as_the_openapi_schema_says() {
         &api.get(&format!("/talks/{id2}")).await,
     );
     let text = json!({"script": {"type": "text", "input": "Hello there", "ssml": "false"}});
-    let id3 = api.post_json("/talks", &text).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id3 = api.create_talk_from(&text).await;
     api.wait_status(&id3, &["done"], SHORT).await;
 
     // GET /talks: 200 with a token, 200 without, 401.
     let page = api.get("/talks?limit=1").await;
-    c.check("GET", "/talks", &page);
     assert!(page.json()["token"].is_string());
-    c.check("GET", "/talks", &api.get("/talks").await);
-    c.check("GET", "/talks", &anon.get("/talks").await);
+    let replies = [page, api.get("/talks").await, anon.get("/talks").await];
+    c.check_all("GET", "/talks", &replies);
 
     // created / started / error / rejected, and 409.
     let (_slow, slow) = spawn(did_fake::FakeDid::builder().seed(9)).await;
@@ -353,43 +286,18 @@ async fn every_route_answers_as_the_openapi_schema_says() {
         "/talks/{id}",
         &slow.get(&format!("/talks/{slow_id}")).await,
     );
-    for (f, want) in [
-        (
-            Faults {
-                p_stuck: 1.0,
-                ..Faults::default()
-            },
-            "started",
-        ),
-        (
-            Faults {
-                p_async_error: 1.0,
-                ..Faults::default()
-            },
-            "error",
-        ),
-        (
-            Faults {
-                p_rejected: 1.0,
-                ..Faults::default()
-            },
-            "rejected",
-        ),
+    for (with, want) in [
+        (faults(|f| f.p_stuck = 1.0), "started"),
+        (faults(|f| f.p_async_error = 1.0), "error"),
+        (faults(|f| f.p_rejected = 1.0), "rejected"),
     ] {
-        let (_f, other) = spawn(fast().faults(f)).await;
+        let (_f, other) = spawn(fast().faults(with)).await;
         let oid = other.create_talk(None).await;
         other.wait_status(&oid, &[want], SHORT).await;
-        c.check(
-            "GET",
-            "/talks/{id}",
-            &other.get(&format!("/talks/{oid}")).await,
-        );
+        let path = format!("/talks/{oid}");
+        c.check("GET", "/talks/{id}", &other.get(&path).await);
         c.check("GET", "/talks", &other.get("/talks").await);
-        c.check(
-            "DELETE",
-            "/talks/{id}",
-            &other.delete(&format!("/talks/{oid}")).await,
-        );
+        c.check("DELETE", "/talks/{id}", &other.delete(&path).await);
     }
 
     // DELETE /talks/{id}: 200, 401, 404, 409.
@@ -398,25 +306,12 @@ async fn every_route_answers_as_the_openapi_schema_says() {
         "/talks/{id}",
         &slow.delete(&format!("/talks/{slow_id}")).await,
     );
-    c.check(
-        "DELETE",
-        "/talks/{id}",
-        &anon.delete(&format!("/talks/{id}")).await,
-    );
-    c.check(
-        "DELETE",
-        "/talks/{id}",
-        &api.delete(&format!("/talks/{id}")).await,
-    );
-    c.check(
-        "DELETE",
-        "/talks/{id}",
-        &api.delete(&format!("/talks/{id}")).await,
-    );
+    let replies = deletes(&[&anon, &api, &api], &format!("/talks/{id}")).await;
+    c.check_all("DELETE", "/talks/{id}", &replies);
 
     // GET /credits: 200, 401.
-    c.check("GET", "/credits", &api.get("/credits").await);
-    c.check("GET", "/credits", &anon.get("/credits").await);
+    let replies = [api.get("/credits").await, anon.get("/credits").await];
+    c.check_all("GET", "/credits", &replies);
 
     // Injected errors: D-ID's 500 envelope, and API Gateway's bodies.
     let f = Faults {
@@ -434,10 +329,7 @@ async fn every_route_answers_as_the_openapi_schema_says() {
     };
     let (_f504, f504) = spawn(fast().faults(f)).await;
     c.check_gateway("504", &f504.get("/credits").await, "message");
-    let f = Faults {
-        p_gateway_deny: 1.0,
-        ..Faults::default()
-    };
+    let f = faults(|f| f.p_gateway_deny = 1.0);
     let (_deny, deny) = spawn(fast().faults(f)).await;
     c.check_gateway("deny", &deny.get("/credits").await, "Message");
     let f = Faults {

@@ -6,14 +6,8 @@ use did_fake::{CreateThenFail, Delay, Faults, Latency};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{Api, SHORT, fast, spawn, talk_body};
+use crate::support::{Api, SHORT, fast, faults, spawn, talk_body};
 use test_support::eventually;
-
-fn faults(f: impl FnOnce(&mut Faults)) -> Faults {
-    let mut faults = Faults::default();
-    f(&mut faults);
-    faults
-}
 
 #[tokio::test]
 async fn p_500_answers_unknown_error() {

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use did_fake::{DEFAULT_API_KEY, FakeDid, Faults, Timing};
+use did_fake::{DEFAULT_API_KEY, FakeDid, Timing};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{SHORT, fast, spawn};
+use crate::support::{SHORT, fast, faults, spawn};
 use test_support::eventually;
 
 #[tokio::test]
@@ -41,11 +41,7 @@ async fn a_talk_ends_done_with_result_metadata_and_face() {
 
 #[tokio::test]
 async fn async_errors_end_in_error_with_a_documented_kind_and_refund() {
-    let faults = Faults {
-        p_async_error: 1.0,
-        ..Faults::default()
-    };
-    let (fake, api) = spawn(fast().credits(5).faults(faults)).await;
+    let (fake, api) = spawn(fast().credits(5).faults(faults(|f| f.p_async_error = 1.0))).await;
     let mut kinds = std::collections::BTreeSet::new();
     for _ in 0..12 {
         let id = api.create_talk(None).await;
@@ -66,11 +62,7 @@ async fn async_errors_end_in_error_with_a_documented_kind_and_refund() {
 
 #[tokio::test]
 async fn rejected_talks_end_rejected() {
-    let faults = Faults {
-        p_rejected: 1.0,
-        ..Faults::default()
-    };
-    let (_fake, api) = spawn(fast().faults(faults)).await;
+    let (_fake, api) = spawn(fast().faults(faults(|f| f.p_rejected = 1.0))).await;
     let id = api.create_talk(None).await;
     let t = api.wait_status(&id, &["rejected"], SHORT).await;
     assert!(t.get("result_url").is_none());
@@ -82,11 +74,7 @@ async fn rejected_talks_end_rejected() {
 
 #[tokio::test]
 async fn stuck_talks_stay_started_and_cannot_be_deleted() {
-    let faults = Faults {
-        p_stuck: 1.0,
-        ..Faults::default()
-    };
-    let (fake, api) = spawn(fast().faults(faults)).await;
+    let (fake, api) = spawn(fast().faults(faults(|f| f.p_stuck = 1.0))).await;
     let id = api.create_talk(None).await;
     let t = api.wait_status(&id, &["started"], SHORT).await;
     assert!(t["started_at"].is_string());

@@ -22,9 +22,7 @@ fn assert_nanoid(s: &str) {
 async fn image_upload_returns_an_img_id_and_an_s3_url() {
     let (fake, api) = spawn(fast()).await;
     let user = fake.user_id(DEFAULT_API_KEY).unwrap();
-    let r = api
-        .upload("/images", "image", vec![1; 100], "my face.png", "image/png")
-        .await;
+    let r = api.image(vec![1; 100], "my face.png", "image/png").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let body = r.json();
     let id = body["id"].as_str().unwrap();
@@ -35,9 +33,7 @@ async fn image_upload_returns_an_img_id_and_an_s3_url() {
     );
     assert!(body.get("faces").is_none());
 
-    let r = api
-        .upload("/images", "image", vec![1; 100], "", "image/jpeg")
-        .await;
+    let r = api.image(vec![1; 100], "", "image/jpeg").await;
     assert!(
         r.json()["url"].as_str().unwrap().ends_with("/image.jpg"),
         "{}",
@@ -48,16 +44,7 @@ async fn image_upload_returns_an_img_id_and_an_s3_url() {
 #[tokio::test]
 async fn image_upload_detect_faces_adds_faces() {
     let (_fake, api) = spawn(fast()).await;
-    let part = reqwest::multipart::Part::bytes(vec![1; 10])
-        .file_name("a.jpg")
-        .mime_str("image/jpeg")
-        .unwrap();
-    let form = reqwest::multipart::Form::new()
-        .part("image", part)
-        .text("detect_faces", "true");
-    let r = api
-        .send(api.req(Method::POST, "/images").multipart(form))
-        .await;
+    let r = api.image_detecting_faces(vec![1; 10]).await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.json()["faces"][0]["size"], 512);
 }
@@ -78,9 +65,7 @@ async fn image_upload_errors_match_d_id() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["kind"], "BadRequestError");
 
-    let r = api
-        .upload("/images", "image", vec![1; 10], "a.gif", "image/gif")
-        .await;
+    let r = api.image(vec![1; 10], "a.gif", "image/gif").await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(
         r.json(),
@@ -89,13 +74,7 @@ async fn image_upload_errors_match_d_id() {
     );
 
     let r = api
-        .upload(
-            "/images",
-            "image",
-            vec![0; 10 * 1024 * 1024 + 1],
-            "big.png",
-            "image/png",
-        )
+        .image(vec![0; 10 * 1024 * 1024 + 1], "big.png", "image/png")
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["kind"], "InvalidFileSizeError");
@@ -104,9 +83,7 @@ async fn image_upload_errors_match_d_id() {
 #[tokio::test]
 async fn image_delete_is_204_then_404() {
     let (_fake, api) = spawn(fast()).await;
-    let r = api
-        .upload("/images", "image", vec![1; 10], "a.png", "image/png")
-        .await;
+    let r = api.image(vec![1; 10], "a.png", "image/png").await;
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let r = api.delete(&format!("/images/{id}")).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
@@ -123,15 +100,7 @@ async fn image_delete_is_204_then_404() {
 async fn audio_upload_reads_the_wav_duration() {
     let (fake, api) = spawn(fast()).await;
     let user = fake.user_id(DEFAULT_API_KEY).unwrap();
-    let r = api
-        .upload(
-            "/audios",
-            "audio",
-            silent_wav(2.5),
-            "speech.mp3",
-            "audio/mpeg",
-        )
-        .await;
+    let r = api.audio(silent_wav(2.5), "speech.mp3", "audio/mpeg").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let body = r.json();
     let id = body["id"].as_str().unwrap();
@@ -144,18 +113,14 @@ async fn audio_upload_reads_the_wav_duration() {
     assert_eq!(body["moderation_metadata"], json!({}));
 
     // Not a WAV: estimated at 128 kbit/s.
-    let r = api
-        .upload("/audios", "audio", vec![1; 32_000], "a.mp3", "video/mp4")
-        .await;
+    let r = api.audio(vec![1; 32_000], "a.mp3", "video/mp4").await;
     assert_eq!(r.json()["duration"], 2.0);
 }
 
 #[tokio::test]
 async fn audio_upload_errors_and_delete() {
     let (_fake, api) = spawn(fast()).await;
-    let r = api
-        .upload("/audios", "audio", vec![1; 10], "a.png", "image/png")
-        .await;
+    let r = api.audio(vec![1; 10], "a.png", "image/png").await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(
         r.json()["details"],
@@ -163,13 +128,7 @@ async fn audio_upload_errors_and_delete() {
     );
 
     let r = api
-        .upload(
-            "/audios",
-            "audio",
-            vec![0; 6 * 1024 * 1024 + 1],
-            "a.wav",
-            "audio/wav",
-        )
+        .audio(vec![0; 6 * 1024 * 1024 + 1], "a.wav", "audio/wav")
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["kind"], "InvalidFileSizeError");
@@ -182,9 +141,7 @@ async fn audio_upload_errors_and_delete() {
         json!({"kind": "BadRequestError", "description": "invalid audio"})
     );
 
-    let r = api
-        .upload("/audios", "audio", silent_wav(1.0), "a.wav", "audio/wav")
-        .await;
+    let r = api.audio(silent_wav(1.0), "a.wav", "audio/wav").await;
     let id = r.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(
         api.delete(&format!("/audios/{id}")).await.status,
@@ -285,10 +242,7 @@ async fn talk_in_created_state_has_pending_url_and_no_started_at() {
     body["name"] = json!("greeting");
     body["webhook"] = json!("https://example.test/hook");
     body["config"] = json!({"result_format": "mp4", "pad_audio": 1});
-    let id = api.post_json("/talks", &body).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = api.create_talk_from(&body).await;
     let r = api.get(&format!("/talks/{id}")).await;
     assert_eq!(r.status, StatusCode::OK);
     let t = r.json();
@@ -427,9 +381,7 @@ async fn credits_show_the_balance_and_402_when_exhausted() {
     assert_eq!(fake.remaining_credits(DEFAULT_API_KEY), Some(0));
     assert_eq!(fake.stats().talks_created, 2);
 
-    let r = api
-        .upload("/images", "image", vec![1; 10], "a.png", "image/png")
-        .await;
+    let r = api.image(vec![1; 10], "a.png", "image/png").await;
     assert_eq!(r.status, StatusCode::PAYMENT_REQUIRED);
 }
 
@@ -437,7 +389,7 @@ async fn credits_show_the_balance_and_402_when_exhausted() {
 async fn a_talk_costs_one_credit_per_started_fifteen_seconds() {
     let (fake, api) = spawn(fast().credits(10)).await;
     let audio = api
-        .upload("/audios", "audio", silent_wav(20.0), "a.wav", "audio/wav")
+        .audio(silent_wav(20.0), "a.wav", "audio/wav")
         .await
         .json();
     let mut body = talk_body();
@@ -468,20 +420,14 @@ async fn unknown_routes_get_the_gateway_403() {
 #[tokio::test]
 async fn talks_from_uploads_use_the_audio_length_and_fail_when_uploads_are_gone() {
     let (_fake, api) = spawn(fast()).await;
-    let image = api
-        .upload("/images", "image", vec![1; 10], "a.png", "image/png")
-        .await
-        .json();
+    let image = api.image(vec![1; 10], "a.png", "image/png").await.json();
     let audio = api
-        .upload("/audios", "audio", silent_wav(3.0), "a.wav", "audio/wav")
+        .audio(silent_wav(3.0), "a.wav", "audio/wav")
         .await
         .json();
     let body =
         json!({"source_url": image["url"], "script": {"type": "audio", "audio_url": audio["url"]}});
-    let id = api.post_json("/talks", &body).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = api.create_talk_from(&body).await;
     let done = api.wait_status(&id, &["done", "error"], SHORT).await;
     assert_eq!(done["status"], "done", "{done}");
     assert_eq!(done["duration"], 3.0);
@@ -489,25 +435,16 @@ async fn talks_from_uploads_use_the_audio_length_and_fail_when_uploads_are_gone(
 
     api.delete(&format!("/images/{}", image["id"].as_str().unwrap()))
         .await;
-    let id = api.post_json("/talks", &body).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = api.create_talk_from(&body).await;
     let t = api.wait_status(&id, &["done", "error"], SHORT).await;
     assert_eq!(t["error"]["kind"], "SourceError", "{t}");
 
-    let image = api
-        .upload("/images", "image", vec![1; 10], "a.png", "image/png")
-        .await
-        .json();
+    let image = api.image(vec![1; 10], "a.png", "image/png").await.json();
     api.delete(&format!("/audios/{}", audio["id"].as_str().unwrap()))
         .await;
     let body =
         json!({"source_url": image["url"], "script": {"type": "audio", "audio_url": audio["url"]}});
-    let id = api.post_json("/talks", &body).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = api.create_talk_from(&body).await;
     let t = api.wait_status(&id, &["done", "error"], SHORT).await;
     assert_eq!(t["error"]["kind"], "UnknownError", "{t}");
 }
@@ -516,10 +453,7 @@ async fn talks_from_uploads_use_the_audio_length_and_fail_when_uploads_are_gone(
 async fn text_scripts_are_accepted_and_timed_by_length() {
     let (_fake, api) = spawn(fast()).await;
     let body = json!({"script": {"type": "text", "input": "Hello there, this is thirty."}});
-    let id = api.post_json("/talks", &body).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = api.create_talk_from(&body).await;
     let t = api.wait_status(&id, &["done"], SHORT).await;
     assert!(t.get("audio_url").is_none());
     assert_eq!(

@@ -3,9 +3,16 @@
 
 use std::time::Duration;
 
-use did_fake::{DEFAULT_API_KEY, FakeBuilder, FakeDid, RunningFake};
+use did_fake::{DEFAULT_API_KEY, FakeBuilder, FakeDid, Faults, RunningFake};
 use reqwest::StatusCode;
 use serde_json::Value;
+
+/// The default faults with `set` applied: `faults(|f| f.p_500 = 1.0)`.
+pub fn faults(set: impl FnOnce(&mut Faults)) -> Faults {
+    let mut faults = Faults::default();
+    set(&mut faults);
+    faults
+}
 
 /// A fake whose talks finish in milliseconds, with a fixed seed.
 pub fn fast() -> FakeBuilder {
@@ -107,22 +114,7 @@ impl Api {
             .await
     }
 
-    pub fn upload_req(
-        &self,
-        path: &str,
-        field: &str,
-        bytes: Vec<u8>,
-        file: &str,
-        mime: &str,
-    ) -> reqwest::RequestBuilder {
-        let part = reqwest::multipart::Part::bytes(bytes)
-            .file_name(file.to_owned())
-            .mime_str(mime)
-            .expect("mime");
-        let form = reqwest::multipart::Form::new().part(field.to_owned(), part);
-        self.req(reqwest::Method::POST, path).multipart(form)
-    }
-
+    /// `POST path` with one file, `bytes` named `file` of type `mime`, as form field `field`.
     pub async fn upload(
         &self,
         path: &str,
@@ -131,8 +123,28 @@ impl Api {
         file: &str,
         mime: &str,
     ) -> Reply {
-        self.send(self.upload_req(path, field, bytes, file, mime))
+        let form = reqwest::multipart::Form::new().part(field.to_owned(), part(bytes, file, mime));
+        self.send(self.req(reqwest::Method::POST, path).multipart(form))
             .await
+    }
+
+    /// `POST /images` with the file as field `image`, as D-ID wants it.
+    pub async fn image(&self, bytes: Vec<u8>, file: &str, mime: &str) -> Reply {
+        self.upload("/images", "image", bytes, file, mime).await
+    }
+
+    /// `POST /images` of a JPEG `a.jpg` with `detect_faces=true`.
+    pub async fn image_detecting_faces(&self, bytes: Vec<u8>) -> Reply {
+        let form = reqwest::multipart::Form::new()
+            .part("image", part(bytes, "a.jpg", "image/jpeg"))
+            .text("detect_faces", "true");
+        self.send(self.req(reqwest::Method::POST, "/images").multipart(form))
+            .await
+    }
+
+    /// `POST /audios` with the file as field `audio`, as D-ID wants it.
+    pub async fn audio(&self, bytes: Vec<u8>, file: &str, mime: &str) -> Reply {
+        self.upload("/audios", "audio", bytes, file, mime).await
     }
 
     /// Creates an audio talk and returns its id (asserting the 201).
@@ -141,7 +153,12 @@ impl Api {
         if let Some(u) = user_data {
             body["user_data"] = Value::from(u);
         }
-        let r = self.post_json("/talks", &body).await;
+        self.create_talk_from(&body).await
+    }
+
+    /// `POST /talks` of `body`; returns the new talk's id (asserting the 201).
+    pub async fn create_talk_from(&self, body: &Value) -> String {
+        let r = self.post_json("/talks", body).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         r.json()["id"].as_str().expect("id").to_owned()
     }
@@ -162,6 +179,14 @@ impl Api {
         })
         .await
     }
+}
+
+/// A multipart file part: `bytes` named `file`, declared as `mime`.
+fn part(bytes: Vec<u8>, file: &str, mime: &str) -> reqwest::multipart::Part {
+    reqwest::multipart::Part::bytes(bytes)
+        .file_name(file.to_owned())
+        .mime_str(mime)
+        .expect("mime")
 }
 
 /// A valid audio-script `POST /talks` body.
