@@ -1,19 +1,18 @@
-//! `cargo xtask`: talkgate's developer tasks, one module per subcommand.
+//! `cargo xtask`: talkgate's developer tasks.
 //!
-//! - `cargo xtask test`: the one gate (format, layering, clippy, tests, docs).
+//! - `cargo xtask test`: the one gate (format, layering, clippy, tests, docs), `test.rs`.
 //! - `cargo xtask demo`: fake D-ID + the service, walking a real request flow.
 //! - `cargo xtask harness`: multi-process fault-injection run that checks the invariants.
 //! - `cargo xtask bench`: macro benchmarks over real sockets, baselines in the same run.
+//!
+//! xtask depends on `anyhow` alone, so the gate's first step (`cargo fmt --check`) runs
+//! after seconds of compiling. `demo`, `harness` and `bench` need the adapters; they live in
+//! `crates/devtools`, which xtask runs with `cargo run -p devtools -- <task> <args>`.
 //!
 //! Run `cargo xtask` without arguments for the list.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool talks to its user
 
-mod bench;
-mod demo;
-mod harness;
-mod media;
-mod procs;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -116,9 +115,7 @@ fn main() -> ExitCode {
     }
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
-        Some("demo") => demo::run(&args[1..]),
-        Some("harness") => harness::run(&args[1..]),
-        Some("bench") => bench::run(&args[1..]),
+        Some(task @ ("demo" | "harness" | "bench")) => devtools(task, &args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -150,6 +147,25 @@ pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     cmd.current_dir(root());
     cmd
+}
+
+/// `cargo run -p devtools -- <task> <args>`: the tasks that need the adapters.
+pub(crate) fn devtools_command(task: &str, args: &[String]) -> Command {
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "-p", "devtools", "--", task])
+        .args(args);
+    cmd
+}
+
+/// Runs a devtools task; its failure message is its own, so only the exit status is added.
+fn devtools(task: &str, args: &[String]) -> Result<()> {
+    let status = devtools_command(task, args)
+        .status()
+        .context("could not start `cargo run -p devtools`")?;
+    if !status.success() {
+        bail!("{task} failed ({status})");
+    }
+    Ok(())
 }
 
 /// Runs `cmd`, echoing it first, and fails if it fails.

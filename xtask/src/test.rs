@@ -5,7 +5,8 @@
 //! 3. `cargo clippy --workspace --all-targets -- -D warnings`
 //! 4. `cargo test --workspace` (Redis and end-to-end tests included; they start their own
 //!    servers)
-//! 5. `cargo xtask harness --quick`: redis-server + did-fake with faults + 2 http-api processes
+//! 5. `cargo xtask harness --quick` (`cargo run -p devtools -- harness --quick`): redis-server +
+//!    did-fake with faults + 2 http-api processes
 //! 6. `cargo doc --workspace --no-deps` with broken intra-doc links denied
 
 use anyhow::{Result, bail};
@@ -30,6 +31,7 @@ const IO_CRATES: &[&str] = &[
     "did-client",
     "did-fake",
     "http-api",
+    "devtools",
 ];
 
 /// Inner layers and what they may not reach, beyond [`IO_CRATES`] for the innermost two.
@@ -38,10 +40,22 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("ports", &[]),
     (
         "limiter-memory",
-        &["limiter-redis", "did-client", "did-fake", "http-api"],
+        &[
+            "limiter-redis",
+            "did-client",
+            "did-fake",
+            "http-api",
+            "devtools",
+        ],
     ),
-    ("limiter-redis", &["did-client", "did-fake", "http-api"]),
-    ("did-client", &["limiter-redis", "did-fake", "http-api"]),
+    (
+        "limiter-redis",
+        &["did-client", "did-fake", "http-api", "devtools"],
+    ),
+    (
+        "did-client",
+        &["limiter-redis", "did-fake", "http-api", "devtools"],
+    ),
 ];
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
@@ -62,8 +76,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         ]),
     )?;
     run_step("tests", cargo().args(["test", "--workspace"]))?;
-    eprintln!("\n==> harness (quick): multi-process run with faults, invariants checked");
-    crate::harness::run(&["--quick".to_owned()])?;
+    run_step(
+        "harness (quick): multi-process run with faults, invariants checked",
+        &mut crate::devtools_command("harness", &["--quick".to_owned()]),
+    )?;
     run_step(
         "docs",
         cargo()

@@ -1,4 +1,7 @@
 //! Every D-ID route, success and error cases, with D-ID's status codes, ids and bodies.
+//!
+//! The file stays whole although it is long: it is the route-by-route table of D-ID's answers,
+//! read side by side with the spec; shared builders are in `support`.
 
 use std::time::Duration;
 

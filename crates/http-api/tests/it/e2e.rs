@@ -1,4 +1,7 @@
 //! End to end over real sockets: client → http-api (production wiring) → did-fake.
+//!
+//! The file stays whole although it is long: every test here runs the same production wiring
+//! against one did-fake setup; the request helpers are in `test_support::http`.
 
 use std::time::Duration;
 

@@ -13,10 +13,14 @@
 //! 4. no permits left: every process reports no active or queued request at the end.
 //!
 //! Exit code non-zero on any violation. `cargo xtask test` runs it with `--quick`.
+//!
+//! The file stays whole although it is long: the workload, the fault schedule and the four
+//! invariant checks read the same records and are one run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::redis::RedisServer;
 
 use anyhow::{Context, Result, bail};
 use rand::rngs::StdRng;
@@ -24,7 +28,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::media;
 use crate::procs::{self, Server};
 
 const PREFIX: &str = "/api/d_id_optimized";
@@ -102,7 +105,7 @@ async fn harness(plan: &Plan) -> Result<()> {
         plan.seed, plan.processes, plan.limit, plan.requests, plan.workers
     );
     let client = reqwest::Client::builder().timeout(HUNG).build()?;
-    let redis = procs::spawn_redis("harness-redis").await?;
+    let redis = RedisServer::start();
 
     let fake_port = procs::free_port()?;
     let mut fake = Server::spawn(
@@ -143,7 +146,7 @@ async fn harness(plan: &Plan) -> Result<()> {
         let envs = [
             ("D_ID_API_KEY", FAKE_KEY.to_owned()),
             ("D_ID_BASE_URL", fake.base_url.clone()),
-            ("REDIS_URL", redis.base_url.clone()),
+            ("REDIS_URL", redis.url()),
             ("BIND_ADDR", format!("127.0.0.1:{port}")),
             ("MAX_CONCURRENT_REQUESTS", plan.limit.to_string()),
             ("POLL_INTERVAL_SECS", "0.05".to_owned()),
@@ -172,7 +175,7 @@ async fn harness(plan: &Plan) -> Result<()> {
         &client,
         &bases[0],
         "/upload-source-image",
-        media::png(32, 32, [90, 120, 200]),
+        test_support::media::png_of(32, 32, [90, 120, 200]),
         "face.png",
     )
     .await?;
@@ -180,7 +183,7 @@ async fn harness(plan: &Plan) -> Result<()> {
         &client,
         &bases[0],
         "/upload-audio",
-        media::wav(1.0),
+        test_support::media::silent_wav(1.0),
         "speech.wav",
     )
     .await?;
@@ -216,7 +219,7 @@ async fn harness(plan: &Plan) -> Result<()> {
                             base,
                             "/upload-source-image",
                             priority,
-                            media::png(16, 16, [1, 2, 3]),
+                            test_support::media::png_of(16, 16, [1, 2, 3]),
                             "i.png",
                         )
                         .await,
@@ -228,7 +231,7 @@ async fn harness(plan: &Plan) -> Result<()> {
                             base,
                             "/upload-audio",
                             priority,
-                            media::wav(0.5),
+                            test_support::media::silent_wav(0.5),
                             "a.wav",
                         )
                         .await,
@@ -385,7 +388,7 @@ async fn harness(plan: &Plan) -> Result<()> {
         api.stop(Duration::from_secs(10)).await?;
     }
     fake.stop(Duration::from_secs(5)).await?;
-    redis.stop(Duration::from_secs(5)).await?;
+    drop(redis);
     if failed > 0 {
         bail!(
             "{failed} invariant(s) violated (logs in {})",

@@ -6,9 +6,13 @@
 //! from the load's own samples and from `/health`, `/stats` and did-fake's counters:
 //! failover time, latency while degraded against the steady phase, over-admission (did-fake's
 //! peak in-flight against C), time to fail back, and permits left over at the end.
+//!
+//! The file stays whole although it is long: it is one scenario, its phases (steady, stall,
+//! resume, fail-back) share the rig and the samples they are measured from.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::redis::RedisServer;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -19,7 +23,6 @@ use super::load::{self, Sample, Stop};
 use super::report::{Plot, Section, Summary, Table, f1, f2};
 use super::rig::{self, ApiOptions, PREFIX, STATUS_ROUTE};
 use super::{Ctx, OBSERVER_SLACK};
-use crate::procs;
 
 const PROCESSES: usize = 2;
 
@@ -141,8 +144,8 @@ async fn timeline(ctx: &Ctx, p: &Params, fault: Fault) -> Result<Timeline> {
         Fault::Kill => "kill",
         Fault::Stop => "stop",
     };
-    let mut redis = procs::spawn_redis(&format!("bench5-{tag}-redis")).await?;
-    let redis_url = redis.base_url.clone();
+    let mut redis = RedisServer::start();
+    let redis_url = redis.url();
     let redis_port = rig::redis_port(&redis_url)?;
     let fake = rig::spawn_fake(ctx, &format!("bench5-{tag}-did-fake")).await?;
     let base = fake.base_url.clone();
@@ -212,11 +215,11 @@ async fn timeline(ctx: &Ctx, p: &Params, fault: Fault) -> Result<Timeline> {
     match fault {
         Fault::Kill => {
             println!("    SIGKILL redis-server");
-            redis.signal("KILL").context("SIGKILL redis-server")?;
+            redis.kill();
         }
         Fault::Stop => {
             println!("    SIGSTOP redis-server");
-            redis.signal("STOP").context("SIGSTOP redis-server")?;
+            redis.signal("STOP");
         }
     }
     let all_degraded = all_health(client, &bases, Duration::from_secs_f64(p.outage), |h| {
@@ -234,13 +237,11 @@ async fn timeline(ctx: &Ctx, p: &Params, fault: Fault) -> Result<Timeline> {
     match fault {
         Fault::Kill => {
             println!("    restarting redis-server on port {redis_port}");
-            drop(redis);
-            redis =
-                procs::spawn_redis_on(&format!("bench5-{tag}-redis-restarted"), redis_port).await?;
+            redis.restart();
         }
         Fault::Stop => {
             println!("    SIGCONT redis-server");
-            redis.signal("CONT").context("SIGCONT redis-server")?;
+            redis.signal("CONT");
         }
     }
     let t_back = t0.elapsed().as_secs_f64();

@@ -8,13 +8,15 @@
 //! health.
 //! Everything is shut down at the end, on failure, and on Ctrl-C. Exit code non-zero if any
 //! step fails.
+//!
+//! The file stays whole although it is long: it is one narrated walk whose steps build on each
+//! other's results (asset URLs, talk ids), read top to bottom.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::media;
 use crate::procs::{self, Server};
 
 const PREFIX: &str = "/api/d_id_optimized";
@@ -128,7 +130,7 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
         client,
         &url("/upload-source-image?priority=high"),
         "face.png",
-        media::png(64, 64, [200, 160, 120]),
+        test_support::media::png_of(64, 64, [200, 160, 120]),
     )
     .await?;
     println!("    image  -> {image_url}");
@@ -136,7 +138,7 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
         client,
         &url("/upload-audio?priority=high"),
         "speech.wav",
-        media::wav(2.0),
+        test_support::media::silent_wav(2.0),
     )
     .await?;
     println!("    audio  -> {audio_url}");

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::redis::RedisServer;
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -16,7 +17,7 @@ use super::Ctx;
 use super::load::{self, Sample, Stop};
 use super::report::{Plot, Section, Summary, Table, f1, f2};
 use super::rig::{self, ApiOptions, FAKE_KEY, PREFIX, STATUS_ROUTE};
-use crate::procs::{self, Server};
+use crate::procs::Server;
 
 struct Params {
     limit: u32,
@@ -120,7 +121,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     let memory = gateway_run(ctx, &p, &base, "http-api, memory, 1 process", &[api], &talk).await?;
 
     // Redis backend: four http-api processes sharing one Redis.
-    let redis = procs::spawn_redis("bench2-redis").await?;
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
     let mut apis = Vec::new();
     for i in 0..4 {
         apis.push(
@@ -129,7 +131,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
                 &format!("bench2-http-api-redis-{i}"),
                 &ApiOptions {
                     fake: &base,
-                    redis: Some(&redis.base_url),
+                    redis: Some(&redis_url),
                     limit: p.limit,
                     lease_ttl_secs: None,
                     poll_interval_secs: None,

@@ -1,7 +1,7 @@
 //! `cargo xtask bench [--quick] [--debug] [--only 1,2,..]`: macro benchmarks over real
 //! sockets. The servers and the load generator run as release builds unless `--debug` is
-//! given: `cargo xtask` itself is a debug build, so it builds `xtask` in release and lets
-//! that process (`target/release/xtask bench`) generate the load and run the scenarios.
+//! given: `cargo xtask` runs `devtools` as a debug build, so it builds `devtools` in release and lets
+//! that process (`target/release/devtools bench`) generate the load and run the scenarios.
 //!
 //! No target is an absolute time: each is a ratio to a baseline measured in the same run
 //! under the same load, or a bound that follows from the configuration (limits, timeouts,
@@ -50,8 +50,8 @@ use anyhow::{Context, Result, bail};
 use crate::procs;
 use report::{Report, Section};
 
-/// Set in the environment of the release-built bench process that a debug-built `cargo
-/// xtask bench` starts, so that it neither builds again nor starts yet another process.
+/// Set in the environment of the release-built bench process that a debug-built `devtools
+/// bench` starts, so that it neither builds again nor starts yet another process.
 const CHILD_ENV: &str = "TALKGATE_BENCH_CHILD";
 
 /// What observing a configured bound adds to it: the observer's poll period (10 ms), one
@@ -124,7 +124,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let child = std::env::var_os(CHILD_ENV).is_some();
     if !child {
         // Benchmarks measure the servers as they would be deployed: optimised builds, built
-        // on their own (`-p xtask` in the same command would unify features into them).
+        // on their own (`-p devtools` in the same command would unify features into them).
         let mut build = crate::cargo();
         build.args(["build", "--quiet", "-p", "did-fake", "-p", "http-api"]);
         if opts.release {
@@ -136,7 +136,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             // Build the bench in release and let that process run it.
             crate::run_step(
                 "build (the load generator)",
-                crate::cargo().args(["build", "--quiet", "--release", "-p", "xtask"]),
+                crate::cargo().args(["build", "--quiet", "--release", "-p", "devtools"]),
             )?;
             return run_release_child(args);
         }
@@ -153,11 +153,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     })
 }
 
-/// Runs `target/release/xtask bench <args>` and exits with its code when it fails (its own
+/// Runs `target/release/devtools bench <args>` and exits with its code when it fails (its own
 /// output already says what failed). Ctrl-C reaches both processes; this one then waits for
 /// the child to stop its servers.
 fn run_release_child(args: &[String]) -> Result<()> {
-    let exe = procs::release_bin("xtask");
+    let exe = procs::release_bin("devtools");
     eprintln!("\n==> bench: {} bench {}", exe.display(), args.join(" "));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

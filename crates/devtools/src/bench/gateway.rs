@@ -10,6 +10,9 @@
 //!    limiter saturated (20 ms upstream), beside the idle `/stats` as information;
 //! 4. resident memory of the http-api process with 1000 requests queued in its limiter,
 //!    beside its idle RSS, and the queue and slots draining once those callers hang up.
+//!
+//! The file stays whole although it is long: its parts share one rig of did-fake and http-api
+//! processes and are reported as one section.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

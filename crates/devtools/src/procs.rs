@@ -1,6 +1,7 @@
 //! Spawning talkgate's servers for the demo, the harness and the benchmarks: free loopback
 //! ports, logs to files under `target/xtask-logs/`, readiness checks, and shutdown that also
-//! happens when the task fails (children are killed when their handle is dropped).
+//! happens when the task fails (children are killed when their handle is dropped). Redis is
+//! started with `test_support::redis`, the one redis-server harness of the tree.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -151,56 +152,4 @@ impl Server {
         }
         Ok(())
     }
-}
-
-/// Starts `redis-server` on a free loopback port, without persistence. Fails with the install
-/// command when the binary is missing.
-pub(crate) async fn spawn_redis(name: &str) -> Result<Server> {
-    spawn_redis_on(name, free_port()?).await
-}
-
-/// Starts `redis-server` on `port` (also used to restart Redis where it was), without
-/// persistence, and waits until it accepts connections. `base_url` is `redis://127.0.0.1:PORT`.
-pub(crate) async fn spawn_redis_on(name: &str, port: u16) -> Result<Server> {
-    let program = which("redis-server")
-        .context("redis-server not found: install it with `apt-get install -y redis-server`")?;
-    let args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let server = Server::spawn(name, program, &args, &[], port)?;
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if started.elapsed() > Duration::from_secs(10) {
-            bail!(
-                "redis-server not accepting connections on {port}; see {}",
-                server.log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(Server {
-        base_url: format!("redis://127.0.0.1:{port}"),
-        ..server
-    })
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|p| p.is_file())
-    })
 }

@@ -3,6 +3,9 @@
 //! plots), written as `report.json`, `report.md`, `docs-section.md` (the same Markdown shaped
 //! to paste into `docs/BENCHMARKS.md`) and hand-drawn SVG bar charts under
 //! `target/bench-report/`.
+//!
+//! The file stays whole although it is long: one `Report` value feeds every output, and the
+//! Markdown, JSON and SVG writers change together whenever a section or a field does.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -363,7 +366,7 @@ impl Report {
         format!(
             "http-api and did-fake: {services} profile (`target/{services}/`); the load \
              generator, the `/stats`/`/health` probes and scenario 3's in-process limiters \
-             (this xtask process): {} profile; {}: the system binary",
+             (this devtools process): {} profile; {}: the system binary",
             self.generator, self.redis
         )
     }
@@ -495,7 +498,7 @@ impl Report {
             "profiles": {
                 "http-api": if self.release { "release" } else { "debug" },
                 "did-fake": if self.release { "release" } else { "debug" },
-                "load generator (xtask)": self.generator,
+                "load generator (devtools)": self.generator,
                 "redis-server": self.redis,
             },
             "total_seconds": round3(self.total_seconds),

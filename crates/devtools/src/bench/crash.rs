@@ -5,6 +5,7 @@
 //! renew period (TTL / 3), plus the observer's slack.
 
 use std::time::{Duration, Instant};
+use test_support::redis::RedisServer;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -12,7 +13,6 @@ use serde_json::json;
 use super::report::{Section, Table, f1};
 use super::rig::{self, ApiOptions, PREFIX, STATUS_ROUTE};
 use super::{Ctx, OBSERVER_SLACK};
-use crate::procs;
 
 /// How long the upstream takes to answer the held calls (they never finish in the run).
 const HOLD_MS: u64 = 300_000;
@@ -30,7 +30,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         &[(2.0, 3), (5.0, 2)]
     };
     let client = &ctx.client;
-    let redis = procs::spawn_redis("bench4-redis").await?;
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
     let fake = rig::spawn_fake(ctx, "bench4-did-fake").await?;
     let base = fake.base_url.clone();
     let talk = rig::create_talk(client, &base).await?;
@@ -45,7 +46,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     for &(ttl, reps) in plan {
         let opts = ApiOptions {
             fake: &base,
-            redis: Some(&redis.base_url),
+            redis: Some(&redis_url),
             limit,
             lease_ttl_secs: Some(ttl),
             poll_interval_secs: None,
