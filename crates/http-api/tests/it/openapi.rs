@@ -60,6 +60,19 @@ impl Checker {
         self.check_response(method, path, resp).await
     }
 
+    /// [`Checker::check`], asserting that the answer is `status`; returns the body.
+    pub(crate) async fn expect(
+        &mut self,
+        status: u16,
+        method: &str,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Value {
+        let (got, body) = self.check(method, path, req).await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        body
+    }
+
     /// Checks a response already received (when the test needs its headers too).
     pub(crate) async fn check_response(
         &mut self,
@@ -118,214 +131,127 @@ async fn every_route_answers_as_documented() {
     let fake = support::fake().await;
     let srv = support::service(&fake, &[]).await;
     let http = client();
+    // The service's API routes, through the one client.
+    let post = |path: &str| http.post(srv.api(path));
+    let get = |path: &str| http.get(srv.api(path));
     let mut c = Checker::new();
     const GEN: &str = "/api/d_id_optimized/generate-video";
     const IMG: &str = "/api/d_id_optimized/upload-source-image";
     const AUD: &str = "/api/d_id_optimized/upload-audio";
     const STATUS: &str = "/api/d_id_optimized/talk-status/{talk_id}";
 
-    let (s, img) = c
-        .check(
+    let img = c
+        .expect(
+            200,
             "POST",
             IMG,
-            http.post(srv.api("/upload-source-image"))
-                .multipart(file_form("a.png", media::png(), "image/png")),
+            post("/upload-source-image").multipart(file_form("a.png", media::png(), "image/png")),
         )
         .await;
-    assert_eq!(s, 200);
-    let (s, aud) = c
-        .check(
+    let aud = c
+        .expect(
+            200,
             "POST",
             AUD,
-            http.post(srv.api("/upload-audio?priority=low"))
-                .multipart(file_form("a.wav", media::wav(), "audio/wav")),
+            post("/upload-audio?priority=low").multipart(file_form(
+                "a.wav",
+                media::wav(),
+                "audio/wav",
+            )),
         )
         .await;
-    assert_eq!(s, 200);
     let body = json!({"audio_url": aud["url"], "source_url": img["url"]});
-    let (s, done) = c
-        .check(
-            "POST",
-            GEN,
-            http.post(srv.api("/generate-video")).json(&body),
-        )
+    let done = c
+        .expect(200, "POST", GEN, post("/generate-video").json(&body))
         .await;
-    assert_eq!(s, 200);
     let mut async_body = body.clone();
     async_body["wait"] = json!(false);
-    assert_eq!(
-        c.check(
-            "POST",
-            GEN,
-            http.post(srv.api("/generate-video")).json(&async_body)
-        )
-        .await
-        .0,
-        202
-    );
+    c.expect(202, "POST", GEN, post("/generate-video").json(&async_body))
+        .await;
     let id = done["id"].as_str().unwrap();
-    assert_eq!(
-        c.check(
-            "GET",
-            STATUS,
-            http.get(srv.api(&format!("/talk-status/{id}")))
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        c.check("GET", STATUS, http.get(srv.api("/talk-status/a.b")))
-            .await
-            .0,
-        400
-    );
-    assert_eq!(
-        c.check(
-            "GET",
-            STATUS,
-            http.get(srv.api("/talk-status/tlk_nope000000"))
-        )
-        .await
-        .0,
-        404
-    );
-    assert_eq!(
-        c.check(
-            "GET",
-            "/api/d_id_optimized/stats",
-            http.get(srv.api("/stats"))
-        )
-        .await
-        .0,
-        200
-    );
-    for p in ["/health", "/api/d_id_optimized/health"] {
-        assert_eq!(c.check("GET", p, http.get(srv.url(p))).await.0, 200);
+    c.expect(200, "GET", STATUS, get(&format!("/talk-status/{id}")))
+        .await;
+    c.expect(400, "GET", STATUS, get("/talk-status/a.b")).await;
+    c.expect(404, "GET", STATUS, get("/talk-status/tlk_nope000000"))
+        .await;
+    c.expect(200, "GET", "/api/d_id_optimized/stats", get("/stats"))
+        .await;
+    for p in [
+        "/health",
+        "/api/d_id_optimized/health",
+        "/ready",
+        "/api/d_id_optimized/ready",
+        "/metrics",
+        "/api/d_id_optimized/metrics",
+    ] {
+        c.expect(200, "GET", p, http.get(srv.url(p))).await;
     }
-    for p in ["/ready", "/api/d_id_optimized/ready"] {
-        assert_eq!(c.check("GET", p, http.get(srv.url(p))).await.0, 200);
-    }
-    for p in ["/metrics", "/api/d_id_optimized/metrics"] {
-        assert_eq!(c.check("GET", p, http.get(srv.url(p))).await.0, 200);
-    }
-    assert_eq!(
-        c.check(
-            "POST",
-            "/api/d_id_optimized/cleanup-expired",
-            http.post(srv.api("/cleanup-expired"))
-        )
-        .await
-        .0,
-        403
-    );
+    c.expect(
+        403,
+        "POST",
+        "/api/d_id_optimized/cleanup-expired",
+        post("/cleanup-expired"),
+    )
+    .await;
 
     // Error shapes.
-    assert_eq!(
-        c.check(
-            "POST",
-            GEN,
-            http.post(srv.api("/generate-video"))
-                .header("content-type", "application/json")
-                .body("{")
-        )
-        .await
-        .0,
-        400
-    );
-    assert_eq!(
-        c.check(
-            "POST",
-            GEN,
-            http.post(srv.api("/generate-video")).body("{}")
-        )
-        .await
-        .0,
-        415
-    );
-    assert_eq!(
-        c.check(
-            "POST",
-            GEN,
-            http.post(srv.api("/generate-video"))
-                .json(&json!({"audio_url": 1}))
-        )
-        .await
-        .0,
-        422
-    );
+    c.expect(
+        400,
+        "POST",
+        GEN,
+        post("/generate-video")
+            .header("content-type", "application/json")
+            .body("{"),
+    )
+    .await;
+    c.expect(415, "POST", GEN, post("/generate-video").body("{}"))
+        .await;
+    c.expect(
+        422,
+        "POST",
+        GEN,
+        post("/generate-video").json(&json!({"audio_url": 1})),
+    )
+    .await;
     let big = json!({"audio_url": "x".repeat(100_000)});
-    assert_eq!(
-        c.check(
-            "POST",
-            GEN,
-            http.post(srv.api("/generate-video")).json(&big)
-        )
-        .await
-        .0,
-        413
-    );
-    assert_eq!(
-        c.check(
-            "POST",
-            IMG,
-            http.post(srv.api("/upload-source-image"))
-                .multipart(file_form("a.wav", media::wav(), "audio/wav"))
-        )
-        .await
-        .0,
-        415
-    );
-    assert_eq!(
-        c.check(
-            "POST",
-            AUD,
-            http.post(srv.api("/upload-audio"))
-                .multipart(reqwest::multipart::Form::new().text("priority", "low"))
-        )
-        .await
-        .0,
-        400
-    );
+    c.expect(413, "POST", GEN, post("/generate-video").json(&big))
+        .await;
+    c.expect(
+        415,
+        "POST",
+        IMG,
+        post("/upload-source-image").multipart(file_form("a.wav", media::wav(), "audio/wav")),
+    )
+    .await;
+    c.expect(
+        400,
+        "POST",
+        AUD,
+        post("/upload-audio").multipart(reqwest::multipart::Form::new().text("priority", "low")),
+    )
+    .await;
     fake.set_faults(Faults {
         p_async_error: 1.0,
         ..Faults::default()
     });
-    assert_eq!(
-        c.check(
-            "POST",
-            GEN,
-            http.post(srv.api("/generate-video")).json(&body)
-        )
-        .await
-        .0,
-        502
-    );
+    c.expect(502, "POST", GEN, post("/generate-video").json(&body))
+        .await;
     srv.stop().await;
 
     // A service with a token: 401 and the admin call's 200.
     fake.set_faults(Faults::default());
     let srv = support::service(&fake, &[("HTTP_API_TOKEN", "t0k")]).await;
-    assert_eq!(
-        c.check(
-            "GET",
-            "/api/d_id_optimized/stats",
-            http.get(srv.api("/stats"))
-        )
-        .await
-        .0,
-        401
-    );
-    assert_eq!(
-        c.check(
-            "POST",
-            "/api/d_id_optimized/cleanup-expired",
-            http.post(srv.api("/cleanup-expired")).bearer_auth("t0k")
-        )
-        .await
-        .0,
-        200
-    );
+    let post = |path: &str| http.post(srv.api(path));
+    let get = |path: &str| http.get(srv.api(path));
+    c.expect(401, "GET", "/api/d_id_optimized/stats", get("/stats"))
+        .await;
+    c.expect(
+        200,
+        "POST",
+        "/api/d_id_optimized/cleanup-expired",
+        post("/cleanup-expired").bearer_auth("t0k"),
+    )
+    .await;
     srv.stop().await;
     fake.shutdown().await;
 
@@ -336,22 +262,11 @@ async fn every_route_answers_as_documented() {
             .unwrap(),
     )
     .await;
-    assert_eq!(
-        c.check("GET", "/ready", http.get(srv.url("/ready")))
-            .await
-            .0,
-        503
-    );
-    assert_eq!(
-        c.check(
-            "POST",
-            GEN,
-            http.post(srv.api("/generate-video")).json(&body)
-        )
-        .await
-        .0,
-        503
-    );
+    let post = |path: &str| http.post(srv.api(path));
+    c.expect(503, "GET", "/ready", http.get(srv.url("/ready")))
+        .await;
+    c.expect(503, "POST", GEN, post("/generate-video").json(&body))
+        .await;
     srv.stop().await;
 
     // Every documented operation was exercised.
