@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use limiter_redis::FailoverPolicy;
 use secrecy::SecretString;
 
 mod cli;
@@ -346,6 +347,30 @@ settings! {
         help: "Seconds of a Redis slot lease",
         parse: |raw| parse::seconds(raw, false),
     }
+    /// What the Redis limiter grants while Redis is unreachable.
+    failover_policy: FailoverPolicy {
+        env: "FAILOVER_POLICY",
+        access: flag("failover-policy"),
+        default: "share",
+        help: "What an instance grants while Redis is down: share, closed (answer 503) or full",
+        parse: |raw| raw.parse::<FailoverPolicy>(),
+    }
+    /// `None`: derived from the live instances (`MAX_CONCURRENT_REQUESTS / N`, at least 1).
+    failover_local_share: Option<u32> {
+        env: "FAILOVER_LOCAL_SHARE",
+        access: flag("failover-local-share"),
+        default: unset,
+        help: "Slots one instance grants alone while Redis is down (share); unset: limit / live instances",
+        parse: |raw| parse::whole(raw, 1u32),
+    }
+    /// A dead instance's slots are back within this long of its death.
+    instance_ttl: Duration {
+        env: "INSTANCE_TTL_SECS",
+        access: flag("instance-ttl-secs"),
+        default: "2",
+        help: "Seconds an instance's Redis record lives without a heartbeat (at least 0.1)",
+        parse: parse::instance_ttl,
+    }
     /// The longest pause between two polls (they start faster and back off).
     poll_interval: Duration {
         env: "POLL_INTERVAL_SECS",
@@ -581,6 +606,39 @@ mod tests {
             ]
         );
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn failover_settings_are_parsed_and_checked() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.failover_policy, FailoverPolicy::Share);
+        assert_eq!(c.failover_local_share, None);
+        assert_eq!(c.instance_ttl, Duration::from_secs(2));
+        let c = config(&[
+            ("FAILOVER_POLICY", "closed"),
+            ("FAILOVER_LOCAL_SHARE", "2"),
+            ("INSTANCE_TTL_SECS", "0.5"),
+        ])
+        .unwrap();
+        assert_eq!(c.failover_policy, FailoverPolicy::Closed);
+        assert_eq!(c.failover_local_share, Some(2));
+        assert_eq!(c.instance_ttl, Duration::from_millis(500));
+        let err = config(&[
+            ("FAILOVER_POLICY", "open"),
+            ("FAILOVER_LOCAL_SHARE", "0"),
+            ("INSTANCE_TTL_SECS", "0.05"),
+        ])
+        .unwrap_err();
+        let vars: Vec<_> = err.problems.iter().map(|p| p.var).collect();
+        assert_eq!(
+            vars,
+            [
+                "FAILOVER_POLICY",
+                "FAILOVER_LOCAL_SHARE",
+                "INSTANCE_TTL_SECS"
+            ]
+        );
+        assert!(err.to_string().contains("share, closed or full"), "{err}");
     }
 
     #[test]

@@ -267,6 +267,32 @@ impl Collector for SnapshotCollector {
                     g.encode(m.encode_family(&labels)?)?;
                 }
             }
+            if let Some(f) = &l.failover {
+                gauge(
+                    &mut enc,
+                    "limiter_instances",
+                    "Live instances sharing the Redis limit, as last seen (0: never reached)",
+                    i(f.instances.unwrap_or(0)),
+                )?;
+                gauge(
+                    &mut enc,
+                    "limiter_fallback_share",
+                    "Slots this instance grants alone while Redis is down (FAILOVER_POLICY)",
+                    i(f.share),
+                )?;
+                gauge(
+                    &mut enc,
+                    "limiter_fallback_active",
+                    "Fallback permits still alive (adopted by Redis after the switch back)",
+                    i(f.fallback_active),
+                )?;
+                counter(
+                    &mut enc,
+                    "limiter_instances_reclaimed",
+                    "Instances Redis declared dead (their slots reclaimed at once)",
+                    f.instances_reclaimed,
+                )?;
+            }
             gauge(
                 &mut enc,
                 "limiter_oldest_queued_milliseconds",

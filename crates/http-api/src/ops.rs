@@ -28,6 +28,7 @@ fn limiter_json(s: &LimiterStats) -> Value {
         "available_slots": s.available,
         "queue_size": s.queued.total(),
         "queue_by_priority": s.queued,
+        "failover": s.failover,
         "waits": {
             "acquired_immediately": s.counters.acquired_immediately,
             "acquired_after_wait": s.counters.acquired_after_wait,
@@ -117,6 +118,7 @@ pub async fn health(state: &AppState) -> Result<Response<Body>, ApiError> {
                 "active_requests": s.active,
                 "available_slots": s.available,
                 "queue_size": s.queued.total(),
+                "failover": s.failover,
             },
         }),
     ))

@@ -59,6 +59,9 @@ async fn redis_limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, B
     let mut redis = RedisLimiterConfig::new(url.expose_secret(), config.limiter_name.clone());
     redis.max_concurrent = config.max_concurrent;
     redis.lease_ttl = config.lease_ttl;
+    redis.failover_policy = config.failover_policy;
+    redis.local_share = config.failover_local_share;
+    redis.instance_ttl = config.instance_ttl;
     redis.tls = limiter_redis::RedisTlsConfig {
         ca_file: config.redis_tls_ca_file.clone(),
         cert_file: config.redis_tls_cert_file.clone(),

@@ -179,6 +179,7 @@ impl State {
             counters: self.counters,
             max_wait_ms: u64::try_from(self.max_wait.as_millis()).unwrap_or(u64::MAX),
             oldest_queued_ms: u64::try_from(oldest.as_millis()).unwrap_or(u64::MAX),
+            failover: None,
         }
     }
 }

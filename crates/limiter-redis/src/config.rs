@@ -10,6 +10,13 @@ use fred::rustls::pki_types::ServerName;
 
 use crate::error::RedisLimiterError;
 
+/// The longest pause between two reconnection attempts (50 ms doubling to this; fred adds
+/// up to 100 ms of jitter): once Redis is back, a limiter is connected again within it.
+pub const RECONNECT_MAX: Duration = Duration::from_millis(500);
+
+/// fred's default reconnection jitter (`DEFAULT_JITTER_MS`).
+const RECONNECT_JITTER: Duration = Duration::from_millis(100);
+
 /// How a [`RedisLimiter`](crate::RedisLimiter) connects and how long its leases live.
 ///
 /// Build it with [`RedisLimiterConfig::new`] and change fields as needed; every field has a
@@ -50,11 +57,21 @@ pub struct RedisLimiterConfig {
     pub op_timeout: Duration,
     /// The bound on opening a TCP connection to Redis. Default 1 s.
     pub connect_timeout: Duration,
-    /// The share of the limit this process may grant on its own while Redis is unreachable.
-    /// `None` (the default) means the full limit: with N processes degraded at once, up to
-    /// N × limit permits can be alive. Set it to `ceil(limit / N)` to keep the sum at the
-    /// limit, at the price of less throughput while degraded.
+    /// What this process does while Redis is unreachable: grant a share of the limit
+    /// ([`FailoverPolicy::Share`], the default), refuse ([`FailoverPolicy::Closed`]) or grant
+    /// the whole limit ([`FailoverPolicy::Full`], for a single instance).
+    pub failover_policy: FailoverPolicy,
+    /// Under [`FailoverPolicy::Share`], the share this process may grant on its own while
+    /// Redis is unreachable. `None` (the default) derives it from the live instances last
+    /// seen in Redis: `max(1, floor(limit / instances))`, so N degraded instances together
+    /// grant at most `max(limit, N)`; an instance that never reached Redis assumes the
+    /// smallest share, 1. Ignored by the other policies.
     pub local_share: Option<u32>,
+    /// How long this instance's record in Redis lives without a heartbeat (sent every
+    /// `instance_ttl / 4`). An instance whose record expired is dead: its holders are
+    /// reclaimed at once and its waiters are never granted a slot. Also the share's peer
+    /// count comes from these records. Default 2 s.
+    pub instance_ttl: Duration,
     /// The longest a waiter sleeps between two checks when no wake-up message arrives (a
     /// lost pub/sub message costs at most this, jittered to 50–100 %). It is also capped at
     /// `waiter_ttl / 3`. Default 1 s.
@@ -64,6 +81,57 @@ pub struct RedisLimiterConfig {
     /// TLS options; only allowed with a TLS URL (`rediss://`). Default: verify the server
     /// against the system's root certificates and the URL's host name, no client certificate.
     pub tls: RedisTlsConfig,
+}
+
+/// What a [`RedisLimiter`](crate::RedisLimiter) grants while Redis is unreachable.
+///
+/// With N instances degraded at once and a global limit C, the permits alive at once are at
+/// most: `share` → `max(C, N)` (with the derived share; N × `local_share` when it is set),
+/// `closed` → 0 new ones, `full` → N × C.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailoverPolicy {
+    /// Grant a share of the limit from the in-memory fallback (see
+    /// [`RedisLimiterConfig::local_share`]).
+    #[default]
+    Share,
+    /// Grant nothing: every acquire fails with [`ports::LimiterError::Unavailable`] while
+    /// degraded (the service answers 503). Work already admitted finishes.
+    Closed,
+    /// Grant the whole limit from the fallback, as if this instance were alone. Only right
+    /// for a single instance: N degraded instances admit up to N × the limit.
+    Full,
+}
+
+impl FailoverPolicy {
+    /// The lowercase name, as the service's `FAILOVER_POLICY` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverPolicy::Share => "share",
+            FailoverPolicy::Closed => "closed",
+            FailoverPolicy::Full => "full",
+        }
+    }
+}
+
+impl fmt::Display for FailoverPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FailoverPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "share" => Ok(FailoverPolicy::Share),
+            "closed" => Ok(FailoverPolicy::Closed),
+            "full" => Ok(FailoverPolicy::Full),
+            _ => Err(format!(
+                "unknown failover policy {s:?}: expected share, closed or full"
+            )),
+        }
+    }
 }
 
 /// How a `rediss://` connection is secured. Every field is off by default, which verifies the
@@ -165,7 +233,9 @@ impl RedisLimiterConfig {
             grant_ttl: Duration::from_secs(1),
             op_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(1),
+            failover_policy: FailoverPolicy::Share,
             local_share: None,
+            instance_ttl: Duration::from_secs(2),
             safety_poll: Duration::from_secs(1),
             probe_interval: Duration::from_millis(500),
             tls: RedisTlsConfig::default(),
@@ -188,9 +258,39 @@ impl RedisLimiterConfig {
         self.lease_ttl.max(self.waiter_ttl)
     }
 
-    /// The limit the in-memory fallback enforces for a given global limit.
-    pub fn fallback_limit(&self, global: u32) -> u32 {
-        self.local_share.unwrap_or(global).clamp(1, global.max(1))
+    /// The limit the in-memory fallback enforces for a global limit `global`, with `peers`
+    /// live instances last seen in Redis (this one included; `None` if never seen), under
+    /// the configured policy. `Closed` grants nothing, so its fallback limit is moot (1).
+    pub fn fallback_limit(&self, global: u32, peers: Option<u32>) -> u32 {
+        let global = global.max(1);
+        match self.failover_policy {
+            FailoverPolicy::Full => global,
+            FailoverPolicy::Closed => 1,
+            FailoverPolicy::Share => match (self.local_share, peers) {
+                (Some(share), _) => share.clamp(1, global),
+                (None, Some(n)) => (global / n.max(1)).max(1),
+                (None, None) => 1,
+            },
+        }
+    }
+
+    /// How often this instance renews its record in Redis: `instance_ttl / 4`.
+    pub fn heartbeat_period(&self) -> Duration {
+        self.instance_ttl / 4
+    }
+
+    /// How long Redis grants nothing new after it lost its data or was unreachable for
+    /// everyone (a restart, a stall): long enough for every live instance to reconnect and
+    /// register the permits it still holds (its heartbeat, or the probe of a degraded
+    /// instance) before new ones are granted, so the switch back never admits more than the
+    /// limit. `max(probe_interval, heartbeat) + reconnect pause + op_timeout`: 1.6 s by
+    /// default. Instances sharing a limiter should share these timings (the instance that
+    /// runs the first script after the outage sets the warm-up).
+    pub fn warmup(&self) -> Duration {
+        self.probe_interval.max(self.heartbeat_period())
+            + RECONNECT_MAX
+            + RECONNECT_JITTER
+            + self.op_timeout
     }
 
     /// Checks every field and reports all problems at once.
@@ -219,6 +319,11 @@ impl RedisLimiterConfig {
                 Duration::from_millis(1),
             ),
             ("safety_poll", self.safety_poll, Duration::from_millis(1)),
+            (
+                "instance_ttl",
+                self.instance_ttl,
+                Duration::from_millis(100),
+            ),
             (
                 "probe_interval",
                 self.probe_interval,
@@ -254,7 +359,9 @@ impl fmt::Debug for RedisLimiterConfig {
             .field("grant_ttl", &self.grant_ttl)
             .field("op_timeout", &self.op_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("failover_policy", &self.failover_policy)
             .field("local_share", &self.local_share)
+            .field("instance_ttl", &self.instance_ttl)
             .field("safety_poll", &self.safety_poll)
             .field("probe_interval", &self.probe_interval)
             .field("tls", &self.tls)
@@ -435,11 +542,31 @@ mod tests {
     }
 
     #[test]
-    fn fallback_share_defaults_to_the_full_limit() {
+    fn the_fallback_share_follows_the_policy_and_the_live_instances() {
         let mut config = RedisLimiterConfig::new("redis://h", "n");
-        assert_eq!(config.fallback_limit(8), 8);
+        // Share, derived: floor(C / N), at least 1; never seen Redis: 1.
+        assert_eq!(config.fallback_limit(6, Some(4)), 1);
+        assert_eq!(config.fallback_limit(6, Some(2)), 3);
+        assert_eq!(config.fallback_limit(6, Some(1)), 6);
+        assert_eq!(config.fallback_limit(6, Some(9)), 1);
+        assert_eq!(config.fallback_limit(6, None), 1);
         config.local_share = Some(3);
-        assert_eq!(config.fallback_limit(8), 3);
-        assert_eq!(config.fallback_limit(2), 2);
+        assert_eq!(config.fallback_limit(8, Some(4)), 3);
+        assert_eq!(config.fallback_limit(2, None), 2);
+        config.failover_policy = FailoverPolicy::Full;
+        assert_eq!(config.fallback_limit(8, Some(4)), 8);
+        for (name, policy) in [
+            ("share", FailoverPolicy::Share),
+            ("CLOSED", FailoverPolicy::Closed),
+            (" full", FailoverPolicy::Full),
+        ] {
+            assert_eq!(name.parse::<FailoverPolicy>(), Ok(policy));
+        }
+        assert!(
+            "open"
+                .parse::<FailoverPolicy>()
+                .unwrap_err()
+                .contains("share, closed or full")
+        );
     }
 }

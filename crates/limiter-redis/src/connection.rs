@@ -67,8 +67,13 @@ pub(crate) fn clients(config: &RedisLimiterConfig) -> Result<Clients, RedisLimit
             // fred applies no timeout unless told; every call is bounded by op_timeout.
             p.default_command_timeout = config.op_timeout;
         })
-        // Reconnect forever, 50 ms doubling to 1 s (fred adds jitter).
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
+        // Reconnect forever, 50 ms doubling to RECONNECT_MAX (fred adds jitter).
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            50,
+            u32::try_from(crate::config::RECONNECT_MAX.as_millis()).unwrap_or(u32::MAX),
+            2,
+        ));
     Ok(Clients {
         client: builder.build().map_err(invalid_url)?,
         subscriber: builder.build_subscriber_client().map_err(invalid_url)?,

@@ -12,8 +12,15 @@
 //! probe sends it once more before switching back. fred's connection errors are recorded
 //! ([`watch_errors`]) so the degraded reason names the cause, not only "timed out".
 //!
+//! While degraded, `share` grants at most the fallback share (`max(1, floor(C / N))` with N
+//! the live instances last seen, or the configured share), `closed` refuses, `full` grants
+//! the whole limit. Each fallback permit is tracked by a token; at the switch back the probe
+//! registers all of them in Redis as holders (*adopts* them) with one heartbeat, so they
+//! count against the global limit until they end.
+//!
 //! This module adds methods to [`Inner`]. It uses `inner`, `connection` and `util`, and none
-//! of those calls these methods, so the modules form no circle.
+//! of those calls these methods, so the modules form no circle. (The fallback permits
+//! themselves are `permit`'s; `limiter` serves an acquire from the fallback.)
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -55,9 +62,7 @@ impl Inner {
             self.address
         );
         let weak = Arc::downgrade(self);
-        let share = self
-            .config
-            .fallback_limit(self.limit.load(Ordering::Relaxed));
+        let share = self.fallback_share();
         tokio::spawn(async move {
             if let Some(inner) = weak.upgrade() {
                 if let Err(e) = inner.fallback.set_limit(share).await {
@@ -99,15 +104,84 @@ impl Inner {
                 *slot = None;
             }
         }
+        // Register every permit this process still holds as a holder before granting from
+        // Redis again: fallback permits granted during the outage count against the global
+        // limit from now on (adopted), and Redis permits Redis may have lost (a restart) are
+        // re-established. A fresh or stalled Redis grants nothing new for a warm-up meanwhile,
+        // so every instance gets to do this before anyone is admitted.
+        let fallback: Vec<String> = lock(&self.fallback_held).keys().cloned().collect();
+        let mut tokens = fallback.clone();
+        tokens.extend(lock(&self.held).iter().cloned());
+        let beat = match self.beat(&tokens).await {
+            Ok(beat) => beat,
+            Err(_) => return false,
+        };
+        let gone = {
+            let mut held = lock(&self.fallback_held);
+            let mut gone = Vec::new();
+            for token in fallback {
+                match held.get_mut(&token) {
+                    Some(adopted) => *adopted = true,
+                    // Released while the beat was on its way: it is in Redis now, give it back.
+                    None => gone.push(token),
+                }
+            }
+            gone
+        };
+        for token in gone {
+            self.spawn_cleanup(Cleanup::Release, token);
+        }
         *lock(&self.last_failure) = None;
         *lock(&self.degraded_reason) = None;
         self.degraded.store(false, Ordering::SeqCst);
+        // A fallback permit granted between the beat and the switch: adopt it too.
+        self.adopt_stragglers();
         tracing::info!(
             limiter = %self.config.name,
             address = %self.address,
+            adopted = lock(&self.fallback_held).len(),
+            reestablished = beat.reestablished,
+            instances = beat.instances,
             "redis limiter recovered: back on redis"
         );
         true
+    }
+
+    /// The permits the fallback may grant now, under the configured policy, from the limit
+    /// and the peers last seen.
+    pub(crate) fn fallback_share(&self) -> u32 {
+        self.config
+            .fallback_limit(self.limit.load(Ordering::Relaxed), self.known_peers())
+    }
+
+    /// Adopts, in the background, every fallback permit not adopted yet, once this process
+    /// is back on Redis (a permit the fallback granted while the switch back was under way).
+    pub(crate) fn adopt_stragglers(self: &Arc<Self>) {
+        if self.is_degraded() {
+            return;
+        }
+        let stragglers: Vec<String> = lock(&self.fallback_held)
+            .iter()
+            .filter(|(_, adopted)| !**adopted)
+            .map(|(token, _)| token.clone())
+            .collect();
+        if stragglers.is_empty() {
+            return;
+        }
+        let inner = Arc::clone(self);
+        spawn_now(async move {
+            match inner.beat(&stragglers).await {
+                Ok(_) => {
+                    let mut held = lock(&inner.fallback_held);
+                    for token in &stragglers {
+                        if let Some(adopted) = held.get_mut(token) {
+                            *adopted = true;
+                        }
+                    }
+                }
+                Err(e) => inner.fail_over(&e),
+            }
+        });
     }
 
     /// Gives `token` back in the background, retrying while Redis is unreachable until the

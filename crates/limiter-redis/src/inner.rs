@@ -6,8 +6,8 @@
 //! [`BackendError`] and the caller chooses (see `failover`). So this module depends only on
 //! the config, the connection, the scripts and their replies.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::{RedisLimiterConfig, address_of};
 use crate::connection::{BackendError, Clients};
-use crate::reply::{self, Acquire, GivenBack, Renew};
+use crate::reply::{self, Acquire, Beat, GivenBack, Renew};
 use crate::scripts::Scripts;
 use crate::util::{duration_ms, jittered, lock};
 
@@ -45,8 +45,21 @@ pub(crate) struct Inner {
     pub(crate) limit: AtomicU32,
     /// A `set_limit` made while degraded, pushed to Redis by the probe before switching back.
     pub(crate) pending_limit: Mutex<Option<u32>>,
-    /// This limiter instance's random prefix for tokens.
-    instance: String,
+    /// This limiter instance's random id: its record in Redis, and the prefix of its tokens
+    /// (`<instance>-<n>`), by which Redis tells whose a holder or waiter is.
+    pub(crate) instance: String,
+    /// The epoch of Redis's data last seen (0: never seen); a new one means Redis lost it.
+    pub(crate) epoch: AtomicI64,
+    /// Live instances sharing the limit, as last seen in Redis (0: never seen).
+    pub(crate) peers: AtomicU32,
+    /// Tokens of this process's live Redis permits, re-established when Redis lost them.
+    pub(crate) held: Mutex<HashSet<String>>,
+    /// Tokens of this process's live fallback permits, and whether each is *adopted*:
+    /// registered in Redis as a holder at the switch back, so it counts against the global
+    /// limit until it ends (the heartbeat keeps its lease).
+    pub(crate) fallback_held: Mutex<HashMap<String, bool>>,
+    /// Instances Redis declared dead, as last counted by the stats script.
+    pub(crate) instances_reclaimed: AtomicU64,
     next_token: AtomicU64,
     /// Local waiters by token, woken by the pub/sub task.
     pub(crate) waiters: Mutex<HashMap<String, Arc<Notify>>>,
@@ -150,6 +163,11 @@ impl Inner {
             degraded: AtomicBool::new(false),
             pending_limit: Mutex::new(None),
             instance: instance_id.iter().map(|b| format!("{b:02x}")).collect(),
+            epoch: AtomicI64::new(0),
+            peers: AtomicU32::new(0),
+            held: Mutex::new(HashSet::new()),
+            fallback_held: Mutex::new(HashMap::new()),
+            instances_reclaimed: AtomicU64::new(0),
             next_token: AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(HashMap::new()),
@@ -162,19 +180,26 @@ impl Inner {
         self.degraded.load(Ordering::SeqCst)
     }
 
-    /// Runs `script` with the limiter's keys and `[default limit, channel, grant ttl, args…]`, bounded
-    /// by `op_timeout` in total (including a `SCRIPT LOAD` after `NOSCRIPT`).
+    /// Runs `script` with the limiter's keys and the prelude's `[default limit, channel,
+    /// grant ttl, known epoch, instance ttl, warm-up, args…]`, bounded by `op_timeout` in
+    /// total (including a `SCRIPT LOAD` after `NOSCRIPT`).
     async fn eval<R: FromValue>(
         &self,
         script: &Script,
         args: Vec<Value>,
     ) -> Result<R, BackendError> {
-        let mut argv: Vec<Value> = Vec::with_capacity(args.len() + 3);
+        let mut argv: Vec<Value> = Vec::with_capacity(args.len() + 6);
         argv.push(Value::Integer(i64::from(
             self.limit.load(Ordering::Relaxed),
         )));
         argv.push(Value::from(self.scripts.channel.as_str()));
         argv.push(Value::Integer(duration_ms(self.config.grant_ttl)));
+        argv.push(match self.epoch.load(Ordering::Relaxed) {
+            0 => Value::from(""),
+            epoch => Value::from(epoch.to_string()),
+        });
+        argv.push(Value::Integer(duration_ms(self.config.instance_ttl)));
+        argv.push(Value::Integer(duration_ms(self.config.warmup())));
         argv.extend(args);
         let call =
             script.evalsha_with_reload::<R, _, _>(&self.client, self.scripts.keys.clone(), argv);
@@ -228,9 +253,73 @@ impl Inner {
         reply::decode_set_limit(self.eval(&self.scripts.set_limit, args).await?)
     }
 
-    /// Runs the stats script (which also reclaims and promotes).
+    /// Runs the stats script (which also reclaims and promotes), and remembers the peers
+    /// and the epoch it saw.
     pub(crate) async fn read_stats(&self) -> Result<reply::Stats, BackendError> {
-        reply::Stats::decode(self.eval(&self.scripts.stats, Vec::new()).await?)
+        let stats = reply::Stats::decode(self.eval(&self.scripts.stats, Vec::new()).await?)?;
+        self.saw(stats.instances, stats.epoch);
+        self.instances_reclaimed.store(
+            u64::try_from(stats.instances_reclaimed).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        Ok(stats)
+    }
+
+    /// Remembers the live instances and the data's epoch a script reported.
+    fn saw(&self, instances: i64, epoch: i64) {
+        if let Ok(n) = u32::try_from(instances) {
+            if n > 0 {
+                self.peers.store(n, Ordering::Relaxed);
+            }
+        }
+        if epoch > 0 {
+            self.epoch.store(epoch, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs the heartbeat: renews this instance's record and holds `tokens` as holders
+    /// (re-establishing those Redis lost). Remembers the peers and the epoch; the caller
+    /// checks [`Beat::was_unknown`] and the epoch to re-establish every token.
+    pub(crate) async fn beat(&self, tokens: &[String]) -> Result<Beat, BackendError> {
+        let mut args = Vec::with_capacity(tokens.len() + 2);
+        args.push(Value::from(self.instance.as_str()));
+        args.push(Value::Integer(self.lease_ms()));
+        args.extend(tokens.iter().map(|t| Value::from(t.as_str())));
+        let beat = Beat::decode(self.eval(&self.scripts.beat, args).await?)?;
+        self.saw(i64::from(beat.instances), beat.epoch);
+        self.limit.store(beat.limit.max(1), Ordering::Relaxed);
+        Ok(beat)
+    }
+
+    /// Removes this instance's record (a clean shutdown), so peers stop counting it.
+    pub(crate) async fn leave(&self) -> Result<(), BackendError> {
+        let args = vec![Value::from(self.instance.as_str())];
+        reply::decode_leave(self.eval(&self.scripts.leave, args).await?)
+    }
+
+    /// Every token this process holds a permit for: its Redis permits and its fallback
+    /// permits (the tokens a heartbeat re-establishes when Redis lost them).
+    pub(crate) fn all_tokens(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = lock(&self.held).iter().cloned().collect();
+        tokens.extend(lock(&self.fallback_held).keys().cloned());
+        tokens
+    }
+
+    /// The tokens of fallback permits adopted by Redis (renewed by every heartbeat).
+    pub(crate) fn adopted_tokens(&self) -> Vec<String> {
+        lock(&self.fallback_held)
+            .iter()
+            .filter(|(_, adopted)| **adopted)
+            .map(|(token, _)| token.clone())
+            .collect()
+    }
+
+    /// The live peers last seen in Redis, if ever.
+    pub(crate) fn known_peers(&self) -> Option<u32> {
+        match self.peers.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     /// Runs the script that gives `token` back (it also tombstones the token in Redis).

@@ -24,11 +24,15 @@
 //!   `return 3` means).
 //! - `inner`: `Inner`, the state shared by the limiter, its permits and tasks; one typed
 //!   call per script; tokens, waiters, counters.
-//! - `failover`: the switch to the fallback and back (probe), connection errors, and giving
-//!   tokens back in the background (abandoned tokens re-sent by the probe).
+//! - `failover`: the switch to the fallback and back (probe, adopting fallback permits),
+//!   connection errors, and giving tokens back in the background (abandoned tokens re-sent
+//!   by the probe).
+//! - `heartbeat`: this instance's record in Redis, and re-registering its permits when
+//!   Redis lost them.
 //! - `stats`: `LimiterStats` from Redis or from the fallback.
 //! - `wakeup`: the pub/sub task that wakes local waiters when Redis grants their ticket.
-//! - `permit`: the Redis permit handle: lease renewal, release, loss detection.
+//! - `permit`: the Redis permit handle (lease renewal, release, loss detection) and the
+//!   fallback permit handle (tracked for adoption).
 //! - `limiter`: [`RedisLimiter`]: `connect`, the acquire loop and its ticket, `stats`,
 //!   `set_limit`.
 //! - `bin/limiter-holder.rs`: a tiny process used by the multi-process tests.
@@ -82,38 +86,53 @@
 //! (`HINCRBY`), so clock skew between hosts changes nothing. Local code only uses the
 //! monotonic `tokio::time::Instant` to bound its own waits.
 //!
+//! # Instances and their peers
+//! Each limiter is an *instance* with a record in Redis, renewed by a heartbeat every
+//! `instance_ttl / 4` (default 2 s / 4) and removed when the limiter is dropped. The records
+//! tell every instance how many peers share the limit (`stats().failover.instances`) and
+//! tell Redis whose holders and waiters are alive (see [`scripts`]).
+//!
 //! # Failure modes and their bounds
-//! - **A holder's process dies** (SIGKILL, OOM): its lease is not renewed and is reclaimed
-//!   by the next script after its deadline: the slot is free within `lease_ttl` + one renew
-//!   period (`lease_ttl / 3`) of the death.
-//! - **A waiter's process dies**: its ticket is not refreshed and expires within
-//!   `waiter_ttl`; if it was granted in the meantime, the unconfirmed grant expires after
-//!   `grant_ttl` (default 1 s), so the slot is blocked for at most `grant_ttl`, plus one
-//!   safety poll of the next waiter until it notices.
+//! - **A holder's process dies** (SIGKILL, OOM): its instance record expires at most
+//!   `instance_ttl` after its last heartbeat, and the next script reclaims all its holders:
+//!   the slots are free within `instance_ttl` (2 s) of the death, whatever the lease.
+//!   Measured by `processes::killed_holder_frees_its_slots_within_the_instance_ttl_not_the_lease`.
+//! - **A waiter's process dies**: its waiters are skipped once its last heartbeat is older
+//!   than 3/8 of `instance_ttl` (0.75 s) and dropped once it is declared dead; a slot freed
+//!   before that may go to one of them, and that unconfirmed grant frees after `grant_ttl`
+//!   (1 s).
+//! - **A holder that is alive but slow** (a long exchange, a busy runtime) keeps its slot as
+//!   long as its heartbeat runs: leases (`lease_ttl`, default 15 s, renewed every third) are
+//!   the protection when the whole process stalls (SIGSTOP) or loses Redis alone; then
+//!   the slot is reclaimed and may be granted again, and when the holder resumes its renewal
+//!   *re-establishes* the lease (so it counts again) and the permit reports
+//!   [`is_lost`](ports::Permit::is_lost) (logged, counted in `leases_lost`).
 //! - **A live waiter stalls longer than `waiter_ttl`**: its ticket expires; its next check
 //!   queues it again at the back of its priority (it loses its place, never a slot).
-//! - **A holder stalls longer than its lease** (e.g. SIGSTOP): the slot is reclaimed and
-//!   may be granted again; when the holder resumes, its renewal returns 0 and the permit
-//!   reports [`is_lost`](ports::Permit::is_lost) (logged, counted in `leases_lost`).
 //! - **Redis refuses, drops or hangs**: every call is bounded by `op_timeout` (fred's
 //!   command timeout plus our own). The first failing call switches this process to the
-//!   fallback, which grants up to `local_share` (default: the full limit) permits, so with
-//!   N degraded processes at most N × share permits are alive. A probe every
-//!   `probe_interval` switches back once a script runs again. Memory permits are released
-//!   in memory; Redis permits granted before the outage keep renewing and are released in
-//!   Redis (retried in the background until their lease would have expired anyway).
+//!   fallback, whose grants follow the [`FailoverPolicy`]: `share` (default) grants
+//!   `max(1, floor(limit / N))` with N the live instances last seen (or `local_share`), so
+//!   N degraded instances admit at most `max(limit, N)`; `closed` refuses
+//!   ([`ports::LimiterError::Unavailable`]); `full` grants the whole limit (N × limit in
+//!   all). A probe every `probe_interval` switches back once a script runs again.
+//! - **The switch back**: the probe first registers every permit this process still holds
+//!   as a holder in Redis — fallback permits are *adopted* (they count against the global
+//!   limit until they end, the heartbeat keeps their lease) and Redis permits whose leases
+//!   Redis lost are re-established. Redis grants nothing new for a *warm-up*
+//!   ([`RedisLimiterConfig::warmup`], 1.6 s by default) after it lost its data (a new
+//!   epoch, seen by a caller that knew the old one) or after no script reached it for half
+//!   an instance TTL (a stall, an outage), so every instance registers before anyone is
+//!   admitted, and a stall declares no live instance dead. Memory permits are released in
+//!   memory, and in Redis if adopted.
 //! - **Redis hangs, then resumes** (SIGSTOP/SIGCONT, a long GC-like pause): commands that
 //!   timed out on our side are still in the socket and run when Redis resumes, long after
 //!   their callers gave up. A stale acquire must not leave a ticket or a slot nobody owns:
 //!   one that runs after its cancel is refused (tombstone); a token whose cleanup gave up
 //!   during the outage is kept and given back once more by the probe, after Redis answered
 //!   it (so after every earlier command of this connection) and before switching back; and
-//!   any grant nobody confirms frees its slot after `grant_ttl`. Measured: callers are served
-//!   by Redis again ~160 ms after SIGCONT (7 s SIGSTOP, 200 ms op timeout, 6 s tickets).
+//!   any grant nobody confirms frees its slot after `grant_ttl`.
 //! - **The TLS handshake fails**: as a refused Redis, with the reason `tls` (see TLS above).
-//! - **After switching back**, memory permits still alive and new Redis permits coexist
-//!   until the former finish: at most `share` extra permits per process, for as long as the
-//!   work started during the outage lasts.
 //! - **Lost pub/sub messages** (reconnects): a reconnect wakes every local waiter; otherwise
 //!   a lost message costs at most one safety poll.
 //! - **Dropped futures and permits**: a dropped `acquire` cancels its ticket (giving back
@@ -124,6 +143,7 @@ pub mod config;
 mod connection;
 pub mod error;
 mod failover;
+mod heartbeat;
 mod inner;
 mod limiter;
 mod permit;
@@ -134,6 +154,6 @@ mod tls;
 mod util;
 mod wakeup;
 
-pub use config::{RedisLimiterConfig, RedisTlsConfig};
+pub use config::{FailoverPolicy, RECONNECT_MAX, RedisLimiterConfig, RedisTlsConfig};
 pub use error::RedisLimiterError;
 pub use limiter::RedisLimiter;

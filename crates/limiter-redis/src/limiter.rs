@@ -20,10 +20,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::config::FailoverPolicy;
 use crate::config::{RedisLimiterConfig, redact_url};
 use crate::connection::{self, BackendError};
 use crate::error::RedisLimiterError;
 use crate::failover::watch_errors;
+use crate::heartbeat;
 use crate::inner::{Cleanup, Inner, Mode, bump};
 use crate::permit;
 use crate::reply::Acquire;
@@ -40,6 +42,8 @@ pub struct RedisLimiter {
     wakeups: JoinHandle<()>,
     /// Records fred's connection errors (see `failover::watch_errors`).
     errors: JoinHandle<()>,
+    /// Keeps this instance's record alive (see `heartbeat`).
+    heartbeat: JoinHandle<()>,
 }
 
 impl RedisLimiter {
@@ -56,7 +60,7 @@ impl RedisLimiter {
         let clients = connection::clients(&config)?;
 
         fallback
-            .set_limit(config.fallback_limit(config.max_concurrent))
+            .set_limit(config.fallback_limit(config.max_concurrent, None))
             .await
             .map_err(RedisLimiterError::Fallback)?;
 
@@ -85,13 +89,14 @@ impl RedisLimiter {
         )
         .await;
         match connected {
-            // One script now loads it into Redis's cache and stores the limit, so that
-            // other processes see it before this one's first acquire.
-            Ok(Ok(())) => match inner.redis_stats().await {
-                Ok(stats) => tracing::debug!(
+            // The first heartbeat registers this instance and stores the limit, so that
+            // other processes see both before this one's first acquire.
+            Ok(Ok(())) => match inner.beat(&[]).await {
+                Ok(beat) => tracing::debug!(
                     limiter = %inner.config.name,
                     url = %redact_url(&inner.config.url),
-                    limit = stats.max_concurrent,
+                    limit = beat.limit,
+                    instances = beat.instances,
                     "redis limiter connected"
                 ),
                 Err(e) => inner.fail_over(&e),
@@ -105,10 +110,12 @@ impl RedisLimiter {
                 ),
             )),
         }
+        let heartbeat = tokio::spawn(heartbeat::run(Arc::downgrade(&inner)));
         Ok(RedisLimiter {
             inner,
             wakeups,
             errors,
+            heartbeat,
         })
     }
 
@@ -117,7 +124,7 @@ impl RedisLimiter {
     pub async fn connect_with_memory_fallback(
         config: RedisLimiterConfig,
     ) -> Result<Self, RedisLimiterError> {
-        let share = config.fallback_limit(config.max_concurrent);
+        let share = config.fallback_limit(config.max_concurrent, None);
         let fallback = Arc::new(limiter_memory::MemoryLimiter::new(share));
         Self::connect(config, fallback).await
     }
@@ -137,6 +144,17 @@ impl Drop for RedisLimiter {
     fn drop(&mut self) {
         self.wakeups.abort();
         self.errors.abort();
+        self.heartbeat.abort();
+        // Leave the registry at once, so peers stop counting this instance (its record
+        // would expire after `instance_ttl` anyway).
+        if !self.inner.is_degraded() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let inner = Arc::clone(&self.inner);
+                handle.spawn(async move {
+                    let _ = inner.leave().await;
+                });
+            }
+        }
     }
 }
 
@@ -195,7 +213,7 @@ impl ConcurrencyLimiter for RedisLimiter {
     ) -> Result<Permit, LimiterError> {
         let inner = &self.inner;
         if inner.is_degraded() {
-            return inner.fallback.acquire(priority, wait_timeout).await;
+            return fallback_acquire(inner, priority, wait_timeout).await;
         }
         let started = Instant::now();
         let token = inner.new_token();
@@ -218,7 +236,7 @@ impl ConcurrencyLimiter for RedisLimiter {
                     inner.fail_over(&e);
                     // The script may still run after our timeout: give back what it grants.
                     inner.spawn_cleanup(Cleanup::Cancel, token);
-                    inner.fallback.acquire(priority, Duration::ZERO).await
+                    fallback_acquire(inner, priority, Duration::ZERO).await
                 }
             };
         }
@@ -260,7 +278,7 @@ impl ConcurrencyLimiter for RedisLimiter {
                     drop(ticket);
                     inner.spawn_cleanup(Cleanup::Cancel, token);
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    return inner.fallback.acquire(priority, remaining).await;
+                    return fallback_acquire(inner, priority, remaining).await;
                 }
             }
             first = false;
@@ -309,7 +327,11 @@ impl ConcurrencyLimiter for RedisLimiter {
         inner.limit.store(max_concurrent, Ordering::Relaxed);
         inner
             .fallback
-            .set_limit(inner.config.fallback_limit(max_concurrent))
+            .set_limit(
+                inner
+                    .config
+                    .fallback_limit(max_concurrent, inner.known_peers()),
+            )
             .await?;
         if !inner.is_degraded() {
             match inner.store_limit(max_concurrent).await {
@@ -321,4 +343,25 @@ impl ConcurrencyLimiter for RedisLimiter {
         *lock(&inner.pending_limit) = Some(max_concurrent);
         Ok(())
     }
+}
+
+/// Serves an acquire from the fallback under the configured policy: refused under
+/// `closed`, else a fallback permit that this process tracks so that the switch back
+/// can register it in Redis.
+async fn fallback_acquire(
+    inner: &Arc<Inner>,
+    priority: Priority,
+    wait: Duration,
+) -> Result<Permit, LimiterError> {
+    if inner.config.failover_policy == FailoverPolicy::Closed {
+        let reason = lock(&inner.degraded_reason).unwrap_or(DegradedReason::Other);
+        return Err(LimiterError::Unavailable {
+            message: format!(
+                "redis at {} is unusable ({reason}) and the failover policy is closed",
+                inner.address
+            ),
+        });
+    }
+    let permit = inner.fallback.acquire(priority, wait).await?;
+    Ok(permit::fallback(inner, permit))
 }

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::inner::{Cleanup, Inner, bump};
 use crate::reply::{GivenBack, Renew};
-use crate::util::jittered;
+use crate::util::{jittered, lock};
 
 /// The permit for a `token` Redis granted (and this process confirmed), renewing its lease
 /// from now on.
@@ -51,6 +51,7 @@ struct RedisPermit {
 impl RedisPermit {
     /// Wraps a granted `token` and starts renewing its lease.
     fn start(inner: &Arc<Inner>, token: String) -> Self {
+        lock(&inner.held).insert(token.clone());
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = tokio::spawn(renew(
             Arc::downgrade(inner),
@@ -78,6 +79,19 @@ async fn renew(inner: Weak<Inner>, token: String, lost: Arc<AtomicBool>) {
         let Some(inner) = inner.upgrade() else { return };
         match inner.renew_lease(&token).await {
             Ok(Renew::Extended) => {}
+            Ok(Renew::Reestablished) => {
+                // Redis lost the lease (a restart, or it declared this instance dead during
+                // a stall) and holds it again now; the slot may have been granted twice
+                // meanwhile.
+                if !lost.swap(true, Ordering::SeqCst) {
+                    bump(&inner.counters.leases_lost);
+                }
+                tracing::warn!(
+                    limiter = %inner.config.name,
+                    token = %token,
+                    "lease re-established: redis had lost it while it was still held"
+                );
+            }
             Ok(Renew::Lost) => {
                 lost.store(true, Ordering::SeqCst);
                 bump(&inner.counters.leases_lost);
@@ -100,6 +114,7 @@ impl PermitHandle for RedisPermit {
             return;
         }
         self.renewer.abort();
+        lock(&self.inner.held).remove(&self.token);
         bump(&self.inner.counters.released);
         self.inner
             .spawn_cleanup(Cleanup::Release, self.token.clone());
@@ -113,6 +128,7 @@ impl PermitHandle for RedisPermit {
                 return Ok(());
             }
             self.renewer.abort();
+            lock(&self.inner.held).remove(&self.token);
             bump(&self.inner.counters.released);
             match self.inner.run_cleanup(Cleanup::Release, &self.token).await {
                 // Nothing given back means the lease had already been reclaimed: nothing left
@@ -133,5 +149,64 @@ impl PermitHandle for RedisPermit {
 
     fn is_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
+    }
+}
+
+/// Wraps a permit the fallback granted while degraded, so that the switch back can register
+/// it in Redis (see `failover`): tracked by a token of this instance until it ends.
+pub(crate) fn fallback(inner: &Arc<Inner>, permit: Permit) -> Permit {
+    let (priority, waited) = (permit.priority(), permit.waited());
+    let token = inner.new_token();
+    lock(&inner.fallback_held).insert(token.clone(), false);
+    let handle = Arc::new(FallbackPermit {
+        inner: Arc::clone(inner),
+        token,
+        memory: std::sync::Mutex::new(Some(permit)),
+    });
+    // Granted by the fallback just as the probe switched back: adopt it now.
+    inner.adopt_stragglers();
+    Permit::new(handle, priority, waited)
+}
+
+/// A fallback permit with the token Redis knows it by once adopted.
+struct FallbackPermit {
+    inner: Arc<Inner>,
+    token: String,
+    /// The fallback's own permit, taken by the first release.
+    memory: std::sync::Mutex<Option<Permit>>,
+}
+
+impl FallbackPermit {
+    /// Stops tracking the token; gives the Redis slot back if Redis adopted it. Returns the
+    /// fallback's permit, or `None` if an earlier release took it.
+    fn finish(&self) -> Option<Permit> {
+        let memory = lock(&self.memory).take()?;
+        // (The fallback counts the release itself.)
+        let adopted = lock(&self.inner.fallback_held).remove(&self.token);
+        // Adopted, or possibly being adopted right now (back on Redis): give the slot back.
+        // A release of a token Redis never held only leaves its tombstone, which also stops
+        // an adoption still on its way.
+        if adopted == Some(true) || !self.inner.is_degraded() {
+            self.inner
+                .spawn_cleanup(Cleanup::Release, self.token.clone());
+        }
+        Some(memory)
+    }
+}
+
+impl PermitHandle for FallbackPermit {
+    fn release_on_drop(self: Arc<Self>) {
+        drop(self.finish());
+    }
+
+    fn release(
+        self: Arc<Self>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), LimiterError>> + Send + 'static>> {
+        Box::pin(async move {
+            match self.finish() {
+                Some(memory) => memory.release().await,
+                None => Ok(()),
+            }
+        })
     }
 }

@@ -49,8 +49,12 @@ impl Acquire {
 pub(crate) enum Renew {
     /// `1`: the lease was live and now ends a full `lease_ttl` from now.
     Extended,
-    /// `0`: the lease had passed its deadline or was gone; it is not revived, the permit is
-    /// lost.
+    /// `2`: the lease had passed its deadline or was gone (Redis lost its data, or
+    /// reclaimed it while its holder was alive): it is re-established, but the slot may have
+    /// been granted to someone else meanwhile, so the permit counts as lost.
+    Reestablished,
+    /// `0`: the token was released or cancelled already: nothing is re-created, the permit
+    /// is lost.
     Lost,
 }
 
@@ -58,6 +62,7 @@ impl Renew {
     pub(crate) fn decode(reply: i64) -> Result<Self, BackendError> {
         match reply {
             1 => Ok(Renew::Extended),
+            2 => Ok(Renew::Reestablished),
             0 => Ok(Renew::Lost),
             other => Err(unexpected("renew", other)),
         }
@@ -122,6 +127,12 @@ pub(crate) struct Stats {
     pub(crate) max_wait_ms: i64,
     /// How long the oldest queued ticket has waited, in ms (0 with an empty queue).
     pub(crate) oldest_ms: i64,
+    /// Live instance records.
+    pub(crate) instances: i64,
+    /// The data's epoch (when Redis created it, ms): a new one means Redis lost its data.
+    pub(crate) epoch: i64,
+    /// Instances declared dead since the data was created.
+    pub(crate) instances_reclaimed: i64,
 }
 
 impl Stats {
@@ -136,6 +147,9 @@ impl Stats {
             reclaimed,
             max_wait_ms,
             oldest_ms,
+            instances,
+            epoch,
+            instances_reclaimed,
         ] = reply[..]
         else {
             return Err(unexpected("stats", reply));
@@ -147,7 +161,50 @@ impl Stats {
             reclaimed,
             max_wait_ms,
             oldest_ms,
+            instances,
+            epoch,
+            instances_reclaimed,
         })
+    }
+}
+
+/// The answer of [`BEAT`](crate::scripts::BEAT), the instance heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Beat {
+    /// The instance had no record: its first beat, or Redis lost its data or declared it
+    /// dead (then its holders must be re-established).
+    pub(crate) was_unknown: bool,
+    /// Live instance records, this one included.
+    pub(crate) instances: u32,
+    /// The global limit stored in Redis.
+    pub(crate) limit: u32,
+    /// The data's epoch.
+    pub(crate) epoch: i64,
+    /// Tokens of this beat that Redis did not hold and now does.
+    pub(crate) reestablished: u32,
+}
+
+impl Beat {
+    pub(crate) fn decode(reply: Vec<i64>) -> Result<Self, BackendError> {
+        let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
+        match reply[..] {
+            [added @ (0 | 1), instances, limit, epoch, reestablished] => Ok(Beat {
+                was_unknown: added == 1,
+                instances: u32_of(instances),
+                limit: u32_of(limit),
+                epoch,
+                reestablished: u32_of(reestablished),
+            }),
+            _ => Err(unexpected("beat", reply)),
+        }
+    }
+}
+
+/// The answer of [`LEAVE`](crate::scripts::LEAVE), which only ever answers `1`.
+pub(crate) fn decode_leave(reply: i64) -> Result<(), BackendError> {
+    match reply {
+        1 => Ok(()),
+        other => Err(unexpected("leave", other)),
     }
 }
 
@@ -206,8 +263,9 @@ mod tests {
             Renew::decode,
             &[
                 (1, Some(Renew::Extended)),
+                (2, Some(Renew::Reestablished)),
                 (0, Some(Renew::Lost)),
-                (2, None),
+                (3, None),
             ],
         );
         check(decode_set_limit, &[(1, Some(())), (0, None)]);
@@ -235,8 +293,8 @@ mod tests {
     }
 
     #[test]
-    fn stats_reply_is_nine_numbers_in_the_documented_order() {
-        let stats = Stats::decode(vec![5, 2, 1, 2, 3, 4, 7, 80, 9]).unwrap();
+    fn stats_and_beat_replies_are_numbers_in_the_documented_order() {
+        let stats = Stats::decode(vec![5, 2, 1, 2, 3, 4, 7, 80, 9, 3, 1700, 2]).unwrap();
         assert_eq!(
             stats,
             Stats {
@@ -246,8 +304,16 @@ mod tests {
                 reclaimed: 7,
                 max_wait_ms: 80,
                 oldest_ms: 9,
+                instances: 3,
+                epoch: 1700,
+                instances_reclaimed: 2,
             }
         );
+        let beat = Beat::decode(vec![1, 4, 6, 1700, 2]).unwrap();
+        assert!(beat.was_unknown);
+        assert_eq!((beat.instances, beat.limit, beat.reestablished), (4, 6, 2));
+        assert!(Beat::decode(vec![2, 4, 6, 1700, 2]).is_err());
+        assert!(Beat::decode(vec![1, 4]).is_err());
         let err = Stats::decode(vec![5, 2]).unwrap_err();
         assert_eq!(err.to_string(), "stats script returned [5, 2]");
         assert_eq!(err.reason, DegradedReason::Other);

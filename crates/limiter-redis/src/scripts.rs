@@ -7,8 +7,10 @@
 //! | `{talkgate:<name>}:queue` | ZSET | token → `(3 - priority index) · 2^40 + seq` |
 //! | `{talkgate:<name>}:waiters` | ZSET | token → ticket deadline (ms, Redis `TIME`) |
 //! | `{talkgate:<name>}:enqueued` | ZSET | token → time it was queued (ms, Redis `TIME`) |
-//! | `{talkgate:<name>}:meta` | HASH | `limit`, `seq`, `reclaimed`, `max_wait_ms` |
+//! | `{talkgate:<name>}:meta` | HASH | `limit`, `seq`, `reclaimed`, `max_wait_ms`, `epoch`, `last_ms`, `warm_until`, `warmups`, `instances_reclaimed` |
 //! | `{talkgate:<name>}:cancelled` | ZSET | token → tombstone deadline (ms, Redis `TIME`) |
+//! | `{talkgate:<name>}:instances` | ZSET | instance id → liveness deadline (ms, Redis `TIME`) |
+//! | `{talkgate:<name>}:dead` | ZSET | instance id declared dead → when to forget it (ms) |
 //!
 //! The wake-up channel is `{talkgate:<name>}:wake`; a message is the space-separated list of
 //! tokens just granted.
@@ -25,21 +27,46 @@
 //! re-create a ticket or a slot that nobody owns. Tokens are never reused, so a tombstone
 //! never refuses a live caller.
 //!
+//! # Instances
+//! Every token is `<instance id>-<n>`, and every instance keeps a record in `instances`
+//! alive with [`BEAT`] every `instance_ttl / 4`. Its record says whose a holder or a waiter
+//! is, and whether that process still lives: an instance whose record expired is *dead*
+//! (moved to `dead`), its holders are reclaimed at once, whatever their leases say, and its
+//! waiters are dropped when they reach the queue head. A waiter whose instance has not
+//! beaten for 3/8 of `instance_ttl` is skipped (kept, not granted) until it beats again, so
+//! a slot freed just after a death rarely goes to the dead. A token whose instance has no
+//! record at all (an older version of this crate) is treated as alive.
+//!
 //! # The shared prelude
-//! Every script gets `ARGV[1]` the default limit, `ARGV[2]` the wake-up channel and
-//! `ARGV[3]` the grant TTL in ms; its own arguments start at `ARGV[4]`. It starts by reading
-//! `TIME` and the limit (storing the caller's default when Redis has none, e.g. after a
-//! restart) and defines two steps:
+//! Every script gets `ARGV[1]` the default limit, `ARGV[2]` the wake-up channel, `ARGV[3]`
+//! the grant TTL in ms, `ARGV[4]` the data epoch the caller last saw (`''` if none),
+//! `ARGV[5]` the instance TTL and `ARGV[6]` the warm-up, in ms; its own arguments start at
+//! `ARGV[7]`. It starts by reading `TIME` and the meta hash:
+//! - when Redis has no limit (a new limiter, or Redis lost its data) it stores the caller's
+//!   default and a new `epoch`; if the caller knew an older epoch, Redis *lost its data*
+//!   and starts a *warm-up*;
+//! - when no script ran for half an instance TTL while instances were registered
+//!   (`last_ms`: Redis stalled, or nobody could reach it), nobody's silence was their own
+//!   fault: every instance record is renewed and a warm-up starts.
+//!
+//! During a warm-up (`warm_until`) nothing new is granted (new tokens queue, the `try`
+//! mode is refused): the instances get time to reconnect and register what they still
+//! hold ([`BEAT`] with their tokens: fallback permits granted during the outage, leases
+//! Redis lost), so the switch back never admits more than the limit.
+//!
+//! It then defines two steps:
 //! - `reclaim()`: drops holders whose lease deadline has passed and tickets whose deadline
-//!   has passed (counted in `meta.reclaimed`);
-//! - `promote()`: while `active < limit`, moves the queue head into `holders` (the grant is
-//!   decided here, atomically, so a freed slot goes straight to the head waiter and no late
-//!   arrival can take it) and publishes the granted tokens. Until its owner confirms it, a
-//!   grant only lives for the *grant TTL* (`ARGV[3]` of the prelude, `grant_ttl`, capped by
-//!   the ticket's own deadline): a grant whose owner is gone (its process died, or its
-//!   acquire was a stale command run after the caller gave up) frees the slot within
+//!   has passed (counted in `meta.reclaimed`), declares instances whose record expired dead
+//!   and drops their holders;
+//! - `promote()`: while `active < limit` and no warm-up runs, moves the queue head into
+//!   `holders` (the grant is decided here, atomically, so a freed slot goes straight to the
+//!   head waiter and no late arrival can take it) and publishes the granted tokens; heads
+//!   of dead instances are dropped, heads of stale ones skipped (at most `free + 64` looked
+//!   at). Until its owner confirms it, a grant only lives for the *grant TTL* (`grant_ttl`,
+//!   capped by the ticket's own deadline): a grant whose owner is gone (its process died,
+//!   or its acquire was a stale command run after the caller gave up) frees the slot within
 //!   `grant_ttl`, not within a whole `waiter_ttl`. The reclaim step also drops expired
-//!   tombstones.
+//!   tombstones and forgotten dead instances.
 //!
 //! # Scripts
 //! Their integer answers are decoded into types in one place, the crate's private `reply`
@@ -57,10 +84,17 @@
 //!   tombstones it, reclaims, promotes. Returns 2 (a grant was given back), 1 (a ticket
 //!   removed) or 0.
 //! - [`RENEW`]: extends a live lease (returns 1); a lease already past its deadline or gone
-//!   is not revived (returns 0: the permit is lost). Then reclaims and promotes.
-//! - [`STATS`]: reclaims, promotes, and returns
-//!   `{limit, active, queued low, normal, high, critical, reclaimed, max_wait_ms, oldest_ms}`.
+//!   is re-established (returns 2: the holder still works, so it must count; the permit
+//!   reports itself lost, since the slot may have been granted twice meanwhile); a released
+//!   or cancelled token is not revived (returns 0). Then reclaims and promotes.
+//! - [`STATS`]: reclaims, promotes, and returns `{limit, active, queued low, normal, high,
+//!   critical, reclaimed, max_wait_ms, oldest_ms, live instances, epoch, instances
+//!   reclaimed}`.
 //! - [`SET_LIMIT`]: stores the new limit, reclaims, promotes (raising it admits at once).
+//! - [`BEAT`]: renews the caller's instance record and holds the tokens it passes (skipping
+//!   tombstoned ones), then reclaims and promotes; returns whether the record was missing,
+//!   the live instances, the limit, the epoch and how many tokens were re-added.
+//! - [`LEAVE`]: removes the caller's record (a clean shutdown).
 
 use fred::types::Key;
 use fred::types::scripts::Script;
@@ -70,19 +104,62 @@ use fred::types::scripts::Script;
 pub const BAND: u64 = 1 << 40;
 
 const PRELUDE: &str = r#"
-local H, Q, W, E, M, C = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local H, Q, W, E, M, C, I, D = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function num(x) return string.format('%.0f', x) end
-local limit = tonumber(redis.call('HGET', M, 'limit'))
+local grant_ttl = tonumber(ARGV[3])
+local inst_ttl = tonumber(ARGV[5])
+local meta = redis.call('HMGET', M, 'limit', 'last_ms', 'warm_until', 'epoch')
+local limit = tonumber(meta[1])
+local warm_until = tonumber(meta[3]) or 0
+local epoch = meta[4]
 if not limit then
   limit = tonumber(ARGV[1])
-  redis.call('HSET', M, 'limit', limit)
+  epoch = num(now)
+  redis.call('HSET', M, 'limit', limit, 'epoch', epoch, 'last_ms', num(now))
+  if ARGV[4] ~= '' then
+    warm_until = now + tonumber(ARGV[6])
+    redis.call('HSET', M, 'warm_until', num(warm_until), 'warmups', 1)
+  end
+else
+  local last = tonumber(meta[2]) or now
+  if now - last >= inst_ttl / 2 and redis.call('ZCARD', I) > 0 then
+    warm_until = now + tonumber(ARGV[6])
+    redis.call('HSET', M, 'warm_until', num(warm_until))
+    redis.call('HINCRBY', M, 'warmups', 1)
+    local ids = redis.call('ZRANGE', I, 0, -1)
+    for i = 1, #ids do redis.call('ZADD', I, num(now + inst_ttl), ids[i]) end
+  end
+  if now - last >= 20 then redis.call('HSET', M, 'last_ms', num(now)) end
 end
-local grant_ttl = tonumber(ARGV[3])
+if not epoch then
+  epoch = num(now)
+  redis.call('HSET', M, 'epoch', epoch)
+end
+local function owner(tok) return string.match(tok, '^(.-)%-') end
 local function reclaim()
   redis.call('ZREMRANGEBYSCORE', C, '-inf', num(now))
+  redis.call('ZREMRANGEBYSCORE', D, '-inf', num(now))
   local n = redis.call('ZREMRANGEBYSCORE', H, '-inf', num(now))
+  local dead = redis.call('ZRANGEBYSCORE', I, '-inf', num(now))
+  if #dead > 0 then
+    redis.call('ZREMRANGEBYSCORE', I, '-inf', num(now))
+    local gone = {}
+    for i = 1, #dead do
+      gone[dead[i]] = true
+      redis.call('ZADD', D, num(now + math.max(10 * inst_ttl, 60000)), dead[i])
+    end
+    local held = redis.call('ZRANGE', H, 0, -1)
+    for i = 1, #held do
+      local id = owner(held[i])
+      if id and gone[id] then
+        redis.call('ZREM', H, held[i])
+        n = n + 1
+      end
+    end
+    redis.call('HINCRBY', M, 'instances_reclaimed', #dead)
+  end
   local gone = redis.call('ZRANGEBYSCORE', W, '-inf', num(now))
   for i = 1, #gone do
     redis.call('ZREM', Q, gone[i])
@@ -92,70 +169,92 @@ local function reclaim()
   n = n + #gone
   if n > 0 then redis.call('HINCRBY', M, 'reclaimed', n) end
 end
+local function unqueue(tok)
+  redis.call('ZREM', Q, tok)
+  redis.call('ZREM', W, tok)
+  redis.call('ZREM', E, tok)
+end
 local function promote()
+  if now < warm_until then return end
   local free = limit - redis.call('ZCARD', H)
   if free <= 0 then return end
-  local heads = redis.call('ZRANGE', Q, 0, free - 1)
-  if #heads == 0 then return end
+  local granted, dropped, rank, scanned = {}, 0, 0, 0
   local maxw = tonumber(redis.call('HGET', M, 'max_wait_ms')) or 0
-  for i = 1, #heads do
-    local tok = heads[i]
-    local deadline = tonumber(redis.call('ZSCORE', W, tok)) or (now + grant_ttl)
-    if deadline > now + grant_ttl then deadline = now + grant_ttl end
-    local since = tonumber(redis.call('ZSCORE', E, tok)) or now
-    if now - since > maxw then maxw = now - since end
-    redis.call('ZREM', Q, tok)
-    redis.call('ZREM', W, tok)
-    redis.call('ZREM', E, tok)
-    redis.call('ZADD', H, num(deadline), tok)
+  local fresh_after = now + inst_ttl * 5 / 8
+  while free > 0 and scanned < free + 64 do
+    local heads = redis.call('ZRANGE', Q, rank, rank + free - 1)
+    if #heads == 0 then break end
+    for i = 1, #heads do
+      local tok = heads[i]
+      scanned = scanned + 1
+      local id = owner(tok)
+      local beat = id and tonumber(redis.call('ZSCORE', I, id))
+      if id and redis.call('ZSCORE', D, id) then
+        unqueue(tok)
+        dropped = dropped + 1
+      elseif beat and beat < fresh_after then
+        rank = rank + 1
+      else
+        local deadline = tonumber(redis.call('ZSCORE', W, tok)) or (now + grant_ttl)
+        if deadline > now + grant_ttl then deadline = now + grant_ttl end
+        local since = tonumber(redis.call('ZSCORE', E, tok)) or now
+        if now - since > maxw then maxw = now - since end
+        unqueue(tok)
+        redis.call('ZADD', H, num(deadline), tok)
+        granted[#granted + 1] = tok
+        free = free - 1
+      end
+    end
   end
+  if dropped > 0 then redis.call('HINCRBY', M, 'reclaimed', dropped) end
+  if #granted == 0 then return end
   redis.call('HSET', M, 'max_wait_ms', num(maxw))
-  redis.call('PUBLISH', ARGV[2], table.concat(heads, ' '))
+  redis.call('PUBLISH', ARGV[2], table.concat(granted, ' '))
 end
 "#;
 
-/// ARGV 4 token, 5 priority index (0 low … 3 critical), 6 lease ms, 7 waiter ttl ms,
-/// 8 mode (`wait` or `try`). Returns 1 granted, 0 queued, 2 refused (`try` only),
+/// ARGV 7 token, 8 priority index (0 low … 3 critical), 9 lease ms, 10 waiter ttl ms,
+/// 11 mode (`wait` or `try`). Returns 1 granted, 0 queued, 2 refused (`try` only),
 /// 3 the token was cancelled or released already (a stale command: nothing is created).
 pub const ACQUIRE: &str = r#"
 reclaim()
 promote()
-local tok, lease = ARGV[4], tonumber(ARGV[6])
+local tok, lease = ARGV[7], tonumber(ARGV[9])
 if redis.call('ZSCORE', C, tok) then return 3 end
 if redis.call('ZSCORE', H, tok) then
   redis.call('ZADD', H, num(now + lease), tok)
   return 1
 end
 if redis.call('ZSCORE', Q, tok) then
-  redis.call('ZADD', W, num(now + tonumber(ARGV[7])), tok)
+  redis.call('ZADD', W, num(now + tonumber(ARGV[10])), tok)
   return 0
 end
-if redis.call('ZCARD', H) < limit then
+if now >= warm_until and redis.call('ZCARD', H) < limit then
   redis.call('ZADD', H, num(now + lease), tok)
   return 1
 end
-if ARGV[8] == 'try' then return 2 end
+if ARGV[11] == 'try' then return 2 end
 local seq = redis.call('HINCRBY', M, 'seq', 1)
-redis.call('ZADD', Q, num((3 - tonumber(ARGV[5])) * 1099511627776 + seq), tok)
-redis.call('ZADD', W, num(now + tonumber(ARGV[7])), tok)
+redis.call('ZADD', Q, num((3 - tonumber(ARGV[8])) * 1099511627776 + seq), tok)
+redis.call('ZADD', W, num(now + tonumber(ARGV[10])), tok)
 redis.call('ZADD', E, num(now), tok)
 return 0
 "#;
 
-/// ARGV 4 token, 5 tombstone ms. Returns 1 if the token held a slot, else 0.
+/// ARGV 7 token, 8 tombstone ms. Returns 1 if the token held a slot, else 0.
 pub const RELEASE: &str = r#"
-local n = redis.call('ZREM', H, ARGV[4])
-redis.call('ZADD', C, num(now + tonumber(ARGV[5])), ARGV[4])
+local n = redis.call('ZREM', H, ARGV[7])
+redis.call('ZADD', C, num(now + tonumber(ARGV[8])), ARGV[7])
 reclaim()
 promote()
 return n
 "#;
 
-/// ARGV 4 token, 5 tombstone ms. Returns 2 if a grant was given back, 1 if a ticket was
+/// ARGV 7 token, 8 tombstone ms. Returns 2 if a grant was given back, 1 if a ticket was
 /// removed, else 0.
 pub const CANCEL: &str = r#"
-local tok = ARGV[4]
-redis.call('ZADD', C, num(now + tonumber(ARGV[5])), tok)
+local tok = ARGV[7]
+redis.call('ZADD', C, num(now + tonumber(ARGV[8])), tok)
 local q = redis.call('ZREM', Q, tok)
 redis.call('ZREM', W, tok)
 redis.call('ZREM', E, tok)
@@ -166,14 +265,18 @@ if h > 0 then return 2 end
 return q
 "#;
 
-/// ARGV 4 token, 5 lease ms. Returns 1 if the lease was extended, 0 if it was lost.
+/// ARGV 7 token, 8 lease ms. Returns 1 if the lease was extended, 2 if it was gone and is
+/// re-established (Redis lost its data, or reclaimed the lease while its holder was alive),
+/// 0 if the token was released or cancelled already (nothing is re-created).
 pub const RENEW: &str = r#"
-local tok = ARGV[4]
-local s = tonumber(redis.call('ZSCORE', H, tok))
-local ok = 0
-if s and s > now then
-  redis.call('ZADD', H, num(now + tonumber(ARGV[5])), tok)
-  ok = 1
+local tok = ARGV[7]
+local ok = 1
+if redis.call('ZSCORE', C, tok) then
+  ok = 0
+else
+  local s = tonumber(redis.call('ZSCORE', H, tok))
+  if not s or s <= now then ok = 2 end
+  redis.call('ZADD', H, num(now + tonumber(ARGV[8])), tok)
 end
 reclaim()
 promote()
@@ -181,7 +284,7 @@ return ok
 "#;
 
 /// No extra ARGV. Returns `{limit, active, low, normal, high, critical, reclaimed,
-/// max_wait_ms, oldest_ms}`.
+/// max_wait_ms, oldest_ms, live instances, epoch, instances reclaimed}`.
 pub const STATS: &str = r#"
 reclaim()
 promote()
@@ -195,13 +298,46 @@ out[#out + 1] = tonumber(redis.call('HGET', M, 'reclaimed')) or 0
 out[#out + 1] = tonumber(redis.call('HGET', M, 'max_wait_ms')) or 0
 local oldest = redis.call('ZRANGE', E, 0, 0, 'WITHSCORES')
 if #oldest == 2 then out[#out + 1] = now - tonumber(oldest[2]) else out[#out + 1] = 0 end
+out[#out + 1] = redis.call('ZCOUNT', I, '(' .. num(now), '+inf')
+out[#out + 1] = tonumber(epoch)
+out[#out + 1] = tonumber(redis.call('HGET', M, 'instances_reclaimed')) or 0
 return out
 "#;
 
-/// ARGV 4 the new limit (≥ 1). Returns 1.
+/// ARGV 7 the new limit (≥ 1). Returns 1.
 pub const SET_LIMIT: &str = r#"
-limit = tonumber(ARGV[4])
+limit = tonumber(ARGV[7])
 redis.call('HSET', M, 'limit', limit)
+reclaim()
+promote()
+return 1
+"#;
+
+/// The instance heartbeat. ARGV 7 instance id, 8 lease ms, 9… tokens this instance holds
+/// that must count against the limit (re-established if Redis lost them; a tombstoned
+/// token is skipped). Marks the instance live for `inst_ttl` (and no longer dead).
+/// Returns `{1 if the instance was not registered, live instances, limit, epoch,
+/// tokens re-established}`.
+pub const BEAT: &str = r#"
+local me, lease = ARGV[7], tonumber(ARGV[8])
+local added = redis.call('ZADD', I, num(now + inst_ttl), me)
+redis.call('ZREM', D, me)
+local readded = 0
+for i = 9, #ARGV do
+  local tok = ARGV[i]
+  if not redis.call('ZSCORE', C, tok) then
+    if redis.call('ZADD', H, num(now + lease), tok) == 1 then readded = readded + 1 end
+  end
+end
+reclaim()
+promote()
+return {added, redis.call('ZCOUNT', I, '(' .. num(now), '+inf'), limit, tonumber(epoch), readded}
+"#;
+
+/// An instance leaving for good (a clean shutdown). ARGV 7 instance id. Its record is
+/// removed, so its peers stop counting it at once. Returns 1.
+pub const LEAVE: &str = r#"
+redis.call('ZREM', I, ARGV[7])
 reclaim()
 promote()
 return 1
@@ -210,8 +346,8 @@ return 1
 /// The keys and channel of one limiter, and its scripts with their SHA-1s computed once.
 #[derive(Debug, Clone)]
 pub struct Scripts {
-    /// `holders, queue, waiters, enqueued, meta, cancelled`, in the order the scripts read
-    /// them.
+    /// `holders, queue, waiters, enqueued, meta, cancelled, instances, dead`, in the order
+    /// the scripts read them.
     pub keys: Vec<Key>,
     /// The wake-up channel.
     pub channel: String,
@@ -227,6 +363,10 @@ pub struct Scripts {
     pub stats: Script,
     /// [`SET_LIMIT`].
     pub set_limit: Script,
+    /// [`BEAT`].
+    pub beat: Script,
+    /// [`LEAVE`].
+    pub leave: Script,
 }
 
 impl Scripts {
@@ -240,6 +380,8 @@ impl Scripts {
             "enqueued",
             "meta",
             "cancelled",
+            "instances",
+            "dead",
         ]
         .iter()
         .map(|k| Key::from(format!("{tag}:{k}")))
@@ -254,6 +396,8 @@ impl Scripts {
             renew: script(RENEW),
             stats: script(STATS),
             set_limit: script(SET_LIMIT),
+            beat: script(BEAT),
+            leave: script(LEAVE),
         }
     }
 }

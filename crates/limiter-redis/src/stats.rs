@@ -4,8 +4,9 @@
 
 use std::sync::atomic::Ordering;
 
-use ports::{DegradedReason, LimiterStats};
+use ports::{DegradedReason, FailoverStats, LimiterStats};
 
+use crate::config::FailoverPolicy;
 use crate::connection::BackendError;
 use crate::inner::Inner;
 use crate::reply;
@@ -22,6 +23,7 @@ impl Inner {
             reclaimed,
             max_wait_ms: max_wait,
             oldest_ms: oldest,
+            ..
         } = self.read_stats().await?;
         let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
         let u64_of = |x: i64| u64::try_from(x.max(0)).unwrap_or(0);
@@ -45,7 +47,23 @@ impl Inner {
             counters: self.counters.snapshot(u64_of(reclaimed)),
             max_wait_ms: u64_of(max_wait),
             oldest_queued_ms: u64_of(oldest),
+            failover: Some(self.failover_stats()),
         })
+    }
+
+    /// The failover policy, the share the fallback grants, and the peers last seen.
+    pub(crate) fn failover_stats(&self) -> FailoverStats {
+        let policy = self.config.failover_policy;
+        FailoverStats {
+            policy: policy.as_str().to_owned(),
+            share: match policy {
+                FailoverPolicy::Closed => 0,
+                _ => self.fallback_share(),
+            },
+            instances: self.known_peers(),
+            fallback_active: u32::try_from(lock(&self.fallback_held).len()).unwrap_or(u32::MAX),
+            instances_reclaimed: self.instances_reclaimed.load(Ordering::Relaxed),
+        }
     }
 
     /// The fallback's stats, marked degraded and with why, plus the events this process
@@ -66,6 +84,7 @@ impl Inner {
         stats.address = Some(self.address.clone());
         stats.degraded_reason = Some(lock(&self.degraded_reason).unwrap_or(DegradedReason::Other));
         stats.degraded = true;
+        stats.failover = Some(self.failover_stats());
         stats
     }
 }

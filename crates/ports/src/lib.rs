@@ -22,8 +22,8 @@ pub mod video;
 pub mod contract;
 
 pub use limiter::{
-    ConcurrencyLimiter, DegradedReason, LimiterCounters, LimiterError, LimiterStats, Permit,
-    PermitHandle, QueuedByPriority,
+    ConcurrencyLimiter, DegradedReason, FailoverStats, LimiterCounters, LimiterError, LimiterStats,
+    Permit, PermitHandle, QueuedByPriority,
 };
 pub use video::{PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats, WaitOptions};
 

@@ -269,6 +269,29 @@ pub struct LimiterStats {
     pub max_wait_ms: u64,
     /// How long the oldest current waiter has been queued, in milliseconds (0 if none).
     pub oldest_queued_ms: u64,
+    /// What a distributed limiter does while its backend is unreachable, and what it knows
+    /// of the instances it shares the limit with; `None` for an in-process limiter.
+    #[serde(default)]
+    pub failover: Option<FailoverStats>,
+}
+
+/// How a distributed limiter degrades: its policy, the share it grants on its own, and the
+/// peers it last saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverStats {
+    /// `"share"`, `"closed"` or `"full"`.
+    pub policy: String,
+    /// The permits this instance grants on its own while degraded (0 under `closed`).
+    pub share: u32,
+    /// Live instances sharing the limit (this one included), as last seen in the backend;
+    /// `None` if it was never reached.
+    pub instances: Option<u32>,
+    /// Permits granted by the fallback that are still alive (after the switch back they
+    /// count against the global limit until they end).
+    pub fallback_active: u32,
+    /// Instances the backend declared dead (their record expired) since its data was
+    /// created: their holders were reclaimed at once.
+    pub instances_reclaimed: u64,
 }
 
 /// A priority-aware concurrency limiter. Object-safe; inject it as `Arc<dyn ConcurrencyLimiter>`.

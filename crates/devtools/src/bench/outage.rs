@@ -27,9 +27,10 @@ use super::{Ctx, OBSERVER_SLACK};
 const PROCESSES: usize = 2;
 
 /// fred's longest pause between two reconnection attempts as limiter-redis configures it
-/// (`ReconnectPolicy::new_exponential(0, 50, 1_000, 2)`: 50 ms doubling to 1 s) plus fred's
-/// default jitter (`DEFAULT_JITTER_MS`, 100 ms).
-const RECONNECT_MAX: Duration = Duration::from_millis(1_100);
+/// ([`limiter_redis::RECONNECT_MAX`]) plus fred's default jitter (`DEFAULT_JITTER_MS`,
+/// 100 ms).
+const RECONNECT_MAX: Duration =
+    limiter_redis::RECONNECT_MAX.saturating_add(Duration::from_millis(100));
 
 /// The limiter settings the bounds follow from: http-api sets only the limit and the lease
 /// TTL (`LEASE_TTL_SECS`), the rest are limiter-redis's defaults.

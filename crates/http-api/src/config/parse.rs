@@ -72,6 +72,15 @@ pub(super) fn seconds(raw: &str, allow_zero: bool) -> Result<Duration, String> {
     }
 }
 
+/// Seconds, at least 0.1 (the Redis limiter's floor for an instance record).
+pub(super) fn instance_ttl(raw: &str) -> Result<Duration, String> {
+    let ttl = seconds(raw, false)?;
+    if ttl < Duration::from_millis(100) {
+        return Err(format!("{raw:?} is below the 0.1 s minimum"));
+    }
+    Ok(ttl)
+}
+
 pub(super) fn log_format(raw: &str) -> Result<LogFormat, String> {
     match raw.to_ascii_lowercase().as_str() {
         "human" | "text" | "pretty" => Ok(LogFormat::Human),

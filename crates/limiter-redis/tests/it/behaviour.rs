@@ -206,18 +206,28 @@ async fn starts_degraded_without_redis_and_switches_over_when_it_appears() {
         !s.degraded
     })
     .await;
+    // The fallback permit still alive was adopted at the switch back: it counts against
+    // the global limit until it ends.
     assert_eq!(
         (stats.backend.as_str(), stats.max_concurrent, stats.active),
-        ("redis", 3, 0)
+        ("redis", 3, 1)
     );
+    assert_eq!(stats.failover.as_ref().unwrap().fallback_active, 1);
     let remote = limiter
         .acquire(Priority::Normal, Duration::from_secs(1))
         .await
         .unwrap();
-    assert_eq!(limiter.stats().await.active, 1);
-    // The memory permit drains into memory, not into Redis.
+    assert_eq!(limiter.stats().await.active, 2);
+    // The memory permit drains into memory, and gives its adopted slot back in Redis.
     drop(local);
     assert_eq!(fallback.stats().await.active, 0);
-    assert_eq!(limiter.stats().await.active, 1);
+    let stats = wait_until(
+        &limiter,
+        Duration::from_secs(5),
+        "adopted slot freed",
+        |s| s.active == 1,
+    )
+    .await;
+    assert_eq!(stats.failover.unwrap().fallback_active, 0);
     remote.release().await.unwrap();
 }

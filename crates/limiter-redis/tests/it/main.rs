@@ -5,6 +5,7 @@ mod behaviour;
 mod contract;
 mod diagnosis;
 mod faults;
+mod instances;
 mod processes;
 mod support;
 mod tls;

@@ -182,29 +182,25 @@ async fn priority_order_holds_across_processes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_holder_frees_its_slots_within_lease_and_renew_period() {
+async fn killed_holder_frees_its_slots_within_the_instance_ttl_not_the_lease() {
     let server = RedisServer::start();
     let mut cfg = config(&server, 2);
     cfg.name = unique_name("crash");
     let name = cfg.name.clone();
+    let instance_ttl = cfg.instance_ttl;
     let limiter = RedisLimiter::connect_with_memory_fallback(cfg)
         .await
         .unwrap();
-    let lease = Duration::from_millis(1_000);
+    // The default lease (15 s): only the dead instance's record can free the slots sooner.
     let mut holder = Holder::spawn(
         &server.url(),
         &name,
-        &[
-            ("limit", "2"),
-            ("count", "2"),
-            ("hold-ms", "60000"),
-            ("lease-ms", "1000"),
-        ],
+        &[("limit", "2"), ("count", "2"), ("hold-ms", "60000")],
     );
     holder.expect_line("held", Duration::from_secs(10));
     holder.expect_line("held", Duration::from_secs(10));
-    // Renewals keep the slots past the lease while the holder lives.
-    tokio::time::sleep(lease * 2).await;
+    // Heartbeats keep the instance alive past its record's TTL while it lives.
+    tokio::time::sleep(instance_ttl * 2).await;
     assert_eq!(
         limiter.stats().await.active,
         2,
@@ -214,35 +210,37 @@ async fn killed_holder_frees_its_slots_within_lease_and_renew_period() {
     holder.kill();
     let killed = Instant::now();
     let a = limiter
-        .acquire(Priority::Normal, Duration::from_secs(10))
+        .acquire(Priority::Normal, Duration::from_secs(20))
         .await
         .unwrap();
     let b = limiter
-        .acquire(Priority::Normal, Duration::from_secs(10))
+        .acquire(Priority::Normal, Duration::from_secs(20))
         .await
         .unwrap();
     let recovered = killed.elapsed();
     report(
-        "crash recovery (SIGKILLed holder of 2 slots, lease 1 s)",
+        "crash recovery (SIGKILLed holder of 2 slots, lease 15 s, instance ttl 2 s)",
         recovered,
     );
-    // Lease + one renew period (1/3 lease) + one safety poll of the waiter (≤ 1/3 waiter ttl).
+    // The record expires at most one instance TTL after the last heartbeat before the
+    // death; then the next script reclaims, and the waiter confirms within one safety poll.
     assert!(
-        recovered <= lease + lease / 3 + Duration::from_millis(600),
+        recovered <= instance_ttl + Duration::from_millis(1_000),
         "capacity came back after {recovered:?}"
     );
     let stats = limiter.stats().await;
     assert!(stats.counters.leases_reclaimed >= 2, "{stats:?}");
+    assert_eq!(stats.failover.unwrap().instances_reclaimed, 1);
     a.release().await.unwrap();
     b.release().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_waiter_at_the_head_blocks_the_queue_at_most_its_ttl() {
+/// A live waiter queued behind the waiter of a process that died: how long after the death
+/// it gets a slot freed at `free_after` (0: at once).
+async fn served_after_a_dead_head_waiter(free_after: Duration) -> Duration {
     let server = RedisServer::start();
     let mut cfg = config(&server, 1);
     cfg.name = unique_name("deadwaiter");
-    cfg.waiter_ttl = Duration::from_secs(1);
     let name = cfg.name.clone();
     let limiter = std::sync::Arc::new(
         RedisLimiter::connect_with_memory_fallback(cfg)
@@ -260,7 +258,6 @@ async fn killed_waiter_at_the_head_blocks_the_queue_at_most_its_ttl() {
             ("limit", "1"),
             ("priority", "critical"),
             ("hold-ms", "60000"),
-            ("waiter-ms", "1000"),
         ],
     );
     wait_until(
@@ -282,20 +279,38 @@ async fn killed_waiter_at_the_head_blocks_the_queue_at_most_its_ttl() {
 
     holder.kill();
     let killed = Instant::now();
-    // The freed slot goes to the dead critical ticket first; its grant keeps the ticket's
-    // deadline, so the low waiter gets it at most one waiter ttl after the death.
+    tokio::time::sleep(free_after).await;
     gate.release().await.unwrap();
     let permit = next.await.unwrap().expect("the live waiter is served");
     let unblocked = killed.elapsed();
-    report(
-        "dead head-of-queue waiter skipped (waiter ttl 1 s)",
-        unblocked,
-    );
+    permit.release().await.unwrap();
+    unblocked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_freed_right_after_a_waiters_death_is_blocked_at_most_one_grant_ttl() {
+    // The dead instance's heartbeat is still fresh: the slot goes to its critical waiter
+    // (the one grant to a dead waiter), which nobody confirms; it frees after grant_ttl
+    // (1 s), not after the ticket's waiter_ttl (6 s).
+    let unblocked = served_after_a_dead_head_waiter(Duration::ZERO).await;
+    report("dead head-of-queue waiter, slot freed at once", unblocked);
     assert!(
         unblocked <= Duration::from_millis(1_000 + 600),
         "the dead waiter blocked the queue for {unblocked:?}"
     );
-    permit.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_of_an_instance_whose_heartbeat_stopped_is_never_granted() {
+    // One second after the death the instance's last heartbeat is stale (older than 3/8 of
+    // its 2 s TTL): the freed slot skips its waiter and goes straight to the live one.
+    let free_after = Duration::from_secs(1);
+    let unblocked = served_after_a_dead_head_waiter(free_after).await;
+    report("dead head-of-queue waiter, slot freed 1 s later", unblocked);
+    assert!(
+        unblocked <= free_after + Duration::from_millis(300),
+        "the live waiter waited {unblocked:?} for a slot freed after {free_after:?}"
+    );
 }
 
 #[test]
