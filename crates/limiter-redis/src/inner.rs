@@ -225,11 +225,14 @@ impl Inner {
 
     /// Runs the acquire script for `token`: queue it, refresh its ticket, or confirm its
     /// grant (see [`Acquire`] for the answers).
+    /// `first` says this is the acquire's first call for `token` (a new token, so Redis
+    /// skips looking for it among holders and tickets).
     pub(crate) async fn acquire_script(
         &self,
         token: &str,
         priority: Priority,
         mode: Mode,
+        first: bool,
     ) -> Result<Acquire, BackendError> {
         let args = vec![
             Value::from(token),
@@ -237,6 +240,7 @@ impl Inner {
             Value::Integer(self.lease_ms()),
             Value::Integer(duration_ms(self.config.waiter_ttl)),
             Value::from(mode.as_str()),
+            Value::from(if first { "1" } else { "0" }),
         ];
         Acquire::decode(self.eval(&self.scripts.acquire, args).await?)
     }

@@ -219,7 +219,10 @@ impl ConcurrencyLimiter for RedisLimiter {
         let token = inner.new_token();
 
         if wait_timeout.is_zero() {
-            return match inner.acquire_script(&token, priority, Mode::Try).await {
+            return match inner
+                .acquire_script(&token, priority, Mode::Try, true)
+                .await
+            {
                 Ok(Acquire::Granted) => {
                     bump(&inner.counters.acquired_immediately);
                     Ok(permit::granted(inner, token, priority, Duration::ZERO))
@@ -246,7 +249,10 @@ impl ConcurrencyLimiter for RedisLimiter {
         let mut ticket = Ticket::new(inner, &token, Arc::clone(&notify));
         let mut first = true;
         loop {
-            match inner.acquire_script(&token, priority, Mode::Wait).await {
+            match inner
+                .acquire_script(&token, priority, Mode::Wait, first)
+                .await
+            {
                 Ok(Acquire::Granted) => {
                     ticket.disarm();
                     drop(ticket);

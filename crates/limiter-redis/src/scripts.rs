@@ -57,7 +57,11 @@
 //! It then defines two steps:
 //! - `reclaim()`: drops holders whose lease deadline has passed and tickets whose deadline
 //!   has passed (counted in `meta.reclaimed`), declares instances whose record expired dead
-//!   and drops their holders;
+//!   and drops their holders. It runs at most once per 20 ms (`last_ms`) in the hot scripts
+//!   (acquire, release, cancel, renew), which saves five commands per call under load —
+//!   deadlines are seconds, so 20 ms late changes nothing — and always in `STATS`, `BEAT`,
+//!   `SET_LIMIT`, `LEAVE` and in an acquire that finds no free slot (so an expired lease
+//!   never makes a caller queue for a slot that is really free);
 //! - `promote()`: while `active < limit` and no warm-up runs, moves the queue head into
 //!   `holders` (the grant is decided here, atomically, so a freed slot goes straight to the
 //!   head waiter and no late arrival can take it) and publishes the granted tokens; heads
@@ -114,6 +118,8 @@ local meta = redis.call('HMGET', M, 'limit', 'last_ms', 'warm_until', 'epoch')
 local limit = tonumber(meta[1])
 local warm_until = tonumber(meta[3]) or 0
 local epoch = meta[4]
+local last = tonumber(meta[2])
+local due = (not last) or now - last >= 20
 if not limit then
   limit = tonumber(ARGV[1])
   epoch = num(now)
@@ -123,22 +129,29 @@ if not limit then
     redis.call('HSET', M, 'warm_until', num(warm_until), 'warmups', 1)
   end
 else
-  local last = tonumber(meta[2]) or now
-  if now - last >= inst_ttl / 2 and redis.call('ZCARD', I) > 0 then
+  if last and now - last >= inst_ttl / 2 and redis.call('ZCARD', I) > 0 then
     warm_until = now + tonumber(ARGV[6])
     redis.call('HSET', M, 'warm_until', num(warm_until))
     redis.call('HINCRBY', M, 'warmups', 1)
     local ids = redis.call('ZRANGE', I, 0, -1)
     for i = 1, #ids do redis.call('ZADD', I, num(now + inst_ttl), ids[i]) end
   end
-  if now - last >= 20 then redis.call('HSET', M, 'last_ms', num(now)) end
+  if due then redis.call('HSET', M, 'last_ms', num(now)) end
 end
 if not epoch then
   epoch = num(now)
   redis.call('HSET', M, 'epoch', epoch)
 end
 local function owner(tok) return string.match(tok, '^(.-)%-') end
-local function reclaim()
+local reclaimed = false
+local active = nil
+local function count_active()
+  if not active then active = redis.call('ZCARD', H) end
+  return active
+end
+local function reclaim(force)
+  if reclaimed or not (force or due) then return end
+  reclaimed = true
   redis.call('ZREMRANGEBYSCORE', C, '-inf', num(now))
   redis.call('ZREMRANGEBYSCORE', D, '-inf', num(now))
   local n = redis.call('ZREMRANGEBYSCORE', H, '-inf', num(now))
@@ -168,6 +181,7 @@ local function reclaim()
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', W, '-inf', num(now)) end
   n = n + #gone
   if n > 0 then redis.call('HINCRBY', M, 'reclaimed', n) end
+  active = nil
 end
 local function unqueue(tok)
   redis.call('ZREM', Q, tok)
@@ -175,8 +189,8 @@ local function unqueue(tok)
   redis.call('ZREM', E, tok)
 end
 local function promote()
-  if now < warm_until then return end
-  local free = limit - redis.call('ZCARD', H)
+  if now < warm_until or redis.call('ZCARD', Q) == 0 then return end
+  local free = limit - count_active()
   if free <= 0 then return end
   local granted, dropped, rank, scanned = {}, 0, 0, 0
   local maxw = tonumber(redis.call('HGET', M, 'max_wait_ms')) or 0
@@ -207,6 +221,7 @@ local function promote()
     end
   end
   if dropped > 0 then redis.call('HINCRBY', M, 'reclaimed', dropped) end
+  active = active + #granted
   if #granted == 0 then return end
   redis.call('HSET', M, 'max_wait_ms', num(maxw))
   redis.call('PUBLISH', ARGV[2], table.concat(granted, ' '))
@@ -214,25 +229,36 @@ end
 "#;
 
 /// ARGV 7 token, 8 priority index (0 low … 3 critical), 9 lease ms, 10 waiter ttl ms,
-/// 11 mode (`wait` or `try`). Returns 1 granted, 0 queued, 2 refused (`try` only),
-/// 3 the token was cancelled or released already (a stale command: nothing is created).
+/// 11 mode (`wait` or `try`), 12 `1` for the first call of an acquire (its token is new,
+/// so the look-ups among holders and tickets are skipped on the way to a free slot; a copy
+/// of the call replayed after a reconnect that finds its token held still confirms it
+/// before queueing anything). Returns 1 granted,
+/// 0 queued, 2 refused (`try` only), 3 the token was cancelled or released already (a stale
+/// command: nothing is created).
 pub const ACQUIRE: &str = r#"
 reclaim()
 promote()
 local tok, lease = ARGV[7], tonumber(ARGV[9])
 if redis.call('ZSCORE', C, tok) then return 3 end
-if redis.call('ZSCORE', H, tok) then
+if ARGV[12] ~= '1' then
+  if redis.call('ZSCORE', H, tok) then
+    redis.call('ZADD', H, num(now + lease), tok)
+    return 1
+  end
+  if redis.call('ZSCORE', Q, tok) then
+    redis.call('ZADD', W, num(now + tonumber(ARGV[10])), tok)
+    return 0
+  end
+end
+if now >= warm_until and not reclaimed and count_active() >= limit then
+  reclaim(true)
+  promote()
+end
+if now >= warm_until and count_active() < limit then
   redis.call('ZADD', H, num(now + lease), tok)
   return 1
 end
-if redis.call('ZSCORE', Q, tok) then
-  redis.call('ZADD', W, num(now + tonumber(ARGV[10])), tok)
-  return 0
-end
-if now >= warm_until and redis.call('ZCARD', H) < limit then
-  redis.call('ZADD', H, num(now + lease), tok)
-  return 1
-end
+if ARGV[12] == '1' and redis.call('ZSCORE', H, tok) then return 1 end
 if ARGV[11] == 'try' then return 2 end
 local seq = redis.call('HINCRBY', M, 'seq', 1)
 redis.call('ZADD', Q, num((3 - tonumber(ARGV[8])) * 1099511627776 + seq), tok)
@@ -286,7 +312,7 @@ return ok
 /// No extra ARGV. Returns `{limit, active, low, normal, high, critical, reclaimed,
 /// max_wait_ms, oldest_ms, live instances, epoch, instances reclaimed}`.
 pub const STATS: &str = r#"
-reclaim()
+reclaim(true)
 promote()
 local band = 1099511627776
 local out = {limit, redis.call('ZCARD', H)}
@@ -308,7 +334,7 @@ return out
 pub const SET_LIMIT: &str = r#"
 limit = tonumber(ARGV[7])
 redis.call('HSET', M, 'limit', limit)
-reclaim()
+reclaim(true)
 promote()
 return 1
 "#;
@@ -329,7 +355,7 @@ for i = 9, #ARGV do
     if redis.call('ZADD', H, num(now + lease), tok) == 1 then readded = readded + 1 end
   end
 end
-reclaim()
+reclaim(true)
 promote()
 return {added, redis.call('ZCOUNT', I, '(' .. num(now), '+inf'), limit, tonumber(epoch), readded}
 "#;
@@ -338,7 +364,7 @@ return {added, redis.call('ZCOUNT', I, '(' .. num(now), '+inf'), limit, tonumber
 /// removed, so its peers stop counting it at once. Returns 1.
 pub const LEAVE: &str = r#"
 redis.call('ZREM', I, ARGV[7])
-reclaim()
+reclaim(true)
 promote()
 return 1
 "#;
