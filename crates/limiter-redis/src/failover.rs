@@ -111,7 +111,7 @@ impl Inner {
         // so every instance gets to do this before anyone is admitted.
         let fallback: Vec<String> = lock(&self.fallback_held).keys().cloned().collect();
         let mut tokens = fallback.clone();
-        tokens.extend(lock(&self.held).iter().cloned());
+        tokens.extend(lock(&self.held).keys().cloned());
         let beat = match self.beat(&tokens).await {
             Ok(beat) => beat,
             Err(_) => return false,

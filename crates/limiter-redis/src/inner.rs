@@ -6,7 +6,7 @@
 //! [`BackendError`] and the caller chooses (see `failover`). So this module depends only on
 //! the config, the connection, the scripts and their replies.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,8 +52,9 @@ pub(crate) struct Inner {
     pub(crate) epoch: AtomicI64,
     /// Live instances sharing the limit, as last seen in Redis (0: never seen).
     pub(crate) peers: AtomicU32,
-    /// Tokens of this process's live Redis permits, re-established when Redis lost them.
-    pub(crate) held: Mutex<HashSet<String>>,
+    /// Tokens of this process's live Redis permits, with each permit's *lost* flag: renewed
+    /// together (see `permit::renew_all`), re-established when Redis lost them.
+    pub(crate) held: Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// Tokens of this process's live fallback permits, and whether each is *adopted*:
     /// registered in Redis as a holder at the switch back, so it counts against the global
     /// limit until it ends (the heartbeat keeps its lease).
@@ -165,7 +166,7 @@ impl Inner {
             instance: instance_id.iter().map(|b| format!("{b:02x}")).collect(),
             epoch: AtomicI64::new(0),
             peers: AtomicU32::new(0),
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
             fallback_held: Mutex::new(HashMap::new()),
             instances_reclaimed: AtomicU64::new(0),
             next_token: AtomicU64::new(0),
@@ -245,10 +246,13 @@ impl Inner {
         Acquire::decode(self.eval(&self.scripts.acquire, args).await?)
     }
 
-    /// Extends the lease of `token` by a full `lease_ttl`, unless it was lost.
-    pub(crate) async fn renew_lease(&self, token: &str) -> Result<Renew, BackendError> {
-        let args = vec![Value::from(token), Value::Integer(self.lease_ms())];
-        Renew::decode(self.eval(&self.scripts.renew, args).await?)
+    /// Extends the leases of `tokens` by a full `lease_ttl` (re-establishing those Redis
+    /// lost); one answer per token.
+    pub(crate) async fn renew_leases(&self, tokens: &[String]) -> Result<Vec<Renew>, BackendError> {
+        let mut args = Vec::with_capacity(tokens.len() + 1);
+        args.push(Value::Integer(self.lease_ms()));
+        args.extend(tokens.iter().map(|t| Value::from(t.as_str())));
+        Renew::decode_all(self.eval(&self.scripts.renew, args).await?, tokens.len())
     }
 
     /// Stores `limit` as the global limit (admitting waiters at once if it grew).
@@ -304,7 +308,7 @@ impl Inner {
     /// Every token this process holds a permit for: its Redis permits and its fallback
     /// permits (the tokens a heartbeat re-establishes when Redis lost them).
     pub(crate) fn all_tokens(&self) -> Vec<String> {
-        let mut tokens: Vec<String> = lock(&self.held).iter().cloned().collect();
+        let mut tokens: Vec<String> = lock(&self.held).keys().cloned().collect();
         tokens.extend(lock(&self.fallback_held).keys().cloned());
         tokens
     }

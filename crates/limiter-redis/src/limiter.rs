@@ -44,6 +44,8 @@ pub struct RedisLimiter {
     errors: JoinHandle<()>,
     /// Keeps this instance's record alive (see `heartbeat`).
     heartbeat: JoinHandle<()>,
+    /// Renews the leases of this process's permits (see `permit::renew_all`).
+    renewals: JoinHandle<()>,
 }
 
 impl RedisLimiter {
@@ -111,11 +113,13 @@ impl RedisLimiter {
             )),
         }
         let heartbeat = tokio::spawn(heartbeat::run(Arc::downgrade(&inner)));
+        let renewals = tokio::spawn(permit::renew_all(Arc::downgrade(&inner)));
         Ok(RedisLimiter {
             inner,
             wakeups,
             errors,
             heartbeat,
+            renewals,
         })
     }
 
@@ -145,6 +149,7 @@ impl Drop for RedisLimiter {
         self.wakeups.abort();
         self.errors.abort();
         self.heartbeat.abort();
+        self.renewals.abort();
         // Leave the registry at once, so peers stop counting this instance (its record
         // would expire after `instance_ttl` anyway).
         if !self.inner.is_degraded() {

@@ -1,11 +1,13 @@
 //! [`RedisPermit`]: one granted Redis slot, its lease renewal, and its release.
 //!
-//! A permit starts a renewal task that extends the lease every `lease_ttl / 3` (jittered to
-//! 80–100 %), so a live holder keeps its slot however long it works, and a holder whose
-//! process died loses it at most `lease_ttl` after its last renewal. When a renewal finds the
-//! lease gone (the process stalled longer than the lease, or Redis lost its data), the permit
-//! is *lost*: it is logged, counted in `leases_lost`, and [`PermitHandle::is_lost`] says so;
-//! the caller's work is then no longer protected by the limit.
+//! A permit registers its token in `Inner::held`; one task per limiter ([`renew_all`])
+//! extends every held lease every `lease_ttl / 3` (jittered to 80–100 %) with one script
+//! call, so a live holder keeps its slot however long it works, a permit costs no task of
+//! its own, and renewing C permits costs one round trip, not C. When a renewal finds the
+//! lease gone (the process stalled longer than the lease, or Redis lost its data), it is
+//! re-established (it counts against the limit again) and the permit is *lost*: it is
+//! logged, counted in `leases_lost`, and [`PermitHandle::is_lost`] says so; the caller's work
+//! was not protected by the limit for a while.
 //!
 //! Release is explicit and idempotent: `release().await` runs the release script once per
 //! handle, however many clones share it. A handle dropped without it schedules the release
@@ -21,7 +23,6 @@ use std::time::Duration;
 
 use domain::Priority;
 use ports::{LimiterError, Permit, PermitHandle};
-use tokio::task::JoinHandle;
 
 use crate::inner::{Cleanup, Inner, bump};
 use crate::reply::{GivenBack, Renew};
@@ -45,66 +46,85 @@ struct RedisPermit {
     lost: Arc<AtomicBool>,
     /// Set by the first release, so a handle shared by clones frees its slot once.
     released: AtomicBool,
-    renewer: JoinHandle<()>,
 }
 
 impl RedisPermit {
-    /// Wraps a granted `token` and starts renewing its lease.
+    /// Wraps a granted `token`; from now on the limiter's renewal task renews its lease.
     fn start(inner: &Arc<Inner>, token: String) -> Self {
-        lock(&inner.held).insert(token.clone());
         let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(renew(
-            Arc::downgrade(inner),
-            token.clone(),
-            Arc::clone(&lost),
-        ));
+        lock(&inner.held).insert(token.clone(), Arc::clone(&lost));
         RedisPermit {
             inner: Arc::clone(inner),
             token,
             lost,
             released: AtomicBool::new(false),
-            renewer,
         }
     }
 }
 
-/// Renews the lease of `token` until the permit stops the task or the lease is lost.
-async fn renew(inner: Weak<Inner>, token: String, lost: Arc<AtomicBool>) {
+/// Most tokens renewed by one script call.
+const RENEW_BATCH: usize = 500;
+
+/// Renews every lease this process holds, every `lease_ttl / 3` (jittered to 80–100 %), one
+/// script call per [`RENEW_BATCH`] tokens, until the limiter is dropped. A permit granted
+/// just after a round is renewed by the next, within `lease_ttl / 3` of its grant. While
+/// degraded nothing is sent: the switch back re-establishes every lease (see `failover`).
+pub(crate) async fn renew_all(weak: Weak<Inner>) {
     loop {
-        let period = match inner.upgrade() {
+        let period = match weak.upgrade() {
             Some(i) => jittered(i.config.renew_period(), 0.8),
             None => return,
         };
         tokio::time::sleep(period).await;
-        let Some(inner) = inner.upgrade() else { return };
-        match inner.renew_lease(&token).await {
-            Ok(Renew::Extended) => {}
-            Ok(Renew::Reestablished) => {
-                // Redis lost the lease (a restart, or it declared this instance dead during
-                // a stall) and holds it again now; the slot may have been granted twice
-                // meanwhile.
-                if !lost.swap(true, Ordering::SeqCst) {
-                    bump(&inner.counters.leases_lost);
-                }
-                tracing::warn!(
-                    limiter = %inner.config.name,
-                    token = %token,
-                    "lease re-established: redis had lost it while it was still held"
-                );
-            }
-            Ok(Renew::Lost) => {
-                lost.store(true, Ordering::SeqCst);
-                bump(&inner.counters.leases_lost);
-                tracing::warn!(
-                    limiter = %inner.config.name,
-                    token = %token,
-                    "lease lost: the slot was reclaimed while still held"
-                );
-                return;
-            }
-            // Redis is unreachable; the lease may still be valid, so keep trying.
-            Err(e) => inner.fail_over(&e),
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.is_degraded() {
+            continue;
         }
+        let tokens: Vec<String> = lock(&inner.held).keys().cloned().collect();
+        for batch in tokens.chunks(RENEW_BATCH) {
+            match inner.renew_leases(batch).await {
+                Ok(answers) => {
+                    for (token, answer) in batch.iter().zip(answers) {
+                        note_renewal(&inner, token, answer);
+                    }
+                }
+                // Redis is unreachable; the leases may still be valid, and the switch back
+                // re-establishes them.
+                Err(e) => {
+                    inner.fail_over(&e);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Records what a renewal found for `token`.
+fn note_renewal(inner: &Inner, token: &str, answer: Renew) {
+    let lost = match answer {
+        Renew::Extended => return,
+        Renew::Reestablished | Renew::Lost => match lock(&inner.held).get(token) {
+            Some(lost) => Arc::clone(lost),
+            // Released meanwhile.
+            None => return,
+        },
+    };
+    if !lost.swap(true, Ordering::SeqCst) {
+        bump(&inner.counters.leases_lost);
+    }
+    match answer {
+        // Redis lost the lease (a restart, or it declared this instance dead during a
+        // stall) and holds it again now; the slot may have been granted twice meanwhile.
+        Renew::Reestablished => tracing::warn!(
+            limiter = %inner.config.name,
+            token = %token,
+            "lease re-established: redis had lost it while it was still held"
+        ),
+        _ => tracing::warn!(
+            limiter = %inner.config.name,
+            token = %token,
+            "lease lost: the slot was given back while still held"
+        ),
     }
 }
 
@@ -113,7 +133,6 @@ impl PermitHandle for RedisPermit {
         if self.released.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.renewer.abort();
         lock(&self.inner.held).remove(&self.token);
         bump(&self.inner.counters.released);
         self.inner
@@ -127,7 +146,6 @@ impl PermitHandle for RedisPermit {
             if self.released.swap(true, Ordering::SeqCst) {
                 return Ok(());
             }
-            self.renewer.abort();
             lock(&self.inner.held).remove(&self.token);
             bump(&self.inner.counters.released);
             match self.inner.run_cleanup(Cleanup::Release, &self.token).await {

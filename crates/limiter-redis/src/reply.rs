@@ -59,6 +59,14 @@ pub(crate) enum Renew {
 }
 
 impl Renew {
+    /// One code per token renewed, as many as were sent.
+    pub(crate) fn decode_all(reply: Vec<i64>, sent: usize) -> Result<Vec<Self>, BackendError> {
+        if reply.len() != sent {
+            return Err(unexpected("renew", reply));
+        }
+        reply.into_iter().map(Self::decode).collect()
+    }
+
     pub(crate) fn decode(reply: i64) -> Result<Self, BackendError> {
         match reply {
             1 => Ok(Renew::Extended),
@@ -268,6 +276,12 @@ mod tests {
                 (3, None),
             ],
         );
+        assert_eq!(
+            Renew::decode_all(vec![1, 2, 0], 3).unwrap(),
+            [Renew::Extended, Renew::Reestablished, Renew::Lost]
+        );
+        assert!(Renew::decode_all(vec![1, 2], 3).is_err());
+        assert!(Renew::decode_all(vec![1, 7], 2).is_err());
         check(decode_set_limit, &[(1, Some(())), (0, None)]);
         assert_eq!(returned_literals(crate::scripts::SET_LIMIT), [1]);
     }

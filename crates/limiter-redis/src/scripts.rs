@@ -87,10 +87,11 @@
 //! - [`CANCEL`]: removes the token's ticket, and its grant if it was promoted meanwhile;
 //!   tombstones it, reclaims, promotes. Returns 2 (a grant was given back), 1 (a ticket
 //!   removed) or 0.
-//! - [`RENEW`]: extends a live lease (returns 1); a lease already past its deadline or gone
-//!   is re-established (returns 2: the holder still works, so it must count; the permit
-//!   reports itself lost, since the slot may have been granted twice meanwhile); a released
-//!   or cancelled token is not revived (returns 0). Then reclaims and promotes.
+//! - [`RENEW`]: for each token it is given (one call renews every lease of a process),
+//!   extends a live lease (1); a lease already past its deadline or gone is re-established
+//!   (2: the holder still works, so it must count; the permit reports itself lost, since the
+//!   slot may have been granted twice meanwhile); a released or cancelled token is not
+//!   revived (0). Then reclaims and promotes.
 //! - [`STATS`]: reclaims, promotes, and returns `{limit, active, queued low, normal, high,
 //!   critical, reclaimed, max_wait_ms, oldest_ms, live instances, epoch, instances
 //!   reclaimed}`.
@@ -291,22 +292,27 @@ if h > 0 then return 2 end
 return q
 "#;
 
-/// ARGV 7 token, 8 lease ms. Returns 1 if the lease was extended, 2 if it was gone and is
-/// re-established (Redis lost its data, or reclaimed the lease while its holder was alive),
-/// 0 if the token was released or cancelled already (nothing is re-created).
+/// ARGV 7 lease ms, 8… tokens. Returns one code per token: 1 the lease was extended, 2 it
+/// was gone and is re-established (Redis lost its data, or reclaimed it while its holder
+/// was alive), 0 the token was released or cancelled already (nothing is re-created).
 pub const RENEW: &str = r#"
-local tok = ARGV[7]
-local ok = 1
-if redis.call('ZSCORE', C, tok) then
-  ok = 0
-else
-  local s = tonumber(redis.call('ZSCORE', H, tok))
-  if not s or s <= now then ok = 2 end
-  redis.call('ZADD', H, num(now + tonumber(ARGV[8])), tok)
+local lease = tonumber(ARGV[7])
+local out = {}
+for i = 8, #ARGV do
+  local tok = ARGV[i]
+  local ok = 1
+  if redis.call('ZSCORE', C, tok) then
+    ok = 0
+  else
+    local s = tonumber(redis.call('ZSCORE', H, tok))
+    if not s or s <= now then ok = 2 end
+    redis.call('ZADD', H, num(now + lease), tok)
+  end
+  out[#out + 1] = ok
 end
 reclaim()
 promote()
-return ok
+return out
 "#;
 
 /// No extra ARGV. Returns `{limit, active, low, normal, high, critical, reclaimed,
