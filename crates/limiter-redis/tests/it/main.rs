@@ -2,9 +2,12 @@
 //! real `redis-server` processes started by [`support`].
 
 mod behaviour;
+mod cluster;
 mod contract;
 mod diagnosis;
 mod faults;
+mod load;
 mod processes;
+mod sentinel;
 mod support;
 mod tls;
