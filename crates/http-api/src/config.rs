@@ -280,7 +280,8 @@ settings! {
         env: "REDIS_URL",
         access: secret,
         default: unset,
-        help: "redis:// or rediss:// URL of the shared limiter; unset: in-memory limiter",
+        help: "redis://, rediss://, redis-cluster:// or redis-sentinel:// URL of the shared limiter; \
+               unset: in-memory limiter",
         parse: parse::redis_url,
     }
     /// Read by the Redis limiter at start-up; unreadable or unparsable stops the start.

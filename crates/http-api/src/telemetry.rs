@@ -74,9 +74,10 @@ impl Scrubber {
         Scrubber::of(raw)
     }
 
-    /// This scrubber plus the Redis URL (whole) and its password (on its own, as written
+    /// This scrubber plus the Redis URL (whole) and its passwords (on their own, as written
     /// and percent-decoded, when at least 8 characters long: a shorter one is replaced only
-    /// inside the URL, as it would mangle ordinary text).
+    /// inside the URL, as it would mangle ordinary text): the one in the user info and a
+    /// Sentinel URL's `sentinelPassword=` query parameter.
     pub fn with_redis_url(self, redis_url: Option<&SecretString>) -> Scrubber {
         let Some(url) = redis_url else {
             return self;
@@ -91,6 +92,21 @@ impl Scrubber {
                 for p in [password.to_owned(), decoded] {
                     if p.len() >= MIN_PART_LEN {
                         raw.push(p);
+                    }
+                }
+            }
+            let pairs = parsed.query().unwrap_or("").split('&');
+            for (key, value) in pairs.filter_map(|pair| pair.split_once('=')) {
+                let decode = |s: &str| {
+                    percent_encoding::percent_decode_str(&s.replace('+', " "))
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
+                if decode(key).eq_ignore_ascii_case("sentinelPassword") {
+                    for p in [value.to_owned(), decode(value)] {
+                        if p.len() >= MIN_PART_LEN {
+                            raw.push(p);
+                        }
                     }
                 }
             }
@@ -385,6 +401,25 @@ mod tests {
         let s = Scrubber::default().with_redis_url(Some(&short));
         check_with(&s, "at redis://:pw@h:6379 (pw)", "at [redacted] (pw)");
         assert!(Scrubber::default().with_redis_url(None).is_empty());
+    }
+
+    #[test]
+    fn a_sentinel_password_in_the_query_is_redacted() {
+        let url = SecretString::from(
+            "redis-sentinel://s1:26379/0?sentinelServiceName=main&sentinelPassword=s3nt%21nel-pw",
+        );
+        let s = Scrubber::default().with_redis_url(Some(&url));
+        check_with(&s, "sentinel auth s3nt!nel-pw", "sentinel auth [redacted]");
+        check_with(
+            &s,
+            "sentinel auth s3nt%21nel-pw",
+            "sentinel auth [redacted]",
+        );
+        check_with(
+            &s,
+            "sentinel redis-sentinel://s1:26379/0?sentinelServiceName=main&sentinelPassword=s3nt%21nel-pw",
+            "sentinel [redacted]",
+        );
     }
 
     fn check_with(s: &Scrubber, input: &str, expected: &str) {

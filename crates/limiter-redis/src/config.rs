@@ -369,10 +369,16 @@ impl fmt::Debug for RedisLimiterConfig {
     }
 }
 
-/// The server a Redis URL points at, as `host:port` (port 6379 when the URL has none), or the
-/// socket path of a `redis+unix://` URL: never the user name or the password, safe to show.
+/// The server a Redis URL points at, as `host:port` (port 6379 when the URL has none, 26379
+/// for a `-sentinel` scheme, as fred defaults them), or the socket path of a `redis+unix://`
+/// URL: never the user name or the password, safe to show. A Cluster or Sentinel URL that
+/// names more nodes (`?node=host:port&node=…`) gives all of them, the URL's host first,
+/// separated by commas (`10.0.0.1:7000,10.0.0.2:7000`).
 pub fn address_of(url: &str) -> String {
-    let rest = url.find("://").map_or(url, |i| &url[i + 3..]);
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i], &url[i + 3..]),
+        None => ("", url),
+    };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
     let host = authority
@@ -386,32 +392,110 @@ pub fn address_of(url: &str) -> String {
             .unwrap_or("")
             .to_owned();
     }
-    if host.contains(':') && !host.ends_with(']') {
+    let default_port = if scheme.to_ascii_lowercase().ends_with("-sentinel") {
+        26379
+    } else {
+        6379
+    };
+    let first = if host.contains(':') && !host.ends_with(']') {
         host.to_owned()
     } else {
-        format!("{host}:6379")
-    }
+        format!("{host}:{default_port}")
+    };
+    let mut addresses = vec![first];
+    addresses.extend(
+        query_pairs(rest)
+            .filter(|(key, _)| *key == "node")
+            .map(|(_, value)| percent_decoded(value))
+            .filter(|node| !node.is_empty()),
+    );
+    addresses.join(",")
 }
 
-/// The URL with any password replaced by `***`, safe to log.
+/// The query parameters whose value is a secret: fred reads the password of the Sentinel
+/// nodes from `sentinelPassword` (feature `sentinel-auth`). Compared ignoring ASCII case.
+const SECRET_PARAMS: &[&str] = &["sentinelPassword"];
+
+/// The URL with any password replaced by `***` (the one in the user info, and a
+/// `sentinelPassword=` query parameter), safe to log.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
     let rest = &url[scheme_end..];
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
+    let authority = match rest[..authority_end].rfind('@') {
+        None => rest[..authority_end].to_owned(),
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                // `redis://secret@host` puts the password in the user position.
+                "***".to_owned()
+            };
+            format!("{masked}{}", &rest[at..authority_end])
+        }
     };
-    let userinfo = &rest[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        // `redis://secret@host` puts the password in the user position.
-        "***".to_owned()
+    let after = &rest[authority_end..];
+    let tail = match after.find('?') {
+        None => after.to_owned(),
+        Some(q) => {
+            let (path, query) = (&after[..q], &after[q + 1..]);
+            let (query, fragment) = query.split_at(query.find('#').unwrap_or(query.len()));
+            let params: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _))
+                        if SECRET_PARAMS
+                            .iter()
+                            .any(|s| s.eq_ignore_ascii_case(&percent_decoded(key))) =>
+                    {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}{fragment}", params.join("&"))
+        }
     };
-    format!("{}{masked}{}", &url[..scheme_end], &rest[at..])
+    format!("{}{authority}{tail}", &url[..scheme_end])
+}
+
+/// The `key=value` pairs of the query of `rest` (the URL after `scheme://`), undecoded.
+fn query_pairs(rest: &str) -> impl Iterator<Item = (&str, &str)> {
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split('#').next().unwrap_or("");
+    query.split('&').filter_map(|pair| pair.split_once('='))
+}
+
+/// `s` with `%XX` escapes decoded (and `+` as a space, as in a query); an invalid escape is
+/// kept as written.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        // Two hex digits are at most 0xff.
+                        out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -432,6 +516,24 @@ mod tests {
         check("redis://secret@host", "host:6379");
         check("redis://[::1]:7000", "[::1]:7000");
         check("redis+unix:///run/redis.sock?db=1", "/run/redis.sock");
+        // Cluster and Sentinel URLs name every seed node, the URL's host first.
+        check(
+            "redis-cluster://:pw@10.0.0.1:7000?node=10.0.0.2:7001&node=10.0.0.3:7002",
+            "10.0.0.1:7000,10.0.0.2:7001,10.0.0.3:7002",
+        );
+        check("rediss-cluster://c.example:7000", "c.example:7000");
+        check("redis-cluster://c.example", "c.example:6379");
+        check("valkey-cluster://h:1?node=h%3A2", "h:1,h:2");
+        check(
+            "redis-sentinel://:pw@s1:26380/0?sentinelServiceName=main&node=s2:26381\
+             &sentinelPassword=sentinel-secret",
+            "s1:26380,s2:26381",
+        );
+        check(
+            "rediss-sentinel://s1/0?sentinelServiceName=main&node=s2:26379",
+            "s1:26379,s2:26379",
+        );
+        check("REDIS-SENTINEL://s1?sentinelServiceName=m", "s1:26379");
     }
 
     fn check(url: &str, expected: &str) {
@@ -447,6 +549,44 @@ mod tests {
         check("redis://host/0?x=a@b", "redis://host/0?x=a@b");
         let config = RedisLimiterConfig::new("redis://u:hunter2@h:1", "n");
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn cluster_and_sentinel_passwords_never_reach_the_logs() {
+        check(
+            "redis-cluster://:hunter2@h:7000?node=h:7001&node=h:7002",
+            "redis-cluster://:***@h:7000?node=h:7001&node=h:7002",
+        );
+        check(
+            "redis-sentinel://:hunter2@s1:26379/0?sentinelServiceName=main\
+             &sentinelPassword=sentinel-secret&node=s2:26379",
+            "redis-sentinel://:***@s1:26379/0?sentinelServiceName=main\
+             &sentinelPassword=***&node=s2:26379",
+        );
+        // No user info, the key in another case or percent-encoded, an empty value, a
+        // fragment after the query.
+        check(
+            "rediss-sentinel://s1?sentinelServiceName=m&SENTINELPASSWORD=x%26y",
+            "rediss-sentinel://s1?sentinelServiceName=m&SENTINELPASSWORD=***",
+        );
+        check(
+            "redis-sentinel://s1?sentinel%50assword=secret",
+            "redis-sentinel://s1?sentinel%50assword=***",
+        );
+        check(
+            "redis-sentinel://s1?sentinelPassword=&sentinelServiceName=m#frag",
+            "redis-sentinel://s1?sentinelPassword=***&sentinelServiceName=m#frag",
+        );
+        check(
+            "redis-sentinel://s1?sentinelUsername=admin&sentinelServiceName=m",
+            "redis-sentinel://s1?sentinelUsername=admin&sentinelServiceName=m",
+        );
+        let config = RedisLimiterConfig::new(
+            "redis-sentinel://s1?sentinelServiceName=m&sentinelPassword=hunter2",
+            "n",
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!address_of(&config.url).contains("hunter2"));
     }
 
     #[test]

@@ -119,9 +119,15 @@ impl BackendError {
         BackendError { message, reason }
     }
 
-    /// A fred error, classified.
+    /// A fred error, classified; a cluster redirection also says what to do about it.
     pub(crate) fn fred(context: &str, e: &fred::error::Error) -> Self {
-        Self::new(classify(e), format!("{context}: {e}"))
+        let reason = classify(e);
+        let hint = if reason == DegradedReason::Cluster {
+            CLUSTER_HINT
+        } else {
+            ""
+        };
+        Self::new(reason, format!("{context}: {e}{hint}"))
     }
 }
 
@@ -152,10 +158,24 @@ const RUSTLS_ERRORS: &[&str] = &[
     "InconsistentKeys",
 ];
 
+/// What the log line adds to a [`DegradedReason::Cluster`] failure: the fix.
+const CLUSTER_HINT: &str = "; the server is a Redis Cluster node (it answered with a cluster \
+    redirection or CROSSSLOT): a plain redis:// URL reaches only the node it names, so use a \
+    redis-cluster:// URL (rediss-cluster:// for TLS), e.g. \
+    redis-cluster://host:port?node=host2:port2";
+
+/// The first words of the errors a Redis Cluster node answers a command with when the URL
+/// treats it as a single server: `MOVED <slot> <host:port>` and `ASK <slot> <host:port>` (the
+/// slot of the keys lives on another node), `CROSSSLOT Keys in request don't hash to the same
+/// slot`. fred reports the first two as `ErrorKind::Cluster` and the last as `Unknown`, the
+/// server's text as the details. `CLUSTERDOWN` (also `ErrorKind::Cluster`) is not one of them:
+/// a cluster client sees it during a failover, and it says nothing about the URL.
+const CLUSTER_ANSWERS: &[&str] = &["MOVED", "ASK", "CROSSSLOT"];
+
 /// Which kind of failure a fred error is. fred reports `WRONGPASS`/`NOAUTH` as `Auth`, its
 /// own TLS errors (a server name that is no DNS name) as `Tls`, a failed handshake as in
-/// [`RUSTLS_ERRORS`], and a socket error as `IO` with the `std::io::Error`'s debug text
-/// (`kind: ConnectionRefused`).
+/// [`RUSTLS_ERRORS`], a socket error as `IO` with the `std::io::Error`'s debug text
+/// (`kind: ConnectionRefused`), and a cluster node's redirection as in [`CLUSTER_ANSWERS`].
 pub(crate) fn classify(e: &fred::error::Error) -> DegradedReason {
     use fred::error::ErrorKind;
     let details = e.details();
@@ -163,7 +183,10 @@ pub(crate) fn classify(e: &fred::error::Error) -> DegradedReason {
     let rustls_failure = || {
         details.contains("kind: InvalidData") && RUSTLS_ERRORS.iter().any(|v| details.contains(v))
     };
-    if *e.kind() == ErrorKind::Auth
+    let first_word = details.split_whitespace().next().unwrap_or("");
+    if CLUSTER_ANSWERS.contains(&first_word) {
+        DegradedReason::Cluster
+    } else if *e.kind() == ErrorKind::Auth
         || details.contains("WRONGPASS")
         || details.contains("NOAUTH")
         || lower.contains("invalid password")
@@ -252,6 +275,51 @@ mod tests {
             ErrorKind::Unknown,
             "ERR certificate store full",
             DegradedReason::Other,
+        );
+        // A cluster node behind a plain redis:// URL (seen against a real 3-master cluster,
+        // see the integration test `cluster::a_plain_url_at_a_node_without_the_slot_...`).
+        check(
+            ErrorKind::Cluster,
+            "MOVED 9206 127.0.0.1:40221",
+            DegradedReason::Cluster,
+        );
+        check(
+            ErrorKind::Cluster,
+            "ASK 9206 127.0.0.1:40221",
+            DegradedReason::Cluster,
+        );
+        check(
+            ErrorKind::Unknown,
+            "CROSSSLOT Keys in request don't hash to the same slot",
+            DegradedReason::Cluster,
+        );
+        // A cluster mid-failover is not a wrong URL.
+        check(
+            ErrorKind::Cluster,
+            "CLUSTERDOWN The cluster is down",
+            DegradedReason::Other,
+        );
+        check(
+            ErrorKind::Unknown,
+            "ERR wrong number of arguments for 'MOVED'",
+            DegradedReason::Other,
+        );
+    }
+
+    #[test]
+    fn a_cluster_redirection_says_to_use_a_cluster_url() {
+        let moved = Error::new(ErrorKind::Cluster, "MOVED 9206 127.0.0.1:40221");
+        let e = BackendError::fred("redis", &moved);
+        assert_eq!(e.reason, DegradedReason::Cluster);
+        let message = e.to_string();
+        for needle in ["MOVED 9206 127.0.0.1:40221", "use a redis-cluster:// URL"] {
+            assert!(message.contains(needle), "{needle:?} not in {message:?}");
+        }
+        let refused = Error::new(ErrorKind::IO, "kind: ConnectionRefused");
+        assert!(
+            !BackendError::fred("redis", &refused)
+                .to_string()
+                .contains("cluster")
         );
     }
 }

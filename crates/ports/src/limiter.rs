@@ -210,6 +210,9 @@ pub enum DegradedReason {
     Timeout,
     /// The TLS handshake failed (certificate, protocol).
     Tls,
+    /// The server answered `MOVED`, `ASK` or `CROSSSLOT`: it is a Redis Cluster node and the
+    /// URL does not say so (use a `redis-cluster://` URL).
+    Cluster,
     /// Anything else (the limiter's log line has the detail).
     Other,
 }
@@ -222,6 +225,7 @@ impl DegradedReason {
             DegradedReason::Refused => "refused",
             DegradedReason::Timeout => "timeout",
             DegradedReason::Tls => "tls",
+            DegradedReason::Cluster => "cluster",
             DegradedReason::Other => "other",
         }
     }

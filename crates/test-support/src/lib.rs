@@ -11,7 +11,9 @@
 //! - [`media`]: small valid media files (PNG, JPEG, WAV, MP3), generated once per process.
 //! - `redis` (feature `redis`): a real `redis-server` on a free loopback port, killed on drop:
 //!   restart on the same port, `SIGSTOP`/`SIGCONT`, a password, a TLS port with certificates
-//!   generated for the test (`TestPki`).
+//!   generated for the test (`TestPki`); a 3-master Cluster (`RedisCluster`, also with a
+//!   replica per master) and a primary + replica + sentinels (`RedisSentinel`), with
+//!   failovers.
 //! - `http` (feature `http`): a reqwest client and helpers for the JSON / bearer-token
 //!   request pattern of the service tests (`post_json`, `get_json`, ...).
 //! - [`free_port`], [`unique_name`]: loopback ports and names no other test shares.

@@ -5,7 +5,18 @@
 //!
 //! The server runs with `--save "" --appendonly no`, so a restart starts empty. A missing
 //! binary fails the test with the install command (it never turns a test into a no-op).
-//! Cluster and Sentinel variants belong here too when a test needs them.
+//!
+//! The topologies: [`cluster::RedisCluster`], three masters (with one replica each for a
+//! failover) joined by `redis-cli --cluster create`, and [`sentinel::RedisSentinel`], a
+//! primary, its replica and two sentinels. They need `redis-cli` too
+//! (`apt-get install -y redis-server redis-sentinel redis-tools`).
+
+pub mod cluster;
+mod procs;
+pub mod sentinel;
+
+pub use cluster::RedisCluster;
+pub use sentinel::RedisSentinel;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -25,20 +25,26 @@ pub(super) fn http_url(raw: &str) -> Result<String, String> {
     }
 }
 
+/// A Redis URL of a scheme fred connects with: one server (`redis`, `valkey`, and their TLS
+/// twins `rediss`, `valkeys`; `redis+unix`), a Cluster (`-cluster` suffix) or a primary found
+/// through Sentinel (`-sentinel` suffix). The TLS options (`REDIS_TLS_*`) need a TLS scheme,
+/// which the limiter checks.
 pub(super) fn redis_url(raw: &str) -> Result<SecretString, String> {
-    let known = [
-        "redis://",
-        "rediss://",
-        "valkey://",
-        "valkeys://",
-        "redis+unix://",
-    ];
-    if known.iter().any(|s| raw.starts_with(s)) {
+    let scheme = raw.split_once("://").map_or("", |(scheme, _)| scheme);
+    let known = ["redis", "rediss", "valkey", "valkeys"]
+        .into_iter()
+        .flat_map(|base| ["", "-cluster", "-sentinel"].map(|suffix| (base, suffix)))
+        .any(|(base, suffix)| {
+            scheme.strip_suffix(suffix) == Some(base) && scheme.len() == base.len() + suffix.len()
+        });
+    if known || scheme == "redis+unix" {
         secret(raw)
     } else {
         // The value may carry a password, so only the scheme rule is quoted.
         Err(
-            "expected a redis:// or rediss:// URL (value not shown: it may hold a password)"
+            "expected a redis://, rediss://, redis-cluster://, rediss-cluster://, \
+             redis-sentinel:// or rediss-sentinel:// URL (or a valkey twin, or redis+unix://; \
+             value not shown: it may hold a password)"
                 .to_owned(),
         )
     }
@@ -113,5 +119,47 @@ pub(super) fn boolean(raw: &str) -> Result<bool, String> {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(format!("{raw:?} is not true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn redis_urls_of_every_topology_are_accepted_and_others_refused_without_the_value() {
+        for url in [
+            "redis://h:6379",
+            "rediss://:pw@h:6380/0",
+            "valkey://h",
+            "valkeys://h",
+            "redis+unix:///run/redis.sock",
+            "redis-cluster://h:7000?node=h:7001&node=h:7002",
+            "rediss-cluster://:pw@h:7000",
+            "valkey-cluster://h:7000",
+            "valkeys-cluster://h:7000",
+            "redis-sentinel://h:26379/0?sentinelServiceName=main&node=h2:26379",
+            "rediss-sentinel://h:26379/0?sentinelServiceName=main",
+            "valkey-sentinel://h?sentinelServiceName=main",
+            "valkeys-sentinel://h?sentinelServiceName=main",
+        ] {
+            let parsed = redis_url(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(parsed.expose_secret(), url);
+        }
+        for url in [
+            "http://h",
+            "redis-clusterx://h",
+            "redis-cluster-sentinel://h",
+            "-cluster://h",
+            "redis",
+            "redis-sentinel:h:26379",
+            "memcached://:hunter2@h",
+        ] {
+            let err = redis_url(url).expect_err(url);
+            assert!(err.contains("redis-cluster://"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 }

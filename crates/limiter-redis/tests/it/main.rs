@@ -2,10 +2,13 @@
 //! real `redis-server` processes started by [`support`].
 
 mod behaviour;
+mod cluster;
 mod contract;
 mod diagnosis;
 mod faults;
 mod instances;
+mod load;
 mod processes;
+mod sentinel;
 mod support;
 mod tls;

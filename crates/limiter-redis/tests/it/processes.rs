@@ -14,13 +14,13 @@ use ports::ConcurrencyLimiter;
 use crate::support::{RedisServer, config, report, unique_name, wait_until};
 
 /// One running `limiter-holder` process; killed on drop.
-struct Holder {
+pub(crate) struct Holder {
     child: Child,
     lines: Receiver<String>,
 }
 
 impl Holder {
-    fn spawn(url: &str, name: &str, args: &[(&str, &str)]) -> Holder {
+    pub(crate) fn spawn(url: &str, name: &str, args: &[(&str, &str)]) -> Holder {
         let mut command = Command::new(env!("CARGO_BIN_EXE_limiter-holder"));
         command.args(["--url", url, "--name", name]);
         for (k, v) in args {
@@ -58,7 +58,7 @@ impl Holder {
     }
 
     /// Waits for a clean exit.
-    fn finish(&mut self, within: Duration) {
+    pub(crate) fn finish(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -91,6 +91,15 @@ async fn bookkeeping(server: &RedisServer, name: &str) -> (i64, i64, Vec<String>
         .build()
         .unwrap();
     redis.init().await.unwrap();
+    bookkeeping_on(&redis, name).await
+}
+
+/// The holders' `peak`, `failed` and grant `order`, read with `redis` (a connected client of
+/// a single server or of a cluster), which is closed afterwards.
+pub(crate) async fn bookkeeping_on(
+    redis: &fred::prelude::Client,
+    name: &str,
+) -> (i64, i64, Vec<String>) {
     let tag = format!("{{talkgate-test:{name}}}");
     let peak: Option<i64> = redis.get(format!("{tag}:peak")).await.unwrap();
     let failed: Option<i64> = redis.get(format!("{tag}:failed")).await.unwrap();
