@@ -625,6 +625,19 @@ mod tests {
         check("rediss://h:6380", ca, None);
         check("valkeys://h", ca, None);
         check("REDISS://h", ca, None);
+        check("rediss-cluster://h:7000?node=h:7001", ca, None);
+        check("rediss-sentinel://h/0?sentinelServiceName=m", ca, None);
+        check("valkeys-cluster://h", ca, None);
+        check(
+            "redis-cluster://h:7000",
+            ca,
+            Some("tls options (ca_file) are set but the url does not use TLS"),
+        );
+        check(
+            "redis-sentinel://h/0?sentinelServiceName=m",
+            ca,
+            Some("tls options (ca_file) are set but the url does not use TLS"),
+        );
         check(
             "redis://h",
             ca,

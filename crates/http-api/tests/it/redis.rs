@@ -140,3 +140,71 @@ async fn a_wrong_redis_password_is_named_in_health_ready_and_the_log_without_the
     srv.stop().await;
     fake.shutdown().await;
 }
+
+/// `REDIS_URL=redis://…` at a Redis Cluster node that does not own the limiter's slot: the
+/// node answers `MOVED`, and `/health`, `/ready` and the warning log line name the reason
+/// `cluster` and the address, and the log line says to use a `redis-cluster://` URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_redis_url_at_a_cluster_node_is_reported_as_cluster_with_the_fix() {
+    use test_support::redis::RedisCluster;
+    support::init_logs();
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let name = format!("http-api-it-cluster-{}", std::process::id());
+    let slot = cluster.keyslot(&format!("{{talkgate:{name}}}"));
+    let other = cluster.master_without(slot);
+    let url = format!("redis://127.0.0.1:{other}");
+    let address = format!("127.0.0.1:{other}");
+    let fake = support::fake().await;
+    let srv = support::service(
+        &fake,
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("LIMITER_NAME", name.as_str()),
+            ("READY_DEGRADED_GRACE_SECS", "0"),
+        ],
+    )
+    .await;
+    let http = client();
+    let health = test_support::eventually(
+        Duration::from_secs(10),
+        "health names the cluster reason",
+        || async {
+            let (_, h) = get_json(&http, srv.url("/health"), None).await;
+            if h["rate_limiter"]["degraded_reason"] == "cluster" {
+                Ok(h)
+            } else {
+                Err(h)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        health["rate_limiter"]["address"],
+        address.as_str(),
+        "{health}"
+    );
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
+    assert_eq!(status, 503, "{ready}");
+    let reason = ready["reasons"][0].as_str().unwrap();
+    for needle in [address.as_str(), "(cluster)"] {
+        assert!(
+            reason.contains(needle),
+            "{needle:?} missing from {reason:?}"
+        );
+    }
+    let logs = support::logs();
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("redis limiter degraded") && l.contains(address.as_str()))
+        .unwrap_or_else(|| panic!("no degraded warning naming {address}:\n{logs}"));
+    for needle in ["cluster", "MOVED", "use a redis-cluster:// URL"] {
+        assert!(
+            warning.contains(needle),
+            "{needle:?} missing from {warning}"
+        );
+    }
+    srv.stop().await;
+    fake.shutdown().await;
+}
