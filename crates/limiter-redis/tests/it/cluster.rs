@@ -13,7 +13,7 @@ use limiter_redis::{RedisLimiter, RedisLimiterConfig};
 use ports::{ConcurrencyLimiter, DegradedReason, LimiterStats};
 use test_support::redis::RedisCluster;
 
-use crate::load::{Load, report_peaks, stays_on_redis};
+use crate::load::{Load, stays_on_redis};
 use crate::support::{fast_failover, report, unique_name, wait_until};
 
 /// The hash tag of a limiter's keys: all of them hash to this key's slot.
@@ -357,34 +357,12 @@ async fn a_cluster_failover_keeps_the_limit_and_the_limiter_returns_to_redis() {
         "the load is served after the failover"
     );
     let counts = load.stop().await;
-    report_peaks("cluster failover", &counts);
-    let peak = counts.peak.load(std::sync::atomic::Ordering::SeqCst);
-    let settled = counts
-        .peak_since_reset
-        .load(std::sync::atomic::Ordering::SeqCst);
-    assert!(
-        peak <= LIMIT + SHARE,
-        "peak {peak} held, bound {}",
-        LIMIT + SHARE
-    );
-    assert!(
-        settled <= LIMIT,
-        "{settled} held at once after the failover"
-    );
-
-    // Every permit was released: nothing stays active (a grant the replica had not yet
-    // replicated when its master died expires with its lease).
-    let released = Instant::now();
-    let stats = wait_until(
-        &*limiter,
-        Duration::from_secs(5),
-        "no permit left active",
-        |s| s.active == 0 && !s.degraded,
+    crate::load::assert_failover_kept_the_limit(
+        "cluster failover",
+        &limiter,
+        &counts,
+        LIMIT,
+        SHARE,
     )
     .await;
-    report(
-        "cluster failover: active 0 after the last release",
-        released.elapsed(),
-    );
-    assert_eq!(stats.queued.total(), 0, "{stats:?}");
 }

@@ -113,3 +113,42 @@ pub fn report_peaks(what: &str, counts: &Counts) {
         counts.refused.load(Ordering::SeqCst),
     );
 }
+
+/// The checks every failover test makes once its load stopped: at most `limit + share` held
+/// during the failover, at most `limit` once it settled, and, after the last release, nothing
+/// active or queued and the limiter back on Redis.
+pub async fn assert_failover_kept_the_limit(
+    what: &str,
+    limiter: &RedisLimiter,
+    counts: &Counts,
+    limit: u32,
+    share: u32,
+) {
+    report_peaks(what, counts);
+    let peak = counts.peak.load(Ordering::SeqCst);
+    let settled = counts.peak_since_reset.load(Ordering::SeqCst);
+    assert!(
+        peak <= limit + share,
+        "peak {peak} held, bound {}",
+        limit + share
+    );
+    assert!(
+        settled <= limit,
+        "{settled} held at once after the failover"
+    );
+    // Every permit was released: nothing stays active (a grant the replica had not yet
+    // replicated when its master died expires with its lease).
+    let released = std::time::Instant::now();
+    let stats = crate::support::wait_until(
+        limiter,
+        Duration::from_secs(5),
+        "no permit left active",
+        |s| s.active == 0 && !s.degraded,
+    )
+    .await;
+    crate::support::report(
+        &format!("{what}: active 0 after the last release"),
+        released.elapsed(),
+    );
+    assert_eq!(stats.queued.total(), 0, "{stats:?}");
+}

@@ -5,7 +5,6 @@
 //! reconnects), keeps the documented bound meanwhile, and leaks nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use domain::Priority;
@@ -14,7 +13,7 @@ use limiter_redis::{RedisLimiter, RedisLimiterConfig};
 use ports::ConcurrencyLimiter;
 use test_support::redis::RedisSentinel;
 
-use crate::load::{Load, report_peaks, stays_on_redis};
+use crate::load::{Load, stays_on_redis};
 use crate::support::{fast_failover, report, unique_name, wait_until};
 
 async fn start_sentinel() -> RedisSentinel {
@@ -126,32 +125,14 @@ async fn a_sentinel_failover_keeps_the_limit_and_the_limiter_follows_the_new_pri
         "the load is served after the failover"
     );
     let counts = load.stop().await;
-    report_peaks("sentinel failover", &counts);
-    let peak = counts.peak.load(Ordering::SeqCst);
-    let settled = counts.peak_since_reset.load(Ordering::SeqCst);
-    assert!(
-        peak <= LIMIT + SHARE,
-        "peak {peak} held, bound {}",
-        LIMIT + SHARE
-    );
-    assert!(
-        settled <= LIMIT,
-        "{settled} held at once after the failover"
-    );
-
-    let released = Instant::now();
-    let stats = wait_until(
-        &*limiter,
-        Duration::from_secs(5),
-        "no permit left active",
-        |s| s.active == 0 && !s.degraded,
+    crate::load::assert_failover_kept_the_limit(
+        "sentinel failover",
+        &limiter,
+        &counts,
+        LIMIT,
+        SHARE,
     )
     .await;
-    report(
-        "sentinel failover: active 0 after the last release",
-        released.elapsed(),
-    );
-    assert_eq!(stats.queued.total(), 0, "{stats:?}");
     // The keys now live on the promoted replica.
     let client =
         Builder::from_config(Config::from_url(&format!("redis://127.0.0.1:{new}")).unwrap())
