@@ -169,6 +169,8 @@ async fn timeline(ctx: &Ctx, p: &Params, fault: Fault) -> Result<Timeline> {
                     limit: p.limit,
                     lease_ttl_secs: Some(5.0),
                     poll_interval_secs: None,
+                    env: &[],
+                    port: None,
                 },
             )
             .await?,
