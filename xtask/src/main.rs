@@ -30,7 +30,8 @@ tasks:
   harness redis-server + did-fake with faults + N http-api processes, a seeded mixed
           workload, invariants checked [--quick] [--seed N]
   bench   macro benchmarks against did-fake over real sockets (before/after, budget
-          utilisation, priority, crash recovery, Redis outage, gateway overhead), every
+          utilisation, priority, crash recovery, Redis outage with 4 replicas, gateway
+          overhead, reclaim under periodic kills), every
           target a ratio to a baseline of the same run or a bound from the configuration,
           report in target/bench-report/ [--quick] [--debug] [--only 1,2,..]
 
@@ -55,8 +56,9 @@ Macro benchmarks over real loopback sockets: did-fake, http-api and redis-server
 separate processes on free ports. Every target is a ratio to a baseline measured in the same
 run or a bound that follows from the configuration; absolute figures are reported as
 information. Scenarios: 1 before/after, 2 budget utilisation, 3 priority under contention,
-4 crash recovery, 5 Redis outage, 6 gateway overhead (and polls per synchronous video).
-  --quick      CI size: every scenario and target, shorter runs (about 2 minutes)
+4 crash recovery, 5 Redis outage (4 replicas, share against full), 6 gateway overhead (and
+polls per synchronous video), 7 reclaim under periodic kills.
+  --quick      CI size: every scenario and target, shorter runs (about 4 minutes)
   --debug      run everything as debug builds (default: did-fake, http-api and the load
                generator, i.e. the bench itself, run as release builds)
   --only N,..  run only these scenarios, e.g. --only 2,6

@@ -115,6 +115,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             limit: p.limit,
             lease_ttl_secs: None,
             poll_interval_secs: None,
+            env: &[],
+            port: None,
         },
     )
     .await?;
@@ -135,6 +137,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
                     limit: p.limit,
                     lease_ttl_secs: None,
                     poll_interval_secs: None,
+                    env: &[],
+                    port: None,
                 },
             )
             .await?,

@@ -127,6 +127,8 @@ async fn added_latency(ctx: &Ctx, section: &mut Section, base: &str, talk: &str)
             limit: 16,
             lease_ttl_secs: None,
             poll_interval_secs: None,
+            env: &[],
+            port: None,
         },
     )
     .await?;
@@ -215,6 +217,8 @@ async fn synchronous_generate(ctx: &Ctx, section: &mut Section, base: &str) -> R
             limit: 4,
             lease_ttl_secs: None,
             poll_interval_secs: Some(GENERATE_POLL_INTERVAL_SECS),
+            env: &[],
+            port: None,
         },
     )
     .await?;
@@ -358,6 +362,8 @@ async fn stats_under_load(
             limit: 4,
             lease_ttl_secs: None,
             poll_interval_secs: None,
+            env: &[],
+            port: None,
         },
     )
     .await?;
@@ -504,6 +510,8 @@ async fn queued_memory(ctx: &Ctx, section: &mut Section, base: &str, talk: &str)
             limit: 2,
             lease_ttl_secs: None,
             poll_interval_secs: None,
+            env: &[],
+            port: None,
         },
     )
     .await?;

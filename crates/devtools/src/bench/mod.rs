@@ -19,13 +19,19 @@
 //! 3. `priority`: priority inversions, FIFO violations and waits per priority at 3× capacity,
 //!    with limiter objects (memory with and without ageing, Redis shared by independent
 //!    instances; baseline: per-process limiters without a shared queue).
-//! 4. `crash`: SIGKILL an http-api process holding every permit; time until another process
-//!    sees the capacity back, against the lease bound.
-//! 5. `outage`: SIGKILL redis-server under load: failover, degraded latency, over-admission,
-//!    fail-back after a restart on the same port, leaked permits.
+//! 4. `crash`: SIGKILL an http-api process holding every permit at the default 15 s lease;
+//!    time until another process sees the capacity back, against the instance TTL; baseline:
+//!    the same trial with the registry out of the way (the lease alone).
+//! 5. `outage`: 4 replicas, did-fake capping the account at C; SIGSTOP and SIGKILL of
+//!    redis-server under load: failover, degraded latency, did-fake's peak in-flight and 429s
+//!    during the outage and at fail-back, leaked permits; `FAILOVER_POLICY=share` against the
+//!    `full` baseline.
 //! 6. `gateway`: http-api's own overhead: `talk-status` through the gateway against the same
 //!    read straight at did-fake, polls per synchronous `generate-video`, `/stats` against
 //!    `/health` under a saturated limiter, RSS with 1000 queued requests beside the idle RSS.
+//! 7. `kills`: 4 saturated replicas, one SIGKILLed and restarted every 10 s: time until the
+//!    capacity is back, grants to the dead instance's waiters, lost slot-seconds; baseline:
+//!    the same load without kills.
 //!
 //! Results go to `target/bench-report/` (`report.json`, `report.md`, `docs-section.md` to
 //! paste into `docs/BENCHMARKS.md`, one SVG per latency plot), and one PASS/FAIL line per
@@ -37,9 +43,11 @@ mod before_after;
 mod budget;
 mod crash;
 mod gateway;
+mod kills;
 mod load;
 mod outage;
 mod priority;
+mod redis_probe;
 mod report;
 mod rig;
 
@@ -59,7 +67,7 @@ const CHILD_ENV: &str = "TALKGATE_BENCH_CHILD";
 /// machine. Bounds that are observed by polling state it beside the configured terms.
 pub(crate) const OBSERVER_SLACK: Duration = Duration::from_millis(200);
 
-/// What a run looks like: `quick` is for CI (all scenarios in about 2 minutes).
+/// What a run looks like: `quick` is for CI (shorter phases, fewer trials).
 pub(crate) struct Ctx {
     pub(crate) quick: bool,
     /// Run the servers' release builds (the default) rather than their debug builds.
@@ -68,13 +76,14 @@ pub(crate) struct Ctx {
     pub(crate) client: reqwest::Client,
 }
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "before/after",
     "budget utilisation",
     "priority under contention",
     "crash recovery",
     "redis outage",
     "gateway overhead",
+    "reclaim under periodic kills",
 ];
 
 /// The command line of `cargo xtask bench`.
@@ -103,9 +112,9 @@ impl Options {
                         .split(',')
                         .map(|s| s.trim().parse::<usize>())
                         .collect::<Result<Vec<_>, _>>()
-                        .context("--only takes scenario numbers 1..=6, e.g. 1,3")?;
+                        .context("--only takes scenario numbers 1..=7, e.g. 1,3")?;
                     if picked.iter().any(|n| !(1..=SCENARIOS.len()).contains(n)) {
-                        bail!("--only takes scenario numbers 1..=6");
+                        bail!("--only takes scenario numbers 1..={}", SCENARIOS.len());
                     }
                     opts.only = Some(picked);
                 }
@@ -213,7 +222,8 @@ async fn bench(opts: Options) -> Result<()> {
             3 => priority::run(&ctx).await,
             4 => crash::run(&ctx).await,
             5 => outage::run(&ctx).await,
-            _ => gateway::run(&ctx).await,
+            6 => gateway::run(&ctx).await,
+            _ => kills::run(&ctx).await,
         };
         let mut section = result.unwrap_or_else(|e| {
             println!("scenario {n} failed to run: {e:#}");
@@ -262,7 +272,7 @@ mod tests {
             (true, false, Some(vec![2, 6]))
         );
         for bad in [
-            &["--only", "7"][..],
+            &["--only", "8"][..],
             &["--only"],
             &["--only", "x"],
             &["--fast"],

@@ -125,12 +125,19 @@ pub(crate) struct ApiOptions<'a> {
     pub(crate) lease_ttl_secs: Option<f64>,
     /// `POLL_INTERVAL_SECS`, if not the rig's 0.05 s.
     pub(crate) poll_interval_secs: Option<f64>,
+    /// More environment variables (e.g. `FAILOVER_POLICY`, `INSTANCE_TTL_SECS`), set last.
+    pub(crate) env: &'a [(&'a str, &'a str)],
+    /// The port to bind (a restart on the port of a killed process); `None`: a free one.
+    pub(crate) port: Option<u16>,
 }
 
 /// Starts one http-api process against `fake` (and `redis`, if given) and waits for `/health`.
 pub(crate) async fn spawn_api(ctx: &Ctx, name: &str, opts: &ApiOptions<'_>) -> Result<Server> {
     let client = &ctx.client;
-    let port = procs::free_port()?;
+    let port = match opts.port {
+        Some(port) => port,
+        None => procs::free_port()?,
+    };
     let mut envs = vec![
         ("D_ID_API_KEY", FAKE_KEY.to_owned()),
         ("D_ID_BASE_URL", opts.fake.to_owned()),
@@ -153,6 +160,7 @@ pub(crate) async fn spawn_api(ctx: &Ctx, name: &str, opts: &ApiOptions<'_>) -> R
     if let Some(ttl) = opts.lease_ttl_secs {
         envs.push(("LEASE_TTL_SECS", ttl.to_string()));
     }
+    envs.extend(opts.env.iter().map(|&(k, v)| (k, v.to_owned())));
     let mut api = Server::spawn(name, bin(ctx, "http-api"), &[], &envs, port)?;
     api.wait_ready(client, &format!("{PREFIX}/health"), Duration::from_secs(30))
         .await?;
