@@ -6,7 +6,9 @@
 //! data, or declared this instance dead during a stall) or the data's epoch changed, a
 //! second beat re-establishes every permit this process holds, so Redis counts them again
 //! before it grants more. A failed beat switches the limiter to its fallback like any
-//! failed call; while degraded the probe (`failover`) does the registering instead.
+//! failed call; while degraded the probe (`failover`) does the registering instead. A beat
+//! also reports whether Redis sees this instance's presence subscription, and takes it
+//! again when it is gone.
 //!
 //! This module uses `inner`, `failover` (`fail_over`) and `util`.
 
@@ -36,6 +38,13 @@ pub(crate) async fn run(weak: Weak<Inner>) {
                 continue;
             }
         };
+        if beat.listening == 0 && inner.listening.load(Ordering::Relaxed) {
+            // The presence subscription is gone while the connection works (a Cluster
+            // slot moved, or a reconnect raced): Redis skips this instance's waiters
+            // until it is back.
+            tracing::debug!(limiter = %inner.config.name, "presence subscription lost; taking it again");
+            let _ = inner.listen().await;
+        }
         let new_epoch = known_epoch != 0 && beat.epoch != known_epoch;
         if !(beat.was_unknown || new_epoch) {
             continue;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use domain::Priority;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::scripts::Script;
 use fred::types::{FromValue, Value};
 use ports::{ConcurrencyLimiter, DegradedReason, LimiterCounters};
@@ -48,6 +48,12 @@ pub(crate) struct Inner {
     /// This limiter instance's random id: its record in Redis, and the prefix of its tokens
     /// (`<instance>-<n>`), by which Redis tells whose a holder or waiter is.
     pub(crate) instance: String,
+    /// True once the subscriber holds this instance's presence subscription (see
+    /// [`Inner::presence_channel`]); a heartbeat tells Redis, which from then on skips this
+    /// instance's waiters whenever the subscription is gone (its process died).
+    pub(crate) listening: AtomicBool,
+    /// Whether a failed presence subscription was logged already (once per limiter).
+    presence_warned: AtomicBool,
     /// The epoch of Redis's data last seen (0: never seen); a new one means Redis lost it.
     pub(crate) epoch: AtomicI64,
     /// Live instances sharing the limit, as last seen in Redis (0: never seen).
@@ -164,6 +170,8 @@ impl Inner {
             degraded: AtomicBool::new(false),
             pending_limit: Mutex::new(None),
             instance: instance_id.iter().map(|b| format!("{b:02x}")).collect(),
+            listening: AtomicBool::new(false),
+            presence_warned: AtomicBool::new(false),
             epoch: AtomicI64::new(0),
             peers: AtomicU32::new(0),
             held: Mutex::new(HashMap::new()),
@@ -289,14 +297,50 @@ impl Inner {
     /// (re-establishing those Redis lost). Remembers the peers and the epoch; the caller
     /// checks [`Beat::was_unknown`] and the epoch to re-establish every token.
     pub(crate) async fn beat(&self, tokens: &[String]) -> Result<Beat, BackendError> {
-        let mut args = Vec::with_capacity(tokens.len() + 2);
+        let mut args = Vec::with_capacity(tokens.len() + 3);
         args.push(Value::from(self.instance.as_str()));
         args.push(Value::Integer(self.lease_ms()));
+        let listening = self.listening.load(Ordering::Relaxed);
+        args.push(Value::from(if listening { "1" } else { "0" }));
         args.extend(tokens.iter().map(|t| Value::from(t.as_str())));
         let beat = Beat::decode(self.eval(&self.scripts.beat, args).await?)?;
         self.saw(i64::from(beat.instances), beat.epoch);
         self.limit.store(beat.limit.max(1), Ordering::Relaxed);
         Ok(beat)
+    }
+
+    /// This instance's presence channel, `<wake channel>:<instance>` (same hash slot). The
+    /// subscriber holds a sharded subscription to it, so Redis sees at once when this
+    /// process's connection closes — when it dies — and stops granting slots to its
+    /// waiters (`PUBSUB SHARDNUMSUB` in the promotion step). Nothing is published there.
+    pub(crate) fn presence_channel(&self) -> String {
+        format!("{}:{}", self.scripts.channel, self.instance)
+    }
+
+    /// Takes this instance's presence subscription (again), remembering whether it holds.
+    /// A server without sharded pub/sub (before Redis 7) or an ACL that forbids the
+    /// channel leaves the instance unmarked: its waiters are then judged by heartbeats only.
+    /// Returns true if the instance listens now and did not before: then a heartbeat should
+    /// tell Redis at once.
+    pub(crate) async fn listen(&self) -> bool {
+        match self.subscriber.ssubscribe(self.presence_channel()).await {
+            Ok(()) => !self.listening.swap(true, Ordering::Relaxed),
+            Err(e) => {
+                self.listening.store(false, Ordering::Relaxed);
+                if !self.presence_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        limiter = %self.config.name,
+                        address = %self.address,
+                        error = %e,
+                        "could not subscribe to this instance's presence channel; a dead \
+                         instance's waiters are then recognised by its heartbeat only"
+                    );
+                } else {
+                    tracing::debug!(error = %e, "no presence subscription");
+                }
+                false
+            }
+        }
     }
 
     /// Removes this instance's record (a clean shutdown), so peers stop counting it.

@@ -85,10 +85,14 @@ impl RedisLimiter {
         let _subscriber_task = inner.subscriber.connect();
         let _client_task = inner.client.connect();
 
-        let connected = tokio::time::timeout(
-            inner.config.connect_timeout,
-            inner.client.wait_for_connect(),
-        )
+        let connected = tokio::time::timeout(inner.config.connect_timeout, async {
+            inner.client.wait_for_connect().await?;
+            // The presence subscription first (see `Inner::presence_channel`), so that the
+            // first heartbeat already tells Redis this instance listens.
+            inner.subscriber.wait_for_connect().await?;
+            inner.listen().await;
+            Ok::<(), fred::error::Error>(())
+        })
         .await;
         match connected {
             // The first heartbeat registers this instance and stores the limit, so that

@@ -190,18 +190,22 @@ pub(crate) struct Beat {
     pub(crate) epoch: i64,
     /// Tokens of this beat that Redis did not hold and now does.
     pub(crate) reestablished: u32,
+    /// Subscribers of this instance's presence channel (0 while it is not subscribed, or
+    /// on a server without sharded pub/sub).
+    pub(crate) listening: u32,
 }
 
 impl Beat {
     pub(crate) fn decode(reply: Vec<i64>) -> Result<Self, BackendError> {
         let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
         match reply[..] {
-            [added @ (0 | 1), instances, limit, epoch, reestablished] => Ok(Beat {
+            [added @ (0 | 1), instances, limit, epoch, reestablished, listening] => Ok(Beat {
                 was_unknown: added == 1,
                 instances: u32_of(instances),
                 limit: u32_of(limit),
                 epoch,
                 reestablished: u32_of(reestablished),
+                listening: u32_of(listening),
             }),
             _ => Err(unexpected("beat", reply)),
         }
@@ -323,9 +327,12 @@ mod tests {
                 instances_reclaimed: 2,
             }
         );
-        let beat = Beat::decode(vec![1, 4, 6, 1700, 2]).unwrap();
+        let beat = Beat::decode(vec![1, 4, 6, 1700, 2, 1]).unwrap();
         assert!(beat.was_unknown);
-        assert_eq!((beat.instances, beat.limit, beat.reestablished), (4, 6, 2));
+        assert_eq!(
+            (beat.instances, beat.limit, beat.reestablished, beat.listening),
+            (4, 6, 2, 1)
+        );
         assert!(Beat::decode(vec![2, 4, 6, 1700, 2]).is_err());
         assert!(Beat::decode(vec![1, 4]).is_err());
         let err = Stats::decode(vec![5, 2]).unwrap_err();

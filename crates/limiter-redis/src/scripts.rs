@@ -7,7 +7,7 @@
 //! | `{talkgate:<name>}:queue` | ZSET | token → `(3 - priority index) · 2^40 + seq` |
 //! | `{talkgate:<name>}:waiters` | ZSET | token → ticket deadline (ms, Redis `TIME`) |
 //! | `{talkgate:<name>}:enqueued` | ZSET | token → time it was queued (ms, Redis `TIME`) |
-//! | `{talkgate:<name>}:meta` | HASH | `limit`, `seq`, `reclaimed`, `max_wait_ms`, `epoch`, `last_ms`, `warm_until`, `warmups`, `instances_reclaimed` |
+//! | `{talkgate:<name>}:meta` | HASH | `limit`, `seq`, `reclaimed`, `max_wait_ms`, `epoch`, `last_ms`, `warm_until`, `warmups`, `instances_reclaimed`, `p:<instance id>` (it listens on its presence channel) |
 //! | `{talkgate:<name>}:cancelled` | ZSET | token → tombstone deadline (ms, Redis `TIME`) |
 //! | `{talkgate:<name>}:instances` | ZSET | instance id → liveness deadline (ms, Redis `TIME`) |
 //! | `{talkgate:<name>}:dead` | ZSET | instance id declared dead → when to forget it (ms) |
@@ -32,10 +32,18 @@
 //! alive with [`BEAT`] every `instance_ttl / 4`. Its record says whose a holder or a waiter
 //! is, and whether that process still lives: an instance whose record expired is *dead*
 //! (moved to `dead`), its holders are reclaimed at once, whatever their leases say, and its
-//! waiters are dropped when they reach the queue head. A waiter whose instance has not
-//! beaten for 3/8 of `instance_ttl` is skipped (kept, not granted) until it beats again, so
-//! a slot freed just after a death rarely goes to the dead. A token whose instance has no
-//! record at all (an older version of this crate) is treated as alive.
+//! waiters are dropped when they reach the queue head. A waiter is skipped (kept, not
+//! granted) while its instance is *absent* or *stale*:
+//! - absent: the instance told its heartbeat that it holds a sharded subscription to its
+//!   presence channel `<wake channel>:<instance id>` (meta field `p:<id>`), and
+//!   `PUBSUB SHARDNUMSUB` counts no subscriber there — its connection closed, which is what
+//!   a process death looks like to Redis, at once;
+//! - stale: it has not beaten for 3/8 of `instance_ttl` (a process that hangs, or lost
+//!   both its connections).
+//!
+//! So a slot freed right after a death goes to a live waiter. A token whose instance has no
+//! record at all (an older version of this crate) is treated as alive, and so is one whose
+//! presence is unknown (no `p:` field, or a server without sharded pub/sub).
 //!
 //! # The shared prelude
 //! Every script gets `ARGV[1]` the default limit, `ARGV[2]` the wake-up channel, `ARGV[3]`
@@ -66,7 +74,7 @@
 //!   `holders` (the grant is decided here, atomically, so a freed slot goes straight to the
 //!   head waiter and no late arrival can take it) and publishes the granted tokens; heads
 //!   of dead instances are dropped, heads of stale ones skipped (at most `free + 64` looked
-//!   at). Until its owner confirms it, a grant only lives for the *grant TTL* (`grant_ttl`,
+//!   at; presence is looked up once per instance per call). Until its owner confirms it, a grant only lives for the *grant TTL* (`grant_ttl`,
 //!   capped by the ticket's own deadline): a grant whose owner is gone (its process died,
 //!   or its acquire was a stale command run after the caller gave up) frees the slot within
 //!   `grant_ttl`, not within a whole `waiter_ttl`. The reclaim step also drops expired
@@ -96,9 +104,11 @@
 //!   critical, reclaimed, max_wait_ms, oldest_ms, live instances, epoch, instances
 //!   reclaimed}`.
 //! - [`SET_LIMIT`]: stores the new limit, reclaims, promotes (raising it admits at once).
-//! - [`BEAT`]: renews the caller's instance record and holds the tokens it passes (skipping
-//!   tombstoned ones), then reclaims and promotes; returns whether the record was missing,
-//!   the live instances, the limit, the epoch and how many tokens were re-added.
+//! - [`BEAT`]: renews the caller's instance record, records whether it listens on its
+//!   presence channel, and holds the tokens it passes (skipping tombstoned ones), then
+//!   reclaims and promotes; returns whether the record was missing, the live instances, the
+//!   limit, the epoch, how many tokens were re-added and the presence channel's subscribers
+//!   (0 tells a listening instance to subscribe again).
 //! - [`LEAVE`]: removes the caller's record (a clean shutdown).
 
 use fred::types::Key;
@@ -162,6 +172,7 @@ local function reclaim(force)
     local gone = {}
     for i = 1, #dead do
       gone[dead[i]] = true
+      redis.call('HDEL', M, 'p:' .. dead[i])
       redis.call('ZADD', D, num(now + math.max(10 * inst_ttl, 60000)), dead[i])
     end
     local held = redis.call('ZRANGE', H, 0, -1)
@@ -183,6 +194,23 @@ local function reclaim(force)
   n = n + #gone
   if n > 0 then redis.call('HINCRBY', M, 'reclaimed', n) end
   active = nil
+end
+-- Whether instance `id` listens: an instance that said it subscribes to its presence
+-- channel (`<wake channel>:<id>`, sharded pub/sub, same slot) and has no subscriber there
+-- lost its connection to Redis, most likely because its process died. Unknown (the field
+-- is absent, or the server has no sharded pub/sub) counts as present.
+local heard = {}
+local function present(id)
+  local p = heard[id]
+  if p == nil then
+    p = true
+    if redis.call('HEXISTS', M, 'p:' .. id) == 1 then
+      local r = redis.pcall('PUBSUB', 'SHARDNUMSUB', ARGV[2] .. ':' .. id)
+      if type(r) == 'table' and r[2] ~= nil and tonumber(r[2]) == 0 then p = false end
+    end
+    heard[id] = p
+  end
+  return p
 end
 local function unqueue(tok)
   redis.call('ZREM', Q, tok)
@@ -207,7 +235,7 @@ local function promote()
       if id and redis.call('ZSCORE', D, id) then
         unqueue(tok)
         dropped = dropped + 1
-      elseif beat and beat < fresh_after then
+      elseif beat and (beat < fresh_after or not present(id)) then
         rank = rank + 1
       else
         local deadline = tonumber(redis.call('ZSCORE', W, tok)) or (now + grant_ttl)
@@ -345,17 +373,23 @@ promote()
 return 1
 "#;
 
-/// The instance heartbeat. ARGV 7 instance id, 8 lease ms, 9… tokens this instance holds
-/// that must count against the limit (re-established if Redis lost them; a tombstoned
-/// token is skipped). Marks the instance live for `inst_ttl` (and no longer dead).
+/// The instance heartbeat. ARGV 7 instance id, 8 lease ms, 9 `1` if the instance
+/// subscribed to its presence channel (else `0`), 10… tokens this instance holds that must
+/// count against the limit (re-established if Redis lost them; a tombstoned token is
+/// skipped). Marks the instance live for `inst_ttl` (and no longer dead).
 /// Returns `{1 if the instance was not registered, live instances, limit, epoch,
-/// tokens re-established}`.
+/// tokens re-established, subscribers of its presence channel}`.
 pub const BEAT: &str = r#"
 local me, lease = ARGV[7], tonumber(ARGV[8])
 local added = redis.call('ZADD', I, num(now + inst_ttl), me)
 redis.call('ZREM', D, me)
+if ARGV[9] == '1' then
+  redis.call('HSET', M, 'p:' .. me, 1)
+else
+  redis.call('HDEL', M, 'p:' .. me)
+end
 local readded = 0
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   local tok = ARGV[i]
   if not redis.call('ZSCORE', C, tok) then
     if redis.call('ZADD', H, num(now + lease), tok) == 1 then readded = readded + 1 end
@@ -363,13 +397,17 @@ for i = 9, #ARGV do
 end
 reclaim(true)
 promote()
-return {added, redis.call('ZCOUNT', I, '(' .. num(now), '+inf'), limit, tonumber(epoch), readded}
+local subs = 0
+local r = redis.pcall('PUBSUB', 'SHARDNUMSUB', ARGV[2] .. ':' .. me)
+if type(r) == 'table' and r[2] ~= nil then subs = tonumber(r[2]) end
+return {added, redis.call('ZCOUNT', I, '(' .. num(now), '+inf'), limit, tonumber(epoch), readded, subs}
 "#;
 
 /// An instance leaving for good (a clean shutdown). ARGV 7 instance id. Its record is
 /// removed, so its peers stop counting it at once. Returns 1.
 pub const LEAVE: &str = r#"
 redis.call('ZREM', I, ARGV[7])
+redis.call('HDEL', M, 'p:' .. ARGV[7])
 reclaim(true)
 promote()
 return 1

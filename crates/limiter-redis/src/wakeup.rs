@@ -7,11 +7,16 @@
 //! down subscribes as soon as Redis appears — and wakes *every* local waiter then, because
 //! messages published while it was disconnected are lost. A lagging receiver does the same.
 //! Waiters also re-check on a jittered safety poll, so a lost message costs at most one poll.
+//!
+//! After each (re)connect it also takes this instance's *presence* subscription (a sharded
+//! subscription to `<wake channel>:<instance>`, see `Inner::presence_channel`): when the
+//! process dies, its connection closes and Redis stops granting to its waiters at once,
+//! long before its instance record expires.
 
 use std::sync::Weak;
 
 use fred::clients::SubscriberClient;
-use fred::interfaces::PubsubInterface;
+use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::Message;
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
@@ -51,6 +56,14 @@ pub(crate) async fn run(
                     tracing::warn!(error = %e, "could not subscribe to the wake-up channel");
                 }
                 let Some(inner) = inner.upgrade() else { return };
+                if inner.listen().await && !inner.is_degraded() && inner.client.is_connected() {
+                    // Tell Redis now rather than at the next heartbeat, so that a death
+                    // right after the start is recognised too. A failure here is left to
+                    // the heartbeat, which beats again within `instance_ttl / 4`.
+                    if let Err(e) = inner.beat(&inner.adopted_tokens()).await {
+                        tracing::debug!(error = %e, "early heartbeat failed");
+                    }
+                }
                 inner.wake_all();
             }
         }
