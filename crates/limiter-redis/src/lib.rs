@@ -93,10 +93,15 @@
 //! tell Redis whose holders and waiters are alive (see [`scripts`]).
 //!
 //! # Failure modes and their bounds
-//! - **A holder's process dies** (SIGKILL, OOM): its instance record expires at most
-//!   `instance_ttl` after its last heartbeat, and the next script reclaims all its holders:
-//!   the slots are free within `instance_ttl` (2 s) of the death, whatever the lease.
-//!   Measured by `processes::killed_holder_frees_its_slots_within_the_instance_ttl_not_the_lease`.
+//! - **A holder's process dies** (SIGKILL, OOM): its connections close with it, so once its
+//!   heartbeat is 3/8 of `instance_ttl` late (0.75 s; 0.25–0.75 s after the death) the next
+//!   script declares it dead and reclaims all its holders, whatever their leases say; at the
+//!   latest (a server without sharded pub/sub) its record expires `instance_ttl` (2 s) after
+//!   its last heartbeat. Measured by
+//!   `processes::killed_holder_frees_its_slots_within_the_instance_ttl_not_the_lease` and
+//!   `…a_dead_holders_slots_come_back_once_its_heartbeat_is_late…`. A process that is alive
+//!   but cut off from Redis (both connections) for that long is declared dead too: its
+//!   holders no longer count, and its next heartbeat registers them again.
 //! - **A waiter's process dies**: its connections close with it, so Redis sees at once
 //!   that nobody listens on its presence channel (a sharded subscription every instance
 //!   holds) and skips its waiters; they are dropped once the instance is declared dead.

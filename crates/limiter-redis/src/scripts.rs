@@ -30,10 +30,12 @@
 //! # Instances
 //! Every token is `<instance id>-<n>`, and every instance keeps a record in `instances`
 //! alive with [`BEAT`] every `instance_ttl / 4`. Its record says whose a holder or a waiter
-//! is, and whether that process still lives: an instance whose record expired is *dead*
-//! (moved to `dead`), its holders are reclaimed at once, whatever their leases say, and its
-//! waiters are dropped when they reach the queue head. A waiter is skipped (kept, not
-//! granted) while its instance is *absent* or *stale*:
+//! is, and whether that process still lives. An instance is declared *dead* (moved to
+//! `dead`) when its record expired, or when it is both *stale* and *absent* (below) — a
+//! process whose connections closed and whose heartbeat stopped, i.e. one that died: then
+//! its holders are reclaimed at once, whatever their leases say, and its waiters are
+//! dropped when they reach the queue head. A waiter is skipped (kept, not granted) while
+//! its instance is absent or stale:
 //! - absent: the instance told its heartbeat that it holds a sharded subscription to its
 //!   presence channel `<wake channel>:<instance id>` (meta field `p:<id>`), and
 //!   `PUBSUB SHARDNUMSUB` counts no subscriber there — its connection closed, which is what
@@ -64,8 +66,8 @@
 //!
 //! It then defines two steps:
 //! - `reclaim()`: drops holders whose lease deadline has passed and tickets whose deadline
-//!   has passed (counted in `meta.reclaimed`), declares instances whose record expired dead
-//!   and drops their holders. It runs at most once per 20 ms (`last_ms`) in the hot scripts
+//!   has passed (counted in `meta.reclaimed`), declares instances dead whose record expired
+//!   or that are stale and absent, and drops their holders. It runs at most once per 20 ms (`last_ms`) in the hot scripts
 //!   (acquire, release, cancel, renew), which saves five commands per call under load —
 //!   deadlines are seconds, so 20 ms late changes nothing — and always in `STATS`, `BEAT`,
 //!   `SET_LIMIT`, `LEAVE` and in an acquire that finds no free slot (so an expired lease
@@ -154,6 +156,23 @@ if not epoch then
   redis.call('HSET', M, 'epoch', epoch)
 end
 local function owner(tok) return string.match(tok, '^(.-)%-') end
+-- Whether instance `id` listens: an instance that said it subscribes to its presence
+-- channel (`<wake channel>:<id>`, sharded pub/sub, same slot) and has no subscriber there
+-- lost its connection to Redis, most likely because its process died. Unknown (the field
+-- is absent, or the server has no sharded pub/sub) counts as present.
+local heard = {}
+local function present(id)
+  local p = heard[id]
+  if p == nil then
+    p = true
+    if redis.call('HEXISTS', M, 'p:' .. id) == 1 then
+      local r = redis.pcall('PUBSUB', 'SHARDNUMSUB', ARGV[2] .. ':' .. id)
+      if type(r) == 'table' and r[2] ~= nil and tonumber(r[2]) == 0 then p = false end
+    end
+    heard[id] = p
+  end
+  return p
+end
 local reclaimed = false
 local active = nil
 local function count_active()
@@ -166,9 +185,17 @@ local function reclaim(force)
   redis.call('ZREMRANGEBYSCORE', C, '-inf', num(now))
   redis.call('ZREMRANGEBYSCORE', D, '-inf', num(now))
   local n = redis.call('ZREMRANGEBYSCORE', H, '-inf', num(now))
-  local dead = redis.call('ZRANGEBYSCORE', I, '-inf', num(now))
+  -- Dead: the record expired, or the instance is stale (no beat for 3/8 of its TTL) and
+  -- absent (its presence subscription is gone): its process died with its connections.
+  local dead = {}
+  local stale = redis.call('ZRANGEBYSCORE', I, '-inf', num(now + inst_ttl * 5 / 8), 'WITHSCORES')
+  for i = 1, #stale, 2 do
+    if tonumber(stale[i + 1]) <= now or not present(stale[i]) then
+      dead[#dead + 1] = stale[i]
+      redis.call('ZREM', I, stale[i])
+    end
+  end
   if #dead > 0 then
-    redis.call('ZREMRANGEBYSCORE', I, '-inf', num(now))
     local gone = {}
     for i = 1, #dead do
       gone[dead[i]] = true
@@ -194,23 +221,6 @@ local function reclaim(force)
   n = n + #gone
   if n > 0 then redis.call('HINCRBY', M, 'reclaimed', n) end
   active = nil
-end
--- Whether instance `id` listens: an instance that said it subscribes to its presence
--- channel (`<wake channel>:<id>`, sharded pub/sub, same slot) and has no subscriber there
--- lost its connection to Redis, most likely because its process died. Unknown (the field
--- is absent, or the server has no sharded pub/sub) counts as present.
-local heard = {}
-local function present(id)
-  local p = heard[id]
-  if p == nil then
-    p = true
-    if redis.call('HEXISTS', M, 'p:' .. id) == 1 then
-      local r = redis.pcall('PUBSUB', 'SHARDNUMSUB', ARGV[2] .. ':' .. id)
-      if type(r) == 'table' and r[2] ~= nil and tonumber(r[2]) == 0 then p = false end
-    end
-    heard[id] = p
-  end
-  return p
 end
 local function unqueue(tok)
   redis.call('ZREM', Q, tok)

@@ -11,7 +11,7 @@
 //!
 //! Usage: `limiter-holder --url redis://127.0.0.1:6379 --name n --limit 2 --priority high
 //! --count 3 --hold-ms 100 [--wait-ms 30000] [--lease-ms 15000] [--waiter-ms 6000]
-//! [--label x]` (`--help` lists them with their defaults). It writes `ready` to stdout once connected, `held` after each grant,
+//! [--instance-ttl-ms 2000] [--label x]` (`--help` lists them with their defaults). It writes `ready` to stdout once connected, `held` after each grant,
 //! and exits 0 when every task is done.
 
 use std::collections::HashMap;
@@ -53,6 +53,7 @@ Options:
   --wait-ms <MS>       how long an acquire may wait [default: 30000]
   --lease-ms <MS>      lease of a slot [default: 15000]
   --waiter-ms <MS>     lifetime of a queued ticket [default: 6000]
+  --instance-ttl-ms <MS>  lifetime of the instance record [default: 2000]
   --label <TEXT>       what is recorded in the grant order [default: the priority]
   -h, --help           print this help";
 
@@ -67,6 +68,7 @@ struct Args {
     wait: Duration,
     lease: Duration,
     waiter: Duration,
+    instance_ttl: Duration,
     label: String,
 }
 
@@ -82,6 +84,7 @@ fn parse_args(args: &[String]) -> Result<Args, Vec<String>> {
         "wait-ms",
         "lease-ms",
         "waiter-ms",
+        "instance-ttl-ms",
         "label",
     ];
     let mut map: HashMap<&str, &str> = HashMap::new();
@@ -123,11 +126,12 @@ fn parse_args(args: &[String]) -> Result<Args, Vec<String>> {
     }
     let mut ms =
         |key: &str, default: u64| Duration::from_millis(number(&map, &mut problems, key, default));
-    let (hold, wait, lease, waiter) = (
+    let (hold, wait, lease, waiter, instance_ttl) = (
         ms("hold-ms", 100),
         ms("wait-ms", 30_000),
         ms("lease-ms", 15_000),
         ms("waiter-ms", 6_000),
+        ms("instance-ttl-ms", 2_000),
     );
     let limit = number(&map, &mut problems, "limit", 1u32);
     let count = number(&map, &mut problems, "count", 1usize);
@@ -158,6 +162,7 @@ fn parse_args(args: &[String]) -> Result<Args, Vec<String>> {
         wait,
         lease,
         waiter,
+        instance_ttl,
         label,
     })
 }
@@ -195,6 +200,7 @@ async fn main() -> ExitCode {
     config.max_concurrent = args.limit;
     config.lease_ttl = args.lease;
     config.waiter_ttl = args.waiter;
+    config.instance_ttl = args.instance_ttl;
     let limiter = Arc::new(
         RedisLimiter::connect_with_memory_fallback(config)
             .await

@@ -244,6 +244,55 @@ async fn killed_holder_frees_its_slots_within_the_instance_ttl_not_the_lease() {
     b.release().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_slots_come_back_once_its_heartbeat_is_late_not_when_its_record_expires() {
+    // An 8 s instance TTL (heartbeat every 2 s): the record of a dead process expires 6–8 s
+    // after its death, but its connections closed with it, so the first script after its
+    // heartbeat is 3/8 TTL (3 s) late declares it dead: 1–3 s after the death.
+    let server = RedisServer::start();
+    let mut cfg = config(&server, 2);
+    cfg.name = unique_name("absent");
+    cfg.instance_ttl = Duration::from_secs(8);
+    let name = cfg.name.clone();
+    let limiter = RedisLimiter::connect_with_memory_fallback(cfg)
+        .await
+        .unwrap();
+    let mut holder = Holder::spawn(
+        &server.url(),
+        &name,
+        &[
+            ("limit", "2"),
+            ("count", "2"),
+            ("hold-ms", "60000"),
+            ("instance-ttl-ms", "8000"),
+        ],
+    );
+    holder.expect_line("held", Duration::from_secs(10));
+    holder.expect_line("held", Duration::from_secs(10));
+    holder.kill();
+    let killed = Instant::now();
+    let a = limiter
+        .acquire(Priority::Normal, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let b = limiter
+        .acquire(Priority::Normal, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let recovered = killed.elapsed();
+    report(
+        "crash recovery (SIGKILLed holder of 2 slots, instance ttl 8 s, presence gone)",
+        recovered,
+    );
+    assert!(
+        recovered <= Duration::from_millis(3_000 + 1_500),
+        "capacity came back after {recovered:?}, the record's expiry, not the presence check"
+    );
+    assert_eq!(limiter.stats().await.failover.unwrap().instances_reclaimed, 1);
+    a.release().await.unwrap();
+    b.release().await.unwrap();
+}
+
 /// A live waiter queued behind the waiter of a process that died: how long after the death
 /// it gets a slot freed at `free_after` (0: at once).
 async fn served_after_a_dead_head_waiter(free_after: Duration) -> Duration {
