@@ -256,9 +256,10 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             registry_bound.as_millis()
         ),
         &format!(
-            "A's instance record lives `instance_ttl` ({} ms) after its last heartbeat, so it \
-             expires at most that long after the kill; the next script after that declares A \
-             dead and reclaims all its holders at once, whatever their leases say. B's own \
+            "A's connections close with it, so the first script after its heartbeat is 3/8 \
+             of `instance_ttl` late declares A dead (at the latest its record expires, \
+             `instance_ttl` ({} ms) after its last heartbeat) and reclaims all its holders at \
+             once, whatever their leases say. B's own \
              10 ms `/stats` polling runs that script here; without an observer a waiting \
              caller's safety poll ({} ms) would. Derived: instance TTL + one safety poll + \
              {} ms slack = {} ms; the issue's target is {} ms, and the stricter of the two is \

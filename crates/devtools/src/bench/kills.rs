@@ -555,9 +555,10 @@ fn report(p: &Params, baseline: &Run, kills: &Run) -> Result<Section> {
             derived.as_millis()
         ),
         &format!(
-            "The dead replica's record expires at most the instance TTL ({} ms) after its \
-             last heartbeat, and under saturation the live replicas run scripts continuously, \
-             so the next one declares it dead and reclaims its holders; grants to its waiters \
+            "The dead replica's connections close with it, so once its heartbeat is 3/8 of \
+             the instance TTL late (at the latest when its record expires, the TTL ({} ms) \
+             after its last heartbeat) the next script declares it dead and reclaims its \
+             holders — under saturation the live replicas run scripts continuously; grants to its waiters \
              end then too, or after `grant_ttl` ({} ms) if sooner. Derived: TTL + one safety \
              poll ({} ms) + {} ms slack; the issue's target, {} ms, is the pass line. The \
              observer's {} ms period is inside the slack.",
