@@ -59,9 +59,7 @@ fn round_trip(c: &mut Criterion) {
     // arguments, a body that returns at once. Two of these against the cycle below split
     // its cost into the round trips and call overhead (this) and the scripts' own work.
     let noop = fred::types::scripts::Script::from_lua("return 1");
-    let keys: Vec<fred::types::Key> = limiter_redis::scripts::Scripts::new("bench")
-        .keys
-        .clone();
+    let keys: Vec<fred::types::Key> = limiter_redis::scripts::Scripts::new("bench").keys.clone();
     let args: Vec<String> = [
         "64",
         "{talkgate:bench}:wake",
@@ -90,7 +88,11 @@ fn round_trip(c: &mut Criterion) {
     group.bench_function("noop_bare", |b| {
         b.to_async(&rt).iter(|| async {
             let _: i64 = noop
-                .evalsha_with_reload(&client, Vec::<fred::types::Key>::new(), Vec::<String>::new())
+                .evalsha_with_reload(
+                    &client,
+                    Vec::<fred::types::Key>::new(),
+                    Vec::<String>::new(),
+                )
                 .await
                 .unwrap();
         });

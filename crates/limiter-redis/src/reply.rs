@@ -199,7 +199,14 @@ impl Beat {
     pub(crate) fn decode(reply: Vec<i64>) -> Result<Self, BackendError> {
         let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
         match reply[..] {
-            [added @ (0 | 1), instances, limit, epoch, reestablished, listening] => Ok(Beat {
+            [
+                added @ (0 | 1),
+                instances,
+                limit,
+                epoch,
+                reestablished,
+                listening,
+            ] => Ok(Beat {
                 was_unknown: added == 1,
                 instances: u32_of(instances),
                 limit: u32_of(limit),
@@ -330,7 +337,12 @@ mod tests {
         let beat = Beat::decode(vec![1, 4, 6, 1700, 2, 1]).unwrap();
         assert!(beat.was_unknown);
         assert_eq!(
-            (beat.instances, beat.limit, beat.reestablished, beat.listening),
+            (
+                beat.instances,
+                beat.limit,
+                beat.reestablished,
+                beat.listening
+            ),
             (4, 6, 2, 1)
         );
         assert!(Beat::decode(vec![2, 4, 6, 1700, 2]).is_err());

@@ -367,7 +367,10 @@ async fn one_run(ctx: &Ctx, p: &Params, with_kills: bool) -> Result<Run> {
     let lost = missing / (c as f64 * (window.1 - window.0));
     // Mean slots held per instance over the window's samples (how evenly the replicas share).
     let mut held: std::collections::BTreeMap<String, usize> = Default::default();
-    let in_obs: Vec<&Obs> = obs.iter().filter(|o| o.t >= window.0 && o.t < window.1).collect();
+    let in_obs: Vec<&Obs> = obs
+        .iter()
+        .filter(|o| o.t >= window.0 && o.t < window.1)
+        .collect();
     for o in &in_obs {
         for tok in &o.holders {
             *held.entry(redis_probe::owner(tok).to_string()).or_default() += 1;
@@ -377,7 +380,10 @@ async fn one_run(ctx: &Ctx, p: &Params, with_kills: bool) -> Result<Run> {
         .iter()
         .map(|(id, n)| format!("{id}: {:.2}", *n as f64 / in_obs.len().max(1) as f64))
         .collect();
-    println!("    mean slots held per instance ({tag}): {}", shares.join(", "));
+    println!(
+        "    mean slots held per instance ({tag}): {}",
+        shares.join(", ")
+    );
     let kills = kills
         .iter()
         .enumerate()

@@ -288,7 +288,10 @@ async fn a_dead_holders_slots_come_back_once_its_heartbeat_is_late_not_when_its_
         recovered <= Duration::from_millis(3_000 + 1_500),
         "capacity came back after {recovered:?}, the record's expiry, not the presence check"
     );
-    assert_eq!(limiter.stats().await.failover.unwrap().instances_reclaimed, 1);
+    assert_eq!(
+        limiter.stats().await.failover.unwrap().instances_reclaimed,
+        1
+    );
     a.release().await.unwrap();
     b.release().await.unwrap();
 }
