@@ -80,6 +80,14 @@ pub(crate) fn clients(config: &RedisLimiterConfig) -> Result<Clients, RedisLimit
     })
 }
 
+/// A fred client (not connected yet) with exactly the connection settings a limiter of
+/// `config` uses: URL forms (Cluster, Sentinel), TLS, timeouts, reconnect policy. For other
+/// stores that share the limiter's Redis (the Redis job store).
+pub fn client(config: &RedisLimiterConfig) -> Result<Client, RedisLimiterError> {
+    config.validate()?;
+    Ok(clients(config)?.client)
+}
+
 /// `url` with a TLS scheme turned into its plain twin (`rediss` → `redis`, `valkeys` →
 /// `valkey`, suffixes kept). fred's `from_url` would build a TLS connector of its own for a
 /// TLS scheme, loading the system's roots even when a CA file is given and failing the whole

@@ -8,19 +8,29 @@
 //! - [`limiter`]: [`ConcurrencyLimiter`], [`Permit`], [`LimiterStats`], [`LimiterError`].
 //! - [`video`]: [`VideoApi`] (D-ID's operations), [`VideoApiError`], [`WaitOptions`],
 //!   [`VideoApiStats`].
+//! - [`jobs`]: [`JobStore`] (durable talk jobs, claimed in priority order), [`Job`],
+//!   [`JobStatus`], [`JobStoreError`].
 //! - `contract` (feature `contract`): the behaviour every limiter must show, written once and
 //!   run against each adapter with `limiter_contract_tests!`.
+//! - `job_contract` (feature `contract`): the same for job stores, `job_store_contract_tests!`.
 //!
 //! # Features
 //! - `mock`: mockall mocks `MockConcurrencyLimiter` and `MockVideoApi`.
-//! - `contract`: the limiter contract suite (pulls in tokio and rand).
+//! - `contract`: the limiter and job-store contract suites (pull in tokio and rand).
 
+pub mod jobs;
 pub mod limiter;
 pub mod video;
 
 #[cfg(feature = "contract")]
 pub mod contract;
+#[cfg(feature = "contract")]
+pub mod job_contract;
 
+pub use jobs::{
+    Attempt, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease,
+    NewJob, QueueLimits, ScopedKey, Submitted,
+};
 pub use limiter::{
     ConcurrencyLimiter, DegradedReason, FailoverStats, LimiterCounters, LimiterError, LimiterStats,
     Permit, PermitHandle, QueuedByPriority,

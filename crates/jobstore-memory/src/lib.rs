@@ -1,0 +1,241 @@
+//! An in-process [`JobStore`]: every job in one mutex-guarded map.
+//!
+//! Nothing survives the process, so it is for tests and for setups that say so explicitly
+//! (`JOB_STORE=memory`); the service's durable default is the SQLite store. It passes the
+//! same contract suite (`ports::job_contract`) as the durable adapters, so code tested on it
+//! behaves the same on them.
+//!
+//! Every operation takes the lock once and does no I/O; `claim` and `counts` scan all jobs
+//! (O(n)), which is fine for the thousands of jobs a test or a small setup holds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ports::jobs::{claim_order, duration_ms, is_runnable};
+use ports::{
+    Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease, NewJob,
+    QueueLimits, ScopedKey, Submitted,
+};
+
+/// The in-memory job store. `Default` is [`MemoryJobStore::new`].
+#[derive(Debug, Default)]
+pub struct MemoryJobStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// By `seq`, so iteration is arrival order.
+    jobs: BTreeMap<u64, Job>,
+    by_id: HashMap<JobId, u64>,
+    by_key: HashMap<ScopedKey, u64>,
+    next_seq: u64,
+}
+
+impl MemoryJobStore {
+    /// An empty store.
+    pub fn new() -> MemoryJobStore {
+        MemoryJobStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-written job: every write is
+        // one map insert, so the state is consistent and the poison is ignored.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn job_mut(&mut self, id: &JobId) -> Option<&mut Job> {
+        let seq = *self.by_id.get(id)?;
+        self.jobs.get_mut(&seq)
+    }
+}
+
+fn parse_cursor(cursor: Option<&str>) -> Result<Option<u64>, JobStoreError> {
+    match cursor {
+        None => Ok(None),
+        Some(c) => c
+            .strip_prefix("s")
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(Some)
+            .ok_or(JobStoreError::InvalidCursor),
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryJobStore {
+    async fn submit(&self, job: NewJob, limits: QueueLimits) -> Result<Submitted, JobStoreError> {
+        let mut state = self.lock();
+        if let Some(key) = &job.idempotency
+            && let Some(seq) = state.by_key.get(key)
+        {
+            return Ok(Submitted::Existing(state.jobs[seq].clone()));
+        }
+        if state.by_id.contains_key(&job.id) {
+            return Err(JobStoreError::Corrupt(format!("job id {} exists", job.id)));
+        }
+        let queued = state
+            .jobs
+            .values()
+            .filter(|j| j.status == JobStatus::Queued)
+            .count() as u64;
+        if queued >= limits.max_queued {
+            return Err(JobStoreError::QueueFull {
+                queued,
+                limit: limits.max_queued,
+            });
+        }
+        state.next_seq += 1;
+        let seq = state.next_seq;
+        let job = job.into_job(seq);
+        state.by_id.insert(job.id.clone(), seq);
+        if let Some(key) = &job.idempotency {
+            state.by_key.insert(key.clone(), seq);
+        }
+        state.jobs.insert(seq, job.clone());
+        Ok(Submitted::Created(job))
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, JobStoreError> {
+        let state = self.lock();
+        Ok(state.by_id.get(id).map(|seq| state.jobs[seq].clone()))
+    }
+
+    async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError> {
+        let state = self.lock();
+        Ok(state.by_key.get(key).map(|seq| state.jobs[seq].clone()))
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<Option<Job>, JobStoreError> {
+        let mut state = self.lock();
+        let best = state
+            .jobs
+            .values()
+            .filter(|j| is_runnable(j, now_ms))
+            .min_by(|a, b| claim_order((a.priority, a.seq), (b.priority, b.seq)))
+            .map(|j| j.seq);
+        let Some(seq) = best else { return Ok(None) };
+        let job = state.jobs.get_mut(&seq).expect("present");
+        job.lease = Some(Lease {
+            owner: owner.to_owned(),
+            until_ms: now_ms.saturating_add(duration_ms(lease)),
+        });
+        job.version += 1;
+        Ok(Some(job.clone()))
+    }
+
+    async fn renew(
+        &self,
+        id: &JobId,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<bool, JobStoreError> {
+        let mut state = self.lock();
+        let Some(job) = state.job_mut(id) else {
+            return Ok(false);
+        };
+        match &mut job.lease {
+            Some(l) if l.owner == owner && l.until_ms > now_ms => {
+                l.until_ms = now_ms.saturating_add(duration_ms(lease));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn update(&self, mut job: Job) -> Result<Job, JobStoreError> {
+        let mut state = self.lock();
+        let Some(stored) = state.job_mut(&job.id) else {
+            return Err(JobStoreError::NotFound(job.id));
+        };
+        if stored.version != job.version {
+            return Err(JobStoreError::Conflict {
+                id: job.id,
+                expected: job.version,
+            });
+        }
+        // What identifies the job never changes.
+        job.seq = stored.seq;
+        job.idempotency = stored.idempotency.clone();
+        job.version += 1;
+        *stored = job.clone();
+        Ok(job)
+    }
+
+    async fn list(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, JobStoreError> {
+        let before = parse_cursor(cursor)?.unwrap_or(u64::MAX);
+        let state = self.lock();
+        let limit = limit.max(1);
+        let mut jobs: Vec<Job> = state
+            .jobs
+            .range(..before)
+            .rev()
+            .map(|(_, j)| j)
+            .filter(|j| status.is_none_or(|s| j.status == s))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next_cursor = if jobs.len() > limit {
+            jobs.truncate(limit);
+            jobs.last().map(|j| format!("s{}", j.seq))
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
+        let mut state = self.lock();
+        let old: Vec<u64> = state
+            .jobs
+            .values()
+            .filter(|j| {
+                j.status.is_terminal() && j.finished_ms.is_some_and(|f| f < finished_before_ms)
+            })
+            .map(|j| j.seq)
+            .collect();
+        for seq in &old {
+            if let Some(job) = state.jobs.remove(seq) {
+                state.by_id.remove(&job.id);
+                if let Some(key) = &job.idempotency {
+                    state.by_key.remove(key);
+                }
+            }
+        }
+        Ok(old.len() as u64)
+    }
+
+    async fn counts(&self) -> Result<JobCounts, JobStoreError> {
+        let state = self.lock();
+        let mut counts = JobCounts {
+            by_status: JobStatus::ALL.into_iter().map(|s| (s, 0)).collect(),
+            oldest_queued_ms: [None; 4],
+        };
+        for job in state.jobs.values() {
+            *counts.by_status.entry(job.status).or_default() += 1;
+            if job.status == JobStatus::Queued {
+                let slot = &mut counts.oldest_queued_ms[job.priority.index()];
+                *slot = Some(slot.map_or(job.created_ms, |t| t.min(job.created_ms)));
+            }
+        }
+        Ok(counts)
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,12 @@
+//! The job-store contract suite against the in-memory store.
+
+use std::sync::Arc;
+
+use jobstore_memory::MemoryJobStore;
+use ports::JobStore;
+
+async fn new_store() -> Arc<dyn JobStore> {
+    Arc::new(MemoryJobStore::new())
+}
+
+ports::job_store_contract_tests!(new_store);

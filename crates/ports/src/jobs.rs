@@ -1,0 +1,442 @@
+//! The job-store port: durable talk jobs, claimed by workers in priority order.
+//!
+//! A [`Job`] is one intended talk: the request, its priority, and where it stands. The store
+//! keeps it until it is finished and its retention has passed; workers of every process
+//! sharing the store *claim* runnable jobs with a lease, work on them, and write each step
+//! back with a compare-and-set on [`Job::version`].
+//!
+//! # Contract
+//! Every adapter guarantees, and the contract suite (`ports::job_contract`) checks:
+//! - [`JobStore::submit`] is put-if-absent by idempotency key: of any number of concurrent
+//!   submits with one key (from any process), exactly one creates a job and the others get
+//!   [`Submitted::Existing`] with that job; a full queue refuses a new job with
+//!   [`JobStoreError::QueueFull`] and stores nothing;
+//! - [`JobStore::claim`] hands a runnable job to one worker at a time: the highest priority
+//!   first, then the oldest (`seq`, the store's own arrival order); a job is runnable when it
+//!   is not terminal, its `next_run_ms` has come and nobody holds an unexpired lease on it;
+//! - [`JobStore::update`] writes a job only if its version is still the one read
+//!   ([`JobStoreError::Conflict`] otherwise), so two workers that race never lose an update;
+//!   the stored version is then one higher;
+//! - [`JobStore::renew`] extends a lease only for its holder;
+//! - [`JobStore::list`] pages through jobs newest first with an opaque cursor, optionally of
+//!   one status; [`JobStore::purge`] deletes terminal jobs finished before a time, and their
+//!   keys with them.
+//!
+//! Times are milliseconds since the Unix epoch, passed in by the caller, so a store never
+//! reads a clock of its own (and the contract suite can move time without sleeping).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::{Priority, TalkId, TalkRequest};
+use serde::{Deserialize, Serialize};
+
+/// Characters of a job id after its `job_` prefix.
+pub const JOB_ID_LEN: usize = 22;
+/// The most attempts a job remembers; older ones are dropped first.
+pub const MAX_ATTEMPTS_KEPT: usize = 16;
+/// The longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// A job's identifier: `job_` and [`JOB_ID_LEN`] characters of `[A-Za-z0-9]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+/// A string that is not a job id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a job id is job_ followed by {JOB_ID_LEN} characters of [A-Za-z0-9]")]
+pub struct InvalidJobId;
+
+impl JobId {
+    /// A job id from random characters the caller drew (see [`JobId::parse`] for the form);
+    /// `random` must yield at least [`JOB_ID_LEN`] alphanumeric characters.
+    pub fn from_chars(random: impl Iterator<Item = char>) -> Result<JobId, InvalidJobId> {
+        let mut id = String::with_capacity(4 + JOB_ID_LEN);
+        id.push_str("job_");
+        id.extend(random.take(JOB_ID_LEN));
+        JobId::parse(&id)
+    }
+
+    /// Checks the form `job_[A-Za-z0-9]{22}`.
+    pub fn parse(text: &str) -> Result<JobId, InvalidJobId> {
+        match text.strip_prefix("job_") {
+            Some(rest) if rest.len() == JOB_ID_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                Ok(JobId(text.to_owned()))
+            }
+            _ => Err(InvalidJobId),
+        }
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = InvalidJobId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        JobId::parse(&s)
+    }
+}
+
+impl From<JobId> for String {
+    fn from(id: JobId) -> String {
+        id.0
+    }
+}
+
+/// Where a job stands.
+///
+/// `queued` → `creating` (a worker sends `POST /talks`) → `processing` (D-ID has the talk) →
+/// `done` | `failed`; `queued` → `cancelled`. A `creating` or `processing` job whose worker
+/// died goes on with the next worker that claims it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting for a worker (and a limiter slot).
+    Queued,
+    /// A worker is creating the talk; it may exist at D-ID already.
+    Creating,
+    /// D-ID has the talk; the job follows it until it ends.
+    Processing,
+    /// The talk is done; `result_url` is set.
+    Done,
+    /// The job ended without a video; `error` says why.
+    Failed,
+    /// Cancelled while queued: no talk was created.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// All states, in lifecycle order.
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Creating,
+        JobStatus::Processing,
+        JobStatus::Done,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    /// The lowercase name used in JSON, query strings and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Creating => "creating",
+            JobStatus::Processing => "processing",
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`JobStatus::as_str`]'s names.
+    pub fn parse(text: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether the job has ended (`done`, `failed`, `cancelled`).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Done | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a job failed: the service's stable error code and message, and the HTTP status it
+/// answers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailure {
+    /// The stable error code (`talk_failed`, `upstream_validation`, …).
+    pub code: String,
+    /// What went wrong, without secrets.
+    pub message: String,
+    /// The HTTP status the same error has on the synchronous routes.
+    pub http_status: u16,
+}
+
+/// One worker's turn on a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// The worker (`<instance>/<n>`).
+    pub worker: String,
+    /// What it did (`create`, `poll`, `adopt`…).
+    pub action: String,
+    /// When it started, ms since the epoch.
+    pub at_ms: u64,
+    /// How it ended (`ok`, `retry: …`, an error code).
+    pub outcome: String,
+}
+
+/// An idempotency key in its scope: the same key of two callers is two keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ScopedKey {
+    /// Whose key it is: a digest of the caller's bearer token, or `public` when auth is off.
+    pub scope: String,
+    /// The key as the caller sent it (at most [`MAX_IDEMPOTENCY_KEY_LEN`] bytes).
+    pub key: String,
+}
+
+/// A worker's claim on a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The worker holding it.
+    pub owner: String,
+    /// When it runs out, ms since the epoch.
+    pub until_ms: u64,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The job's id.
+    pub id: JobId,
+    /// The store's arrival order (set by [`JobStore::submit`]; unique, increasing).
+    pub seq: u64,
+    /// Written by every successful [`JobStore::update`], starting at 1.
+    pub version: u64,
+    /// The limiter class of its upstream calls and its place in the claim order.
+    pub priority: Priority,
+    /// The `POST /talks` body.
+    pub request: TalkRequest,
+    /// Where to report the outcome (stored; delivered by the webhooks feature).
+    pub callback_url: Option<String>,
+    /// The caller's idempotency key, if it sent one.
+    pub idempotency: Option<ScopedKey>,
+    /// A digest of the request as the caller sent it, to tell a replay from a misuse.
+    pub fingerprint: String,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// The talk at D-ID, once created.
+    pub talk_id: Option<TalkId>,
+    /// The finished video.
+    pub result_url: Option<String>,
+    /// When `result_url` stops working (D-ID keeps results about 24 h), ms since the epoch.
+    pub result_expires_ms: Option<u64>,
+    /// Why it failed.
+    pub error: Option<JobFailure>,
+    /// Submitted, ms since the epoch.
+    pub created_ms: u64,
+    /// Last written, ms since the epoch.
+    pub updated_ms: u64,
+    /// Reached a terminal state, ms since the epoch.
+    pub finished_ms: Option<u64>,
+    /// Not claimable before this, ms since the epoch (the next poll, a retry's back-off).
+    pub next_run_ms: u64,
+    /// Polls of the talk's status so far.
+    pub polls: u32,
+    /// The newest [`MAX_ATTEMPTS_KEPT`] worker turns.
+    pub attempts: Vec<Attempt>,
+    /// The worker that holds it, if any.
+    pub lease: Option<Lease>,
+}
+
+impl Job {
+    /// Appends an attempt, dropping the oldest beyond [`MAX_ATTEMPTS_KEPT`].
+    pub fn record_attempt(&mut self, attempt: Attempt) {
+        self.attempts.push(attempt);
+        if self.attempts.len() > MAX_ATTEMPTS_KEPT {
+            let extra = self.attempts.len() - MAX_ATTEMPTS_KEPT;
+            self.attempts.drain(..extra);
+        }
+    }
+}
+
+/// A job to submit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// A fresh id.
+    pub id: JobId,
+    /// Its priority.
+    pub priority: Priority,
+    /// The `POST /talks` body.
+    pub request: TalkRequest,
+    /// Where to report the outcome.
+    pub callback_url: Option<String>,
+    /// The caller's idempotency key.
+    pub idempotency: Option<ScopedKey>,
+    /// A digest of the request as sent.
+    pub fingerprint: String,
+    /// Now, ms since the epoch.
+    pub now_ms: u64,
+    /// Claim it at once for this worker (a synchronous route runs its own job), for this long.
+    pub lease: Option<Lease>,
+    /// The status it starts in: `queued`, or `creating` for a job claimed at once.
+    pub status: JobStatus,
+}
+
+impl NewJob {
+    /// The job as [`JobStore::submit`] stores it, with the store's `seq`.
+    pub fn into_job(self, seq: u64) -> Job {
+        Job {
+            id: self.id,
+            seq,
+            version: 1,
+            priority: self.priority,
+            request: self.request,
+            callback_url: self.callback_url,
+            idempotency: self.idempotency,
+            fingerprint: self.fingerprint,
+            status: self.status,
+            talk_id: None,
+            result_url: None,
+            result_expires_ms: None,
+            error: None,
+            created_ms: self.now_ms,
+            updated_ms: self.now_ms,
+            finished_ms: None,
+            next_run_ms: self.now_ms,
+            polls: 0,
+            attempts: Vec::new(),
+            lease: self.lease,
+        }
+    }
+}
+
+/// What [`JobStore::submit`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// The job is new.
+    Created(Job),
+    /// A job with the same idempotency key exists (whatever its fingerprint): nothing was
+    /// written.
+    Existing(Job),
+}
+
+/// How many jobs may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueLimits {
+    /// At most this many jobs `queued` at once, all priorities together.
+    pub max_queued: u64,
+}
+
+/// One page of [`JobStore::list`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<Job>,
+    /// Pass it back for the next page; `None` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// Jobs per state and the oldest queued job per priority.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCounts {
+    /// Jobs per state (every state present, zeros included).
+    pub by_status: BTreeMap<JobStatus, u64>,
+    /// `created_ms` of the oldest `queued` job of each priority, by [`Priority::index`].
+    pub oldest_queued_ms: [Option<u64>; 4],
+}
+
+/// What a job store can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobStoreError {
+    /// The job was written by someone else since it was read (its version moved on).
+    #[error("job {id} changed since it was read (version {expected} is no longer current)")]
+    Conflict {
+        /// The job.
+        id: JobId,
+        /// The version the writer had read.
+        expected: u64,
+    },
+    /// No such job.
+    #[error("no job {0}")]
+    NotFound(JobId),
+    /// The queue holds `max_queued` jobs already.
+    #[error("the job queue is full ({queued} of {limit} queued)")]
+    QueueFull {
+        /// Jobs queued now.
+        queued: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The cursor was not one this store handed out.
+    #[error("invalid cursor")]
+    InvalidCursor,
+    /// The store could not be reached or failed; nothing is known to have been written.
+    #[error("job store unavailable: {0}")]
+    Unavailable(String),
+    /// The store holds data this version cannot read.
+    #[error("job store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The durable home of jobs. Object-safe; inject it as `Arc<dyn JobStore>`.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Stores `job` unless its idempotency key exists already (then returns that job and
+    /// writes nothing), or `limits` would be exceeded by a new `queued` job.
+    async fn submit(&self, job: NewJob, limits: QueueLimits) -> Result<Submitted, JobStoreError>;
+    /// The job `id`.
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, JobStoreError>;
+    /// The job of an idempotency key.
+    async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError>;
+    /// Claims the first runnable job (priority, then `seq`) for `owner` until
+    /// `now_ms + lease`; the returned job carries the lease and its new version.
+    async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<Option<Job>, JobStoreError>;
+    /// Extends `owner`'s lease on `id` to `now_ms + lease`; `false` if it is not its lease
+    /// (any more). Does not change the job's version.
+    async fn renew(
+        &self,
+        id: &JobId,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<bool, JobStoreError>;
+    /// Replaces the stored job with `job` if the stored version is still `job.version`;
+    /// returns it as stored (version + 1).
+    async fn update(&self, job: Job) -> Result<Job, JobStoreError>;
+    /// Up to `limit` jobs (newest first), of `status` if given, after `cursor`.
+    async fn list(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, JobStoreError>;
+    /// Deletes terminal jobs that finished before `finished_before_ms`, and their keys;
+    /// returns how many.
+    async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError>;
+    /// Jobs per state and queue age per priority.
+    async fn counts(&self) -> Result<JobCounts, JobStoreError>;
+    /// The adapter's name (`memory`, `sqlite`, `redis`), for `/stats`.
+    fn kind(&self) -> &'static str;
+}
+
+/// Whether job `a` is claimed before job `b`: higher priority first, then lower `seq`.
+pub fn claim_order(a: (Priority, u64), b: (Priority, u64)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// Whether `job` may be claimed at `now_ms`.
+pub fn is_runnable(job: &Job, now_ms: u64) -> bool {
+    !job.status.is_terminal()
+        && job.next_run_ms <= now_ms
+        && job.lease.as_ref().is_none_or(|l| l.until_ms <= now_ms)
+}
+
+/// Duration as whole milliseconds (saturating).
+pub fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
