@@ -129,6 +129,21 @@ impl VideoApi for DidClient {
         Ok(created)
     }
 
+    #[tracing::instrument(skip(self, request), fields(priority = %priority, talk_id = tracing::field::Empty))]
+    async fn create_talk_keyed(
+        &self,
+        request: &TalkRequest,
+        priority: Priority,
+        key: &str,
+        look_first: bool,
+    ) -> Result<CreatedTalk, VideoApiError> {
+        let created = self
+            .create(request, priority, &CreateToken::derive(key), look_first)
+            .await?;
+        tracing::Span::current().record("talk_id", tracing::field::display(&created.id));
+        Ok(created)
+    }
+
     #[tracing::instrument(skip(self), fields(priority = %priority, talk_id = %id))]
     async fn get_talk(&self, id: &TalkId, priority: Priority) -> Result<Talk, VideoApiError> {
         self.fetch_talk(id, priority).await.map(untagged)

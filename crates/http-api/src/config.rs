@@ -465,6 +465,68 @@ settings! {
         help: "Name of the shared Redis limiter",
         parse: parse::limiter_name,
     }
+    /// `auto`: Redis when `REDIS_URL` is set (jobs shared by every instance), else SQLite.
+    job_store: JobStoreKind {
+        env: "JOB_STORE",
+        access: flag("job-store"),
+        default: "auto",
+        help: "Where jobs live: auto (redis with REDIS_URL, else sqlite), sqlite, redis, memory (not durable)",
+        parse: parse::job_store,
+    }
+    /// Created with its directory at start-up; keep it on a persistent disk.
+    job_store_path: PathBuf {
+        env: "JOB_STORE_PATH",
+        access: flag("job-store-path"),
+        default: "data/talkgate-jobs.sqlite3",
+        help: "File of the SQLite job store (relative to the working directory)",
+        parse: parse::file,
+    }
+    /// `0`: twice `MAX_CONCURRENT_REQUESTS` (enough to keep every slot busy while others poll).
+    job_workers: usize {
+        env: "JOB_WORKERS",
+        access: flag("job-workers"),
+        default: "0",
+        help: "Job workers per instance; 0: twice the concurrency limit",
+        parse: |raw| parse::whole(raw, 0usize),
+    }
+    /// Beyond it `POST /jobs` answers 429 with `Retry-After`; nothing is dropped.
+    job_queue_max: u64 {
+        env: "JOB_QUEUE_MAX",
+        access: flag("job-queue-max"),
+        default: "10000",
+        help: "Most jobs queued at once (all priorities); then POST /jobs answers 429",
+        parse: |raw| parse::whole(raw, 1u64),
+    }
+    /// Their idempotency keys are kept as long.
+    job_retention: Duration {
+        env: "JOB_RETENTION_SECS",
+        access: flag("job-retention-secs"),
+        default: "604800",
+        help: "Seconds finished jobs (and their idempotency keys) are kept",
+        parse: |raw| parse::seconds(raw, false),
+    }
+    /// A dead worker's job is taken over this long after its last renewal.
+    job_lease: Duration {
+        env: "JOB_LEASE_SECS",
+        access: flag("job-lease-secs"),
+        default: "30",
+        help: "Seconds a worker's claim on a job lasts without renewal (at least 1)",
+        parse: |raw| parse::seconds(raw, false).and_then(|d| if d < Duration::from_secs(1) { Err(format!("{raw:?} is below the 1 s minimum")) } else { Ok(d) }),
+    }
+}
+
+/// Where jobs are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JobStoreKind {
+    /// Redis when `REDIS_URL` is set, else SQLite.
+    #[default]
+    Auto,
+    /// The SQLite file at `JOB_STORE_PATH`.
+    Sqlite,
+    /// The Redis of `REDIS_URL` (needed).
+    Redis,
+    /// In memory: lost at exit (tests, throw-away setups).
+    Memory,
 }
 
 /// One variable that could not be used.

@@ -54,11 +54,11 @@ impl Cutoff {
     }
 }
 
-/// Where a request records the talk it created (at most one: a generate creates one talk).
-/// `server::handle` puts one into every request's extensions and reads it if the request is
-/// cut off.
+/// Where a request records the talk it created (at most one: a generate creates one talk)
+/// and the job it runs. `server::handle` puts one into every request's extensions and reads
+/// it if the request is cut off.
 #[derive(Debug, Clone, Default)]
-pub struct TalkSlot(Arc<OnceLock<TalkId>>);
+pub struct TalkSlot(Arc<(OnceLock<TalkId>, OnceLock<String>)>);
 
 impl TalkSlot {
     /// The slot of `req`; a slot nobody reads when `req` did not come through
@@ -72,12 +72,22 @@ impl TalkSlot {
 
     /// Records the created talk. A second call keeps the first id.
     pub fn record(&self, id: &TalkId) {
-        let _ = self.0.set(id.clone());
+        let _ = self.0.0.set(id.clone());
     }
 
     /// The recorded talk, if any.
     pub fn get(&self) -> Option<TalkId> {
-        self.0.get().cloned()
+        self.0.0.get().cloned()
+    }
+
+    /// Records the request's job. A second call keeps the first id.
+    pub fn record_job(&self, id: &str) {
+        let _ = self.0.1.set(id.to_owned());
+    }
+
+    /// The recorded job, if any.
+    pub fn job(&self) -> Option<String> {
+        self.0.1.get().cloned()
     }
 }
 

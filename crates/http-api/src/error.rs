@@ -168,10 +168,54 @@ pub enum ApiError {
     ShuttingDown {
         /// The talk the request had created (a generate), which D-ID keeps rendering.
         talk_id: Option<TalkId>,
+        /// The job the request ran (a generate): re-attach with it or the same
+        /// `Idempotency-Key`.
+        job_id: Option<String>,
     },
     /// A bug: a handler panicked or an impossible state was reached.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No job has this id (or it was purged after its retention).
+    #[error("no job {0}")]
+    JobNotFound(String),
+    /// A job id in the path was malformed.
+    #[error("invalid job id: a job id is job_ followed by 22 characters of [A-Za-z0-9]")]
+    InvalidJobId,
+    /// The `Idempotency-Key` header was malformed.
+    #[error("invalid Idempotency-Key: {0}")]
+    InvalidIdempotencyKey(String),
+    /// The key was used before with a different request.
+    #[error("this Idempotency-Key was used with a different request; use a new key for a new request")]
+    IdempotencyKeyReused {
+        /// The job the key belongs to.
+        job_id: String,
+    },
+    /// The first request with this key is still being accepted.
+    #[error("a request with this Idempotency-Key is still being accepted; retry shortly")]
+    IdempotencyKeyInUse,
+    /// The job queue is full.
+    #[error("the job queue is full ({queued} of {limit} queued)")]
+    QueueFull {
+        /// Jobs queued now.
+        queued: u64,
+        /// The limit (`JOB_QUEUE_MAX`).
+        limit: u64,
+        /// When there will likely be room, from the recent drain rate.
+        retry_after: Duration,
+    },
+    /// The job store failed; nothing is known to have been written.
+    #[error("job store unavailable: {0}")]
+    JobStore(String),
+    /// The job cannot be cancelled in its state.
+    #[error("job {job_id} is {status} and cannot be cancelled")]
+    JobNotCancellable {
+        /// The job.
+        job_id: String,
+        /// Its state.
+        status: &'static str,
+        /// Its talk, if one was created (and paid).
+        talk_id: Option<TalkId>,
+    },
 }
 
 /// How one error is answered, apart from its words: the status, the stable code, and the
@@ -324,6 +368,21 @@ impl ApiError {
                 .retry_after(SHUTDOWN_RETRY_AFTER)
                 .close(),
             ApiError::Internal(_) => row(S::INTERNAL_SERVER_ERROR, "internal_error"),
+            ApiError::JobNotFound(_) => row(S::NOT_FOUND, "job_not_found"),
+            ApiError::InvalidJobId => row(S::BAD_REQUEST, "invalid_job_id"),
+            ApiError::InvalidIdempotencyKey(_) => row(S::BAD_REQUEST, "invalid_idempotency_key"),
+            ApiError::IdempotencyKeyReused { .. } => {
+                row(S::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            ApiError::IdempotencyKeyInUse => {
+                row(S::CONFLICT, "idempotency_key_in_use").retry_after(Duration::from_secs(1))
+            }
+            ApiError::QueueFull { retry_after, .. } => {
+                row(S::TOO_MANY_REQUESTS, "job_queue_full").retry_after(*retry_after)
+            }
+            ApiError::JobStore(_) => row(S::SERVICE_UNAVAILABLE, "job_store_unavailable")
+                .retry_after(QUEUE_RETRY_AFTER),
+            ApiError::JobNotCancellable { .. } => row(S::CONFLICT, "job_not_cancellable"),
         }
     }
 
@@ -335,6 +394,11 @@ impl ApiError {
     /// The stable, documented snake_case code (the contract clients switch on).
     pub fn code(&self) -> &'static str {
         self.row().code
+    }
+
+    /// The message shown to the caller (what a failed job stores).
+    pub(crate) fn public_message(&self) -> String {
+        self.text().0
     }
 
     /// What the answer says: the message shown to the caller, and the extra fields next to
@@ -436,18 +500,60 @@ impl ApiError {
             ApiError::Upstream(V::Limiter(LimiterError::Unavailable { .. })) => {
                 said("the concurrency limiter is unavailable; retry later".to_owned())
             }
-            ApiError::ShuttingDown { talk_id: Some(id) } => (
-                format!(
-                    "the service is shutting down; talk {id} was created and keeps rendering at \
-                     D-ID: follow it at status_url instead of generating it again"
-                ),
-                vec![
-                    ("talk_id", json!(id)),
-                    ("status_url", json!(crate::uri::status_url(id))),
-                ],
+            ApiError::ShuttingDown { talk_id, job_id } => {
+                let mut extra = Vec::new();
+                let mut message = match talk_id {
+                    Some(id) => {
+                        extra.push(("talk_id", json!(id)));
+                        extra.push(("status_url", json!(crate::uri::status_url(id))));
+                        format!(
+                            "the service is shutting down; talk {id} was created and keeps \
+                             rendering at D-ID: follow it at status_url instead of generating it \
+                             again"
+                        )
+                    }
+                    None => {
+                        "the service is shutting down; retry after the Retry-After delay".to_owned()
+                    }
+                };
+                if let Some(job) = job_id {
+                    extra.push(("job_id", json!(job)));
+                    extra.push(("job_url", json!(crate::uri::job_url(job))));
+                    message.push_str(&format!(
+                        "; job {job} goes on on another instance: re-attach with the same \
+                         Idempotency-Key or follow job_url"
+                    ));
+                }
+                (message, extra)
+            }
+            ApiError::IdempotencyKeyReused { job_id } => (
+                self.to_string(),
+                vec![("job_id", json!(job_id))],
             ),
-            ApiError::ShuttingDown { talk_id: None } => {
-                said("the service is shutting down; retry after the Retry-After delay".to_owned())
+            ApiError::JobNotCancellable {
+                job_id,
+                status,
+                talk_id,
+            } => {
+                let mut extra = vec![("job_id", json!(job_id)), ("status", json!(status))];
+                let message = match talk_id {
+                    Some(t) => {
+                        extra.push(("talk_id", json!(t)));
+                        format!(
+                            "job {job_id} is {status}: its talk {t} was created at D-ID and is \
+                             paid; it cannot be un-paid by cancelling"
+                        )
+                    }
+                    None if *status == "creating" => format!(
+                        "job {job_id} is {status}: its talk may exist at D-ID already (and be \
+                         paid), so it cannot be cancelled"
+                    ),
+                    None => format!("job {job_id} is {status} and cannot be cancelled"),
+                };
+                (message, extra)
+            }
+            ApiError::JobStore(_) => {
+                said("the job store is unavailable; retry after the Retry-After delay".to_owned())
             }
             ApiError::Internal(_)
             | ApiError::Upstream(V::Limiter(LimiterError::InvalidLimit { .. })) => {
@@ -774,7 +880,7 @@ mod tests {
         );
         check(ApiError::AdminDisabled, 403, "admin_disabled");
         check(
-            ApiError::ShuttingDown { talk_id: None },
+            ApiError::ShuttingDown { talk_id: None, job_id: None },
             503,
             "shutting_down",
         );
@@ -835,7 +941,7 @@ mod tests {
         }
         .into_response();
         assert_eq!(r.headers()[header::CONNECTION], "close");
-        let r = ApiError::ShuttingDown { talk_id: None }.into_response();
+        let r = ApiError::ShuttingDown { talk_id: None, job_id: None }.into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
         assert_eq!(r.headers()[header::CONNECTION], "close");
     }
@@ -949,6 +1055,7 @@ mod tests {
     fn a_generate_cut_off_at_shutdown_names_its_talk_and_where_to_follow_it() {
         let err = ApiError::ShuttingDown {
             talk_id: Some(talk_id()),
+            job_id: None,
         };
         assert!(!err.log_level_is_error(), "logged at warn by the server");
         assert!(err.to_string().contains("tlk_abc"), "{err}");
@@ -960,7 +1067,7 @@ mod tests {
             "/api/d_id_optimized/talk-status/tlk_abc"
         );
         assert!(v["error"]["message"].as_str().unwrap().contains("tlk_abc"));
-        let v = body(ApiError::ShuttingDown { talk_id: None }.into_response());
+        let v = body(ApiError::ShuttingDown { talk_id: None, job_id: None }.into_response());
         assert_eq!(v["error"].get("talk_id"), None);
         assert_eq!(v["error"].get("status_url"), None);
     }

@@ -7,48 +7,23 @@
 //! is taken inside the adapter, per HTTP exchange, so no handler holds a slot while it waits.
 
 use bytes::Bytes;
-use domain::{Priority, Script, TalkConfig, TalkId, TalkRequest, UploadKind};
+use domain::{Priority, TalkId, UploadKind};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use ports::{VideoApiError, WaitOptions};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use ports::{Job, JobId, JobStatus, NewJob, Submitted, VideoApiError, WaitOptions};
+use serde_json::json;
 use tokio::time::Instant;
 
 use crate::body::{self, BoxError};
 use crate::cutoff::TalkSlot;
 use crate::error::{ApiError, Body, json_response};
+use crate::job_routes::{self, TalkBody, require_upstream};
+use crate::jobs::{CreateMode, failure_is_retryable, fingerprint, new_job_id, now_ms};
 use crate::state::AppState;
 use crate::uri::{query_param, status_url};
 
-/// D-ID routes answer 503 at once without a key, before reading (and buffering) a body.
-fn require_upstream(state: &AppState) -> Result<(), ApiError> {
-    if state.settings().api_key_configured {
-        Ok(())
-    } else {
-        Err(VideoApiError::NotConfigured.into())
-    }
-}
-
-/// Parses an optional priority; absent means `normal`, anything unknown is an error.
+/// Parses an optional priority (see [`job_routes::priority`]).
 fn priority(given: Option<&str>) -> Result<Priority, ApiError> {
-    match given {
-        None => Ok(Priority::Normal),
-        Some(s) => Ok(s.parse::<Priority>()?),
-    }
-}
-
-/// The body of `POST /generate-video`. Unknown fields are ignored, as pydantic did.
-#[derive(Debug, Deserialize)]
-struct GenerateVideoBody {
-    audio_url: String,
-    source_url: String,
-    #[serde(default)]
-    priority: Option<String>,
-    #[serde(default)]
-    config: Option<Value>,
-    /// `false` answers 202 at once (see [`wants_async`]).
-    #[serde(default)]
-    wait: Option<bool>,
+    job_routes::priority(given)
 }
 
 /// Whether the caller asked for the asynchronous form: `"wait": false` in the body, or
@@ -71,17 +46,9 @@ fn wants_async(wait: Option<bool>, headers: &HeaderMap) -> (bool, bool) {
     }
 }
 
-/// The original service's default config, used when the caller sends none: stitch the face
-/// back into the image, no padding. A caller's `config` replaces it as a whole.
-fn default_config() -> TalkConfig {
-    TalkConfig {
-        stitch: Some(true),
-        pad_audio: Some(0.0),
-        ..TalkConfig::default()
-    }
-}
-
-/// `POST /generate-video`.
+/// `POST /generate-video`: runs as a job (see [`crate::jobs`]) that this request works on
+/// itself, so the answer and its JSON are as before (plus `job_id`), while a caller that is
+/// cut off can re-attach with its `Idempotency-Key` (or follow the job).
 pub async fn generate_video<B>(
     state: &AppState,
     req: Request<B>,
@@ -91,66 +58,86 @@ where
     B::Error: Into<BoxError>,
 {
     require_upstream(state)?;
+    let jobs = state.jobs();
     let headers = req.headers().clone();
     let slot = TalkSlot::of(&req);
-    let body: GenerateVideoBody = body::read_json(req, state.settings().json_body_limit).await?;
-    let priority = priority(body.priority.as_deref())?;
-    let config = match body.config {
-        None | Some(Value::Null) => default_config(),
-        Some(v) => serde_json::from_value::<TalkConfig>(v)
-            .map_err(|e| ApiError::InvalidConfig(e.to_string()))?,
-    };
-    let request = TalkRequest::new(
-        Some(body.source_url),
-        Script::Audio {
-            audio_url: body.audio_url,
-        },
-    )?
-    .with_config(config)?;
+    let key = job_routes::idempotency_key(&headers, state)?;
+    let accepting = key.as_ref().map(|k| jobs.begin_accepting(k)).transpose()?;
+    let body: TalkBody = body::read_json(req, state.settings().json_body_limit).await?;
+    let (request, priority) = body.request()?;
     let (asynchronous, by_header) = wants_async(body.wait, &headers);
-    let video = &state.inner.video;
+    let started = Instant::now();
+    let fp = fingerprint(&request, priority, None);
+    let owner = jobs.inline_owner();
+    let new = NewJob {
+        id: new_job_id(),
+        priority,
+        request,
+        callback_url: None,
+        idempotency: key,
+        fingerprint: fp.clone(),
+        now_ms: now_ms(),
+        lease: Some(jobs.lease_for(&owner)),
+        status: JobStatus::Creating,
+    };
+    let submitted = jobs.submit(new).await?;
+    drop(accepting);
+    let job = match submitted {
+        Submitted::Created(job) => job,
+        Submitted::Existing(job) if job.fingerprint != fp => {
+            return Err(ApiError::IdempotencyKeyReused {
+                job_id: job.id.to_string(),
+            });
+        }
+        Submitted::Existing(job) if failure_is_retryable(&job) => {
+            tracing::info!(job_id = %job.id, "replayed key of a job that failed before D-ID: trying again");
+            jobs.retake(job, &owner)
+                .await
+                .map_err(|e| jobs.api_error(e))?
+        }
+        Submitted::Existing(job) => {
+            return reattach(state, job, asynchronous, by_header, &slot).await;
+        }
+    };
+    slot.record_job(job.id.as_str());
+    let job_id = job.id.clone();
+    let _hold = jobs.hold(&job_id, &owner);
+    let mode = if asynchronous {
+        CreateMode::InlineAsync
+    } else {
+        CreateMode::InlineWait
+    };
+    let (_, created) = jobs
+        .create(job, &owner, mode)
+        .await
+        .map_err(|e| jobs.api_error(e))?;
+    let created = created?;
+    let talk_id = created.id.clone();
+    slot.record(&talk_id);
 
     if asynchronous {
-        let created = video.create_talk(&request, priority).await?;
-        slot.record(&created.id);
-        tracing::info!(talk_id = %created.id, %priority, "talk created (asynchronous)");
-        let status_url = status_url(&created.id);
-        let mut resp = json_response(
-            StatusCode::ACCEPTED,
-            &json!({
-                "id": created.id,
-                "status": created.status,
-                "created_at": created.created_at,
-                "message": "Video generation started",
-                "status_url": status_url,
-            }),
-        );
-        if let Ok(v) = HeaderValue::from_str(&status_url) {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        if by_header {
-            resp.headers_mut().insert(
-                "preference-applied",
-                HeaderValue::from_static("respond-async"),
-            );
-        }
-        return Ok(resp);
+        tracing::info!(%talk_id, %job_id, %priority, "talk created (asynchronous)");
+        return Ok(accepted(
+            &talk_id,
+            &job_id,
+            Some(created.status.as_str()),
+            created.created_at.clone(),
+            by_header,
+            false,
+        ));
     }
 
-    // Create and wait as two calls, so that the talk id is known while waiting: a request
-    // cut off at shutdown still names the paid talk (see `cutoff`).
-    let started = Instant::now();
-    let created = video.create_talk(&request, priority).await?;
-    slot.record(&created.id);
-    tracing::info!(talk_id = %created.id, %priority, "talk created; waiting for it");
+    tracing::info!(%talk_id, %job_id, %priority, "talk created; waiting for it");
     // `MAX_WAIT_SECS` counts from the start of the create, as documented.
     let configured = state.settings().wait;
     let wait = WaitOptions {
         max_wait: configured.max_wait.saturating_sub(started.elapsed()),
         ..configured
     };
-    let talk = video
-        .wait_for_talk(&created.id, priority, wait)
+    let outcome = state
+        .inner
+        .video
+        .wait_for_talk(&talk_id, priority, wait)
         .await
         .map_err(|e| match e {
             VideoApiError::TalkTimedOut { talk_id, .. } => VideoApiError::TalkTimedOut {
@@ -158,8 +145,13 @@ where
                 waited: started.elapsed(),
             },
             other => other,
-        })?;
-    tracing::info!(talk_id = %talk.id, %priority, "talk done");
+        });
+    if let Err(e) = jobs.finish_inline(&job_id, &outcome).await {
+        // The caller still gets its answer; the job is finished by the next owner.
+        tracing::warn!(%job_id, error = %e, "could not record the end of a generate's job");
+    }
+    let talk = outcome?;
+    tracing::info!(talk_id = %talk.id, %job_id, %priority, "talk done");
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -168,8 +160,112 @@ where
             "result_url": talk.result_url,
             "created_at": talk.created_at,
             "message": "Video generated successfully",
+            "job_id": job_id,
         }),
     ))
+}
+
+/// The 202 of an asynchronous generate.
+fn accepted(
+    talk_id: &TalkId,
+    job_id: &JobId,
+    status: Option<&str>,
+    created_at: Option<String>,
+    by_header: bool,
+    replayed: bool,
+) -> Response<Body> {
+    let status_url = status_url(talk_id);
+    let mut resp = json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "id": talk_id,
+            "status": status,
+            "created_at": created_at,
+            "message": "Video generation started",
+            "status_url": status_url,
+            "job_id": job_id,
+        }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&status_url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if by_header {
+        resp.headers_mut().insert(
+            "preference-applied",
+            HeaderValue::from_static("respond-async"),
+        );
+    }
+    if replayed {
+        job_routes::mark_replayed(&mut resp);
+    }
+    resp
+}
+
+/// A replayed generate: answers with the job's outcome, waiting for it (as long as a new
+/// generate would) if it is still running elsewhere or was left by a dead instance.
+async fn reattach(
+    state: &AppState,
+    job: Job,
+    asynchronous: bool,
+    by_header: bool,
+    slot: &TalkSlot,
+) -> Result<Response<Body>, ApiError> {
+    let jobs = state.jobs();
+    slot.record_job(job.id.as_str());
+    tracing::info!(job_id = %job.id, status = %job.status, "generate replayed; re-attaching to its job");
+    let wait = state.settings().wait.max_wait;
+    let deadline = tokio::time::Instant::now()
+        + if asynchronous {
+            wait.min(std::time::Duration::from_secs(10))
+        } else {
+            wait
+        };
+    let job = jobs
+        .wait_for(&job.id, deadline, |j| {
+            j.status.is_terminal() || (asynchronous && j.talk_id.is_some())
+        })
+        .await?;
+    if let Some(talk) = &job.talk_id {
+        slot.record(talk);
+    }
+    let mut resp = match (&job.status, &job.talk_id) {
+        (JobStatus::Failed | JobStatus::Cancelled, _) => job_routes::failure_response(&job),
+        (_, Some(talk_id)) if asynchronous => accepted(
+            talk_id,
+            &job.id,
+            Some(if job.status == JobStatus::Done { "done" } else { "created" }),
+            None,
+            by_header,
+            true,
+        ),
+        (JobStatus::Done, Some(talk_id)) => json_response(
+            StatusCode::OK,
+            &json!({
+                "id": talk_id,
+                "status": "done",
+                "result_url": job.result_url,
+                "created_at": job_routes::timestamp(job.created_ms),
+                "message": "Video generated successfully",
+                "job_id": job.id,
+            }),
+        ),
+        (_, Some(talk_id)) => {
+            return Err(VideoApiError::TalkTimedOut {
+                talk_id: talk_id.clone(),
+                waited: wait,
+            }
+            .into());
+        }
+        (_, None) => {
+            return Err(VideoApiError::Limiter(ports::LimiterError::Timeout {
+                priority: job.priority,
+                waited: wait,
+            })
+            .into());
+        }
+    };
+    job_routes::mark_replayed(&mut resp);
+    Ok(resp)
 }
 
 /// `POST /upload-source-image` and `POST /upload-audio`.

@@ -17,6 +17,9 @@
 //! - [`router`]: the route table and the auth rule per route.
 //! - [`uri`]: the route prefix, a talk's status URL, query parameters.
 //! - [`handlers`]: `generate-video`, `upload-source-image`, `upload-audio`, `talk-status`.
+//! - [`job_routes`]: `POST /jobs`, `GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}`, and
+//!   the `Idempotency-Key` rules.
+//! - [`jobs`]: the job engine (workers, leases, the create/poll steps, re-attaching).
 //! - [`ops`]: `stats`, `health`, `ready`, `metrics`, `cleanup-expired`.
 //! - [`body`]: JSON and multipart bodies, always size-limited.
 //! - [`auth`]: bearer tokens compared in constant time.
@@ -30,6 +33,8 @@ pub mod config;
 pub mod cutoff;
 pub mod error;
 pub mod handlers;
+pub mod job_routes;
+pub mod jobs;
 pub mod head;
 pub mod metrics;
 pub mod ops;

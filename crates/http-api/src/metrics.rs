@@ -185,6 +185,16 @@ impl Metrics {
         s.upstream = Some(upstream);
     }
 
+    /// Stores the job counts that the next [`Metrics::encode`] reports, as of `now_ms`.
+    pub fn set_jobs(&self, counts: ports::JobCounts, now_ms: u64) {
+        let mut s = self
+            .snapshot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.jobs = Some((counts, now_ms));
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -201,6 +211,13 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 struct SnapshotState {
     limiter: Option<LimiterStats>,
     upstream: Option<VideoApiStats>,
+    jobs: Option<(ports::JobCounts, u64)>,
+}
+
+/// Labels of one job state.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobStatusLabels {
+    status: &'static str,
 }
 
 /// Encodes the snapshots stored by [`Metrics::set_snapshot`] as constant metrics.
@@ -325,6 +342,28 @@ impl Collector for SnapshotCollector {
                 "Expired leases or dead waiters reclaimed",
                 c.leases_reclaimed,
             )?;
+        }
+        if let Some((counts, now)) = &s.jobs {
+            let g = ConstGauge::new(0i64);
+            let mut m = enc.encode_descriptor("jobs", "Jobs in the store now, by state", None, g.metric_type())?;
+            for (status, n) in &counts.by_status {
+                let labels = JobStatusLabels { status: status.as_str() };
+                let g = ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX));
+                g.encode(m.encode_family(&labels)?)?;
+            }
+            let g = ConstGauge::new(0.0f64);
+            let mut m = enc.encode_descriptor(
+                "job_queue_age_seconds",
+                "Age of the oldest queued job, by priority (0: none queued)",
+                None,
+                g.metric_type(),
+            )?;
+            for p in Priority::ALL {
+                let labels = PriorityLabels { priority: p.as_str() };
+                let age = counts.oldest_queued_ms[p.index()]
+                    .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
+                ConstGauge::new(age).encode(m.encode_family(&labels)?)?;
+            }
         }
         if let Some(u) = &s.upstream {
             counter(

@@ -7,6 +7,7 @@
 //! serving backend, the Redis address (never the password) and why it is unusable
 //! (`auth`, `refused`, `timeout`, `tls`, `other`).
 
+use domain::Priority;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -91,8 +92,42 @@ pub async fn stats(state: &AppState) -> Result<Response<Body>, ApiError> {
     });
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "client": client, "rate_limiter": limiter_json(&limiter) }),
+        &json!({
+            "client": client,
+            "rate_limiter": limiter_json(&limiter),
+            "jobs": jobs_json(state).await,
+        }),
     ))
+}
+
+/// The jobs part of `/stats`: the store, jobs per state (`<state>_jobs`), the age of the
+/// oldest queued job per priority (`<priority>_queue_age_ms`, 0 when none is queued).
+async fn jobs_json(state: &AppState) -> Value {
+    let jobs = state.jobs();
+    let config = jobs.config();
+    let mut v = json!({
+        "store": jobs.store().kind(),
+        "workers": config.workers,
+        "queue_max": config.queue.max_queued,
+        "lease_ms": ports::jobs::duration_ms(config.lease),
+        "retention_ms": ports::jobs::duration_ms(config.retention),
+    });
+    match jobs.store().counts().await {
+        Ok(counts) => {
+            let now = crate::jobs::now_ms();
+            for (status, n) in &counts.by_status {
+                v[format!("{}_jobs", status.as_str())] = json!(n);
+            }
+            // 0 when none of that priority is queued.
+            for p in Priority::ALL {
+                v[format!("{}_queue_age_ms", p.as_str())] = json!(
+                    counts.oldest_queued_ms[p.index()].map_or(0, |t| now.saturating_sub(t))
+                );
+            }
+        }
+        Err(e) => v["store_error"] = json!(e.to_string()),
+    }
+    v
 }
 
 /// `GET /health` (liveness).
@@ -189,6 +224,10 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
     let upstream = state.inner.video.stats();
     let m = state.metrics();
     m.set_snapshot(limiter, upstream);
+    match state.jobs().store().counts().await {
+        Ok(counts) => m.set_jobs(counts, crate::jobs::now_ms()),
+        Err(e) => tracing::warn!(error = %e, "job counts unavailable for /metrics"),
+    }
     let text = m
         .encode()
         .map_err(|_| ApiError::Internal("metrics encoding failed".into()))?;

@@ -19,6 +19,7 @@ use crate::auth;
 use crate::body::BoxError;
 use crate::error::{ApiError, Body};
 use crate::handlers;
+use crate::job_routes;
 use crate::ops;
 use crate::state::AppState;
 use crate::uri::PREFIX;
@@ -43,6 +44,10 @@ pub mod templates {
     pub const METRICS: &str = "/metrics";
     /// `POST /api/d_id_optimized/cleanup-expired`.
     pub const CLEANUP: &str = "/api/d_id_optimized/cleanup-expired";
+    /// `POST` and `GET /api/d_id_optimized/jobs`.
+    pub const JOBS: &str = "/api/d_id_optimized/jobs";
+    /// `GET` and `DELETE /api/d_id_optimized/jobs/{job_id}`.
+    pub const JOB: &str = "/api/d_id_optimized/jobs/{job_id}";
     /// Any path without a route.
     pub const UNMATCHED: &str = "unmatched";
 }
@@ -59,6 +64,8 @@ enum Route {
     Ready,
     Metrics,
     Cleanup,
+    Jobs,
+    Job(String),
 }
 
 impl Route {
@@ -74,6 +81,8 @@ impl Route {
             Route::Ready => t::READY,
             Route::Metrics => t::METRICS,
             Route::Cleanup => t::CLEANUP,
+            Route::Jobs => t::JOBS,
+            Route::Job(_) => t::JOB,
         }
     }
 
@@ -82,6 +91,8 @@ impl Route {
             Route::GenerateVideo | Route::UploadImage | Route::UploadAudio | Route::Cleanup => {
                 &["POST"]
             }
+            Route::Jobs => &["GET", "HEAD", "POST"],
+            Route::Job(_) => &["GET", "HEAD", "DELETE"],
             // HEAD answers like GET without a body (RFC 9110 §9.3.2); hyper drops the body.
             _ => &["GET", "HEAD"],
         }
@@ -121,7 +132,12 @@ fn match_path(path: &str) -> Option<Route> {
         "/ready" => Route::Ready,
         "/metrics" => Route::Metrics,
         "/cleanup-expired" => Route::Cleanup,
+        "/jobs" => Route::Jobs,
         _ => {
+            if let Some(id) = rest.strip_prefix("/jobs/") {
+                // As for talk ids: the job id parser says what is wrong with it.
+                return Some(Route::Job(id.to_owned()));
+            }
             // Everything after the prefix is the id, also if it holds '/' or '%': TalkId
             // rejects it with a 400 that says why, instead of a confusing 404.
             let id = rest.strip_prefix("/talk-status/")?;
@@ -178,6 +194,12 @@ where
         Route::Ready => ops::ready(state).await,
         Route::Metrics => ops::metrics(state).await,
         Route::Cleanup => ops::cleanup(state, req).await,
+        Route::Jobs if req.method() == http::Method::POST => job_routes::submit(state, req).await,
+        Route::Jobs => job_routes::list(state, &req).await,
+        Route::Job(id) if req.method() == http::Method::DELETE => {
+            job_routes::cancel(state, &id).await
+        }
+        Route::Job(id) => job_routes::get(state, &id).await,
     };
     (template, result)
 }
@@ -214,6 +236,11 @@ mod tests {
         check(
             "/api/d_id_optimized/talk-status/../credits",
             Some(Route::TalkStatus("../credits".into())),
+        );
+        check("/api/d_id_optimized/jobs", Some(Route::Jobs));
+        check(
+            "/api/d_id_optimized/jobs/job_x",
+            Some(Route::Job("job_x".into())),
         );
         check("/api/d_id_optimized/talk-status", None);
         check("/api/d_id_optimized/nope", None);

@@ -131,6 +131,7 @@ where
             template,
             Err(ApiError::ShuttingDown {
                 talk_id: talk.get(),
+                job_id: talk.job(),
             }),
         ),
         Some(Ok(x)) => x,
@@ -149,10 +150,11 @@ where
         Ok(resp) => resp,
         Err(e) => {
             // The one place where an error's cause is logged.
-            if let ApiError::ShuttingDown { talk_id } = &e {
+            if let ApiError::ShuttingDown { talk_id, job_id } = &e {
                 // The only trace of a paid talk whose caller got no video: name it.
                 tracing::warn!(
                     talk_id = talk_id.as_ref().map(tracing::field::display),
+                    job_id = job_id.as_deref(),
                     code = e.code(),
                     "shutdown grace elapsed; request cut off"
                 );
@@ -243,6 +245,8 @@ pub async fn run(
         tracing::info!(%addr, "listening");
     }
 
+    // The job workers run while the server does (every instance works on the shared jobs).
+    state.jobs().start();
     let mut accept_log = FailureLog::new(ACCEPT_LOG_WINDOW);
     loop {
         tokio::select! {
@@ -291,6 +295,25 @@ pub async fn run(
         grace_ms = grace.as_millis() as u64,
         "shutting down"
     );
+    // Workers stop claiming now; their current steps get the same grace as the requests.
+    // What is unfinished stays in the store for the next owner (after its lease).
+    state.jobs().stop();
+    let workers_done = state.jobs().join(grace);
+    let requests_done = drain(grace, graceful, cutoff_trigger, &mut connections);
+    tokio::join!(workers_done, requests_done);
+    // Aborting drops each request's future and with it any permit or queue place.
+    connections.shutdown().await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Waits up to `grace` for the in-flight requests; then cuts the rest off (module docs).
+async fn drain(
+    grace: Duration,
+    graceful: GracefulShutdown,
+    cutoff_trigger: crate::cutoff::CutoffTrigger,
+    connections: &mut JoinSet<()>,
+) {
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
@@ -312,10 +335,6 @@ pub async fn run(
             );
         }
     }
-    // Aborting drops each request's future and with it any permit or queue place.
-    connections.shutdown().await;
-    tracing::info!("shut down");
-    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

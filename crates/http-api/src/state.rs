@@ -10,6 +10,7 @@ use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
 use secrecy::SecretString;
 
 use crate::config::Config;
+use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::Metrics;
 use crate::telemetry::Scrubber;
 
@@ -81,19 +82,42 @@ pub(crate) struct Inner {
     pub limiter: Arc<dyn ConcurrencyLimiter>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// The job engine (every generate runs as a job).
+    pub jobs: Arc<Jobs>,
     /// Since when the limiter has been seen degraded (by `/ready`, `/health` or `/stats`).
     pub degraded_since: Mutex<Option<Instant>>,
 }
 
 impl AppState {
-    /// State over the given ports. `limiter` should be the same limiter the video adapter
-    /// uses (ideally wrapped in [`crate::metrics::MeteredLimiter`] over `metrics`), so that
-    /// `/stats` shows what the calls wait for.
+    /// State over the given ports, with jobs in memory (not durable: for tests and embedders
+    /// that bring no store; the service's wiring uses [`AppState::with_jobs`]). `limiter`
+    /// should be the same limiter the video adapter uses (ideally wrapped in
+    /// [`crate::metrics::MeteredLimiter`] over `metrics`), so that `/stats` shows what the
+    /// calls wait for.
     pub fn new(
         video: Arc<dyn VideoApi>,
         limiter: Arc<dyn ConcurrencyLimiter>,
         metrics: Arc<Metrics>,
         settings: Settings,
+    ) -> AppState {
+        let jobs = Jobs::new(
+            Arc::new(jobstore_memory::MemoryJobStore::new()),
+            video.clone(),
+            JobsConfig {
+                poll_max: settings.wait.poll_interval,
+                ..JobsConfig::default()
+            },
+        );
+        AppState::with_jobs(video, limiter, metrics, settings, jobs)
+    }
+
+    /// State over the given ports and job engine (whose video port should be `video`).
+    pub fn with_jobs(
+        video: Arc<dyn VideoApi>,
+        limiter: Arc<dyn ConcurrencyLimiter>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        jobs: Arc<Jobs>,
     ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
@@ -101,9 +125,15 @@ impl AppState {
                 limiter,
                 metrics,
                 settings,
+                jobs,
                 degraded_since: Mutex::new(None),
             }),
         }
+    }
+
+    /// The job engine.
+    pub fn jobs(&self) -> &Arc<Jobs> {
+        &self.inner.jobs
     }
 
     /// The limiter (tests hold slots through it).

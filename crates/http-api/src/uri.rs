@@ -13,6 +13,11 @@ pub fn status_url(id: &domain::TalkId) -> String {
     format!("{PREFIX}/talk-status/{id}")
 }
 
+/// Where a job is read (and cancelled): `/api/d_id_optimized/jobs/{id}`.
+pub fn job_url(id: &str) -> String {
+    format!("{PREFIX}/jobs/{id}")
+}
+
 /// The value of query parameter `name`, decoded as a form (`application/x-www-form-urlencoded`:
 /// `%XX` escapes, `+` is a space; an invalid escape is kept as written). The first occurrence
 /// wins.

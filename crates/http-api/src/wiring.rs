@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use did_client::{DidClient, DidClientConfig};
 use limiter_redis::RedisLimiterConfig;
-use ports::ConcurrencyLimiter;
+use ports::{ConcurrencyLimiter, JobStore};
 use secrecy::ExposeSecret;
 
-use crate::config::Config;
+use crate::config::{Config, JobStoreKind};
+use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::{MeteredLimiter, Metrics};
 use crate::state::{AppState, Settings};
 
@@ -26,6 +27,9 @@ pub enum BuildError {
     /// The Redis limiter could not be built (bad URL or settings; never the password).
     #[error("could not build the Redis limiter: {0}")]
     Redis(String),
+    /// The job store could not be opened (never the password).
+    #[error("could not open the job store: {0}")]
+    JobStore(String),
 }
 
 /// The limiter the configuration asks for: Redis when `REDIS_URL` is set, else in-memory.
@@ -52,7 +56,8 @@ fn tls_requested(config: &Config) -> bool {
         || config.redis_tls_insecure_skip_verify
 }
 
-async fn redis_limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
+/// The Redis settings shared by the limiter and the Redis job store.
+fn redis_config(config: &Config) -> Result<RedisLimiterConfig, BuildError> {
     let Some(url) = &config.redis_url else {
         return Err(BuildError::Redis("REDIS_URL is not set".to_owned()));
     };
@@ -69,6 +74,11 @@ async fn redis_limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, B
         server_name: config.redis_tls_server_name.clone(),
         insecure_skip_verify: config.redis_tls_insecure_skip_verify,
     };
+    Ok(redis)
+}
+
+async fn redis_limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
+    let redis = redis_config(config)?;
     // An unreachable Redis is not fatal: the limiter starts degraded on its in-memory
     // fallback and switches over once Redis answers (`/ready` reports it meanwhile).
     let limiter = limiter_redis::RedisLimiter::connect_with_memory_fallback(redis)
@@ -88,6 +98,57 @@ pub fn did_client_config(config: &Config) -> DidClientConfig {
     }
 }
 
+/// The job engine's settings a configuration asks for.
+pub fn jobs_config(config: &Config) -> JobsConfig {
+    JobsConfig {
+        workers: match config.job_workers {
+            0 => (config.max_concurrent as usize).saturating_mul(2).max(1),
+            n => n,
+        },
+        lease: config.job_lease,
+        queue: ports::QueueLimits {
+            max_queued: config.job_queue_max,
+        },
+        retention: config.job_retention,
+        poll_max: config.poll_interval,
+        // A talk is followed at least an hour (and at least as long as a generate waits).
+        max_processing: config.max_wait.max(std::time::Duration::from_secs(3600)),
+    }
+}
+
+/// The job store the configuration asks for (see `JOB_STORE`).
+pub async fn job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildError> {
+    match (config.job_store, &config.redis_url) {
+        (JobStoreKind::Memory, _) => Ok(Arc::new(jobstore_memory::MemoryJobStore::new())),
+        (JobStoreKind::Redis, None) => Err(BuildError::JobStore(
+            "JOB_STORE=redis needs REDIS_URL".to_owned(),
+        )),
+        (JobStoreKind::Redis | JobStoreKind::Auto, Some(_)) => redis_job_store(config).await,
+        (JobStoreKind::Sqlite | JobStoreKind::Auto, _) => sqlite_job_store(config).await,
+    }
+}
+
+/// The SQLite job store at `JOB_STORE_PATH` (its directory is created).
+async fn sqlite_job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildError> {
+    let path = config.job_store_path.clone();
+    let shown = path.display().to_string();
+    let store = tokio::task::spawn_blocking(move || jobstore_sqlite::SqliteJobStore::open(&path))
+        .await
+        .map_err(|e| BuildError::JobStore(format!("JOB_STORE_PATH {shown}: {e}")))?
+        .map_err(|e| BuildError::JobStore(format!("JOB_STORE_PATH {shown}: {e}")))?;
+    Ok(Arc::new(store))
+}
+
+/// The Redis job store, on the limiter's Redis settings and name.
+async fn redis_job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildError> {
+    let redis = redis_config(config)?;
+    let store = jobstore_redis::RedisJobStore::connect(redis, &config.limiter_name)
+        .await
+        // Its errors name the address, never the password.
+        .map_err(|e| BuildError::JobStore(e.to_string()))?;
+    Ok(Arc::new(store))
+}
+
 /// Builds the limiter, the D-ID client and the state over them.
 pub async fn build(config: &Config) -> Result<AppState, BuildError> {
     build_with(config, did_client_config(config)).await
@@ -101,12 +162,16 @@ pub async fn build_with(
     let metrics = Arc::new(Metrics::new());
     let raw = limiter(config).await?;
     let limiter: Arc<dyn ConcurrencyLimiter> = Arc::new(MeteredLimiter::new(raw, metrics.clone()));
-    let client =
+    let client: Arc<dyn ports::VideoApi> =
         Arc::new(DidClient::new(did_config, limiter.clone()).map_err(BuildError::DidClient)?);
-    Ok(AppState::new(
+    let store = job_store(config).await?;
+    tracing::info!(store = store.kind(), "job store ready");
+    let jobs = Jobs::new(store, client.clone(), jobs_config(config));
+    Ok(AppState::with_jobs(
         client,
         limiter,
         metrics,
         Settings::from_config(config),
+        jobs,
     ))
 }

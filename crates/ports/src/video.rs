@@ -242,6 +242,19 @@ pub trait VideoApi: Send + Sync {
         request: &TalkRequest,
         priority: Priority,
     ) -> Result<CreatedTalk, VideoApiError>;
+    /// `POST /talks` exactly once per `key`, also across processes and restarts: the create
+    /// carries a token derived from `key` (a job id), so whoever creates with the same key
+    /// and request finds the same talk. With `look_first` (a create for `key` may have been
+    /// sent before, e.g. by a worker that died) the adapter first looks for that talk among
+    /// the newest ones and returns it instead of creating another; the look-up is bounded by
+    /// the adapter (did-client: `recovery_pages` pages of `GET /talks`).
+    async fn create_talk_keyed(
+        &self,
+        request: &TalkRequest,
+        priority: Priority,
+        key: &str,
+        look_first: bool,
+    ) -> Result<CreatedTalk, VideoApiError>;
     /// `GET /talks/{id}`.
     async fn get_talk(&self, id: &TalkId, priority: Priority) -> Result<Talk, VideoApiError>;
     /// `GET /talks?limit=&token=`.

@@ -87,6 +87,17 @@ pub(super) fn instance_ttl(raw: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+pub(super) fn job_store(raw: &str) -> Result<super::JobStoreKind, String> {
+    use super::JobStoreKind as K;
+    match raw.to_ascii_lowercase().as_str() {
+        "auto" => Ok(K::Auto),
+        "sqlite" => Ok(K::Sqlite),
+        "redis" => Ok(K::Redis),
+        "memory" => Ok(K::Memory),
+        other => Err(format!("{other:?} is not one of auto, sqlite, redis, memory")),
+    }
+}
+
 pub(super) fn log_format(raw: &str) -> Result<LogFormat, String> {
     match raw.to_ascii_lowercase().as_str() {
         "human" | "text" | "pretty" => Ok(LogFormat::Human),

@@ -33,16 +33,20 @@ async fn sync_generate_creates_then_waits_with_the_configured_polling_and_priori
         poll_interval: Duration::from_millis(250),
         max_wait: Duration::from_secs(42),
     };
-    mock.expect_create_talk()
-        .withf(move |req, prio| {
-            *prio == Priority::Critical
+    mock.expect_create_talk_keyed()
+        .withf(move |req, prio, key, look_first| {
+            // A generate runs as a job: the create token is derived from the job id, and a
+            // fresh job does not look for an earlier talk first.
+            key.starts_with("job_")
+                && !*look_first
+                && *prio == Priority::Critical
                 && req.source_url() == Some("https://x.test/a.jpg")
                 // The original's default config when the caller sends none.
                 && req.config().and_then(|c| c.stitch) == Some(true)
         })
         .times(1)
         .in_sequence(&mut order)
-        .returning(|_, _| Ok(created("tlk_1")));
+        .returning(|_, _, _, _| Ok(created("tlk_1")));
     mock.expect_wait_for_talk()
         .withf(move |id, prio, w| {
             // `MAX_WAIT_SECS` counts from the start of the create, so what is left of it is
@@ -87,9 +91,29 @@ async fn sync_generate_creates_then_waits_with_the_configured_polling_and_priori
 async fn errors_the_fake_cannot_produce_are_mapped() {
     let mut mock = MockVideoApi::new();
     let id = TalkId::parse("tlk_slow").unwrap();
-    mock.expect_create_talk()
+    mock.expect_create_talk_keyed()
         .times(1)
-        .returning(|_, _| Ok(created("tlk_slow")));
+        .returning(|_, _, _, _| Ok(created("tlk_slow")));
+    // A generate whose wait timed out leaves its job to the workers, which follow the talk.
+    let slow = TalkId::parse("tlk_slow").unwrap();
+    mock.expect_get_talk()
+        .with(eq(slow.clone()), eq(Priority::Critical))
+        .returning(move |_, _| {
+            Ok(Talk {
+                id: slow.clone(),
+                status: TalkStatus::Started,
+                result_url: None,
+                created_at: None,
+                started_at: None,
+                modified_at: None,
+                error: None,
+                user_data: None,
+                name: None,
+                duration: None,
+                source_url: None,
+                audio_url: None,
+            })
+        });
     mock.expect_wait_for_talk()
         .times(1)
         .returning(move |_, _, _| {

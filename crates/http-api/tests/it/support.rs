@@ -161,6 +161,8 @@ pub async fn service(fake: &RunningFake, extra: &[(&str, &str)]) -> Server {
         ("POLL_INTERVAL_SECS", "0.01"),
         ("MAX_WAIT_SECS", "10"),
         ("SHUTDOWN_GRACE_SECS", "5"),
+        // Each test its own jobs (a test that needs a durable store says so).
+        ("JOB_STORE", "memory"),
     ];
     pairs.extend_from_slice(extra);
     let config = config(&pairs);

@@ -1,0 +1,375 @@
+//! The jobs routes, the `Idempotency-Key` rules, and how a job is shown.
+//!
+//! # Idempotency-Key
+//! `POST /jobs` and `POST /generate-video` take an optional `Idempotency-Key` header (the
+//! IETF httpapi draft "The Idempotency-Key HTTP Header Field"; Stripe's convention): 1 to 255
+//! visible ASCII characters, bare or as a quoted string (`"…"`).
+//! - the same key with the same request (talk request, priority, callback URL) is the same
+//!   job, from any instance and across restarts: a replay answers with that job (header
+//!   `Idempotent-Replayed: true`) and never creates a second talk;
+//! - the same key with a different request: 422 `idempotency_key_reused`;
+//! - a key whose first request is still being accepted on this instance (its body is still
+//!   arriving, or it is being stored): 409 `idempotency_key_in_use`, `Retry-After: 1`;
+//! - keys are scoped per caller: with `HTTP_API_TOKEN` set, by a digest of the bearer token;
+//!   otherwise all callers share one scope;
+//! - a key lives as long as its job: until the job's retention (`JOB_RETENTION_SECS` after
+//!   it finished) has passed.
+//!
+//! A job that failed *before anything reached D-ID* (`queue_timeout`, `limiter_unavailable`,
+//! `upstream_rate_limited`) is tried again by a replay of its key on `generate-video`; every
+//! other outcome is replayed as it was.
+
+use bytes::Bytes;
+use domain::{Priority, Script, TalkConfig, TalkRequest};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use ports::{Job, JobId, JobStatus, NewJob, ScopedKey, Submitted};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::body::{self, BoxError};
+use crate::error::{ApiError, Body, QUEUE_RETRY_AFTER, json_response, retry_after_value};
+use crate::jobs::{fingerprint, new_job_id, now_ms};
+use crate::state::AppState;
+use crate::uri::{job_url, query_param, status_url};
+
+/// The header.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on an answer that replays an earlier request's job.
+pub const REPLAYED: &str = "idempotent-replayed";
+/// The longest page of `GET /jobs`.
+pub const MAX_PAGE: usize = 100;
+
+/// D-ID routes answer 503 at once without a key, before reading (and buffering) a body.
+pub(crate) fn require_upstream(state: &AppState) -> Result<(), ApiError> {
+    if state.settings().api_key_configured {
+        Ok(())
+    } else {
+        Err(ports::VideoApiError::NotConfigured.into())
+    }
+}
+
+/// The caller's idempotency key, scoped, if it sent one.
+pub fn idempotency_key(
+    headers: &HeaderMap,
+    state: &AppState,
+) -> Result<Option<ScopedKey>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidIdempotencyKey(
+            "send the header once".to_owned(),
+        ));
+    }
+    let raw = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidIdempotencyKey("not visible ASCII".to_owned()))?
+        .trim();
+    let key = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) => inner,
+        None => raw,
+    };
+    if key.is_empty() || key.len() > ports::jobs::MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(ApiError::InvalidIdempotencyKey(format!(
+            "1 to {} characters",
+            ports::jobs::MAX_IDEMPOTENCY_KEY_LEN
+        )));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+        return Err(ApiError::InvalidIdempotencyKey(
+            "visible ASCII characters only, no quotes inside".to_owned(),
+        ));
+    }
+    Ok(Some(ScopedKey {
+        scope: scope(state),
+        key: key.to_owned(),
+    }))
+}
+
+/// The caller's key scope: a digest of the configured bearer token (every authorised caller
+/// presents it), or `public` when auth is off.
+fn scope(state: &AppState) -> String {
+    match &state.settings().api_token {
+        None => "public".to_owned(),
+        Some(token) => {
+            let digest = Sha256::digest(token.expose_secret().as_bytes());
+            let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            format!("t:{hex}")
+        }
+    }
+}
+
+/// The talk part of a generate or job body. Unknown fields are ignored, as pydantic did.
+#[derive(Debug, Deserialize)]
+pub struct TalkBody {
+    audio_url: String,
+    source_url: String,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    config: Option<Value>,
+    /// `generate-video` only: `false` answers 202 at once.
+    #[serde(default)]
+    pub wait: Option<bool>,
+    /// `jobs` only: where the outcome will be reported.
+    #[serde(default)]
+    callback_url: Option<String>,
+}
+
+/// Parses an optional priority; absent means `normal`, anything unknown is an error.
+pub fn priority(given: Option<&str>) -> Result<Priority, ApiError> {
+    match given {
+        None => Ok(Priority::Normal),
+        Some(s) => Ok(s.parse::<Priority>()?),
+    }
+}
+
+/// The original service's default config, used when the caller sends none: stitch the face
+/// back into the image, no padding. A caller's `config` replaces it as a whole.
+fn default_config() -> TalkConfig {
+    TalkConfig {
+        stitch: Some(true),
+        pad_audio: Some(0.0),
+        ..TalkConfig::default()
+    }
+}
+
+impl TalkBody {
+    /// The checked talk request and priority (everything D-ID would refuse is refused here).
+    pub fn request(&self) -> Result<(TalkRequest, Priority), ApiError> {
+        let priority = priority(self.priority.as_deref())?;
+        let config = match &self.config {
+            None | Some(Value::Null) => default_config(),
+            Some(v) => serde_json::from_value::<TalkConfig>(v.clone())
+                .map_err(|e| ApiError::InvalidConfig(e.to_string()))?,
+        };
+        let request = TalkRequest::new(
+            Some(self.source_url.clone()),
+            Script::Audio {
+                audio_url: self.audio_url.clone(),
+            },
+        )?
+        .with_config(config)?;
+        Ok((request, priority))
+    }
+
+    /// The callback URL, checked: `http(s)://` with a host, at most 2048 characters.
+    pub fn callback_url(&self) -> Result<Option<String>, ApiError> {
+        let Some(raw) = &self.callback_url else {
+            return Ok(None);
+        };
+        let bad = || ApiError::InvalidBody("callback_url must be an http(s):// URL with a host, at most 2048 characters".to_owned());
+        if raw.len() > 2048 {
+            return Err(bad());
+        }
+        let url = url::Url::parse(raw).map_err(|_| bad())?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(bad());
+        }
+        Ok(Some(raw.clone()))
+    }
+}
+
+/// An RFC 3339 UTC timestamp of `ms` since the epoch.
+pub fn timestamp(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// How a job is shown.
+pub fn view(job: &Job) -> Value {
+    json!({
+        "job_id": job.id,
+        "status": job.status,
+        "priority": job.priority.as_str(),
+        "talk_id": job.talk_id,
+        "result_url": job.result_url,
+        "result_expires_at": job.result_expires_ms.map(timestamp),
+        "error": job.error,
+        "callback_url": job.callback_url,
+        "idempotency_key": job.idempotency.as_ref().map(|k| &k.key),
+        "created_at": timestamp(job.created_ms),
+        "updated_at": timestamp(job.updated_ms),
+        "finished_at": job.finished_ms.map(timestamp),
+        "next_attempt_at": (!job.status.is_terminal()).then(|| timestamp(job.next_run_ms)),
+        "polls": job.polls,
+        "attempts": job.attempts.iter().map(|a| json!({
+            "worker": a.worker,
+            "action": a.action,
+            "at": timestamp(a.at_ms),
+            "outcome": a.outcome,
+        })).collect::<Vec<_>>(),
+        "status_url": job_url(job.id.as_str()),
+        "talk_status_url": job.talk_id.as_ref().map(status_url),
+    })
+}
+
+/// The answer a job's stored failure is replayed with: its status and code, the job id.
+pub fn failure_response(job: &Job) -> Response<Body> {
+    let failure = job.error.clone().unwrap_or(ports::JobFailure {
+        code: "internal_error".into(),
+        message: "the job failed without a recorded reason".into(),
+        http_status: 500,
+    });
+    let status = StatusCode::from_u16(failure.http_status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut error = json!({
+        "code": failure.code,
+        "message": failure.message,
+        "job_id": job.id,
+    });
+    if let Some(talk) = &job.talk_id {
+        error["talk_id"] = json!(talk);
+    }
+    let mut resp = json_response(status, &json!({ "error": error }));
+    if matches!(status.as_u16(), 429 | 503) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, retry_after_value(QUEUE_RETRY_AFTER));
+    }
+    resp
+}
+
+/// Marks an answer as a replay.
+pub fn mark_replayed(resp: &mut Response<Body>) {
+    resp.headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
+}
+
+fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::parse(raw).map_err(|_| ApiError::InvalidJobId)
+}
+
+/// `POST /jobs`.
+pub async fn submit<B>(state: &AppState, req: Request<B>) -> Result<Response<Body>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    require_upstream(state)?;
+    let jobs = state.jobs();
+    let key = idempotency_key(req.headers(), state)?;
+    let _accepting = key.as_ref().map(|k| jobs.begin_accepting(k)).transpose()?;
+    let body: TalkBody = body::read_json(req, state.settings().json_body_limit).await?;
+    let (request, priority) = body.request()?;
+    let callback_url = body.callback_url()?;
+    let fp = fingerprint(&request, priority, callback_url.as_deref());
+    let new = NewJob {
+        id: new_job_id(),
+        priority,
+        request,
+        callback_url,
+        idempotency: key,
+        fingerprint: fp.clone(),
+        now_ms: now_ms(),
+        lease: None,
+        status: JobStatus::Queued,
+    };
+    let (job, replayed) = match jobs.submit(new).await? {
+        Submitted::Created(job) => (job, false),
+        Submitted::Existing(job) if job.fingerprint != fp => {
+            return Err(ApiError::IdempotencyKeyReused {
+                job_id: job.id.to_string(),
+            });
+        }
+        Submitted::Existing(job) => (job, true),
+    };
+    let mut resp = json_response(StatusCode::ACCEPTED, &view(&job));
+    if let Ok(v) = HeaderValue::from_str(&job_url(job.id.as_str())) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if replayed {
+        mark_replayed(&mut resp);
+    }
+    Ok(resp)
+}
+
+/// `GET /jobs/{id}`.
+pub async fn get(state: &AppState, raw_id: &str) -> Result<Response<Body>, ApiError> {
+    let id = parse_job_id(raw_id)?;
+    let jobs = state.jobs();
+    let job = jobs
+        .store()
+        .get(&id)
+        .await
+        .map_err(|e| jobs.api_error(e))?
+        .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
+    Ok(json_response(StatusCode::OK, &view(&job)))
+}
+
+/// `DELETE /jobs/{id}`: cancels a queued job; a cancelled one answers as it is (idempotent).
+pub async fn cancel(state: &AppState, raw_id: &str) -> Result<Response<Body>, ApiError> {
+    let id = parse_job_id(raw_id)?;
+    let jobs = state.jobs();
+    // A claim between the read and the write moves the version: read again and decide again.
+    for _ in 0..8 {
+        let job = jobs
+            .store()
+            .get(&id)
+            .await
+            .map_err(|e| jobs.api_error(e))?
+            .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
+        match job.status {
+            JobStatus::Cancelled => return Ok(json_response(StatusCode::OK, &view(&job))),
+            JobStatus::Queued => match jobs.cancel(job).await {
+                Ok(job) => return Ok(json_response(StatusCode::OK, &view(&job))),
+                Err(ports::JobStoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(jobs.api_error(e)),
+            },
+            other => {
+                return Err(ApiError::JobNotCancellable {
+                    job_id: job.id.to_string(),
+                    status: other.as_str(),
+                    talk_id: job.talk_id,
+                });
+            }
+        }
+    }
+    Err(ApiError::JobStore(
+        "the job kept changing while it was being cancelled; retry".to_owned(),
+    ))
+}
+
+/// `GET /jobs?status=&limit=&cursor=`: newest first.
+pub async fn list<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    let status = match query_param(req.uri(), "status") {
+        None => None,
+        Some(s) => Some(JobStatus::parse(&s).ok_or_else(|| ApiError::InvalidParameter {
+            name: "status",
+            message: "one of queued, creating, processing, done, failed, cancelled".to_owned(),
+        })?),
+    };
+    let limit = match query_param(req.uri(), "limit") {
+        None => 20,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::InvalidParameter {
+                    name: "limit",
+                    message: format!("a whole number from 1 to {MAX_PAGE}"),
+                });
+            }
+        },
+    };
+    let cursor = query_param(req.uri(), "cursor");
+    let jobs = state.jobs();
+    let page = jobs
+        .store()
+        .list(status, limit, cursor.as_deref())
+        .await
+        .map_err(|e| jobs.api_error(e))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "jobs": page.jobs.iter().map(view).collect::<Vec<_>>(),
+            "next_cursor": page.next_cursor,
+        }),
+    ))
+}

@@ -1,0 +1,782 @@
+//! The job engine: durable talk jobs over a [`JobStore`], worked on by every instance.
+//!
+//! # Who owns a job when
+//! - `POST /jobs` stores a `queued` job and answers at once. Workers (`JOB_WORKERS` per
+//!   instance) claim runnable jobs from the store in the limiter's order (priority, then
+//!   arrival), each with a lease of `JOB_LEASE_SECS` that a background task renews every third
+//!   of it while the worker is busy. A worker holds a limiter slot only per HTTP exchange with
+//!   D-ID (the D-ID client takes it), never while it waits.
+//! - `generate-video` runs its own job *inline*: the job is stored already claimed
+//!   (`creating`, leased to the request) and the request does the work itself, so its
+//!   answer and JSON stay as before. If the request dies (the caller hangs up, the process is
+//!   killed), nobody renews the lease; once it expires a worker takes the job over and
+//!   finishes it, and the caller re-attaches with its `Idempotency-Key` or the job id.
+//!
+//! # One step per claim
+//! - `queued` / `creating`: `POST /talks` with a token derived from the job id. The job is
+//!   written `creating` *before* the create is sent; a worker that claims a job that is
+//!   `creating` already (its worker died mid-create), or that has an earlier create attempt,
+//!   first looks the talk up by that token (did-client: the newest `recovery_pages` pages of
+//!   `GET /talks`) and adopts it instead of creating a second one. Then `processing`.
+//! - `processing`: one status poll; `done` / `failed`, or the next poll on a growing schedule
+//!   (1 s, 2 s, 4 s … up to `POLL_INTERVAL_SECS`), written as `next_run_ms` so that any
+//!   instance may make it, also after a restart.
+//!
+//! A create that no slot was free for (the limiter's wait timed out) or that D-ID throttled
+//! goes back to the queue without counting as an attempt: a burst larger than the account's
+//! capacity waits instead of failing. A create that may have reached D-ID (timeout, 5xx) is
+//! retried with the look-up, at most [`MAX_CREATE_ATTEMPTS`] times.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use domain::{CreatedTalk, Priority, TalkStatus};
+use ports::{
+    Attempt, Job, JobFailure, JobId, JobStatus, JobStore, JobStoreError, Lease, LimiterError,
+    NewJob, QueueLimits, ScopedKey, Submitted, VideoApi, VideoApiError,
+};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::ApiError;
+
+/// Creates that may have reached D-ID (timeout, 5xx, cut connection) before a job fails.
+pub const MAX_CREATE_ATTEMPTS: usize = 5;
+/// How long D-ID keeps a result URL working (its documentation: about 24 hours).
+pub const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// First pause between two polls of a processing job; doubles up to the poll interval.
+pub const FIRST_POLL: Duration = Duration::from_secs(1);
+/// A sync route that re-attaches reads the store at least this often.
+const REATTACH_POLL: Duration = Duration::from_millis(200);
+/// Idle workers look at the store this often (another instance's jobs, due polls).
+const IDLE_CLAIM: Duration = Duration::from_millis(200);
+/// The most idempotency keys being accepted at once on one instance.
+const MAX_ACCEPTING: usize = 65_536;
+/// Departures from the queue remembered for the drain rate.
+const DRAIN_WINDOW: Duration = Duration::from_secs(60);
+const MAX_DRAIN_SAMPLES: usize = 100_000;
+
+/// The engine's settings.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Workers per instance.
+    pub workers: usize,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// How many jobs may wait.
+    pub queue: QueueLimits,
+    /// How long finished jobs (and their keys) are kept.
+    pub retention: Duration,
+    /// The longest pause between two polls of a processing job.
+    pub poll_max: Duration,
+    /// A processing job whose talk has not ended this long after the job was submitted fails
+    /// with `talk_timeout` (the talk may still finish at D-ID).
+    pub max_processing: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            workers: 8,
+            lease: Duration::from_secs(30),
+            queue: QueueLimits { max_queued: 10_000 },
+            retention: Duration::from_secs(7 * 24 * 3600),
+            poll_max: Duration::from_secs(5),
+            max_processing: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A fresh random job id.
+pub fn new_job_id() -> JobId {
+    let mut rng = rand::rng();
+    loop {
+        let chars = (&mut rng).sample_iter(Alphanumeric).map(char::from);
+        if let Ok(id) = JobId::from_chars(chars) {
+            return id;
+        }
+    }
+}
+
+/// The digest of what a request asks for, to tell a replay from a different request under
+/// the same key: the talk request, the priority and the callback URL.
+pub fn fingerprint(
+    request: &domain::TalkRequest,
+    priority: Priority,
+    callback_url: Option<&str>,
+) -> String {
+    let canonical = serde_json::json!({
+        "request": request,
+        "priority": priority.as_str(),
+        "callback_url": callback_url,
+    });
+    let digest = Sha256::digest(serde_json::to_vec(&canonical).unwrap_or_default());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The error a failed job answers with, as stored.
+pub fn failure_of(error: &VideoApiError) -> JobFailure {
+    let api = ApiError::Upstream(error.clone());
+    JobFailure {
+        code: api.code().to_owned(),
+        message: api.public_message(),
+        http_status: api.status().as_u16(),
+    }
+}
+
+/// Whether a failure left nothing at D-ID and may be tried again by a replay of its key.
+pub fn failure_is_retryable(job: &Job) -> bool {
+    job.status == JobStatus::Failed
+        && job.talk_id.is_none()
+        && job.error.as_ref().is_some_and(|f| {
+            matches!(
+                f.code.as_str(),
+                "queue_timeout" | "limiter_unavailable" | "upstream_rate_limited"
+            )
+        })
+}
+
+/// Who runs a create, which decides what its failure and its lease become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateMode {
+    /// A worker: a failure that may pass is retried later; the lease is let go after.
+    Worker,
+    /// A synchronous generate: a failure is the caller's answer (the job fails); the lease is
+    /// kept, the request waits for the talk itself.
+    InlineWait,
+    /// An asynchronous generate: as `InlineWait`, but the lease is let go after the create
+    /// (the workers follow the talk).
+    InlineAsync,
+}
+
+/// Why a create failed, as the engine treats it.
+enum CreateOutcome {
+    /// Nothing reached D-ID (no slot, throttled): back to the queue, not an attempt.
+    NotSent(Duration),
+    /// It may have reached D-ID: retry with the look-up.
+    Ambiguous,
+    /// D-ID said no (or it can never work): the job fails.
+    Final,
+}
+
+fn classify_create(error: &VideoApiError) -> CreateOutcome {
+    match error {
+        VideoApiError::Limiter(LimiterError::Timeout { .. }) => {
+            CreateOutcome::NotSent(Duration::ZERO)
+        }
+        VideoApiError::Limiter(LimiterError::Unavailable { .. }) => {
+            CreateOutcome::NotSent(Duration::from_secs(1))
+        }
+        VideoApiError::RateLimited { retry_after } => CreateOutcome::NotSent(
+            retry_after
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(60)),
+        ),
+        e if e.is_retryable() => CreateOutcome::Ambiguous,
+        _ => CreateOutcome::Final,
+    }
+}
+
+/// The engine: the store, the D-ID port, the workers' signals.
+pub struct Jobs {
+    store: Arc<dyn JobStore>,
+    video: Arc<dyn VideoApi>,
+    config: JobsConfig,
+    /// This process, in worker names (`<instance>/<n>`).
+    instance: String,
+    /// Wakes idle workers when a job is submitted here.
+    wake: Notify,
+    /// Bumped on every write this instance makes, so re-attached callers look again.
+    changed: watch::Sender<u64>,
+    stopping: AtomicBool,
+    started: AtomicBool,
+    next_inline: AtomicU64,
+    /// Keys whose first request is still being accepted on this instance.
+    accepting: Mutex<HashSet<ScopedKey>>,
+    /// When jobs left the queue here (for `Retry-After`).
+    drained: Mutex<VecDeque<Instant>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Holds an idempotency key as "being accepted" on this instance until dropped.
+pub struct Accepting {
+    jobs: Arc<Jobs>,
+    key: ScopedKey,
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        lock(&self.jobs.accepting).remove(&self.key);
+    }
+}
+
+/// Renews a job's lease in the background until dropped.
+pub struct Renewer(JoinHandle<()>);
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Jobs {
+    /// An engine over `store`; call [`Jobs::start`] to run its workers.
+    pub fn new(store: Arc<dyn JobStore>, video: Arc<dyn VideoApi>, config: JobsConfig) -> Arc<Jobs> {
+        let instance: String = rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(8)
+            .map(char::from)
+            .collect();
+        Arc::new(Jobs {
+            store,
+            video,
+            config,
+            instance,
+            wake: Notify::new(),
+            changed: watch::channel(0).0,
+            stopping: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            next_inline: AtomicU64::new(0),
+            accepting: Mutex::new(HashSet::new()),
+            drained: Mutex::new(VecDeque::new()),
+            workers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.store
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &JobsConfig {
+        &self.config
+    }
+
+    /// Starts the workers and the retention purge (once; later calls do nothing).
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut workers = lock(&self.workers);
+        for n in 0..self.config.workers {
+            let jobs = Arc::clone(self);
+            let name = format!("{}/{n}", self.instance);
+            workers.push(tokio::spawn(async move { jobs.worker(name).await }));
+        }
+        let jobs = Arc::clone(self);
+        workers.push(tokio::spawn(async move { jobs.purger().await }));
+    }
+
+    /// Stops claiming: idle workers exit at once, busy ones after their current step.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    /// Waits up to `grace` for the workers to finish their steps, then aborts the rest (their
+    /// jobs stay in the store, leased until the lease runs out, then the next owner's).
+    pub async fn join(&self, grace: Duration) {
+        let handles: Vec<JoinHandle<()>> = lock(&self.workers).drain(..).collect();
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut h in handles {
+            if tokio::time::timeout_at(deadline, &mut h).await.is_err() {
+                h.abort();
+            }
+        }
+    }
+
+    /// Marks `key` as being accepted here; `None` if it already is (the caller answers 409).
+    pub fn begin_accepting(self: &Arc<Self>, key: &ScopedKey) -> Result<Accepting, ApiError> {
+        let mut accepting = lock(&self.accepting);
+        if accepting.len() >= MAX_ACCEPTING {
+            return Err(ApiError::JobStore(
+                "too many requests with idempotency keys are being accepted".to_owned(),
+            ));
+        }
+        if !accepting.insert(key.clone()) {
+            return Err(ApiError::IdempotencyKeyInUse);
+        }
+        Ok(Accepting {
+            jobs: Arc::clone(self),
+            key: key.clone(),
+        })
+    }
+
+    /// Stores a queued job (or finds the job of its key) and wakes a worker.
+    pub async fn submit(&self, job: NewJob) -> Result<Submitted, ApiError> {
+        let submitted = self
+            .store
+            .submit(job, self.config.queue)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        if let Submitted::Created(job) = &submitted {
+            tracing::info!(job_id = %job.id, priority = %job.priority, status = %job.status, "job submitted");
+            self.wake.notify_one();
+            self.bump();
+        }
+        Ok(submitted)
+    }
+
+    /// The name an inline (synchronous-route) owner of a job goes by.
+    pub fn inline_owner(&self) -> String {
+        let n = self.next_inline.fetch_add(1, Ordering::Relaxed);
+        format!("{}/inline-{n}", self.instance)
+    }
+
+    /// A lease for `owner` from now.
+    pub fn lease_for(&self, owner: &str) -> Lease {
+        Lease {
+            owner: owner.to_owned(),
+            until_ms: now_ms().saturating_add(ports::jobs::duration_ms(self.config.lease)),
+        }
+    }
+
+    fn store_error(&self, e: JobStoreError) -> ApiError {
+        match e {
+            JobStoreError::QueueFull { queued, limit } => ApiError::QueueFull {
+                queued,
+                limit,
+                retry_after: self.retry_after(),
+            },
+            JobStoreError::NotFound(id) => ApiError::JobNotFound(id.to_string()),
+            JobStoreError::InvalidCursor => ApiError::InvalidParameter {
+                name: "cursor",
+                message: "not a cursor this service handed out".to_owned(),
+            },
+            other => {
+                tracing::error!(error = %other, "job store failed");
+                ApiError::JobStore(other.to_string())
+            }
+        }
+    }
+
+    /// Maps a store error for the routes.
+    pub fn api_error(&self, e: JobStoreError) -> ApiError {
+        self.store_error(e)
+    }
+
+    /// When a full queue will likely have room: one job's share of the recent drain rate.
+    fn retry_after(&self) -> Duration {
+        let mut drained = lock(&self.drained);
+        let now = Instant::now();
+        while drained
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > DRAIN_WINDOW)
+        {
+            drained.pop_front();
+        }
+        match drained.len() {
+            0 => Duration::from_secs(30),
+            n => {
+                let per_job = DRAIN_WINDOW.as_secs_f64() / n as f64;
+                Duration::from_secs_f64(per_job.clamp(1.0, 60.0))
+            }
+        }
+    }
+
+    fn note_drained(&self) {
+        let mut drained = lock(&self.drained);
+        if drained.len() >= MAX_DRAIN_SAMPLES {
+            drained.pop_front();
+        }
+        drained.push_back(Instant::now());
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Writes `job` (compare-and-set), logging the state change.
+    async fn write(&self, job: Job, from: JobStatus) -> Result<Job, JobStoreError> {
+        let written = self.store.update(job).await?;
+        if written.status != from {
+            tracing::info!(
+                job_id = %written.id,
+                talk_id = written.talk_id.as_ref().map(|t| t.as_str()).unwrap_or(""),
+                from = %from,
+                to = %written.status,
+                "job state changed"
+            );
+        }
+        self.bump();
+        Ok(written)
+    }
+
+    fn renew_in_background(self: &Arc<Self>, id: JobId, owner: String) -> Renewer {
+        let jobs = Arc::clone(self);
+        Renewer(tokio::spawn(async move {
+            let period = jobs.config.lease / 3;
+            loop {
+                tokio::time::sleep(period).await;
+                match jobs
+                    .store
+                    .renew(&id, &owner, jobs.config.lease, now_ms())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(job_id = %id, %owner, "lost the job's lease");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(job_id = %id, error = %e, "could not renew a job lease"),
+                }
+            }
+        }))
+    }
+
+    async fn worker(self: Arc<Self>, name: String) {
+        let mut changed = self.changed.subscribe();
+        while !self.stopping.load(Ordering::SeqCst) {
+            match self.store.claim(&name, self.config.lease, now_ms()).await {
+                Ok(Some(job)) => {
+                    let _renew = self.renew_in_background(job.id.clone(), name.clone());
+                    let id = job.id.clone();
+                    if let Err(e) = self.step(job, &name).await {
+                        tracing::warn!(job_id = %id, worker = %name, error = %e, "job step not written");
+                    }
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        _ = changed.changed() => {}
+                        () = tokio::time::sleep(IDLE_CLAIM) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %name, error = %e, "could not claim a job");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn purger(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            let before = now_ms().saturating_sub(ports::jobs::duration_ms(self.config.retention));
+            match self.store.purge(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "finished jobs past their retention purged"),
+                Err(e) => tracing::warn!(error = %e, "could not purge old jobs"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// One step of a claimed job.
+    async fn step(&self, job: Job, owner: &str) -> Result<Job, JobStoreError> {
+        match job.status {
+            JobStatus::Queued | JobStatus::Creating => {
+                Ok(self.create(job, owner, CreateMode::Worker).await?.0)
+            }
+            JobStatus::Processing => self.poll(job, owner).await,
+            _ => Ok(job),
+        }
+    }
+
+    /// Creates the job's talk (or adopts the one an earlier attempt made); the job as
+    /// written, and the error the create failed with, if it did.
+    pub async fn create(
+        &self,
+        mut job: Job,
+        owner: &str,
+        mode: CreateMode,
+    ) -> Result<(Job, Result<CreatedTalk, VideoApiError>), JobStoreError> {
+        let inline = mode != CreateMode::Worker;
+        let look_first = job.status == JobStatus::Creating && !inline
+            || job.attempts.iter().any(|a| a.action == "create");
+        let from = job.status;
+        if job.status == JobStatus::Queued {
+            job.status = JobStatus::Creating;
+            job.updated_ms = now_ms();
+            job = self.write(job, from).await?;
+            self.note_drained();
+        }
+        let at = now_ms();
+        let result = self
+            .video
+            .create_talk_keyed(&job.request, job.priority, job.id.as_str(), look_first)
+            .await;
+        let now = now_ms();
+        job.updated_ms = now;
+        match result {
+            Ok(created) => {
+                job.record_attempt(Attempt {
+                    worker: owner.to_owned(),
+                    action: if look_first { "create (looked up first)" } else { "create" }
+                        .to_owned(),
+                    at_ms: at,
+                    outcome: format!("ok: {}", created.id),
+                });
+                job.status = JobStatus::Processing;
+                job.talk_id = Some(created.id.clone());
+                job.next_run_ms = now + ports::jobs::duration_ms(FIRST_POLL);
+                if mode != CreateMode::InlineWait {
+                    job.lease = None;
+                }
+                return Ok((self.write(job, JobStatus::Creating).await?, Ok(created)));
+            }
+            Err(error) => {
+                let outcome = classify_create(&error);
+                let sent_before = job.attempts.iter().filter(|a| a.action.starts_with("create")).count();
+                match outcome {
+                    CreateOutcome::NotSent(delay) => {
+                        job.record_attempt(Attempt {
+                            worker: owner.to_owned(),
+                            action: "wait".to_owned(),
+                            at_ms: at,
+                            outcome: format!("not sent: {}", failure_of(&error).code),
+                        });
+                        if inline {
+                            job.status = JobStatus::Failed;
+                            job.error = Some(failure_of(&error));
+                            job.finished_ms = Some(now);
+                        } else {
+                            // Nothing reached D-ID by this attempt: queued again (`creating`
+                            // only if an earlier attempt may have).
+                            job.status = if sent_before > 0 { JobStatus::Creating } else { JobStatus::Queued };
+                            job.next_run_ms = now + ports::jobs::duration_ms(delay);
+                        }
+                        job.lease = None;
+                    }
+                    CreateOutcome::Ambiguous if sent_before + 1 < MAX_CREATE_ATTEMPTS && !inline => {
+                        job.record_attempt(Attempt {
+                            worker: owner.to_owned(),
+                            action: "create".to_owned(),
+                            at_ms: at,
+                            outcome: format!("retry: {}", failure_of(&error).code),
+                        });
+                        job.status = JobStatus::Creating;
+                        let backoff = 1u64 << sent_before.min(5);
+                        job.next_run_ms = now + backoff * 1000;
+                        job.lease = None;
+                    }
+                    CreateOutcome::Ambiguous | CreateOutcome::Final => {
+                        job.record_attempt(Attempt {
+                            worker: owner.to_owned(),
+                            action: "create".to_owned(),
+                            at_ms: at,
+                            outcome: failure_of(&error).code,
+                        });
+                        job.status = JobStatus::Failed;
+                        job.error = Some(failure_of(&error));
+                        job.finished_ms = Some(now);
+                        job.lease = None;
+                    }
+                }
+                Ok((self.write(job, JobStatus::Creating).await?, Err(error)))
+            }
+        }
+    }
+
+    /// One status poll of a processing job.
+    async fn poll(&self, mut job: Job, owner: &str) -> Result<Job, JobStoreError> {
+        let Some(talk_id) = job.talk_id.clone() else {
+            // Cannot happen (processing always has a talk); fail loudly rather than loop.
+            job.status = JobStatus::Failed;
+            job.error = Some(JobFailure {
+                code: "internal_error".into(),
+                message: "a processing job without a talk id".into(),
+                http_status: 500,
+            });
+            job.finished_ms = Some(now_ms());
+            job.lease = None;
+            return self.write(job, JobStatus::Processing).await;
+        };
+        let at = now_ms();
+        let result = self.video.get_talk(&talk_id, job.priority).await;
+        let now = now_ms();
+        job.updated_ms = now;
+        job.polls = job.polls.saturating_add(1);
+        let ended = |job: &mut Job, error: Option<VideoApiError>| {
+            job.finished_ms = Some(now);
+            job.lease = None;
+            match error {
+                None => job.status = JobStatus::Done,
+                Some(e) => {
+                    job.status = JobStatus::Failed;
+                    job.error = Some(failure_of(&e));
+                }
+            }
+        };
+        match result {
+            Ok(talk) => match &talk.status {
+                TalkStatus::Done => {
+                    job.result_url = talk.result_url.clone();
+                    job.result_expires_ms = Some(now + ports::jobs::duration_ms(RESULT_TTL));
+                    ended(&mut job, None);
+                }
+                TalkStatus::Error => {
+                    let (kind, description) = talk
+                        .error
+                        .as_ref()
+                        .map(|e| (e.kind.clone(), e.description.clone()))
+                        .unwrap_or_default();
+                    ended(
+                        &mut job,
+                        Some(VideoApiError::TalkFailed {
+                            talk_id: talk_id.clone(),
+                            kind,
+                            description,
+                        }),
+                    );
+                }
+                TalkStatus::Rejected => {
+                    let description = talk
+                        .error
+                        .as_ref()
+                        .map(|e| e.description.clone())
+                        .unwrap_or_default();
+                    ended(
+                        &mut job,
+                        Some(VideoApiError::TalkRejected {
+                            talk_id: talk_id.clone(),
+                            description,
+                        }),
+                    );
+                }
+                _ => self.schedule_poll(&mut job, &talk_id, now),
+            },
+            Err(VideoApiError::NotFound { description }) => {
+                ended(&mut job, Some(VideoApiError::NotFound { description }));
+            }
+            Err(e) => {
+                job.record_attempt(Attempt {
+                    worker: owner.to_owned(),
+                    action: "poll".to_owned(),
+                    at_ms: at,
+                    outcome: format!("retry: {}", failure_of(&e).code),
+                });
+                self.schedule_poll(&mut job, &talk_id, now);
+            }
+        }
+        self.write(job, JobStatus::Processing).await
+    }
+
+    fn schedule_poll(&self, job: &mut Job, talk_id: &domain::TalkId, now: u64) {
+        if now.saturating_sub(job.created_ms) > ports::jobs::duration_ms(self.config.max_processing) {
+            job.status = JobStatus::Failed;
+            job.error = Some(failure_of(&VideoApiError::TalkTimedOut {
+                talk_id: talk_id.clone(),
+                waited: Duration::from_millis(now.saturating_sub(job.created_ms)),
+            }));
+            job.finished_ms = Some(now);
+        } else {
+            let doubling = ports::jobs::duration_ms(FIRST_POLL)
+                .saturating_mul(1u64 << job.polls.min(16));
+            let delay = doubling.min(ports::jobs::duration_ms(self.config.poll_max).max(1));
+            job.next_run_ms = now + delay;
+        }
+        job.lease = None;
+    }
+
+    /// Records the end of an inline job's wait: `done`, or the failure the caller got.
+    /// A timed-out wait leaves the job `processing` (the workers follow it on).
+    pub async fn finish_inline(
+        &self,
+        id: &JobId,
+        outcome: &Result<domain::Talk, VideoApiError>,
+    ) -> Result<Job, JobStoreError> {
+        // Re-read: the lease renewals do not move the version, but be safe against a write
+        // by another owner (then that owner's write stands).
+        let Some(mut job) = self.store.get(id).await? else {
+            return Err(JobStoreError::NotFound(id.clone()));
+        };
+        if job.status.is_terminal() {
+            return Ok(job);
+        }
+        let now = now_ms();
+        job.updated_ms = now;
+        job.lease = None;
+        match outcome {
+            Ok(talk) => {
+                job.status = JobStatus::Done;
+                job.result_url = talk.result_url.clone();
+                job.result_expires_ms = Some(now + ports::jobs::duration_ms(RESULT_TTL));
+                job.finished_ms = Some(now);
+            }
+            Err(VideoApiError::TalkTimedOut { .. }) => {
+                job.next_run_ms = now;
+            }
+            Err(e) => {
+                job.status = JobStatus::Failed;
+                job.error = Some(failure_of(e));
+                job.finished_ms = Some(now);
+            }
+        }
+        let from = JobStatus::Processing;
+        self.write(job, from).await
+    }
+
+    /// Keeps an inline job's lease alive while the request works on it.
+    pub fn hold(self: &Arc<Self>, id: &JobId, owner: &str) -> Renewer {
+        self.renew_in_background(id.clone(), owner.to_owned())
+    }
+
+    /// Waits until `done(job)` holds or `deadline` passes; the job as last read.
+    pub async fn wait_for(
+        &self,
+        id: &JobId,
+        deadline: tokio::time::Instant,
+        done: impl Fn(&Job) -> bool,
+    ) -> Result<Job, ApiError> {
+        let mut changed = self.changed.subscribe();
+        loop {
+            let job = self
+                .store
+                .get(id)
+                .await
+                .map_err(|e| self.store_error(e))?
+                .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
+            if done(&job) || tokio::time::Instant::now() >= deadline {
+                return Ok(job);
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                () = tokio::time::sleep(REATTACH_POLL) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Takes a failed-before-D-ID job of a replayed key back for another inline try.
+    pub async fn retake(&self, mut job: Job, owner: &str) -> Result<Job, JobStoreError> {
+        let from = job.status;
+        job.status = JobStatus::Creating;
+        job.error = None;
+        job.finished_ms = None;
+        job.lease = Some(self.lease_for(owner));
+        job.updated_ms = now_ms();
+        self.write(job, from).await
+    }
+
+    /// Cancels a queued job. Other states are answered by the caller.
+    pub async fn cancel(&self, mut job: Job) -> Result<Job, JobStoreError> {
+        let from = job.status;
+        let now = now_ms();
+        job.status = JobStatus::Cancelled;
+        job.finished_ms = Some(now);
+        job.updated_ms = now;
+        job.lease = None;
+        self.write(job, from).await
+    }
+}

@@ -1,0 +1,316 @@
+//! The jobs API and `Idempotency-Key`, end to end over did-fake: submit, follow, replay,
+//! misuse (422, 409), cancel, list, backpressure, and re-attaching after a cut-off on a
+//! restarted instance over the same durable store.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use domain::Priority;
+use serde_json::{Value, json};
+
+use crate::support;
+use test_support::http::{client, get_json, json as read_json, send};
+
+fn talk_body(n: u32) -> Value {
+    json!({
+        "audio_url": format!("https://example.test/voice-{n}.wav"),
+        "source_url": format!("https://example.test/face-{n}.jpg"),
+    })
+}
+
+async fn post_keyed(
+    http: &reqwest::Client,
+    url: String,
+    key: Option<&str>,
+    body: &Value,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = http.post(url).json(body);
+    if let Some(key) = key {
+        req = req.header("Idempotency-Key", key);
+    }
+    let resp = req.send().await.expect("request reaches the server");
+    let headers = resp.headers().clone();
+    let (status, v) = read_json(resp).await;
+    (status, v, headers)
+}
+
+/// Polls `GET /jobs/{id}` until its status is one of `want`.
+async fn until_status(srv: &support::Server, id: &str, want: &[&str]) -> Value {
+    let http = client();
+    let start = Instant::now();
+    loop {
+        let (status, job) = get_json(&http, srv.api(&format!("/jobs/{id}")), None).await;
+        assert_eq!(status, 200, "{job}");
+        if want.contains(&job["status"].as_str().unwrap_or_default()) {
+            return job;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "job {id} never reached {want:?}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_accepted_at_once_and_followed_to_its_video() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[]).await;
+    let http = client();
+    let mut body = talk_body(1);
+    body["priority"] = json!("high");
+    body["callback_url"] = json!("https://hooks.example.test/done");
+    let (status, job, headers) = post_keyed(&http, srv.api("/jobs"), None, &body).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("job_"), "{job}");
+    assert_eq!(job["status_url"], format!("/api/d_id_optimized/jobs/{id}"));
+    assert_eq!(
+        headers["location"].to_str().unwrap(),
+        format!("/api/d_id_optimized/jobs/{id}")
+    );
+    assert_eq!(job["priority"], "high");
+    assert_eq!(job["callback_url"], "https://hooks.example.test/done");
+
+    let done = until_status(&srv, &id, &["done", "failed"]).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert!(done["result_url"].as_str().unwrap().starts_with("http"), "{done}");
+    assert!(done["talk_id"].as_str().unwrap().starts_with("tlk_"), "{done}");
+    assert!(done["result_expires_at"].is_string(), "{done}");
+    assert!(done["finished_at"].is_string(), "{done}");
+    assert_eq!(done["error"], Value::Null);
+    let actions: Vec<&str> = done["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions.first(), Some(&"create"), "{done}");
+    assert_eq!(fake.stats().talks_created, 1);
+
+    // Visible in /stats and /metrics.
+    let (_, stats) = get_json(&http, srv.api("/stats"), None).await;
+    assert_eq!(stats["jobs"]["store"], "memory");
+    assert_eq!(stats["jobs"]["done_jobs"], 1, "{stats}");
+    let metrics = http
+        .get(srv.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("talkgate_jobs{status=\"done\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("talkgate_job_queue_age_seconds{priority=\"high\"}"));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_is_the_same_job_and_a_different_body_is_refused() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[]).await;
+    let http = client();
+    let (s1, first, h1) = post_keyed(&http, srv.api("/jobs"), Some("order-7"), &talk_body(1)).await;
+    assert_eq!(s1, 202, "{first}");
+    assert!(h1.get("idempotent-replayed").is_none());
+    let (s2, again, h2) =
+        post_keyed(&http, srv.api("/jobs"), Some("\"order-7\""), &talk_body(1)).await;
+    assert_eq!(s2, 202, "{again}");
+    assert_eq!(again["job_id"], first["job_id"], "a quoted key is the same key");
+    assert_eq!(h2["idempotent-replayed"], "true");
+    assert_eq!(again["idempotency_key"], "order-7");
+
+    let (s3, misuse, _) =
+        post_keyed(&http, srv.api("/jobs"), Some("order-7"), &talk_body(2)).await;
+    assert_eq!(s3, 422, "{misuse}");
+    assert_eq!(misuse["error"]["code"], "idempotency_key_reused");
+    assert_eq!(misuse["error"]["job_id"], first["job_id"]);
+
+    for bad in ["", "a\u{7f}b", &"k".repeat(256)] {
+        let (s, v, _) = post_keyed(&http, srv.api("/jobs"), Some(bad), &talk_body(3)).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("invalid_idempotency_key")),
+            "{bad:?}: {v}"
+        );
+    }
+
+    let id = first["job_id"].as_str().unwrap();
+    until_status(&srv, id, &["done"]).await;
+    // A replay after the end answers with the finished job; still one talk.
+    let (_, late, _) = post_keyed(&http, srv.api("/jobs"), Some("order-7"), &talk_body(1)).await;
+    assert_eq!(late["status"], "done");
+    assert_eq!(fake.stats().talks_created, 1);
+
+    // generate-video: a replay of a finished synchronous generate is its answer again.
+    let (g1, gen1, _) =
+        post_keyed(&http, srv.api("/generate-video"), Some("gen-1"), &talk_body(5)).await;
+    assert_eq!(g1, 200, "{gen1}");
+    let (g2, gen2, h) =
+        post_keyed(&http, srv.api("/generate-video"), Some("gen-1"), &talk_body(5)).await;
+    assert_eq!(g2, 200, "{gen2}");
+    assert_eq!(h["idempotent-replayed"], "true");
+    assert_eq!(gen2["id"], gen1["id"]);
+    assert_eq!(gen2["job_id"], gen1["job_id"]);
+    assert_eq!(gen2["result_url"], gen1["result_url"]);
+    // The asynchronous form replays the same talk too.
+    let mut asynchronous = talk_body(6);
+    asynchronous["wait"] = json!(false);
+    let (a1, async1, _) =
+        post_keyed(&http, srv.api("/generate-video"), Some("gen-2"), &asynchronous).await;
+    let (a2, async2, _) =
+        post_keyed(&http, srv.api("/generate-video"), Some("gen-2"), &asynchronous).await;
+    assert_eq!((a1, a2), (202, 202), "{async1} {async2}");
+    assert_eq!(async1["id"], async2["id"]);
+    assert_eq!(fake.stats().talks_created, 3);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_first_request_is_still_arriving_is_answered_409() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[]).await;
+    let body = serde_json::to_vec(&talk_body(1)).unwrap();
+    // The first request sends its head and half its body, then stalls.
+    let mut slow = std::net::TcpStream::connect(srv.addr).unwrap();
+    let head = format!(
+        "POST /api/d_id_optimized/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Idempotency-Key: same\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.write_all(&body[..body.len() / 2]).unwrap();
+    let http = client();
+    let start = Instant::now();
+    let (status, v) = loop {
+        let (status, v, headers) =
+            post_keyed(&http, srv.api("/jobs"), Some("same"), &talk_body(1)).await;
+        if status == 409 {
+            assert_eq!(headers["retry-after"], "1");
+            break (status, v);
+        }
+        // The stalled head may not have been read yet: only then is a 202 possible.
+        assert!(start.elapsed() < Duration::from_secs(5), "{status} {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if status == 202 {
+            panic!("the second request was accepted while the first was arriving: {v}");
+        }
+    };
+    assert_eq!(v["error"]["code"], "idempotency_key_in_use", "{v}");
+    // The first one completes and is accepted.
+    slow.write_all(&body[body.len() / 2..]).unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = slow.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_cancel_created_ones_do_not_and_a_full_queue_says_when_to_retry() {
+    let fake = support::fake().await;
+    let srv = support::service(
+        &fake,
+        &[
+            ("MAX_CONCURRENT_REQUESTS", "1"),
+            ("JOB_WORKERS", "1"),
+            ("JOB_QUEUE_MAX", "1"),
+            ("LIMITER_WAIT_TIMEOUT_SECS", "30"),
+        ],
+    )
+    .await;
+    let http = client();
+    // Hold the only slot: the worker claims the first job and waits for the slot.
+    let permit = srv
+        .state
+        .limiter()
+        .acquire(Priority::Critical, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let (_, first, _) = post_keyed(&http, srv.api("/jobs"), None, &talk_body(1)).await;
+    let first_id = first["job_id"].as_str().unwrap().to_owned();
+    until_status(&srv, &first_id, &["creating"]).await;
+    let (_, second, _) = post_keyed(&http, srv.api("/jobs"), None, &talk_body(2)).await;
+    let second_id = second["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(second["status"], "queued");
+
+    // The queue holds one job: the next is refused, with a Retry-After, and nothing stored.
+    let (status, full, headers) = post_keyed(&http, srv.api("/jobs"), None, &talk_body(3)).await;
+    assert_eq!(status, 429, "{full}");
+    assert_eq!(full["error"]["code"], "job_queue_full");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    // Cancel the queued one (twice: the second answers the same).
+    for _ in 0..2 {
+        let (status, v) = send(http.delete(srv.api(&format!("/jobs/{second_id}"))), None).await;
+        assert_eq!((status, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+    }
+    // The one being created cannot be: its talk may be paid already.
+    let (status, v) = send(http.delete(srv.api(&format!("/jobs/{first_id}"))), None).await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "job_not_cancellable");
+    assert!(v["error"]["message"].as_str().unwrap().contains("paid"), "{v}");
+
+    drop(permit);
+    until_status(&srv, &first_id, &["done"]).await;
+    let cancelled = until_status(&srv, &second_id, &["cancelled"]).await;
+    assert_eq!(cancelled["talk_id"], Value::Null);
+    assert_eq!(fake.stats().talks_created, 1, "the cancelled job made no talk");
+    let (status, v) = send(http.delete(srv.api(&format!("/jobs/{first_id}"))), None).await;
+    assert_eq!((status, v["error"]["status"].as_str()), (409, Some("done")), "{v}");
+
+    // Unknown and malformed ids.
+    let (status, v) = get_json(&http, srv.api("/jobs/job_0000000000000000000000"), None).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("job_not_found")));
+    let (status, v) = get_json(&http, srv.api("/jobs/..%2Fx"), None).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_job_id")));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_listed_newest_first_with_a_cursor_and_a_status_filter() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[]).await;
+    let http = client();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (_, job, _) = post_keyed(&http, srv.api("/jobs"), None, &talk_body(n)).await;
+        ids.push(job["job_id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        until_status(&srv, id, &["done"]).await;
+    }
+    let mut seen = Vec::new();
+    let mut url = srv.api("/jobs?limit=2&status=done");
+    loop {
+        let (status, page) = get_json(&http, &url, None).await;
+        assert_eq!(status, 200, "{page}");
+        let jobs = page["jobs"].as_array().unwrap();
+        assert!(jobs.len() <= 2);
+        seen.extend(jobs.iter().map(|j| j["job_id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => url = srv.api(&format!("/jobs?limit=2&status=done&cursor={c}")),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+    let (_, none) = get_json(&http, srv.api("/jobs?status=queued"), None).await;
+    assert_eq!(none["jobs"], json!([]));
+    for (query, param) in [
+        ("status=nope", "status"),
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("cursor=zzz", "cursor"),
+    ] {
+        let (status, v) = get_json(&http, srv.api(&format!("/jobs?{query}")), None).await;
+        assert_eq!(status, 400, "{query}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_parameter");
+        assert!(v["error"]["message"].as_str().unwrap().contains(param), "{v}");
+    }
+    srv.stop().await;
+}
