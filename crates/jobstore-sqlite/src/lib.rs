@@ -84,10 +84,24 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// How long a write waits for another connection's lock on the file before it fails.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The non-terminal states, as SQL (must match [`JobStatus::is_terminal`]).
-const ACTIVE: &str = "('queued','creating','processing')";
-/// The terminal states, as SQL.
+/// The terminal states, as SQL (must match [`JobStatus::is_terminal`]).
 const TERMINAL: &str = "('done','failed','cancelled')";
+
+/// The first runnable job at `?1` in claim order, walking the partial index `jobs_claim`
+/// (already in claim order, so nothing is sorted; without `INDEXED BY` the planner may pick
+/// `jobs_by_status` and sort). Its state list is the index's verbatim, as SQLite needs to use it.
+const CLAIM_FROM: &str = "jobs INDEXED BY jobs_claim
+ WHERE status IN ('queued','creating','processing') AND next_run_ms <= ?1
+   AND (lease_until_ms IS NULL OR lease_until_ms <= ?1)
+ ORDER BY prio DESC, seq ASC LIMIT 1";
+/// The oldest queued job per priority, from the partial index `jobs_queued_age` (in
+/// `(prio, created_ms)` order, so nothing is sorted).
+const QUEUED_AGE: &str = "SELECT prio, MIN(created_ms) FROM jobs INDEXED BY jobs_queued_age
+ WHERE status = 'queued' GROUP BY prio";
+/// A page of all jobs before seq `?1`, newest first (`?2` rows).
+const LIST_ALL_FROM: &str = "jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2";
+/// A page of the jobs of status `?1` before seq `?2`, newest first (`?3` rows).
+const LIST_STATUS_FROM: &str = "jobs WHERE status = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -340,14 +354,14 @@ impl Inner {
         Ok(job)
     }
 
-    /// The first job matching `sql_where` (with `params`), if any.
+    /// The first job of `SELECT … FROM {from}` (with `params`), if any.
     fn select_one(
         &self,
         tx: &Transaction<'_>,
-        sql_where: &str,
+        from: &str,
         params: impl rusqlite::Params,
     ) -> Result<Option<Job>, JobStoreError> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {sql_where}");
+        let sql = format!("SELECT {JOB_COLUMNS} FROM {from}");
         let row = tx
             .prepare_cached(&sql)
             .and_then(|mut stmt| stmt.query_row(params, Row::read).optional())
@@ -356,13 +370,13 @@ impl Inner {
     }
 
     fn by_id(&self, tx: &Transaction<'_>, id: &JobId) -> Result<Option<Job>, JobStoreError> {
-        self.select_one(tx, "id = ?1", params![id.as_str()])
+        self.select_one(tx, "jobs WHERE id = ?1", params![id.as_str()])
     }
 
     fn by_key(&self, tx: &Transaction<'_>, key: &ScopedKey) -> Result<Option<Job>, JobStoreError> {
         self.select_one(
             tx,
-            "key_scope = ?1 AND key = ?2",
+            "jobs WHERE key_scope = ?1 AND key = ?2",
             params![key.scope, key.key],
         )
     }
@@ -465,12 +479,7 @@ impl Inner {
         now_ms: u64,
     ) -> Result<Option<Job>, JobStoreError> {
         self.write(|tx| {
-            let sql = format!(
-                "status IN {ACTIVE} AND next_run_ms <= ?1
-                   AND (lease_until_ms IS NULL OR lease_until_ms <= ?1)
-                 ORDER BY prio DESC, seq ASC LIMIT 1"
-            );
-            let Some(mut job) = self.select_one(tx, &sql, params![to_sql(now_ms)])? else {
+            let Some(mut job) = self.select_one(tx, CLAIM_FROM, params![to_sql(now_ms)])? else {
                 return Ok(None);
             };
             if !is_runnable(&job, now_ms) {
@@ -570,18 +579,13 @@ impl Inner {
         self.read(|tx| {
             let rows: Vec<Row> = match status {
                 None => tx
-                    .prepare_cached(&format!(
-                        "SELECT {JOB_COLUMNS} FROM jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
-                    ))
+                    .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM {LIST_ALL_FROM}"))
                     .and_then(|mut s| {
                         s.query_map(params![to_sql(before), fetch], Row::read)?
                             .collect()
                     }),
                 Some(status) => tx
-                    .prepare_cached(&format!(
-                        "SELECT {JOB_COLUMNS} FROM jobs WHERE status = ?1 AND seq < ?2
-                         ORDER BY seq DESC LIMIT ?3"
-                    ))
+                    .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM {LIST_STATUS_FROM}"))
                     .and_then(|mut s| {
                         s.query_map(params![status.as_str(), to_sql(before), fetch], Row::read)?
                             .collect()
@@ -636,9 +640,7 @@ impl Inner {
                     .insert(status, u64::try_from(n).unwrap_or(0));
             }
             let oldest: Vec<(i64, i64)> = tx
-                .prepare_cached(
-                    "SELECT prio, MIN(created_ms) FROM jobs WHERE status = 'queued' GROUP BY prio",
-                )
+                .prepare_cached(QUEUED_AGE)
                 .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
                 .map_err(|e| self.err(e))?;
             for (prio, created) in oldest {
@@ -733,6 +735,9 @@ impl JobStore for SqliteJobStore {
 mod tests {
     use super::*;
 
+    /// The non-terminal states, as SQL, as written in `jobs_claim` and [`CLAIM_FROM`].
+    const ACTIVE: &str = "('queued','creating','processing')";
+
     #[test]
     fn the_sql_state_lists_match_is_terminal() {
         let list = |terminal: bool| {
@@ -749,6 +754,62 @@ mod tests {
             SCHEMA.contains(ACTIVE),
             "the claim index covers the active states"
         );
+    }
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let args = rusqlite::params_from_iter(1..=stmt.parameter_count() as i64);
+        let rows = stmt
+            .query_map(args, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        rows.join("; ")
+    }
+
+    #[test]
+    fn the_queries_walk_their_indexes_without_sorting() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        assert!(CLAIM_FROM.contains(ACTIVE));
+        let select = |from: &str| plan(&conn, &format!("SELECT {JOB_COLUMNS} FROM {from}"));
+        for (from, index) in [
+            (CLAIM_FROM, "jobs_claim"),
+            (LIST_ALL_FROM, "INTEGER PRIMARY KEY"),
+            (LIST_STATUS_FROM, "jobs_by_status"),
+            ("jobs WHERE id = ?1", "sqlite_autoindex_jobs"),
+            ("jobs WHERE key_scope = ?1 AND key = ?2", "jobs_by_key"),
+        ] {
+            let plan = select(from);
+            assert!(plan.contains(index), "{from}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{from}: {plan}");
+        }
+        let age = plan(&conn, QUEUED_AGE);
+        assert!(age.contains("jobs_queued_age"), "{age}");
+        assert!(!age.contains("TEMP B-TREE"), "{age}");
+    }
+
+    #[test]
+    fn open_sets_wal_and_full_sync() {
+        let dir = std::env::temp_dir().join(format!("jobstore-sqlite-unit-{}", std::process::id()));
+        let store = SqliteJobStore::open(dir.join("jobs.db")).unwrap();
+        {
+            let conn = store.inner.lock();
+            let mode: String = conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            assert_eq!(sync, 2, "FULL");
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, SCHEMA_VERSION);
+        }
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
