@@ -1,0 +1,92 @@
+//! Two stores of one name on one Redis, each with a client of its own (two processes, as far
+//! as Redis can tell), see one queue: keys, claims and leases are shared.
+
+use std::time::Duration;
+
+use domain::Priority;
+use jobstore_redis::RedisJobStore;
+use limiter_redis::RedisLimiterConfig;
+use ports::job_contract::{job_id, new_job};
+use ports::{JobStore, JobStoreError, QueueLimits, ScopedKey, Submitted};
+use test_support::redis::RedisServer;
+use test_support::unique_name;
+
+const T0: u64 = 1_800_000_000_000;
+const LEASE: Duration = Duration::from_secs(30);
+const ROOMY: QueueLimits = QueueLimits { max_queued: 100 };
+
+async fn store(server: &RedisServer, name: &str) -> RedisJobStore {
+    let mut config = RedisLimiterConfig::new(server.url(), "unused");
+    config.op_timeout = Duration::from_secs(5);
+    RedisJobStore::connect(config, name)
+        .await
+        .expect("the store connects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_of_one_name_share_keys_claims_and_leases() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let name = unique_name("shared");
+    let (a, b) = (store(&server, &name).await, store(&server, &name).await);
+    let other = store(&server, &unique_name("other")).await;
+
+    // A key submitted via A replays via B.
+    let key = ScopedKey {
+        scope: "caller".into(),
+        key: "order-1".into(),
+    };
+    let mut job = new_job(1, Priority::Normal, T0);
+    job.idempotency = Some(key.clone());
+    let Submitted::Created(created) = a.submit(job, ROOMY).await.unwrap() else {
+        panic!("A creates the job");
+    };
+    let mut replay = new_job(2, Priority::Normal, T0 + 1);
+    replay.idempotency = Some(key.clone());
+    assert_eq!(
+        b.submit(replay, ROOMY).await.unwrap(),
+        Submitted::Existing(created.clone())
+    );
+    assert_eq!(b.get_by_key(&key).await.unwrap(), Some(created.clone()));
+    assert_eq!(
+        other.get_by_key(&key).await.unwrap(),
+        None,
+        "names are apart"
+    );
+
+    // A job claimed via A is not claimable via B until its lease expires.
+    let claimed = a
+        .claim("wa", LEASE, T0 + 10)
+        .await
+        .unwrap()
+        .expect("A claims");
+    assert_eq!(claimed.id, job_id(1));
+    assert_eq!(b.claim("wb", LEASE, T0 + 10).await.unwrap(), None);
+    assert_eq!(b.claim("wb", LEASE, T0 + 30_009).await.unwrap(), None);
+    assert!(!b.renew(&claimed.id, "wb", LEASE, T0 + 20).await.unwrap());
+    let taken = b
+        .claim("wb", LEASE, T0 + 30_010)
+        .await
+        .unwrap()
+        .expect("B takes over after the lease");
+    assert_eq!(taken.id, claimed.id);
+    assert_eq!(taken.version, claimed.version + 1);
+    // A's stale copy can no longer be written, by A or B.
+    let err = a.update(claimed).await.unwrap_err();
+    assert!(matches!(err, JobStoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(a.counts().await.unwrap(), b.counts().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_is_unavailable_and_the_message_hides_the_password() {
+    let port = test_support::free_port();
+    let mut config = RedisLimiterConfig::new(format!("redis://u:s3cret@127.0.0.1:{port}"), "x");
+    config.connect_timeout = Duration::from_millis(300);
+    let err = RedisJobStore::connect(config, "jobs").await.unwrap_err();
+    let JobStoreError::Unavailable(message) = err else {
+        panic!("expected Unavailable, got {err:?}");
+    };
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(!message.contains("s3cret"), "{message}");
+}
