@@ -51,18 +51,38 @@
 //! by name (several stores), not by slots.
 //!
 //! # Durability
-//! The store keeps what Redis keeps. A job is acknowledged once Redis ran the script, i.e.
-//! once it is in Redis's memory: a Redis that restarts keeps only what it persisted. With
-//! AOF (`appendonly yes`) and `appendfsync always` no acknowledged write is lost; with
-//! `appendfsync everysec` (the usual choice) a crash of the machine loses at most about the
-//! last second of writes; with RDB snapshots only everything since the last snapshot is
-//! lost, and with no persistence a restart starts empty. What is lost is whole scripts
-//! (Redis writes a script's effects as one unit): submitted jobs vanish (their keys become
-//! free again, a replay creates a new job), claims and updates roll back to an older
-//! version (the writer's next update then fails with a conflict, and the job is claimed
-//! again once its older lease runs out). A failover to a replica loses what the replica had
-//! not received yet, in the same way. The indexes never disagree with the jobs after any of
-//! these.
+//! The store keeps what Redis keeps. A call is acknowledged once Redis ran its script, i.e.
+//! once the write is in Redis's memory; a Redis that restarts comes back with only what it
+//! had persisted:
+//! - AOF with `appendfsync always`: no acknowledged write is lost (each script is on disk
+//!   before its answer is sent);
+//! - AOF with `appendfsync everysec` (the usual setting): a Redis process crash loses
+//!   nothing, a crash of the machine (or power) loses up to about the last second;
+//! - RDB snapshots only: everything written since the last snapshot is lost;
+//! - no persistence (`save ""`, `appendonly no`): a restart starts with an empty store.
+//!
+//! Run it with AOF (`appendonly yes`, `appendfsync everysec` or `always`) for acknowledged
+//! jobs to survive, and with `maxmemory-policy noeviction`: an evicting policy would drop
+//! single keys of the store (a job, or an index) and break what the scripts keep consistent.
+//! A failover to a replica loses what the replica had not received yet, like a crash.
+//!
+//! What is lost is always whole scripts (Redis persists and replicates a script's effects as
+//! one unit), so the indexes never disagree with the jobs. Lost submits vanish (their keys
+//! are free again, so a replay creates a new job); lost claims and updates roll the job back
+//! to an older version: the writer's next update fails with
+//! [`JobStoreError::Conflict`], and the job is claimed again once its (older) lease has run
+//! out. Jobs that were running when the data was lost are worked on again, which the workers
+//! must tolerate anyway (a `creating` job may exist at D-ID already).
+//!
+//! # Replays and clocks
+//! The client sends a command a second time when its connection dropped before the answer
+//! (fred's `max_command_attempts`, 2 with the limiter's settings). A replayed submit finds
+//! its own job and reports it created (same id, fingerprint, request and key); a replayed
+//! claim leases a second job, whose lease then simply runs out; a replayed update answers
+//! [`JobStoreError::Conflict`] although the first run wrote (the writer reads the job again).
+//! A claim trusts its caller's `now_ms`: a claim from a clock that runs ahead moves jobs into
+//! `due` early, and a claim from a clock that runs behind moves such jobs back to `wait`
+//! (at most 64 per call) instead of claiming them before their time.
 
 use std::fmt;
 use std::time::Duration;
@@ -393,7 +413,21 @@ impl JobStore for RedisJobStore {
                 queued: number(&items[1], "queued")?,
                 limit: limits.max_queued,
             }),
-            "duplicate" => Err(JobStoreError::Corrupt(format!("job id {} exists", job.id))),
+            "duplicate" if items.len() >= 2 => {
+                let mut items = items;
+                let stored = decode_job(items.swap_remove(1))?;
+                // The same submit run twice (fred sends a command again when the connection
+                // dropped before its answer): the first run created it.
+                if stored.fingerprint == job.fingerprint
+                    && stored.created_ms == job.created_ms
+                    && stored.idempotency == job.idempotency
+                    && stored.request == job.request
+                {
+                    Ok(Submitted::Created(stored))
+                } else {
+                    Err(JobStoreError::Corrupt(format!("job id {} exists", job.id)))
+                }
+            }
             "dangling" => Err(JobStoreError::Corrupt(format!(
                 "the idempotency key of job {} points at a missing job",
                 job.id

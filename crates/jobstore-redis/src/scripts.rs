@@ -121,7 +121,7 @@ end
 pub(crate) const INDEX_ARGS: usize = 8;
 
 /// `ARGV`: id, key field (`''` if none), max queued, then [`INDEX_ARGS`]. Returns
-/// `{'existing', job}`, `{'duplicate'}` (the id exists), `{'full', queued}` or
+/// `{'existing', job}`, `{'duplicate', job}` (the id exists), `{'full', queued}` or
 /// `{'created', seq}`.
 const SUBMIT: &str = r#"
 local id, kf = ARGV[1], ARGV[2]
@@ -133,7 +133,8 @@ if kf ~= '' then
     return {'dangling', existing}
   end
 end
-if redis.call('HEXISTS', JOB, id) == 1 then return {'duplicate'} end
+local same = read(id)
+if same then return {'duplicate', same} end
 local queued = redis.call('ZCARD', KEYS[STATUS0])
 if queued >= tonumber(ARGV[3]) then return {'full', queued} end
 local seq = redis.call('INCR', NEXT_SEQ)

@@ -90,3 +90,25 @@ async fn an_unreachable_redis_is_unavailable_and_the_message_hides_the_password(
     assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
     assert!(!message.contains("s3cret"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_submit_reports_its_own_job_and_another_with_its_id_is_corrupt() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let s = store(&server, &unique_name("replay")).await;
+    let job = new_job(7, Priority::High, T0);
+    let Submitted::Created(first) = s.submit(job.clone(), ROOMY).await.unwrap() else {
+        panic!("created");
+    };
+    // fred sends the same EVALSHA again after a dropped connection: the same call.
+    assert_eq!(
+        s.submit(job.clone(), ROOMY).await.unwrap(),
+        Submitted::Created(first)
+    );
+    let mut other = job;
+    other.fingerprint = "another request".into();
+    let err = s.submit(other, ROOMY).await.unwrap_err();
+    assert!(matches!(err, JobStoreError::Corrupt(_)), "{err:?}");
+    assert_eq!(s.list(None, 10, None).await.unwrap().jobs.len(), 1);
+}
