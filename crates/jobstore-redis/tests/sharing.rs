@@ -112,3 +112,100 @@ async fn a_replayed_submit_reports_its_own_job_and_another_with_its_id_is_corrup
     assert!(matches!(err, JobStoreError::Corrupt(_)), "{err:?}");
     assert_eq!(s.list(None, 10, None).await.unwrap().jobs.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_leased_jobs_ahead_do_not_hide_a_runnable_one() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let s = store(&server, &unique_name("deep")).await;
+    for n in 0..300 {
+        s.submit(new_job(n, Priority::Critical, T0), ROOMY_DEEP)
+            .await
+            .unwrap();
+    }
+    for n in 0..300 {
+        let job = s.claim("w", LEASE, T0).await.unwrap().expect("claimed");
+        assert_eq!(job.id, job_id(n), "critical jobs go first, oldest first");
+    }
+    for n in 300..600 {
+        let mut job = new_job(n, Priority::High, T0);
+        job.status = ports::JobStatus::Creating;
+        job.lease = Some(ports::Lease {
+            owner: "sync".into(),
+            until_ms: T0 + 60_000,
+        });
+        s.submit(job, ROOMY_DEEP).await.unwrap();
+    }
+    s.submit(new_job(1_000, Priority::Low, T0), ROOMY_DEEP)
+        .await
+        .unwrap();
+    let low = s
+        .claim("w", LEASE, T0 + 1)
+        .await
+        .unwrap()
+        .expect("the low job");
+    assert_eq!(low.id, job_id(1_000));
+    assert_eq!(s.claim("w", LEASE, T0 + 1).await.unwrap(), None);
+    // Once the leases run out, the order is back: critical first.
+    let next = s.claim("w2", LEASE, T0 + 30_000).await.unwrap().unwrap();
+    assert_eq!(next.id, job_id(0));
+}
+
+const ROOMY_DEEP: QueueLimits = QueueLimits { max_queued: 10_000 };
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_went_away_is_unavailable_and_a_restarted_one_is_used_again() {
+    let mut server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let mut config = RedisLimiterConfig::new(server.url(), "unused");
+    config.op_timeout = Duration::from_millis(500);
+    let s = RedisJobStore::connect(config, &unique_name("away"))
+        .await
+        .unwrap();
+    s.submit(new_job(1, Priority::Normal, T0), ROOMY)
+        .await
+        .unwrap();
+    server = tokio::task::spawn_blocking(move || {
+        server.kill();
+        server
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = s.get(&job_id(1)).await.unwrap_err();
+    assert!(matches!(err, JobStoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by op_timeout"
+    );
+    // A restarted server without persistence is empty (see the crate docs on durability),
+    // and the scripts are loaded there again by themselves.
+    let _server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.get(&job_id(1)).await {
+            Ok(found) => {
+                assert_eq!(found, None, "nothing was persisted");
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "still unavailable: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(matches!(
+        s.submit(new_job(2, Priority::Normal, T0), ROOMY)
+            .await
+            .unwrap(),
+        Submitted::Created(_)
+    ));
+}
