@@ -6,6 +6,7 @@
 mod auth;
 mod cli;
 mod e2e;
+mod jobs;
 mod labels;
 mod limits;
 mod logs;

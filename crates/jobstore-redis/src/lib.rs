@@ -1,0 +1,635 @@
+//! A [`JobStore`] on Redis (via fred): every process that uses the same Redis and the same
+//! store name shares one queue of jobs.
+//!
+//! Build it with [`RedisJobStore::connect`], from the limiter's [`RedisLimiterConfig`] (so
+//! the same URL forms — `redis://`, `rediss://` over TLS, `redis-cluster://`,
+//! `redis-sentinel://` — the same TLS options and the same timeouts apply; the config's
+//! limiter-only fields and its `name` are not used) and a store name.
+//!
+//! # Data model
+//! Every key shares the hash tag `{talkgate-jobs:<name>}` (written `T` below):
+//!
+//! | key | type | field → value / member → score |
+//! |---|---|---|
+//! | `T:job` | HASH | id → the job as JSON, without `seq`, `version`, `lease`, `idempotency` |
+//! | `T:ver` | HASH | id → version |
+//! | `T:lease` | HASH | id → `<until_ms> <owner>` (absent without a lease) |
+//! | `T:next` | HASH | id → `next_run_ms` (non-terminal jobs) |
+//! | `T:order` | HASH | id → claim order, `(3 - priority index) · 2^40 + seq` (non-terminal jobs) |
+//! | `T:key` | HASH | key field → id |
+//! | `T:keyof` | HASH | id → key field |
+//! | `T:seq` | ZSET | id → seq (every job; `list` pages over it newest first) |
+//! | `T:next_seq` | STRING | the last seq handed out (`INCR`) |
+//! | `T:due` | ZSET | id → claim order: non-terminal jobs whose timer some claim saw pass |
+//! | `T:wait` | ZSET | id → timer, `max(next_run_ms, lease until)`: the other non-terminal jobs |
+//! | `T:finished` | ZSET | id → `finished_ms` (terminal jobs that have one; `purge` reads it) |
+//! | `T:status:<status>` | ZSET | id → seq, one per [`JobStatus`] (`list` of one status, counts) |
+//! | `T:queued:<p>` | ZSET | id → `created_ms` of the queued jobs of priority index `p` (queue age) |
+//!
+//! A key field is `<byte length of scope>:<scope><key>`, so no scope and key pair can be
+//! mistaken for another. `seq`, `version`, the lease and the idempotency key of a job live
+//! only in their own fields (the JSON leaves them out), so a claim or a renew never rewrites
+//! the JSON; a read puts them back. Every non-terminal job is in exactly one of `due` and
+//! `wait`; a terminal job in neither.
+//!
+//! # Atomicity
+//! Every [`JobStore`] method is one Lua script (`EVALSHA`, loaded again after a `NOSCRIPT`),
+//! so each step — look up the key, check the queue bound, insert; find the first runnable job
+//! and lease it; compare the version and write — runs atomically, whichever process sends it.
+//! The Rust side computes the index fields (status, priority, `next_run_ms`, lease,
+//! `finished_ms`) from the job it writes and passes them next to the JSON, so Lua never
+//! parses JSON. Times are the caller's `now_ms` (never Redis `TIME`), as the port requires.
+//! A claim first moves every job of `wait` whose timer is at most `now_ms` into `due`, then
+//! leases the head of `due` (in claim order). Only [`purge`](JobStore::purge) may take more
+//! than one script call: it deletes at most [`PURGE_BATCH`] jobs per call and repeats until
+//! a call deletes fewer.
+//!
+//! # Cluster
+//! All keys of a store hash to one slot (the one hash tag), and every script is given every
+//! key it may touch in `KEYS` (it builds no key name), so the store runs unchanged on a
+//! Redis Cluster through a `redis-cluster://` URL. One store lives on one master: it scales
+//! by name (several stores), not by slots.
+//!
+//! # Durability
+//! The store keeps what Redis keeps. A call is acknowledged once Redis ran its script, i.e.
+//! once the write is in Redis's memory; a Redis that restarts comes back with only what it
+//! had persisted:
+//! - AOF with `appendfsync always`: no acknowledged write is lost (each script is on disk
+//!   before its answer is sent);
+//! - AOF with `appendfsync everysec` (the usual setting): a Redis process crash loses
+//!   nothing, a crash of the machine (or power) loses up to about the last second;
+//! - RDB snapshots only: everything written since the last snapshot is lost;
+//! - no persistence (`save ""`, `appendonly no`): a restart starts with an empty store.
+//!
+//! Run it with AOF (`appendonly yes`, `appendfsync everysec` or `always`) for acknowledged
+//! jobs to survive, and with `maxmemory-policy noeviction`: an evicting policy would drop
+//! single keys of the store (a job, or an index) and break what the scripts keep consistent.
+//! A failover to a replica loses what the replica had not received yet, like a crash.
+//!
+//! What is lost is always whole scripts (Redis persists and replicates a script's effects as
+//! one unit), so the indexes never disagree with the jobs. Lost submits vanish (their keys
+//! are free again, so a replay creates a new job); lost claims and updates roll the job back
+//! to an older version: the writer's next update fails with
+//! [`JobStoreError::Conflict`], and the job is claimed again once its (older) lease has run
+//! out. Jobs that were running when the data was lost are worked on again, which the workers
+//! must tolerate anyway (a `creating` job may exist at D-ID already).
+//!
+//! # Replays and clocks
+//! The client sends a command a second time when its connection dropped before the answer
+//! (fred's `max_command_attempts`, 2 with the limiter's settings). A replayed submit finds
+//! its own job and reports it created (same id, fingerprint, request and key); a replayed
+//! claim leases a second job, whose lease then simply runs out; a replayed update answers
+//! [`JobStoreError::Conflict`] although the first run wrote (the writer reads the job again).
+//! A claim trusts its caller's `now_ms`: a claim from a clock that runs ahead moves jobs into
+//! `due` early, and a claim from a clock that runs behind moves such jobs back to `wait`
+//! (at most 64 per call) instead of claiming them before their time.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+use fred::types::scripts::Script;
+use fred::types::{FromValue, Value};
+use limiter_redis::RedisLimiterConfig;
+use limiter_redis::config::{address_of, redact_url};
+use ports::jobs::duration_ms;
+use ports::{
+    Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease, NewJob, QueueLimits,
+    ScopedKey, Submitted,
+};
+
+mod scripts;
+
+use scripts::{INDEX_ARGS, Scripts};
+
+/// The most jobs one [`purge`](JobStore::purge) script call deletes (it repeats until done).
+pub const PURGE_BATCH: usize = 500;
+
+/// The JSON fields that live in side fields, not in `T:job`.
+const SIDE_FIELDS: [&str; 4] = ["seq", "version", "lease", "idempotency"];
+
+/// The job store on Redis. Cheap to share behind an `Arc`; all clones of the fred client
+/// share its connections.
+#[derive(Clone)]
+pub struct RedisJobStore {
+    client: Client,
+    scripts: Scripts,
+    name: String,
+    address: String,
+    op_timeout: Duration,
+}
+
+impl fmt::Debug for RedisJobStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisJobStore")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("op_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The hash tag of the store called `name`: `{talkgate-jobs:<name>}`. Every key of the store
+/// starts with it.
+pub fn hash_tag(name: &str) -> String {
+    format!("{{talkgate-jobs:{name}}}")
+}
+
+impl RedisJobStore {
+    /// Connects to the Redis of `config` (its URL, TLS options, `connect_timeout` and
+    /// `op_timeout`; its limiter fields and `name` are not used) and opens the store called
+    /// `name` there. Waits at most `config.connect_timeout` for the first connection.
+    ///
+    /// Fails with [`JobStoreError::Unavailable`] if the config is invalid or Redis cannot be
+    /// reached in time (the message names the address, never the password). Once connected,
+    /// the client reconnects by itself; a call while Redis is away fails with
+    /// [`JobStoreError::Unavailable`] within `op_timeout`.
+    pub async fn connect(
+        config: RedisLimiterConfig,
+        name: &str,
+    ) -> Result<RedisJobStore, JobStoreError> {
+        let address = address_of(&config.url);
+        let client = limiter_redis::client(&config).map_err(|e| {
+            JobStoreError::Unavailable(format!(
+                "redis job store at {}: {e}",
+                redact_url(&config.url)
+            ))
+        })?;
+        match tokio::time::timeout(config.connect_timeout, client.init()).await {
+            Ok(Ok(_handle)) => {}
+            Ok(Err(e)) => {
+                let _ = tokio::time::timeout(config.connect_timeout, client.quit()).await;
+                return Err(JobStoreError::Unavailable(format!(
+                    "redis job store at {address}: {e}"
+                )));
+            }
+            Err(_) => {
+                let _ = tokio::time::timeout(config.connect_timeout, client.quit()).await;
+                return Err(JobStoreError::Unavailable(format!(
+                    "redis job store at {address}: not connected within {:?}",
+                    config.connect_timeout
+                )));
+            }
+        }
+        Ok(RedisJobStore {
+            client,
+            scripts: Scripts::new(&hash_tag(name)),
+            name: name.to_owned(),
+            address,
+            op_timeout: config.op_timeout,
+        })
+    }
+
+    /// The store's name (its keys are under [`hash_tag`]`(name)`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Redis address(es) it uses, `host:port`, without credentials.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Closes the connections. Calls after this fail with [`JobStoreError::Unavailable`].
+    pub async fn quit(&self) {
+        let _ = tokio::time::timeout(self.op_timeout, self.client.quit()).await;
+    }
+
+    /// Runs `script` with the store's keys, bounded by `op_timeout` (a `SCRIPT LOAD` after
+    /// `NOSCRIPT` included).
+    async fn eval<R: FromValue>(
+        &self,
+        script: &Script,
+        args: Vec<Value>,
+    ) -> Result<R, JobStoreError> {
+        let call =
+            script.evalsha_with_reload::<R, _, _>(&self.client, self.scripts.keys.clone(), args);
+        match tokio::time::timeout(self.op_timeout, call).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(JobStoreError::Unavailable(format!(
+                "redis at {}: {e}",
+                self.address
+            ))),
+            Err(_) => Err(JobStoreError::Unavailable(format!(
+                "redis at {}: no answer within {:?}",
+                self.address, self.op_timeout
+            ))),
+        }
+    }
+}
+
+/// The key field of `key`: `<byte length of scope>:<scope><key>`.
+fn key_field(key: &ScopedKey) -> String {
+    format!("{}:{}{}", key.scope.len(), key.scope, key.key)
+}
+
+/// The key of a key field.
+fn parse_key_field(field: &str) -> Result<ScopedKey, JobStoreError> {
+    let bad = || JobStoreError::Corrupt(format!("bad idempotency key field {field:?}"));
+    let (len, rest) = field.split_once(':').ok_or_else(bad)?;
+    let len: usize = len.parse().map_err(|_| bad())?;
+    let (scope, key) = (
+        rest.get(..len).ok_or_else(bad)?,
+        rest.get(len..).ok_or_else(bad)?,
+    );
+    Ok(ScopedKey {
+        scope: scope.to_owned(),
+        key: key.to_owned(),
+    })
+}
+
+/// A lease as stored: `<until_ms> <owner>`.
+fn lease_text(lease: &Lease) -> String {
+    format!("{} {}", lease.until_ms, lease.owner)
+}
+
+fn parse_lease(text: &str) -> Result<Lease, JobStoreError> {
+    let bad = || JobStoreError::Corrupt(format!("bad lease {text:?}"));
+    let (until, owner) = text.split_once(' ').ok_or_else(bad)?;
+    Ok(Lease {
+        owner: owner.to_owned(),
+        until_ms: until.parse().map_err(|_| bad())?,
+    })
+}
+
+/// A number Redis returned as an integer or as text (a score may come as `"5"` or `"5.0"`).
+fn number(value: &Value, what: &str) -> Result<u64, JobStoreError> {
+    let bad = || JobStoreError::Corrupt(format!("{what} is not a number: {value:?}"));
+    match value {
+        Value::Integer(n) => u64::try_from(*n).map_err(|_| bad()),
+        Value::Double(f) if *f >= 0.0 && f.fract() == 0.0 => Ok(*f as u64),
+        other => {
+            let text = other.as_str().ok_or_else(bad)?;
+            text.parse::<u64>().or_else(|_| {
+                text.parse::<f64>()
+                    .ok()
+                    .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                    .map(|f| f as u64)
+                    .ok_or_else(bad)
+            })
+        }
+    }
+}
+
+fn text(value: &Value, what: &str) -> Result<String, JobStoreError> {
+    value
+        .as_str()
+        .map(|s| s.into_owned())
+        .ok_or_else(|| JobStoreError::Corrupt(format!("{what} is not text: {value:?}")))
+}
+
+fn array(value: Value, len: usize, what: &str) -> Result<Vec<Value>, JobStoreError> {
+    match value {
+        Value::Array(items) if items.len() >= len => Ok(items),
+        other => Err(JobStoreError::Corrupt(format!(
+            "unexpected reply to {what}: {other:?}"
+        ))),
+    }
+}
+
+/// The JSON stored for `job`: the job without its side fields.
+fn body_json(job: &Job) -> Result<String, JobStoreError> {
+    let mut value = serde_json::to_value(job)
+        .map_err(|e| JobStoreError::Corrupt(format!("job {} cannot be encoded: {e}", job.id)))?;
+    if let Some(object) = value.as_object_mut() {
+        for field in SIDE_FIELDS {
+            object.remove(field);
+        }
+    }
+    Ok(value.to_string())
+}
+
+/// A job from `read()`'s `{json, version, lease, seq, key field}`.
+fn decode_job(value: Value) -> Result<Job, JobStoreError> {
+    let items = array(value, 5, "read")?;
+    let json = text(&items[0], "job json")?;
+    let version = number(&items[1], "version")?;
+    let lease = match text(&items[2], "lease")?.as_str() {
+        "" => None,
+        t => Some(parse_lease(t)?),
+    };
+    let seq = number(&items[3], "seq")?;
+    let idempotency = match text(&items[4], "key field")?.as_str() {
+        "" => None,
+        f => Some(parse_key_field(f)?),
+    };
+    let corrupt = |e: serde_json::Error| JobStoreError::Corrupt(format!("job json: {e}"));
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&json).map_err(corrupt)?;
+    object.insert("seq".into(), seq.into());
+    object.insert("version".into(), version.into());
+    object.insert(
+        "lease".into(),
+        serde_json::to_value(&lease).map_err(corrupt)?,
+    );
+    object.insert(
+        "idempotency".into(),
+        serde_json::to_value(&idempotency).map_err(corrupt)?,
+    );
+    serde_json::from_value(serde_json::Value::Object(object)).map_err(corrupt)
+}
+
+fn decode_optional_job(value: Value) -> Result<Option<Job>, JobStoreError> {
+    if value.is_null() {
+        Ok(None)
+    } else {
+        decode_job(value).map(Some)
+    }
+}
+
+fn status_index(status: JobStatus) -> usize {
+    JobStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or_default()
+}
+
+/// `index()`'s arguments for `job` (see `scripts::INDEX_ARGS`).
+fn index_args(job: &Job) -> Result<Vec<Value>, JobStoreError> {
+    let args: Vec<Value> = vec![
+        body_json(job)?.into(),
+        status_index(job.status).to_string().into(),
+        if job.status.is_terminal() { "1" } else { "0" }.into(),
+        job.priority.index().to_string().into(),
+        job.created_ms.to_string().into(),
+        job.next_run_ms.to_string().into(),
+        job.lease
+            .as_ref()
+            .map(lease_text)
+            .unwrap_or_default()
+            .into(),
+        job.finished_ms
+            .map(|f| f.to_string())
+            .unwrap_or_default()
+            .into(),
+    ];
+    debug_assert_eq!(args.len(), INDEX_ARGS);
+    Ok(args)
+}
+
+/// The reply's tag (its first element).
+fn tag(items: &[Value], what: &str) -> Result<String, JobStoreError> {
+    items
+        .first()
+        .and_then(|v| v.as_str().map(|s| s.into_owned()))
+        .ok_or_else(|| JobStoreError::Corrupt(format!("unexpected reply to {what}")))
+}
+
+fn parse_cursor(cursor: Option<&str>) -> Result<String, JobStoreError> {
+    match cursor {
+        None => Ok("+inf".to_owned()),
+        Some(c) => c
+            .strip_prefix('s')
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(|seq| format!("({seq}"))
+            .ok_or(JobStoreError::InvalidCursor),
+    }
+}
+
+#[async_trait]
+impl JobStore for RedisJobStore {
+    async fn submit(&self, job: NewJob, limits: QueueLimits) -> Result<Submitted, JobStoreError> {
+        let job = job.into_job(0);
+        let field = job.idempotency.as_ref().map(key_field).unwrap_or_default();
+        let mut args: Vec<Value> = vec![
+            job.id.as_str().into(),
+            field.into(),
+            limits.max_queued.to_string().into(),
+        ];
+        args.extend(index_args(&job)?);
+        let items = array(self.eval(&self.scripts.submit, args).await?, 1, "submit")?;
+        match tag(&items, "submit")?.as_str() {
+            "created" if items.len() >= 2 => {
+                let seq = number(&items[1], "seq")?;
+                Ok(Submitted::Created(Job { seq, ..job }))
+            }
+            "existing" if items.len() >= 2 => {
+                let mut items = items;
+                Ok(Submitted::Existing(decode_job(items.swap_remove(1))?))
+            }
+            "full" if items.len() >= 2 => Err(JobStoreError::QueueFull {
+                queued: number(&items[1], "queued")?,
+                limit: limits.max_queued,
+            }),
+            "duplicate" if items.len() >= 2 => {
+                let mut items = items;
+                let stored = decode_job(items.swap_remove(1))?;
+                // The same submit run twice (fred sends a command again when the connection
+                // dropped before its answer): the first run created it.
+                if stored.fingerprint == job.fingerprint
+                    && stored.created_ms == job.created_ms
+                    && stored.idempotency == job.idempotency
+                    && stored.request == job.request
+                {
+                    Ok(Submitted::Created(stored))
+                } else {
+                    Err(JobStoreError::Corrupt(format!("job id {} exists", job.id)))
+                }
+            }
+            "dangling" => Err(JobStoreError::Corrupt(format!(
+                "the idempotency key of job {} points at a missing job",
+                job.id
+            ))),
+            other => Err(JobStoreError::Corrupt(format!(
+                "unexpected reply to submit: {other}"
+            ))),
+        }
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, JobStoreError> {
+        let reply = self
+            .eval(&self.scripts.get, vec![id.as_str().into()])
+            .await?;
+        decode_optional_job(reply)
+    }
+
+    async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError> {
+        let reply = self
+            .eval(&self.scripts.get_by_key, vec![key_field(key).into()])
+            .await?;
+        decode_optional_job(reply)
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<Option<Job>, JobStoreError> {
+        let until = now_ms.saturating_add(duration_ms(lease));
+        let args: Vec<Value> = vec![
+            now_ms.to_string().into(),
+            owner.into(),
+            until.to_string().into(),
+        ];
+        let reply: Value = self.eval(&self.scripts.claim, args).await?;
+        if reply.is_null() {
+            return Ok(None);
+        }
+        let mut items = array(reply, 2, "claim")?;
+        decode_job(items.swap_remove(1)).map(Some)
+    }
+
+    async fn renew(
+        &self,
+        id: &JobId,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<bool, JobStoreError> {
+        let until = now_ms.saturating_add(duration_ms(lease));
+        let args: Vec<Value> = vec![
+            id.as_str().into(),
+            owner.into(),
+            now_ms.to_string().into(),
+            until.to_string().into(),
+        ];
+        let renewed: i64 = self.eval(&self.scripts.renew, args).await?;
+        Ok(renewed == 1)
+    }
+
+    async fn update(&self, job: Job) -> Result<Job, JobStoreError> {
+        let mut args: Vec<Value> = vec![
+            job.id.as_str().into(),
+            job.version.to_string().into(),
+            "".into(),
+        ];
+        args.extend(index_args(&job)?);
+        let items = array(self.eval(&self.scripts.update, args).await?, 1, "update")?;
+        match tag(&items, "update")?.as_str() {
+            "updated" if items.len() >= 4 => {
+                let idempotency = match text(&items[3], "key field")?.as_str() {
+                    "" => None,
+                    f => Some(parse_key_field(f)?),
+                };
+                Ok(Job {
+                    version: number(&items[1], "version")?,
+                    seq: number(&items[2], "seq")?,
+                    idempotency,
+                    ..job
+                })
+            }
+            "missing" => Err(JobStoreError::NotFound(job.id)),
+            "conflict" => Err(JobStoreError::Conflict {
+                id: job.id,
+                expected: job.version,
+            }),
+            "dangling" => Err(JobStoreError::Corrupt(format!("job {} has no seq", job.id))),
+            other => Err(JobStoreError::Corrupt(format!(
+                "unexpected reply to update: {other}"
+            ))),
+        }
+    }
+
+    async fn list(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, JobStoreError> {
+        let before = parse_cursor(cursor)?;
+        let limit = limit.max(1);
+        let args: Vec<Value> = vec![
+            status
+                .map(|s| status_index(s).to_string())
+                .unwrap_or_default()
+                .into(),
+            before.into(),
+            limit.saturating_add(1).to_string().into(),
+        ];
+        let reply: Value = self.eval(&self.scripts.list, args).await?;
+        let mut jobs = reply
+            .into_array()
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .map(decode_job)
+            .collect::<Result<Vec<Job>, _>>()?;
+        let next_cursor = if jobs.len() > limit {
+            jobs.truncate(limit);
+            jobs.last().map(|j| format!("s{}", j.seq))
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
+        let mut total = 0;
+        loop {
+            let args: Vec<Value> = vec![
+                finished_before_ms.to_string().into(),
+                PURGE_BATCH.to_string().into(),
+            ];
+            let deleted: u64 = self.eval(&self.scripts.purge, args).await?;
+            total += deleted;
+            if deleted < PURGE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn counts(&self) -> Result<JobCounts, JobStoreError> {
+        let items = array(
+            self.eval(&self.scripts.counts, Vec::new()).await?,
+            10,
+            "counts",
+        )?;
+        let mut counts = JobCounts::default();
+        for (status, value) in JobStatus::ALL.into_iter().zip(&items) {
+            counts.by_status.insert(status, number(value, "count")?);
+        }
+        for (slot, value) in counts.oldest_queued_ms.iter_mut().zip(&items[6..]) {
+            *slot = match text(value, "queue age")?.as_str() {
+                "" => None,
+                _ => Some(number(value, "queue age")?),
+            };
+        }
+        Ok(counts)
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_fields_round_trip_and_never_collide() {
+        let a = ScopedKey {
+            scope: "a:b".into(),
+            key: "c".into(),
+        };
+        let b = ScopedKey {
+            scope: "a".into(),
+            key: ":bc".into(),
+        };
+        assert_ne!(key_field(&a), key_field(&b));
+        for k in [a, b] {
+            assert_eq!(parse_key_field(&key_field(&k)).unwrap(), k);
+        }
+        assert!(parse_key_field("9:ab").is_err());
+    }
+
+    #[test]
+    fn leases_round_trip() {
+        let lease = Lease {
+            owner: "inst 1/2".into(),
+            until_ms: 1_800_000_030_000,
+        };
+        assert_eq!(parse_lease(&lease_text(&lease)).unwrap(), lease);
+    }
+
+    #[test]
+    fn cursors_are_seqs() {
+        assert_eq!(parse_cursor(Some("s12")).unwrap(), "(12");
+        assert_eq!(parse_cursor(None).unwrap(), "+inf");
+        for bad in ["12", "s", "sx", "not a cursor"] {
+            assert_eq!(parse_cursor(Some(bad)), Err(JobStoreError::InvalidCursor));
+        }
+    }
+}

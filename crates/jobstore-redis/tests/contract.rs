@@ -1,0 +1,136 @@
+//! The job-store contract suite against real Redis servers started by `test-support`: a
+//! standalone `redis-server`, then a 3-master Redis Cluster reached through a
+//! `redis-cluster://` URL. Each store has a name of its own, so the tests of one run share
+//! one server (one cluster) at a time; the last test to finish drops it, which kills it.
+
+use std::any::Any;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jobstore_redis::RedisJobStore;
+use limiter_redis::RedisLimiterConfig;
+use ports::{
+    Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, NewJob, QueueLimits,
+    ScopedKey, Submitted,
+};
+use test_support::redis::{RedisCluster, RedisServer};
+use test_support::unique_name;
+
+/// A store that keeps the server it runs on alive.
+struct Kept {
+    store: RedisJobStore,
+    _server: Arc<dyn Any + Send + Sync>,
+}
+
+#[async_trait]
+impl JobStore for Kept {
+    async fn submit(&self, job: NewJob, limits: QueueLimits) -> Result<Submitted, JobStoreError> {
+        self.store.submit(job, limits).await
+    }
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, JobStoreError> {
+        self.store.get(id).await
+    }
+    async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError> {
+        self.store.get_by_key(key).await
+    }
+    async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<Option<Job>, JobStoreError> {
+        self.store.claim(owner, lease, now_ms).await
+    }
+    async fn renew(
+        &self,
+        id: &JobId,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<bool, JobStoreError> {
+        self.store.renew(id, owner, lease, now_ms).await
+    }
+    async fn update(&self, job: Job) -> Result<Job, JobStoreError> {
+        self.store.update(job).await
+    }
+    async fn list(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, JobStoreError> {
+        self.store.list(status, limit, cursor).await
+    }
+    async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
+        self.store.purge(finished_before_ms).await
+    }
+    async fn counts(&self) -> Result<JobCounts, JobStoreError> {
+        self.store.counts().await
+    }
+    fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+}
+
+/// The server `start` gives, shared by the tests that run at the same time.
+fn shared<T: Send + Sync + 'static>(slot: &Mutex<Weak<T>>, start: fn() -> T) -> Arc<T> {
+    let mut shared = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(server) = shared.upgrade() {
+        return server;
+    }
+    let server = Arc::new(start());
+    *shared = Arc::downgrade(&server);
+    server
+}
+
+/// A config with generous timeouts: the suite checks behaviour, not latency (a busy CI
+/// machine runs many tests at once).
+fn config(url: String) -> RedisLimiterConfig {
+    let mut config = RedisLimiterConfig::new(url, "unused");
+    config.op_timeout = Duration::from_secs(5);
+    config.connect_timeout = Duration::from_secs(5);
+    config
+}
+
+async fn kept(url: String, server: Arc<dyn Any + Send + Sync>) -> Arc<dyn JobStore> {
+    let store = RedisJobStore::connect(config(url), &unique_name("jobs"))
+        .await
+        .expect("the store connects");
+    assert_eq!(store.kind(), "redis");
+    Arc::new(Kept {
+        store,
+        _server: server,
+    })
+}
+
+/// A fresh store (a name of its own) on the shared standalone server.
+async fn new_store() -> Arc<dyn JobStore> {
+    static SERVER: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
+    let server = tokio::task::spawn_blocking(|| shared(&SERVER, RedisServer::start))
+        .await
+        .expect("the server starts");
+    kept(server.url(), server).await
+}
+
+ports::job_store_contract_tests!(new_store);
+
+/// The same suite on a real 3-master cluster.
+mod cluster {
+    use super::*;
+
+    /// A fresh store on the shared cluster, through a URL that names every node.
+    async fn new_cluster_store() -> Arc<dyn JobStore> {
+        static CLUSTER: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+        let cluster = tokio::task::spawn_blocking(|| {
+            let cluster = shared(&CLUSTER, RedisCluster::start);
+            cluster.wait_until_ok(Duration::from_secs(30));
+            cluster
+        })
+        .await
+        .expect("the cluster starts");
+        kept(cluster.url(), cluster).await
+    }
+
+    ports::job_store_contract_tests!(new_cluster_store);
+}
