@@ -185,7 +185,9 @@ pub enum ApiError {
     #[error("invalid Idempotency-Key: {0}")]
     InvalidIdempotencyKey(String),
     /// The key was used before with a different request.
-    #[error("this Idempotency-Key was used with a different request; use a new key for a new request")]
+    #[error(
+        "this Idempotency-Key was used with a different request; use a new key for a new request"
+    )]
     IdempotencyKeyReused {
         /// The job the key belongs to.
         job_id: String,
@@ -380,8 +382,9 @@ impl ApiError {
             ApiError::QueueFull { retry_after, .. } => {
                 row(S::TOO_MANY_REQUESTS, "job_queue_full").retry_after(*retry_after)
             }
-            ApiError::JobStore(_) => row(S::SERVICE_UNAVAILABLE, "job_store_unavailable")
-                .retry_after(QUEUE_RETRY_AFTER),
+            ApiError::JobStore(_) => {
+                row(S::SERVICE_UNAVAILABLE, "job_store_unavailable").retry_after(QUEUE_RETRY_AFTER)
+            }
             ApiError::JobNotCancellable { .. } => row(S::CONFLICT, "job_not_cancellable"),
         }
     }
@@ -526,10 +529,9 @@ impl ApiError {
                 }
                 (message, extra)
             }
-            ApiError::IdempotencyKeyReused { job_id } => (
-                self.to_string(),
-                vec![("job_id", json!(job_id))],
-            ),
+            ApiError::IdempotencyKeyReused { job_id } => {
+                (self.to_string(), vec![("job_id", json!(job_id))])
+            }
             ApiError::JobNotCancellable {
                 job_id,
                 status,
@@ -880,7 +882,10 @@ mod tests {
         );
         check(ApiError::AdminDisabled, 403, "admin_disabled");
         check(
-            ApiError::ShuttingDown { talk_id: None, job_id: None },
+            ApiError::ShuttingDown {
+                talk_id: None,
+                job_id: None,
+            },
             503,
             "shutting_down",
         );
@@ -941,7 +946,11 @@ mod tests {
         }
         .into_response();
         assert_eq!(r.headers()[header::CONNECTION], "close");
-        let r = ApiError::ShuttingDown { talk_id: None, job_id: None }.into_response();
+        let r = ApiError::ShuttingDown {
+            talk_id: None,
+            job_id: None,
+        }
+        .into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
         assert_eq!(r.headers()[header::CONNECTION], "close");
     }
@@ -1067,7 +1076,13 @@ mod tests {
             "/api/d_id_optimized/talk-status/tlk_abc"
         );
         assert!(v["error"]["message"].as_str().unwrap().contains("tlk_abc"));
-        let v = body(ApiError::ShuttingDown { talk_id: None, job_id: None }.into_response());
+        let v = body(
+            ApiError::ShuttingDown {
+                talk_id: None,
+                job_id: None,
+            }
+            .into_response(),
+        );
         assert_eq!(v["error"].get("talk_id"), None);
         assert_eq!(v["error"].get("status_url"), None);
     }

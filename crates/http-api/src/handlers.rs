@@ -233,7 +233,11 @@ async fn reattach(
         (_, Some(talk_id)) if asynchronous => accepted(
             talk_id,
             &job.id,
-            Some(if job.status == JobStatus::Done { "done" } else { "created" }),
+            Some(if job.status == JobStatus::Done {
+                "done"
+            } else {
+                "created"
+            }),
             None,
             by_header,
             true,

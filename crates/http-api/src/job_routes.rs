@@ -161,7 +161,12 @@ impl TalkBody {
         let Some(raw) = &self.callback_url else {
             return Ok(None);
         };
-        let bad = || ApiError::InvalidBody("callback_url must be an http(s):// URL with a host, at most 2048 characters".to_owned());
+        let bad = || {
+            ApiError::InvalidBody(
+                "callback_url must be an http(s):// URL with a host, at most 2048 characters"
+                    .to_owned(),
+            )
+        };
         if raw.len() > 2048 {
             return Err(bad());
         }
@@ -341,10 +346,12 @@ pub async fn cancel(state: &AppState, raw_id: &str) -> Result<Response<Body>, Ap
 pub async fn list<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, ApiError> {
     let status = match query_param(req.uri(), "status") {
         None => None,
-        Some(s) => Some(JobStatus::parse(&s).ok_or_else(|| ApiError::InvalidParameter {
-            name: "status",
-            message: "one of queued, creating, processing, done, failed, cancelled".to_owned(),
-        })?),
+        Some(s) => Some(
+            JobStatus::parse(&s).ok_or_else(|| ApiError::InvalidParameter {
+                name: "status",
+                message: "one of queued, creating, processing, done, failed, cancelled".to_owned(),
+            })?,
+        ),
     };
     let limit = match query_param(req.uri(), "limit") {
         None => 20,

@@ -237,7 +237,11 @@ impl Drop for Renewer {
 
 impl Jobs {
     /// An engine over `store`; call [`Jobs::start`] to run its workers.
-    pub fn new(store: Arc<dyn JobStore>, video: Arc<dyn VideoApi>, config: JobsConfig) -> Arc<Jobs> {
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        video: Arc<dyn VideoApi>,
+        config: JobsConfig,
+    ) -> Arc<Jobs> {
         let instance: String = rand::rng()
             .sample_iter(Alphanumeric)
             .take(8)
@@ -435,7 +439,9 @@ impl Jobs {
                         tracing::warn!(job_id = %id, %owner, "lost the job's lease");
                         return;
                     }
-                    Err(e) => tracing::warn!(job_id = %id, error = %e, "could not renew a job lease"),
+                    Err(e) => {
+                        tracing::warn!(job_id = %id, error = %e, "could not renew a job lease")
+                    }
                 }
             }
         }))
@@ -522,8 +528,12 @@ impl Jobs {
             Ok(created) => {
                 job.record_attempt(Attempt {
                     worker: owner.to_owned(),
-                    action: if look_first { "create (looked up first)" } else { "create" }
-                        .to_owned(),
+                    action: if look_first {
+                        "create (looked up first)"
+                    } else {
+                        "create"
+                    }
+                    .to_owned(),
                     at_ms: at,
                     outcome: format!("ok: {}", created.id),
                 });
@@ -537,7 +547,11 @@ impl Jobs {
             }
             Err(error) => {
                 let outcome = classify_create(&error);
-                let sent_before = job.attempts.iter().filter(|a| a.action.starts_with("create")).count();
+                let sent_before = job
+                    .attempts
+                    .iter()
+                    .filter(|a| a.action.starts_with("create"))
+                    .count();
                 match outcome {
                     CreateOutcome::NotSent(delay) => {
                         job.record_attempt(Attempt {
@@ -553,12 +567,18 @@ impl Jobs {
                         } else {
                             // Nothing reached D-ID by this attempt: queued again (`creating`
                             // only if an earlier attempt may have).
-                            job.status = if sent_before > 0 { JobStatus::Creating } else { JobStatus::Queued };
+                            job.status = if sent_before > 0 {
+                                JobStatus::Creating
+                            } else {
+                                JobStatus::Queued
+                            };
                             job.next_run_ms = now + ports::jobs::duration_ms(delay);
                         }
                         job.lease = None;
                     }
-                    CreateOutcome::Ambiguous if sent_before + 1 < MAX_CREATE_ATTEMPTS && !inline => {
+                    CreateOutcome::Ambiguous
+                        if sent_before + 1 < MAX_CREATE_ATTEMPTS && !inline =>
+                    {
                         job.record_attempt(Attempt {
                             worker: owner.to_owned(),
                             action: "create".to_owned(),
@@ -673,7 +693,8 @@ impl Jobs {
     }
 
     fn schedule_poll(&self, job: &mut Job, talk_id: &domain::TalkId, now: u64) {
-        if now.saturating_sub(job.created_ms) > ports::jobs::duration_ms(self.config.max_processing) {
+        if now.saturating_sub(job.created_ms) > ports::jobs::duration_ms(self.config.max_processing)
+        {
             job.status = JobStatus::Failed;
             job.error = Some(failure_of(&VideoApiError::TalkTimedOut {
                 talk_id: talk_id.clone(),
@@ -681,8 +702,8 @@ impl Jobs {
             }));
             job.finished_ms = Some(now);
         } else {
-            let doubling = ports::jobs::duration_ms(FIRST_POLL)
-                .saturating_mul(1u64 << job.polls.min(16));
+            let doubling =
+                ports::jobs::duration_ms(FIRST_POLL).saturating_mul(1u64 << job.polls.min(16));
             let delay = doubling.min(ports::jobs::duration_ms(self.config.poll_max).max(1));
             job.next_run_ms = now + delay;
         }

@@ -345,9 +345,16 @@ impl Collector for SnapshotCollector {
         }
         if let Some((counts, now)) = &s.jobs {
             let g = ConstGauge::new(0i64);
-            let mut m = enc.encode_descriptor("jobs", "Jobs in the store now, by state", None, g.metric_type())?;
+            let mut m = enc.encode_descriptor(
+                "jobs",
+                "Jobs in the store now, by state",
+                None,
+                g.metric_type(),
+            )?;
             for (status, n) in &counts.by_status {
-                let labels = JobStatusLabels { status: status.as_str() };
+                let labels = JobStatusLabels {
+                    status: status.as_str(),
+                };
                 let g = ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX));
                 g.encode(m.encode_family(&labels)?)?;
             }
@@ -359,7 +366,9 @@ impl Collector for SnapshotCollector {
                 g.metric_type(),
             )?;
             for p in Priority::ALL {
-                let labels = PriorityLabels { priority: p.as_str() };
+                let labels = PriorityLabels {
+                    priority: p.as_str(),
+                };
                 let age = counts.oldest_queued_ms[p.index()]
                     .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
                 ConstGauge::new(age).encode(m.encode_family(&labels)?)?;

@@ -7,8 +7,8 @@
 //! serving backend, the Redis address (never the password) and why it is unusable
 //! (`auth`, `refused`, `timeout`, `tls`, `other`).
 
-use domain::Priority;
 use bytes::Bytes;
+use domain::Priority;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use ports::{LimiterStats, VideoApiStats};
@@ -120,9 +120,8 @@ async fn jobs_json(state: &AppState) -> Value {
             }
             // 0 when none of that priority is queued.
             for p in Priority::ALL {
-                v[format!("{}_queue_age_ms", p.as_str())] = json!(
-                    counts.oldest_queued_ms[p.index()].map_or(0, |t| now.saturating_sub(t))
-                );
+                v[format!("{}_queue_age_ms", p.as_str())] =
+                    json!(counts.oldest_queued_ms[p.index()].map_or(0, |t| now.saturating_sub(t)));
             }
         }
         Err(e) => v["store_error"] = json!(e.to_string()),

@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ports::jobs::{claim_order, duration_ms, is_runnable};
 use ports::{
-    Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease, NewJob,
-    QueueLimits, ScopedKey, Submitted,
+    Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease, NewJob, QueueLimits,
+    ScopedKey, Submitted,
 };
 
 /// The in-memory job store. `Default` is [`MemoryJobStore::new`].

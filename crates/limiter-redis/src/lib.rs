@@ -163,7 +163,7 @@ mod tls;
 mod util;
 mod wakeup;
 
-pub use connection::client;
 pub use config::{FailoverPolicy, RECONNECT_MAX, RedisLimiterConfig, RedisTlsConfig};
+pub use connection::client;
 pub use error::RedisLimiterError;
 pub use limiter::RedisLimiter;

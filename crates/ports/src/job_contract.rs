@@ -103,7 +103,10 @@ where
     assert_eq!(by_key, stored);
     assert_eq!(store.get(&job_id(2)).await.unwrap(), None);
     assert_eq!(
-        store.get_by_key(&key("caller-b", "order-42")).await.unwrap(),
+        store
+            .get_by_key(&key("caller-b", "order-42"))
+            .await
+            .unwrap(),
         None,
         "keys are scoped per caller"
     );
@@ -167,7 +170,13 @@ where
     let mut third = new_job(3, Priority::Critical, T0);
     third.idempotency = Some(key("s", "k3"));
     let err = store.submit(third, limits).await.unwrap_err();
-    assert_eq!(err, JobStoreError::QueueFull { queued: 2, limit: 2 });
+    assert_eq!(
+        err,
+        JobStoreError::QueueFull {
+            queued: 2,
+            limit: 2
+        }
+    );
     assert_eq!(store.get(&job_id(3)).await.unwrap(), None);
     assert_eq!(store.get_by_key(&key("s", "k3")).await.unwrap(), None);
     // A replay is not a new job: it is answered although the queue is full.
@@ -389,7 +398,11 @@ where
     first.next_run_ms = T0 + 5_000;
     store.update(first).await.unwrap();
     let second = store.claim("w", LEASE, T0 + 1).await.unwrap().unwrap();
-    assert_eq!(second.id, job_id(2), "a deferred job waits, lower ones go on");
+    assert_eq!(
+        second.id,
+        job_id(2),
+        "a deferred job waits, lower ones go on"
+    );
     let mut done = second;
     done.status = JobStatus::Done;
     done.lease = None;
@@ -411,7 +424,10 @@ where
         .unwrap()
         .expect("after its lease the processing job is claimable");
     assert_eq!(late.id, job_id(1), "never the done job");
-    assert_eq!(store.claim("w3", LEASE, T0 + 1_000_000_000).await.unwrap(), None);
+    assert_eq!(
+        store.claim("w3", LEASE, T0 + 1_000_000_000).await.unwrap(),
+        None
+    );
 }
 
 /// `list` pages newest first, filters by status, and rejects foreign cursors.
@@ -453,7 +469,10 @@ where
         vec![&c.id]
     );
     assert_eq!(cancelled.next_cursor, None);
-    let queued = store.list(Some(JobStatus::Queued), 100, None).await.unwrap();
+    let queued = store
+        .list(Some(JobStatus::Queued), 100, None)
+        .await
+        .unwrap();
     assert_eq!(queued.jobs.len(), 6);
     assert_eq!(
         store.list(None, 3, Some("not a cursor")).await.unwrap_err(),
@@ -523,7 +542,10 @@ where
     assert_eq!(counts.by_status[&JobStatus::Creating], 1);
     assert_eq!(counts.by_status[&JobStatus::Done], 0);
     // Job 1 (High, T0+5) was claimed first; job 2 (High, T0+3) is still queued.
-    assert_eq!(counts.oldest_queued_ms[Priority::High.index()], Some(T0 + 3));
+    assert_eq!(
+        counts.oldest_queued_ms[Priority::High.index()],
+        Some(T0 + 3)
+    );
     assert_eq!(counts.oldest_queued_ms[Priority::Low.index()], Some(T0 + 9));
     assert_eq!(counts.oldest_queued_ms[Priority::Normal.index()], None);
 }

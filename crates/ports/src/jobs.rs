@@ -63,7 +63,9 @@ impl JobId {
     /// Checks the form `job_[A-Za-z0-9]{22}`.
     pub fn parse(text: &str) -> Result<JobId, InvalidJobId> {
         match text.strip_prefix("job_") {
-            Some(rest) if rest.len() == JOB_ID_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            Some(rest)
+                if rest.len() == JOB_ID_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
                 Ok(JobId(text.to_owned()))
             }
             _ => Err(InvalidJobId),

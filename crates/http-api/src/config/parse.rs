@@ -94,7 +94,9 @@ pub(super) fn job_store(raw: &str) -> Result<super::JobStoreKind, String> {
         "sqlite" => Ok(K::Sqlite),
         "redis" => Ok(K::Redis),
         "memory" => Ok(K::Memory),
-        other => Err(format!("{other:?} is not one of auto, sqlite, redis, memory")),
+        other => Err(format!(
+            "{other:?} is not one of auto, sqlite, redis, memory"
+        )),
     }
 }
 

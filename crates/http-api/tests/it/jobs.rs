@@ -74,8 +74,14 @@ async fn a_job_is_accepted_at_once_and_followed_to_its_video() {
 
     let done = until_status(&srv, &id, &["done", "failed"]).await;
     assert_eq!(done["status"], "done", "{done}");
-    assert!(done["result_url"].as_str().unwrap().starts_with("http"), "{done}");
-    assert!(done["talk_id"].as_str().unwrap().starts_with("tlk_"), "{done}");
+    assert!(
+        done["result_url"].as_str().unwrap().starts_with("http"),
+        "{done}"
+    );
+    assert!(
+        done["talk_id"].as_str().unwrap().starts_with("tlk_"),
+        "{done}"
+    );
     assert!(done["result_expires_at"].is_string(), "{done}");
     assert!(done["finished_at"].is_string(), "{done}");
     assert_eq!(done["error"], Value::Null);
@@ -119,17 +125,19 @@ async fn the_same_key_is_the_same_job_and_a_different_body_is_refused() {
     let (s2, again, h2) =
         post_keyed(&http, srv.api("/jobs"), Some("\"order-7\""), &talk_body(1)).await;
     assert_eq!(s2, 202, "{again}");
-    assert_eq!(again["job_id"], first["job_id"], "a quoted key is the same key");
+    assert_eq!(
+        again["job_id"], first["job_id"],
+        "a quoted key is the same key"
+    );
     assert_eq!(h2["idempotent-replayed"], "true");
     assert_eq!(again["idempotency_key"], "order-7");
 
-    let (s3, misuse, _) =
-        post_keyed(&http, srv.api("/jobs"), Some("order-7"), &talk_body(2)).await;
+    let (s3, misuse, _) = post_keyed(&http, srv.api("/jobs"), Some("order-7"), &talk_body(2)).await;
     assert_eq!(s3, 422, "{misuse}");
     assert_eq!(misuse["error"]["code"], "idempotency_key_reused");
     assert_eq!(misuse["error"]["job_id"], first["job_id"]);
 
-    for bad in ["", "a\u{7f}b", &"k".repeat(256)] {
+    for bad in ["", "a b", "a\"b", &"k".repeat(256)] {
         let (s, v, _) = post_keyed(&http, srv.api("/jobs"), Some(bad), &talk_body(3)).await;
         assert_eq!(
             (s, v["error"]["code"].as_str()),
@@ -146,11 +154,21 @@ async fn the_same_key_is_the_same_job_and_a_different_body_is_refused() {
     assert_eq!(fake.stats().talks_created, 1);
 
     // generate-video: a replay of a finished synchronous generate is its answer again.
-    let (g1, gen1, _) =
-        post_keyed(&http, srv.api("/generate-video"), Some("gen-1"), &talk_body(5)).await;
+    let (g1, gen1, _) = post_keyed(
+        &http,
+        srv.api("/generate-video"),
+        Some("gen-1"),
+        &talk_body(5),
+    )
+    .await;
     assert_eq!(g1, 200, "{gen1}");
-    let (g2, gen2, h) =
-        post_keyed(&http, srv.api("/generate-video"), Some("gen-1"), &talk_body(5)).await;
+    let (g2, gen2, h) = post_keyed(
+        &http,
+        srv.api("/generate-video"),
+        Some("gen-1"),
+        &talk_body(5),
+    )
+    .await;
     assert_eq!(g2, 200, "{gen2}");
     assert_eq!(h["idempotent-replayed"], "true");
     assert_eq!(gen2["id"], gen1["id"]);
@@ -159,10 +177,20 @@ async fn the_same_key_is_the_same_job_and_a_different_body_is_refused() {
     // The asynchronous form replays the same talk too.
     let mut asynchronous = talk_body(6);
     asynchronous["wait"] = json!(false);
-    let (a1, async1, _) =
-        post_keyed(&http, srv.api("/generate-video"), Some("gen-2"), &asynchronous).await;
-    let (a2, async2, _) =
-        post_keyed(&http, srv.api("/generate-video"), Some("gen-2"), &asynchronous).await;
+    let (a1, async1, _) = post_keyed(
+        &http,
+        srv.api("/generate-video"),
+        Some("gen-2"),
+        &asynchronous,
+    )
+    .await;
+    let (a2, async2, _) = post_keyed(
+        &http,
+        srv.api("/generate-video"),
+        Some("gen-2"),
+        &asynchronous,
+    )
+    .await;
     assert_eq!((a1, a2), (202, 202), "{async1} {async2}");
     assert_eq!(async1["id"], async2["id"]);
     assert_eq!(fake.stats().talks_created, 3);
@@ -247,27 +275,48 @@ async fn queued_jobs_cancel_created_ones_do_not_and_a_full_queue_says_when_to_re
     // Cancel the queued one (twice: the second answers the same).
     for _ in 0..2 {
         let (status, v) = send(http.delete(srv.api(&format!("/jobs/{second_id}"))), None).await;
-        assert_eq!((status, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (200, Some("cancelled")),
+            "{v}"
+        );
     }
     // The one being created cannot be: its talk may be paid already.
     let (status, v) = send(http.delete(srv.api(&format!("/jobs/{first_id}"))), None).await;
     assert_eq!(status, 409, "{v}");
     assert_eq!(v["error"]["code"], "job_not_cancellable");
-    assert!(v["error"]["message"].as_str().unwrap().contains("paid"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("paid"),
+        "{v}"
+    );
 
     drop(permit);
     until_status(&srv, &first_id, &["done"]).await;
     let cancelled = until_status(&srv, &second_id, &["cancelled"]).await;
     assert_eq!(cancelled["talk_id"], Value::Null);
-    assert_eq!(fake.stats().talks_created, 1, "the cancelled job made no talk");
+    assert_eq!(
+        fake.stats().talks_created,
+        1,
+        "the cancelled job made no talk"
+    );
     let (status, v) = send(http.delete(srv.api(&format!("/jobs/{first_id}"))), None).await;
-    assert_eq!((status, v["error"]["status"].as_str()), (409, Some("done")), "{v}");
+    assert_eq!(
+        (status, v["error"]["status"].as_str()),
+        (409, Some("done")),
+        "{v}"
+    );
 
     // Unknown and malformed ids.
     let (status, v) = get_json(&http, srv.api("/jobs/job_0000000000000000000000"), None).await;
-    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("job_not_found")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("job_not_found"))
+    );
     let (status, v) = get_json(&http, srv.api("/jobs/..%2Fx"), None).await;
-    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("invalid_job_id")));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_job_id"))
+    );
     srv.stop().await;
 }
 
@@ -291,7 +340,10 @@ async fn jobs_are_listed_newest_first_with_a_cursor_and_a_status_filter() {
         assert_eq!(status, 200, "{page}");
         let jobs = page["jobs"].as_array().unwrap();
         assert!(jobs.len() <= 2);
-        seen.extend(jobs.iter().map(|j| j["job_id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            jobs.iter()
+                .map(|j| j["job_id"].as_str().unwrap().to_owned()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => url = srv.api(&format!("/jobs?limit=2&status=done&cursor={c}")),
             None => break,
@@ -310,7 +362,179 @@ async fn jobs_are_listed_newest_first_with_a_cursor_and_a_status_filter() {
         let (status, v) = get_json(&http, srv.api(&format!("/jobs?{query}")), None).await;
         assert_eq!(status, 400, "{query}: {v}");
         assert_eq!(v["error"]["code"], "invalid_parameter");
-        assert!(v["error"]["message"].as_str().unwrap().contains(param), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(param),
+            "{v}"
+        );
     }
+    srv.stop().await;
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "talkgate-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generate_cut_off_at_shutdown_is_finished_by_the_next_instance_and_re_attached() {
+    // Talks render for about a second, so the shutdown cuts the wait off.
+    let fake = did_fake::FakeDid::builder()
+        .time_scale(0.1)
+        .spawn()
+        .await
+        .unwrap();
+    let dir = TempDir::new("reattach");
+    let path = dir.file("jobs.sqlite3");
+    let durable = [
+        ("JOB_STORE", "sqlite"),
+        ("JOB_STORE_PATH", path.as_str()),
+        ("JOB_LEASE_SECS", "1"),
+        ("SHUTDOWN_GRACE_SECS", "0.2"),
+    ];
+    let mut first = support::service(&fake, &durable).await;
+    let http = client();
+    let url = first.api("/generate-video");
+    let caller = tokio::spawn({
+        let http = http.clone();
+        async move { post_keyed(&http, url, Some("cut-1"), &talk_body(1)).await }
+    });
+    let start = Instant::now();
+    while fake.stats().talks_created == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no talk created");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.trigger_shutdown();
+    let (status, cut, headers) = caller.await.unwrap();
+    assert_eq!(status, 503, "{cut}");
+    assert_eq!(cut["error"]["code"], "shutting_down");
+    let job_id = cut["error"]["job_id"]
+        .as_str()
+        .expect("the job is named")
+        .to_owned();
+    let talk_id = cut["error"]["talk_id"]
+        .as_str()
+        .expect("the talk is named")
+        .to_owned();
+    assert!(headers.contains_key("retry-after"));
+    first.take_task().await.unwrap().unwrap();
+    drop(first);
+
+    // A new instance over the same file: the replay waits for the same job, which the new
+    // instance's workers take over once the cut-off request's lease has run out.
+    let second = support::service(&fake, &durable).await;
+    let (status, done, headers) = post_keyed(
+        &http,
+        second.api("/generate-video"),
+        Some("cut-1"),
+        &talk_body(1),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(done["job_id"], job_id.as_str());
+    assert_eq!(done["id"], talk_id.as_str());
+    assert!(done["result_url"].is_string(), "{done}");
+    let (_, job) = get_json(&http, second.api(&format!("/jobs/{job_id}")), None).await;
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(
+        fake.stats().talks_created,
+        1,
+        "one talk for the key, whatever died"
+    );
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_left_creating_by_a_dead_worker_adopts_its_talk_instead_of_paying_twice() {
+    use ports::{JobStatus, JobStore, Lease, NewJob, VideoApi};
+    let fake = support::fake().await;
+    let dir = TempDir::new("adopt");
+    let path = dir.file("jobs.sqlite3");
+    let request = domain::TalkRequest::new(
+        Some("https://example.test/face.jpg".to_owned()),
+        domain::Script::Audio {
+            audio_url: "https://example.test/voice.wav".to_owned(),
+        },
+    )
+    .unwrap();
+    // What a worker that died right after its POST /talks leaves behind: the job written
+    // `creating` with an expired lease, and the talk at D-ID carrying the job's token.
+    let id = ports::JobId::parse("job_deadworker000000000000").unwrap();
+    {
+        let store = jobstore_sqlite::SqliteJobStore::open(&path).unwrap();
+        let past = http_api::jobs::now_ms() - 60_000;
+        store
+            .submit(
+                NewJob {
+                    id: id.clone(),
+                    priority: Priority::Normal,
+                    request: request.clone(),
+                    callback_url: None,
+                    idempotency: None,
+                    fingerprint: "x".into(),
+                    now_ms: past,
+                    lease: Some(Lease {
+                        owner: "dead/0".into(),
+                        until_ms: past + 1_000,
+                    }),
+                    status: JobStatus::Creating,
+                },
+                ports::QueueLimits { max_queued: 10 },
+            )
+            .await
+            .unwrap();
+        let base = fake.base_url();
+        let config = support::config(&[
+            ("D_ID_BASE_URL", base.as_str()),
+            ("D_ID_API_KEY", did_fake::DEFAULT_API_KEY),
+        ]);
+        let limiter = std::sync::Arc::new(limiter_memory::MemoryLimiter::new(2));
+        let client =
+            did_client::DidClient::new(http_api::wiring::did_client_config(&config), limiter)
+                .unwrap();
+        client
+            .create_talk_keyed(&request, Priority::Normal, id.as_str(), false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(fake.stats().talks_created, 1);
+    let srv = support::service(
+        &fake,
+        &[("JOB_STORE", "sqlite"), ("JOB_STORE_PATH", path.as_str())],
+    )
+    .await;
+    let done = until_status(&srv, id.as_str(), &["done", "failed"]).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(
+        fake.stats().talks_created,
+        1,
+        "the talk was adopted, not created again: {done}"
+    );
+    let adopted = done["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["action"] == "create (looked up first)");
+    assert!(adopted, "{done}");
     srv.stop().await;
 }
