@@ -32,6 +32,10 @@ const IO_CRATES: &[&str] = &[
     "did-fake",
     "http-api",
     "devtools",
+    "rusqlite",
+    "jobstore-memory",
+    "jobstore-sqlite",
+    "jobstore-redis",
 ];
 
 /// Inner layers and what they may not reach, beyond [`IO_CRATES`] for the innermost two.
@@ -55,6 +59,48 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "did-client",
         &["limiter-redis", "did-fake", "http-api", "devtools"],
+    ),
+    // The job stores: each on its own storage, none on another store or on the service.
+    (
+        "jobstore-memory",
+        &[
+            "tokio",
+            "fred",
+            "rusqlite",
+            "limiter-redis",
+            "did-client",
+            "http-api",
+            "devtools",
+            "jobstore-sqlite",
+            "jobstore-redis",
+        ],
+    ),
+    (
+        "jobstore-sqlite",
+        &[
+            "fred",
+            "limiter-redis",
+            "did-client",
+            "did-fake",
+            "http-api",
+            "devtools",
+            "jobstore-memory",
+            "jobstore-redis",
+        ],
+    ),
+    // `jobstore-redis → limiter-redis` is allowed: it connects with the limiter's settings
+    // (`limiter_redis::client`), so both share one URL form, TLS and Cluster code.
+    (
+        "jobstore-redis",
+        &[
+            "rusqlite",
+            "did-client",
+            "did-fake",
+            "http-api",
+            "devtools",
+            "jobstore-memory",
+            "jobstore-sqlite",
+        ],
     ),
 ];
 
