@@ -83,6 +83,14 @@ async fn demo() -> Result<()> {
         // One slot, so that the priority step below builds a real queue.
         ("MAX_CONCURRENT_REQUESTS", "1".to_owned()),
         ("POLL_INTERVAL_SECS", "0.3".to_owned()),
+        // The durable job store (SQLite), in a file of this demo run.
+        (
+            "JOB_STORE_PATH",
+            procs::log_dir()
+                .join(format!("demo-{}.jobs.sqlite3", std::process::id()))
+                .display()
+                .to_string(),
+        ),
     ];
     let backend = match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => {
@@ -106,7 +114,7 @@ async fn demo() -> Result<()> {
 
     let result = walk(&client, &api.base_url, &fake.base_url).await;
     step(
-        10,
+        11,
         "shutting down (SIGTERM: the service drains in-flight requests)",
     );
     api.stop(Duration::from_secs(15)).await?;
@@ -218,6 +226,90 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
 
     step(
         6,
+        "a durable job: 202 at once, the same Idempotency-Key is the same job, workers finish it",
+    );
+    let body = json!({"audio_url": audio_url, "source_url": image_url, "priority": "high"});
+    let key = format!("demo-{}", std::process::id());
+    let submit = |body: &Value| {
+        client
+            .post(url("/jobs"))
+            .header("Idempotency-Key", key.as_str())
+            .json(body)
+            .send()
+    };
+    let resp = submit(&body).await?;
+    let status = resp.status();
+    let job: Value = resp.json().await?;
+    ensure!(status.as_u16() == 202, "POST /jobs: HTTP {status}: {job}");
+    let job_id = job["job_id"].as_str().context("no job_id")?.to_owned();
+    println!(
+        "    202 Accepted  job_id={job_id}  status={}",
+        job["status"]
+    );
+    let resp = submit(&body).await?;
+    let replayed = resp
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    let again: Value = resp.json().await?;
+    ensure!(
+        again["job_id"] == job_id.as_str() && replayed,
+        "a replay must answer the same job: {again}"
+    );
+    println!("    the same key again -> the same job (Idempotent-Replayed: true)");
+    let other = json!({"audio_url": audio_url, "source_url": image_url, "priority": "low"});
+    let resp = submit(&other).await?;
+    let status = resp.status();
+    let refused: Value = resp.json().await?;
+    println!(
+        "    the same key with another body -> HTTP {status}: {}",
+        refused["error"]["code"]
+    );
+    ensure!(
+        status.as_u16() == 422,
+        "expected 422, got {status}: {refused}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        let value: Value = client
+            .get(url(&format!("/jobs/{job_id}")))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let status = value["status"].as_str().unwrap_or("?").to_owned();
+        if status != last {
+            println!(
+                "    job status: {status}{}",
+                value["talk_id"]
+                    .as_str()
+                    .map(|t| format!("  talk_id={t}"))
+                    .unwrap_or_default()
+            );
+            last = status.clone();
+        }
+        if status == "done" {
+            println!(
+                "    result_url: {}  (expires {})",
+                short(value["result_url"].as_str().unwrap_or("-")),
+                value["result_expires_at"].as_str().unwrap_or("?")
+            );
+            break;
+        }
+        ensure!(
+            status != "failed" && status != "cancelled",
+            "job ended: {value}"
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "job {job_id} not done within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    step(
+        7,
         "bad input gets a clear, typed error (unknown priority, unsafe talk id)",
     );
     let resp = client
@@ -235,11 +327,11 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
     println!("    talk id \"../credits\" -> HTTP {status}: {body}");
     ensure!(status.is_client_error(), "expected a 4xx, got {status}");
 
-    step(7, "health");
+    step(8, "health");
     let health: Value = client.get(url("/health")).send().await?.json().await?;
     println!("{}", indent(&show(&health)));
 
-    step(8, "stats");
+    step(9, "stats");
     let stats: Value = client.get(url("/stats")).send().await?.json().await?;
     println!("{}", indent(&show(&stats)));
     let limiter = &stats["rate_limiter"];
@@ -248,13 +340,13 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
         "permits still held after all requests finished: {limiter}"
     );
 
-    step(9, "a few Prometheus metrics");
+    step(10, "a few Prometheus metrics");
     let metrics = client.get(url("/metrics")).send().await?.text().await?;
     for line in metrics
         .lines()
         .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
-        .filter(|l| l.contains("limiter") || l.contains("upstream"))
-        .take(12)
+        .filter(|l| l.contains("limiter") || l.contains("upstream") || l.contains("jobs"))
+        .take(18)
     {
         println!("    {line}");
     }

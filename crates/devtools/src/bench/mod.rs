@@ -32,6 +32,9 @@
 //! 7. `kills`: 4 saturated replicas, one SIGKILLed and restarted every 10 s: time until the
 //!    capacity is back, grants to the dead instance's waiters, lost slot-seconds; baseline:
 //!    the same load without kills.
+//! 8. `jobs`: `POST /jobs` latency at 200 submits/s on the SQLite and the Redis store beside
+//!    `/health` at the same rate; creates per second while a backlog of jobs drains, against
+//!    C workers creating straight at did-fake.
 //!
 //! Results go to `target/bench-report/` (`report.json`, `report.md`, `docs-section.md` to
 //! paste into `docs/BENCHMARKS.md`, one SVG per latency plot), and one PASS/FAIL line per
@@ -43,6 +46,7 @@ mod before_after;
 mod budget;
 mod crash;
 mod gateway;
+mod jobs;
 mod kills;
 mod load;
 mod outage;
@@ -76,7 +80,7 @@ pub(crate) struct Ctx {
     pub(crate) client: reqwest::Client,
 }
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "before/after",
     "budget utilisation",
     "priority under contention",
@@ -84,6 +88,7 @@ const SCENARIOS: [&str; 7] = [
     "redis outage",
     "gateway overhead",
     "reclaim under periodic kills",
+    "durable jobs",
 ];
 
 /// The command line of `cargo xtask bench`.
@@ -112,7 +117,7 @@ impl Options {
                         .split(',')
                         .map(|s| s.trim().parse::<usize>())
                         .collect::<Result<Vec<_>, _>>()
-                        .context("--only takes scenario numbers 1..=7, e.g. 1,3")?;
+                        .context("--only takes scenario numbers 1..=8, e.g. 1,3")?;
                     if picked.iter().any(|n| !(1..=SCENARIOS.len()).contains(n)) {
                         bail!("--only takes scenario numbers 1..={}", SCENARIOS.len());
                     }
@@ -223,7 +228,8 @@ async fn bench(opts: Options) -> Result<()> {
             4 => crash::run(&ctx).await,
             5 => outage::run(&ctx).await,
             6 => gateway::run(&ctx).await,
-            _ => kills::run(&ctx).await,
+            7 => kills::run(&ctx).await,
+            _ => jobs::run(&ctx).await,
         };
         let mut section = result.unwrap_or_else(|e| {
             println!("scenario {n} failed to run: {e:#}");
@@ -272,7 +278,7 @@ mod tests {
             (true, false, Some(vec![2, 6]))
         );
         for bad in [
-            &["--only", "8"][..],
+            &["--only", "9"][..],
             &["--only"],
             &["--only", "x"],
             &["--fast"],

@@ -155,7 +155,13 @@ pub(crate) async fn spawn_api(ctx: &Ctx, name: &str, opts: &ApiOptions<'_>) -> R
         ("RUST_LOG", "warn".to_owned()),
     ];
     if let Some(redis) = opts.redis {
+        // Jobs then live in the same Redis (JOB_STORE=auto), shared by the instances.
         envs.push(("REDIS_URL", redis.to_owned()));
+    } else {
+        // The durable default (SQLite), in a file of this run: a restart of `name` in the
+        // same run resumes its jobs, a new run never sees an earlier run's.
+        let file = procs::log_dir().join(format!("{name}-{}.jobs.sqlite3", std::process::id()));
+        envs.push(("JOB_STORE_PATH", file.display().to_string()));
     }
     if let Some(ttl) = opts.lease_ttl_secs {
         envs.push(("LEASE_TTL_SECS", ttl.to_string()));

@@ -11,6 +11,8 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     if let Ok(path) = std::env::var("PATH") {
         cmd.env("PATH", path);
     }
+    // No job file in the source tree (a test that starts the service would open one).
+    cmd.env("JOB_STORE", "memory");
     cmd.envs(env.iter().copied());
     cmd.output().expect("the http-api binary runs")
 }

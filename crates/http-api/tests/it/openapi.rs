@@ -139,6 +139,8 @@ async fn every_route_answers_as_documented() {
     const IMG: &str = "/api/d_id_optimized/upload-source-image";
     const AUD: &str = "/api/d_id_optimized/upload-audio";
     const STATUS: &str = "/api/d_id_optimized/talk-status/{talk_id}";
+    const JOBS: &str = "/api/d_id_optimized/jobs";
+    const JOB: &str = "/api/d_id_optimized/jobs/{job_id}";
 
     let img = c
         .expect(
@@ -168,6 +170,82 @@ async fn every_route_answers_as_documented() {
     async_body["wait"] = json!(false);
     c.expect(202, "POST", GEN, post("/generate-video").json(&async_body))
         .await;
+    // A keyed generate and its replay (the same job, `Idempotent-Replayed: true`).
+    let keyed = || post("/generate-video").header("Idempotency-Key", "gen-1");
+    let first = c.expect(200, "POST", GEN, keyed().json(&body)).await;
+    let resp = keyed().json(&body).send().await.unwrap();
+    assert_eq!(resp.headers()["idempotent-replayed"], "true");
+    let (status, again) = c.check_response("POST", GEN, resp).await;
+    assert_eq!(
+        (status, &again["job_id"]),
+        (200, &first["job_id"]),
+        "{again}"
+    );
+
+    // The jobs routes: a job queued, followed to its end, listed.
+    let mut job_body = body.clone();
+    job_body["callback_url"] = json!("https://hooks.example.test/done");
+    let keyed = || post("/jobs").header("Idempotency-Key", "\"job-1\"");
+    let job = c.expect(202, "POST", JOBS, keyed().json(&job_body)).await;
+    let resp = keyed().json(&job_body).send().await.unwrap();
+    assert_eq!(resp.headers()["idempotent-replayed"], "true");
+    let (status, again) = c.check_response("POST", JOBS, resp).await;
+    assert_eq!((status, &again["job_id"]), (202, &job["job_id"]), "{again}");
+    let job_id = job["job_id"].as_str().unwrap();
+    let job_path = format!("/jobs/{job_id}");
+    let finished = {
+        let start = std::time::Instant::now();
+        loop {
+            let v = c.expect(200, "GET", JOB, get(&job_path)).await;
+            if matches!(v["status"].as_str(), Some("done" | "failed")) {
+                break v;
+            }
+            assert!(start.elapsed().as_secs() < 20, "never finished: {v}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(finished["status"], "done", "{finished}");
+    c.expect(400, "GET", JOB, get("/jobs/..%2Fx")).await;
+    c.expect(404, "GET", JOB, get("/jobs/job_0000000000000000000000"))
+        .await;
+    c.expect(
+        404,
+        "DELETE",
+        JOB,
+        http.delete(srv.api("/jobs/job_0000000000000000000000")),
+    )
+    .await;
+    c.expect(409, "DELETE", JOB, http.delete(srv.api(&job_path)))
+        .await;
+    c.expect(200, "GET", JOBS, get("/jobs?limit=2")).await;
+    c.expect(200, "GET", JOBS, get("/jobs?status=done")).await;
+    c.expect(400, "GET", JOBS, get("/jobs?status=DONE")).await;
+    c.expect(400, "GET", JOBS, get("/jobs?cursor=nope")).await;
+    c.expect(
+        400,
+        "POST",
+        JOBS,
+        post("/jobs").header("Idempotency-Key", "a b").json(&body),
+    )
+    .await;
+    let mut other = job_body.clone();
+    other["priority"] = json!("high");
+    let reused = c
+        .expect(
+            422,
+            "POST",
+            JOBS,
+            post("/jobs")
+                .header("Idempotency-Key", "job-1")
+                .json(&other),
+        )
+        .await;
+    assert_eq!(reused["error"]["job_id"], job["job_id"]);
+    let mut bad_callback = body.clone();
+    bad_callback["callback_url"] = json!("ftp://x.test/");
+    c.expect(422, "POST", JOBS, post("/jobs").json(&bad_callback))
+        .await;
+    c.expect(415, "POST", JOBS, post("/jobs").body("{}")).await;
     let id = done["id"].as_str().unwrap();
     c.expect(200, "GET", STATUS, get(&format!("/talk-status/{id}")))
         .await;
@@ -236,6 +314,56 @@ async fn every_route_answers_as_documented() {
     });
     c.expect(502, "POST", GEN, post("/generate-video").json(&body))
         .await;
+    let page = c.expect(200, "GET", JOBS, get("/jobs?status=failed")).await;
+    assert_eq!(page["jobs"][0]["error"]["code"], "talk_failed", "{page}");
+    c.expect(200, "GET", JOBS, get("/jobs")).await;
+    srv.stop().await;
+
+    // A queued job is cancelled; a full queue is 429. One worker, one slot, held here.
+    fake.set_faults(Faults::default());
+    let srv = support::service(
+        &fake,
+        &[
+            ("MAX_CONCURRENT_REQUESTS", "1"),
+            ("JOB_WORKERS", "1"),
+            ("JOB_QUEUE_MAX", "1"),
+            ("LIMITER_WAIT_TIMEOUT_SECS", "30"),
+        ],
+    )
+    .await;
+    let post = |path: &str| http.post(srv.api(path));
+    let get = |path: &str| http.get(srv.api(path));
+    let permit = srv
+        .state
+        .limiter()
+        .acquire(
+            domain::Priority::Critical,
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    let creating = c.expect(202, "POST", JOBS, post("/jobs").json(&body)).await;
+    let creating_path = format!("/jobs/{}", creating["job_id"].as_str().unwrap());
+    let start = std::time::Instant::now();
+    while c.expect(200, "GET", JOB, get(&creating_path)).await["status"] != "creating" {
+        assert!(start.elapsed().as_secs() < 20, "never claimed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let queued = c.expect(202, "POST", JOBS, post("/jobs").json(&body)).await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    c.expect(429, "POST", JOBS, post("/jobs").json(&body)).await;
+    let queued_path = format!("/jobs/{}", queued["job_id"].as_str().unwrap());
+    for _ in 0..2 {
+        let v = c
+            .expect(200, "DELETE", JOB, http.delete(srv.api(&queued_path)))
+            .await;
+        assert_eq!(v["status"], "cancelled", "{v}");
+    }
+    let refused = c
+        .expect(409, "DELETE", JOB, http.delete(srv.api(&creating_path)))
+        .await;
+    assert_eq!(refused["error"]["status"], "creating", "{refused}");
+    drop(permit);
     srv.stop().await;
 
     // A service with a token: 401 and the admin call's 200.
@@ -267,6 +395,7 @@ async fn every_route_answers_as_documented() {
         .await;
     c.expect(503, "POST", GEN, post("/generate-video").json(&body))
         .await;
+    c.expect(503, "POST", JOBS, post("/jobs").json(&body)).await;
     srv.stop().await;
 
     // Every documented operation was exercised.
@@ -387,6 +516,88 @@ async fn request_schemas_are_as_strict_as_the_server() {
             "max_age_seconds={raw}: {status} is not documented"
         );
         assert_eq!(valid, status == 200, "max_age_seconds={raw}: {status}");
+    }
+
+    let list = &spec()["paths"]["/api/d_id_optimized/jobs"]["get"];
+    let param = |name: &str| {
+        let p = list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap();
+        resolve(&p["schema"]).clone()
+    };
+    for (name, raw) in [
+        ("limit", "1"),
+        ("limit", "100"),
+        ("limit", "20"),
+        ("limit", "0"),
+        ("limit", "101"),
+        ("limit", "-1"),
+        ("limit", "abc"),
+        ("status", "queued"),
+        ("status", "cancelled"),
+        ("status", "DONE"),
+        ("status", "running"),
+    ] {
+        let valid = valid_under(&param(name), &query_value(raw));
+        let status = http
+            .get(srv.api(&format!("/jobs?{name}={raw}")))
+            .bearer_auth("t0k")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert!(
+            list["responses"][status.to_string()].is_object(),
+            "{name}={raw}: {status} is not documented"
+        );
+        assert_eq!(valid, status == 200, "{name}={raw}: {status}");
+    }
+
+    let key_schema =
+        resolve(&spec()["components"]["parameters"]["IdempotencyKey"])["schema"].clone();
+    let long = "k".repeat(255);
+    let too_long = "k".repeat(256);
+    let quoted = format!("\"{}\"", "q".repeat(255));
+    for (n, key) in [
+        "order-7",
+        "\"order-8\"",
+        "!#$%&'()*+,-./:;<=>?@[]^_`{|}~",
+        long.as_str(),
+        quoted.as_str(),
+        "",
+        "\"\"",
+        "a b",
+        "a\"b",
+        "\"ab",
+        too_long.as_str(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let valid = valid_under(&key_schema, &json!(key));
+        let body = json!({
+            "audio_url": format!("https://x.test/a-{n}.wav"),
+            "source_url": img,
+        });
+        let status = http
+            .post(srv.api("/jobs"))
+            .bearer_auth("t0k")
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert!(
+            matches!(status, 202 | 400),
+            "Idempotency-Key {key:?}: unexpected {status}"
+        );
+        assert_eq!(valid, status == 202, "Idempotency-Key {key:?}: {status}");
     }
 
     let priority = resolve(&spec()["components"]["parameters"]["priority"])["schema"].clone();

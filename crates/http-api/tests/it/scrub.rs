@@ -173,6 +173,7 @@ async fn secrets_echoed_by_the_upstream_never_reach_the_binary_s_log() {
         .env("BIND_ADDR", "127.0.0.1:0")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "debug")
+        .env("JOB_STORE", "memory")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

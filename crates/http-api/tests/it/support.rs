@@ -129,11 +129,15 @@ impl Drop for Server {
 }
 
 /// A configuration from pairs (never the process environment).
+/// Jobs are kept in memory unless the pairs say otherwise, so no test writes a job file
+/// into the source tree (the default `JOB_STORE_PATH` is relative to the working directory).
 pub fn config(pairs: &[(&str, &str)]) -> Config {
-    let map: HashMap<String, String> = pairs
+    let mut map: HashMap<String, String> = pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    map.entry("JOB_STORE".to_owned())
+        .or_insert_with(|| "memory".to_owned());
     Config::from_source(&map).expect("valid test config")
 }
 
