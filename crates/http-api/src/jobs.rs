@@ -196,8 +196,10 @@ pub struct Jobs {
     config: JobsConfig,
     /// This process, in worker names (`<instance>/<n>`).
     instance: String,
-    /// Wakes idle workers when a job is submitted here.
+    /// Wakes one idle worker when a job is submitted here.
     wake: Notify,
+    /// Wakes every idle worker and the purger at shutdown.
+    stop_signal: Notify,
     /// Bumped on every write this instance makes, so re-attached callers look again.
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
@@ -253,6 +255,7 @@ impl Jobs {
             config,
             instance,
             wake: Notify::new(),
+            stop_signal: Notify::new(),
             changed: watch::channel(0).0,
             stopping: AtomicBool::new(false),
             started: AtomicBool::new(false),
@@ -291,7 +294,7 @@ impl Jobs {
     /// Stops claiming: idle workers exit at once, busy ones after their current step.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.wake.notify_waiters();
+        self.stop_signal.notify_waiters();
     }
 
     /// Waits up to `grace` for the workers to finish their steps, then aborts the rest (their
@@ -448,7 +451,6 @@ impl Jobs {
     }
 
     async fn worker(self: Arc<Self>, name: String) {
-        let mut changed = self.changed.subscribe();
         while !self.stopping.load(Ordering::SeqCst) {
             match self.store.claim(&name, self.config.lease, now_ms()).await {
                 Ok(Some(job)) => {
@@ -459,9 +461,11 @@ impl Jobs {
                     }
                 }
                 Ok(None) => {
+                    // A submit here wakes one worker; other instances' jobs and due polls
+                    // are found by the periodic look.
                     tokio::select! {
                         () = self.wake.notified() => {}
-                        _ = changed.changed() => {}
+                        () = self.stop_signal.notified() => {}
                         () = tokio::time::sleep(IDLE_CLAIM) => {}
                     }
                 }
@@ -483,7 +487,7 @@ impl Jobs {
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(60)) => {}
-                () = self.wake.notified() => {}
+                () = self.stop_signal.notified() => {}
             }
         }
     }
@@ -799,5 +803,65 @@ impl Jobs {
         job.updated_ms = now;
         job.lease = None;
         self.write(job, from).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::{Script, TalkRequest};
+
+    fn request() -> TalkRequest {
+        TalkRequest::new(
+            Some("https://example.test/f.jpg".into()),
+            Script::Audio {
+                audio_url: "https://example.test/v.wav".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_fingerprint_tells_requests_apart_and_is_stable() {
+        let a = fingerprint(&request(), Priority::High, None);
+        assert_eq!(a, fingerprint(&request(), Priority::High, None));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, fingerprint(&request(), Priority::Low, None));
+        assert_ne!(
+            a,
+            fingerprint(&request(), Priority::High, Some("https://h.test/x"))
+        );
+    }
+
+    #[test]
+    fn creates_that_reached_nothing_are_requeued_and_ambiguous_ones_retried() {
+        let timeout = VideoApiError::Limiter(LimiterError::Timeout {
+            priority: Priority::Low,
+            waited: Duration::from_secs(60),
+        });
+        assert!(matches!(classify_create(&timeout), CreateOutcome::NotSent(d) if d.is_zero()));
+        let throttled = VideoApiError::RateLimited {
+            retry_after: Some(Duration::from_secs(500)),
+        };
+        assert!(
+            matches!(classify_create(&throttled), CreateOutcome::NotSent(d) if d == Duration::from_secs(60)),
+            "a throttle's wait is capped"
+        );
+        assert!(matches!(
+            classify_create(&VideoApiError::Server { status: 503 }),
+            CreateOutcome::Ambiguous
+        ));
+        assert!(matches!(
+            classify_create(&VideoApiError::InsufficientCredits),
+            CreateOutcome::Final
+        ));
+    }
+
+    #[test]
+    fn job_ids_are_well_formed_and_distinct() {
+        let a = new_job_id();
+        let b = new_job_id();
+        assert_ne!(a, b);
+        assert!(JobId::parse(a.as_str()).is_ok());
     }
 }
