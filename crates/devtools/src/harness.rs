@@ -12,6 +12,11 @@
 //! 3. global in-flight ≤ limit: did-fake's peak in-flight, and no 429 from its cap;
 //! 4. no permits left: every process reports no active or queued request at the end.
 //!
+//! Then the jobs chaos run (`harness_jobs`): durable jobs with idempotency keys while
+//! instances are SIGKILLed and restarted, on a Redis and on a SQLite job store.
+//! `--only mixed` / `--only jobs` runs one of the two; `--jobs-faults JSON` merges more
+//! did-fake faults into the jobs run (experiments, e.g. `{"rate_limit_rps": 20}`).
+//!
 //! Exit code non-zero on any violation. `cargo xtask test` runs it with `--quick`.
 //!
 //! The file stays whole although it is long: the workload, the fault schedule and the four
@@ -37,6 +42,13 @@ const PRIORITIES: [&str; 4] = ["low", "normal", "high", "critical"];
 const HUNG: Duration = Duration::from_secs(60);
 
 struct Plan {
+    quick: bool,
+    /// Run the mixed workload (`--only mixed` or no `--only`).
+    mixed: bool,
+    /// Run the jobs chaos run (`--only jobs` or no `--only`).
+    jobs: bool,
+    /// `--jobs-faults JSON`: merged over the jobs run's did-fake faults (experiments).
+    jobs_faults: Option<Value>,
     processes: usize,
     requests: usize,
     workers: usize,
@@ -46,6 +58,10 @@ struct Plan {
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut plan = Plan {
+        quick: false,
+        mixed: true,
+        jobs: true,
+        jobs_faults: None,
         processes: 4,
         requests: 400,
         workers: 24,
@@ -56,6 +72,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => {
+                plan.quick = true;
                 plan.processes = 2;
                 plan.requests = 80;
                 plan.workers = 12;
@@ -68,7 +85,22 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                     .parse()
                     .context("--seed must be a number")?;
             }
-            other => bail!("unknown harness option {other:?} (expected --quick, --seed N)"),
+            "--jobs-faults" => {
+                let raw = it.next().context("--jobs-faults needs a JSON object")?;
+                let v: Value = serde_json::from_str(raw).context("--jobs-faults: not JSON")?;
+                if !v.is_object() {
+                    bail!("--jobs-faults takes a JSON object, got {v}");
+                }
+                plan.jobs_faults = Some(v);
+            }
+            "--only" => match it.next().map(String::as_str) {
+                Some("mixed") => plan.jobs = false,
+                Some("jobs") => plan.mixed = false,
+                other => bail!("--only takes mixed or jobs, got {other:?}"),
+            },
+            other => bail!(
+                "unknown harness option {other:?} (expected --quick, --seed N, --only mixed|jobs, --jobs-faults JSON)"
+            ),
         }
     }
     procs::build(&["did-fake", "http-api"])?;
@@ -78,10 +110,34 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         .build()?;
     rt.block_on(async {
         tokio::select! {
-            result = harness(&plan) => result,
+            result = both(&plan) => result,
             _ = tokio::signal::ctrl_c() => bail!("interrupted; servers stopped"),
         }
     })
+}
+
+/// The mixed workload, then the jobs chaos run (`harness_jobs`), each unless `--only` says
+/// otherwise; the jobs run also runs when the mixed one failed, and both failures are
+/// reported.
+async fn both(plan: &Plan) -> Result<()> {
+    let mixed = if plan.mixed {
+        harness(plan).await
+    } else {
+        Ok(())
+    };
+    if let Err(e) = &mixed {
+        println!("\nharness: the mixed run failed: {e:#}");
+    }
+    let jobs = if plan.jobs {
+        crate::harness_jobs::run(plan.quick, plan.seed, plan.jobs_faults.as_ref()).await
+    } else {
+        Ok(())
+    };
+    match (mixed, jobs) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => bail!("{a:#}; and the jobs run: {b:#}"),
+    }
 }
 
 /// What one request ended as.

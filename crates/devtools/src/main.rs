@@ -13,6 +13,7 @@
 mod bench;
 mod demo;
 mod harness;
+mod harness_jobs;
 mod procs;
 
 use std::path::{Path, PathBuf};

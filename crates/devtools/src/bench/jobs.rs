@@ -388,7 +388,11 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     section.ratio(
         "backlog keeps the budget busy (≥ 98 % of direct)",
         share >= 98.0 && queued_left > 0,
-        &format!("{share:.1} % ({} vs {} creates/s)", f1(gateway), f1(baseline)),
+        &format!(
+            "{share:.1} % ({} vs {} creates/s)",
+            f1(gateway),
+            f1(baseline)
+        ),
         "with a queue of jobs every slot should be in use all the time; the backlog must last \
          the whole window (jobs still queued at its end)",
     );
