@@ -81,13 +81,20 @@ Server logs are written to target/xtask-logs/.
 
 /// `cargo xtask harness --help`.
 const HARNESS_USAGE: &str = "\
-usage: cargo xtask harness [--quick] [--seed N]
+usage: cargo xtask harness [--quick] [--seed N] [--only mixed|jobs] [--jobs-faults JSON]
 
-Starts redis-server, did-fake with faults injected and several http-api processes sharing one
-Redis limiter, runs a seeded mixed workload and checks the invariants (every request answered
-or typed error, no duplicate talks, global in-flight <= limit, no permit left).
-  --quick    2 processes, 80 requests (what `cargo xtask test` runs)
-  --seed N   the workload's seed [default: 42]
+Two runs, each checking its invariants:
+- mixed: redis-server, did-fake with faults injected and several http-api processes sharing
+  one Redis limiter, a seeded mixed workload (every request answered or typed error, no
+  duplicate talks, global in-flight <= limit, no permit left);
+- jobs: durable jobs under chaos: 200 jobs over 3 instances on Redis and 100 on one SQLite
+  instance, did-fake creating-then-failing 30 % of creates, instances SIGKILLed and
+  restarted, callers retrying the same Idempotency-Key on another instance (0 lost, 0 stuck,
+  exactly 1 talk per done job, did-fake peak in-flight <= limit).
+  --quick             smaller runs (what `cargo xtask test` runs)
+  --seed N            the workloads' seed [default: 42]
+  --only mixed|jobs   one of the two runs
+  --jobs-faults JSON  more did-fake faults for the jobs run (experiments)
 ";
 
 fn wants_help(args: &[String]) -> bool {
