@@ -481,12 +481,20 @@ settings! {
         help: "File of the SQLite job store (relative to the working directory)",
         parse: parse::file,
     }
-    /// `0`: twice `MAX_CONCURRENT_REQUESTS` (enough to keep every slot busy while others poll).
+    /// `full` also survives a crash of the machine, at one fsync per write.
+    job_store_sync: JobStoreSync {
+        env: "JOB_STORE_SYNC",
+        access: flag("job-store-sync"),
+        default: "normal",
+        help: "SQLite job store durability: normal (survives the process) or full (also the machine; an fsync per write)",
+        parse: parse::job_store_sync,
+    }
+    /// `0`: four times `MAX_CONCURRENT_REQUESTS` (a worker waiting for a slot holds its job).
     job_workers: usize {
         env: "JOB_WORKERS",
         access: flag("job-workers"),
         default: "0",
-        help: "Job workers per instance; 0: twice the concurrency limit",
+        help: "Job workers per instance; 0: four times the concurrency limit",
         parse: |raw| parse::whole(raw, 0usize),
     }
     /// Beyond it `POST /jobs` answers 429 with `Retry-After`; nothing is dropped.
@@ -513,6 +521,16 @@ settings! {
         help: "Seconds a worker's claim on a job lasts without renewal (at least 1)",
         parse: |raw| parse::seconds(raw, false).and_then(|d| if d < Duration::from_secs(1) { Err(format!("{raw:?} is below the 1 s minimum")) } else { Ok(d) }),
     }
+}
+
+/// How durable a write of the SQLite job store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JobStoreSync {
+    /// Survives the process (SIGKILL, OOM); a machine crash may lose the last writes.
+    #[default]
+    Normal,
+    /// Survives a machine crash too: every write is fsynced.
+    Full,
 }
 
 /// Where jobs are stored.

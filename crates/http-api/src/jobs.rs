@@ -23,8 +23,9 @@
 //!   instance may make it, also after a restart.
 //!
 //! A create that no slot was free for (the limiter's wait timed out) or that D-ID throttled
-//! goes back to the queue without counting as an attempt: a burst larger than the account's
-//! capacity waits instead of failing. A create that may have reached D-ID (timeout, 5xx) is
+//! is tried again without counting as an attempt: a burst larger than the account's capacity
+//! waits instead of failing. It stays `creating` (an earlier attempt inside the same client
+//! call may have reached D-ID), so the next try looks the talk up first. A create that may have reached D-ID (timeout, 5xx) is
 //! retried with the look-up, at most [`MAX_CREATE_ATTEMPTS`] times.
 
 use std::collections::{HashSet, VecDeque};
@@ -163,7 +164,9 @@ pub enum CreateMode {
 
 /// Why a create failed, as the engine treats it.
 enum CreateOutcome {
-    /// Nothing reached D-ID (no slot, throttled): back to the queue, not an attempt.
+    /// The call ended waiting for a slot or throttled: tried again soon, not counted as an
+    /// attempt (an earlier attempt of the same call may still have reached D-ID, so the job
+    /// stays `creating` and the next try looks first).
     NotSent(Duration),
     /// It may have reached D-ID: retry with the look-up.
     Ambiguous,
@@ -569,13 +572,11 @@ impl Jobs {
                             job.error = Some(failure_of(&error));
                             job.finished_ms = Some(now);
                         } else {
-                            // Nothing reached D-ID by this attempt: queued again (`creating`
-                            // only if an earlier attempt may have).
-                            job.status = if sent_before > 0 {
-                                JobStatus::Creating
-                            } else {
-                                JobStatus::Queued
-                            };
+                            // The error is the call's last: an earlier attempt inside it
+                            // (did-client retries) may have reached D-ID before this one
+                            // found no slot or was throttled. So the job stays `creating`
+                            // and the next try looks the talk up first.
+                            job.status = JobStatus::Creating;
                             job.next_run_ms = now + ports::jobs::duration_ms(delay);
                         }
                         job.lease = None;

@@ -13,7 +13,7 @@ use limiter_redis::RedisLimiterConfig;
 use ports::{ConcurrencyLimiter, JobStore};
 use secrecy::ExposeSecret;
 
-use crate::config::{Config, JobStoreKind};
+use crate::config::{Config, JobStoreKind, JobStoreSync};
 use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::{MeteredLimiter, Metrics};
 use crate::state::{AppState, Settings};
@@ -102,7 +102,10 @@ pub fn did_client_config(config: &Config) -> DidClientConfig {
 pub fn jobs_config(config: &Config) -> JobsConfig {
     JobsConfig {
         workers: match config.job_workers {
-            0 => (config.max_concurrent as usize).saturating_mul(2).max(1),
+            // A worker waiting for a slot (for a create or a poll) holds its job, so it takes
+            // more workers than slots to keep every slot busy (bench scenario 8: 2× kept
+            // 95 % of the budget busy under a backlog).
+            0 => (config.max_concurrent as usize).saturating_mul(4).max(4),
             n => n,
         },
         lease: config.job_lease,
@@ -132,10 +135,16 @@ pub async fn job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildError>
 async fn sqlite_job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildError> {
     let path = config.job_store_path.clone();
     let shown = path.display().to_string();
-    let store = tokio::task::spawn_blocking(move || jobstore_sqlite::SqliteJobStore::open(&path))
-        .await
-        .map_err(|e| BuildError::JobStore(format!("JOB_STORE_PATH {shown}: {e}")))?
-        .map_err(|e| BuildError::JobStore(format!("JOB_STORE_PATH {shown}: {e}")))?;
+    let sync = match config.job_store_sync {
+        JobStoreSync::Normal => jobstore_sqlite::Synchronous::Normal,
+        JobStoreSync::Full => jobstore_sqlite::Synchronous::Full,
+    };
+    let store = tokio::task::spawn_blocking(move || {
+        jobstore_sqlite::SqliteJobStore::open_with(&path, sync)
+    })
+    .await
+    .map_err(|e| BuildError::JobStore(format!("JOB_STORE_PATH {shown}: {e}")))?
+    .map_err(|e| BuildError::JobStore(format!("JOB_STORE_PATH {shown}: {e}")))?;
     Ok(Arc::new(store))
 }
 

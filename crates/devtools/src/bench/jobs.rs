@@ -174,7 +174,8 @@ async fn backlog_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<(f64, u64, u64
     tokio::time::sleep(Duration::from_secs_f64(p.measure)).await;
     let after = rig::fake_stats(client, fake).await?;
     let secs = t.elapsed().as_secs_f64();
-    let creates = |s: &Value| s["requests"][CREATE_ROUTE]["200"].as_u64().unwrap_or(0);
+    // did-fake answers a create 201.
+    let creates = |s: &Value| s["requests"][CREATE_ROUTE]["201"].as_u64().unwrap_or(0);
     let stats = rig::api_stats(client, &api.base_url).await?;
     let queued_left = stats["jobs"]["queued_jobs"].as_u64().unwrap_or(0);
     let rate = (creates(&after) - creates(&before)) as f64 / secs;
@@ -246,6 +247,18 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     let fake = rig::spawn_fake(ctx, "bench8-did-fake").await?;
     let base = fake.base_url.clone();
 
+    // The account as D-ID runs it: creates take L, at most C in flight. So the workers
+    // process at most C / L jobs per second while the submits arrive faster, as in a burst.
+    rig::set_faults(
+        client,
+        &base,
+        json!({
+            "latency": {"routes": {CREATE_ROUTE: p.latency_ms}},
+            "max_in_flight_per_key": p.limit,
+        }),
+    )
+    .await?;
+
     // 1. Submit latency on each store.
     let sqlite_api = rig::spawn_api(
         ctx,
@@ -284,15 +297,6 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     drop(redis);
 
     // 2. Budget with a backlog.
-    rig::set_faults(
-        client,
-        &base,
-        json!({
-            "latency": {"routes": {CREATE_ROUTE: p.latency_ms}},
-            "max_in_flight_per_key": p.limit,
-        }),
-    )
-    .await?;
     let baseline = direct_creates(&p, &base).await?;
     let (gateway, peak, rate_limited, queued_left) = backlog_run(ctx, &p, &base).await?;
     drop(fake);
@@ -303,10 +307,11 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         &format!(
             "Submit latency: `POST {PREFIX}/jobs` (a unique `Idempotency-Key` each) at {rate} \
              per second, open loop, for {s:.0} s against one http-api process per store (SQLite \
-             file with WAL and synchronous=FULL; Redis on loopback), while its workers create \
+             file, WAL, the default JOB_STORE_SYNC=normal; Redis on loopback), while its workers create \
              and follow the jobs at did-fake; baseline: `GET {PREFIX}/health` at the same rate \
-             on the same process, just before. Budget: did-fake answers `{CREATE_ROUTE}` after \
-             L = {l} ms and refuses more than C = {c} in flight; a backlog of {b} jobs is \
+             on the same process, just before. did-fake answers `{CREATE_ROUTE}` after \
+             L = {l} ms and refuses more than C = {c} in flight throughout, so the workers \
+             process C / L jobs per second while the submits arrive faster (a burst). Budget: a backlog of {b} jobs is \
              submitted at once (SQLite store, {w} workers), then the creates per second at \
              did-fake are counted over {m:.0} s after a {wu:.0} s warm-up; baseline: C \
              workers creating talks straight at did-fake in the same run.",
@@ -315,7 +320,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             l = p.latency_ms,
             c = p.limit,
             b = p.backlog,
-            w = 2 * p.limit,
+            w = 4 * p.limit,
             m = p.measure,
             wu = p.warmup,
         ),

@@ -100,6 +100,14 @@ pub(super) fn job_store(raw: &str) -> Result<super::JobStoreKind, String> {
     }
 }
 
+pub(super) fn job_store_sync(raw: &str) -> Result<super::JobStoreSync, String> {
+    match raw.to_ascii_lowercase().as_str() {
+        "normal" => Ok(super::JobStoreSync::Normal),
+        "full" => Ok(super::JobStoreSync::Full),
+        other => Err(format!("{other:?} is not one of normal, full")),
+    }
+}
+
 pub(super) fn log_format(raw: &str) -> Result<LogFormat, String> {
     match raw.to_ascii_lowercase().as_str() {
         "human" | "text" | "pretty" => Ok(LogFormat::Human),
