@@ -129,8 +129,9 @@ async fn submit_run(ctx: &Ctx, p: &Params, api: &Server, store: &'static str) ->
     })
 }
 
-/// Creates per second at did-fake while a backlog drains: (gateway, peak in-flight, 429s).
-async fn backlog_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<(f64, u64, u64, u64)> {
+/// While a backlog drains: creates per second at did-fake, the mean share of the limiter's
+/// slots in use, did-fake's peak in-flight, its 429s, and the jobs still queued at the end.
+async fn backlog_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<(f64, f64, u64, u64, u64)> {
     let client = &ctx.client;
     rig::reset_fake(client, fake).await?;
     let api = rig::spawn_api(
@@ -171,7 +172,19 @@ async fn backlog_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<(f64, u64, u64
     tokio::time::sleep(Duration::from_secs_f64(p.warmup)).await;
     let before = rig::fake_stats(client, fake).await?;
     let t = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(p.measure)).await;
+    // The limiter's slots in use, sampled every 50 ms over the window.
+    let mut occupied = Vec::new();
+    let window = Duration::from_secs_f64(p.measure);
+    while t.elapsed() < window {
+        if let Ok(health) = rig::api_health(client, &api.base_url).await {
+            occupied.push(
+                health["rate_limiter"]["active_requests"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let after = rig::fake_stats(client, fake).await?;
     let secs = t.elapsed().as_secs_f64();
     // did-fake answers a create 201.
@@ -179,8 +192,11 @@ async fn backlog_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<(f64, u64, u64
     let stats = rig::api_stats(client, &api.base_url).await?;
     let queued_left = stats["jobs"]["queued_jobs"].as_u64().unwrap_or(0);
     let rate = (creates(&after) - creates(&before)) as f64 / secs;
+    let occupancy =
+        occupied.iter().sum::<f64>() / occupied.len().max(1) as f64 / f64::from(p.limit);
     Ok((
         rate,
+        occupancy,
         rig::count(&after, "peak_in_flight"),
         rig::count(&after, "rate_limited"),
         queued_left,
@@ -298,7 +314,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
 
     // 2. Budget with a backlog.
     let baseline = direct_creates(&p, &base).await?;
-    let (gateway, peak, rate_limited, queued_left) = backlog_run(ctx, &p, &base).await?;
+    let (gateway, occupancy, peak, rate_limited, queued_left) = backlog_run(ctx, &p, &base).await?;
     drop(fake);
 
     let mut section = Section::new(
@@ -353,6 +369,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             "run",
             "creates/s",
             "vs direct",
+            "limiter slots in use (mean of 50 ms samples)",
             "did-fake peak in-flight",
             "upstream 429s",
             "jobs still queued at the end",
@@ -365,12 +382,14 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         "-".into(),
         "-".into(),
         "-".into(),
+        "-".into(),
     ]);
     let share = 100.0 * gateway / baseline.max(1e-9);
     budget.row(vec![
         format!("http-api jobs, backlog {}", p.backlog),
         f1(gateway),
         format!("{share:.1} %"),
+        format!("{:.1} %", 100.0 * occupancy),
         peak.to_string(),
         rate_limited.to_string(),
         queued_left.to_string(),
