@@ -57,7 +57,8 @@ separate processes on free ports. Every target is a ratio to a baseline measured
 run or a bound that follows from the configuration; absolute figures are reported as
 information. Scenarios: 1 before/after, 2 budget utilisation, 3 priority under contention,
 4 crash recovery, 5 Redis outage (4 replicas, share against full), 6 gateway overhead (and
-polls per synchronous video), 7 reclaim under periodic kills.
+polls per synchronous video), 7 reclaim under periodic kills, 8 durable jobs (submit latency
+on the SQLite and the Redis store, the budget kept busy by a backlog of jobs).
   --quick      CI size: every scenario and target, shorter runs (about 4 minutes)
   --debug      run everything as debug builds (default: did-fake, http-api and the load
                generator, i.e. the bench itself, run as release builds)
@@ -73,8 +74,9 @@ usage: cargo xtask demo
 
 Builds did-fake and http-api, starts both on free loopback ports (one limiter slot, so the
 priority queue is visible) and walks a real request flow: uploads, a priority backlog served
-critical first, a synchronous and an asynchronous generate, a typed error, health, stats and
-metrics. Takes no options. Environment:
+critical first, a synchronous and an asynchronous generate, a durable job with an
+Idempotency-Key (its replay, a reused key refused, followed to its video), a typed error,
+health, stats and metrics. Takes no options. Environment:
   REDIS_URL   use the Redis limiter at this URL instead of the in-memory one
 Server logs are written to target/xtask-logs/.
 ";

@@ -345,8 +345,12 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
     for line in metrics
         .lines()
         .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
-        .filter(|l| l.contains("limiter") || l.contains("upstream") || l.contains("jobs"))
-        .take(18)
+        .filter(|l| {
+            l.starts_with("talkgate_jobs")
+                || l.starts_with("talkgate_job_queue")
+                || ((l.contains("limiter") || l.contains("upstream")) && !l.contains("route="))
+        })
+        .take(22)
     {
         println!("    {line}");
     }
