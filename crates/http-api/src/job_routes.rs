@@ -163,15 +163,29 @@ impl TalkBody {
         };
         let bad = || {
             ApiError::InvalidBody(
-                "callback_url must be an http(s):// URL with a host, at most 2048 characters"
+                "callback_url must be an http(s):// URL with a host, without credentials or spaces, at most 2048 characters"
                     .to_owned(),
             )
         };
         if raw.len() > 2048 {
             return Err(bad());
         }
+        // The raw text is checked too: the URL parser is lenient (`http:x.com` and
+        // `https:///p` parse, a space is escaped), and credentials would be stored and shown.
+        let lower = raw.to_ascii_lowercase();
+        if !(lower.starts_with("http://") || lower.starts_with("https://"))
+            || raw.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad());
+        }
         let url = url::Url::parse(raw).map_err(|_| bad())?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        let authority = raw.split_once("://").map_or("", |(_, rest)| rest);
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host_str().is_none_or(str::is_empty)
+            || authority.starts_with('/')
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
             return Err(bad());
         }
         Ok(Some(raw.clone()))
@@ -379,4 +393,37 @@ pub async fn list<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body
             "next_cursor": page.next_cursor,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn callback(url: &str) -> Result<Option<String>, ApiError> {
+        let body: TalkBody = serde_json::from_value(json!({
+            "audio_url": "https://x.test/a.wav",
+            "source_url": "https://x.test/a.jpg",
+            "callback_url": url,
+        }))
+        .unwrap();
+        body.callback_url()
+    }
+
+    #[test]
+    fn callback_urls_need_a_scheme_a_host_and_no_credentials() {
+        assert!(callback("https://hooks.example.com/done?x=1").is_ok());
+        assert!(callback("HTTP://example.com/a").is_ok());
+        for bad in [
+            "https:///path",
+            "http:example.com",
+            "https://example.com/a b",
+            "http://user:pw@example.com/",
+            "javascript:alert(1)",
+            "ftp://example.com/",
+            "http://",
+            "",
+        ] {
+            assert!(callback(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -515,8 +515,10 @@ impl Jobs {
         mode: CreateMode,
     ) -> Result<(Job, Result<CreatedTalk, VideoApiError>), JobStoreError> {
         let inline = mode != CreateMode::Worker;
-        let look_first = job.status == JobStatus::Creating && !inline
-            || job.attempts.iter().any(|a| a.action == "create");
+        // Look first when a create may have been sent before: the job was left `creating`
+        // (by a worker or a request that died), or any earlier attempt exists (even one that
+        // ended without a slot: an attempt inside the same client call may have reached D-ID).
+        let look_first = job.status == JobStatus::Creating && !inline || !job.attempts.is_empty();
         let from = job.status;
         if job.status == JobStatus::Queued {
             job.status = JobStatus::Creating;
