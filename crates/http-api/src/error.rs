@@ -523,7 +523,8 @@ impl ApiError {
                     extra.push(("job_id", json!(job)));
                     extra.push(("job_url", json!(crate::uri::job_url(job))));
                     message.push_str(&format!(
-                        "; job {job} goes on on another instance: re-attach with the same \
+                        "; job {job} is finished by another instance, or by this one after a restart, once \
+                         its claim runs out (JOB_LEASE_SECS): re-attach with the same \
                          Idempotency-Key or follow job_url"
                     ));
                 }
