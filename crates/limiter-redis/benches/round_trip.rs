@@ -5,7 +5,15 @@
 //! `return 1` without keys or arguments (the price of a script call), and
 //! `noop_script_call`, the same script called with a limiter script's 8 keys and 14
 //! arguments (the price of its call shape). Two `noop_script_call`s against the cycle leave
-//! the scripts' own work.
+//! the scripts' own work. `script_floor` is the cheapest cycle two scripts can make: a bare
+//! counting semaphore (`TIME` + `ZADD`; `TIME` + `ZREM` + tombstone `ZADD`) without the queue,
+//! reclaim, failover and instance checks the limiter's scripts add.
+//!
+//! After the criterion group it prints the same comparison *paired*: five rounds of 2000
+//! SETs, cycles and floor cycles alternating, each round's medians and ratios, and the
+//! median round's ratios (criterion measures each function in its own window of seconds,
+//! and on a shared VM the loopback latency drifts between windows by more than the
+//! difference being measured).
 //!
 //! Run: `cargo bench -p limiter-redis --bench round_trip`. Needs `redis-server` on PATH; the
 //! bench starts it with the shared harness (`test_support::redis`: a free loopback port,
@@ -21,6 +29,7 @@ use limiter_redis::{RedisLimiter, RedisLimiterConfig};
 use ports::ConcurrencyLimiter;
 use test_support::redis::RedisServer;
 
+#[allow(clippy::print_stdout)] // The paired figures: the bench's own output, next to criterion's.
 fn round_trip(c: &mut Criterion) {
     let server = RedisServer::start();
     let url = server.url();
@@ -43,6 +52,23 @@ fn round_trip(c: &mut Criterion) {
         (client, limiter)
     });
 
+    // Two seconds of both kinds of call first, so the first function measured does not
+    // also measure the process and the server settling in.
+    rt.block_on(async {
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < until {
+            let _: () = client
+                .set("bench:key", "value", None, None, false)
+                .await
+                .unwrap();
+            let permit = limiter
+                .acquire(Priority::Normal, Duration::from_secs(1))
+                .await
+                .unwrap();
+            permit.release().await.unwrap();
+        }
+    });
+
     let mut group = c.benchmark_group("redis_round_trip");
     group
         .measurement_time(Duration::from_secs(5))
@@ -53,6 +79,15 @@ fn round_trip(c: &mut Criterion) {
                 .set("bench:key", black_box("value"), None, None, false)
                 .await
                 .unwrap();
+        });
+    });
+    group.bench_function("acquire_release", |b| {
+        b.to_async(&rt).iter(|| async {
+            let permit = limiter
+                .acquire(black_box(Priority::Normal), Duration::from_secs(1))
+                .await
+                .unwrap();
+            permit.release().await.unwrap();
         });
     });
     // The shape of one limiter script call without its work: the same 8 keys and 14
@@ -105,16 +140,103 @@ fn round_trip(c: &mut Criterion) {
                 .unwrap();
         });
     });
-    group.bench_function("acquire_release", |b| {
+    // The floor of any cycle built from two scripts: a bare counting semaphore (read the
+    // time and add the token to `holders`; remove it and tombstone it), with no queue, no
+    // reclaim, no failover or instance checks; one key and three arguments per call (the
+    // shape of the limiter's release call).
+    let floor_acquire = fred::types::scripts::Script::from_lua(
+        "local t = redis.call('TIME') \
+         redis.call('ZADD', KEYS[1], t[1] * 1000 + 15000, ARGV[3]) return 1",
+    );
+    let floor_release = fred::types::scripts::Script::from_lua(
+        "local t = redis.call('TIME') local n = redis.call('ZREM', KEYS[1], ARGV[3]) \
+         redis.call('ZADD', KEYS[1] .. ':c', t[1] * 1000 + 15000, ARGV[3]) return n",
+    );
+    let floor_keys: Vec<fred::types::Key> = vec!["{talkgate:bench-floor}:holders".into()];
+    let floor_token = std::sync::atomic::AtomicU64::new(0);
+    group.bench_function("script_floor", |b| {
         b.to_async(&rt).iter(|| async {
-            let permit = limiter
-                .acquire(black_box(Priority::Normal), Duration::from_secs(1))
+            let n = floor_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let argv = vec![
+                "64".to_owned(),
+                String::new(),
+                format!("0123456789abcdef-{n}"),
+            ];
+            let _: i64 = floor_acquire
+                .evalsha_with_reload(&client, floor_keys.clone(), argv.clone())
                 .await
                 .unwrap();
-            permit.release().await.unwrap();
+            let _: i64 = floor_release
+                .evalsha_with_reload(&client, floor_keys.clone(), argv)
+                .await
+                .unwrap();
         });
     });
     group.finish();
+
+    // The same comparison, paired: a SET, a cycle and the floor's cycle alternate, so all
+    // three meet the same machine (on a shared VM the loopback latency drifts by tens of
+    // percent between the seconds-long windows criterion measures each function in).
+    // Five rounds; each prints its medians and ratios, then the median round.
+    let floor_cycle = |n: u64| {
+        let token = format!("paired-{n}");
+        let (client, keys) = (&client, &floor_keys);
+        let (acquire, release) = (&floor_acquire, &floor_release);
+        async move {
+            let argv = vec!["64".to_owned(), String::new(), token];
+            let _: i64 = acquire
+                .evalsha_with_reload(client, keys.clone(), argv.clone())
+                .await
+                .unwrap();
+            let _: i64 = release
+                .evalsha_with_reload(client, keys.clone(), argv)
+                .await
+                .unwrap();
+        }
+    };
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e6
+    };
+    let mut ratios = Vec::new();
+    for round in 1..=5u64 {
+        let pairs = 2_000u64;
+        let (mut sets, mut cycles, mut floors) = (Vec::new(), Vec::new(), Vec::new());
+        rt.block_on(async {
+            for i in 0..pairs {
+                let t = std::time::Instant::now();
+                let _: () = client
+                    .set("bench:key", "value", None, None, false)
+                    .await
+                    .unwrap();
+                sets.push(t.elapsed());
+                let t = std::time::Instant::now();
+                let permit = limiter
+                    .acquire(Priority::Normal, Duration::from_secs(1))
+                    .await
+                    .unwrap();
+                permit.release().await.unwrap();
+                cycles.push(t.elapsed());
+                let t = std::time::Instant::now();
+                floor_cycle(round * pairs + i).await;
+                floors.push(t.elapsed());
+            }
+        });
+        let (set, cycle, floor) = (median(&mut sets), median(&mut cycles), median(&mut floors));
+        println!(
+            "paired round {round} ({pairs} each, medians): SET {set:.1} µs, acquire+release \
+             {cycle:.1} µs ({:.2}x), script floor {floor:.1} µs ({:.2}x)",
+            cycle / set,
+            floor / set,
+        );
+        ratios.push((cycle / set, floor / set));
+    }
+    ratios.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (cycle, floor) = ratios[ratios.len() / 2];
+    println!(
+        "paired, median round: acquire+release / SET = {cycle:.2}x (target <= 2.3x), \
+         script floor / SET = {floor:.2}x"
+    );
     assert!(
         !limiter.is_degraded(),
         "the bench must measure redis, not the fallback"
