@@ -3,7 +3,7 @@
 //! (the baseline; issue 12's target is a cycle ≤ 2.3 × `SET`, the physical floor being two
 //! round trips). Two more baselines split the cycle's cost: `noop_bare`, an `EVALSHA` of
 //! `return 1` without keys or arguments (the price of a script call), and
-//! `noop_script_call`, the same script called with a limiter script's 8 keys and 14
+//! `noop_script_call`, the same script called with the acquire script's key and 6
 //! arguments (the price of its call shape). Two `noop_script_call`s against the cycle leave
 //! the scripts' own work. `script_floor` is the cheapest cycle two scripts can make: a bare
 //! counting semaphore (`TIME` + `ZADD`; `TIME` + `ZREM` + tombstone `ZADD`) without the queue,
@@ -25,6 +25,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use domain::Priority;
 use fred::prelude::{Builder, ClientLike, Config, KeysInterface};
+use limiter_redis::scripts::{ScriptSettings, Scripts};
 use limiter_redis::{RedisLimiter, RedisLimiterConfig};
 use ports::ConcurrencyLimiter;
 use test_support::redis::RedisServer;
@@ -90,26 +91,20 @@ fn round_trip(c: &mut Criterion) {
             permit.release().await.unwrap();
         });
     });
-    // The shape of one limiter script call without its work: the same 8 keys and 14
-    // arguments, a body that returns at once. Two of these against the cycle below split
-    // its cost into the round trips and call overhead (this) and the scripts' own work.
+    // The shape of one acquire call without its work: the same key and 6 arguments (default
+    // limit, epoch, token, priority, mode, first call), a body that returns at once. Two of
+    // these against the cycle below split its cost into the round trips and call overhead
+    // (this) and the scripts' own work.
     let noop = fred::types::scripts::Script::from_lua("return 1");
-    let keys: Vec<fred::types::Key> = limiter_redis::scripts::Scripts::new("bench").keys.clone();
+    let settings = ScriptSettings::of(limiter.config());
+    let keys: Vec<fred::types::Key> = Scripts::new("bench", settings).call_keys.clone();
     let args: Vec<String> = [
         "64",
-        "{talkgate:bench}:wake",
-        "1000",
         "1796300000000",
-        "2000",
-        "1600",
         "0123456789abcdef-1",
         "2",
-        "15000",
-        "6000",
         "wait",
         "1",
-        "",
-        "",
     ]
     .iter()
     .map(|s| (*s).to_owned())

@@ -24,8 +24,8 @@ use tokio::time::Instant;
 use crate::config::{RedisLimiterConfig, address_of};
 use crate::connection::{BackendError, Clients};
 use crate::reply::{self, Acquire, Beat, GivenBack, Renew};
-use crate::scripts::Scripts;
-use crate::util::{duration_ms, jittered, lock};
+use crate::scripts::{ScriptSettings, Scripts};
+use crate::util::{jittered, lock};
 
 /// The state shared by the limiter, its permits and its background tasks.
 pub(crate) struct Inner {
@@ -158,7 +158,7 @@ impl Inner {
         let mut instance_id = [0u8; 8];
         rand::rng().fill(&mut instance_id);
         Inner {
-            scripts: Scripts::new(&config.name),
+            scripts: Scripts::new(&config.name, ScriptSettings::of(&config)),
             address: address_of(&config.url),
             degraded_reason: Mutex::new(None),
             last_failure: Mutex::new(None),
@@ -189,29 +189,28 @@ impl Inner {
         self.degraded.load(Ordering::SeqCst)
     }
 
-    /// Runs `script` with the limiter's keys and the prelude's `[default limit, channel,
-    /// grant ttl, known epoch, instance ttl, warm-up, args…]`, bounded by `op_timeout` in
-    /// total (including a `SCRIPT LOAD` after `NOSCRIPT`).
+    /// Runs `script` with the limiter's call key and the prelude's `[default limit, known
+    /// epoch, args…]` (the constant settings are in the script text), bounded by
+    /// `op_timeout` in total (including a `SCRIPT LOAD` after `NOSCRIPT`).
     async fn eval<R: FromValue>(
         &self,
         script: &Script,
         args: Vec<Value>,
     ) -> Result<R, BackendError> {
-        let mut argv: Vec<Value> = Vec::with_capacity(args.len() + 6);
+        let mut argv: Vec<Value> = Vec::with_capacity(args.len() + 2);
         argv.push(Value::Integer(i64::from(
             self.limit.load(Ordering::Relaxed),
         )));
-        argv.push(Value::from(self.scripts.channel.as_str()));
-        argv.push(Value::Integer(duration_ms(self.config.grant_ttl)));
         argv.push(match self.epoch.load(Ordering::Relaxed) {
             0 => Value::from(""),
-            epoch => Value::from(epoch.to_string()),
+            epoch => Value::Integer(epoch),
         });
-        argv.push(Value::Integer(duration_ms(self.config.instance_ttl)));
-        argv.push(Value::Integer(duration_ms(self.config.warmup())));
         argv.extend(args);
-        let call =
-            script.evalsha_with_reload::<R, _, _>(&self.client, self.scripts.keys.clone(), argv);
+        let call = script.evalsha_with_reload::<R, _, _>(
+            &self.client,
+            self.scripts.call_keys.clone(),
+            argv,
+        );
         match tokio::time::timeout(self.config.op_timeout, call).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(BackendError::fred("redis", &e)),
@@ -228,10 +227,6 @@ impl Inner {
         format!("{}-{n}", self.instance)
     }
 
-    fn lease_ms(&self) -> i64 {
-        duration_ms(self.config.lease_ttl)
-    }
-
     /// Runs the acquire script for `token`: queue it, refresh its ticket, or confirm its
     /// grant (see [`Acquire`] for the answers).
     /// `first` says this is the acquire's first call for `token` (a new token, so Redis
@@ -246,8 +241,6 @@ impl Inner {
         let args = vec![
             Value::from(token),
             Value::Integer(priority.index() as i64),
-            Value::Integer(self.lease_ms()),
-            Value::Integer(duration_ms(self.config.waiter_ttl)),
             Value::from(mode.as_str()),
             Value::from(if first { "1" } else { "0" }),
         ];
@@ -257,9 +250,7 @@ impl Inner {
     /// Extends the leases of `tokens` by a full `lease_ttl` (re-establishing those Redis
     /// lost); one answer per token.
     pub(crate) async fn renew_leases(&self, tokens: &[String]) -> Result<Vec<Renew>, BackendError> {
-        let mut args = Vec::with_capacity(tokens.len() + 1);
-        args.push(Value::Integer(self.lease_ms()));
-        args.extend(tokens.iter().map(|t| Value::from(t.as_str())));
+        let args = tokens.iter().map(|t| Value::from(t.as_str())).collect();
         Renew::decode_all(self.eval(&self.scripts.renew, args).await?, tokens.len())
     }
 
@@ -297,9 +288,8 @@ impl Inner {
     /// (re-establishing those Redis lost). Remembers the peers and the epoch; the caller
     /// checks [`Beat::was_unknown`] and the epoch to re-establish every token.
     pub(crate) async fn beat(&self, tokens: &[String]) -> Result<Beat, BackendError> {
-        let mut args = Vec::with_capacity(tokens.len() + 3);
+        let mut args = Vec::with_capacity(tokens.len() + 2);
         args.push(Value::from(self.instance.as_str()));
-        args.push(Value::Integer(self.lease_ms()));
         let listening = self.listening.load(Ordering::Relaxed);
         args.push(Value::from(if listening { "1" } else { "0" }));
         args.extend(tokens.iter().map(|t| Value::from(t.as_str())));
@@ -380,10 +370,7 @@ impl Inner {
         what: Cleanup,
         token: &str,
     ) -> Result<GivenBack, BackendError> {
-        let args = || {
-            let tombstone = Value::Integer(duration_ms(self.config.tombstone_ttl()));
-            vec![Value::from(token), tombstone]
-        };
+        let args = || vec![Value::from(token)];
         match what {
             Cleanup::Release => {
                 GivenBack::decode_release(self.eval(&self.scripts.release, args()).await?)

@@ -21,7 +21,7 @@
 //! computed from `redis.call('TIME')` inside the script: no client clock is ever written.
 //!
 //! `cancelled` holds a *tombstone* for every token that was cancelled or released, for
-//! `ARGV[4]` ms (the caller passes `max(lease_ttl, waiter_ttl)`). An acquire for a
+//! `max(lease_ttl, waiter_ttl)` (the caller's `tombstone_ttl`). An acquire for a
 //! tombstoned token is refused, so an acquire that was stuck in a socket while Redis hung
 //! (or that a client library replayed after a reconnect) and runs *after* its cancel cannot
 //! re-create a ticket or a slot that nobody owns. Tokens are never reused, so a tombstone
@@ -47,11 +47,27 @@
 //! record at all (an older version of this crate) is treated as alive, and so is one whose
 //! presence is unknown (no `p:` field, or a server without sharded pub/sub).
 //!
+//! # What a call sends
+//! A limiter's settings are constant for its life, so [`Scripts::new`] writes them into the
+//! text of its scripts: the names of the keys and the wake-up channel (every byte escaped,
+//! so any limiter name is safe), and the grant TTL, instance TTL, warm-up, lease, waiter
+//! TTL and tombstone TTL in ms ([`ScriptSettings`]). Processes with other settings load
+//! other texts (other SHA-1s) that work on the same keys. A call declares one key,
+//! `holders` (it routes the call to the node owning the limiter's slot; the others share
+//! its hash tag, hence its slot), and sends `ARGV[1]` the default limit and `ARGV[2]` the
+//! data epoch the caller last saw (`''` if none); a script's own arguments start at
+//! `ARGV[3]`. Each argument costs on every call (encoding, parsing, one Lua string): with
+//! 8 keys and 14 arguments per call, as before, an uncontended acquire + release took
+//! about 25 % longer (see `docs/BENCHMARKS.md`, issue 12).
+//!
 //! # The shared prelude
-//! Every script gets `ARGV[1]` the default limit, `ARGV[2]` the wake-up channel, `ARGV[3]`
-//! the grant TTL in ms, `ARGV[4]` the data epoch the caller last saw (`''` if none),
-//! `ARGV[5]` the instance TTL and `ARGV[6]` the warm-up, in ms; its own arguments start at
-//! `ARGV[7]`. It starts by reading `TIME` and the meta hash:
+//! It starts by reading `TIME` and the meta hash, and notes whether the call is *quiet*:
+//! the limiter is set up, the reclaim step ran less than 20 ms ago, and nothing stalled.
+//! On a quiet limiter the two hot scripts may take a *fast path* right there, for the
+//! uncontended case only ([`ACQUIRE`]: the first call of a token, no queue, a free slot;
+//! [`RELEASE`]: no queue), skipping the rest of the prelude; what they do there is exactly
+//! what the full script would do in that state (its reclaim step is not due and its
+//! promote step finds no queue). The rest of the prelude:
 //! - when Redis has no limit (a new limiter, or Redis lost its data) it stores the caller's
 //!   default and a new `epoch`; if the caller knew an older epoch, Redis *lost its data*
 //!   and starts a *warm-up*;
@@ -113,37 +129,48 @@
 //!   (0 tells a listening instance to subscribe again).
 //! - [`LEAVE`]: removes the caller's record (a clean shutdown).
 
+use std::time::Duration;
+
 use fred::types::Key;
 use fred::types::scripts::Script;
+
+use crate::config::RedisLimiterConfig;
+use crate::util::duration_ms;
 
 /// `2^40`: the width of one priority band in the queue score. Each band holds 2^40
 /// sequence numbers, and `3 · 2^40 + seq` stays exact in a Lua double.
 pub const BAND: u64 = 1 << 40;
 
-const PRELUDE: &str = r#"
-local H, Q, W, E, M, C, I, D = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+/// The first half of the prelude: the time, the meta hash, and whether the call is *quiet*
+/// (the limiter is set up, its reclaim step ran less than 20 ms ago, and nothing stalled),
+/// which is when the hot scripts may take their fast path before the rest of the prelude.
+const HEAD: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function num(x) return string.format('%.0f', x) end
-local grant_ttl = tonumber(ARGV[3])
-local inst_ttl = tonumber(ARGV[5])
 local meta = redis.call('HMGET', M, 'limit', 'last_ms', 'warm_until', 'epoch')
 local limit = tonumber(meta[1])
 local warm_until = tonumber(meta[3]) or 0
 local epoch = meta[4]
 local last = tonumber(meta[2])
 local due = (not last) or now - last >= 20
+local quiet = limit and epoch and not due and now - last < inst_ttl / 2
+"#;
+
+/// The second half of the prelude: setting the limiter up, the stall check, and the
+/// `reclaim` and `promote` steps.
+const PRELUDE: &str = r#"
 if not limit then
   limit = tonumber(ARGV[1])
   epoch = num(now)
   redis.call('HSET', M, 'limit', limit, 'epoch', epoch, 'last_ms', num(now))
-  if ARGV[4] ~= '' then
-    warm_until = now + tonumber(ARGV[6])
+  if ARGV[2] ~= '' then
+    warm_until = now + warmup
     redis.call('HSET', M, 'warm_until', num(warm_until), 'warmups', 1)
   end
 else
   if last and now - last >= inst_ttl / 2 and redis.call('ZCARD', I) > 0 then
-    warm_until = now + tonumber(ARGV[6])
+    warm_until = now + warmup
     redis.call('HSET', M, 'warm_until', num(warm_until))
     redis.call('HINCRBY', M, 'warmups', 1)
     local ids = redis.call('ZRANGE', I, 0, -1)
@@ -166,7 +193,7 @@ local function present(id)
   if p == nil then
     p = true
     if redis.call('HEXISTS', M, 'p:' .. id) == 1 then
-      local r = redis.pcall('PUBSUB', 'SHARDNUMSUB', ARGV[2] .. ':' .. id)
+      local r = redis.pcall('PUBSUB', 'SHARDNUMSUB', CH .. ':' .. id)
       if type(r) == 'table' and r[2] ~= nil and tonumber(r[2]) == 0 then p = false end
     end
     heard[id] = p
@@ -263,12 +290,37 @@ local function promote()
   active = active + #granted
   if #granted == 0 then return end
   redis.call('HSET', M, 'max_wait_ms', num(maxw))
-  redis.call('PUBLISH', ARGV[2], table.concat(granted, ' '))
+  redis.call('PUBLISH', CH, table.concat(granted, ' '))
 end
 "#;
 
-/// ARGV 7 token, 8 priority index (0 low … 3 critical), 9 lease ms, 10 waiter ttl ms,
-/// 11 mode (`wait` or `try`), 12 `1` for the first call of an acquire (its token is new,
+/// The fast path of [`ACQUIRE`], run between the two halves of the prelude: the first call
+/// of an acquire, on a quiet limiter outside a warm-up, that finds no queue and a free slot
+/// takes it (or is refused for a tombstone) without the rest of the prelude. Anything else
+/// falls through to the full script, which decides exactly the same for this case: its
+/// reclaim step is not due, its promote step finds no queue.
+const ACQUIRE_FAST: &str = r#"
+if quiet and ARGV[6] == '1' and now >= warm_until then
+  if redis.call('ZSCORE', C, ARGV[3]) then return 3 end
+  if redis.call('ZCARD', Q) == 0 and redis.call('ZCARD', H) < limit then
+    redis.call('ZADD', H, num(now + lease_ms), ARGV[3])
+    return 1
+  end
+end
+"#;
+
+/// The fast path of [`RELEASE`]: on a quiet limiter with no queue (so nobody to promote),
+/// free the slot and tombstone the token; else the full script.
+const RELEASE_FAST: &str = r#"
+if quiet and redis.call('ZCARD', Q) == 0 then
+  local n = redis.call('ZREM', H, ARGV[3])
+  redis.call('ZADD', C, num(now + tomb_ms), ARGV[3])
+  return n
+end
+"#;
+
+/// ARGV 3 token, 4 priority index (0 low … 3 critical), 5 mode (`wait` or `try`), 6 `1` for
+/// the first call of an acquire (its token is new,
 /// so the look-ups among holders and tickets are skipped on the way to a free slot; a copy
 /// of the call replayed after a reconnect that finds its token held still confirms it
 /// before queueing anything). Returns 1 granted,
@@ -277,15 +329,15 @@ end
 pub const ACQUIRE: &str = r#"
 reclaim()
 promote()
-local tok, lease = ARGV[7], tonumber(ARGV[9])
+local tok, lease = ARGV[3], lease_ms
 if redis.call('ZSCORE', C, tok) then return 3 end
-if ARGV[12] ~= '1' then
+if ARGV[6] ~= '1' then
   if redis.call('ZSCORE', H, tok) then
     redis.call('ZADD', H, num(now + lease), tok)
     return 1
   end
   if redis.call('ZSCORE', Q, tok) then
-    redis.call('ZADD', W, num(now + tonumber(ARGV[10])), tok)
+    redis.call('ZADD', W, num(now + waiter_ttl), tok)
     return 0
   end
 end
@@ -297,29 +349,29 @@ if now >= warm_until and count_active() < limit then
   redis.call('ZADD', H, num(now + lease), tok)
   return 1
 end
-if ARGV[12] == '1' and redis.call('ZSCORE', H, tok) then return 1 end
-if ARGV[11] == 'try' then return 2 end
+if ARGV[6] == '1' and redis.call('ZSCORE', H, tok) then return 1 end
+if ARGV[5] == 'try' then return 2 end
 local seq = redis.call('HINCRBY', M, 'seq', 1)
-redis.call('ZADD', Q, num((3 - tonumber(ARGV[8])) * 1099511627776 + seq), tok)
-redis.call('ZADD', W, num(now + tonumber(ARGV[10])), tok)
+redis.call('ZADD', Q, num((3 - tonumber(ARGV[4])) * 1099511627776 + seq), tok)
+redis.call('ZADD', W, num(now + waiter_ttl), tok)
 redis.call('ZADD', E, num(now), tok)
 return 0
 "#;
 
-/// ARGV 7 token, 8 tombstone ms. Returns 1 if the token held a slot, else 0.
+/// ARGV 3 token. Returns 1 if the token held a slot, else 0.
 pub const RELEASE: &str = r#"
-local n = redis.call('ZREM', H, ARGV[7])
-redis.call('ZADD', C, num(now + tonumber(ARGV[8])), ARGV[7])
+local n = redis.call('ZREM', H, ARGV[3])
+redis.call('ZADD', C, num(now + tomb_ms), ARGV[3])
 reclaim()
 promote()
 return n
 "#;
 
-/// ARGV 7 token, 8 tombstone ms. Returns 2 if a grant was given back, 1 if a ticket was
+/// ARGV 3 token. Returns 2 if a grant was given back, 1 if a ticket was
 /// removed, else 0.
 pub const CANCEL: &str = r#"
-local tok = ARGV[7]
-redis.call('ZADD', C, num(now + tonumber(ARGV[8])), tok)
+local tok = ARGV[3]
+redis.call('ZADD', C, num(now + tomb_ms), tok)
 local q = redis.call('ZREM', Q, tok)
 redis.call('ZREM', W, tok)
 redis.call('ZREM', E, tok)
@@ -330,13 +382,13 @@ if h > 0 then return 2 end
 return q
 "#;
 
-/// ARGV 7 lease ms, 8… tokens. Returns one code per token: 1 the lease was extended, 2 it
+/// ARGV 3… tokens. Returns one code per token: 1 the lease was extended, 2 it
 /// was gone and is re-established (Redis lost its data, or reclaimed it while its holder
 /// was alive), 0 the token was released or cancelled already (nothing is re-created).
 pub const RENEW: &str = r#"
-local lease = tonumber(ARGV[7])
+local lease = lease_ms
 local out = {}
-for i = 8, #ARGV do
+for i = 3, #ARGV do
   local tok = ARGV[i]
   local ok = 1
   if redis.call('ZSCORE', C, tok) then
@@ -374,32 +426,32 @@ out[#out + 1] = tonumber(redis.call('HGET', M, 'instances_reclaimed')) or 0
 return out
 "#;
 
-/// ARGV 7 the new limit (≥ 1). Returns 1.
+/// ARGV 3 the new limit (≥ 1). Returns 1.
 pub const SET_LIMIT: &str = r#"
-limit = tonumber(ARGV[7])
+limit = tonumber(ARGV[3])
 redis.call('HSET', M, 'limit', limit)
 reclaim(true)
 promote()
 return 1
 "#;
 
-/// The instance heartbeat. ARGV 7 instance id, 8 lease ms, 9 `1` if the instance
-/// subscribed to its presence channel (else `0`), 10… tokens this instance holds that must
+/// The instance heartbeat. ARGV 3 instance id, 4 `1` if the instance subscribed to its
+/// presence channel (else `0`), 5… tokens this instance holds that must
 /// count against the limit (re-established if Redis lost them; a tombstoned token is
 /// skipped). Marks the instance live for `inst_ttl` (and no longer dead).
 /// Returns `{1 if the instance was not registered, live instances, limit, epoch,
 /// tokens re-established, subscribers of its presence channel}`.
 pub const BEAT: &str = r#"
-local me, lease = ARGV[7], tonumber(ARGV[8])
+local me, lease = ARGV[3], lease_ms
 local added = redis.call('ZADD', I, num(now + inst_ttl), me)
 redis.call('ZREM', D, me)
-if ARGV[9] == '1' then
+if ARGV[4] == '1' then
   redis.call('HSET', M, 'p:' .. me, 1)
 else
   redis.call('HDEL', M, 'p:' .. me)
 end
 local readded = 0
-for i = 10, #ARGV do
+for i = 5, #ARGV do
   local tok = ARGV[i]
   if not redis.call('ZSCORE', C, tok) then
     if redis.call('ZADD', H, num(now + lease), tok) == 1 then readded = readded + 1 end
@@ -408,20 +460,53 @@ end
 reclaim(true)
 promote()
 local subs = 0
-local r = redis.pcall('PUBSUB', 'SHARDNUMSUB', ARGV[2] .. ':' .. me)
+local r = redis.pcall('PUBSUB', 'SHARDNUMSUB', CH .. ':' .. me)
 if type(r) == 'table' and r[2] ~= nil then subs = tonumber(r[2]) end
 return {added, redis.call('ZCOUNT', I, '(' .. num(now), '+inf'), limit, tonumber(epoch), readded, subs}
 "#;
 
-/// An instance leaving for good (a clean shutdown). ARGV 7 instance id. Its record is
+/// An instance leaving for good (a clean shutdown). ARGV 3 instance id. Its record is
 /// removed, so its peers stop counting it at once. Returns 1.
 pub const LEAVE: &str = r#"
-redis.call('ZREM', I, ARGV[7])
-redis.call('HDEL', M, 'p:' .. ARGV[7])
+redis.call('ZREM', I, ARGV[3])
+redis.call('HDEL', M, 'p:' .. ARGV[3])
 reclaim(true)
 promote()
 return 1
 "#;
+
+/// The settings a limiter's scripts are built with (see [`Scripts::new`]). They are constant
+/// for the limiter's life, so they are written into the script text instead of being sent
+/// with every call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScriptSettings {
+    /// How long a grant waits for its owner to confirm it.
+    pub grant_ttl: Duration,
+    /// How long an instance record lives without a heartbeat.
+    pub instance_ttl: Duration,
+    /// How long nothing is granted after Redis lost its data or stalled.
+    pub warmup: Duration,
+    /// A holder's lease.
+    pub lease_ttl: Duration,
+    /// A queued ticket's lifetime without a refresh.
+    pub waiter_ttl: Duration,
+    /// How long a released or cancelled token is remembered.
+    pub tombstone_ttl: Duration,
+}
+
+impl ScriptSettings {
+    /// The settings of the limiter `config` describes.
+    pub fn of(config: &RedisLimiterConfig) -> Self {
+        ScriptSettings {
+            grant_ttl: config.grant_ttl,
+            instance_ttl: config.instance_ttl,
+            warmup: config.warmup(),
+            lease_ttl: config.lease_ttl,
+            waiter_ttl: config.waiter_ttl,
+            tombstone_ttl: config.tombstone_ttl(),
+        }
+    }
+}
 
 /// The keys and channel of one limiter, and its scripts with their SHA-1s computed once.
 #[derive(Debug, Clone)]
@@ -429,6 +514,10 @@ pub struct Scripts {
     /// `holders, queue, waiters, enqueued, meta, cancelled, instances, dead`, in the order
     /// the scripts read them.
     pub keys: Vec<Key>,
+    /// The keys a call declares: `holders` alone. It routes the call to the node that owns
+    /// the limiter's hash slot; the scripts name the other keys (same hash tag, so same
+    /// slot) in their text.
+    pub call_keys: Vec<Key>,
     /// The wake-up channel.
     pub channel: String,
     /// [`ACQUIRE`].
@@ -449,11 +538,23 @@ pub struct Scripts {
     pub leave: Script,
 }
 
+/// `text` as a Lua string literal, every byte a decimal escape (so any limiter name is safe).
+fn lua_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 4 + 2);
+    out.push('"');
+    for byte in text.bytes() {
+        out.push_str(&format!("\\{byte}"));
+    }
+    out.push('"');
+    out
+}
+
 impl Scripts {
-    /// The keys, channel and scripts of the limiter called `name`.
-    pub fn new(name: &str) -> Self {
+    /// The keys, channel and scripts of the limiter called `name`, with `settings` written
+    /// into the scripts.
+    pub fn new(name: &str, settings: ScriptSettings) -> Self {
         let tag = format!("{{talkgate:{name}}}");
-        let keys = [
+        let names: Vec<String> = [
             "holders",
             "queue",
             "waiters",
@@ -464,14 +565,40 @@ impl Scripts {
             "dead",
         ]
         .iter()
-        .map(|k| Key::from(format!("{tag}:{k}")))
+        .map(|k| format!("{tag}:{k}"))
         .collect();
-        let script = |body: &str| Script::from_lua(format!("{PRELUDE}{body}"));
+        let channel = format!("{tag}:wake");
+        let ms = |d: Duration| duration_ms(d);
+        let constants = format!(
+            "local H = KEYS[1]\n\
+             local Q, W, E, M, C, I, D = {}\n\
+             local CH = {}\n\
+             local grant_ttl, inst_ttl, warmup = {}, {}, {}\n\
+             local lease_ms, waiter_ttl, tomb_ms = {}, {}, {}\n",
+            names[1..]
+                .iter()
+                .map(|n| lua_string(n))
+                .collect::<Vec<_>>()
+                .join(", "),
+            lua_string(&channel),
+            ms(settings.grant_ttl),
+            ms(settings.instance_ttl),
+            ms(settings.warmup),
+            ms(settings.lease_ttl),
+            ms(settings.waiter_ttl),
+            ms(settings.tombstone_ttl),
+        );
+        let script = |body: &str| Script::from_lua(format!("{constants}{HEAD}{PRELUDE}{body}"));
+        let fast = |fast: &str, body: &str| {
+            Script::from_lua(format!("{constants}{HEAD}{fast}{PRELUDE}{body}"))
+        };
+        let keys: Vec<Key> = names.into_iter().map(Key::from).collect();
         Scripts {
+            call_keys: vec![keys[0].clone()],
             keys,
-            channel: format!("{tag}:wake"),
-            acquire: script(ACQUIRE),
-            release: script(RELEASE),
+            channel,
+            acquire: fast(ACQUIRE_FAST, ACQUIRE),
+            release: fast(RELEASE_FAST, RELEASE),
             cancel: script(CANCEL),
             renew: script(RENEW),
             stats: script(STATS),
@@ -486,9 +613,13 @@ impl Scripts {
 mod tests {
     use super::*;
 
+    fn settings() -> ScriptSettings {
+        ScriptSettings::of(&RedisLimiterConfig::new("redis://127.0.0.1:6379", "d-id"))
+    }
+
     #[test]
     fn all_keys_share_one_hash_tag() {
-        let s = Scripts::new("d-id");
+        let s = Scripts::new("d-id", settings());
         for key in &s.keys {
             let k = key.as_str().unwrap();
             assert!(k.starts_with("{talkgate:d-id}:"), "{k}");

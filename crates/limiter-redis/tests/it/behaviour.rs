@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::Priority;
-use fred::prelude::{ClientLike, KeysInterface, LuaInterface};
+use fred::prelude::{ClientLike, KeysInterface, LuaInterface, SortedSetsInterface};
 use limiter_memory::MemoryLimiter;
 use limiter_redis::RedisLimiter;
 use ports::ConcurrencyLimiter;
@@ -230,4 +230,59 @@ async fn starts_degraded_without_redis_and_switches_over_when_it_appears() {
     .await;
     assert_eq!(stats.failover.unwrap().fallback_active, 0);
     remote.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_name_is_safe_in_the_script_text_and_processes_with_other_timings_share_the_limit() {
+    // The scripts carry the key names and timings in their text: a name with quotes, a Lua
+    // long-string closer, a backslash and a newline must still name exactly its own keys.
+    let server = RedisServer::start();
+    let name = format!("we\"ird ]] \\ '\n{}", rand_suffix());
+    let mut cfg = config(&server, 1);
+    cfg.name = name.clone();
+    let a = RedisLimiter::connect_with_memory_fallback(cfg.clone())
+        .await
+        .unwrap();
+    let mut other = cfg;
+    other.lease_ttl = Duration::from_secs(7);
+    other.waiter_ttl = Duration::from_secs(4);
+    let b = RedisLimiter::connect_with_memory_fallback(other)
+        .await
+        .unwrap();
+    let held = a
+        .acquire(Priority::Normal, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let raw = raw_client(&server).await;
+    let holders = format!("{{talkgate:{name}}}:holders");
+    let count: i64 = raw.zcard(&holders).await.unwrap();
+    assert_eq!(count, 1, "the holder is under the limiter's own key");
+    // The other process (other timings, so other script text) sees the same slot taken.
+    assert!(b.acquire(Priority::Critical, Duration::ZERO).await.is_err());
+    let waiting = tokio::spawn(async move {
+        b.acquire(Priority::High, Duration::from_secs(5))
+            .await
+            .map(|p| (p, b))
+    });
+    wait_until(&a, Duration::from_secs(5), "the waiter is queued", |s| {
+        s.queued.total() == 1
+    })
+    .await;
+    held.release().await.unwrap();
+    let (granted, b) = waiting.await.unwrap().expect("granted after the release");
+    assert!(!a.is_degraded() && !b.is_degraded());
+    let tombstones: i64 = raw
+        .zcard(format!("{{talkgate:{name}}}:cancelled"))
+        .await
+        .unwrap();
+    assert_eq!(tombstones, 1, "the release tombstoned its token");
+    granted.release().await.unwrap();
+    let _ = raw.quit().await;
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
