@@ -522,10 +522,17 @@ impl ApiError {
                 if let Some(job) = job_id {
                     extra.push(("job_id", json!(job)));
                     extra.push(("job_url", json!(crate::uri::job_url(job))));
+                    // With its talk created the request gave its claim back (`jobs::Hold`);
+                    // mid-create it keeps it, as the create may still land at D-ID.
+                    let when = if talk_id.is_some() {
+                        "at once"
+                    } else {
+                        "once its claim runs out (JOB_LEASE_SECS)"
+                    };
                     message.push_str(&format!(
-                        "; job {job} is finished by another instance, or by this one after a restart, once \
-                         its claim runs out (JOB_LEASE_SECS): re-attach with the same \
-                         Idempotency-Key or follow job_url"
+                        "; job {job} is finished by another instance, or by this one after a \
+                         restart, {when}: re-attach with the same Idempotency-Key or follow \
+                         job_url"
                     ));
                 }
                 (message, extra)

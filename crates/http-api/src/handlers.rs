@@ -101,7 +101,7 @@ where
     };
     slot.record_job(job.id.as_str());
     let job_id = job.id.clone();
-    let _hold = jobs.hold(&job_id, &owner);
+    let hold = jobs.hold(&job_id, &owner);
     let mode = if asynchronous {
         CreateMode::InlineAsync
     } else {
@@ -116,6 +116,8 @@ where
     slot.record(&talk_id);
 
     if asynchronous {
+        // The create let go of the claim: the workers poll the talk from here.
+        hold.done();
         tracing::info!(%talk_id, %job_id, %priority, "talk created (asynchronous)");
         return Ok(accepted(
             &talk_id,
@@ -146,9 +148,13 @@ where
             },
             other => other,
         });
-    if let Err(e) = jobs.finish_inline(&job_id, &outcome).await {
-        // The caller still gets its answer; the job is finished by the next owner.
-        tracing::warn!(%job_id, error = %e, "could not record the end of a generate's job");
+    match jobs.finish_inline(&job_id, &outcome).await {
+        Ok(_) => hold.done(),
+        // The caller still gets its answer; the job is finished by the next owner (the
+        // hold gives the claim back if the job is still processing).
+        Err(e) => {
+            tracing::warn!(%job_id, error = %e, "could not record the end of a generate's job")
+        }
     }
     let talk = outcome?;
     tracing::info!(talk_id = %talk.id, %job_id, %priority, "talk done");

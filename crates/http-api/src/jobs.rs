@@ -8,9 +8,12 @@
 //!   D-ID (the D-ID client takes it), never while it waits.
 //! - `generate-video` runs its own job *inline*: the job is stored already claimed
 //!   (`creating`, leased to the request) and the request does the work itself, so its
-//!   answer and JSON stay as before. If the request dies (the caller hangs up, the process is
-//!   killed), nobody renews the lease; once it expires a worker takes the job over and
-//!   finishes it, and the caller re-attaches with its `Idempotency-Key` or the job id.
+//!   answer and JSON stay as before. If the request is dropped (the caller hangs up, the
+//!   shutdown cuts it off) after its talk was created, it gives its claim back ([`Hold`]) and
+//!   a worker polls the job on at once; dropped mid-create, or killed with its process,
+//!   nobody renews the lease and once it expires a worker takes the job over (looking the
+//!   talk up first). Either way the caller re-attaches with its `Idempotency-Key` or the job
+//!   id.
 //!
 //! # One step per claim
 //! - `queued` / `creating`: `POST /talks` with a token derived from the job id. The job is
@@ -213,6 +216,8 @@ pub struct Jobs {
     /// When jobs left the queue here (for `Retry-After`).
     drained: Mutex<VecDeque<Instant>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Claims being given back by dropped requests (see [`Hold`]); awaited at shutdown.
+    giving_back: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -237,6 +242,34 @@ pub struct Renewer(JoinHandle<()>);
 impl Drop for Renewer {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// An inline job's claim while its request works on it: the lease is renewed in the
+/// background. Dropped before [`Hold::done`] (the request was cut off at shutdown, or its
+/// caller hung up), it gives the claim of a `processing` job back at once, so a worker (of
+/// this instance, another one, or this one after a restart) polls the talk on without
+/// waiting `JOB_LEASE_SECS`, and a replay re-attaches to a job that moves. A `creating`
+/// job keeps its claim until the lease runs out: a create the request sent may still land
+/// at D-ID, and the next owner's look-up must come after it.
+pub struct Hold {
+    renewer: Renewer,
+    give_back: Option<(Arc<Jobs>, JobId, String)>,
+}
+
+impl Hold {
+    /// The request finished the job (or let go of its claim itself): nothing to give back.
+    pub fn done(mut self) {
+        self.give_back = None;
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.renewer.0.abort();
+        if let Some((jobs, id, owner)) = self.give_back.take() {
+            jobs.spawn_give_back(id, owner);
+        }
     }
 }
 
@@ -266,6 +299,7 @@ impl Jobs {
             accepting: Mutex::new(HashSet::new()),
             drained: Mutex::new(VecDeque::new()),
             workers: Mutex::new(Vec::new()),
+            giving_back: Mutex::new(Vec::new()),
         })
     }
 
@@ -755,9 +789,65 @@ impl Jobs {
         self.write(job, from).await
     }
 
-    /// Keeps an inline job's lease alive while the request works on it.
-    pub fn hold(self: &Arc<Self>, id: &JobId, owner: &str) -> Renewer {
-        self.renew_in_background(id.clone(), owner.to_owned())
+    /// Keeps an inline job's lease alive while the request works on it (see [`Hold`]).
+    pub fn hold(self: &Arc<Self>, id: &JobId, owner: &str) -> Hold {
+        Hold {
+            renewer: self.renew_in_background(id.clone(), owner.to_owned()),
+            give_back: Some((Arc::clone(self), id.clone(), owner.to_owned())),
+        }
+    }
+
+    /// Gives `owner`'s claim on job `id` back if the job is `processing` (its talk exists,
+    /// only polls are left); `false` if there was nothing to give back.
+    pub async fn give_back(&self, id: &JobId, owner: &str) -> Result<bool, JobStoreError> {
+        let Some(mut job) = self.store.get(id).await? else {
+            return Ok(false);
+        };
+        let ours = job.lease.as_ref().is_some_and(|l| l.owner == owner);
+        if !ours || job.status != JobStatus::Processing {
+            return Ok(false);
+        }
+        job.lease = None;
+        job.updated_ms = now_ms();
+        self.write(job, JobStatus::Processing).await?;
+        self.wake.notify_one();
+        Ok(true)
+    }
+
+    fn spawn_give_back(self: &Arc<Self>, id: JobId, owner: String) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let jobs = Arc::clone(self);
+        let task = runtime.spawn(async move {
+            match jobs.give_back(&id, &owner).await {
+                Ok(true) => tracing::info!(
+                    job_id = %id,
+                    "request ended before its job: claim given back, the job goes on"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    job_id = %id,
+                    error = %e,
+                    "could not give a dropped request's claim back; it runs out after JOB_LEASE_SECS"
+                ),
+            }
+        });
+        let mut tasks = lock(&self.giving_back);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Waits up to `within` for the claims dropped requests are giving back (at shutdown,
+    /// after the cut-off).
+    pub async fn settle(&self, within: Duration) {
+        let tasks: Vec<JoinHandle<()>> = lock(&self.giving_back).drain(..).collect();
+        let _ = tokio::time::timeout(within, async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
     }
 
     /// Waits until `done(job)` holds or `deadline` passes; the job as last read.

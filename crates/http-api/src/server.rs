@@ -96,6 +96,9 @@ fn request_id(headers: &http::HeaderMap) -> String {
 /// How long the 503 answers of requests cut off at shutdown get to be written before their
 /// connections are aborted.
 pub const CUTOFF_WRITE_TIME: Duration = Duration::from_secs(1);
+/// How long the shutdown waits, after the cut-off, for cut-off generates to give their jobs'
+/// claims back (one store read and one write each).
+pub const GIVE_BACK_TIME: Duration = Duration::from_secs(2);
 
 /// Answers one request: span, dispatch, error mapping, panic catching, metrics, request id.
 /// When `cutoff` fires before the handler is done, the handler is dropped and the request
@@ -303,6 +306,9 @@ pub async fn run(
     tokio::join!(workers_done, requests_done);
     // Aborting drops each request's future and with it any permit or queue place.
     connections.shutdown().await;
+    // A cut-off generate whose talk exists gives its job's claim back, so the next owner
+    // (another instance, or this one restarted) polls it on at once (`jobs::Hold`).
+    state.jobs().settle(GIVE_BACK_TIME).await;
     tracing::info!("shut down");
     Ok(())
 }

@@ -392,7 +392,9 @@ impl Drop for TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generate_cut_off_at_shutdown_is_finished_by_the_next_instance_and_re_attached() {
-    // Talks render for about a second, so the shutdown cuts the wait off.
+    // Talks render for about a second, so the shutdown cuts the wait off. The lease is long
+    // (120 s): the replay finishing within 30 s shows that the cut-off request gave its
+    // processing job's claim back instead of leaving it to run out.
     let fake = did_fake::FakeDid::builder()
         .time_scale(0.1)
         .spawn()
@@ -403,7 +405,7 @@ async fn a_generate_cut_off_at_shutdown_is_finished_by_the_next_instance_and_re_
     let durable = [
         ("JOB_STORE", "sqlite"),
         ("JOB_STORE_PATH", path.as_str()),
-        ("JOB_LEASE_SECS", "1"),
+        ("JOB_LEASE_SECS", "120"),
         ("SHUTDOWN_GRACE_SECS", "0.2"),
     ];
     let mut first = support::service(&fake, &durable).await;
@@ -414,8 +416,16 @@ async fn a_generate_cut_off_at_shutdown_is_finished_by_the_next_instance_and_re_
         async move { post_keyed(&http, url, Some("cut-1"), &talk_body(1)).await }
     });
     let start = Instant::now();
-    while fake.stats().talks_created == 0 {
-        assert!(start.elapsed() < Duration::from_secs(10), "no talk created");
+    // Cut off while the job is `processing` (its talk exists, the request waits for it).
+    loop {
+        let (_, page) = get_json(&http, first.api("/jobs?status=processing"), None).await;
+        if page["jobs"].as_array().is_some_and(|j| !j.is_empty()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no job processing"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     first.trigger_shutdown();
@@ -435,15 +445,19 @@ async fn a_generate_cut_off_at_shutdown_is_finished_by_the_next_instance_and_re_
     drop(first);
 
     // A new instance over the same file: the replay waits for the same job, which the new
-    // instance's workers take over once the cut-off request's lease has run out.
+    // instance's workers take over at once.
     let second = support::service(&fake, &durable).await;
-    let (status, done, headers) = post_keyed(
-        &http,
-        second.api("/generate-video"),
-        Some("cut-1"),
-        &talk_body(1),
+    let (status, done, headers) = tokio::time::timeout(
+        Duration::from_secs(30),
+        post_keyed(
+            &http,
+            second.api("/generate-video"),
+            Some("cut-1"),
+            &talk_body(1),
+        ),
     )
-    .await;
+    .await
+    .expect("the replay waited for the cut-off request's lease to run out");
     assert_eq!(status, 200, "{done}");
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(done["job_id"], job_id.as_str());
@@ -457,6 +471,47 @@ async fn a_generate_cut_off_at_shutdown_is_finished_by_the_next_instance_and_re_
         "one talk for the key, whatever died"
     );
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_hanging_up_on_a_generate_leaves_a_job_that_goes_on_at_once() {
+    // Talks render for about a second; the lease is 120 s, so the job reaching `done`
+    // within `until_status`'s 20 s shows the dropped request gave its claim back.
+    let fake = did_fake::FakeDid::builder()
+        .time_scale(0.1)
+        .spawn()
+        .await
+        .unwrap();
+    let srv = support::service(&fake, &[("JOB_LEASE_SECS", "120")]).await;
+    let http = client();
+    let url = srv.api("/generate-video");
+    let caller = tokio::spawn({
+        let http = http.clone();
+        async move { post_keyed(&http, url, Some("hang-up-1"), &talk_body(7)).await }
+    });
+    let start = Instant::now();
+    let job_id = loop {
+        let (_, page) = get_json(&http, srv.api("/jobs?status=processing"), None).await;
+        if let Some(id) = page["jobs"][0]["job_id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no job processing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // The caller hangs up: its connection closes and the server drops the request.
+    caller.abort();
+    let _ = caller.await;
+    let job = until_status(&srv, &job_id, &["done"]).await;
+    assert!(job["result_url"].is_string(), "{job}");
+    assert_eq!(
+        fake.stats().talks_created,
+        1,
+        "the job went on, nothing paid twice"
+    );
+    srv.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
