@@ -7,71 +7,12 @@ use std::any::Any;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use jobstore_redis::RedisJobStore;
 use limiter_redis::RedisLimiterConfig;
-use ports::{
-    Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, NewJob, QueueLimits,
-    ScopedKey, Submitted,
-};
+use ports::JobStore;
+use ports::job_contract::Guarded;
 use test_support::redis::{RedisCluster, RedisServer};
 use test_support::unique_name;
-
-/// A store that keeps the server it runs on alive.
-struct Kept {
-    store: RedisJobStore,
-    _server: Arc<dyn Any + Send + Sync>,
-}
-
-#[async_trait]
-impl JobStore for Kept {
-    async fn submit(&self, job: NewJob, limits: QueueLimits) -> Result<Submitted, JobStoreError> {
-        self.store.submit(job, limits).await
-    }
-    async fn get(&self, id: &JobId) -> Result<Option<Job>, JobStoreError> {
-        self.store.get(id).await
-    }
-    async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError> {
-        self.store.get_by_key(key).await
-    }
-    async fn claim(
-        &self,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<Option<Job>, JobStoreError> {
-        self.store.claim(owner, lease, now_ms).await
-    }
-    async fn renew(
-        &self,
-        id: &JobId,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<bool, JobStoreError> {
-        self.store.renew(id, owner, lease, now_ms).await
-    }
-    async fn update(&self, job: Job) -> Result<Job, JobStoreError> {
-        self.store.update(job).await
-    }
-    async fn list(
-        &self,
-        status: Option<JobStatus>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<JobPage, JobStoreError> {
-        self.store.list(status, limit, cursor).await
-    }
-    async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
-        self.store.purge(finished_before_ms).await
-    }
-    async fn counts(&self) -> Result<JobCounts, JobStoreError> {
-        self.store.counts().await
-    }
-    fn kind(&self) -> &'static str {
-        self.store.kind()
-    }
-}
 
 /// The server `start` gives, shared by the tests that run at the same time.
 fn shared<T: Send + Sync + 'static>(slot: &Mutex<Weak<T>>, start: fn() -> T) -> Arc<T> {
@@ -98,10 +39,8 @@ async fn kept(url: String, server: Arc<dyn Any + Send + Sync>) -> Arc<dyn JobSto
         .await
         .expect("the store connects");
     assert_eq!(store.kind(), "redis");
-    Arc::new(Kept {
-        store,
-        _server: server,
-    })
+    // The server lives as long as the stores on it.
+    Arc::new(Guarded::new(store, server))
 }
 
 /// A fresh store (a name of its own) on the shared standalone server.

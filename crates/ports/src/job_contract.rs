@@ -12,8 +12,11 @@
 //! ```
 //!
 //! The calling crate needs `tokio` (features `macros`, `rt-multi-thread`) as a dev-dependency.
+//! A store whose directory or server must live as long as it does is wrapped in
+//! [`Guarded`].
 //! Time is passed to the store as numbers, so lease expiry is tested without sleeping.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -21,10 +24,80 @@ use std::time::Duration;
 
 use domain::{Priority, Script, TalkId, TalkRequest};
 
+use async_trait::async_trait;
+
 use crate::jobs::{
-    Attempt, Job, JobFailure, JobId, JobStatus, JobStore, JobStoreError, Lease, NewJob,
-    QueueLimits, ScopedKey, Submitted,
+    Attempt, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease,
+    NewJob, QueueLimits, ScopedKey, Submitted,
 };
+
+/// A store that keeps something alive for as long as it lives: the temporary directory of
+/// its file, the test server it talks to. What a factory returns when the store's
+/// resources must go when the test drops the store. Every method is the inner store's.
+pub struct Guarded<S> {
+    store: S,
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+impl<S: JobStore> Guarded<S> {
+    /// `store`, keeping `guard` alive until it is dropped.
+    pub fn new(store: S, guard: impl Any + Send + Sync) -> Self {
+        Guarded {
+            store,
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: JobStore> JobStore for Guarded<S> {
+    async fn submit(&self, job: NewJob, limits: QueueLimits) -> Result<Submitted, JobStoreError> {
+        self.store.submit(job, limits).await
+    }
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, JobStoreError> {
+        self.store.get(id).await
+    }
+    async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError> {
+        self.store.get_by_key(key).await
+    }
+    async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<Option<Job>, JobStoreError> {
+        self.store.claim(owner, lease, now_ms).await
+    }
+    async fn renew(
+        &self,
+        id: &JobId,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<bool, JobStoreError> {
+        self.store.renew(id, owner, lease, now_ms).await
+    }
+    async fn update(&self, job: Job) -> Result<Job, JobStoreError> {
+        self.store.update(job).await
+    }
+    async fn list(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, JobStoreError> {
+        self.store.list(status, limit, cursor).await
+    }
+    async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
+        self.store.purge(finished_before_ms).await
+    }
+    async fn counts(&self) -> Result<JobCounts, JobStoreError> {
+        self.store.counts().await
+    }
+    fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+}
 
 /// A start time far from zero, so that `now - x` never underflows in the tests.
 const T0: u64 = 1_800_000_000_000;
