@@ -525,7 +525,8 @@ impl ApiError {
                     // With its talk created the request gave its claim back (`jobs::Hold`);
                     // mid-create it keeps it, as the create may still land at D-ID.
                     let when = if talk_id.is_some() {
-                        "at once"
+                        "as soon as this request has given its claim back (at the latest once \
+                         the claim runs out, JOB_LEASE_SECS)"
                     } else {
                         "once its claim runs out (JOB_LEASE_SECS)"
                     };

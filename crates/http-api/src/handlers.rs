@@ -111,7 +111,14 @@ where
         .create(job, &owner, mode)
         .await
         .map_err(|e| jobs.api_error(e))?;
-    let created = created?;
+    let created = match created {
+        Ok(created) => created,
+        Err(e) => {
+            // The create's failure is written (the job failed, its claim let go).
+            hold.done();
+            return Err(e.into());
+        }
+    };
     let talk_id = created.id.clone();
     slot.record(&talk_id);
 

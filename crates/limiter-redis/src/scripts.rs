@@ -52,13 +52,12 @@
 //! text of its scripts: the names of the keys and the wake-up channel (every byte escaped,
 //! so any limiter name is safe), and the grant TTL, instance TTL, warm-up, lease, waiter
 //! TTL and tombstone TTL in ms ([`ScriptSettings`]). Processes with other settings load
-//! other texts (other SHA-1s) that work on the same keys. A call declares one key,
-//! `holders` (it routes the call to the node owning the limiter's slot; the others share
-//! its hash tag, hence its slot), and sends `ARGV[1]` the default limit and `ARGV[2]` the
+//! other texts (other SHA-1s) that work on the same keys. A call still declares its 8 keys
+//! (Redis Cluster routes it, and handles a slot being migrated, by its declared keys; only
+//! `holders` is read from `KEYS`), and sends `ARGV[1]` the default limit and `ARGV[2]` the
 //! data epoch the caller last saw (`''` if none); a script's own arguments start at
-//! `ARGV[3]`. Each argument costs on every call (encoding, parsing, one Lua string): with
-//! 8 keys and 14 arguments per call, as before, an uncontended acquire + release took
-//! about 25 % longer (see `docs/BENCHMARKS.md`, issue 12).
+//! `ARGV[3]`. Each argument costs on every call (encoding, parsing, one Lua string), so
+//! none is sent that the text can carry (see `docs/BENCHMARKS.md`, issue 12).
 //!
 //! # The shared prelude
 //! It starts by reading `TIME` and the meta hash, and notes whether the call is *quiet*:
@@ -300,9 +299,9 @@ end
 /// falls through to the full script, which decides exactly the same for this case: its
 /// reclaim step is not due, its promote step finds no queue.
 const ACQUIRE_FAST: &str = r#"
-if quiet and ARGV[6] == '1' and now >= warm_until then
+if quiet and ARGV[6] == '1' and now >= warm_until and redis.call('ZCARD', Q) == 0 then
   if redis.call('ZSCORE', C, ARGV[3]) then return 3 end
-  if redis.call('ZCARD', Q) == 0 and redis.call('ZCARD', H) < limit then
+  if redis.call('ZCARD', H) < limit then
     redis.call('ZADD', H, num(now + lease_ms), ARGV[3])
     return 1
   end
@@ -514,9 +513,10 @@ pub struct Scripts {
     /// `holders, queue, waiters, enqueued, meta, cancelled, instances, dead`, in the order
     /// the scripts read them.
     pub keys: Vec<Key>,
-    /// The keys a call declares: `holders` alone. It routes the call to the node that owns
-    /// the limiter's hash slot; the scripts name the other keys (same hash tag, so same
-    /// slot) in their text.
+    /// The keys a call declares: all of them, although the scripts name them in their text
+    /// too. Redis Cluster routes a call and handles a slot migration by its declared keys:
+    /// with every key declared, a call that finds its keys split between two nodes gets
+    /// `TRYAGAIN` instead of running on half the state.
     pub call_keys: Vec<Key>,
     /// The wake-up channel.
     pub channel: String,
@@ -594,7 +594,7 @@ impl Scripts {
         };
         let keys: Vec<Key> = names.into_iter().map(Key::from).collect();
         Scripts {
-            call_keys: vec![keys[0].clone()],
+            call_keys: keys.clone(),
             keys,
             channel,
             acquire: fast(ACQUIRE_FAST, ACQUIRE),
@@ -631,6 +631,15 @@ mod tests {
             .map(|k| fred::util::redis_keyslot(k.as_bytes()))
             .collect();
         assert!(slots.iter().all(|&slot| slot == slots[0]), "{slots:?}");
+    }
+
+    #[test]
+    fn a_call_declares_every_key_it_touches() {
+        // Redis Cluster decides routing and slot-migration redirects (`ASK`, `TRYAGAIN`) by
+        // the declared keys only: declaring fewer could run a script on half a migrated state.
+        let s = Scripts::new("d-id", settings());
+        assert_eq!(s.call_keys, s.keys);
+        assert_eq!(s.keys.len(), 8);
     }
 
     #[test]
