@@ -148,37 +148,19 @@ fn round_trip(c: &mut Criterion) {
          redis.call('ZADD', KEYS[1] .. ':c', t[1] * 1000 + 15000, ARGV[3]) return n",
     );
     let floor_keys: Vec<fred::types::Key> = vec!["{talkgate:bench-floor}:holders".into()];
+    // One floor cycle with a token never used before (the criterion function and the
+    // paired rounds share the counter).
     let floor_token = std::sync::atomic::AtomicU64::new(0);
-    group.bench_function("script_floor", |b| {
-        b.to_async(&rt).iter(|| async {
-            let n = floor_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let floor_cycle = || {
+        let n = floor_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (client, keys) = (&client, &floor_keys);
+        let (acquire, release) = (&floor_acquire, &floor_release);
+        async move {
             let argv = vec![
                 "64".to_owned(),
                 String::new(),
                 format!("0123456789abcdef-{n}"),
             ];
-            let _: i64 = floor_acquire
-                .evalsha_with_reload(&client, floor_keys.clone(), argv.clone())
-                .await
-                .unwrap();
-            let _: i64 = floor_release
-                .evalsha_with_reload(&client, floor_keys.clone(), argv)
-                .await
-                .unwrap();
-        });
-    });
-    group.finish();
-
-    // The same comparison, paired: a SET, a cycle and the floor's cycle alternate, so all
-    // three meet the same machine (on a shared VM the loopback latency drifts by tens of
-    // percent between the seconds-long windows criterion measures each function in).
-    // Five rounds; each prints its medians and ratios, then the median round.
-    let floor_cycle = |n: u64| {
-        let token = format!("paired-{n}");
-        let (client, keys) = (&client, &floor_keys);
-        let (acquire, release) = (&floor_acquire, &floor_release);
-        async move {
-            let argv = vec!["64".to_owned(), String::new(), token];
             let _: i64 = acquire
                 .evalsha_with_reload(client, keys.clone(), argv.clone())
                 .await
@@ -189,6 +171,15 @@ fn round_trip(c: &mut Criterion) {
                 .unwrap();
         }
     };
+    group.bench_function("script_floor", |b| {
+        b.to_async(&rt).iter(floor_cycle);
+    });
+    group.finish();
+
+    // The same comparison, paired: a SET, a cycle and the floor's cycle alternate, so all
+    // three meet the same machine (on a shared VM the loopback latency drifts by tens of
+    // percent between the seconds-long windows criterion measures each function in).
+    // Five rounds; each prints its medians and ratios, then the median round.
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         v[v.len() / 2].as_secs_f64() * 1e6
@@ -198,7 +189,7 @@ fn round_trip(c: &mut Criterion) {
         let pairs = 2_000u64;
         let (mut sets, mut cycles, mut floors) = (Vec::new(), Vec::new(), Vec::new());
         rt.block_on(async {
-            for i in 0..pairs {
+            for _ in 0..pairs {
                 let t = std::time::Instant::now();
                 let _: () = client
                     .set("bench:key", "value", None, None, false)
@@ -213,7 +204,7 @@ fn round_trip(c: &mut Criterion) {
                 permit.release().await.unwrap();
                 cycles.push(t.elapsed());
                 let t = std::time::Instant::now();
-                floor_cycle(round * pairs + i).await;
+                floor_cycle().await;
                 floors.push(t.elapsed());
             }
         });

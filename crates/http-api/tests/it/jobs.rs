@@ -34,6 +34,15 @@ async fn post_keyed(
     (status, v, headers)
 }
 
+/// A did-fake whose talks render for about a second (a request can be cut off meanwhile).
+async fn rendering_fake() -> did_fake::RunningFake {
+    did_fake::FakeDid::builder()
+        .time_scale(0.1)
+        .spawn()
+        .await
+        .unwrap()
+}
+
 /// Polls `GET /jobs/{id}` until its status is one of `want`.
 async fn until_status(srv: &support::Server, id: &str, want: &[&str]) -> Value {
     let http = client();
@@ -395,11 +404,7 @@ async fn a_generate_cut_off_at_shutdown_is_finished_by_the_next_instance_and_re_
     // Talks render for about a second, so the shutdown cuts the wait off. The lease is long
     // (120 s): the replay finishing within 30 s shows that the cut-off request gave its
     // processing job's claim back instead of leaving it to run out.
-    let fake = did_fake::FakeDid::builder()
-        .time_scale(0.1)
-        .spawn()
-        .await
-        .unwrap();
+    let fake = rendering_fake().await;
     let dir = TempDir::new("reattach");
     let path = dir.file("jobs.sqlite3");
     let durable = [
@@ -477,11 +482,7 @@ async fn a_generate_cut_off_at_shutdown_is_finished_by_the_next_instance_and_re_
 async fn a_caller_hanging_up_on_a_generate_leaves_a_job_that_goes_on_at_once() {
     // Talks render for about a second; the lease is 120 s, so the job reaching `done`
     // within `until_status`'s 20 s shows the dropped request gave its claim back.
-    let fake = did_fake::FakeDid::builder()
-        .time_scale(0.1)
-        .spawn()
-        .await
-        .unwrap();
+    let fake = rendering_fake().await;
     let srv = support::service(&fake, &[("JOB_LEASE_SECS", "120")]).await;
     let http = client();
     let url = srv.api("/generate-video");
@@ -594,11 +595,7 @@ async fn on_redis_a_key_is_one_job_on_every_instance_and_a_dead_instances_genera
  {
     let redis = test_support::redis::RedisServer::start();
     let url = redis.url();
-    let fake = did_fake::FakeDid::builder()
-        .time_scale(0.1)
-        .spawn()
-        .await
-        .unwrap();
+    let fake = rendering_fake().await;
     let name = format!("jobs-it-{}", rand::random::<u32>());
     let shared = [
         ("REDIS_URL", url.as_str()),
