@@ -538,15 +538,14 @@ async fn upload_with_retry(
             .multipart(form)
             .send()
             .await;
-        if let Ok(resp) = resp {
-            if resp.status().is_success() {
+        if let Ok(resp) = resp
+            && resp.status().is_success() {
                 let v: Value = resp.json().await?;
                 return v["url"]
                     .as_str()
                     .map(str::to_owned)
                     .context("no url in upload answer");
             }
-        }
     }
     bail!("could not upload the harness input to {path} in 10 tries")
 }

@@ -270,10 +270,10 @@ fn url_with_extension(raw: &str, rules: &MediaRules) -> bool {
 impl TalkRequest {
     /// A request animating `source_url` (if given; D-ID has a default image) with `script`.
     pub fn new(source_url: Option<String>, script: Script) -> Result<Self, TalkRequestError> {
-        if let Some(url) = &source_url {
-            if !url_with_extension(url, &IMAGE_URL) {
-                return Err(TalkRequestError::InvalidSourceUrl);
-            }
+        if let Some(url) = &source_url
+            && !url_with_extension(url, &IMAGE_URL)
+        {
+            return Err(TalkRequestError::InvalidSourceUrl);
         }
         match &script {
             Script::Audio { audio_url } => {
@@ -300,10 +300,10 @@ impl TalkRequest {
 
     /// Sets `config` after checking `pad_audio`.
     pub fn with_config(mut self, config: TalkConfig) -> Result<Self, TalkRequestError> {
-        if let Some(value) = config.pad_audio {
-            if !PAD_AUDIO.contains(&value) {
-                return Err(TalkRequestError::PadAudio { value });
-            }
+        if let Some(value) = config.pad_audio
+            && !PAD_AUDIO.contains(&value)
+        {
+            return Err(TalkRequestError::PadAudio { value });
         }
         self.config = Some(config);
         Ok(self)

@@ -57,8 +57,14 @@ pub const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const FIRST_POLL: Duration = Duration::from_secs(1);
 /// A sync route that re-attaches reads the store at least this often.
 const REATTACH_POLL: Duration = Duration::from_millis(200);
-/// Idle workers look at the store this often (another instance's jobs, due polls).
-const IDLE_CLAIM: Duration = Duration::from_millis(200);
+/// The instance's one periodic look at the store when it knows of nothing due sooner
+/// (jobs submitted on another instance, a dead owner's lease running out).
+pub const IDLE_LOOK: Duration = Duration::from_secs(1);
+/// While jobs are due and every worker is busy, the look comes this often (the workers
+/// claim on by themselves between steps; the look only wakes one that sleeps).
+const BUSY_LOOK: Duration = Duration::from_millis(250);
+/// A store that failed is looked at again after this long.
+const FAILED_LOOK: Duration = Duration::from_secs(1);
 /// The most idempotency keys being accepted at once on one instance.
 const MAX_ACCEPTING: usize = 65_536;
 /// Departures from the queue remembered for the drain rate.
@@ -202,10 +208,15 @@ pub struct Jobs {
     config: JobsConfig,
     /// This process, in worker names (`<instance>/<n>`).
     instance: String,
-    /// Wakes one idle worker when a job is submitted here.
+    /// Wakes one idle worker: a job submitted here, a job the look found due, a worker that
+    /// claimed one (so a backlog fans out over the workers, one wake-up per claim).
     wake: Notify,
-    /// Wakes every idle worker and the purger at shutdown.
-    stop_signal: Notify,
+    /// Wakes the look early: a write here made a job due sooner than it planned to look.
+    replan: Notify,
+    /// When the look plans to look next, ms since the epoch.
+    next_look_ms: AtomicU64,
+    /// Set at shutdown: idle workers, the look and the purger end.
+    stop_signal: watch::Sender<bool>,
     /// Bumped on every write this instance makes, so re-attached callers look again.
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
@@ -291,7 +302,9 @@ impl Jobs {
             config,
             instance,
             wake: Notify::new(),
-            stop_signal: Notify::new(),
+            replan: Notify::new(),
+            next_look_ms: AtomicU64::new(0),
+            stop_signal: watch::channel(false).0,
             changed: watch::channel(0).0,
             stopping: AtomicBool::new(false),
             started: AtomicBool::new(false),
@@ -326,12 +339,20 @@ impl Jobs {
         }
         let jobs = Arc::clone(self);
         workers.push(tokio::spawn(async move { jobs.purger().await }));
+        let jobs = Arc::clone(self);
+        workers.push(tokio::spawn(async move { jobs.look().await }));
     }
 
     /// Stops claiming: idle workers exit at once, busy ones after their current step.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.stop_signal.notify_waiters();
+        self.stop_signal.send_replace(true);
+    }
+
+    /// Returns once [`Jobs::stop`] was called (at once if it was before).
+    async fn stopped(&self) {
+        let mut rx = self.stop_signal.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
     }
 
     /// Waits up to `grace` for the workers to finish their steps, then aborts the rest (their
@@ -450,6 +471,11 @@ impl Jobs {
     /// Writes `job` (compare-and-set), logging the state change.
     async fn write(&self, job: Job, from: JobStatus) -> Result<Job, JobStoreError> {
         let written = self.store.update(job).await?;
+        if let Some(due) = ports::jobs::due_at(&written)
+            && due < self.next_look_ms.load(Ordering::SeqCst)
+        {
+            self.replan.notify_one();
+        }
         if written.status != from {
             tracing::info!(
                 job_id = %written.id,
@@ -487,10 +513,14 @@ impl Jobs {
         }))
     }
 
+    /// A worker: claims and steps jobs while there are any, then sleeps until woken (a
+    /// submit here, the look, another worker's claim). It never asks the store on a timer.
     async fn worker(self: Arc<Self>, name: String) {
         while !self.stopping.load(Ordering::SeqCst) {
             match self.store.claim(&name, self.config.lease, now_ms()).await {
                 Ok(Some(job)) => {
+                    // More may be runnable: one more worker tries (it sleeps again if not).
+                    self.wake.notify_one();
                     let _renew = self.renew_in_background(job.id.clone(), name.clone());
                     let id = job.id.clone();
                     if let Err(e) = self.step(job, &name).await {
@@ -498,18 +528,51 @@ impl Jobs {
                     }
                 }
                 Ok(None) => {
-                    // A submit here wakes one worker; other instances' jobs and due polls
-                    // are found by the periodic look.
                     tokio::select! {
                         () = self.wake.notified() => {}
-                        () = self.stop_signal.notified() => {}
-                        () = tokio::time::sleep(IDLE_CLAIM) => {}
+                        () = self.stopped() => {}
                     }
                 }
                 Err(e) => {
                     tracing::warn!(worker = %name, error = %e, "could not claim a job");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(FAILED_LOOK) => {}
+                        () = self.stopped() => {}
+                    }
                 }
+            }
+        }
+    }
+
+    /// The instance's one look at the store: asks when the next job becomes claimable
+    /// ([`JobStore::next_due`], one indexed read), sleeps until then (at most
+    /// [`IDLE_LOOK`]) and wakes one worker when something is due. A write here that makes
+    /// a job due sooner (a poll scheduled in 1 s) wakes the look early. So an idle instance
+    /// asks the store once per [`IDLE_LOOK`], whatever `JOB_WORKERS` says; due polls, jobs
+    /// of other instances and expired leases are found on time.
+    async fn look(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            let now = now_ms();
+            let pause = match self.store.next_due(now).await {
+                Ok(Some(due)) if due <= now => {
+                    self.wake.notify_one();
+                    BUSY_LOOK
+                }
+                Ok(Some(due)) => Duration::from_millis(due - now).min(IDLE_LOOK),
+                Ok(None) => IDLE_LOOK,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look for due jobs");
+                    FAILED_LOOK
+                }
+            };
+            self.next_look_ms.store(
+                now.saturating_add(ports::jobs::duration_ms(pause)),
+                Ordering::SeqCst,
+            );
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.replan.notified() => {}
+                () = self.stopped() => {}
             }
         }
     }
@@ -524,7 +587,7 @@ impl Jobs {
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(60)) => {}
-                () = self.stop_signal.notified() => {}
+                () = self.stopped() => {}
             }
         }
     }

@@ -167,8 +167,8 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
     if !state.settings().api_key_configured {
         reasons.push("D_ID_API_KEY is not set".to_owned());
     }
-    if let Some(d) = degraded_for {
-        if d >= grace {
+    if let Some(d) = degraded_for
+        && d >= grace {
             // Name what was configured, where it is, why it is unusable and what serves
             // instead: "the memory limiter has run degraded" told an operator none of that.
             let configured = if s.configured_backend.is_empty() {
@@ -191,6 +191,16 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
                 grace.as_secs_f64()
             ));
         }
+    // The job store takes every generate and every job: one that cannot take a write (its
+    // file removed, replaced or read-only, its Redis refusing writes) makes the instance
+    // unready, whatever the limiter says.
+    let store = state.jobs().store();
+    let store_error = store.check().await.err().map(|e| e.to_string());
+    if let Some(e) = &store_error {
+        reasons.push(format!(
+            "the {} job store cannot take writes: {e}",
+            store.kind()
+        ));
     }
     let ready = reasons.is_empty();
     let status = if ready {
@@ -205,6 +215,11 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
             "status": if ready { "ready" } else { "not_ready" },
             "reasons": reasons,
             "api_key_configured": state.settings().api_key_configured,
+            "job_store": {
+                "kind": store.kind(),
+                "writable": store_error.is_none(),
+                "error": store_error,
+            },
             "limiter_degraded": s.degraded,
             "rate_limiter": {
                 "configured_backend": s.configured_backend,
@@ -249,15 +264,14 @@ where
     if state.settings().api_token.is_none() {
         return Err(ApiError::AdminDisabled);
     }
-    if let Some(raw) = crate::uri::query_param(req.uri(), "max_age_seconds") {
-        if !raw.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0) {
+    if let Some(raw) = crate::uri::query_param(req.uri(), "max_age_seconds")
+        && !raw.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0) {
             let shown: String = raw.chars().take(40).filter(|c| !c.is_control()).collect();
             return Err(ApiError::InvalidParameter {
                 name: "max_age_seconds",
                 message: format!("{shown:?} is not a number of seconds (zero or more)"),
             });
         }
-    }
     body::discard(req, 4096).await;
     let s = state.limiter().stats().await;
     Ok(json_response(

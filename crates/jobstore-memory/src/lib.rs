@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ports::jobs::{claim_order, duration_ms, is_runnable};
+use ports::jobs::{claim_order, due_at, duration_ms, is_runnable};
 use ports::{
     Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease, NewJob, QueueLimits,
     ScopedKey, Submitted,
@@ -233,6 +233,14 @@ impl JobStore for MemoryJobStore {
             }
         }
         Ok(counts)
+    }
+
+    async fn next_due(&self, _now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        Ok(self.lock().jobs.values().filter_map(due_at).min())
+    }
+
+    async fn check(&self) -> Result<(), JobStoreError> {
+        Ok(())
     }
 
     fn kind(&self) -> &'static str {

@@ -25,6 +25,7 @@
 //! | `T:finished` | ZSET | id → `finished_ms` (terminal jobs that have one; `purge` reads it) |
 //! | `T:status:<status>` | ZSET | id → seq, one per [`JobStatus`] (`list` of one status, counts) |
 //! | `T:queued:<p>` | ZSET | id → `created_ms` of the queued jobs of priority index `p` (queue age) |
+//! | `T:probe` | STRING | the readiness check's write probe (expires after a minute) |
 //!
 //! A key field is `<byte length of scope>:<scope><key>`, so no scope and key pair can be
 //! mistaken for another. `seq`, `version`, the lease and the idempotency key of a job live
@@ -589,9 +590,31 @@ impl JobStore for RedisJobStore {
         Ok(counts)
     }
 
+    async fn next_due(&self, _now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        let reply: Value = self.eval(&self.scripts.next_due, Vec::new()).await?;
+        if reply.is_null() {
+            return Ok(None);
+        }
+        number(&reply, "next due").map(Some)
+    }
+
+    async fn check(&self) -> Result<(), JobStoreError> {
+        let token = crate::now_token();
+        let _: Value = self.eval(&self.scripts.probe, vec![token.into()]).await?;
+        Ok(())
+    }
+
     fn kind(&self) -> &'static str {
         "redis"
     }
+}
+
+/// A token for the write probe: this process and the time.
+fn now_token() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{} {ms}", std::process::id())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use fred::types::scripts::Script;
 
 /// The key suffixes, in `KEYS` order (`KEYS[1]` is `job`). Statuses are in
 /// [`ports::JobStatus::ALL`] order, priorities in `Priority::index` order (0 = low).
-pub(crate) const KEYS: [&str; 22] = [
+pub(crate) const KEYS: [&str; 23] = [
     "job",
     "ver",
     "lease",
@@ -32,6 +32,7 @@ pub(crate) const KEYS: [&str; 22] = [
     "queued:1",
     "queued:2",
     "queued:3",
+    "probe",
 ];
 
 /// Shared by every script: key names and the helpers.
@@ -193,6 +194,22 @@ end
 return false
 "#;
 
+/// When the next job becomes claimable: `0` when `due` holds a job (a claim sorts it out),
+/// else the lowest timer in `wait`, or `false` when no job is active.
+const NEXT_DUE: &str = r#"
+if redis.call('ZCARD', DUE) > 0 then return '0' end
+local head = redis.call('ZRANGE', WAIT, 0, 0, 'WITHSCORES')
+if head[2] then return head[2] end
+return false
+"#;
+
+/// `ARGV`: a token. Writes it to `probe` (expiring after a minute): a write that Redis
+/// refuses (a replica, `MISCONF` after a failed snapshot, out of memory) fails the check.
+const PROBE: &str = r#"
+redis.call('SET', KEYS[23], ARGV[1], 'PX', 60000)
+return 1
+"#;
+
 /// `ARGV`: id, owner, now, new lease until. Returns 1 if renewed, 0 if it is not `owner`'s
 /// live lease.
 const RENEW: &str = r#"
@@ -270,6 +287,8 @@ pub(crate) struct Scripts {
     pub(crate) list: Script,
     pub(crate) purge: Script,
     pub(crate) counts: Script,
+    pub(crate) next_due: Script,
+    pub(crate) probe: Script,
 }
 
 impl Scripts {
@@ -290,6 +309,8 @@ impl Scripts {
             list: script(LIST),
             purge: script(PURGE),
             counts: script(COUNTS),
+            next_due: script(NEXT_DUE),
+            probe: script(PROBE),
         }
     }
 }

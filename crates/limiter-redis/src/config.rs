@@ -204,13 +204,12 @@ impl RedisTlsConfig {
                     .to_owned(),
             );
         }
-        if let Some(name) = &self.server_name {
-            if ServerName::try_from(name.as_str()).is_err() {
+        if let Some(name) = &self.server_name
+            && ServerName::try_from(name.as_str()).is_err() {
                 problems.push(format!(
                     "tls server_name {name:?} is not a DNS name or an IP address"
                 ));
             }
-        }
     }
 }
 

@@ -94,11 +94,10 @@ pub fn client(config: &RedisLimiterConfig) -> Result<Client, RedisLimiterError> 
 /// URL if any of them is unreadable; ours replaces it anyway ([`tls::client_config`]).
 fn without_tls(url: &str) -> String {
     for (tls, plain) in [("rediss", "redis"), ("valkeys", "valkey")] {
-        if let (Some(scheme), Some(rest)) = (url.get(..tls.len()), url.get(tls.len()..)) {
-            if scheme.eq_ignore_ascii_case(tls) {
+        if let (Some(scheme), Some(rest)) = (url.get(..tls.len()), url.get(tls.len()..))
+            && scheme.eq_ignore_ascii_case(tls) {
                 return format!("{plain}{rest}");
             }
-        }
     }
     url.to_owned()
 }

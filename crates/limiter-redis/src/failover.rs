@@ -64,11 +64,10 @@ impl Inner {
         let weak = Arc::downgrade(self);
         let share = self.fallback_share();
         tokio::spawn(async move {
-            if let Some(inner) = weak.upgrade() {
-                if let Err(e) = inner.fallback.set_limit(share).await {
+            if let Some(inner) = weak.upgrade()
+                && let Err(e) = inner.fallback.set_limit(share).await {
                     tracing::warn!(error = %e, "fallback refused its local share");
                 }
-            }
             probe(weak).await;
         });
     }

@@ -88,6 +88,14 @@ impl<S: JobStore> JobStore for Guarded<S> {
     ) -> Result<JobPage, JobStoreError> {
         self.store.list(status, limit, cursor).await
     }
+    async fn next_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        self.store.next_due(now_ms).await
+    }
+
+    async fn check(&self) -> Result<(), JobStoreError> {
+        self.store.check().await
+    }
+
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
         self.store.purge(finished_before_ms).await
     }
@@ -623,6 +631,58 @@ where
     assert_eq!(counts.oldest_queued_ms[Priority::Normal.index()], None);
 }
 
+/// `next_due` is the earliest time a non-terminal job becomes claimable (its `next_run_ms`,
+/// or its lease's end when later), `None` when no job is left to run; `check` passes on a
+/// healthy store.
+pub async fn next_due_tells_when_a_job_becomes_claimable<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn JobStore>>,
+{
+    let store = factory().await;
+    store.check().await.expect("a fresh store can take writes");
+    assert_eq!(store.next_due(T0).await.unwrap(), None, "an empty store");
+    created(&*store, new_job(1, Priority::Normal, T0)).await;
+    let due = store.next_due(T0).await.unwrap();
+    assert!(
+        due.is_some_and(|t| t <= T0),
+        "a queued job is due now: {due:?}"
+    );
+    // Claimed: due when its lease runs out.
+    let mut job = store.claim("w", LEASE, T0).await.unwrap().unwrap();
+    let lease_end = T0 + LEASE.as_millis() as u64;
+    assert_eq!(store.next_due(T0 + 1).await.unwrap(), Some(lease_end));
+    // Written back with a later poll and no lease: due at that poll.
+    job.status = JobStatus::Processing;
+    job.lease = None;
+    job.next_run_ms = T0 + 7_000;
+    let job = store.update(job).await.unwrap();
+    assert_eq!(store.next_due(T0 + 2).await.unwrap(), Some(T0 + 7_000));
+    // A second job due earlier wins.
+    let mut later = new_job(2, Priority::Low, T0 + 3);
+    later.status = JobStatus::Queued;
+    created(&*store, later).await;
+    let due = store.next_due(T0 + 4).await.unwrap();
+    assert!(due.is_some_and(|t| t <= T0 + 4), "the queued job: {due:?}");
+    let mut second = store.claim("w", LEASE, T0 + 5).await.unwrap().unwrap();
+    assert_eq!(second.id, job_id(2));
+    second.status = JobStatus::Cancelled;
+    second.lease = None;
+    second.finished_ms = Some(T0 + 6);
+    store.update(second).await.unwrap();
+    assert_eq!(store.next_due(T0 + 6).await.unwrap(), Some(T0 + 7_000));
+    let mut done = job;
+    done.status = JobStatus::Done;
+    done.finished_ms = Some(T0 + 8);
+    store.update(done).await.unwrap();
+    assert_eq!(
+        store.next_due(T0 + 9).await.unwrap(),
+        None,
+        "terminal jobs are never due"
+    );
+    store.check().await.expect("still healthy");
+}
+
 /// Runs the whole job-store contract suite as `#[tokio::test]`s against `$factory`.
 #[macro_export]
 macro_rules! job_store_contract_tests {
@@ -638,7 +698,8 @@ macro_rules! job_store_contract_tests {
             deferred_and_terminal_jobs_are_not_claimed,
             list_pages_newest_first,
             purge_deletes_old_terminal_jobs_and_their_keys,
-            counts_report_states_and_queue_age
+            counts_report_states_and_queue_age,
+            next_due_tells_when_a_job_becomes_claimable
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {

@@ -422,6 +422,14 @@ pub trait JobStore: Send + Sync {
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError>;
     /// Jobs per state and queue age per priority.
     async fn counts(&self) -> Result<JobCounts, JobStoreError>;
+    /// When the next job becomes claimable: the earliest `max(next_run_ms, lease until)`
+    /// over the jobs that are not terminal (at most `now_ms` when one is claimable now);
+    /// `None` when every job is terminal. Workers sleep until then instead of asking the
+    /// store over and over; one indexed look, not a scan.
+    async fn next_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError>;
+    /// Whether the store can take a write now (readiness): the file or server is there and
+    /// a small write commits. `Err` says why not; cheap enough to run on every `/ready`.
+    async fn check(&self) -> Result<(), JobStoreError>;
     /// The adapter's name (`memory`, `sqlite`, `redis`), for `/stats`.
     fn kind(&self) -> &'static str;
 }
@@ -429,6 +437,14 @@ pub trait JobStore: Send + Sync {
 /// Whether job `a` is claimed before job `b`: higher priority first, then lower `seq`.
 pub fn claim_order(a: (Priority, u64), b: (Priority, u64)) -> std::cmp::Ordering {
     b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// When `job` becomes claimable: `max(next_run_ms, lease until)`; `None` for a terminal job.
+pub fn due_at(job: &Job) -> Option<u64> {
+    (!job.status.is_terminal()).then(|| {
+        job.next_run_ms
+            .max(job.lease.as_ref().map_or(0, |l| l.until_ms))
+    })
 }
 
 /// Whether `job` may be claimed at `now_ms`.

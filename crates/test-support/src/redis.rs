@@ -133,13 +133,12 @@ impl RedisServer {
             if server.pings() {
                 return Some(server);
             }
-            if let Some(child) = server.child.as_mut() {
-                if child.try_wait().ok().flatten().is_some() {
+            if let Some(child) = server.child.as_mut()
+                && child.try_wait().ok().flatten().is_some() {
                     // Lost the port race; the caller tries another one.
                     server.child = None;
                     return None;
                 }
-            }
             std::thread::sleep(Duration::from_millis(10));
         }
         None

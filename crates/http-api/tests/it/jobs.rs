@@ -648,3 +648,52 @@ async fn on_redis_a_key_is_one_job_on_every_instance_and_a_dead_instances_genera
     assert_eq!(fake.stats().talks_created, 2, "one talk per key");
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_file_belongs_to_one_instance_and_losing_it_makes_the_instance_unready() {
+    let fake = support::fake().await;
+    let dir = TempDir::new("lost-file");
+    let path = dir.file("jobs.sqlite3");
+    let durable = [("JOB_STORE", "sqlite"), ("JOB_STORE_PATH", path.as_str())];
+    let srv = support::service(&fake, &durable).await;
+    let http = client();
+
+    // A second instance in the same place refuses to start, naming the file and the holder.
+    let base = fake.base_url();
+    let second = support::config(&[
+        ("D_ID_BASE_URL", base.as_str()),
+        ("D_ID_API_KEY", did_fake::DEFAULT_API_KEY),
+        ("JOB_STORE", "sqlite"),
+        ("JOB_STORE_PATH", path.as_str()),
+    ]);
+    let did = http_api::wiring::did_client_config(&second);
+    let err = match http_api::wiring::build_with(&second, did).await {
+        Ok(_) => panic!("a second instance on the same job file started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(path.as_str()), "{err}");
+    assert!(
+        err.contains(&format!("process {}", std::process::id())),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "one line: {err}");
+
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["job_store"]["writable"], true, "{ready}");
+    let (status, _, _) = post_keyed(&http, srv.api("/jobs"), None, &talk_body(1)).await;
+    assert_eq!(status, 202);
+
+    // The file removed under the running service: nothing more is acknowledged.
+    std::fs::remove_file(&path).unwrap();
+    let (status, body, headers) = post_keyed(&http, srv.api("/jobs"), None, &talk_body(2)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "job_store_unavailable", "{body}");
+    assert!(headers.contains_key("retry-after"));
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["job_store"]["writable"], false, "{ready}");
+    let reasons = ready["reasons"].to_string();
+    assert!(reasons.contains("removed"), "{ready}");
+    srv.stop().await;
+}

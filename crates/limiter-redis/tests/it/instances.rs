@@ -163,14 +163,13 @@ async fn after_an_empty_restart_every_held_permit_counts_before_new_ones_are_gra
         tokio::spawn(async move {
             let mut got = Vec::new();
             while !stop.load(Ordering::SeqCst) {
-                if !b.is_degraded() {
-                    if let Ok(p) = b
+                if !b.is_degraded()
+                    && let Ok(p) = b
                         .acquire(Priority::Critical, Duration::from_millis(20))
                         .await
                     {
                         got.push(p);
                     }
-                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             got
