@@ -539,13 +539,14 @@ async fn upload_with_retry(
             .send()
             .await;
         if let Ok(resp) = resp
-            && resp.status().is_success() {
-                let v: Value = resp.json().await?;
-                return v["url"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .context("no url in upload answer");
-            }
+            && resp.status().is_success()
+        {
+            let v: Value = resp.json().await?;
+            return v["url"]
+                .as_str()
+                .map(str::to_owned)
+                .context("no url in upload answer");
+        }
     }
     bail!("could not upload the harness input to {path} in 10 tries")
 }

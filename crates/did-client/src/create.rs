@@ -119,11 +119,12 @@ impl DidClient {
             priority,
         });
         if let (true, Some(look_up)) = (look_first, &look_up)
-            && let Some(talk) = look_up.look_up(deadline).await? {
-                bump(&self.counters.create_recoveries);
-                info!(talk_id = %talk.id, "a talk with this create token exists already; not creating again");
-                return Ok(found(talk));
-            }
+            && let Some(talk) = look_up.look_up(deadline).await?
+        {
+            bump(&self.counters.create_recoveries);
+            info!(talk_id = %talk.id, "a talk with this create token exists already; not creating again");
+            return Ok(found(talk));
+        }
         // Timeout, cut connection or 5xx: the talk may exist. Without a token nothing can
         // tell, and a second talk would be paid twice, so the caller decides.
         let if_ambiguous = match look_up {

@@ -242,9 +242,10 @@ where
 
     let map_err = |e: multer::Error| -> ApiError {
         if let multer::Error::StreamReadFailed(inner) = &e
-            && let Some(t) = timed_out(inner.as_ref()) {
-                return ApiError::BodyTimeout(t);
-            }
+            && let Some(t) = timed_out(inner.as_ref())
+        {
+            return ApiError::BodyTimeout(t);
+        }
         match e {
             multer::Error::FieldSizeExceeded { field_name, .. }
                 if field_name.as_deref() == Some("file") =>

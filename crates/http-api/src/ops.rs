@@ -168,29 +168,30 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
         reasons.push("D_ID_API_KEY is not set".to_owned());
     }
     if let Some(d) = degraded_for
-        && d >= grace {
-            // Name what was configured, where it is, why it is unusable and what serves
-            // instead: "the memory limiter has run degraded" told an operator none of that.
-            let configured = if s.configured_backend.is_empty() {
-                "distributed"
-            } else {
-                s.configured_backend.as_str()
-            };
-            let at = s
-                .address
-                .as_deref()
-                .map_or_else(String::new, |a| format!(" at {a}"));
-            let why = s
-                .degraded_reason
-                .map_or_else(String::new, |r| format!(" ({r})"));
-            reasons.push(format!(
-                "the {configured} limiter{at} is degraded{why}: the {} fallback has served \
+        && d >= grace
+    {
+        // Name what was configured, where it is, why it is unusable and what serves
+        // instead: "the memory limiter has run degraded" told an operator none of that.
+        let configured = if s.configured_backend.is_empty() {
+            "distributed"
+        } else {
+            s.configured_backend.as_str()
+        };
+        let at = s
+            .address
+            .as_deref()
+            .map_or_else(String::new, |a| format!(" at {a}"));
+        let why = s
+            .degraded_reason
+            .map_or_else(String::new, |r| format!(" ({r})"));
+        reasons.push(format!(
+            "the {configured} limiter{at} is degraded{why}: the {} fallback has served \
                  for {:.0}s (grace {:.0}s)",
-                s.serving_backend,
-                d.as_secs_f64(),
-                grace.as_secs_f64()
-            ));
-        }
+            s.serving_backend,
+            d.as_secs_f64(),
+            grace.as_secs_f64()
+        ));
+    }
     // The job store takes every generate and every job: one that cannot take a write (its
     // file removed, replaced or read-only, its Redis refusing writes) makes the instance
     // unready, whatever the limiter says.
@@ -265,13 +266,14 @@ where
         return Err(ApiError::AdminDisabled);
     }
     if let Some(raw) = crate::uri::query_param(req.uri(), "max_age_seconds")
-        && !raw.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0) {
-            let shown: String = raw.chars().take(40).filter(|c| !c.is_control()).collect();
-            return Err(ApiError::InvalidParameter {
-                name: "max_age_seconds",
-                message: format!("{shown:?} is not a number of seconds (zero or more)"),
-            });
-        }
+        && !raw.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0)
+    {
+        let shown: String = raw.chars().take(40).filter(|c| !c.is_control()).collect();
+        return Err(ApiError::InvalidParameter {
+            name: "max_age_seconds",
+            message: format!("{shown:?} is not a number of seconds (zero or more)"),
+        });
+    }
     body::discard(req, 4096).await;
     let s = state.limiter().stats().await;
     Ok(json_response(

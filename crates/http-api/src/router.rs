@@ -166,10 +166,11 @@ where
         return (template, Err(e));
     }
     if !is_open(req.uri().path())
-        && let Err(why) = auth::check(req.headers(), state.settings().api_token.as_ref()) {
-            tracing::info!(reason = ?why, "request not authorised");
-            return (template(req.uri().path()), Err(ApiError::Unauthorized));
-        }
+        && let Err(why) = auth::check(req.headers(), state.settings().api_token.as_ref())
+    {
+        tracing::info!(reason = ?why, "request not authorised");
+        return (template(req.uri().path()), Err(ApiError::Unauthorized));
+    }
     let Some(route) = match_path(req.uri().path()) else {
         return (
             templates::UNMATCHED,

@@ -63,9 +63,10 @@ impl Scrubber {
             raw.push(key.to_owned());
             raw.push(base64::engine::general_purpose::STANDARD.encode(key));
             if let Some((_, secret)) = key.rsplit_once(':')
-                && secret.len() >= MIN_PART_LEN {
-                    raw.push(secret.to_owned());
-                }
+                && secret.len() >= MIN_PART_LEN
+            {
+                raw.push(secret.to_owned());
+            }
         }
         if let Some(token) = api_token {
             raw.push(token.expose_secret().to_owned());

@@ -1333,10 +1333,8 @@ mod wal_cost {
     /// docs): a guard against a schema or query change that makes every job cost more.
     #[test]
     fn a_job_step_writes_a_handful_of_pages() {
-        let dir = std::env::temp_dir().join(format!(
-            "jobstore-sqlite-walcost-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("jobstore-sqlite-walcost-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = SqliteJobStore::open(dir.join("jobs.db")).unwrap();
         let inner = &store.inner;

@@ -205,11 +205,12 @@ impl RedisTlsConfig {
             );
         }
         if let Some(name) = &self.server_name
-            && ServerName::try_from(name.as_str()).is_err() {
-                problems.push(format!(
-                    "tls server_name {name:?} is not a DNS name or an IP address"
-                ));
-            }
+            && ServerName::try_from(name.as_str()).is_err()
+        {
+            problems.push(format!(
+                "tls server_name {name:?} is not a DNS name or an IP address"
+            ));
+        }
     }
 }
 

@@ -95,9 +95,10 @@ pub fn client(config: &RedisLimiterConfig) -> Result<Client, RedisLimiterError> 
 fn without_tls(url: &str) -> String {
     for (tls, plain) in [("rediss", "redis"), ("valkeys", "valkey")] {
         if let (Some(scheme), Some(rest)) = (url.get(..tls.len()), url.get(tls.len()..))
-            && scheme.eq_ignore_ascii_case(tls) {
-                return format!("{plain}{rest}");
-            }
+            && scheme.eq_ignore_ascii_case(tls)
+        {
+            return format!("{plain}{rest}");
+        }
     }
     url.to_owned()
 }

@@ -65,9 +65,10 @@ impl Inner {
         let share = self.fallback_share();
         tokio::spawn(async move {
             if let Some(inner) = weak.upgrade()
-                && let Err(e) = inner.fallback.set_limit(share).await {
-                    tracing::warn!(error = %e, "fallback refused its local share");
-                }
+                && let Err(e) = inner.fallback.set_limit(share).await
+            {
+                tracing::warn!(error = %e, "fallback refused its local share");
+            }
             probe(weak).await;
         });
     }

@@ -275,9 +275,10 @@ impl Inner {
     /// Remembers the live instances and the data's epoch a script reported.
     fn saw(&self, instances: i64, epoch: i64) {
         if let Ok(n) = u32::try_from(instances)
-            && n > 0 {
-                self.peers.store(n, Ordering::Relaxed);
-            }
+            && n > 0
+        {
+            self.peers.store(n, Ordering::Relaxed);
+        }
         if epoch > 0 {
             self.epoch.store(epoch, Ordering::Relaxed);
         }

@@ -157,12 +157,13 @@ impl Drop for RedisLimiter {
         // Leave the registry at once, so peers stop counting this instance (its record
         // would expire after `instance_ttl` anyway).
         if !self.inner.is_degraded()
-            && let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let inner = Arc::clone(&self.inner);
-                handle.spawn(async move {
-                    let _ = inner.leave().await;
-                });
-            }
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let inner = Arc::clone(&self.inner);
+            handle.spawn(async move {
+                let _ = inner.leave().await;
+            });
+        }
     }
 }
 

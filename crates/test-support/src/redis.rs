@@ -134,11 +134,12 @@ impl RedisServer {
                 return Some(server);
             }
             if let Some(child) = server.child.as_mut()
-                && child.try_wait().ok().flatten().is_some() {
-                    // Lost the port race; the caller tries another one.
-                    server.child = None;
-                    return None;
-                }
+                && child.try_wait().ok().flatten().is_some()
+            {
+                // Lost the port race; the caller tries another one.
+                server.child = None;
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         None

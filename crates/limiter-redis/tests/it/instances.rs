@@ -167,9 +167,9 @@ async fn after_an_empty_restart_every_held_permit_counts_before_new_ones_are_gra
                     && let Ok(p) = b
                         .acquire(Priority::Critical, Duration::from_millis(20))
                         .await
-                    {
-                        got.push(p);
-                    }
+                {
+                    got.push(p);
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             got
