@@ -379,7 +379,15 @@ pub async fn list<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body
             }
         },
     };
-    let cursor = query_param(req.uri(), "cursor");
+    let cursor = match query_param(req.uri(), "cursor") {
+        None => None,
+        Some(c) => Some(
+            open_cursor(&c, status).ok_or_else(|| ApiError::InvalidParameter {
+                name: "cursor",
+                message: "not a cursor this service handed out for this status filter".to_owned(),
+            })?,
+        ),
+    };
     let jobs = state.jobs();
     let page = jobs
         .store()
@@ -390,9 +398,38 @@ pub async fn list<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body
         StatusCode::OK,
         &json!({
             "jobs": page.jobs.iter().map(view).collect::<Vec<_>>(),
-            "next_cursor": page.next_cursor,
+            "next_cursor": page.next_cursor.map(|c| seal_cursor(&c, status)),
         }),
     ))
+}
+
+/// The filter a cursor belongs to, in its text.
+fn filter_name(status: Option<JobStatus>) -> &'static str {
+    status.map_or("all", JobStatus::as_str)
+}
+
+/// A checksum of a store cursor and its filter (not a secret: it tells a cursor this
+/// service handed out from one typed, cut or carried over to another filter).
+fn cursor_check(store_cursor: &str, filter: &str) -> String {
+    let digest = Sha256::digest(format!("talkgate-cursor\n{filter}\n{store_cursor}"));
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The cursor handed out: `<filter>.<store cursor>.<check>`.
+fn seal_cursor(store_cursor: &str, status: Option<JobStatus>) -> String {
+    let filter = filter_name(status);
+    format!(
+        "{filter}.{store_cursor}.{}",
+        cursor_check(store_cursor, filter)
+    )
+}
+
+/// The store cursor inside `cursor`, if it is one [`seal_cursor`] made for `status`.
+fn open_cursor(cursor: &str, status: Option<JobStatus>) -> Option<String> {
+    let (filter, rest) = cursor.split_once('.')?;
+    let (store_cursor, check) = rest.rsplit_once('.')?;
+    (filter == filter_name(status) && check == cursor_check(store_cursor, filter))
+        .then(|| store_cursor.to_owned())
 }
 
 #[cfg(test)]
@@ -407,6 +444,22 @@ mod tests {
         }))
         .unwrap();
         body.callback_url()
+    }
+
+    #[test]
+    fn cursors_are_bound_to_their_filter_and_checked() {
+        let done = Some(JobStatus::Done);
+        let sealed = seal_cursor("s42", done);
+        assert_eq!(open_cursor(&sealed, done).as_deref(), Some("s42"));
+        assert_eq!(open_cursor(&sealed, None), None, "another filter");
+        assert_eq!(open_cursor(&sealed, Some(JobStatus::Queued)), None);
+        let all = seal_cursor("s42", None);
+        assert_eq!(open_cursor(&all, None).as_deref(), Some("s42"));
+        let forged = sealed.replace("s42", "s43");
+        assert_eq!(open_cursor(&forged, done), None, "a changed seq");
+        for bad in ["", "s42", "done.s42", "done..", "zzz"] {
+            assert_eq!(open_cursor(bad, done), None, "{bad:?}");
+        }
     }
 
     #[test]

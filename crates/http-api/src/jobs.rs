@@ -102,6 +102,14 @@ impl Default for JobsConfig {
     }
 }
 
+/// How often finished jobs past their retention are purged: a tenth of the retention,
+/// between 1 s and 60 s. A job (and its idempotency key) is gone between `retention` and
+/// `retention + purge_period(retention)` after it finished: 7 days + at most 60 s by
+/// default, 10 s + at most 1 s for a retention of 10 s.
+pub fn purge_period(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -586,7 +594,7 @@ impl Jobs {
                 Err(e) => tracing::warn!(error = %e, "could not purge old jobs"),
             }
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                () = tokio::time::sleep(purge_period(self.config.retention)) => {}
                 () = self.stopped() => {}
             }
         }
@@ -1011,6 +1019,23 @@ mod tests {
             classify_create(&VideoApiError::InsufficientCredits),
             CreateOutcome::Final
         ));
+    }
+
+    #[test]
+    fn the_purge_runs_a_tenth_of_the_retention_apart_within_1_to_60_s() {
+        assert_eq!(
+            purge_period(Duration::from_secs(7 * 24 * 3600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            purge_period(Duration::from_secs(100)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            purge_period(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(purge_period(Duration::ZERO), Duration::from_secs(1));
     }
 
     #[test]

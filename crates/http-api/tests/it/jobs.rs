@@ -339,6 +339,7 @@ async fn jobs_are_listed_newest_first_with_a_cursor_and_a_status_filter() {
     }
     let mut seen = Vec::new();
     let mut url = srv.api("/jobs?limit=2&status=done");
+    let mut handed_out = None;
     loop {
         let (status, page) = get_json(&http, &url, None).await;
         assert_eq!(status, 200, "{page}");
@@ -349,12 +350,26 @@ async fn jobs_are_listed_newest_first_with_a_cursor_and_a_status_filter() {
                 .map(|j| j["job_id"].as_str().unwrap().to_owned()),
         );
         match page["next_cursor"].as_str() {
-            Some(c) => url = srv.api(&format!("/jobs?limit=2&status=done&cursor={c}")),
+            Some(c) => {
+                handed_out = Some(c.to_owned());
+                url = srv.api(&format!("/jobs?limit=2&status=done&cursor={c}"));
+            }
             None => break,
         }
     }
     ids.reverse();
     assert_eq!(seen, ids);
+    // A cursor belongs to its filter.
+    let cursor = handed_out.expect("five jobs in pages of two");
+    for other in ["", "&status=queued"] {
+        let (status, v) = get_json(
+            &http,
+            srv.api(&format!("/jobs?limit=2{other}&cursor={cursor}")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{other}: {v}");
+    }
     let (_, none) = get_json(&http, srv.api("/jobs?status=queued"), None).await;
     assert_eq!(none["jobs"], json!([]));
     for (query, param) in [
@@ -362,6 +377,8 @@ async fn jobs_are_listed_newest_first_with_a_cursor_and_a_status_filter() {
         ("limit=0", "limit"),
         ("limit=101", "limit"),
         ("cursor=zzz", "cursor"),
+        // The store's own form, never handed out.
+        ("cursor=s3", "cursor"),
     ] {
         let (status, v) = get_json(&http, srv.api(&format!("/jobs?{query}")), None).await;
         assert_eq!(status, 400, "{query}: {v}");
@@ -695,5 +712,36 @@ async fn the_job_file_belongs_to_one_instance_and_losing_it_makes_the_instance_u
     assert_eq!(ready["job_store"]["writable"], false, "{ready}");
     let reasons = ready["reasons"].to_string();
     assert!(reasons.contains("removed"), "{ready}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_jobs_key_is_freed_soon_after_its_retention() {
+    // Retention 1 s: the purge runs every second (a tenth of it, at least 1 s), so the key
+    // is free again within about 2 s of the job's end (it was up to 61 s).
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[("JOB_RETENTION_SECS", "1")]).await;
+    let http = client();
+    let (status, first, _) =
+        post_keyed(&http, srv.api("/jobs"), Some("short-lived"), &talk_body(1)).await;
+    assert_eq!(status, 202, "{first}");
+    let id = first["job_id"].as_str().unwrap().to_owned();
+    until_status(&srv, &id, &["done"]).await;
+    let start = Instant::now();
+    loop {
+        let (status, _) = get_json(&http, srv.api(&format!("/jobs/{id}")), None).await;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the job outlived its retention by far"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, again, _) =
+        post_keyed(&http, srv.api("/jobs"), Some("short-lived"), &talk_body(2)).await;
+    assert_eq!(status, 202, "the key is free again: {again}");
+    assert_ne!(again["job_id"], id.as_str());
     srv.stop().await;
 }
