@@ -63,6 +63,8 @@ pub const IDLE_LOOK: Duration = Duration::from_secs(1);
 /// While jobs are due and every worker is busy, the look comes this often (the workers
 /// claim on by themselves between steps; the look only wakes one that sleeps).
 const BUSY_LOOK: Duration = Duration::from_millis(250);
+/// Looks woken by the store (submits on other instances) come at most this often.
+const COALESCE_LOOKS: Duration = Duration::from_millis(20);
 /// A store that failed is looked at again after this long.
 const FAILED_LOOK: Duration = Duration::from_secs(1);
 /// The most idempotency keys being accepted at once on one instance.
@@ -212,6 +214,8 @@ fn classify_create(error: &VideoApiError) -> CreateOutcome {
 /// The engine: the store, the D-ID port, the workers' signals.
 pub struct Jobs {
     store: Arc<dyn JobStore>,
+    /// The same store, for its call count.
+    counted: Arc<crate::store_calls::CountedStore>,
     video: Arc<dyn VideoApi>,
     config: JobsConfig,
     /// This process, in worker names (`<instance>/<n>`).
@@ -304,8 +308,10 @@ impl Jobs {
             .take(8)
             .map(char::from)
             .collect();
+        let counted = Arc::new(crate::store_calls::CountedStore::new(store));
         Arc::new(Jobs {
-            store,
+            store: counted.clone(),
+            counted,
             video,
             config,
             instance,
@@ -327,6 +333,11 @@ impl Jobs {
     /// The store.
     pub fn store(&self) -> &Arc<dyn JobStore> {
         &self.store
+    }
+
+    /// Calls made to the store so far, by the engine and the routes.
+    pub fn store_calls(&self) -> u64 {
+        self.counted.calls()
     }
 
     /// The settings.
@@ -555,11 +566,19 @@ impl Jobs {
     /// The instance's one look at the store: asks when the next job becomes claimable
     /// ([`JobStore::next_due`], one indexed read), sleeps until then (at most
     /// [`IDLE_LOOK`]) and wakes one worker when something is due. A write here that makes
-    /// a job due sooner (a poll scheduled in 1 s) wakes the look early. So an idle instance
+    /// a job due sooner (a poll scheduled in 1 s) wakes the look early, and so does the
+    /// store when another instance submitted a job ([`JobStore::woken`]: Redis pub/sub). So an idle instance
     /// asks the store once per [`IDLE_LOOK`], whatever `JOB_WORKERS` says; due polls, jobs
     /// of other instances and expired leases are found on time.
     async fn look(self: Arc<Self>) {
+        let mut last_look = tokio::time::Instant::now();
+        let mut woken_by_store = false;
         while !self.stopping.load(Ordering::SeqCst) {
+            if woken_by_store {
+                // A burst of submits elsewhere is one look here, not one per submit.
+                tokio::time::sleep_until(last_look + COALESCE_LOOKS).await;
+            }
+            last_look = tokio::time::Instant::now();
             let now = now_ms();
             let pause = match self.store.next_due(now).await {
                 Ok(Some(due)) if due <= now => {
@@ -577,9 +596,11 @@ impl Jobs {
                 now.saturating_add(ports::jobs::duration_ms(pause)),
                 Ordering::SeqCst,
             );
+            woken_by_store = false;
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = self.replan.notified() => {}
+                () = self.store.woken() => woken_by_store = true,
                 () = self.stopped() => {}
             }
         }

@@ -20,6 +20,7 @@
 //! - [`job_routes`]: `POST /jobs`, `GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}`, and
 //!   the `Idempotency-Key` rules.
 //! - [`jobs`]: the job engine (workers, leases, the create/poll steps, re-attaching).
+//! - [`store_calls`]: the job store with its calls counted (`/stats`).
 //! - [`ops`]: `stats`, `health`, `ready`, `metrics`, `cleanup-expired`.
 //! - [`body`]: JSON and multipart bodies, always size-limited.
 //! - [`auth`]: bearer tokens compared in constant time.
@@ -41,6 +42,7 @@ pub mod ops;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod store_calls;
 pub mod telemetry;
 pub mod uri;
 pub mod wiring;

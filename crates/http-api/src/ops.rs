@@ -111,6 +111,8 @@ async fn jobs_json(state: &AppState) -> Value {
         "queue_max": config.queue.max_queued,
         "lease_ms": ports::jobs::duration_ms(config.lease),
         "retention_ms": ports::jobs::duration_ms(config.retention),
+        // Read before the counts below (which are one more call).
+        "store_calls": jobs.store_calls(),
     });
     match jobs.store().counts().await {
         Ok(counts) => {

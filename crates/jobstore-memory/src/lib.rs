@@ -243,6 +243,11 @@ impl JobStore for MemoryJobStore {
         Ok(())
     }
 
+    /// One process per store: its own submits wake its workers.
+    async fn woken(&self) {
+        std::future::pending::<()>().await;
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }

@@ -89,8 +89,10 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::clients::Client;
-use fred::interfaces::ClientLike;
+use std::sync::Arc;
+
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::scripts::Script;
 use fred::types::{FromValue, Value};
 use limiter_redis::RedisLimiterConfig;
@@ -100,6 +102,9 @@ use ports::{
     Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease, NewJob, QueueLimits,
     ScopedKey, Submitted,
 };
+use tokio::sync::Notify;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
 
 mod scripts;
 
@@ -116,6 +121,13 @@ const SIDE_FIELDS: [&str; 4] = ["seq", "version", "lease", "idempotency"];
 #[derive(Clone)]
 pub struct RedisJobStore {
     client: Client,
+    /// Listens on [`RedisJobStore::channel`] (a subscribed connection runs nothing else).
+    subscriber: SubscriberClient,
+    /// Wake-ups heard on the channel, for [`JobStore::woken`].
+    wake: Arc<Notify>,
+    /// Ends the listening task when the last clone goes.
+    _listener: Arc<Listener>,
+    channel: String,
     scripts: Scripts,
     name: String,
     address: String,
@@ -174,8 +186,29 @@ impl RedisJobStore {
                 )));
             }
         }
+        // Wake-ups: a submit publishes on the store's channel, every instance listens. The
+        // subscriber connects (and reconnects) in the background and subscribes after each
+        // connect; while it is away the periodic look finds the jobs.
+        let subscriber = limiter_redis::subscriber_client(&config).map_err(|e| {
+            JobStoreError::Unavailable(format!("redis job store at {address}: {e}"))
+        })?;
+        let channel = format!("{}:wake", hash_tag(name));
+        let wake = Arc::new(Notify::new());
+        // The receivers exist before the connection, so its first connect event is seen.
+        let events = (subscriber.message_rx(), subscriber.reconnect_rx());
+        let listener = Listener(tokio::spawn(listen(
+            subscriber.clone(),
+            channel.clone(),
+            events,
+            Arc::downgrade(&wake),
+        )));
+        let _connection = subscriber.connect();
         Ok(RedisJobStore {
             client,
+            subscriber,
+            wake,
+            _listener: Arc::new(listener),
+            channel,
             scripts: Scripts::new(&hash_tag(name)),
             name: name.to_owned(),
             address,
@@ -195,7 +228,19 @@ impl RedisJobStore {
 
     /// Closes the connections. Calls after this fail with [`JobStoreError::Unavailable`].
     pub async fn quit(&self) {
+        let _ = tokio::time::timeout(self.op_timeout, self.subscriber.quit()).await;
         let _ = tokio::time::timeout(self.op_timeout, self.client.quit()).await;
+    }
+
+    /// Tells every instance's idle workers that a job is claimable (best effort: a lost
+    /// message costs the listeners one periodic look).
+    fn announce(&self) {
+        let (client, channel) = (self.client.clone(), self.channel.clone());
+        tokio::spawn(async move {
+            if let Err(e) = client.publish::<(), _, _>(channel, "1").await {
+                tracing::debug!(error = %e, "could not announce a new job");
+            }
+        });
     }
 
     /// Runs `script` with the store's keys, bounded by `op_timeout` (a `SCRIPT LOAD` after
@@ -404,6 +449,9 @@ impl JobStore for RedisJobStore {
         match tag(&items, "submit")?.as_str() {
             "created" if items.len() >= 2 => {
                 let seq = number(&items[1], "seq")?;
+                if job.lease.is_none() {
+                    self.announce();
+                }
                 Ok(Submitted::Created(Job { seq, ..job }))
             }
             "existing" if items.len() >= 2 => {
@@ -598,6 +646,10 @@ impl JobStore for RedisJobStore {
         number(&reply, "next due").map(Some)
     }
 
+    async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
     async fn check(&self) -> Result<(), JobStoreError> {
         let token = crate::now_token();
         let _: Value = self.eval(&self.scripts.probe, vec![token.into()]).await?;
@@ -606,6 +658,47 @@ impl JobStore for RedisJobStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+/// Aborts the listening task when dropped.
+struct Listener(JoinHandle<()>);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Subscribes to `channel` after every (re)connect (fred announces the first connect too)
+/// and turns each message, and each reconnect (messages sent meanwhile are lost), into a
+/// wake-up. Ends when the store is gone.
+async fn listen(
+    subscriber: SubscriberClient,
+    channel: String,
+    (mut messages, mut reconnects): (
+        tokio::sync::broadcast::Receiver<fred::types::Message>,
+        tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    ),
+    wake: std::sync::Weak<Notify>,
+) {
+    loop {
+        tokio::select! {
+            message = messages.recv() => match message {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+            event = reconnects.recv() => {
+                if matches!(event, Err(RecvError::Closed)) {
+                    return;
+                }
+                if let Err(e) = subscriber.subscribe(channel.clone()).await {
+                    tracing::warn!(error = %e, "job store: could not subscribe to its wake-up channel");
+                }
+            }
+        }
+        let Some(wake) = wake.upgrade() else { return };
+        wake.notify_one();
     }
 }
 

@@ -209,3 +209,36 @@ async fn a_redis_that_went_away_is_unavailable_and_a_restarted_one_is_used_again
         Submitted::Created(_)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_through_one_store_wakes_the_others_of_its_name_only() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let name = unique_name("wake");
+    let (a, b) = (store(&server, &name).await, store(&server, &name).await);
+    let other = store(&server, &unique_name("other")).await;
+    // The subscriptions are taken in the background after the connect: let them settle,
+    // and swallow the wake-up each store gives when it (re)connects.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for s in [&a, &b, &other] {
+        let _ = tokio::time::timeout(Duration::from_millis(100), s.woken()).await;
+    }
+    let woken =
+        tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(5), b.woken()).await });
+    let other_woken = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_millis(1500), other.woken()).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.submit(new_job(1, Priority::Normal, T0), ROOMY)
+        .await
+        .unwrap();
+    assert!(
+        woken.await.unwrap().is_ok(),
+        "B hears of A's submit without asking Redis"
+    );
+    assert!(
+        other_woken.await.unwrap().is_err(),
+        "a store of another name is not woken"
+    );
+}

@@ -1204,6 +1204,11 @@ impl JobStore for SqliteJobStore {
         self.blocking(|s| s.check()).await
     }
 
+    /// One process per store: its own submits wake its workers.
+    async fn woken(&self) {
+        std::future::pending::<()>().await;
+    }
+
     fn kind(&self) -> &'static str {
         "sqlite"
     }

@@ -88,6 +88,15 @@ pub fn client(config: &RedisLimiterConfig) -> Result<Client, RedisLimiterError> 
     Ok(clients(config)?.client)
 }
 
+/// A fred subscriber client (not connected yet) with the same settings as [`client`], for
+/// other stores that listen on the limiter's Redis (the Redis job store's wake-ups).
+pub fn subscriber_client(
+    config: &RedisLimiterConfig,
+) -> Result<SubscriberClient, RedisLimiterError> {
+    config.validate()?;
+    Ok(clients(config)?.subscriber)
+}
+
 /// `url` with a TLS scheme turned into its plain twin (`rediss` → `redis`, `valkeys` →
 /// `valkey`, suffixes kept). fred's `from_url` would build a TLS connector of its own for a
 /// TLS scheme, loading the system's roots even when a CA file is given and failing the whole

@@ -164,6 +164,6 @@ mod util;
 mod wakeup;
 
 pub use config::{FailoverPolicy, RECONNECT_MAX, RedisLimiterConfig, RedisTlsConfig};
-pub use connection::client;
+pub use connection::{client, subscriber_client};
 pub use error::RedisLimiterError;
 pub use limiter::RedisLimiter;

@@ -96,6 +96,10 @@ impl<S: JobStore> JobStore for Guarded<S> {
         self.store.check().await
     }
 
+    async fn woken(&self) {
+        self.store.woken().await;
+    }
+
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
         self.store.purge(finished_before_ms).await
     }

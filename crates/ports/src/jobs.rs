@@ -427,6 +427,12 @@ pub trait JobStore: Send + Sync {
     /// `None` when every job is terminal. Workers sleep until then instead of asking the
     /// store over and over; one indexed look, not a scan.
     async fn next_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError>;
+    /// Resolves when another process made a job claimable here (a submit on another
+    /// instance sharing the store), so that idle workers of this one take it at once rather
+    /// than at their next periodic look. Wake-ups may be spurious, coalesced or, while the
+    /// store is unreachable, lost (the periodic look covers those). A store only one process
+    /// uses never resolves it: that process wakes its own workers.
+    async fn woken(&self);
     /// Whether the store can take a write now (readiness): the file or server is there and
     /// a small write commits. `Err` says why not; cheap enough to run on every `/ready`.
     async fn check(&self) -> Result<(), JobStoreError>;

@@ -745,3 +745,38 @@ async fn a_finished_jobs_key_is_freed_soon_after_its_retention() {
     assert_ne!(again["job_id"], id.as_str());
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_asks_its_store_about_once_a_second_whatever_its_workers() {
+    // 32 workers used to ask every 200 ms each: 160 calls a second with nothing to do.
+    let fake = support::fake().await;
+    let dir = TempDir::new("idle");
+    let path = dir.file("jobs.sqlite3");
+    let srv = support::service(
+        &fake,
+        &[
+            ("JOB_STORE", "sqlite"),
+            ("JOB_STORE_PATH", path.as_str()),
+            ("JOB_WORKERS", "32"),
+        ],
+    )
+    .await;
+    let http = client();
+    // One job through, so the workers have run and gone back to sleep.
+    let (_, job, _) = post_keyed(&http, srv.api("/jobs"), None, &talk_body(1)).await;
+    until_status(&srv, job["job_id"].as_str().unwrap(), &["done"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = |stats: &Value| stats["jobs"]["store_calls"].as_u64().unwrap();
+    let (_, before) = get_json(&http, srv.api("/stats"), None).await;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, after) = get_json(&http, srv.api("/stats"), None).await;
+    let secs = start.elapsed().as_secs_f64();
+    // The first /stats read its counts after the figure: one call of its own.
+    let made = calls(&after) - calls(&before) - 1;
+    assert!(
+        made as f64 <= 2.0 * secs,
+        "{made} store calls in {secs:.1} s of idleness"
+    );
+    srv.stop().await;
+}
