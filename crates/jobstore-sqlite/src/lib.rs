@@ -39,14 +39,14 @@
 //! several replicas uses the Redis job store.
 //!
 //! # Operated for days
-//! - **The WAL stays small.** A background thread checkpoints every [`CHECKPOINT_EVERY`]:
-//!   `PASSIVE` first (copies without blocking anyone), then, once the WAL passes
-//!   [`WAL_TRUNCATE_AT`] or nothing was written since the last round, `TRUNCATE` while it holds
-//!   the store's connection (so no transaction is open and the checkpoint reaches the end of
-//!   the log). A commit that finds the WAL past [`WAL_HARD_LIMIT`] truncates it itself. A
+//! - **The WAL stays small.** A background thread checkpoints every [`CHECKPOINT_EVERY`]
+//!   with `PASSIVE` (copies without blocking anyone) and, once nothing was written since its
+//!   last round, `TRUNCATE` while it holds the store's connection (so no transaction is open
+//!   and the checkpoint reaches the end of the log): an idle store has no WAL. A commit that
+//!   finds the WAL past [`WAL_TRUNCATE_AT`] finishes the checkpoint and truncates it itself. A
 //!   passive checkpoint alone never catches up with a steady stream of writes, so SQLite never
 //!   restarts the log and it grows without end: 1.8 GB after 20 000 jobs in the
-//!   `operations` test before this, at most 64 MiB (the test's bound) after.
+//!   `operations` test before this, at most 16 MiB (the test's bound) after.
 //! - **What a write costs.** SQLite logs whole 4 KiB pages: a transaction that changes a job
 //!   writes its table page and a page of each index whose columns it sets (`jobs_claim`,
 //!   `jobs_by_status`, `jobs_finished`, `jobs_queued_age`, `jobs_due`): about 5 pages, 20 KiB,
@@ -305,17 +305,13 @@ fn file_len(path: &Path) -> u64 {
 }
 
 /// How often the background connection checkpoints the WAL into the database file.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
-/// A WAL larger than this after a background checkpoint is finished and truncated with
-/// the store's writes held back for the moment it takes (the passive checkpoint before it
-/// has copied nearly all of it). Bounds the WAL under a steady load.
-pub const WAL_TRUNCATE_AT: u64 = 4 << 20;
-
-/// A commit that leaves the WAL larger than this (writes faster than the background rounds
-/// keep up with) finishes and truncates it itself before it returns: the WAL never holds
-/// much more than this.
-pub const WAL_HARD_LIMIT: u64 = 32 << 20;
+/// A commit that leaves the WAL larger than this finishes the checkpoint and truncates the
+/// WAL before it returns. The background's passive checkpoints have copied nearly all of it
+/// by then, so that commit pays for the last few hundred milliseconds of writes and an
+/// fsync; the WAL never holds much more than this.
+pub const WAL_TRUNCATE_AT: u64 = 8 << 20;
 
 /// `journal_size_limit`: whenever SQLite restarts the WAL from its start it also cuts the
 /// file down to this size.
@@ -353,26 +349,25 @@ fn checkpoint(conn: &Connection, mode: Checkpoint) -> rusqlite::Result<Checkpoin
 }
 
 /// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on its own connection, until the store
-/// is dropped: first `PASSIVE` (it never blocks a writer, and copies only what no reader
-/// still needs), then, when the WAL has grown past [`WAL_TRUNCATE_AT`] or nothing was written
-/// since the last round, `TRUNCATE` while holding the store's connection, so that no
-/// transaction of this process is open and the checkpoint completes.
+/// is dropped: `PASSIVE` (it never blocks a writer, and copies only what no reader still
+/// needs), and, when nothing was written since the last round, `TRUNCATE` while holding the
+/// store's connection, so that no transaction of this process is open and the checkpoint
+/// empties the WAL. Under load the commit that finds the WAL past [`WAL_TRUNCATE_AT`]
+/// truncates it (a waiting thread here would not get the store's lock between writers).
 ///
-/// Why both: under a steady stream of writes a passive checkpoint never catches up with the
-/// end of the log (new frames arrive while it copies), so SQLite never gets to restart the
-/// log from its beginning and the file grows without end (the service once reached 1.5 GB
-/// of WAL over a 3 MB database). Without any background checkpoint SQLite would checkpoint
-/// inside whichever commit crosses 1000 WAL pages, and that commit (and every write queued
-/// behind it) would wait for the whole copy and its fsync.
+/// Why: under a steady stream of writes a passive checkpoint never catches up with the end
+/// of the log (new frames arrive while it copies), so SQLite never restarts the log from its
+/// beginning and the file grows without end (the service once reached 1.5 GB of WAL over a
+/// 3 MB database). Without any background checkpoint SQLite would checkpoint inside
+/// whichever commit crosses 1000 WAL pages, and that commit would wait for the whole copy.
 fn spawn_checkpointer(conn: Connection, store: std::sync::Weak<Inner>) {
     let fallback = store.clone();
     let spawned = std::thread::Builder::new()
         .name("jobstore-sqlite-checkpoint".into())
         .spawn(move || {
             let mut seen_writes = u64::MAX;
-            let mut pause = CHECKPOINT_EVERY;
             loop {
-                std::thread::sleep(pause);
+                std::thread::sleep(CHECKPOINT_EVERY);
                 let Some(inner) = store.upgrade() else { return };
                 let writes = inner.writes.load(Ordering::Relaxed);
                 let idle = writes == seen_writes;
@@ -381,12 +376,6 @@ fn spawn_checkpointer(conn: Connection, store: std::sync::Weak<Inner>) {
                     // The next round tries again; the WAL only grows meanwhile.
                     tracing::warn!(path = %inner.path.display(), error = %e, "job store checkpoint failed");
                 }
-                // Writes that outran a round: the next one comes sooner.
-                pause = if file_len(&inner.wal_path) >= WAL_TRUNCATE_AT {
-                    CHECKPOINT_EVERY / 5
-                } else {
-                    CHECKPOINT_EVERY
-                };
             }
         });
     // Without the thread SQLite's own checkpoints are off too: fall back to them.
@@ -687,7 +676,7 @@ impl Inner {
         tx.commit().map_err(|e| self.err(e))?;
         if matches!(behavior, TransactionBehavior::Immediate) {
             self.writes.fetch_add(1, Ordering::Relaxed);
-            if file_len(&self.wal_path) > WAL_HARD_LIMIT {
+            if file_len(&self.wal_path) > WAL_TRUNCATE_AT {
                 // Committed already: a failed checkpoint is the next round's to retry.
                 if let Err(e) = checkpoint(&conn, Checkpoint::Truncate) {
                     tracing::warn!(path = %self.path.display(), error = %e, "job store checkpoint failed");
@@ -740,12 +729,11 @@ impl Inner {
             return Ok(());
         }
         let passive = checkpoint(conn, Checkpoint::Passive)?;
-        if passive.log == 0 || !idle && file_len(&self.wal_path) < WAL_TRUNCATE_AT {
+        if passive.log == 0 || !idle {
             return Ok(());
         }
         // With the store's connection held no transaction of this process is open, so
-        // the checkpoint reaches the end of the log; what is left after the passive one
-        // is a few hundred milliseconds of writes at most.
+        // the checkpoint reaches the end of the log (copied already by the passive one).
         let _held = self.lock();
         let report = checkpoint(conn, Checkpoint::Truncate)?;
         if report.busy {

@@ -49,6 +49,7 @@ mod gateway;
 mod jobs;
 mod kills;
 mod load;
+mod operated;
 mod outage;
 mod priority;
 mod redis_probe;
@@ -80,7 +81,7 @@ pub(crate) struct Ctx {
     pub(crate) client: reqwest::Client,
 }
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "before/after",
     "budget utilisation",
     "priority under contention",
@@ -89,6 +90,7 @@ const SCENARIOS: [&str; 8] = [
     "gateway overhead",
     "reclaim under periodic kills",
     "durable jobs",
+    "operated for days",
 ];
 
 /// The command line of `cargo xtask bench`.
@@ -117,7 +119,7 @@ impl Options {
                         .split(',')
                         .map(|s| s.trim().parse::<usize>())
                         .collect::<Result<Vec<_>, _>>()
-                        .context("--only takes scenario numbers 1..=8, e.g. 1,3")?;
+                        .context("--only takes scenario numbers 1..=9, e.g. 1,3")?;
                     if picked.iter().any(|n| !(1..=SCENARIOS.len()).contains(n)) {
                         bail!("--only takes scenario numbers 1..={}", SCENARIOS.len());
                     }
@@ -229,7 +231,8 @@ async fn bench(opts: Options) -> Result<()> {
             5 => outage::run(&ctx).await,
             6 => gateway::run(&ctx).await,
             7 => kills::run(&ctx).await,
-            _ => jobs::run(&ctx).await,
+            8 => jobs::run(&ctx).await,
+            _ => operated::run(&ctx).await,
         };
         let mut section = result.unwrap_or_else(|e| {
             println!("scenario {n} failed to run: {e:#}");

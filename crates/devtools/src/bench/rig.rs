@@ -33,6 +33,11 @@ fn bin(ctx: &Ctx, name: &str) -> PathBuf {
 
 /// Starts did-fake (fast talk lifecycle, fixed seed) and waits until it answers.
 pub(crate) async fn spawn_fake(ctx: &Ctx, name: &str) -> Result<Server> {
+    spawn_fake_scaled(ctx, name, TIME_SCALE).await
+}
+
+/// As [`spawn_fake`], with D-ID's durations multiplied by `time_scale`.
+pub(crate) async fn spawn_fake_scaled(ctx: &Ctx, name: &str, time_scale: f64) -> Result<Server> {
     let client = &ctx.client;
     let port = procs::free_port()?;
     let mut fake = Server::spawn(
@@ -42,7 +47,7 @@ pub(crate) async fn spawn_fake(ctx: &Ctx, name: &str) -> Result<Server> {
             "--port".into(),
             port.to_string(),
             "--time-scale".into(),
-            TIME_SCALE.to_string(),
+            time_scale.to_string(),
             "--seed".into(),
             "7".into(),
         ],
