@@ -150,7 +150,7 @@ async fn disk_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<Disk> {
                 wal_max = wal_max.max(file_len(&wal));
                 let db_len = file_len(&db);
                 db_max = db_max.max(db_len);
-                if tick % 4 == 0
+                if tick.is_multiple_of(4)
                     && let Ok(stats) = rig::api_stats(&client, &base).await
                 {
                     let kept = jobs_of(&stats, &ALL);
