@@ -41,6 +41,11 @@ impl Cutoff {
         Cutoff(None)
     }
 
+    /// Whether the signal has fired already.
+    pub fn has_fired(&self) -> bool {
+        self.0.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+
     /// Resolves once the signal has fired (at once if it already has); never if the trigger
     /// was dropped without firing.
     pub async fn fired(&self) {
@@ -58,7 +63,7 @@ impl Cutoff {
 /// and the job it runs. `server::handle` puts one into every request's extensions and reads
 /// it if the request is cut off.
 #[derive(Debug, Clone, Default)]
-pub struct TalkSlot(Arc<(OnceLock<TalkId>, OnceLock<String>)>);
+pub struct TalkSlot(Arc<(OnceLock<TalkId>, OnceLock<String>, OnceLock<Cutoff>)>);
 
 impl TalkSlot {
     /// The slot of `req`; a slot nobody reads when `req` did not come through
@@ -88,6 +93,17 @@ impl TalkSlot {
     /// The recorded job, if any.
     pub fn job(&self) -> Option<String> {
         self.0.1.get().cloned()
+    }
+
+    /// Remembers the request's cut-off signal (set once, by `server::handle`).
+    pub fn watch_cutoff(&self, cutoff: Cutoff) {
+        let _ = self.0.2.set(cutoff);
+    }
+
+    /// Whether the request is being cut off by the shutdown (its caller then gets a 503
+    /// naming its job), rather than dropped because its caller left.
+    pub fn is_cut_off(&self) -> bool {
+        self.0.2.get().is_some_and(Cutoff::has_fired)
     }
 }
 

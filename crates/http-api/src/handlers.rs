@@ -101,16 +101,16 @@ where
     };
     slot.record_job(job.id.as_str());
     let job_id = job.id.clone();
-    let hold = jobs.hold(&job_id, &owner);
+    let hold = jobs.hold_for_caller(&job_id, &owner, job.idempotency.is_some(), &slot);
     let mode = if asynchronous {
         CreateMode::InlineAsync
     } else {
         CreateMode::InlineWait
     };
-    let (_, created) = jobs
-        .create(job, &owner, mode)
-        .await
-        .map_err(|e| jobs.api_error(e))?;
+    let (_, created) = jobs.create(job, &owner, mode).await.map_err(|e| match e {
+        ports::JobStoreError::NotFound(id) => crate::jobs::lost_job(&id),
+        other => jobs.api_error(other),
+    })?;
     let created = match created {
         Ok(created) => created,
         Err(e) => {

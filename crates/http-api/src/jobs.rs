@@ -168,6 +168,27 @@ pub fn failure_is_retryable(job: &Job) -> bool {
         })
 }
 
+/// What a job's create token is derived from: its scoped idempotency key when it has one
+/// (so a replay that finds no job, because the store lost it, makes the same token and
+/// finds the talk the first job created), else its id (also for a keyed job an earlier
+/// build stored: its talk carries the id's token).
+pub fn create_key(job: &Job) -> String {
+    match &job.idempotency {
+        Some(k) if job.token_from_key => format!("key\n{}\n{}", k.scope, k.key),
+        _ => job.id.to_string(),
+    }
+}
+
+/// The answer for a request whose job vanished from the store while it ran (a Redis that
+/// restarted without its data): 503, and how to get the talk back without paying twice.
+pub fn lost_job(id: &JobId) -> ApiError {
+    ApiError::JobStore(format!(
+        "the job store lost job {id} while this request ran (its data was lost); a talk may \
+         have been created already: replay with the same Idempotency-Key, which finds that \
+         talk instead of paying for another"
+    ))
+}
+
 /// Who runs a create, which decides what its failure and its lease become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreateMode {
@@ -278,6 +299,9 @@ impl Drop for Renewer {
 pub struct Hold {
     renewer: Renewer,
     give_back: Option<(Arc<Jobs>, JobId, String)>,
+    /// Dropped for a caller who left (not cut off), a job without an `Idempotency-Key`
+    /// whose talk was not created is cancelled: nobody can ever fetch it.
+    abandon: Option<crate::cutoff::TalkSlot>,
 }
 
 impl Hold {
@@ -291,7 +315,8 @@ impl Drop for Hold {
     fn drop(&mut self) {
         self.renewer.0.abort();
         if let Some((jobs, id, owner)) = self.give_back.take() {
-            jobs.spawn_give_back(id, owner);
+            let abandon = self.abandon.as_ref().is_some_and(|slot| !slot.is_cut_off());
+            jobs.spawn_give_back(id, owner, abandon);
         }
     }
 }
@@ -422,6 +447,14 @@ impl Jobs {
     pub fn inline_owner(&self) -> String {
         let n = self.next_inline.fetch_add(1, Ordering::Relaxed);
         format!("{}/inline-{n}", self.instance)
+    }
+
+    /// Whether the store lost its data within the retention (the keys of the jobs it lost
+    /// may come back as replays): creates of keyed jobs look their talk up first then.
+    fn store_lost_data_recently(&self) -> bool {
+        self.store.lost_data_at().is_some_and(|t| {
+            now_ms().saturating_sub(t) < ports::jobs::duration_ms(self.config.retention)
+        })
     }
 
     /// A lease for `owner` from now.
@@ -644,7 +677,9 @@ impl Jobs {
         // Look first when a create may have been sent before: the job was left `creating`
         // (by a worker or a request that died), or any earlier attempt exists (even one that
         // ended without a slot: an attempt inside the same client call may have reached D-ID).
-        let look_first = job.status == JobStatus::Creating && !inline || !job.attempts.is_empty();
+        let look_first = job.status == JobStatus::Creating && !inline
+            || !job.attempts.is_empty()
+            || job.idempotency.is_some() && self.store_lost_data_recently();
         let from = job.status;
         if job.status == JobStatus::Queued {
             job.status = JobStatus::Creating;
@@ -655,7 +690,7 @@ impl Jobs {
         let at = now_ms();
         let result = self
             .video
-            .create_talk_keyed(&job.request, job.priority, job.id.as_str(), look_first)
+            .create_talk_keyed(&job.request, job.priority, &create_key(&job), look_first)
             .await;
         let now = now_ms();
         job.updated_ms = now;
@@ -886,33 +921,83 @@ impl Jobs {
         Hold {
             renewer: self.renew_in_background(id.clone(), owner.to_owned()),
             give_back: Some((Arc::clone(self), id.clone(), owner.to_owned())),
+            abandon: None,
         }
     }
 
+    /// As [`Jobs::hold`], for a request whose job has no `Idempotency-Key`: if the request
+    /// is dropped because its caller left (not cut off at shutdown, see `slot`) before its
+    /// talk was created, the job is cancelled, since nobody can ever ask for it: no talk is
+    /// created (paid) for a caller who is gone. A keyed job goes on (its caller may replay).
+    pub fn hold_for_caller(
+        self: &Arc<Self>,
+        id: &JobId,
+        owner: &str,
+        keyed: bool,
+        slot: &crate::cutoff::TalkSlot,
+    ) -> Hold {
+        let mut hold = self.hold(id, owner);
+        if !keyed {
+            hold.abandon = Some(slot.clone());
+        }
+        hold
+    }
+
     /// Gives `owner`'s claim on job `id` back if the job is `processing` (its talk exists,
-    /// only polls are left); `false` if there was nothing to give back.
-    pub async fn give_back(&self, id: &JobId, owner: &str) -> Result<bool, JobStoreError> {
+    /// only polls are left); with `abandon`, cancels it if it is still `creating` without a
+    /// talk. `false` if there was nothing to do.
+    pub async fn give_back(
+        &self,
+        id: &JobId,
+        owner: &str,
+        abandon: bool,
+    ) -> Result<bool, JobStoreError> {
         let Some(mut job) = self.store.get(id).await? else {
             return Ok(false);
         };
         let ours = job.lease.as_ref().is_some_and(|l| l.owner == owner);
-        if !ours || job.status != JobStatus::Processing {
+        if !ours {
             return Ok(false);
         }
-        job.lease = None;
-        job.updated_ms = now_ms();
-        self.write(job, JobStatus::Processing).await?;
-        self.wake.notify_one();
-        Ok(true)
+        let now = now_ms();
+        match job.status {
+            JobStatus::Processing => {
+                job.lease = None;
+                job.updated_ms = now;
+                self.write(job, JobStatus::Processing).await?;
+                self.wake.notify_one();
+                Ok(true)
+            }
+            JobStatus::Creating if abandon && job.talk_id.is_none() => {
+                job.record_attempt(Attempt {
+                    worker: owner.to_owned(),
+                    action: "abandon".to_owned(),
+                    at_ms: now,
+                    outcome: "the caller left before its talk was created".to_owned(),
+                });
+                job.status = JobStatus::Cancelled;
+                job.finished_ms = Some(now);
+                job.updated_ms = now;
+                job.lease = None;
+                self.write(job, JobStatus::Creating).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
-    fn spawn_give_back(self: &Arc<Self>, id: JobId, owner: String) {
+    fn spawn_give_back(self: &Arc<Self>, id: JobId, owner: String, abandon: bool) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let jobs = Arc::clone(self);
         let task = runtime.spawn(async move {
-            match jobs.give_back(&id, &owner).await {
+            match jobs.give_back(&id, &owner, abandon).await {
+                Ok(true) if abandon => tracing::info!(
+                    job_id = %id,
+                    "request ended before its job: the job was given back or, its caller gone \
+                     before its talk was created, cancelled"
+                ),
                 Ok(true) => tracing::info!(
                     job_id = %id,
                     "request ended before its job: claim given back, the job goes on"
@@ -956,7 +1041,9 @@ impl Jobs {
                 .get(id)
                 .await
                 .map_err(|e| self.store_error(e))?
-                .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
+                // It was there when the wait began: only lost data takes a job away then
+                // (a finished one is purged after its retention, long after any wait).
+                .ok_or_else(|| lost_job(id))?;
             if done(&job) || tokio::time::Instant::now() >= deadline {
                 return Ok(job);
             }

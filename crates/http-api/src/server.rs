@@ -116,6 +116,7 @@ where
 
     let template = router::template(req.uri().path());
     let talk = TalkSlot::default();
+    talk.watch_cutoff(cutoff.clone());
     req.extensions_mut().insert(talk.clone());
     let dispatch = AssertUnwindSafe(async { router::dispatch(&state, req).await }).catch_unwind();
     let outcome = async {

@@ -89,6 +89,10 @@ impl JobStore for CountedStore {
     async fn check(&self) -> Result<(), JobStoreError> {
         self.count().check().await
     }
+    /// Not a call: what the store learnt from its answers.
+    fn lost_data_at(&self) -> Option<u64> {
+        self.inner.lost_data_at()
+    }
     /// Not a call: a wait for the store's wake-up channel.
     async fn woken(&self) {
         self.inner.woken().await;

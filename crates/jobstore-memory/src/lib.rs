@@ -243,6 +243,11 @@ impl JobStore for MemoryJobStore {
         Ok(())
     }
 
+    /// Its data goes only with the process (or the file, which makes it unavailable).
+    fn lost_data_at(&self) -> Option<u64> {
+        None
+    }
+
     /// One process per store: its own submits wake its workers.
     async fn woken(&self) {
         std::future::pending::<()>().await;

@@ -90,6 +90,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -128,6 +129,8 @@ pub struct RedisJobStore {
     /// Ends the listening task when the last clone goes.
     _listener: Arc<Listener>,
     channel: String,
+    /// What this process knows of the store's epoch, and when the store last lost its data.
+    epoch: Arc<Epoch>,
     scripts: Scripts,
     name: String,
     address: String,
@@ -203,12 +206,14 @@ impl RedisJobStore {
             Arc::downgrade(&wake),
         )));
         let _connection = subscriber.connect();
+        warn_without_persistence(&client, name, &address, config.op_timeout).await;
         Ok(RedisJobStore {
             client,
             subscriber,
             wake,
             _listener: Arc::new(listener),
             channel,
+            epoch: Arc::new(Epoch::default()),
             scripts: Scripts::new(&hash_tag(name)),
             name: name.to_owned(),
             address,
@@ -445,10 +450,15 @@ impl JobStore for RedisJobStore {
             limits.max_queued.to_string().into(),
         ];
         args.extend(index_args(&job)?);
+        args.push(self.epoch.known().into());
+        args.push(job.created_ms.to_string().into());
         let items = array(self.eval(&self.scripts.submit, args).await?, 1, "submit")?;
         match tag(&items, "submit")?.as_str() {
             "created" if items.len() >= 2 => {
                 let seq = number(&items[1], "seq")?;
+                if let (Some(epoch), Some(lost)) = (items.get(2), items.get(3)) {
+                    self.epoch.learn(epoch, lost, &self.address)?;
+                }
                 if job.lease.is_none() {
                     self.announce();
                 }
@@ -638,12 +648,25 @@ impl JobStore for RedisJobStore {
         Ok(counts)
     }
 
-    async fn next_due(&self, _now_ms: u64) -> Result<Option<u64>, JobStoreError> {
-        let reply: Value = self.eval(&self.scripts.next_due, Vec::new()).await?;
-        if reply.is_null() {
-            return Ok(None);
+    async fn next_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        let args: Vec<Value> = vec![self.epoch.known().into(), now_ms.to_string().into()];
+        let items = array(
+            self.eval(&self.scripts.next_due, args).await?,
+            3,
+            "next_due",
+        )?;
+        self.epoch.learn(&items[1], &items[2], &self.address)?;
+        match text(&items[0], "next due")?.as_str() {
+            "" => Ok(None),
+            _ => number(&items[0], "next due").map(Some),
         }
-        number(&reply, "next due").map(Some)
+    }
+
+    fn lost_data_at(&self) -> Option<u64> {
+        match self.epoch.lost_at.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
     }
 
     async fn woken(&self) {
@@ -658,6 +681,102 @@ impl JobStore for RedisJobStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+/// Warns once, at start-up, when the Redis holding the store persists nothing (neither AOF
+/// nor RDB snapshots): a restart of it then loses every job. Says so at `info` where `CONFIG
+/// GET` is not allowed (ACLs, a managed Redis), since nothing can be told then.
+async fn warn_without_persistence(client: &Client, name: &str, address: &str, within: Duration) {
+    use fred::types::{ClusterHash, CustomCommand};
+    // The hash tag as a third (matching nothing) pattern routes the call, on a Cluster, to
+    // the master that holds the store.
+    let cmd = CustomCommand::new_static("CONFIG", ClusterHash::Offset(3), false);
+    let args: Vec<Value> = vec![
+        "GET".into(),
+        "appendonly".into(),
+        "save".into(),
+        hash_tag(name).into(),
+    ];
+    let reply = tokio::time::timeout(within, client.custom::<Value, Value>(cmd, args)).await;
+    let pairs = match reply {
+        Ok(Ok(Value::Array(items))) => items,
+        Ok(Ok(Value::Map(map))) => map
+            .inner()
+            .into_iter()
+            .flat_map(|(k, v)| [Value::from(k), v])
+            .collect(),
+        Ok(Ok(other)) => {
+            tracing::info!(address, reply = ?other, "could not read the job store's Redis persistence settings");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(
+                address,
+                error = %e,
+                "CONFIG GET is not allowed: cannot tell whether the job store's Redis persists \
+                 its data; make sure it does (AOF), or a Redis restart loses every job"
+            );
+            return;
+        }
+        Err(_) => return,
+    };
+    let setting = |name: &str| {
+        pairs
+            .chunks(2)
+            .find(|p| p[0].as_str().is_some_and(|n| n == name))
+            .and_then(|p| p.get(1))
+            .and_then(|v| v.as_str().map(|s| s.into_owned()))
+    };
+    let aof = setting("appendonly").is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+    let rdb = setting("save").is_some_and(|v| !v.trim().is_empty());
+    if !aof && !rdb {
+        tracing::warn!(
+            address,
+            "the job store's Redis persists nothing (appendonly no, save \"\"): a restart \
+             of it loses every job; run it with appendonly yes"
+        );
+    }
+}
+
+/// The store's epoch as this process last saw it (set by the first call on an empty store),
+/// and when the store last lost its data (`0`: not that anyone saw).
+#[derive(Default)]
+struct Epoch {
+    known: std::sync::Mutex<String>,
+    lost_at: AtomicU64,
+}
+
+impl Epoch {
+    fn known(&self) -> String {
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes in what a script said: the epoch now, and `lost_at` (`''` if never).
+    fn learn(&self, epoch: &Value, lost: &Value, address: &str) -> Result<(), JobStoreError> {
+        let epoch = text(epoch, "epoch")?;
+        let lost = match text(lost, "lost_at")?.as_str() {
+            "" => 0,
+            _ => number(lost, "lost_at")?,
+        };
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !known.is_empty() && *known != epoch {
+            tracing::error!(
+                address,
+                "the Redis job store lost its data (Redis restarted without it, or was \
+                 flushed): the jobs accepted before are gone; a replayed Idempotency-Key \
+                 looks its talk up at D-ID before creating one, for JOB_RETENTION_SECS"
+            );
+        }
+        *known = epoch;
+        self.lost_at.store(lost, Ordering::Relaxed);
+        Ok(())
     }
 }
 

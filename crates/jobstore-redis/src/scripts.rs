@@ -9,7 +9,7 @@ use fred::types::scripts::Script;
 
 /// The key suffixes, in `KEYS` order (`KEYS[1]` is `job`). Statuses are in
 /// [`ports::JobStatus::ALL`] order, priorities in `Priority::index` order (0 = low).
-pub(crate) const KEYS: [&str; 23] = [
+pub(crate) const KEYS: [&str; 25] = [
     "job",
     "ver",
     "lease",
@@ -33,6 +33,8 @@ pub(crate) const KEYS: [&str; 23] = [
     "queued:2",
     "queued:3",
     "probe",
+    "epoch",
+    "lost_at",
 ];
 
 /// Shared by every script: key names and the helpers.
@@ -48,6 +50,23 @@ local JOB, VER, LEASE, NEXT, ORDER, KEY, KEYOF, SEQ, NEXT_SEQ, DUE, WAIT, FINISH
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11], KEYS[12]
 local STATUS0, QUEUED0 = 13, 19
+local EPOCH, LOST_AT = KEYS[24], KEYS[25]
+
+-- The store's epoch: set by the first call that finds none (a new store, or one whose data
+-- Redis lost). A caller that knew another epoch sees that the data was lost, and records
+-- when in LOST_AT, for every instance (also one started later) to see. Returns {epoch,
+-- lost_at or ''}.
+local function epoch_check(known, now)
+  local epoch = redis.call('GET', EPOCH)
+  if not epoch then
+    epoch = now
+    redis.call('SET', EPOCH, epoch)
+  end
+  if known ~= '' and known ~= epoch and not redis.call('GET', LOST_AT) then
+    redis.call('SET', LOST_AT, now)
+  end
+  return {epoch, redis.call('GET', LOST_AT) or ''}
+end
 local BAND = 1099511627776
 
 local function read(id)
@@ -121,11 +140,12 @@ end
 /// (or `''`).
 pub(crate) const INDEX_ARGS: usize = 8;
 
-/// `ARGV`: id, key field (`''` if none), max queued, then [`INDEX_ARGS`]. Returns
-/// `{'existing', job}`, `{'duplicate', job}` (the id exists), `{'full', queued}` or
-/// `{'created', seq}`.
+/// `ARGV`: id, key field (`''` if none), max queued, then [`INDEX_ARGS`], then the epoch the
+/// caller knows (`''` if none) and now. Returns `{'existing', job}`, `{'duplicate', job}`
+/// (the id exists), `{'full', queued}` or `{'created', seq, epoch, lost_at}`.
 const SUBMIT: &str = r#"
 local id, kf = ARGV[1], ARGV[2]
+local epoch = epoch_check(ARGV[#ARGV - 1], ARGV[#ARGV])
 if kf ~= '' then
   local existing = redis.call('HGET', KEY, kf)
   if existing then
@@ -146,7 +166,7 @@ if kf ~= '' then
   redis.call('HSET', KEYOF, id, kf)
 end
 index(id, seq)
-return {'created', seq}
+return {'created', seq, epoch[1], epoch[2]}
 "#;
 
 /// `ARGV`: id. Returns the job or nil.
@@ -194,13 +214,20 @@ end
 return false
 "#;
 
-/// When the next job becomes claimable: `0` when `due` holds a job (a claim sorts it out),
-/// else the lowest timer in `wait`, or `false` when no job is active.
+/// `ARGV`: the epoch the caller knows (`''` if none), now. When the next job becomes
+/// claimable: `0` when `due` holds a job (a claim sorts it out), else the lowest timer in
+/// `wait`, or `''` when no job is active; then the epoch and `lost_at` (see
+/// `epoch_check`).
 const NEXT_DUE: &str = r#"
-if redis.call('ZCARD', DUE) > 0 then return '0' end
-local head = redis.call('ZRANGE', WAIT, 0, 0, 'WITHSCORES')
-if head[2] then return head[2] end
-return false
+local epoch = epoch_check(ARGV[1], ARGV[2])
+local due = ''
+if redis.call('ZCARD', DUE) > 0 then
+  due = '0'
+else
+  local head = redis.call('ZRANGE', WAIT, 0, 0, 'WITHSCORES')
+  if head[2] then due = head[2] end
+end
+return {due, epoch[1], epoch[2]}
 "#;
 
 /// `ARGV`: a token. Writes it to `probe` (expiring after a minute): a write that Redis

@@ -100,6 +100,10 @@ impl<S: JobStore> JobStore for Guarded<S> {
         self.store.woken().await;
     }
 
+    fn lost_data_at(&self) -> Option<u64> {
+        self.store.lost_data_at()
+    }
+
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
         self.store.purge(finished_before_ms).await
     }

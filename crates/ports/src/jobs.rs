@@ -222,6 +222,11 @@ pub struct Job {
     pub callback_url: Option<String>,
     /// The caller's idempotency key, if it sent one.
     pub idempotency: Option<ScopedKey>,
+    /// Whether the create token derives from the idempotency key (jobs submitted with a key
+    /// since this field exists) rather than from the job id (without a key, and jobs stored
+    /// by earlier builds, whose talks carry the id's token).
+    #[serde(default)]
+    pub token_from_key: bool,
     /// A digest of the request as the caller sent it, to tell a replay from a misuse.
     pub fingerprint: String,
     /// Where it stands.
@@ -294,6 +299,7 @@ impl NewJob {
             priority: self.priority,
             request: self.request,
             callback_url: self.callback_url,
+            token_from_key: self.idempotency.is_some(),
             idempotency: self.idempotency,
             fingerprint: self.fingerprint,
             status: self.status,
@@ -427,6 +433,12 @@ pub trait JobStore: Send + Sync {
     /// `None` when every job is terminal. Workers sleep until then instead of asking the
     /// store over and over; one indexed look, not a scan.
     async fn next_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError>;
+    /// When this store last found itself emptied while processes that used it before were
+    /// still running (Redis restarted without its data), ms since the epoch; `None` if it
+    /// never did (or cannot tell). Jobs accepted before are gone then, and a caller replaying
+    /// its key gets a new job: the engine looks the talk up at D-ID before creating one.
+    /// Learnt from the store's answers; no call of its own.
+    fn lost_data_at(&self) -> Option<u64>;
     /// Resolves when another process made a job claimable here (a submit on another
     /// instance sharing the store), so that idle workers of this one take it at once rather
     /// than at their next periodic look. Wake-ups may be spurious, coalesced or, while the

@@ -5,7 +5,7 @@
 //!    the answers do) against one http-api process on the SQLite store and one on the Redis
 //!    store, beside `GET /health` at the same rate on the same process (the baseline: what
 //!    any request costs there). The jobs are worked on meanwhile (workers, creates, polls).
-//!    Target (issue 13): p99 < 5 ms on both stores.
+//!    Target (issues 13, 21): p99 below the health p99 + 5 ms on both stores.
 //! 2. Budget with a backlog: did-fake answers `POST /talks` after L ms and refuses more than C
 //!    in flight; a backlog of jobs is submitted at once and the creates per second at
 //!    did-fake are measured while the backlog lasts, against C workers creating talks
@@ -25,6 +25,9 @@ use super::load::{self, Stop};
 use super::report::{Section, Summary, Table, f1, f2};
 use super::rig::{self, ApiOptions, FAKE_KEY, PREFIX};
 use crate::procs::Server;
+
+/// What accepting a job may add to the p99 of any request on the same process (ms).
+const SUBMIT_BUDGET_MS: f64 = 5.0;
 
 /// The route did-fake delays in the budget part.
 const CREATE_ROUTE: &str = "POST /talks";
@@ -170,11 +173,11 @@ async fn backlog_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<(f64, f64, u64
         bail!("{refused} of {} backlog submits were refused", p.backlog);
     }
     tokio::time::sleep(Duration::from_secs_f64(p.warmup)).await;
-    let before = rig::fake_stats(client, fake).await?;
+    let window = Duration::from_secs_f64(p.measure);
+    let counting = tokio::spawn(count_creates(client.clone(), fake.to_owned(), window));
     let t = Instant::now();
     // The limiter's slots in use, sampled every 50 ms over the window.
     let mut occupied = Vec::new();
-    let window = Duration::from_secs_f64(p.measure);
     while t.elapsed() < window {
         if let Ok(health) = rig::api_health(client, &api.base_url).await {
             occupied.push(
@@ -185,13 +188,10 @@ async fn backlog_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<(f64, f64, u64
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let rate = rate_between_changes(&counting.await??);
     let after = rig::fake_stats(client, fake).await?;
-    let secs = t.elapsed().as_secs_f64();
-    // did-fake answers a create 201.
-    let creates = |s: &Value| s["requests"][CREATE_ROUTE]["201"].as_u64().unwrap_or(0);
     let stats = rig::api_stats(client, &api.base_url).await?;
     let queued_left = stats["jobs"]["queued_jobs"].as_u64().unwrap_or(0);
-    let rate = (creates(&after) - creates(&before)) as f64 / secs;
     let occupancy =
         occupied.iter().sum::<f64>() / occupied.len().max(1) as f64 / f64::from(p.limit);
     Ok((
@@ -203,6 +203,42 @@ async fn backlog_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<(f64, f64, u64
     ))
 }
 
+/// Creates did-fake has answered (201), sampled every 10 ms for `window`: (seconds, count).
+async fn count_creates(
+    client: reqwest::Client,
+    fake: String,
+    window: Duration,
+) -> Result<Vec<(f64, u64)>> {
+    let t = Instant::now();
+    let mut samples = Vec::new();
+    while t.elapsed() < window {
+        let stats = rig::fake_stats(&client, &fake).await?;
+        let creates = stats["requests"][CREATE_ROUTE]["201"].as_u64().unwrap_or(0);
+        samples.push((t.elapsed().as_secs_f64(), creates));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(samples)
+}
+
+/// Creates per second between the first and the last sample at which the count moved: whole
+/// intervals between completions, so the window's edges (a create half done when it opens
+/// or closes) do not count. Counting over the plain window was off by up to one round of
+/// C creates: ±5 % in the quick run's 4 s at 20 creates per second, which alone failed the
+/// 98 % target once.
+fn rate_between_changes(samples: &[(f64, u64)]) -> f64 {
+    let changes: Vec<(f64, u64)> = samples
+        .windows(2)
+        .filter(|w| w[1].1 > w[0].1)
+        .map(|w| w[1])
+        .collect();
+    match (changes.first(), changes.last()) {
+        (Some(first), Some(last)) if last.0 > first.0 => {
+            (last.1 - first.1) as f64 / (last.0 - first.0)
+        }
+        _ => 0.0,
+    }
+}
+
 /// C workers creating talks straight at did-fake: creates per second.
 async fn direct_creates(p: &Params, fake: &str) -> Result<f64> {
     let direct = reqwest::Client::builder()
@@ -212,7 +248,18 @@ async fn direct_creates(p: &Params, fake: &str) -> Result<f64> {
     let url = Arc::new(format!("{fake}/talks"));
     let t0 = Instant::now();
     let total = p.warmup + p.measure;
-    let samples = load::closed_loop(
+    let counting = {
+        let (client, fake) = (reqwest::Client::new(), fake.to_owned());
+        let (warmup, window) = (
+            Duration::from_secs_f64(p.warmup),
+            Duration::from_secs_f64(p.measure),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            count_creates(client, fake, window).await
+        })
+    };
+    load::closed_loop(
         "direct creates",
         t0,
         p.limit as usize,
@@ -234,7 +281,7 @@ async fn direct_creates(p: &Params, fake: &str) -> Result<f64> {
         },
     )
     .await?;
-    Ok(load::throughput(&samples, p.warmup, total))
+    Ok(rate_between_changes(&counting.await??))
 }
 
 pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
@@ -244,9 +291,9 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             submit_secs: 3.0,
             limit: 4,
             latency_ms: 200,
-            backlog: 200,
+            backlog: 300,
             warmup: 1.0,
-            measure: 4.0,
+            measure: 8.0,
         }
     } else {
         Params {
@@ -329,8 +376,10 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
              L = {l} ms and refuses more than C = {c} in flight throughout, so the workers \
              process C / L jobs per second while the submits arrive faster (a burst). Budget: a backlog of {b} jobs is \
              submitted at once (SQLite store, {w} workers), then the creates per second at \
-             did-fake are counted over {m:.0} s after a {wu:.0} s warm-up; baseline: C \
-             workers creating talks straight at did-fake in the same run.",
+             did-fake are counted in a {m:.0} s window after a {wu:.0} s warm-up (its counts read \
+             every 10 ms; the rate between the first and the last completion seen, so that \
+             creates cut by the window's edges do not count); baseline: C workers creating \
+             talks straight at did-fake in the same run, counted the same way.",
             rate = p.rate,
             s = p.submit_secs,
             l = p.latency_ms,
@@ -396,17 +445,22 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     ]);
     section.table(budget);
     for r in [&sqlite, &redis_run] {
-        section.bound(
-            &format!("{} submit p99 < 5 ms", r.store),
-            r.submit.p99 < 5.0 && r.failed == 0,
+        section.ratio(
+            &format!(
+                "{} submit p99 < health p99 + {SUBMIT_BUDGET_MS} ms (same process, same rate)",
+                r.store
+            ),
+            r.submit.p99 < r.health.p99 + SUBMIT_BUDGET_MS && r.failed == 0,
             &format!(
                 "p99 {} ms (health {} ms), {} failed",
                 f2(r.submit.p99),
                 f2(r.health.p99),
                 r.failed
             ),
-            "issue 13: accepting a job is one store write; the health baseline shows what any \
-             request costs on this machine at this rate",
+            "issues 13 and 21: accepting a job is one store write on top of what any request \
+             costs on this machine at this moment (the health baseline, measured just before on \
+             the same process); an absolute 5 ms failed on a busy machine whose health p99 was \
+             3.7 ms",
         );
     }
     section.ratio(

@@ -780,3 +780,139 @@ async fn an_idle_instance_asks_its_store_about_once_a_second_whatever_its_worker
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_the_jobs_does_not_make_a_replayed_key_pay_twice() {
+    // Redis without persistence, restarted empty while the talks render: every job is gone,
+    // so each replay of a key makes a new job. Its create token comes from the key and the
+    // store says it lost its data, so the new job looks first and adopts the talk.
+    let mut redis = test_support::redis::RedisServer::start();
+    let url = redis.url();
+    let fake = rendering_fake().await;
+    let name = format!("jobs-lost-{}", rand::random::<u32>());
+    let srv = support::service(
+        &fake,
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("LIMITER_NAME", name.as_str()),
+            ("JOB_STORE", "auto"),
+        ],
+    )
+    .await;
+    let http = client();
+    let keys = ["lost-1", "lost-2", "lost-3"];
+    let mut first = Vec::new();
+    for (n, key) in keys.iter().enumerate() {
+        let (status, job, _) =
+            post_keyed(&http, srv.api("/jobs"), Some(key), &talk_body(n as u32)).await;
+        assert_eq!(status, 202, "{job}");
+        first.push(job["job_id"].as_str().unwrap().to_owned());
+    }
+    let start = Instant::now();
+    while fake.stats().talks_created < keys.len() as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "talks not created"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    redis.restart();
+    for (n, key) in keys.iter().enumerate() {
+        let (status, job, _) = loop {
+            let answer = post_keyed(&http, srv.api("/jobs"), Some(key), &talk_body(n as u32)).await;
+            // While the service reconnects the store may answer 503 for a moment.
+            if answer.0 != 503 || start.elapsed() > Duration::from_secs(30) {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status, 202, "{job}");
+        assert_ne!(job["job_id"], first[n].as_str(), "the first job was lost");
+        let done = until_status(&srv, job["job_id"].as_str().unwrap(), &["done", "failed"]).await;
+        assert_eq!(done["status"], "done", "{done}");
+        let adopted = done["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "create (looked up first)");
+        assert!(adopted, "the replay looked its talk up: {done}");
+    }
+    assert_eq!(
+        fake.stats().talks_created,
+        keys.len() as u64,
+        "one talk per key, although the store lost every job"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_a_key_who_hang_up_before_their_create_cost_nothing() {
+    // One slot, and D-ID takes 1.5 s to answer a create: the first generate holds the slot,
+    // three more wait for it, and their callers hang up while they wait. Without a key
+    // nobody can ever ask for those jobs: they are cancelled, and no talk is made for them
+    // (before, each was taken over once its lease ran out and created: a paid talk nobody
+    // fetches).
+    let fake = support::fake_with(did_fake::Faults {
+        latency: did_fake::Latency {
+            all: None,
+            routes: std::collections::BTreeMap::from([(
+                "POST /talks".to_owned(),
+                did_fake::Delay::Fixed(1500),
+            )]),
+        },
+        ..did_fake::Faults::default()
+    })
+    .await;
+    let srv = support::service(
+        &fake,
+        &[("MAX_CONCURRENT_REQUESTS", "1"), ("JOB_LEASE_SECS", "1")],
+    )
+    .await;
+    let http = client();
+    let url = srv.api("/generate-video");
+    let first = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move { post_keyed(&http, url, None, &talk_body(0)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut leaving = Vec::new();
+    for n in 1..=3 {
+        let (http, url) = (http.clone(), url.clone());
+        leaving.push(tokio::spawn(async move {
+            post_keyed(&http, url, None, &talk_body(n)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for caller in &leaving {
+        caller.abort();
+    }
+    let hung_up = Instant::now();
+    // Their jobs are cancelled at once.
+    loop {
+        let (_, page) = get_json(&http, srv.api("/jobs?status=cancelled"), None).await;
+        if page["jobs"].as_array().is_some_and(|j| j.len() == 3) {
+            let abandoned = page["jobs"][0]["attempts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["action"] == "abandon");
+            assert!(abandoned, "{page}");
+            break;
+        }
+        assert!(
+            hung_up.elapsed() < Duration::from_secs(1),
+            "the departed callers' jobs are still there: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, done, _) = first.await.unwrap();
+    assert_eq!(status, 200, "{done}");
+    // Longer than the lease: nobody takes the cancelled jobs over.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        fake.stats().talks_created,
+        1,
+        "no talk for a caller who left"
+    );
+    srv.stop().await;
+}
