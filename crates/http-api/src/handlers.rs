@@ -243,15 +243,12 @@ async fn reattach(
     }
     let mut resp = match (&job.status, &job.talk_id) {
         (JobStatus::Failed | JobStatus::Cancelled, _) => job_routes::failure_response(&job),
+        // The first answer again: the create's status and time, as stored.
         (_, Some(talk_id)) if asynchronous => accepted(
             talk_id,
             &job.id,
-            Some(if job.status == JobStatus::Done {
-                "done"
-            } else {
-                "created"
-            }),
-            None,
+            Some(job.talk_created_status.as_deref().unwrap_or("created")),
+            job.talk_created_at.clone(),
             by_header,
             true,
         ),
@@ -261,7 +258,11 @@ async fn reattach(
                 "id": talk_id,
                 "status": "done",
                 "result_url": job.result_url,
-                "created_at": job_routes::timestamp(job.created_ms),
+                // Jobs stored before the talk's time was kept fall back to the job's.
+                "created_at": job
+                    .talk_created_at
+                    .clone()
+                    .unwrap_or_else(|| job_routes::timestamp(job.created_ms)),
                 "message": "Video generated successfully",
                 "job_id": job.id,
             }),

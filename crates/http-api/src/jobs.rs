@@ -709,6 +709,8 @@ impl Jobs {
                 });
                 job.status = JobStatus::Processing;
                 job.talk_id = Some(created.id.clone());
+                job.talk_created_status = Some(created.status.as_str().to_owned());
+                job.talk_created_at = created.created_at.clone();
                 job.next_run_ms = now + ports::jobs::duration_ms(FIRST_POLL);
                 if mode != CreateMode::InlineWait {
                     job.lease = None;
@@ -902,6 +904,10 @@ impl Jobs {
                 job.result_url = talk.result_url.clone();
                 job.result_expires_ms = Some(now + ports::jobs::duration_ms(RESULT_TTL));
                 job.finished_ms = Some(now);
+                // What the caller's answer carries, for a replay to carry it too.
+                if talk.created_at.is_some() {
+                    job.talk_created_at = talk.created_at.clone();
+                }
             }
             Err(VideoApiError::TalkTimedOut { .. }) => {
                 job.next_run_ms = now;

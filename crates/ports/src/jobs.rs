@@ -233,6 +233,14 @@ pub struct Job {
     pub status: JobStatus,
     /// The talk at D-ID, once created.
     pub talk_id: Option<TalkId>,
+    /// The talk's `status` and `created_at` as the first answer gave them (D-ID's create
+    /// answer; `created_at` from the finished talk for a synchronous generate), so that a
+    /// replay answers the same.
+    #[serde(default)]
+    pub talk_created_status: Option<String>,
+    /// See [`Job::talk_created_status`].
+    #[serde(default)]
+    pub talk_created_at: Option<String>,
     /// The finished video.
     pub result_url: Option<String>,
     /// When `result_url` stops working (D-ID keeps results about 24 h), ms since the epoch.
@@ -304,6 +312,8 @@ impl NewJob {
             fingerprint: self.fingerprint,
             status: self.status,
             talk_id: None,
+            talk_created_status: None,
+            talk_created_at: None,
             result_url: None,
             result_expires_ms: None,
             error: None,

@@ -916,3 +916,35 @@ async fn callers_without_a_key_who_hang_up_before_their_create_cost_nothing() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_generate_answers_what_the_first_request_got() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[]).await;
+    let http = client();
+    let url = srv.api("/generate-video");
+
+    // Synchronous: the same status and body, `created_at` included (it was the job's own
+    // time, 1-10 ms off the talk's).
+    let (status, first, _) =
+        post_keyed(&http, url.clone(), Some("replay-sync"), &talk_body(1)).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again, headers) =
+        post_keyed(&http, url.clone(), Some("replay-sync"), &talk_body(1)).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again, first, "a replay is the first answer");
+
+    // Not waiting: the first 202 again, also once the job is done (it said `done` with
+    // `created_at: null`).
+    let mut body = talk_body(2);
+    body["wait"] = json!(false);
+    let (status, first, _) = post_keyed(&http, url.clone(), Some("replay-async"), &body).await;
+    assert_eq!(status, 202, "{first}");
+    until_status(&srv, first["job_id"].as_str().unwrap(), &["done"]).await;
+    let (status, again, _) = post_keyed(&http, url, Some("replay-async"), &body).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again, first, "a replay is the first answer");
+    assert!(first["created_at"].is_string(), "{first}");
+    srv.stop().await;
+}
