@@ -199,12 +199,15 @@ impl RedisJobStore {
         let wake = Arc::new(Notify::new());
         // The receivers exist before the connection, so its first connect event is seen.
         let events = (subscriber.message_rx(), subscriber.reconnect_rx());
-        let listener = Listener(tokio::spawn(listen(
+        let listener = Listener(
+            tokio::spawn(listen(
+                subscriber.clone(),
+                channel.clone(),
+                events,
+                Arc::downgrade(&wake),
+            )),
             subscriber.clone(),
-            channel.clone(),
-            events,
-            Arc::downgrade(&wake),
-        )));
+        );
         let _connection = subscriber.connect();
         warn_without_persistence(&client, name, &address, config.op_timeout).await;
         Ok(RedisJobStore {
@@ -233,7 +236,11 @@ impl RedisJobStore {
 
     /// Closes the connections. Calls after this fail with [`JobStoreError::Unavailable`].
     pub async fn quit(&self) {
-        let _ = tokio::time::timeout(self.op_timeout, self.subscriber.quit()).await;
+        // A subscribed connection's QUIT is not answered as fred waits for it: not awaited.
+        let subscriber = self.subscriber.clone();
+        tokio::spawn(async move {
+            let _ = subscriber.quit().await;
+        });
         let _ = tokio::time::timeout(self.op_timeout, self.client.quit()).await;
     }
 
@@ -780,12 +787,19 @@ impl Epoch {
     }
 }
 
-/// Aborts the listening task when dropped.
-struct Listener(JoinHandle<()>);
+/// Aborts the listening task and closes the subscriber connection (whose reconnect policy
+/// would keep it alive) when the last clone of the store goes.
+struct Listener(JoinHandle<()>, SubscriberClient);
 
 impl Drop for Listener {
     fn drop(&mut self) {
         self.0.abort();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let subscriber = self.1.clone();
+            handle.spawn(async move {
+                let _ = subscriber.quit().await;
+            });
+        }
     }
 }
 

@@ -42,8 +42,10 @@
 //! - **The WAL stays small.** A background thread checkpoints every [`CHECKPOINT_EVERY`]
 //!   with `PASSIVE` (copies without blocking anyone) and, once nothing was written since its
 //!   last round, `TRUNCATE` while it holds the store's connection (so no transaction is open
-//!   and the checkpoint reaches the end of the log): an idle store has no WAL. A commit that
-//!   finds the WAL past [`WAL_TRUNCATE_AT`] finishes the checkpoint and truncates it itself. A
+//!   and the checkpoint reaches the end of the log): an idle store has no WAL. Past
+//!   [`WAL_TRUNCATE_AT`] it does the same at once, ahead of the waiting writers (they wait for
+//!   the tail written during its passive pass and the fsyncs); a commit that finds the WAL
+//!   past [`WAL_HARD_LIMIT`] truncates it itself. A
 //!   passive checkpoint alone never catches up with a steady stream of writes, so SQLite never
 //!   restarts the log and it grows without end: 1.8 GB after 20 000 jobs in the
 //!   `operations` test before this, at most 16 MiB (the test's bound) after.
@@ -189,6 +191,11 @@ struct Inner {
     /// Set once the file was found removed or replaced: every call fails with it from then
     /// on (the data written since is in a file nobody will open again).
     broken: Mutex<Option<String>>,
+    /// Set while the checkpointer waits for, or holds, the connection: writers wait at the
+    /// gate meanwhile (see `Inner::exclusive`).
+    checkpoint_wanted: std::sync::atomic::AtomicBool,
+    gate: Mutex<()>,
+    gate_open: std::sync::Condvar,
     _lock: OwnerLock,
 }
 
@@ -259,6 +266,9 @@ impl SqliteJobStore {
             identity,
             writes: AtomicU64::new(0),
             broken: Mutex::new(None),
+            checkpoint_wanted: std::sync::atomic::AtomicBool::new(false),
+            gate: Mutex::new(()),
+            gate_open: std::sync::Condvar::new(),
             _lock: lock,
         });
         spawn_checkpointer(checkpointer, Arc::downgrade(&inner));
@@ -307,11 +317,14 @@ fn file_len(path: &Path) -> u64 {
 /// How often the background connection checkpoints the WAL into the database file.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
-/// A commit that leaves the WAL larger than this finishes the checkpoint and truncates the
-/// WAL before it returns. The background's passive checkpoints have copied nearly all of it
-/// by then, so that commit pays for the last few hundred milliseconds of writes and an
-/// fsync; the WAL never holds much more than this.
+/// Past this the background thread finishes a checkpoint and truncates the WAL right after
+/// a passive one, holding the store's connection ahead of the waiting writers: they wait
+/// for what was written during the passive pass to be copied, and the fsyncs.
 pub const WAL_TRUNCATE_AT: u64 = 8 << 20;
+
+/// A commit that leaves the WAL larger than this (the background thread fell behind)
+/// truncates it itself before it returns: the WAL never holds much more than this.
+pub const WAL_HARD_LIMIT: u64 = 32 << 20;
 
 /// `journal_size_limit`: whenever SQLite restarts the WAL from its start it also cuts the
 /// file down to this size.
@@ -350,10 +363,10 @@ fn checkpoint(conn: &Connection, mode: Checkpoint) -> rusqlite::Result<Checkpoin
 
 /// Checkpoints the WAL every [`CHECKPOINT_EVERY`] on its own connection, until the store
 /// is dropped: `PASSIVE` (it never blocks a writer, and copies only what no reader still
-/// needs), and, when nothing was written since the last round, `TRUNCATE` while holding the
-/// store's connection, so that no transaction of this process is open and the checkpoint
-/// empties the WAL. Under load the commit that finds the WAL past [`WAL_TRUNCATE_AT`]
-/// truncates it (a waiting thread here would not get the store's lock between writers).
+/// needs), and, when nothing was written since the last round or the WAL is past
+/// [`WAL_TRUNCATE_AT`], `TRUNCATE` while holding the store's connection ahead of the waiting
+/// writers, so that no transaction of this process is open and the checkpoint empties the
+/// WAL. A commit that finds the WAL past [`WAL_HARD_LIMIT`] truncates it itself.
 ///
 /// Why: under a steady stream of writes a passive checkpoint never catches up with the end
 /// of the log (new frames arrive while it copies), so SQLite never restarts the log from its
@@ -643,6 +656,17 @@ impl Row {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, Connection> {
+        // The checkpointer goes first when it asks (see `Inner::exclusive`): a mutex alone
+        // would let a steady stream of writers starve it.
+        if self.checkpoint_wanted.load(Ordering::SeqCst) {
+            let mut gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+            while self.checkpoint_wanted.load(Ordering::SeqCst) {
+                gate = self
+                    .gate_open
+                    .wait(gate)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
         // A panic while holding the lock drops its transaction, which rolls back; the
         // connection is then as good as before, so the poison is ignored.
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
@@ -651,6 +675,19 @@ impl Inner {
             let _ = conn.execute_batch("ROLLBACK");
         }
         conn
+    }
+
+    /// Runs `f` with the store's connection held, ahead of the writers waiting for it: they
+    /// wait at the gate until `f` is done. For the checkpointer's short exclusive phase.
+    fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.checkpoint_wanted.store(true, Ordering::SeqCst);
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = f();
+        drop(conn);
+        let _gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        self.checkpoint_wanted.store(false, Ordering::SeqCst);
+        self.gate_open.notify_all();
+        out
     }
 
     fn err(&self, e: rusqlite::Error) -> JobStoreError {
@@ -676,7 +713,7 @@ impl Inner {
         tx.commit().map_err(|e| self.err(e))?;
         if matches!(behavior, TransactionBehavior::Immediate) {
             self.writes.fetch_add(1, Ordering::Relaxed);
-            if file_len(&self.wal_path) > WAL_TRUNCATE_AT {
+            if file_len(&self.wal_path) > WAL_HARD_LIMIT {
                 // Committed already: a failed checkpoint is the next round's to retry.
                 if let Err(e) = checkpoint(&conn, Checkpoint::Truncate) {
                     tracing::warn!(path = %self.path.display(), error = %e, "job store checkpoint failed");
@@ -729,13 +766,13 @@ impl Inner {
             return Ok(());
         }
         let passive = checkpoint(conn, Checkpoint::Passive)?;
-        if passive.log == 0 || !idle {
+        if passive.log == 0 || !idle && file_len(&self.wal_path) < WAL_TRUNCATE_AT {
             return Ok(());
         }
         // With the store's connection held no transaction of this process is open, so
-        // the checkpoint reaches the end of the log (copied already by the passive one).
-        let _held = self.lock();
-        let report = checkpoint(conn, Checkpoint::Truncate)?;
+        // the checkpoint reaches the end of the log; the passive one just before copied all
+        // but what was written meanwhile, so the writers wait only for that and the fsyncs.
+        let report = self.exclusive(|| checkpoint(conn, Checkpoint::Truncate))?;
         if report.busy {
             tracing::warn!(
                 path = %self.path.display(),
