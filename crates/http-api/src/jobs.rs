@@ -57,9 +57,10 @@ pub const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const FIRST_POLL: Duration = Duration::from_secs(1);
 /// A sync route that re-attaches reads the store at least this often.
 const REATTACH_POLL: Duration = Duration::from_millis(200);
-/// The instance's one periodic look at the store when it knows of nothing due sooner
-/// (jobs submitted on another instance, a dead owner's lease running out).
-pub const IDLE_LOOK: Duration = Duration::from_secs(1);
+/// The instance's one periodic look at the store when it knows of nothing due sooner: the
+/// safety net for a wake-up lost on the way (a Redis pub/sub message sent while the
+/// subscriber reconnected). Due polls and expired leases are looked for when they are due.
+pub const IDLE_LOOK: Duration = Duration::from_secs(2);
 /// While jobs are due and every worker is busy, the look comes this often (the workers
 /// claim on by themselves between steps; the look only wakes one that sleeps).
 const BUSY_LOOK: Duration = Duration::from_millis(250);
@@ -168,13 +169,17 @@ pub fn failure_is_retryable(job: &Job) -> bool {
         })
 }
 
-/// What a job's create token is derived from: its scoped idempotency key when it has one
-/// (so a replay that finds no job, because the store lost it, makes the same token and
-/// finds the talk the first job created), else its id (also for a keyed job an earlier
+/// What a job's create token is derived from: its scoped idempotency key and request
+/// fingerprint when it has a key (so a replay that finds no job, because the store lost it,
+/// makes the same token and finds the talk the first job created), else its id (also for a keyed job an earlier
 /// build stored: its talk carries the id's token).
 pub fn create_key(job: &Job) -> String {
     match &job.idempotency {
-        Some(k) if job.token_from_key => format!("key\n{}\n{}", k.scope, k.key),
+        // The fingerprint too: a key reused for another request after its retention must
+        // never find the talk its first request made.
+        Some(k) if job.token_from_key => {
+            format!("key\n{}\n{}\n{}", k.scope, k.key, job.fingerprint)
+        }
         _ => job.id.to_string(),
     }
 }

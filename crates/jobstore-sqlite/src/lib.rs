@@ -318,6 +318,9 @@ fn file_len(path: &Path) -> u64 {
 /// How often the background connection checkpoints the WAL into the database file.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// How often it looks while the store is idle and its WAL empty.
+pub const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
+
 /// Past this the background thread finishes a checkpoint and truncates the WAL right after
 /// a passive one, holding the store's connection ahead of the waiting writers: they wait
 /// for what was written during the passive pass to be copied, and the fsyncs.
@@ -393,8 +396,12 @@ fn spawn_checkpointer(conn: Connection, store: std::sync::Weak<Inner>) {
                 }
                 // Writes fast enough to fill half the threshold between two rounds: the next
                 // round comes sooner, so each exclusive phase has less to copy.
-                pause = if file_len(&inner.wal_path) >= WAL_TRUNCATE_AT / 2 {
+                let wal = file_len(&inner.wal_path);
+                pause = if wal >= WAL_TRUNCATE_AT / 2 {
                     CHECKPOINT_EVERY / 5
+                } else if wal == 0 && idle {
+                    // Nothing to do until something is written: idle means idle.
+                    CHECKPOINT_IDLE
                 } else {
                     CHECKPOINT_EVERY
                 };

@@ -747,7 +747,7 @@ async fn a_finished_jobs_key_is_freed_soon_after_its_retention() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_instance_asks_its_store_about_once_a_second_whatever_its_workers() {
+async fn an_idle_instance_asks_its_store_once_per_look_whatever_its_workers() {
     // 32 workers used to ask every 200 ms each: 160 calls a second with nothing to do.
     let fake = support::fake().await;
     let dir = TempDir::new("idle");
