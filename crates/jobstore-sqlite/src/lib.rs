@@ -47,9 +47,10 @@
 //!   the tail written during its passive pass and the fsyncs); a commit that finds the WAL
 //!   past [`WAL_HARD_LIMIT`] truncates it itself. A
 //!   passive checkpoint alone never catches up with a steady stream of writes, so SQLite never
-//!   restarts the log and it grows without end: 1.8 GB after 20 000 jobs in the
-//!   `operations` test before this, at most 64 MiB (twice the hard limit, the test's bound)
-//!   after; the exclusive phase took about 11 ms there, with 15 MB of WAL to finish.
+//!   restarts the log and it grows without end: 1.8 GB after 20 000 jobs through the store
+//!   (4 writers, the `operations` test's churn) before this; at most 64 MiB (twice the hard
+//!   limit, the test's bound) after, the exclusive phase taking about 11 ms there with 15 MB
+//!   of WAL to finish.
 //! - **What a write costs.** SQLite logs whole 4 KiB pages: a transaction that changes a job
 //!   writes its table page and a page of each index whose columns it sets (`jobs_claim`,
 //!   `jobs_by_status`, `jobs_finished`, `jobs_queued_age`, `jobs_due`): about 5 pages, 20 KiB,

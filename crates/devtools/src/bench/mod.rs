@@ -281,7 +281,7 @@ mod tests {
             (true, false, Some(vec![2, 6]))
         );
         for bad in [
-            &["--only", "9"][..],
+            &["--only", "10"][..],
             &["--only"],
             &["--only", "x"],
             &["--fast"],
