@@ -15,7 +15,7 @@
 //! read (through any live instance) until it is terminal or the deadline passes. Checks:
 //! every key accepted, one job id per key, no job lost or stuck, did-fake made exactly one
 //! talk for every done job and at most one for every other (the talk's `user_data` is
-//! `tg:<CreateToken::derive(job id)>`), no talk that belongs to no accepted job, and
+//! `tg:<CreateToken::derive(http_api::jobs::keyed_create_key(key, fingerprint))>`), no talk that belongs to no accepted job, and
 //! did-fake's peak in-flight <= C. A figures table shows both scenarios side by side.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -154,6 +154,8 @@ pub(crate) async fn run(quick: bool, seed: u64, extra_faults: Option<&Value>) ->
 #[derive(Default)]
 struct Submission {
     key: String,
+    /// The body sent with every try.
+    body: Value,
     /// Every job id a 2xx answer named for this key (one, unless idempotency broke).
     job_ids: Vec<String>,
     tries: u32,
@@ -677,6 +679,7 @@ async fn submit(
     let started = Instant::now();
     let mut sub = Submission {
         key,
+        body: body.clone(),
         ..Submission::default()
     };
     let mut last: Option<usize> = None;
@@ -805,9 +808,28 @@ async fn settle(
     }
 }
 
-/// The user_data did-fake files a job's talk under (did-client's tag, no caller user_data).
-fn user_data_of(job_id: &str) -> String {
-    format!("tg:{}", CreateToken::derive(job_id))
+/// The user_data did-fake files the talk of the job a key's submit made under: did-client's
+/// tag (no caller `user_data`) of the token http-api derives from the key (scope `public`:
+/// the harness runs without `HTTP_API_TOKEN`) and the request's fingerprint.
+fn user_data_of(sub: &Submission) -> String {
+    let fingerprint = serde_json::from_value::<http_api::job_routes::TalkBody>(sub.body.clone())
+        .ok()
+        .and_then(|talk| {
+            let (request, priority) = talk.request().ok()?;
+            let callback = talk.callback_url().ok()?;
+            Some(http_api::jobs::fingerprint(
+                &request,
+                priority,
+                callback.as_deref(),
+            ))
+        })
+        .unwrap_or_default();
+    let key = ports::ScopedKey {
+        scope: "public".to_owned(),
+        key: sub.key.clone(),
+    };
+    let token = CreateToken::derive(&http_api::jobs::keyed_create_key(&key, &fingerprint));
+    format!("tg:{token}")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -866,9 +888,15 @@ fn figures(
                 .collect()
         })
         .unwrap_or_default();
+    let key_of: HashMap<&str, &Submission> = subs
+        .iter()
+        .flat_map(|s| s.job_ids.iter().map(move |id| (id.as_str(), s)))
+        .collect();
     let mut ours = HashSet::new();
     for id in ids {
-        let ud = user_data_of(id);
+        let ud = key_of
+            .get(id.as_str())
+            .map_or_else(String::new, |s| user_data_of(s));
         let n = talks.get(&ud).copied().unwrap_or(0);
         f.talks_attributed += n;
         ours.insert(ud);

@@ -175,13 +175,17 @@ pub fn failure_is_retryable(job: &Job) -> bool {
 /// build stored: its talk carries the id's token).
 pub fn create_key(job: &Job) -> String {
     match &job.idempotency {
-        // The fingerprint too: a key reused for another request after its retention must
-        // never find the talk its first request made.
-        Some(k) if job.token_from_key => {
-            format!("key\n{}\n{}\n{}", k.scope, k.key, job.fingerprint)
-        }
+        Some(k) if job.token_from_key => keyed_create_key(k, &job.fingerprint),
         _ => job.id.to_string(),
     }
+}
+
+/// The create key of a job submitted with the idempotency key `key` for a request of
+/// [`fingerprint`] `fingerprint` (see [`create_key`]). The fingerprint is part of it: a key
+/// reused for another request after its retention must never find the talk its first request
+/// made. Public so that a checker outside (the fault harness) can tell which talk is whose.
+pub fn keyed_create_key(key: &ScopedKey, fingerprint: &str) -> String {
+    format!("key\n{}\n{}\n{fingerprint}", key.scope, key.key)
 }
 
 /// The answer for a request whose job vanished from the store while it ran (a Redis that
