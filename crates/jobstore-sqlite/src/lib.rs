@@ -64,9 +64,10 @@
 //! - **A lost file is noticed.** Every transaction checks that the path still names the file
 //!   the store opened (device and inode); once it does not (removed, replaced) every call fails
 //!   with [`JobStoreError::Unavailable`], logged once at error level, so nothing is
-//!   acknowledged that lands in an unlinked file. [`JobStore::check`] adds a one-page write,
-//!   which fails on a read-only file system or a full disk. A file this process cannot write
-//!   is refused at open.
+//!   acknowledged that lands in an unlinked file. [`JobStore::check`] adds an open for writing
+//!   of the file and its WAL (an immutable or read-only file still takes WAL commits, but no
+//!   checkpoint) and a one-page write, which fails on a read-only file system or a full disk.
+//!   A file this process cannot write is refused at open.
 //!
 //! # File layout
 //! `open(path)` creates the parent directories, the database file `path` and the lock file
@@ -768,9 +769,23 @@ impl Inner {
         Err(JobStoreError::Unavailable(reason))
     }
 
-    /// Whether the store can take a write now: the path still names its file, and a write
-    /// (of the schema version, one page) commits.
+    /// Whether the store can take a write now: the path still names its file, the file and
+    /// its WAL can be opened for writing, and a write (of the schema version, one page)
+    /// commits.
     fn check(&self) -> Result<(), JobStoreError> {
+        self.lost()?;
+        // The file itself, which the WAL's checkpoints write (an immutable or read-only file
+        // takes WAL commits, but no checkpoint: the WAL would grow without end).
+        for path in [&self.path, &self.wal_path] {
+            if let Err(e) = fs::OpenOptions::new().write(true).open(path)
+                && !(path == &self.wal_path && e.kind() == std::io::ErrorKind::NotFound)
+            {
+                return Err(JobStoreError::Unavailable(format!(
+                    "{} cannot be written: {e}",
+                    path.display()
+                )));
+            }
+        }
         self.write(|tx| {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(|e| self.err(e))

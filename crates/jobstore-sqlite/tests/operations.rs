@@ -172,7 +172,8 @@ async fn a_removed_or_replaced_file_makes_the_store_unavailable() {
 }
 
 /// Makes `path` unwritable for this process: immutable (`chattr +i`) where it can (root on a
-/// file system with attributes, where a mode would not stop root), else mode 0444.
+/// file system with attributes, where a mode would not stop root), else mode 0444. Undone
+/// when the guard drops.
 fn make_unwritable(path: &std::path::Path) -> impl Drop {
     struct Undo(std::path::PathBuf, bool);
     impl Drop for Undo {
@@ -182,6 +183,11 @@ fn make_unwritable(path: &std::path::Path) -> impl Drop {
                     .arg("-i")
                     .arg(&self.0)
                     .status();
+            } else if let Ok(meta) = std::fs::metadata(&self.0) {
+                let mut perms = meta.permissions();
+                #[allow(clippy::permissions_set_readonly_false)]
+                perms.set_readonly(false);
+                let _ = std::fs::set_permissions(&self.0, perms);
             }
         }
     }
@@ -196,7 +202,15 @@ fn make_unwritable(path: &std::path::Path) -> impl Drop {
         perms.set_readonly(true);
         std::fs::set_permissions(path, perms).unwrap();
     }
-    Undo(path.to_path_buf(), immutable)
+    let undo = Undo(path.to_path_buf(), immutable);
+    assert!(
+        std::fs::OpenOptions::new().write(true).open(path).is_err(),
+        "cannot make {} unwritable here: `chattr +i` failed and mode 0444 does not stop this \
+         user (root); run on a file system with attributes (ext4), with e2fsprogs installed \
+         (apt-get install -y e2fsprogs)",
+        path.display()
+    );
+    undo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,4 +228,18 @@ async fn a_file_that_cannot_be_written_is_refused_at_open() {
         err.to_string().contains(&path.display().to_string()),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_became_unwritable_fails_the_check() {
+    let dir = TempDir::new();
+    let path = dir.path().join("jobs.db");
+    let store = SqliteJobStore::open(&path).unwrap();
+    store.check().await.expect("healthy");
+    let undo = make_unwritable(&path);
+    let err = store.check().await.unwrap_err().to_string();
+    assert!(err.contains("cannot be written"), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    drop(undo);
+    store.check().await.expect("writable again");
 }
