@@ -720,13 +720,12 @@ impl Inner {
         f: impl FnOnce(&Transaction<'_>) -> Result<T, JobStoreError>,
     ) -> Result<T, JobStoreError> {
         let mut conn = self.lock();
-        self.lost()?;
         let tx = conn
             .transaction_with_behavior(behavior)
             .map_err(|e| self.err(e))?;
         let out = f(&tx)?;
-        // Checked again inside the transaction: a write that would land in a file nobody
-        // will open again is rolled back and refused, never acknowledged.
+        // Checked inside the transaction: a write that would land in a file nobody will
+        // open again is rolled back and refused, never acknowledged.
         self.lost()?;
         tx.commit().map_err(|e| self.err(e))?;
         if matches!(behavior, TransactionBehavior::Immediate) {

@@ -42,7 +42,8 @@ struct Params {
     measure: f64,
 }
 
-fn job_body(n: usize) -> Value {
+/// The body of bench job `n` (the four priorities in turn); scenarios 8 and 9 send it.
+pub(super) fn job_body(n: usize) -> Value {
     let priority = ["low", "normal", "high", "critical"][n % 4];
     json!({
         "audio_url": format!("https://example.com/bench-{n}.wav"),

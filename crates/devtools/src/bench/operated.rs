@@ -28,10 +28,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 use test_support::redis::RedisServer;
 
 use super::Ctx;
+use super::jobs::job_body;
 use super::report::{Section, Summary, Table, f1, f2};
 use super::rig::{self, ApiOptions, PREFIX};
 use crate::procs::{self, Server};
@@ -48,15 +49,6 @@ struct Params {
     retention_secs: u64,
     idle_secs: f64,
     claims: usize,
-}
-
-fn job_body(n: usize) -> Value {
-    let priority = ["low", "normal", "high", "critical"][n % 4];
-    json!({
-        "audio_url": format!("https://example.com/ops-{n}.wav"),
-        "source_url": "https://example.com/ops-face.jpg",
-        "priority": priority,
-    })
 }
 
 fn file_len(path: &Path) -> u64 {
