@@ -595,9 +595,12 @@ impl Jobs {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(worker = %name, error = %e, "could not claim a job");
+                    // The look asks the store again every FAILED_LOOK and wakes a worker
+                    // when a job is due: an unreachable store is one question per
+                    // FAILED_LOOK, not one per worker.
+                    tracing::debug!(worker = %name, error = %e, "could not claim a job");
                     tokio::select! {
-                        () = tokio::time::sleep(FAILED_LOOK) => {}
+                        () = self.wake.notified() => {}
                         () = self.stopped() => {}
                     }
                 }
@@ -615,6 +618,9 @@ impl Jobs {
     async fn look(self: Arc<Self>) {
         let mut last_look = tokio::time::Instant::now();
         let mut woken_by_store = false;
+        // Failed looks in a row: the first is a warning, the rest are debug lines until
+        // one succeeds (an unreachable store is one warning, not one a second).
+        let mut failed = 0u64;
         while !self.stopping.load(Ordering::SeqCst) {
             if woken_by_store {
                 // A burst of submits elsewhere is one look here, not one per submit.
@@ -622,17 +628,32 @@ impl Jobs {
             }
             last_look = tokio::time::Instant::now();
             let now = now_ms();
-            let pause = match self.store.next_due(now).await {
+            let answer = self.store.next_due(now).await;
+            match &answer {
+                Ok(_) if failed > 0 => {
+                    tracing::info!(failed_looks = failed, "the job store answers again");
+                    failed = 0;
+                    // Workers that failed a claim sleep until woken.
+                    self.wake.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) if failed == 0 => {
+                    failed = 1;
+                    tracing::warn!(error = %e, "could not look for due jobs; retrying every {FAILED_LOOK:?}");
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::debug!(error = %e, "could not look for due jobs");
+                }
+            }
+            let pause = match answer {
                 Ok(Some(due)) if due <= now => {
                     self.wake.notify_one();
                     BUSY_LOOK
                 }
                 Ok(Some(due)) => Duration::from_millis(due - now).min(IDLE_LOOK),
                 Ok(None) => IDLE_LOOK,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not look for due jobs");
-                    FAILED_LOOK
-                }
+                Err(_) => FAILED_LOOK,
             };
             self.next_look_ms.store(
                 now.saturating_add(ports::jobs::duration_ms(pause)),

@@ -21,6 +21,8 @@
 //!   the `Idempotency-Key` rules.
 //! - [`jobs`]: the job engine (workers, leases, the create/poll steps, re-attaching).
 //! - [`store_calls`]: the job store with its calls counted (`/stats`).
+//! - [`store_open`]: a job store that could not be opened at start, opened again in the
+//!   background (its calls 503 meanwhile, and it says why).
 //! - [`ops`]: `stats`, `health`, `ready`, `metrics`, `cleanup-expired`.
 //! - [`body`]: JSON and multipart bodies, always size-limited.
 //! - [`auth`]: bearer tokens compared in constant time.
@@ -43,6 +45,7 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod store_calls;
+pub mod store_open;
 pub mod telemetry;
 pub mod uri;
 pub mod wiring;

@@ -23,7 +23,11 @@ use crate::state::AppState;
 fn limiter_json(s: &LimiterStats) -> Value {
     json!({
         "backend": s.backend,
+        "configured_backend": s.configured_backend,
+        "serving_backend": s.serving_backend,
+        "address": s.address,
         "degraded": s.degraded,
+        "degraded_reason": s.degraded_reason,
         "max_concurrent": s.max_concurrent,
         "active_requests": s.active,
         "available_slots": s.available,
@@ -114,6 +118,15 @@ async fn jobs_json(state: &AppState) -> Value {
         // Read before the counts below (which are one more call).
         "store_calls": jobs.store_calls(),
     });
+    // Each fact once in /stats: the store's kind is `store` above, the names say the rest.
+    let failure = state.job_store_failure();
+    v["store_open"] = json!(failure.is_none());
+    if let Some(f) = failure {
+        v["store_reason"] = json!(f.reason);
+        v["store_address"] = json!(f.address);
+        v["store_open_error"] = json!(f.error);
+        v["store_open_attempts"] = json!(f.attempts);
+    }
     match jobs.store().counts().await {
         Ok(counts) => {
             let now = crate::jobs::now_ms();
@@ -131,11 +144,30 @@ async fn jobs_json(state: &AppState) -> Value {
     v
 }
 
+/// Whether the job store is open, and if not why: `{kind, open, reason, address, error}`
+/// (a Redis store that could not be opened at start is opened again in the background).
+fn job_store_json(state: &AppState) -> Value {
+    let failure = state.job_store_failure();
+    json!({
+        "kind": state.jobs().store().kind(),
+        "open": failure.is_none(),
+        "reason": failure.as_ref().map(|f| f.reason),
+        "address": failure.as_ref().map(|f| f.address.as_str()),
+        "error": failure.as_ref().map(|f| f.error.as_str()),
+        "attempts": failure.as_ref().map(|f| f.attempts),
+    })
+}
+
 /// `GET /health` (liveness).
 pub async fn health(state: &AppState) -> Result<Response<Body>, ApiError> {
     let s = state.limiter().stats().await;
     state.observe_degraded(s.degraded);
-    let status = if s.degraded { "degraded" } else { "healthy" };
+    let store = job_store_json(state);
+    let status = if s.degraded || store["open"] == false {
+        "degraded"
+    } else {
+        "healthy"
+    };
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -156,6 +188,7 @@ pub async fn health(state: &AppState) -> Result<Response<Body>, ApiError> {
                 "queue_size": s.queued.total(),
                 "failover": s.failover,
             },
+            "job_store": store,
         }),
     ))
 }
@@ -198,6 +231,7 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
     // file removed, replaced or read-only, its Redis refusing writes) makes the instance
     // unready, whatever the limiter says.
     let store = state.jobs().store();
+    let opening = state.job_store_failure();
     let store_error = store.check().await.err().map(|e| e.to_string());
     if let Some(e) = &store_error {
         reasons.push(format!(
@@ -222,6 +256,9 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
                 "kind": store.kind(),
                 "writable": store_error.is_none(),
                 "error": store_error,
+                "open": opening.is_none(),
+                "reason": opening.as_ref().map(|f| f.reason),
+                "address": opening.as_ref().map(|f| f.address.as_str()),
             },
             "limiter_degraded": s.degraded,
             "rate_limiter": {

@@ -12,6 +12,7 @@ use secrecy::SecretString;
 use crate::config::Config;
 use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::Metrics;
+use crate::store_open::{OpenFailure, OpeningStore};
 use crate::telemetry::Scrubber;
 
 /// Settings the handlers read (a subset of [`Config`], without adapter details).
@@ -86,6 +87,8 @@ pub(crate) struct Inner {
     pub jobs: Arc<Jobs>,
     /// Since when the limiter has been seen degraded (by `/ready`, `/health` or `/stats`).
     pub degraded_since: Mutex<Option<Instant>>,
+    /// The job store being opened in the background, if it could not be at start.
+    pub opening: Option<Arc<OpeningStore>>,
 }
 
 impl AppState {
@@ -127,8 +130,31 @@ impl AppState {
                 settings,
                 jobs,
                 degraded_since: Mutex::new(None),
+                opening: None,
             }),
         }
+    }
+
+    /// This state with `opening`, the job store the engine uses when it could not be opened
+    /// at start (so `/health`, `/ready` and `/stats` say why it is not open yet).
+    pub fn with_opening_store(self, opening: Option<Arc<OpeningStore>>) -> AppState {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.opening = opening;
+                AppState {
+                    inner: Arc::new(inner),
+                }
+            }
+            Err(inner) => {
+                debug_assert!(false, "with_opening_store on a shared state");
+                AppState { inner }
+            }
+        }
+    }
+
+    /// Why the job store is not open yet, if it is being opened in the background.
+    pub fn job_store_failure(&self) -> Option<OpenFailure> {
+        self.inner.opening.as_ref().and_then(|o| o.failure())
     }
 
     /// The job engine.

@@ -17,6 +17,7 @@ use crate::config::{Config, JobStoreKind, JobStoreSync};
 use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::{MeteredLimiter, Metrics};
 use crate::state::{AppState, Settings};
+use crate::store_open::{OpenFailure, OpeningStore};
 
 /// Why the adapters could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -119,15 +120,21 @@ pub fn jobs_config(config: &Config) -> JobsConfig {
     }
 }
 
-/// The job store the configuration asks for (see `JOB_STORE`).
-pub async fn job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildError> {
+/// The job store the configuration asks for (see `JOB_STORE`), and, for a Redis store that
+/// could not be opened at start, the handle that says why (it is opened again in the
+/// background, see [`OpeningStore`]).
+pub async fn job_store(
+    config: &Config,
+) -> Result<(Arc<dyn JobStore>, Option<Arc<OpeningStore>>), BuildError> {
     match (config.job_store, &config.redis_url) {
-        (JobStoreKind::Memory, _) => Ok(Arc::new(jobstore_memory::MemoryJobStore::new())),
+        (JobStoreKind::Memory, _) => Ok((Arc::new(jobstore_memory::MemoryJobStore::new()), None)),
         (JobStoreKind::Redis, None) => Err(BuildError::JobStore(
             "JOB_STORE=redis needs REDIS_URL".to_owned(),
         )),
         (JobStoreKind::Redis | JobStoreKind::Auto, Some(_)) => redis_job_store(config).await,
-        (JobStoreKind::Sqlite | JobStoreKind::Auto, _) => sqlite_job_store(config).await,
+        (JobStoreKind::Sqlite | JobStoreKind::Auto, _) => {
+            Ok((sqlite_job_store(config).await?, None))
+        }
     }
 }
 
@@ -148,14 +155,64 @@ async fn sqlite_job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildErr
     Ok(Arc::new(store))
 }
 
-/// The Redis job store, on the limiter's Redis settings and name.
-async fn redis_job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildError> {
+/// The Redis job store, on the limiter's Redis settings and name. A Redis that cannot be
+/// reached or refuses this client (credentials, TLS, a cluster node behind a plain URL) is
+/// not fatal: the store is opened again in the background and says why meanwhile. Only a
+/// config that can never work stops the start.
+async fn redis_job_store(
+    config: &Config,
+) -> Result<(Arc<dyn JobStore>, Option<Arc<OpeningStore>>), BuildError> {
     let redis = redis_config(config)?;
-    let store = jobstore_redis::RedisJobStore::connect(redis, &config.limiter_name)
-        .await
+    let name = config.limiter_name.clone();
+    let first = match open_redis_store(redis.clone(), name.clone()).await {
+        Ok(store) => return Ok((store, None)),
+        Err(Err(config_error)) => return Err(BuildError::JobStore(config_error)),
+        Err(Ok(failure)) => failure,
+    };
+    tracing::warn!(
+        store = "redis",
+        address = %first.address,
+        reason = %first.reason,
+        error = %first.error,
+        "job store not open: redis at {} unusable ({}); job routes answer 503 \
+         job_store_unavailable while it is opened again in the background",
+        first.address,
+        first.reason
+    );
+    let open: crate::store_open::Open = Box::new(move || {
+        let (redis, name) = (redis.clone(), name.clone());
+        Box::pin(async move {
+            open_redis_store(redis, name).await.map_err(|e| {
+                e.unwrap_or_else(|config_error| OpenFailure {
+                    reason: ports::DegradedReason::Other,
+                    address: String::new(),
+                    error: config_error,
+                    attempts: 0,
+                })
+            })
+        })
+    });
+    let opening = OpeningStore::retrying("redis", first, open);
+    Ok((opening.clone(), Some(opening)))
+}
+
+/// One attempt at the Redis job store: the store, or why not — a failure to connect
+/// (`Err(Ok)`, worth retrying) or a config that can never work (`Err(Err)`).
+async fn open_redis_store(
+    redis: RedisLimiterConfig,
+    name: String,
+) -> Result<Arc<dyn JobStore>, Result<OpenFailure, String>> {
+    match jobstore_redis::RedisJobStore::open(redis, &name).await {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(jobstore_redis::OpenError::Connect(e)) => Err(Ok(OpenFailure {
+            reason: e.reason,
+            address: e.address,
+            error: e.message,
+            attempts: 1,
+        })),
         // Its errors name the address, never the password.
-        .map_err(|e| BuildError::JobStore(e.to_string()))?;
-    Ok(Arc::new(store))
+        Err(e @ jobstore_redis::OpenError::Config(_)) => Err(Err(e.to_string())),
+    }
 }
 
 /// Builds the limiter, the D-ID client and the state over them.
@@ -173,8 +230,14 @@ pub async fn build_with(
     let limiter: Arc<dyn ConcurrencyLimiter> = Arc::new(MeteredLimiter::new(raw, metrics.clone()));
     let client: Arc<dyn ports::VideoApi> =
         Arc::new(DidClient::new(did_config, limiter.clone()).map_err(BuildError::DidClient)?);
-    let store = job_store(config).await?;
-    tracing::info!(store = store.kind(), "job store ready");
+    let (store, opening) = job_store(config).await?;
+    if opening.is_none() {
+        tracing::info!(
+            store = store.kind(),
+            at = %store_location(config),
+            "job store ready"
+        );
+    }
     let jobs = Jobs::new(store, client.clone(), jobs_config(config));
     Ok(AppState::with_jobs(
         client,
@@ -182,5 +245,18 @@ pub async fn build_with(
         metrics,
         Settings::from_config(config),
         jobs,
-    ))
+    )
+    .with_opening_store(opening))
+}
+
+/// Where the job store lives, for the log: the SQLite file, the Redis address (never the
+/// password), or `memory`.
+fn store_location(config: &Config) -> String {
+    match (config.job_store, &config.redis_url) {
+        (JobStoreKind::Memory, _) => "memory".to_owned(),
+        (JobStoreKind::Redis | JobStoreKind::Auto, Some(url)) => {
+            limiter_redis::config::address_of(url.expose_secret())
+        }
+        _ => config.job_store_path.display().to_string(),
+    }
 }

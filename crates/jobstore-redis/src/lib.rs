@@ -93,15 +93,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
 use fred::types::scripts::Script;
 use fred::types::{FromValue, Value};
 use limiter_redis::RedisLimiterConfig;
 use limiter_redis::config::{address_of, redact_url};
 use ports::jobs::duration_ms;
 use ports::{
-    Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease, NewJob, QueueLimits,
-    ScopedKey, Submitted,
+    DegradedReason, Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease,
+    NewJob, QueueLimits, ScopedKey, Submitted,
 };
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
@@ -147,6 +147,27 @@ impl fmt::Debug for RedisJobStore {
     }
 }
 
+/// Why [`RedisJobStore::open`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The config cannot work (an invalid URL or TLS setting); never the password.
+    #[error("{0}")]
+    Config(String),
+    /// Redis could not be reached, or refused this client; the reason is typed.
+    #[error(transparent)]
+    Connect(limiter_redis::ConnectError),
+}
+
+impl OpenError {
+    /// What kind of failure it was: a connection's reason, or `other` for a bad config.
+    pub fn reason(&self) -> DegradedReason {
+        match self {
+            OpenError::Config(_) => DegradedReason::Other,
+            OpenError::Connect(e) => e.reason,
+        }
+    }
+}
+
 /// The hash tag of the store called `name`: `{talkgate-jobs:<name>}`. Every key of the store
 /// starts with it.
 pub fn hash_tag(name: &str) -> String {
@@ -159,42 +180,54 @@ impl RedisJobStore {
     /// `name` there. Waits at most `config.connect_timeout` for the first connection.
     ///
     /// Fails with [`JobStoreError::Unavailable`] if the config is invalid or Redis cannot be
-    /// reached in time (the message names the address, never the password). Once connected,
-    /// the client reconnects by itself; a call while Redis is away fails with
-    /// [`JobStoreError::Unavailable`] within `op_timeout`.
+    /// reached in time (the message names the address and the reason, never the password).
+    /// Once connected, the client reconnects by itself; a call while Redis is away fails
+    /// with [`JobStoreError::Unavailable`] within `op_timeout`. [`open`](Self::open) says the
+    /// same as a typed error, with the reason as a [`DegradedReason`].
     pub async fn connect(
         config: RedisLimiterConfig,
         name: &str,
     ) -> Result<RedisJobStore, JobStoreError> {
+        Self::open(config, name)
+            .await
+            .map_err(|e| JobStoreError::Unavailable(format!("redis job store: {e}")))
+    }
+
+    /// As [`connect`](Self::connect), with the failure typed: a config that can never work
+    /// ([`OpenError::Config`]) or a Redis that could not be reached, and why
+    /// ([`OpenError::Connect`]: `auth`, `tls`, `refused`, `timeout`, …).
+    pub async fn open(config: RedisLimiterConfig, name: &str) -> Result<RedisJobStore, OpenError> {
         let address = address_of(&config.url);
         let client = limiter_redis::client(&config).map_err(|e| {
-            JobStoreError::Unavailable(format!(
+            OpenError::Config(format!(
                 "redis job store at {}: {e}",
                 redact_url(&config.url)
             ))
         })?;
-        match tokio::time::timeout(config.connect_timeout, client.init()).await {
-            Ok(Ok(_handle)) => {}
-            Ok(Err(e)) => {
+        if let Err(e) = limiter_redis::connect(&client, &config).await {
+            let _ = tokio::time::timeout(config.connect_timeout, client.quit()).await;
+            return Err(OpenError::Connect(e));
+        }
+        // A plain URL at a Redis Cluster node that does not own the store's slot connects
+        // fine and then answers every script with MOVED: find out now. Only that counts
+        // here; a least-privilege ACL may forbid EXISTS, and the scripts then tell.
+        let exists = tokio::time::timeout(
+            config.op_timeout,
+            client.exists::<i64, _>(format!("{}:job", hash_tag(name))),
+        )
+        .await;
+        if let Ok(Err(e)) = exists {
+            let failure = limiter_redis::ConnectError::from_fred(&address, "redis", &e);
+            if failure.reason == DegradedReason::Cluster {
                 let _ = tokio::time::timeout(config.connect_timeout, client.quit()).await;
-                return Err(JobStoreError::Unavailable(format!(
-                    "redis job store at {address}: {e}"
-                )));
-            }
-            Err(_) => {
-                let _ = tokio::time::timeout(config.connect_timeout, client.quit()).await;
-                return Err(JobStoreError::Unavailable(format!(
-                    "redis job store at {address}: not connected within {:?}",
-                    config.connect_timeout
-                )));
+                return Err(OpenError::Connect(failure));
             }
         }
         // Wake-ups: a submit publishes on the store's channel, every instance listens. The
         // subscriber connects (and reconnects) in the background and subscribes after each
         // connect; while it is away the periodic look finds the jobs.
-        let subscriber = limiter_redis::subscriber_client(&config).map_err(|e| {
-            JobStoreError::Unavailable(format!("redis job store at {address}: {e}"))
-        })?;
+        let subscriber = limiter_redis::subscriber_client(&config)
+            .map_err(|e| OpenError::Config(format!("redis job store at {address}: {e}")))?;
         let channel = format!("{}:wake", hash_tag(name));
         let wake = Arc::new(Notify::new());
         // The receivers exist before the connection, so its first connect event is seen.

@@ -6,11 +6,13 @@
 //! and the config, not the limiter.
 
 use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig, TcpConfig};
 use fred::types::config::TlsConfig;
 use ports::DegradedReason;
 
-use crate::config::{RedisLimiterConfig, redact_url};
+use crate::config::{self, RedisLimiterConfig, redact_url};
+use crate::diagnose;
 use crate::error::RedisLimiterError;
 use crate::tls;
 
@@ -95,6 +97,94 @@ pub fn subscriber_client(
 ) -> Result<SubscriberClient, RedisLimiterError> {
     config.validate()?;
     Ok(clients(config)?.subscriber)
+}
+
+/// Why a client could not connect: what kind of failure it was and what went wrong, with
+/// the address and never the password.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("redis at {address}: {message}")]
+pub struct ConnectError {
+    /// What kind of failure it was (`auth`, `tls`, `refused`, `timeout`, `cluster`, `other`).
+    pub reason: DegradedReason,
+    /// The server (or servers) the URL names, `host:port`.
+    pub address: String,
+    /// What went wrong, safe to show.
+    pub message: String,
+}
+
+impl ConnectError {
+    /// A failed command of a connected client, classified as the limiter classifies its
+    /// own (a cluster redirection also says to use a cluster URL); for stores that check
+    /// a connection with a command of their own.
+    pub fn from_fred(address: &str, context: &str, e: &fred::error::Error) -> ConnectError {
+        let failure = BackendError::fred(context, e);
+        ConnectError {
+            reason: failure.reason,
+            address: address.to_owned(),
+            message: failure.message,
+        }
+    }
+}
+
+/// Connects `client` (built by [`client`] for `config`, not connected yet) and waits until
+/// it is, at most `connect_timeout`. On failure the client keeps reconnecting in the
+/// background (quit it to stop), and the error says why, as precisely as can be told: fred
+/// retries a refused connection, a wrong password or a failed handshake internally until
+/// the timeout, so the last connection error it reported is the reason, not "timed out";
+/// and a timeout or a closed connection is checked for the wrong protocol (a `rediss://` URL
+/// at a plaintext port, a `redis://` URL at a TLS port, see `diagnose`).
+pub async fn connect(client: &Client, config: &RedisLimiterConfig) -> Result<(), ConnectError> {
+    let mut errors = client.error_rx();
+    let _task = client.connect();
+    let address = config::address_of(&config.url);
+    let outcome = tokio::time::timeout(config.connect_timeout, client.wait_for_connect()).await;
+    let failure = match outcome {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => BackendError::fred("connect", &e),
+        Err(_) => {
+            // The newest connection error fred reported while it retried, if any.
+            let mut last = None;
+            loop {
+                match errors.try_recv() {
+                    Ok((e, _server)) => last = Some(e),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                }
+            }
+            match last {
+                Some(e) => BackendError::fred("connect", &e),
+                None => BackendError::new(
+                    DegradedReason::Timeout,
+                    format!("connect: no connection within {:?}", config.connect_timeout),
+                ),
+            }
+        }
+    };
+    let failure = diagnosed(failure, &address, config).await;
+    Err(ConnectError {
+        reason: failure.reason,
+        address,
+        message: failure.message,
+    })
+}
+
+/// `failure` named more precisely when it is a timeout or an unexplained error and the
+/// server speaks the other protocol than the URL's scheme (see `diagnose`).
+pub(crate) async fn diagnosed(
+    failure: BackendError,
+    address: &str,
+    config: &RedisLimiterConfig,
+) -> BackendError {
+    if !matches!(
+        failure.reason,
+        DegradedReason::Timeout | DegradedReason::Other
+    ) {
+        return failure;
+    }
+    match diagnose::protocol_mismatch(address, config.uses_tls(), config.connect_timeout).await {
+        Some(why) => BackendError::new(DegradedReason::Tls, format!("{failure}; {why}")),
+        None => failure,
+    }
 }
 
 /// `url` with a TLS scheme turned into its plain twin (`rediss` → `redis`, `valkeys` →

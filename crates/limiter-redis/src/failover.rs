@@ -28,7 +28,7 @@ use std::sync::{Arc, Weak};
 use ports::DegradedReason;
 use tokio::time::Instant;
 
-use crate::connection::{BackendError, classify};
+use crate::connection::{BackendError, classify, diagnosed};
 use crate::inner::{Cleanup, Inner};
 use crate::util::{jittered, lock, spawn_now};
 
@@ -71,6 +71,25 @@ impl Inner {
             }
             probe(weak).await;
         });
+    }
+
+    /// [`fail_over`](Self::fail_over) for a limiter that could not connect at start: the
+    /// reason is made as precise as can be told (fred's last connection error for a
+    /// timeout, and a check for the wrong protocol, see `connection::diagnosed`); a wrong
+    /// protocol stays the reason until Redis is reached, whatever timeouts the reconnects
+    /// report meanwhile.
+    pub(crate) async fn fail_over_at_start(self: &Arc<Self>, why: BackendError) {
+        let why = match self.last_failure() {
+            Some((reason, message)) if why.reason == DegradedReason::Timeout => {
+                BackendError::new(reason, format!("{why}; connection: {message}"))
+            }
+            _ => why,
+        };
+        let why = diagnosed(why, &self.address, &self.config).await;
+        if why.reason == DegradedReason::Tls {
+            self.wrong_protocol.store(true, Ordering::SeqCst);
+        }
+        self.fail_over(&why);
     }
 
     /// One probe: pushes a pending limit, runs the stats script, and switches back to Redis
@@ -132,6 +151,7 @@ impl Inner {
             self.spawn_cleanup(Cleanup::Release, token);
         }
         *lock(&self.last_failure) = None;
+        self.wrong_protocol.store(false, Ordering::SeqCst);
         *lock(&self.degraded_reason) = None;
         self.degraded.store(false, Ordering::SeqCst);
         // A fallback permit granted between the beat and the switch: adopt it too.
@@ -236,7 +256,7 @@ impl Inner {
     fn record_connection_error(&self, e: &fred::error::Error) {
         let reason = classify(e);
         *lock(&self.last_failure) = Some((reason, e.to_string(), Instant::now()));
-        if !self.is_degraded() {
+        if !self.is_degraded() || self.wrong_protocol.load(Ordering::SeqCst) {
             return;
         }
         let mut current = lock(&self.degraded_reason);

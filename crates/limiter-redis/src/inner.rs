@@ -85,6 +85,9 @@ pub(crate) struct Inner {
     /// The last connection error fred reported (reason, message, when), cleared at the switch
     /// back to Redis.
     pub(crate) last_failure: Mutex<Option<(DegradedReason, String, Instant)>>,
+    /// Set when the server at the address speaks the other protocol than the URL's scheme
+    /// (see `diagnose`): the reason stays `tls` until Redis is reached.
+    pub(crate) wrong_protocol: AtomicBool,
 }
 
 /// This process's event counters (see [`LimiterCounters`]).
@@ -162,6 +165,7 @@ impl Inner {
             address: address_of(&config.url),
             degraded_reason: Mutex::new(None),
             last_failure: Mutex::new(None),
+            wrong_protocol: AtomicBool::new(false),
             limit: AtomicU32::new(config.max_concurrent),
             config,
             client: clients.client,

@@ -16,9 +16,13 @@
 //!   validation, URL redaction.
 //! - `tls`: [`RedisTlsConfig`] → a rustls client config (roots, client certificate,
 //!   skip-verify); reads and checks the TLS files.
-//! - `connection`: config → fred clients (timeouts, reconnects, command attempts, TLS), and
-//!   `BackendError`, a failed Redis call classified. The one place that knows how we
-//!   connect.
+//! - `diagnose`: a plaintext `PING` on a fresh socket, which tells a TLS port from a
+//!   plaintext one when a connection fails without saying why (the wrong scheme).
+//! - `connection`: config → fred clients (timeouts, reconnects, command attempts, TLS),
+//!   `BackendError`, a failed Redis call classified, and [`connect`], a first connection
+//!   whose failure is a typed [`ConnectError`] (`auth`, `tls`, `refused`, … — fred's last
+//!   connection error, not "timed out"; other stores on the same Redis use it). The one
+//!   place that knows how we connect.
 //! - [`scripts`]: the Redis data model and the Lua scripts, one per transition.
 //! - `reply`: each script's answer decoded into a type (the one place that knows what
 //!   `return 3` means).
@@ -150,6 +154,7 @@
 
 pub mod config;
 mod connection;
+mod diagnose;
 pub mod error;
 mod failover;
 mod heartbeat;
@@ -164,6 +169,6 @@ mod util;
 mod wakeup;
 
 pub use config::{FailoverPolicy, RECONNECT_MAX, RedisLimiterConfig, RedisTlsConfig};
-pub use connection::{client, subscriber_client};
+pub use connection::{ConnectError, client, connect, subscriber_client};
 pub use error::RedisLimiterError;
 pub use limiter::RedisLimiter;

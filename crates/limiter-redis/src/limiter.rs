@@ -107,14 +107,22 @@ impl RedisLimiter {
                 ),
                 Err(e) => inner.fail_over(&e),
             },
-            Ok(Err(e)) => inner.fail_over(&BackendError::fred("connect", &e)),
-            Err(_) => inner.fail_over(&BackendError::new(
-                DegradedReason::Timeout,
-                format!(
-                    "connect: no connection within {:?}",
-                    inner.config.connect_timeout
-                ),
-            )),
+            Ok(Err(e)) => {
+                inner
+                    .fail_over_at_start(BackendError::fred("connect", &e))
+                    .await
+            }
+            Err(_) => {
+                inner
+                    .fail_over_at_start(BackendError::new(
+                        DegradedReason::Timeout,
+                        format!(
+                            "connect: no connection within {:?}",
+                            inner.config.connect_timeout
+                        ),
+                    ))
+                    .await;
+            }
         }
         let heartbeat = tokio::spawn(heartbeat::run(Arc::downgrade(&inner)));
         let renewals = tokio::spawn(permit::renew_all(Arc::downgrade(&inner)));

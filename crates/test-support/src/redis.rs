@@ -192,6 +192,36 @@ impl RedisServer {
         assert_eq!(&reply, b"+OK\r\n", "CONFIG SET requirepass refused");
     }
 
+    /// Runs one command on the plain port (as `password`'s default user when given) and
+    /// returns the reply's first line, e.g. `+OK`; for set-up such as `ACL SETUSER`.
+    pub fn command(&self, password: Option<&str>, args: &[&str]) -> String {
+        let encode = |args: &[&str]| {
+            let mut out = format!("*{}\r\n", args.len());
+            for a in args {
+                out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
+            out
+        };
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis connects");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut request = String::new();
+        if let Some(pw) = password {
+            request.push_str(&encode(&["AUTH", pw]));
+        }
+        request.push_str(&encode(args));
+        stream.write_all(request.as_bytes()).expect("command sent");
+        let mut replies = Vec::new();
+        let mut buf = [0u8; 512];
+        let wanted = if password.is_some() { 2 } else { 1 };
+        while replies.iter().filter(|&&b| b == b'\n').count() < wanted {
+            let n = stream.read(&mut buf).expect("command answered");
+            assert!(n > 0, "redis closed the connection");
+            replies.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&replies).into_owned();
+        text.lines().nth(wanted - 1).unwrap_or("").to_owned()
+    }
+
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
         self.port

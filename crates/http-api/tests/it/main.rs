@@ -10,6 +10,7 @@ mod jobs;
 mod labels;
 mod limits;
 mod logs;
+mod misconfig;
 mod mock;
 mod modules;
 mod openapi;

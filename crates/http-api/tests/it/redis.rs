@@ -152,8 +152,16 @@ async fn a_plain_redis_url_at_a_cluster_node_is_reported_as_cluster_with_the_fix
         .await
         .unwrap();
     let name = format!("http-api-it-cluster-{}", std::process::id());
-    let slot = cluster.keyslot(&format!("{{talkgate:{name}}}"));
-    let other = cluster.master_without(slot);
+    // A master that owns neither the limiter's slot nor the job store's.
+    let owners = [
+        cluster.master_of(cluster.keyslot(&format!("{{talkgate:{name}}}"))),
+        cluster.master_of(cluster.keyslot(&format!("{{talkgate-jobs:{name}}}"))),
+    ];
+    let other = cluster
+        .ports()
+        .into_iter()
+        .find(|p| !owners.contains(p))
+        .expect("three masters, two slots");
     let url = format!("redis://127.0.0.1:{other}");
     let address = format!("127.0.0.1:{other}");
     let fake = support::fake().await;
@@ -163,6 +171,7 @@ async fn a_plain_redis_url_at_a_cluster_node_is_reported_as_cluster_with_the_fix
             ("REDIS_URL", url.as_str()),
             ("LIMITER_NAME", name.as_str()),
             ("READY_DEGRADED_GRACE_SECS", "0"),
+            ("JOB_STORE", "auto"),
         ],
     )
     .await;
@@ -185,6 +194,10 @@ async fn a_plain_redis_url_at_a_cluster_node_is_reported_as_cluster_with_the_fix
         address.as_str(),
         "{health}"
     );
+    // The job store connects, then finds its slot on another node: named at start.
+    assert_eq!(health["job_store"]["open"], false, "{health}");
+    assert_eq!(health["job_store"]["reason"], "cluster", "{health}");
+    assert_eq!(health["job_store"]["address"], address.as_str(), "{health}");
     let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 503, "{ready}");
     let reason = ready["reasons"][0].as_str().unwrap();
