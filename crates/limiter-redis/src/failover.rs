@@ -29,7 +29,7 @@ use ports::DegradedReason;
 use tokio::time::Instant;
 
 use crate::connection::{BackendError, classify, diagnosed};
-use crate::inner::{Cleanup, Inner};
+use crate::inner::{Cleanup, FallbackWaiter, Inner, Mode, Moved};
 use crate::util::{jittered, lock, spawn_now};
 
 /// The most tokens kept for a cleanup at the switch back (see [`Inner::spawn_cleanup`]).
@@ -123,6 +123,14 @@ impl Inner {
                 *slot = None;
             }
         }
+        // From here no fallback grant may happen unseen: take every caller waiting in the
+        // fallback (new callers wait for the end of the switch), so the permits held now are
+        // all the fallback permits there will be.
+        let waiters = {
+            let mut registry = lock(&self.fallback_waiters);
+            registry.switching = true;
+            registry.take_all()
+        };
         // Register every permit this process still holds as a holder before granting from
         // Redis again: fallback permits granted during the outage count against the global
         // limit from now on (adopted), and Redis permits Redis may have lost (a restart) are
@@ -133,7 +141,10 @@ impl Inner {
         tokens.extend(lock(&self.held).keys().cloned());
         let beat = match self.beat(&tokens).await {
             Ok(beat) => beat,
-            Err(_) => return false,
+            Err(_) => {
+                self.give_up_switch(waiters, None);
+                return false;
+            }
         };
         let gone = {
             let mut held = lock(&self.fallback_held);
@@ -150,21 +161,62 @@ impl Inner {
         for token in gone {
             self.spawn_cleanup(Cleanup::Release, token);
         }
+        // Move the fallback's waiters into the Redis queue, in their arrival order (Redis
+        // orders by priority, then arrival): they wait there from now on, and the fallback
+        // grants nobody once Redis has taken over.
+        let moved = waiters.len();
+        let mut waiters = waiters.into_iter();
+        while let Some(waiter) = waiters.next() {
+            let queued = self
+                .acquire_script(&waiter.token, waiter.priority, Mode::Wait, true)
+                .await;
+            match queued {
+                Ok(_) => {
+                    if waiter.moved.send(Moved::Queued).is_err() {
+                        // The caller left meanwhile: its ticket is nobody's.
+                        self.spawn_cleanup(Cleanup::Cancel, waiter.token);
+                    }
+                }
+                Err(_) => {
+                    // The script may still run: give that token back; this waiter and the
+                    // rest stay in the fallback.
+                    self.spawn_cleanup(Cleanup::Cancel, waiter.token.clone());
+                    self.give_up_switch(waiters.collect(), Some(waiter));
+                    return false;
+                }
+            }
+        }
         *lock(&self.last_failure) = None;
         self.wrong_protocol.store(false, Ordering::SeqCst);
         *lock(&self.degraded_reason) = None;
-        self.degraded.store(false, Ordering::SeqCst);
+        {
+            let mut registry = lock(&self.fallback_waiters);
+            self.degraded.store(false, Ordering::SeqCst);
+            registry.switching = false;
+        }
+        self.switched.notify_waiters();
         // A fallback permit granted between the beat and the switch: adopt it too.
         self.adopt_stragglers();
         tracing::info!(
             limiter = %self.config.name,
             address = %self.address,
             adopted = lock(&self.fallback_held).len(),
+            moved_waiters = moved,
             reestablished = beat.reestablished,
             instances = beat.instances,
             "redis limiter recovered: back on redis"
         );
         true
+    }
+
+    /// Ends a switch back that failed before every waiter was moved: `waiters` (and `first`)
+    /// stay in the fallback, and the callers that waited for the switch look again.
+    fn give_up_switch(&self, waiters: Vec<FallbackWaiter>, first: Option<FallbackWaiter>) {
+        lock(&self.fallback_waiters).switching = false;
+        for waiter in first.into_iter().chain(waiters) {
+            let _ = waiter.moved.send(Moved::Stay);
+        }
+        self.switched.notify_waiters();
     }
 
     /// The permits the fallback may grant now, under the configured policy, from the limit

@@ -85,9 +85,64 @@ pub(crate) struct Inner {
     /// The last connection error fred reported (reason, message, when), cleared at the switch
     /// back to Redis.
     pub(crate) last_failure: Mutex<Option<(DegradedReason, String, Instant)>>,
+    /// The callers waiting in the fallback while degraded: at the switch back the probe
+    /// moves them into the Redis queue in their arrival order (see `failover`), so that no
+    /// fallback grant happens after Redis has taken over.
+    pub(crate) fallback_waiters: Mutex<FallbackWaiters>,
+    /// Notified when a switch back ends (done or given up): callers that arrived during it
+    /// look again.
+    pub(crate) switched: Notify,
     /// Set when the server at the address speaks the other protocol than the URL's scheme
     /// (see `diagnose`): the reason stays `tls` until Redis is reached.
     pub(crate) wrong_protocol: AtomicBool,
+}
+
+/// The callers queued in the fallback, by arrival, and whether a switch back is moving them.
+#[derive(Default)]
+pub(crate) struct FallbackWaiters {
+    /// Set while the probe moves the waiters into Redis: a new caller waits for the end of
+    /// the switch (it would be granted by neither side meanwhile).
+    pub(crate) switching: bool,
+    next_seq: u64,
+    /// Waiters by arrival.
+    waiting: std::collections::BTreeMap<u64, FallbackWaiter>,
+}
+
+/// A caller queued in the fallback.
+pub(crate) struct FallbackWaiter {
+    /// The token it is known by in Redis once moved.
+    pub(crate) token: String,
+    pub(crate) priority: Priority,
+    /// Tells it where it stands once the probe took it.
+    pub(crate) moved: tokio::sync::oneshot::Sender<Moved>,
+}
+
+/// What the switch back did with a fallback waiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Moved {
+    /// Its token is queued (or granted) in Redis: it waits there from now on.
+    Queued,
+    /// The switch back failed before its token was queued: it stays in the fallback.
+    Stay,
+}
+
+impl FallbackWaiters {
+    /// Registers a waiter; returns its arrival number.
+    pub(crate) fn register(&mut self, waiter: FallbackWaiter) -> u64 {
+        self.next_seq += 1;
+        self.waiting.insert(self.next_seq, waiter);
+        self.next_seq
+    }
+
+    /// Removes waiter `seq`; `false` if the switch back took it already.
+    pub(crate) fn leave(&mut self, seq: u64) -> bool {
+        self.waiting.remove(&seq).is_some()
+    }
+
+    /// Takes every waiter, in arrival order.
+    pub(crate) fn take_all(&mut self) -> Vec<FallbackWaiter> {
+        std::mem::take(&mut self.waiting).into_values().collect()
+    }
 }
 
 /// This process's event counters (see [`LimiterCounters`]).
@@ -166,6 +221,8 @@ impl Inner {
             degraded_reason: Mutex::new(None),
             last_failure: Mutex::new(None),
             wrong_protocol: AtomicBool::new(false),
+            fallback_waiters: Mutex::new(FallbackWaiters::default()),
+            switched: Notify::new(),
             limit: AtomicU32::new(config.max_concurrent),
             config,
             client: clients.client,

@@ -26,7 +26,7 @@ use crate::connection::{self, BackendError};
 use crate::error::RedisLimiterError;
 use crate::failover::watch_errors;
 use crate::heartbeat;
-use crate::inner::{Cleanup, Inner, Mode, bump};
+use crate::inner::{Cleanup, FallbackWaiter, Inner, Mode, Moved, bump};
 use crate::permit;
 use crate::reply::Acquire;
 use crate::util::lock;
@@ -229,105 +229,11 @@ impl ConcurrencyLimiter for RedisLimiter {
         wait_timeout: Duration,
     ) -> Result<Permit, LimiterError> {
         let inner = &self.inner;
-        if inner.is_degraded() {
-            return fallback_acquire(inner, priority, wait_timeout).await;
-        }
         let started = Instant::now();
-        let token = inner.new_token();
-
-        if wait_timeout.is_zero() {
-            return match inner
-                .acquire_script(&token, priority, Mode::Try, true)
-                .await
-            {
-                Ok(Acquire::Granted) => {
-                    bump(&inner.counters.acquired_immediately);
-                    Ok(permit::granted(inner, token, priority, Duration::ZERO))
-                }
-                // `try` never queues; a tombstone cannot exist for a fresh token.
-                Ok(Acquire::Refused | Acquire::Queued | Acquire::Tombstoned) => {
-                    bump(&inner.counters.timeouts);
-                    Err(LimiterError::Timeout {
-                        priority,
-                        waited: Duration::ZERO,
-                    })
-                }
-                Err(e) => {
-                    inner.fail_over(&e);
-                    // The script may still run after our timeout: give back what it grants.
-                    inner.spawn_cleanup(Cleanup::Cancel, token);
-                    fallback_acquire(inner, priority, Duration::ZERO).await
-                }
-            };
+        if inner.is_degraded() {
+            return fallback_acquire(inner, priority, started, wait_timeout).await;
         }
-
-        let deadline = started + wait_timeout;
-        let notify = Arc::new(Notify::new());
-        let mut ticket = Ticket::new(inner, &token, Arc::clone(&notify));
-        let mut first = true;
-        loop {
-            match inner
-                .acquire_script(&token, priority, Mode::Wait, first)
-                .await
-            {
-                Ok(Acquire::Granted) => {
-                    ticket.disarm();
-                    drop(ticket);
-                    let waited = if first {
-                        bump(&inner.counters.acquired_immediately);
-                        Duration::ZERO
-                    } else {
-                        bump(&inner.counters.acquired_after_wait);
-                        started.elapsed()
-                    };
-                    return Ok(permit::granted(inner, token, priority, waited));
-                }
-                Ok(Acquire::Tombstoned) => {
-                    // Redis already saw this token cancelled: never for a live caller, but
-                    // never wait on a ticket that cannot exist either.
-                    ticket.disarm();
-                    drop(ticket);
-                    bump(&inner.counters.timeouts);
-                    return Err(LimiterError::Timeout {
-                        priority,
-                        waited: started.elapsed(),
-                    });
-                }
-                // Queued (`wait` mode is never refused): wait for a wake-up or the poll.
-                Ok(Acquire::Queued | Acquire::Refused) => {}
-                Err(e) => {
-                    inner.fail_over(&e);
-                    ticket.disarm();
-                    drop(ticket);
-                    inner.spawn_cleanup(Cleanup::Cancel, token);
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    return fallback_acquire(inner, priority, remaining).await;
-                }
-            }
-            first = false;
-            let now = Instant::now();
-            if now >= deadline {
-                // Leave the queue before answering, so that the caller's next `stats()`
-                // no longer sees this ticket.
-                ticket.disarm();
-                drop(ticket);
-                let cancel = inner.run_cleanup(Cleanup::Cancel, &token).await;
-                if let Err(e) = cancel {
-                    inner.fail_over(&e);
-                    inner.spawn_cleanup(Cleanup::Cancel, token);
-                }
-                bump(&inner.counters.timeouts);
-                return Err(LimiterError::Timeout {
-                    priority,
-                    waited: started.elapsed(),
-                });
-            }
-            let nap = inner.poll_period().min(deadline - now);
-            tokio::select! {
-                () = notify.notified() => {}
-                () = tokio::time::sleep(nap) => {}
-            }
-        }
+        redis_acquire(inner, priority, started, wait_timeout).await
     }
 
     async fn stats(&self) -> LimiterStats {
@@ -368,12 +274,136 @@ impl ConcurrencyLimiter for RedisLimiter {
     }
 }
 
+/// An acquire served by Redis: a try (`wait_timeout` zero) or a ticket in the queue.
+async fn redis_acquire(
+    inner: &Arc<Inner>,
+    priority: Priority,
+    started: Instant,
+    wait_timeout: Duration,
+) -> Result<Permit, LimiterError> {
+    let token = inner.new_token();
+    if wait_timeout.is_zero() {
+        return match inner
+            .acquire_script(&token, priority, Mode::Try, true)
+            .await
+        {
+            Ok(Acquire::Granted) => {
+                bump(&inner.counters.acquired_immediately);
+                Ok(permit::granted(inner, token, priority, Duration::ZERO))
+            }
+            // `try` never queues; a tombstone cannot exist for a fresh token.
+            Ok(Acquire::Refused | Acquire::Queued | Acquire::Tombstoned) => {
+                bump(&inner.counters.timeouts);
+                Err(LimiterError::Timeout {
+                    priority,
+                    waited: Duration::ZERO,
+                })
+            }
+            Err(e) => {
+                inner.fail_over(&e);
+                // The script may still run after our timeout: give back what it grants.
+                inner.spawn_cleanup(Cleanup::Cancel, token);
+                Box::pin(fallback_acquire(inner, priority, started, Duration::ZERO)).await
+            }
+        };
+    }
+    redis_wait(
+        inner,
+        token,
+        priority,
+        started,
+        started + wait_timeout,
+        true,
+    )
+    .await
+}
+
+/// Waits in the Redis queue with `token` until granted or `deadline`: `first` for a new
+/// token, else one already queued (a fallback waiter moved at the switch back).
+async fn redis_wait(
+    inner: &Arc<Inner>,
+    token: String,
+    priority: Priority,
+    started: Instant,
+    deadline: Instant,
+    mut first: bool,
+) -> Result<Permit, LimiterError> {
+    let notify = Arc::new(Notify::new());
+    let mut ticket = Ticket::new(inner, &token, Arc::clone(&notify));
+    loop {
+        match inner
+            .acquire_script(&token, priority, Mode::Wait, first)
+            .await
+        {
+            Ok(Acquire::Granted) => {
+                ticket.disarm();
+                drop(ticket);
+                let waited = if first {
+                    bump(&inner.counters.acquired_immediately);
+                    Duration::ZERO
+                } else {
+                    bump(&inner.counters.acquired_after_wait);
+                    started.elapsed()
+                };
+                return Ok(permit::granted(inner, token, priority, waited));
+            }
+            Ok(Acquire::Tombstoned) => {
+                // Redis already saw this token cancelled: never for a live caller, but
+                // never wait on a ticket that cannot exist either.
+                ticket.disarm();
+                drop(ticket);
+                bump(&inner.counters.timeouts);
+                return Err(LimiterError::Timeout {
+                    priority,
+                    waited: started.elapsed(),
+                });
+            }
+            // Queued (`wait` mode is never refused): wait for a wake-up or the poll.
+            Ok(Acquire::Queued | Acquire::Refused) => {}
+            Err(e) => {
+                inner.fail_over(&e);
+                ticket.disarm();
+                drop(ticket);
+                inner.spawn_cleanup(Cleanup::Cancel, token);
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                return Box::pin(fallback_acquire(inner, priority, started, remaining)).await;
+            }
+        }
+        first = false;
+        let now = Instant::now();
+        if now >= deadline {
+            // Leave the queue before answering, so that the caller's next `stats()`
+            // no longer sees this ticket.
+            ticket.disarm();
+            drop(ticket);
+            let cancel = inner.run_cleanup(Cleanup::Cancel, &token).await;
+            if let Err(e) = cancel {
+                inner.fail_over(&e);
+                inner.spawn_cleanup(Cleanup::Cancel, token);
+            }
+            bump(&inner.counters.timeouts);
+            return Err(LimiterError::Timeout {
+                priority,
+                waited: started.elapsed(),
+            });
+        }
+        let nap = inner.poll_period().min(deadline - now);
+        tokio::select! {
+            () = notify.notified() => {}
+            () = tokio::time::sleep(nap) => {}
+        }
+    }
+}
+
 /// Serves an acquire from the fallback under the configured policy: refused under
-/// `closed`, else a fallback permit that this process tracks so that the switch back
-/// can register it in Redis.
+/// `closed`, else a fallback permit that this process tracks so that the switch back can
+/// register it in Redis. A caller still waiting when the probe switches back is moved into
+/// the Redis queue (in arrival order, see `failover`) and waits there: the fallback grants
+/// nothing once Redis has taken over.
 async fn fallback_acquire(
     inner: &Arc<Inner>,
     priority: Priority,
+    started: Instant,
     wait: Duration,
 ) -> Result<Permit, LimiterError> {
     if inner.config.failover_policy == FailoverPolicy::Closed {
@@ -385,6 +415,159 @@ async fn fallback_acquire(
             ),
         });
     }
-    let permit = inner.fallback.acquire(priority, wait).await?;
-    Ok(permit::fallback(inner, permit))
+    let deadline = Instant::now() + wait;
+    // One wait in the fallback, kept across a switch back that was given up (the caller
+    // keeps its place there).
+    let mut memory = Box::pin(inner.fallback.acquire(priority, wait));
+    loop {
+        // Register, unless the limiter is back on Redis or a switch back is moving the
+        // waiters right now (then wait for its end and look again).
+        let registered = {
+            let switched = inner.switched.notified();
+            tokio::pin!(switched);
+            let registration = {
+                let mut waiters = lock(&inner.fallback_waiters);
+                if !inner.is_degraded() {
+                    None
+                } else if waiters.switching {
+                    // Registered for the notification before the lock is let go.
+                    switched.as_mut().enable();
+                    Some(None)
+                } else {
+                    let token = inner.new_token();
+                    let (moved, rx) = tokio::sync::oneshot::channel();
+                    let seq = waiters.register(FallbackWaiter {
+                        token: token.clone(),
+                        priority,
+                        moved,
+                    });
+                    Some(Some((seq, token, rx)))
+                }
+            };
+            match registration {
+                None => {
+                    drop(memory);
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    return redis_acquire(inner, priority, started, remaining).await;
+                }
+                Some(None) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if tokio::time::timeout(left, switched).await.is_err() {
+                        bump(&inner.counters.timeouts);
+                        return Err(LimiterError::Timeout {
+                            priority,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    continue;
+                }
+                Some(Some(registered)) => registered,
+            }
+        };
+        let (seq, token, mut rx) = registered;
+        let mut guard = Registered {
+            inner,
+            seq,
+            token: Some(token),
+        };
+        let outcome = tokio::select! {
+            granted = &mut memory => Err(granted),
+            moved = &mut rx => Ok(moved),
+        };
+        match outcome {
+            Err(Err(e)) => {
+                // Timed out (or refused) in the fallback; the guard gives a moved token back.
+                return Err(e);
+            }
+            Err(Ok(permit)) => {
+                if let Some(token) = guard.claim() {
+                    return Ok(permit::fallback(inner, permit, token));
+                }
+                // The switch back took this waiter just as the fallback granted it: the
+                // probe says where it stands.
+                match rx.await {
+                    Ok(Moved::Queued) => {
+                        drop(permit);
+                        drop(memory);
+                        let token = guard.moved();
+                        return redis_wait(inner, token, priority, started, deadline, false).await;
+                    }
+                    // The switch back was given up: still degraded, keep the fallback's grant.
+                    Ok(Moved::Stay) | Err(_) => {
+                        let token = guard.keep();
+                        return Ok(permit::fallback(inner, permit, token));
+                    }
+                }
+            }
+            Ok(Ok(Moved::Queued)) => {
+                // Leave the fallback's queue before waiting in Redis's.
+                drop(memory);
+                let token = guard.moved();
+                return redis_wait(inner, token, priority, started, deadline, false).await;
+            }
+            // The switch back was given up before queueing this waiter in Redis: wait on in
+            // the fallback (same place there), registered again.
+            Ok(Ok(Moved::Stay) | Err(_)) => {
+                guard.stayed();
+            }
+        }
+    }
+}
+
+/// A registered fallback waiter: leaves the registry on drop, and gives its token back in
+/// Redis if the switch back may have queued it there.
+struct Registered<'a> {
+    inner: &'a Arc<Inner>,
+    seq: u64,
+    token: Option<String>,
+}
+
+impl Registered<'_> {
+    /// The fallback granted this waiter: unless the switch back took it, it leaves the
+    /// registry and its token is tracked as a fallback permit's, both under the waiters'
+    /// lock (so the switch back either moves it or sees the permit). `None` if taken.
+    fn claim(&mut self) -> Option<String> {
+        let mut waiters = lock(&self.inner.fallback_waiters);
+        if !waiters.leave(self.seq) {
+            return None;
+        }
+        let token = self.token.take()?;
+        lock(&self.inner.fallback_held).insert(token.clone(), false);
+        drop(waiters);
+        Some(token)
+    }
+
+    /// A taken waiter whose switch back was given up keeps its fallback grant, under a
+    /// fresh token (the probe gives back the one it may have sent to Redis).
+    fn keep(&mut self) -> String {
+        self.token = None;
+        let fresh = self.inner.new_token();
+        lock(&self.inner.fallback_held).insert(fresh.clone(), false);
+        fresh
+    }
+
+    /// The waiter is queued in Redis now; its ticket takes over the token.
+    fn moved(&mut self) -> String {
+        self.token.take().unwrap_or_default()
+    }
+
+    /// The waiter stays in the fallback (the switch back was given up before its turn): it
+    /// registers again under a fresh token (the probe gives back the one it may have sent).
+    fn stayed(&mut self) {
+        self.token = None;
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let taken = !lock(&self.inner.fallback_waiters).leave(self.seq);
+        if taken {
+            // The probe took it: its token is, or may soon be, queued in Redis. The cancel
+            // tombstones it, so an acquire that arrives later creates nothing.
+            self.inner.spawn_cleanup(Cleanup::Cancel, token);
+        }
+    }
 }

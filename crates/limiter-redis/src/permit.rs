@@ -172,10 +172,10 @@ impl PermitHandle for RedisPermit {
 
 /// Wraps a permit the fallback granted while degraded, so that the switch back can register
 /// it in Redis (see `failover`): tracked by a token of this instance until it ends.
-pub(crate) fn fallback(inner: &Arc<Inner>, permit: Permit) -> Permit {
+/// `token` must be in `fallback_held` already (the caller puts it there while it holds the
+/// fallback waiters' lock, so a switch back under way sees it).
+pub(crate) fn fallback(inner: &Arc<Inner>, permit: Permit, token: String) -> Permit {
     let (priority, waited) = (permit.priority(), permit.waited());
-    let token = inner.new_token();
-    lock(&inner.fallback_held).insert(token.clone(), false);
     let handle = Arc::new(FallbackPermit {
         inner: Arc::clone(inner),
         token,

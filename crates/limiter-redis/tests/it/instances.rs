@@ -268,3 +268,88 @@ async fn an_instance_that_shuts_down_leaves_the_registry_at_once() {
     // The share an outage would grant follows: floor(6 / 2) = 3.
     assert_eq!(fleet[0].stats().await.failover.unwrap().share, 3);
 }
+
+/// Callers still waiting in the fallback when Redis comes back are moved into the Redis
+/// queue at the switch back, keeping priority and arrival order; the fallback grants none of
+/// them locally (each such grant was a permit Redis learnt of only afterwards, while it
+/// filled the limit itself: 7 in flight at C = 6 in the outside trial).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_waiters_move_into_the_redis_queue_at_the_switch_back_in_their_order() {
+    let mut server = RedisServer::start();
+    let mut both = fleet(&server, 2, 2, |c| {
+        c.lease_ttl = Duration::from_secs(30);
+        c.local_share = Some(1);
+    })
+    .await;
+    let b = both.pop().unwrap();
+    let a = Arc::new(both.pop().unwrap());
+    server.kill();
+    wait_degraded(&a, true).await;
+    wait_degraded(&b, true).await;
+    let held_a = grab_all(&a, 1).await;
+    let held_b = grab_all(&b, 1).await;
+    assert_eq!((held_a.len(), held_b.len()), (1, 1), "a share of 1 each");
+
+    // Four waiters on A's fallback, in this order.
+    let order = [
+        ("low", Priority::Low),
+        ("normal-1", Priority::Normal),
+        ("normal-2", Priority::Normal),
+        ("high", Priority::High),
+    ];
+    let (granted_tx, mut granted) = tokio::sync::mpsc::unbounded_channel();
+    for (name, priority) in order {
+        let (a, tx) = (Arc::clone(&a), granted_tx.clone());
+        tokio::spawn(async move {
+            let permit = a.acquire(priority, Duration::from_secs(60)).await;
+            let _ = tx.send((name, permit));
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(a.stats().await.queued.total(), 4, "queued in the fallback");
+
+    server.restart();
+    wait_degraded(&a, false).await;
+    wait_degraded(&b, false).await;
+    // In Redis now: the four waiters queued, the two fallback permits adopted.
+    let stats = wait_until(
+        &*a,
+        Duration::from_secs(5),
+        "waiters queued in redis",
+        |s| s.backend == "redis" && s.queued.total() == 4 && s.active == 2,
+    )
+    .await;
+    assert_eq!(stats.queued.high, 1, "{stats:?}");
+    assert!(
+        granted.try_recv().is_err(),
+        "nobody granted while the limit is held"
+    );
+
+    // Each slot freed goes to the head of the Redis queue: priority, then arrival.
+    drop(held_a);
+    let mut seen = Vec::new();
+    let mut current = None;
+    for _ in 0..4 {
+        let (name, permit) = tokio::time::timeout(Duration::from_secs(10), granted.recv())
+            .await
+            .expect("a waiter is granted")
+            .unwrap();
+        let permit = permit.unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let s = a.stats().await;
+        assert!(
+            s.active <= 2,
+            "{} held at C = 2 after granting {name}",
+            s.active
+        );
+        seen.push(name);
+        // Let the next one in.
+        drop(current.replace(permit));
+        drop(current.take());
+    }
+    assert_eq!(seen, ["high", "normal-1", "normal-2", "low"]);
+    drop(held_b);
+    wait_until(&*a, Duration::from_secs(5), "nothing leaks", |s| {
+        s.active == 0 && s.queued.total() == 0
+    })
+    .await;
+}
