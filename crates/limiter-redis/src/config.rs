@@ -242,6 +242,14 @@ impl RedisLimiterConfig {
         }
     }
 
+    /// Whether the URL names a Redis Cluster (`redis-cluster://`, `rediss-cluster://`, …).
+    pub fn is_cluster(&self) -> bool {
+        self.url
+            .split("://")
+            .next()
+            .is_some_and(|scheme| scheme.to_ascii_lowercase().ends_with("-cluster"))
+    }
+
     /// Whether the URL asks for TLS (see [`uses_tls`]).
     pub fn uses_tls(&self) -> bool {
         uses_tls(&self.url)

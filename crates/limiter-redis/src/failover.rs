@@ -88,6 +88,19 @@ impl Inner {
         let why = diagnosed(why, &self.address, &self.config).await;
         if why.reason == DegradedReason::Tls {
             self.wrong_protocol.store(true, Ordering::SeqCst);
+            if self.is_degraded() {
+                // A connection error degraded it already, for a vaguer reason.
+                *lock(&self.degraded_reason) = Some(why.reason);
+                tracing::warn!(
+                    limiter = %self.config.name,
+                    address = %self.address,
+                    reason = %why.reason,
+                    error = %why,
+                    "redis limiter degraded: redis at {} unusable ({})",
+                    self.address,
+                    why.reason
+                );
+            }
         }
         self.fail_over(&why);
     }
@@ -305,10 +318,26 @@ impl Inner {
 
     /// Records a connection error fred reported; while degraded, a better-known reason
     /// replaces a timeout (and a change of reason is logged once).
-    fn record_connection_error(&self, e: &fred::error::Error) {
+    fn record_connection_error(self: &Arc<Self>, e: &fred::error::Error) {
         let reason = classify(e);
         *lock(&self.last_failure) = Some((reason, e.to_string(), Instant::now()));
-        if !self.is_degraded() || self.wrong_protocol.load(Ordering::SeqCst) {
+        if !self.is_degraded() {
+            // A reconnect that was refused (Redis died: SIGKILL, OOM, a restart), or whose
+            // credentials or handshake fail, tells now what the next call would learn only
+            // after its `op_timeout` — and an idle instance makes its next call only at the
+            // next heartbeat (`instance_ttl / 4`), so without this it degraded up to
+            // heartbeat + op_timeout (1 s) after the fault. A Cluster is left to its calls:
+            // one node refusing says nothing about the node that owns this limiter's slot.
+            if matches!(
+                reason,
+                DegradedReason::Refused | DegradedReason::Auth | DegradedReason::Tls
+            ) && !self.config.is_cluster()
+            {
+                self.fail_over(&BackendError::fred("reconnect", e));
+            }
+            return;
+        }
+        if self.wrong_protocol.load(Ordering::SeqCst) {
             return;
         }
         let mut current = lock(&self.degraded_reason);

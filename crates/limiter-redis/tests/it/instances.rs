@@ -353,3 +353,34 @@ async fn fallback_waiters_move_into_the_redis_queue_at_the_switch_back_in_their_
     })
     .await;
 }
+
+/// An idle instance (no caller, nothing but its heartbeat) degrades as soon as its
+/// reconnect to a killed Redis is refused, not when its next call would have timed out:
+/// here that call is the next heartbeat (2 s away) plus a 5 s op timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_degrades_when_its_reconnect_is_refused_not_at_its_next_call() {
+    let mut server = RedisServer::start();
+    let mut cfg = config(&server, 2);
+    cfg.op_timeout = Duration::from_secs(5);
+    cfg.instance_ttl = Duration::from_secs(8);
+    let limiter = RedisLimiter::connect_with_memory_fallback(cfg)
+        .await
+        .unwrap();
+    assert!(!limiter.is_degraded());
+    let killed = Instant::now();
+    server.kill();
+    // Only the flag is read: a `stats()` call would itself find Redis gone.
+    test_support::eventually(
+        Duration::from_secs(2),
+        "degraded on the refusal",
+        || async { limiter.is_degraded() },
+    )
+    .await;
+    report("idle instance degraded after the kill", killed.elapsed());
+    let stats = limiter.stats().await;
+    assert_eq!(
+        stats.degraded_reason,
+        Some(ports::DegradedReason::Refused),
+        "{stats:?}"
+    );
+}
