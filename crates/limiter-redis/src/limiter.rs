@@ -239,9 +239,20 @@ impl ConcurrencyLimiter for RedisLimiter {
     async fn stats(&self) -> LimiterStats {
         let inner = &self.inner;
         if !inner.is_degraded() {
-            match inner.redis_stats().await {
-                Ok(stats) => return stats,
-                Err(e) => inner.fail_over(&e),
+            // A call that fails over meanwhile (a refused reconnect, another caller's
+            // timeout) ends this one's wait: `/health` then says `degraded` at once, not
+            // after this script's own `op_timeout`.
+            let degraded = inner.went_degraded.notified();
+            tokio::pin!(degraded);
+            degraded.as_mut().enable();
+            if !inner.is_degraded() {
+                tokio::select! {
+                    stats = inner.redis_stats() => match stats {
+                        Ok(stats) => return stats,
+                        Err(e) => inner.fail_over(&e),
+                    },
+                    () = degraded => {}
+                }
             }
         }
         inner.fallback_stats().await

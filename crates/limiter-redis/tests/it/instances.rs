@@ -363,13 +363,21 @@ async fn an_idle_instance_degrades_when_its_reconnect_is_refused_not_at_its_next
     let mut cfg = config(&server, 2);
     cfg.op_timeout = Duration::from_secs(5);
     cfg.instance_ttl = Duration::from_secs(8);
-    let limiter = RedisLimiter::connect_with_memory_fallback(cfg)
-        .await
-        .unwrap();
+    let limiter = Arc::new(
+        RedisLimiter::connect_with_memory_fallback(cfg)
+            .await
+            .unwrap(),
+    );
     assert!(!limiter.is_degraded());
     let killed = Instant::now();
     server.kill();
-    // Only the flag is read: a `stats()` call would itself find Redis gone.
+    // A stats call sent right after the kill waits on Redis; the switch ends its wait (it
+    // would otherwise answer after its own 5 s op timeout, as `/health` did).
+    let asked = tokio::spawn({
+        let limiter = Arc::clone(&limiter);
+        async move { limiter.stats().await }
+    });
+    // Only the flag is read here: another `stats()` would itself find Redis gone.
     test_support::eventually(
         Duration::from_secs(2),
         "degraded on the refusal",
@@ -377,7 +385,11 @@ async fn an_idle_instance_degrades_when_its_reconnect_is_refused_not_at_its_next
     )
     .await;
     report("idle instance degraded after the kill", killed.elapsed());
-    let stats = limiter.stats().await;
+    let stats = tokio::time::timeout(Duration::from_secs(2), asked)
+        .await
+        .expect("the waiting stats call answers once degraded")
+        .unwrap();
+    assert!(stats.degraded, "{stats:?}");
     assert_eq!(
         stats.degraded_reason,
         Some(ports::DegradedReason::Refused),
