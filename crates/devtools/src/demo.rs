@@ -32,12 +32,102 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // With `REDIS_URL` the demo is a guest on that Redis: its own limiter name and job-store
+    // namespace, removed at the end (also after a failure or Ctrl-C), never the production
+    // defaults a fleet may be using (a demo with 1 slot would set that fleet's limit to 1).
+    let guest = match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(Guest {
+            url,
+            name: format!("talkgate-demo-{}", std::process::id()),
+        }),
+        _ => None,
+    };
     rt.block_on(async {
-        tokio::select! {
-            result = demo() => result,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted; servers stopped"),
+        let result = tokio::select! {
+            result = demo(guest.as_ref()) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; servers stopped")),
+        };
+        if let Some(guest) = &guest {
+            guest.leave().await;
         }
+        result
     })
+}
+
+/// The demo's own names on a Redis it shares (see `run`).
+struct Guest {
+    url: String,
+    /// `LIMITER_NAME`: the limiter's keys are `{talkgate:<name>}…`, the job store's
+    /// `{talkgate-jobs:<name>}…`.
+    name: String,
+}
+
+impl Guest {
+    /// Removes every key of the demo's limiter and job store, and says how many.
+    async fn leave(&self) {
+        match self.remove_keys().await {
+            Ok(n) => println!(
+                "    removed the demo's {n} Redis keys (LIMITER_NAME {})",
+                self.name
+            ),
+            Err(e) => println!(
+                "    could not remove the demo's Redis keys (LIMITER_NAME {}): {e:#}",
+                self.name
+            ),
+        }
+    }
+
+    async fn remove_keys(&self) -> Result<usize> {
+        use fred::interfaces::{ClientLike, KeysInterface};
+        use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
+        let mut config = limiter_redis::RedisLimiterConfig::new(self.url.clone(), &self.name);
+        // The same TLS settings the service got from the environment.
+        let path = |var: &str| std::env::var_os(var).map(std::path::PathBuf::from);
+        config.tls.ca_file = path("REDIS_TLS_CA_FILE");
+        config.tls.cert_file = path("REDIS_TLS_CERT_FILE");
+        config.tls.key_file = path("REDIS_TLS_KEY_FILE");
+        config.tls.server_name = std::env::var("REDIS_TLS_SERVER_NAME").ok();
+        let client = limiter_redis::client(&config)?;
+        limiter_redis::connect(&client, &config).await?;
+        let mut removed = 0;
+        for tag in [
+            format!("{{talkgate:{}}}", self.name),
+            jobstore_redis::hash_tag(&self.name),
+        ] {
+            // Every key of one tag lives in one hash slot (one node of a Cluster).
+            let scan = CustomCommand::new(
+                "SCAN",
+                ClusterHash::Custom(fred::util::redis_keyslot(tag.as_bytes())),
+                false,
+            );
+            let mut cursor = "0".to_owned();
+            loop {
+                let reply: RedisValue = client
+                    .custom(
+                        scan.clone(),
+                        vec![
+                            cursor.clone(),
+                            "MATCH".into(),
+                            format!("{tag}*"),
+                            "COUNT".into(),
+                            "1000".into(),
+                        ],
+                    )
+                    .await?;
+                let (next, keys): (String, Vec<String>) = reply.convert()?;
+                if !keys.is_empty() {
+                    removed += keys.len();
+                    client.del::<i64, _>(keys).await?;
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let _ = client.quit().await;
+        Ok(removed)
+    }
 }
 
 fn step(n: u32, text: &str) {
@@ -48,7 +138,7 @@ fn show(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
-async fn demo() -> Result<()> {
+async fn demo(guest: Option<&Guest>) -> Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
@@ -92,12 +182,13 @@ async fn demo() -> Result<()> {
                 .to_string(),
         ),
     ];
-    let backend = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => {
-            envs.push(("REDIS_URL", url));
+    let backend = match guest {
+        Some(guest) => {
+            envs.push(("REDIS_URL", guest.url.clone()));
+            envs.push(("LIMITER_NAME", guest.name.clone()));
             "redis"
         }
-        _ => "memory",
+        None => "memory",
     };
     let mut api = Server::spawn("http-api", procs::bin("http-api"), &[], &envs, api_port)?;
     api.wait_ready(
@@ -111,6 +202,12 @@ async fn demo() -> Result<()> {
         api.base_url,
         api.log.display()
     );
+    if let Some(guest) = guest {
+        println!(
+            "    on REDIS_URL as a guest: LIMITER_NAME {} (its keys are removed at the end)",
+            guest.name
+        );
+    }
 
     let result = walk(&client, &api.base_url, &fake.base_url).await;
     step(
