@@ -20,7 +20,7 @@ use crate::metrics::CONTENT_TYPE;
 use crate::state::AppState;
 
 /// The limiter part of `/stats`, in the original's field names plus the new ones.
-fn limiter_json(s: &LimiterStats) -> Value {
+fn limiter_json(s: &LimiterStats, configured: u32) -> Value {
     json!({
         "backend": s.backend,
         "configured_backend": s.configured_backend,
@@ -29,6 +29,7 @@ fn limiter_json(s: &LimiterStats) -> Value {
         "degraded": s.degraded,
         "degraded_reason": s.degraded_reason,
         "max_concurrent": s.max_concurrent,
+        "configured_max_concurrent": configured,
         "active_requests": s.active,
         "available_slots": s.available,
         "queue_size": s.queued.total(),
@@ -98,7 +99,7 @@ pub async fn stats(state: &AppState) -> Result<Response<Body>, ApiError> {
         StatusCode::OK,
         &json!({
             "client": client,
-            "rate_limiter": limiter_json(&limiter),
+            "rate_limiter": limiter_json(&limiter, state.settings().max_concurrent),
             "jobs": jobs_json(state).await,
         }),
     ))
@@ -183,6 +184,7 @@ pub async fn health(state: &AppState) -> Result<Response<Body>, ApiError> {
                 "degraded": s.degraded,
                 "degraded_reason": s.degraded_reason,
                 "max_concurrent": s.max_concurrent,
+                "configured_max_concurrent": state.settings().max_concurrent,
                 "active_requests": s.active,
                 "available_slots": s.available,
                 "queue_size": s.queued.total(),
@@ -290,6 +292,76 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     Ok(resp)
 }
+
+/// What `PUT /limit` takes.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitRequest {
+    max_concurrent: u32,
+}
+
+/// The limit part of `GET/PUT /limit`: the limit in force, this instance's configured one,
+/// and who the limit applies to.
+async fn limit_json(state: &AppState) -> Value {
+    let s = state.limiter().stats().await;
+    let configured = state.settings().max_concurrent;
+    json!({
+        "max_concurrent": s.max_concurrent,
+        "configured_max_concurrent": configured,
+        "limit_differs": s.max_concurrent != configured,
+        "backend": s.configured_backend,
+        "degraded": s.degraded,
+        "applies_to": if s.configured_backend == "redis" {
+            "every instance sharing this LIMITER_NAME on this Redis"
+        } else {
+            "this instance"
+        },
+    })
+}
+
+/// `GET /limit`: the concurrency limit in force (on Redis: the fleet's, stored in Redis)
+/// beside this instance's `MAX_CONCURRENT_REQUESTS`.
+pub async fn limit(state: &AppState) -> Result<Response<Body>, ApiError> {
+    Ok(json_response(StatusCode::OK, &limit_json(state).await))
+}
+
+/// `PUT /limit` `{"max_concurrent": N}`: an admin call (it needs `HTTP_API_TOKEN`, and the
+/// router has checked the bearer token). Sets the limit of every instance sharing the Redis
+/// limiter (stored in Redis; each serves it at its next script, within a heartbeat), or of
+/// this process with the in-memory limiter. While Redis is unreachable it is stored when
+/// Redis answers again.
+pub async fn set_limit<B>(state: &AppState, req: Request<B>) -> Result<Response<Body>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if state.settings().api_token.is_none() {
+        return Err(ApiError::AdminDisabled);
+    }
+    let asked: LimitRequest = body::read_json(req, 4096).await?;
+    if !(1..=MAX_LIMIT).contains(&asked.max_concurrent) {
+        return Err(ApiError::InvalidBody(format!(
+            "max_concurrent must be 1 to {MAX_LIMIT}, not {}",
+            asked.max_concurrent
+        )));
+    }
+    let before = state.limiter().stats().await.max_concurrent;
+    state
+        .limiter()
+        .set_limit(asked.max_concurrent)
+        .await
+        .map_err(ports::VideoApiError::Limiter)?;
+    tracing::warn!(
+        from = before,
+        to = asked.max_concurrent,
+        "concurrency limit set by PUT /limit"
+    );
+    Ok(json_response(StatusCode::OK, &limit_json(state).await))
+}
+
+/// The largest limit `PUT /limit` accepts: far above any D-ID account's concurrency, low
+/// enough that a typo (an extra digit or three) is refused.
+const MAX_LIMIT: u32 = 10_000;
 
 /// `POST /cleanup-expired`: an admin call. Slots are leases now, reclaimed by the limiter
 /// itself, so this only reports what was reclaimed. It needs `HTTP_API_TOKEN` to be set

@@ -44,6 +44,8 @@ pub mod templates {
     pub const METRICS: &str = "/metrics";
     /// `POST /api/d_id_optimized/cleanup-expired`.
     pub const CLEANUP: &str = "/api/d_id_optimized/cleanup-expired";
+    /// `GET` and `PUT /api/d_id_optimized/limit`.
+    pub const LIMIT: &str = "/api/d_id_optimized/limit";
     /// `POST` and `GET /api/d_id_optimized/jobs`.
     pub const JOBS: &str = "/api/d_id_optimized/jobs";
     /// `GET` and `DELETE /api/d_id_optimized/jobs/{job_id}`.
@@ -64,6 +66,7 @@ enum Route {
     Ready,
     Metrics,
     Cleanup,
+    Limit,
     Jobs,
     Job(String),
 }
@@ -81,6 +84,7 @@ impl Route {
             Route::Ready => t::READY,
             Route::Metrics => t::METRICS,
             Route::Cleanup => t::CLEANUP,
+            Route::Limit => t::LIMIT,
             Route::Jobs => t::JOBS,
             Route::Job(_) => t::JOB,
         }
@@ -92,6 +96,7 @@ impl Route {
                 &["POST"]
             }
             Route::Jobs => &["GET", "HEAD", "POST"],
+            Route::Limit => &["GET", "HEAD", "PUT"],
             Route::Job(_) => &["GET", "HEAD", "DELETE"],
             // HEAD answers like GET without a body (RFC 9110 §9.3.2); hyper drops the body.
             _ => &["GET", "HEAD"],
@@ -132,6 +137,7 @@ fn match_path(path: &str) -> Option<Route> {
         "/ready" => Route::Ready,
         "/metrics" => Route::Metrics,
         "/cleanup-expired" => Route::Cleanup,
+        "/limit" => Route::Limit,
         "/jobs" => Route::Jobs,
         _ => {
             if let Some(id) = rest.strip_prefix("/jobs/") {
@@ -194,6 +200,8 @@ where
         Route::Ready => ops::ready(state).await,
         Route::Metrics => ops::metrics(state).await,
         Route::Cleanup => ops::cleanup(state, req).await,
+        Route::Limit if req.method() == http::Method::PUT => ops::set_limit(state, req).await,
+        Route::Limit => ops::limit(state).await,
         Route::Jobs if req.method() == http::Method::POST => job_routes::submit(state, req).await,
         Route::Jobs => job_routes::list(state, &req).await,
         Route::Job(id) if req.method() == http::Method::DELETE => {
@@ -229,6 +237,7 @@ mod tests {
         check("/ready", Some(Route::Ready));
         check("/metrics", Some(Route::Metrics));
         check("/api/d_id_optimized/cleanup-expired", Some(Route::Cleanup));
+        check("/api/d_id_optimized/limit", Some(Route::Limit));
         check(
             "/api/d_id_optimized/talk-status/tlk_1",
             Some(Route::TalkStatus("tlk_1".into())),

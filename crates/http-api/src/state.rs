@@ -39,6 +39,9 @@ pub struct Settings {
     pub body_idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests before cutting them off.
     pub shutdown_grace: Duration,
+    /// This instance's `MAX_CONCURRENT_REQUESTS` (with Redis the fleet's limit stored there
+    /// is served, which may differ: `/health` and `/stats` show both).
+    pub max_concurrent: u32,
     /// Replaces the configured secrets in every response body (the logs have their own, in
     /// the log writer).
     pub scrubber: Scrubber,
@@ -61,6 +64,7 @@ impl Settings {
             body_read_timeout: config.body_read_timeout,
             body_idle_timeout: config.body_idle_timeout,
             shutdown_grace: config.shutdown_grace,
+            max_concurrent: config.max_concurrent,
             scrubber: Scrubber::from_config(config),
         }
     }

@@ -50,6 +50,7 @@ impl Inner {
             _ => (why.reason, why.to_string()),
         };
         *lock(&self.degraded_reason) = Some(reason);
+        self.went_degraded.notify_waiters();
         tracing::warn!(
             limiter = %self.config.name,
             configured_backend = "redis",

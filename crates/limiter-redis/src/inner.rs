@@ -92,6 +92,11 @@ pub(crate) struct Inner {
     /// Notified when a switch back ends (done or given up): callers that arrived during it
     /// look again.
     pub(crate) switched: Notify,
+    /// Notified at every switch to the fallback, so a `stats` call waiting on Redis answers
+    /// from the fallback at once.
+    pub(crate) went_degraded: Notify,
+    /// Whether the stored limit was seen to differ from the configured one (logged once).
+    pub(crate) limit_mismatch_told: AtomicBool,
     /// Set when the server at the address speaks the other protocol than the URL's scheme
     /// (see `diagnose`): the reason stays `tls` until Redis is reached.
     pub(crate) wrong_protocol: AtomicBool,
@@ -221,6 +226,8 @@ impl Inner {
             degraded_reason: Mutex::new(None),
             last_failure: Mutex::new(None),
             wrong_protocol: AtomicBool::new(false),
+            limit_mismatch_told: AtomicBool::new(false),
+            went_degraded: Notify::new(),
             fallback_waiters: Mutex::new(FallbackWaiters::default()),
             switched: Notify::new(),
             limit: AtomicU32::new(config.max_concurrent),
@@ -356,8 +363,36 @@ impl Inner {
         args.extend(tokens.iter().map(|t| Value::from(t.as_str())));
         let beat = Beat::decode(self.eval(&self.scripts.beat, args).await?)?;
         self.saw(i64::from(beat.instances), beat.epoch);
-        self.limit.store(beat.limit.max(1), Ordering::Relaxed);
+        let stored = beat.limit.max(1);
+        let before = self.limit.swap(stored, Ordering::Relaxed);
+        self.tell_limit(before, stored);
         Ok(beat)
+    }
+
+    /// Logs what the fleet's limit stored in Redis means for this instance: once, at
+    /// `warn`, when it first differs from the configured one (the first instance on an
+    /// empty Redis stores its limit, and the others serve it, whatever they are configured
+    /// with), and at `info` whenever it changes (a `set_limit` of any instance).
+    pub(crate) fn tell_limit(&self, before: u32, stored: u32) {
+        let configured = self.config.max_concurrent;
+        if stored != configured && !self.limit_mismatch_told.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                limiter = %self.config.name,
+                address = %self.address,
+                stored_limit = stored,
+                configured_limit = configured,
+                "the fleet's limit stored in redis is {stored}, this instance is configured \
+                 with {configured}: serving {stored} (one limit for every instance sharing \
+                 the name; set_limit changes it for all of them)"
+            );
+        } else if stored != before {
+            tracing::info!(
+                limiter = %self.config.name,
+                from = before,
+                to = stored,
+                "the fleet's limit changed from {before} to {stored}"
+            );
+        }
     }
 
     /// This instance's presence channel, `<wake channel>:<instance>` (same hash slot). The

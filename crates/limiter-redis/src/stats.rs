@@ -27,7 +27,9 @@ impl Inner {
         } = self.read_stats().await?;
         let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
         let u64_of = |x: i64| u64::try_from(x.max(0)).unwrap_or(0);
-        self.limit.store(u32_of(limit).max(1), Ordering::Relaxed);
+        let stored = u32_of(limit).max(1);
+        let before = self.limit.swap(stored, Ordering::Relaxed);
+        self.tell_limit(before, stored);
         Ok(LimiterStats {
             backend: "redis".to_owned(),
             configured_backend: "redis".to_owned(),

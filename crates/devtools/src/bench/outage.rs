@@ -172,6 +172,9 @@ impl Window {
 struct Timeline {
     policy: FailoverPolicy,
     fault: Fault,
+    /// did-fake caps the account at C (429 above); uncapped it admits all, so its peak in
+    /// flight is exactly what the replicas admitted.
+    capped: bool,
     samples: Vec<Sample>,
     phases: Vec<Phase>,
     first_ok_after_fault: Option<f64>,
@@ -185,7 +188,17 @@ struct Timeline {
 
 impl Timeline {
     fn name(&self) -> String {
-        format!("{}, {}", self.policy, self.fault.name())
+        let uncapped = if self.capped {
+            ""
+        } else {
+            ", did-fake uncapped"
+        };
+        format!("{}, {}{uncapped}", self.policy, self.fault.name())
+    }
+
+    fn tag(&self) -> String {
+        let uncapped = if self.capped { "" } else { "-uncapped" };
+        format!("{}-{}{uncapped}", self.policy, self.fault.tag())
     }
 }
 
@@ -219,30 +232,39 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     for policy in [FailoverPolicy::Share, FailoverPolicy::Full] {
         for fault in [Fault::Stop, Fault::Kill] {
             println!("  run: {policy}, {}", fault.name());
-            timelines.push(timeline(ctx, &p, policy, fault).await?);
+            timelines.push(timeline(ctx, &p, policy, fault, true).await?);
         }
+    }
+    // The same run with did-fake uncapped: its peak in flight is then what the replicas
+    // admitted, not what a cap let through.
+    for fault in [Fault::Stop, Fault::Kill] {
+        println!("  run: share, {}, did-fake uncapped", fault.name());
+        timelines.push(timeline(ctx, &p, FailoverPolicy::Share, fault, false).await?);
     }
     report(&p, &timelines)
 }
 
-async fn timeline(ctx: &Ctx, p: &Params, policy: FailoverPolicy, fault: Fault) -> Result<Timeline> {
+async fn timeline(
+    ctx: &Ctx,
+    p: &Params,
+    policy: FailoverPolicy,
+    fault: Fault,
+    capped: bool,
+) -> Result<Timeline> {
     let client = &ctx.client;
-    let tag = format!("{policy}-{}", fault.tag());
+    let uncapped = if capped { "" } else { "-uncapped" };
+    let tag = format!("{policy}-{}{uncapped}", fault.tag());
     let mut redis = RedisServer::start();
     let redis_url = redis.url();
     let redis_port = rig::redis_port(&redis_url)?;
     let fake = rig::spawn_fake(ctx, &format!("bench5-{tag}-did-fake")).await?;
     let base = fake.base_url.clone();
     let talk = rig::create_talk(client, &base).await?;
-    rig::set_faults(
-        client,
-        &base,
-        json!({
-            "latency": {"routes": {STATUS_ROUTE: p.latency_ms}},
-            "max_in_flight_per_key": p.limit,
-        }),
-    )
-    .await?;
+    let mut faults = json!({"latency": {"routes": {STATUS_ROUTE: p.latency_ms}}});
+    if capped {
+        faults["max_in_flight_per_key"] = json!(p.limit);
+    }
+    rig::set_faults(client, &base, faults).await?;
     let env = [("FAILOVER_POLICY", policy.as_str())];
     let mut apis = Vec::new();
     for i in 0..REPLICAS {
@@ -478,6 +500,7 @@ async fn timeline(ctx: &Ctx, p: &Params, policy: FailoverPolicy, fault: Fault) -
     Ok(Timeline {
         policy,
         fault,
+        capped,
         samples,
         phases,
         first_ok_after_fault,
@@ -552,7 +575,7 @@ fn report(p: &Params, timelines: &[Timeline]) -> Result<Section> {
     let find = |policy: FailoverPolicy, fault: Fault| {
         timelines
             .iter()
-            .find(|t| t.policy == policy && t.fault == fault)
+            .find(|t| t.policy == policy && t.fault == fault && t.capped)
     };
     let mut side = Table::new(
         "did-fake (the account capped at C) per window: `share` against the `full` baseline",
@@ -657,6 +680,56 @@ fn report(p: &Params, timelines: &[Timeline]) -> Result<Section> {
         }
     }
 
+    // did-fake uncapped: its peak in flight is what the replicas admitted.
+    let mut uncapped = Table::new(
+        "did-fake uncapped (no 429s: its peak in flight is what the replicas admitted) per \
+         window, `share`",
+        &[
+            "fault",
+            "window",
+            "peak in flight",
+            "upstream requests",
+            "bound",
+        ],
+    );
+    for t in timelines.iter().filter(|t| !t.capped) {
+        for (i, window) in ["steady", "outage", "fail-back", "after"]
+            .iter()
+            .enumerate()
+        {
+            let w = t.windows[i];
+            uncapped.row(vec![
+                t.fault.name().to_owned(),
+                (*window).to_owned(),
+                w.peak.to_string(),
+                w.requests.to_string(),
+                if (1..=2).contains(&i) {
+                    format!("peak ≤ {share_bound}")
+                } else {
+                    format!("peak ≤ {}", p.limit)
+                },
+            ]);
+        }
+        for (i, window) in [(1, "during the outage"), (2, "at fail-back")] {
+            let w = t.windows[i];
+            section.bound(
+                &format!(
+                    "{}, did-fake uncapped: peak in flight {window} <= max(C, replicas) = \
+                     {share_bound} (share)",
+                    t.fault.name()
+                ),
+                w.peak <= share_bound,
+                &format!("peak {} of {} upstream requests", w.peak, w.requests),
+                "The same timeline with no cap at did-fake: nothing is refused, so the peak \
+                 is exactly what the replicas let through together. At the switch back the \
+                 callers still waiting in a replica's fallback move into the Redis queue (in \
+                 their order) instead of being granted by the fallback after Redis took \
+                 over, which admitted one more than C when Redis's warm-up ended.",
+            );
+        }
+    }
+    section.table(uncapped);
+
     section.notes.push(format!(
         "Under `full` did-fake's peak in flight stays near C: it refuses a request above the \
          cap at once, so a refused request is in flight only for the moment it takes to answer \
@@ -754,7 +827,7 @@ fn report(p: &Params, timelines: &[Timeline]) -> Result<Section> {
             p.limit
         ));
         section.plots.push(Plot {
-            file: format!("5-outage-{}-{}-latency.svg", t.policy, t.fault.tag()),
+            file: format!("5-outage-{}-latency.svg", t.tag()),
             title: format!("Scenario 5 ({name}): caller latency per phase"),
             series: vec![
                 "steady (Redis)".into(),
@@ -777,6 +850,7 @@ fn report(p: &Params, timelines: &[Timeline]) -> Result<Section> {
             .collect();
         data.push(json!({
             "policy": t.policy.as_str(),
+            "did_fake_capped": t.capped,
             "fault": t.fault.name(),
             "first_ok_after_fault_ms": t.first_ok_after_fault.map(|s| s * 1000.0),
             "all_degraded_ms": t.all_degraded.map(|d| d.as_secs_f64() * 1000.0),

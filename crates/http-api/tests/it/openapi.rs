@@ -271,6 +271,16 @@ async fn every_route_answers_as_documented() {
         post("/cleanup-expired"),
     )
     .await;
+    c.expect(200, "GET", "/api/d_id_optimized/limit", get("/limit"))
+        .await;
+    c.expect(
+        403,
+        "PUT",
+        "/api/d_id_optimized/limit",
+        http.put(srv.api("/limit"))
+            .json(&json!({"max_concurrent": 3})),
+    )
+    .await;
 
     // Error shapes.
     c.expect(
@@ -378,6 +388,38 @@ async fn every_route_answers_as_documented() {
         "POST",
         "/api/d_id_optimized/cleanup-expired",
         post("/cleanup-expired").bearer_auth("t0k"),
+    )
+    .await;
+    let put = |body: Value| http.put(srv.api("/limit")).bearer_auth("t0k").json(&body);
+    let set = c
+        .expect(
+            200,
+            "PUT",
+            "/api/d_id_optimized/limit",
+            put(json!({"max_concurrent": 7})),
+        )
+        .await;
+    assert_eq!(set["max_concurrent"], 7, "{set}");
+    c.expect(
+        422,
+        "PUT",
+        "/api/d_id_optimized/limit",
+        put(json!({"max_concurrent": 0})),
+    )
+    .await;
+    c.expect(
+        422,
+        "PUT",
+        "/api/d_id_optimized/limit",
+        put(json!({"max_concurrent": 7, "extra": 1})),
+    )
+    .await;
+    c.expect(
+        401,
+        "PUT",
+        "/api/d_id_optimized/limit",
+        http.put(srv.api("/limit"))
+            .json(&json!({"max_concurrent": 7})),
     )
     .await;
     srv.stop().await;

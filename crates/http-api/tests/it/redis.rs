@@ -221,3 +221,87 @@ async fn a_plain_redis_url_at_a_cluster_node_is_reported_as_cluster_with_the_fix
     srv.stop().await;
     fake.shutdown().await;
 }
+
+/// One limit for the fleet: the first instance on an empty Redis stores its
+/// `MAX_CONCURRENT_REQUESTS`; a later one configured otherwise serves the stored limit,
+/// warns naming both, and shows both in `/health` and `/stats`. `PUT /limit` (admin) changes
+/// it for every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_instance_serves_the_stored_limit_says_so_and_put_limit_changes_it_for_all() {
+    use test_support::http::send;
+    const TOKEN: &str = "limit-admin-token";
+    support::init_logs();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let fake = support::fake().await;
+    let name = test_support::unique_name("http-api-it-limit");
+    let instance = |limit: &'static str| {
+        let (fake, url, name) = (&fake, url.clone(), name.clone());
+        async move {
+            support::service(
+                fake,
+                &[
+                    ("REDIS_URL", url.as_str()),
+                    ("LIMITER_NAME", name.as_str()),
+                    ("MAX_CONCURRENT_REQUESTS", limit),
+                    ("HTTP_API_TOKEN", TOKEN),
+                ],
+            )
+            .await
+        }
+    };
+    let first = instance("3").await;
+    let second = instance("5").await;
+    let http = client();
+
+    let (_, health) = get_json(&http, second.url("/health"), None).await;
+    assert_eq!(health["rate_limiter"]["max_concurrent"], 3, "{health}");
+    assert_eq!(
+        health["rate_limiter"]["configured_max_concurrent"], 5,
+        "{health}"
+    );
+    let (_, stats) = get_json(&http, second.api("/stats"), Some(TOKEN)).await;
+    assert_eq!(stats["rate_limiter"]["max_concurrent"], 3, "{stats}");
+    assert_eq!(
+        stats["rate_limiter"]["configured_max_concurrent"], 5,
+        "{stats}"
+    );
+    let logs = support::logs();
+    assert!(
+        logs.lines().any(|l| l.contains(&name)
+            && l.contains("stored in redis is 3")
+            && l.contains("configured with 5")),
+        "no warning naming both limits:\n{logs}"
+    );
+
+    // Without the token, refused; a zero or absurd limit, refused.
+    let put = |body: serde_json::Value| http.put(second.api("/limit")).json(&body);
+    let (status, _) = send(put(serde_json::json!({"max_concurrent": 4})), None).await;
+    assert_eq!(status, 401);
+    for bad in [0, 1_000_000] {
+        let (status, body) =
+            send(put(serde_json::json!({"max_concurrent": bad})), Some(TOKEN)).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+    }
+    let (status, body) = send(put(serde_json::json!({"max_concurrent": 4})), Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["max_concurrent"], 4, "{body}");
+    assert_eq!(body["configured_max_concurrent"], 5, "{body}");
+    // The first instance serves it too (at its next script, within a heartbeat).
+    test_support::eventually(
+        Duration::from_secs(5),
+        "the first instance serves 4",
+        || async {
+            let (_, l) = get_json(&http, first.api("/limit"), Some(TOKEN)).await;
+            if l["max_concurrent"] == 4 && l["configured_max_concurrent"] == 3 {
+                Ok(l)
+            } else {
+                Err(l)
+            }
+        },
+    )
+    .await;
+    first.stop().await;
+    second.stop().await;
+    fake.shutdown().await;
+}
