@@ -53,6 +53,9 @@ impl Cli {
                     .env(s.env)
                     .value_name(s.env)
                     .action(clap::ArgAction::Set)
+                    // `--lease-ttl-secs -1` is a bad value (reported with every other bad
+                    // setting), not an unknown flag `-1`.
+                    .allow_negative_numbers(true)
                     .help(s.help_with_default()),
             )
         });

@@ -132,3 +132,24 @@ fn impossible_redis_tls_settings_stop_the_start_with_a_clear_line() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("is not true or false"), "{err}");
 }
+
+#[test]
+fn a_negative_number_as_its_own_argument_is_a_bad_value_reported_with_the_others() {
+    for args in [
+        &["--lease-ttl-secs", "-1", "--max-concurrent-requests", "0"][..],
+        &["--lease-ttl-secs=-1", "--max-concurrent-requests=0"][..],
+    ] {
+        let out = run(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        for needle in [
+            "--lease-ttl-secs: \"-1\"",
+            "--max-concurrent-requests: \"0\"",
+        ] {
+            assert!(
+                err.contains(needle),
+                "{args:?}: {needle:?} missing from {err}"
+            );
+        }
+    }
+}

@@ -26,8 +26,9 @@ async fn neither_the_d_id_key_nor_the_token_is_ever_logged() {
         ("HTTP_API_TOKEN", TOKEN),
         ("POLL_INTERVAL_SECS", "0.01"),
     ]);
-    // What main logs at start-up.
-    tracing::info!(?config, "starting talkgate (test)");
+    // What main logs at start-up: one structured record, no secret.
+    support::init_logs();
+    config.log_start();
     let srv = Server::start(http_api::wiring::build(&config).await.unwrap()).await;
     let http = client();
 
@@ -55,6 +56,25 @@ async fn neither_the_d_id_key_nor_the_token_is_ever_logged() {
     fake.shutdown().await;
 
     let logs = support::logs();
+    let start = logs
+        .lines()
+        .find(|l| l.contains("starting talkgate"))
+        .unwrap_or_else(|| panic!("no start-up record:\n{logs}"));
+    // Fields, not a `Debug` dump of the whole config.
+    for field in [
+        "\"max_concurrent\":10",
+        "\"limiter\":\"memory\"",
+        "\"http_api_token_set\":true",
+        "\"job_store\":\"Memory\"",
+    ] {
+        assert!(start.contains(field), "{field} missing from {start}");
+    }
+    assert!(!start.contains("Config {"), "{start}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("job store ready") && l.contains("\"at\":\"memory\"")),
+        "\"job store ready\" does not say where:\n{logs}"
+    );
     let b64 = base64::engine::general_purpose::STANDARD.encode(&key);
     for secret in [KEY_SECRET, TOKEN, b64.as_str()] {
         assert!(!logs.contains(secret), "a secret reached the log");

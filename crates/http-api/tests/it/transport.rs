@@ -387,3 +387,23 @@ async fn heads_hyper_rejects_itself_get_its_bare_answer_and_a_closed_connection(
     }
     srv.stop().await;
 }
+
+/// A declared `Content-Length` above the route's limit is 413 at once, without waiting for
+/// a body that would be thrown away (it was 408 after the idle timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_length_above_the_limit_is_413_at_once() {
+    // Long timeouts: only the declared length can answer within the test's bound.
+    let srv = timed_service(60.0, 30.0).await;
+    let mut s = send(srv.addr, json_head("Content-Length: 10000000").as_bytes()).await;
+    let raw = read_answer(&mut s, Duration::from_secs(5), Duration::from_secs(5)).await;
+    assert_eq!(raw.status, 413, "{raw:?}");
+    assert_eq!(raw.json()["error"]["code"], "payload_too_large", "{raw:?}");
+
+    let upload = "POST /api/d_id_optimized/upload-audio HTTP/1.1\r\nHost: t\r\n\
+                  Content-Type: multipart/form-data; boundary=x\r\n\
+                  Content-Length: 104857600\r\n\r\n";
+    let mut s = send(srv.addr, upload.as_bytes()).await;
+    let raw = read_answer(&mut s, Duration::from_secs(5), Duration::from_secs(5)).await;
+    assert_eq!(raw.status, 413, "{raw:?}");
+    srv.stop().await;
+}

@@ -55,7 +55,8 @@ Options:
   --waiter-ms <MS>     lifetime of a queued ticket [default: 6000]
   --instance-ttl-ms <MS>  lifetime of the instance record [default: 2000]
   --label <TEXT>       what is recorded in the grant order [default: the priority]
-  -h, --help           print this help";
+  -h, --help           print this help
+  -V, --version        print the version";
 
 /// The parsed command line.
 struct Args {
@@ -173,6 +174,10 @@ async fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.iter().any(|a| a == "--help" || a == "-h") {
         say(USAGE);
+        return ExitCode::SUCCESS;
+    }
+    if argv.iter().any(|a| a == "--version" || a == "-V") {
+        say(concat!("limiter-holder ", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
     let args = match parse_args(&argv) {

@@ -388,9 +388,19 @@ fn limiter_holder_help_prints_its_usage_and_a_bad_argument_is_a_usage_error() {
         "{}",
         String::from_utf8_lossy(&help.stderr)
     );
-    for flag in ["--url", "--name", "--priority", "--hold-ms"] {
+    for flag in ["--url", "--name", "--priority", "--hold-ms", "--version"] {
         assert!(stdout.contains(flag), "usage lacks {flag}: {stdout}");
     }
+    let version = std::process::Command::new(env!("CARGO_BIN_EXE_limiter-holder"))
+        .arg("--version")
+        .output()
+        .expect("limiter-holder runs");
+    assert_eq!(version.status.code(), Some(0));
+    let printed = String::from_utf8_lossy(&version.stdout);
+    assert_eq!(
+        printed.trim(),
+        concat!("limiter-holder ", env!("CARGO_PKG_VERSION"))
+    );
 
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_limiter-holder"))
         .args(["--name", "n", "--count", "many"])
