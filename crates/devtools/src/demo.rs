@@ -35,13 +35,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     // With `REDIS_URL` the demo is a guest on that Redis: its own limiter name and job-store
     // namespace, removed at the end (also after a failure or Ctrl-C), never the production
     // defaults a fleet may be using (a demo with 1 slot would set that fleet's limit to 1).
-    let guest = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(Guest {
-            url,
-            name: format!("talkgate-demo-{}", std::process::id()),
-        }),
-        _ => None,
-    };
+    let guest = Guest::of(std::env::var("REDIS_URL").ok());
     rt.block_on(async {
         let result = tokio::select! {
             result = demo(guest.as_ref()) => result,
@@ -63,6 +57,16 @@ struct Guest {
 }
 
 impl Guest {
+    /// The demo's guest names on `redis_url`, if one is set: a `LIMITER_NAME` of its own
+    /// (`talkgate-demo-<pid>`), never the default `d-id` a fleet may be using.
+    fn of(redis_url: Option<String>) -> Option<Guest> {
+        let url = redis_url.filter(|url| !url.is_empty())?;
+        Some(Guest {
+            url,
+            name: format!("talkgate-demo-{}", std::process::id()),
+        })
+    }
+
     /// Removes every key of the demo's limiter and job store, and says how many.
     async fn leave(&self) {
         match self.remove_keys().await {
@@ -651,5 +655,52 @@ fn short(url: &str) -> String {
     match url.char_indices().nth(72) {
         Some((i, _)) => format!("{}…", &url[..i]),
         None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Guest;
+    use test_support::redis::RedisServer;
+
+    #[test]
+    fn the_demo_is_a_guest_only_with_a_redis_url_and_never_under_the_default_name() {
+        assert!(Guest::of(None).is_none());
+        assert!(Guest::of(Some(String::new())).is_none());
+        let guest = Guest::of(Some("redis://127.0.0.1:6379".into())).unwrap();
+        assert!(guest.name.starts_with("talkgate-demo-"), "{}", guest.name);
+        assert_ne!(guest.name, "d-id");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_guest_removes_its_own_keys_and_nothing_else() {
+        let server = tokio::task::spawn_blocking(RedisServer::start)
+            .await
+            .unwrap();
+        let guest = Guest {
+            url: server.url(),
+            name: "talkgate-demo-test".to_owned(),
+        };
+        let own = [
+            "{talkgate:talkgate-demo-test}:limit",
+            "{talkgate:talkgate-demo-test}:holders",
+            "{talkgate-jobs:talkgate-demo-test}:job",
+        ];
+        let others = [
+            "{talkgate:d-id}:limit",
+            "{talkgate-jobs:d-id}:job",
+            "{talkgate:talkgate-demo-testing}:limit",
+            "unrelated",
+        ];
+        for key in own.iter().chain(&others) {
+            assert_eq!(server.command(None, &["SET", key, "1"]), "+OK");
+        }
+        assert_eq!(guest.remove_keys().await.unwrap(), own.len());
+        for key in own {
+            assert_eq!(server.command(None, &["EXISTS", key]), ":0", "{key}");
+        }
+        for key in others {
+            assert_eq!(server.command(None, &["EXISTS", key]), ":1", "{key}");
+        }
     }
 }

@@ -305,3 +305,62 @@ async fn a_later_instance_serves_the_stored_limit_says_so_and_put_limit_changes_
     second.stop().await;
     fake.shutdown().await;
 }
+
+/// The least-privilege ACL user the README documents (its keys, channels and command
+/// categories only) is enough for the limiter and the job store: the service is ready,
+/// on Redis, and runs a job to its video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_least_privilege_acl_user_runs_the_limiter_and_the_job_store() {
+    let redis = RedisServer::start();
+    // As in README, "Redis permissions".
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "talkgate",
+        "reset",
+        "on",
+        ">tg-acl-pw",
+        "~{talkgate:*",
+        "~{talkgate-jobs:*",
+        "&{talkgate:*",
+        "&{talkgate-jobs:*",
+        "+@read",
+        "+@write",
+        "+@scripting",
+        "+@pubsub",
+        "+@connection",
+        "+@fast",
+        "-@dangerous",
+    ];
+    assert_eq!(redis.command(None, &acl), "+OK");
+    let url = format!("redis://talkgate:tg-acl-pw@127.0.0.1:{}", redis.port());
+    let fake = support::fake().await;
+    let name = test_support::unique_name("http-api-it-acl");
+    let srv = support::service(
+        &fake,
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("LIMITER_NAME", name.as_str()),
+            ("JOB_STORE", "auto"),
+        ],
+    )
+    .await;
+    let http = client();
+    let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["rate_limiter"]["serving_backend"], "redis", "{ready}");
+    assert_eq!(ready["job_store"]["kind"], "redis", "{ready}");
+    let body = serde_json::json!({
+        "audio_url": "https://example.test/voice.wav",
+        "source_url": "https://example.test/face.jpg",
+    });
+    let (status, done) =
+        test_support::http::post_json(&http, srv.api("/generate-video"), None, &body).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "done", "{done}");
+    let (_, health) = get_json(&http, srv.url("/health"), None).await;
+    assert_eq!(health["rate_limiter"]["degraded"], false, "{health}");
+    assert_eq!(health["job_store"]["open"], true, "{health}");
+    srv.stop().await;
+    fake.shutdown().await;
+}
