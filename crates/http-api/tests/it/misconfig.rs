@@ -33,7 +33,16 @@ async fn service(fake: &did_fake::RunningFake, case: &Case) -> support::Server {
         ("READY_DEGRADED_GRACE_SECS", "0"),
     ];
     pairs.extend(case.env.iter().map(|(k, v)| (*k, v.as_str())));
-    support::service(fake, &pairs).await
+    let started = std::time::Instant::now();
+    let srv = support::service(fake, &pairs).await;
+    // Reported, not asserted (`--nocapture` shows it; docs/BENCHMARKS.md quotes it).
+    println!(
+        "MEASURED {}: serving after {} ms, reason {}",
+        case.what,
+        started.elapsed().as_millis(),
+        case.reason
+    );
+    srv
 }
 
 /// What each route says about `case`; panics with the whole answer when it is not right.
