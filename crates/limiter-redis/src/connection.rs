@@ -134,29 +134,50 @@ impl ConnectError {
 /// and a timeout or a closed connection is checked for the wrong protocol (a `rediss://` URL
 /// at a plaintext port, a `redis://` URL at a TLS port, see `diagnose`).
 pub async fn connect(client: &Client, config: &RedisLimiterConfig) -> Result<(), ConnectError> {
+    use tokio::sync::broadcast::error::RecvError;
     let mut errors = client.error_rx();
     let _task = client.connect();
     let address = config::address_of(&config.url);
-    let outcome = tokio::time::timeout(config.connect_timeout, client.wait_for_connect()).await;
-    let failure = match outcome {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(e)) => BackendError::fred("connect", &e),
-        Err(_) => {
-            // The newest connection error fred reported while it retried, if any.
-            let mut last = None;
-            loop {
-                match errors.try_recv() {
-                    Ok((e, _server)) => last = Some(e),
-                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
-                    Err(_) => break,
-                }
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let connected = client.wait_for_connect();
+    tokio::pin!(connected);
+    let mut errors_open = true;
+    // The newest connection error fred reported while it retried, if any.
+    let mut last: Option<BackendError> = None;
+    let failure = loop {
+        let next_error = async {
+            if errors_open {
+                errors.recv().await
+            } else {
+                std::future::pending().await
             }
-            match last {
-                Some(e) => BackendError::fred("connect", &e),
-                None => BackendError::new(
+        };
+        tokio::select! {
+            outcome = &mut connected => match outcome {
+                Ok(()) => return Ok(()),
+                Err(e) => break BackendError::fred("connect", &e),
+            },
+            error = next_error => match error {
+                Ok((e, _server)) => {
+                    let failure = BackendError::fred("connect", &e);
+                    // Retrying cannot fix a refusal, a wrong password or a failed
+                    // handshake within the timeout: say so now.
+                    if matches!(
+                        failure.reason,
+                        DegradedReason::Auth | DegradedReason::Tls | DegradedReason::Refused
+                    ) {
+                        break failure;
+                    }
+                    last = Some(failure);
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => errors_open = false,
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                break last.take().unwrap_or_else(|| BackendError::new(
                     DegradedReason::Timeout,
                     format!("connect: no connection within {:?}", config.connect_timeout),
-                ),
+                ));
             }
         }
     };

@@ -85,15 +85,38 @@ impl RedisLimiter {
         let _subscriber_task = inner.subscriber.connect();
         let _client_task = inner.client.connect();
 
-        let connected = tokio::time::timeout(inner.config.connect_timeout, async {
-            inner.client.wait_for_connect().await?;
-            // The presence subscription first (see `Inner::presence_channel`), so that the
-            // first heartbeat already tells Redis this instance listens.
-            inner.subscriber.wait_for_connect().await?;
-            inner.listen().await;
-            Ok::<(), fred::error::Error>(())
-        })
-        .await;
+        // A refused connection, a wrong password or a failed handshake degrades the limiter
+        // as soon as fred reports it (see `failover`); the start then waits no longer (the
+        // degraded reason is that connection error's).
+        let connected = {
+            let failed = || {
+                fred::error::Error::new(
+                    fred::error::ErrorKind::Timeout,
+                    "connect: the connection failed",
+                )
+            };
+            let degraded = inner.went_degraded.notified();
+            tokio::pin!(degraded);
+            degraded.as_mut().enable();
+            tokio::time::timeout(inner.config.connect_timeout, async {
+                let connect = async {
+                    inner.client.wait_for_connect().await?;
+                    // The presence subscription first (see `Inner::presence_channel`), so
+                    // that the first heartbeat already tells Redis this instance listens.
+                    inner.subscriber.wait_for_connect().await?;
+                    inner.listen().await;
+                    Ok::<(), fred::error::Error>(())
+                };
+                if inner.is_degraded() {
+                    return Err(failed());
+                }
+                tokio::select! {
+                    outcome = connect => outcome,
+                    () = degraded => Err(failed()),
+                }
+            })
+            .await
+        };
         match connected {
             // The first heartbeat registers this instance and stores the limit, so that
             // other processes see both before this one's first acquire.

@@ -24,6 +24,7 @@ struct Case {
     secret: Option<&'static str>,
 }
 
+#[allow(clippy::print_stderr)] // the measured start-up time, shown with --nocapture
 async fn service(fake: &did_fake::RunningFake, case: &Case) -> support::Server {
     let name = test_support::unique_name("misconfig");
     let mut pairs: Vec<(&str, &str)> = vec![
@@ -36,7 +37,7 @@ async fn service(fake: &did_fake::RunningFake, case: &Case) -> support::Server {
     let started = std::time::Instant::now();
     let srv = support::service(fake, &pairs).await;
     // Reported, not asserted (`--nocapture` shows it; docs/BENCHMARKS.md quotes it).
-    println!(
+    eprintln!(
         "MEASURED {}: serving after {} ms, reason {}",
         case.what,
         started.elapsed().as_millis(),
