@@ -91,6 +91,8 @@ impl Guest {
         config.tls.cert_file = path("REDIS_TLS_CERT_FILE");
         config.tls.key_file = path("REDIS_TLS_KEY_FILE");
         config.tls.server_name = std::env::var("REDIS_TLS_SERVER_NAME").ok();
+        config.tls.insecure_skip_verify = std::env::var("REDIS_TLS_INSECURE_SKIP_VERIFY")
+            .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
         let client = limiter_redis::client(&config)?;
         limiter_redis::connect(&client, &config).await?;
         let mut removed = 0;

@@ -263,6 +263,8 @@ pub struct Jobs {
     changed: watch::Sender<u64>,
     stopping: AtomicBool,
     started: AtomicBool,
+    /// Set while claims fail (logged once per streak).
+    claim_failing: AtomicBool,
     next_inline: AtomicU64,
     /// Keys whose first request is still being accepted on this instance.
     accepting: Mutex<HashSet<ScopedKey>>,
@@ -356,6 +358,7 @@ impl Jobs {
             changed: watch::channel(0).0,
             stopping: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            claim_failing: AtomicBool::new(false),
             next_inline: AtomicU64::new(0),
             accepting: Mutex::new(HashSet::new()),
             drained: Mutex::new(VecDeque::new()),
@@ -580,6 +583,9 @@ impl Jobs {
         while !self.stopping.load(Ordering::SeqCst) {
             match self.store.claim(&name, self.config.lease, now_ms()).await {
                 Ok(Some(job)) => {
+                    if self.claim_failing.swap(false, Ordering::SeqCst) {
+                        tracing::info!(worker = %name, "claims succeed again");
+                    }
                     // More may be runnable: one more worker tries (it sleeps again if not).
                     self.wake.notify_one();
                     let _renew = self.renew_in_background(job.id.clone(), name.clone());
@@ -597,8 +603,14 @@ impl Jobs {
                 Err(e) => {
                     // The look asks the store again every FAILED_LOOK and wakes a worker
                     // when a job is due: an unreachable store is one question per
-                    // FAILED_LOOK, not one per worker.
-                    tracing::debug!(worker = %name, error = %e, "could not claim a job");
+                    // FAILED_LOOK, not one per worker. One warning per streak of failed
+                    // claims (any worker's), so a claim that keeps failing while the look
+                    // works (a script or ACL error) is seen.
+                    if !self.claim_failing.swap(true, Ordering::SeqCst) {
+                        tracing::warn!(worker = %name, error = %e, "could not claim a job; workers retry when the look finds one due");
+                    } else {
+                        tracing::debug!(worker = %name, error = %e, "could not claim a job");
+                    }
                     tokio::select! {
                         () = self.wake.notified() => {}
                         () = self.stopped() => {}

@@ -305,10 +305,17 @@ struct LimitRequest {
 async fn limit_json(state: &AppState) -> Value {
     let s = state.limiter().stats().await;
     let configured = state.settings().max_concurrent;
+    // While degraded the limiter admits its fallback share; the fleet's limit is still the
+    // one in the backend (or a PUT waiting for it).
+    let limit = match &s.failover {
+        Some(f) if s.degraded && f.fleet_limit > 0 => f.fleet_limit,
+        _ => s.max_concurrent,
+    };
     json!({
-        "max_concurrent": s.max_concurrent,
+        "max_concurrent": limit,
         "configured_max_concurrent": configured,
-        "limit_differs": s.max_concurrent != configured,
+        "limit_differs": limit != configured,
+        "serving_max_concurrent": s.max_concurrent,
         "backend": s.configured_backend,
         "degraded": s.degraded,
         "applies_to": if s.configured_backend == "redis" {

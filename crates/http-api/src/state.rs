@@ -126,6 +126,20 @@ impl AppState {
         settings: Settings,
         jobs: Arc<Jobs>,
     ) -> AppState {
+        AppState::with_opening_jobs(video, limiter, metrics, settings, jobs, None)
+    }
+
+    /// As [`with_jobs`](Self::with_jobs), with `opening`: the engine's job store when it
+    /// could not be opened at start and is opened again in the background (so `/health`,
+    /// `/ready` and `/stats` say why it is not open yet).
+    pub fn with_opening_jobs(
+        video: Arc<dyn VideoApi>,
+        limiter: Arc<dyn ConcurrencyLimiter>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        jobs: Arc<Jobs>,
+        opening: Option<Arc<OpeningStore>>,
+    ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 video,
@@ -134,25 +148,8 @@ impl AppState {
                 settings,
                 jobs,
                 degraded_since: Mutex::new(None),
-                opening: None,
+                opening,
             }),
-        }
-    }
-
-    /// This state with `opening`, the job store the engine uses when it could not be opened
-    /// at start (so `/health`, `/ready` and `/stats` say why it is not open yet).
-    pub fn with_opening_store(self, opening: Option<Arc<OpeningStore>>) -> AppState {
-        match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.opening = opening;
-                AppState {
-                    inner: Arc::new(inner),
-                }
-            }
-            Err(inner) => {
-                debug_assert!(false, "with_opening_store on a shared state");
-                AppState { inner }
-            }
         }
     }
 

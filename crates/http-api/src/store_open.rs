@@ -119,13 +119,16 @@ async fn retry(weak: Weak<OpeningStore>, open: Open) {
         let Some(this) = weak.upgrade() else { return };
         match attempt {
             Ok(store) => {
-                let attempts = lock(&this.failure).as_ref().map_or(0, |f| f.attempts) + 1;
+                let (attempts, address) = lock(&this.failure)
+                    .as_ref()
+                    .map_or((1, String::new()), |f| (f.attempts + 1, f.address.clone()));
                 // Set once: this task is the only writer.
                 let _ = this.store.set(store);
                 *lock(&this.failure) = None;
                 this.opened.notify_waiters();
                 tracing::info!(
                     store = this.kind,
+                    at = %address,
                     attempts,
                     "job store ready: opened in the background"
                 );

@@ -239,14 +239,14 @@ pub async fn build_with(
         );
     }
     let jobs = Jobs::new(store, client.clone(), jobs_config(config));
-    Ok(AppState::with_jobs(
+    Ok(AppState::with_opening_jobs(
         client,
         limiter,
         metrics,
         Settings::from_config(config),
         jobs,
-    )
-    .with_opening_store(opening))
+        opening,
+    ))
 }
 
 /// Where the job store lives, for the log: the SQLite file, the Redis address (never the

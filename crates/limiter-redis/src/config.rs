@@ -387,6 +387,9 @@ pub fn address_of(url: &str) -> String {
         Some(i) => (&url[..i], &url[i + 3..]),
         None => ("", url),
     };
+    if ambiguous_userinfo(rest) {
+        return HIDDEN_ADDRESS.to_owned();
+    }
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
     let host = authority
@@ -420,6 +423,30 @@ pub fn address_of(url: &str) -> String {
     addresses.join(",")
 }
 
+/// What [`address_of`] says for a URL whose user info cannot be told from its host.
+const HIDDEN_ADDRESS: &str = "(hidden: the URL has an '@' after its host part; percent-encode \
+    '/', '?', '#' and '@' in the password)";
+
+/// Whether an `@` comes after the end of the authority (the first `/`, `?` or `#` after
+/// `scheme://`): then a password holds one of those characters unescaped
+/// (`redis://:pa/ss@host`), and whatever is cut off as the "host" may be part of it. Such a
+/// URL is shown as nothing but its scheme, and its address is hidden.
+fn ambiguous_userinfo(rest: &str) -> bool {
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(authority_end);
+    // An `@` in the path (a Redis URL's path is a database number): a `/` in the password.
+    if after.split(['?', '#']).next().unwrap_or("").contains('@') {
+        return true;
+    }
+    // `user:pa` cut off at a `?` or `#` of the password: a "port" that is no number, and
+    // the `@` later on.
+    !authority.contains('@')
+        && after.contains('@')
+        && authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| !port.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The query parameters whose value is a secret: fred reads the password of the Sentinel
 /// nodes from `sentinelPassword` (feature `sentinel-auth`). Compared ignoring ASCII case.
 const SECRET_PARAMS: &[&str] = &["sentinelPassword"];
@@ -431,6 +458,9 @@ pub fn redact_url(url: &str) -> String {
         return url.to_owned();
     };
     let rest = &url[scheme_end..];
+    if ambiguous_userinfo(rest) {
+        return format!("{}***", &url[..scheme_end]);
+    }
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let authority = match rest[..authority_end].rfind('@') {
         None => rest[..authority_end].to_owned(),
@@ -729,5 +759,24 @@ mod tests {
                 .unwrap_err()
                 .contains("share, closed or full")
         );
+    }
+
+    #[test]
+    fn a_password_with_an_unescaped_slash_question_mark_or_hash_never_shows() {
+        for url in [
+            "redis://:pw1/zz9@10.0.0.1:6379/0",
+            "redis://user:pw1?zz9@10.0.0.1:6379",
+            "rediss://:pw1#zz9@redis.internal:6380",
+            "redis-sentinel://s1:26379?sentinelServiceName=m&sentinelPassword=pw1@zz9",
+        ] {
+            for shown in [redact_url(url), address_of(url)] {
+                for secret in ["pw1", "zz9"] {
+                    assert!(!shown.contains(secret), "{url} shown as {shown}");
+                }
+            }
+        }
+        assert_eq!(redact_url("redis://:pw1/zz9@h:6379"), "redis://***");
+        // An escaped one is fine: the host is known.
+        assert_eq!(address_of("redis://:pw1%2Fzz9@h:6379/0"), "h:6379");
     }
 }

@@ -56,9 +56,16 @@ pub(crate) async fn protocol_mismatch(
             "the server at {address} answers a plaintext PING, so it is not a TLS port: \
              use a redis:// URL, or the server's tls-port"
         )),
-        (false, Answer::Tls | Answer::Closed) => Some(format!(
-            "the server at {address} closed the connection on a plaintext PING, as a TLS \
-             port does: use a rediss:// URL (and REDIS_TLS_CA_FILE for a private CA)"
+        (false, Answer::Tls) => Some(format!(
+            "the server at {address} answers a plaintext PING with a TLS record, so it is a \
+             TLS port: use a rediss:// URL (and REDIS_TLS_CA_FILE for a private CA)"
+        )),
+        // Redis's TLS port sends no alert: it drops the connection without a byte. So does
+        // a proxy with nothing behind it, hence the hedge.
+        (false, Answer::Closed) => Some(format!(
+            "the server at {address} closed the connection on a plaintext PING without a \
+             byte of answer, as a Redis TLS port does (or a proxy with no server behind it): \
+             if it is a TLS port, use a rediss:// URL (and REDIS_TLS_CA_FILE for a private CA)"
         )),
         _ => None,
     }

@@ -32,6 +32,13 @@ use crate::connection::{BackendError, classify, diagnosed};
 use crate::inner::{Cleanup, FallbackWaiter, Inner, Mode, Moved};
 use crate::util::{jittered, lock, spawn_now};
 
+/// Refused (or auth/TLS-failing) reconnects in a row that switch an instance to its
+/// fallback before any call has failed.
+const FAILURES_BEFORE_SWITCH: u32 = 2;
+
+/// How often a change of the degraded reason is logged at `warn` (more often at `debug`).
+const REASON_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The most tokens kept for a cleanup at the switch back (see [`Inner::spawn_cleanup`]).
 const MAX_ABANDONED: usize = 10_000;
 
@@ -329,10 +336,14 @@ impl Inner {
             // next heartbeat (`instance_ttl / 4`), so without this it degraded up to
             // heartbeat + op_timeout (1 s) after the fault. A Cluster is left to its calls:
             // one node refusing says nothing about the node that owns this limiter's slot.
+            // Two in a row, so a restart that fred rides over (the next attempt connects)
+            // switches nothing; the count restarts at every heartbeat that gets through.
             if matches!(
                 reason,
                 DegradedReason::Refused | DegradedReason::Auth | DegradedReason::Tls
             ) && !self.config.is_cluster()
+                && self.connection_failures.fetch_add(1, Ordering::SeqCst) + 1
+                    >= FAILURES_BEFORE_SWITCH
             {
                 self.fail_over(&BackendError::fred("reconnect", e));
             }
@@ -348,6 +359,17 @@ impl Inner {
         );
         if *current != Some(reason) && (!known || reason != DegradedReason::Other) {
             *current = Some(reason);
+            let mut last = lock(&self.reason_warned_at);
+            if last.is_some_and(|at| at.elapsed() < REASON_WARN_EVERY) {
+                tracing::debug!(
+                    limiter = %self.config.name,
+                    reason = %reason,
+                    error = %e,
+                    "redis limiter still degraded"
+                );
+                return;
+            }
+            *last = Some(Instant::now());
             tracing::warn!(
                 limiter = %self.config.name,
                 address = %self.address,

@@ -95,6 +95,10 @@ pub(crate) struct Inner {
     /// Notified at every switch to the fallback, so a `stats` call waiting on Redis answers
     /// from the fallback at once.
     pub(crate) went_degraded: Notify,
+    /// Refused (or auth/TLS-failing) reconnects since the last heartbeat that got through.
+    pub(crate) connection_failures: AtomicU32,
+    /// When a change of the degraded reason was last logged at `warn`.
+    pub(crate) reason_warned_at: Mutex<Option<Instant>>,
     /// Whether the stored limit was seen to differ from the configured one (logged once).
     pub(crate) limit_mismatch_told: AtomicBool,
     /// Set when the server at the address speaks the other protocol than the URL's scheme
@@ -227,6 +231,8 @@ impl Inner {
             last_failure: Mutex::new(None),
             wrong_protocol: AtomicBool::new(false),
             limit_mismatch_told: AtomicBool::new(false),
+            connection_failures: AtomicU32::new(0),
+            reason_warned_at: Mutex::new(None),
             went_degraded: Notify::new(),
             fallback_waiters: Mutex::new(FallbackWaiters::default()),
             switched: Notify::new(),
@@ -362,6 +368,7 @@ impl Inner {
         args.push(Value::from(if listening { "1" } else { "0" }));
         args.extend(tokens.iter().map(|t| Value::from(t.as_str())));
         let beat = Beat::decode(self.eval(&self.scripts.beat, args).await?)?;
+        self.connection_failures.store(0, Ordering::SeqCst);
         self.saw(i64::from(beat.instances), beat.epoch);
         let stored = beat.limit.max(1);
         let before = self.limit.swap(stored, Ordering::Relaxed);

@@ -518,8 +518,17 @@ async fn fallback_acquire(
                     return Ok(permit::fallback(inner, permit, token));
                 }
                 // The switch back took this waiter just as the fallback granted it: the
-                // probe says where it stands.
-                match rx.await {
+                // probe says where it stands (within the caller's deadline; past it the
+                // guard gives the token back in Redis).
+                let Ok(moved) = tokio::time::timeout_at(deadline, rx).await else {
+                    drop(permit);
+                    bump(&inner.counters.timeouts);
+                    return Err(LimiterError::Timeout {
+                        priority,
+                        waited: started.elapsed(),
+                    });
+                };
+                match moved {
                     Ok(Moved::Queued) => {
                         drop(permit);
                         drop(memory);

@@ -65,6 +65,7 @@ impl Inner {
             instances: self.known_peers(),
             fallback_active: u32::try_from(lock(&self.fallback_held).len()).unwrap_or(u32::MAX),
             instances_reclaimed: self.instances_reclaimed.load(Ordering::Relaxed),
+            fleet_limit: lock(&self.pending_limit).unwrap_or(self.limit.load(Ordering::Relaxed)),
         }
     }
 

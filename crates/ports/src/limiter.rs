@@ -296,6 +296,11 @@ pub struct FailoverStats {
     /// Instances the backend declared dead (their record expired) since its data was
     /// created: their holders were reclaimed at once.
     pub instances_reclaimed: u64,
+    /// The limit every instance sharing the backend serves (as last seen there, or a
+    /// `set_limit` waiting for the backend): while degraded `max_concurrent` is this
+    /// instance's fallback limit, and this is the fleet's.
+    #[serde(default)]
+    pub fleet_limit: u32,
 }
 
 /// A priority-aware concurrency limiter. Object-safe; inject it as `Arc<dyn ConcurrencyLimiter>`.

@@ -231,7 +231,7 @@ async fn a_later_instance_serves_the_stored_limit_says_so_and_put_limit_changes_
     use test_support::http::send;
     const TOKEN: &str = "limit-admin-token";
     support::init_logs();
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let url = redis.url();
     let fake = support::fake().await;
     let name = test_support::unique_name("http-api-it-limit");
@@ -301,6 +301,25 @@ async fn a_later_instance_serves_the_stored_limit_says_so_and_put_limit_changes_
         },
     )
     .await;
+
+    // Redis gone: the fleet's limit is still 4 (the instance admits its fallback share), and
+    // a PUT now is stored when Redis answers again.
+    redis.kill();
+    test_support::eventually(Duration::from_secs(10), "degraded", || async {
+        let (_, h) = get_json(&http, second.url("/health"), None).await;
+        h["rate_limiter"]["degraded"] == true
+    })
+    .await;
+    let (_, l) = get_json(&http, second.api("/limit"), Some(TOKEN)).await;
+    assert_eq!(l["max_concurrent"], 4, "{l}");
+    assert_eq!(l["degraded"], true, "{l}");
+    assert_eq!(
+        l["serving_max_concurrent"], 2,
+        "floor(4 / 2 instances): {l}"
+    );
+    let (status, body) = send(put(serde_json::json!({"max_concurrent": 6})), Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["max_concurrent"], 6, "pending for Redis: {body}");
     first.stop().await;
     second.stop().await;
     fake.shutdown().await;
