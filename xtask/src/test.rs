@@ -104,6 +104,86 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The allow-list: every workspace crate, and the workspace crates it may depend on directly
+/// (normal edges). A crate that is not listed fails the check, so a new crate states its
+/// place before it lands; an edge that is not listed fails it too.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("domain", &[]),
+    ("ports", &["domain"]),
+    ("limiter-memory", &["domain", "ports"]),
+    ("limiter-redis", &["domain", "ports", "limiter-memory"]),
+    ("did-client", &["domain", "ports"]),
+    ("jobstore-memory", &["domain", "ports"]),
+    ("jobstore-sqlite", &["domain", "ports"]),
+    // It connects with the limiter's settings (`limiter_redis::client`).
+    ("jobstore-redis", &["domain", "ports", "limiter-redis"]),
+    ("did-fake", &["workspace-hack"]),
+    (
+        "http-api",
+        &[
+            "domain",
+            "ports",
+            "limiter-memory",
+            "limiter-redis",
+            "did-client",
+            "jobstore-memory",
+            "jobstore-sqlite",
+            "jobstore-redis",
+            "workspace-hack",
+        ],
+    ),
+    (
+        "devtools",
+        &[
+            "domain",
+            "ports",
+            "limiter-memory",
+            "limiter-redis",
+            "did-client",
+            "jobstore-redis",
+            "http-api",
+            "test-support",
+            "workspace-hack",
+        ],
+    ),
+    ("test-support", &[]),
+    ("workspace-hack", &[]),
+    ("integration-tests", &[]),
+    ("xtask", &[]),
+];
+
+/// The direct workspace dependencies of `krate` that [`ALLOWED`] does not list, from `cargo
+/// tree -p krate -e normal --depth 1 --prefix none --format {p}` output (a workspace crate's
+/// line carries its path in parentheses). `Err` if `krate` is not listed at all.
+fn disallowed_edges(krate: &str, tree: &str) -> Result<Vec<String>, String> {
+    let Some((_, allowed)) = ALLOWED.iter().find(|(name, _)| *name == krate) else {
+        return Err(format!(
+            "{krate} is not in the layering allow-list (xtask/src/test.rs ALLOWED): say which \
+             workspace crates it may depend on"
+        ));
+    };
+    Ok(tree
+        .lines()
+        .skip(1)
+        .filter(|line| line.contains("(/"))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != krate && !allowed.contains(name))
+        .map(|name| format!("{krate} depends on {name}, which the allow-list does not let it"))
+        .collect())
+}
+
+/// Runs `cargo tree` with `args`; its standard output.
+fn tree(args: &[&str]) -> Result<String> {
+    let out = cargo().arg("tree").arg("--quiet").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
     if let Some(extra) = args.first() {
         bail!("`cargo xtask test` takes no arguments (got {extra:?})");
@@ -169,6 +249,33 @@ fn layering() -> Result<()> {
             &String::from_utf8_lossy(&out.stdout),
         ));
     }
+    // The allow-list, over every workspace member.
+    let members = tree(&[
+        "--workspace",
+        "-e",
+        "normal",
+        "--depth",
+        "0",
+        "--prefix",
+        "none",
+        "--format",
+        "{p}",
+    ])?;
+    let mut names: Vec<&str> = members
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for krate in names {
+        let direct = tree(&[
+            "-p", krate, "-e", "normal", "--depth", "1", "--prefix", "none", "--format", "{p}",
+        ])?;
+        match disallowed_edges(krate, &direct) {
+            Ok(edges) => violations.extend(edges),
+            Err(unlisted) => violations.push(unlisted),
+        }
+    }
     if !violations.is_empty() {
         violations.sort();
         violations.dedup();
@@ -198,5 +305,19 @@ mod tests {
             forbidden_edges("did-client", &["http-api"], tree),
             ["did-client depends on http-api"]
         );
+    }
+
+    #[test]
+    fn the_allow_list_names_every_crate_and_flags_an_edge_it_does_not_list() {
+        let tree = "ports v0.1.0 (/w/crates/ports)\ndomain v0.1.0 (/w/crates/domain)\n\
+                    serde v1.0.0\nlimiter-redis v0.1.0 (/w/crates/limiter-redis)\n";
+        assert_eq!(
+            disallowed_edges("ports", tree).unwrap(),
+            ["ports depends on limiter-redis, which the allow-list does not let it"]
+        );
+        let ok = "ports v0.1.0 (/w/crates/ports)\ndomain v0.1.0 (/w/crates/domain)\n";
+        assert!(disallowed_edges("ports", ok).unwrap().is_empty());
+        let err = disallowed_edges("app", "app v0.1.0 (/w/crates/app)\n").unwrap_err();
+        assert!(err.contains("not in the layering allow-list"), "{err}");
     }
 }
