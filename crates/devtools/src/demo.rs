@@ -84,15 +84,14 @@ impl Guest {
     async fn remove_keys(&self) -> Result<usize> {
         use fred::interfaces::{ClientLike, KeysInterface};
         use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
-        let mut config = limiter_redis::RedisLimiterConfig::new(self.url.clone(), &self.name);
-        // The same TLS settings the service got from the environment.
-        let path = |var: &str| std::env::var_os(var).map(std::path::PathBuf::from);
-        config.tls.ca_file = path("REDIS_TLS_CA_FILE");
-        config.tls.cert_file = path("REDIS_TLS_CERT_FILE");
-        config.tls.key_file = path("REDIS_TLS_KEY_FILE");
-        config.tls.server_name = std::env::var("REDIS_TLS_SERVER_NAME").ok();
-        config.tls.insecure_skip_verify = std::env::var("REDIS_TLS_INSECURE_SKIP_VERIFY")
-            .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
+        // The service's own reading of the environment (the `REDIS_TLS_*` settings), with
+        // the guest's URL and name: exactly the Redis settings the demo's service got.
+        let mut env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        env.insert("REDIS_URL".to_owned(), self.url.clone());
+        env.insert("LIMITER_NAME".to_owned(), self.name.clone());
+        let service =
+            http_api::config::Config::from_source(&env).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config = http_api::wiring::redis_config(&service)?;
         let client = limiter_redis::client(&config)?;
         limiter_redis::connect(&client, &config).await?;
         let mut removed = 0;

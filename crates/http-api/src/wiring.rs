@@ -57,8 +57,9 @@ fn tls_requested(config: &Config) -> bool {
         || config.redis_tls_insecure_skip_verify
 }
 
-/// The Redis settings shared by the limiter and the Redis job store.
-fn redis_config(config: &Config) -> Result<RedisLimiterConfig, BuildError> {
+/// The Redis settings shared by the limiter and the Redis job store (also for tools that
+/// reach the same Redis as the service, such as the demo's clean-up).
+pub fn redis_config(config: &Config) -> Result<RedisLimiterConfig, BuildError> {
     let Some(url) = &config.redis_url else {
         return Err(BuildError::Redis("REDIS_URL is not set".to_owned()));
     };
@@ -164,10 +165,13 @@ async fn redis_job_store(
 ) -> Result<(Arc<dyn JobStore>, Option<Arc<OpeningStore>>), BuildError> {
     let redis = redis_config(config)?;
     let name = config.limiter_name.clone();
-    let first = match open_redis_store(redis.clone(), name.clone()).await {
-        Ok(store) => return Ok((store, None)),
-        Err(Err(config_error)) => return Err(BuildError::JobStore(config_error)),
-        Err(Ok(failure)) => failure,
+    let first = match jobstore_redis::RedisJobStore::open(redis.clone(), &name).await {
+        Ok(store) => return Ok((Arc::new(store), None)),
+        // Its errors name the address, never the password.
+        Err(e @ jobstore_redis::OpenError::Config(_)) => {
+            return Err(BuildError::JobStore(e.to_string()));
+        }
+        Err(jobstore_redis::OpenError::Connect(e)) => open_failure(e),
     };
     tracing::warn!(
         store = "redis",
@@ -182,36 +186,30 @@ async fn redis_job_store(
     let open: crate::store_open::Open = Box::new(move || {
         let (redis, name) = (redis.clone(), name.clone());
         Box::pin(async move {
-            open_redis_store(redis, name).await.map_err(|e| {
-                e.unwrap_or_else(|config_error| OpenFailure {
-                    reason: ports::DegradedReason::Other,
+            match jobstore_redis::RedisJobStore::open(redis, &name).await {
+                Ok(store) => Ok(Arc::new(store) as Arc<dyn JobStore>),
+                Err(jobstore_redis::OpenError::Connect(e)) => Err(open_failure(e)),
+                // The config was fine at start; it cannot turn bad. Kept for completeness.
+                Err(e @ jobstore_redis::OpenError::Config(_)) => Err(OpenFailure {
+                    reason: e.reason(),
                     address: String::new(),
-                    error: config_error,
-                    attempts: 0,
-                })
-            })
+                    error: e.to_string(),
+                    attempts: 1,
+                }),
+            }
         })
     });
     let opening = OpeningStore::retrying("redis", first, open);
     Ok((opening.clone(), Some(opening)))
 }
 
-/// One attempt at the Redis job store: the store, or why not — a failure to connect
-/// (`Err(Ok)`, worth retrying) or a config that can never work (`Err(Err)`).
-async fn open_redis_store(
-    redis: RedisLimiterConfig,
-    name: String,
-) -> Result<Arc<dyn JobStore>, Result<OpenFailure, String>> {
-    match jobstore_redis::RedisJobStore::open(redis, &name).await {
-        Ok(store) => Ok(Arc::new(store)),
-        Err(jobstore_redis::OpenError::Connect(e)) => Err(Ok(OpenFailure {
-            reason: e.reason,
-            address: e.address,
-            error: e.message,
-            attempts: 1,
-        })),
-        // Its errors name the address, never the password.
-        Err(e @ jobstore_redis::OpenError::Config(_)) => Err(Err(e.to_string())),
+/// What a failed connection of the Redis job store says in `/health`, `/ready` and `/stats`.
+fn open_failure(e: limiter_redis::ConnectError) -> OpenFailure {
+    OpenFailure {
+        reason: e.reason,
+        address: e.address,
+        error: e.message,
+        attempts: 1,
     }
 }
 

@@ -48,14 +48,8 @@ impl Inner {
         if self.degraded.swap(true, Ordering::SeqCst) {
             return;
         }
-        // A command that timed out while fred could not connect failed for the connection's
-        // reason: prefer what fred reported about the connection.
-        let (reason, detail) = match self.last_failure() {
-            Some((reason, message)) if why.reason == DegradedReason::Timeout => {
-                (reason, format!("{why}; connection: {message}"))
-            }
-            _ => (why.reason, why.to_string()),
-        };
+        let why = self.explained(why.clone());
+        let (reason, detail) = (why.reason, why.to_string());
         *lock(&self.degraded_reason) = Some(reason);
         self.went_degraded.notify_waiters();
         tracing::warn!(
@@ -87,13 +81,7 @@ impl Inner {
     /// protocol stays the reason until Redis is reached, whatever timeouts the reconnects
     /// report meanwhile.
     pub(crate) async fn fail_over_at_start(self: &Arc<Self>, why: BackendError) {
-        let why = match self.last_failure() {
-            Some((reason, message)) if why.reason == DegradedReason::Timeout => {
-                BackendError::new(reason, format!("{why}; connection: {message}"))
-            }
-            _ => why,
-        };
-        let why = diagnosed(why, &self.address, &self.config).await;
+        let why = diagnosed(self.explained(why), &self.address, &self.config).await;
         if why.reason == DegradedReason::Tls {
             self.wrong_protocol.store(true, Ordering::SeqCst);
             if self.is_degraded() {
@@ -312,6 +300,18 @@ impl Inner {
                 tokio::time::sleep(jittered(inner.config.renew_period(), 0.5)).await;
             }
         });
+    }
+
+    /// `why`, or, for a command that timed out while fred could not connect, the
+    /// connection's reason: what fred reported about the connection is the better
+    /// explanation.
+    fn explained(&self, why: BackendError) -> BackendError {
+        match self.last_failure() {
+            Some((reason, message)) if why.reason == DegradedReason::Timeout => {
+                BackendError::new(reason, format!("{why}; connection: {message}"))
+            }
+            _ => why,
+        }
     }
 
     /// The last connection error, if it is recent enough to explain a failure now (an old

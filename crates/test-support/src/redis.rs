@@ -178,18 +178,11 @@ impl RedisServer {
     /// Makes the server require `password` (`CONFIG SET requirepass`); `pings` fails from
     /// now on, as it sends no password.
     pub fn require_password(&self, password: &str) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis connects");
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let command = format!(
-            "*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nrequirepass\r\n${}\r\n{password}\r\n",
-            password.len()
+        assert_eq!(
+            self.command(None, &["CONFIG", "SET", "requirepass", password]),
+            "+OK",
+            "CONFIG SET requirepass refused"
         );
-        stream
-            .write_all(command.as_bytes())
-            .expect("CONFIG SET sent");
-        let mut reply = [0u8; 5];
-        stream.read_exact(&mut reply).expect("CONFIG SET answered");
-        assert_eq!(&reply, b"+OK\r\n", "CONFIG SET requirepass refused");
     }
 
     /// Runs one command on the plain port (as `password`'s default user when given) and
