@@ -15,7 +15,7 @@
 //! read (through any live instance) until it is terminal or the deadline passes. Checks:
 //! every key accepted, one job id per key, no job lost or stuck, did-fake made exactly one
 //! talk for every done job and at most one for every other (the talk's `user_data` is
-//! `tg:<CreateToken::derive(http_api::jobs::keyed_create_key(key, fingerprint))>`), no talk that belongs to no accepted job, and
+//! `tg:<CreateToken::derive(app::keyed_create_key(key, fingerprint))>`), no talk that belongs to no accepted job, and
 //! did-fake's peak in-flight <= C. A figures table shows both scenarios side by side.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -817,18 +817,14 @@ fn user_data_of(sub: &Submission) -> String {
         .and_then(|talk| {
             let (request, priority) = talk.request().ok()?;
             let callback = talk.callback_url().ok()?;
-            Some(http_api::jobs::fingerprint(
-                &request,
-                priority,
-                callback.as_deref(),
-            ))
+            Some(app::fingerprint(&request, priority, callback.as_deref()))
         })
         .unwrap_or_default();
     let key = ports::ScopedKey {
         scope: "public".to_owned(),
         key: sub.key.clone(),
     };
-    let token = CreateToken::derive(&http_api::jobs::keyed_create_key(&key, &fingerprint));
+    let token = CreateToken::derive(&app::keyed_create_key(&key, &fingerprint));
     format!("tg:{token}")
 }
 

@@ -9,17 +9,20 @@
 //! The full cause is logged once, by the request span in `server`, at the level
 //! [`ApiError::log_level_is_error`] asks for.
 //!
-//! The file stays whole although it is long: the variants, their table and their words are
-//! one contract that is read and changed together, and more than half of it is the tests
-//! that pin every row.
+//! A failed D-ID call's code and words come from the application layer
+//! ([`app::failure::describe`], [`FailureCode::of`]), so that a job that failed with it
+//! stores the same; its status comes from one table here ([`failure_status`]), also for a
+//! job's stored failure. The tests that pin every row are in `error/tests.rs`.
 
 use std::time::Duration;
 
+use app::AppError;
+use app::failure::describe;
 use bytes::Bytes;
 use domain::{InvalidTalkId, ParsePriorityError, TalkId, TalkRequestError, UploadError};
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
-use ports::{LimiterError, VideoApiError};
+use ports::{FailureCode, VideoApiError};
 use serde_json::{Value, json};
 
 /// The response body type of the whole service.
@@ -37,8 +40,7 @@ pub const SHUTDOWN_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// passed on as this (a client told to wait longer would rather see an error it can act on).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// The longest upstream `description` passed on to a client, in characters.
-pub const MAX_DESCRIPTION_CHARS: usize = 300;
+pub use app::failure::MAX_DESCRIPTION_CHARS;
 
 /// A request body that did not arrive in time (what a `body::TimedBody` fails with;
 /// defined here, beside the variant that carries it, so that this module needs
@@ -282,45 +284,19 @@ impl ApiError {
     /// The table: status, code and headers of every variant. No arm is a wildcard, so a new
     /// variant (here or in a port's error) does not compile until it has its row.
     fn row(&self) -> Row {
-        use LimiterError as L;
         use StatusCode as S;
         use TalkRequestError as T;
         use VideoApiError as V;
         match self {
-            ApiError::Upstream(e) => match e {
-                // No `Retry-After`: only a restart with a key helps.
-                V::NotConfigured => row(S::SERVICE_UNAVAILABLE, "upstream_not_configured"),
-                V::Unauthorized { .. } => row(S::BAD_GATEWAY, "upstream_auth_failed"),
-                V::Forbidden { .. } => row(S::FORBIDDEN, "upstream_permission_denied"),
-                V::InsufficientCredits => row(S::PAYMENT_REQUIRED, "insufficient_credits"),
-                V::NotFound { .. } => row(S::NOT_FOUND, "not_found"),
-                V::NotReady { .. } => row(S::CONFLICT, "not_ready"),
-                V::Validation { status: 400, .. } => {
-                    row(S::BAD_REQUEST, "upstream_validation_error")
+            ApiError::Upstream(e) => {
+                let row = failure_row(FailureCode::of(e), upstream_status(e));
+                match e {
+                    V::RateLimited { retry_after } => {
+                        row.retry_after(retry_after.unwrap_or(QUEUE_RETRY_AFTER))
+                    }
+                    _ => row,
                 }
-                V::Validation { .. } => row(S::UNPROCESSABLE_ENTITY, "upstream_validation_error"),
-                V::RateLimited { retry_after } => {
-                    row(S::TOO_MANY_REQUESTS, "upstream_rate_limited")
-                        .retry_after(retry_after.unwrap_or(QUEUE_RETRY_AFTER))
-                }
-                V::Server { .. } => row(S::BAD_GATEWAY, "upstream_error"),
-                V::Connect { .. } => row(S::BAD_GATEWAY, "upstream_unreachable"),
-                V::Protocol { .. } => row(S::BAD_GATEWAY, "upstream_protocol_error"),
-                V::Timeout => row(S::GATEWAY_TIMEOUT, "upstream_timeout"),
-                V::TalkTimedOut { .. } => row(S::GATEWAY_TIMEOUT, "talk_timeout"),
-                V::TalkFailed { .. } => row(S::BAD_GATEWAY, "talk_failed"),
-                V::TalkRejected { .. } => row(S::UNPROCESSABLE_ENTITY, "talk_rejected"),
-                V::Limiter(L::Timeout { .. }) => {
-                    row(S::TOO_MANY_REQUESTS, "queue_timeout").retry_after(QUEUE_RETRY_AFTER)
-                }
-                V::Limiter(L::Unavailable { .. }) => {
-                    row(S::SERVICE_UNAVAILABLE, "limiter_unavailable")
-                        .retry_after(QUEUE_RETRY_AFTER)
-                }
-                V::Limiter(L::InvalidLimit { .. }) => {
-                    row(S::INTERNAL_SERVER_ERROR, "internal_error")
-                }
-            },
+            }
             ApiError::MalformedJson(_) => row(S::BAD_REQUEST, "malformed_json"),
             ApiError::InvalidBody(_) => row(S::UNPROCESSABLE_ENTITY, "invalid_request"),
             ApiError::InvalidParameter { .. } => row(S::BAD_REQUEST, "invalid_parameter"),
@@ -399,109 +375,27 @@ impl ApiError {
         self.row().code
     }
 
-    /// The message shown to the caller (what a failed job stores).
-    pub(crate) fn public_message(&self) -> String {
-        self.text().0
-    }
-
     /// What the answer says: the message shown to the caller, and the extra fields next to
     /// `code` and `message` (D-ID's error kind, its capped description, the talk id).
     /// Internal details stay in the log (the server logs the error's `Display` once, with the
     /// request id). D-ID's `details` object is never passed on: it is free form, and an
     /// upstream (or a proxy in front of it) may echo request headers into it.
     fn text(&self) -> (String, Vec<(&'static str, Value)>) {
-        use VideoApiError as V;
         let said = |message: String| (message, Vec::new());
         match self {
-            ApiError::Upstream(V::NotConfigured) => said(
-                "D-ID is not configured on this service: set D_ID_API_KEY and restart".to_owned(),
-            ),
-            ApiError::Upstream(V::Unauthorized { .. }) => said(
-                "D-ID rejected this service's credentials; an operator must check D_ID_API_KEY"
-                    .to_owned(),
-            ),
-            ApiError::Upstream(V::Forbidden { description }) => said(format!(
-                "D-ID refused permission: {}",
-                client_text(description)
-            )),
-            ApiError::Upstream(V::NotFound { description }) => {
-                // D-ID's description is usually "not found" itself: say it once.
-                let d = client_text(description);
-                said(
-                    if d.is_empty() || d.to_ascii_lowercase().contains("not found") {
-                        format!("D-ID: {}", if d.is_empty() { "not found" } else { &d })
-                    } else {
-                        format!("not found at D-ID: {d}")
-                    },
-                )
-            }
-            ApiError::Upstream(V::NotReady { description }) => said(format!(
-                "D-ID resource not ready: {}",
-                client_text(description)
-            )),
-            ApiError::Upstream(V::Validation {
-                kind, description, ..
-            }) => (
-                format!(
-                    "D-ID rejected the request ({}): {}",
-                    client_text(kind),
-                    client_text(description)
-                ),
-                vec![("upstream_kind", json!(client_text(kind)))],
-            ),
-            ApiError::Upstream(V::RateLimited { .. }) => said(
-                "D-ID is rate limiting this service; retry after the Retry-After delay".to_owned(),
-            ),
-            ApiError::Upstream(V::Server { status }) => said(format!(
-                "D-ID failed (HTTP {status}) after retries; retry later"
-            )),
-            ApiError::Upstream(V::Connect { .. }) => {
-                said("D-ID could not be reached; retry later".to_owned())
-            }
-            ApiError::Upstream(V::Protocol { .. }) => {
-                said("D-ID sent an answer this service could not read; retry later".to_owned())
-            }
-            ApiError::Upstream(V::TalkFailed {
-                talk_id,
-                kind,
-                description,
-            }) => (
-                format!(
-                    "talk {talk_id} failed ({}): {}",
-                    client_text(kind),
-                    client_text(description)
-                ),
-                vec![
-                    ("talk_id", json!(talk_id)),
-                    ("upstream_kind", json!(client_text(kind))),
-                    ("description", json!(client_text(description))),
-                ],
-            ),
-            ApiError::Upstream(V::TalkRejected {
-                talk_id,
-                description,
-            }) => (
-                format!("talk {talk_id} was rejected: {}", client_text(description)),
-                vec![
-                    ("talk_id", json!(talk_id)),
-                    ("description", json!(client_text(description))),
-                ],
-            ),
-            ApiError::Upstream(V::TalkTimedOut { talk_id, waited }) => (
-                format!(
-                    "talk {talk_id} was not finished after {:.1}s; poll its status to follow it",
-                    waited.as_secs_f64()
-                ),
-                vec![("talk_id", json!(talk_id))],
-            ),
-            ApiError::Upstream(V::Limiter(LimiterError::Timeout { priority, waited })) => {
-                said(format!(
-                    "all D-ID slots stayed busy for {:.1}s ({priority} priority); retry later",
-                    waited.as_secs_f64()
-                ))
-            }
-            ApiError::Upstream(V::Limiter(LimiterError::Unavailable { .. })) => {
-                said("the concurrency limiter is unavailable; retry later".to_owned())
+            ApiError::Upstream(e) => {
+                let d = describe(e);
+                let mut extra = Vec::new();
+                if let Some(t) = d.talk_id {
+                    extra.push(("talk_id", json!(t)));
+                }
+                if let Some(k) = d.upstream_kind {
+                    extra.push(("upstream_kind", json!(k)));
+                }
+                if let Some(t) = d.description {
+                    extra.push(("description", json!(t)));
+                }
+                (d.message, extra)
             }
             ApiError::ShuttingDown { talk_id, job_id } => {
                 let mut extra = Vec::new();
@@ -566,8 +460,7 @@ impl ApiError {
             ApiError::JobStore(_) => {
                 said("the job store is unavailable; retry after the Retry-After delay".to_owned())
             }
-            ApiError::Internal(_)
-            | ApiError::Upstream(V::Limiter(LimiterError::InvalidLimit { .. })) => {
+            ApiError::Internal(_) => {
                 said("internal error; the request id identifies the log entry".to_owned())
             }
             // The remaining messages are fixed texts without upstream words.
@@ -622,29 +515,97 @@ impl ApiError {
     }
 }
 
+/// The row of a failure code: the status (and `Retry-After`) a failed D-ID call, or a job
+/// that failed with it, answers with. `upstream_status` is D-ID's own status, which tells
+/// its 400 and 422 validation errors apart. No arm is a wildcard.
+fn failure_row(code: FailureCode, upstream_status: Option<u16>) -> Row {
+    use FailureCode as F;
+    use StatusCode as S;
+    let status = match code {
+        // No `Retry-After`: only a restart with a key helps.
+        F::UpstreamNotConfigured => S::SERVICE_UNAVAILABLE,
+        F::UpstreamAuthFailed => S::BAD_GATEWAY,
+        F::UpstreamPermissionDenied => S::FORBIDDEN,
+        F::InsufficientCredits => S::PAYMENT_REQUIRED,
+        F::NotFound => S::NOT_FOUND,
+        F::NotReady => S::CONFLICT,
+        F::UpstreamValidationError if upstream_status == Some(400) => S::BAD_REQUEST,
+        F::UpstreamValidationError => S::UNPROCESSABLE_ENTITY,
+        F::UpstreamRateLimited => S::TOO_MANY_REQUESTS,
+        F::UpstreamError | F::UpstreamUnreachable | F::UpstreamProtocolError => S::BAD_GATEWAY,
+        F::UpstreamTimeout | F::TalkTimeout => S::GATEWAY_TIMEOUT,
+        F::TalkFailed => S::BAD_GATEWAY,
+        F::TalkRejected => S::UNPROCESSABLE_ENTITY,
+        F::QueueTimeout => {
+            return row(S::TOO_MANY_REQUESTS, code.as_str()).retry_after(QUEUE_RETRY_AFTER);
+        }
+        F::LimiterUnavailable => {
+            return row(S::SERVICE_UNAVAILABLE, code.as_str()).retry_after(QUEUE_RETRY_AFTER);
+        }
+        F::InternalError => S::INTERNAL_SERVER_ERROR,
+        // A job stored by a newer build, with a code this one does not know.
+        F::Unknown => S::BAD_GATEWAY,
+    };
+    row(status, code.as_str())
+}
+
+/// D-ID's own status in an error, where it decides the answer (see [`failure_row`]).
+fn upstream_status(e: &VideoApiError) -> Option<u16> {
+    match e {
+        VideoApiError::Validation { status, .. } => Some(*status),
+        _ => None,
+    }
+}
+
+/// The HTTP status a job that failed with `code` answers with (and shows as `http_status`).
+pub fn failure_status(code: FailureCode, upstream_status: Option<u16>) -> StatusCode {
+    failure_row(code, upstream_status).status
+}
+
+/// The use cases' errors, as the service answers them.
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> ApiError {
+        match e {
+            AppError::Upstream(e) => ApiError::Upstream(e),
+            AppError::QueueFull {
+                queued,
+                limit,
+                retry_after,
+            } => ApiError::QueueFull {
+                queued,
+                limit,
+                retry_after,
+            },
+            AppError::JobNotFound(id) => ApiError::JobNotFound(id.to_string()),
+            AppError::InvalidCursor => ApiError::InvalidParameter {
+                name: "cursor",
+                message: "not a cursor this service handed out for this status filter".to_owned(),
+            },
+            AppError::JobStore(message) => ApiError::JobStore(message),
+            lost @ AppError::LostJob(_) => ApiError::JobStore(lost.to_string()),
+            AppError::IdempotencyKeyInUse => ApiError::IdempotencyKeyInUse,
+            AppError::IdempotencyKeyReused { job_id } => ApiError::IdempotencyKeyReused {
+                job_id: job_id.to_string(),
+            },
+            AppError::JobNotCancellable {
+                job_id,
+                status,
+                talk_id,
+            } => ApiError::JobNotCancellable {
+                job_id: job_id.to_string(),
+                status,
+                talk_id,
+            },
+        }
+    }
+}
+
 /// A `Retry-After` value: whole seconds, rounded up, at least 1 and at most
 /// [`MAX_RETRY_AFTER`]. Every `Retry-After` the service sends goes through here.
 pub fn retry_after_value(d: Duration) -> HeaderValue {
     let d = d.min(MAX_RETRY_AFTER);
     let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     HeaderValue::from(s.max(1))
-}
-
-/// Upstream text as shown to a client: control characters replaced by spaces, trimmed, and
-/// at most [`MAX_DESCRIPTION_CHARS`] characters (with `…` when cut).
-fn client_text(s: &str) -> String {
-    let cleaned: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let cleaned = cleaned.trim();
-    if cleaned.chars().count() <= MAX_DESCRIPTION_CHARS {
-        cleaned.to_owned()
-    } else {
-        let mut cut: String = cleaned.chars().take(MAX_DESCRIPTION_CHARS).collect();
-        cut.push('…');
-        cut
-    }
 }
 
 /// A JSON response with the given status.
@@ -660,551 +621,4 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use domain::{Priority, TalkId, UploadKind};
-    use http_body_util::BodyExt;
-
-    fn body(resp: Response<Body>) -> Value {
-        let bytes = futures_util::FutureExt::now_or_never(resp.into_body().collect())
-            .unwrap()
-            .unwrap()
-            .to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
-    fn check(err: ApiError, status: u16, code: &str) {
-        let resp = err.into_response();
-        assert_eq!(resp.status().as_u16(), status, "{code}");
-        let v = body(resp);
-        assert_eq!(v["error"]["code"], code);
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
-    }
-
-    fn talk_id() -> TalkId {
-        TalkId::parse("tlk_abc").unwrap()
-    }
-
-    #[test]
-    fn every_upstream_error_has_its_status_and_code() {
-        use VideoApiError as V;
-        check(V::NotConfigured.into(), 503, "upstream_not_configured");
-        check(
-            V::Unauthorized { status: 401 }.into(),
-            502,
-            "upstream_auth_failed",
-        );
-        check(
-            V::Forbidden {
-                description: "no stitch".into(),
-            }
-            .into(),
-            403,
-            "upstream_permission_denied",
-        );
-        check(V::InsufficientCredits.into(), 402, "insufficient_credits");
-        check(
-            V::NotFound {
-                description: "x".into(),
-            }
-            .into(),
-            404,
-            "not_found",
-        );
-        check(
-            V::NotReady {
-                description: "x".into(),
-            }
-            .into(),
-            409,
-            "not_ready",
-        );
-        let validation = |status| V::Validation {
-            status,
-            kind: "ValidationError".into(),
-            description: "bad source".into(),
-            details: None,
-        };
-        check(validation(400).into(), 400, "upstream_validation_error");
-        check(validation(422).into(), 422, "upstream_validation_error");
-        check(
-            V::RateLimited { retry_after: None }.into(),
-            429,
-            "upstream_rate_limited",
-        );
-        check(V::Server { status: 503 }.into(), 502, "upstream_error");
-        check(V::Timeout.into(), 504, "upstream_timeout");
-        check(
-            V::Connect {
-                message: "refused".into(),
-            }
-            .into(),
-            502,
-            "upstream_unreachable",
-        );
-        check(
-            V::Protocol {
-                message: "x".into(),
-            }
-            .into(),
-            502,
-            "upstream_protocol_error",
-        );
-        check(
-            V::TalkFailed {
-                talk_id: talk_id(),
-                kind: "FaceError".into(),
-                description: "no face".into(),
-            }
-            .into(),
-            502,
-            "talk_failed",
-        );
-        check(
-            V::TalkRejected {
-                talk_id: talk_id(),
-                description: "moderation".into(),
-            }
-            .into(),
-            422,
-            "talk_rejected",
-        );
-        check(
-            V::TalkTimedOut {
-                talk_id: talk_id(),
-                waited: Duration::from_secs(1),
-            }
-            .into(),
-            504,
-            "talk_timeout",
-        );
-        check(
-            V::Limiter(LimiterError::Timeout {
-                priority: Priority::Low,
-                waited: Duration::from_secs(1),
-            })
-            .into(),
-            429,
-            "queue_timeout",
-        );
-        check(
-            V::Limiter(LimiterError::Unavailable {
-                message: "down".into(),
-            })
-            .into(),
-            503,
-            "limiter_unavailable",
-        );
-    }
-
-    #[test]
-    fn local_errors_have_their_status_and_code() {
-        check(ApiError::MalformedJson("eof".into()), 400, "malformed_json");
-        check(
-            ApiError::InvalidBody("missing".into()),
-            422,
-            "invalid_request",
-        );
-        check(
-            "urgent".parse::<Priority>().unwrap_err().into(),
-            400,
-            "invalid_priority",
-        );
-        check(
-            TalkId::parse("../x").unwrap_err().into(),
-            400,
-            "invalid_talk_id",
-        );
-        check(
-            TalkRequestError::InvalidSourceUrl.into(),
-            422,
-            "invalid_source_url",
-        );
-        check(
-            TalkRequestError::InvalidAudioUrl.into(),
-            422,
-            "invalid_audio_url",
-        );
-        check(
-            UploadError::Empty {
-                kind: UploadKind::Image,
-            }
-            .into(),
-            400,
-            "empty_file",
-        );
-        check(
-            UploadError::TooLarge {
-                kind: UploadKind::Audio,
-                size: 9,
-                max: 1,
-            }
-            .into(),
-            413,
-            "file_too_large",
-        );
-        check(
-            UploadError::UnsupportedType {
-                kind: UploadKind::Image,
-                detected: None,
-            }
-            .into(),
-            415,
-            "unsupported_file_type",
-        );
-        check(ApiError::MissingFile, 400, "missing_file");
-        check(
-            ApiError::InvalidParameter {
-                name: "max_age_seconds",
-                message: "\"null\" is not a number".into(),
-            },
-            400,
-            "invalid_parameter",
-        );
-        check(
-            ApiError::PayloadTooLarge { limit: 1 },
-            413,
-            "payload_too_large",
-        );
-        check(
-            ApiError::UnsupportedMediaType {
-                expected: "application/json",
-            },
-            415,
-            "unsupported_media_type",
-        );
-        check(ApiError::RouteNotFound("/x".into()), 404, "route_not_found");
-        check(
-            ApiError::MethodNotAllowed { allow: &["GET"] },
-            405,
-            "method_not_allowed",
-        );
-        check(ApiError::Unauthorized, 401, "unauthorized");
-        check(
-            BodyTimeout::Idle(Duration::from_secs(1)).into(),
-            408,
-            "request_timeout",
-        );
-        check(ApiError::AdminDisabled, 403, "admin_disabled");
-        check(
-            ApiError::ShuttingDown {
-                talk_id: None,
-                job_id: None,
-            },
-            503,
-            "shutting_down",
-        );
-        check(
-            ApiError::UriTooLong {
-                len: 9000,
-                limit: 8192,
-            },
-            414,
-            "uri_too_long",
-        );
-        check(
-            ApiError::TooManyHeaders {
-                count: 101,
-                limit: 100,
-            },
-            431,
-            "request_header_fields_too_large",
-        );
-        check(
-            ApiError::HeadersTooLarge {
-                size: 20_000,
-                limit: 16_384,
-            },
-            431,
-            "request_header_fields_too_large",
-        );
-        check(
-            ApiError::Internal("boom at x.rs:1".into()),
-            500,
-            "internal_error",
-        );
-    }
-
-    #[test]
-    fn headers_follow_the_status() {
-        let r = ApiError::MethodNotAllowed {
-            allow: &["GET", "HEAD"],
-        }
-        .into_response();
-        assert_eq!(r.headers()[header::ALLOW], "GET, HEAD");
-        let r = ApiError::from(VideoApiError::Limiter(LimiterError::Timeout {
-            priority: Priority::Normal,
-            waited: Duration::from_secs(60),
-        }))
-        .into_response();
-        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
-        let r = ApiError::from(VideoApiError::RateLimited {
-            retry_after: Some(Duration::from_millis(1500)),
-        })
-        .into_response();
-        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
-        let r = ApiError::Unauthorized.into_response();
-        assert!(r.headers().contains_key(header::WWW_AUTHENTICATE));
-        let r = ApiError::TooManyHeaders {
-            count: 101,
-            limit: 100,
-        }
-        .into_response();
-        assert_eq!(r.headers()[header::CONNECTION], "close");
-        let r = ApiError::ShuttingDown {
-            talk_id: None,
-            job_id: None,
-        }
-        .into_response();
-        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
-        assert_eq!(r.headers()[header::CONNECTION], "close");
-    }
-
-    #[test]
-    fn the_less_common_rows_keep_their_status_code_and_headers() {
-        use VideoApiError as V;
-        let close = Some(("connection", "close"));
-        let retry = Some(("retry-after", "5"));
-        for (err, status, code, header) in [
-            (
-                ApiError::FileTooLarge {
-                    kind: UploadKind::Image,
-                    max: 1,
-                },
-                413,
-                "file_too_large",
-                None,
-            ),
-            (
-                ApiError::MalformedMultipart("x".into()),
-                400,
-                "malformed_multipart",
-                None,
-            ),
-            (
-                ApiError::InvalidConfig("x".into()),
-                422,
-                "invalid_config",
-                None,
-            ),
-            (
-                TalkRequestError::TextLength { len: 1 }.into(),
-                422,
-                "invalid_config",
-                None,
-            ),
-            (
-                TalkRequestError::PadAudio { value: 99.0 }.into(),
-                422,
-                "invalid_config",
-                None,
-            ),
-            (
-                TalkRequestError::UserData.into(),
-                422,
-                "invalid_config",
-                None,
-            ),
-            (
-                TalkRequestError::Webhook.into(),
-                422,
-                "invalid_config",
-                None,
-            ),
-            (
-                V::Limiter(LimiterError::InvalidLimit { given: 0 }).into(),
-                500,
-                "internal_error",
-                None,
-            ),
-            (
-                V::Limiter(LimiterError::Unavailable {
-                    message: "down".into(),
-                })
-                .into(),
-                503,
-                "limiter_unavailable",
-                retry,
-            ),
-            (
-                BodyTimeout::Deadline(Duration::from_secs(1)).into(),
-                408,
-                "request_timeout",
-                close,
-            ),
-            (
-                ApiError::UriTooLong {
-                    len: 9000,
-                    limit: 8192,
-                },
-                414,
-                "uri_too_long",
-                close,
-            ),
-            (
-                ApiError::HeadersTooLarge {
-                    size: 20_000,
-                    limit: 16_384,
-                },
-                431,
-                "request_header_fields_too_large",
-                close,
-            ),
-        ] {
-            let resp = err.into_response();
-            assert_eq!(resp.status().as_u16(), status, "{code}");
-            let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
-            match header {
-                Some((name, value)) => {
-                    assert_eq!(names, ["content-type", name], "{code}");
-                    assert_eq!(resp.headers()[name], value, "{code}");
-                }
-                None => assert_eq!(names, ["content-type"], "{code}"),
-            }
-            assert_eq!(body(resp)["error"]["code"], code);
-        }
-    }
-
-    #[test]
-    fn a_generate_cut_off_at_shutdown_names_its_talk_and_where_to_follow_it() {
-        let err = ApiError::ShuttingDown {
-            talk_id: Some(talk_id()),
-            job_id: None,
-        };
-        assert!(!err.log_level_is_error(), "logged at warn by the server");
-        assert!(err.to_string().contains("tlk_abc"), "{err}");
-        let v = body(err.into_response());
-        assert_eq!(v["error"]["code"], "shutting_down");
-        assert_eq!(v["error"]["talk_id"], "tlk_abc");
-        assert_eq!(
-            v["error"]["status_url"],
-            "/api/d_id_optimized/talk-status/tlk_abc"
-        );
-        assert!(v["error"]["message"].as_str().unwrap().contains("tlk_abc"));
-        let v = body(
-            ApiError::ShuttingDown {
-                talk_id: None,
-                job_id: None,
-            }
-            .into_response(),
-        );
-        assert_eq!(v["error"].get("talk_id"), None);
-        assert_eq!(v["error"].get("status_url"), None);
-    }
-
-    #[test]
-    fn internal_details_and_talk_failures_are_reported_as_documented() {
-        let v = body(ApiError::Internal("secret path /etc/x".into()).into_response());
-        assert!(!v.to_string().contains("/etc/x"));
-        let v = body(
-            ApiError::from(VideoApiError::TalkFailed {
-                talk_id: talk_id(),
-                kind: "FaceError".into(),
-                description: "no face found".into(),
-            })
-            .into_response(),
-        );
-        assert_eq!(v["error"]["talk_id"], "tlk_abc");
-        assert_eq!(v["error"]["upstream_kind"], "FaceError");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("no face found")
-        );
-    }
-}
-
-#[cfg(test)]
-mod client_text_tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    fn message_and_headers(err: ApiError) -> (String, http::HeaderMap) {
-        let resp = err.into_response();
-        let headers = resp.headers().clone();
-        let bytes = futures_util::FutureExt::now_or_never(resp.into_body().collect())
-            .unwrap()
-            .unwrap()
-            .to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).unwrap();
-        (v["error"]["message"].as_str().unwrap().to_owned(), headers)
-    }
-
-    #[test]
-    fn transport_failures_do_not_show_the_internal_url_or_the_error_chain() {
-        let hostile = "error sending request for url (http://10.0.0.7:8443/talks): \
-                       client error (Connect): tcp connect error: Connection refused (os error 111)";
-        for err in [
-            VideoApiError::Connect {
-                message: hostile.into(),
-            },
-            VideoApiError::Protocol {
-                message: hostile.into(),
-            },
-        ] {
-            let (msg, _) = message_and_headers(err.into());
-            for leak in ["10.0.0.7", "8443", "http://", "os error", "tcp", "Connect)"] {
-                assert!(!msg.contains(leak), "{leak:?} in {msg:?}");
-            }
-            assert!(msg.contains("D-ID"), "{msg}");
-        }
-    }
-
-    #[test]
-    fn rate_limit_messages_have_no_debug_text_and_retry_after_is_capped() {
-        let (msg, headers) = message_and_headers(
-            VideoApiError::RateLimited {
-                retry_after: Some(Duration::from_secs(99_999_999)),
-            }
-            .into(),
-        );
-        assert!(!msg.contains("Some("), "{msg}");
-        assert!(!msg.contains("99999999"), "{msg}");
-        assert_eq!(headers[header::RETRY_AFTER], "300");
-        let (msg, headers) =
-            message_and_headers(VideoApiError::RateLimited { retry_after: None }.into());
-        assert!(!msg.contains("None"), "{msg}");
-        assert_eq!(headers[header::RETRY_AFTER], "5");
-    }
-
-    #[test]
-    fn a_timed_out_talk_message_has_no_debug_duration() {
-        let (msg, _) = message_and_headers(
-            VideoApiError::TalkTimedOut {
-                talk_id: domain::TalkId::parse("tlk_abc").unwrap(),
-                waited: Duration::from_millis(1234),
-            }
-            .into(),
-        );
-        assert!(!msg.contains("1.234s"), "{msg}");
-        assert!(msg.contains("tlk_abc"), "{msg}");
-    }
-
-    #[test]
-    fn upstream_not_configured_sends_no_retry_after() {
-        let (_, headers) = message_and_headers(VideoApiError::NotConfigured.into());
-        assert!(!headers.contains_key(header::RETRY_AFTER));
-    }
-
-    #[test]
-    fn the_not_found_message_says_not_found_once() {
-        for description in ["not found", "Not Found", "talk not found"] {
-            let (msg, _) = message_and_headers(
-                VideoApiError::NotFound {
-                    description: description.into(),
-                }
-                .into(),
-            );
-            assert_eq!(
-                msg.to_ascii_lowercase().matches("not found").count(),
-                1,
-                "{msg}"
-            );
-        }
-    }
-}
+mod tests;

@@ -1,23 +1,23 @@
 //! The D-ID routes: generate a video, upload an image or audio file, read a talk's status.
 //!
 //! Each handler validates everything it can before a paid upstream call (priority, URLs,
-//! config, file type), then calls [`ports::VideoApi`]: once, or for a synchronous generate
-//! `create_talk` then `wait_for_talk`, recording the talk id in the request's
-//! [`TalkSlot`] in between so that a cut-off at shutdown can still name it. The limiter slot
+//! config, file type), then calls [`ports::VideoApi`] once (uploads, status), or for a
+//! generate the application layer's [`Jobs::generate`](app::Jobs::generate), which records
+//! the job and talk ids in the request's [`TalkSlot`](app::TalkSlot) as soon as they exist,
+//! so that a cut-off at shutdown can still name them. The limiter slot
 //! is taken inside the adapter, per HTTP exchange, so no handler holds a slot while it waits.
 
+use app::{GenerateInput, Generated, Replay};
 use bytes::Bytes;
 use domain::{Priority, TalkId, UploadKind};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use ports::{Job, JobId, JobStatus, NewJob, Submitted, VideoApiError, WaitOptions};
+use ports::JobId;
 use serde_json::json;
-use tokio::time::Instant;
 
 use crate::body::{self, BoxError};
-use crate::cutoff::TalkSlot;
+use crate::cutoff::slot_of;
 use crate::error::{ApiError, Body, json_response};
 use crate::job_routes::{self, TalkBody, require_upstream};
-use crate::jobs::{CreateMode, failure_is_retryable, fingerprint, new_job_id, now_ms};
 use crate::state::AppState;
 use crate::uri::{query_param, status_url};
 
@@ -46,9 +46,10 @@ fn wants_async(wait: Option<bool>, headers: &HeaderMap) -> (bool, bool) {
     }
 }
 
-/// `POST /generate-video`: runs as a job (see [`crate::jobs`]) that this request works on
-/// itself, so the answer and its JSON are as before (plus `job_id`), while a caller that is
-/// cut off can re-attach with its `Idempotency-Key` (or follow the job).
+/// `POST /generate-video`: runs as a job that this request works on itself
+/// ([`Jobs::generate`](app::Jobs::generate)), so the answer and its JSON are as before (plus
+/// `job_id`), while a caller that is cut off can re-attach with its `Idempotency-Key` (or
+/// follow the job).
 pub async fn generate_video<B>(
     state: &AppState,
     req: Request<B>,
@@ -60,122 +61,42 @@ where
     require_upstream(state)?;
     let jobs = state.jobs();
     let headers = req.headers().clone();
-    let slot = TalkSlot::of(&req);
+    let slot = slot_of(&req);
     let key = job_routes::idempotency_key(&headers, state)?;
+    // Taken before the body is read: a replay that arrives meanwhile is told to wait.
     let accepting = key.as_ref().map(|k| jobs.begin_accepting(k)).transpose()?;
     let body: TalkBody = body::read_json(req, state.settings().json_body_limit).await?;
     let (request, priority) = body.request()?;
     let (asynchronous, by_header) = wants_async(body.wait, &headers);
-    let started = Instant::now();
-    let fp = fingerprint(&request, priority, None);
-    let owner = jobs.inline_owner();
-    let new = NewJob {
-        id: new_job_id(),
-        priority,
+    let input = GenerateInput {
         request,
-        callback_url: None,
-        idempotency: key,
-        fingerprint: fp.clone(),
-        now_ms: now_ms(),
-        lease: Some(jobs.lease_for(&owner)),
-        status: JobStatus::Creating,
+        priority,
+        key,
+        asynchronous,
+        wait: state.settings().wait,
     };
-    let submitted = jobs.submit(new).await?;
-    drop(accepting);
-    let job = match submitted {
-        Submitted::Created(job) => job,
-        Submitted::Existing(job) if job.fingerprint != fp => {
-            return Err(ApiError::IdempotencyKeyReused {
-                job_id: job.id.to_string(),
-            });
-        }
-        Submitted::Existing(job) if failure_is_retryable(&job) => {
-            tracing::info!(job_id = %job.id, "replayed key of a job that failed before D-ID: trying again");
-            jobs.retake(job, &owner)
-                .await
-                .map_err(|e| jobs.api_error(e))?
-        }
-        Submitted::Existing(job) => {
-            return reattach(state, job, asynchronous, by_header, &slot).await;
-        }
-    };
-    slot.record_job(job.id.as_str());
-    let job_id = job.id.clone();
-    let hold = jobs.hold_for_caller(&job_id, &owner, job.idempotency.is_some(), &slot);
-    let mode = if asynchronous {
-        CreateMode::InlineAsync
-    } else {
-        CreateMode::InlineWait
-    };
-    let (_, created) = jobs.create(job, &owner, mode).await.map_err(|e| match e {
-        ports::JobStoreError::NotFound(id) => crate::jobs::lost_job(&id),
-        other => jobs.api_error(other),
-    })?;
-    let created = match created {
-        Ok(created) => created,
-        Err(e) => {
-            // The create's failure is written (the job failed, its claim let go).
-            hold.done();
-            return Err(e.into());
-        }
-    };
-    let talk_id = created.id.clone();
-    slot.record(&talk_id);
-
-    if asynchronous {
-        // The create let go of the claim: the workers poll the talk from here.
-        hold.done();
-        tracing::info!(%talk_id, %job_id, %priority, "talk created (asynchronous)");
-        return Ok(accepted(
-            &talk_id,
+    Ok(match jobs.generate(input, accepting, &slot).await? {
+        Generated::Started { talk, job_id } => accepted(
+            &talk.id,
             &job_id,
-            Some(created.status.as_str()),
-            created.created_at.clone(),
+            Some(talk.status.as_str()),
+            talk.created_at.clone(),
             by_header,
             false,
-        ));
-    }
-
-    tracing::info!(%talk_id, %job_id, %priority, "talk created; waiting for it");
-    // `MAX_WAIT_SECS` counts from the start of the create, as documented.
-    let configured = state.settings().wait;
-    let wait = WaitOptions {
-        max_wait: configured.max_wait.saturating_sub(started.elapsed()),
-        ..configured
-    };
-    let outcome = state
-        .inner
-        .video
-        .wait_for_talk(&talk_id, priority, wait)
-        .await
-        .map_err(|e| match e {
-            VideoApiError::TalkTimedOut { talk_id, .. } => VideoApiError::TalkTimedOut {
-                talk_id,
-                waited: started.elapsed(),
-            },
-            other => other,
-        });
-    match jobs.finish_inline(&job_id, &outcome).await {
-        Ok(_) => hold.done(),
-        // The caller still gets its answer; the job is finished by the next owner (the
-        // hold gives the claim back if the job is still processing).
-        Err(e) => {
-            tracing::warn!(%job_id, error = %e, "could not record the end of a generate's job")
-        }
-    }
-    let talk = outcome?;
-    tracing::info!(talk_id = %talk.id, %job_id, %priority, "talk done");
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "id": talk.id,
-            "status": talk.status,
-            "result_url": talk.result_url,
-            "created_at": talk.created_at,
-            "message": "Video generated successfully",
-            "job_id": job_id,
-        }),
-    ))
+        ),
+        Generated::Done { talk, job_id } => json_response(
+            StatusCode::OK,
+            &json!({
+                "id": talk.id,
+                "status": talk.status,
+                "result_url": talk.result_url,
+                "created_at": talk.created_at,
+                "message": "Video generated successfully",
+                "job_id": job_id,
+            }),
+        ),
+        Generated::Replayed(replay) => replayed(replay, by_header),
+    })
 }
 
 /// The 202 of an asynchronous generate.
@@ -214,45 +135,20 @@ fn accepted(
     resp
 }
 
-/// A replayed generate: answers with the job's outcome, waiting for it (as long as a new
-/// generate would) if it is still running elsewhere or was left by a dead instance.
-async fn reattach(
-    state: &AppState,
-    job: Job,
-    asynchronous: bool,
-    by_header: bool,
-    slot: &TalkSlot,
-) -> Result<Response<Body>, ApiError> {
-    let jobs = state.jobs();
-    slot.record_job(job.id.as_str());
-    tracing::info!(job_id = %job.id, status = %job.status, "generate replayed; re-attaching to its job");
-    let wait = state.settings().wait.max_wait;
-    let deadline = tokio::time::Instant::now()
-        + if asynchronous {
-            wait.min(std::time::Duration::from_secs(10))
-        } else {
-            wait
-        };
-    let job = jobs
-        .wait_for(&job.id, deadline, |j| {
-            j.status.is_terminal() || (asynchronous && j.talk_id.is_some())
-        })
-        .await?;
-    if let Some(talk) = &job.talk_id {
-        slot.record(talk);
-    }
-    let mut resp = match (&job.status, &job.talk_id) {
-        (JobStatus::Failed | JobStatus::Cancelled, _) => job_routes::failure_response(&job),
+/// A replayed generate's answer: the job's outcome, marked as a replay.
+fn replayed(replay: Replay, by_header: bool) -> Response<Body> {
+    let mut resp = match replay {
+        Replay::Failed(job) => job_routes::failure_response(&job),
         // The first answer again: the create's status and time, as stored.
-        (_, Some(talk_id)) if asynchronous => accepted(
-            talk_id,
+        Replay::Started { talk_id, job } => accepted(
+            &talk_id,
             &job.id,
             Some(job.talk_created_status.as_deref().unwrap_or("created")),
             job.talk_created_at.clone(),
             by_header,
             true,
         ),
-        (JobStatus::Done, Some(talk_id)) => json_response(
+        Replay::Done { talk_id, job } => json_response(
             StatusCode::OK,
             &json!({
                 "id": talk_id,
@@ -267,23 +163,9 @@ async fn reattach(
                 "job_id": job.id,
             }),
         ),
-        (_, Some(talk_id)) => {
-            return Err(VideoApiError::TalkTimedOut {
-                talk_id: talk_id.clone(),
-                waited: wait,
-            }
-            .into());
-        }
-        (_, None) => {
-            return Err(VideoApiError::Limiter(ports::LimiterError::Timeout {
-                priority: job.priority,
-                waited: wait,
-            })
-            .into());
-        }
     };
     job_routes::mark_replayed(&mut resp);
-    Ok(resp)
+    resp
 }
 
 /// `POST /upload-source-image` and `POST /upload-audio`.

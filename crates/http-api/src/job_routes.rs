@@ -19,18 +19,21 @@
 //! `upstream_rate_limited`) is tried again by a replay of its key on `generate-video`; every
 //! other outcome is replayed as it was.
 
+use app::Admitted;
+use app::admission::JobRequest;
 use bytes::Bytes;
 use domain::{Priority, Script, TalkConfig, TalkRequest};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use ports::{Job, JobId, JobStatus, NewJob, ScopedKey, Submitted};
+use ports::{FailureCode, Job, JobFailure, JobId, JobStatus, ScopedKey};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::body::{self, BoxError};
-use crate::error::{ApiError, Body, QUEUE_RETRY_AFTER, json_response, retry_after_value};
-use crate::jobs::{fingerprint, new_job_id, now_ms};
+use crate::error::{
+    ApiError, Body, QUEUE_RETRY_AFTER, failure_status, json_response, retry_after_value,
+};
 use crate::state::AppState;
 use crate::uri::{job_url, query_param, status_url};
 
@@ -213,7 +216,11 @@ pub fn view(job: &Job) -> Value {
         "talk_id": job.talk_id,
         "result_url": job.result_url,
         "result_expires_at": job.result_expires_ms.map(timestamp),
-        "error": job.error,
+        "error": job.error.as_ref().map(|f| json!({
+            "code": f.code,
+            "message": f.message,
+            "http_status": failure_status(f.code, f.upstream_status).as_u16(),
+        })),
         "callback_url": job.callback_url,
         "idempotency_key": job.idempotency.as_ref().map(|k| &k.key),
         "created_at": timestamp(job.created_ms),
@@ -234,12 +241,12 @@ pub fn view(job: &Job) -> Value {
 
 /// The answer a job's stored failure is replayed with: its status and code, the job id.
 pub fn failure_response(job: &Job) -> Response<Body> {
-    let failure = job.error.clone().unwrap_or(ports::JobFailure {
-        code: "internal_error".into(),
+    let failure = job.error.clone().unwrap_or(JobFailure {
+        code: FailureCode::InternalError,
         message: "the job failed without a recorded reason".into(),
-        http_status: 500,
+        upstream_status: None,
     });
-    let status = StatusCode::from_u16(failure.http_status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status = failure_status(failure.code, failure.upstream_status);
     let mut error = json!({
         "code": failure.code,
         "message": failure.message,
@@ -275,30 +282,20 @@ where
     require_upstream(state)?;
     let jobs = state.jobs();
     let key = idempotency_key(req.headers(), state)?;
-    let _accepting = key.as_ref().map(|k| jobs.begin_accepting(k)).transpose()?;
+    // Taken before the body is read: a replay that arrives meanwhile is told to wait.
+    let accepting = key.as_ref().map(|k| jobs.begin_accepting(k)).transpose()?;
     let body: TalkBody = body::read_json(req, state.settings().json_body_limit).await?;
     let (request, priority) = body.request()?;
     let callback_url = body.callback_url()?;
-    let fp = fingerprint(&request, priority, callback_url.as_deref());
-    let new = NewJob {
-        id: new_job_id(),
-        priority,
+    let request = JobRequest {
         request,
+        priority,
         callback_url,
-        idempotency: key,
-        fingerprint: fp.clone(),
-        now_ms: now_ms(),
-        lease: None,
-        status: JobStatus::Queued,
+        key,
     };
-    let (job, replayed) = match jobs.submit(new).await? {
-        Submitted::Created(job) => (job, false),
-        Submitted::Existing(job) if job.fingerprint != fp => {
-            return Err(ApiError::IdempotencyKeyReused {
-                job_id: job.id.to_string(),
-            });
-        }
-        Submitted::Existing(job) => (job, true),
+    let (job, replayed) = match jobs.enqueue(request, accepting).await? {
+        Admitted::New(job) => (job, false),
+        Admitted::Replay(job) => (job, true),
     };
     let mut resp = json_response(StatusCode::ACCEPTED, &view(&job));
     if let Ok(v) = HeaderValue::from_str(&job_url(job.id.as_str())) {
@@ -313,47 +310,15 @@ where
 /// `GET /jobs/{id}`.
 pub async fn get(state: &AppState, raw_id: &str) -> Result<Response<Body>, ApiError> {
     let id = parse_job_id(raw_id)?;
-    let jobs = state.jobs();
-    let job = jobs
-        .store()
-        .get(&id)
-        .await
-        .map_err(|e| jobs.api_error(e))?
-        .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
+    let job = state.jobs().job(&id).await?;
     Ok(json_response(StatusCode::OK, &view(&job)))
 }
 
 /// `DELETE /jobs/{id}`: cancels a queued job; a cancelled one answers as it is (idempotent).
 pub async fn cancel(state: &AppState, raw_id: &str) -> Result<Response<Body>, ApiError> {
     let id = parse_job_id(raw_id)?;
-    let jobs = state.jobs();
-    // A claim between the read and the write moves the version: read again and decide again.
-    for _ in 0..8 {
-        let job = jobs
-            .store()
-            .get(&id)
-            .await
-            .map_err(|e| jobs.api_error(e))?
-            .ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
-        match job.status {
-            JobStatus::Cancelled => return Ok(json_response(StatusCode::OK, &view(&job))),
-            JobStatus::Queued => match jobs.cancel(job).await {
-                Ok(job) => return Ok(json_response(StatusCode::OK, &view(&job))),
-                Err(ports::JobStoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(jobs.api_error(e)),
-            },
-            other => {
-                return Err(ApiError::JobNotCancellable {
-                    job_id: job.id.to_string(),
-                    status: other.as_str(),
-                    talk_id: job.talk_id,
-                });
-            }
-        }
-    }
-    Err(ApiError::JobStore(
-        "the job kept changing while it was being cancelled; retry".to_owned(),
-    ))
+    let job = state.jobs().cancel_job(&id).await?;
+    Ok(json_response(StatusCode::OK, &view(&job)))
 }
 
 /// `GET /jobs?status=&limit=&cursor=`: newest first.
@@ -388,12 +353,7 @@ pub async fn list<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body
             })?,
         ),
     };
-    let jobs = state.jobs();
-    let page = jobs
-        .store()
-        .list(status, limit, cursor.as_deref())
-        .await
-        .map_err(|e| jobs.api_error(e))?;
+    let page = state.jobs().jobs(status, limit, cursor.as_deref()).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({

@@ -12,15 +12,14 @@
 //! - [`wiring`]: builds the adapters a config asks for and the [`AppState`].
 //! - [`state`]: [`AppState`], [`Settings`].
 //! - [`server`]: [`run`], the accept loop, graceful shutdown, panic catching, request ids.
-//! - [`cutoff`]: the shutdown grace's end as a signal, and the talk a request created.
+//! - [`cutoff`]: how a request carries its talk slot (the signal and the slot are
+//!   [`app::cutoff`]'s).
 //! - [`head`]: the request head's size limits (414, 431), checked before routing.
 //! - [`router`]: the route table and the auth rule per route.
 //! - [`uri`]: the route prefix, a talk's status URL, query parameters.
 //! - [`handlers`]: `generate-video`, `upload-source-image`, `upload-audio`, `talk-status`.
 //! - [`job_routes`]: `POST /jobs`, `GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}`, and
 //!   the `Idempotency-Key` rules.
-//! - [`jobs`]: the job engine (workers, leases, the create/poll steps, re-attaching).
-//! - [`store_calls`]: the job store with its calls counted (`/stats`).
 //! - [`store_open`]: a job store that could not be opened at start, opened again in the
 //!   background (its calls 503 meanwhile, and it says why).
 //! - [`ops`]: `stats`, `health`, `ready`, `metrics`, `cleanup-expired`.
@@ -38,13 +37,11 @@ pub mod error;
 pub mod handlers;
 pub mod head;
 pub mod job_routes;
-pub mod jobs;
 pub mod metrics;
 pub mod ops;
 pub mod router;
 pub mod server;
 pub mod state;
-pub mod store_calls;
 pub mod store_open;
 pub mod telemetry;
 pub mod uri;

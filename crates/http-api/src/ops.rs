@@ -130,7 +130,7 @@ async fn jobs_json(state: &AppState) -> Value {
     }
     match jobs.store().counts().await {
         Ok(counts) => {
-            let now = crate::jobs::now_ms();
+            let now = app::now_ms();
             for (status, n) in &counts.by_status {
                 v[format!("{}_jobs", status.as_str())] = json!(n);
             }
@@ -281,7 +281,7 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
     let m = state.metrics();
     m.set_snapshot(limiter, upstream);
     match state.jobs().store().counts().await {
-        Ok(counts) => m.set_jobs(counts, crate::jobs::now_ms()),
+        Ok(counts) => m.set_jobs(counts, app::now_ms()),
         Err(e) => tracing::warn!(error = %e, "job counts unavailable for /metrics"),
     }
     let text = m

@@ -10,10 +10,10 @@ use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
 use secrecy::SecretString;
 
 use crate::config::Config;
-use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::Metrics;
 use crate::store_open::{OpenFailure, OpeningStore};
 use crate::telemetry::Scrubber;
+use app::{Jobs, JobsConfig};
 
 /// Settings the handlers read (a subset of [`Config`], without adapter details).
 #[derive(Clone)]

@@ -14,10 +14,10 @@ use ports::{ConcurrencyLimiter, JobStore};
 use secrecy::ExposeSecret;
 
 use crate::config::{Config, JobStoreKind, JobStoreSync};
-use crate::jobs::{Jobs, JobsConfig};
 use crate::metrics::{MeteredLimiter, Metrics};
 use crate::state::{AppState, Settings};
 use crate::store_open::{OpenFailure, OpeningStore};
+use app::{Jobs, JobsConfig};
 
 /// Why the adapters could not be built.
 #[derive(Debug, thiserror::Error)]

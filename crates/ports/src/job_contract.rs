@@ -27,8 +27,8 @@ use domain::{Priority, Script, TalkId, TalkRequest};
 use async_trait::async_trait;
 
 use crate::jobs::{
-    Attempt, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease,
-    NewJob, QueueLimits, ScopedKey, Submitted,
+    Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,
+    JobStoreError, Lease, NewJob, QueueLimits, ScopedKey, Submitted,
 };
 
 /// A store that keeps something alive for as long as it lives: the temporary directory of
@@ -586,9 +586,9 @@ where
         let mut job = store.get(&job_id(n)).await.unwrap().unwrap();
         job.status = JobStatus::Failed;
         job.error = Some(JobFailure {
-            code: "talk_failed".into(),
+            code: FailureCode::TalkFailed,
             message: "no face".into(),
-            http_status: 422,
+            upstream_status: None,
         });
         job.finished_ms = Some(at);
         store.update(job).await.unwrap();

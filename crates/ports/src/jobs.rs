@@ -31,6 +31,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{Priority, TalkId, TalkRequest};
+
+use crate::limiter::LimiterError;
+use crate::video::VideoApiError;
 use serde::{Deserialize, Serialize};
 
 /// Characters of a job id after its `job_` prefix.
@@ -162,16 +165,141 @@ impl fmt::Display for JobStatus {
     }
 }
 
-/// Why a job failed: the service's stable error code and message, and the HTTP status it
-/// answers with.
+/// Why a job failed: the service's stable error code, its message, and D-ID's own status
+/// where the failure is D-ID's answer. Which HTTP status a failure answers with is the HTTP
+/// service's business: it derives it from the code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobFailure {
-    /// The stable error code (`talk_failed`, `upstream_validation`, …).
-    pub code: String,
+    /// The stable error code (`talk_failed`, `upstream_validation_error`, …).
+    pub code: FailureCode,
     /// What went wrong, without secrets.
     pub message: String,
-    /// The HTTP status the same error has on the synchronous routes.
-    pub http_status: u16,
+    /// The HTTP status D-ID answered with, for a failure that is D-ID's answer (a
+    /// validation error: D-ID's 400 and 422 are told apart by it). Jobs stored by earlier
+    /// builds carry the service's status as `http_status` instead, read here: for the one
+    /// code whose answer depends on it the two numbers are the same.
+    #[serde(
+        default,
+        alias = "http_status",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upstream_status: Option<u16>,
+}
+
+/// The closed set of codes a job can fail with: the codes of [`VideoApiError`] (and so of
+/// the synchronous routes' upstream errors), and `internal_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// No D-ID key is configured.
+    UpstreamNotConfigured,
+    /// D-ID rejected the service's credentials.
+    UpstreamAuthFailed,
+    /// D-ID refused permission.
+    UpstreamPermissionDenied,
+    /// The D-ID account is out of credits.
+    InsufficientCredits,
+    /// D-ID does not know the talk.
+    NotFound,
+    /// A D-ID resource was not ready.
+    NotReady,
+    /// D-ID rejected the request as invalid.
+    UpstreamValidationError,
+    /// D-ID throttled the service.
+    UpstreamRateLimited,
+    /// D-ID failed (5xx) after retries.
+    UpstreamError,
+    /// D-ID could not be reached.
+    UpstreamUnreachable,
+    /// D-ID answered something unreadable.
+    UpstreamProtocolError,
+    /// D-ID did not answer in time.
+    UpstreamTimeout,
+    /// The talk did not finish in time.
+    TalkTimeout,
+    /// The talk ended in `error`.
+    TalkFailed,
+    /// D-ID rejected the talk.
+    TalkRejected,
+    /// No limiter slot was free in time.
+    QueueTimeout,
+    /// The limiter's backend was unavailable.
+    LimiterUnavailable,
+    /// This service failed.
+    InternalError,
+    /// A code this build does not know (a job stored by a newer one).
+    #[serde(other)]
+    Unknown,
+}
+
+impl FailureCode {
+    /// The code of a D-ID call's error. Every variant is named, so a new error does not
+    /// compile until it has its code.
+    pub fn of(error: &VideoApiError) -> FailureCode {
+        use VideoApiError as V;
+        match error {
+            V::NotConfigured => FailureCode::UpstreamNotConfigured,
+            V::Unauthorized { .. } => FailureCode::UpstreamAuthFailed,
+            V::Forbidden { .. } => FailureCode::UpstreamPermissionDenied,
+            V::InsufficientCredits => FailureCode::InsufficientCredits,
+            V::NotFound { .. } => FailureCode::NotFound,
+            V::NotReady { .. } => FailureCode::NotReady,
+            V::Validation { .. } => FailureCode::UpstreamValidationError,
+            V::RateLimited { .. } => FailureCode::UpstreamRateLimited,
+            V::Server { .. } => FailureCode::UpstreamError,
+            V::Connect { .. } => FailureCode::UpstreamUnreachable,
+            V::Protocol { .. } => FailureCode::UpstreamProtocolError,
+            V::Timeout => FailureCode::UpstreamTimeout,
+            V::TalkTimedOut { .. } => FailureCode::TalkTimeout,
+            V::TalkFailed { .. } => FailureCode::TalkFailed,
+            V::TalkRejected { .. } => FailureCode::TalkRejected,
+            V::Limiter(LimiterError::Timeout { .. }) => FailureCode::QueueTimeout,
+            V::Limiter(LimiterError::Unavailable { .. }) => FailureCode::LimiterUnavailable,
+            V::Limiter(LimiterError::InvalidLimit { .. }) => FailureCode::InternalError,
+        }
+    }
+
+    /// The snake_case code, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::UpstreamNotConfigured => "upstream_not_configured",
+            FailureCode::UpstreamAuthFailed => "upstream_auth_failed",
+            FailureCode::UpstreamPermissionDenied => "upstream_permission_denied",
+            FailureCode::InsufficientCredits => "insufficient_credits",
+            FailureCode::NotFound => "not_found",
+            FailureCode::NotReady => "not_ready",
+            FailureCode::UpstreamValidationError => "upstream_validation_error",
+            FailureCode::UpstreamRateLimited => "upstream_rate_limited",
+            FailureCode::UpstreamError => "upstream_error",
+            FailureCode::UpstreamUnreachable => "upstream_unreachable",
+            FailureCode::UpstreamProtocolError => "upstream_protocol_error",
+            FailureCode::UpstreamTimeout => "upstream_timeout",
+            FailureCode::TalkTimeout => "talk_timeout",
+            FailureCode::TalkFailed => "talk_failed",
+            FailureCode::TalkRejected => "talk_rejected",
+            FailureCode::QueueTimeout => "queue_timeout",
+            FailureCode::LimiterUnavailable => "limiter_unavailable",
+            FailureCode::InternalError => "internal_error",
+            FailureCode::Unknown => "unknown",
+        }
+    }
+
+    /// Whether the failure happened before anything reached D-ID, so that trying again
+    /// cannot pay twice (no slot, the limiter down, D-ID's throttle).
+    pub fn is_before_upstream(self) -> bool {
+        matches!(
+            self,
+            FailureCode::QueueTimeout
+                | FailureCode::LimiterUnavailable
+                | FailureCode::UpstreamRateLimited
+        )
+    }
+}
+
+impl fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One worker's turn on a job.

@@ -28,8 +28,8 @@ pub mod contract;
 pub mod job_contract;
 
 pub use jobs::{
-    Attempt, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease,
-    NewJob, QueueLimits, ScopedKey, Submitted,
+    Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,
+    JobStoreError, Lease, NewJob, QueueLimits, ScopedKey, Submitted,
 };
 pub use limiter::{
     ConcurrencyLimiter, DegradedReason, FailoverStats, LimiterCounters, LimiterError, LimiterStats,

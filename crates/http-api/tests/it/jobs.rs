@@ -550,7 +550,7 @@ async fn a_job_left_creating_by_a_dead_worker_adopts_its_talk_instead_of_paying_
     let id = ports::JobId::parse("job_deadworker000000000000").unwrap();
     {
         let store = jobstore_sqlite::SqliteJobStore::open(&path).unwrap();
-        let past = http_api::jobs::now_ms() - 60_000;
+        let past = app::now_ms() - 60_000;
         store
             .submit(
                 NewJob {

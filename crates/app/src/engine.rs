@@ -1,7 +1,7 @@
 //! The job engine: durable talk jobs over a [`JobStore`], worked on by every instance.
 //!
 //! # Who owns a job when
-//! - `POST /jobs` stores a `queued` job and answers at once. Workers (`JOB_WORKERS` per
+//! - a submit (`POST /jobs`) stores a `queued` job and answers at once. Workers (`JOB_WORKERS` per
 //!   instance) claim runnable jobs from the store in the limiter's order (priority, then
 //!   arrival), each with a lease of `JOB_LEASE_SECS` that a background task renews every third
 //!   of it while the worker is busy. A worker holds a limiter slot only per HTTP exchange with
@@ -34,27 +34,23 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use domain::{CreatedTalk, Priority, TalkStatus};
 use ports::{
-    Attempt, Job, JobFailure, JobId, JobStatus, JobStore, JobStoreError, Lease, LimiterError,
-    NewJob, QueueLimits, ScopedKey, Submitted, VideoApi, VideoApiError,
+    Attempt, Job, JobId, JobStatus, JobStore, JobStoreError, Lease, QueueLimits, ScopedKey,
+    VideoApi,
 };
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::error::ApiError;
+use crate::counted::CountedStore;
+use crate::cutoff::TalkSlot;
+use crate::error::AppError;
+use crate::now_ms;
+use crate::steps::CreateMode;
 
-/// Creates that may have reached D-ID (timeout, 5xx, cut connection) before a job fails.
-pub const MAX_CREATE_ATTEMPTS: usize = 5;
-/// How long D-ID keeps a result URL working (its documentation: about 24 hours).
-pub const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
-/// First pause between two polls of a processing job; doubles up to the poll interval.
-pub const FIRST_POLL: Duration = Duration::from_secs(1);
 /// A sync route that re-attaches reads the store at least this often.
 const REATTACH_POLL: Duration = Duration::from_millis(200);
 /// The instance's one periodic look at the store when it knows of nothing due sooner: the
@@ -68,11 +64,6 @@ const BUSY_LOOK: Duration = Duration::from_millis(250);
 const COALESCE_LOOKS: Duration = Duration::from_millis(20);
 /// A store that failed is looked at again after this long.
 const FAILED_LOOK: Duration = Duration::from_secs(1);
-/// The most idempotency keys being accepted at once on one instance.
-const MAX_ACCEPTING: usize = 65_536;
-/// Departures from the queue remembered for the drain rate.
-const DRAIN_WINDOW: Duration = Duration::from_secs(60);
-const MAX_DRAIN_SAMPLES: usize = 100_000;
 
 /// The engine's settings.
 #[derive(Debug, Clone)]
@@ -113,182 +104,42 @@ pub fn purge_period(retention: Duration) -> Duration {
     (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A fresh random job id.
-pub fn new_job_id() -> JobId {
-    let mut rng = rand::rng();
-    loop {
-        let chars = (&mut rng).sample_iter(Alphanumeric).map(char::from);
-        if let Ok(id) = JobId::from_chars(chars) {
-            return id;
-        }
-    }
-}
-
-/// The digest of what a request asks for, to tell a replay from a different request under
-/// the same key: the talk request, the priority and the callback URL.
-pub fn fingerprint(
-    request: &domain::TalkRequest,
-    priority: Priority,
-    callback_url: Option<&str>,
-) -> String {
-    let canonical = serde_json::json!({
-        "request": request,
-        "priority": priority.as_str(),
-        "callback_url": callback_url,
-    });
-    let digest = Sha256::digest(serde_json::to_vec(&canonical).unwrap_or_default());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
-}
-
-/// The error a failed job answers with, as stored.
-pub fn failure_of(error: &VideoApiError) -> JobFailure {
-    let api = ApiError::Upstream(error.clone());
-    JobFailure {
-        code: api.code().to_owned(),
-        message: api.public_message(),
-        http_status: api.status().as_u16(),
-    }
-}
-
-/// Whether a failure left nothing at D-ID and may be tried again by a replay of its key.
-pub fn failure_is_retryable(job: &Job) -> bool {
-    job.status == JobStatus::Failed
-        && job.talk_id.is_none()
-        && job.error.as_ref().is_some_and(|f| {
-            matches!(
-                f.code.as_str(),
-                "queue_timeout" | "limiter_unavailable" | "upstream_rate_limited"
-            )
-        })
-}
-
-/// What a job's create token is derived from: its scoped idempotency key and request
-/// fingerprint when it has a key (so a replay that finds no job, because the store lost it,
-/// makes the same token and finds the talk the first job created), else its id (also for a keyed job an earlier
-/// build stored: its talk carries the id's token).
-pub fn create_key(job: &Job) -> String {
-    match &job.idempotency {
-        Some(k) if job.token_from_key => keyed_create_key(k, &job.fingerprint),
-        _ => job.id.to_string(),
-    }
-}
-
-/// The create key of a job submitted with the idempotency key `key` for a request of
-/// [`fingerprint`] `fingerprint` (see [`create_key`]). The fingerprint is part of it: a key
-/// reused for another request after its retention must never find the talk its first request
-/// made. Public so that a checker outside (the fault harness) can tell which talk is whose.
-pub fn keyed_create_key(key: &ScopedKey, fingerprint: &str) -> String {
-    format!("key\n{}\n{}\n{fingerprint}", key.scope, key.key)
-}
-
-/// The answer for a request whose job vanished from the store while it ran (a Redis that
-/// restarted without its data): 503, and how to get the talk back without paying twice.
-pub fn lost_job(id: &JobId) -> ApiError {
-    ApiError::JobStore(format!(
-        "the job store lost job {id} while this request ran (its data was lost); a talk may \
-         have been created already: replay with the same Idempotency-Key, which finds that \
-         talk instead of paying for another"
-    ))
-}
-
-/// Who runs a create, which decides what its failure and its lease become.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CreateMode {
-    /// A worker: a failure that may pass is retried later; the lease is let go after.
-    Worker,
-    /// A synchronous generate: a failure is the caller's answer (the job fails); the lease is
-    /// kept, the request waits for the talk itself.
-    InlineWait,
-    /// An asynchronous generate: as `InlineWait`, but the lease is let go after the create
-    /// (the workers follow the talk).
-    InlineAsync,
-}
-
-/// Why a create failed, as the engine treats it.
-enum CreateOutcome {
-    /// The call ended waiting for a slot or throttled: tried again soon, not counted as an
-    /// attempt (an earlier attempt of the same call may still have reached D-ID, so the job
-    /// stays `creating` and the next try looks first).
-    NotSent(Duration),
-    /// It may have reached D-ID: retry with the look-up.
-    Ambiguous,
-    /// D-ID said no (or it can never work): the job fails.
-    Final,
-}
-
-fn classify_create(error: &VideoApiError) -> CreateOutcome {
-    match error {
-        VideoApiError::Limiter(LimiterError::Timeout { .. }) => {
-            CreateOutcome::NotSent(Duration::ZERO)
-        }
-        VideoApiError::Limiter(LimiterError::Unavailable { .. }) => {
-            CreateOutcome::NotSent(Duration::from_secs(1))
-        }
-        VideoApiError::RateLimited { retry_after } => CreateOutcome::NotSent(
-            retry_after
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(60)),
-        ),
-        e if e.is_retryable() => CreateOutcome::Ambiguous,
-        _ => CreateOutcome::Final,
-    }
-}
-
 /// The engine: the store, the D-ID port, the workers' signals.
 pub struct Jobs {
-    store: Arc<dyn JobStore>,
+    pub(crate) store: Arc<dyn JobStore>,
     /// The same store, for its call count.
-    counted: Arc<crate::store_calls::CountedStore>,
-    video: Arc<dyn VideoApi>,
-    config: JobsConfig,
+    pub(crate) counted: Arc<CountedStore>,
+    pub(crate) video: Arc<dyn VideoApi>,
+    pub(crate) config: JobsConfig,
     /// This process, in worker names (`<instance>/<n>`).
-    instance: String,
+    pub(crate) instance: String,
     /// Wakes one idle worker: a job submitted here, a job the look found due, a worker that
     /// claimed one (so a backlog fans out over the workers, one wake-up per claim).
-    wake: Notify,
+    pub(crate) wake: Notify,
     /// Wakes the look early: a write here made a job due sooner than it planned to look.
-    replan: Notify,
+    pub(crate) replan: Notify,
     /// When the look plans to look next, ms since the epoch.
-    next_look_ms: AtomicU64,
+    pub(crate) next_look_ms: AtomicU64,
     /// Set at shutdown: idle workers, the look and the purger end.
-    stop_signal: watch::Sender<bool>,
+    pub(crate) stop_signal: watch::Sender<bool>,
     /// Bumped on every write this instance makes, so re-attached callers look again.
-    changed: watch::Sender<u64>,
-    stopping: AtomicBool,
-    started: AtomicBool,
+    pub(crate) changed: watch::Sender<u64>,
+    pub(crate) stopping: AtomicBool,
+    pub(crate) started: AtomicBool,
     /// Set while claims fail (logged once per streak).
-    claim_failing: AtomicBool,
-    next_inline: AtomicU64,
+    pub(crate) claim_failing: AtomicBool,
+    pub(crate) next_inline: AtomicU64,
     /// Keys whose first request is still being accepted on this instance.
-    accepting: Mutex<HashSet<ScopedKey>>,
+    pub(crate) accepting: Mutex<HashSet<ScopedKey>>,
     /// When jobs left the queue here (for `Retry-After`).
-    drained: Mutex<VecDeque<Instant>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) drained: Mutex<VecDeque<Instant>>,
+    pub(crate) workers: Mutex<Vec<JoinHandle<()>>>,
     /// Claims being given back by dropped requests (see [`Hold`]); awaited at shutdown.
-    giving_back: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) giving_back: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Holds an idempotency key as "being accepted" on this instance until dropped.
-pub struct Accepting {
-    jobs: Arc<Jobs>,
-    key: ScopedKey,
-}
-
-impl Drop for Accepting {
-    fn drop(&mut self) {
-        lock(&self.jobs.accepting).remove(&self.key);
-    }
 }
 
 /// Renews a job's lease in the background until dropped.
@@ -312,7 +163,7 @@ pub struct Hold {
     give_back: Option<(Arc<Jobs>, JobId, String)>,
     /// Dropped for a caller who left (not cut off), a job without an `Idempotency-Key`
     /// whose talk was not created is cancelled: nobody can ever fetch it.
-    abandon: Option<crate::cutoff::TalkSlot>,
+    abandon: Option<TalkSlot>,
 }
 
 impl Hold {
@@ -344,7 +195,7 @@ impl Jobs {
             .take(8)
             .map(char::from)
             .collect();
-        let counted = Arc::new(crate::store_calls::CountedStore::new(store));
+        let counted = Arc::new(CountedStore::new(store));
         Arc::new(Jobs {
             store: counted.clone(),
             counted,
@@ -406,7 +257,7 @@ impl Jobs {
     }
 
     /// Returns once [`Jobs::stop`] was called (at once if it was before).
-    async fn stopped(&self) {
+    pub(crate) async fn stopped(&self) {
         let mut rx = self.stop_signal.subscribe();
         let _ = rx.wait_for(|stopped| *stopped).await;
     }
@@ -423,38 +274,6 @@ impl Jobs {
         }
     }
 
-    /// Marks `key` as being accepted here; `None` if it already is (the caller answers 409).
-    pub fn begin_accepting(self: &Arc<Self>, key: &ScopedKey) -> Result<Accepting, ApiError> {
-        let mut accepting = lock(&self.accepting);
-        if accepting.len() >= MAX_ACCEPTING {
-            return Err(ApiError::JobStore(
-                "too many requests with idempotency keys are being accepted".to_owned(),
-            ));
-        }
-        if !accepting.insert(key.clone()) {
-            return Err(ApiError::IdempotencyKeyInUse);
-        }
-        Ok(Accepting {
-            jobs: Arc::clone(self),
-            key: key.clone(),
-        })
-    }
-
-    /// Stores a queued job (or finds the job of its key) and wakes a worker.
-    pub async fn submit(&self, job: NewJob) -> Result<Submitted, ApiError> {
-        let submitted = self
-            .store
-            .submit(job, self.config.queue)
-            .await
-            .map_err(|e| self.store_error(e))?;
-        if let Submitted::Created(job) = &submitted {
-            tracing::info!(job_id = %job.id, priority = %job.priority, status = %job.status, "job submitted");
-            self.wake.notify_one();
-            self.bump();
-        }
-        Ok(submitted)
-    }
-
     /// The name an inline (synchronous-route) owner of a job goes by.
     pub fn inline_owner(&self) -> String {
         let n = self.next_inline.fetch_add(1, Ordering::Relaxed);
@@ -463,7 +282,7 @@ impl Jobs {
 
     /// Whether the store lost its data within the retention (the keys of the jobs it lost
     /// may come back as replays): creates of keyed jobs look their talk up first then.
-    fn store_lost_data_recently(&self) -> bool {
+    pub(crate) fn store_lost_data_recently(&self) -> bool {
         self.store.lost_data_at().is_some_and(|t| {
             now_ms().saturating_sub(t) < ports::jobs::duration_ms(self.config.retention)
         })
@@ -477,63 +296,12 @@ impl Jobs {
         }
     }
 
-    fn store_error(&self, e: JobStoreError) -> ApiError {
-        match e {
-            JobStoreError::QueueFull { queued, limit } => ApiError::QueueFull {
-                queued,
-                limit,
-                retry_after: self.retry_after(),
-            },
-            JobStoreError::NotFound(id) => ApiError::JobNotFound(id.to_string()),
-            JobStoreError::InvalidCursor => ApiError::InvalidParameter {
-                name: "cursor",
-                message: "not a cursor this service handed out".to_owned(),
-            },
-            other => {
-                tracing::error!(error = %other, "job store failed");
-                ApiError::JobStore(other.to_string())
-            }
-        }
-    }
-
-    /// Maps a store error for the routes.
-    pub fn api_error(&self, e: JobStoreError) -> ApiError {
-        self.store_error(e)
-    }
-
-    /// When a full queue will likely have room: one job's share of the recent drain rate.
-    fn retry_after(&self) -> Duration {
-        let mut drained = lock(&self.drained);
-        let now = Instant::now();
-        while drained
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > DRAIN_WINDOW)
-        {
-            drained.pop_front();
-        }
-        match drained.len() {
-            0 => Duration::from_secs(30),
-            n => {
-                let per_job = DRAIN_WINDOW.as_secs_f64() / n as f64;
-                Duration::from_secs_f64(per_job.clamp(1.0, 60.0))
-            }
-        }
-    }
-
-    fn note_drained(&self) {
-        let mut drained = lock(&self.drained);
-        if drained.len() >= MAX_DRAIN_SAMPLES {
-            drained.pop_front();
-        }
-        drained.push_back(Instant::now());
-    }
-
-    fn bump(&self) {
+    pub(crate) fn bump(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Writes `job` (compare-and-set), logging the state change.
-    async fn write(&self, job: Job, from: JobStatus) -> Result<Job, JobStoreError> {
+    pub(crate) async fn write(&self, job: Job, from: JobStatus) -> Result<Job, JobStoreError> {
         let written = self.store.update(job).await?;
         if let Some(due) = ports::jobs::due_at(&written)
             && due < self.next_look_ms.load(Ordering::SeqCst)
@@ -707,263 +475,6 @@ impl Jobs {
         }
     }
 
-    /// Creates the job's talk (or adopts the one an earlier attempt made); the job as
-    /// written, and the error the create failed with, if it did.
-    pub async fn create(
-        &self,
-        mut job: Job,
-        owner: &str,
-        mode: CreateMode,
-    ) -> Result<(Job, Result<CreatedTalk, VideoApiError>), JobStoreError> {
-        let inline = mode != CreateMode::Worker;
-        // Look first when a create may have been sent before: the job was left `creating`
-        // (by a worker or a request that died), or any earlier attempt exists (even one that
-        // ended without a slot: an attempt inside the same client call may have reached D-ID).
-        let look_first = job.status == JobStatus::Creating && !inline
-            || !job.attempts.is_empty()
-            || job.idempotency.is_some() && self.store_lost_data_recently();
-        let from = job.status;
-        if job.status == JobStatus::Queued {
-            job.status = JobStatus::Creating;
-            job.updated_ms = now_ms();
-            job = self.write(job, from).await?;
-            self.note_drained();
-        }
-        let at = now_ms();
-        let result = self
-            .video
-            .create_talk_keyed(&job.request, job.priority, &create_key(&job), look_first)
-            .await;
-        let now = now_ms();
-        job.updated_ms = now;
-        match result {
-            Ok(created) => {
-                job.record_attempt(Attempt {
-                    worker: owner.to_owned(),
-                    action: if look_first {
-                        "create (looked up first)"
-                    } else {
-                        "create"
-                    }
-                    .to_owned(),
-                    at_ms: at,
-                    outcome: format!("ok: {}", created.id),
-                });
-                job.status = JobStatus::Processing;
-                job.talk_id = Some(created.id.clone());
-                job.talk_created_status = Some(created.status.as_str().to_owned());
-                job.talk_created_at = created.created_at.clone();
-                job.next_run_ms = now + ports::jobs::duration_ms(FIRST_POLL);
-                if mode != CreateMode::InlineWait {
-                    job.lease = None;
-                }
-                return Ok((self.write(job, JobStatus::Creating).await?, Ok(created)));
-            }
-            Err(error) => {
-                let outcome = classify_create(&error);
-                let sent_before = job
-                    .attempts
-                    .iter()
-                    .filter(|a| a.action.starts_with("create"))
-                    .count();
-                match outcome {
-                    CreateOutcome::NotSent(delay) => {
-                        job.record_attempt(Attempt {
-                            worker: owner.to_owned(),
-                            action: "wait".to_owned(),
-                            at_ms: at,
-                            outcome: format!("not sent: {}", failure_of(&error).code),
-                        });
-                        if inline {
-                            job.status = JobStatus::Failed;
-                            job.error = Some(failure_of(&error));
-                            job.finished_ms = Some(now);
-                        } else {
-                            // The error is the call's last: an earlier attempt inside it
-                            // (did-client retries) may have reached D-ID before this one
-                            // found no slot or was throttled. So the job stays `creating`
-                            // and the next try looks the talk up first.
-                            job.status = JobStatus::Creating;
-                            job.next_run_ms = now + ports::jobs::duration_ms(delay);
-                        }
-                        job.lease = None;
-                    }
-                    CreateOutcome::Ambiguous
-                        if sent_before + 1 < MAX_CREATE_ATTEMPTS && !inline =>
-                    {
-                        job.record_attempt(Attempt {
-                            worker: owner.to_owned(),
-                            action: "create".to_owned(),
-                            at_ms: at,
-                            outcome: format!("retry: {}", failure_of(&error).code),
-                        });
-                        job.status = JobStatus::Creating;
-                        let backoff = 1u64 << sent_before.min(5);
-                        job.next_run_ms = now + backoff * 1000;
-                        job.lease = None;
-                    }
-                    CreateOutcome::Ambiguous | CreateOutcome::Final => {
-                        job.record_attempt(Attempt {
-                            worker: owner.to_owned(),
-                            action: "create".to_owned(),
-                            at_ms: at,
-                            outcome: failure_of(&error).code,
-                        });
-                        job.status = JobStatus::Failed;
-                        job.error = Some(failure_of(&error));
-                        job.finished_ms = Some(now);
-                        job.lease = None;
-                    }
-                }
-                Ok((self.write(job, JobStatus::Creating).await?, Err(error)))
-            }
-        }
-    }
-
-    /// One status poll of a processing job.
-    async fn poll(&self, mut job: Job, owner: &str) -> Result<Job, JobStoreError> {
-        let Some(talk_id) = job.talk_id.clone() else {
-            // Cannot happen (processing always has a talk); fail loudly rather than loop.
-            job.status = JobStatus::Failed;
-            job.error = Some(JobFailure {
-                code: "internal_error".into(),
-                message: "a processing job without a talk id".into(),
-                http_status: 500,
-            });
-            job.finished_ms = Some(now_ms());
-            job.lease = None;
-            return self.write(job, JobStatus::Processing).await;
-        };
-        let at = now_ms();
-        let result = self.video.get_talk(&talk_id, job.priority).await;
-        let now = now_ms();
-        job.updated_ms = now;
-        job.polls = job.polls.saturating_add(1);
-        let ended = |job: &mut Job, error: Option<VideoApiError>| {
-            job.finished_ms = Some(now);
-            job.lease = None;
-            match error {
-                None => job.status = JobStatus::Done,
-                Some(e) => {
-                    job.status = JobStatus::Failed;
-                    job.error = Some(failure_of(&e));
-                }
-            }
-        };
-        match result {
-            Ok(talk) => match &talk.status {
-                TalkStatus::Done => {
-                    job.result_url = talk.result_url.clone();
-                    job.result_expires_ms = Some(now + ports::jobs::duration_ms(RESULT_TTL));
-                    ended(&mut job, None);
-                }
-                TalkStatus::Error => {
-                    let (kind, description) = talk
-                        .error
-                        .as_ref()
-                        .map(|e| (e.kind.clone(), e.description.clone()))
-                        .unwrap_or_default();
-                    ended(
-                        &mut job,
-                        Some(VideoApiError::TalkFailed {
-                            talk_id: talk_id.clone(),
-                            kind,
-                            description,
-                        }),
-                    );
-                }
-                TalkStatus::Rejected => {
-                    let description = talk
-                        .error
-                        .as_ref()
-                        .map(|e| e.description.clone())
-                        .unwrap_or_default();
-                    ended(
-                        &mut job,
-                        Some(VideoApiError::TalkRejected {
-                            talk_id: talk_id.clone(),
-                            description,
-                        }),
-                    );
-                }
-                _ => self.schedule_poll(&mut job, &talk_id, now),
-            },
-            Err(VideoApiError::NotFound { description }) => {
-                ended(&mut job, Some(VideoApiError::NotFound { description }));
-            }
-            Err(e) => {
-                job.record_attempt(Attempt {
-                    worker: owner.to_owned(),
-                    action: "poll".to_owned(),
-                    at_ms: at,
-                    outcome: format!("retry: {}", failure_of(&e).code),
-                });
-                self.schedule_poll(&mut job, &talk_id, now);
-            }
-        }
-        self.write(job, JobStatus::Processing).await
-    }
-
-    fn schedule_poll(&self, job: &mut Job, talk_id: &domain::TalkId, now: u64) {
-        if now.saturating_sub(job.created_ms) > ports::jobs::duration_ms(self.config.max_processing)
-        {
-            job.status = JobStatus::Failed;
-            job.error = Some(failure_of(&VideoApiError::TalkTimedOut {
-                talk_id: talk_id.clone(),
-                waited: Duration::from_millis(now.saturating_sub(job.created_ms)),
-            }));
-            job.finished_ms = Some(now);
-        } else {
-            let doubling =
-                ports::jobs::duration_ms(FIRST_POLL).saturating_mul(1u64 << job.polls.min(16));
-            let delay = doubling.min(ports::jobs::duration_ms(self.config.poll_max).max(1));
-            job.next_run_ms = now + delay;
-        }
-        job.lease = None;
-    }
-
-    /// Records the end of an inline job's wait: `done`, or the failure the caller got.
-    /// A timed-out wait leaves the job `processing` (the workers follow it on).
-    pub async fn finish_inline(
-        &self,
-        id: &JobId,
-        outcome: &Result<domain::Talk, VideoApiError>,
-    ) -> Result<Job, JobStoreError> {
-        // Re-read: the lease renewals do not move the version, but be safe against a write
-        // by another owner (then that owner's write stands).
-        let Some(mut job) = self.store.get(id).await? else {
-            return Err(JobStoreError::NotFound(id.clone()));
-        };
-        if job.status.is_terminal() {
-            return Ok(job);
-        }
-        let now = now_ms();
-        job.updated_ms = now;
-        job.lease = None;
-        match outcome {
-            Ok(talk) => {
-                job.status = JobStatus::Done;
-                job.result_url = talk.result_url.clone();
-                job.result_expires_ms = Some(now + ports::jobs::duration_ms(RESULT_TTL));
-                job.finished_ms = Some(now);
-                // What the caller's answer carries, for a replay to carry it too.
-                if talk.created_at.is_some() {
-                    job.talk_created_at = talk.created_at.clone();
-                }
-            }
-            Err(VideoApiError::TalkTimedOut { .. }) => {
-                job.next_run_ms = now;
-            }
-            Err(e) => {
-                job.status = JobStatus::Failed;
-                job.error = Some(failure_of(e));
-                job.finished_ms = Some(now);
-            }
-        }
-        let from = JobStatus::Processing;
-        self.write(job, from).await
-    }
-
     /// Keeps an inline job's lease alive while the request works on it (see [`Hold`]).
     pub fn hold(self: &Arc<Self>, id: &JobId, owner: &str) -> Hold {
         Hold {
@@ -982,7 +493,7 @@ impl Jobs {
         id: &JobId,
         owner: &str,
         keyed: bool,
-        slot: &crate::cutoff::TalkSlot,
+        slot: &TalkSlot,
     ) -> Hold {
         let mut hold = self.hold(id, owner);
         if !keyed {
@@ -1081,7 +592,7 @@ impl Jobs {
         id: &JobId,
         deadline: tokio::time::Instant,
         done: impl Fn(&Job) -> bool,
-    ) -> Result<Job, ApiError> {
+    ) -> Result<Job, AppError> {
         let mut changed = self.changed.subscribe();
         loop {
             let job = self
@@ -1091,7 +602,7 @@ impl Jobs {
                 .map_err(|e| self.store_error(e))?
                 // It was there when the wait began: only lost data takes a job away then
                 // (a finished one is purged after its retention, long after any wait).
-                .ok_or_else(|| lost_job(id))?;
+                .ok_or_else(|| AppError::LostJob(id.clone()))?;
             if done(&job) || tokio::time::Instant::now() >= deadline {
                 return Ok(job);
             }
@@ -1102,80 +613,11 @@ impl Jobs {
             }
         }
     }
-
-    /// Takes a failed-before-D-ID job of a replayed key back for another inline try.
-    pub async fn retake(&self, mut job: Job, owner: &str) -> Result<Job, JobStoreError> {
-        let from = job.status;
-        job.status = JobStatus::Creating;
-        job.error = None;
-        job.finished_ms = None;
-        job.lease = Some(self.lease_for(owner));
-        job.updated_ms = now_ms();
-        self.write(job, from).await
-    }
-
-    /// Cancels a queued job. Other states are answered by the caller.
-    pub async fn cancel(&self, mut job: Job) -> Result<Job, JobStoreError> {
-        let from = job.status;
-        let now = now_ms();
-        job.status = JobStatus::Cancelled;
-        job.finished_ms = Some(now);
-        job.updated_ms = now;
-        job.lease = None;
-        self.write(job, from).await
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::{Script, TalkRequest};
-
-    fn request() -> TalkRequest {
-        TalkRequest::new(
-            Some("https://example.test/f.jpg".into()),
-            Script::Audio {
-                audio_url: "https://example.test/v.wav".into(),
-            },
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn the_fingerprint_tells_requests_apart_and_is_stable() {
-        let a = fingerprint(&request(), Priority::High, None);
-        assert_eq!(a, fingerprint(&request(), Priority::High, None));
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, fingerprint(&request(), Priority::Low, None));
-        assert_ne!(
-            a,
-            fingerprint(&request(), Priority::High, Some("https://h.test/x"))
-        );
-    }
-
-    #[test]
-    fn creates_that_reached_nothing_are_requeued_and_ambiguous_ones_retried() {
-        let timeout = VideoApiError::Limiter(LimiterError::Timeout {
-            priority: Priority::Low,
-            waited: Duration::from_secs(60),
-        });
-        assert!(matches!(classify_create(&timeout), CreateOutcome::NotSent(d) if d.is_zero()));
-        let throttled = VideoApiError::RateLimited {
-            retry_after: Some(Duration::from_secs(500)),
-        };
-        assert!(
-            matches!(classify_create(&throttled), CreateOutcome::NotSent(d) if d == Duration::from_secs(60)),
-            "a throttle's wait is capped"
-        );
-        assert!(matches!(
-            classify_create(&VideoApiError::Server { status: 503 }),
-            CreateOutcome::Ambiguous
-        ));
-        assert!(matches!(
-            classify_create(&VideoApiError::InsufficientCredits),
-            CreateOutcome::Final
-        ));
-    }
 
     #[test]
     fn the_purge_runs_a_tenth_of_the_retention_apart_within_1_to_60_s() {
@@ -1192,13 +634,5 @@ mod tests {
             Duration::from_secs(1)
         );
         assert_eq!(purge_period(Duration::ZERO), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn job_ids_are_well_formed_and_distinct() {
-        let a = new_job_id();
-        let b = new_job_id();
-        assert_ne!(a, b);
-        assert!(JobId::parse(a.as_str()).is_ok());
     }
 }

@@ -1,0 +1,48 @@
+//! talkgate's application layer: the use cases over the ports, with no transport in sight.
+//!
+//! - [`Jobs`] ([`engine`]): the job engine. Workers claim jobs from the [`ports::JobStore`]
+//!   under a lease that a background task renews, a request that works on its own job holds
+//!   its claim ([`Hold`]) and gives it back when dropped, finished jobs are purged after their
+//!   retention, and one look per instance asks the store when the next job is due.
+//! - [`steps`]: one step of a claimed job: create its talk (or adopt the one an earlier
+//!   attempt made), poll it, schedule the next poll, classify a failure.
+//! - [`admission`]: a request becomes a job: its fingerprint, its create key, the keys being
+//!   accepted here, the submit with its `Idempotency-Key` decision, and the drain rate behind
+//!   a full queue's retry delay.
+//! - [`generate`]: the synchronous (and asynchronous) generate, and re-attaching a replay to
+//!   the job of its key.
+//! - [`queries`]: reading, listing and cancelling jobs.
+//! - [`failure`]: how a failed call becomes a job's stored failure.
+//! - [`counted`]: the job store with its calls counted.
+//! - [`cutoff`]: the shutdown's cut-off signal, and where a request records its talk and job.
+//! - [`error`]: [`AppError`], the one closed error of every use case.
+//!
+//! It depends on `domain` and `ports` only: which adapters stand behind the ports, and how
+//! the use cases are reached (HTTP in `http-api`), is decided by the caller.
+
+pub mod admission;
+pub mod counted;
+pub mod cutoff;
+pub mod engine;
+pub mod error;
+pub mod failure;
+pub mod generate;
+pub mod queries;
+pub mod steps;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use admission::{Accepting, Admitted, create_key, fingerprint, keyed_create_key, new_job_id};
+pub use cutoff::{Cutoff, CutoffTrigger, TalkSlot, cutoff};
+pub use engine::{Hold, IDLE_LOOK, Jobs, JobsConfig, purge_period};
+pub use error::AppError;
+pub use failure::{failure_is_retryable, failure_of};
+pub use generate::{GenerateInput, Generated, Replay};
+pub use steps::{CreateMode, FIRST_POLL, MAX_CREATE_ATTEMPTS, RESULT_TTL};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
