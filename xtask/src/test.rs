@@ -344,7 +344,8 @@ mod tests {
         );
         let ok = "ports v0.1.0 (/w/crates/ports)\ndomain v0.1.0 (/w/crates/domain)\n";
         assert!(disallowed_edges("ports", ok).unwrap().is_empty());
-        let err = disallowed_edges("webhooks", "webhooks v0.1.0 (/w/crates/webhooks)\n").unwrap_err();
+        let err =
+            disallowed_edges("webhooks", "webhooks v0.1.0 (/w/crates/webhooks)\n").unwrap_err();
         assert!(err.contains("not in the layering allow-list"), "{err}");
     }
 }

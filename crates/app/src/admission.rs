@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain::Priority;
-use ports::{Job, JobId, JobStoreError, NewJob, ScopedKey, Submitted};
+use ports::{Job, JobEvent, JobId, JobStoreError, NewJob, ScopedKey, Submitted};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
@@ -36,12 +36,12 @@ pub fn new_job_id() -> JobId {
 pub fn fingerprint(
     request: &domain::TalkRequest,
     priority: Priority,
-    callback_url: Option<&str>,
+    callback_url: Option<&domain::CallbackUrl>,
 ) -> String {
     let canonical = serde_json::json!({
         "request": request,
         "priority": priority.as_str(),
-        "callback_url": callback_url,
+        "callback_url": callback_url.map(domain::CallbackUrl::as_str),
     });
     let digest = Sha256::digest(serde_json::to_vec(&canonical).unwrap_or_default());
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
@@ -107,6 +107,12 @@ impl Jobs {
             tracing::info!(job_id = %job.id, priority = %job.priority, status = %job.status, "job submitted");
             self.wake.notify_one();
             self.bump();
+            self.events
+                .job_changed(&JobEvent {
+                    job: job.clone(),
+                    from: None,
+                })
+                .await;
         }
         Ok(submitted)
     }
@@ -172,7 +178,7 @@ pub struct JobRequest {
     /// Its limiter class and place in the claim order.
     pub priority: Priority,
     /// Where to report the outcome.
-    pub callback_url: Option<String>,
+    pub callback_url: Option<domain::CallbackUrl>,
     /// The caller's idempotency key, in its scope.
     pub key: Option<ScopedKey>,
 }
@@ -201,7 +207,7 @@ impl Jobs {
         let fingerprint = fingerprint(
             &request.request,
             request.priority,
-            request.callback_url.as_deref(),
+            request.callback_url.as_ref(),
         );
         let admitted = self
             .admit(NewJob {
@@ -244,7 +250,11 @@ mod tests {
         assert_ne!(a, fingerprint(&request(), Priority::Low, None));
         assert_ne!(
             a,
-            fingerprint(&request(), Priority::High, Some("https://h.test/x"))
+            fingerprint(
+                &request(),
+                Priority::High,
+                Some(&domain::CallbackUrl::parse("https://h.test/x").unwrap())
+            )
         );
     }
 

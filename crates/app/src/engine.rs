@@ -37,8 +37,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use ports::{
-    Attempt, Job, JobId, JobStatus, JobStore, JobStoreError, Lease, QueueLimits, ScopedKey,
-    VideoApi,
+    Attempt, Job, JobEvent, JobEvents, JobId, JobStatus, JobStore, JobStoreError, Lease,
+    NoJobEvents, QueueLimits, ScopedKey, VideoApi,
 };
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -110,6 +110,8 @@ pub struct Jobs {
     /// The same store, for its call count.
     pub(crate) counted: Arc<CountedStore>,
     pub(crate) video: Arc<dyn VideoApi>,
+    /// Told of every committed transition.
+    pub(crate) events: Arc<dyn JobEvents>,
     pub(crate) config: JobsConfig,
     /// This process, in worker names (`<instance>/<n>`).
     pub(crate) instance: String,
@@ -190,6 +192,17 @@ impl Jobs {
         video: Arc<dyn VideoApi>,
         config: JobsConfig,
     ) -> Arc<Jobs> {
+        Jobs::with_events(store, video, config, Arc::new(NoJobEvents))
+    }
+
+    /// As [`Jobs::new`], telling `events` of every committed transition (see
+    /// [`ports::events`]).
+    pub fn with_events(
+        store: Arc<dyn JobStore>,
+        video: Arc<dyn VideoApi>,
+        config: JobsConfig,
+        events: Arc<dyn JobEvents>,
+    ) -> Arc<Jobs> {
         let instance: String = rand::rng()
             .sample_iter(Alphanumeric)
             .take(8)
@@ -200,6 +213,7 @@ impl Jobs {
             store: counted.clone(),
             counted,
             video,
+            events,
             config,
             instance,
             wake: Notify::new(),
@@ -300,7 +314,10 @@ impl Jobs {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Writes `job` (compare-and-set), logging the state change.
+    /// Writes `job` (compare-and-set); a state change is logged and told to the events
+    /// port once the store has it. A writer dropped between the commit and that call (a
+    /// request cut off) tells nothing: an adapter that must not miss one reconciles from the
+    /// store.
     pub(crate) async fn write(&self, job: Job, from: JobStatus) -> Result<Job, JobStoreError> {
         let written = self.store.update(job).await?;
         if let Some(due) = ports::jobs::due_at(&written)
@@ -316,6 +333,12 @@ impl Jobs {
                 to = %written.status,
                 "job state changed"
             );
+            self.events
+                .job_changed(&JobEvent {
+                    job: written.clone(),
+                    from: Some(from),
+                })
+                .await;
         }
         self.bump();
         Ok(written)

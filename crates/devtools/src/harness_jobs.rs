@@ -817,7 +817,7 @@ fn user_data_of(sub: &Submission) -> String {
         .and_then(|talk| {
             let (request, priority) = talk.request().ok()?;
             let callback = talk.callback_url().ok()?;
-            Some(app::fingerprint(&request, priority, callback.as_deref()))
+            Some(app::fingerprint(&request, priority, callback.as_ref()))
         })
         .unwrap_or_default();
     let key = ports::ScopedKey {

@@ -6,6 +6,7 @@
 //! levels and never a silent default.
 //!
 //! # Layout
+//! - [`callback`]: [`CallbackUrl`], where a job's outcome is reported.
 //! - [`priority`]: [`Priority`], the four request classes the limiter orders by.
 //! - [`talk`]: [`TalkId`], [`TalkStatus`], [`Talk`] and its parts, as D-ID returns them.
 //! - [`request`]: [`TalkRequest`], a `POST /talks` body with D-ID's validation rules.
@@ -13,11 +14,13 @@
 //!
 //! This crate does no I/O and depends on nothing that does (checked by `cargo xtask test`).
 
+pub mod callback;
 pub mod priority;
 pub mod request;
 pub mod talk;
 pub mod upload;
 
+pub use callback::{CallbackUrl, InvalidCallbackUrl};
 pub use priority::{ParsePriorityError, Priority};
 pub use request::{Script, TalkConfig, TalkRequest, TalkRequestError};
 pub use talk::{

@@ -174,7 +174,7 @@ where
 {
     let store = factory().await;
     let mut job = new_job(1, Priority::High, T0);
-    job.callback_url = Some("https://example.com/hook".to_owned());
+    job.callback_url = Some(domain::CallbackUrl::parse("https://example.com/hook").unwrap());
     job.idempotency = Some(key("caller-a", "order-42"));
     let stored = created(&*store, job).await;
     assert_eq!(stored.status, JobStatus::Queued);

@@ -30,7 +30,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{Priority, TalkId, TalkRequest};
+use domain::{CallbackUrl, Priority, TalkId, TalkRequest};
 
 use crate::limiter::LimiterError;
 use crate::video::VideoApiError;
@@ -347,7 +347,7 @@ pub struct Job {
     /// The `POST /talks` body.
     pub request: TalkRequest,
     /// Where to report the outcome (stored; delivered by the webhooks feature).
-    pub callback_url: Option<String>,
+    pub callback_url: Option<CallbackUrl>,
     /// The caller's idempotency key, if it sent one.
     pub idempotency: Option<ScopedKey>,
     /// Whether the create token derives from the idempotency key (jobs submitted with a key
@@ -412,7 +412,7 @@ pub struct NewJob {
     /// The `POST /talks` body.
     pub request: TalkRequest,
     /// Where to report the outcome.
-    pub callback_url: Option<String>,
+    pub callback_url: Option<CallbackUrl>,
     /// The caller's idempotency key.
     pub idempotency: Option<ScopedKey>,
     /// A digest of the request as sent.

@@ -10,6 +10,9 @@
 //!   [`VideoApiStats`].
 //! - [`jobs`]: [`JobStore`] (durable talk jobs, claimed in priority order), [`Job`],
 //!   [`JobStatus`], [`JobStoreError`].
+//! - [`events`]: [`JobEvents`], told of every committed job transition (the webhooks'
+//!   seam); [`NoJobEvents`] when nobody listens. Its contract binds the caller (the engine
+//!   in `app`, whose tests check it).
 //! - `contract` (feature `contract`): the behaviour every limiter must show, written once and
 //!   run against each adapter with `limiter_contract_tests!`.
 //! - `job_contract` (feature `contract`): the same for job stores, `job_store_contract_tests!`.
@@ -18,6 +21,7 @@
 //! - `mock`: mockall mocks `MockConcurrencyLimiter` and `MockVideoApi`.
 //! - `contract`: the limiter and job-store contract suites (pull in tokio and rand).
 
+pub mod events;
 pub mod jobs;
 pub mod limiter;
 pub mod video;
@@ -27,6 +31,7 @@ pub mod contract;
 #[cfg(feature = "contract")]
 pub mod job_contract;
 
+pub use events::{JobEvent, JobEvents, NoJobEvents};
 pub use jobs::{
     Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,
     JobStoreError, Lease, NewJob, QueueLimits, ScopedKey, Submitted,
