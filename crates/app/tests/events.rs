@@ -11,10 +11,13 @@ use domain::{CreatedTalk, Priority, Script, Talk, TalkId, TalkRequest, TalkStatu
 use jobstore_memory::MemoryJobStore;
 use ports::{JobEvent, JobEvents, JobStatus, JobStore, MockVideoApi};
 
+/// One event: the state left, the state entered, the state the store had when told.
+type Seen = (Option<JobStatus>, JobStatus, Option<JobStatus>);
+
 /// Records each event with the job's state as the store had it when the event came.
 struct Recorder {
     store: Arc<dyn JobStore>,
-    seen: Mutex<Vec<(Option<JobStatus>, JobStatus, Option<JobStatus>)>>,
+    seen: Mutex<Vec<Seen>>,
 }
 
 #[async_trait]
