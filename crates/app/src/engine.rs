@@ -21,9 +21,10 @@
 //!   `creating` already (its worker died mid-create), or that has an earlier create attempt,
 //!   first looks the talk up by that token (did-client: the newest `recovery_pages` pages of
 //!   `GET /talks`) and adopts it instead of creating a second one. Then `processing`.
-//! - `processing`: one status poll; `done` / `failed`, or the next poll on a growing schedule
-//!   (1 s, 2 s, 4 s … up to `POLL_INTERVAL_SECS`), written as `next_run_ms` so that any
-//!   instance may make it, also after a restart.
+//! - `processing`: one status poll; `done` / `failed`, or the next poll on the growing
+//!   [`ports::PollSchedule`] that a waiting request uses too (0.5 s, 1 s, 2 s … up to
+//!   `POLL_INTERVAL_SECS`, ±10 %), written as `next_run_ms` so that any instance may make
+//!   it, also after a restart.
 //!
 //! A create that no slot was free for (the limiter's wait timed out) or that D-ID throttled
 //! is tried again without counting as an attempt: a burst larger than the account's capacity

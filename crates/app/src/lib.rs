@@ -38,7 +38,7 @@ pub use engine::{Hold, IDLE_LOOK, Jobs, JobsConfig, purge_period};
 pub use error::AppError;
 pub use failure::{failure_is_retryable, failure_of};
 pub use generate::{GenerateInput, Generated, Replay};
-pub use steps::{CreateMode, FIRST_POLL, MAX_CREATE_ATTEMPTS, RESULT_TTL};
+pub use steps::{CreateMode, MAX_CREATE_ATTEMPTS, RESULT_TTL};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {

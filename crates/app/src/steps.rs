@@ -6,7 +6,7 @@ use std::time::Duration;
 use domain::{CreatedTalk, TalkStatus};
 use ports::{
     Attempt, FailureCode, Job, JobFailure, JobId, JobStatus, JobStoreError, LimiterError,
-    VideoApiError,
+    PollSchedule, VideoApiError,
 };
 
 use crate::admission::create_key;
@@ -18,8 +18,6 @@ use crate::now_ms;
 pub const MAX_CREATE_ATTEMPTS: usize = 5;
 /// How long D-ID keeps a result URL working (its documentation: about 24 hours).
 pub const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
-/// First pause between two polls of a processing job; doubles up to the poll interval.
-pub const FIRST_POLL: Duration = Duration::from_secs(1);
 
 /// Who runs a create, which decides what its failure and its lease become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +63,11 @@ fn classify_create(error: &VideoApiError) -> CreateOutcome {
 }
 
 impl Jobs {
+    /// The polls of a processing job: [`PollSchedule`] up to `poll_max`.
+    fn poll_schedule(&self) -> PollSchedule {
+        PollSchedule::new(self.config.poll_max, PollSchedule::JITTER)
+    }
+
     /// Creates the job's talk (or adopts the one an earlier attempt made); the job as
     /// written, and the error the create failed with, if it did.
     pub async fn create(
@@ -111,7 +114,8 @@ impl Jobs {
                 job.talk_id = Some(created.id.clone());
                 job.talk_created_status = Some(created.status.as_str().to_owned());
                 job.talk_created_at = created.created_at.clone();
-                job.next_run_ms = now + ports::jobs::duration_ms(FIRST_POLL);
+                job.next_run_ms =
+                    now + ports::jobs::duration_ms(self.poll_schedule().delay(0, rand::random()));
                 if mode != CreateMode::InlineWait {
                     job.lease = None;
                 }
@@ -272,9 +276,11 @@ impl Jobs {
             }));
             job.finished_ms = Some(now);
         } else {
-            let doubling =
-                ports::jobs::duration_ms(FIRST_POLL).saturating_mul(1u64 << job.polls.min(16));
-            let delay = doubling.min(ports::jobs::duration_ms(self.config.poll_max).max(1));
+            // The same schedule as a request that waits: short first, growing to the
+            // interval, spread so that many jobs do not poll in step.
+            let delay =
+                ports::jobs::duration_ms(self.poll_schedule().delay(job.polls, rand::random()))
+                    .max(1);
             job.next_run_ms = now + delay;
         }
         job.lease = None;

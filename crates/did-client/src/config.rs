@@ -113,7 +113,7 @@ impl Default for DidClientConfig {
             retry: RetryPolicy::default(),
             recovery_pages: 3,
             recovery_page_size: 100,
-            poll_jitter: 0.1,
+            poll_jitter: ports::PollSchedule::JITTER,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_error_body_bytes: DEFAULT_MAX_ERROR_BODY_BYTES,
         }

@@ -1,10 +1,8 @@
-//! Waiting for a talk: status polls that start short and grow to the caller's interval, no
-//! permit held between them, transient failures polled through.
-
-use std::time::Duration;
+//! Waiting for a talk: status polls on the one [`PollSchedule`] (short first, growing to the
+//! caller's interval), no permit held between them, transient failures polled through.
 
 use domain::{Priority, Talk, TalkId, TalkStatus};
-use ports::{VideoApiError, WaitOptions};
+use ports::{PollSchedule, VideoApiError, WaitOptions};
 use reqwest::Method;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -13,21 +11,6 @@ use crate::client::DidClient;
 use crate::stats::bump;
 use crate::transport::Call;
 use crate::video_api::{talk_path, untagged};
-
-/// The first pause before a status poll: short, because a talk may be done at once.
-const FIRST_POLL: Duration = Duration::from_millis(500);
-
-/// The pause before status poll number `poll` (0 for the first): [`FIRST_POLL`] doubling
-/// with every poll up to `interval` (never more), then `±jitter` of it from the uniform
-/// sample `u` in `[0, 1)`. So a talk that is done at once is seen after ~0.5 s instead of a
-/// full interval, and a long render is polled at the interval after a few polls.
-fn poll_delay(interval: Duration, poll: u32, jitter: f64, u: f64) -> Duration {
-    let nominal = FIRST_POLL
-        .saturating_mul(1u32 << poll.min(16))
-        .min(interval);
-    let jitter = jitter.clamp(0.0, 1.0);
-    nominal.mul_f64(1.0 + jitter * (2.0 * u.clamp(0.0, 1.0) - 1.0))
-}
 
 impl DidClient {
     /// `GET /talks/{id}` as D-ID sent it (tag still in `user_data`).
@@ -51,7 +34,7 @@ impl DidClient {
         started: Instant,
     ) -> Result<Talk, VideoApiError> {
         let deadline = started + wait.max_wait;
-        let jitter = self.config.poll_jitter.clamp(0.0, 1.0);
+        let schedule = PollSchedule::new(wait.poll_interval, self.config.poll_jitter);
         let mut polls = 0;
         loop {
             let now = Instant::now();
@@ -61,7 +44,7 @@ impl DidClient {
                     waited: now - started,
                 });
             }
-            let pause = poll_delay(wait.poll_interval, polls, jitter, rand::random());
+            let pause = schedule.delay(polls, rand::random());
             polls = polls.saturating_add(1);
             tokio::time::sleep_until((now + pause).min(deadline)).await;
 
@@ -110,35 +93,5 @@ impl DidClient {
                 Err(error) => return Err(error),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn polls_start_short_and_grow_to_the_interval() {
-        let ms = Duration::from_millis;
-        let check = |interval: Duration, poll: u32, expected: Duration| {
-            assert_eq!(
-                poll_delay(interval, poll, 0.0, 0.5),
-                expected,
-                "{interval:?} poll {poll}"
-            );
-        };
-        let five = Duration::from_secs(5);
-        check(five, 0, ms(500));
-        check(five, 1, ms(1000));
-        check(five, 2, ms(2000));
-        check(five, 3, ms(4000));
-        check(five, 4, five);
-        check(five, 40, five);
-        // An interval shorter than the first step is used from the start.
-        check(ms(100), 0, ms(100));
-        check(ms(100), 5, ms(100));
-        // Jitter is ±10 % of the step, never more.
-        assert_eq!(poll_delay(five, 0, 0.1, 0.0), ms(450));
-        assert_eq!(poll_delay(five, 9, 0.1, 1.0), ms(5500));
     }
 }

@@ -40,7 +40,9 @@ pub use limiter::{
     ConcurrencyLimiter, DegradedReason, FailoverStats, LimiterCounters, LimiterError, LimiterStats,
     Permit, PermitHandle, QueuedByPriority,
 };
-pub use video::{PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats, WaitOptions};
+pub use video::{
+    PollSchedule, PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats, WaitOptions,
+};
 
 #[cfg(feature = "mock")]
 pub use limiter::MockConcurrencyLimiter;

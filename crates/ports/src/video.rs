@@ -127,6 +127,49 @@ impl VideoApiError {
     }
 }
 
+/// How a talk's status is polled, by a request that waits for it (`VideoApi::wait_for_talk`)
+/// and by the job engine alike: the first pause short ([`PollSchedule::FIRST`], a talk may
+/// be done at once), doubling with every poll up to `interval` (never more), then `±jitter`
+/// of it. So a talk that is done at once is seen after ~0.5 s instead of a full interval, a
+/// long render is polled at the interval after a few polls, and many waiters do not poll in
+/// step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PollSchedule {
+    /// The pause before the first poll.
+    pub first: Duration,
+    /// The longest pause.
+    pub interval: Duration,
+    /// The spread of every pause, as a fraction of it (0 to 1).
+    pub jitter: f64,
+}
+
+impl PollSchedule {
+    /// The pause before the first poll.
+    pub const FIRST: Duration = Duration::from_millis(500);
+    /// The default spread: ±10 %.
+    pub const JITTER: f64 = 0.1;
+
+    /// Polls up to every `interval`, spread by `jitter`.
+    pub fn new(interval: Duration, jitter: f64) -> PollSchedule {
+        PollSchedule {
+            first: PollSchedule::FIRST,
+            interval,
+            jitter,
+        }
+    }
+
+    /// The pause before poll number `poll` (0 for the first), spread by the uniform sample
+    /// `u` in `[0, 1)`.
+    pub fn delay(&self, poll: u32, u: f64) -> Duration {
+        let nominal = self
+            .first
+            .saturating_mul(1u32 << poll.min(16))
+            .min(self.interval);
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        nominal.mul_f64(1.0 + jitter * (2.0 * u.clamp(0.0, 1.0) - 1.0))
+    }
+}
+
 /// How long [`VideoApi::wait_for_talk`] and [`VideoApi::create_talk_and_wait`] poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitOptions {
@@ -292,4 +335,34 @@ pub trait VideoApi: Send + Sync {
         priority: Priority,
         wait: WaitOptions,
     ) -> Result<Talk, VideoApiError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_start_short_and_grow_to_the_interval() {
+        let ms = Duration::from_millis;
+        let check = |interval: Duration, poll: u32, expected: Duration| {
+            assert_eq!(
+                PollSchedule::new(interval, 0.0).delay(poll, 0.5),
+                expected,
+                "{interval:?} poll {poll}"
+            );
+        };
+        let five = Duration::from_secs(5);
+        check(five, 0, ms(500));
+        check(five, 1, ms(1000));
+        check(five, 2, ms(2000));
+        check(five, 3, ms(4000));
+        check(five, 4, five);
+        check(five, 40, five);
+        // An interval shorter than the first step is used from the start.
+        check(ms(100), 0, ms(100));
+        check(ms(100), 5, ms(100));
+        // Jitter is ±10 % of the step, never more.
+        assert_eq!(PollSchedule::new(five, 0.1).delay(0, 0.0), ms(450));
+        assert_eq!(PollSchedule::new(five, 0.1).delay(9, 1.0), ms(5500));
+    }
 }
