@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store_open::{OpenFailure, OpeningStore};
 use crate::telemetry::Scrubber;
-use app::{Jobs, JobsConfig};
+use app::Jobs;
 
 /// Settings the handlers read (a subset of [`Config`], without adapter details).
 #[derive(Clone)]
@@ -107,14 +107,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> AppState {
-        let jobs = Jobs::new(
-            Arc::new(jobstore_memory::MemoryJobStore::new()),
-            video.clone(),
-            JobsConfig {
-                poll_max: settings.wait.poll_interval,
-                ..JobsConfig::default()
-            },
-        );
+        let jobs = crate::wiring::memory_jobs(video.clone(), settings.wait.poll_interval);
         AppState::with_jobs(video, limiter, metrics, settings, jobs)
     }
 

@@ -100,6 +100,22 @@ pub fn did_client_config(config: &Config) -> DidClientConfig {
     }
 }
 
+/// A job engine over an in-memory store (not durable: for tests and embedders that bring no
+/// store), its processing jobs polled up to every `poll_interval`.
+pub fn memory_jobs(
+    video: Arc<dyn ports::VideoApi>,
+    poll_interval: std::time::Duration,
+) -> Arc<Jobs> {
+    Jobs::new(
+        Arc::new(jobstore_memory::MemoryJobStore::new()),
+        video,
+        JobsConfig {
+            poll_max: poll_interval,
+            ..JobsConfig::default()
+        },
+    )
+}
+
 /// The job engine's settings a configuration asks for.
 pub fn jobs_config(config: &Config) -> JobsConfig {
     JobsConfig {
