@@ -96,21 +96,6 @@ pub(crate) struct Inner {
 }
 
 impl AppState {
-    /// State over the given ports, with jobs in memory (not durable: for tests and embedders
-    /// that bring no store; the service's wiring uses [`AppState::with_jobs`]). `limiter`
-    /// should be the same limiter the video adapter uses (ideally wrapped in
-    /// [`crate::metrics::MeteredLimiter`] over `metrics`), so that `/stats` shows what the
-    /// calls wait for.
-    pub fn new(
-        video: Arc<dyn VideoApi>,
-        limiter: Arc<dyn ConcurrencyLimiter>,
-        metrics: Arc<Metrics>,
-        settings: Settings,
-    ) -> AppState {
-        let jobs = crate::wiring::memory_jobs(video.clone(), settings.wait.poll_interval);
-        AppState::with_jobs(video, limiter, metrics, settings, jobs)
-    }
-
     /// State over the given ports and job engine (whose video port should be `video`).
     pub fn with_jobs(
         video: Arc<dyn VideoApi>,

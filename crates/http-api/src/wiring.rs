@@ -100,20 +100,25 @@ pub fn did_client_config(config: &Config) -> DidClientConfig {
     }
 }
 
-/// A job engine over an in-memory store (not durable: for tests and embedders that bring no
-/// store), its processing jobs polled up to every `poll_interval`.
-pub fn memory_jobs(
+/// State over the given ports, with jobs in memory (not durable: for tests and embedders
+/// that bring no store; [`build`] makes the service's). `limiter` should be the same limiter
+/// the video adapter uses (ideally wrapped in [`MeteredLimiter`] over `metrics`), so that
+/// `/stats` shows what the calls wait for.
+pub fn memory_state(
     video: Arc<dyn ports::VideoApi>,
-    poll_interval: std::time::Duration,
-) -> Arc<Jobs> {
-    Jobs::new(
+    limiter: Arc<dyn ConcurrencyLimiter>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+) -> AppState {
+    let jobs = Jobs::new(
         Arc::new(jobstore_memory::MemoryJobStore::new()),
-        video,
+        video.clone(),
         JobsConfig {
-            poll_max: poll_interval,
+            poll_max: settings.wait.poll_interval,
             ..JobsConfig::default()
         },
-    )
+    );
+    AppState::with_jobs(video, limiter, metrics, settings, jobs)
 }
 
 /// The job engine's settings a configuration asks for.

@@ -219,7 +219,7 @@ async fn a_degraded_limiter_is_ready_within_its_grace_and_healthy_says_degraded(
         ..support::keyed_settings()
     };
     let metrics = Arc::new(http_api::metrics::Metrics::new());
-    let state = http_api::AppState::new(
+    let state = http_api::wiring::memory_state(
         Arc::new(MockVideoApi::new()),
         Arc::new(limiter),
         metrics,

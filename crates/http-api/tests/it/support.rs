@@ -188,7 +188,13 @@ pub async fn mock_service(mut mock: MockVideoApi, settings: Settings, limit: u32
         Arc::new(limiter_memory::MemoryLimiter::new(limit)),
         metrics.clone(),
     ));
-    Server::start(AppState::new(Arc::new(mock), limiter, metrics, settings)).await
+    Server::start(http_api::wiring::memory_state(
+        Arc::new(mock),
+        limiter,
+        metrics,
+        settings,
+    ))
+    .await
 }
 
 /// Settings with a key configured (so D-ID routes reach the mock).
