@@ -317,10 +317,15 @@ impl ApiError {
                     row(S::UNSUPPORTED_MEDIA_TYPE, "unsupported_file_type")
                 }
             },
-            ApiError::FileTooLarge { .. } => row(S::PAYLOAD_TOO_LARGE, "file_too_large"),
+            // The rest of the body is left unread (as for a timed-out body below), so the
+            // connection cannot carry another request: a client that reused it would send
+            // into a connection the server is closing.
+            ApiError::FileTooLarge { .. } => row(S::PAYLOAD_TOO_LARGE, "file_too_large").close(),
             ApiError::MissingFile => row(S::BAD_REQUEST, "missing_file"),
             ApiError::MalformedMultipart(_) => row(S::BAD_REQUEST, "malformed_multipart"),
-            ApiError::PayloadTooLarge { .. } => row(S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge { .. } => {
+                row(S::PAYLOAD_TOO_LARGE, "payload_too_large").close()
+            }
             // The rest of the body was never read, so the connection cannot carry another
             // request (and a client that sent an oversized head gets no second try on it, as
             // with hyper's own 414 and 431); hyper closes it after this answer.

@@ -210,6 +210,8 @@ fn local_errors_have_their_status_and_code() {
         413,
         "payload_too_large",
     );
+    let r = ApiError::PayloadTooLarge { limit: 1 }.into_response();
+    assert_eq!(r.headers()[header::CONNECTION], "close", "the body was not read");
     check(
         ApiError::UnsupportedMediaType {
             expected: "application/json",
@@ -317,7 +319,7 @@ fn the_less_common_rows_keep_their_status_code_and_headers() {
             },
             413,
             "file_too_large",
-            None,
+            close,
         ),
         (
             ApiError::MalformedMultipart("x".into()),

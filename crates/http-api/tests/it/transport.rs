@@ -398,6 +398,8 @@ async fn a_declared_length_above_the_limit_is_413_at_once() {
     let raw = read_answer(&mut s, Duration::from_secs(5), Duration::from_secs(5)).await;
     assert_eq!(raw.status, 413, "{raw:?}");
     assert_eq!(raw.json()["error"]["code"], "payload_too_large", "{raw:?}");
+    // The body was never read: the connection is not offered for another request.
+    assert_eq!(raw.header("connection"), Some("close"), "{raw:?}");
 
     let upload = "POST /api/d_id_optimized/upload-audio HTTP/1.1\r\nHost: t\r\n\
                   Content-Type: multipart/form-data; boundary=x\r\n\
@@ -405,5 +407,6 @@ async fn a_declared_length_above_the_limit_is_413_at_once() {
     let mut s = send(srv.addr, upload.as_bytes()).await;
     let raw = read_answer(&mut s, Duration::from_secs(5), Duration::from_secs(5)).await;
     assert_eq!(raw.status, 413, "{raw:?}");
+    assert_eq!(raw.header("connection"), Some("close"), "{raw:?}");
     srv.stop().await;
 }
