@@ -5,9 +5,10 @@
 //! This crate depends on `domain` and nothing that does I/O.
 //!
 //! # Layout
-//! - [`limiter`]: [`ConcurrencyLimiter`], [`Permit`], [`LimiterStats`], [`LimiterError`].
+//! - [`limiter`]: [`ConcurrencyLimiter`], [`Permit`], [`LimiterStats`] (with its adapter-filled
+//!   [`BackendStats`]), [`LimiterError`].
 //! - [`video`]: [`VideoApi`] (D-ID's operations), [`VideoApiError`], [`WaitOptions`],
-//!   [`VideoApiStats`].
+//!   [`VideoApiStats`] (with its adapter-filled [`ClientStats`]).
 //! - [`jobs`]: [`JobStore`] (durable talk jobs, claimed in priority order), [`Job`],
 //!   [`JobStatus`], [`JobStoreError`].
 //! - `contract` (feature `contract`): the behaviour every limiter must show, written once and
@@ -32,10 +33,12 @@ pub use jobs::{
     NewJob, QueueLimits, ScopedKey, Submitted,
 };
 pub use limiter::{
-    ConcurrencyLimiter, DegradedReason, FailoverStats, LimiterCounters, LimiterError, LimiterStats,
-    Permit, PermitHandle, QueuedByPriority,
+    BackendStats, ConcurrencyLimiter, DegradedReason, FailoverStats, LimiterCounters, LimiterError,
+    LimiterStats, Permit, PermitHandle, QueuedByPriority,
 };
-pub use video::{PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats, WaitOptions};
+pub use video::{
+    ClientStats, PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats, WaitOptions,
+};
 
 #[cfg(feature = "mock")]
 pub use limiter::MockConcurrencyLimiter;
