@@ -178,7 +178,7 @@ pub(crate) mod tests {
             let encoded = base64::engine::general_purpose::STANDARD.encode("someone:s3cr3t-value");
             assert!(!text.contains(&encoded), "{text}");
         }
-        assert!(client.stats().api_key_configured);
+        assert!(client.stats().client.api_key_configured);
     }
 
     #[test]

@@ -88,7 +88,7 @@ mod video_api;
 
 pub use client::{DidClient, DidClientError};
 pub use config::{AuthScheme, DEFAULT_BASE_URL, DidClientConfig};
-pub use ports::{PoolStats, RetryStats};
+pub use ports::{ClientStats, PoolStats, RetryStats};
 pub use retry::{RetryDecision, RetryPolicy};
 pub use stats::DidClientStats;
 pub use tag::{CreateToken, InvalidCreateToken};

@@ -1,4 +1,5 @@
-//! Counters of what the client did, and their snapshot, the port's [`VideoApiStats`].
+//! Counters of what the client did, and their snapshot, the port's [`VideoApiStats`] with
+//! the [`ClientStats`] section (base URL, auth scheme, pool, retry policy) filled in here.
 //!
 //! Every duration in the snapshot is whole milliseconds under a name ending in `_ms`
 //! (never serde's default `{"secs", "nanos"}` for a `Duration`), so `/stats` has one unit.
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ports::{PoolStats, RetryStats, VideoApiStats};
+use ports::{ClientStats, PoolStats, RetryStats, VideoApiStats};
 
 use crate::config::DidClientConfig;
 
@@ -56,24 +57,6 @@ impl Counters {
     pub fn snapshot(&self, config: &DidClientConfig, api_key_configured: bool) -> DidClientStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         DidClientStats {
-            base_url: config.base_url.clone(),
-            api_key_configured,
-            auth_scheme: config.auth_scheme.as_str().to_owned(),
-            pool: PoolStats {
-                max_idle_per_host: config.pool_max_idle_per_host,
-                idle_timeout_ms: millis(config.pool_idle_timeout),
-                connect_timeout_ms: millis(config.connect_timeout),
-                request_timeout_ms: millis(config.request_timeout),
-                upload_timeout_ms: millis(config.upload_timeout),
-            },
-            retry_policy: RetryStats {
-                max_attempts: config.retry.max_attempts,
-                base_delay_ms: millis(config.retry.base_delay),
-                max_delay_ms: millis(config.retry.max_delay),
-                jitter: config.retry.jitter,
-                retry_rate_limited: config.retry.retry_rate_limited,
-                max_retry_after_ms: millis(config.retry.max_retry_after),
-            },
             requests: get(&self.requests),
             retries: get(&self.retries),
             transport_errors: get(&self.transport_errors),
@@ -86,6 +69,26 @@ impl Counters {
             create_recoveries: get(&self.create_recoveries),
             creates_untagged: get(&self.creates_untagged),
             polls: get(&self.polls),
+            client: ClientStats {
+                base_url: config.base_url.clone(),
+                api_key_configured,
+                auth_scheme: config.auth_scheme.as_str().to_owned(),
+                pool: PoolStats {
+                    max_idle_per_host: config.pool_max_idle_per_host,
+                    idle_timeout_ms: millis(config.pool_idle_timeout),
+                    connect_timeout_ms: millis(config.connect_timeout),
+                    request_timeout_ms: millis(config.request_timeout),
+                    upload_timeout_ms: millis(config.upload_timeout),
+                },
+                retry_policy: RetryStats {
+                    max_attempts: config.retry.max_attempts,
+                    base_delay_ms: millis(config.retry.base_delay),
+                    max_delay_ms: millis(config.retry.max_delay),
+                    jitter: config.retry.jitter,
+                    retry_rate_limited: config.retry.retry_rate_limited,
+                    max_retry_after_ms: millis(config.retry.max_retry_after),
+                },
+            },
         }
     }
 }
@@ -108,7 +111,7 @@ mod tests {
         };
         let stats = Counters::default().snapshot(&config, false);
         assert_eq!(
-            serde_json::to_value(stats.retry_policy).unwrap(),
+            serde_json::to_value(stats.client.retry_policy).unwrap(),
             serde_json::json!({
                 "max_attempts": 3,
                 "base_delay_ms": 1500,

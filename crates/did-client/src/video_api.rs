@@ -268,7 +268,7 @@ mod tests {
             let config = DidClientConfig::new("http://127.0.0.1:1", key);
             let client = DidClient::new(config, untouchable_limiter()).unwrap();
             assert!(!client.is_configured());
-            assert!(!client.stats().api_key_configured);
+            assert!(!client.stats().client.api_key_configured);
             let p = Priority::Normal;
             let id = TalkId::parse("tlk_x").unwrap();
             let asset = AssetId::parse("img_x").unwrap();

@@ -284,7 +284,7 @@ impl Collector for SnapshotCollector {
                     g.encode(m.encode_family(&labels)?)?;
                 }
             }
-            if let Some(f) = &l.failover {
+            if let Some(f) = &l.backend.failover {
                 gauge(
                     &mut enc,
                     "limiter_instances",

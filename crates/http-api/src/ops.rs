@@ -19,52 +19,61 @@ use crate::error::{ApiError, Body, json_response};
 use crate::metrics::CONTENT_TYPE;
 use crate::state::AppState;
 
-/// The limiter part of `/stats`, in the original's field names plus the new ones.
-fn limiter_json(s: &LimiterStats, configured: u32) -> Value {
+/// The limiter as `/health` shows it under `rate_limiter`, which `/stats` extends: the
+/// backend section's facts, the limit and the slots.
+fn rate_limiter_json(s: &LimiterStats, configured: u32) -> Value {
+    let b = &s.backend;
     json!({
-        "backend": s.backend,
-        "configured_backend": s.configured_backend,
-        "serving_backend": s.serving_backend,
-        "address": s.address,
+        "backend": b.kind,
+        "configured_backend": b.configured,
+        "serving_backend": b.serving,
+        "address": b.address,
         "degraded": s.degraded,
-        "degraded_reason": s.degraded_reason,
+        "degraded_reason": b.degraded_reason,
         "max_concurrent": s.max_concurrent,
         "configured_max_concurrent": configured,
         "active_requests": s.active,
         "available_slots": s.available,
         "queue_size": s.queued.total(),
-        "queue_by_priority": s.queued,
-        "failover": s.failover,
-        "waits": {
-            "acquired_immediately": s.counters.acquired_immediately,
-            "acquired_after_wait": s.counters.acquired_after_wait,
-            "timeouts": s.counters.timeouts,
-            "cancelled": s.counters.cancelled,
-            "max_wait_ms": s.max_wait_ms,
-            "oldest_queued_ms": s.oldest_queued_ms,
-        },
-        // The acquire outcomes are under `waits` already; `counters` has only the rest.
-        "counters": {
-            "released": s.counters.released,
-            "leases_lost": s.counters.leases_lost,
-            "leases_reclaimed": s.counters.leases_reclaimed,
-        },
+        "failover": b.failover,
     })
+}
+
+/// The limiter part of `/stats`, in the original's field names plus the new ones.
+fn limiter_json(s: &LimiterStats, configured: u32) -> Value {
+    let mut v = rate_limiter_json(s, configured);
+    v["queue_by_priority"] = json!(s.queued);
+    v["waits"] = json!({
+        "acquired_immediately": s.counters.acquired_immediately,
+        "acquired_after_wait": s.counters.acquired_after_wait,
+        "timeouts": s.counters.timeouts,
+        "cancelled": s.counters.cancelled,
+        "max_wait_ms": s.max_wait_ms,
+        "oldest_queued_ms": s.oldest_queued_ms,
+    });
+    // The acquire outcomes are under `waits` already; `counters` has only the rest.
+    v["counters"] = json!({
+        "released": s.counters.released,
+        "leases_lost": s.counters.leases_lost,
+        "leases_reclaimed": s.counters.leases_reclaimed,
+    });
+    v
 }
 
 /// The upstream client's own description, without the facts the `client` section already
 /// holds under the original's names (`api_key_configured`, `pool_limits.max_keepalive`).
 fn upstream_json(u: &VideoApiStats) -> Value {
+    let c = &u.client;
     json!({
-        "base_url": u.base_url,
-        "auth_scheme": u.auth_scheme,
+        "base_url": c.base_url,
+        "auth_scheme": c.auth_scheme,
         "pool": {
-            "idle_timeout_ms": u.pool.idle_timeout_ms,
-            "connect_timeout_ms": u.pool.connect_timeout_ms,
-            "request_timeout_ms": u.pool.request_timeout_ms,
-            "upload_timeout_ms": u.pool.upload_timeout_ms,
+            "idle_timeout_ms": c.pool.idle_timeout_ms,
+            "connect_timeout_ms": c.pool.connect_timeout_ms,
+            "request_timeout_ms": c.pool.request_timeout_ms,
+            "upload_timeout_ms": c.pool.upload_timeout_ms,
         },
-        "retry_policy": u.retry_policy,
+        "retry_policy": c.retry_policy,
         "requests": u.requests,
         "retries": u.retries,
         "transport_errors": u.transport_errors,
@@ -91,7 +100,7 @@ pub async fn stats(state: &AppState) -> Result<Response<Body>, ApiError> {
         "client_initialized": true,
         "pool_limits": {
             "max_connections": limiter.max_concurrent,
-            "max_keepalive": upstream.pool.max_idle_per_host,
+            "max_keepalive": upstream.client.pool.max_idle_per_host,
         },
         "upstream": upstream_json(&upstream),
     });
@@ -176,20 +185,7 @@ pub async fn health(state: &AppState) -> Result<Response<Body>, ApiError> {
             "service": state.settings().service_name,
             "version": env!("CARGO_PKG_VERSION"),
             "api_key_configured": state.settings().api_key_configured,
-            "rate_limiter": {
-                "backend": s.backend,
-                "configured_backend": s.configured_backend,
-                "serving_backend": s.serving_backend,
-                "address": s.address,
-                "degraded": s.degraded,
-                "degraded_reason": s.degraded_reason,
-                "max_concurrent": s.max_concurrent,
-                "configured_max_concurrent": state.settings().max_concurrent,
-                "active_requests": s.active,
-                "available_slots": s.available,
-                "queue_size": s.queued.total(),
-                "failover": s.failover,
-            },
+            "rate_limiter": rate_limiter_json(&s, state.settings().max_concurrent),
             "job_store": store,
         }),
     ))
@@ -209,22 +205,23 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
     {
         // Name what was configured, where it is, why it is unusable and what serves
         // instead: "the memory limiter has run degraded" told an operator none of that.
-        let configured = if s.configured_backend.is_empty() {
+        let b = &s.backend;
+        let configured = if b.configured.is_empty() {
             "distributed"
         } else {
-            s.configured_backend.as_str()
+            b.configured.as_str()
         };
-        let at = s
+        let at = b
             .address
             .as_deref()
             .map_or_else(String::new, |a| format!(" at {a}"));
-        let why = s
+        let why = b
             .degraded_reason
             .map_or_else(String::new, |r| format!(" ({r})"));
         reasons.push(format!(
             "the {configured} limiter{at} is degraded{why}: the {} fallback has served \
                  for {:.0}s (grace {:.0}s)",
-            s.serving_backend,
+            b.serving,
             d.as_secs_f64(),
             grace.as_secs_f64()
         ));
@@ -264,11 +261,11 @@ pub async fn ready(state: &AppState) -> Result<Response<Body>, ApiError> {
             },
             "limiter_degraded": s.degraded,
             "rate_limiter": {
-                "configured_backend": s.configured_backend,
-                "serving_backend": s.serving_backend,
-                "address": s.address,
+                "configured_backend": s.backend.configured,
+                "serving_backend": s.backend.serving,
+                "address": s.backend.address,
                 "degraded": s.degraded,
-                "degraded_reason": s.degraded_reason,
+                "degraded_reason": s.backend.degraded_reason,
             },
         }),
     ))
@@ -307,7 +304,7 @@ async fn limit_json(state: &AppState) -> Value {
     let configured = state.settings().max_concurrent;
     // While degraded the limiter admits its fallback share; the fleet's limit is still the
     // one in the backend (or a PUT waiting for it).
-    let limit = match &s.failover {
+    let limit = match &s.backend.failover {
         Some(f) if s.degraded && f.fleet_limit > 0 => f.fleet_limit,
         _ => s.max_concurrent,
     };
@@ -316,9 +313,9 @@ async fn limit_json(state: &AppState) -> Value {
         "configured_max_concurrent": configured,
         "limit_differs": limit != configured,
         "serving_max_concurrent": s.max_concurrent,
-        "backend": s.configured_backend,
+        "backend": s.backend.configured,
         "degraded": s.degraded,
-        "applies_to": if s.configured_backend == "redis" {
+        "applies_to": if s.backend.configured == "redis" {
             "every instance sharing this LIMITER_NAME on this Redis"
         } else {
             "this instance"
@@ -398,7 +395,7 @@ where
         StatusCode::OK,
         &json!({
             "message": "nothing to clean up: slots are leases that expire and are reclaimed by the limiter itself",
-            "backend": s.backend,
+            "backend": s.backend.kind,
             "reclaimed_leases": s.counters.leases_reclaimed,
             "leases_lost": s.counters.leases_lost,
             "active_requests": s.active,

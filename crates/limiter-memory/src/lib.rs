@@ -51,7 +51,7 @@ use tokio::time::Instant;
 
 use crate::state::State;
 
-/// The backend name reported in [`LimiterStats::backend`].
+/// The backend name reported in [`LimiterStats::backend`] ([`ports::BackendStats::kind`]).
 pub const BACKEND: &str = "memory";
 
 /// An in-process priority limiter. Cheap to clone; clones share the same slots.

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use domain::Priority;
-use ports::{LimiterCounters, LimiterStats, QueuedByPriority};
+use ports::{BackendStats, LimiterCounters, LimiterStats, QueuedByPriority};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -166,12 +166,6 @@ impl State {
             }
         }
         LimiterStats {
-            backend: crate::BACKEND.to_owned(),
-            configured_backend: crate::BACKEND.to_owned(),
-            serving_backend: crate::BACKEND.to_owned(),
-            address: None,
-            degraded_reason: None,
-            degraded: false,
             max_concurrent: self.limit,
             active: self.active,
             available: self.limit.saturating_sub(self.active),
@@ -179,7 +173,15 @@ impl State {
             counters: self.counters,
             max_wait_ms: u64::try_from(self.max_wait.as_millis()).unwrap_or(u64::MAX),
             oldest_queued_ms: u64::try_from(oldest.as_millis()).unwrap_or(u64::MAX),
-            failover: None,
+            degraded: false,
+            backend: BackendStats {
+                kind: crate::BACKEND.to_owned(),
+                configured: crate::BACKEND.to_owned(),
+                serving: crate::BACKEND.to_owned(),
+                address: None,
+                degraded_reason: None,
+                failover: None,
+            },
         }
     }
 }

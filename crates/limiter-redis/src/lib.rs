@@ -81,7 +81,7 @@
 //! [`RedisLimiterError::TlsFile`] naming the setting and the file; no system root certificate
 //! and no `ca_file` is a [`RedisLimiterError::Tls`]. A handshake that fails (a certificate
 //! from another CA, for another name, mutual TLS without a certificate) is a run-time
-//! failure: the limiter serves from its fallback, `stats().degraded_reason` is
+//! failure: the limiter serves from its fallback, `stats().backend.degraded_reason` is
 //! [`DegradedReason::Tls`](ports::DegradedReason::Tls), and fred keeps reconnecting.
 //!
 //! # Time and clocks
@@ -93,7 +93,7 @@
 //! # Instances and their peers
 //! Each limiter is an *instance* with a record in Redis, renewed by a heartbeat every
 //! `instance_ttl / 4` (default 2 s / 4) and removed when the limiter is dropped. The records
-//! tell every instance how many peers share the limit (`stats().failover.instances`) and
+//! tell every instance how many peers share the limit (`stats().backend.failover.instances`) and
 //! tell Redis whose holders and waiters are alive (see [`scripts`]).
 //!
 //! # Failure modes and their bounds

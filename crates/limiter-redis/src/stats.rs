@@ -1,10 +1,10 @@
 //! The limiter's [`LimiterStats`]: read from Redis (the stats script's reply, clamped into
 //! the port's types) or, while degraded, from the fallback with this process's Redis
-//! counters added.
+//! counters added; either way with the [`BackendStats`] section this adapter fills in.
 
 use std::sync::atomic::Ordering;
 
-use ports::{DegradedReason, FailoverStats, LimiterStats};
+use ports::{BackendStats, DegradedReason, FailoverStats, LimiterStats};
 
 use crate::config::FailoverPolicy;
 use crate::connection::BackendError;
@@ -31,12 +31,6 @@ impl Inner {
         let before = self.limit.swap(stored, Ordering::Relaxed);
         self.tell_limit(before, stored);
         Ok(LimiterStats {
-            backend: "redis".to_owned(),
-            configured_backend: "redis".to_owned(),
-            serving_backend: "redis".to_owned(),
-            address: Some(self.address.clone()),
-            degraded_reason: None,
-            degraded: false,
             max_concurrent: u32_of(limit),
             active: u32_of(active),
             available: u32_of(limit - active),
@@ -49,7 +43,15 @@ impl Inner {
             counters: self.counters.snapshot(u64_of(reclaimed)),
             max_wait_ms: u64_of(max_wait),
             oldest_queued_ms: u64_of(oldest),
-            failover: Some(self.failover_stats()),
+            degraded: false,
+            backend: BackendStats {
+                kind: "redis".to_owned(),
+                configured: "redis".to_owned(),
+                serving: "redis".to_owned(),
+                address: Some(self.address.clone()),
+                degraded_reason: None,
+                failover: Some(self.failover_stats()),
+            },
         })
     }
 
@@ -81,13 +83,15 @@ impl Inner {
         c.cancelled += local.cancelled;
         c.released += local.released;
         c.leases_lost += local.leases_lost;
-        stats.backend = "memory".to_owned();
-        stats.configured_backend = "redis".to_owned();
-        stats.serving_backend = "memory".to_owned();
-        stats.address = Some(self.address.clone());
-        stats.degraded_reason = Some(lock(&self.degraded_reason).unwrap_or(DegradedReason::Other));
         stats.degraded = true;
-        stats.failover = Some(self.failover_stats());
+        stats.backend = BackendStats {
+            kind: "memory".to_owned(),
+            configured: "redis".to_owned(),
+            serving: "memory".to_owned(),
+            address: Some(self.address.clone()),
+            degraded_reason: Some(lock(&self.degraded_reason).unwrap_or(DegradedReason::Other)),
+            failover: Some(self.failover_stats()),
+        };
         stats
     }
 }

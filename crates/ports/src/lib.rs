@@ -5,9 +5,10 @@
 //! This crate depends on `domain` and nothing that does I/O.
 //!
 //! # Layout
-//! - [`limiter`]: [`ConcurrencyLimiter`], [`Permit`], [`LimiterStats`], [`LimiterError`].
+//! - [`limiter`]: [`ConcurrencyLimiter`], [`Permit`], [`LimiterStats`] (with its adapter-filled
+//!   [`BackendStats`]), [`LimiterError`].
 //! - [`video`]: [`VideoApi`] (D-ID's operations), [`VideoApiError`], [`WaitOptions`],
-//!   [`VideoApiStats`].
+//!   [`VideoApiStats`] (with its adapter-filled [`ClientStats`]).
 //! - [`jobs`]: [`JobStore`] (durable talk jobs, claimed in priority order), [`Job`],
 //!   [`JobStatus`], [`JobStoreError`].
 //! - [`events`]: [`JobEvents`], told of every committed job transition (the webhooks'
@@ -37,11 +38,12 @@ pub use jobs::{
     JobStoreError, Lease, NewJob, QueueLimits, ScopedKey, Submitted,
 };
 pub use limiter::{
-    ConcurrencyLimiter, DegradedReason, FailoverStats, LimiterCounters, LimiterError, LimiterStats,
-    Permit, PermitHandle, QueuedByPriority,
+    BackendStats, ConcurrencyLimiter, DegradedReason, FailoverStats, LimiterCounters, LimiterError,
+    LimiterStats, Permit, PermitHandle, QueuedByPriority,
 };
 pub use video::{
-    PollSchedule, PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats, WaitOptions,
+    ClientStats, PollSchedule, PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats,
+    WaitOptions,
 };
 
 #[cfg(feature = "mock")]

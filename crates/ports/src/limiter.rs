@@ -17,6 +17,18 @@
 //! is the last safety net. [`Permit::release`] releases it and waits until the backend
 //! confirms, reporting a backend error instead of logging it; callers that can `.await`
 //! should prefer it. Either way a permit is released exactly once.
+//!
+//! # Stats
+//! [`LimiterStats`] speaks of slots, queues, waits and whether the limiter is
+//! [`degraded`](LimiterStats::degraded), which the service acts on. What only an adapter knows
+//! (the backend's kind and address, why it is not serving, a distributed limiter's failover
+//! policy and peers) sits in one section, [`BackendStats`], that each adapter fills in. The
+//! section is a typed struct rather than an adapter-defined map of JSON values because the
+//! service reads parts of it (the kind names and reason for `/ready`, the fleet's limit for
+//! `/limit`, the failover counts for `/metrics`) and the compiler should check those reads; its
+//! fields name what they describe, not the technology behind it. It is `#[serde(flatten)]`ed,
+//! so a serialized [`LimiterStats`] has the same keys as before the section existed, and that
+//! JSON still deserializes.
 
 use std::fmt;
 use std::future::Future;
@@ -237,28 +249,13 @@ impl fmt::Display for DegradedReason {
     }
 }
 
-/// A snapshot of a limiter's state.
+/// A snapshot of a limiter's state: its slots, queue and counters in the port's words, and
+/// the [`BackendStats`] section its adapter fills in.
+///
+/// Serialized flat, as before the section existed: the section's keys (`backend`,
+/// `configured_backend`, …, `failover`) sit beside `max_concurrent` and the rest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimiterStats {
-    /// Which backend answered: `"memory"` or `"redis"` (the same as
-    /// [`serving_backend`](Self::serving_backend), kept for compatibility).
-    pub backend: String,
-    /// The backend the operator configured: `"redis"` for a Redis limiter also while it runs
-    /// degraded, `"memory"` for the in-memory limiter.
-    #[serde(default)]
-    pub configured_backend: String,
-    /// The backend serving calls now: `"memory"` while a Redis limiter runs on its fallback.
-    #[serde(default)]
-    pub serving_backend: String,
-    /// Where the configured backend is (`host:port`, or a socket path), never with
-    /// credentials; `None` for an in-process limiter.
-    #[serde(default)]
-    pub address: Option<String>,
-    /// Why the configured backend is not serving; `None` unless `degraded`.
-    #[serde(default)]
-    pub degraded_reason: Option<DegradedReason>,
-    /// True while a distributed limiter runs on its local fallback.
-    pub degraded: bool,
     /// The limit.
     pub max_concurrent: u32,
     /// Permits alive now (may exceed the limit right after `set_limit` lowered it).
@@ -273,6 +270,43 @@ pub struct LimiterStats {
     pub max_wait_ms: u64,
     /// How long the oldest current waiter has been queued, in milliseconds (0 if none).
     pub oldest_queued_ms: u64,
+    /// True while a distributed limiter runs on its local fallback: the service reports
+    /// itself degraded, and not ready once this lasts past its grace.
+    pub degraded: bool,
+    /// What the adapter says about the backend behind the slots.
+    #[serde(flatten)]
+    pub backend: BackendStats,
+}
+
+/// The adapter-filled section of [`LimiterStats`]: which backend the operator configured and
+/// which one serves now, where it is, why it is not serving, and for a distributed limiter
+/// how it shares the limit and degrades.
+///
+/// The service shows these facts (`/health`, `/ready`, `/stats`, `/metrics`) and reads a few
+/// of them (the fleet's limit for `/limit`, the kind names for `/ready`'s reason), so they are
+/// typed rather than an adapter's free-form map; the values are the adapter's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStats {
+    /// Which backend answered: `"memory"` or `"redis"` (the same as
+    /// [`serving`](Self::serving), kept for compatibility). Serialized as `backend`.
+    #[serde(rename = "backend")]
+    pub kind: String,
+    /// The backend the operator configured: `"redis"` for a Redis limiter also while it runs
+    /// degraded, `"memory"` for the in-memory limiter. Serialized as `configured_backend`.
+    #[serde(rename = "configured_backend", default)]
+    pub configured: String,
+    /// The backend serving calls now: `"memory"` while a Redis limiter runs on its fallback.
+    /// Serialized as `serving_backend`.
+    #[serde(rename = "serving_backend", default)]
+    pub serving: String,
+    /// Where the configured backend is (`host:port`, or a socket path), never with
+    /// credentials; `None` for an in-process limiter.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Why the configured backend is not serving; `None` unless
+    /// [`LimiterStats::degraded`].
+    #[serde(default)]
+    pub degraded_reason: Option<DegradedReason>,
     /// What a distributed limiter does while its backend is unreachable, and what it knows
     /// of the instances it shares the limit with; `None` for an in-process limiter.
     #[serde(default)]
@@ -280,10 +314,10 @@ pub struct LimiterStats {
 }
 
 /// How a distributed limiter degrades: its policy, the share it grants on its own, and the
-/// peers it last saw.
+/// peers it last saw (part of [`BackendStats`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverStats {
-    /// `"share"`, `"closed"` or `"full"`.
+    /// The adapter's name of its policy (limiter-redis: `"share"`, `"closed"` or `"full"`).
     pub policy: String,
     /// The permits this instance grants on its own while degraded (0 under `closed`).
     pub share: u32,
@@ -322,4 +356,62 @@ pub trait ConcurrencyLimiter: Send + Sync {
     /// Changes the limit (≥ 1). Raising it admits waiters at once; lowering it lets holders
     /// finish, admitting nobody until `active` is below the new limit.
     async fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The keys a `LimiterStats` had before its backend section existed: it still reads
+    /// them, and writes them back unchanged.
+    #[test]
+    fn stats_json_keeps_its_flat_shape() {
+        let failover = json!({
+            "policy": "share", "share": 2, "instances": 3, "fallback_active": 1,
+            "instances_reclaimed": 4, "fleet_limit": 6,
+        });
+        let flat = json!({
+            "backend": "memory", "configured_backend": "redis", "serving_backend": "memory",
+            "address": "127.0.0.1:6379", "degraded_reason": "refused", "degraded": true,
+            "max_concurrent": 2, "active": 1, "available": 1,
+            "queued": {"low": 0, "normal": 1, "high": 0, "critical": 0},
+            "counters": {
+                "acquired_immediately": 5, "acquired_after_wait": 1, "timeouts": 0,
+                "cancelled": 0, "released": 4, "leases_lost": 0, "leases_reclaimed": 0,
+            },
+            "max_wait_ms": 12, "oldest_queued_ms": 3, "failover": failover,
+        });
+        let stats: LimiterStats = serde_json::from_value(flat.clone()).unwrap();
+        assert_eq!(
+            (
+                stats.backend.kind.as_str(),
+                stats.backend.configured.as_str(),
+                stats.backend.serving.as_str()
+            ),
+            ("memory", "redis", "memory")
+        );
+        assert_eq!(stats.backend.degraded_reason, Some(DegradedReason::Refused));
+        assert_eq!(
+            stats.backend.failover.as_ref().map(|f| f.fleet_limit),
+            Some(6)
+        );
+        assert_eq!(serde_json::to_value(&stats).unwrap(), flat);
+
+        let memory = LimiterStats {
+            max_concurrent: 1,
+            backend: BackendStats {
+                kind: "memory".to_owned(),
+                ..BackendStats::default()
+            },
+            ..LimiterStats::default()
+        };
+        let v = serde_json::to_value(&memory).unwrap();
+        assert_eq!(
+            (&v["failover"], &v["address"]),
+            (&json!(null), &json!(null))
+        );
+        assert_eq!(serde_json::from_value::<LimiterStats>(v).unwrap(), memory);
+    }
 }

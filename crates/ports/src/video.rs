@@ -1,4 +1,13 @@
 //! The video port: D-ID's operations as talkgate uses them, with one closed error type.
+//!
+//! # Stats
+//! [`VideoApiStats`] counts calls: requests, retries, answers per status, creates, polls.
+//! How the adapter's client is set up (base URL, authentication, pool, retry policy) sits in
+//! one section, [`ClientStats`], that the adapter fills in. It is a typed struct rather than
+//! an adapter-defined map of JSON values because the service reads a field of it and the
+//! compiler should check that read. It is `#[serde(flatten)]`ed, so a serialized
+//! [`VideoApiStats`] has the same keys as before the section existed, and that JSON still
+//! deserializes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -189,23 +198,14 @@ impl Default for WaitOptions {
     }
 }
 
-/// A snapshot of a video adapter's configuration and counters, for `/stats` and `/metrics`
-/// (the video side's [`LimiterStats`](crate::LimiterStats)).
+/// A snapshot of a video adapter's counters, for `/stats` and `/metrics` (the video side's
+/// [`LimiterStats`](crate::LimiterStats)), with the [`ClientStats`] section its adapter fills in.
 ///
 /// Every duration is whole milliseconds under a name ending in `_ms`. Counters only grow.
-/// The API key itself is never part of it.
+/// The API key itself is never part of it. Serialized flat, as before the section existed:
+/// the section's keys (`base_url`, …, `retry_policy`) sit beside `requests` and the rest.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VideoApiStats {
-    /// Where requests go.
-    pub base_url: String,
-    /// Whether an API key is set.
-    pub api_key_configured: bool,
-    /// How the key is sent (`"rfc7617"` or `"literal"` for the D-ID client).
-    pub auth_scheme: String,
-    /// The connection pool and timeouts.
-    pub pool: PoolStats,
-    /// How failed attempts are repeated.
-    pub retry_policy: RetryStats,
     /// HTTP exchanges started (each attempt counts once).
     pub requests: u64,
     /// Attempts that were repeated after a failure.
@@ -224,9 +224,32 @@ pub struct VideoApiStats {
     pub creates_untagged: u64,
     /// Status polls made by [`VideoApi::wait_for_talk`] and [`VideoApi::create_talk_and_wait`].
     pub polls: u64,
+    /// How the adapter's client is set up.
+    #[serde(flatten)]
+    pub client: ClientStats,
 }
 
-/// How a video adapter's connection pool and timeouts are set up.
+/// The adapter-filled section of [`VideoApiStats`]: where the client sends requests, how it
+/// authenticates, its connection pool and its retry policy.
+///
+/// Typed rather than an adapter's free-form map because the service reads part of it (the
+/// pool's idle connections become `/stats`' `pool_limits.max_keepalive`); the values are the
+/// adapter's own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientStats {
+    /// Where requests go.
+    pub base_url: String,
+    /// Whether an API key is set.
+    pub api_key_configured: bool,
+    /// How the key is sent (`"rfc7617"` or `"literal"` for the D-ID client).
+    pub auth_scheme: String,
+    /// The connection pool and timeouts.
+    pub pool: PoolStats,
+    /// How failed attempts are repeated.
+    pub retry_policy: RetryStats,
+}
+
+/// How a video adapter's connection pool and timeouts are set up (part of [`ClientStats`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolStats {
     /// Idle connections kept per host.
@@ -241,7 +264,7 @@ pub struct PoolStats {
     pub upload_timeout_ms: u64,
 }
 
-/// A video adapter's retry policy, as reported in [`VideoApiStats`].
+/// A video adapter's retry policy, as reported in [`ClientStats`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RetryStats {
     /// Attempts in all, the first included (`1`: no retries).
@@ -339,6 +362,8 @@ pub trait VideoApi: Send + Sync {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -364,5 +389,31 @@ mod tests {
         // Jitter is ±10 % of the step, never more.
         assert_eq!(PollSchedule::new(five, 0.1).delay(0, 0.0), ms(450));
         assert_eq!(PollSchedule::new(five, 0.1).delay(9, 1.0), ms(5500));
+    }
+
+    /// The keys a `VideoApiStats` had before its client section existed: it still reads
+    /// them (status keys included), and writes them back unchanged.
+    #[test]
+    fn stats_json_keeps_its_flat_shape() {
+        let flat = json!({
+            "base_url": "http://127.0.0.1:1", "api_key_configured": true,
+            "auth_scheme": "rfc7617",
+            "pool": {
+                "max_idle_per_host": 8, "idle_timeout_ms": 90_000, "connect_timeout_ms": 5_000,
+                "request_timeout_ms": 30_000, "upload_timeout_ms": 120_000,
+            },
+            "retry_policy": {
+                "max_attempts": 3, "base_delay_ms": 500, "max_delay_ms": 10_000,
+                "jitter": 0.25, "retry_rate_limited": false, "max_retry_after_ms": 60_000,
+            },
+            "requests": 7, "retries": 1, "transport_errors": 1,
+            "responses": {"200": 5, "503": 1},
+            "creates": 2, "create_recoveries": 0, "creates_untagged": 0, "polls": 3,
+        });
+        let stats: VideoApiStats = serde_json::from_value(flat.clone()).unwrap();
+        assert_eq!(stats.responses.get(&503), Some(&1));
+        assert_eq!(stats.client.pool.max_idle_per_host, 8);
+        assert_eq!(stats.client.retry_policy.jitter, 0.25);
+        assert_eq!(serde_json::to_value(&stats).unwrap(), flat);
     }
 }

@@ -211,7 +211,11 @@ fn local_errors_have_their_status_and_code() {
         "payload_too_large",
     );
     let r = ApiError::PayloadTooLarge { limit: 1 }.into_response();
-    assert_eq!(r.headers()[header::CONNECTION], "close", "the body was not read");
+    assert_eq!(
+        r.headers()[header::CONNECTION],
+        "close",
+        "the body was not read"
+    );
     check(
         ApiError::UnsupportedMediaType {
             expected: "application/json",

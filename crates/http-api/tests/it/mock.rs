@@ -204,11 +204,14 @@ async fn errors_the_fake_cannot_produce_are_mapped() {
 async fn a_degraded_limiter_is_ready_within_its_grace_and_healthy_says_degraded() {
     use std::sync::Arc;
 
-    use ports::{LimiterStats, MockConcurrencyLimiter};
+    use ports::{BackendStats, LimiterStats, MockConcurrencyLimiter};
 
     let mut limiter = MockConcurrencyLimiter::new();
     limiter.expect_stats().returning(|| LimiterStats {
-        backend: "redis".into(),
+        backend: BackendStats {
+            kind: "redis".into(),
+            ..BackendStats::default()
+        },
         degraded: true,
         max_concurrent: 4,
         available: 4,

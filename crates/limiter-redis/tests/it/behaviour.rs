@@ -168,7 +168,7 @@ async fn stats_report_the_longest_wait_and_the_oldest_waiter() {
     let stats = limiter.stats().await;
     assert!(stats.max_wait_ms >= 150, "{stats:?}");
     assert_eq!(stats.oldest_queued_ms, 0);
-    assert_eq!(stats.backend, "redis");
+    assert_eq!(stats.backend.kind, "redis");
     permit.release().await.unwrap();
 }
 
@@ -186,7 +186,11 @@ async fn starts_degraded_without_redis_and_switches_over_when_it_appears() {
     assert!(limiter.is_degraded());
     let stats = limiter.stats().await;
     assert_eq!(
-        (stats.backend.as_str(), stats.degraded, stats.max_concurrent),
+        (
+            stats.backend.kind.as_str(),
+            stats.degraded,
+            stats.max_concurrent
+        ),
         ("memory", true, 1)
     );
     let local = limiter
@@ -209,10 +213,14 @@ async fn starts_degraded_without_redis_and_switches_over_when_it_appears() {
     // The fallback permit still alive was adopted at the switch back: it counts against
     // the global limit until it ends.
     assert_eq!(
-        (stats.backend.as_str(), stats.max_concurrent, stats.active),
+        (
+            stats.backend.kind.as_str(),
+            stats.max_concurrent,
+            stats.active
+        ),
         ("redis", 3, 1)
     );
-    assert_eq!(stats.failover.as_ref().unwrap().fallback_active, 1);
+    assert_eq!(stats.backend.failover.as_ref().unwrap().fallback_active, 1);
     let remote = limiter
         .acquire(Priority::Normal, Duration::from_secs(1))
         .await
@@ -228,7 +236,7 @@ async fn starts_degraded_without_redis_and_switches_over_when_it_appears() {
         |s| s.active == 1,
     )
     .await;
-    assert_eq!(stats.failover.unwrap().fallback_active, 0);
+    assert_eq!(stats.backend.failover.unwrap().fallback_active, 0);
     remote.release().await.unwrap();
 }
 

@@ -130,9 +130,9 @@ async fn a_cluster_url_at_a_node_without_the_slot_keeps_every_key_on_the_slot_ow
         .expect("a slot from the cluster");
     let stats = limiter.stats().await;
     assert!(!stats.degraded, "{stats:?}");
-    assert_eq!((stats.active, stats.serving_backend.as_str()), (1, "redis"));
+    assert_eq!((stats.active, stats.backend.serving.as_str()), (1, "redis"));
     assert_eq!(
-        stats.address.as_deref(),
+        stats.backend.address.as_deref(),
         Some(format!("127.0.0.1:{other}").as_str())
     );
     // Every key of the limiter is on the node that owns the hash tag's slot.
@@ -173,10 +173,10 @@ async fn a_plain_url_at_a_node_without_the_slot_is_reported_as_cluster() {
         .expect("served by the fallback");
     let stats = limiter.stats().await;
     assert!(stats.degraded, "{stats:?}");
-    assert_eq!(stats.serving_backend, "memory");
-    assert_eq!(stats.degraded_reason, Some(DegradedReason::Cluster));
+    assert_eq!(stats.backend.serving, "memory");
+    assert_eq!(stats.backend.degraded_reason, Some(DegradedReason::Cluster));
     assert_eq!(
-        stats.address.as_deref(),
+        stats.backend.address.as_deref(),
         Some(format!("127.0.0.1:{other}").as_str())
     );
     let json = serde_json::to_value(&stats).unwrap();

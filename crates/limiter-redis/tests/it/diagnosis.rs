@@ -17,14 +17,17 @@ async fn stats_for(url: String) -> LimiterStats {
 #[track_caller]
 fn check_degraded(stats: &LimiterStats, port: u16, reason: DegradedReason, secret: &str) {
     assert!(stats.degraded, "{stats:?}");
-    assert_eq!(stats.configured_backend, "redis", "{stats:?}");
-    assert_eq!(stats.serving_backend, "memory", "{stats:?}");
-    assert_eq!(stats.backend, "memory", "the old field keeps its meaning");
+    assert_eq!(stats.backend.configured, "redis", "{stats:?}");
+    assert_eq!(stats.backend.serving, "memory", "{stats:?}");
     assert_eq!(
-        stats.address.as_deref(),
+        stats.backend.kind, "memory",
+        "the old field keeps its meaning"
+    );
+    assert_eq!(
+        stats.backend.address.as_deref(),
         Some(&*format!("127.0.0.1:{port}"))
     );
-    assert_eq!(stats.degraded_reason, Some(reason), "{stats:?}");
+    assert_eq!(stats.backend.degraded_reason, Some(reason), "{stats:?}");
     let shown = format!("{stats:?} {}", serde_json::to_string(stats).unwrap());
     assert!(!shown.contains(secret), "the password leaked: {shown}");
 }
@@ -55,12 +58,12 @@ async fn a_healthy_limiter_names_redis_as_configured_and_serving() {
     assert!(!stats.degraded, "{stats:?}");
     assert_eq!(
         (
-            stats.configured_backend.as_str(),
-            stats.serving_backend.as_str()
+            stats.backend.configured.as_str(),
+            stats.backend.serving.as_str()
         ),
         ("redis", "redis")
     );
     let want = format!("127.0.0.1:{}", server.port());
-    assert_eq!(stats.address.as_deref(), Some(want.as_str()));
-    assert_eq!(stats.degraded_reason, None);
+    assert_eq!(stats.backend.address.as_deref(), Some(want.as_str()));
+    assert_eq!(stats.backend.degraded_reason, None);
 }

@@ -133,7 +133,10 @@ async fn redis_killed_under_load_fails_over_to_memory_and_back() {
         "{failover:?}"
     );
     let stats = limiter.stats().await;
-    assert_eq!((stats.backend.as_str(), stats.degraded), ("memory", true));
+    assert_eq!(
+        (stats.backend.kind.as_str(), stats.degraded),
+        ("memory", true)
+    );
     load.grants_continue("degraded").await;
 
     server.restart();
@@ -149,7 +152,7 @@ async fn redis_killed_under_load_fails_over_to_memory_and_back() {
         !s.degraded && s.active == 0 && s.queued.total() == 0
     })
     .await;
-    assert_eq!(stats.backend, "redis");
+    assert_eq!(stats.backend.kind, "redis");
     assert_eq!(fallback.stats().await.active, 0, "a memory permit leaked");
 }
 
@@ -182,7 +185,7 @@ async fn hung_redis_fails_over_within_the_op_timeout_and_leaks_nothing() {
     );
     assert!(limiter.is_degraded());
     let stats = limiter.stats().await;
-    assert_eq!((stats.backend.as_str(), stats.active), ("memory", 1));
+    assert_eq!((stats.backend.kind.as_str(), stats.active), ("memory", 1));
     // Released while Redis hangs: retried in the background.
     drop(held);
     let load = Load::start(&limiter, 4);
@@ -202,7 +205,7 @@ async fn hung_redis_fails_over_within_the_op_timeout_and_leaks_nothing() {
         |s| !s.degraded && s.active == 0 && s.queued.total() == 0,
     )
     .await;
-    assert_eq!(stats.backend, "redis");
+    assert_eq!(stats.backend.kind, "redis");
     assert_eq!(fallback.stats().await.active, 0);
 }
 
@@ -247,7 +250,7 @@ async fn a_waiter_queued_in_redis_moves_to_memory_when_redis_hangs() {
         |s| !s.degraded && s.active == 0 && s.queued.total() == 0,
     )
     .await;
-    assert_eq!(stats.backend, "redis");
+    assert_eq!(stats.backend.kind, "redis");
     assert_eq!(fallback.stats().await.active, 0);
 }
 
@@ -317,7 +320,7 @@ async fn stale_commands_run_after_a_hang_do_not_hold_slots() {
         "redis free of stale grants after SIGCONT",
         resumed.elapsed(),
     );
-    assert_eq!(stats.backend, "redis");
+    assert_eq!(stats.backend.kind, "redis");
     let mut permits = Vec::new();
     for _ in 0..2 {
         let permit = limiter.acquire(Priority::Normal, Duration::ZERO).await;

@@ -40,7 +40,7 @@ async fn fleet(
 async fn wait_for_peers(fleet: &[RedisLimiter], n: u32) {
     for limiter in fleet {
         wait_until(limiter, Duration::from_secs(5), "peers counted", |s| {
-            s.failover.as_ref().and_then(|f| f.instances) == Some(n)
+            s.backend.failover.as_ref().and_then(|f| f.instances) == Some(n)
         })
         .await;
     }
@@ -80,7 +80,7 @@ async fn degraded_instances_share_the_limit_by_the_peers_they_last_saw() {
     for limiter in &fleet {
         wait_degraded(limiter, true).await;
         let stats = limiter.stats().await;
-        let failover = stats.failover.unwrap();
+        let failover = stats.backend.failover.unwrap();
         assert_eq!(
             (failover.policy.as_str(), failover.share, failover.instances),
             ("share", 1, Some(4)),
@@ -120,7 +120,7 @@ async fn closed_refuses_while_degraded_and_full_grants_the_whole_limit() {
         }
         other => panic!("closed must refuse, got {other:?}"),
     }
-    assert_eq!(closed[0].stats().await.failover.unwrap().share, 0);
+    assert_eq!(closed[0].stats().await.backend.failover.unwrap().share, 0);
     wait_degraded(&full[0], true).await;
     assert_eq!(
         grab_all(&full[0], 5).await.len(),
@@ -231,14 +231,14 @@ async fn a_redis_stall_longer_than_the_instance_ttl_declares_no_live_instance_de
         wait_degraded(limiter, false).await;
     }
     let stats = wait_until(&fleet[1], Duration::from_secs(5), "peers again", |s| {
-        s.failover.as_ref().and_then(|f| f.instances) == Some(2)
+        s.backend.failover.as_ref().and_then(|f| f.instances) == Some(2)
     })
     .await;
     assert_eq!(
         stats.active, 2,
         "the live holders keep their slots: {stats:?}"
     );
-    assert_eq!(stats.failover.unwrap().instances_reclaimed, 0);
+    assert_eq!(stats.backend.failover.unwrap().instances_reclaimed, 0);
     assert_eq!(fleet[0].stats().await.counters.leases_lost, 0);
     drop(held);
     wait_until(&fleet[1], Duration::from_secs(5), "released", |s| {
@@ -258,7 +258,7 @@ async fn an_instance_that_shuts_down_leaves_the_registry_at_once() {
     drop(fleet.pop());
     let started = Instant::now();
     wait_until(&fleet[0], Duration::from_secs(5), "two peers left", |s| {
-        s.failover.as_ref().and_then(|f| f.instances) == Some(2)
+        s.backend.failover.as_ref().and_then(|f| f.instances) == Some(2)
     })
     .await;
     assert!(
@@ -266,7 +266,7 @@ async fn an_instance_that_shuts_down_leaves_the_registry_at_once() {
         "a clean shutdown does not wait for the 30 s record to expire"
     );
     // The share an outage would grant follows: floor(6 / 2) = 3.
-    assert_eq!(fleet[0].stats().await.failover.unwrap().share, 3);
+    assert_eq!(fleet[0].stats().await.backend.failover.unwrap().share, 3);
 }
 
 /// Callers still waiting in the fallback when Redis comes back are moved into the Redis
@@ -316,7 +316,7 @@ async fn fallback_waiters_move_into_the_redis_queue_at_the_switch_back_in_their_
         &*a,
         Duration::from_secs(5),
         "waiters queued in redis",
-        |s| s.backend == "redis" && s.queued.total() == 4 && s.active == 2,
+        |s| s.backend.kind == "redis" && s.queued.total() == 4 && s.active == 2,
     )
     .await;
     assert_eq!(stats.queued.high, 1, "{stats:?}");
@@ -391,7 +391,7 @@ async fn an_idle_instance_degrades_when_its_reconnect_is_refused_not_at_its_next
         .unwrap();
     assert!(stats.degraded, "{stats:?}");
     assert_eq!(
-        stats.degraded_reason,
+        stats.backend.degraded_reason,
         Some(ports::DegradedReason::Refused),
         "{stats:?}"
     );

@@ -239,7 +239,7 @@ async fn killed_holder_frees_its_slots_within_the_instance_ttl_not_the_lease() {
     );
     let stats = limiter.stats().await;
     assert!(stats.counters.leases_reclaimed >= 2, "{stats:?}");
-    assert_eq!(stats.failover.unwrap().instances_reclaimed, 1);
+    assert_eq!(stats.backend.failover.unwrap().instances_reclaimed, 1);
     a.release().await.unwrap();
     b.release().await.unwrap();
 }
@@ -289,7 +289,13 @@ async fn a_dead_holders_slots_come_back_once_its_heartbeat_is_late_not_when_its_
         "capacity came back after {recovered:?}, the record's expiry, not the presence check"
     );
     assert_eq!(
-        limiter.stats().await.failover.unwrap().instances_reclaimed,
+        limiter
+            .stats()
+            .await
+            .backend
+            .failover
+            .unwrap()
+            .instances_reclaimed,
         1
     );
     a.release().await.unwrap();

@@ -39,7 +39,7 @@ async fn a_sentinel_url_serves_from_the_primary_the_sentinels_name() {
     assert!(!stats.degraded, "{stats:?}");
     assert_eq!(stats.active, 1);
     // The address is the sentinels', both of them.
-    let address = stats.address.unwrap();
+    let address = stats.backend.address.unwrap();
     assert_eq!(address.split(',').count(), 2, "{address}");
     // The keys are on the primary.
     let primary = format!("redis://127.0.0.1:{}", setup.primary());

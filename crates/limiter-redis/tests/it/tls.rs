@@ -26,21 +26,21 @@ async fn stats_of(config: RedisLimiterConfig) -> (RedisLimiter, LimiterStats) {
 #[track_caller]
 fn check_serving_from_redis(stats: &LimiterStats) {
     assert!(!stats.degraded, "{stats:?}");
-    assert_eq!(stats.serving_backend, "redis", "{stats:?}");
-    assert_eq!(stats.degraded_reason, None, "{stats:?}");
+    assert_eq!(stats.backend.serving, "redis", "{stats:?}");
+    assert_eq!(stats.backend.degraded_reason, None, "{stats:?}");
 }
 
 #[track_caller]
 fn check_degraded_by_tls(stats: &LimiterStats, server: &RedisServer) {
     assert!(stats.degraded, "{stats:?}");
-    assert_eq!(stats.serving_backend, "memory", "{stats:?}");
+    assert_eq!(stats.backend.serving, "memory", "{stats:?}");
     assert_eq!(
-        stats.degraded_reason,
+        stats.backend.degraded_reason,
         Some(DegradedReason::Tls),
         "{stats:?}"
     );
     let address = format!("127.0.0.1:{}", server.tls_port());
-    assert_eq!(stats.address.as_deref(), Some(address.as_str()));
+    assert_eq!(stats.backend.address.as_deref(), Some(address.as_str()));
 }
 
 #[tokio::test]
@@ -54,7 +54,7 @@ async fn a_limiter_over_tls_grants_from_redis() {
         .await
         .expect("a slot over TLS");
     let stats = limiter.stats().await;
-    assert_eq!((stats.active, stats.serving_backend.as_str()), (1, "redis"));
+    assert_eq!((stats.active, stats.backend.serving.as_str()), (1, "redis"));
     permit.release().await.expect("released in redis");
 }
 
