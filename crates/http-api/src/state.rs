@@ -96,20 +96,10 @@ pub(crate) struct Inner {
 }
 
 impl AppState {
-    /// State over the given ports and job engine (whose video port should be `video`).
-    pub fn with_jobs(
-        video: Arc<dyn VideoApi>,
-        limiter: Arc<dyn ConcurrencyLimiter>,
-        metrics: Arc<Metrics>,
-        settings: Settings,
-        jobs: Arc<Jobs>,
-    ) -> AppState {
-        AppState::with_opening_jobs(video, limiter, metrics, settings, jobs, None)
-    }
-
-    /// As [`with_jobs`](Self::with_jobs), with `opening`: the engine's job store when it
-    /// could not be opened at start and is opened again in the background (so `/health`,
-    /// `/ready` and `/stats` say why it is not open yet).
+    /// State over the given ports and job engine (whose video port should be `video`), with
+    /// `opening`: the engine's job store when it could not be opened at start and is opened
+    /// again in the background (so `/health`, `/ready` and `/stats` say why it is not open
+    /// yet).
     pub fn with_opening_jobs(
         video: Arc<dyn VideoApi>,
         limiter: Arc<dyn ConcurrencyLimiter>,

@@ -118,7 +118,7 @@ pub fn memory_state(
             ..JobsConfig::default()
         },
     );
-    AppState::with_jobs(video, limiter, metrics, settings, jobs)
+    AppState::with_opening_jobs(video, limiter, metrics, settings, jobs, None)
 }
 
 /// The job engine's settings a configuration asks for.
