@@ -6,6 +6,8 @@
 //! levels and never a silent default.
 //!
 //! # Layout
+//! - [`admission`]: [`Admission`] (a [`Tenant`] and a [`Priority`]), what every call that
+//!   takes capacity carries.
 //! - [`callback`]: [`CallbackUrl`], where a job's outcome is reported.
 //! - [`priority`]: [`Priority`], the four request classes the limiter orders by.
 //! - [`talk`]: [`TalkId`], [`TalkStatus`], [`Talk`] and its parts, as D-ID returns them.
@@ -14,12 +16,14 @@
 //!
 //! This crate does no I/O and depends on nothing that does (checked by `cargo xtask test`).
 
+pub mod admission;
 pub mod callback;
 pub mod priority;
 pub mod request;
 pub mod talk;
 pub mod upload;
 
+pub use admission::{Admission, InvalidTenant, Tenant};
 pub use callback::{CallbackUrl, InvalidCallbackUrl};
 pub use priority::{ParsePriorityError, Priority};
 pub use request::{Script, TalkConfig, TalkRequest, TalkRequestError};
