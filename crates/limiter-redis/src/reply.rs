@@ -8,7 +8,7 @@
 
 use ports::DegradedReason;
 
-use crate::connection::BackendError;
+use redis_connect::BackendError;
 
 /// A reply no script gives: the script in Redis is not the one this code expects.
 fn unexpected(script: &str, reply: impl std::fmt::Debug) -> BackendError {
