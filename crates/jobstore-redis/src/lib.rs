@@ -4,8 +4,8 @@
 //! Build it with [`RedisJobStore::connect`], from a [`RedisConnectionConfig`] (the
 //! `redis-connect` crate's, the same the limiter embeds as its `connection`: so the same URL
 //! forms — `redis://`, `rediss://` over TLS, `redis-cluster://`, `redis-sentinel://` — the
-//! same TLS options and the same timeouts apply) and a store name. Connecting is that crate's
-//! code.
+//! same TLS options and the same timeouts apply) and a store name. Connecting, and reading
+//! the scripts' replies (`redis_connect::reply`), is that crate's code.
 //!
 //! # Data model
 //! Every key shares the hash tag `{talkgate-jobs:<name>}` (written `T` below):
@@ -102,6 +102,7 @@ use ports::{
     DegradedReason, Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease,
     NewJob, QueueLimits, ScopedKey, Submitted,
 };
+use redis_connect::reply::{array, number, tag, text};
 use redis_connect::{ConnectError, RedisConnectionConfig, address_of, redact_url};
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
@@ -347,41 +348,6 @@ fn parse_lease(text: &str) -> Result<Lease, JobStoreError> {
     })
 }
 
-/// A number Redis returned as an integer or as text (a score may come as `"5"` or `"5.0"`).
-fn number(value: &Value, what: &str) -> Result<u64, JobStoreError> {
-    let bad = || JobStoreError::Corrupt(format!("{what} is not a number: {value:?}"));
-    match value {
-        Value::Integer(n) => u64::try_from(*n).map_err(|_| bad()),
-        Value::Double(f) if *f >= 0.0 && f.fract() == 0.0 => Ok(*f as u64),
-        other => {
-            let text = other.as_str().ok_or_else(bad)?;
-            text.parse::<u64>().or_else(|_| {
-                text.parse::<f64>()
-                    .ok()
-                    .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-                    .map(|f| f as u64)
-                    .ok_or_else(bad)
-            })
-        }
-    }
-}
-
-fn text(value: &Value, what: &str) -> Result<String, JobStoreError> {
-    value
-        .as_str()
-        .map(|s| s.into_owned())
-        .ok_or_else(|| JobStoreError::Corrupt(format!("{what} is not text: {value:?}")))
-}
-
-fn array(value: Value, len: usize, what: &str) -> Result<Vec<Value>, JobStoreError> {
-    match value {
-        Value::Array(items) if items.len() >= len => Ok(items),
-        other => Err(JobStoreError::Corrupt(format!(
-            "unexpected reply to {what}: {other:?}"
-        ))),
-    }
-}
-
 /// The JSON stored for `job`: the job without its side fields.
 fn body_json(job: &Job) -> Result<String, JobStoreError> {
     let mut value = serde_json::to_value(job)
@@ -460,14 +426,6 @@ fn index_args(job: &Job) -> Result<Vec<Value>, JobStoreError> {
     ];
     debug_assert_eq!(args.len(), INDEX_ARGS);
     Ok(args)
-}
-
-/// The reply's tag (its first element).
-fn tag(items: &[Value], what: &str) -> Result<String, JobStoreError> {
-    items
-        .first()
-        .and_then(|v| v.as_str().map(|s| s.into_owned()))
-        .ok_or_else(|| JobStoreError::Corrupt(format!("unexpected reply to {what}")))
 }
 
 fn parse_cursor(cursor: Option<&str>) -> Result<String, JobStoreError> {
@@ -700,7 +658,7 @@ impl JobStore for RedisJobStore {
         self.epoch.learn(&items[1], &items[2], &self.address)?;
         match text(&items[0], "next due")?.as_str() {
             "" => Ok(None),
-            _ => number(&items[0], "next due").map(Some),
+            _ => Ok(Some(number(&items[0], "next due")?)),
         }
     }
 

@@ -1,7 +1,7 @@
 //! How talkgate connects to Redis, in one place for every store on Redis (the limiter in
 //! `limiter-redis`, the job store in `jobstore-redis`): the URL forms, TLS, Cluster and
 //! Sentinel, credentials and their redaction, fred clients built with one set of settings,
-//! and a first connection whose failure says why.
+//! a first connection whose failure says why, and the readers of script replies.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,6 +32,8 @@
 //!   timeouts, reconnects, command attempts, TLS. The one place that knows how we connect.
 //! - `connect`: [`connect`], a first connection whose failure is a typed [`ConnectError`]
 //!   (fred's last connection error, not "timed out"), and [`diagnosed`].
+//! - [`reply`]: fred `Value`s of script replies read as numbers, text, arrays and tags;
+//!   [`reply::UnexpectedReply`].
 //!
 //! # URLs and TLS
 //! A URL is what fred's `Config::from_url` accepts: `redis://[user:password@]host:port[/db]`,
@@ -57,6 +59,7 @@ mod connect;
 mod diagnose;
 pub mod error;
 mod failure;
+pub mod reply;
 mod tls;
 
 pub use client::{Clients, client, clients, subscriber_client};
