@@ -27,6 +27,7 @@ const IO_CRATES: &[&str] = &[
     "multer",
     "socket2",
     "limiter-memory",
+    "redis-connect",
     "limiter-redis",
     "did-client",
     "did-fake",
@@ -92,11 +93,11 @@ const LAYERS: &[(&str, &[&str])] = &[
             "jobstore-redis",
         ],
     ),
-    // `jobstore-redis → limiter-redis` is allowed: it connects with the limiter's settings
-    // (`limiter_redis::client`), so both share one URL form, TLS and Cluster code.
+    // It connects through `redis-connect` (as the limiter does), not through the limiter.
     (
         "jobstore-redis",
         &[
+            "limiter-redis",
             "rusqlite",
             "did-client",
             "did-fake",
@@ -117,12 +118,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The use cases: over the ports only, never an adapter.
     ("app", &["domain", "ports"]),
     ("limiter-memory", &["domain", "ports"]),
-    ("limiter-redis", &["domain", "ports", "limiter-memory"]),
+    // The Redis connection code both Redis adapters use (URLs, TLS, clients, connect).
+    ("redis-connect", &["ports"]),
+    (
+        "limiter-redis",
+        &["domain", "ports", "limiter-memory", "redis-connect"],
+    ),
     ("did-client", &["domain", "ports"]),
     ("jobstore-memory", &["domain", "ports"]),
     ("jobstore-sqlite", &["domain", "ports"]),
-    // It connects with the limiter's settings (`limiter_redis::client`).
-    ("jobstore-redis", &["domain", "ports", "limiter-redis"]),
+    ("jobstore-redis", &["domain", "ports", "redis-connect"]),
     ("did-fake", &["workspace-hack"]),
     (
         "http-api",

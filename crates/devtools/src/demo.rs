@@ -91,7 +91,7 @@ impl Guest {
         env.insert("LIMITER_NAME".to_owned(), self.name.clone());
         let service =
             http_api::config::Config::from_source(&env).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let config = http_api::wiring::redis_config(&service)?;
+        let config = http_api::wiring::redis_config(&service)?.connection;
         let client = limiter_redis::client(&config)?;
         limiter_redis::connect(&client, &config).await?;
         let mut removed = 0;

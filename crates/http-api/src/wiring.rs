@@ -69,7 +69,7 @@ pub fn redis_config(config: &Config) -> Result<RedisLimiterConfig, BuildError> {
     redis.failover_policy = config.failover_policy;
     redis.local_share = config.failover_local_share;
     redis.instance_ttl = config.instance_ttl;
-    redis.tls = limiter_redis::RedisTlsConfig {
+    redis.connection.tls = limiter_redis::RedisTlsConfig {
         ca_file: config.redis_tls_ca_file.clone(),
         cert_file: config.redis_tls_cert_file.clone(),
         key_file: config.redis_tls_key_file.clone(),
@@ -184,7 +184,7 @@ async fn sqlite_job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildErr
 async fn redis_job_store(
     config: &Config,
 ) -> Result<(Arc<dyn JobStore>, Option<Arc<OpeningStore>>), BuildError> {
-    let redis = redis_config(config)?;
+    let redis = redis_config(config)?.connection;
     let name = config.limiter_name.clone();
     let first = match jobstore_redis::RedisJobStore::open(redis.clone(), &name).await {
         Ok(store) => return Ok((Arc::new(store), None)),

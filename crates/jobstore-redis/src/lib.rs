@@ -1,10 +1,11 @@
 //! A [`JobStore`] on Redis (via fred): every process that uses the same Redis and the same
 //! store name shares one queue of jobs.
 //!
-//! Build it with [`RedisJobStore::connect`], from the limiter's [`RedisLimiterConfig`] (so
-//! the same URL forms — `redis://`, `rediss://` over TLS, `redis-cluster://`,
-//! `redis-sentinel://` — the same TLS options and the same timeouts apply; the config's
-//! limiter-only fields and its `name` are not used) and a store name.
+//! Build it with [`RedisJobStore::connect`], from a [`RedisConnectionConfig`] (the
+//! `redis-connect` crate's, the same the limiter embeds as its `connection`: so the same URL
+//! forms — `redis://`, `rediss://` over TLS, `redis-cluster://`, `redis-sentinel://` — the
+//! same TLS options and the same timeouts apply) and a store name. Connecting, and reading
+//! the scripts' replies (`redis_connect::reply`), is that crate's code.
 //!
 //! # Data model
 //! Every key shares the hash tag `{talkgate-jobs:<name>}` (written `T` below):
@@ -77,7 +78,7 @@
 //!
 //! # Replays and clocks
 //! The client sends a command a second time when its connection dropped before the answer
-//! (fred's `max_command_attempts`, 2 with the limiter's settings). A replayed submit finds
+//! (fred's `max_command_attempts`, 2 with redis-connect's settings). A replayed submit finds
 //! its own job and reports it created (same id, fingerprint, request and key); a replayed
 //! claim leases a second job, whose lease then simply runs out; a replayed update answers
 //! [`JobStoreError::Conflict`] although the first run wrote (the writer reads the job again).
@@ -96,13 +97,13 @@ use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
 use fred::types::scripts::Script;
 use fred::types::{FromValue, Value};
-use limiter_redis::RedisLimiterConfig;
-use limiter_redis::config::{address_of, redact_url};
 use ports::jobs::duration_ms;
 use ports::{
     DegradedReason, Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease,
     NewJob, QueueLimits, ScopedKey, Submitted,
 };
+use redis_connect::reply::{array, number, tag, text};
+use redis_connect::{ConnectError, RedisConnectionConfig, address_of, redact_url};
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
@@ -155,7 +156,7 @@ pub enum OpenError {
     Config(String),
     /// Redis could not be reached, or refused this client; the reason is typed.
     #[error(transparent)]
-    Connect(limiter_redis::ConnectError),
+    Connect(ConnectError),
 }
 
 impl OpenError {
@@ -176,8 +177,7 @@ pub fn hash_tag(name: &str) -> String {
 
 impl RedisJobStore {
     /// Connects to the Redis of `config` (its URL, TLS options, `connect_timeout` and
-    /// `op_timeout`; its limiter fields and `name` are not used) and opens the store called
-    /// `name` there. Waits at most `config.connect_timeout` for the first connection.
+    /// `op_timeout`) and opens the store called `name` there. Waits at most `config.connect_timeout` for the first connection.
     ///
     /// Fails with [`JobStoreError::Unavailable`] if the config is invalid or Redis cannot be
     /// reached in time (the message names the address and the reason, never the password).
@@ -185,7 +185,7 @@ impl RedisJobStore {
     /// with [`JobStoreError::Unavailable`] within `op_timeout`. [`open`](Self::open) says the
     /// same as a typed error, with the reason as a [`DegradedReason`].
     pub async fn connect(
-        config: RedisLimiterConfig,
+        config: RedisConnectionConfig,
         name: &str,
     ) -> Result<RedisJobStore, JobStoreError> {
         Self::open(config, name)
@@ -196,15 +196,18 @@ impl RedisJobStore {
     /// As [`connect`](Self::connect), with the failure typed: a config that can never work
     /// ([`OpenError::Config`]) or a Redis that could not be reached, and why
     /// ([`OpenError::Connect`]: `auth`, `tls`, `refused`, `timeout`, …).
-    pub async fn open(config: RedisLimiterConfig, name: &str) -> Result<RedisJobStore, OpenError> {
+    pub async fn open(
+        config: RedisConnectionConfig,
+        name: &str,
+    ) -> Result<RedisJobStore, OpenError> {
         let address = address_of(&config.url);
-        let client = limiter_redis::client(&config).map_err(|e| {
+        let client = redis_connect::client(&config).map_err(|e| {
             OpenError::Config(format!(
                 "redis job store at {}: {e}",
                 redact_url(&config.url)
             ))
         })?;
-        if let Err(e) = limiter_redis::connect(&client, &config).await {
+        if let Err(e) = redis_connect::connect(&client, &config).await {
             let _ = tokio::time::timeout(config.connect_timeout, client.quit()).await;
             return Err(OpenError::Connect(e));
         }
@@ -217,7 +220,7 @@ impl RedisJobStore {
         )
         .await;
         if let Ok(Err(e)) = exists {
-            let failure = limiter_redis::ConnectError::from_fred(&address, "redis", &e);
+            let failure = ConnectError::from_fred(&address, "redis", &e);
             if failure.reason == DegradedReason::Cluster {
                 let _ = tokio::time::timeout(config.connect_timeout, client.quit()).await;
                 return Err(OpenError::Connect(failure));
@@ -226,7 +229,7 @@ impl RedisJobStore {
         // Wake-ups: a submit publishes on the store's channel, every instance listens. The
         // subscriber connects (and reconnects) in the background and subscribes after each
         // connect; while it is away the periodic look finds the jobs.
-        let subscriber = limiter_redis::subscriber_client(&config)
+        let subscriber = redis_connect::subscriber_client(&config)
             .map_err(|e| OpenError::Config(format!("redis job store at {address}: {e}")))?;
         let channel = format!("{}:wake", hash_tag(name));
         let wake = Arc::new(Notify::new());
@@ -345,41 +348,6 @@ fn parse_lease(text: &str) -> Result<Lease, JobStoreError> {
     })
 }
 
-/// A number Redis returned as an integer or as text (a score may come as `"5"` or `"5.0"`).
-fn number(value: &Value, what: &str) -> Result<u64, JobStoreError> {
-    let bad = || JobStoreError::Corrupt(format!("{what} is not a number: {value:?}"));
-    match value {
-        Value::Integer(n) => u64::try_from(*n).map_err(|_| bad()),
-        Value::Double(f) if *f >= 0.0 && f.fract() == 0.0 => Ok(*f as u64),
-        other => {
-            let text = other.as_str().ok_or_else(bad)?;
-            text.parse::<u64>().or_else(|_| {
-                text.parse::<f64>()
-                    .ok()
-                    .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-                    .map(|f| f as u64)
-                    .ok_or_else(bad)
-            })
-        }
-    }
-}
-
-fn text(value: &Value, what: &str) -> Result<String, JobStoreError> {
-    value
-        .as_str()
-        .map(|s| s.into_owned())
-        .ok_or_else(|| JobStoreError::Corrupt(format!("{what} is not text: {value:?}")))
-}
-
-fn array(value: Value, len: usize, what: &str) -> Result<Vec<Value>, JobStoreError> {
-    match value {
-        Value::Array(items) if items.len() >= len => Ok(items),
-        other => Err(JobStoreError::Corrupt(format!(
-            "unexpected reply to {what}: {other:?}"
-        ))),
-    }
-}
-
 /// The JSON stored for `job`: the job without its side fields.
 fn body_json(job: &Job) -> Result<String, JobStoreError> {
     let mut value = serde_json::to_value(job)
@@ -458,14 +426,6 @@ fn index_args(job: &Job) -> Result<Vec<Value>, JobStoreError> {
     ];
     debug_assert_eq!(args.len(), INDEX_ARGS);
     Ok(args)
-}
-
-/// The reply's tag (its first element).
-fn tag(items: &[Value], what: &str) -> Result<String, JobStoreError> {
-    items
-        .first()
-        .and_then(|v| v.as_str().map(|s| s.into_owned()))
-        .ok_or_else(|| JobStoreError::Corrupt(format!("unexpected reply to {what}")))
 }
 
 fn parse_cursor(cursor: Option<&str>) -> Result<String, JobStoreError> {
@@ -698,7 +658,7 @@ impl JobStore for RedisJobStore {
         self.epoch.learn(&items[1], &items[2], &self.address)?;
         match text(&items[0], "next due")?.as_str() {
             "" => Ok(None),
-            _ => number(&items[0], "next due").map(Some),
+            _ => Ok(Some(number(&items[0], "next due")?)),
         }
     }
 

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use jobstore_redis::RedisJobStore;
-use limiter_redis::RedisLimiterConfig;
 use ports::JobStore;
 use ports::job_contract::Guarded;
+use redis_connect::RedisConnectionConfig;
 use test_support::redis::{RedisCluster, RedisServer};
 use test_support::unique_name;
 
@@ -27,8 +27,8 @@ fn shared<T: Send + Sync + 'static>(slot: &Mutex<Weak<T>>, start: fn() -> T) -> 
 
 /// A config with generous timeouts: the suite checks behaviour, not latency (a busy CI
 /// machine runs many tests at once).
-fn config(url: String) -> RedisLimiterConfig {
-    let mut config = RedisLimiterConfig::new(url, "unused");
+fn config(url: String) -> RedisConnectionConfig {
+    let mut config = RedisConnectionConfig::new(url);
     config.op_timeout = Duration::from_secs(5);
     config.connect_timeout = Duration::from_secs(5);
     config

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobstore_redis::RedisJobStore;
-use limiter_redis::RedisLimiterConfig;
+use redis_connect::RedisConnectionConfig;
 use test_support::redis::RedisServer;
 use test_support::unique_name;
 
@@ -39,7 +39,7 @@ async fn connect_logged(server: &RedisServer) -> String {
         .finish();
     // The connect runs on this (current-thread) runtime's thread, so it logs here.
     let _guard = tracing::subscriber::set_default(subscriber);
-    let mut config = RedisLimiterConfig::new(server.url(), "unused");
+    let mut config = RedisConnectionConfig::new(server.url());
     config.op_timeout = Duration::from_secs(5);
     let store = RedisJobStore::connect(config, &unique_name("persist"))
         .await

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use domain::Priority;
 use jobstore_redis::RedisJobStore;
-use limiter_redis::RedisLimiterConfig;
 use ports::job_contract::{job_id, new_job};
 use ports::{JobStore, JobStoreError, QueueLimits, ScopedKey, Submitted};
+use redis_connect::RedisConnectionConfig;
 use test_support::redis::RedisServer;
 use test_support::unique_name;
 
@@ -16,7 +16,7 @@ const LEASE: Duration = Duration::from_secs(30);
 const ROOMY: QueueLimits = QueueLimits { max_queued: 100 };
 
 async fn store(server: &RedisServer, name: &str) -> RedisJobStore {
-    let mut config = RedisLimiterConfig::new(server.url(), "unused");
+    let mut config = RedisConnectionConfig::new(server.url());
     config.op_timeout = Duration::from_secs(5);
     RedisJobStore::connect(config, name)
         .await
@@ -81,7 +81,7 @@ async fn two_stores_of_one_name_share_keys_claims_and_leases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_is_unavailable_and_the_message_hides_the_password() {
     let port = test_support::free_port();
-    let mut config = RedisLimiterConfig::new(format!("redis://u:s3cret@127.0.0.1:{port}"), "x");
+    let mut config = RedisConnectionConfig::new(format!("redis://u:s3cret@127.0.0.1:{port}"));
     config.connect_timeout = Duration::from_millis(300);
     let err = RedisJobStore::connect(config, "jobs").await.unwrap_err();
     let JobStoreError::Unavailable(message) = err else {
@@ -159,7 +159,7 @@ async fn a_redis_that_went_away_is_unavailable_and_a_restarted_one_is_used_again
     let mut server = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
-    let mut config = RedisLimiterConfig::new(server.url(), "unused");
+    let mut config = RedisConnectionConfig::new(server.url());
     config.op_timeout = Duration::from_millis(500);
     let s = RedisJobStore::connect(config, &unique_name("away"))
         .await

@@ -23,7 +23,7 @@ pub enum RedisLimiterError {
         #[source]
         source: fred::error::Error,
     },
-    /// A TLS file of [`RedisTlsConfig`](crate::config::RedisTlsConfig) cannot be used: it
+    /// A TLS file of [`RedisTlsConfig`](crate::RedisTlsConfig) cannot be used: it
     /// cannot be read, holds no usable PEM item, or (the key) does not match the certificate.
     #[error("redis tls {setting} {path}: {problem}")]
     TlsFile {
@@ -47,4 +47,31 @@ pub enum RedisLimiterError {
     /// The fallback limiter refused the configured local share.
     #[error("the fallback limiter refused its limit")]
     Fallback(#[source] ports::LimiterError),
+}
+
+/// The connection's errors keep their variants here, so a caller matches one enum.
+impl From<redis_connect::ConfigError> for RedisLimiterError {
+    fn from(e: redis_connect::ConfigError) -> Self {
+        use redis_connect::ConfigError;
+        match e {
+            ConfigError::InvalidConfig { problems } => {
+                RedisLimiterError::InvalidConfig { problems }
+            }
+            ConfigError::InvalidUrl { url, source } => {
+                RedisLimiterError::InvalidUrl { url, source }
+            }
+            ConfigError::TlsFile {
+                setting,
+                path,
+                problem,
+                source,
+            } => RedisLimiterError::TlsFile {
+                setting,
+                path,
+                problem,
+                source,
+            },
+            ConfigError::Tls { problem } => RedisLimiterError::Tls { problem },
+        }
+    }
 }

@@ -18,17 +18,18 @@
 //! registers all of them in Redis as holders (*adopts* them) with one heartbeat, so they
 //! count against the global limit until they end.
 //!
-//! This module adds methods to [`Inner`]. It uses `inner`, `connection` and `util`, and none
-//! of those calls these methods, so the modules form no circle. (The fallback permits
-//! themselves are `permit`'s; `limiter` serves an acquire from the fallback.)
+//! This module adds methods to [`Inner`]. It uses `inner` and `util` (and redis-connect's
+//! failure classes), and none of those calls these methods, so the modules form no circle.
+//! (The fallback permits themselves are `permit`'s; `limiter` serves an acquire from the
+//! fallback.)
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use ports::DegradedReason;
+use redis_connect::{BackendError, classify, diagnosed};
 use tokio::time::Instant;
 
-use crate::connection::{BackendError, classify, diagnosed};
 use crate::inner::{Cleanup, FallbackWaiter, Inner, Mode, Moved};
 use crate::util::{jittered, lock, spawn_now};
 
@@ -77,11 +78,11 @@ impl Inner {
 
     /// [`fail_over`](Self::fail_over) for a limiter that could not connect at start: the
     /// reason is made as precise as can be told (fred's last connection error for a
-    /// timeout, and a check for the wrong protocol, see `connection::diagnosed`); a wrong
+    /// timeout, and a check for the wrong protocol, see `redis_connect::diagnosed`); a wrong
     /// protocol stays the reason until Redis is reached, whatever timeouts the reconnects
     /// report meanwhile.
     pub(crate) async fn fail_over_at_start(self: &Arc<Self>, why: BackendError) {
-        let why = diagnosed(self.explained(why), &self.address, &self.config).await;
+        let why = diagnosed(self.explained(why), &self.address, &self.config.connection).await;
         if why.reason == DegradedReason::Tls {
             self.wrong_protocol.store(true, Ordering::SeqCst);
             if self.is_degraded() {
@@ -317,7 +318,8 @@ impl Inner {
     /// The last connection error, if it is recent enough to explain a failure now (an old
     /// one, from before a healthy spell, says nothing about a hang today).
     fn last_failure(&self) -> Option<(DegradedReason, String)> {
-        let recent = self.config.connect_timeout.max(self.config.op_timeout) * 4;
+        let connection = &self.config.connection;
+        let recent = connection.connect_timeout.max(connection.op_timeout) * 4;
         lock(&self.last_failure)
             .as_ref()
             .filter(|(_, _, at)| at.elapsed() <= recent)
@@ -341,7 +343,7 @@ impl Inner {
             if matches!(
                 reason,
                 DegradedReason::Refused | DegradedReason::Auth | DegradedReason::Tls
-            ) && !self.config.is_cluster()
+            ) && !self.config.connection.is_cluster()
                 && self.connection_failures.fetch_add(1, Ordering::SeqCst) + 1
                     >= FAILURES_BEFORE_SWITCH
             {

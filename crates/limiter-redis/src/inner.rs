@@ -18,11 +18,11 @@ use fred::types::scripts::Script;
 use fred::types::{FromValue, Value};
 use ports::{ConcurrencyLimiter, DegradedReason, LimiterCounters};
 use rand::Rng;
+use redis_connect::{BackendError, Clients};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{RedisLimiterConfig, address_of};
-use crate::connection::{BackendError, Clients};
 use crate::reply::{self, Acquire, Beat, GivenBack, Renew};
 use crate::scripts::{ScriptSettings, Scripts};
 use crate::util::{jittered, lock};
@@ -226,7 +226,7 @@ impl Inner {
         rand::rng().fill(&mut instance_id);
         Inner {
             scripts: Scripts::new(&config.name, ScriptSettings::of(&config)),
-            address: address_of(&config.url),
+            address: address_of(&config.connection.url),
             degraded_reason: Mutex::new(None),
             last_failure: Mutex::new(None),
             wrong_protocol: AtomicBool::new(false),
@@ -285,12 +285,15 @@ impl Inner {
             self.scripts.call_keys.clone(),
             argv,
         );
-        match tokio::time::timeout(self.config.op_timeout, call).await {
+        match tokio::time::timeout(self.config.connection.op_timeout, call).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(BackendError::fred("redis", &e)),
             Err(_) => Err(BackendError::new(
                 DegradedReason::Timeout,
-                format!("redis: no answer within {:?}", self.config.op_timeout),
+                format!(
+                    "redis: no answer within {:?}",
+                    self.config.connection.op_timeout
+                ),
             )),
         }
     }

@@ -9,20 +9,16 @@
 //! # Layout
 //! Listed from the bottom up: each module uses only modules listed above it, so there is
 //! no circle.
+//! - (the `redis-connect` crate, shared with the Redis job store): how the limiter connects.
+//!   The URL forms, TLS ([`RedisTlsConfig`]), URL redaction, building the fred clients
+//!   (timeouts, reconnects, command attempts), `BackendError` (a failed Redis call
+//!   classified), [`connect`] (a first connection whose failure is a typed [`ConnectError`])
+//!   and the wrong-protocol diagnosis. This crate re-exports the parts its callers name.
 //! - `util`: jitter, millisecond arguments, a poison-proof lock, `spawn_now` (for `Drop`).
 //! - [`error`]: [`RedisLimiterError`], construction errors (runtime errors are
 //!   [`ports::LimiterError`]).
-//! - [`config`]: [`RedisLimiterConfig`] and [`RedisTlsConfig`], their defaults and
-//!   validation, URL redaction.
-//! - `tls`: [`RedisTlsConfig`] → a rustls client config (roots, client certificate,
-//!   skip-verify); reads and checks the TLS files.
-//! - `diagnose`: a plaintext `PING` on a fresh socket, which tells a TLS port from a
-//!   plaintext one when a connection fails without saying why (the wrong scheme).
-//! - `connection`: config → fred clients (timeouts, reconnects, command attempts, TLS),
-//!   `BackendError`, a failed Redis call classified, and [`connect`], a first connection
-//!   whose failure is a typed [`ConnectError`] (`auth`, `tls`, `refused`, … — fred's last
-//!   connection error, not "timed out"; other stores on the same Redis use it). The one
-//!   place that knows how we connect.
+//! - [`config`]: [`RedisLimiterConfig`], its defaults and validation; its
+//!   [`connection`](RedisLimiterConfig::connection) is a [`RedisConnectionConfig`].
 //! - [`scripts`]: the Redis data model and the Lua scripts, one per transition.
 //! - `reply`: each script's answer decoded into a type (the one place that knows what
 //!   `return 3` means).
@@ -56,20 +52,20 @@
 //! # TLS
 //! A `rediss://` (or `valkeys://`) URL connects over TLS, with rustls on aws-lc-rs. By
 //! default the server's certificate is verified against the system's root certificates and
-//! the URL's host name, and no client certificate is sent; [`RedisTlsConfig`] (the
-//! config's `tls` field) names a private CA, a client certificate and key for mutual TLS
-//! (Redis `tls-auth-clients yes`), another name to verify, or, for a throwaway self-signed
-//! setup only, `insecure_skip_verify`. TLS options with a plain `redis://` URL are a config
-//! error.
+//! the URL's host name, and no client certificate is sent; [`RedisTlsConfig`] (the `tls`
+//! field of the config's `connection`) names a private CA, a client certificate and key for
+//! mutual TLS (Redis `tls-auth-clients yes`), another name to verify, or, for a throwaway
+//! self-signed setup only, `insecure_skip_verify`. TLS options with a plain `redis://` URL
+//! are a config error.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), limiter_redis::RedisLimiterError> {
 //! use limiter_redis::{RedisLimiter, RedisLimiterConfig};
 //!
 //! let mut config = RedisLimiterConfig::new("rediss://:password@redis.internal:6380", "d-id");
-//! config.tls.ca_file = Some("/etc/talkgate/redis-ca.pem".into());
-//! config.tls.cert_file = Some("/etc/talkgate/redis-client.pem".into());
-//! config.tls.key_file = Some("/etc/talkgate/redis-client-key.pem".into());
+//! config.connection.tls.ca_file = Some("/etc/talkgate/redis-ca.pem".into());
+//! config.connection.tls.cert_file = Some("/etc/talkgate/redis-client.pem".into());
+//! config.connection.tls.key_file = Some("/etc/talkgate/redis-client-key.pem".into());
 //! let limiter = RedisLimiter::connect_with_memory_fallback(config).await?;
 //! # drop(limiter);
 //! # Ok(())
@@ -153,8 +149,6 @@
 //!   from `Drop` immediately, ordered before any later command of the same task.
 
 pub mod config;
-mod connection;
-mod diagnose;
 pub mod error;
 mod failover;
 mod heartbeat;
@@ -164,11 +158,12 @@ mod permit;
 mod reply;
 pub mod scripts;
 mod stats;
-mod tls;
 mod util;
 mod wakeup;
 
-pub use config::{FailoverPolicy, RECONNECT_MAX, RedisLimiterConfig, RedisTlsConfig};
-pub use connection::{ConnectError, client, connect, subscriber_client};
+pub use config::{
+    FailoverPolicy, RECONNECT_MAX, RedisConnectionConfig, RedisLimiterConfig, RedisTlsConfig,
+};
 pub use error::RedisLimiterError;
 pub use limiter::RedisLimiter;
+pub use redis_connect::{ConnectError, client, connect, subscriber_client};

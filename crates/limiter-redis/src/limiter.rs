@@ -16,13 +16,13 @@ use async_trait::async_trait;
 use domain::Priority;
 use fred::interfaces::{ClientLike, EventInterface};
 use ports::{ConcurrencyLimiter, DegradedReason, LimiterError, LimiterStats, Permit};
+use redis_connect::BackendError;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::FailoverPolicy;
 use crate::config::{RedisLimiterConfig, redact_url};
-use crate::connection::{self, BackendError};
 use crate::error::RedisLimiterError;
 use crate::failover::watch_errors;
 use crate::heartbeat;
@@ -59,7 +59,7 @@ impl RedisLimiter {
         fallback: Arc<dyn ConcurrencyLimiter>,
     ) -> Result<Self, RedisLimiterError> {
         config.validate()?;
-        let clients = connection::clients(&config)?;
+        let clients = redis_connect::clients(&config.connection)?;
 
         fallback
             .set_limit(config.fallback_limit(config.max_concurrent, None))
@@ -98,7 +98,7 @@ impl RedisLimiter {
             let degraded = inner.went_degraded.notified();
             tokio::pin!(degraded);
             degraded.as_mut().enable();
-            tokio::time::timeout(inner.config.connect_timeout, async {
+            tokio::time::timeout(inner.config.connection.connect_timeout, async {
                 let connect = async {
                     inner.client.wait_for_connect().await?;
                     // The presence subscription first (see `Inner::presence_channel`), so
@@ -123,7 +123,7 @@ impl RedisLimiter {
             Ok(Ok(())) => match inner.beat(&[]).await {
                 Ok(beat) => tracing::debug!(
                     limiter = %inner.config.name,
-                    url = %redact_url(&inner.config.url),
+                    url = %redact_url(&inner.config.connection.url),
                     limit = beat.limit,
                     instances = beat.instances,
                     "redis limiter connected"
@@ -141,7 +141,7 @@ impl RedisLimiter {
                         DegradedReason::Timeout,
                         format!(
                             "connect: no connection within {:?}",
-                            inner.config.connect_timeout
+                            inner.config.connection.connect_timeout
                         ),
                     ))
                     .await;

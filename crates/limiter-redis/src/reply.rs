@@ -3,20 +3,12 @@
 //!
 //! The scripts answer with bare integers (Lua has no enums); the meaning of each number is
 //! written once, in the `decode` functions below, which must agree with the `return`
-//! statements of the script they decode. A reply no script can give is a [`BackendError`]
-//! (as if Redis had failed), never silently read as something else.
+//! statements of the script they decode. A reply no script can give is a
+//! [`redis_connect::reply::UnexpectedReply`], turned into a [`BackendError`] (as if Redis had
+//! failed), never silently read as something else.
 
-use ports::DegradedReason;
-
-use crate::connection::BackendError;
-
-/// A reply no script gives: the script in Redis is not the one this code expects.
-fn unexpected(script: &str, reply: impl std::fmt::Debug) -> BackendError {
-    BackendError::new(
-        DegradedReason::Other,
-        format!("{script} script returned {reply:?}"),
-    )
-}
+use redis_connect::BackendError;
+use redis_connect::reply::unexpected;
 
 /// The answer of [`ACQUIRE`](crate::scripts::ACQUIRE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +31,7 @@ impl Acquire {
             1 => Ok(Acquire::Granted),
             2 => Ok(Acquire::Refused),
             3 => Ok(Acquire::Tombstoned),
-            other => Err(unexpected("acquire", other)),
+            other => Err(unexpected("acquire", other).into()),
         }
     }
 }
@@ -62,7 +54,7 @@ impl Renew {
     /// One code per token renewed, as many as were sent.
     pub(crate) fn decode_all(reply: Vec<i64>, sent: usize) -> Result<Vec<Self>, BackendError> {
         if reply.len() != sent {
-            return Err(unexpected("renew", reply));
+            return Err(unexpected("renew", reply).into());
         }
         reply.into_iter().map(Self::decode).collect()
     }
@@ -72,7 +64,7 @@ impl Renew {
             1 => Ok(Renew::Extended),
             2 => Ok(Renew::Reestablished),
             0 => Ok(Renew::Lost),
-            other => Err(unexpected("renew", other)),
+            other => Err(unexpected("renew", other).into()),
         }
     }
 }
@@ -96,7 +88,7 @@ impl GivenBack {
         match reply {
             1 => Ok(GivenBack::Slot),
             0 => Ok(GivenBack::Nothing),
-            other => Err(unexpected("release", other)),
+            other => Err(unexpected("release", other).into()),
         }
     }
 
@@ -105,7 +97,7 @@ impl GivenBack {
             2 => Ok(GivenBack::Slot),
             1 => Ok(GivenBack::Ticket),
             0 => Ok(GivenBack::Nothing),
-            other => Err(unexpected("cancel", other)),
+            other => Err(unexpected("cancel", other).into()),
         }
     }
 }
@@ -114,7 +106,7 @@ impl GivenBack {
 pub(crate) fn decode_set_limit(reply: i64) -> Result<(), BackendError> {
     match reply {
         1 => Ok(()),
-        other => Err(unexpected("set_limit", other)),
+        other => Err(unexpected("set_limit", other).into()),
     }
 }
 
@@ -160,7 +152,7 @@ impl Stats {
             instances_reclaimed,
         ] = reply[..]
         else {
-            return Err(unexpected("stats", reply));
+            return Err(unexpected("stats", reply).into());
         };
         Ok(Stats {
             limit,
@@ -214,7 +206,7 @@ impl Beat {
                 reestablished: u32_of(reestablished),
                 listening: u32_of(listening),
             }),
-            _ => Err(unexpected("beat", reply)),
+            _ => Err(unexpected("beat", reply).into()),
         }
     }
 }
@@ -223,12 +215,14 @@ impl Beat {
 pub(crate) fn decode_leave(reply: i64) -> Result<(), BackendError> {
     match reply {
         1 => Ok(()),
-        other => Err(unexpected("leave", other)),
+        other => Err(unexpected("leave", other).into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use ports::DegradedReason;
+
     use super::*;
 
     /// Decodes every reply in `cases` with `decode` and compares; `None` means "an error".

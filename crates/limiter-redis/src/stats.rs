@@ -5,9 +5,9 @@
 use std::sync::atomic::Ordering;
 
 use ports::{BackendStats, DegradedReason, FailoverStats, LimiterStats};
+use redis_connect::BackendError;
 
 use crate::config::FailoverPolicy;
-use crate::connection::BackendError;
 use crate::inner::Inner;
 use crate::reply;
 use crate::util::lock;

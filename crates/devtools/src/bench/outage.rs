@@ -60,7 +60,7 @@ impl Limits {
     fn defaults() -> Limits {
         let c = RedisLimiterConfig::new("redis://127.0.0.1:6379", "bench");
         Limits {
-            op_timeout: c.op_timeout,
+            op_timeout: c.connection.op_timeout,
             probe_interval: c.probe_interval,
             waiter_poll: c.safety_poll.min(c.waiter_ttl / 3).min(c.grant_ttl / 2),
             warmup: c.warmup(),

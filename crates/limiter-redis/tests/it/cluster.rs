@@ -77,7 +77,7 @@ pub async fn cluster_contract_limiter(limit: u32) -> Arc<dyn ConcurrencyLimiter>
         .expect("the cluster starts");
     let (mut config, _, _) = config_via_other_node(&cluster, limit);
     // As in `support::contract_limiter`: behaviour, not failover.
-    config.op_timeout = Duration::from_secs(3);
+    config.connection.op_timeout = Duration::from_secs(3);
     let limiter = RedisLimiter::connect_with_memory_fallback(config)
         .await
         .expect("limiter builds");
@@ -162,7 +162,7 @@ async fn a_cluster_url_at_a_node_without_the_slot_keeps_every_key_on_the_slot_ow
 async fn a_plain_url_at_a_node_without_the_slot_is_reported_as_cluster() {
     let cluster = start_cluster(false).await;
     let (mut config, _, other) = config_via_other_node(&cluster, 2);
-    config.url = format!("redis://127.0.0.1:{other}");
+    config.connection.url = format!("redis://127.0.0.1:{other}");
     let limiter = RedisLimiter::connect_with_memory_fallback(crate::support::short_ttls(config))
         .await
         .expect("a wrong topology is not a build error");
@@ -195,8 +195,8 @@ async fn a_release_wakes_a_waiter_connected_through_another_node_at_once() {
     holder_config.grant_ttl = Duration::from_secs(10);
     holder_config.waiter_ttl = Duration::from_secs(30);
     let mut waiter_config = holder_config.clone();
-    waiter_config.url = cluster.url_via(owner);
-    holder_config.url = cluster.url_via(other);
+    waiter_config.connection.url = cluster.url_via(owner);
+    holder_config.connection.url = cluster.url_via(other);
     let holder = RedisLimiter::connect_with_memory_fallback(holder_config)
         .await
         .unwrap();

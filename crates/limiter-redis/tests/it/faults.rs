@@ -116,7 +116,7 @@ async fn wait_degraded(limiter: &RedisLimiter, want: bool, within: Duration) -> 
 async fn redis_killed_under_load_fails_over_to_memory_and_back() {
     let mut server = RedisServer::start();
     let cfg = fast_failover(config(&server, 3));
-    let op_timeout = cfg.op_timeout;
+    let op_timeout = cfg.connection.op_timeout;
     let fallback = Arc::new(MemoryLimiter::new(3));
     let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
     let load = Load::start(&limiter, 8);
@@ -160,7 +160,7 @@ async fn redis_killed_under_load_fails_over_to_memory_and_back() {
 async fn hung_redis_fails_over_within_the_op_timeout_and_leaks_nothing() {
     let server = RedisServer::start();
     let cfg = fast_failover(config(&server, 2));
-    let op_timeout = cfg.op_timeout;
+    let op_timeout = cfg.connection.op_timeout;
     let fallback = Arc::new(MemoryLimiter::new(2));
     let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
     let held = limiter
@@ -264,8 +264,8 @@ async fn a_waiter_queued_in_redis_moves_to_memory_when_redis_hangs() {
 async fn stale_commands_run_after_a_hang_do_not_hold_slots() {
     let server = RedisServer::start();
     let mut cfg = config(&server, 2);
-    cfg.op_timeout = Duration::from_millis(200);
-    cfg.connect_timeout = Duration::from_millis(300);
+    cfg.connection.op_timeout = Duration::from_millis(200);
+    cfg.connection.connect_timeout = Duration::from_millis(300);
     cfg.probe_interval = Duration::from_millis(100);
     // Background cleanups retry for max(lease_ttl, waiter_ttl) = 6 s, less than the hang.
     cfg.lease_ttl = Duration::from_secs(3);

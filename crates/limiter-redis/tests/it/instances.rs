@@ -361,7 +361,7 @@ async fn fallback_waiters_move_into_the_redis_queue_at_the_switch_back_in_their_
 async fn an_idle_instance_degrades_when_its_reconnect_is_refused_not_at_its_next_call() {
     let mut server = RedisServer::start();
     let mut cfg = config(&server, 2);
-    cfg.op_timeout = Duration::from_secs(5);
+    cfg.connection.op_timeout = Duration::from_secs(5);
     cfg.instance_ttl = Duration::from_secs(8);
     let limiter = Arc::new(
         RedisLimiter::connect_with_memory_fallback(cfg)

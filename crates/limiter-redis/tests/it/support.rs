@@ -14,7 +14,7 @@ pub use test_support::{free_port, unique_name};
 pub fn tls_config(server: &RedisServer, pki: &TestPki, limit: u32) -> RedisLimiterConfig {
     let mut config = RedisLimiterConfig::new(server.tls_url(), unique_name("tls"));
     config.max_concurrent = limit;
-    config.tls.ca_file = Some(pki.ca_file());
+    config.connection.tls.ca_file = Some(pki.ca_file());
     config
 }
 
@@ -29,7 +29,7 @@ pub fn config(server: &RedisServer, limit: u32) -> RedisLimiterConfig {
 pub fn short_ttls(mut config: RedisLimiterConfig) -> RedisLimiterConfig {
     config.lease_ttl = Duration::from_secs(1);
     config.waiter_ttl = Duration::from_secs(1);
-    config.connect_timeout = Duration::from_millis(300);
+    config.connection.connect_timeout = Duration::from_millis(300);
     config.probe_interval = Duration::from_millis(100);
     config.safety_poll = Duration::from_millis(200);
     config
@@ -38,7 +38,7 @@ pub fn short_ttls(mut config: RedisLimiterConfig) -> RedisLimiterConfig {
 /// [`short_ttls`] plus a 200 ms op timeout, for the failover tests that measure it.
 pub fn fast_failover(config: RedisLimiterConfig) -> RedisLimiterConfig {
     let mut config = short_ttls(config);
-    config.op_timeout = Duration::from_millis(200);
+    config.connection.op_timeout = Duration::from_millis(200);
     config
 }
 
@@ -75,7 +75,7 @@ pub async fn contract_limiter(limit: u32) -> Arc<dyn ConcurrencyLimiter> {
     let mut config = config(&server, limit);
     // The contract is about behaviour, not failover: on a loaded 2-core CI box a 500 ms
     // hiccup must not switch the limiter to its fallback mid-test.
-    config.op_timeout = Duration::from_secs(3);
+    config.connection.op_timeout = Duration::from_secs(3);
     let limiter = RedisLimiter::connect_with_memory_fallback(config)
         .await
         .expect("limiter builds");
@@ -96,7 +96,7 @@ pub async fn tls_contract_limiter(limit: u32) -> Arc<dyn ConcurrencyLimiter> {
     let server = RedisServer::start_tls(&pki, ClientCerts::Optional);
     let mut config = tls_config(&server, &pki, limit);
     // As in `contract_limiter`: behaviour, not failover.
-    config.op_timeout = Duration::from_secs(3);
+    config.connection.op_timeout = Duration::from_secs(3);
     let limiter = RedisLimiter::connect_with_memory_fallback(config)
         .await
         .expect("limiter builds");

@@ -63,7 +63,7 @@ async fn a_server_certificate_from_another_ca_is_reported_as_tls_not_refused() {
     let pki = TestPki::generate();
     let server = RedisServer::start_tls(&pki, ClientCerts::Optional);
     let mut config = tls_config(&server, &pki, 2);
-    config.tls.ca_file = Some(pki.other_ca_file());
+    config.connection.tls.ca_file = Some(pki.other_ca_file());
     let (_limiter, stats) = stats_of(config).await;
     check_degraded_by_tls(&stats, &server);
 }
@@ -74,7 +74,7 @@ async fn a_certificate_for_another_name_is_reported_as_tls() {
     let server = RedisServer::start_tls(&pki, ClientCerts::Optional);
     let mut config = tls_config(&server, &pki, 2);
     // The certificate names `localhost` and `127.0.0.1`, not this.
-    config.tls.server_name = Some("redis.elsewhere.example".to_owned());
+    config.connection.tls.server_name = Some("redis.elsewhere.example".to_owned());
     let (_limiter, stats) = stats_of(config).await;
     check_degraded_by_tls(&stats, &server);
 }
@@ -85,8 +85,8 @@ async fn mutual_tls_works_with_the_client_certificate_and_fails_without_it() {
     let server = RedisServer::start_tls(&pki, ClientCerts::Required);
 
     let mut with_cert = tls_config(&server, &pki, 2);
-    with_cert.tls.cert_file = Some(pki.client_cert());
-    with_cert.tls.key_file = Some(pki.client_key());
+    with_cert.connection.tls.cert_file = Some(pki.client_cert());
+    with_cert.connection.tls.key_file = Some(pki.client_key());
     let (_limiter, stats) = stats_of(with_cert).await;
     check_serving_from_redis(&stats);
 
@@ -100,14 +100,14 @@ async fn insecure_skip_verify_connects_to_a_server_whose_ca_is_unknown() {
     let server = RedisServer::start_tls(&pki, ClientCerts::Optional);
     // Trusting another CA, the server's certificate is refused...
     let mut config = tls_config(&server, &pki, 2);
-    config.tls.ca_file = Some(pki.other_ca_file());
+    config.connection.tls.ca_file = Some(pki.other_ca_file());
     let (_limiter, stats) = stats_of(config.clone()).await;
     check_degraded_by_tls(&stats, &server);
     // ...and trusting none while skipping verification, it is accepted. (Not the system's
     // roots: no root is loaded when verification is skipped, so a machine without
     // ca-certificates runs this test too.)
-    config.tls.ca_file = None;
-    config.tls.insecure_skip_verify = true;
+    config.connection.tls.ca_file = None;
+    config.connection.tls.insecure_skip_verify = true;
     let (_limiter, stats) = stats_of(config).await;
     check_serving_from_redis(&stats);
 }
@@ -148,7 +148,7 @@ async fn tls_files_that_cannot_work_fail_the_construction_naming_the_file() {
     let missing = pki.path("missing-ca.pem");
     check(
         url,
-        |c| c.tls.ca_file = Some(missing.clone()),
+        |c| c.connection.tls.ca_file = Some(missing.clone()),
         "ca_file",
         &missing,
         "cannot be read",
@@ -157,7 +157,7 @@ async fn tls_files_that_cannot_work_fail_the_construction_naming_the_file() {
     let junk = pki.path("junk.pem");
     check(
         url,
-        |c| c.tls.ca_file = Some(junk.clone()),
+        |c| c.connection.tls.ca_file = Some(junk.clone()),
         "ca_file",
         &junk,
         "holds no PEM certificate",
@@ -166,8 +166,8 @@ async fn tls_files_that_cannot_work_fail_the_construction_naming_the_file() {
     check(
         url,
         |c| {
-            c.tls.cert_file = Some(junk.clone());
-            c.tls.key_file = Some(pki.client_key());
+            c.connection.tls.cert_file = Some(junk.clone());
+            c.connection.tls.key_file = Some(pki.client_key());
         },
         "cert_file",
         &junk,
@@ -177,8 +177,8 @@ async fn tls_files_that_cannot_work_fail_the_construction_naming_the_file() {
     check(
         url,
         |c| {
-            c.tls.cert_file = Some(pki.client_cert());
-            c.tls.key_file = Some(junk.clone());
+            c.connection.tls.cert_file = Some(pki.client_cert());
+            c.connection.tls.key_file = Some(junk.clone());
         },
         "key_file",
         &junk,
@@ -189,9 +189,9 @@ async fn tls_files_that_cannot_work_fail_the_construction_naming_the_file() {
     check(
         url,
         |c| {
-            c.tls.ca_file = Some(pki.ca_file());
-            c.tls.cert_file = Some(pki.client_cert());
-            c.tls.key_file = Some(other_key.clone());
+            c.connection.tls.ca_file = Some(pki.ca_file());
+            c.connection.tls.cert_file = Some(pki.client_cert());
+            c.connection.tls.key_file = Some(other_key.clone());
         },
         "key_file",
         &other_key,
@@ -204,7 +204,7 @@ async fn tls_files_that_cannot_work_fail_the_construction_naming_the_file() {
 async fn tls_options_with_a_plain_url_are_a_config_error() {
     let pki = TestPki::generate();
     let mut config = RedisLimiterConfig::new("redis://127.0.0.1:1", unique_name("tls-plain"));
-    config.tls.ca_file = Some(pki.ca_file());
+    config.connection.tls.ca_file = Some(pki.ca_file());
     let Err(err) = RedisLimiter::connect_with_memory_fallback(config).await else {
         panic!("a CA file with a redis:// url is a config error");
     };

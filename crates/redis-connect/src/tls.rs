@@ -1,8 +1,8 @@
 //! [`RedisTlsConfig`] → a rustls `ClientConfig` for fred: the trusted roots (a CA file or
 //! the system's), the client certificate for mutual TLS, and the opt-in verifier that skips
-//! verification. Used only by `connection`.
+//! verification. Used only by `client`.
 //!
-//! Every file is read and checked here, once, when the limiter is built, so a TLS setup that
+//! Every file is read and checked here, once, when a client is built, so a TLS setup that
 //! can never work is a start-up error naming the file, never a limiter that runs degraded
 //! for ever. The crypto provider is aws-lc-rs, named explicitly: it is the one the workspace
 //! already builds (for reqwest), and naming it keeps `ClientConfig::builder`'s process-wide
@@ -22,15 +22,15 @@ use fred::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTim
 use fred::rustls::{self, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::config::RedisTlsConfig;
-use crate::error::RedisLimiterError;
+use crate::error::ConfigError;
 
 /// The rustls client config for `tls` (already validated: cert and key come as a pair,
 /// skip-verify comes without a CA file).
-pub(crate) fn client_config(tls: &RedisTlsConfig) -> Result<ClientConfig, RedisLimiterError> {
+pub(crate) fn client_config(tls: &RedisTlsConfig) -> Result<ClientConfig, ConfigError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| RedisLimiterError::Tls {
+        .map_err(|e| ConfigError::Tls {
             problem: format!("the crypto provider offers no TLS version: {e}"),
         })?;
     let builder = if tls.insecure_skip_verify {
@@ -62,7 +62,7 @@ pub(crate) fn client_config(tls: &RedisTlsConfig) -> Result<ClientConfig, RedisL
 }
 
 /// The roots to verify the server with: the CA file's certificates, or else the system's.
-fn roots(tls: &RedisTlsConfig) -> Result<RootCertStore, RedisLimiterError> {
+fn roots(tls: &RedisTlsConfig) -> Result<RootCertStore, ConfigError> {
     let mut store = RootCertStore::empty();
     if let Some(ca_file) = &tls.ca_file {
         for cert in certificates("ca_file", ca_file)? {
@@ -84,7 +84,7 @@ fn roots(tls: &RedisTlsConfig) -> Result<RootCertStore, RedisLimiterError> {
     }
     if added == 0 {
         let errors: Vec<String> = system.errors.iter().map(ToString::to_string).collect();
-        return Err(RedisLimiterError::Tls {
+        return Err(ConfigError::Tls {
             problem: format!(
                 "no system root certificates found{}; install the ca-certificates package or \
                  set ca_file",
@@ -103,7 +103,7 @@ fn roots(tls: &RedisTlsConfig) -> Result<RootCertStore, RedisLimiterError> {
 fn certificates(
     setting: &'static str,
     path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, RedisLimiterError> {
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let bytes = read(setting, path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, pem::Error>>()
@@ -127,7 +127,7 @@ fn certificates(
 }
 
 /// The first PEM private key in `path`.
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, RedisLimiterError> {
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
     let bytes = read("key_file", path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
         let problem = match e {
@@ -139,7 +139,7 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, RedisLimiterError>
 }
 
 /// Reads a whole file. Blocking, but only at start-up and for a few kilobytes.
-fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, RedisLimiterError> {
+fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     // The kind ("entity not found", "permission denied") keeps the message useful where only
     // `Display` is shown; the full OS error is the source.
     std::fs::read(path).map_err(|e| {
@@ -148,14 +148,14 @@ fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, RedisLimiterError
     })
 }
 
-/// A [`RedisLimiterError::TlsFile`] for `path`.
+/// A [`ConfigError::TlsFile`] for `path`.
 fn file_error(
     setting: &'static str,
     path: &Path,
     problem: String,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
-) -> RedisLimiterError {
-    RedisLimiterError::TlsFile {
+) -> ConfigError {
+    ConfigError::TlsFile {
         setting,
         path: path.display().to_string(),
         problem,
