@@ -174,7 +174,7 @@ impl Jobs {
         };
         let outcome = self
             .video
-            .wait_for_talk(&talk_id, priority, wait)
+            .wait_for_talk(&talk_id, &priority.into(), wait)
             .await
             .map_err(|e| match e {
                 VideoApiError::TalkTimedOut { talk_id, .. } => VideoApiError::TalkTimedOut {

@@ -93,7 +93,12 @@ impl Jobs {
         let at = now_ms();
         let result = self
             .video
-            .create_talk_keyed(&job.request, job.priority, &create_key(&job), look_first)
+            .create_talk_keyed(
+                &job.request,
+                &job.priority.into(),
+                &create_key(&job),
+                look_first,
+            )
             .await;
         let now = now_ms();
         job.updated_ms = now;
@@ -197,7 +202,7 @@ impl Jobs {
             return self.write(job, JobStatus::Processing).await;
         };
         let at = now_ms();
-        let result = self.video.get_talk(&talk_id, job.priority).await;
+        let result = self.video.get_talk(&talk_id, &job.priority.into()).await;
         let now = now_ms();
         job.updated_ms = now;
         job.polls = job.polls.saturating_add(1);

@@ -115,7 +115,11 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("did_client", |b| {
         b.to_async(&rt).iter(|| async {
-            black_box(did.credits(Priority::Normal).await.expect("credits"));
+            black_box(
+                did.credits(&Priority::Normal.into())
+                    .await
+                    .expect("credits"),
+            );
         });
     });
     group.finish();
@@ -141,7 +145,11 @@ fn benches(c: &mut Criterion) {
             batch(BATCH, move || {
                 let did = did.clone();
                 async move {
-                    black_box(did.credits(Priority::Normal).await.expect("credits"));
+                    black_box(
+                        did.credits(&Priority::Normal.into())
+                            .await
+                            .expect("credits"),
+                    );
                 }
             })
         });
@@ -170,7 +178,12 @@ fn benches(c: &mut Criterion) {
             move || {
                 let fresh = fresh.clone();
                 async move {
-                    black_box(fresh.credits(Priority::Normal).await.expect("credits"));
+                    black_box(
+                        fresh
+                            .credits(&Priority::Normal.into())
+                            .await
+                            .expect("credits"),
+                    );
                 }
             },
         )

@@ -3,7 +3,7 @@
 //! and, for a token the caller supplied, before the first attempt too.
 
 use bytes::Bytes;
-use domain::{CreatedTalk, Priority, Talk, TalkPage, TalkRequest};
+use domain::{Admission, CreatedTalk, Talk, TalkPage, TalkRequest};
 use ports::VideoApiError;
 use reqwest::Method;
 use tokio::time::Instant;
@@ -19,7 +19,7 @@ use crate::transport::{Call, Payload};
 struct FindCreated<'a> {
     client: &'a DidClient,
     tagged: &'a str,
-    priority: Priority,
+    admission: &'a Admission,
 }
 
 impl LookUp for FindCreated<'_> {
@@ -29,7 +29,7 @@ impl LookUp for FindCreated<'_> {
         deadline: Instant,
     ) -> impl Future<Output = Result<Option<Talk>, VideoApiError>> + Send {
         self.client
-            .find_created(self.tagged, self.priority, deadline)
+            .find_created(self.tagged, self.admission, deadline)
     }
 }
 
@@ -56,14 +56,14 @@ impl DidClient {
     /// `user_data` that leaves no room for the token is refused locally
     /// ([`VideoApiError::Validation`], 400), and a look-up that fails before the first
     /// attempt is returned as it is, without creating anything.
-    #[tracing::instrument(skip(self, request), fields(priority = %priority, create_token = %token, talk_id = tracing::field::Empty))]
+    #[tracing::instrument(skip(self, admission, request), fields(priority = %admission.priority, create_token = %token, talk_id = tracing::field::Empty))]
     pub async fn create_talk_with_token(
         &self,
         request: &TalkRequest,
-        priority: Priority,
+        admission: &Admission,
         token: &CreateToken,
     ) -> Result<CreatedTalk, VideoApiError> {
-        let created = self.create(request, priority, token, true).await?;
+        let created = self.create(request, admission, token, true).await?;
         tracing::Span::current().record("talk_id", tracing::field::display(&created.id));
         Ok(created)
     }
@@ -74,7 +74,7 @@ impl DidClient {
     pub(crate) async fn create(
         &self,
         request: &TalkRequest,
-        priority: Priority,
+        admission: &Admission,
         token: &CreateToken,
         look_first: bool,
     ) -> Result<CreatedTalk, VideoApiError> {
@@ -116,7 +116,7 @@ impl DidClient {
         let look_up = tagged.as_deref().map(|tagged| FindCreated {
             client: self,
             tagged,
-            priority,
+            admission,
         });
         if let (true, Some(look_up)) = (look_first, &look_up)
             && let Some(talk) = look_up.look_up(deadline).await?
@@ -131,7 +131,7 @@ impl DidClient {
             Some(look_up) => IfAmbiguous::LookUp(look_up),
             None => IfAmbiguous::GiveUp,
         };
-        match self.run(&call, priority, deadline, if_ambiguous).await? {
+        match self.run(&call, admission, deadline, if_ambiguous).await? {
             Outcome::Answered(answer) => answer.json("created talk"),
             Outcome::Found(talk) => {
                 bump(&self.counters.create_recoveries);
@@ -146,7 +146,7 @@ impl DidClient {
         &self,
         limit: Option<u32>,
         token: Option<String>,
-        priority: Priority,
+        admission: &Admission,
         deadline: Instant,
     ) -> Result<TalkPage, VideoApiError> {
         let mut call = Call::new("list_talks", Method::GET, "/talks".to_owned());
@@ -156,7 +156,7 @@ impl DidClient {
         if let Some(token) = token {
             call.query.push(("token", token));
         }
-        self.execute_until(&call, priority, deadline)
+        self.execute_until(&call, admission, deadline)
             .await?
             .json("talk list")
     }
@@ -165,7 +165,7 @@ impl DidClient {
     async fn find_created(
         &self,
         tagged: &str,
-        priority: Priority,
+        admission: &Admission,
         deadline: Instant,
     ) -> Result<Option<Talk>, VideoApiError> {
         let mut token = None;
@@ -174,7 +174,7 @@ impl DidClient {
                 .fetch_page(
                     Some(self.config.recovery_page_size),
                     token,
-                    priority,
+                    admission,
                     deadline,
                 )
                 .await?;

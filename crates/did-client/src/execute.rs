@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
-use domain::Priority;
+use domain::Admission;
 use ports::VideoApiError;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -70,14 +70,14 @@ impl DidClient {
     pub(crate) async fn execute(
         &self,
         call: &Call,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<Answer, VideoApiError> {
         let budget = if call.is_upload() {
             self.config.upload_call_deadline
         } else {
             self.config.call_deadline
         };
-        self.execute_until(call, priority, Instant::now() + budget)
+        self.execute_until(call, admission, Instant::now() + budget)
             .await
     }
 
@@ -85,11 +85,11 @@ impl DidClient {
     pub(crate) async fn execute_until(
         &self,
         call: &Call,
-        priority: Priority,
+        admission: &Admission,
         deadline: Instant,
     ) -> Result<Answer, VideoApiError> {
         match self
-            .run(call, priority, deadline, IfAmbiguous::<NoLookUp>::Retry)
+            .run(call, admission, deadline, IfAmbiguous::<NoLookUp>::Retry)
             .await?
         {
             Outcome::Answered(answer) => Ok(answer),
@@ -103,13 +103,13 @@ impl DidClient {
     pub(crate) async fn run<L: LookUp>(
         &self,
         call: &Call,
-        priority: Priority,
+        admission: &Admission,
         deadline: Instant,
         if_ambiguous: IfAmbiguous<L>,
     ) -> Result<Outcome<L::Found>, VideoApiError> {
         let mut attempt = 1;
         loop {
-            let error = match self.attempt(call, priority, deadline).await {
+            let error = match self.attempt(call, admission, deadline).await {
                 Ok(answer) => return Ok(Outcome::Answered(answer)),
                 Err(error) => error,
             };

@@ -67,7 +67,7 @@
 //!     )?
 //!     .with_user_data("job-42".to_owned())?;
 //!     let talk = did
-//!         .create_talk_and_wait(&request, Priority::High, WaitOptions::default())
+//!         .create_talk_and_wait(&request, &Priority::High.into(), WaitOptions::default())
 //!         .await?;
 //!     tracing::info!(talk_id = %talk.id, result_url = ?talk.result_url, "video ready");
 //!     Ok(())

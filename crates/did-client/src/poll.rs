@@ -1,7 +1,7 @@
 //! Waiting for a talk: status polls on the one [`PollSchedule`] (short first, growing to the
 //! caller's interval), no permit held between them, transient failures polled through.
 
-use domain::{Priority, Talk, TalkId, TalkStatus};
+use domain::{Admission, Talk, TalkId, TalkStatus};
 use ports::{PollSchedule, VideoApiError, WaitOptions};
 use reqwest::Method;
 use tokio::time::Instant;
@@ -17,10 +17,13 @@ impl DidClient {
     pub(crate) async fn fetch_talk(
         &self,
         id: &TalkId,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<Talk, VideoApiError> {
         let answer = self
-            .execute(&Call::new("get_talk", Method::GET, talk_path(id)), priority)
+            .execute(
+                &Call::new("get_talk", Method::GET, talk_path(id)),
+                admission,
+            )
             .await?;
         answer.json("talk")
     }
@@ -29,7 +32,7 @@ impl DidClient {
     pub(crate) async fn wait_for(
         &self,
         id: &TalkId,
-        priority: Priority,
+        admission: &Admission,
         wait: WaitOptions,
         started: Instant,
     ) -> Result<Talk, VideoApiError> {
@@ -49,7 +52,7 @@ impl DidClient {
             tokio::time::sleep_until((now + pause).min(deadline)).await;
 
             bump(&self.counters.polls);
-            match self.fetch_talk(id, priority).await {
+            match self.fetch_talk(id, admission).await {
                 Ok(talk) => match talk.status {
                     TalkStatus::Done => return Ok(untagged(talk)),
                     TalkStatus::Error => {

@@ -37,7 +37,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use domain::{Priority, Upload};
+use domain::{Admission, Upload};
 use ports::VideoApiError;
 use reqwest::Method;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -176,12 +176,12 @@ impl DidClient {
     /// this future only awaits its result. A caller that gives up detaches from the task, but
     /// the request may already be at D-ID, so the slot stays taken until the exchange is
     /// really over (answered, failed, or cut by the request timeout).
-    async fn exchange(&self, call: &Call, priority: Priority) -> Result<Answer, VideoApiError> {
+    async fn exchange(&self, call: &Call, admission: &Admission) -> Result<Answer, VideoApiError> {
         let auth = self.auth.as_ref().ok_or(VideoApiError::NotConfigured)?;
         let (request, timeout) = self.request(call, auth)?;
         let permit = self
             .limiter
-            .acquire(priority, self.config.limiter_wait_timeout)
+            .acquire(admission, self.config.limiter_wait_timeout)
             .await?;
         bump(&self.counters.requests);
         let counters = self.counters.clone();
@@ -258,10 +258,10 @@ impl DidClient {
     pub(crate) async fn attempt(
         &self,
         call: &Call,
-        priority: Priority,
+        admission: &Admission,
         deadline: Instant,
     ) -> Result<Answer, VideoApiError> {
-        match tokio::time::timeout_at(deadline, self.exchange(call, priority)).await {
+        match tokio::time::timeout_at(deadline, self.exchange(call, admission)).await {
             Ok(answer) => answer?.success(),
             Err(_) => Err(VideoApiError::Timeout),
         }

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use domain::{
-    Asset, AssetId, CreatedTalk, Credits, Priority, Talk, TalkId, TalkPage, TalkRequest, Upload,
+    Admission, Asset, AssetId, CreatedTalk, Credits, Talk, TalkId, TalkPage, TalkRequest, Upload,
     UploadKind,
 };
 use ports::{VideoApi, VideoApiError, VideoApiStats, WaitOptions};
@@ -41,7 +41,7 @@ impl DidClient {
         &self,
         expected: UploadKind,
         upload: Upload,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<Asset, VideoApiError> {
         if upload.kind() != expected {
             // What D-ID would answer, without paying a round trip for it.
@@ -61,7 +61,7 @@ impl DidClient {
         };
         let mut call = Call::new(op, Method::POST, path.to_owned());
         call.payload = Payload::Upload(upload);
-        let answer = self.execute(&call, priority).await?;
+        let answer = self.execute(&call, admission).await?;
         let wire: UploadedWire = answer.json("upload")?;
         let url = wire.url.ok_or_else(|| VideoApiError::Protocol {
             message: "upload answer has no url".to_owned(),
@@ -76,9 +76,9 @@ impl DidClient {
         &self,
         op: &'static str,
         path: String,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<(), VideoApiError> {
-        self.execute(&Call::new(op, Method::DELETE, path), priority)
+        self.execute(&Call::new(op, Method::DELETE, path), admission)
             .await
             .map(drop)
     }
@@ -86,99 +86,107 @@ impl DidClient {
 
 #[async_trait]
 impl VideoApi for DidClient {
-    #[tracing::instrument(skip(self, upload), fields(priority = %priority, bytes = upload.data().len(), media_type = %upload.media_type()))]
+    #[tracing::instrument(skip(self, admission, upload), fields(priority = %admission.priority, bytes = upload.data().len(), media_type = %upload.media_type()))]
     async fn upload_image(
         &self,
         upload: Upload,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<Asset, VideoApiError> {
-        self.upload(UploadKind::Image, upload, priority).await
+        self.upload(UploadKind::Image, upload, admission).await
     }
 
-    #[tracing::instrument(skip(self, upload), fields(priority = %priority, bytes = upload.data().len(), media_type = %upload.media_type()))]
+    #[tracing::instrument(skip(self, admission, upload), fields(priority = %admission.priority, bytes = upload.data().len(), media_type = %upload.media_type()))]
     async fn upload_audio(
         &self,
         upload: Upload,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<Asset, VideoApiError> {
-        self.upload(UploadKind::Audio, upload, priority).await
+        self.upload(UploadKind::Audio, upload, admission).await
     }
 
-    #[tracing::instrument(skip(self), fields(priority = %priority, asset_id = %id))]
-    async fn delete_image(&self, id: &AssetId, priority: Priority) -> Result<(), VideoApiError> {
-        self.delete_asset("delete_image", format!("/images/{}", id.as_str()), priority)
-            .await
+    #[tracing::instrument(skip(self, admission), fields(priority = %admission.priority, asset_id = %id))]
+    async fn delete_image(&self, id: &AssetId, admission: &Admission) -> Result<(), VideoApiError> {
+        self.delete_asset(
+            "delete_image",
+            format!("/images/{}", id.as_str()),
+            admission,
+        )
+        .await
     }
 
-    #[tracing::instrument(skip(self), fields(priority = %priority, asset_id = %id))]
-    async fn delete_audio(&self, id: &AssetId, priority: Priority) -> Result<(), VideoApiError> {
-        self.delete_asset("delete_audio", format!("/audios/{}", id.as_str()), priority)
-            .await
+    #[tracing::instrument(skip(self, admission), fields(priority = %admission.priority, asset_id = %id))]
+    async fn delete_audio(&self, id: &AssetId, admission: &Admission) -> Result<(), VideoApiError> {
+        self.delete_asset(
+            "delete_audio",
+            format!("/audios/{}", id.as_str()),
+            admission,
+        )
+        .await
     }
 
-    #[tracing::instrument(skip(self, request), fields(priority = %priority, talk_id = tracing::field::Empty))]
+    #[tracing::instrument(skip(self, admission, request), fields(priority = %admission.priority, talk_id = tracing::field::Empty))]
     async fn create_talk(
         &self,
         request: &TalkRequest,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<CreatedTalk, VideoApiError> {
         let created = self
-            .create(request, priority, &CreateToken::random(), false)
+            .create(request, admission, &CreateToken::random(), false)
             .await?;
         tracing::Span::current().record("talk_id", tracing::field::display(&created.id));
         Ok(created)
     }
 
-    #[tracing::instrument(skip(self, request), fields(priority = %priority, talk_id = tracing::field::Empty))]
+    #[tracing::instrument(skip(self, admission, request), fields(priority = %admission.priority, talk_id = tracing::field::Empty))]
     async fn create_talk_keyed(
         &self,
         request: &TalkRequest,
-        priority: Priority,
+        admission: &Admission,
         key: &str,
         look_first: bool,
     ) -> Result<CreatedTalk, VideoApiError> {
         let created = self
-            .create(request, priority, &CreateToken::derive(key), look_first)
+            .create(request, admission, &CreateToken::derive(key), look_first)
             .await?;
         tracing::Span::current().record("talk_id", tracing::field::display(&created.id));
         Ok(created)
     }
 
-    #[tracing::instrument(skip(self), fields(priority = %priority, talk_id = %id))]
-    async fn get_talk(&self, id: &TalkId, priority: Priority) -> Result<Talk, VideoApiError> {
-        self.fetch_talk(id, priority).await.map(untagged)
+    #[tracing::instrument(skip(self, admission), fields(priority = %admission.priority, talk_id = %id))]
+    async fn get_talk(&self, id: &TalkId, admission: &Admission) -> Result<Talk, VideoApiError> {
+        self.fetch_talk(id, admission).await.map(untagged)
     }
 
-    #[tracing::instrument(skip(self, token), fields(priority = %priority, paged = token.is_some()))]
+    #[tracing::instrument(skip(self, admission, token), fields(priority = %admission.priority, paged = token.is_some()))]
     async fn list_talks(
         &self,
         limit: Option<u32>,
         token: Option<String>,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<TalkPage, VideoApiError> {
         let deadline = Instant::now() + self.config.call_deadline;
-        let mut page = self.fetch_page(limit, token, priority, deadline).await?;
+        let mut page = self.fetch_page(limit, token, admission, deadline).await?;
         page.talks = page.talks.into_iter().map(untagged).collect();
         Ok(page)
     }
 
-    #[tracing::instrument(skip(self), fields(priority = %priority, talk_id = %id))]
-    async fn delete_talk(&self, id: &TalkId, priority: Priority) -> Result<Talk, VideoApiError> {
+    #[tracing::instrument(skip(self, admission), fields(priority = %admission.priority, talk_id = %id))]
+    async fn delete_talk(&self, id: &TalkId, admission: &Admission) -> Result<Talk, VideoApiError> {
         let answer = self
             .execute(
                 &Call::new("delete_talk", Method::DELETE, talk_path(id)),
-                priority,
+                admission,
             )
             .await?;
         answer.json::<Talk>("deleted talk").map(untagged)
     }
 
-    #[tracing::instrument(skip(self), fields(priority = %priority))]
-    async fn credits(&self, priority: Priority) -> Result<Credits, VideoApiError> {
+    #[tracing::instrument(skip(self, admission), fields(priority = %admission.priority))]
+    async fn credits(&self, admission: &Admission) -> Result<Credits, VideoApiError> {
         let answer = self
             .execute(
                 &Call::new("credits", Method::GET, "/credits".to_owned()),
-                priority,
+                admission,
             )
             .await?;
         answer.json("credits")
@@ -189,9 +197,9 @@ impl VideoApi for DidClient {
     }
 
     #[tracing::instrument(
-        skip(self, wait),
+        skip(self, admission, wait),
         fields(
-            priority = %priority,
+            priority = %admission.priority,
             talk_id = %id,
             poll_interval_ms = wait.poll_interval.as_millis() as u64,
             max_wait_ms = wait.max_wait.as_millis() as u64,
@@ -200,20 +208,20 @@ impl VideoApi for DidClient {
     async fn wait_for_talk(
         &self,
         id: &TalkId,
-        priority: Priority,
+        admission: &Admission,
         wait: WaitOptions,
     ) -> Result<Talk, VideoApiError> {
         // Without a key no poll can succeed: say so now rather than after the first pause.
         if !self.is_configured() {
             return Err(VideoApiError::NotConfigured);
         }
-        self.wait_for(id, priority, wait, Instant::now()).await
+        self.wait_for(id, admission, wait, Instant::now()).await
     }
 
     #[tracing::instrument(
-        skip(self, request, wait),
+        skip(self, admission, request, wait),
         fields(
-            priority = %priority,
+            priority = %admission.priority,
             poll_interval_ms = wait.poll_interval.as_millis() as u64,
             max_wait_ms = wait.max_wait.as_millis() as u64,
             talk_id = tracing::field::Empty,
@@ -222,16 +230,16 @@ impl VideoApi for DidClient {
     async fn create_talk_and_wait(
         &self,
         request: &TalkRequest,
-        priority: Priority,
+        admission: &Admission,
         wait: WaitOptions,
     ) -> Result<Talk, VideoApiError> {
         let started = Instant::now();
         let created = self
-            .create(request, priority, &CreateToken::random(), false)
+            .create(request, admission, &CreateToken::random(), false)
             .await?;
         tracing::Span::current().record("talk_id", tracing::field::display(&created.id));
         let span = tracing::debug_span!("poll", talk_id = %created.id);
-        self.wait_for(&created.id, priority, wait, started)
+        self.wait_for(&created.id, admission, wait, started)
             .instrument(span)
             .await
     }
@@ -240,7 +248,7 @@ impl VideoApi for DidClient {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use domain::Script;
+    use domain::{Priority, Script};
     use secrecy::SecretString;
 
     use super::*;
@@ -279,23 +287,29 @@ mod tests {
             )
             .unwrap();
             let nc = Err::<(), _>(VideoApiError::NotConfigured);
-            assert_eq!(client.upload_image(png, p).await.map(drop), nc);
-            assert_eq!(client.delete_image(&asset, p).await, nc);
-            assert_eq!(client.delete_audio(&asset, p).await, nc);
-            assert_eq!(client.create_talk(&request(), p).await.map(drop), nc);
-            assert_eq!(client.get_talk(&id, p).await.map(drop), nc);
-            assert_eq!(client.list_talks(None, None, p).await.map(drop), nc);
-            assert_eq!(client.delete_talk(&id, p).await.map(drop), nc);
-            assert_eq!(client.credits(p).await.map(drop), nc);
+            assert_eq!(client.upload_image(png, &p.into()).await.map(drop), nc);
+            assert_eq!(client.delete_image(&asset, &p.into()).await, nc);
+            assert_eq!(client.delete_audio(&asset, &p.into()).await, nc);
+            assert_eq!(
+                client.create_talk(&request(), &p.into()).await.map(drop),
+                nc
+            );
+            assert_eq!(client.get_talk(&id, &p.into()).await.map(drop), nc);
+            assert_eq!(client.list_talks(None, None, &p.into()).await.map(drop), nc);
+            assert_eq!(client.delete_talk(&id, &p.into()).await.map(drop), nc);
+            assert_eq!(client.credits(&p.into()).await.map(drop), nc);
             let wait = WaitOptions::default();
             assert_eq!(
                 client
-                    .create_talk_and_wait(&request(), p, wait)
+                    .create_talk_and_wait(&request(), &p.into(), wait)
                     .await
                     .map(drop),
                 nc
             );
-            assert_eq!(client.wait_for_talk(&id, p, wait).await.map(drop), nc);
+            assert_eq!(
+                client.wait_for_talk(&id, &p.into(), wait).await.map(drop),
+                nc
+            );
             assert_eq!(client.stats().requests, 0);
             assert_eq!(client.stats().retries, 0);
         }
@@ -311,7 +325,10 @@ mod tests {
             Bytes::from_static(b"RIFF\x24\x00\x00\x00WAVEfmt "),
         )
         .unwrap();
-        let err = client.upload_image(wav, Priority::Low).await.unwrap_err();
+        let err = client
+            .upload_image(wav, &Priority::Low.into())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, VideoApiError::Validation { status: 415, .. }),
             "{err:?}"

@@ -197,8 +197,8 @@ where
     );
     let video = &state.inner.video;
     let asset = match kind {
-        UploadKind::Image => video.upload_image(upload, priority).await?,
-        UploadKind::Audio => video.upload_audio(upload, priority).await?,
+        UploadKind::Image => video.upload_image(upload, &priority.into()).await?,
+        UploadKind::Audio => video.upload_audio(upload, &priority.into()).await?,
     };
     let mut body = json!({ "url": asset.url, "message": "Upload successful" });
     if let Some(id) = asset.id {
@@ -216,7 +216,7 @@ pub async fn talk_status<B>(
     let id = TalkId::parse(raw_id)?;
     let priority = priority(query_param(req.uri(), "priority").as_deref())?;
     require_upstream(state)?;
-    let talk = state.inner.video.get_talk(&id, priority).await?;
+    let talk = state.inner.video.get_talk(&id, &priority.into()).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({

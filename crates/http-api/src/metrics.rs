@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::Priority;
+use domain::{Admission, Priority};
 use ports::{ConcurrencyLimiter, LimiterError, LimiterStats, Permit, VideoApiStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -426,11 +426,12 @@ impl MeteredLimiter {
 impl ConcurrencyLimiter for MeteredLimiter {
     async fn acquire(
         &self,
-        priority: Priority,
+        admission: &Admission,
         wait_timeout: Duration,
     ) -> Result<Permit, LimiterError> {
+        let priority = admission.priority;
         // Dropping this future drops the inner one, which is cancel-safe by contract.
-        let result = self.inner.acquire(priority, wait_timeout).await;
+        let result = self.inner.acquire(admission, wait_timeout).await;
         self.metrics.record_acquire(priority, &result);
         result
     }

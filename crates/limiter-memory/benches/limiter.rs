@@ -26,7 +26,10 @@ fn uncontended(c: &mut Criterion) {
     let limiter = MemoryLimiter::new(8);
     group.bench_function("limiter-memory", |b| {
         b.to_async(&rt).iter(|| async {
-            let permit = limiter.acquire(Priority::Normal, WAIT).await.unwrap();
+            let permit = limiter
+                .acquire(&Priority::Normal.into(), WAIT)
+                .await
+                .unwrap();
             black_box(&permit);
             drop(permit);
         });
@@ -61,7 +64,10 @@ fn contended(c: &mut Criterion) {
                     .map(|i| {
                         let limiter = Arc::clone(&limiter);
                         tokio::spawn(async move {
-                            let p = limiter.acquire(Priority::ALL[i % 4], WAIT).await.unwrap();
+                            let p = limiter
+                                .acquire(&(Priority::ALL[i % 4]).into(), WAIT)
+                                .await
+                                .unwrap();
                             tokio::task::yield_now().await;
                             drop(p);
                         })

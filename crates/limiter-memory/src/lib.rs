@@ -29,7 +29,7 @@
 //! use ports::ConcurrencyLimiter;
 //!
 //! let limiter = MemoryLimiter::new(2);
-//! let permit = limiter.acquire(Priority::High, Duration::from_secs(1)).await.unwrap();
+//! let permit = limiter.acquire(&Priority::High.into(), Duration::from_secs(1)).await.unwrap();
 //! assert_eq!(limiter.stats().await.active, 1);
 //! drop(permit); // frees the slot
 //! assert_eq!(limiter.stats().await.active, 0);
@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::Priority;
+use domain::{Admission, Priority};
 use ports::{ConcurrencyLimiter, LimiterError, LimiterStats, Permit, PermitHandle};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -172,9 +172,10 @@ impl Drop for QueuedGuard<'_> {
 impl ConcurrencyLimiter for MemoryLimiter {
     async fn acquire(
         &self,
-        priority: Priority,
+        admission: &Admission,
         wait_timeout: Duration,
     ) -> Result<Permit, LimiterError> {
+        let priority = admission.priority;
         let (started, id, rx) = {
             let mut state = self.shared.lock();
             if state.try_acquire_now() {

@@ -63,7 +63,7 @@ fn round_trip(c: &mut Criterion) {
                 .await
                 .unwrap();
             let permit = limiter
-                .acquire(Priority::Normal, Duration::from_secs(1))
+                .acquire(&Priority::Normal.into(), Duration::from_secs(1))
                 .await
                 .unwrap();
             permit.release().await.unwrap();
@@ -85,7 +85,7 @@ fn round_trip(c: &mut Criterion) {
     group.bench_function("acquire_release", |b| {
         b.to_async(&rt).iter(|| async {
             let permit = limiter
-                .acquire(black_box(Priority::Normal), Duration::from_secs(1))
+                .acquire(black_box(&Priority::Normal.into()), Duration::from_secs(1))
                 .await
                 .unwrap();
             permit.release().await.unwrap();
@@ -198,7 +198,7 @@ fn round_trip(c: &mut Criterion) {
                 sets.push(t.elapsed());
                 let t = std::time::Instant::now();
                 let permit = limiter
-                    .acquire(Priority::Normal, Duration::from_secs(1))
+                    .acquire(&Priority::Normal.into(), Duration::from_secs(1))
                     .await
                     .unwrap();
                 permit.release().await.unwrap();

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::Priority;
+use domain::Admission;
 use fred::interfaces::{ClientLike, EventInterface};
 use ports::{ConcurrencyLimiter, DegradedReason, LimiterError, LimiterStats, Permit};
 use redis_connect::BackendError;
@@ -248,15 +248,15 @@ impl ConcurrencyLimiter for RedisLimiter {
     #[tracing::instrument(skip(self), fields(limiter = %self.inner.config.name))]
     async fn acquire(
         &self,
-        priority: Priority,
+        admission: &Admission,
         wait_timeout: Duration,
     ) -> Result<Permit, LimiterError> {
         let inner = &self.inner;
         let started = Instant::now();
         if inner.is_degraded() {
-            return fallback_acquire(inner, priority, started, wait_timeout).await;
+            return fallback_acquire(inner, admission, started, wait_timeout).await;
         }
-        redis_acquire(inner, priority, started, wait_timeout).await
+        redis_acquire(inner, admission, started, wait_timeout).await
     }
 
     async fn stats(&self) -> LimiterStats {
@@ -311,10 +311,11 @@ impl ConcurrencyLimiter for RedisLimiter {
 /// An acquire served by Redis: a try (`wait_timeout` zero) or a ticket in the queue.
 async fn redis_acquire(
     inner: &Arc<Inner>,
-    priority: Priority,
+    admission: &Admission,
     started: Instant,
     wait_timeout: Duration,
 ) -> Result<Permit, LimiterError> {
+    let priority = admission.priority;
     let token = inner.new_token();
     if wait_timeout.is_zero() {
         return match inner
@@ -337,14 +338,14 @@ async fn redis_acquire(
                 inner.fail_over(&e);
                 // The script may still run after our timeout: give back what it grants.
                 inner.spawn_cleanup(Cleanup::Cancel, token);
-                Box::pin(fallback_acquire(inner, priority, started, Duration::ZERO)).await
+                Box::pin(fallback_acquire(inner, admission, started, Duration::ZERO)).await
             }
         };
     }
     redis_wait(
         inner,
         token,
-        priority,
+        admission,
         started,
         started + wait_timeout,
         true,
@@ -357,11 +358,12 @@ async fn redis_acquire(
 async fn redis_wait(
     inner: &Arc<Inner>,
     token: String,
-    priority: Priority,
+    admission: &Admission,
     started: Instant,
     deadline: Instant,
     mut first: bool,
 ) -> Result<Permit, LimiterError> {
+    let priority = admission.priority;
     let notify = Arc::new(Notify::new());
     let mut ticket = Ticket::new(inner, &token, Arc::clone(&notify));
     loop {
@@ -400,7 +402,7 @@ async fn redis_wait(
                 drop(ticket);
                 inner.spawn_cleanup(Cleanup::Cancel, token);
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                return Box::pin(fallback_acquire(inner, priority, started, remaining)).await;
+                return Box::pin(fallback_acquire(inner, admission, started, remaining)).await;
             }
         }
         first = false;
@@ -436,10 +438,11 @@ async fn redis_wait(
 /// nothing once Redis has taken over.
 async fn fallback_acquire(
     inner: &Arc<Inner>,
-    priority: Priority,
+    admission: &Admission,
     started: Instant,
     wait: Duration,
 ) -> Result<Permit, LimiterError> {
+    let priority = admission.priority;
     if inner.config.failover_policy == FailoverPolicy::Closed {
         let reason = lock(&inner.degraded_reason).unwrap_or(DegradedReason::Other);
         return Err(LimiterError::Unavailable {
@@ -452,7 +455,7 @@ async fn fallback_acquire(
     let deadline = Instant::now() + wait;
     // One wait in the fallback, kept across a switch back that was given up (the caller
     // keeps its place there).
-    let mut memory = Box::pin(inner.fallback.acquire(priority, wait));
+    let mut memory = Box::pin(inner.fallback.acquire(admission, wait));
     loop {
         // Register, unless the limiter is back on Redis or a switch back is moving the
         // waiters right now (then wait for its end and look again).
@@ -482,7 +485,7 @@ async fn fallback_acquire(
                 None => {
                     drop(memory);
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    return redis_acquire(inner, priority, started, remaining).await;
+                    return redis_acquire(inner, admission, started, remaining).await;
                 }
                 Some(None) => {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -533,7 +536,7 @@ async fn fallback_acquire(
                         drop(permit);
                         drop(memory);
                         let token = guard.moved();
-                        return redis_wait(inner, token, priority, started, deadline, false).await;
+                        return redis_wait(inner, token, admission, started, deadline, false).await;
                     }
                     // The switch back was given up: still degraded, keep the fallback's grant.
                     Ok(Moved::Stay) | Err(_) => {
@@ -546,7 +549,7 @@ async fn fallback_acquire(
                 // Leave the fallback's queue before waiting in Redis's.
                 drop(memory);
                 let token = guard.moved();
-                return redis_wait(inner, token, priority, started, deadline, false).await;
+                return redis_wait(inner, token, admission, started, deadline, false).await;
             }
             // The switch back was given up before queueing this waiter in Redis: wait on in
             // the fallback (same place there), registered again.

@@ -62,7 +62,7 @@ pub async fn wait_for_stats(
 
 async fn acquire_now(limiter: &dyn ConcurrencyLimiter, priority: Priority) -> Permit {
     limiter
-        .acquire(priority, SERVED)
+        .acquire(&priority.into(), SERVED)
         .await
         .expect("a free slot must be granted")
 }
@@ -82,7 +82,10 @@ async fn queue_in_order(
         let l = Arc::clone(limiter);
         let o = Arc::clone(&order);
         handles.push(tokio::spawn(async move {
-            let permit = l.acquire(priority, SERVED).await.expect("waiter served");
+            let permit = l
+                .acquire(&priority.into(), SERVED)
+                .await
+                .expect("waiter served");
             o.lock().unwrap().push(label);
             permit.release().await.expect("release");
         }));
@@ -109,7 +112,7 @@ pub async fn capacity_is_respected(make: impl AsyncFn(u32) -> Arc<dyn Concurrenc
         (3, 0, 3)
     );
     let err = limiter
-        .acquire(Priority::Critical, SHORT)
+        .acquire(&Priority::Critical.into(), SHORT)
         .await
         .expect_err("a fourth permit must not be granted");
     assert!(matches!(err, LimiterError::Timeout { .. }), "{err:?}");
@@ -180,10 +183,12 @@ pub async fn released_slot_goes_to_the_waiter_not_a_late_arrival(
     let limiter = make(1).await;
     let holder = acquire_now(&*limiter, Priority::Normal).await;
     let l = Arc::clone(&limiter);
-    let waiter = tokio::spawn(async move { l.acquire(Priority::Normal, SERVED).await });
+    let waiter = tokio::spawn(async move { l.acquire(&Priority::Normal.into(), SERVED).await });
     wait_for_stats(&*limiter, "one waiter queued", |s| s.queued.normal == 1).await;
     holder.release().await.unwrap();
-    let barger = limiter.acquire(Priority::Normal, Duration::ZERO).await;
+    let barger = limiter
+        .acquire(&Priority::Normal.into(), Duration::ZERO)
+        .await;
     assert!(
         matches!(barger, Err(LimiterError::Timeout { .. })),
         "a late arrival took the slot that was freed for the waiter: {barger:?}"
@@ -202,7 +207,7 @@ pub async fn cancelled_acquire_leaves_no_trace(
     let limiter = make(1).await;
     let holder = acquire_now(&*limiter, Priority::Normal).await;
     let l = Arc::clone(&limiter);
-    let cancelled = tokio::spawn(async move { l.acquire(Priority::Normal, SERVED).await });
+    let cancelled = tokio::spawn(async move { l.acquire(&Priority::Normal.into(), SERVED).await });
     wait_for_stats(&*limiter, "one waiter queued", |s| s.queued.normal == 1).await;
     cancelled.abort();
     assert!(cancelled.await.unwrap_err().is_cancelled());
@@ -213,7 +218,7 @@ pub async fn cancelled_acquire_leaves_no_trace(
 
     // The next waiter of the same priority is served as soon as the holder leaves.
     let l = Arc::clone(&limiter);
-    let next = tokio::spawn(async move { l.acquire(Priority::Normal, SERVED).await });
+    let next = tokio::spawn(async move { l.acquire(&Priority::Normal.into(), SERVED).await });
     wait_for_stats(&*limiter, "the next waiter queued", |s| {
         s.queued.normal == 1
     })
@@ -238,7 +243,7 @@ pub async fn cancelling_many_waiters_under_release_leaks_nothing(
         for _ in 0..4 {
             let l = Arc::clone(&limiter);
             waiters.push(tokio::spawn(async move {
-                l.acquire(Priority::Normal, SERVED).await
+                l.acquire(&Priority::Normal.into(), SERVED).await
             }));
         }
         wait_for_stats(&*limiter, "four waiters queued", |s| s.queued.normal == 4).await;
@@ -268,7 +273,7 @@ pub async fn dropped_permit_frees_its_slot_even_on_panic(
     let limiter = make(1).await;
     let l = Arc::clone(&limiter);
     let task = tokio::spawn(async move {
-        let _permit = l.acquire(Priority::Normal, SERVED).await.unwrap();
+        let _permit = l.acquire(&Priority::Normal.into(), SERVED).await.unwrap();
         panic!("the holder crashes while holding its permit");
     });
     assert!(task.await.unwrap_err().is_panic());
@@ -277,7 +282,7 @@ pub async fn dropped_permit_frees_its_slot_even_on_panic(
     })
     .await;
     let permit = limiter
-        .acquire(Priority::Normal, SHORT)
+        .acquire(&Priority::Normal.into(), SHORT)
         .await
         .expect("slot free again");
     drop(permit);
@@ -301,7 +306,10 @@ pub async fn release_is_idempotent_and_never_raises_capacity(
     assert_eq!(stats.available, 2);
     let mut granted = Vec::new();
     for _ in 0..4 {
-        if let Ok(p) = limiter.acquire(Priority::Critical, Duration::ZERO).await {
+        if let Ok(p) = limiter
+            .acquire(&Priority::Critical.into(), Duration::ZERO)
+            .await
+        {
             granted.push(p);
         }
     }
@@ -317,7 +325,10 @@ pub async fn wait_timeout_expires_with_a_typed_error(
     let limiter = make(1).await;
     let _holder = acquire_now(&*limiter, Priority::Normal).await;
     let started = Instant::now();
-    let err = limiter.acquire(Priority::High, SHORT).await.unwrap_err();
+    let err = limiter
+        .acquire(&Priority::High.into(), SHORT)
+        .await
+        .unwrap_err();
     assert!(
         started.elapsed() >= SHORT,
         "gave up early: {:?}",
@@ -350,7 +361,7 @@ pub async fn set_limit_up_and_down(make: impl AsyncFn(u32) -> Arc<dyn Concurrenc
     for _ in 0..2 {
         let l = Arc::clone(&limiter);
         waiters.push(tokio::spawn(async move {
-            l.acquire(Priority::Normal, SERVED).await
+            l.acquire(&Priority::Normal.into(), SERVED).await
         }));
     }
     wait_for_stats(&*limiter, "two waiters queued", |s| s.queued.normal == 2).await;
@@ -374,12 +385,15 @@ pub async fn set_limit_up_and_down(make: impl AsyncFn(u32) -> Arc<dyn Concurrenc
     held.pop().unwrap().release().await.unwrap();
     held.pop().unwrap().release().await.unwrap();
     assert!(
-        limiter.acquire(Priority::Critical, SHORT).await.is_err(),
+        limiter
+            .acquire(&Priority::Critical.into(), SHORT)
+            .await
+            .is_err(),
         "admitted while active was at the lowered limit"
     );
     held.pop().unwrap().release().await.unwrap();
     let p = limiter
-        .acquire(Priority::Low, SHORT)
+        .acquire(&Priority::Low.into(), SHORT)
         .await
         .expect("a slot under the lowered limit");
     drop(p);
@@ -411,7 +425,7 @@ pub async fn stats_match_reality(make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyL
     ] {
         let l = Arc::clone(&limiter);
         waiters.push(tokio::spawn(async move {
-            l.acquire(p, SERVED).await.unwrap().release().await
+            l.acquire(&p.into(), SERVED).await.unwrap().release().await
         }));
     }
     let stats = wait_for_stats(&*limiter, "four waiters queued", |s| s.queued.total() == 4).await;
@@ -467,7 +481,8 @@ pub async fn randomized_stress_keeps_the_invariants(
                         rng.random_bool(0.5),
                     )
                 };
-                let acquire = limiter.acquire(priority, wait);
+                let admission = priority.into();
+                let acquire = limiter.acquire(&admission, wait);
                 let result = match cancel_after {
                     // Dropping the pending future is the cancellation under test.
                     Some(after) => match tokio::time::timeout(after, acquire).await {

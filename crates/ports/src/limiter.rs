@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::Priority;
+use domain::{Admission, Priority};
 use serde::{Deserialize, Serialize};
 
 /// Why a limiter could not grant a permit or apply a change.
@@ -341,11 +341,12 @@ pub struct FailoverStats {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait ConcurrencyLimiter: Send + Sync {
-    /// Waits up to `wait_timeout` for a slot at `priority` (a zero timeout only takes a slot
-    /// that is free now with nobody queued). Cancel-safe: dropping the future leaves no trace.
+    /// Waits up to `wait_timeout` for a slot at `admission`'s priority (its tenant travels
+    /// with it, for the tenants feature; a zero timeout only takes a slot that is free now
+    /// with nobody queued). Cancel-safe: dropping the future leaves no trace.
     async fn acquire(
         &self,
-        priority: Priority,
+        admission: &Admission,
         wait_timeout: Duration,
     ) -> Result<Permit, LimiterError>;
 

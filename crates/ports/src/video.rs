@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    Asset, AssetId, CreatedTalk, Credits, Priority, Talk, TalkId, TalkPage, TalkRequest, Upload,
+    Admission, Asset, AssetId, CreatedTalk, Credits, Talk, TalkId, TalkPage, TalkRequest, Upload,
 };
 use serde::{Deserialize, Serialize};
 
@@ -290,23 +290,23 @@ pub trait VideoApi: Send + Sync {
     async fn upload_image(
         &self,
         upload: Upload,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<Asset, VideoApiError>;
     /// `POST /audios`; `upload` must be of kind audio.
     async fn upload_audio(
         &self,
         upload: Upload,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<Asset, VideoApiError>;
     /// `DELETE /images/{id}`.
-    async fn delete_image(&self, id: &AssetId, priority: Priority) -> Result<(), VideoApiError>;
+    async fn delete_image(&self, id: &AssetId, admission: &Admission) -> Result<(), VideoApiError>;
     /// `DELETE /audios/{id}`.
-    async fn delete_audio(&self, id: &AssetId, priority: Priority) -> Result<(), VideoApiError>;
+    async fn delete_audio(&self, id: &AssetId, admission: &Admission) -> Result<(), VideoApiError>;
     /// `POST /talks`, exactly once even when the adapter retries.
     async fn create_talk(
         &self,
         request: &TalkRequest,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<CreatedTalk, VideoApiError>;
     /// `POST /talks` exactly once per `key`, also across processes and restarts: the create
     /// carries a token derived from `key` (a job id), so whoever creates with the same key
@@ -317,23 +317,23 @@ pub trait VideoApi: Send + Sync {
     async fn create_talk_keyed(
         &self,
         request: &TalkRequest,
-        priority: Priority,
+        admission: &Admission,
         key: &str,
         look_first: bool,
     ) -> Result<CreatedTalk, VideoApiError>;
     /// `GET /talks/{id}`.
-    async fn get_talk(&self, id: &TalkId, priority: Priority) -> Result<Talk, VideoApiError>;
+    async fn get_talk(&self, id: &TalkId, admission: &Admission) -> Result<Talk, VideoApiError>;
     /// `GET /talks?limit=&token=`.
     async fn list_talks(
         &self,
         limit: Option<u32>,
         token: Option<String>,
-        priority: Priority,
+        admission: &Admission,
     ) -> Result<TalkPage, VideoApiError>;
     /// `DELETE /talks/{id}` (409 → [`VideoApiError::NotReady`] while in progress).
-    async fn delete_talk(&self, id: &TalkId, priority: Priority) -> Result<Talk, VideoApiError>;
+    async fn delete_talk(&self, id: &TalkId, admission: &Admission) -> Result<Talk, VideoApiError>;
     /// `GET /credits`.
-    async fn credits(&self, priority: Priority) -> Result<Credits, VideoApiError>;
+    async fn credits(&self, admission: &Admission) -> Result<Credits, VideoApiError>;
     /// A snapshot of the adapter's configuration and counters. Makes no call.
     fn stats(&self) -> VideoApiStats;
     /// Polls the talk `id` until it is terminal: the `done` talk, or
@@ -346,7 +346,7 @@ pub trait VideoApi: Send + Sync {
     async fn wait_for_talk(
         &self,
         id: &TalkId,
-        priority: Priority,
+        admission: &Admission,
         wait: WaitOptions,
     ) -> Result<Talk, VideoApiError>;
     /// Creates a talk (exactly once, as [`VideoApi::create_talk`]) and waits for it as
@@ -355,7 +355,7 @@ pub trait VideoApi: Send + Sync {
     async fn create_talk_and_wait(
         &self,
         request: &TalkRequest,
-        priority: Priority,
+        admission: &Admission,
         wait: WaitOptions,
     ) -> Result<Talk, VideoApiError>;
 }

@@ -110,7 +110,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         let did = Arc::clone(&did);
         move |_, _| {
             let (did, id) = (Arc::clone(&did), id.clone());
-            async move { did.get_talk(&id, Priority::Normal).await.is_ok() }
+            async move { did.get_talk(&id, &Priority::Normal.into()).await.is_ok() }
         }
     })
     .await?;

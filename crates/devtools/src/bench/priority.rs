@@ -176,7 +176,7 @@ async fn drive(
     // subscription live). The stream then measures ordering, not a cold start.
     let mut held = Vec::new();
     for l in limiters {
-        while let Ok(permit) = l.acquire(Priority::Normal, Duration::ZERO).await {
+        while let Ok(permit) = l.acquire(&Priority::Normal.into(), Duration::ZERO).await {
             held.push(permit);
         }
     }
@@ -185,7 +185,10 @@ async fn drive(
         .map(|l| {
             let l = Arc::clone(l);
             tokio::spawn(async move {
-                if let Ok(permit) = l.acquire(Priority::Normal, Duration::from_secs(10)).await {
+                if let Ok(permit) = l
+                    .acquire(&Priority::Normal.into(), Duration::from_secs(10))
+                    .await
+                {
                     let _ = permit.release().await;
                 }
             })
@@ -223,7 +226,7 @@ async fn drive(
         let (records, failed) = (Arc::clone(&records), Arc::clone(&failed));
         tasks.push(tokio::spawn(async move {
             let start = t0.elapsed().as_secs_f64();
-            match limiter.acquire(a.priority, wait).await {
+            match limiter.acquire(&a.priority.into(), wait).await {
                 Ok(permit) => {
                     let grant = t0.elapsed().as_secs_f64();
                     records.lock().await.push(Record {

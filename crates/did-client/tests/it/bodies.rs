@@ -107,7 +107,7 @@ async fn get_talk_from(server: &Endless) -> (Result<domain::Talk, VideoApiError>
     cfg.request_timeout = Duration::from_secs(5);
     let did = client(cfg, limiter(1));
     let id = TalkId::parse("tlk_huge").unwrap();
-    let result = did.get_talk(&id, Priority::Normal).await;
+    let result = did.get_talk(&id, &Priority::Normal.into()).await;
     (result, did.stats().requests)
 }
 

@@ -150,7 +150,7 @@ async fn every_error_shape_maps_to_its_variant() {
     };
     let did = client(cfg, limiter(2));
     for (i, (_, expected)) in cases.iter().enumerate() {
-        let got = did.credits(Priority::Normal).await.unwrap_err();
+        let got = did.credits(&Priority::Normal.into()).await.unwrap_err();
         assert_eq!(&got, expected, "case {i}");
         // No message may carry the key, whatever the upstream said.
         assert!(!got.to_string().contains(crate::support::KEY));
@@ -173,15 +173,19 @@ async fn success_bodies_that_do_not_fit_are_protocol_errors() {
     let did = client(config(&server.base_url), limiter(1));
     let p = Priority::Normal;
     let protocol = |e: VideoApiError| matches!(e, VideoApiError::Protocol { .. });
-    assert!(protocol(did.credits(p).await.unwrap_err()));
-    assert!(protocol(did.credits(p).await.unwrap_err()));
+    assert!(protocol(did.credits(&p.into()).await.unwrap_err()));
+    assert!(protocol(did.credits(&p.into()).await.unwrap_err()));
     let id = TalkId::parse("tlk_1").unwrap();
     assert!(
-        protocol(did.get_talk(&id, p).await.unwrap_err()),
+        protocol(did.get_talk(&id, &p.into()).await.unwrap_err()),
         "a hostile talk id is refused"
     );
     assert!(
-        protocol(did.upload_image(png_upload(None), p).await.unwrap_err()),
+        protocol(
+            did.upload_image(png_upload(None), &p.into())
+                .await
+                .unwrap_err()
+        ),
         "an upload answer needs a url"
     );
 }
@@ -207,24 +211,27 @@ async fn answers_parse_leniently() {
     let did = client(config(&server.base_url), limiter(1));
     let p = Priority::Low;
     let talk = did
-        .get_talk(&TalkId::parse("tlk_n41-6smhLSOWm9WGTrP6c").unwrap(), p)
+        .get_talk(
+            &TalkId::parse("tlk_n41-6smhLSOWm9WGTrP6c").unwrap(),
+            &p.into(),
+        )
         .await
         .unwrap();
     assert_eq!(talk.status, TalkStatus::Started);
     assert_eq!(talk.started_at.as_deref(), Some("2023-04-10T08:09:10.622"));
     assert!(talk.result_url.is_none(), "pending_url is not a result");
-    let page = did.list_talks(Some(2), None, p).await.unwrap();
+    let page = did.list_talks(Some(2), None, &p.into()).await.unwrap();
     assert_eq!(page.talks.len(), 2);
     assert_eq!(page.talks[1].status, TalkStatus::Unknown("archived".into()));
     assert_eq!(page.token.as_deref(), Some("next-page"));
     let deleted = did
-        .delete_talk(&TalkId::parse("tlk_a").unwrap(), p)
+        .delete_talk(&TalkId::parse("tlk_a").unwrap(), &p.into())
         .await
         .unwrap();
     assert_eq!(
         deleted.result_url.as_deref(),
         Some("https://fake.test/result.mp4")
     );
-    let credits = did.credits(p).await.unwrap();
+    let credits = did.credits(&p.into()).await.unwrap();
     assert_eq!((credits.remaining, credits.total), (9, 10));
 }

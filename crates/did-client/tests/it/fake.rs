@@ -57,21 +57,21 @@ async fn every_operation_works_end_to_end() {
     let p = Priority::Normal;
 
     let image = png_upload(Some("face.png"));
-    let image = did.upload_image(image, p).await.unwrap();
+    let image = did.upload_image(image, &p.into()).await.unwrap();
     assert!(
         image.url.starts_with("s3://d-id-images-prod/"),
         "{}",
         image.url
     );
     let audio = wav_upload(Some("voice.wav"));
-    let audio = did.upload_audio(audio, p).await.unwrap();
+    let audio = did.upload_audio(audio, &p.into()).await.unwrap();
     assert!(
         audio.url.starts_with("s3://d-id-audios-prod/"),
         "{}",
         audio.url
     );
 
-    let before = did.credits(p).await.unwrap();
+    let before = did.credits(&p.into()).await.unwrap();
     let request = TalkRequest::new(
         Some(image.url.clone()),
         Script::Audio {
@@ -81,8 +81,8 @@ async fn every_operation_works_end_to_end() {
     .unwrap()
     .with_user_data("e2e".into())
     .unwrap();
-    let created = did.create_talk(&request, p).await.unwrap();
-    let fetched = did.get_talk(&created.id, p).await.unwrap();
+    let created = did.create_talk(&request, &p.into()).await.unwrap();
+    let fetched = did.get_talk(&created.id, &p.into()).await.unwrap();
     assert_eq!(fetched.id, created.id);
     assert_eq!(
         fetched.user_data.as_deref(),
@@ -90,11 +90,11 @@ async fn every_operation_works_end_to_end() {
         "the tag is stripped"
     );
 
-    let page = did.list_talks(Some(10), None, p).await.unwrap();
+    let page = did.list_talks(Some(10), None, &p.into()).await.unwrap();
     assert!(page.talks.iter().any(|t| t.id == created.id));
 
     let done = did
-        .create_talk_and_wait(&hello(Some("e2e-wait")), p, fast_wait())
+        .create_talk_and_wait(&hello(Some("e2e-wait")), &p.into(), fast_wait())
         .await
         .unwrap();
     assert_eq!(done.status, TalkStatus::Done);
@@ -105,24 +105,24 @@ async fn every_operation_works_end_to_end() {
     );
     assert_eq!(done.user_data.as_deref(), Some("e2e-wait"));
 
-    let after = did.credits(p).await.unwrap();
+    let after = did.credits(&p.into()).await.unwrap();
     assert!(
         after.remaining < before.remaining,
         "{before:?} -> {after:?}"
     );
 
-    let deleted = did.delete_talk(&done.id, p).await.unwrap();
+    let deleted = did.delete_talk(&done.id, &p.into()).await.unwrap();
     assert_eq!(deleted.id, done.id);
-    let gone = did.get_talk(&done.id, p).await.unwrap_err();
+    let gone = did.get_talk(&done.id, &p.into()).await.unwrap_err();
     assert!(matches!(gone, VideoApiError::NotFound { .. }), "{gone:?}");
-    did.delete_image(image.id.as_ref().unwrap(), p)
+    did.delete_image(image.id.as_ref().unwrap(), &p.into())
         .await
         .unwrap();
-    did.delete_audio(audio.id.as_ref().unwrap(), p)
+    did.delete_audio(audio.id.as_ref().unwrap(), &p.into())
         .await
         .unwrap();
     let again = did
-        .delete_image(image.id.as_ref().unwrap(), p)
+        .delete_image(image.id.as_ref().unwrap(), &p.into())
         .await
         .unwrap_err();
     assert!(matches!(again, VideoApiError::NotFound { .. }), "{again:?}");
@@ -135,7 +135,7 @@ async fn a_wrong_key_is_unauthorized_and_not_retried() {
     let mut cfg = did_config(&fake);
     cfg.api_key = Some(SecretString::from("talkgate:wrong-key"));
     let did = crate::support::client(cfg, limiter(1));
-    let err = did.credits(Priority::Normal).await.unwrap_err();
+    let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
     assert_eq!(err, VideoApiError::Unauthorized { status: 401 });
     assert_eq!(did.stats().requests, 1);
     fake.shutdown().await;
@@ -159,7 +159,7 @@ async fn create_then_fail_creates_exactly_one_talk_whatever_the_failure() {
         let did = did(&fake);
         let caller = format!("once-{mode:?}");
         let created = did
-            .create_talk(&hello(Some(&caller)), Priority::High)
+            .create_talk(&hello(Some(&caller)), &Priority::High.into())
             .await
             .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
         let stats = fake.stats();
@@ -167,7 +167,10 @@ async fn create_then_fail_creates_exactly_one_talk_whatever_the_failure() {
         assert_eq!(stats.talks_created, 1, "{mode:?}");
         assert_eq!(did.stats().create_recoveries, 1, "{mode:?}");
         // The talk found is the one made, and it renders to the end.
-        let talk = did.get_talk(&created.id, Priority::High).await.unwrap();
+        let talk = did
+            .get_talk(&created.id, &Priority::High.into())
+            .await
+            .unwrap();
         assert_eq!(talk.user_data.as_deref(), Some(caller.as_str()));
         fake.shutdown().await;
     }
@@ -187,8 +190,11 @@ async fn concurrent_creates_under_mixed_faults_never_duplicate() {
         .map(|i| {
             let did = did.clone();
             tokio::spawn(async move {
-                did.create_talk(&hello(Some(&format!("burst-{i}"))), Priority::Normal)
-                    .await
+                did.create_talk(
+                    &hello(Some(&format!("burst-{i}"))),
+                    &Priority::Normal.into(),
+                )
+                .await
             })
         })
         .collect();
@@ -255,7 +261,10 @@ async fn waiting_ends_in_each_terminal_state() {
         panic!("expected TalkTimedOut, got {err:?}")
     };
     // The id lets the caller resume: the talk is still there, still started.
-    let talk = did_stuck.get_talk(talk_id, Priority::Normal).await.unwrap();
+    let talk = did_stuck
+        .get_talk(talk_id, &Priority::Normal.into())
+        .await
+        .unwrap();
     assert_eq!(talk.status, TalkStatus::Started);
     fake_stuck.shutdown().await;
 }
@@ -270,7 +279,7 @@ async fn wait_under(
     let fake = fake(faults).await;
     let did = did(&fake);
     let result = did
-        .create_talk_and_wait(&hello(Some(caller)), Priority::Normal, wait)
+        .create_talk_and_wait(&hello(Some(caller)), &Priority::Normal.into(), wait)
         .await;
     (fake, did, result)
 }
@@ -283,7 +292,7 @@ async fn the_fakes_faults_arrive_as_typed_errors_after_the_right_attempts() {
     })
     .await;
     let did = did(&fake);
-    let err = did.credits(Priority::Normal).await.unwrap_err();
+    let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
     assert_eq!(err, VideoApiError::Server { status: 500 });
     assert_eq!(fake.stats().count("GET /credits", 500), 3);
     assert_eq!(did.stats().retries, 2);
@@ -319,9 +328,9 @@ async fn the_fakes_faults_arrive_as_typed_errors_after_the_right_attempts() {
         fake.set_faults(faults.clone());
         // With a burst of 1 the first call passes; the second is the one under test.
         if faults.rate_limit_rps.is_some() {
-            did.credits(Priority::Normal).await.unwrap();
+            did.credits(&Priority::Normal.into()).await.unwrap();
         }
-        let err = did.credits(Priority::Normal).await.unwrap_err();
+        let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
         assert_eq!(err, expected, "{faults:?}");
     }
     fake.shutdown().await;
@@ -332,7 +341,7 @@ async fn sequential_calls_reuse_one_pooled_connection() {
     let fake = fake(Faults::default()).await;
     let did = did(&fake);
     for _ in 0..20 {
-        did.credits(Priority::Low).await.unwrap();
+        did.credits(&Priority::Low.into()).await.unwrap();
     }
     assert_eq!(fake.stats().connections_accepted, 1);
     let stats = did.stats();
@@ -367,7 +376,7 @@ async fn two_clients_with_the_same_token_make_one_talk_under_create_then_fail() 
         limiter(4),
     );
     let err = a
-        .create_talk_with_token(&request, Priority::High, &token)
+        .create_talk_with_token(&request, &Priority::High.into(), &token)
         .await
         .unwrap_err();
     assert_eq!(err, VideoApiError::Server { status: 500 });
@@ -378,25 +387,32 @@ async fn two_clients_with_the_same_token_make_one_talk_under_create_then_fail() 
     // B: another client (another process), D-ID still failing after every create.
     let b = did(&fake);
     let created = b
-        .create_talk_with_token(&request, Priority::High, &token)
+        .create_talk_with_token(&request, &Priority::High.into(), &token)
         .await
         .expect("B finds A's talk");
     let stats = fake.stats();
     assert_eq!(stats.talks_created, 1, "{stats:?}");
     assert_eq!(stats.total("POST /talks"), posts, "B looked before posting");
     assert_eq!(b.stats().create_recoveries, 1);
-    let talk = b.get_talk(&created.id, Priority::High).await.unwrap();
+    let talk = b
+        .get_talk(&created.id, &Priority::High.into())
+        .await
+        .unwrap();
     assert_eq!(talk.user_data.as_deref(), Some("job-41"));
 
     // Asking again is idempotent; another key is another talk.
     fake.set_faults(Faults::default());
     let again = b
-        .create_talk_with_token(&request, Priority::High, &token)
+        .create_talk_with_token(&request, &Priority::High.into(), &token)
         .await
         .unwrap();
     assert_eq!(again.id, created.id);
     let other = b
-        .create_talk_with_token(&request, Priority::High, &CreateToken::derive("job-42"))
+        .create_talk_with_token(
+            &request,
+            &Priority::High.into(),
+            &CreateToken::derive("job-42"),
+        )
         .await
         .unwrap();
     assert_ne!(other.id, created.id);
@@ -410,7 +426,7 @@ async fn a_token_that_does_not_fit_in_user_data_is_refused_before_any_call() {
     let did = did(&fake);
     let request = hello(Some(&"x".repeat(1000 - did_client::tag::TAG_LEN + 1)));
     let err = did
-        .create_talk_with_token(&request, Priority::Low, &CreateToken::derive("job"))
+        .create_talk_with_token(&request, &Priority::Low.into(), &CreateToken::derive("job"))
         .await
         .unwrap_err();
     assert!(

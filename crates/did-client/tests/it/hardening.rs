@@ -32,7 +32,10 @@ async fn a_stalled_upload_ends_as_timeout_within_its_deadline() {
     let did = client(cfg, limiter(1));
     let png = png_upload(None);
     let started = tokio::time::Instant::now();
-    let err = did.upload_image(png, Priority::Normal).await.unwrap_err();
+    let err = did
+        .upload_image(png, &Priority::Normal.into())
+        .await
+        .unwrap_err();
     assert_eq!(err, VideoApiError::Timeout);
     // 150 ms + ≤20 ms + 150 ms + ≤40 ms: the third attempt starts and is cut by the deadline.
     assert_eq!(did.stats().requests, 3);
@@ -64,10 +67,14 @@ async fn an_abandoned_exchange_keeps_its_slot_until_the_upstream_is_done() {
     };
     let did: DidClient = client(cfg, limiter(1));
     // Caller A hangs up while its request is at D-ID.
-    let a = tokio::time::timeout(Duration::from_millis(100), did.credits(Priority::Normal)).await;
+    let a = tokio::time::timeout(
+        Duration::from_millis(100),
+        did.credits(&Priority::Normal.into()),
+    )
+    .await;
     assert!(a.is_err(), "A was still waiting when it hung up");
     // Caller B comes right after; with one slot it must not overlap A's exchange.
-    did.credits(Priority::Normal).await.unwrap();
+    did.credits(&Priority::Normal.into()).await.unwrap();
     let stats = fake.stats();
     assert_eq!(stats.peak_in_flight, 1, "two exchanges overlapped at D-ID");
     // A's exchange ran to its end (answered, not cut when A hung up) before B's was sent.
@@ -95,7 +102,7 @@ async fn a_talk_that_is_done_at_once_is_returned_after_one_early_poll() {
     // A bounded wait, not a timing target: the first poll is due after ~0.5 s, not 60 s.
     let talk = tokio::time::timeout(
         Duration::from_secs(20),
-        did.create_talk_and_wait(&request, Priority::Normal, wait),
+        did.create_talk_and_wait(&request, &Priority::Normal.into(), wait),
     )
     .await
     .expect("the first poll came long before the interval")

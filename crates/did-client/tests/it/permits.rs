@@ -22,7 +22,7 @@ async fn no_permit_is_held_while_backing_off() {
     let did = Arc::new(client(cfg, slots.clone()));
     let call = tokio::spawn({
         let did = did.clone();
-        async move { did.credits(Priority::Normal).await }
+        async move { did.credits(&Priority::Normal.into()).await }
     });
     // `retries` is counted just before the client starts sleeping.
     eventually(SETTLE, "the first backoff", || async {
@@ -36,7 +36,7 @@ async fn no_permit_is_held_while_backing_off() {
     );
     // And usable by someone else: a zero-wait acquire only succeeds on a free slot.
     let other = slots
-        .acquire(Priority::Low, Duration::ZERO)
+        .acquire(&Priority::Low.into(), Duration::ZERO)
         .await
         .expect("slot free during backoff");
     drop(other);
@@ -61,7 +61,7 @@ async fn no_permit_is_held_between_polls() {
         let did = did.clone();
         async move {
             let request = hello(None);
-            did.create_talk_and_wait(&request, Priority::High, wait)
+            did.create_talk_and_wait(&request, &Priority::High.into(), wait)
                 .await
         }
     });
@@ -73,7 +73,7 @@ async fn no_permit_is_held_between_polls() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(slots.stats().await.active, 0);
     let other = slots
-        .acquire(Priority::Low, Duration::ZERO)
+        .acquire(&Priority::Low.into(), Duration::ZERO)
         .await
         .expect("slot free between polls");
     drop(other);
@@ -95,8 +95,11 @@ async fn a_cancelled_call_keeps_its_slot_until_the_exchange_ends_then_frees_it()
     let call = tokio::spawn({
         let did = did.clone();
         async move {
-            did.get_talk(&TalkId::parse("tlk_slow").unwrap(), Priority::Normal)
-                .await
+            did.get_talk(
+                &TalkId::parse("tlk_slow").unwrap(),
+                &Priority::Normal.into(),
+            )
+            .await
         }
     });
     eventually(SETTLE, "the request in flight", || async {
@@ -115,7 +118,8 @@ async fn a_cancelled_call_keeps_its_slot_until_the_exchange_ends_then_frees_it()
     all_slots_free(&slots, "the abandoned exchange to time out").await;
 
     // Dropping a future directly (no task) does the same.
-    let fut = did.credits(Priority::Low);
+    let low = Priority::Low.into();
+    let fut = did.credits(&low);
     let timed_out = tokio::time::timeout(Duration::from_millis(100), fut).await;
     assert!(timed_out.is_err());
     all_slots_free(&slots, "the dropped exchange to time out").await;
@@ -145,10 +149,10 @@ async fn a_full_limiter_is_a_typed_error_after_the_wait_timeout() {
     let slots = limiter(1);
     let did = client(cfg, slots.clone());
     let held = slots
-        .acquire(Priority::Critical, Duration::ZERO)
+        .acquire(&Priority::Critical.into(), Duration::ZERO)
         .await
         .unwrap();
-    let err = did.credits(Priority::Normal).await.unwrap_err();
+    let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
     assert!(matches!(err, ports::VideoApiError::Limiter(_)), "{err:?}");
     assert_eq!(server.count().await, 0, "nothing is sent without a permit");
     drop(held);

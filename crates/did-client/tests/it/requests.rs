@@ -50,18 +50,18 @@ async fn every_call_sends_the_same_basic_base64_authorization() {
     let p = Priority::Normal;
     let png = png_upload(Some("face.png"));
     let wav = wav_upload(Some("voice.wav"));
-    let image = did.upload_image(png, p).await.unwrap();
+    let image = did.upload_image(png, &p.into()).await.unwrap();
     assert_eq!(image.url, "s3://d-id-images-prod/u/img_abc/face.png");
     assert_eq!(image.id, Some(AssetId::parse("img_abc").unwrap()));
-    did.upload_audio(wav, p).await.unwrap();
-    did.delete_image(&AssetId::parse("img_abc").unwrap(), p)
+    did.upload_audio(wav, &p.into()).await.unwrap();
+    did.delete_image(&AssetId::parse("img_abc").unwrap(), &p.into())
         .await
         .unwrap();
-    did.delete_audio(&AssetId::parse("aud123").unwrap(), p)
+    did.delete_audio(&AssetId::parse("aud123").unwrap(), &p.into())
         .await
         .unwrap();
-    did.credits(p).await.unwrap();
-    did.list_talks(None, None, p).await.unwrap();
+    did.credits(&p.into()).await.unwrap();
+    did.list_talks(None, None, &p.into()).await.unwrap();
 
     let expected = format!(
         "Basic {}",
@@ -103,9 +103,9 @@ async fn uploads_carry_their_real_content_type_and_field() {
     let p = Priority::High;
     // Named .jpg but a PNG: the sniffed type wins (the original sent image/jpeg for all).
     let png = png_upload(Some("photo.jpg"));
-    did.upload_image(png, p).await.unwrap();
+    did.upload_image(png, &p.into()).await.unwrap();
     let wav = wav_upload(None);
-    did.upload_audio(wav, p).await.unwrap();
+    did.upload_audio(wav, &p.into()).await.unwrap();
     let seen = server.seen().await;
     let image = seen[0].body_text();
     assert!(
@@ -142,10 +142,10 @@ async fn creates_are_json_tagged_with_a_token_and_callers_see_their_own_user_dat
     .unwrap()
     .with_user_data("job-7".into())
     .unwrap();
-    let created = did.create_talk(&request, p).await.unwrap();
+    let created = did.create_talk(&request, &p.into()).await.unwrap();
     assert_eq!(created.id, TalkId::parse("tlk_new").unwrap());
     let untagged = hello(None);
-    did.create_talk(&untagged, p).await.unwrap();
+    did.create_talk(&untagged, &p.into()).await.unwrap();
 
     let seen = server.seen().await;
     assert_eq!(seen[0].header("content-type"), Some("application/json"));
@@ -171,7 +171,7 @@ async fn creates_are_json_tagged_with_a_token_and_callers_see_their_own_user_dat
     );
 
     // The tag never reaches the caller.
-    let talk = did.get_talk(&created.id, p).await.unwrap();
+    let talk = did.get_talk(&created.id, &p.into()).await.unwrap();
     assert_eq!(talk.user_data.as_deref(), Some("job-7"));
     assert_eq!(did.stats().creates, 2);
 }
@@ -180,7 +180,7 @@ async fn creates_are_json_tagged_with_a_token_and_callers_see_their_own_user_dat
 async fn list_talks_passes_limit_and_token() {
     let server = Scripted::start(upstream()).await;
     let did = client(config(&server.base_url), limiter(1));
-    did.list_talks(Some(5), Some("abc=".into()), Priority::Low)
+    did.list_talks(Some(5), Some("abc=".into()), &Priority::Low.into())
         .await
         .unwrap();
     assert_eq!(

@@ -30,7 +30,7 @@ async fn server_errors_are_tried_three_times_then_returned_typed() {
         Scripted::start(|_, _| reply::raw(502, "text/html", "<html>bad gateway</html>")).await;
     let did = client(config(&server.base_url), limiter(1));
     let started = Instant::now();
-    let err = did.credits(Priority::Normal).await.unwrap_err();
+    let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
     let elapsed = started.elapsed();
     // The typed error itself, not a "retry error" wrapper.
     assert_eq!(err, VideoApiError::Server { status: 502 });
@@ -46,7 +46,7 @@ async fn server_errors_are_tried_three_times_then_returned_typed() {
 async fn a_transient_failure_then_success_succeeds() {
     let server = Scripted::start(|_, i| if i < 2 { reply::empty(503) } else { credits() }).await;
     let did = client(config(&server.base_url), limiter(1));
-    let credits = did.credits(Priority::Normal).await.unwrap();
+    let credits = did.credits(&Priority::Normal.into()).await.unwrap();
     assert_eq!(credits.remaining, 1);
     assert_eq!(did.stats().retries, 2);
 }
@@ -56,7 +56,7 @@ async fn client_errors_are_never_retried() {
     for status in [400, 401, 402, 403, 404, 409, 413, 415, 422, 451] {
         let server = Scripted::start(move |_, _| reply::empty(status)).await;
         let did = client(config(&server.base_url), limiter(1));
-        let err = did.credits(Priority::Normal).await.unwrap_err();
+        let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
         assert!(!err.is_retryable(), "{status}: {err:?}");
         assert_eq!(server.count().await, 1, "{status} was retried");
         assert_eq!(did.stats().retries, 0);
@@ -68,7 +68,7 @@ async fn rate_limits_are_not_retried_by_default() {
     let server =
         Scripted::start(|_, _| reply::empty(429).insert_header("retry-after-ms", "10")).await;
     let did = client(config(&server.base_url), limiter(1));
-    let err = did.credits(Priority::Normal).await.unwrap_err();
+    let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
     assert_eq!(err, rate_limited(Duration::from_millis(10)));
     assert_eq!(server.count().await, 1);
 }
@@ -87,7 +87,7 @@ async fn opted_in_rate_limit_retries_wait_what_the_server_asks() {
     cfg.retry.retry_rate_limited = true;
     let did = client(cfg, limiter(1));
     let started = Instant::now();
-    did.credits(Priority::Normal).await.unwrap();
+    did.credits(&Priority::Normal.into()).await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_millis(150),
         "{:?}",
@@ -100,7 +100,7 @@ async fn opted_in_rate_limit_retries_wait_what_the_server_asks() {
     let mut cfg = config(&slow.base_url);
     cfg.retry.retry_rate_limited = true;
     let did = client(cfg, limiter(1));
-    let err = did.credits(Priority::Normal).await.unwrap_err();
+    let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
     assert_eq!(err, rate_limited(Duration::from_secs(3600)));
     assert_eq!(slow.count().await, 1);
 }
@@ -111,7 +111,7 @@ async fn slow_answers_time_out_and_are_retried() {
     let mut cfg = config(&server.base_url);
     cfg.request_timeout = Duration::from_millis(100);
     let did = client(cfg, limiter(1));
-    let err = did.credits(Priority::Normal).await.unwrap_err();
+    let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
     assert_eq!(err, VideoApiError::Timeout);
     assert_eq!(server.count().await, 3);
     assert_eq!(did.stats().transport_errors, 3);
@@ -124,7 +124,7 @@ async fn the_total_deadline_bounds_the_whole_call() {
     cfg.call_deadline = Duration::from_millis(300);
     let did = client(cfg, limiter(1));
     let started = Instant::now();
-    let err = did.credits(Priority::Normal).await.unwrap_err();
+    let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
     assert_eq!(err, VideoApiError::Timeout);
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -142,7 +142,7 @@ async fn refused_connections_are_retried_and_reported_as_connect() {
         .unwrap()
         .port();
     let did = client(config(&format!("http://127.0.0.1:{port}")), limiter(1));
-    let err = did.credits(Priority::Normal).await.unwrap_err();
+    let err = did.credits(&Priority::Normal.into()).await.unwrap_err();
     let VideoApiError::Connect { message } = &err else {
         panic!("{err:?}")
     };
@@ -181,7 +181,10 @@ async fn an_ambiguous_create_is_looked_up_before_it_is_sent_again() {
     .await;
     let did = client(config(&server.base_url), limiter(1));
     let request = hello(Some("job-9"));
-    let created = did.create_talk(&request, Priority::Normal).await.unwrap();
+    let created = did
+        .create_talk(&request, &Priority::Normal.into())
+        .await
+        .unwrap();
     assert_eq!(
         created.id.as_str(),
         "tlk_made",
@@ -209,7 +212,10 @@ async fn an_ambiguous_create_not_found_is_sent_again_and_a_refused_one_is_not() 
     .await;
     let did = client(config(&server.base_url), limiter(1));
     let request = hello(None);
-    let created = did.create_talk(&request, Priority::Normal).await.unwrap();
+    let created = did
+        .create_talk(&request, &Priority::Normal.into())
+        .await
+        .unwrap();
     assert_eq!(created.id.as_str(), "tlk_2");
     let calls: Vec<String> = server
         .seen()
@@ -227,7 +233,7 @@ async fn an_ambiguous_create_not_found_is_sent_again_and_a_refused_one_is_not() 
         Scripted::start(|_, _| reply::error(400, "BadRequestError", "invalid actor url")).await;
     let did = client(config(&refused.base_url), limiter(1));
     let err = did
-        .create_talk(&request, Priority::Normal)
+        .create_talk(&request, &Priority::Normal.into())
         .await
         .unwrap_err();
     assert!(
@@ -248,7 +254,7 @@ async fn an_untagged_create_is_never_repeated_after_an_ambiguous_failure() {
     // 990 characters leave no room for the 20-character tag.
     let request = hello(Some(&"u".repeat(990)));
     let err = did
-        .create_talk(&request, Priority::Normal)
+        .create_talk(&request, &Priority::Normal.into())
         .await
         .unwrap_err();
     assert_eq!(err, VideoApiError::Server { status: 500 });

@@ -24,7 +24,7 @@ async fn upstream(statuses: Vec<serde_json::Value>) -> Scripted {
 async fn wait_on(server: &Scripted, wait: WaitOptions) -> (Result<Talk, VideoApiError>, DidClient) {
     let did = client(config(&server.base_url), limiter(1));
     let result = did
-        .create_talk_and_wait(&hello(Some("job-w")), Priority::Normal, wait)
+        .create_talk_and_wait(&hello(Some("job-w")), &Priority::Normal.into(), wait)
         .await;
     (result, did)
 }
@@ -135,11 +135,11 @@ async fn waiting_for_a_created_talk_polls_that_talk_and_creates_nothing() {
     let server = upstream(statuses).await;
     let did = client(config(&server.base_url), limiter(1));
     let created = did
-        .create_talk(&hello(Some("job-w")), Priority::Normal)
+        .create_talk(&hello(Some("job-w")), &Priority::Normal.into())
         .await
         .unwrap();
     let talk = did
-        .wait_for_talk(&created.id, Priority::Normal, fast_wait())
+        .wait_for_talk(&created.id, &Priority::Normal.into(), fast_wait())
         .await
         .unwrap();
     assert_eq!(talk.id, created.id);
@@ -172,7 +172,7 @@ async fn waiting_for_a_talk_times_out_with_its_id() {
         max_wait: Duration::from_millis(200),
     };
     let err = did
-        .wait_for_talk(&id, Priority::Normal, wait)
+        .wait_for_talk(&id, &Priority::Normal.into(), wait)
         .await
         .unwrap_err();
     assert!(

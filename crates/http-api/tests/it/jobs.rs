@@ -259,7 +259,7 @@ async fn queued_jobs_cancel_created_ones_do_not_and_a_full_queue_says_when_to_re
     let permit = srv
         .state
         .limiter()
-        .acquire(Priority::Critical, Duration::from_secs(1))
+        .acquire(&Priority::Critical.into(), Duration::from_secs(1))
         .await
         .unwrap();
     let (_, first, _) = post_keyed(&http, srv.api("/jobs"), None, &talk_body(1)).await;
@@ -581,7 +581,7 @@ async fn a_job_left_creating_by_a_dead_worker_adopts_its_talk_instead_of_paying_
             did_client::DidClient::new(http_api::wiring::did_client_config(&config), limiter)
                 .unwrap();
         client
-            .create_talk_keyed(&request, Priority::Normal, id.as_str(), false)
+            .create_talk_keyed(&request, &Priority::Normal.into(), id.as_str(), false)
             .await
             .unwrap();
     }

@@ -45,7 +45,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     let held = srv
         .state
         .limiter()
-        .acquire(Priority::Critical, Duration::from_secs(1))
+        .acquire(&Priority::Critical.into(), Duration::from_secs(1))
         .await
         .unwrap();
     let resp = client()
@@ -74,7 +74,7 @@ async fn a_client_that_disconnects_while_queued_leaves_the_queue() {
     let held = srv
         .state
         .limiter()
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
 

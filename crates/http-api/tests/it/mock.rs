@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use domain::{CreatedTalk, Priority, Talk, TalkId, TalkStatus};
+use domain::{Admission, CreatedTalk, Priority, Talk, TalkId, TalkStatus};
 use mockall::Sequence;
-use mockall::predicate::eq;
+use mockall::predicate::{eq, function};
 use ports::{MockVideoApi, VideoApiError, WaitOptions};
 use serde_json::json;
 
@@ -39,7 +39,7 @@ async fn sync_generate_creates_then_waits_with_the_configured_polling_and_priori
             // fresh job does not look for an earlier talk first.
             key.starts_with("job_")
                 && !*look_first
-                && *prio == Priority::Critical
+                && prio.priority == Priority::Critical
                 && req.source_url() == Some("https://x.test/a.jpg")
                 // The original's default config when the caller sends none.
                 && req.config().and_then(|c| c.stitch) == Some(true)
@@ -52,7 +52,7 @@ async fn sync_generate_creates_then_waits_with_the_configured_polling_and_priori
             // `MAX_WAIT_SECS` counts from the start of the create, so what is left of it is
             // passed on (the create above answered at once: nearly all of it).
             id.as_str() == "tlk_1"
-                && *prio == Priority::Critical
+                && prio.priority == Priority::Critical
                 && w.poll_interval == wait.poll_interval
                 && w.max_wait <= wait.max_wait
                 && w.max_wait > wait.max_wait - Duration::from_secs(10)
@@ -97,7 +97,10 @@ async fn errors_the_fake_cannot_produce_are_mapped() {
     // A generate whose wait timed out leaves its job to the workers, which follow the talk.
     let slow = TalkId::parse("tlk_slow").unwrap();
     mock.expect_get_talk()
-        .with(eq(slow.clone()), eq(Priority::Critical))
+        .with(
+            eq(slow.clone()),
+            function(|a: &Admission| a.priority == Priority::Critical),
+        )
         .returning(move |_, _| {
             Ok(Talk {
                 id: slow.clone(),
@@ -123,7 +126,10 @@ async fn errors_the_fake_cannot_produce_are_mapped() {
             })
         });
     mock.expect_get_talk()
-        .with(eq(TalkId::parse("tlk_v").unwrap()), eq(Priority::Low))
+        .with(
+            eq(TalkId::parse("tlk_v").unwrap()),
+            function(|a: &Admission| a.priority == Priority::Low),
+        )
         .times(1)
         .returning(|_, _| {
             Err(VideoApiError::Validation {
@@ -134,7 +140,10 @@ async fn errors_the_fake_cannot_produce_are_mapped() {
             })
         });
     mock.expect_get_talk()
-        .with(eq(TalkId::parse("tlk_rl").unwrap()), eq(Priority::Normal))
+        .with(
+            eq(TalkId::parse("tlk_rl").unwrap()),
+            function(|a: &Admission| a.priority == Priority::Normal),
+        )
         .times(1)
         .returning(|_, _| {
             Err(VideoApiError::RateLimited {
@@ -142,13 +151,16 @@ async fn errors_the_fake_cannot_produce_are_mapped() {
             })
         });
     mock.expect_get_talk()
-        .with(eq(TalkId::parse("tlk_to").unwrap()), eq(Priority::Normal))
+        .with(
+            eq(TalkId::parse("tlk_to").unwrap()),
+            function(|a: &Admission| a.priority == Priority::Normal),
+        )
         .times(1)
         .returning(|_, _| Err(VideoApiError::Timeout));
     mock.expect_get_talk()
         .with(
             eq(TalkId::parse("tlk_panic").unwrap()),
-            eq(Priority::Normal),
+            function(|a: &Admission| a.priority == Priority::Normal),
         )
         .times(1)
         .returning(|_, _| panic!("handler bug"));

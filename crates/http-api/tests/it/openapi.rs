@@ -347,7 +347,7 @@ async fn every_route_answers_as_documented() {
         .state
         .limiter()
         .acquire(
-            domain::Priority::Critical,
+            &domain::Priority::Critical.into(),
             std::time::Duration::from_secs(1),
         )
         .await

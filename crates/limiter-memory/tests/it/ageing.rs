@@ -26,7 +26,7 @@ async fn first_served_against(
 ) -> Vec<&'static str> {
     let limiter = Arc::new(limiter);
     let holder = limiter
-        .acquire(Priority::Normal, Duration::ZERO)
+        .acquire(&Priority::Normal.into(), Duration::ZERO)
         .await
         .unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
@@ -36,7 +36,7 @@ async fn first_served_against(
         let o = Arc::clone(&order);
         tasks.push(tokio::spawn(async move {
             let p = l
-                .acquire(priority, Duration::from_secs(3600))
+                .acquire(&priority.into(), Duration::from_secs(3600))
                 .await
                 .unwrap();
             o.lock().unwrap().push(label);

@@ -233,7 +233,7 @@ async fn main() -> ExitCode {
         );
         let failed = format!("{tag}:failed");
         tasks.push(tokio::spawn(async move {
-            match limiter.acquire(priority, wait).await {
+            match limiter.acquire(&priority.into(), wait).await {
                 Ok(permit) => {
                     let _: i64 = redis
                         .eval(ENTER, keys.to_vec(), vec![label])

@@ -21,7 +21,7 @@ async fn a_live_holder_keeps_its_slot_past_the_lease_by_renewing() {
         .await
         .unwrap();
     let permit = limiter
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -30,7 +30,7 @@ async fn a_live_holder_keeps_its_slot_past_the_lease_by_renewing() {
         .unwrap();
     assert!(
         other
-            .acquire(Priority::Critical, Duration::from_millis(100))
+            .acquire(&Priority::Critical.into(), Duration::from_millis(100))
             .await
             .is_err(),
         "the renewed lease must still hold the only slot"
@@ -55,7 +55,7 @@ async fn a_lost_lease_is_reported_and_its_late_release_frees_nothing() {
         .await
         .unwrap();
     let first = limiter
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
 
@@ -63,7 +63,7 @@ async fn a_lost_lease_is_reported_and_its_late_release_frees_nothing() {
     let raw = raw_client(&server).await;
     let _: i64 = raw.del(&holders_key).await.unwrap();
     let second = limiter
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
 
@@ -92,13 +92,13 @@ async fn scripts_are_reloaded_after_the_script_cache_is_flushed() {
         .await
         .unwrap();
     let a = limiter
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
     let raw = raw_client(&server).await;
     raw.script_flush(false).await.unwrap();
     let b = limiter
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
     assert!(!limiter.is_degraded());
@@ -127,12 +127,16 @@ async fn set_limit_changes_the_limit_of_every_process() {
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(
-            b.acquire(Priority::Low, Duration::from_secs(1))
+            b.acquire(&Priority::Low.into(), Duration::from_secs(1))
                 .await
                 .unwrap(),
         );
     }
-    assert!(a.acquire(Priority::Critical, Duration::ZERO).await.is_err());
+    assert!(
+        a.acquire(&Priority::Critical.into(), Duration::ZERO)
+            .await
+            .is_err()
+    );
     drop(held);
     wait_until(&a, Duration::from_secs(5), "all released", |s| {
         s.active == 0
@@ -149,12 +153,14 @@ async fn stats_report_the_longest_wait_and_the_oldest_waiter() {
             .unwrap(),
     );
     let gate = limiter
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
     let l = Arc::clone(&limiter);
-    let waiter =
-        tokio::spawn(async move { l.acquire(Priority::High, Duration::from_secs(5)).await });
+    let waiter = tokio::spawn(async move {
+        l.acquire(&Priority::High.into(), Duration::from_secs(5))
+            .await
+    });
     wait_until(
         &*limiter,
         Duration::from_secs(5),
@@ -194,12 +200,12 @@ async fn starts_degraded_without_redis_and_switches_over_when_it_appears() {
         ("memory", true, 1)
     );
     let local = limiter
-        .acquire(Priority::Normal, Duration::from_millis(50))
+        .acquire(&Priority::Normal.into(), Duration::from_millis(50))
         .await
         .unwrap();
     assert!(
         limiter
-            .acquire(Priority::Normal, Duration::from_millis(50))
+            .acquire(&Priority::Normal.into(), Duration::from_millis(50))
             .await
             .is_err(),
         "the local share (1) bounds the fallback"
@@ -222,7 +228,7 @@ async fn starts_degraded_without_redis_and_switches_over_when_it_appears() {
     );
     assert_eq!(stats.backend.failover.as_ref().unwrap().fallback_active, 1);
     let remote = limiter
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
     assert_eq!(limiter.stats().await.active, 2);
@@ -258,7 +264,7 @@ async fn any_name_is_safe_in_the_script_text_and_processes_with_other_timings_sh
         .await
         .unwrap();
     let held = a
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
     let raw = raw_client(&server).await;
@@ -266,9 +272,13 @@ async fn any_name_is_safe_in_the_script_text_and_processes_with_other_timings_sh
     let count: i64 = raw.zcard(&holders).await.unwrap();
     assert_eq!(count, 1, "the holder is under the limiter's own key");
     // The other process (other timings, so other script text) sees the same slot taken.
-    assert!(b.acquire(Priority::Critical, Duration::ZERO).await.is_err());
+    assert!(
+        b.acquire(&Priority::Critical.into(), Duration::ZERO)
+            .await
+            .is_err()
+    );
     let waiting = tokio::spawn(async move {
-        b.acquire(Priority::High, Duration::from_secs(5))
+        b.acquire(&Priority::High.into(), Duration::from_secs(5))
             .await
             .map(|p| (p, b))
     });

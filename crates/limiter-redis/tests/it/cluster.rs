@@ -44,10 +44,10 @@ struct ClusterLimiter {
 impl ConcurrencyLimiter for ClusterLimiter {
     async fn acquire(
         &self,
-        priority: Priority,
+        admission: &domain::Admission,
         wait_timeout: Duration,
     ) -> Result<ports::Permit, ports::LimiterError> {
-        self.limiter.acquire(priority, wait_timeout).await
+        self.limiter.acquire(admission, wait_timeout).await
     }
 
     async fn stats(&self) -> LimiterStats {
@@ -125,7 +125,7 @@ async fn a_cluster_url_at_a_node_without_the_slot_keeps_every_key_on_the_slot_ow
         .await
         .unwrap();
     let permit = limiter
-        .acquire(Priority::High, Duration::from_secs(5))
+        .acquire(&Priority::High.into(), Duration::from_secs(5))
         .await
         .expect("a slot from the cluster");
     let stats = limiter.stats().await;
@@ -168,7 +168,7 @@ async fn a_plain_url_at_a_node_without_the_slot_is_reported_as_cluster() {
         .expect("a wrong topology is not a build error");
     // The first call hits MOVED and fails over; calls keep being served from memory.
     let permit = limiter
-        .acquire(Priority::Normal, Duration::from_secs(2))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(2))
         .await
         .expect("served by the fallback");
     let stats = limiter.stats().await;
@@ -207,12 +207,14 @@ async fn a_release_wakes_a_waiter_connected_through_another_node_at_once() {
     );
     for round in 0..3 {
         let gate = holder
-            .acquire(Priority::Normal, Duration::from_secs(5))
+            .acquire(&Priority::Normal.into(), Duration::from_secs(5))
             .await
             .unwrap();
         let w = Arc::clone(&waiter);
         let next = tokio::spawn(async move {
-            let permit = w.acquire(Priority::Normal, Duration::from_secs(20)).await;
+            let permit = w
+                .acquire(&Priority::Normal.into(), Duration::from_secs(20))
+                .await;
             (permit, Instant::now())
         });
         wait_until(&holder, Duration::from_secs(5), "the waiter queued", |s| {

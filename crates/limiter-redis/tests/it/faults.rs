@@ -55,7 +55,7 @@ impl Load {
                 tokio::spawn(async move {
                     let priority = Priority::ALL[i % 4];
                     while !stop.load(Ordering::SeqCst) {
-                        let Ok(permit) = limiter.acquire(priority, wait).await else {
+                        let Ok(permit) = limiter.acquire(&priority.into(), wait).await else {
                             continue;
                         };
                         granted.fetch_add(1, Ordering::SeqCst);
@@ -164,14 +164,14 @@ async fn hung_redis_fails_over_within_the_op_timeout_and_leaks_nothing() {
     let fallback = Arc::new(MemoryLimiter::new(2));
     let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
     let held = limiter
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
 
     server.signal("STOP");
     let started = Instant::now();
     let local = limiter
-        .acquire(Priority::High, Duration::from_secs(5))
+        .acquire(&Priority::High.into(), Duration::from_secs(5))
         .await
         .expect("served by the fallback while redis hangs");
     let failover = started.elapsed();
@@ -216,12 +216,14 @@ async fn a_waiter_queued_in_redis_moves_to_memory_when_redis_hangs() {
     let fallback = Arc::new(MemoryLimiter::new(1));
     let limiter = Arc::new(RedisLimiter::connect(cfg, fallback.clone()).await.unwrap());
     let held = limiter
-        .acquire(Priority::Normal, Duration::from_secs(1))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(1))
         .await
         .unwrap();
     let l = Arc::clone(&limiter);
-    let waiter =
-        tokio::spawn(async move { l.acquire(Priority::High, Duration::from_secs(10)).await });
+    let waiter = tokio::spawn(async move {
+        l.acquire(&Priority::High.into(), Duration::from_secs(10))
+            .await
+    });
     wait_until(
         &*limiter,
         Duration::from_secs(5),
@@ -323,7 +325,9 @@ async fn stale_commands_run_after_a_hang_do_not_hold_slots() {
     assert_eq!(stats.backend.kind, "redis");
     let mut permits = Vec::new();
     for _ in 0..2 {
-        let permit = limiter.acquire(Priority::Normal, Duration::ZERO).await;
+        let permit = limiter
+            .acquire(&Priority::Normal.into(), Duration::ZERO)
+            .await;
         permits.push(permit.expect("both slots free on redis"));
     }
     for permit in permits {

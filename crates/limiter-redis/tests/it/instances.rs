@@ -60,7 +60,7 @@ async fn grab_all(limiter: &RedisLimiter, most: usize) -> Vec<ports::Permit> {
     let mut permits = Vec::new();
     for _ in 0..most {
         match limiter
-            .acquire(Priority::Normal, Duration::from_millis(50))
+            .acquire(&Priority::Normal.into(), Duration::from_millis(50))
             .await
         {
             Ok(p) => permits.push(p),
@@ -108,7 +108,7 @@ async fn closed_refuses_while_degraded_and_full_grants_the_whole_limit() {
     server.kill();
     wait_degraded(&closed[0], true).await;
     match closed[0]
-        .acquire(Priority::High, Duration::from_millis(50))
+        .acquire(&Priority::High.into(), Duration::from_millis(50))
         .await
     {
         Err(LimiterError::Unavailable { message }) => {
@@ -165,7 +165,7 @@ async fn after_an_empty_restart_every_held_permit_counts_before_new_ones_are_gra
             while !stop.load(Ordering::SeqCst) {
                 if !b.is_degraded()
                     && let Ok(p) = b
-                        .acquire(Priority::Critical, Duration::from_millis(20))
+                        .acquire(&Priority::Critical.into(), Duration::from_millis(20))
                         .await
                 {
                     got.push(p);
@@ -301,7 +301,7 @@ async fn fallback_waiters_move_into_the_redis_queue_at_the_switch_back_in_their_
     for (name, priority) in order {
         let (a, tx) = (Arc::clone(&a), granted_tx.clone());
         tokio::spawn(async move {
-            let permit = a.acquire(priority, Duration::from_secs(60)).await;
+            let permit = a.acquire(&priority.into(), Duration::from_secs(60)).await;
             let _ = tx.send((name, permit));
         });
         tokio::time::sleep(Duration::from_millis(30)).await;

@@ -44,7 +44,7 @@ impl Load {
                 tokio::spawn(async move {
                     while !counts.stop.load(Ordering::SeqCst) {
                         match limiter
-                            .acquire(Priority::Normal, Duration::from_secs(2))
+                            .acquire(&Priority::Normal.into(), Duration::from_secs(2))
                             .await
                         {
                             Ok(permit) => {

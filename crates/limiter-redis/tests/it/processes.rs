@@ -151,7 +151,7 @@ async fn priority_order_holds_across_processes() {
         .await
         .unwrap();
     let gate = limiter
-        .acquire(Priority::Normal, Duration::from_secs(5))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(5))
         .await
         .unwrap();
 
@@ -219,11 +219,11 @@ async fn killed_holder_frees_its_slots_within_the_instance_ttl_not_the_lease() {
     holder.kill();
     let killed = Instant::now();
     let a = limiter
-        .acquire(Priority::Normal, Duration::from_secs(20))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(20))
         .await
         .unwrap();
     let b = limiter
-        .acquire(Priority::Normal, Duration::from_secs(20))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(20))
         .await
         .unwrap();
     let recovered = killed.elapsed();
@@ -272,11 +272,11 @@ async fn a_dead_holders_slots_come_back_once_its_heartbeat_is_late_not_when_its_
     holder.kill();
     let killed = Instant::now();
     let a = limiter
-        .acquire(Priority::Normal, Duration::from_secs(20))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(20))
         .await
         .unwrap();
     let b = limiter
-        .acquire(Priority::Normal, Duration::from_secs(20))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(20))
         .await
         .unwrap();
     let recovered = killed.elapsed();
@@ -315,7 +315,7 @@ async fn served_after_a_dead_head_waiter(free_after: Duration) -> Duration {
             .unwrap(),
     );
     let gate = limiter
-        .acquire(Priority::Normal, Duration::from_secs(5))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(5))
         .await
         .unwrap();
     let mut holder = Holder::spawn(
@@ -335,7 +335,10 @@ async fn served_after_a_dead_head_waiter(free_after: Duration) -> Duration {
     )
     .await;
     let l = std::sync::Arc::clone(&limiter);
-    let next = tokio::spawn(async move { l.acquire(Priority::Low, Duration::from_secs(10)).await });
+    let next = tokio::spawn(async move {
+        l.acquire(&Priority::Low.into(), Duration::from_secs(10))
+            .await
+    });
     wait_until(
         &*limiter,
         Duration::from_secs(10),

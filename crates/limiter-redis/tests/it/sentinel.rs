@@ -32,7 +32,7 @@ async fn a_sentinel_url_serves_from_the_primary_the_sentinels_name() {
         .await
         .unwrap();
     let permit = limiter
-        .acquire(Priority::Normal, Duration::from_secs(5))
+        .acquire(&Priority::Normal.into(), Duration::from_secs(5))
         .await
         .unwrap();
     let stats = limiter.stats().await;

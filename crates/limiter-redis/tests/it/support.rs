@@ -54,10 +54,10 @@ pub struct OwnedServerLimiter {
 impl ConcurrencyLimiter for OwnedServerLimiter {
     async fn acquire(
         &self,
-        priority: domain::Priority,
+        admission: &domain::Admission,
         wait_timeout: Duration,
     ) -> Result<ports::Permit, ports::LimiterError> {
-        self.limiter.acquire(priority, wait_timeout).await
+        self.limiter.acquire(admission, wait_timeout).await
     }
 
     async fn stats(&self) -> LimiterStats {

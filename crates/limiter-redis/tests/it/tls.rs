@@ -50,7 +50,7 @@ async fn a_limiter_over_tls_grants_from_redis() {
     let (limiter, stats) = stats_of(tls_config(&server, &pki, 2)).await;
     check_serving_from_redis(&stats);
     let permit = limiter
-        .acquire(domain::Priority::Normal, Duration::from_secs(5))
+        .acquire(&domain::Priority::Normal.into(), Duration::from_secs(5))
         .await
         .expect("a slot over TLS");
     let stats = limiter.stats().await;
