@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::{Child, Command};
 
-use crate::{cargo, root, run_step};
+use task_cli::{cargo, root, run_step};
 
 /// Builds the given binaries (debug profile) so that spawning them is instant.
 pub(crate) fn build(packages: &[&str]) -> Result<()> {
