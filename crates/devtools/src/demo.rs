@@ -17,11 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::procs::{self, Server};
-
-const PREFIX: &str = "/api/d_id_optimized";
-/// did-fake's default API key (`did_fake::DEFAULT_API_KEY`).
-const FAKE_KEY: &str = "talkgate:fake-key";
+use crate::procs::{self, FAKE_KEY, PREFIX};
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     if let Some(extra) = args.first() {
@@ -149,21 +145,7 @@ async fn demo(guest: Option<&Guest>) -> Result<()> {
         .build()?;
 
     step(1, "starting the fake D-ID server and the talkgate service");
-    let fake_port = procs::free_port()?;
-    let mut fake = Server::spawn(
-        "did-fake",
-        procs::bin("did-fake"),
-        &[
-            "--port".into(),
-            fake_port.to_string(),
-            "--time-scale".into(),
-            "0.15".into(),
-        ],
-        &[],
-        fake_port,
-    )?;
-    fake.wait_ready(&client, "/_fake/stats", Duration::from_secs(30))
-        .await?;
+    let fake = procs::spawn_fake(&client, "did-fake", procs::bin("did-fake"), 0.15, None).await?;
     println!(
         "    did-fake  {}  (log {})",
         fake.base_url,
@@ -174,7 +156,6 @@ async fn demo(guest: Option<&Guest>) -> Result<()> {
     let mut envs = vec![
         ("D_ID_API_KEY", FAKE_KEY.to_owned()),
         ("D_ID_BASE_URL", fake.base_url.clone()),
-        ("BIND_ADDR", format!("127.0.0.1:{api_port}")),
         // One slot, so that the priority step below builds a real queue.
         ("MAX_CONCURRENT_REQUESTS", "1".to_owned()),
         ("POLL_INTERVAL_SECS", "0.3".to_owned()),
@@ -195,13 +176,8 @@ async fn demo(guest: Option<&Guest>) -> Result<()> {
         }
         None => "memory",
     };
-    let mut api = Server::spawn("http-api", procs::bin("http-api"), &[], &envs, api_port)?;
-    api.wait_ready(
-        &client,
-        &format!("{PREFIX}/health"),
-        Duration::from_secs(30),
-    )
-    .await?;
+    let api =
+        procs::spawn_api(&client, "http-api", procs::bin("http-api"), &envs, api_port).await?;
     println!(
         "    http-api  {}  (limiter: {backend}, 1 slot; log {})",
         api.base_url,
@@ -605,17 +581,7 @@ async fn set_fake_latency(
         Some(ms) => json!({"latency": {"routes": {"POST /talks": ms}}}),
         None => json!({}),
     };
-    let resp = client
-        .post(format!("{fake_base}/_fake/faults"))
-        .json(&faults)
-        .send()
-        .await?;
-    ensure!(
-        resp.status().is_success(),
-        "did-fake refused the faults: {}",
-        resp.text().await?
-    );
-    Ok(())
+    procs::set_faults(client, fake_base, faults).await
 }
 
 /// Polls `/stats` until `check` accepts its `rate_limiter` part (at most 5 s).

@@ -31,10 +31,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use test_support::redis::RedisServer;
 
-use crate::procs::{self, Server};
+use crate::procs::{self, FAKE_KEY, PREFIX, Server, fake_stats};
 
-const PREFIX: &str = "/api/d_id_optimized";
-const FAKE_KEY: &str = "talkgate:fake-key";
 /// C: `MAX_CONCURRENT_REQUESTS` of every instance and did-fake's in-flight cap.
 const LIMIT: u32 = 4;
 /// `JOB_LEASE_SECS`: a killed worker's job is taken over this long after its last renewal.
@@ -361,16 +359,10 @@ impl Fleet {
             0 => format!("{}-http-api-{i}", self.tag),
             r => format!("{}-http-api-{i}-r{r}", self.tag),
         };
-        let mut envs = self.envs.clone();
-        envs.push(("BIND_ADDR", format!("127.0.0.1:{port}")));
         let mut tries = 0;
         let server = loop {
-            let mut server = Server::spawn(&name, procs::bin("http-api"), &[], &envs, port)?;
-            match server
-                .wait_ready(client, &format!("{PREFIX}/health"), Duration::from_secs(30))
-                .await
-            {
-                Ok(()) => break server,
+            match procs::spawn_api(client, &name, procs::bin("http-api"), &self.envs, port).await {
+                Ok(server) => break server,
                 Err(e) if tries < 20 => {
                     tries += 1;
                     println!("    (start of {name} retried: {e:#})");
@@ -461,23 +453,14 @@ async fn spawn_fake(
     seed: u64,
     extra_faults: Option<&Value>,
 ) -> Result<Server> {
-    let port = procs::free_port()?;
-    let mut fake = Server::spawn(
+    let fake = procs::spawn_fake(
+        client,
         &format!("{tag}-did-fake"),
         procs::bin("did-fake"),
-        &[
-            "--port".into(),
-            port.to_string(),
-            "--time-scale".into(),
-            TIME_SCALE.to_string(),
-            "--seed".into(),
-            seed.to_string(),
-        ],
-        &[],
-        port,
-    )?;
-    fake.wait_ready(client, "/_fake/stats", Duration::from_secs(30))
-        .await?;
+        TIME_SCALE,
+        Some(seed),
+    )
+    .await?;
     let mut faults = json!({
         "p_create_then_fail": 0.3,
         "create_then_fail": "mixed",
@@ -491,25 +474,8 @@ async fn spawn_fake(
         obj.extend(extra.clone());
         println!("    did-fake faults: {faults}");
     }
-    let resp = client
-        .post(format!("{}/_fake/faults", fake.base_url))
-        .json(&faults)
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("did-fake refused the faults: {}", resp.text().await?);
-    }
+    procs::set_faults(client, &fake.base_url, faults).await?;
     Ok(fake)
-}
-
-async fn fake_stats(client: &reqwest::Client, fake: &str) -> Result<Value> {
-    Ok(client
-        .get(format!("{fake}/_fake/stats"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?)
 }
 
 async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Result<Figures> {

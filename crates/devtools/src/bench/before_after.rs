@@ -19,7 +19,7 @@ use serde_json::json;
 use super::Ctx;
 use super::load::{self, Sample, Stop};
 use super::report::{Plot, Section, Summary, Table, f1, f2};
-use super::rig::{self, FAKE_KEY, STATUS_ROUTE};
+use super::rig::{self, FAKE_KEY, Rig, STATUS_ROUTE};
 
 struct Phase {
     name: &'static str,
@@ -34,16 +34,12 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     } else {
         (8, 2000, 20)
     };
-    let client = &ctx.client;
-    let fake = rig::spawn_fake(ctx, "bench1-did-fake").await?;
-    let base = fake.base_url.clone();
-    let talk = rig::create_talk(client, &base).await?;
-    rig::set_faults(
-        client,
-        &base,
-        json!({"latency": {"routes": {STATUS_ROUTE: latency_ms}}}),
-    )
-    .await?;
+    let rig = Rig::build(ctx, "bench1-did-fake")
+        .talk()
+        .latency(STATUS_ROUTE, latency_ms)
+        .start()
+        .await?;
+    let (base, talk) = (rig.base.clone(), rig.talk().to_owned());
     println!(
         "  {workers} workers, {requests} requests per client, did-fake latency {latency_ms} ms on {STATUS_ROUTE}"
     );
@@ -124,7 +120,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         .saturating_sub(1),
         samples,
     };
-    drop(fake);
+    drop(rig);
 
     let mut section = Section::new(
         1,

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::Ctx;
 use super::load::{self, Sample, Stop};
 use super::report::{Plot, Section, Summary, Table, f1, f2};
-use super::rig::{self, ApiOptions, FAKE_KEY, PREFIX, STATUS_ROUTE};
+use super::rig::{self, FAKE_KEY, PREFIX, Rig, STATUS_ROUTE};
 use crate::procs::Server;
 
 struct Params {
@@ -57,19 +57,13 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             measure: 40.0,
         }
     };
-    let client = &ctx.client;
-    let fake = rig::spawn_fake(ctx, "bench2-did-fake").await?;
-    let base = fake.base_url.clone();
-    let talk = rig::create_talk(client, &base).await?;
-    rig::set_faults(
-        client,
-        &base,
-        json!({
-            "latency": {"routes": {STATUS_ROUTE: p.latency_ms}},
-            "max_in_flight_per_key": p.limit,
-        }),
-    )
-    .await?;
+    let rig = Rig::build(ctx, "bench2-did-fake")
+        .talk()
+        .latency(STATUS_ROUTE, p.latency_ms)
+        .cap(p.limit)
+        .start()
+        .await?;
+    let (base, talk) = (rig.base.clone(), rig.talk().to_owned());
     let ideal = f64::from(p.limit) / (p.latency_ms as f64 / 1000.0);
     println!(
         "  C = {}, L = {} ms on {STATUS_ROUTE} → C/L = {ideal:.1} req/s; {} callers; \
@@ -106,49 +100,25 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     .await?;
 
     // Memory backend: one http-api process.
-    let api = rig::spawn_api(
-        ctx,
-        "bench2-http-api-memory",
-        &ApiOptions {
-            fake: &base,
-            redis: None,
-            limit: p.limit,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env: &[],
-            port: None,
-        },
-    )
-    .await?;
+    let api = rig
+        .api(p.limit)
+        .spawn(ctx, "bench2-http-api-memory")
+        .await?;
     let memory = gateway_run(ctx, &p, &base, "http-api, memory, 1 process", &[api], &talk).await?;
 
     // Redis backend: four http-api processes sharing one Redis.
     let redis = RedisServer::start();
     let redis_url = redis.url();
-    let mut apis = Vec::new();
-    for i in 0..4 {
-        apis.push(
-            rig::spawn_api(
-                ctx,
-                &format!("bench2-http-api-redis-{i}"),
-                &ApiOptions {
-                    fake: &base,
-                    redis: Some(&redis_url),
-                    limit: p.limit,
-                    lease_ttl_secs: None,
-                    poll_interval_secs: None,
-                    env: &[],
-                    port: None,
-                },
-            )
-            .await?,
-        );
-    }
+    let apis = rig
+        .api(p.limit)
+        .redis(&redis_url)
+        .spawn_n(ctx, "bench2-http-api-redis", 4)
+        .await?;
     let redis_run =
         gateway_run(ctx, &p, &base, "http-api, Redis, 4 processes", &apis, &talk).await?;
     drop(apis);
     drop(redis);
-    drop(fake);
+    drop(rig);
 
     let mut section = Section::new(
         2,

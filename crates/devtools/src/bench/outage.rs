@@ -16,7 +16,6 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use test_support::redis::RedisServer;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -25,7 +24,7 @@ use limiter_redis::{FailoverPolicy, RedisLimiterConfig};
 
 use super::load::{self, Sample, Stop};
 use super::report::{Plot, Section, Summary, Table, f1, f2};
-use super::rig::{self, ApiOptions, PREFIX, STATUS_ROUTE};
+use super::rig::{self, PREFIX, Rig, STATUS_ROUTE};
 use super::{Ctx, OBSERVER_SLACK};
 
 /// The replicas sharing the limit.
@@ -254,37 +253,24 @@ async fn timeline(
     let client = &ctx.client;
     let uncapped = if capped { "" } else { "-uncapped" };
     let tag = format!("{policy}-{}{uncapped}", fault.tag());
-    let mut redis = RedisServer::start();
-    let redis_url = redis.url();
-    let redis_port = rig::redis_port(&redis_url)?;
-    let fake = rig::spawn_fake(ctx, &format!("bench5-{tag}-did-fake")).await?;
-    let base = fake.base_url.clone();
-    let talk = rig::create_talk(client, &base).await?;
-    let mut faults = json!({"latency": {"routes": {STATUS_ROUTE: p.latency_ms}}});
+    let mut built = Rig::build(ctx, &format!("bench5-{tag}-did-fake"))
+        .redis()
+        .talk()
+        .latency(STATUS_ROUTE, p.latency_ms);
     if capped {
-        faults["max_in_flight_per_key"] = json!(p.limit);
+        built = built.cap(p.limit);
     }
-    rig::set_faults(client, &base, faults).await?;
+    let mut rig = built.start().await?;
+    let redis_port = rig::redis_port(rig.redis_url())?;
+    let (base, talk) = (rig.base.clone(), rig.talk().to_owned());
     let env = [("FAILOVER_POLICY", policy.as_str())];
-    let mut apis = Vec::new();
-    for i in 0..REPLICAS {
-        apis.push(
-            rig::spawn_api(
-                ctx,
-                &format!("bench5-{tag}-http-api-{i}"),
-                &ApiOptions {
-                    fake: &base,
-                    redis: Some(&redis_url),
-                    limit: p.limit,
-                    lease_ttl_secs: Some(5.0),
-                    poll_interval_secs: None,
-                    env: &env,
-                    port: None,
-                },
-            )
-            .await?,
-        );
-    }
+    let apis = rig
+        .api(p.limit)
+        .lease_ttl_secs(5.0)
+        .env(&env)
+        .spawn_n(ctx, &format!("bench5-{tag}-http-api"), REPLICAS)
+        .await?;
+    let redis = rig.redis.as_mut().expect("the rig has a redis-server");
     let bases: Vec<String> = apis.iter().map(|a| a.base_url.clone()).collect();
     // Every replica learns the peer count from its heartbeat (every 0.5 s): wait until each
     // sees all four, so the share is floor(C / N) from the first failure on.
@@ -421,8 +407,7 @@ async fn timeline(
         final_health.push(rig::api_health(client, b).await.unwrap_or(Value::Null));
     }
     drop(apis);
-    drop(redis);
-    drop(fake);
+    drop(rig);
     if samples.is_empty() {
         bail!("the load produced no samples");
     }
