@@ -24,19 +24,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         bail!("`cargo xtask demo` takes no arguments (got {extra:?})");
     }
     procs::build(&["did-fake", "http-api"])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = procs::runtime()?;
     // With `REDIS_URL` the demo is a guest on that Redis: its own limiter name and job-store
     // namespace, removed at the end (also after a failure or Ctrl-C), never the production
     // defaults a fleet may be using (a demo with 1 slot would set that fleet's limit to 1).
     let guest = Guest::of(std::env::var("REDIS_URL").ok());
     rt.block_on(async {
-        let result = tokio::select! {
-            result = demo(guest.as_ref()) => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; servers stopped")),
-        };
+        let result = procs::interruptible(demo(guest.as_ref())).await;
         if let Some(guest) = &guest {
             guest.leave().await;
         }
@@ -273,34 +267,18 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
         .context("no id in the 202 answer")?
         .to_owned();
     println!("    202 Accepted  id={id}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    loop {
-        let value: Value = client
-            .get(url(&format!("/talk-status/{id}")))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let status = value["status"].as_str().unwrap_or("?").to_owned();
-        if status != last {
-            println!("    status: {status}");
-            last = status.clone();
-        }
-        if status == "done" {
-            println!(
-                "    result_url: {}",
-                value["result_url"].as_str().unwrap_or("-")
-            );
-            break;
-        }
-        ensure!(
-            status != "error" && status != "rejected",
-            "talk failed: {value}"
-        );
-        ensure!(Instant::now() < deadline, "talk {id} not done within 60 s");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let value = until_done(
+        client,
+        &url(&format!("/talk-status/{id}")),
+        &format!("talk {id}"),
+        (["error", "rejected"], "talk failed"),
+        |status, _| println!("    status: {status}"),
+    )
+    .await?;
+    println!(
+        "    result_url: {}",
+        value["result_url"].as_str().unwrap_or("-")
+    );
 
     step(
         6,
@@ -347,17 +325,12 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
         status.as_u16() == 422,
         "expected 422, got {status}: {refused}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    loop {
-        let value: Value = client
-            .get(url(&format!("/jobs/{job_id}")))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let status = value["status"].as_str().unwrap_or("?").to_owned();
-        if status != last {
+    let value = until_done(
+        client,
+        &url(&format!("/jobs/{job_id}")),
+        &format!("job {job_id}"),
+        (["failed", "cancelled"], "job ended"),
+        |status, value| {
             println!(
                 "    job status: {status}{}",
                 value["talk_id"]
@@ -365,26 +338,14 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
                     .map(|t| format!("  talk_id={t}"))
                     .unwrap_or_default()
             );
-            last = status.clone();
-        }
-        if status == "done" {
-            println!(
-                "    result_url: {}  (expires {})",
-                short(value["result_url"].as_str().unwrap_or("-")),
-                value["result_expires_at"].as_str().unwrap_or("?")
-            );
-            break;
-        }
-        ensure!(
-            status != "failed" && status != "cancelled",
-            "job ended: {value}"
-        );
-        ensure!(
-            Instant::now() < deadline,
-            "job {job_id} not done within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        },
+    )
+    .await?;
+    println!(
+        "    result_url: {}  (expires {})",
+        short(value["result_url"].as_str().unwrap_or("-")),
+        value["result_expires_at"].as_str().unwrap_or("?")
+    );
 
     step(
         7,
@@ -584,6 +545,34 @@ async fn set_fake_latency(
     procs::set_faults(client, fake_base, faults).await
 }
 
+/// Polls `GET url` every 300 ms until its `status` is `done` and returns that answer;
+/// `show` prints each new status. Fails when the status becomes one of `ended.0` (saying
+/// `ended.1` and the answer), or after 60 s (naming `what`).
+async fn until_done(
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+    ended: ([&str; 2], &str),
+    show: impl Fn(&str, &Value),
+) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        let value = procs::get_json(client, url).await?;
+        let status = value["status"].as_str().unwrap_or("?").to_owned();
+        if status != last {
+            show(&status, &value);
+            last = status.clone();
+        }
+        if status == "done" {
+            return Ok(value);
+        }
+        ensure!(!ended.0.contains(&status.as_str()), "{}: {value}", ended.1);
+        ensure!(Instant::now() < deadline, "{what} not done within 60 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// Polls `/stats` until `check` accepts its `rate_limiter` part (at most 5 s).
 async fn wait_for_stats(
     client: &reqwest::Client,
@@ -592,12 +581,7 @@ async fn wait_for_stats(
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let stats: Value = client
-            .get(format!("{base}{PREFIX}/stats"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let stats = procs::get_json(client, &format!("{base}{PREFIX}/stats")).await?;
         if check(&stats["rate_limiter"]) {
             return Ok(());
         }

@@ -102,16 +102,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
     }
     procs::build(&["did-fake", "http-api"])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        tokio::select! {
-            result = both(&plan) => result,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted; servers stopped"),
-        }
-    })
+    procs::runtime()?.block_on(procs::interruptible(both(&plan)))
 }
 
 /// The mixed workload, then the jobs chaos run (`harness_jobs`), each unless `--only` says
@@ -323,12 +314,7 @@ async fn harness(plan: &Plan) -> Result<()> {
     for base in bases.iter() {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let stats: Value = client
-                .get(format!("{base}{PREFIX}/stats"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let stats = procs::get_json(&client, &format!("{base}{PREFIX}/stats")).await?;
             let rl = &stats["rate_limiter"];
             let active = rl["active_requests"].as_u64().unwrap_or(u64::MAX);
             let queued = rl["queue_size"].as_u64().unwrap_or(u64::MAX);

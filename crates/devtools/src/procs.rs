@@ -5,6 +5,7 @@
 //! calls that steer did-fake (`/_fake/faults`, `/_fake/reset`, `/_fake/stats`), which all
 //! three tasks make.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -50,6 +51,28 @@ pub(crate) fn log_dir() -> PathBuf {
 pub(crate) fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// The runtime the tasks run on: two workers (the machine they were tuned on has two cores).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// `task`, or an error when Ctrl-C comes first: the task is dropped then, and with it the
+/// handles of the servers it started, which stops them.
+pub(crate) async fn interruptible<T>(task: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::select! {
+        result = task => result,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted; servers stopped"),
+    }
+}
+
+/// `GET url`, its body as JSON (whatever the status code).
+pub(crate) async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value> {
+    Ok(client.get(url).send().await?.json().await?)
 }
 
 /// The service's route prefix.

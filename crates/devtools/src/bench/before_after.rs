@@ -35,8 +35,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         (8, 2000, 20)
     };
     let rig = Rig::build(ctx, "bench1-did-fake")
-        .talk()
-        .latency(STATUS_ROUTE, latency_ms)
+        .status_load(latency_ms)
         .start()
         .await?;
     let (base, talk) = (rig.base.clone(), rig.talk().to_owned());

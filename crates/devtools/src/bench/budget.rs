@@ -58,8 +58,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         }
     };
     let rig = Rig::build(ctx, "bench2-did-fake")
-        .talk()
-        .latency(STATUS_ROUTE, p.latency_ms)
+        .status_load(p.latency_ms)
         .cap(p.limit)
         .start()
         .await?;
@@ -297,19 +296,9 @@ async fn gateway_run(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
-    let urls: Arc<Vec<String>> = Arc::new(
-        apis.iter()
-            .map(|a| format!("{}{PREFIX}/talk-status/{talk}", a.base_url))
-            .collect(),
-    );
+    let urls = rig::status_urls(apis.iter().map(|a| &a.base_url), talk);
     let mut outcome = measure(ctx, p, fake, name, p.callers, move |w, _| {
-        let (http, urls) = (http.clone(), Arc::clone(&urls));
-        async move {
-            http.get(&urls[w % urls.len()])
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
+        rig::get_spread(http.clone(), Arc::clone(&urls), w)
     })
     .await?;
     // Every process should be idle again; a leftover permit would skew the next run.

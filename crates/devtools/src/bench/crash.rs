@@ -62,8 +62,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     let client = &ctx.client;
     let rig = Rig::build(ctx, "bench4-did-fake")
         .redis()
-        .talk()
-        .latency(STATUS_ROUTE, HOLD_MS)
+        .status_load(HOLD_MS)
         .start()
         .await?;
     let talk = rig.talk();

@@ -196,8 +196,7 @@ async fn one_run(ctx: &Ctx, p: &Params, with_kills: bool) -> Result<Run> {
     let tag = if with_kills { "kills" } else { "baseline" };
     let rig = Rig::build(ctx, &format!("bench7-{tag}-did-fake"))
         .redis()
-        .talk()
-        .latency(STATUS_ROUTE, p.latency_ms)
+        .status_load(p.latency_ms)
         .cap(p.limit)
         .start()
         .await?;
@@ -255,11 +254,9 @@ async fn one_run(ctx: &Ctx, p: &Params, with_kills: bool) -> Result<Run> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let urls: Arc<Vec<String>> = Arc::new(
-        ports
-            .iter()
-            .map(|port| format!("http://127.0.0.1:{port}{PREFIX}/talk-status/{talk}"))
-            .collect(),
+    let urls = rig::status_urls(
+        ports.iter().map(|port| format!("http://127.0.0.1:{port}")),
+        &talk,
     );
     let label = format!("kills, {tag}");
     let callers = p.callers;

@@ -157,16 +157,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             return run_release_child(args);
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        tokio::select! {
-            result = bench(opts) => result,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted; servers stopped"),
-        }
-    })
+    procs::runtime()?.block_on(procs::interruptible(bench(opts)))
 }
 
 /// Runs `target/release/devtools bench <args>` and exits with its code when it fails (its own

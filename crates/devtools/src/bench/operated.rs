@@ -311,12 +311,7 @@ async fn claim_latencies(client: &reqwest::Client, base: &str, n: usize) -> Resu
         let job: Value = resp.json().await?;
         let id = job["job_id"].as_str().context("a job id")?.to_owned();
         loop {
-            let now: Value = client
-                .get(format!("{base}{PREFIX}/jobs/{id}"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let now = procs::get_json(client, &format!("{base}{PREFIX}/jobs/{id}")).await?;
             if now["status"] != "queued" {
                 out.push(t.elapsed().as_secs_f64() * 1000.0);
                 break;

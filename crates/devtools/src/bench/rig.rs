@@ -5,6 +5,7 @@
 //! processes), and so states only what differs from the defaults.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -264,6 +265,12 @@ impl RigBuilder<'_> {
         self
     }
 
+    /// The rig of a `talk-status` load: a talk ([`RigBuilder::talk`]) whose status did-fake
+    /// answers after `ms` ([`STATUS_ROUTE`]).
+    pub(crate) fn status_load(self, ms: u64) -> Self {
+        self.talk().latency(STATUS_ROUTE, ms)
+    }
+
     /// did-fake answers `route` after `ms` (set once the talk is made).
     pub(crate) fn latency(mut self, route: &str, ms: u64) -> Self {
         let routes = self
@@ -315,8 +322,18 @@ impl RigBuilder<'_> {
 
 /// http-api's `/stats` as JSON.
 pub(crate) async fn api_stats(client: &reqwest::Client, api: &str) -> Result<Value> {
+    api_json(client, api, "/stats").await
+}
+
+/// http-api's `/health` as JSON (whatever the status code).
+pub(crate) async fn api_health(client: &reqwest::Client, api: &str) -> Result<Value> {
+    api_json(client, api, "/health").await
+}
+
+/// `GET <api><PREFIX><route>` as JSON, whatever the status code, within 5 s.
+async fn api_json(client: &reqwest::Client, api: &str, route: &str) -> Result<Value> {
     Ok(client
-        .get(format!("{api}{PREFIX}/stats"))
+        .get(format!("{api}{PREFIX}{route}"))
         .timeout(Duration::from_secs(5))
         .send()
         .await?
@@ -324,15 +341,28 @@ pub(crate) async fn api_stats(client: &reqwest::Client, api: &str) -> Result<Val
         .await?)
 }
 
-/// http-api's `/health` as JSON (whatever the status code).
-pub(crate) async fn api_health(client: &reqwest::Client, api: &str) -> Result<Value> {
-    Ok(client
-        .get(format!("{api}{PREFIX}/health"))
-        .timeout(Duration::from_secs(5))
+/// `GET <base><PREFIX>/talk-status/<talk>` on each of `bases`: what a status load spreads
+/// over.
+pub(crate) fn status_urls<I>(bases: I, talk: &str) -> Arc<Vec<String>>
+where
+    I: IntoIterator,
+    I::Item: std::fmt::Display,
+{
+    Arc::new(
+        bases
+            .into_iter()
+            .map(|b| format!("{b}{PREFIX}/talk-status/{talk}"))
+            .collect(),
+    )
+}
+
+/// One request of a load spread over `urls`: worker `w` sends `GET urls[w % n]`; it
+/// succeeded if the answer is a 2xx.
+pub(crate) async fn get_spread(http: reqwest::Client, urls: Arc<Vec<String>>, w: usize) -> bool {
+    http.get(&urls[w % urls.len()])
         .send()
-        .await?
-        .json()
-        .await?)
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 /// The `rate_limiter` object of `/stats`.

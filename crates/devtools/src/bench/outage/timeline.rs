@@ -14,7 +14,7 @@ use super::*;
 use crate::bench::Ctx;
 use crate::bench::load::{self, Sample, Stop};
 use crate::bench::report::Summary;
-use crate::bench::rig::{self, PREFIX, Rig, STATUS_ROUTE};
+use crate::bench::rig::{self, Rig};
 
 pub(super) async fn timeline(
     ctx: &Ctx,
@@ -28,8 +28,7 @@ pub(super) async fn timeline(
     let tag = format!("{policy}-{}{uncapped}", fault.tag());
     let mut built = Rig::build(ctx, &format!("bench5-{tag}-did-fake"))
         .redis()
-        .talk()
-        .latency(STATUS_ROUTE, p.latency_ms);
+        .status_load(p.latency_ms);
     if capped {
         built = built.cap(p.limit);
     }
@@ -70,12 +69,7 @@ pub(super) async fn timeline(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let urls: Arc<Vec<String>> = Arc::new(
-        bases
-            .iter()
-            .map(|b| format!("{b}{PREFIX}/talk-status/{talk}"))
-            .collect(),
-    );
+    let urls = rig::status_urls(&bases, &talk);
     let callers = p.callers;
     let label = format!("outage, {policy}, {}", fault.name());
     let load = tokio::spawn(async move {
@@ -84,15 +78,7 @@ pub(super) async fn timeline(
             t0,
             callers,
             Stop::At(Duration::from_secs_f64(total)),
-            move |w, _| {
-                let (http, urls) = (http.clone(), Arc::clone(&urls));
-                async move {
-                    http.get(&urls[w % urls.len()])
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success())
-                }
-            },
+            move |w, _| rig::get_spread(http.clone(), Arc::clone(&urls), w),
         )
         .await
     });
