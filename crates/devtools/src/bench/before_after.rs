@@ -28,6 +28,30 @@ struct Phase {
     connections: u64,
 }
 
+impl Phase {
+    /// The phase that started at `t0` and made `samples`, now that it is over: its
+    /// connections are did-fake's count since its reset, less the one this stats call opens
+    /// (`control` never pools).
+    async fn end(
+        name: &'static str,
+        t0: Instant,
+        samples: Vec<Sample>,
+        control: &reqwest::Client,
+        fake: &str,
+    ) -> Result<Phase> {
+        Ok(Phase {
+            name,
+            seconds: t0.elapsed().as_secs_f64(),
+            connections: rig::count(
+                &rig::fake_stats(control, fake).await?,
+                "connections_accepted",
+            )
+            .saturating_sub(1),
+            samples,
+        })
+    }
+}
+
 pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     let (workers, requests, latency_ms) = if ctx.quick {
         (4, 300, 20)
@@ -80,16 +104,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         }
     })
     .await?;
-    let naive = Phase {
-        name: "naive (client per request)",
-        seconds: t0.elapsed().as_secs_f64(),
-        connections: rig::count(
-            &rig::fake_stats(&control, &base).await?,
-            "connections_accepted",
-        )
-        .saturating_sub(1),
-        samples,
-    };
+    let naive = Phase::end("naive (client per request)", t0, samples, &control, &base).await?;
 
     // After: did-client, one pool sized to the load.
     let limiter = Arc::new(MemoryLimiter::new(workers as u32));
@@ -109,16 +124,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         }
     })
     .await?;
-    let pooled = Phase {
-        name: "did-client (pooled)",
-        seconds: t0.elapsed().as_secs_f64(),
-        connections: rig::count(
-            &rig::fake_stats(&control, &base).await?,
-            "connections_accepted",
-        )
-        .saturating_sub(1),
-        samples,
-    };
+    let pooled = Phase::end("did-client (pooled)", t0, samples, &control, &base).await?;
     drop(rig);
 
     let mut section = Section::new(
