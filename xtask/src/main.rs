@@ -5,9 +5,12 @@
 //! - `cargo xtask harness`: multi-process fault-injection run that checks the invariants.
 //! - `cargo xtask bench`: macro benchmarks over real sockets, baselines in the same run.
 //!
-//! xtask depends on `anyhow` alone, so the gate's first step (`cargo fmt --check`) runs
-//! after seconds of compiling. `demo`, `harness` and `bench` need the adapters; they live in
+//! xtask depends on `anyhow` and the tiny `task-cli` alone, so the gate's first step (`cargo
+//! fmt --check`) runs after seconds of compiling. `demo`, `harness` and `bench` need the adapters; they live in
 //! `crates/devtools`, which xtask runs with `cargo run -p devtools -- <task> <args>`.
+//!
+//! The dispatch, usage, exit codes and error printing are `task-cli`'s, shared with
+//! `devtools` (that crate's docs say why it is a crate of its own).
 //!
 //! Run `cargo xtask` without arguments for the list.
 
@@ -15,10 +18,10 @@
 
 mod test;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
+use task_cli::{Cli, Task, cargo};
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -101,65 +104,42 @@ Two runs, each checking its invariants:
   --jobs-faults JSON  more did-fake faults for the jobs run (experiments)
 ";
 
-fn wants_help(args: &[String]) -> bool {
-    args.iter().any(|a| a == "-h" || a == "--help")
-}
+/// The tasks; `demo`, `harness` and `bench` run in `devtools`.
+const CLI: Cli = Cli {
+    name: "xtask",
+    usage: USAGE,
+    tasks: &[
+        Task {
+            name: "test",
+            run: test::run,
+            help: Some(TEST_USAGE),
+        },
+        Task {
+            name: "demo",
+            run: |args| devtools("demo", args),
+            help: Some(DEMO_USAGE),
+        },
+        Task {
+            name: "harness",
+            run: |args| devtools("harness", args),
+            help: Some(HARNESS_USAGE),
+        },
+        Task {
+            name: "bench",
+            run: |args| devtools("bench", args),
+            help: Some(BENCH_USAGE),
+        },
+    ],
+};
 
 /// The usage text to print when `args` (without the program name) ask for a task's help.
+#[cfg(test)]
 fn task_help(args: &[String]) -> Option<&'static str> {
-    let (task, rest) = args.split_first()?;
-    if !wants_help(rest) {
-        return None;
-    }
-    match task.as_str() {
-        "test" => Some(TEST_USAGE),
-        "demo" => Some(DEMO_USAGE),
-        "harness" => Some(HARNESS_USAGE),
-        "bench" => Some(BENCH_USAGE),
-        _ => None,
-    }
+    CLI.task_help(args)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(help) = task_help(&args) {
-        print!("{help}");
-        return ExitCode::SUCCESS;
-    }
-    let result = match args.first().map(String::as_str) {
-        Some("test") => test::run(&args[1..]),
-        Some(task @ ("demo" | "harness" | "bench")) => devtools(task, &args[1..]),
-        Some("-h" | "--help" | "help") | None => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => {
-            eprint!("unknown task {other:?}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xtask: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The workspace root (xtask lives one level below it).
-pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
-        .to_path_buf()
-}
-
-/// `cargo` as invoked by the user (respects `CARGO`), run in the workspace root.
-pub(crate) fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    cmd.current_dir(root());
-    cmd
+    CLI.main()
 }
 
 /// `cargo run -p devtools -- <task> <args>`: the tasks that need the adapters.
@@ -177,18 +157,6 @@ fn devtools(task: &str, args: &[String]) -> Result<()> {
         .context("could not start `cargo run -p devtools`")?;
     if !status.success() {
         bail!("{task} failed ({status})");
-    }
-    Ok(())
-}
-
-/// Runs `cmd`, echoing it first, and fails if it fails.
-pub(crate) fn run_step(name: &str, cmd: &mut Command) -> Result<()> {
-    eprintln!("\n==> {name}: {cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start {name}"))?;
-    if !status.success() {
-        bail!("{name} failed ({status})");
     }
     Ok(())
 }

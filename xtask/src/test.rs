@@ -11,7 +11,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::{cargo, run_step};
+use task_cli::{cargo, run_step};
 
 /// Crates that do I/O (or are adapters). `domain` and `ports` must not depend on any of them
 /// in a normal build with default features.
@@ -157,12 +157,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "http-api",
             "test-support",
             "workspace-hack",
+            "task-cli",
         ],
     ),
     ("test-support", &[]),
+    ("task-cli", &[]),
     ("workspace-hack", &[]),
     ("integration-tests", &[]),
-    ("xtask", &[]),
+    ("xtask", &["task-cli"]),
 ];
 
 /// The direct workspace dependencies of `krate` that [`ALLOWED`] does not list, from `cargo

@@ -17,30 +17,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::procs::{self, Server};
-
-const PREFIX: &str = "/api/d_id_optimized";
-/// did-fake's default API key (`did_fake::DEFAULT_API_KEY`).
-const FAKE_KEY: &str = "talkgate:fake-key";
+use crate::procs::{self, FAKE_KEY, PREFIX};
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     if let Some(extra) = args.first() {
         bail!("`cargo xtask demo` takes no arguments (got {extra:?})");
     }
     procs::build(&["did-fake", "http-api"])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = procs::runtime()?;
     // With `REDIS_URL` the demo is a guest on that Redis: its own limiter name and job-store
     // namespace, removed at the end (also after a failure or Ctrl-C), never the production
     // defaults a fleet may be using (a demo with 1 slot would set that fleet's limit to 1).
     let guest = Guest::of(std::env::var("REDIS_URL").ok());
     rt.block_on(async {
-        let result = tokio::select! {
-            result = demo(guest.as_ref()) => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; servers stopped")),
-        };
+        let result = procs::interruptible(demo(guest.as_ref())).await;
         if let Some(guest) = &guest {
             guest.leave().await;
         }
@@ -149,21 +139,7 @@ async fn demo(guest: Option<&Guest>) -> Result<()> {
         .build()?;
 
     step(1, "starting the fake D-ID server and the talkgate service");
-    let fake_port = procs::free_port()?;
-    let mut fake = Server::spawn(
-        "did-fake",
-        procs::bin("did-fake"),
-        &[
-            "--port".into(),
-            fake_port.to_string(),
-            "--time-scale".into(),
-            "0.15".into(),
-        ],
-        &[],
-        fake_port,
-    )?;
-    fake.wait_ready(&client, "/_fake/stats", Duration::from_secs(30))
-        .await?;
+    let fake = procs::spawn_fake(&client, "did-fake", procs::bin("did-fake"), 0.15, None).await?;
     println!(
         "    did-fake  {}  (log {})",
         fake.base_url,
@@ -174,7 +150,6 @@ async fn demo(guest: Option<&Guest>) -> Result<()> {
     let mut envs = vec![
         ("D_ID_API_KEY", FAKE_KEY.to_owned()),
         ("D_ID_BASE_URL", fake.base_url.clone()),
-        ("BIND_ADDR", format!("127.0.0.1:{api_port}")),
         // One slot, so that the priority step below builds a real queue.
         ("MAX_CONCURRENT_REQUESTS", "1".to_owned()),
         ("POLL_INTERVAL_SECS", "0.3".to_owned()),
@@ -195,13 +170,8 @@ async fn demo(guest: Option<&Guest>) -> Result<()> {
         }
         None => "memory",
     };
-    let mut api = Server::spawn("http-api", procs::bin("http-api"), &[], &envs, api_port)?;
-    api.wait_ready(
-        &client,
-        &format!("{PREFIX}/health"),
-        Duration::from_secs(30),
-    )
-    .await?;
+    let api =
+        procs::spawn_api(&client, "http-api", procs::bin("http-api"), &envs, api_port).await?;
     println!(
         "    http-api  {}  (limiter: {backend}, 1 slot; log {})",
         api.base_url,
@@ -297,34 +267,18 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
         .context("no id in the 202 answer")?
         .to_owned();
     println!("    202 Accepted  id={id}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    loop {
-        let value: Value = client
-            .get(url(&format!("/talk-status/{id}")))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let status = value["status"].as_str().unwrap_or("?").to_owned();
-        if status != last {
-            println!("    status: {status}");
-            last = status.clone();
-        }
-        if status == "done" {
-            println!(
-                "    result_url: {}",
-                value["result_url"].as_str().unwrap_or("-")
-            );
-            break;
-        }
-        ensure!(
-            status != "error" && status != "rejected",
-            "talk failed: {value}"
-        );
-        ensure!(Instant::now() < deadline, "talk {id} not done within 60 s");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let value = until_done(
+        client,
+        &url(&format!("/talk-status/{id}")),
+        &format!("talk {id}"),
+        (["error", "rejected"], "talk failed"),
+        |status, _| println!("    status: {status}"),
+    )
+    .await?;
+    println!(
+        "    result_url: {}",
+        value["result_url"].as_str().unwrap_or("-")
+    );
 
     step(
         6,
@@ -371,17 +325,12 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
         status.as_u16() == 422,
         "expected 422, got {status}: {refused}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    loop {
-        let value: Value = client
-            .get(url(&format!("/jobs/{job_id}")))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let status = value["status"].as_str().unwrap_or("?").to_owned();
-        if status != last {
+    let value = until_done(
+        client,
+        &url(&format!("/jobs/{job_id}")),
+        &format!("job {job_id}"),
+        (["failed", "cancelled"], "job ended"),
+        |status, value| {
             println!(
                 "    job status: {status}{}",
                 value["talk_id"]
@@ -389,26 +338,14 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
                     .map(|t| format!("  talk_id={t}"))
                     .unwrap_or_default()
             );
-            last = status.clone();
-        }
-        if status == "done" {
-            println!(
-                "    result_url: {}  (expires {})",
-                short(value["result_url"].as_str().unwrap_or("-")),
-                value["result_expires_at"].as_str().unwrap_or("?")
-            );
-            break;
-        }
-        ensure!(
-            status != "failed" && status != "cancelled",
-            "job ended: {value}"
-        );
-        ensure!(
-            Instant::now() < deadline,
-            "job {job_id} not done within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+        },
+    )
+    .await?;
+    println!(
+        "    result_url: {}  (expires {})",
+        short(value["result_url"].as_str().unwrap_or("-")),
+        value["result_expires_at"].as_str().unwrap_or("?")
+    );
 
     step(
         7,
@@ -605,17 +542,35 @@ async fn set_fake_latency(
         Some(ms) => json!({"latency": {"routes": {"POST /talks": ms}}}),
         None => json!({}),
     };
-    let resp = client
-        .post(format!("{fake_base}/_fake/faults"))
-        .json(&faults)
-        .send()
-        .await?;
-    ensure!(
-        resp.status().is_success(),
-        "did-fake refused the faults: {}",
-        resp.text().await?
-    );
-    Ok(())
+    procs::set_faults(client, fake_base, faults).await
+}
+
+/// Polls `GET url` every 300 ms until its `status` is `done` and returns that answer;
+/// `show` prints each new status. Fails when the status becomes one of `ended.0` (saying
+/// `ended.1` and the answer), or after 60 s (naming `what`).
+async fn until_done(
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+    ended: ([&str; 2], &str),
+    show: impl Fn(&str, &Value),
+) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        let value = procs::get_json(client, url).await?;
+        let status = value["status"].as_str().unwrap_or("?").to_owned();
+        if status != last {
+            show(&status, &value);
+            last = status.clone();
+        }
+        if status == "done" {
+            return Ok(value);
+        }
+        ensure!(!ended.0.contains(&status.as_str()), "{}: {value}", ended.1);
+        ensure!(Instant::now() < deadline, "{what} not done within 60 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Polls `/stats` until `check` accepts its `rate_limiter` part (at most 5 s).
@@ -626,12 +581,7 @@ async fn wait_for_stats(
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let stats: Value = client
-            .get(format!("{base}{PREFIX}/stats"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let stats = procs::get_json(client, &format!("{base}{PREFIX}/stats")).await?;
         if check(&stats["rate_limiter"]) {
             return Ok(());
         }

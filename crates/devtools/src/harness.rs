@@ -33,10 +33,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::procs::{self, Server};
+use crate::procs::{self, FAKE_KEY, PREFIX};
 
-const PREFIX: &str = "/api/d_id_optimized";
-const FAKE_KEY: &str = "talkgate:fake-key";
 const PRIORITIES: [&str; 4] = ["low", "normal", "high", "critical"];
 /// A request without an answer after this long counts as hung.
 const HUNG: Duration = Duration::from_secs(60);
@@ -104,16 +102,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
     }
     procs::build(&["did-fake", "http-api"])?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        tokio::select! {
-            result = both(&plan) => result,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted; servers stopped"),
-        }
-    })
+    procs::runtime()?.block_on(procs::interruptible(both(&plan)))
 }
 
 /// The mixed workload, then the jobs chaos run (`harness_jobs`), each unless `--only` says
@@ -163,23 +152,14 @@ async fn harness(plan: &Plan) -> Result<()> {
     let client = reqwest::Client::builder().timeout(HUNG).build()?;
     let redis = RedisServer::start();
 
-    let fake_port = procs::free_port()?;
-    let mut fake = Server::spawn(
+    let fake = procs::spawn_fake(
+        &client,
         "harness-did-fake",
         procs::bin("did-fake"),
-        &[
-            "--port".into(),
-            fake_port.to_string(),
-            "--time-scale".into(),
-            "0.02".into(),
-            "--seed".into(),
-            plan.seed.to_string(),
-        ],
-        &[],
-        fake_port,
-    )?;
-    fake.wait_ready(&client, "/_fake/stats", Duration::from_secs(30))
-        .await?;
+        0.02,
+        Some(plan.seed),
+    )
+    .await?;
     let faults = json!({
         "p_500": 0.04, "p_502_html": 0.02, "p_reset": 0.03,
         "p_create_then_fail": 0.10, "create_then_fail": "mixed",
@@ -187,14 +167,7 @@ async fn harness(plan: &Plan) -> Result<()> {
         "max_in_flight_per_key": plan.limit,
         "latency": {"all": {"min_ms": 2, "max_ms": 20}},
     });
-    let resp = client
-        .post(format!("{}/_fake/faults", fake.base_url))
-        .json(&faults)
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("did-fake refused the faults: {}", resp.text().await?);
-    }
+    procs::set_faults(&client, &fake.base_url, faults).await?;
 
     let mut apis = Vec::new();
     for i in 0..plan.processes {
@@ -203,25 +176,13 @@ async fn harness(plan: &Plan) -> Result<()> {
             ("D_ID_API_KEY", FAKE_KEY.to_owned()),
             ("D_ID_BASE_URL", fake.base_url.clone()),
             ("REDIS_URL", redis.url()),
-            ("BIND_ADDR", format!("127.0.0.1:{port}")),
             ("MAX_CONCURRENT_REQUESTS", plan.limit.to_string()),
             ("POLL_INTERVAL_SECS", "0.05".to_owned()),
             ("MAX_WAIT_SECS", "4".to_owned()),
             ("LIMITER_WAIT_TIMEOUT_SECS", "30".to_owned()),
         ];
-        let mut api = Server::spawn(
-            &format!("harness-http-api-{i}"),
-            procs::bin("http-api"),
-            &[],
-            &envs,
-            port,
-        )?;
-        api.wait_ready(
-            &client,
-            &format!("{PREFIX}/health"),
-            Duration::from_secs(30),
-        )
-        .await?;
+        let name = format!("harness-http-api-{i}");
+        let api = procs::spawn_api(&client, &name, procs::bin("http-api"), &envs, port).await?;
         apis.push(api);
     }
     let bases: Arc<Vec<String>> = Arc::new(apis.iter().map(|a| a.base_url.clone()).collect());
@@ -353,12 +314,7 @@ async fn harness(plan: &Plan) -> Result<()> {
     for base in bases.iter() {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let stats: Value = client
-                .get(format!("{base}{PREFIX}/stats"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let stats = procs::get_json(&client, &format!("{base}{PREFIX}/stats")).await?;
             let rl = &stats["rate_limiter"];
             let active = rl["active_requests"].as_u64().unwrap_or(u64::MAX);
             let queued = rl["queue_size"].as_u64().unwrap_or(u64::MAX);
@@ -372,12 +328,7 @@ async fn harness(plan: &Plan) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let fake_stats: Value = client
-        .get(format!("{}/_fake/stats", fake.base_url))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let fake_stats = procs::fake_stats(&client, &fake.base_url).await?;
 
     let record = record.lock().await;
     println!(

@@ -19,7 +19,7 @@ use serde_json::json;
 use super::Ctx;
 use super::load::{self, Sample, Stop};
 use super::report::{Plot, Section, Summary, Table, f1, f2};
-use super::rig::{self, FAKE_KEY, STATUS_ROUTE};
+use super::rig::{self, FAKE_KEY, Rig, STATUS_ROUTE};
 
 struct Phase {
     name: &'static str,
@@ -28,22 +28,41 @@ struct Phase {
     connections: u64,
 }
 
+impl Phase {
+    /// The phase that started at `t0` and made `samples`, now that it is over: its
+    /// connections are did-fake's count since its reset, less the one this stats call opens
+    /// (`control` never pools).
+    async fn end(
+        name: &'static str,
+        t0: Instant,
+        samples: Vec<Sample>,
+        control: &reqwest::Client,
+        fake: &str,
+    ) -> Result<Phase> {
+        Ok(Phase {
+            name,
+            seconds: t0.elapsed().as_secs_f64(),
+            connections: rig::count(
+                &rig::fake_stats(control, fake).await?,
+                "connections_accepted",
+            )
+            .saturating_sub(1),
+            samples,
+        })
+    }
+}
+
 pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     let (workers, requests, latency_ms) = if ctx.quick {
         (4, 300, 20)
     } else {
         (8, 2000, 20)
     };
-    let client = &ctx.client;
-    let fake = rig::spawn_fake(ctx, "bench1-did-fake").await?;
-    let base = fake.base_url.clone();
-    let talk = rig::create_talk(client, &base).await?;
-    rig::set_faults(
-        client,
-        &base,
-        json!({"latency": {"routes": {STATUS_ROUTE: latency_ms}}}),
-    )
-    .await?;
+    let rig = Rig::build(ctx, "bench1-did-fake")
+        .status_load(latency_ms)
+        .start()
+        .await?;
+    let (base, talk) = (rig.base.clone(), rig.talk().to_owned());
     println!(
         "  {workers} workers, {requests} requests per client, did-fake latency {latency_ms} ms on {STATUS_ROUTE}"
     );
@@ -85,16 +104,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         }
     })
     .await?;
-    let naive = Phase {
-        name: "naive (client per request)",
-        seconds: t0.elapsed().as_secs_f64(),
-        connections: rig::count(
-            &rig::fake_stats(&control, &base).await?,
-            "connections_accepted",
-        )
-        .saturating_sub(1),
-        samples,
-    };
+    let naive = Phase::end("naive (client per request)", t0, samples, &control, &base).await?;
 
     // After: did-client, one pool sized to the load.
     let limiter = Arc::new(MemoryLimiter::new(workers as u32));
@@ -114,17 +124,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         }
     })
     .await?;
-    let pooled = Phase {
-        name: "did-client (pooled)",
-        seconds: t0.elapsed().as_secs_f64(),
-        connections: rig::count(
-            &rig::fake_stats(&control, &base).await?,
-            "connections_accepted",
-        )
-        .saturating_sub(1),
-        samples,
-    };
-    drop(fake);
+    let pooled = Phase::end("did-client (pooled)", t0, samples, &control, &base).await?;
+    drop(rig);
 
     let mut section = Section::new(
         1,

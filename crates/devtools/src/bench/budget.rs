@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::Ctx;
 use super::load::{self, Sample, Stop};
 use super::report::{Plot, Section, Summary, Table, f1, f2};
-use super::rig::{self, ApiOptions, FAKE_KEY, PREFIX, STATUS_ROUTE};
+use super::rig::{self, FAKE_KEY, PREFIX, Rig, STATUS_ROUTE};
 use crate::procs::Server;
 
 struct Params {
@@ -57,19 +57,12 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             measure: 40.0,
         }
     };
-    let client = &ctx.client;
-    let fake = rig::spawn_fake(ctx, "bench2-did-fake").await?;
-    let base = fake.base_url.clone();
-    let talk = rig::create_talk(client, &base).await?;
-    rig::set_faults(
-        client,
-        &base,
-        json!({
-            "latency": {"routes": {STATUS_ROUTE: p.latency_ms}},
-            "max_in_flight_per_key": p.limit,
-        }),
-    )
-    .await?;
+    let rig = Rig::build(ctx, "bench2-did-fake")
+        .status_load(p.latency_ms)
+        .cap(p.limit)
+        .start()
+        .await?;
+    let (base, talk) = (rig.base.clone(), rig.talk().to_owned());
     let ideal = f64::from(p.limit) / (p.latency_ms as f64 / 1000.0);
     println!(
         "  C = {}, L = {} ms on {STATUS_ROUTE} → C/L = {ideal:.1} req/s; {} callers; \
@@ -106,49 +99,25 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     .await?;
 
     // Memory backend: one http-api process.
-    let api = rig::spawn_api(
-        ctx,
-        "bench2-http-api-memory",
-        &ApiOptions {
-            fake: &base,
-            redis: None,
-            limit: p.limit,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env: &[],
-            port: None,
-        },
-    )
-    .await?;
+    let api = rig
+        .api(p.limit)
+        .spawn(ctx, "bench2-http-api-memory")
+        .await?;
     let memory = gateway_run(ctx, &p, &base, "http-api, memory, 1 process", &[api], &talk).await?;
 
     // Redis backend: four http-api processes sharing one Redis.
     let redis = RedisServer::start();
     let redis_url = redis.url();
-    let mut apis = Vec::new();
-    for i in 0..4 {
-        apis.push(
-            rig::spawn_api(
-                ctx,
-                &format!("bench2-http-api-redis-{i}"),
-                &ApiOptions {
-                    fake: &base,
-                    redis: Some(&redis_url),
-                    limit: p.limit,
-                    lease_ttl_secs: None,
-                    poll_interval_secs: None,
-                    env: &[],
-                    port: None,
-                },
-            )
-            .await?,
-        );
-    }
+    let apis = rig
+        .api(p.limit)
+        .redis(&redis_url)
+        .spawn_n(ctx, "bench2-http-api-redis", 4)
+        .await?;
     let redis_run =
         gateway_run(ctx, &p, &base, "http-api, Redis, 4 processes", &apis, &talk).await?;
     drop(apis);
     drop(redis);
-    drop(fake);
+    drop(rig);
 
     let mut section = Section::new(
         2,
@@ -327,19 +296,9 @@ async fn gateway_run(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
-    let urls: Arc<Vec<String>> = Arc::new(
-        apis.iter()
-            .map(|a| format!("{}{PREFIX}/talk-status/{talk}", a.base_url))
-            .collect(),
-    );
+    let urls = rig::status_urls(apis.iter().map(|a| &a.base_url), talk);
     let mut outcome = measure(ctx, p, fake, name, p.callers, move |w, _| {
-        let (http, urls) = (http.clone(), Arc::clone(&urls));
-        async move {
-            http.get(&urls[w % urls.len()])
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
+        rig::get_spread(http.clone(), Arc::clone(&urls), w)
     })
     .await?;
     // Every process should be idle again; a leftover permit would skew the next run.

@@ -8,7 +8,6 @@
 //! renewed every 5 s) free its slots.
 
 use std::time::{Duration, Instant};
-use test_support::redis::RedisServer;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -16,7 +15,7 @@ use serde_json::json;
 use limiter_redis::RedisLimiterConfig;
 
 use super::report::{Section, Table, f1};
-use super::rig::{self, ApiOptions, PREFIX, STATUS_ROUTE};
+use super::rig::{self, PREFIX, Rig, STATUS_ROUTE};
 use super::{Ctx, OBSERVER_SLACK};
 
 /// How long the upstream takes to answer the held calls (they never finish in the run).
@@ -61,44 +60,25 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         },
     ];
     let client = &ctx.client;
-    let redis = RedisServer::start();
-    let redis_url = redis.url();
-    let fake = rig::spawn_fake(ctx, "bench4-did-fake").await?;
-    let base = fake.base_url.clone();
-    let talk = rig::create_talk(client, &base).await?;
-    rig::set_faults(
-        client,
-        &base,
-        json!({"latency": {"routes": {STATUS_ROUTE: HOLD_MS}}}),
-    )
-    .await?;
+    let rig = Rig::build(ctx, "bench4-did-fake")
+        .redis()
+        .status_load(HOLD_MS)
+        .start()
+        .await?;
+    let talk = rig.talk();
 
     let mut trials = Vec::new();
     for setting in &settings {
         let mut env = vec![("LIMITER_NAME", setting.limiter)];
         env.extend_from_slice(setting.env);
-        let opts = ApiOptions {
-            fake: &base,
-            redis: Some(&redis_url),
-            limit,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env: &env,
-            port: None,
-        };
-        let observer = rig::spawn_api(
-            ctx,
-            &format!("bench4-http-api-b-{}", setting.limiter),
-            &opts,
-        )
-        .await?;
-        for rep in 0..setting.trials {
-            let holder = rig::spawn_api(
-                ctx,
-                &format!("bench4-http-api-a-{}-{rep}", setting.limiter),
-                &opts,
-            )
+        let opts = rig.api(limit).env(&env);
+        let observer = opts
+            .spawn(ctx, &format!("bench4-http-api-b-{}", setting.limiter))
             .await?;
+        for rep in 0..setting.trials {
+            let holder = opts
+                .spawn(ctx, &format!("bench4-http-api-a-{}-{rep}", setting.limiter))
+                .await?;
             // A's calls: each holds a permit until the upstream answers (it will not).
             let slow = reqwest::Client::builder()
                 .timeout(Duration::from_millis(HOLD_MS))
@@ -161,8 +141,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         }
         drop(observer);
     }
-    drop(fake);
-    drop(redis);
+    drop(rig);
 
     let slack_ms = OBSERVER_SLACK.as_secs_f64() * 1000.0;
     let ttl = defaults.instance_ttl;

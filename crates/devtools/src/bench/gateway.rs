@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::load::{self, Sample, Stop};
 use super::report::{Plot, Section, Summary, Table, f1, f2};
-use super::rig::{self, ApiOptions, FAKE_KEY, PREFIX, STATUS_ROUTE, TIME_SCALE};
+use super::rig::{self, ApiOptions, FAKE_KEY, PREFIX, Rig, STATUS_ROUTE, TIME_SCALE};
 use super::{Ctx, OBSERVER_SLACK};
 
 /// did-client's first pause before a status poll (README: "the first poll comes 0.5 s after
@@ -78,7 +78,6 @@ pub(crate) fn polls_needed(talk_secs: f64, first: f64, interval: f64, jitter: f6
 }
 
 pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
-    let client = &ctx.client;
     let mut section = Section::new(
         6,
         "gateway overhead",
@@ -101,9 +100,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             HELD_MS / 1000
         ),
     );
-    let fake = rig::spawn_fake(ctx, "bench6-did-fake").await?;
-    let base = fake.base_url.clone();
-    let talk = rig::create_talk(client, &base).await?;
+    let rig = Rig::build(ctx, "bench6-did-fake").talk().start().await?;
+    let (base, talk) = (rig.base.clone(), rig.talk().to_owned());
 
     let added = added_latency(ctx, &mut section, &base, &talk).await?;
     let generate = synchronous_generate(ctx, &mut section, &base).await?;
@@ -118,20 +116,9 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
 
 /// Part 1: one status read through the gateway against the same read straight at did-fake.
 async fn added_latency(ctx: &Ctx, section: &mut Section, base: &str, talk: &str) -> Result<Value> {
-    let api = rig::spawn_api(
-        ctx,
-        "bench6-http-api",
-        &ApiOptions {
-            fake: base,
-            redis: None,
-            limit: 16,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env: &[],
-            port: None,
-        },
-    )
-    .await?;
+    let api = ApiOptions::new(base, 16)
+        .spawn(ctx, "bench6-http-api")
+        .await?;
     let pooled = reqwest::Client::builder()
         .pool_max_idle_per_host(2)
         .build()?;
@@ -208,20 +195,10 @@ async fn synchronous_generate(ctx: &Ctx, section: &mut Section, base: &str) -> R
     let client = &ctx.client;
     let videos = if ctx.quick { 12 } else { 100 };
     let workers = 4;
-    let api = rig::spawn_api(
-        ctx,
-        "bench6-http-api-generate",
-        &ApiOptions {
-            fake: base,
-            redis: None,
-            limit: 4,
-            lease_ttl_secs: None,
-            poll_interval_secs: Some(GENERATE_POLL_INTERVAL_SECS),
-            env: &[],
-            port: None,
-        },
-    )
-    .await?;
+    let api = ApiOptions::new(base, 4)
+        .poll_interval_secs(GENERATE_POLL_INTERVAL_SECS)
+        .spawn(ctx, "bench6-http-api-generate")
+        .await?;
     rig::reset_fake(client, base).await?;
     println!("    {videos} synchronous generate-video calls, {workers} at a time");
     let http = reqwest::Client::builder()
@@ -353,20 +330,9 @@ async fn stats_under_load(
         json!({"latency": {"routes": {STATUS_ROUTE: 20}}}),
     )
     .await?;
-    let api = rig::spawn_api(
-        ctx,
-        "bench6-http-api-loaded",
-        &ApiOptions {
-            fake: base,
-            redis: None,
-            limit: 4,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env: &[],
-            port: None,
-        },
-    )
-    .await?;
+    let api = ApiOptions::new(base, 4)
+        .spawn(ctx, "bench6-http-api-loaded")
+        .await?;
     let stats_url = format!("{}{PREFIX}/stats", api.base_url);
     let health_url = format!("{}{PREFIX}/health", api.base_url);
 
@@ -501,20 +467,9 @@ async fn queued_memory(ctx: &Ctx, section: &mut Section, base: &str, talk: &str)
         json!({"latency": {"routes": {STATUS_ROUTE: HELD_MS}}}),
     )
     .await?;
-    let api = rig::spawn_api(
-        ctx,
-        "bench6-http-api-queue",
-        &ApiOptions {
-            fake: base,
-            redis: None,
-            limit: 2,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env: &[],
-            port: None,
-        },
-    )
-    .await?;
+    let api = ApiOptions::new(base, 2)
+        .spawn(ctx, "bench6-http-api-queue")
+        .await?;
     let pid = api.pid().context("http-api pid")?;
     let idle = rss_kib(pid)?;
     let waiters = reqwest::Client::builder()

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use super::Ctx;
 use super::load::{self, Stop};
 use super::report::{Section, Summary, Table, f1, f2};
-use super::rig::{self, ApiOptions, FAKE_KEY, PREFIX};
+use super::rig::{self, ApiOptions, FAKE_KEY, PREFIX, Rig};
 use crate::procs::Server;
 
 /// What accepting a job may add to the p99 of any request on the same process (ms).
@@ -31,6 +31,9 @@ const SUBMIT_BUDGET_MS: f64 = 5.0;
 
 /// The route did-fake delays in the budget part.
 const CREATE_ROUTE: &str = "POST /talks";
+
+/// Every http-api of the scenario: a queue that takes the whole backlog.
+const QUEUE_MAX: &[(&str, &str)] = &[("JOB_QUEUE_MAX", "100000")];
 
 struct Params {
     rate: u32,
@@ -138,20 +141,10 @@ async fn submit_run(ctx: &Ctx, p: &Params, api: &Server, store: &'static str) ->
 async fn backlog_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<(f64, f64, u64, u64, u64)> {
     let client = &ctx.client;
     rig::reset_fake(client, fake).await?;
-    let api = rig::spawn_api(
-        ctx,
-        "bench8-http-api-backlog",
-        &ApiOptions {
-            fake,
-            redis: None,
-            limit: p.limit,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env: &[("JOB_QUEUE_MAX", "100000")],
-            port: None,
-        },
-    )
-    .await?;
+    let api = ApiOptions::new(fake, p.limit)
+        .env(QUEUE_MAX)
+        .spawn(ctx, "bench8-http-api-backlog")
+        .await?;
     let url = Arc::new(format!("{}{PREFIX}/jobs", api.base_url));
     // The backlog goes in as fast as the service takes it (32 submits in flight).
     let submitted = load::closed_loop("backlog", Instant::now(), 32, Stop::Requests(p.backlog), {
@@ -307,55 +300,31 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             measure: 15.0,
         }
     };
-    let client = &ctx.client;
-    let fake = rig::spawn_fake(ctx, "bench8-did-fake").await?;
-    let base = fake.base_url.clone();
-
     // The account as D-ID runs it: creates take L, at most C in flight. So the workers
     // process at most C / L jobs per second while the submits arrive faster, as in a burst.
-    rig::set_faults(
-        client,
-        &base,
-        json!({
-            "latency": {"routes": {CREATE_ROUTE: p.latency_ms}},
-            "max_in_flight_per_key": p.limit,
-        }),
-    )
-    .await?;
+    let rig = Rig::build(ctx, "bench8-did-fake")
+        .latency(CREATE_ROUTE, p.latency_ms)
+        .cap(p.limit)
+        .start()
+        .await?;
+    let base = rig.base.clone();
 
     // 1. Submit latency on each store.
-    let sqlite_api = rig::spawn_api(
-        ctx,
-        "bench8-http-api-sqlite",
-        &ApiOptions {
-            fake: &base,
-            redis: None,
-            limit: p.limit,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env: &[("JOB_QUEUE_MAX", "100000")],
-            port: None,
-        },
-    )
-    .await?;
+    let sqlite_api = rig
+        .api(p.limit)
+        .env(QUEUE_MAX)
+        .spawn(ctx, "bench8-http-api-sqlite")
+        .await?;
     let sqlite = submit_run(ctx, &p, &sqlite_api, "sqlite").await?;
     drop(sqlite_api);
     let redis = RedisServer::start();
     let redis_url = redis.url();
-    let redis_api = rig::spawn_api(
-        ctx,
-        "bench8-http-api-redis",
-        &ApiOptions {
-            fake: &base,
-            redis: Some(&redis_url),
-            limit: p.limit,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env: &[("JOB_QUEUE_MAX", "100000")],
-            port: None,
-        },
-    )
-    .await?;
+    let redis_api = rig
+        .api(p.limit)
+        .redis(&redis_url)
+        .env(QUEUE_MAX)
+        .spawn(ctx, "bench8-http-api-redis")
+        .await?;
     let redis_run = submit_run(ctx, &p, &redis_api, "redis").await?;
     drop(redis_api);
     drop(redis);
@@ -363,7 +332,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     // 2. Budget with a backlog.
     let baseline = direct_creates(&p, &base).await?;
     let (gateway, occupancy, peak, rate_limited, queued_left) = backlog_run(ctx, &p, &base).await?;
-    drop(fake);
+    drop(rig);
 
     let mut section = Section::new(
         8,

@@ -14,7 +14,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use test_support::redis::RedisServer;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -24,7 +23,7 @@ use limiter_redis::RedisLimiterConfig;
 use super::load::{self, Stop};
 use super::redis_probe::{self, RedisProbe};
 use super::report::{Section, Table, f1};
-use super::rig::{self, ApiOptions, PREFIX, STATUS_ROUTE};
+use super::rig::{self, ApiOptions, PREFIX, Rig, STATUS_ROUTE};
 use super::{Ctx, OBSERVER_SLACK};
 use crate::procs::Server;
 
@@ -154,14 +153,11 @@ async fn start_replica(
         Some(p) => p,
         None => crate::procs::free_port()?,
     };
-    let opts = ApiOptions {
-        port: Some(port),
-        ..*opts
-    };
+    let opts = opts.port(port);
     // The killed process's listening socket may take a moment to go away.
     let mut tries = 0;
     let server = loop {
-        match rig::spawn_api(ctx, name, &opts).await {
+        match opts.spawn(ctx, name).await {
             Ok(s) => break s,
             Err(e) if tries < 20 => {
                 tries += 1;
@@ -198,29 +194,15 @@ async fn start_replica(
 async fn one_run(ctx: &Ctx, p: &Params, with_kills: bool) -> Result<Run> {
     let client = &ctx.client;
     let tag = if with_kills { "kills" } else { "baseline" };
-    let redis = RedisServer::start();
-    let redis_url = redis.url();
-    let fake = rig::spawn_fake(ctx, &format!("bench7-{tag}-did-fake")).await?;
-    let base = fake.base_url.clone();
-    let talk = rig::create_talk(client, &base).await?;
-    rig::set_faults(
-        client,
-        &base,
-        json!({
-            "latency": {"routes": {STATUS_ROUTE: p.latency_ms}},
-            "max_in_flight_per_key": p.limit,
-        }),
-    )
-    .await?;
-    let opts = ApiOptions {
-        fake: &base,
-        redis: Some(&redis_url),
-        limit: p.limit,
-        lease_ttl_secs: None,
-        poll_interval_secs: None,
-        env: &[],
-        port: None,
-    };
+    let rig = Rig::build(ctx, &format!("bench7-{tag}-did-fake"))
+        .redis()
+        .status_load(p.latency_ms)
+        .cap(p.limit)
+        .start()
+        .await?;
+    let (base, talk) = (rig.base.clone(), rig.talk().to_owned());
+    let redis_url = rig.redis_url().to_owned();
+    let opts = rig.api(p.limit);
     let mut probe = RedisProbe::connect(&redis_url).await?;
     let mut known = HashSet::new();
     let mut replicas = Vec::new();
@@ -272,11 +254,9 @@ async fn one_run(ctx: &Ctx, p: &Params, with_kills: bool) -> Result<Run> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let urls: Arc<Vec<String>> = Arc::new(
-        ports
-            .iter()
-            .map(|port| format!("http://127.0.0.1:{port}{PREFIX}/talk-status/{talk}"))
-            .collect(),
+    let urls = rig::status_urls(
+        ports.iter().map(|port| format!("http://127.0.0.1:{port}")),
+        &talk,
     );
     let label = format!("kills, {tag}");
     let callers = p.callers;
@@ -348,8 +328,7 @@ async fn one_run(ctx: &Ctx, p: &Params, with_kills: bool) -> Result<Run> {
     let obs = sampler.await.context("the observer panicked")??;
     let rate_limited = rig::count(&rig::fake_stats(client, &base).await?, "rate_limited");
     drop(replicas);
-    drop(fake);
-    drop(redis);
+    drop(rig);
     if obs.len() < 10 {
         bail!("the observer took only {} samples", obs.len());
     }

@@ -141,32 +141,23 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if !child {
         // Benchmarks measure the servers as they would be deployed: optimised builds, built
         // on their own (`-p devtools` in the same command would unify features into them).
-        let mut build = crate::cargo();
+        let mut build = task_cli::cargo();
         build.args(["build", "--quiet", "-p", "did-fake", "-p", "http-api"]);
         if opts.release {
             build.arg("--release");
         }
-        crate::run_step("build", &mut build)?;
+        task_cli::run_step("build", &mut build)?;
         if opts.release && cfg!(debug_assertions) {
             // `cargo xtask` is a debug build: as the load generator it would measure itself.
             // Build the bench in release and let that process run it.
-            crate::run_step(
+            task_cli::run_step(
                 "build (the load generator)",
-                crate::cargo().args(["build", "--quiet", "--release", "-p", "devtools"]),
+                task_cli::cargo().args(["build", "--quiet", "--release", "-p", "devtools"]),
             )?;
             return run_release_child(args);
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        tokio::select! {
-            result = bench(opts) => result,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted; servers stopped"),
-        }
-    })
+    procs::runtime()?.block_on(procs::interruptible(bench(opts)))
 }
 
 /// Runs `target/release/devtools bench <args>` and exits with its code when it fails (its own

@@ -34,7 +34,7 @@ use test_support::redis::RedisServer;
 use super::Ctx;
 use super::jobs::job_body;
 use super::report::{Section, Summary, Table, f1, f2};
-use super::rig::{self, ApiOptions, PREFIX};
+use super::rig::{self, ApiOptions, PREFIX, Rig};
 use crate::procs::{self, Server};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -104,25 +104,16 @@ async fn disk_run(ctx: &Ctx, p: &Params, fake: &str) -> Result<Disk> {
     let retention = p.retention_secs.to_string();
     let queue = p.queue.to_string();
     let db_text = db.display().to_string();
-    let api = rig::spawn_api(
-        ctx,
-        "bench9-http-api-disk",
-        &ApiOptions {
-            fake,
-            redis: None,
-            limit: 8,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env: &[
-                ("JOB_STORE", "sqlite"),
-                ("JOB_STORE_PATH", &db_text),
-                ("JOB_QUEUE_MAX", &queue),
-                ("JOB_RETENTION_SECS", &retention),
-            ],
-            port: None,
-        },
-    )
-    .await?;
+    let env = [
+        ("JOB_STORE", "sqlite"),
+        ("JOB_STORE_PATH", db_text.as_str()),
+        ("JOB_QUEUE_MAX", &queue),
+        ("JOB_RETENTION_SECS", &retention),
+    ];
+    let api = ApiOptions::new(fake, 8)
+        .env(&env)
+        .spawn(ctx, "bench9-http-api-disk")
+        .await?;
     let base = api.base_url.clone();
 
     // Sizes every 250 ms, jobs kept every second, until told to stop.
@@ -320,12 +311,7 @@ async fn claim_latencies(client: &reqwest::Client, base: &str, n: usize) -> Resu
         let job: Value = resp.json().await?;
         let id = job["job_id"].as_str().context("a job id")?.to_owned();
         loop {
-            let now: Value = client
-                .get(format!("{base}{PREFIX}/jobs/{id}"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let now = procs::get_json(client, &format!("{base}{PREFIX}/jobs/{id}")).await?;
             if now["status"] != "queued" {
                 out.push(t.elapsed().as_secs_f64() * 1000.0);
                 break;
@@ -349,19 +335,12 @@ async fn idle_api(
     redis: Option<&str>,
     env: &[(&str, &str)],
 ) -> Result<Server> {
-    rig::spawn_api(
-        ctx,
-        name,
-        &ApiOptions {
-            fake,
-            redis,
-            limit: 8,
-            lease_ttl_secs: None,
-            poll_interval_secs: None,
-            env,
-            port: None,
-        },
-    )
+    ApiOptions {
+        redis,
+        ..ApiOptions::new(fake, 8)
+    }
+    .env(env)
+    .spawn(ctx, name)
     .await
 }
 
@@ -387,8 +366,11 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     // D-ID's render times at a thousandth (a talk renders in about 15 ms), so that its
     // 8 concurrent renders do not bound the run at 40 jobs per second: the service is what
     // is measured.
-    let fake = rig::spawn_fake_scaled(ctx, "bench9-did-fake", 0.001).await?;
-    let base = fake.base_url.clone();
+    let rig = Rig::build(ctx, "bench9-did-fake")
+        .time_scale(0.001)
+        .start()
+        .await?;
+    let base = rig.base.clone();
 
     let disk = disk_run(ctx, &p, &base).await?;
 
@@ -468,7 +450,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         Summary::of(&mut claim_memory),
         Summary::of(&mut claim_sqlite),
     );
-    drop((memory, sqlite, memory_on_redis, on_redis, redis, fake));
+    drop((memory, sqlite, memory_on_redis, on_redis, redis, rig));
 
     let mut section = Section::new(
         9,

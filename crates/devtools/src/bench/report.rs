@@ -301,7 +301,7 @@ pub(crate) struct Report {
 fn capture(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
-        .current_dir(crate::root())
+        .current_dir(task_cli::root())
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())

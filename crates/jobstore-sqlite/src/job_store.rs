@@ -1,0 +1,108 @@
+//! [`JobStore`] for [`SqliteJobStore`]: each method moves its arguments onto a blocking
+//! thread and runs the operation of the same name (`ops`) there.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ports::{
+    Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, NewJob, QueueLimits,
+    ScopedKey, Submitted,
+};
+use rusqlite::OptionalExtension;
+
+use crate::SqliteJobStore;
+use crate::codec::parse_cursor;
+use crate::schema::NEXT_DUE;
+
+#[async_trait]
+impl JobStore for SqliteJobStore {
+    async fn submit(&self, job: NewJob, limits: QueueLimits) -> Result<Submitted, JobStoreError> {
+        self.blocking(move |s| s.submit(job, limits)).await
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<Job>, JobStoreError> {
+        let id = id.clone();
+        self.blocking(move |s| s.read(|tx| s.by_id(tx, &id))).await
+    }
+
+    async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError> {
+        let key = key.clone();
+        self.blocking(move |s| s.read(|tx| s.by_key(tx, &key)))
+            .await
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<Option<Job>, JobStoreError> {
+        let owner = owner.to_owned();
+        self.blocking(move |s| s.claim(&owner, lease, now_ms)).await
+    }
+
+    async fn renew(
+        &self,
+        id: &JobId,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<bool, JobStoreError> {
+        let (id, owner) = (id.clone(), owner.to_owned());
+        self.blocking(move |s| s.renew(&id, &owner, lease, now_ms))
+            .await
+    }
+
+    async fn update(&self, job: Job) -> Result<Job, JobStoreError> {
+        self.blocking(move |s| s.update(job)).await
+    }
+
+    async fn list(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<JobPage, JobStoreError> {
+        let before = parse_cursor(cursor)?.unwrap_or(u64::MAX);
+        self.blocking(move |s| s.list(status, limit, before)).await
+    }
+
+    async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
+        self.blocking(move |s| s.purge(finished_before_ms)).await
+    }
+
+    async fn counts(&self) -> Result<JobCounts, JobStoreError> {
+        self.blocking(|s| s.counts()).await
+    }
+
+    async fn next_due(&self, _now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        self.blocking(|s| {
+            s.read(|tx| {
+                let due: Option<i64> = tx
+                    .prepare_cached(NEXT_DUE)
+                    .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+                    .map_err(|e| s.err(e))?;
+                Ok(due.map(|t| u64::try_from(t).unwrap_or(0)))
+            })
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), JobStoreError> {
+        self.blocking(|s| s.check()).await
+    }
+
+    /// Its data goes only with the process (or the file, which makes it unavailable).
+    fn lost_data_at(&self) -> Option<u64> {
+        None
+    }
+
+    /// One process per store: its own submits wake its workers.
+    async fn woken(&self) {
+        std::future::pending::<()>().await;
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+}
