@@ -2,14 +2,14 @@
 //! (`jobs.store_calls`): what an idle instance asks its store is an operator's figure (idle
 //! means idle), not a guess.
 
+use ports::{LeaseTerms, ListQuery};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use ports::{
-    Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, NewJob, QueueLimits,
-    ScopedKey, Submitted,
+    Job, JobCounts, JobId, JobPage, JobStore, JobStoreError, NewJob, QueueLimits, ScopedKey,
+    Submitted,
 };
 
 /// Every call goes to the inner store, counted first.
@@ -49,33 +49,17 @@ impl JobStore for CountedStore {
     async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError> {
         self.count().get_by_key(key).await
     }
-    async fn claim(
-        &self,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<Option<Job>, JobStoreError> {
-        self.count().claim(owner, lease, now_ms).await
+    async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        self.count().claim(terms).await
     }
-    async fn renew(
-        &self,
-        id: &JobId,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<bool, JobStoreError> {
-        self.count().renew(id, owner, lease, now_ms).await
+    async fn renew(&self, id: &JobId, terms: LeaseTerms<'_>) -> Result<bool, JobStoreError> {
+        self.count().renew(id, terms).await
     }
     async fn update(&self, job: Job) -> Result<Job, JobStoreError> {
         self.count().update(job).await
     }
-    async fn list(
-        &self,
-        status: Option<JobStatus>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<JobPage, JobStoreError> {
-        self.count().list(status, limit, cursor).await
+    async fn list(&self, query: ListQuery<'_>) -> Result<JobPage, JobStoreError> {
+        self.count().list(query).await
     }
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
         self.count().purge(finished_before_ms).await

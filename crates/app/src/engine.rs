@@ -32,6 +32,7 @@
 //! call may have reached D-ID), so the next try looks the talk up first. A create that may have reached D-ID (timeout, 5xx) is
 //! retried with the look-up, at most [`MAX_CREATE_ATTEMPTS`] times.
 
+use ports::LeaseTerms;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -353,7 +354,7 @@ impl Jobs {
                 tokio::time::sleep(period).await;
                 match jobs
                     .store
-                    .renew(&id, &owner, jobs.config.lease, now_ms())
+                    .renew(&id, LeaseTerms::new(&owner, jobs.config.lease, now_ms()))
                     .await
                 {
                     Ok(true) => {}
@@ -373,7 +374,11 @@ impl Jobs {
     /// submit here, the look, another worker's claim). It never asks the store on a timer.
     async fn worker(self: Arc<Self>, name: String) {
         while !self.stopping.load(Ordering::SeqCst) {
-            match self.store.claim(&name, self.config.lease, now_ms()).await {
+            match self
+                .store
+                .claim(LeaseTerms::new(&name, self.config.lease, now_ms()))
+                .await
+            {
                 Ok(Some(job)) => {
                     if self.claim_failing.swap(false, Ordering::SeqCst) {
                         tracing::info!(worker = %name, "claims succeed again");

@@ -1,5 +1,6 @@
 //! Reading, listing and cancelling jobs.
 
+use ports::ListQuery;
 use ports::{Job, JobId, JobPage, JobStatus, JobStoreError};
 
 use crate::engine::Jobs;
@@ -27,7 +28,7 @@ impl Jobs {
         cursor: Option<&str>,
     ) -> Result<JobPage, AppError> {
         self.store
-            .list(status, limit, cursor)
+            .list(ListQuery::new(status, limit, cursor))
             .await
             .map_err(|e| self.store_error(e))
     }

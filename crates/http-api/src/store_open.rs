@@ -11,6 +11,7 @@
 //! open, the store is served as it is and [`JobStore::woken`] resolves, so the engine looks
 //! for due jobs at once.
 
+use ports::{LeaseTerms, ListQuery};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -18,8 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ports::{
-    DegradedReason, Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, NewJob,
-    QueueLimits, ScopedKey, Submitted,
+    DegradedReason, Job, JobCounts, JobId, JobPage, JobStore, JobStoreError, NewJob, QueueLimits,
+    ScopedKey, Submitted,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -173,36 +174,20 @@ impl JobStore for OpeningStore {
         self.open_store()?.get_by_key(key).await
     }
 
-    async fn claim(
-        &self,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<Option<Job>, JobStoreError> {
-        self.open_store()?.claim(owner, lease, now_ms).await
+    async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        self.open_store()?.claim(terms).await
     }
 
-    async fn renew(
-        &self,
-        id: &JobId,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<bool, JobStoreError> {
-        self.open_store()?.renew(id, owner, lease, now_ms).await
+    async fn renew(&self, id: &JobId, terms: LeaseTerms<'_>) -> Result<bool, JobStoreError> {
+        self.open_store()?.renew(id, terms).await
     }
 
     async fn update(&self, job: Job) -> Result<Job, JobStoreError> {
         self.open_store()?.update(job).await
     }
 
-    async fn list(
-        &self,
-        status: Option<JobStatus>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<JobPage, JobStoreError> {
-        self.open_store()?.list(status, limit, cursor).await
+    async fn list(&self, query: ListQuery<'_>) -> Result<JobPage, JobStoreError> {
+        self.open_store()?.list(query).await
     }
 
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {

@@ -8,9 +8,9 @@
 //! Every operation takes the lock once and does no I/O; `claim` and `counts` scan all jobs
 //! (O(n)), which is fine for the thousands of jobs a test or a small setup holds.
 
+use ports::{LeaseTerms, ListQuery};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use ports::jobs::{claim_order, due_at, duration_ms, is_runnable};
@@ -51,17 +51,6 @@ impl State {
     fn job_mut(&mut self, id: &JobId) -> Option<&mut Job> {
         let seq = *self.by_id.get(id)?;
         self.jobs.get_mut(&seq)
-    }
-}
-
-fn parse_cursor(cursor: Option<&str>) -> Result<Option<u64>, JobStoreError> {
-    match cursor {
-        None => Ok(None),
-        Some(c) => c
-            .strip_prefix("s")
-            .and_then(|n| n.parse::<u64>().ok())
-            .map(Some)
-            .ok_or(JobStoreError::InvalidCursor),
     }
 }
 
@@ -109,12 +98,12 @@ impl JobStore for MemoryJobStore {
         Ok(state.by_key.get(key).map(|seq| state.jobs[seq].clone()))
     }
 
-    async fn claim(
-        &self,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<Option<Job>, JobStoreError> {
+    async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        let LeaseTerms {
+            owner,
+            lease,
+            now_ms,
+        } = terms;
         let mut state = self.lock();
         let best = state
             .jobs
@@ -132,13 +121,12 @@ impl JobStore for MemoryJobStore {
         Ok(Some(job.clone()))
     }
 
-    async fn renew(
-        &self,
-        id: &JobId,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<bool, JobStoreError> {
+    async fn renew(&self, id: &JobId, terms: LeaseTerms<'_>) -> Result<bool, JobStoreError> {
+        let LeaseTerms {
+            owner,
+            lease,
+            now_ms,
+        } = terms;
         let mut state = self.lock();
         let Some(job) = state.job_mut(id) else {
             return Ok(false);
@@ -171,31 +159,19 @@ impl JobStore for MemoryJobStore {
         Ok(job)
     }
 
-    async fn list(
-        &self,
-        status: Option<JobStatus>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<JobPage, JobStoreError> {
-        let before = parse_cursor(cursor)?.unwrap_or(u64::MAX);
+    async fn list(&self, query: ListQuery<'_>) -> Result<JobPage, JobStoreError> {
+        let before = query.before_seq()?;
         let state = self.lock();
-        let limit = limit.max(1);
-        let mut jobs: Vec<Job> = state
+        let jobs: Vec<Job> = state
             .jobs
             .range(..before)
             .rev()
             .map(|(_, j)| j)
-            .filter(|j| status.is_none_or(|s| j.status == s))
-            .take(limit + 1)
+            .filter(|j| query.status.is_none_or(|s| j.status == s))
+            .take(query.fetch())
             .cloned()
             .collect();
-        let next_cursor = if jobs.len() > limit {
-            jobs.truncate(limit);
-            jobs.last().map(|j| format!("s{}", j.seq))
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next_cursor })
+        Ok(query.page(jobs))
     }
 
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {

@@ -86,6 +86,7 @@
 //! `due` early, and a claim from a clock that runs behind moves such jobs back to `wait`
 //! (at most 64 per call) instead of claiming them before their time.
 
+use ports::{LeaseTerms, ListQuery};
 use std::fmt;
 use std::time::Duration;
 
@@ -428,17 +429,6 @@ fn index_args(job: &Job) -> Result<Vec<Value>, JobStoreError> {
     Ok(args)
 }
 
-fn parse_cursor(cursor: Option<&str>) -> Result<String, JobStoreError> {
-    match cursor {
-        None => Ok("+inf".to_owned()),
-        Some(c) => c
-            .strip_prefix('s')
-            .and_then(|n| n.parse::<u64>().ok())
-            .map(|seq| format!("({seq}"))
-            .ok_or(JobStoreError::InvalidCursor),
-    }
-}
-
 #[async_trait]
 impl JobStore for RedisJobStore {
     async fn submit(&self, job: NewJob, limits: QueueLimits) -> Result<Submitted, JobStoreError> {
@@ -511,12 +501,12 @@ impl JobStore for RedisJobStore {
         decode_optional_job(reply)
     }
 
-    async fn claim(
-        &self,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<Option<Job>, JobStoreError> {
+    async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        let LeaseTerms {
+            owner,
+            lease,
+            now_ms,
+        } = terms;
         let until = now_ms.saturating_add(duration_ms(lease));
         let args: Vec<Value> = vec![
             now_ms.to_string().into(),
@@ -531,13 +521,12 @@ impl JobStore for RedisJobStore {
         decode_job(items.swap_remove(1)).map(Some)
     }
 
-    async fn renew(
-        &self,
-        id: &JobId,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<bool, JobStoreError> {
+    async fn renew(&self, id: &JobId, terms: LeaseTerms<'_>) -> Result<bool, JobStoreError> {
+        let LeaseTerms {
+            owner,
+            lease,
+            now_ms,
+        } = terms;
         let until = now_ms.saturating_add(duration_ms(lease));
         let args: Vec<Value> = vec![
             id.as_str().into(),
@@ -582,36 +571,29 @@ impl JobStore for RedisJobStore {
         }
     }
 
-    async fn list(
-        &self,
-        status: Option<JobStatus>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<JobPage, JobStoreError> {
-        let before = parse_cursor(cursor)?;
-        let limit = limit.max(1);
+    async fn list(&self, query: ListQuery<'_>) -> Result<JobPage, JobStoreError> {
+        // Scores are seqs: below the cursor's (exclusive), or from the top.
+        let before = match query.before_seq()? {
+            u64::MAX => "+inf".to_owned(),
+            seq => format!("({seq}"),
+        };
         let args: Vec<Value> = vec![
-            status
+            query
+                .status
                 .map(|s| status_index(s).to_string())
                 .unwrap_or_default()
                 .into(),
             before.into(),
-            limit.saturating_add(1).to_string().into(),
+            query.fetch().to_string().into(),
         ];
         let reply: Value = self.eval(&self.scripts.list, args).await?;
-        let mut jobs = reply
+        let jobs = reply
             .into_array()
             .into_iter()
             .filter(|v| !v.is_null())
             .map(decode_job)
             .collect::<Result<Vec<Job>, _>>()?;
-        let next_cursor = if jobs.len() > limit {
-            jobs.truncate(limit);
-            jobs.last().map(|j| format!("s{}", j.seq))
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next_cursor })
+        Ok(query.page(jobs))
     }
 
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {
@@ -864,14 +846,5 @@ mod tests {
             until_ms: 1_800_000_030_000,
         };
         assert_eq!(parse_lease(&lease_text(&lease)).unwrap(), lease);
-    }
-
-    #[test]
-    fn cursors_are_seqs() {
-        assert_eq!(parse_cursor(Some("s12")).unwrap(), "(12");
-        assert_eq!(parse_cursor(None).unwrap(), "+inf");
-        for bad in ["12", "s", "sx", "not a cursor"] {
-            assert_eq!(parse_cursor(Some(bad)), Err(JobStoreError::InvalidCursor));
-        }
     }
 }

@@ -1,6 +1,7 @@
 //! Two stores of one name on one Redis, each with a client of its own (two processes, as far
 //! as Redis can tell), see one queue: keys, claims and leases are shared.
 
+use ports::{LeaseTerms, ListQuery};
 use std::time::Duration;
 
 use domain::Priority;
@@ -57,16 +58,30 @@ async fn two_stores_of_one_name_share_keys_claims_and_leases() {
 
     // A job claimed via A is not claimable via B until its lease expires.
     let claimed = a
-        .claim("wa", LEASE, T0 + 10)
+        .claim(LeaseTerms::new("wa", LEASE, T0 + 10))
         .await
         .unwrap()
         .expect("A claims");
     assert_eq!(claimed.id, job_id(1));
-    assert_eq!(b.claim("wb", LEASE, T0 + 10).await.unwrap(), None);
-    assert_eq!(b.claim("wb", LEASE, T0 + 30_009).await.unwrap(), None);
-    assert!(!b.renew(&claimed.id, "wb", LEASE, T0 + 20).await.unwrap());
+    assert_eq!(
+        b.claim(LeaseTerms::new("wb", LEASE, T0 + 10))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        b.claim(LeaseTerms::new("wb", LEASE, T0 + 30_009))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        !b.renew(&claimed.id, LeaseTerms::new("wb", LEASE, T0 + 20))
+            .await
+            .unwrap()
+    );
     let taken = b
-        .claim("wb", LEASE, T0 + 30_010)
+        .claim(LeaseTerms::new("wb", LEASE, T0 + 30_010))
         .await
         .unwrap()
         .expect("B takes over after the lease");
@@ -110,7 +125,14 @@ async fn a_replayed_submit_reports_its_own_job_and_another_with_its_id_is_corrup
     other.fingerprint = "another request".into();
     let err = s.submit(other, ROOMY).await.unwrap_err();
     assert!(matches!(err, JobStoreError::Corrupt(_)), "{err:?}");
-    assert_eq!(s.list(None, 10, None).await.unwrap().jobs.len(), 1);
+    assert_eq!(
+        s.list(ListQuery::new(None, 10, None))
+            .await
+            .unwrap()
+            .jobs
+            .len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +147,11 @@ async fn hundreds_of_leased_jobs_ahead_do_not_hide_a_runnable_one() {
             .unwrap();
     }
     for n in 0..300 {
-        let job = s.claim("w", LEASE, T0).await.unwrap().expect("claimed");
+        let job = s
+            .claim(LeaseTerms::new("w", LEASE, T0))
+            .await
+            .unwrap()
+            .expect("claimed");
         assert_eq!(job.id, job_id(n), "critical jobs go first, oldest first");
     }
     for n in 300..600 {
@@ -141,14 +167,21 @@ async fn hundreds_of_leased_jobs_ahead_do_not_hide_a_runnable_one() {
         .await
         .unwrap();
     let low = s
-        .claim("w", LEASE, T0 + 1)
+        .claim(LeaseTerms::new("w", LEASE, T0 + 1))
         .await
         .unwrap()
         .expect("the low job");
     assert_eq!(low.id, job_id(1_000));
-    assert_eq!(s.claim("w", LEASE, T0 + 1).await.unwrap(), None);
+    assert_eq!(
+        s.claim(LeaseTerms::new("w", LEASE, T0 + 1)).await.unwrap(),
+        None
+    );
     // Once the leases run out, the order is back: critical first.
-    let next = s.claim("w2", LEASE, T0 + 30_000).await.unwrap().unwrap();
+    let next = s
+        .claim(LeaseTerms::new("w2", LEASE, T0 + 30_000))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.id, job_id(0));
 }
 

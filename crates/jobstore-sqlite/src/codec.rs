@@ -1,5 +1,5 @@
 //! The row codec: a job as a row (its JSON body and the indexed columns copied from it) and
-//! back, integers as SQLite's signed ones, list cursors, and rusqlite errors as store errors.
+//! back, integers as SQLite's signed ones, and rusqlite errors as store errors.
 
 use std::path::Path;
 
@@ -30,17 +30,6 @@ pub(crate) fn db_error(path: &Path, e: rusqlite::Error) -> JobStoreError {
 /// Milliseconds (or a version) as a SQLite integer, saturating.
 pub(crate) fn to_sql(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<Option<u64>, JobStoreError> {
-    match cursor {
-        None => Ok(None),
-        Some(c) => c
-            .strip_prefix("s")
-            .and_then(|n| n.parse::<u64>().ok())
-            .map(Some)
-            .ok_or(JobStoreError::InvalidCursor),
-    }
 }
 
 /// The columns a job row is read from, in this order.
@@ -158,22 +147,4 @@ impl Inner {
 pub(crate) fn priority_index(job: &Job) -> i64 {
     // 0..=3, always fits.
     i64::try_from(job.priority.index()).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_are_s_and_a_seq() {
-        assert_eq!(parse_cursor(None), Ok(None));
-        assert_eq!(parse_cursor(Some("s42")), Ok(Some(42)));
-        for bad in ["", "s", "42", "sx", "t1", "s-1"] {
-            assert_eq!(
-                parse_cursor(Some(bad)),
-                Err(JobStoreError::InvalidCursor),
-                "{bad}"
-            );
-        }
-    }
 }

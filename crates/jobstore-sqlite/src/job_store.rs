@@ -1,17 +1,16 @@
 //! [`JobStore`] for [`SqliteJobStore`]: each method moves its arguments onto a blocking
 //! thread and runs the operation of the same name (`ops`) there.
 
-use std::time::Duration;
+use ports::{LeaseTerms, ListQuery};
 
 use async_trait::async_trait;
 use ports::{
-    Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, NewJob, QueueLimits,
-    ScopedKey, Submitted,
+    Job, JobCounts, JobId, JobPage, JobStore, JobStoreError, NewJob, QueueLimits, ScopedKey,
+    Submitted,
 };
 use rusqlite::OptionalExtension;
 
 use crate::SqliteJobStore;
-use crate::codec::parse_cursor;
 use crate::schema::NEXT_DUE;
 
 #[async_trait]
@@ -31,23 +30,22 @@ impl JobStore for SqliteJobStore {
             .await
     }
 
-    async fn claim(
-        &self,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<Option<Job>, JobStoreError> {
+    async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        let LeaseTerms {
+            owner,
+            lease,
+            now_ms,
+        } = terms;
         let owner = owner.to_owned();
         self.blocking(move |s| s.claim(&owner, lease, now_ms)).await
     }
 
-    async fn renew(
-        &self,
-        id: &JobId,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<bool, JobStoreError> {
+    async fn renew(&self, id: &JobId, terms: LeaseTerms<'_>) -> Result<bool, JobStoreError> {
+        let LeaseTerms {
+            owner,
+            lease,
+            now_ms,
+        } = terms;
         let (id, owner) = (id.clone(), owner.to_owned());
         self.blocking(move |s| s.renew(&id, &owner, lease, now_ms))
             .await
@@ -57,14 +55,12 @@ impl JobStore for SqliteJobStore {
         self.blocking(move |s| s.update(job)).await
     }
 
-    async fn list(
-        &self,
-        status: Option<JobStatus>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<JobPage, JobStoreError> {
-        let before = parse_cursor(cursor)?.unwrap_or(u64::MAX);
-        self.blocking(move |s| s.list(status, limit, before)).await
+    async fn list(&self, query: ListQuery<'_>) -> Result<JobPage, JobStoreError> {
+        let (status, before, fetch) = (query.status, query.before_seq()?, query.fetch());
+        let fetched = self
+            .blocking(move |s| s.list(status, before, fetch))
+            .await?;
+        Ok(query.page(fetched))
     }
 
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError> {

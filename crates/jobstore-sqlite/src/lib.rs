@@ -106,7 +106,7 @@
 //!   the migration;
 //! - `ops`: the transactions and the SQL of every operation;
 //! - `job_store`: the [`JobStore`] impl, each method on a blocking thread;
-//! - `codec`: a job as a row and back, cursors, errors;
+//! - `codec`: a job as a row and back, errors (list cursors are `ports::ListQuery`'s);
 //! - `checkpoint`: the WAL's background checkpointer;
 //! - `file`: the one-process lock and the lost-file check.
 

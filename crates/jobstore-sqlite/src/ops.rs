@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use ports::jobs::{duration_ms, is_runnable};
 use ports::{
-    Job, JobCounts, JobId, JobPage, JobStatus, JobStoreError, Lease, NewJob, QueueLimits,
-    ScopedKey, Submitted,
+    Job, JobCounts, JobId, JobStatus, JobStoreError, Lease, NewJob, QueueLimits, ScopedKey,
+    Submitted,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
@@ -239,14 +239,14 @@ impl Inner {
         })
     }
 
+    /// Up to `fetch` jobs, newest first, of `status` if given, with a `seq` below `before`.
     pub(crate) fn list(
         &self,
         status: Option<JobStatus>,
-        limit: usize,
         before: u64,
-    ) -> Result<JobPage, JobStoreError> {
-        let limit = limit.max(1);
-        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        fetch: usize,
+    ) -> Result<Vec<Job>, JobStoreError> {
+        let fetch = i64::try_from(fetch).unwrap_or(i64::MAX);
         self.read(|tx| {
             let rows: Vec<Row> = match status {
                 None => tx
@@ -263,17 +263,9 @@ impl Inner {
                     }),
             }
             .map_err(|e| self.err(e))?;
-            let mut jobs = rows
-                .into_iter()
+            rows.into_iter()
                 .map(|r| self.decode(r))
-                .collect::<Result<Vec<Job>, _>>()?;
-            let next_cursor = if jobs.len() > limit {
-                jobs.truncate(limit);
-                jobs.last().map(|j| format!("s{}", j.seq))
-            } else {
-                None
-            };
-            Ok(JobPage { jobs, next_cursor })
+                .collect::<Result<Vec<Job>, _>>()
         })
     }
 

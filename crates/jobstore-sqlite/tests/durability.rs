@@ -2,6 +2,7 @@
 
 mod common;
 
+use ports::{LeaseTerms, ListQuery};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -49,7 +50,10 @@ async fn list_all(store: &dyn JobStore) -> Vec<Job> {
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = store.list(None, 7, cursor.as_deref()).await.expect("list");
+        let page = store
+            .list(ListQuery::new(None, 7, cursor.as_deref()))
+            .await
+            .expect("list");
         all.extend(page.jobs);
         match page.next_cursor {
             Some(c) => cursor = Some(c),
@@ -71,13 +75,21 @@ async fn jobs_keys_and_versions_survive_a_reopen() {
             create(&store, keyed_job(n, T0 + n)).await;
         }
         // A claim and an update move versions; a terminal job gets a finish time.
-        let mut claimed = store.claim("w1", LEASE, T0 + 100).await.unwrap().unwrap();
+        let mut claimed = store
+            .claim(LeaseTerms::new("w1", LEASE, T0 + 100))
+            .await
+            .unwrap()
+            .unwrap();
         claimed.status = JobStatus::Processing;
         claimed.polls = 3;
         claimed.next_run_ms = T0 + 5_000;
         let processing = store.update(claimed).await.unwrap();
         assert_eq!(processing.version, 3);
-        let mut done = store.claim("w1", LEASE, T0 + 100).await.unwrap().unwrap();
+        let mut done = store
+            .claim(LeaseTerms::new("w1", LEASE, T0 + 100))
+            .await
+            .unwrap()
+            .unwrap();
         done.status = JobStatus::Done;
         done.lease = None;
         done.finished_ms = Some(T0 + 200);

@@ -3,6 +3,7 @@
 
 mod common;
 
+use ports::LeaseTerms;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +48,11 @@ async fn churn(store: Arc<SqliteJobStore>, jobs: u64, tasks: u64) -> u64 {
                 let owner = format!("w{t}");
                 // Two steps per submit: queued → processing → done, whichever job is next.
                 for _ in 0..2 {
-                    let Some(mut job) = store.claim(&owner, LEASE, now).await.unwrap() else {
+                    let Some(mut job) = store
+                        .claim(LeaseTerms::new(&owner, LEASE, now))
+                        .await
+                        .unwrap()
+                    else {
                         break;
                     };
                     job.status = if job.status == JobStatus::Queued {

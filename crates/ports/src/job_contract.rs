@@ -16,6 +16,7 @@
 //! [`Guarded`].
 //! Time is passed to the store as numbers, so lease expiry is tested without sleeping.
 
+use crate::jobs::{LeaseTerms, ListQuery};
 use std::any::Any;
 use std::collections::HashSet;
 use std::future::Future;
@@ -60,33 +61,17 @@ impl<S: JobStore> JobStore for Guarded<S> {
     async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError> {
         self.store.get_by_key(key).await
     }
-    async fn claim(
-        &self,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<Option<Job>, JobStoreError> {
-        self.store.claim(owner, lease, now_ms).await
+    async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        self.store.claim(terms).await
     }
-    async fn renew(
-        &self,
-        id: &JobId,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<bool, JobStoreError> {
-        self.store.renew(id, owner, lease, now_ms).await
+    async fn renew(&self, id: &JobId, terms: LeaseTerms<'_>) -> Result<bool, JobStoreError> {
+        self.store.renew(id, terms).await
     }
     async fn update(&self, job: Job) -> Result<Job, JobStoreError> {
         self.store.update(job).await
     }
-    async fn list(
-        &self,
-        status: Option<JobStatus>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<JobPage, JobStoreError> {
-        self.store.list(status, limit, cursor).await
+    async fn list(&self, query: ListQuery<'_>) -> Result<JobPage, JobStoreError> {
+        self.store.list(query).await
     }
     async fn next_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError> {
         self.store.next_due(now_ms).await
@@ -232,7 +217,7 @@ where
         existing_ids.iter().all(|id| *id == created_ids[0]),
         "every other submit sees that job: {existing_ids:?} vs {created_ids:?}"
     );
-    let page = store.list(None, 100, None).await.unwrap();
+    let page = store.list(ListQuery::new(None, 100, None)).await.unwrap();
     assert_eq!(page.jobs.len(), 1, "no second job was stored");
     // The same key in another scope is another job.
     let mut other = new_job(200, Priority::Normal, T0);
@@ -308,7 +293,11 @@ where
         created(&*store, new_job(n, p, T0 + n)).await;
     }
     let mut claimed = Vec::new();
-    while let Some(job) = store.claim("w1", LEASE, T0 + 100).await.unwrap() {
+    while let Some(job) = store
+        .claim(LeaseTerms::new("w1", LEASE, T0 + 100))
+        .await
+        .unwrap()
+    {
         assert_eq!(
             job.lease,
             Some(Lease {
@@ -332,30 +321,43 @@ where
 {
     let store = factory().await;
     created(&*store, new_job(1, Priority::Normal, T0)).await;
-    let first = store.claim("w1", LEASE, T0).await.unwrap().expect("claim");
-    assert_eq!(store.claim("w2", LEASE, T0 + 29_999).await.unwrap(), None);
+    let first = store
+        .claim(LeaseTerms::new("w1", LEASE, T0))
+        .await
+        .unwrap()
+        .expect("claim");
+    assert_eq!(
+        store
+            .claim(LeaseTerms::new("w2", LEASE, T0 + 29_999))
+            .await
+            .unwrap(),
+        None
+    );
     // Only the holder renews.
     assert!(
         !store
-            .renew(&first.id, "w2", LEASE, T0 + 10_000)
+            .renew(&first.id, LeaseTerms::new("w2", LEASE, T0 + 10_000))
             .await
             .unwrap()
     );
     assert!(
         store
-            .renew(&first.id, "w1", LEASE, T0 + 10_000)
+            .renew(&first.id, LeaseTerms::new("w1", LEASE, T0 + 10_000))
             .await
             .unwrap()
     );
     assert_eq!(
-        store.claim("w2", LEASE, T0 + 39_999).await.unwrap(),
+        store
+            .claim(LeaseTerms::new("w2", LEASE, T0 + 39_999))
+            .await
+            .unwrap(),
         None,
         "the renewed lease holds until T0 + 40 s"
     );
     let version = store.get(&first.id).await.unwrap().unwrap().version;
     assert_eq!(version, first.version, "renew does not move the version");
     let taken = store
-        .claim("w2", LEASE, T0 + 40_000)
+        .claim(LeaseTerms::new("w2", LEASE, T0 + 40_000))
         .await
         .unwrap()
         .expect("an expired lease is taken over");
@@ -364,7 +366,7 @@ where
     // The old holder can no longer renew, nor write with its stale version.
     assert!(
         !store
-            .renew(&first.id, "w1", LEASE, T0 + 40_001)
+            .renew(&first.id, LeaseTerms::new("w1", LEASE, T0 + 40_001))
             .await
             .unwrap()
     );
@@ -378,8 +380,17 @@ where
         until_ms: T0 + 50_000,
     });
     created(&*store, own).await;
-    assert_eq!(store.claim("w3", LEASE, T0 + 49_999).await.unwrap(), None);
-    let late = store.claim("w3", LEASE, T0 + 50_000).await.unwrap();
+    assert_eq!(
+        store
+            .claim(LeaseTerms::new("w3", LEASE, T0 + 49_999))
+            .await
+            .unwrap(),
+        None
+    );
+    let late = store
+        .claim(LeaseTerms::new("w3", LEASE, T0 + 50_000))
+        .await
+        .unwrap();
     assert_eq!(late.map(|j| j.id), Some(job_id(2)));
 }
 
@@ -398,7 +409,11 @@ where
         let store = Arc::clone(&store);
         handles.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            while let Some(job) = store.claim(&format!("w{w}"), LEASE, T0 + 1).await.unwrap() {
+            while let Some(job) = store
+                .claim(LeaseTerms::new(&format!("w{w}"), LEASE, T0 + 1))
+                .await
+                .unwrap()
+            {
                 mine.push(job.id);
             }
             mine
@@ -421,7 +436,11 @@ where
 {
     let store = factory().await;
     created(&*store, new_job(1, Priority::Normal, T0)).await;
-    let claimed = store.claim("w1", LEASE, T0).await.unwrap().unwrap();
+    let claimed = store
+        .claim(LeaseTerms::new("w1", LEASE, T0))
+        .await
+        .unwrap()
+        .unwrap();
     let mut a = claimed.clone();
     a.status = JobStatus::Processing;
     a.talk_id = Some(TalkId::parse("tlk_abc").unwrap());
@@ -480,13 +499,21 @@ where
     let store = factory().await;
     created(&*store, new_job(1, Priority::Critical, T0)).await;
     created(&*store, new_job(2, Priority::Low, T0)).await;
-    let mut first = store.claim("w", LEASE, T0).await.unwrap().unwrap();
+    let mut first = store
+        .claim(LeaseTerms::new("w", LEASE, T0))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.id, job_id(1));
     first.status = JobStatus::Processing;
     first.lease = None;
     first.next_run_ms = T0 + 5_000;
     store.update(first).await.unwrap();
-    let second = store.claim("w", LEASE, T0 + 1).await.unwrap().unwrap();
+    let second = store
+        .claim(LeaseTerms::new("w", LEASE, T0 + 1))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         second.id,
         job_id(2),
@@ -498,23 +525,39 @@ where
     done.finished_ms = Some(T0 + 2);
     done.result_url = Some("https://example.com/v.mp4".into());
     store.update(done).await.unwrap();
-    assert_eq!(store.claim("w", LEASE, T0 + 4_999).await.unwrap(), None);
-    let again = store.claim("w", LEASE, T0 + 5_000).await.unwrap().unwrap();
+    assert_eq!(
+        store
+            .claim(LeaseTerms::new("w", LEASE, T0 + 4_999))
+            .await
+            .unwrap(),
+        None
+    );
+    let again = store
+        .claim(LeaseTerms::new("w", LEASE, T0 + 5_000))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.id, job_id(1));
     assert_eq!(again.status, JobStatus::Processing);
     assert_eq!(
-        store.claim("w2", LEASE, T0 + 5_001).await.unwrap(),
+        store
+            .claim(LeaseTerms::new("w2", LEASE, T0 + 5_001))
+            .await
+            .unwrap(),
         None,
         "the processing job is leased again, the done job never runs"
     );
     let late = store
-        .claim("w2", LEASE, T0 + 1_000_000_000)
+        .claim(LeaseTerms::new("w2", LEASE, T0 + 1_000_000_000))
         .await
         .unwrap()
         .expect("after its lease the processing job is claimable");
     assert_eq!(late.id, job_id(1), "never the done job");
     assert_eq!(
-        store.claim("w3", LEASE, T0 + 1_000_000_000).await.unwrap(),
+        store
+            .claim(LeaseTerms::new("w3", LEASE, T0 + 1_000_000_000))
+            .await
+            .unwrap(),
         None
     );
 }
@@ -532,7 +575,10 @@ where
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = store.list(None, 3, cursor.as_deref()).await.unwrap();
+        let page = store
+            .list(ListQuery::new(None, 3, cursor.as_deref()))
+            .await
+            .unwrap();
         assert!(page.jobs.len() <= 3);
         seen.extend(page.jobs.iter().map(|j| j.id.clone()));
         match page.next_cursor {
@@ -544,13 +590,17 @@ where
     let expected: Vec<JobId> = (1..=7).rev().map(job_id).collect();
     assert_eq!(seen, expected);
     // Filter by status.
-    let mut c = store.claim("w", LEASE, T0 + 100).await.unwrap().unwrap();
+    let mut c = store
+        .claim(LeaseTerms::new("w", LEASE, T0 + 100))
+        .await
+        .unwrap()
+        .unwrap();
     c.status = JobStatus::Cancelled;
     c.lease = None;
     c.finished_ms = Some(T0 + 100);
     store.update(c.clone()).await.unwrap();
     let cancelled = store
-        .list(Some(JobStatus::Cancelled), 10, None)
+        .list(ListQuery::new(Some(JobStatus::Cancelled), 10, None))
         .await
         .unwrap();
     assert_eq!(
@@ -559,12 +609,15 @@ where
     );
     assert_eq!(cancelled.next_cursor, None);
     let queued = store
-        .list(Some(JobStatus::Queued), 100, None)
+        .list(ListQuery::new(Some(JobStatus::Queued), 100, None))
         .await
         .unwrap();
     assert_eq!(queued.jobs.len(), 6);
     assert_eq!(
-        store.list(None, 3, Some("not a cursor")).await.unwrap_err(),
+        store
+            .list(ListQuery::new(None, 3, Some("not a cursor")))
+            .await
+            .unwrap_err(),
         JobStoreError::InvalidCursor
     );
 }
@@ -623,7 +676,11 @@ where
     created(&*store, new_job(1, Priority::High, T0 + 5)).await;
     created(&*store, new_job(2, Priority::High, T0 + 3)).await;
     created(&*store, new_job(3, Priority::Low, T0 + 9)).await;
-    let mut c = store.claim("w", LEASE, T0 + 10).await.unwrap().unwrap();
+    let mut c = store
+        .claim(LeaseTerms::new("w", LEASE, T0 + 10))
+        .await
+        .unwrap()
+        .unwrap();
     c.status = JobStatus::Creating;
     store.update(c).await.unwrap();
     let counts = store.counts().await.unwrap();
@@ -657,7 +714,11 @@ where
         "a queued job is due now: {due:?}"
     );
     // Claimed: due when its lease runs out.
-    let mut job = store.claim("w", LEASE, T0).await.unwrap().unwrap();
+    let mut job = store
+        .claim(LeaseTerms::new("w", LEASE, T0))
+        .await
+        .unwrap()
+        .unwrap();
     let lease_end = T0 + LEASE.as_millis() as u64;
     assert_eq!(store.next_due(T0 + 1).await.unwrap(), Some(lease_end));
     // Written back with a later poll and no lease: due at that poll.
@@ -672,7 +733,11 @@ where
     created(&*store, later).await;
     let due = store.next_due(T0 + 4).await.unwrap();
     assert!(due.is_some_and(|t| t <= T0 + 4), "the queued job: {due:?}");
-    let mut second = store.claim("w", LEASE, T0 + 5).await.unwrap().unwrap();
+    let mut second = store
+        .claim(LeaseTerms::new("w", LEASE, T0 + 5))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second.id, job_id(2));
     second.status = JobStatus::Cancelled;
     second.lease = None;

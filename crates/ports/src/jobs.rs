@@ -473,6 +473,90 @@ pub struct QueueLimits {
     pub max_queued: u64,
 }
 
+/// Who takes (or renews) a lease, for how long, from when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTerms<'a> {
+    /// The worker taking it.
+    pub owner: &'a str,
+    /// How long it lasts.
+    pub lease: Duration,
+    /// Now, ms since the epoch.
+    pub now_ms: u64,
+}
+
+impl<'a> LeaseTerms<'a> {
+    /// `owner` takes a lease of `lease` at `now_ms`.
+    pub fn new(owner: &'a str, lease: Duration, now_ms: u64) -> LeaseTerms<'a> {
+        LeaseTerms {
+            owner,
+            lease,
+            now_ms,
+        }
+    }
+
+    /// When the lease runs out, ms since the epoch.
+    pub fn until_ms(&self) -> u64 {
+        self.now_ms.saturating_add(duration_ms(self.lease))
+    }
+}
+
+/// A page request of [`JobStore::list`]: up to `limit` jobs (at least one), newest first,
+/// of `status` if given, after `cursor` (a [`JobPage::next_cursor`] this store handed out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListQuery<'a> {
+    /// Only jobs in this state.
+    pub status: Option<JobStatus>,
+    /// The most jobs on the page.
+    pub limit: usize,
+    /// Where the page starts.
+    pub cursor: Option<&'a str>,
+}
+
+impl<'a> ListQuery<'a> {
+    /// Up to `limit` jobs of `status` after `cursor`.
+    pub fn new(status: Option<JobStatus>, limit: usize, cursor: Option<&'a str>) -> Self {
+        ListQuery {
+            status,
+            limit,
+            cursor,
+        }
+    }
+
+    /// The page's jobs are those whose `seq` is below this: the cursor's `seq`, or
+    /// `u64::MAX` from the newest. Every store's cursors are `s<seq>`, read here once.
+    pub fn before_seq(&self) -> Result<u64, JobStoreError> {
+        match self.cursor {
+            None => Ok(u64::MAX),
+            Some(c) => c
+                .strip_prefix('s')
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or(JobStoreError::InvalidCursor),
+        }
+    }
+
+    /// How many jobs a store reads for the page: one more than the page holds, to know
+    /// whether another page follows.
+    pub fn fetch(&self) -> usize {
+        self.limit.max(1).saturating_add(1)
+    }
+
+    /// The page of `fetched` (newest first, at most [`ListQuery::fetch`] jobs, read before
+    /// [`ListQuery::before_seq`]), with the cursor of the next page if there is one.
+    pub fn page(&self, mut fetched: Vec<Job>) -> JobPage {
+        let limit = self.limit.max(1);
+        let next_cursor = if fetched.len() > limit {
+            fetched.truncate(limit);
+            fetched.last().map(|j| format!("s{}", j.seq))
+        } else {
+            None
+        };
+        JobPage {
+            jobs: fetched,
+            next_cursor,
+        }
+    }
+}
+
 /// One page of [`JobStore::list`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobPage {
@@ -534,33 +618,17 @@ pub trait JobStore: Send + Sync {
     async fn get(&self, id: &JobId) -> Result<Option<Job>, JobStoreError>;
     /// The job of an idempotency key.
     async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError>;
-    /// Claims the first runnable job (priority, then `seq`) for `owner` until
-    /// `now_ms + lease`; the returned job carries the lease and its new version.
-    async fn claim(
-        &self,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<Option<Job>, JobStoreError>;
-    /// Extends `owner`'s lease on `id` to `now_ms + lease`; `false` if it is not its lease
-    /// (any more). Does not change the job's version.
-    async fn renew(
-        &self,
-        id: &JobId,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<bool, JobStoreError>;
+    /// Claims the first runnable job (priority, then `seq`) for `terms.owner` until
+    /// [`LeaseTerms::until_ms`]; the returned job carries the lease and its new version.
+    async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError>;
+    /// Extends `terms.owner`'s lease on `id` to [`LeaseTerms::until_ms`]; `false` if it is
+    /// not its lease (any more). Does not change the job's version.
+    async fn renew(&self, id: &JobId, terms: LeaseTerms<'_>) -> Result<bool, JobStoreError>;
     /// Replaces the stored job with `job` if the stored version is still `job.version`;
     /// returns it as stored (version + 1).
     async fn update(&self, job: Job) -> Result<Job, JobStoreError>;
-    /// Up to `limit` jobs (newest first), of `status` if given, after `cursor`.
-    async fn list(
-        &self,
-        status: Option<JobStatus>,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<JobPage, JobStoreError>;
+    /// A page of jobs, newest first (see [`ListQuery`]).
+    async fn list(&self, query: ListQuery<'_>) -> Result<JobPage, JobStoreError>;
     /// Deletes terminal jobs that finished before `finished_before_ms`, and their keys;
     /// returns how many.
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError>;
@@ -613,4 +681,27 @@ pub fn is_runnable(job: &Job, now_ms: u64) -> bool {
 /// Duration as whole milliseconds (saturating).
 pub fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_are_s_and_a_seq() {
+        assert_eq!(ListQuery::new(None, 3, None).before_seq(), Ok(u64::MAX));
+        assert_eq!(ListQuery::new(None, 3, Some("s42")).before_seq(), Ok(42));
+        for bad in ["42", "s", "sx", "s-1", "not a cursor"] {
+            assert_eq!(
+                ListQuery::new(None, 3, Some(bad)).before_seq(),
+                Err(JobStoreError::InvalidCursor),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            ListQuery::new(None, 0, None).fetch(),
+            2,
+            "a page holds one job at least"
+        );
+    }
 }

@@ -35,7 +35,7 @@ pub mod job_contract;
 pub use events::{JobEvent, JobEvents, NoJobEvents};
 pub use jobs::{
     Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,
-    JobStoreError, Lease, NewJob, QueueLimits, ScopedKey, Submitted,
+    JobStoreError, Lease, LeaseTerms, ListQuery, NewJob, QueueLimits, ScopedKey, Submitted,
 };
 pub use limiter::{
     BackendStats, ConcurrencyLimiter, DegradedReason, FailoverStats, LimiterCounters, LimiterError,
