@@ -424,14 +424,10 @@ impl MeteredLimiter {
 
 #[async_trait]
 impl ConcurrencyLimiter for MeteredLimiter {
-    async fn acquire(
-        &self,
-        admission: &Admission,
-        wait_timeout: Duration,
-    ) -> Result<Permit, LimiterError> {
+    async fn acquire(&self, admission: &Admission, wait: Duration) -> Result<Permit, LimiterError> {
         let priority = admission.priority;
         // Dropping this future drops the inner one, which is cancel-safe by contract.
-        let result = self.inner.acquire(admission, wait_timeout).await;
+        let result = self.inner.acquire(admission, wait).await;
         self.metrics.record_acquire(priority, &result);
         result
     }

@@ -99,11 +99,7 @@ impl JobStore for MemoryJobStore {
     }
 
     async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
-        let LeaseTerms {
-            owner,
-            lease,
-            now_ms,
-        } = terms;
+        let (owner, lease, now_ms) = (terms.owner, terms.lease, terms.now_ms);
         let mut state = self.lock();
         let best = state
             .jobs
@@ -122,11 +118,7 @@ impl JobStore for MemoryJobStore {
     }
 
     async fn renew(&self, id: &JobId, terms: LeaseTerms<'_>) -> Result<bool, JobStoreError> {
-        let LeaseTerms {
-            owner,
-            lease,
-            now_ms,
-        } = terms;
+        let (owner, lease, now_ms) = (terms.owner, terms.lease, terms.now_ms);
         let mut state = self.lock();
         let Some(job) = state.job_mut(id) else {
             return Ok(false);

@@ -502,11 +502,7 @@ impl JobStore for RedisJobStore {
     }
 
     async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
-        let LeaseTerms {
-            owner,
-            lease,
-            now_ms,
-        } = terms;
+        let (owner, lease, now_ms) = (terms.owner, terms.lease, terms.now_ms);
         let until = now_ms.saturating_add(duration_ms(lease));
         let args: Vec<Value> = vec![
             now_ms.to_string().into(),
@@ -522,11 +518,7 @@ impl JobStore for RedisJobStore {
     }
 
     async fn renew(&self, id: &JobId, terms: LeaseTerms<'_>) -> Result<bool, JobStoreError> {
-        let LeaseTerms {
-            owner,
-            lease,
-            now_ms,
-        } = terms;
+        let (owner, lease, now_ms) = (terms.owner, terms.lease, terms.now_ms);
         let until = now_ms.saturating_add(duration_ms(lease));
         let args: Vec<Value> = vec![
             id.as_str().into(),

@@ -31,21 +31,13 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
-        let LeaseTerms {
-            owner,
-            lease,
-            now_ms,
-        } = terms;
+        let (owner, lease, now_ms) = (terms.owner, terms.lease, terms.now_ms);
         let owner = owner.to_owned();
         self.blocking(move |s| s.claim(&owner, lease, now_ms)).await
     }
 
     async fn renew(&self, id: &JobId, terms: LeaseTerms<'_>) -> Result<bool, JobStoreError> {
-        let LeaseTerms {
-            owner,
-            lease,
-            now_ms,
-        } = terms;
+        let (owner, lease, now_ms) = (terms.owner, terms.lease, terms.now_ms);
         let (id, owner) = (id.clone(), owner.to_owned());
         self.blocking(move |s| s.renew(&id, &owner, lease, now_ms))
             .await

@@ -170,11 +170,7 @@ impl Drop for QueuedGuard<'_> {
 
 #[async_trait]
 impl ConcurrencyLimiter for MemoryLimiter {
-    async fn acquire(
-        &self,
-        admission: &Admission,
-        wait_timeout: Duration,
-    ) -> Result<Permit, LimiterError> {
+    async fn acquire(&self, admission: &Admission, wait: Duration) -> Result<Permit, LimiterError> {
         let priority = admission.priority;
         let (started, id, rx) = {
             let mut state = self.shared.lock();
@@ -183,7 +179,7 @@ impl ConcurrencyLimiter for MemoryLimiter {
             }
             // Read the clock only on the slow path: it is a measurable share of a fast acquire.
             let started = Instant::now();
-            if wait_timeout.is_zero() {
+            if wait.is_zero() {
                 state.counters.timeouts += 1;
                 return Err(LimiterError::Timeout {
                     priority,
@@ -200,7 +196,7 @@ impl ConcurrencyLimiter for MemoryLimiter {
             rx,
             resolved: false,
         };
-        let granted = tokio::time::timeout(wait_timeout, &mut guard.rx).await;
+        let granted = tokio::time::timeout(wait, &mut guard.rx).await;
         let mut state = self.shared.lock();
         guard.resolved = true;
         let waited = started.elapsed();

@@ -14,64 +14,24 @@ pub enum RedisLimiterError {
         /// Every problem found, separated by `; `.
         problems: String,
     },
-    /// fred could not parse the URL or build a client from it.
-    #[error("invalid redis url {url}")]
-    InvalidUrl {
-        /// The URL with its password redacted.
-        url: String,
-        /// fred's reason.
-        #[source]
-        source: fred::error::Error,
-    },
-    /// A TLS file of [`RedisTlsConfig`](crate::RedisTlsConfig) cannot be used: it
-    /// cannot be read, holds no usable PEM item, or (the key) does not match the certificate.
-    #[error("redis tls {setting} {path}: {problem}")]
-    TlsFile {
-        /// Which option named the file: `ca_file`, `cert_file` or `key_file`.
-        setting: &'static str,
-        /// The file, as configured.
-        path: String,
-        /// What is wrong with it, e.g. `cannot be read`.
-        problem: String,
-        /// The underlying error (I/O, PEM, rustls), when there is one.
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
-    /// TLS was asked for (`rediss://`) but cannot be set up, e.g. no system root
-    /// certificates were found and no `ca_file` was given.
-    #[error("redis tls cannot be set up: {problem}")]
-    Tls {
-        /// What is missing, and what to do about it.
-        problem: String,
-    },
+    /// The connection settings cannot work: the URL cannot be parsed, a TLS file of
+    /// [`RedisTlsConfig`](crate::RedisTlsConfig) cannot be used, or TLS cannot be set up
+    /// (see [`redis_connect::ConfigError`]; its range problems are [`Self::InvalidConfig`]'s).
+    #[error(transparent)]
+    Connection(redis_connect::ConfigError),
     /// The fallback limiter refused the configured local share.
     #[error("the fallback limiter refused its limit")]
     Fallback(#[source] ports::LimiterError),
 }
 
-/// The connection's errors keep their variants here, so a caller matches one enum.
+/// The connection's range problems join the limiter's list; its other errors are carried.
 impl From<redis_connect::ConfigError> for RedisLimiterError {
     fn from(e: redis_connect::ConfigError) -> Self {
-        use redis_connect::ConfigError;
         match e {
-            ConfigError::InvalidConfig { problems } => {
+            redis_connect::ConfigError::InvalidConfig { problems } => {
                 RedisLimiterError::InvalidConfig { problems }
             }
-            ConfigError::InvalidUrl { url, source } => {
-                RedisLimiterError::InvalidUrl { url, source }
-            }
-            ConfigError::TlsFile {
-                setting,
-                path,
-                problem,
-                source,
-            } => RedisLimiterError::TlsFile {
-                setting,
-                path,
-                problem,
-                source,
-            },
-            ConfigError::Tls { problem } => RedisLimiterError::Tls { problem },
+            other => RedisLimiterError::Connection(other),
         }
     }
 }

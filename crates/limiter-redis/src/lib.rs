@@ -74,8 +74,9 @@
 //!
 //! What can be known at start-up fails the start: a TLS file that cannot be read or holds no
 //! PEM item, or a key that does not match its certificate, is a
-//! [`RedisLimiterError::TlsFile`] naming the setting and the file; no system root certificate
-//! and no `ca_file` is a [`RedisLimiterError::Tls`]. A handshake that fails (a certificate
+//! [`RedisLimiterError::Connection`] with [`redis_connect::ConfigError::TlsFile`] naming the
+//! setting and the file; no system root certificate and no `ca_file` is one with
+//! [`redis_connect::ConfigError::Tls`]. A handshake that fails (a certificate
 //! from another CA, for another name, mutual TLS without a certificate) is a run-time
 //! failure: the limiter serves from its fallback, `stats().backend.degraded_reason` is
 //! [`DegradedReason::Tls`](ports::DegradedReason::Tls), and fred keeps reconnecting.

@@ -341,14 +341,10 @@ pub struct FailoverStats {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait ConcurrencyLimiter: Send + Sync {
-    /// Waits up to `wait_timeout` for a slot at `admission`'s priority (its tenant travels
+    /// Waits up to `wait` for a slot at `admission`'s priority (its tenant travels
     /// with it, for the tenants feature; a zero timeout only takes a slot that is free now
     /// with nobody queued). Cancel-safe: dropping the future leaves no trace.
-    async fn acquire(
-        &self,
-        admission: &Admission,
-        wait_timeout: Duration,
-    ) -> Result<Permit, LimiterError>;
+    async fn acquire(&self, admission: &Admission, wait: Duration) -> Result<Permit, LimiterError>;
 
     /// A snapshot of the limiter's state. Infallible: a distributed adapter that cannot reach
     /// its backend reports its fallback's state with `degraded: true`.

@@ -45,9 +45,9 @@ impl ConcurrencyLimiter for ClusterLimiter {
     async fn acquire(
         &self,
         admission: &domain::Admission,
-        wait_timeout: Duration,
+        wait: Duration,
     ) -> Result<ports::Permit, ports::LimiterError> {
-        self.limiter.acquire(admission, wait_timeout).await
+        self.limiter.acquire(admission, wait).await
     }
 
     async fn stats(&self) -> LimiterStats {

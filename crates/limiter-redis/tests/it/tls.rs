@@ -133,7 +133,7 @@ async fn tls_files_that_cannot_work_fail_the_construction_naming_the_file() {
             Err(e) => e,
         };
         assert!(
-            matches!(&err, RedisLimiterError::TlsFile { setting: s, .. } if *s == setting),
+            matches!(&err, RedisLimiterError::Connection(redis_connect::ConfigError::TlsFile { setting: s, .. }) if *s == setting),
             "{err:?}"
         );
         let message = err.to_string();
