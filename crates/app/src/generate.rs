@@ -69,9 +69,9 @@ pub enum Replay {
     Failed(Job),
     /// The talk was created (an asynchronous replay): the first answer again.
     Started {
-        /// The talk.
-        talk_id: TalkId,
-        /// The job, with the create's stored status and time.
+        /// The talk as the create's answer gave it (its status and time, as stored).
+        talk: CreatedTalk,
+        /// The job.
         job: Job,
     },
     /// The talk is done.
@@ -223,7 +223,18 @@ impl Jobs {
         }
         match (job.status, job.talk_id.clone()) {
             (JobStatus::Failed | JobStatus::Cancelled, _) => Ok(Replay::Failed(job)),
-            (_, Some(talk_id)) if asynchronous => Ok(Replay::Started { talk_id, job }),
+            (_, Some(id)) if asynchronous => Ok(Replay::Started {
+                talk: CreatedTalk {
+                    id,
+                    status: job
+                        .talk_created_status
+                        .as_deref()
+                        .unwrap_or("created")
+                        .into(),
+                    created_at: job.talk_created_at.clone(),
+                },
+                job,
+            }),
             (JobStatus::Done, Some(talk_id)) => Ok(Replay::Done { talk_id, job }),
             (_, Some(talk_id)) => Err(VideoApiError::TalkTimedOut {
                 talk_id,

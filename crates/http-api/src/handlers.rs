@@ -9,7 +9,7 @@
 
 use app::{GenerateInput, Generated, Replay};
 use bytes::Bytes;
-use domain::{Priority, TalkId, UploadKind};
+use domain::{CreatedTalk, Priority, Talk, TalkId, UploadKind};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use ports::JobId;
 use serde_json::json;
@@ -76,45 +76,37 @@ where
         wait: state.settings().wait,
     };
     Ok(match jobs.generate(input, accepting, &slot).await? {
-        Generated::Started { talk, job_id } => accepted(
-            &talk.id,
-            &job_id,
-            Some(talk.status.as_str()),
-            talk.created_at.clone(),
-            by_header,
-            false,
-        ),
-        Generated::Done { talk, job_id } => json_response(
-            StatusCode::OK,
-            &json!({
-                "id": talk.id,
-                "status": talk.status,
-                "result_url": talk.result_url,
-                "created_at": talk.created_at,
-                "message": "Video generated successfully",
-                "job_id": job_id,
-            }),
-        ),
+        Generated::Started { talk, job_id } => accepted(&talk, &job_id, by_header, false),
+        Generated::Done { talk, job_id } => {
+            let mut body = talk_json(&talk);
+            body["message"] = json!("Video generated successfully");
+            body["job_id"] = json!(job_id);
+            json_response(StatusCode::OK, &body)
+        }
         Generated::Replayed(replay) => replayed(replay, by_header),
     })
 }
 
+/// A talk's fields in an answer: `id`, `status`, `result_url`, `created_at`.
+fn talk_json(talk: &Talk) -> serde_json::Value {
+    json!({
+        "id": talk.id,
+        "status": talk.status,
+        "result_url": talk.result_url,
+        "created_at": talk.created_at,
+    })
+}
+
 /// The 202 of an asynchronous generate.
-fn accepted(
-    talk_id: &TalkId,
-    job_id: &JobId,
-    status: Option<&str>,
-    created_at: Option<String>,
-    by_header: bool,
-    replayed: bool,
-) -> Response<Body> {
+fn accepted(talk: &CreatedTalk, job_id: &JobId, by_header: bool, replayed: bool) -> Response<Body> {
+    let talk_id = &talk.id;
     let status_url = status_url(talk_id);
     let mut resp = json_response(
         StatusCode::ACCEPTED,
         &json!({
             "id": talk_id,
-            "status": status,
-            "created_at": created_at,
+            "status": talk.status.as_str(),
+            "created_at": talk.created_at,
             "message": "Video generation started",
             "status_url": status_url,
             "job_id": job_id,
@@ -140,14 +132,7 @@ fn replayed(replay: Replay, by_header: bool) -> Response<Body> {
     let mut resp = match replay {
         Replay::Failed(job) => job_routes::failure_response(&job),
         // The first answer again: the create's status and time, as stored.
-        Replay::Started { talk_id, job } => accepted(
-            &talk_id,
-            &job.id,
-            Some(job.talk_created_status.as_deref().unwrap_or("created")),
-            job.talk_created_at.clone(),
-            by_header,
-            true,
-        ),
+        Replay::Started { talk, job } => accepted(&talk, &job.id, by_header, true),
         Replay::Done { talk_id, job } => json_response(
             StatusCode::OK,
             &json!({
@@ -217,16 +202,9 @@ pub async fn talk_status<B>(
     let priority = priority(query_param(req.uri(), "priority").as_deref())?;
     require_upstream(state)?;
     let talk = state.inner.video.get_talk(&id, &priority.into()).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "id": talk.id,
-            "status": talk.status,
-            "result_url": talk.result_url,
-            "created_at": talk.created_at,
-            "error": talk.error,
-        }),
-    ))
+    let mut body = talk_json(&talk);
+    body["error"] = json!(talk.error);
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 #[cfg(test)]

@@ -249,25 +249,22 @@ impl Collector for SnapshotCollector {
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(l) = &s.limiter {
             let i = |v: u32| i64::from(v);
-            gauge(
-                &mut enc,
-                "limiter_max_concurrent",
-                "The limiter's limit",
-                i(l.max_concurrent),
-            )?;
-            gauge(&mut enc, "limiter_active", "Permits held now", i(l.active))?;
-            gauge(
-                &mut enc,
-                "limiter_available",
-                "Slots free now",
-                i(l.available),
-            )?;
-            gauge(
-                &mut enc,
-                "limiter_degraded",
-                "1 while a distributed limiter runs on its local fallback",
-                i64::from(l.degraded),
-            )?;
+            for (name, help, v) in [
+                (
+                    "limiter_max_concurrent",
+                    "The limiter's limit",
+                    i(l.max_concurrent),
+                ),
+                ("limiter_active", "Permits held now", i(l.active)),
+                ("limiter_available", "Slots free now", i(l.available)),
+                (
+                    "limiter_degraded",
+                    "1 while a distributed limiter runs on its local fallback",
+                    i64::from(l.degraded),
+                ),
+            ] {
+                gauge(&mut enc, name, help, v)?;
+            }
             {
                 let g = ConstGauge::new(0i64);
                 let mut m = enc.encode_descriptor(
@@ -285,24 +282,25 @@ impl Collector for SnapshotCollector {
                 }
             }
             if let Some(f) = &l.backend.failover {
-                gauge(
-                    &mut enc,
-                    "limiter_instances",
-                    "Live instances sharing the Redis limit, as last seen (0: never reached)",
-                    i(f.instances.unwrap_or(0)),
-                )?;
-                gauge(
-                    &mut enc,
-                    "limiter_fallback_share",
-                    "Slots this instance grants alone while Redis is down (FAILOVER_POLICY)",
-                    i(f.share),
-                )?;
-                gauge(
-                    &mut enc,
-                    "limiter_fallback_active",
-                    "Fallback permits still alive (adopted by Redis after the switch back)",
-                    i(f.fallback_active),
-                )?;
+                for (name, help, v) in [
+                    (
+                        "limiter_instances",
+                        "Live instances sharing the Redis limit, as last seen (0: never reached)",
+                        i(f.instances.unwrap_or(0)),
+                    ),
+                    (
+                        "limiter_fallback_share",
+                        "Slots this instance grants alone while Redis is down (FAILOVER_POLICY)",
+                        i(f.share),
+                    ),
+                    (
+                        "limiter_fallback_active",
+                        "Fallback permits still alive (adopted by Redis after the switch back)",
+                        i(f.fallback_active),
+                    ),
+                ] {
+                    gauge(&mut enc, name, help, v)?;
+                }
                 counter(
                     &mut enc,
                     "limiter_instances_reclaimed",
@@ -317,31 +315,31 @@ impl Collector for SnapshotCollector {
                 i64::try_from(l.oldest_queued_ms).unwrap_or(i64::MAX),
             )?;
             let c = &l.counters;
-            counter(
-                &mut enc,
-                "limiter_timeouts",
-                "Acquires that timed out (limiter's count)",
-                c.timeouts,
-            )?;
-            counter(
-                &mut enc,
-                "limiter_cancelled",
-                "Acquires dropped while queued",
-                c.cancelled,
-            )?;
-            counter(&mut enc, "limiter_released", "Permits released", c.released)?;
-            counter(
-                &mut enc,
-                "limiter_leases_lost",
-                "Leases found expired while held",
-                c.leases_lost,
-            )?;
-            counter(
-                &mut enc,
-                "limiter_leases_reclaimed",
-                "Expired leases or dead waiters reclaimed",
-                c.leases_reclaimed,
-            )?;
+            for (name, help, v) in [
+                (
+                    "limiter_timeouts",
+                    "Acquires that timed out (limiter's count)",
+                    c.timeouts,
+                ),
+                (
+                    "limiter_cancelled",
+                    "Acquires dropped while queued",
+                    c.cancelled,
+                ),
+                ("limiter_released", "Permits released", c.released),
+                (
+                    "limiter_leases_lost",
+                    "Leases found expired while held",
+                    c.leases_lost,
+                ),
+                (
+                    "limiter_leases_reclaimed",
+                    "Expired leases or dead waiters reclaimed",
+                    c.leases_reclaimed,
+                ),
+            ] {
+                counter(&mut enc, name, help, v)?;
+            }
         }
         if let Some((counts, now)) = &s.jobs {
             let g = ConstGauge::new(0i64);
@@ -375,24 +373,25 @@ impl Collector for SnapshotCollector {
             }
         }
         if let Some(u) = &s.upstream {
-            counter(
-                &mut enc,
-                "upstream_requests",
-                "HTTP exchanges with D-ID started",
-                u.requests,
-            )?;
-            counter(
-                &mut enc,
-                "upstream_retries",
-                "D-ID attempts repeated after a failure",
-                u.retries,
-            )?;
-            counter(
-                &mut enc,
-                "upstream_transport_errors",
-                "D-ID exchanges without an HTTP answer",
-                u.transport_errors,
-            )?;
+            for (name, help, v) in [
+                (
+                    "upstream_requests",
+                    "HTTP exchanges with D-ID started",
+                    u.requests,
+                ),
+                (
+                    "upstream_retries",
+                    "D-ID attempts repeated after a failure",
+                    u.retries,
+                ),
+                (
+                    "upstream_transport_errors",
+                    "D-ID exchanges without an HTTP answer",
+                    u.transport_errors,
+                ),
+            ] {
+                counter(&mut enc, name, help, v)?;
+            }
             let c = ConstCounter::new(0u64);
             let mut m = enc.encode_descriptor(
                 "upstream_responses",
