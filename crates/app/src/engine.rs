@@ -30,7 +30,7 @@
 //! is tried again without counting as an attempt: a burst larger than the account's capacity
 //! waits instead of failing. It stays `creating` (an earlier attempt inside the same client
 //! call may have reached D-ID), so the next try looks the talk up first. A create that may have reached D-ID (timeout, 5xx) is
-//! retried with the look-up, at most [`MAX_CREATE_ATTEMPTS`] times.
+//! retried with the look-up, at most [`MAX_CREATE_ATTEMPTS`](crate::MAX_CREATE_ATTEMPTS) times.
 
 use ports::LeaseTerms;
 use std::collections::{HashSet, VecDeque};

@@ -14,7 +14,7 @@
 //! - [`queries`]: reading, listing and cancelling jobs.
 //! - [`failure`]: how a failed call becomes a job's stored failure.
 //! - [`counted`]: the job store with its calls counted.
-//! - [`cutoff`]: the shutdown's cut-off signal, and where a request records its talk and job.
+//! - [`mod@cutoff`]: the shutdown's cut-off signal, and where a request records its talk and job.
 //! - [`error`]: [`AppError`], the one closed error of every use case.
 //!
 //! It depends on `domain` and `ports` only: which adapters stand behind the ports, and how

@@ -1,4 +1,4 @@
-//! The shutdown's cut-off signal and the talk slot ([`app::cutoff`]), and how a request
+//! The shutdown's cut-off signal and the talk slot ([`mod@app::cutoff`]), and how a request
 //! carries its slot: in its extensions, where `server::handle` puts it.
 
 use http::Request;

@@ -12,8 +12,8 @@
 //! - [`wiring`]: builds the adapters a config asks for and the [`AppState`].
 //! - [`state`]: [`AppState`], [`Settings`].
 //! - [`server`]: [`run`], the accept loop, graceful shutdown, panic catching, request ids.
-//! - [`cutoff`]: how a request carries its talk slot (the signal and the slot are
-//!   [`app::cutoff`]'s).
+//! - [`mod@cutoff`]: how a request carries its talk slot (the signal and the slot are
+//!   [`mod@app::cutoff`]'s).
 //! - [`head`]: the request head's size limits (414, 431), checked before routing.
 //! - [`router`]: the route table and the auth rule per route.
 //! - [`uri`]: the route prefix, a talk's status URL, query parameters.
