@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use domain::Priority;
+use domain::{Admission, Priority};
 use ports::{Job, JobEvent, JobId, JobStoreError, NewJob, ScopedKey, Submitted};
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -63,7 +63,7 @@ pub fn create_key(job: &Job) -> String {
 /// reused for another request after its retention must never find the talk its first request
 /// made. Public so that a checker outside (the fault harness) can tell which talk is whose.
 pub fn keyed_create_key(key: &ScopedKey, fingerprint: &str) -> String {
-    format!("key\n{}\n{}\n{fingerprint}", key.scope, key.key)
+    format!("key\n{}\n{}\n{fingerprint}", key.tenant, key.key)
 }
 
 /// Holds an idempotency key as "being accepted" on this instance until dropped.
@@ -175,11 +175,11 @@ pub enum Admitted {
 pub struct JobRequest {
     /// The talk to create.
     pub request: domain::TalkRequest,
-    /// Its limiter class and place in the claim order.
-    pub priority: Priority,
+    /// Whose job it is, its limiter class and its place in the claim order.
+    pub admission: Admission,
     /// Where to report the outcome.
     pub callback_url: Option<domain::CallbackUrl>,
-    /// The caller's idempotency key, in its scope.
+    /// The caller's idempotency key, in its tenant's scope.
     pub key: Option<ScopedKey>,
 }
 
@@ -206,13 +206,14 @@ impl Jobs {
     ) -> Result<Admitted, AppError> {
         let fingerprint = fingerprint(
             &request.request,
-            request.priority,
+            request.admission.priority,
             request.callback_url.as_ref(),
         );
         let admitted = self
             .admit(NewJob {
                 id: new_job_id(),
-                priority: request.priority,
+                priority: request.admission.priority,
+                tenant: request.admission.tenant,
                 request: request.request,
                 callback_url: request.callback_url,
                 idempotency: request.key,

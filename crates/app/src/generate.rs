@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{CreatedTalk, Priority, Talk, TalkId, TalkRequest};
+use domain::{Admission, CreatedTalk, Talk, TalkId, TalkRequest};
 use ports::WaitOptions;
 use ports::{Job, JobId, JobStatus, JobStoreError, LimiterError, NewJob, ScopedKey, VideoApiError};
 use tokio::time::Instant;
@@ -28,9 +28,9 @@ const ASYNC_REATTACH_WAIT: Duration = Duration::from_secs(10);
 pub struct GenerateInput {
     /// The talk to create.
     pub request: TalkRequest,
-    /// The limiter class of its calls.
-    pub priority: Priority,
-    /// The caller's idempotency key, in its scope.
+    /// Whose talk it is and the limiter class of its calls.
+    pub admission: Admission,
+    /// The caller's idempotency key, in its tenant's scope.
     pub key: Option<ScopedKey>,
     /// Answer once the talk is created, without waiting for it to finish.
     pub asynchronous: bool,
@@ -97,17 +97,19 @@ impl Jobs {
     ) -> Result<Generated, AppError> {
         let GenerateInput {
             request,
-            priority,
+            admission,
             key,
             asynchronous,
             wait: configured,
         } = input;
+        let priority = admission.priority;
         let started = Instant::now();
         let fingerprint = fingerprint(&request, priority, None);
         let owner = self.inline_owner();
         let new = NewJob {
             id: new_job_id(),
             priority,
+            tenant: admission.tenant.clone(),
             request,
             callback_url: None,
             idempotency: key,
@@ -174,7 +176,7 @@ impl Jobs {
         };
         let outcome = self
             .video
-            .wait_for_talk(&talk_id, &priority.into(), wait)
+            .wait_for_talk(&talk_id, &admission, wait)
             .await
             .map_err(|e| match e {
                 VideoApiError::TalkTimedOut { talk_id, .. } => VideoApiError::TalkTimedOut {

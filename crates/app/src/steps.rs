@@ -95,7 +95,7 @@ impl Jobs {
             .video
             .create_talk_keyed(
                 &job.request,
-                &job.priority.into(),
+                &job.admission(),
                 &create_key(&job),
                 look_first,
             )
@@ -202,7 +202,7 @@ impl Jobs {
             return self.write(job, JobStatus::Processing).await;
         };
         let at = now_ms();
-        let result = self.video.get_talk(&talk_id, &job.priority.into()).await;
+        let result = self.video.get_talk(&talk_id, &job.admission()).await;
         let now = now_ms();
         job.updated_ms = now;
         job.polls = job.polls.saturating_add(1);

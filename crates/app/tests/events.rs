@@ -45,7 +45,7 @@ fn request() -> JobRequest {
             },
         )
         .unwrap(),
-        priority: Priority::Normal,
+        admission: Priority::Normal.into(),
         callback_url: None,
         key: None,
     }
@@ -123,7 +123,7 @@ async fn a_cancel_is_a_transition_and_a_replay_is_none() {
     let (jobs, recorder) = engine(MockVideoApi::new());
     let mut keyed = request();
     keyed.key = Some(ports::ScopedKey {
-        scope: "public".into(),
+        tenant: domain::Tenant::public(),
         key: "k1".into(),
     });
     let Admitted::New(job) = jobs.enqueue(keyed.clone(), None).await.unwrap() else {

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use limiter_redis::FailoverPolicy;
+use ports::FailoverPolicy;
 use secrecy::SecretString;
 
 mod cli;
@@ -545,45 +545,6 @@ pub enum JobStoreKind {
     Redis,
     /// In memory: lost at exit (tests, throw-away setups).
     Memory,
-}
-
-impl Config {
-    /// Logs the configuration at start-up as one structured record: a field per setting an
-    /// operator asks about, secrets only as whether they are set, the Redis URL as its
-    /// address (never the password).
-    pub fn log_start(&self) {
-        let redis = self.redis_url.as_ref().map(|url| {
-            limiter_redis::config::address_of(secrecy::ExposeSecret::expose_secret(url))
-        });
-        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            bind_addr = %self.bind_addr,
-            did_base_url = %self.did_base_url,
-            did_api_key_set = self.did_api_key.is_some(),
-            http_api_token_set = self.http_api_token.is_some(),
-            limiter = if redis.is_some() { "redis" } else { "memory" },
-            redis_address = redis.as_deref().unwrap_or("-"),
-            redis_tls_ca_file = ?self.redis_tls_ca_file,
-            limiter_name = %self.limiter_name,
-            max_concurrent = self.max_concurrent,
-            failover_policy = self.failover_policy.as_str(),
-            failover_local_share = ?self.failover_local_share,
-            lease_ttl_ms = ms(self.lease_ttl),
-            limiter_wait_timeout_ms = ms(self.limiter_wait_timeout),
-            job_store = ?self.job_store,
-            job_store_path = %self.job_store_path.display(),
-            job_store_sync = ?self.job_store_sync,
-            job_workers = self.job_workers,
-            job_queue_max = self.job_queue_max,
-            job_lease_ms = ms(self.job_lease),
-            job_retention_ms = ms(self.job_retention),
-            poll_interval_ms = ms(self.poll_interval),
-            max_wait_ms = ms(self.max_wait),
-            log_format = ?self.log_format,
-            "starting talkgate"
-        );
-    }
 }
 
 /// One variable that could not be used.

@@ -70,7 +70,7 @@ where
     let (asynchronous, by_header) = wants_async(body.wait, &headers);
     let input = GenerateInput {
         request,
-        priority,
+        admission: state.admission(priority),
         key,
         asynchronous,
         wait: state.settings().wait,
@@ -182,8 +182,16 @@ where
     );
     let video = &state.inner.video;
     let asset = match kind {
-        UploadKind::Image => video.upload_image(upload, &priority.into()).await?,
-        UploadKind::Audio => video.upload_audio(upload, &priority.into()).await?,
+        UploadKind::Image => {
+            video
+                .upload_image(upload, &state.admission(priority))
+                .await?
+        }
+        UploadKind::Audio => {
+            video
+                .upload_audio(upload, &state.admission(priority))
+                .await?
+        }
     };
     let mut body = json!({ "url": asset.url, "message": "Upload successful" });
     if let Some(id) = asset.id {
@@ -201,7 +209,11 @@ pub async fn talk_status<B>(
     let id = TalkId::parse(raw_id)?;
     let priority = priority(query_param(req.uri(), "priority").as_deref())?;
     require_upstream(state)?;
-    let talk = state.inner.video.get_talk(&id, &priority.into()).await?;
+    let talk = state
+        .inner
+        .video
+        .get_talk(&id, &state.admission(priority))
+        .await?;
     let mut body = talk_json(&talk);
     body["error"] = json!(talk.error);
     Ok(json_response(StatusCode::OK, &body))

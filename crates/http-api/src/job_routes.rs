@@ -10,8 +10,9 @@
 //! - the same key with a different request: 422 `idempotency_key_reused`;
 //! - a key whose first request is still being accepted on this instance (its body is still
 //!   arriving, or it is being stored): 409 `idempotency_key_in_use`, `Retry-After: 1`;
-//! - keys are scoped per caller: with `HTTP_API_TOKEN` set, by a digest of the bearer token;
-//!   otherwise all callers share one scope;
+//! - keys are scoped per tenant (the request's [`domain::Admission`]); today a deployment has
+//!   one, derived from its credential: with `HTTP_API_TOKEN` set, a digest of the bearer
+//!   token, otherwise `public` (see [`crate::state::tenant_of`]);
 //! - a key lives as long as its job: until the job's retention (`JOB_RETENTION_SECS` after
 //!   it finished) has passed.
 //!
@@ -25,7 +26,6 @@ use bytes::Bytes;
 use domain::{CallbackUrl, Priority, Script, TalkConfig, TalkRequest};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use ports::{FailureCode, Job, JobFailure, JobId, JobStatus, ScopedKey};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -87,22 +87,9 @@ pub fn idempotency_key(
         ));
     }
     Ok(Some(ScopedKey {
-        scope: scope(state),
+        tenant: state.tenant().clone(),
         key: key.to_owned(),
     }))
-}
-
-/// The caller's key scope: a digest of the configured bearer token (every authorised caller
-/// presents it), or `public` when auth is off.
-fn scope(state: &AppState) -> String {
-    match &state.settings().api_token {
-        None => "public".to_owned(),
-        Some(token) => {
-            let digest = Sha256::digest(token.expose_secret().as_bytes());
-            let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-            format!("t:{hex}")
-        }
-    }
 }
 
 /// The talk part of a generate or job body. Unknown fields are ignored, as pydantic did.
@@ -263,7 +250,7 @@ where
     let callback_url = body.callback_url()?;
     let request = JobRequest {
         request,
-        priority,
+        admission: state.admission(priority),
         callback_url,
         key,
     };

@@ -45,7 +45,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         http_api::telemetry::Scrubber::from_config(&config),
     )
     .context("installing the log subscriber")?;
-    config.log_start();
+    http_api::wiring::log_start(&config);
     if config.did_api_key.is_none() {
         tracing::warn!("D_ID_API_KEY is not set: D-ID routes answer 503 until it is");
     }

@@ -6,8 +6,10 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use domain::{Admission, Priority, Tenant};
 use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -70,6 +72,19 @@ impl Settings {
     }
 }
 
+/// The tenant of a deployment whose callers present `api_token`: `t:` and the first 8 bytes
+/// of its SHA-256 in hex (every authorised caller presents the same token), or `public`
+/// when auth is off. These are the scopes idempotency keys had before tenants, so keys
+/// stored by earlier builds still match.
+pub fn tenant_of(api_token: Option<&SecretString>) -> Tenant {
+    let Some(token) = api_token else {
+        return Tenant::public();
+    };
+    let digest = Sha256::digest(token.expose_secret().as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Tenant::parse(&format!("t:{hex}")).unwrap_or_default()
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings::from_config(&Config::default())
@@ -87,6 +102,8 @@ pub(crate) struct Inner {
     pub limiter: Arc<dyn ConcurrencyLimiter>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// The one tenant of this deployment, derived from its credential (see [`tenant_of`]).
+    pub tenant: Tenant,
     /// The job engine (every generate runs as a job).
     pub jobs: Arc<Jobs>,
     /// Since when the limiter has been seen degraded (by `/ready`, `/health` or `/stats`).
@@ -113,6 +130,7 @@ impl AppState {
                 video,
                 limiter,
                 metrics,
+                tenant: tenant_of(settings.api_token.as_ref()),
                 settings,
                 jobs,
                 degraded_since: Mutex::new(None),
@@ -146,6 +164,16 @@ impl AppState {
         &self.inner.settings
     }
 
+    /// Who a request is for and how urgent it is: the deployment's tenant at `priority`.
+    pub fn admission(&self, priority: Priority) -> Admission {
+        Admission::new(self.inner.tenant.clone(), priority)
+    }
+
+    /// The deployment's tenant (every caller's, until callers have tenants of their own).
+    pub fn tenant(&self) -> &Tenant {
+        &self.inner.tenant
+    }
+
     /// Records whether the limiter is degraded now; returns for how long it has been.
     pub(crate) fn observe_degraded(&self, degraded: bool) -> Option<Duration> {
         let mut since = self
@@ -160,5 +188,30 @@ impl AppState {
             *since = None;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenant_is_public_without_a_token_and_a_token_digest_with_one() {
+        assert_eq!(tenant_of(None), Tenant::public());
+        let token = SecretString::from("s3cret-token");
+        let tenant = tenant_of(Some(&token));
+        let name = tenant.as_str();
+        assert!(name.starts_with("t:"), "{name}");
+        assert_eq!(name.len(), 2 + 16, "{name}");
+        assert!(
+            !name.contains("s3cret"),
+            "the token itself never becomes a name"
+        );
+        assert_eq!(
+            tenant_of(Some(&token)),
+            tenant,
+            "the same token, the same tenant"
+        );
+        assert_ne!(tenant_of(Some(&SecretString::from("other"))), tenant);
     }
 }

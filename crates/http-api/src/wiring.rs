@@ -33,6 +33,44 @@ pub enum BuildError {
     JobStore(String),
 }
 
+/// Logs the configuration at start-up as one structured record: a field per setting an
+/// operator asks about, secrets only as whether they are set, the Redis URL as its
+/// address (never the password).
+pub fn log_start(config: &Config) {
+    let redis = config
+        .redis_url
+        .as_ref()
+        .map(|url| limiter_redis::config::address_of(url.expose_secret()));
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        bind_addr = %config.bind_addr,
+        did_base_url = %config.did_base_url,
+        did_api_key_set = config.did_api_key.is_some(),
+        http_api_token_set = config.http_api_token.is_some(),
+        limiter = if redis.is_some() { "redis" } else { "memory" },
+        redis_address = redis.as_deref().unwrap_or("-"),
+        redis_tls_ca_file = ?config.redis_tls_ca_file,
+        limiter_name = %config.limiter_name,
+        max_concurrent = config.max_concurrent,
+        failover_policy = config.failover_policy.as_str(),
+        failover_local_share = ?config.failover_local_share,
+        lease_ttl_ms = ms(config.lease_ttl),
+        limiter_wait_timeout_ms = ms(config.limiter_wait_timeout),
+        job_store = ?config.job_store,
+        job_store_path = %config.job_store_path.display(),
+        job_store_sync = ?config.job_store_sync,
+        job_workers = config.job_workers,
+        job_queue_max = config.job_queue_max,
+        job_lease_ms = ms(config.job_lease),
+        job_retention_ms = ms(config.job_retention),
+        poll_interval_ms = ms(config.poll_interval),
+        max_wait_ms = ms(config.max_wait),
+        log_format = ?config.log_format,
+        "starting talkgate"
+    );
+}
+
 /// The limiter the configuration asks for: Redis when `REDIS_URL` is set, else in-memory.
 pub async fn limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
     match &config.redis_url {

@@ -94,6 +94,7 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use domain::Tenant;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
 use fred::types::scripts::Script;
@@ -315,9 +316,10 @@ impl RedisJobStore {
     }
 }
 
-/// The key field of `key`: `<byte length of scope>:<scope><key>`.
+/// The key field of `key`: `<byte length of scope>:<scope><key>` (the scope is the tenant).
 fn key_field(key: &ScopedKey) -> String {
-    format!("{}:{}{}", key.scope.len(), key.scope, key.key)
+    let scope = key.tenant.as_str();
+    format!("{}:{scope}{}", scope.len(), key.key)
 }
 
 /// The key of a key field.
@@ -330,7 +332,7 @@ fn parse_key_field(field: &str) -> Result<ScopedKey, JobStoreError> {
         rest.get(len..).ok_or_else(bad)?,
     );
     Ok(ScopedKey {
-        scope: scope.to_owned(),
+        tenant: Tenant::parse(scope).map_err(|_| bad())?,
         key: key.to_owned(),
     })
 }
@@ -817,11 +819,11 @@ mod tests {
     #[test]
     fn key_fields_round_trip_and_never_collide() {
         let a = ScopedKey {
-            scope: "a:b".into(),
+            tenant: Tenant::parse("a:b").unwrap(),
             key: "c".into(),
         };
         let b = ScopedKey {
-            scope: "a".into(),
+            tenant: Tenant::parse("a").unwrap(),
             key: ":bc".into(),
         };
         assert_ne!(key_field(&a), key_field(&b));

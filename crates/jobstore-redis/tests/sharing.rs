@@ -35,7 +35,7 @@ async fn two_stores_of_one_name_share_keys_claims_and_leases() {
 
     // A key submitted via A replays via B.
     let key = ScopedKey {
-        scope: "caller".into(),
+        tenant: domain::Tenant::parse("caller").unwrap(),
         key: "order-1".into(),
     };
     let mut job = new_job(1, Priority::Normal, T0);

@@ -162,7 +162,7 @@ mod wal_cost {
         let keyed = |n: u64| {
             let mut j = ports::job_contract::new_job(n, domain::Priority::Normal, 1_000 + n);
             j.idempotency = Some(ScopedKey {
-                scope: "s".into(),
+                tenant: domain::Tenant::parse("s").unwrap(),
                 key: format!("k{n}"),
             });
             j

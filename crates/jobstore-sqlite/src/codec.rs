@@ -100,7 +100,7 @@ impl Inner {
         self.select_one(
             tx,
             "jobs WHERE key_scope = ?1 AND key = ?2",
-            params![key.scope, key.key],
+            params![key.tenant.as_str(), key.key],
         )
     }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 use std::time::Duration;
 
+use domain::Tenant;
 use ports::jobs::{duration_ms, is_runnable};
 use ports::{
     Job, JobCounts, JobId, JobStatus, JobStoreError, Lease, NewJob, QueueLimits, ScopedKey,
@@ -129,7 +130,7 @@ impl Inner {
             .and_then(|mut s| {
                 s.execute(params![
                     new.id.as_str(),
-                    new.idempotency.as_ref().map(|k| k.scope.as_str()),
+                    new.idempotency.as_ref().map(|k| k.tenant.as_str()),
                     new.idempotency.as_ref().map(|k| k.key.as_str()),
                 ])
             })
@@ -225,7 +226,16 @@ impl Inner {
                 JobStoreError::Corrupt(format!("{}: negative seq", self.path.display()))
             })?;
             job.idempotency = match (scope, key) {
-                (Some(scope), Some(key)) => Some(ScopedKey { scope, key }),
+                (Some(scope), Some(key)) => Some(ScopedKey {
+                    tenant: Tenant::parse(&scope).map_err(|e| {
+                        JobStoreError::Corrupt(format!(
+                            "{}: job {}'s key scope {scope:?}: {e}",
+                            self.path.display(),
+                            job.id
+                        ))
+                    })?,
+                    key,
+                }),
                 _ => None,
             };
             let read = job.version;

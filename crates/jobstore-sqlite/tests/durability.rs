@@ -26,7 +26,7 @@ const CHILD_DB: &str = "JOBSTORE_SQLITE_TEST_CHILD_DB";
 
 fn key(n: u64) -> ScopedKey {
     ScopedKey {
-        scope: "caller".to_owned(),
+        tenant: domain::Tenant::parse("caller").unwrap(),
         key: format!("k{n}"),
     }
 }

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Priority, Script, TalkId, TalkRequest};
+use domain::{Priority, Script, TalkId, TalkRequest, Tenant};
 
 use async_trait::async_trait;
 
@@ -127,6 +127,7 @@ pub fn new_job(n: u64, priority: Priority, now_ms: u64) -> NewJob {
     NewJob {
         id: job_id(n),
         priority,
+        tenant: Tenant::public(),
         request: request(n),
         callback_url: None,
         idempotency: None,
@@ -137,9 +138,9 @@ pub fn new_job(n: u64, priority: Priority, now_ms: u64) -> NewJob {
     }
 }
 
-fn key(scope: &str, key: &str) -> ScopedKey {
+fn key(tenant: &str, key: &str) -> ScopedKey {
     ScopedKey {
-        scope: scope.to_owned(),
+        tenant: Tenant::parse(tenant).expect("a valid tenant"),
         key: key.to_owned(),
     }
 }
@@ -161,8 +162,11 @@ where
     let mut job = new_job(1, Priority::High, T0);
     job.callback_url = Some(domain::CallbackUrl::parse("https://example.com/hook").unwrap());
     job.idempotency = Some(key("caller-a", "order-42"));
+    job.tenant = Tenant::parse("caller-a").unwrap();
     let stored = created(&*store, job).await;
     assert_eq!(stored.status, JobStatus::Queued);
+    assert_eq!(stored.tenant.as_str(), "caller-a");
+    assert_eq!(stored.admission().tenant.as_str(), "caller-a");
     assert_eq!(stored.version, 1);
     assert_eq!(stored.created_ms, T0);
     assert_eq!(stored.next_run_ms, T0);

@@ -30,7 +30,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{CallbackUrl, Priority, TalkId, TalkRequest};
+use domain::{Admission, CallbackUrl, Priority, TalkId, TalkRequest, Tenant};
 
 use crate::limiter::LimiterError;
 use crate::video::VideoApiError;
@@ -315,11 +315,13 @@ pub struct Attempt {
     pub outcome: String,
 }
 
-/// An idempotency key in its scope: the same key of two callers is two keys.
+/// An idempotency key in its tenant's scope: the same key of two tenants is two keys.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ScopedKey {
-    /// Whose key it is: a digest of the caller's bearer token, or `public` when auth is off.
-    pub scope: String,
+    /// Whose key it is (stored as `scope`, the name it had before tenants: the same
+    /// strings, `public` or `t:<digest of the bearer token>`).
+    #[serde(rename = "scope")]
+    pub tenant: Tenant,
     /// The key as the caller sent it (at most [`MAX_IDEMPOTENCY_KEY_LEN`] bytes).
     pub key: String,
 }
@@ -344,6 +346,10 @@ pub struct Job {
     pub version: u64,
     /// The limiter class of its upstream calls and its place in the claim order.
     pub priority: Priority,
+    /// Whose job it is: the tenant of its upstream calls (jobs stored by builds before
+    /// tenants read as the public tenant).
+    #[serde(default)]
+    pub tenant: Tenant,
     /// The `POST /talks` body.
     pub request: TalkRequest,
     /// Where to report the outcome (stored; delivered by the webhooks feature).
@@ -392,6 +398,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// Who its upstream calls are for and how urgent they are.
+    pub fn admission(&self) -> Admission {
+        Admission::new(self.tenant.clone(), self.priority)
+    }
+
     /// Appends an attempt, dropping the oldest beyond [`MAX_ATTEMPTS_KEPT`].
     pub fn record_attempt(&mut self, attempt: Attempt) {
         self.attempts.push(attempt);
@@ -409,6 +420,8 @@ pub struct NewJob {
     pub id: JobId,
     /// Its priority.
     pub priority: Priority,
+    /// Whose job it is.
+    pub tenant: Tenant,
     /// The `POST /talks` body.
     pub request: TalkRequest,
     /// Where to report the outcome.
@@ -433,6 +446,7 @@ impl NewJob {
             seq,
             version: 1,
             priority: self.priority,
+            tenant: self.tenant,
             request: self.request,
             callback_url: self.callback_url,
             token_from_key: self.idempotency.is_some(),
@@ -702,6 +716,47 @@ mod tests {
             ListQuery::new(None, 0, None).fetch(),
             2,
             "a page holds one job at least"
+        );
+    }
+
+    #[test]
+    fn a_job_stored_before_tenants_reads_as_the_public_tenant_with_its_key_scope() {
+        let job = NewJob {
+            id: JobId::parse("job_0000000000000000000001").unwrap(),
+            priority: Priority::High,
+            tenant: Tenant::parse("t:0011223344556677").unwrap(),
+            request: TalkRequest::new(
+                Some("https://example.test/face.jpg".into()),
+                domain::Script::Audio {
+                    audio_url: "https://example.test/voice.mp3".into(),
+                },
+            )
+            .unwrap(),
+            callback_url: None,
+            idempotency: Some(ScopedKey {
+                tenant: Tenant::parse("t:0011223344556677").unwrap(),
+                key: "order-1".into(),
+            }),
+            fingerprint: "fp".into(),
+            now_ms: 1,
+            lease: None,
+            status: JobStatus::Queued,
+        }
+        .into_job(1);
+        let mut stored = serde_json::to_value(&job).unwrap();
+        assert_eq!(
+            stored["idempotency"],
+            serde_json::json!({"scope": "t:0011223344556677", "key": "order-1"}),
+            "the key's tenant is stored under the name it had before"
+        );
+        // An earlier build wrote no tenant.
+        stored.as_object_mut().unwrap().remove("tenant");
+        let read: Job = serde_json::from_value(stored).unwrap();
+        assert_eq!(read.tenant, Tenant::public());
+        assert_eq!(read.idempotency, job.idempotency);
+        assert_eq!(
+            read.admission(),
+            Admission::new(Tenant::public(), Priority::High)
         );
     }
 }

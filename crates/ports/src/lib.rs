@@ -38,8 +38,8 @@ pub use jobs::{
     JobStoreError, Lease, LeaseTerms, ListQuery, NewJob, QueueLimits, ScopedKey, Submitted,
 };
 pub use limiter::{
-    BackendStats, ConcurrencyLimiter, DegradedReason, FailoverStats, LimiterCounters, LimiterError,
-    LimiterStats, Permit, PermitHandle, QueuedByPriority,
+    BackendStats, ConcurrencyLimiter, DegradedReason, FailoverPolicy, FailoverStats,
+    LimiterCounters, LimiterError, LimiterStats, Permit, PermitHandle, QueuedByPriority,
 };
 pub use video::{
     ClientStats, PollSchedule, PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats,

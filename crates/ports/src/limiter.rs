@@ -355,6 +355,59 @@ pub trait ConcurrencyLimiter: Send + Sync {
     async fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError>;
 }
 
+/// What a limiter that keeps its count in a shared store (Redis, for `limiter-redis`) grants
+/// while that store is unreachable and it serves from an in-memory fallback.
+///
+/// With N instances degraded at once and a global limit C, the permits alive at once are at
+/// most: `share` → `max(C, N)` (with the derived share; N × `local_share` when it is set),
+/// `closed` → 0 new ones, `full` → N × C.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailoverPolicy {
+    /// Grant a share of the limit from the in-memory fallback: the limit divided among the
+    /// live instances (at least 1), or a configured share (`limiter-redis`'s
+    /// `RedisLimiterConfig::local_share`).
+    #[default]
+    Share,
+    /// Grant nothing: every acquire fails with [`LimiterError::Unavailable`] while
+    /// degraded (the service answers 503). Work already admitted finishes.
+    Closed,
+    /// Grant the whole limit from the fallback, as if this instance were alone. Only right
+    /// for a single instance: N degraded instances admit up to N × the limit.
+    Full,
+}
+
+impl FailoverPolicy {
+    /// The lowercase name, as the service's `FAILOVER_POLICY` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverPolicy::Share => "share",
+            FailoverPolicy::Closed => "closed",
+            FailoverPolicy::Full => "full",
+        }
+    }
+}
+
+impl fmt::Display for FailoverPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FailoverPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "share" => Ok(FailoverPolicy::Share),
+            "closed" => Ok(FailoverPolicy::Closed),
+            "full" => Ok(FailoverPolicy::Full),
+            _ => Err(format!(
+                "unknown failover policy {s:?}: expected share, closed or full"
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

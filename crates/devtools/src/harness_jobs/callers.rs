@@ -196,7 +196,7 @@ pub(super) fn user_data_of(sub: &Submission) -> String {
         })
         .unwrap_or_default();
     let key = ports::ScopedKey {
-        scope: "public".to_owned(),
+        tenant: domain::Tenant::public(),
         key: sub.key.clone(),
     };
     let token = CreateToken::derive(&app::keyed_create_key(&key, &fingerprint));

@@ -556,6 +556,7 @@ async fn a_job_left_creating_by_a_dead_worker_adopts_its_talk_instead_of_paying_
                 NewJob {
                     id: id.clone(),
                     priority: Priority::Normal,
+                    tenant: domain::Tenant::public(),
                     request: request.clone(),
                     callback_url: None,
                     idempotency: None,

@@ -28,7 +28,7 @@ async fn neither_the_d_id_key_nor_the_token_is_ever_logged() {
     ]);
     // What main logs at start-up: one structured record, no secret.
     support::init_logs();
-    config.log_start();
+    http_api::wiring::log_start(&config);
     let srv = Server::start(http_api::wiring::build(&config).await.unwrap()).await;
     let http = client();
 
