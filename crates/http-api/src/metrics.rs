@@ -14,6 +14,7 @@ use domain::{Admission, Priority};
 use ports::{ConcurrencyLimiter, LimiterError, LimiterStats, Permit, VideoApiStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -238,6 +239,28 @@ fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> s
     c.encode(m)
 }
 
+/// A labelled family of constant metrics of `kind`: one member per label set.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    members: impl IntoIterator<Item = (L, M)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in members {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The labels of `priority`.
+fn priority_labels(priority: Priority) -> PriorityLabels {
+    PriorityLabels {
+        priority: priority.as_str(),
+    }
+}
+
 /// Labels of one upstream status.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
@@ -265,22 +288,18 @@ impl Collector for SnapshotCollector {
             ] {
                 gauge(&mut enc, name, help, v)?;
             }
-            {
-                let g = ConstGauge::new(0i64);
-                let mut m = enc.encode_descriptor(
-                    "limiter_queued",
-                    "Waiters queued now, by priority",
-                    None,
-                    g.metric_type(),
-                )?;
-                for p in Priority::ALL {
-                    let labels = PriorityLabels {
-                        priority: p.as_str(),
-                    };
-                    let g = ConstGauge::new(i64::from(l.queued.get(p)));
-                    g.encode(m.encode_family(&labels)?)?;
-                }
-            }
+            family(
+                &mut enc,
+                "limiter_queued",
+                "Waiters queued now, by priority",
+                MetricType::Gauge,
+                Priority::ALL.map(|p| {
+                    (
+                        priority_labels(p),
+                        ConstGauge::new(i64::from(l.queued.get(p))),
+                    )
+                }),
+            )?;
             if let Some(f) = &l.backend.failover {
                 for (name, help, v) in [
                     (
@@ -342,35 +361,32 @@ impl Collector for SnapshotCollector {
             }
         }
         if let Some((counts, now)) = &s.jobs {
-            let g = ConstGauge::new(0i64);
-            let mut m = enc.encode_descriptor(
+            family(
+                &mut enc,
                 "jobs",
                 "Jobs in the store now, by state",
-                None,
-                g.metric_type(),
+                MetricType::Gauge,
+                counts.by_status.iter().map(|(status, n)| {
+                    let labels = JobStatusLabels {
+                        status: status.as_str(),
+                    };
+                    (
+                        labels,
+                        ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX)),
+                    )
+                }),
             )?;
-            for (status, n) in &counts.by_status {
-                let labels = JobStatusLabels {
-                    status: status.as_str(),
-                };
-                let g = ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX));
-                g.encode(m.encode_family(&labels)?)?;
-            }
-            let g = ConstGauge::new(0.0f64);
-            let mut m = enc.encode_descriptor(
+            family(
+                &mut enc,
                 "job_queue_age_seconds",
                 "Age of the oldest queued job, by priority (0: none queued)",
-                None,
-                g.metric_type(),
+                MetricType::Gauge,
+                Priority::ALL.map(|p| {
+                    let age = counts.oldest_queued_ms[p.index()]
+                        .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
+                    (priority_labels(p), ConstGauge::new(age))
+                }),
             )?;
-            for p in Priority::ALL {
-                let labels = PriorityLabels {
-                    priority: p.as_str(),
-                };
-                let age = counts.oldest_queued_ms[p.index()]
-                    .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0);
-                ConstGauge::new(age).encode(m.encode_family(&labels)?)?;
-            }
         }
         if let Some(u) = &s.upstream {
             for (name, help, v) in [
@@ -392,17 +408,15 @@ impl Collector for SnapshotCollector {
             ] {
                 counter(&mut enc, name, help, v)?;
             }
-            let c = ConstCounter::new(0u64);
-            let mut m = enc.encode_descriptor(
+            family(
+                &mut enc,
                 "upstream_responses",
                 "D-ID answers by HTTP status",
-                None,
-                c.metric_type(),
+                MetricType::Counter,
+                u.responses
+                    .iter()
+                    .map(|(status, n)| (StatusLabels { status: *status }, ConstCounter::new(*n))),
             )?;
-            for (status, n) in &u.responses {
-                let labels = StatusLabels { status: *status };
-                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
-            }
         }
         Ok(())
     }
