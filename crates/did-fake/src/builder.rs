@@ -201,6 +201,7 @@ impl FakeBuilder {
             user_render_slots: Mutex::new(HashMap::new()),
             s3_secret,
             started_ms: now_ms(),
+            deliveries: crate::webhook::Deliveries::new()?,
             shutdown: shutdown_rx.clone(),
         });
         let task = tokio::spawn(crate::server::serve(

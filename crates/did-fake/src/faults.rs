@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::webhook::WebhookFaults;
+
 /// The fault and load configuration of a fake (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,6 +65,8 @@ pub struct Faults {
     pub routes: Vec<String>,
     /// Added latency per route.
     pub latency: Latency,
+    /// How webhook deliveries misbehave (default: each sent once, at once).
+    pub webhooks: WebhookFaults,
 }
 
 impl Faults {
@@ -107,7 +111,7 @@ impl Faults {
                 return Err(format!("latency for {route}: min_ms > max_ms"));
             }
         }
-        Ok(())
+        self.webhooks.validate()
     }
 }
 

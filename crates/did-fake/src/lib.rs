@@ -31,12 +31,15 @@
 //! - [`faults`]: [`Faults`], [`Latency`], [`Delay`], [`CreateThenFail`]: failure and load knobs.
 //! - [`timing`]: [`Timing`], the talk timing model of the spec's §10.3.
 //! - [`stats`]: [`FakeStats`], the counters behind `GET /_fake/stats`.
+//! - [`webhook`]: delivery of a finished talk to its `webhook` as D-ID does it (§10.5), with
+//!   [`WebhookFaults`] (drop, duplicate, delay, reorder, retries) and [`WebhookStats`].
 //! - `server`: the hyper-util accept loop, connection counting and graceful shutdown.
 //! - `router`: route matching, auth, throttling, injected latency and faults, stats per route.
 //! - `api`: one module per resource (`uploads`, `talks`, `credits`, `s3`, `control`), plus the
 //!   D-ID error bodies (`errors`) and `Authorization` parsing (`auth`).
 //! - `validate`: the `POST /talks` body rules (§10.4), with D-ID's error bodies.
-//! - `lifecycle`: the task that walks one talk through its states.
+//! - `lifecycle`: the task that walks one talk through its states (and hands an ended talk
+//!   to `webhook`).
 //! - `state`: the shared store (talks, uploads, credits), RNG and counters.
 //! - `util`: nanoid ids, D-ID timestamp formats, WAV durations, fake S3 signatures.
 
@@ -56,11 +59,13 @@ mod server;
 mod state;
 mod util;
 mod validate;
+pub mod webhook;
 
 pub use builder::{FakeBuilder, FakeDid, RunningFake};
 pub use faults::{CreateThenFail, Delay, Faults, Latency};
 pub use stats::FakeStats;
 pub use timing::Timing;
+pub use webhook::{WebhookFaults, WebhookStats};
 
 /// The API key every fake accepts unless told otherwise: send it as
 /// `Authorization: Basic talkgate:fake-key` (or base64 of it).

@@ -2,7 +2,8 @@
 //!
 //! Each talk gets one tokio task at creation. The task sleeps the scaled queue delay, waits for
 //! a render slot (per user and global, so excess talks stay `created` as on a loaded D-ID),
-//! marks the talk `started`, sleeps the scaled render time and writes the outcome. The store is
+//! marks the talk `started`, sleeps the scaled render time and writes the outcome, then hands
+//! a talk with a `webhook` to [`crate::webhook`]. The store is
 //! only locked for those writes, never across a sleep. The task ends early when the server
 //! stops, or when the talk disappeared because the state was cleared.
 
@@ -46,7 +47,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, id: String, user: String, plan: Plan) {
     });
 }
 
-async fn run(shared: &Shared, id: &str, user: &str, plan: Plan) {
+async fn run(shared: &Arc<Shared>, id: &str, user: &str, plan: Plan) {
     tokio::time::sleep(plan.queue).await;
     // Render slots: the permits live until the talk leaves `started` (or this task ends).
     let _global = match &shared.render_slots {
@@ -73,13 +74,16 @@ async fn run(shared: &Shared, id: &str, user: &str, plan: Plan) {
     // Keep the gauge right even if this task is cancelled while rendering.
     let _rendering = RenderGauge(shared);
     tokio::time::sleep(render).await;
-    match plan.ending {
+    let ended = match plan.ending {
         Ending::Done => transition(shared, id, Status::Done, None),
         Ending::Error(kind, description) => {
             transition(shared, id, Status::Error, Some((kind, description)))
         }
         Ending::Rejected | Ending::Stuck => transition(shared, id, Status::Rejected, None),
     };
+    if ended {
+        crate::webhook::talk_ended(shared, id);
+    }
 }
 
 /// Decrements `renders_in_progress` when rendering ends, however it ends.

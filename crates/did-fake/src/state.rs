@@ -155,6 +155,8 @@ pub(crate) struct Shared {
     /// Secret of the fake S3 signatures.
     pub s3_secret: u64,
     pub started_ms: u64,
+    /// Webhook delivery (its client and bounds).
+    pub deliveries: crate::webhook::Deliveries,
     /// Becomes `true` when the server stops; lifecycle tasks watch it.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::webhook::WebhookStats;
+
 /// A snapshot of the fake's counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -32,6 +34,8 @@ pub struct FakeStats {
     pub connections_reset: u64,
     /// Talks in `started` now, rendering (stuck talks are not counted).
     pub renders_in_progress: u64,
+    /// Webhook deliveries.
+    pub webhooks: WebhookStats,
 }
 
 impl FakeStats {
@@ -67,13 +71,17 @@ impl FakeStats {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
-    /// Zeroes the counters. Gauges (`in_flight`, `renders_in_progress`) keep their current
+    /// Zeroes the counters. Gauges (`in_flight`, `renders_in_progress`, `webhooks.pending`) keep their current
     /// value, and the peak restarts from the current in-flight count.
     pub(crate) fn reset(&mut self) {
         *self = Self {
             in_flight: self.in_flight,
             peak_in_flight: self.in_flight,
             renders_in_progress: self.renders_in_progress,
+            webhooks: WebhookStats {
+                pending: self.webhooks.pending,
+                ..WebhookStats::default()
+            },
             ..Self::default()
         };
     }

@@ -8,3 +8,4 @@ mod lifecycle;
 mod routes;
 mod stats;
 mod support;
+mod webhooks;
