@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 /// The longest callback URL, in bytes.
 pub const MAX_CALLBACK_URL_LEN: usize = 2048;
 
-/// An `http(s)://` URL with a host, without credentials, spaces or control characters, at
-/// most [`MAX_CALLBACK_URL_LEN`] bytes. Kept as the caller wrote it (not normalised), so a
+/// An `http(s)://` URL with a host, without credentials, spaces, control characters or
+/// invisible ones (bidirectional overrides, zero-width characters), at most [`MAX_CALLBACK_URL_LEN`] bytes. Kept as the caller wrote it (not normalised), so a
 /// replay of the same request has the same fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -31,7 +31,9 @@ impl CallbackUrl {
         // `https:///p` parse, a space is escaped), and credentials would be stored and shown.
         let lower = raw.to_ascii_lowercase();
         if !(lower.starts_with("http://") || lower.starts_with("https://"))
-            || raw.chars().any(|c| c.is_whitespace() || c.is_control())
+            || raw
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
         {
             return Err(InvalidCallbackUrl);
         }
@@ -52,6 +54,13 @@ impl CallbackUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Characters that change how a URL reads without being seen: bidirectional overrides and
+/// isolates (U+202A–U+202E, U+2066–U+2069), marks and zero-width characters (U+200B–U+200F,
+/// U+2060–U+2064), and the byte-order mark. A URL shown in a job must read as it goes.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 impl TryFrom<String> for CallbackUrl {
@@ -90,6 +99,9 @@ mod tests {
             "ftp://example.com/",
             "http://",
             "",
+            "https://example.com/\u{202E}gpj.exe",
+            "https://exa\u{200B}mple.com/",
+            "https://example.com/\u{2066}x",
         ] {
             assert!(CallbackUrl::parse(bad).is_err(), "{bad:?}");
         }
