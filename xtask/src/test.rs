@@ -65,6 +65,20 @@ const LAYERS: &[(&str, &[&str])] = &[
         "did-client",
         &["limiter-redis", "did-fake", "http-api", "devtools"],
     ),
+    // Callbacks to callers: reqwest, no store, no D-ID client, no limiter.
+    (
+        "callback-sender",
+        &[
+            "fred",
+            "rusqlite",
+            "limiter-memory",
+            "limiter-redis",
+            "did-client",
+            "did-fake",
+            "http-api",
+            "devtools",
+        ],
+    ),
     // The job stores: each on its own storage, none on another store or on the service.
     (
         "jobstore-memory",
@@ -117,6 +131,7 @@ const ADAPTERS: &[&str] = &[
     "limiter-memory",
     "limiter-redis",
     "did-client",
+    "callback-sender",
     "jobstore-memory",
     "jobstore-sqlite",
     "jobstore-redis",
@@ -138,6 +153,7 @@ const ALLOWED: &[(&str, &[&[&str]])] = &[
         &[&["domain", "ports", "limiter-memory", "redis-connect"]],
     ),
     ("did-client", &[&["domain", "ports"]]),
+    ("callback-sender", &[&["domain", "ports"]]),
     ("jobstore-memory", &[&["domain", "ports"]]),
     ("jobstore-sqlite", &[&["domain", "ports"]]),
     ("jobstore-redis", &[&["domain", "ports", "redis-connect"]]),

@@ -14,6 +14,8 @@
 //! - [`events`]: [`JobEvents`], told of every committed job transition (the webhooks'
 //!   seam); [`NoJobEvents`] when nobody listens. Its contract binds the caller (the engine
 //!   in `app`, whose tests check it).
+//! - [`callbacks`]: [`CallbackSender`], one signed attempt of a job event to a caller's
+//!   `callback_url` ([`CallbackDelivery`]), and why it failed ([`CallbackError`]).
 //! - `contract` (feature `contract`): the behaviour every limiter must show, written once and
 //!   run against each adapter with `limiter_contract_tests!`.
 //! - `job_contract` (feature `contract`): the same for job stores, `job_store_contract_tests!`.
@@ -22,6 +24,7 @@
 //! - `mock`: mockall mocks `MockConcurrencyLimiter` and `MockVideoApi`.
 //! - `contract`: the limiter and job-store contract suites (pull in tokio and rand).
 
+pub mod callbacks;
 pub mod events;
 pub mod jobs;
 pub mod limiter;
@@ -32,6 +35,7 @@ pub mod contract;
 #[cfg(feature = "contract")]
 pub mod job_contract;
 
+pub use callbacks::{CallbackDelivery, CallbackError, CallbackReceipt, CallbackSender};
 pub use events::{JobEvent, JobEvents, NoJobEvents};
 pub use jobs::{
     Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,

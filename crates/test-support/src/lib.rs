@@ -16,16 +16,22 @@
 //!   failovers.
 //! - `http` (feature `http`): a reqwest client and helpers for the JSON / bearer-token
 //!   request pattern of the service tests (`post_json`, `get_json`, ...).
+//! - `receiver` (feature `receiver`): an HTTP/1 server on a free loopback port that takes
+//!   webhook and callback POSTs, answers a status (after a delay, with a `Location`) the
+//!   test sets, and keeps every request.
 //! - [`free_port`], [`unique_name`]: loopback ports and names no other test shares.
 //!
 //! # Features
 //! - `http`: the request helpers (pulls in reqwest and serde_json).
 //! - `redis`: the redis-server harness (pulls in rcgen for the TLS certificates).
+//! - `receiver`: the receiver (pulls in hyper).
 
 pub mod eventually;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod media;
+#[cfg(feature = "receiver")]
+pub mod receiver;
 #[cfg(feature = "redis")]
 pub mod redis;
 
