@@ -24,9 +24,11 @@
 //! ```
 //!
 //! # Layout
-//! - [`policy`]: [`DestinationPolicy`] — https only by default; loopback, private,
-//!   link-local (the metadata endpoint), unique-local, multicast and other internal
-//!   addresses refused in every spelling, unless a configured network allows them.
+//! - [`DestinationPolicy`] (from `domain`, where the service checks a `callback_url` when a
+//!   job is submitted): https only by default; loopback, private, link-local (the metadata
+//!   endpoint), unique-local, multicast and other internal addresses refused in every
+//!   spelling, unless a configured network allows them. The sender checks it again at each
+//!   attempt, down to the address it connects to.
 //! - [`sign`]: [`Signer`] — `webhook-signature` with the current and, during a rotation, the
 //!   previous `whsec_` secret, by the `standardwebhooks` crate.
 //! - [`sender`]: [`HttpCallbackSender`] — one attempt: checked URL, a slot of its endpoint,
@@ -35,10 +37,9 @@
 //!
 //! [Standard Webhooks]: https://www.standardwebhooks.com/
 
-pub mod policy;
 pub mod sender;
 pub mod sign;
 
-pub use policy::{DestinationPolicy, Refusal};
+pub use domain::{DestinationPolicy, Refusal};
 pub use sender::{BuildError, CallbackConfig, GuardedResolver, HttpCallbackSender};
 pub use sign::{InvalidSecret, Signer};

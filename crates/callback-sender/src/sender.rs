@@ -18,8 +18,8 @@ use ports::{CallbackDelivery, CallbackError, CallbackReceipt, CallbackSender};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::policy::{DestinationPolicy, Refusal};
 use crate::sign::Signer;
+use domain::{DestinationPolicy, Refusal};
 
 /// At most this much of a receiver's answer is read.
 pub const MAX_ANSWER_BYTES: usize = 4096;

@@ -18,6 +18,7 @@
 
 pub mod admission;
 pub mod callback;
+pub mod destination;
 pub mod priority;
 pub mod request;
 pub mod talk;
@@ -25,6 +26,7 @@ pub mod upload;
 
 pub use admission::{Admission, InvalidTenant, Tenant};
 pub use callback::{CallbackUrl, InvalidCallbackUrl};
+pub use destination::{DestinationPolicy, IpNet, Refusal};
 pub use priority::{ParsePriorityError, Priority};
 pub use request::{Script, TalkConfig, TalkRequest, TalkRequestError};
 pub use talk::{

@@ -505,6 +505,22 @@ settings! {
         help: "Most jobs queued at once (all priorities); then POST /jobs answers 429",
         parse: |raw| parse::whole(raw, 1u64),
     }
+    /// A job's `callback_url` may be `http://` (signed, but readable on the way).
+    callback_allow_http: bool {
+        env: "CALLBACK_ALLOW_HTTP",
+        access: flag("callback-allow-http"),
+        default: "false",
+        help: "Accept http:// callback URLs (default: https only)",
+        parse: parse::boolean,
+    }
+    /// Networks a `callback_url` may reach although they are internal (loopback, private…).
+    callback_allowed_nets: Option<Vec<domain::IpNet>> {
+        env: "CALLBACK_ALLOWED_NETS",
+        access: flag("callback-allowed-nets"),
+        default: unset,
+        help: "Comma-separated CIDRs callbacks may reach although internal (e.g. 10.1.0.0/16); unset: none",
+        parse: parse::networks,
+    }
     /// Their idempotency keys are kept as long.
     job_retention: Duration {
         env: "JOB_RETENTION_SECS",

@@ -23,7 +23,7 @@
 use app::Admitted;
 use app::admission::JobRequest;
 use bytes::Bytes;
-use domain::{CallbackUrl, Priority, Script, TalkConfig, TalkRequest};
+use domain::{CallbackUrl, DestinationPolicy, Priority, Script, TalkConfig, TalkRequest};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use ports::{FailureCode, Job, JobFailure, JobId, JobStatus, ScopedKey};
 use serde::Deserialize;
@@ -147,12 +147,21 @@ impl TalkBody {
     }
 
     /// The callback URL, checked ([`CallbackUrl`]).
-    pub fn callback_url(&self) -> Result<Option<CallbackUrl>, ApiError> {
-        self.callback_url
-            .as_deref()
-            .map(CallbackUrl::parse)
-            .transpose()
-            .map_err(|e| ApiError::InvalidBody(e.to_string()))
+    /// The checked `callback_url`: a valid URL that `policy` lets callbacks reach (its
+    /// scheme, its host name, a literal address; a name's addresses are checked again at
+    /// every delivery).
+    pub fn callback_url(
+        &self,
+        policy: &DestinationPolicy,
+    ) -> Result<Option<CallbackUrl>, ApiError> {
+        let Some(raw) = self.callback_url.as_deref() else {
+            return Ok(None);
+        };
+        let url = CallbackUrl::parse(raw).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        policy
+            .check_url(&url)
+            .map_err(|e| ApiError::InvalidBody(format!("callback_url: {e}")))?;
+        Ok(Some(url))
     }
 }
 
@@ -247,7 +256,7 @@ where
     let accepting = key.as_ref().map(|k| jobs.begin_accepting(k)).transpose()?;
     let body: TalkBody = body::read_json(req, state.settings().json_body_limit).await?;
     let (request, priority) = body.request()?;
-    let callback_url = body.callback_url()?;
+    let callback_url = body.callback_url(&state.settings().callback_policy)?;
     let request = JobRequest {
         request,
         admission: state.admission(priority),

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use domain::{Admission, Priority, Tenant};
+use domain::{Admission, DestinationPolicy, Priority, Tenant};
 use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -44,6 +44,8 @@ pub struct Settings {
     /// This instance's `MAX_CONCURRENT_REQUESTS` (with Redis the fleet's limit stored there
     /// is served, which may differ: `/health` and `/stats` show both).
     pub max_concurrent: u32,
+    /// Where a job's `callback_url` may point (checked when the job is submitted).
+    pub callback_policy: DestinationPolicy,
     /// Replaces the configured secrets in every response body (the logs have their own, in
     /// the log writer).
     pub scrubber: Scrubber,
@@ -67,6 +69,10 @@ impl Settings {
             body_idle_timeout: config.body_idle_timeout,
             shutdown_grace: config.shutdown_grace,
             max_concurrent: config.max_concurrent,
+            callback_policy: DestinationPolicy {
+                allow_http: config.callback_allow_http,
+                allowed_nets: config.callback_allowed_nets.clone().unwrap_or_default(),
+            },
             scrubber: Scrubber::from_config(config),
         }
     }

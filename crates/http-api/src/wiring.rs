@@ -64,6 +64,8 @@ pub fn log_start(config: &Config) {
         job_queue_max = config.job_queue_max,
         job_lease_ms = ms(config.job_lease),
         job_retention_ms = ms(config.job_retention),
+        callback_allow_http = config.callback_allow_http,
+        callback_allowed_nets = ?config.callback_allowed_nets,
         poll_interval_ms = ms(config.poll_interval),
         max_wait_ms = ms(config.max_wait),
         log_format = ?config.log_format,

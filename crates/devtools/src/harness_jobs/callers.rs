@@ -191,7 +191,9 @@ pub(super) fn user_data_of(sub: &Submission) -> String {
         .ok()
         .and_then(|talk| {
             let (request, priority) = talk.request().ok()?;
-            let callback = talk.callback_url().ok()?;
+            let callback = talk
+                .callback_url(&domain::DestinationPolicy::default())
+                .ok()?;
             Some(app::fingerprint(&request, priority, callback.as_ref()))
         })
         .unwrap_or_default();

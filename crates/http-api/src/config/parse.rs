@@ -134,6 +134,23 @@ pub(super) fn file(raw: &str) -> Result<std::path::PathBuf, String> {
     Ok(std::path::PathBuf::from(raw))
 }
 
+/// Comma-separated CIDR networks (`10.1.0.0/16, fd00::/8`); at least one.
+pub(super) fn networks(raw: &str) -> Result<Vec<domain::IpNet>, String> {
+    let nets = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<domain::IpNet>()
+                .map_err(|_| format!("{part:?} is not a network like 10.1.0.0/16"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if nets.is_empty() {
+        return Err("no network given".to_owned());
+    }
+    Ok(nets)
+}
+
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any ASCII case).
 pub(super) fn boolean(raw: &str) -> Result<bool, String> {
     match raw.to_ascii_lowercase().as_str() {
@@ -148,6 +165,16 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::*;
+
+    #[test]
+    fn networks_are_comma_separated_cidrs() {
+        let nets = networks("10.1.0.0/16, fd00::/8").unwrap();
+        assert_eq!(nets.len(), 2);
+        assert!(nets[0].contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        for bad in ["", " , ", "10.1.0.0/33", "localhost", "10.1.0.0/16,nope"] {
+            assert!(networks(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn redis_urls_of_every_topology_are_accepted_and_others_refused_without_the_value() {

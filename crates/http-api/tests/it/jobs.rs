@@ -949,3 +949,52 @@ async fn a_replayed_generate_answers_what_the_first_request_got() {
     assert!(first["created_at"].is_string(), "{first}");
     srv.stop().await;
 }
+
+/// A `callback_url` into talkgate's own network is refused when the job is submitted, in
+/// every spelling (nothing is stored, nothing reaches D-ID); an operator's allowance opens
+/// exactly the networks it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_callback_urls_are_refused_at_submit_unless_allowed() {
+    let fake = support::fake().await;
+    let srv = support::service(&fake, &[]).await;
+    let http = client();
+    for url in [
+        "http://127.0.0.1/hook",
+        "https://127.0.0.1/hook",
+        "https://[::1]/hook",
+        "https://localhost/hook",
+        "https://0.0.0.0/hook",
+        "https://10.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://metadata.google.internal/computeMetadata/v1/",
+        "https://2130706433/hook",
+        "https://0x7f000001/hook",
+        "https://example.com/\u{202E}gpj.exe",
+        "http://hooks.example.test/done",
+    ] {
+        let mut body = talk_body(1);
+        body["callback_url"] = json!(url);
+        let (status, err, _) = post_keyed(&http, srv.api("/jobs"), None, &body).await;
+        assert_eq!(status, 422, "{url}: {err}");
+        assert_eq!(err["error"]["code"], "invalid_request", "{url}: {err}");
+    }
+    let (_, page) = get_json(&http, srv.api("/jobs"), None).await;
+    assert_eq!(page["jobs"], json!([]), "a refused job was stored: {page}");
+    assert_eq!(fake.stats().talks_created, 0);
+
+    let open = support::service(
+        &fake,
+        &[
+            ("CALLBACK_ALLOW_HTTP", "true"),
+            ("CALLBACK_ALLOWED_NETS", "127.0.0.0/8"),
+        ],
+    )
+    .await;
+    let mut body = talk_body(2);
+    body["callback_url"] = json!("http://127.0.0.1:9/hook");
+    let (status, job, _) = post_keyed(&http, open.api("/jobs"), None, &body).await;
+    assert_eq!(status, 202, "{job}");
+    body["callback_url"] = json!("http://10.0.0.1/hook");
+    let (status, err, _) = post_keyed(&http, open.api("/jobs"), None, &body).await;
+    assert_eq!(status, 422, "only the allowed network is open: {err}");
+}

@@ -1,4 +1,7 @@
-//! Where a callback may go: the scheme, the host name, and every address the host stands for.
+//! [`DestinationPolicy`]: where a callback may go — the scheme, the host name, and every
+//! address the host stands for. The service checks a `callback_url` against it when a job is
+//! submitted; the sender (`callback-sender`) checks it again at every delivery, down to the
+//! address it connects to.
 //!
 //! A callback URL comes from a caller, so without rules it is a way to make talkgate send
 //! requests into its own network (SSRF): to loopback services, the cloud metadata endpoint
@@ -14,14 +17,15 @@
 //!
 //! The URL's host is checked as text here ([`DestinationPolicy::check_url`]: literal
 //! addresses in any form the URL standard accepts — `2130706433`, `0x7f000001`, `[::1]` —
-//! are parsed to the address they mean), and every address a name resolves to is checked
-//! again by the resolver the sender connects through, so a name that resolves to a public
-//! address when checked and to an internal one when connecting (DNS rebinding) is refused.
+//! are parsed to the address they mean); a name is not resolved here (no I/O in `domain`):
+//! every address it resolves to is checked by the resolver the sender connects through, so a
+//! name that resolves to a public address when checked and to an internal one when
+//! connecting (DNS rebinding) is refused.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use domain::CallbackUrl;
-use ipnet::IpNet;
+use crate::callback::CallbackUrl;
+pub use ipnet::IpNet;
 use url::{Host, Url};
 
 /// Host names refused whatever they resolve to (the cloud metadata services' names).
