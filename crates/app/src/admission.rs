@@ -218,6 +218,7 @@ impl Jobs {
                 callback_url: request.callback_url,
                 idempotency: request.key,
                 fingerprint,
+                webhook_token: self.webhook_token_for_new_job(),
                 now_ms: crate::now_ms(),
                 lease: None,
                 status: ports::JobStatus::Queued,

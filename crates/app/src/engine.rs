@@ -45,6 +45,8 @@ use ports::{
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use tokio::sync::{Notify, watch};
+
+use crate::talk_webhooks::{Counters, TalkWebhooks};
 use tokio::task::JoinHandle;
 
 use crate::counted::CountedStore;
@@ -83,6 +85,8 @@ pub struct JobsConfig {
     /// A processing job whose talk has not ended this long after the job was submitted fails
     /// with `talk_timeout` (the talk may still finish at D-ID).
     pub max_processing: Duration,
+    /// Take D-ID's webhooks instead of polling (see [`crate::talk_webhooks`]); `None`: poll.
+    pub talk_webhooks: Option<TalkWebhooks>,
 }
 
 impl Default for JobsConfig {
@@ -94,6 +98,7 @@ impl Default for JobsConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             poll_max: Duration::from_secs(5),
             max_processing: Duration::from_secs(3600),
+            talk_webhooks: None,
         }
     }
 }
@@ -140,6 +145,10 @@ pub struct Jobs {
     pub(crate) workers: Mutex<Vec<JoinHandle<()>>>,
     /// Claims being given back by dropped requests (see [`Hold`]); awaited at shutdown.
     pub(crate) giving_back: Mutex<Vec<JoinHandle<()>>>,
+    /// D-ID webhook receipts.
+    pub(crate) talk_webhooks: Counters,
+    /// Jobs a receipt made due, until a poll sees them end (bounded).
+    pub(crate) nudged: Mutex<HashSet<JobId>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -231,6 +240,8 @@ impl Jobs {
             drained: Mutex::new(VecDeque::new()),
             workers: Mutex::new(Vec::new()),
             giving_back: Mutex::new(Vec::new()),
+            talk_webhooks: Counters::default(),
+            nudged: Mutex::new(HashSet::new()),
         })
     }
 

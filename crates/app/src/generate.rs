@@ -114,6 +114,7 @@ impl Jobs {
             callback_url: None,
             idempotency: key,
             fingerprint,
+            webhook_token: self.webhook_token_for_new_job(),
             now_ms: now_ms(),
             lease: Some(self.lease_for(&owner)),
             status: JobStatus::Creating,

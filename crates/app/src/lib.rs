@@ -12,6 +12,8 @@
 //! - [`generate`]: the synchronous (and asynchronous) generate, and re-attaching a replay to
 //!   the job of its key.
 //! - [`queries`]: reading, listing and cancelling jobs.
+//! - [`talk_webhooks`]: D-ID's webhook when a talk ends — a per-job token, a receipt that
+//!   makes the job due (its poll confirms), slow fallback polls while one is expected.
 //! - [`failure`]: how a failed call becomes a job's stored failure.
 //! - [`counted`]: the job store with its calls counted.
 //! - [`mod@cutoff`]: the shutdown's cut-off signal, and where a request records its talk and job.
@@ -29,6 +31,7 @@ pub mod failure;
 pub mod generate;
 pub mod queries;
 pub mod steps;
+pub mod talk_webhooks;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,6 +42,7 @@ pub use error::AppError;
 pub use failure::{failure_is_retryable, failure_of};
 pub use generate::{GenerateInput, Generated, Replay};
 pub use steps::{CreateMode, MAX_CREATE_ATTEMPTS, RESULT_TTL};
+pub use talk_webhooks::{TalkWebhookCounts, TalkWebhookReceipt, TalkWebhooks};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {

@@ -91,10 +91,18 @@ impl Jobs {
             self.note_drained();
         }
         let at = now_ms();
+        // With D-ID's webhooks taken, the create asks for the job's receiver.
+        let with_webhook = self.talk_webhook_url(&job).and_then(|url| {
+            job.request
+                .clone()
+                .with_service_webhook(url)
+                .map_err(|e| tracing::warn!(job_id = %job.id, error = %e, "the webhook URL is not usable: polling"))
+                .ok()
+        });
         let result = self
             .video
             .create_talk_keyed(
-                &job.request,
+                with_webhook.as_ref().unwrap_or(&job.request),
                 &job.admission(),
                 &create_key(&job),
                 look_first,
@@ -119,8 +127,11 @@ impl Jobs {
                 job.talk_id = Some(created.id.clone());
                 job.talk_created_status = Some(created.status.as_str().to_owned());
                 job.talk_created_at = created.created_at.clone();
-                job.next_run_ms =
-                    now + ports::jobs::duration_ms(self.poll_schedule().delay(0, rand::random()));
+                let first = match (&with_webhook, self.fallback_poll(&job)) {
+                    (Some(_), Some(fallback)) => fallback,
+                    _ => self.poll_schedule().delay(0, rand::random()),
+                };
+                job.next_run_ms = now + ports::jobs::duration_ms(first);
                 if mode != CreateMode::InlineWait {
                     job.lease = None;
                 }
@@ -207,6 +218,7 @@ impl Jobs {
         job.updated_ms = now;
         job.polls = job.polls.saturating_add(1);
         let ended = |job: &mut Job, error: Option<VideoApiError>| {
+            self.note_ended(&job.id);
             job.finished_ms = Some(now);
             job.lease = None;
             match error {
@@ -283,9 +295,12 @@ impl Jobs {
         } else {
             // The same schedule as a request that waits: short first, growing to the
             // interval, spread so that many jobs do not poll in step.
-            let delay =
-                ports::jobs::duration_ms(self.poll_schedule().delay(job.polls, rand::random()))
-                    .max(1);
+            let delay = match self.fallback_poll(job) {
+                // A webhook is expected: poll only as the fallback for a lost one.
+                Some(fallback) => fallback,
+                None => self.poll_schedule().delay(job.polls, rand::random()),
+            };
+            let delay = ports::jobs::duration_ms(delay).max(1);
             job.next_run_ms = now + delay;
         }
         job.lease = None;

@@ -321,6 +321,32 @@ impl TalkRequest {
         Ok(self)
     }
 
+    /// Sets the webhook of the service's own receiver: `https://`, or `http://` to a loopback
+    /// host (`127.0.0.0/8`, `[::1]`, `localhost`; only a local fake D-ID calls that — D-ID
+    /// itself takes https only).
+    pub fn with_service_webhook(mut self, webhook: String) -> Result<Self, TalkRequestError> {
+        let loopback_http = webhook.strip_prefix("http://").is_some_and(|rest| {
+            let host = rest.split(['/', '?']).next().unwrap_or_default();
+            let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            });
+            host == "localhost"
+                || host == "[::1]"
+                || host
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        if loopback_http && !webhook.chars().any(char::is_whitespace) {
+            self.webhook = Some(webhook);
+            return Ok(self);
+        }
+        self.with_webhook(webhook)
+    }
+
     /// Sets `user_data` (1..=1000 characters, not blank).
     pub fn with_user_data(mut self, user_data: String) -> Result<Self, TalkRequestError> {
         if !USER_DATA_LEN.contains(&user_data.chars().count()) || user_data.trim().is_empty() {

@@ -505,6 +505,22 @@ settings! {
         help: "Most jobs queued at once (all priorities); then POST /jobs answers 429",
         parse: |raw| parse::whole(raw, 1u64),
     }
+    /// Where D-ID can reach this service; set, talks are created with a webhook to it.
+    public_base_url: Option<String> {
+        env: "PUBLIC_BASE_URL",
+        access: flag("public-base-url"),
+        default: unset,
+        help: "The service's URL as D-ID reaches it (https); set: D-ID's webhooks replace most polls",
+        parse: parse::http_url,
+    }
+    /// While a talk's webhook is expected, its job is polled only this often.
+    talk_webhook_poll: Duration {
+        env: "TALK_WEBHOOK_POLL_SECS",
+        access: flag("talk-webhook-poll-secs"),
+        default: "60",
+        help: "Seconds between fallback polls of a talk whose D-ID webhook is expected",
+        parse: |raw| parse::seconds(raw, false),
+    }
     /// A job's `callback_url` may be `http://` (signed, but readable on the way).
     callback_allow_http: bool {
         env: "CALLBACK_ALLOW_HTTP",

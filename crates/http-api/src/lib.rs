@@ -43,6 +43,7 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod store_open;
+pub mod talk_webhooks;
 pub mod telemetry;
 pub mod uri;
 pub mod wiring;

@@ -186,6 +186,16 @@ impl Metrics {
         s.upstream = Some(upstream);
     }
 
+    /// Stores the D-ID webhook receipts that the next [`Metrics::encode`] reports.
+    pub fn set_talk_webhooks(&self, counts: app::TalkWebhookCounts) {
+        let mut s = self
+            .snapshot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.talk_webhooks = Some(counts);
+    }
+
     /// Stores the job counts that the next [`Metrics::encode`] reports, as of `now_ms`.
     pub fn set_jobs(&self, counts: ports::JobCounts, now_ms: u64) {
         let mut s = self
@@ -213,6 +223,13 @@ struct SnapshotState {
     limiter: Option<LimiterStats>,
     upstream: Option<VideoApiStats>,
     jobs: Option<(ports::JobCounts, u64)>,
+    talk_webhooks: Option<app::TalkWebhookCounts>,
+}
+
+/// Labels of one kind of D-ID webhook receipt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiptLabels {
+    receipt: &'static str,
 }
 
 /// Labels of one job state.
@@ -359,6 +376,21 @@ impl Collector for SnapshotCollector {
             ] {
                 counter(&mut enc, name, help, v)?;
             }
+        }
+        if let Some(hooks) = &s.talk_webhooks {
+            family(
+                &mut enc,
+                "talk_webhook_receipts",
+                "D-ID webhooks received, by what they did (confirmed: the poll they caused found the talk ended)",
+                MetricType::Counter,
+                [
+                    ("accepted", hooks.accepted),
+                    ("duplicate", hooks.duplicate),
+                    ("rejected", hooks.rejected),
+                    ("confirmed", hooks.confirmed),
+                ]
+                .map(|(receipt, n)| (ReceiptLabels { receipt }, ConstCounter::new(n))),
+            )?;
         }
         if let Some((counts, now)) = &s.jobs {
             family(

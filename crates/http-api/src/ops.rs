@@ -128,6 +128,15 @@ async fn jobs_json(state: &AppState) -> Value {
         // Read before the counts below (which are one more call).
         "store_calls": jobs.store_calls(),
     });
+    // D-ID's webhooks, when taken (PUBLIC_BASE_URL): receipts on this instance.
+    let hooks = jobs.talk_webhook_counts();
+    v["talk_webhooks"] = json!({
+        "enabled": config.talk_webhooks.is_some(),
+        "accepted": hooks.accepted,
+        "duplicate": hooks.duplicate,
+        "rejected": hooks.rejected,
+        "confirmed": hooks.confirmed,
+    });
     // Each fact once in /stats: the store's kind is `store` above, the names say the rest.
     let failure = state.job_store_failure();
     v["store_open"] = json!(failure.is_none());
@@ -277,6 +286,7 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
     let upstream = state.inner.video.stats();
     let m = state.metrics();
     m.set_snapshot(limiter, upstream);
+    m.set_talk_webhooks(state.jobs().talk_webhook_counts());
     match state.jobs().store().counts().await {
         Ok(counts) => m.set_jobs(counts, app::now_ms()),
         Err(e) => tracing::warn!(error = %e, "job counts unavailable for /metrics"),

@@ -9,8 +9,9 @@
 //! probes and metrics (`is_open`) needs the token *before* the method or the route is
 //! looked at, so an unauthenticated client cannot tell an existing route from an
 //! unknown one or learn which methods a route takes. The probes (`/health`, `/ready`) and
-//! `/metrics`, at the root or under the prefix, never need one; paths outside the prefix
-//! are 404 without one.
+//! `/metrics`, at the root or under the prefix, never need one; nor does D-ID's webhook
+//! (`/talk-webhooks/{job_id}`, authenticated by its per-job token); paths outside the
+//! prefix are 404 without one.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -50,6 +51,8 @@ pub mod templates {
     pub const JOBS: &str = "/api/d_id_optimized/jobs";
     /// `GET` and `DELETE /api/d_id_optimized/jobs/{job_id}`.
     pub const JOB: &str = "/api/d_id_optimized/jobs/{job_id}";
+    /// `POST /api/d_id_optimized/talk-webhooks/{job_id}` (D-ID's webhook; its own token).
+    pub const TALK_WEBHOOK: &str = "/api/d_id_optimized/talk-webhooks/{job_id}";
     /// Any path without a route.
     pub const UNMATCHED: &str = "unmatched";
 }
@@ -69,6 +72,7 @@ enum Route {
     Limit,
     Jobs,
     Job(String),
+    TalkWebhook(String),
 }
 
 impl Route {
@@ -87,14 +91,17 @@ impl Route {
             Route::Limit => t::LIMIT,
             Route::Jobs => t::JOBS,
             Route::Job(_) => t::JOB,
+            Route::TalkWebhook(_) => t::TALK_WEBHOOK,
         }
     }
 
     fn allowed(&self) -> &'static [&'static str] {
         match self {
-            Route::GenerateVideo | Route::UploadImage | Route::UploadAudio | Route::Cleanup => {
-                &["POST"]
-            }
+            Route::GenerateVideo
+            | Route::UploadImage
+            | Route::UploadAudio
+            | Route::Cleanup
+            | Route::TalkWebhook(_) => &["POST"],
             Route::Jobs => &["GET", "HEAD", "POST"],
             Route::Limit => &["GET", "HEAD", "PUT"],
             Route::Job(_) => &["GET", "HEAD", "DELETE"],
@@ -116,7 +123,8 @@ fn is_open(path: &str) -> bool {
         // `/api/d_id_optimizedX` is not under the prefix.
         return true;
     }
-    matches!(rest, "/health" | "/ready" | "/metrics")
+    // D-ID's webhook carries its own per-job token (D-ID cannot send ours).
+    matches!(rest, "/health" | "/ready" | "/metrics") || rest.starts_with("/talk-webhooks/")
 }
 
 fn match_path(path: &str) -> Option<Route> {
@@ -140,6 +148,9 @@ fn match_path(path: &str) -> Option<Route> {
         "/limit" => Route::Limit,
         "/jobs" => Route::Jobs,
         _ => {
+            if let Some(id) = rest.strip_prefix("/talk-webhooks/") {
+                return Some(Route::TalkWebhook(id.to_owned()));
+            }
             if let Some(id) = rest.strip_prefix("/jobs/") {
                 // As for talk ids: the job id parser says what is wrong with it.
                 return Some(Route::Job(id.to_owned()));
@@ -208,6 +219,7 @@ where
             job_routes::cancel(state, &id).await
         }
         Route::Job(id) => job_routes::get(state, &id).await,
+        Route::TalkWebhook(id) => crate::talk_webhooks::receive(state, req, &id).await,
     };
     (template, result)
 }

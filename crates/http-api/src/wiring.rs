@@ -64,6 +64,8 @@ pub fn log_start(config: &Config) {
         job_queue_max = config.job_queue_max,
         job_lease_ms = ms(config.job_lease),
         job_retention_ms = ms(config.job_retention),
+        public_base_url = config.public_base_url.as_deref().unwrap_or("-"),
+        talk_webhook_poll_ms = ms(config.talk_webhook_poll),
         callback_allow_http = config.callback_allow_http,
         callback_allowed_nets = ?config.callback_allowed_nets,
         poll_interval_ms = ms(config.poll_interval),
@@ -179,6 +181,17 @@ pub fn jobs_config(config: &Config) -> JobsConfig {
         poll_max: config.poll_interval,
         // A talk is followed at least an hour (and at least as long as a generate waits).
         max_processing: config.max_wait.max(std::time::Duration::from_secs(3600)),
+        talk_webhooks: config
+            .public_base_url
+            .as_ref()
+            .map(|base| app::TalkWebhooks {
+                receiver: format!(
+                    "{}{}/talk-webhooks",
+                    base.trim_end_matches('/'),
+                    crate::uri::PREFIX
+                ),
+                fallback_poll: config.talk_webhook_poll,
+            }),
     }
 }
 

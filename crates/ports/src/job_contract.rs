@@ -132,6 +132,7 @@ pub fn new_job(n: u64, priority: Priority, now_ms: u64) -> NewJob {
         callback_url: None,
         idempotency: None,
         fingerprint: format!("fp-{n}"),
+        webhook_token: None,
         now_ms,
         lease: None,
         status: JobStatus::Queued,
@@ -163,9 +164,11 @@ where
     job.callback_url = Some(domain::CallbackUrl::parse("https://example.com/hook").unwrap());
     job.idempotency = Some(key("caller-a", "order-42"));
     job.tenant = Tenant::parse("caller-a").unwrap();
+    job.webhook_token = Some("wh-secret-1".to_owned());
     let stored = created(&*store, job).await;
     assert_eq!(stored.status, JobStatus::Queued);
     assert_eq!(stored.tenant.as_str(), "caller-a");
+    assert_eq!(stored.webhook_token.as_deref(), Some("wh-secret-1"));
     assert_eq!(stored.admission().tenant.as_str(), "caller-a");
     assert_eq!(stored.version, 1);
     assert_eq!(stored.created_ms, T0);

@@ -363,6 +363,10 @@ pub struct Job {
     pub token_from_key: bool,
     /// A digest of the request as the caller sent it, to tell a replay from a misuse.
     pub fingerprint: String,
+    /// The secret of the webhook D-ID calls when the talk ends (in the receiver URL the
+    /// create sends), set when the service takes D-ID's webhooks; `None` otherwise.
+    #[serde(default)]
+    pub webhook_token: Option<String>,
     /// Where it stands.
     pub status: JobStatus,
     /// The talk at D-ID, once created.
@@ -430,6 +434,8 @@ pub struct NewJob {
     pub idempotency: Option<ScopedKey>,
     /// A digest of the request as sent.
     pub fingerprint: String,
+    /// See [`Job::webhook_token`].
+    pub webhook_token: Option<String>,
     /// Now, ms since the epoch.
     pub now_ms: u64,
     /// Claim it at once for this worker (a synchronous route runs its own job), for this long.
@@ -452,6 +458,7 @@ impl NewJob {
             token_from_key: self.idempotency.is_some(),
             idempotency: self.idempotency,
             fingerprint: self.fingerprint,
+            webhook_token: self.webhook_token,
             status: self.status,
             talk_id: None,
             talk_created_status: None,
@@ -738,6 +745,7 @@ mod tests {
                 key: "order-1".into(),
             }),
             fingerprint: "fp".into(),
+            webhook_token: None,
             now_ms: 1,
             lease: None,
             status: JobStatus::Queued,

@@ -561,6 +561,7 @@ async fn a_job_left_creating_by_a_dead_worker_adopts_its_talk_instead_of_paying_
                     callback_url: None,
                     idempotency: None,
                     fingerprint: "x".into(),
+                    webhook_token: None,
                     now_ms: past,
                     lease: Some(Lease {
                         owner: "dead/0".into(),

@@ -20,4 +20,5 @@ mod scrub;
 mod shutdown;
 mod stats;
 mod support;
+mod talk_webhooks;
 mod transport;

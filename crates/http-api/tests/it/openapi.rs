@@ -246,6 +246,15 @@ async fn every_route_answers_as_documented() {
     c.expect(422, "POST", JOBS, post("/jobs").json(&bad_callback))
         .await;
     c.expect(415, "POST", JOBS, post("/jobs").body("{}")).await;
+    // D-ID's webhook route: without PUBLIC_BASE_URL no job has a token, so every receipt is
+    // the 404 of an unknown job (its 202 and 200 are in `talk_webhooks`).
+    c.expect(
+        404,
+        "POST",
+        "/api/d_id_optimized/talk-webhooks/{job_id}",
+        post(&format!("/talk-webhooks/{job_id}?token=guess")).json(&json!({"status": "done"})),
+    )
+    .await;
     let id = done["id"].as_str().unwrap();
     c.expect(200, "GET", STATUS, get(&format!("/talk-status/{id}")))
         .await;

@@ -67,8 +67,13 @@ pub struct Server {
 impl Server {
     /// Serves `state` on a free loopback port.
     pub async fn start(state: AppState) -> Server {
-        init_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Server::start_on(listener, state).await
+    }
+
+    /// Serves `state` on `listener`.
+    pub async fn start_on(listener: tokio::net::TcpListener, state: AppState) -> Server {
+        init_logs();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(http_api::run(listener, state.clone(), async move {
@@ -158,6 +163,25 @@ pub async fn fake_with(faults: Faults) -> RunningFake {
 
 /// The service over `fake`, with the production wiring, fast polling and fast retries.
 pub async fn service(fake: &RunningFake, extra: &[(&str, &str)]) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    service_on(listener, fake, extra).await
+}
+
+/// The service with `PUBLIC_BASE_URL` at its own address, so that did-fake's webhooks (with
+/// `allow_http_webhooks`) reach it.
+pub async fn webhook_service(fake: &RunningFake, extra: &[(&str, &str)]) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!("http://{}", listener.local_addr().unwrap());
+    let mut pairs = vec![("PUBLIC_BASE_URL", public.as_str())];
+    pairs.extend_from_slice(extra);
+    service_on(listener, fake, &pairs).await
+}
+
+async fn service_on(
+    listener: tokio::net::TcpListener,
+    fake: &RunningFake,
+    extra: &[(&str, &str)],
+) -> Server {
     let base = fake.base_url();
     let mut pairs = vec![
         ("D_ID_BASE_URL", base.as_str()),
@@ -176,7 +200,7 @@ pub async fn service(fake: &RunningFake, extra: &[(&str, &str)]) -> Server {
     let state = http_api::wiring::build_with(&config, did)
         .await
         .expect("adapters build");
-    Server::start(state).await
+    Server::start_on(listener, state).await
 }
 
 /// The service over a mock video API and an in-memory limiter of `limit` slots. The mock
