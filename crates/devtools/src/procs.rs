@@ -89,8 +89,20 @@ pub(crate) async fn spawn_fake(
     time_scale: f64,
     seed: Option<u64>,
 ) -> Result<Server> {
+    spawn_fake_with(client, name, program, time_scale, seed, &[]).await
+}
+
+/// As [`spawn_fake`], with more command-line flags (e.g. `--allow-http-webhooks`).
+pub(crate) async fn spawn_fake_with(
+    client: &reqwest::Client,
+    name: &str,
+    program: PathBuf,
+    time_scale: f64,
+    seed: Option<u64>,
+    flags: &[&str],
+) -> Result<Server> {
     let port = free_port()?;
-    let mut args = vec![
+    let mut args: Vec<String> = vec![
         "--port".into(),
         port.to_string(),
         "--time-scale".into(),
@@ -99,6 +111,7 @@ pub(crate) async fn spawn_fake(
     if let Some(seed) = seed {
         args.extend(["--seed".into(), seed.to_string()]);
     }
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
     let mut fake = Server::spawn(name, program, &args, &[], port)?;
     fake.wait_ready(client, "/_fake/stats", Duration::from_secs(30))
         .await?;

@@ -55,6 +55,7 @@ mod priority;
 mod redis_probe;
 mod report;
 mod rig;
+mod webhooks;
 
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,7 @@ pub(crate) struct Ctx {
     pub(crate) client: reqwest::Client,
 }
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "before/after",
     "budget utilisation",
     "priority under contention",
@@ -91,6 +92,7 @@ const SCENARIOS: [&str; 9] = [
     "reclaim under periodic kills",
     "durable jobs",
     "operated for days",
+    "D-ID webhooks",
 ];
 
 /// The command line of `cargo xtask bench`.
@@ -119,7 +121,7 @@ impl Options {
                         .split(',')
                         .map(|s| s.trim().parse::<usize>())
                         .collect::<Result<Vec<_>, _>>()
-                        .context("--only takes scenario numbers 1..=9, e.g. 1,3")?;
+                        .context("--only takes scenario numbers 1..=10, e.g. 1,3")?;
                     if picked.iter().any(|n| !(1..=SCENARIOS.len()).contains(n)) {
                         bail!("--only takes scenario numbers 1..={}", SCENARIOS.len());
                     }
@@ -223,7 +225,8 @@ async fn bench(opts: Options) -> Result<()> {
             6 => gateway::run(&ctx).await,
             7 => kills::run(&ctx).await,
             8 => jobs::run(&ctx).await,
-            _ => operated::run(&ctx).await,
+            9 => operated::run(&ctx).await,
+            _ => webhooks::run_scenario(&ctx).await,
         };
         let mut section = result.unwrap_or_else(|e| {
             println!("scenario {n} failed to run: {e:#}");

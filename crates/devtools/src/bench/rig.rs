@@ -208,6 +208,7 @@ impl Rig {
             time_scale: TIME_SCALE,
             redis: false,
             talk: false,
+            http_webhooks: false,
             faults: serde_json::Map::new(),
         }
     }
@@ -243,6 +244,7 @@ pub(crate) struct RigBuilder<'c> {
     time_scale: f64,
     redis: bool,
     talk: bool,
+    http_webhooks: bool,
     faults: serde_json::Map<String, Value>,
 }
 
@@ -256,6 +258,12 @@ impl RigBuilder<'_> {
     /// A redis-server too, started before did-fake.
     pub(crate) fn redis(mut self) -> Self {
         self.redis = true;
+        self
+    }
+
+    /// did-fake delivers webhooks to `http://` (the http-api processes listen on loopback).
+    pub(crate) fn http_webhooks(mut self) -> Self {
+        self.http_webhooks = true;
         self
     }
 
@@ -294,12 +302,18 @@ impl RigBuilder<'_> {
         let ctx = self.ctx;
         let redis = self.redis.then(RedisServer::start);
         let redis_url = redis.as_ref().map(RedisServer::url);
-        let fake = procs::spawn_fake(
+        let flags: &[&str] = if self.http_webhooks {
+            &["--allow-http-webhooks"]
+        } else {
+            &[]
+        };
+        let fake = procs::spawn_fake_with(
             &ctx.client,
             &self.name,
             bin(ctx, "did-fake"),
             self.time_scale,
             Some(7),
+            flags,
         )
         .await?;
         let base = fake.base_url.clone();

@@ -1,0 +1,207 @@
+//! Scenario 10, D-ID's webhooks: status polls per completed job with webhooks off (the
+//! baseline, polling on the usual schedule), on, and on with 30 % of the webhooks lost.
+//!
+//! Each run: one http-api process (SQLite store) against did-fake (which delivers webhooks
+//! as D-ID does, to `http://` on loopback); N jobs submitted at once and followed until every
+//! one has ended; did-fake's count of `GET /talks/{id}` divided by the jobs that ended
+//! `done`. With webhooks, `PUBLIC_BASE_URL` is the process's own address and
+//! `TALK_WEBHOOK_POLL_SECS` the fallback for a lost webhook.
+//! Targets (issue 24): on, 0 % loss → ≤ 1.1 polls per completed job; 30 % lost → every job
+//! completes (the extra polls are reported).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::json;
+
+use super::Ctx;
+use super::jobs::job_body;
+use super::report::{Section, Table, f2};
+use super::rig::{self, PREFIX, Rig};
+
+/// did-fake's route of a status poll.
+const POLL_ROUTE: &str = "GET /talks/{id}";
+
+/// One run's outcome.
+struct Run {
+    name: &'static str,
+    jobs: usize,
+    done: u64,
+    polls: u64,
+    webhooks_delivered: u64,
+    webhooks_dropped: u64,
+    seconds: f64,
+}
+
+impl Run {
+    fn polls_per_job(&self) -> f64 {
+        self.polls as f64 / (self.done.max(1) as f64)
+    }
+}
+
+/// Submits `jobs` jobs to a fresh http-api process and waits until every one has ended.
+async fn run(
+    ctx: &Ctx,
+    rig: &Rig,
+    name: &'static str,
+    jobs: usize,
+    drop_share: Option<f64>,
+    fallback_secs: f64,
+) -> Result<Run> {
+    rig::set_faults(
+        &ctx.client,
+        &rig.base,
+        json!({"webhooks": {"p_drop": drop_share.unwrap_or(0.0)}}),
+    )
+    .await?;
+    rig::reset_fake(&ctx.client, &rig.base).await?;
+    let port = crate::procs::free_port()?;
+    let public = format!("http://127.0.0.1:{port}");
+    let fallback = fallback_secs.to_string();
+    let env: Vec<(&str, &str)> = match drop_share {
+        Some(_) => vec![
+            ("PUBLIC_BASE_URL", public.as_str()),
+            ("TALK_WEBHOOK_POLL_SECS", fallback.as_str()),
+            ("JOB_QUEUE_MAX", "100000"),
+        ],
+        None => vec![("JOB_QUEUE_MAX", "100000")],
+    };
+    let api = rig
+        .api(8)
+        .port(port)
+        .env(&env)
+        .spawn(ctx, &format!("bench10-http-api-{}", name.replace(' ', "-")))
+        .await?;
+    let base = api.base_url.clone();
+    let started = Instant::now();
+    for n in 0..jobs {
+        let resp = ctx
+            .client
+            .post(format!("{base}{PREFIX}/jobs"))
+            .json(&job_body(n))
+            .send()
+            .await?;
+        if resp.status() != reqwest::StatusCode::ACCEPTED {
+            bail!("POST /jobs answered {}", resp.status());
+        }
+    }
+    let ended = rig::time_until(
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || async {
+            let Ok(stats) = rig::api_stats(&ctx.client, &base).await else {
+                return false;
+            };
+            let done = rig::count(&stats["jobs"], "done_jobs");
+            let failed = rig::count(&stats["jobs"], "failed_jobs");
+            done + failed >= jobs as u64
+        },
+    )
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    if ended.is_none() {
+        bail!("{name}: the jobs did not all end within 120 s");
+    }
+    let stats = rig::api_stats(&ctx.client, &base).await?;
+    let fake = rig::fake_stats(&ctx.client, &rig.base).await?;
+    Ok(Run {
+        name,
+        jobs,
+        done: rig::count(&stats["jobs"], "done_jobs"),
+        polls: fake["requests"][POLL_ROUTE]
+            .as_object()
+            .map_or(0, |by_status| {
+                by_status.values().filter_map(|v| v.as_u64()).sum()
+            }),
+        webhooks_delivered: rig::count(&fake["webhooks"], "delivered"),
+        webhooks_dropped: rig::count(&fake["webhooks"], "dropped"),
+        seconds,
+    })
+}
+
+pub(crate) async fn run_scenario(ctx: &Ctx) -> Result<Section> {
+    let jobs = if ctx.quick { 40 } else { 200 };
+    let fallback_secs = if ctx.quick { 1.0 } else { 2.0 };
+    let rig = Rig::build(ctx, "bench10-did-fake")
+        .http_webhooks()
+        .start()
+        .await?;
+    let off = run(ctx, &rig, "webhooks off", jobs, None, fallback_secs).await?;
+    let on = run(ctx, &rig, "webhooks on", jobs, Some(0.0), fallback_secs).await?;
+    let lossy = run(
+        ctx,
+        &rig,
+        "webhooks on, 30 % lost",
+        jobs,
+        Some(0.3),
+        fallback_secs,
+    )
+    .await?;
+    drop(rig);
+
+    let mut section = Section::new(
+        10,
+        "D-ID webhooks",
+        &format!(
+            "{jobs} jobs submitted at once to one http-api process (SQLite store, 8 slots) \
+             against did-fake (its talks at 1/100 of D-ID's speed, webhooks delivered to \
+             `http://` on loopback), followed until every one has ended; polls = did-fake's \
+             count of `{POLL_ROUTE}`, per job that ended `done`. Three runs in one: webhooks \
+             off (the baseline: polling on the usual schedule, `POLL_INTERVAL_SECS` 0.05), on \
+             (`PUBLIC_BASE_URL` = the process, fallback polls every {fallback_secs} s), and on \
+             with did-fake dropping 30 % of the webhooks (`webhooks.p_drop` 0.3)."
+        ),
+    );
+    let mut table = Table::new(
+        "status polls per completed job",
+        &[
+            "run",
+            "jobs",
+            "done",
+            "GET /talks/{id}",
+            "per done job",
+            "webhooks delivered",
+            "webhooks dropped",
+            "all ended after (s)",
+        ],
+    );
+    for r in [&off, &on, &lossy] {
+        table.row(vec![
+            r.name.to_owned(),
+            r.jobs.to_string(),
+            r.done.to_string(),
+            r.polls.to_string(),
+            f2(r.polls_per_job()),
+            r.webhooks_delivered.to_string(),
+            r.webhooks_dropped.to_string(),
+            format!("{:.1}", r.seconds),
+        ]);
+    }
+    section.table(table);
+    section.ratio(
+        "webhooks on, 0 % lost: ≤ 1.1 polls per completed job",
+        on.done == jobs as u64 && on.polls_per_job() <= 1.1,
+        &format!(
+            "{} per job ({} polls, {} done; off: {} per job)",
+            f2(on.polls_per_job()),
+            on.polls,
+            on.done,
+            f2(off.polls_per_job())
+        ),
+        "a webhook replaces the polls of a job but the one that confirms it (the webhook's body \
+         is never trusted); the baseline is the same jobs polled on the usual schedule",
+    );
+    section.bound(
+        "webhooks on, 30 % lost: every job completes",
+        lossy.done == jobs as u64,
+        &format!(
+            "{} of {jobs} done, {} polls ({} per job; {} webhooks dropped)",
+            lossy.done,
+            lossy.polls,
+            f2(lossy.polls_per_job()),
+            lossy.webhooks_dropped
+        ),
+        "a lost webhook is covered by the fallback polls",
+    );
+    Ok(section)
+}
