@@ -267,6 +267,26 @@ fn url_with_extension(raw: &str, rules: &MediaRules) -> bool {
             .any(|allowed| *allowed == ext || allowed.to_ascii_uppercase() == ext)
 }
 
+/// Whether `url` is `http://` to a loopback host (`127.0.0.0/8`, `[::1]`, `localhost`): the
+/// only plain-http webhook [`TalkRequest::with_service_webhook`] takes.
+pub fn is_loopback_http(url: &str) -> bool {
+    url.strip_prefix("http://").is_some_and(|rest| {
+        let host = rest.split(['/', '?']).next().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        host == "localhost"
+            || host == "[::1]"
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
 impl TalkRequest {
     /// A request animating `source_url` (if given; D-ID has a default image) with `script`.
     pub fn new(source_url: Option<String>, script: Script) -> Result<Self, TalkRequestError> {
@@ -325,22 +345,7 @@ impl TalkRequest {
     /// host (`127.0.0.0/8`, `[::1]`, `localhost`; only a local fake D-ID calls that — D-ID
     /// itself takes https only).
     pub fn with_service_webhook(mut self, webhook: String) -> Result<Self, TalkRequestError> {
-        let loopback_http = webhook.strip_prefix("http://").is_some_and(|rest| {
-            let host = rest.split(['/', '?']).next().unwrap_or_default();
-            let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-                if port.bytes().all(|b| b.is_ascii_digit()) {
-                    h
-                } else {
-                    host
-                }
-            });
-            host == "localhost"
-                || host == "[::1]"
-                || host
-                    .parse::<std::net::Ipv4Addr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        });
-        if loopback_http && !webhook.chars().any(char::is_whitespace) {
+        if is_loopback_http(&webhook) && !webhook.chars().any(char::is_whitespace) {
             self.webhook = Some(webhook);
             return Ok(self);
         }

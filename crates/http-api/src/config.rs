@@ -511,7 +511,7 @@ settings! {
         access: flag("public-base-url"),
         default: unset,
         help: "The service's URL as D-ID reaches it (https); set: D-ID's webhooks replace most polls",
-        parse: parse::http_url,
+        parse: parse::public_base_url,
     }
     /// While a talk's webhook is expected, its job is polled only this often.
     talk_webhook_poll: Duration {

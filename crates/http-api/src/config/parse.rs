@@ -25,6 +25,19 @@ pub(super) fn http_url(raw: &str) -> Result<String, String> {
     }
 }
 
+/// Where D-ID reaches this service: `https://…`, or `http://` to a loopback host (only a
+/// local did-fake calls that; D-ID takes https webhooks only).
+pub(super) fn public_base_url(raw: &str) -> Result<String, String> {
+    let url = http_url(raw)?;
+    if url.starts_with("https://") || domain::request::is_loopback_http(&url) {
+        Ok(url)
+    } else {
+        Err(format!(
+            "{raw:?}: D-ID calls https:// webhooks only (http:// only to a loopback host, for did-fake)"
+        ))
+    }
+}
+
 /// A Redis URL of a scheme fred connects with: one server (`redis`, `valkey`, and their TLS
 /// twins `rediss`, `valkeys`; `redis+unix`), a Cluster (`-cluster` suffix) or a primary found
 /// through Sentinel (`-sentinel` suffix). The TLS options (`REDIS_TLS_*`) need a TLS scheme,
@@ -165,6 +178,19 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::*;
+
+    #[test]
+    fn a_public_base_url_is_https_or_loopback_http() {
+        assert_eq!(
+            public_base_url("https://gw.example.com/").unwrap(),
+            "https://gw.example.com"
+        );
+        assert!(public_base_url("http://127.0.0.1:8080").is_ok());
+        assert!(public_base_url("http://localhost:8080").is_ok());
+        for bad in ["http://gw.example.com", "ftp://x", "gw.example.com"] {
+            assert!(public_base_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn networks_are_comma_separated_cidrs() {
