@@ -2,103 +2,14 @@
 //! loopback: a terminal talk with a `webhook` is POSTed as its `GET /talks/{id}` JSON; drop,
 //! duplicate, delay, reorder and retries do what they say and are counted in the stats.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use did_fake::{FakeBuilder, WebhookFaults};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use test_support::eventually;
+use test_support::receiver::Receiver;
 
 use crate::support::{Api, SHORT, fast, faults, spawn, talk_body};
-
-/// One POST the receiver took.
-#[derive(Debug, Clone)]
-struct Received {
-    content_type: String,
-    body: Value,
-}
-
-/// A webhook receiver on a free loopback port that answers every POST with `status` and
-/// keeps what it received.
-struct Receiver {
-    url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Receiver {
-    async fn start(status: u16) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hooks/d-id", listener.local_addr().unwrap());
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let keep = Arc::clone(&received);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let keep = Arc::clone(&keep);
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let keep = Arc::clone(&keep);
-                        async move {
-                            let content_type = req
-                                .headers()
-                                .get(hyper::header::CONTENT_TYPE)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default()
-                                .to_owned();
-                            let bytes = req.into_body().collect().await.unwrap().to_bytes();
-                            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                            keep.lock().unwrap().push(Received { content_type, body });
-                            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
-                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Receiver {
-            url,
-            received,
-            task,
-        }
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// Waits until `n` POSTs arrived; returns them.
-    async fn wait_for(&self, n: usize) -> Vec<Received> {
-        eventually(SHORT, &format!("{n} webhook POSTs"), || async {
-            let got = self.received();
-            if got.len() >= n {
-                Ok(got)
-            } else {
-                Err(got.len())
-            }
-        })
-        .await
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A talk with `webhook` set to `url`; its id.
 async fn talk_with_webhook(api: &Api, url: &str, user_data: &str) -> String {
@@ -107,6 +18,9 @@ async fn talk_with_webhook(api: &Api, url: &str, user_data: &str) -> String {
     body["user_data"] = Value::from(user_data);
     api.create_talk_from(&body).await
 }
+
+/// Where the receivers take webhooks.
+const HOOK: &str = "/hooks/d-id";
 
 fn with_webhooks(set: impl FnOnce(&mut WebhookFaults)) -> FakeBuilder {
     fast()
@@ -118,10 +32,10 @@ fn with_webhooks(set: impl FnOnce(&mut WebhookFaults)) -> FakeBuilder {
 async fn a_finished_talk_is_posted_to_its_webhook_as_its_get_json() {
     let receiver = Receiver::start(200).await;
     let (fake, api) = spawn(with_webhooks(|_| {})).await;
-    let id = talk_with_webhook(&api, &receiver.url, "job-1").await;
-    let got = receiver.wait_for(1).await;
+    let id = talk_with_webhook(&api, &receiver.url(HOOK), "job-1").await;
+    let got = receiver.wait_for(1, SHORT).await;
     let got = &got[0];
-    assert_eq!(got.content_type, "application/json");
+    assert_eq!(got.header("content-type"), Some("application/json"));
     let talk = api.get(&format!("/talks/{id}")).await.json();
     // The body is the talk as GET shows it (its result_url is signed afresh on each GET).
     for field in [
@@ -132,10 +46,10 @@ async fn a_finished_talk_is_posted_to_its_webhook_as_its_get_json() {
         "created_at",
         "metadata",
     ] {
-        assert_eq!(got.body[field], talk[field], "{field}: {}", got.body);
+        assert_eq!(got.json()[field], talk[field], "{field}: {}", got.json());
     }
-    assert_eq!(got.body["status"], "done");
-    assert!(got.body["result_url"].as_str().unwrap().contains(&id));
+    assert_eq!(got.json()["status"], "done");
+    assert!(got.json()["result_url"].as_str().unwrap().contains(&id));
     let stats = eventually(SHORT, "the delivery counted", || async {
         let s = fake.stats().webhooks;
         if s.delivered == 1 && s.pending == 0 {
@@ -166,22 +80,26 @@ async fn failed_and_rejected_talks_are_posted_too() {
             .faults(faults(|f| f.p_async_error = 1.0)),
     )
     .await;
-    talk_with_webhook(&api, &receiver.url, "err").await;
-    let got = receiver.wait_for(1).await;
-    assert_eq!(got[0].body["status"], "error");
-    assert!(got[0].body["error"]["kind"].is_string(), "{}", got[0].body);
+    talk_with_webhook(&api, &receiver.url(HOOK), "err").await;
+    let got = receiver.wait_for(1, SHORT).await;
+    assert_eq!(got[0].json()["status"], "error");
+    assert!(
+        got[0].json()["error"]["kind"].is_string(),
+        "{}",
+        got[0].json()
+    );
     fake.set_faults(faults(|f| f.p_rejected = 1.0));
-    talk_with_webhook(&api, &receiver.url, "rej").await;
-    let got = receiver.wait_for(2).await;
-    assert_eq!(got[1].body["status"], "rejected");
-    assert_eq!(got[1].body["user_data"], "rej");
+    talk_with_webhook(&api, &receiver.url(HOOK), "rej").await;
+    let got = receiver.wait_for(2, SHORT).await;
+    assert_eq!(got[1].json()["status"], "rejected");
+    assert_eq!(got[1].json()["user_data"], "rej");
 }
 
 #[tokio::test]
 async fn dropped_webhooks_are_never_sent_and_duplicates_arrive_twice() {
     let receiver = Receiver::start(200).await;
     let (fake, api) = spawn(with_webhooks(|w| w.p_drop = 1.0)).await;
-    let id = talk_with_webhook(&api, &receiver.url, "dropped").await;
+    let id = talk_with_webhook(&api, &receiver.url(HOOK), "dropped").await;
     api.wait_status(&id, &["done"], SHORT).await;
     eventually(SHORT, "the drop counted", || async {
         let s = fake.stats().webhooks;
@@ -192,9 +110,9 @@ async fn dropped_webhooks_are_never_sent_and_duplicates_arrive_twice() {
     assert!(receiver.received().is_empty(), "a dropped webhook was sent");
 
     fake.set_faults(faults(|f| f.webhooks.p_duplicate = 1.0));
-    let id = talk_with_webhook(&api, &receiver.url, "twice").await;
-    let got = receiver.wait_for(2).await;
-    assert!(got.iter().all(|r| r.body["id"] == id.as_str()), "{got:?}");
+    let id = talk_with_webhook(&api, &receiver.url(HOOK), "twice").await;
+    let got = receiver.wait_for(2, SHORT).await;
+    assert!(got.iter().all(|r| r.json()["id"] == id.as_str()), "{got:?}");
     let s = fake.stats().webhooks;
     assert_eq!((s.due, s.dropped, s.duplicated), (2, 1, 1), "{s:?}");
 }
@@ -207,8 +125,8 @@ async fn a_refusing_receiver_gets_every_attempt_then_the_sending_fails() {
         w.retry_backoff_ms = 10;
     }))
     .await;
-    talk_with_webhook(&api, &receiver.url, "retried").await;
-    receiver.wait_for(3).await;
+    talk_with_webhook(&api, &receiver.url(HOOK), "retried").await;
+    receiver.wait_for(3, SHORT).await;
     let s = eventually(SHORT, "the failure counted", || async {
         let s = fake.stats().webhooks;
         if s.failed == 1 { Ok(s) } else { Err(s) }
@@ -227,14 +145,14 @@ async fn a_held_back_webhook_is_overtaken_by_a_later_one() {
         w.reorder_ms = 400;
     }))
     .await;
-    let first = talk_with_webhook(&api, &receiver.url, "first").await;
+    let first = talk_with_webhook(&api, &receiver.url(HOOK), "first").await;
     api.wait_status(&first, &["done"], SHORT).await;
     // The second talk's webhook is not held back: it arrives before the first one's.
     fake.set_faults(faults(|_| {}));
-    let second = talk_with_webhook(&api, &receiver.url, "second").await;
-    let got = receiver.wait_for(2).await;
-    assert_eq!(got[0].body["id"], second.as_str(), "{got:?}");
-    assert_eq!(got[1].body["id"], first.as_str());
+    let second = talk_with_webhook(&api, &receiver.url(HOOK), "second").await;
+    let got = receiver.wait_for(2, SHORT).await;
+    assert_eq!(got[0].json()["id"], second.as_str(), "{got:?}");
+    assert_eq!(got[1].json()["id"], first.as_str());
     assert_eq!(fake.stats().webhooks.reordered, 1);
 }
 
