@@ -33,7 +33,7 @@
 //! retried with the look-up, at most [`MAX_CREATE_ATTEMPTS`](crate::MAX_CREATE_ATTEMPTS) times.
 
 use ports::LeaseTerms;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -147,8 +147,10 @@ pub struct Jobs {
     pub(crate) giving_back: Mutex<Vec<JoinHandle<()>>>,
     /// D-ID webhook receipts.
     pub(crate) talk_webhooks: Counters,
-    /// Jobs a receipt made due, until a poll sees them end (bounded).
-    pub(crate) nudged: Mutex<HashSet<JobId>>,
+    /// Jobs a receipt made due, and when, until a poll sees them end (bounded).
+    pub(crate) nudged: Mutex<HashMap<JobId, Instant>>,
+    /// Slots of the receipts waiting to nudge their job.
+    pub(crate) nudges: Arc<tokio::sync::Semaphore>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -241,7 +243,10 @@ impl Jobs {
             workers: Mutex::new(Vec::new()),
             giving_back: Mutex::new(Vec::new()),
             talk_webhooks: Counters::default(),
-            nudged: Mutex::new(HashSet::new()),
+            nudged: Mutex::new(HashMap::new()),
+            nudges: Arc::new(tokio::sync::Semaphore::new(
+                crate::talk_webhooks::MAX_NUDGES,
+            )),
         })
     }
 

@@ -127,8 +127,11 @@ impl Jobs {
                 job.talk_id = Some(created.id.clone());
                 job.talk_created_status = Some(created.status.as_str().to_owned());
                 job.talk_created_at = created.created_at.clone();
-                let first = match (&with_webhook, self.fallback_poll(&job)) {
-                    (Some(_), Some(fallback)) => fallback,
+                job.webhook_sent = with_webhook.is_some();
+                // A talk adopted by the look-up may have ended before its webhook could reach
+                // a job that existed: poll it on the short schedule.
+                let first = match self.fallback_poll(&job) {
+                    Some(fallback) if !look_first && !created.status.is_terminal() => fallback,
                     _ => self.poll_schedule().delay(0, rand::random()),
                 };
                 job.next_run_ms = now + ports::jobs::duration_ms(first);

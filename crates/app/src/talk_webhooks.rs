@@ -32,8 +32,14 @@ use crate::now_ms;
 
 /// Jobs nudged by a receipt and not yet seen ending, remembered at most (for `confirmed`).
 const MAX_NUDGED: usize = 10_000;
-/// How long a receipt for a job still being created waits for its create to be written.
-const CREATE_WAIT: Duration = Duration::from_secs(10);
+/// How long a nudged job is remembered for `confirmed`.
+const NUDGED_TTL: Duration = Duration::from_secs(600);
+/// How long a receipt waits for its job to be free to nudge: its create written (did-client
+/// may take up to its 120 s call deadline, retries and look-up included) or the claim of a
+/// poll or a waiting request let go.
+const NUDGE_WAIT: Duration = Duration::from_secs(150);
+/// Receipts waiting to nudge their job at once, at most (beyond: the fallback poll covers).
+pub const MAX_NUDGES: usize = 1_024;
 
 /// Where D-ID's webhooks reach this service, and the fallback polling while one is expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,9 +119,12 @@ impl Jobs {
         Some(format!("{}/{}?token={token}", hooks.receiver, job.id))
     }
 
-    /// The fallback poll interval of `job`, if its webhook is expected.
+    /// The fallback poll interval of `job`, if its webhook is expected: its create asked
+    /// for one (whatever this instance's configuration says now).
     pub(crate) fn fallback_poll(&self, job: &Job) -> Option<Duration> {
-        self.talk_webhook_url(job)?;
+        if !job.webhook_sent {
+            return None;
+        }
         self.config.talk_webhooks.as_ref().map(|h| h.fallback_poll)
     }
 
@@ -141,8 +150,19 @@ impl Jobs {
                 if job.status.is_terminal() {
                     TalkWebhookReceipt::Duplicate
                 } else {
-                    let jobs = Arc::clone(self);
-                    tokio::spawn(async move { jobs.nudge(&job.id).await });
+                    match Arc::clone(&self.nudges).try_acquire_owned() {
+                        Ok(slot) => {
+                            let jobs = Arc::clone(self);
+                            tokio::spawn(async move {
+                                jobs.nudge(&job.id).await;
+                                drop(slot);
+                            });
+                        }
+                        Err(_) => tracing::warn!(
+                            job_id = %job.id,
+                            "{MAX_NUDGES} webhook receipts are waiting already: the fallback poll follows this job"
+                        ),
+                    }
                     TalkWebhookReceipt::Accepted
                 }
             }
@@ -159,10 +179,13 @@ impl Jobs {
         Ok(receipt)
     }
 
-    /// Makes job `id` due now, once its talk exists (a receipt can overtake the write of
-    /// the create that asked for it).
+    /// Makes job `id` due now, once nobody is working on it: its create written (a receipt
+    /// can overtake the write of the create that asked for it) and no claim held (a poll
+    /// under way may have asked just before the talk ended, and would plan the next one a
+    /// fallback interval later). Gives up after [`NUDGE_WAIT`]; the fallback poll remains.
     async fn nudge(&self, id: &JobId) {
-        let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+        let deadline = tokio::time::Instant::now() + NUDGE_WAIT;
+        let mut pause = Duration::from_millis(50);
         loop {
             let job = match self.store.get(id).await {
                 Ok(Some(job)) => job,
@@ -172,49 +195,51 @@ impl Jobs {
                     return;
                 }
             };
-            match job.status {
-                s if s.is_terminal() => return,
-                JobStatus::Processing => {
-                    let now = now_ms();
-                    {
-                        let mut nudged = lock(&self.nudged);
-                        if nudged.len() < MAX_NUDGED {
-                            nudged.insert(id.clone());
-                        }
-                    }
-                    // Due already, or claimed: a poll is coming or under way (a worker's, or
-                    // the request's own wait), and it will see the talk ended. Writing now
-                    // would only make that poll's write conflict.
-                    if job.next_run_ms <= now
-                        || job.lease.as_ref().is_some_and(|l| l.until_ms > now)
-                    {
+            if job.status.is_terminal() {
+                return;
+            }
+            let now = now_ms();
+            let claimed = job.lease.as_ref().is_some_and(|l| l.until_ms > now);
+            if job.status == JobStatus::Processing && !claimed {
+                self.remember_nudged(id);
+                if job.next_run_ms <= now {
+                    // Due already: a worker claims it next.
+                    return;
+                }
+                let mut due = job;
+                due.next_run_ms = now;
+                match self.write(due, JobStatus::Processing).await {
+                    Ok(_) => return,
+                    // Someone wrote it meanwhile (a claim, a poll): read it again.
+                    Err(JobStoreError::Conflict { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(job_id = %id, error = %e, "could not make a job due after its webhook");
                         return;
                     }
-                    let mut due = job;
-                    due.next_run_ms = now;
-                    match self.write(due, JobStatus::Processing).await {
-                        Ok(_) => return,
-                        // Someone wrote it meanwhile (a poll, a renewal): read it again.
-                        Err(JobStoreError::Conflict { .. }) => {}
-                        Err(e) => {
-                            tracing::warn!(job_id = %id, error = %e, "could not make a job due after its webhook");
-                            return;
-                        }
-                    }
                 }
-                // Still being created (or queued again after a create that was not sent).
-                _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Remembers that a receipt nudged `id` (bounded: stale entries go first).
+    fn remember_nudged(&self, id: &JobId) {
+        let mut nudged = lock(&self.nudged);
+        if nudged.len() >= MAX_NUDGED {
+            nudged.retain(|_, at| at.elapsed() < NUDGED_TTL);
+        }
+        if nudged.len() < MAX_NUDGED {
+            nudged.insert(id.clone(), std::time::Instant::now());
         }
     }
 
     /// A poll of `id` found its talk ended: a webhook's nudge was right.
     pub(crate) fn note_ended(&self, id: &JobId) {
-        if lock(&self.nudged).remove(id) {
+        if lock(&self.nudged).remove(id).is_some() {
             self.talk_webhooks.confirmed.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -221,7 +221,7 @@ fn send_later(
         deliveries.pending.fetch_sub(1, Ordering::SeqCst);
         lock(&shared.stats).webhooks.overflowed += 1;
         tracing::warn!(
-            url,
+            url = without_query(url),
             "webhook not sent: {MAX_PENDING} deliveries are pending"
         );
         return;
@@ -288,16 +288,26 @@ async fn send(
             Ok(resp) if resp.status().is_success() => return true,
             Ok(resp) => {
                 tracing::debug!(
-                    url,
+                    url = without_query(url),
                     attempt,
                     status = resp.status().as_u16(),
                     "webhook refused"
                 );
             }
-            Err(e) => tracing::debug!(url, attempt, error = %e, "webhook not delivered"),
+            Err(e) => tracing::debug!(
+                url = without_query(url),
+                attempt,
+                error = %e,
+                "webhook not delivered"
+            ),
         }
     }
     false
+}
+
+/// `url` without its query, for logs (a receiver's token travels there).
+fn without_query(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(base, _)| base)
 }
 
 #[cfg(test)]

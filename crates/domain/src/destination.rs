@@ -158,6 +158,12 @@ fn refused_v6(a: Ipv6Addr) -> Option<&'static str> {
         [s, ..] if s & 0xffc0 == 0xfe80 => "link-local",
         [s, ..] if s & 0xffc0 == 0xfec0 => "site-local",
         [0x2001, 0x0db8, ..] => "documentation",
+        [s, ..] if s & 0xfff0 == 0x3ff0 => "documentation (3fff::/20)",
+        [0x2001, 0, ..] => "Teredo (2001::/32)",
+        [0x0100, 0, 0, 0, ..] => "discard-only (100::/64)",
+        [0x64, 0xff9b, 1, ..] => "local-use NAT64 (64:ff9b:1::/48)",
+        // IPv4-translated (SIIT): judged by the IPv4 address inside.
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => return refused_v4(embedded(hi, lo)),
         // IPv4-compatible (deprecated), NAT64 and 6to4 addresses carry an IPv4 address.
         [0, 0, 0, 0, 0, 0, hi, lo] => {
             return refused_v4(embedded(hi, lo)).or(Some("IPv4-compatible"));
@@ -203,6 +209,11 @@ mod tests {
             "https://[ff02::1]/hook",
             "https://[64:ff9b::7f00:1]/hook",
             "https://[2002:7f00:1::]/hook",
+            "https://[::ffff:0:7f00:1]/hook",
+            "https://[64:ff9b:1::a00:1]/hook",
+            "https://[2001:0:4136:e378::1]/hook",
+            "https://[100::1]/hook",
+            "https://[3fff::1]/hook",
             "https://224.0.0.1/hook",
             "https://255.255.255.255/hook",
         ] {

@@ -146,7 +146,6 @@ impl TalkBody {
         Ok((request, priority))
     }
 
-    /// The callback URL, checked ([`CallbackUrl`]).
     /// The checked `callback_url`: a valid URL that `policy` lets callbacks reach (its
     /// scheme, its host name, a literal address; a name's addresses are checked again at
     /// every delivery).

@@ -367,6 +367,10 @@ pub struct Job {
     /// create sends), set when the service takes D-ID's webhooks; `None` otherwise.
     #[serde(default)]
     pub webhook_token: Option<String>,
+    /// Whether the talk's create asked D-ID for that webhook (so one is expected: the job is
+    /// polled only as the fallback for a lost one).
+    #[serde(default)]
+    pub webhook_sent: bool,
     /// Where it stands.
     pub status: JobStatus,
     /// The talk at D-ID, once created.
@@ -459,6 +463,7 @@ impl NewJob {
             idempotency: self.idempotency,
             fingerprint: self.fingerprint,
             webhook_token: self.webhook_token,
+            webhook_sent: false,
             status: self.status,
             talk_id: None,
             talk_created_status: None,

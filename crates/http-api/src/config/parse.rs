@@ -27,15 +27,28 @@ pub(super) fn http_url(raw: &str) -> Result<String, String> {
 
 /// Where D-ID reaches this service: `https://…`, or `http://` to a loopback host (only a
 /// local did-fake calls that; D-ID takes https webhooks only).
+/// A host is required; credentials, a query and a fragment are refused (the receiver's
+/// path and token are appended to it).
 pub(super) fn public_base_url(raw: &str) -> Result<String, String> {
     let url = http_url(raw)?;
-    if url.starts_with("https://") || domain::request::is_loopback_http(&url) {
-        Ok(url)
-    } else {
-        Err(format!(
+    if !(url.starts_with("https://") || domain::request::is_loopback_http(&url)) {
+        return Err(format!(
             "{raw:?}: D-ID calls https:// webhooks only (http:// only to a loopback host, for did-fake)"
-        ))
+        ));
     }
+    let parsed = url::Url::parse(&url).map_err(|e| format!("{raw:?}: {e}"))?;
+    if parsed.host_str().is_none_or(str::is_empty)
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{raw:?}: a base URL with a host and nothing after the path (no credentials, query or fragment)"
+        ));
+    }
+    Ok(url)
 }
 
 /// A Redis URL of a scheme fred connects with: one server (`redis`, `valkey`, and their TLS
@@ -187,7 +200,16 @@ mod tests {
         );
         assert!(public_base_url("http://127.0.0.1:8080").is_ok());
         assert!(public_base_url("http://localhost:8080").is_ok());
-        for bad in ["http://gw.example.com", "ftp://x", "gw.example.com"] {
+        for bad in [
+            "http://gw.example.com",
+            "ftp://x",
+            "gw.example.com",
+            "https://",
+            "https://gw.example.com?x=1",
+            "https://gw.example.com#f",
+            "https://user@gw.example.com",
+            "https://gw.example.com/a b",
+        ] {
             assert!(public_base_url(bad).is_err(), "{bad}");
         }
     }
