@@ -34,7 +34,8 @@ tasks:
           workload, invariants checked [--quick] [--seed N]
   bench   macro benchmarks against did-fake over real sockets (before/after, budget
           utilisation, priority, crash recovery, Redis outage with 4 replicas, gateway
-          overhead, reclaim under periodic kills, durable jobs, operated for days), every
+          overhead, reclaim under periodic kills, durable jobs, operated for days, D-ID
+          webhooks), every
           target a ratio to a baseline of the same run or a bound from the configuration,
           report in target/bench-report/ [--quick] [--debug] [--only 1,2,..]
 
@@ -63,7 +64,8 @@ information. Scenarios: 1 before/after, 2 budget utilisation, 3 priority under c
 polls per synchronous video), 7 reclaim under periodic kills, 8 durable jobs (submit latency
 on the SQLite and the Redis store, the budget kept busy by a backlog of jobs), 9 operated for
 days (the SQLite WAL and file over 100 000 jobs and their purge; idle CPU and store calls of
-the memory, SQLite and Redis stores side by side).
+the memory, SQLite and Redis stores side by side), 10 D-ID webhooks (status polls per
+completed job with webhooks off, on, and on with 30 % lost).
   --quick      CI size: every scenario and target, shorter runs (about 4 minutes)
   --debug      run everything as debug builds (default: did-fake, http-api and the load
                generator, i.e. the bench itself, run as release builds)

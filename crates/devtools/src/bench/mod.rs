@@ -275,7 +275,7 @@ mod tests {
             (true, false, Some(vec![2, 6]))
         );
         for bad in [
-            &["--only", "10"][..],
+            &["--only", "11"][..],
             &["--only"],
             &["--only", "x"],
             &["--fast"],
