@@ -1,13 +1,15 @@
 //! The job-events contract, on the calling side: the engine tells the events port of every
 //! committed transition once, in order, after the store has it.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use app::admission::JobRequest;
 use app::{Admitted, Jobs, JobsConfig};
 use async_trait::async_trait;
-use domain::{CreatedTalk, Priority, Script, Talk, TalkId, TalkRequest, TalkStatus};
+use common::request;
+use domain::{CreatedTalk, Talk, TalkId, TalkStatus};
 use jobstore_memory::MemoryJobStore;
 use ports::{JobEvent, JobEvents, JobStatus, JobStore, MockVideoApi};
 
@@ -33,21 +35,6 @@ impl JobEvents for Recorder {
             .lock()
             .unwrap()
             .push((event.from, event.job.status, stored));
-    }
-}
-
-fn request() -> JobRequest {
-    JobRequest {
-        request: TalkRequest::new(
-            Some("https://example.test/f.jpg".into()),
-            Script::Audio {
-                audio_url: "https://example.test/v.wav".into(),
-            },
-        )
-        .unwrap(),
-        admission: Priority::Normal.into(),
-        callback_url: None,
-        key: None,
     }
 }
 

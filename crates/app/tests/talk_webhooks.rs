@@ -3,30 +3,17 @@
 //! that arrives while a worker's poll is under way (a poll that asked just before the talk
 //! ended) is not lost: the job is polled again as soon as the claim is let go.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use app::admission::JobRequest;
 use app::{Admitted, Jobs, JobsConfig, TalkWebhookReceipt, TalkWebhooks};
-use domain::{CreatedTalk, Priority, Script, Talk, TalkId, TalkRequest, TalkStatus};
+use common::request;
+use domain::{CreatedTalk, Talk, TalkId, TalkStatus};
 use jobstore_memory::MemoryJobStore;
 use ports::{JobStatus, JobStore, MockVideoApi};
-
-fn request() -> JobRequest {
-    JobRequest {
-        request: TalkRequest::new(
-            Some("https://example.test/f.jpg".into()),
-            Script::Audio {
-                audio_url: "https://example.test/v.wav".into(),
-            },
-        )
-        .unwrap(),
-        admission: Priority::Normal.into(),
-        callback_url: None,
-        key: None,
-    }
-}
 
 fn talk(id: &TalkId, status: &str) -> Talk {
     serde_json::from_value(serde_json::json!({

@@ -177,32 +177,20 @@ impl Metrics {
 
     /// Stores the latest adapter snapshots, encoded by the next [`Metrics::encode`].
     pub fn set_snapshot(&self, limiter: LimiterStats, upstream: VideoApiStats) {
-        let mut s = self
-            .snapshot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.snapshot.lock();
         s.limiter = Some(limiter);
         s.upstream = Some(upstream);
     }
 
     /// Stores the D-ID webhook receipts that the next [`Metrics::encode`] reports.
     pub fn set_talk_webhooks(&self, counts: app::TalkWebhookCounts) {
-        let mut s = self
-            .snapshot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.snapshot.lock();
         s.talk_webhooks = Some(counts);
     }
 
     /// Stores the job counts that the next [`Metrics::encode`] reports, as of `now_ms`.
     pub fn set_jobs(&self, counts: ports::JobCounts, now_ms: u64) {
-        let mut s = self
-            .snapshot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.snapshot.lock();
         s.jobs = Some((counts, now_ms));
     }
 
@@ -242,6 +230,13 @@ struct JobStatusLabels {
 #[derive(Debug, Default)]
 pub struct SnapshotCollector {
     state: Mutex<SnapshotState>,
+}
+
+impl SnapshotCollector {
+    /// The stored snapshots (a panic elsewhere leaves them consistent: poison is ignored).
+    fn lock(&self) -> std::sync::MutexGuard<'_, SnapshotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> std::fmt::Result {
@@ -286,7 +281,7 @@ struct StatusLabels {
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = self.lock();
         if let Some(l) = &s.limiter {
             let i = |v: u32| i64::from(v);
             for (name, help, v) in [
