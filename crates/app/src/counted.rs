@@ -70,6 +70,12 @@ impl JobStore for CountedStore {
     async fn next_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError> {
         self.count().next_due(now_ms).await
     }
+    async fn claim_callback(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        self.count().claim_callback(terms).await
+    }
+    async fn next_callback_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        self.count().next_callback_due(now_ms).await
+    }
     async fn check(&self) -> Result<(), JobStoreError> {
         self.count().check().await
     }

@@ -202,6 +202,14 @@ impl JobStore for OpeningStore {
         self.open_store()?.next_due(now_ms).await
     }
 
+    async fn claim_callback(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        self.open_store()?.claim_callback(terms).await
+    }
+
+    async fn next_callback_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        self.open_store()?.next_callback_due(now_ms).await
+    }
+
     fn lost_data_at(&self) -> Option<u64> {
         self.store.get().and_then(|s| s.lost_data_at())
     }

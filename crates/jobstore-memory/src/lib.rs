@@ -5,15 +5,15 @@
 //! same contract suite (`ports::job_contract`) as the durable adapters, so code tested on it
 //! behaves the same on them.
 //!
-//! Every operation takes the lock once and does no I/O; `claim` and `counts` scan all jobs
-//! (O(n)), which is fine for the thousands of jobs a test or a small setup holds.
+//! Every operation takes the lock once and does no I/O; `claim`, `claim_callback` and
+//! `counts` scan all jobs (O(n)), which is fine for the thousands of jobs a test or a small setup holds.
 
 use ports::{LeaseTerms, ListQuery};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use ports::jobs::{claim_order, due_at, duration_ms, is_runnable};
+use ports::jobs::{callback_due_at, claim_order, due_at, duration_ms, is_runnable};
 use ports::{
     Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease, NewJob, QueueLimits,
     ScopedKey, Submitted,
@@ -172,7 +172,9 @@ impl JobStore for MemoryJobStore {
             .jobs
             .values()
             .filter(|j| {
-                j.status.is_terminal() && j.finished_ms.is_some_and(|f| f < finished_before_ms)
+                j.status.is_terminal()
+                    && j.finished_ms.is_some_and(|f| f < finished_before_ms)
+                    && callback_due_at(j).is_none()
             })
             .map(|j| j.seq)
             .collect();
@@ -192,9 +194,13 @@ impl JobStore for MemoryJobStore {
         let mut counts = JobCounts {
             by_status: JobStatus::ALL.into_iter().map(|s| (s, 0)).collect(),
             oldest_queued_ms: [None; 4],
+            callbacks_pending: 0,
         };
         for job in state.jobs.values() {
             *counts.by_status.entry(job.status).or_default() += 1;
+            if callback_due_at(job).is_some() {
+                counts.callbacks_pending += 1;
+            }
             if job.status == JobStatus::Queued {
                 let slot = &mut counts.oldest_queued_ms[job.priority.index()];
                 *slot = Some(slot.map_or(job.created_ms, |t| t.min(job.created_ms)));
@@ -205,6 +211,30 @@ impl JobStore for MemoryJobStore {
 
     async fn next_due(&self, _now_ms: u64) -> Result<Option<u64>, JobStoreError> {
         Ok(self.lock().jobs.values().filter_map(due_at).min())
+    }
+
+    async fn claim_callback(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        let mut state = self.lock();
+        let best = state
+            .jobs
+            .values()
+            .filter_map(|j| Some((callback_due_at(j)?, j.seq)))
+            .filter(|(due, _)| *due <= terms.now_ms)
+            .min();
+        let Some((_, seq)) = best else {
+            return Ok(None);
+        };
+        let job = state.jobs.get_mut(&seq).expect("present");
+        job.lease = Some(Lease {
+            owner: terms.owner.to_owned(),
+            until_ms: terms.until_ms(),
+        });
+        job.version += 1;
+        Ok(Some(job.clone()))
+    }
+
+    async fn next_callback_due(&self, _now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        Ok(self.lock().jobs.values().filter_map(callback_due_at).min())
     }
 
     async fn check(&self) -> Result<(), JobStoreError> {

@@ -426,6 +426,10 @@ fn index_args(job: &Job) -> Result<Vec<Value>, JobStoreError> {
             .map(|f| f.to_string())
             .unwrap_or_default()
             .into(),
+        ports::jobs::callback_due_at(job)
+            .map(|d| d.to_string())
+            .unwrap_or_default()
+            .into(),
     ];
     debug_assert_eq!(args.len(), INDEX_ARGS);
     Ok(args)
@@ -608,7 +612,7 @@ impl JobStore for RedisJobStore {
     async fn counts(&self) -> Result<JobCounts, JobStoreError> {
         let items = array(
             self.eval(&self.scripts.counts, Vec::new()).await?,
-            10,
+            11,
             "counts",
         )?;
         let mut counts = JobCounts::default();
@@ -621,6 +625,7 @@ impl JobStore for RedisJobStore {
                 _ => Some(number(value, "queue age")?),
             };
         }
+        counts.callbacks_pending = number(&items[10], "pending callbacks")?;
         Ok(counts)
     }
 
@@ -635,6 +640,30 @@ impl JobStore for RedisJobStore {
         match text(&items[0], "next due")?.as_str() {
             "" => Ok(None),
             _ => Ok(Some(number(&items[0], "next due")?)),
+        }
+    }
+
+    async fn claim_callback(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        let args: Vec<Value> = vec![
+            terms.now_ms.to_string().into(),
+            terms.owner.into(),
+            terms.until_ms().to_string().into(),
+        ];
+        let reply: Value = self.eval(&self.scripts.claim_callback, args).await?;
+        if reply.is_null() {
+            return Ok(None);
+        }
+        let mut items = array(reply, 2, "claim_callback")?;
+        decode_job(items.swap_remove(1)).map(Some)
+    }
+
+    async fn next_callback_due(&self, _now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        let reply: Value = self
+            .eval(&self.scripts.next_callback_due, Vec::new())
+            .await?;
+        match text(&reply, "next callback due")?.as_str() {
+            "" => Ok(None),
+            _ => Ok(Some(number(&reply, "next callback due")?)),
         }
     }
 

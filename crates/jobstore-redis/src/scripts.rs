@@ -9,7 +9,7 @@ use fred::types::scripts::Script;
 
 /// The key suffixes, in `KEYS` order (`KEYS[1]` is `job`). Statuses are in
 /// [`ports::JobStatus::ALL`] order, priorities in `Priority::index` order (0 = low).
-pub(crate) const KEYS: [&str; 25] = [
+pub(crate) const KEYS: [&str; 26] = [
     "job",
     "ver",
     "lease",
@@ -35,6 +35,7 @@ pub(crate) const KEYS: [&str; 25] = [
     "probe",
     "epoch",
     "lost_at",
+    "callbacks",
 ];
 
 /// Shared by every script: key names and the helpers.
@@ -42,7 +43,7 @@ pub(crate) const KEYS: [&str; 25] = [
 /// - `read(id)`: `{json, version, lease, seq, key field}` (`''` for a missing lease or key),
 ///   or `false` if there is no such job;
 /// - `timer_of(id)`: `max(next_run_ms, lease until)` of a non-terminal job, as a string;
-/// - `index(id, seq)`: writes the body and every index of a job from `ARGV[4..12]` (see
+/// - `index(id, seq)`: writes the body and every index of a job from `ARGV[4..13]` (see
 ///   [`INDEX_ARGS`]);
 /// - `forget(id)`: removes a job from every key.
 const PRELUDE: &str = r#"
@@ -50,7 +51,7 @@ local JOB, VER, LEASE, NEXT, ORDER, KEY, KEYOF, SEQ, NEXT_SEQ, DUE, WAIT, FINISH
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11], KEYS[12]
 local STATUS0, QUEUED0 = 13, 19
-local EPOCH, LOST_AT = KEYS[24], KEYS[25]
+local EPOCH, LOST_AT, CALLBACKS = KEYS[24], KEYS[25], KEYS[26]
 
 -- The store's epoch: set by the first call that finds none (a new store, or one whose data
 -- Redis lost). A caller that knew another epoch sees that the data was lost, and records
@@ -96,7 +97,11 @@ end
 local function index(id, seq)
   local json, status, terminal, prio = ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
   local created, next_run, lease, finished = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+  local callback = ARGV[12]
   redis.call('HSET', JOB, id, json)
+  -- A pending callback keeps the job out of FINISHED (so out of the purge) until settled.
+  redis.call('ZREM', CALLBACKS, id)
+  if callback ~= '' then redis.call('ZADD', CALLBACKS, callback, id) end
   for i = 0, 5 do redis.call('ZREM', KEYS[STATUS0 + i], id) end
   redis.call('ZADD', KEYS[STATUS0 + status], seq, id)
   for i = 0, 3 do redis.call('ZREM', KEYS[QUEUED0 + i], id) end
@@ -111,7 +116,7 @@ local function index(id, seq)
     redis.call('ZREM', WAIT, id)
     redis.call('HDEL', NEXT, id)
     redis.call('HDEL', ORDER, id)
-    if finished == '' then
+    if finished == '' or callback ~= '' then
       redis.call('ZREM', FINISHED, id)
     else
       redis.call('ZADD', FINISHED, finished, id)
@@ -128,17 +133,17 @@ local function forget(id)
   local kf = redis.call('HGET', KEYOF, id)
   if kf and redis.call('HGET', KEY, kf) == id then redis.call('HDEL', KEY, kf) end
   for _, k in ipairs({JOB, VER, LEASE, NEXT, ORDER, KEYOF}) do redis.call('HDEL', k, id) end
-  for _, k in ipairs({SEQ, DUE, WAIT, FINISHED}) do redis.call('ZREM', k, id) end
+  for _, k in ipairs({SEQ, DUE, WAIT, FINISHED, CALLBACKS}) do redis.call('ZREM', k, id) end
   for i = 0, 5 do redis.call('ZREM', KEYS[STATUS0 + i], id) end
   for i = 0, 3 do redis.call('ZREM', KEYS[QUEUED0 + i], id) end
 end
 "#;
 
-/// What `index()` reads, `ARGV[4..11]`: the job JSON (without `seq`, `version`, `lease`,
+/// What `index()` reads, `ARGV[4..12]`: the job JSON (without `seq`, `version`, `lease`,
 /// `idempotency`), the status index, `1` if terminal (else `0`), the priority index,
 /// `created_ms`, `next_run_ms`, the lease (`<until_ms> <owner>` or `''`), `finished_ms`
-/// (or `''`).
-pub(crate) const INDEX_ARGS: usize = 8;
+/// (or `''`), and when its pending callback is due (`ports::jobs::callback_due_at`, or `''`).
+pub(crate) const INDEX_ARGS: usize = 9;
 
 /// `ARGV`: id, key field (`''` if none), max queued, then [`INDEX_ARGS`], then the epoch the
 /// caller knows (`''` if none) and now. Returns `{'existing', job}`, `{'duplicate', job}`
@@ -212,6 +217,24 @@ for _ = 1, 64 do
   end
 end
 return false
+"#;
+
+/// `ARGV`: now, owner, lease until (`now + lease`). Claims the pending callback due first
+/// (at most `now`): the job's lease is the callback worker's, and the callback is due again
+/// when it runs out. Returns `{'claimed', job}` or nil.
+const CLAIM_CALLBACK: &str = r#"
+local head = redis.call('ZRANGEBYSCORE', CALLBACKS, '-inf', ARGV[1], 'LIMIT', 0, 1)[1]
+if not head then return false end
+redis.call('HINCRBY', VER, head, 1)
+redis.call('HSET', LEASE, head, ARGV[3] .. ' ' .. ARGV[2])
+redis.call('ZADD', CALLBACKS, ARGV[3], head)
+return {'claimed', read(head)}
+"#;
+
+/// No `ARGV`. When the next pending callback is due, or `''` when none is pending.
+const NEXT_CALLBACK_DUE: &str = r#"
+local head = redis.call('ZRANGE', CALLBACKS, 0, 0, 'WITHSCORES')
+return head[2] or ''
 "#;
 
 /// `ARGV`: the epoch the caller knows (`''` if none), now. When the next job becomes
@@ -289,7 +312,7 @@ return #ids
 "#;
 
 /// No `ARGV`. Returns the six status counts, then the oldest queued `created_ms` of each
-/// priority (`''` for none).
+/// priority (`''` for none), then the pending callbacks.
 const COUNTS: &str = r#"
 local out = {}
 for i = 0, 5 do out[#out + 1] = redis.call('ZCARD', KEYS[STATUS0 + i]) end
@@ -297,6 +320,7 @@ for p = 0, 3 do
   local head = redis.call('ZRANGE', KEYS[QUEUED0 + p], 0, 0, 'WITHSCORES')
   out[#out + 1] = head[2] or ''
 end
+out[#out + 1] = redis.call('ZCARD', CALLBACKS)
 return out
 "#;
 
@@ -315,6 +339,8 @@ pub(crate) struct Scripts {
     pub(crate) purge: Script,
     pub(crate) counts: Script,
     pub(crate) next_due: Script,
+    pub(crate) claim_callback: Script,
+    pub(crate) next_callback_due: Script,
     pub(crate) probe: Script,
 }
 
@@ -337,6 +363,8 @@ impl Scripts {
             purge: script(PURGE),
             counts: script(COUNTS),
             next_due: script(NEXT_DUE),
+            claim_callback: script(CLAIM_CALLBACK),
+            next_callback_due: script(NEXT_CALLBACK_DUE),
             probe: script(PROBE),
         }
     }

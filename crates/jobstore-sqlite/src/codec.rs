@@ -122,7 +122,8 @@ impl Inner {
         let changed = tx
             .prepare_cached(
                 "UPDATE jobs SET version = ?1, status = ?2, prio = ?3, next_run_ms = ?4,
-                   lease_until_ms = ?5, finished_ms = ?6, created_ms = ?7, body = ?8
+                   lease_until_ms = ?5, finished_ms = ?6, created_ms = ?7, body = ?8,
+                   callback_due_ms = ?11
                  WHERE seq = ?9 AND version = ?10",
             )
             .and_then(|mut stmt| {
@@ -137,6 +138,7 @@ impl Inner {
                     body,
                     to_sql(job.seq),
                     to_sql(expected_version),
+                    ports::jobs::callback_due_at(job).map(to_sql),
                 ])
             })
             .map_err(|e| self.err(e))?;

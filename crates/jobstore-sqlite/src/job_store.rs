@@ -76,6 +76,16 @@ impl JobStore for SqliteJobStore {
         .await
     }
 
+    async fn claim_callback(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        let (owner, lease, now_ms) = (terms.owner.to_owned(), terms.lease, terms.now_ms);
+        self.blocking(move |s| s.claim_callback(&owner, lease, now_ms))
+            .await
+    }
+
+    async fn next_callback_due(&self, _now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        self.blocking(|s| s.next_callback_due()).await
+    }
+
     async fn check(&self) -> Result<(), JobStoreError> {
         self.blocking(|s| s.check()).await
     }

@@ -89,7 +89,8 @@
 //!   created_ms INTEGER NOT NULL,
 //!   key_scope TEXT,                        -- the idempotency key, if any
 //!   key TEXT,
-//!   body TEXT NOT NULL                     -- the whole Job as JSON
+//!   body TEXT NOT NULL,                    -- the whole Job as JSON
+//!   callback_due_ms INTEGER                -- ports::jobs::callback_due_at; NULL unless pending
 //! ) STRICT;
 //! ```
 //!
@@ -135,7 +136,7 @@ use schema::{migrate, setup, vacuum_mode};
 
 /// The schema version this build writes and reads (`PRAGMA user_version`). A file with a
 /// newer version is refused with [`JobStoreError::Corrupt`].
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The most jobs one purge transaction deletes (a purge repeats until done).
 pub const PURGE_BATCH: usize = 1000;

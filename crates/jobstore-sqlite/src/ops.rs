@@ -16,7 +16,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use crate::checkpoint::{Checkpoint, checkpoint};
 use crate::codec::{JOB_COLUMNS, Row, db_error, to_sql};
-use crate::schema::{CLAIM_FROM, LIST_ALL_FROM, LIST_STATUS_FROM, QUEUED_AGE, TERMINAL};
+use crate::schema::{
+    CALLBACK_FROM, CALLBACKS_PENDING, CLAIM_FROM, LIST_ALL_FROM, LIST_STATUS_FROM,
+    NEXT_CALLBACK_DUE, QUEUED_AGE, TERMINAL,
+};
 use crate::{Inner, PURGE_BATCH, WAL_HARD_LIMIT, WAL_TRUNCATE_AT, file_len};
 
 impl Inner {
@@ -179,6 +182,52 @@ impl Inner {
         })
     }
 
+    /// Claims the first due pending callback (see `JobStore::claim_callback`).
+    pub(crate) fn claim_callback(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<Option<Job>, JobStoreError> {
+        self.write(|tx| {
+            let Some(mut job) = self.select_one(tx, CALLBACK_FROM, params![to_sql(now_ms)])? else {
+                return Ok(None);
+            };
+            if ports::jobs::callback_due_at(&job).is_none_or(|due| due > now_ms) {
+                return Err(JobStoreError::Corrupt(format!(
+                    "{}: job {}'s callback column disagrees with its body",
+                    self.path.display(),
+                    job.id
+                )));
+            }
+            let read = job.version;
+            job.lease = Some(Lease {
+                owner: owner.to_owned(),
+                until_ms: now_ms.saturating_add(duration_ms(lease)),
+            });
+            job.version += 1;
+            if !self.write_row(tx, &job, read)? {
+                return Err(JobStoreError::Unavailable(format!(
+                    "{}: job {} changed inside its transaction",
+                    self.path.display(),
+                    job.id
+                )));
+            }
+            Ok(Some(job))
+        })
+    }
+
+    /// The earliest due pending callback, if any.
+    pub(crate) fn next_callback_due(&self) -> Result<Option<u64>, JobStoreError> {
+        self.read(|tx| {
+            let due: Option<i64> = tx
+                .prepare_cached(NEXT_CALLBACK_DUE)
+                .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+                .map_err(|e| self.err(e))?;
+            Ok(due.map(|t| u64::try_from(t).unwrap_or(0)))
+        })
+    }
+
     pub(crate) fn renew(
         &self,
         id: &JobId,
@@ -289,7 +338,8 @@ impl Inner {
                 let deleted = tx
                     .prepare_cached(&format!(
                         "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_finished
-                           WHERE finished_ms < ?1 AND status IN {TERMINAL} LIMIT ?2)"
+                           WHERE finished_ms < ?1 AND status IN {TERMINAL}
+                             AND callback_due_ms IS NULL LIMIT ?2)"
                     ))
                     .and_then(|mut s| s.execute(params![to_sql(finished_before_ms), PURGE_BATCH as i64]))
                     .map_err(|e| self.err(e))?;
@@ -322,7 +372,13 @@ impl Inner {
             let mut counts = JobCounts {
                 by_status: JobStatus::ALL.into_iter().map(|s| (s, 0)).collect(),
                 oldest_queued_ms: [None; 4],
+                callbacks_pending: 0,
             };
+            let pending: i64 = tx
+                .prepare_cached(CALLBACKS_PENDING)
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(|e| self.err(e))?;
+            counts.callbacks_pending = u64::try_from(pending).unwrap_or(0);
             let by_status: Vec<(String, i64)> = tx
                 .prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")
                 .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())

@@ -30,6 +30,18 @@ pub(crate) const NEXT_DUE: &str =
     "SELECT MAX(next_run_ms, IFNULL(lease_until_ms, 0)) FROM jobs INDEXED BY jobs_due
  WHERE status IN ('queued','creating','processing')
  ORDER BY MAX(next_run_ms, IFNULL(lease_until_ms, 0)) LIMIT 1";
+/// The first claimable pending callback at `?1`, earliest due first, from the partial index
+/// `jobs_callbacks`.
+pub(crate) const CALLBACK_FROM: &str = "jobs INDEXED BY jobs_callbacks
+ WHERE callback_due_ms IS NOT NULL AND callback_due_ms <= ?1
+ ORDER BY callback_due_ms ASC LIMIT 1";
+/// When the next pending callback becomes claimable: the first entry of `jobs_callbacks`.
+pub(crate) const NEXT_CALLBACK_DUE: &str =
+    "SELECT callback_due_ms FROM jobs INDEXED BY jobs_callbacks
+ WHERE callback_due_ms IS NOT NULL ORDER BY callback_due_ms LIMIT 1";
+/// Pending callbacks, counted on `jobs_callbacks`.
+pub(crate) const CALLBACKS_PENDING: &str =
+    "SELECT COUNT(*) FROM jobs INDEXED BY jobs_callbacks WHERE callback_due_ms IS NOT NULL";
 /// A page of all jobs before seq `?1`, newest first (`?2` rows).
 pub(crate) const LIST_ALL_FROM: &str = "jobs WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2";
 /// A page of the jobs of status `?1` before seq `?2`, newest first (`?3` rows).
@@ -49,7 +61,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   created_ms INTEGER NOT NULL,
   key_scope TEXT,
   key TEXT,
-  body TEXT NOT NULL
+  body TEXT NOT NULL,
+  callback_due_ms INTEGER
 ) STRICT;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_key ON jobs (key_scope, key) WHERE key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (prio DESC, seq)
@@ -59,7 +72,13 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_ms) WHERE finished_ms
 CREATE INDEX IF NOT EXISTS jobs_queued_age ON jobs (prio, created_ms) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (MAX(next_run_ms, IFNULL(lease_until_ms, 0)))
   WHERE status IN ('queued','creating','processing');
+CREATE INDEX IF NOT EXISTS jobs_callbacks ON jobs (callback_due_ms)
+  WHERE callback_due_ms IS NOT NULL;
 ";
+
+/// From schema version 1 (before callbacks) to 2: the column `callback_due_ms`, `NULL` in
+/// every row written before (none of them has a callback); its index comes with [`SCHEMA`].
+const V1_TO_V2: &str = "ALTER TABLE jobs ADD COLUMN callback_due_ms INTEGER;";
 
 /// Connection settings, applied on every open.
 pub(crate) fn setup(
@@ -109,7 +128,8 @@ pub(crate) fn vacuum_mode(conn: &mut Connection, path: &Path) -> Result<(), JobS
     Ok(())
 }
 
-/// Creates the schema in a new file; refuses a newer one.
+/// Creates the schema in a new file, brings a file of an earlier version up to this one (in
+/// one transaction); refuses a newer one.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JobStoreError> {
     let err = |e| db_error(path, e);
     let tx = conn
@@ -120,6 +140,13 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JobStore
         .map_err(err)?;
     match version {
         0 => {
+            tx.execute_batch(SCHEMA).map_err(err)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(err)?;
+        }
+        1 => {
+            tracing::info!(path = %path.display(), "job store: schema 1 → 2 (callbacks)");
+            tx.execute_batch(V1_TO_V2).map_err(err)?;
             tx.execute_batch(SCHEMA).map_err(err)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(err)?;
@@ -186,6 +213,7 @@ mod tests {
             (CLAIM_FROM, "jobs_claim"),
             (LIST_ALL_FROM, "INTEGER PRIMARY KEY"),
             (LIST_STATUS_FROM, "jobs_by_status"),
+            (CALLBACK_FROM, "jobs_callbacks"),
             ("jobs WHERE id = ?1", "sqlite_autoindex_jobs"),
             ("jobs WHERE key_scope = ?1 AND key = ?2", "jobs_by_key"),
         ] {
@@ -199,6 +227,11 @@ mod tests {
             !due.contains("TEMP B-TREE"),
             "the index's order, no sort: {due}"
         );
+        for sql in [NEXT_CALLBACK_DUE, CALLBACKS_PENDING] {
+            let p = plan(&conn, sql);
+            assert!(p.contains("jobs_callbacks"), "{sql}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
+        }
         let age = plan(&conn, QUEUED_AGE);
         assert!(age.contains("jobs_queued_age"), "{age}");
         assert!(!age.contains("TEMP B-TREE"), "{age}");

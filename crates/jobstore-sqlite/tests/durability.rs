@@ -139,6 +139,54 @@ async fn jobs_keys_and_versions_survive_a_reopen() {
     assert!(last.seq > next.seq);
 }
 
+/// A file of schema 1 (before callbacks) opens as schema 2: its jobs read back as they were,
+/// and one of them can then carry a pending callback that is claimed and kept from purge.
+#[tokio::test]
+async fn a_schema_1_file_is_migrated_in_place() {
+    let dir = TempDir::new();
+    let path = dir.path().join("jobs.db");
+    let store = SqliteJobStore::open(&path).expect("create");
+    let old = create(&store, keyed_job(1, T0)).await;
+    drop(store);
+    {
+        // What a build before callbacks left: no column, no index, user_version 1.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP INDEX jobs_callbacks; ALTER TABLE jobs DROP COLUMN callback_due_ms;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = SqliteJobStore::open(&path).expect("a schema 1 file opens");
+    let version: i64 = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(version, SCHEMA_VERSION);
+    let mut job = store.get(&old.id).await.unwrap().expect("kept");
+    assert_eq!(job, old);
+    job.status = JobStatus::Done;
+    job.finished_ms = Some(T0 + 1);
+    job.callback = Some(ports::Callback::new(
+        ports::CallbackEvent::TalkDone,
+        "msg_1".into(),
+        T0 + 1,
+    ));
+    store.update(job).await.unwrap();
+    assert_eq!(
+        store.purge(u64::MAX).await.unwrap(),
+        0,
+        "its callback is pending"
+    );
+    let claimed = store
+        .claim_callback(LeaseTerms::new("cb", LEASE, T0 + 2))
+        .await
+        .unwrap()
+        .expect("due");
+    assert_eq!(claimed.id, old.id);
+}
+
 #[test]
 fn a_newer_schema_or_a_foreign_file_is_refused_as_corrupt() {
     let dir = TempDir::new();

@@ -1,4 +1,5 @@
-//! The callback port: one signed POST of a job event to a caller's `callback_url`.
+//! The callback port: one signed POST of a job event to a caller's `callback_url`, and the
+//! durable state of a job's callback ([`Callback`]) that the job store keeps with the job.
 //!
 //! The engine decides *what* to send and *when* (the event, its `webhook-id`, the retry
 //! schedule); an adapter sends one attempt and says how it went. `callback-sender` is the
@@ -12,10 +13,155 @@
 //! - every attempt of one delivery carries the same `webhook-id` (the caller's dedupe key)
 //!   and a fresh `webhook-timestamp`.
 
+use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::CallbackUrl;
+use serde::{Deserialize, Serialize};
+
+/// The most delivery attempts a callback remembers; older ones are dropped first (the count
+/// in [`Callback::attempts`] goes on).
+pub const MAX_CALLBACK_ATTEMPTS_KEPT: usize = 16;
+
+/// What a callback tells: how the job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CallbackEvent {
+    /// The talk is done; the job has its `result_url`.
+    #[serde(rename = "talk.done")]
+    TalkDone,
+    /// The job ended without a video (D-ID's `error`, a timeout, an upstream failure).
+    #[serde(rename = "talk.failed")]
+    TalkFailed,
+    /// D-ID rejected the talk (its `rejected` state: moderation).
+    #[serde(rename = "talk.rejected")]
+    TalkRejected,
+    /// The job was cancelled while queued; no talk was made.
+    #[serde(rename = "job.cancelled")]
+    JobCancelled,
+}
+
+impl CallbackEvent {
+    /// Every event, in the order above.
+    pub const ALL: [CallbackEvent; 4] = [
+        CallbackEvent::TalkDone,
+        CallbackEvent::TalkFailed,
+        CallbackEvent::TalkRejected,
+        CallbackEvent::JobCancelled,
+    ];
+
+    /// The dotted name, as in the payload's `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackEvent::TalkDone => "talk.done",
+            CallbackEvent::TalkFailed => "talk.failed",
+            CallbackEvent::TalkRejected => "talk.rejected",
+            CallbackEvent::JobCancelled => "job.cancelled",
+        }
+    }
+}
+
+impl fmt::Display for CallbackEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a callback's delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackStatus {
+    /// Not delivered yet; the next attempt is at [`Callback::next_attempt_ms`].
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Given up: a permanent refusal, or the retry horizon passed.
+    Failed,
+}
+
+impl CallbackStatus {
+    /// The lowercase name, as in JSON and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackStatus::Pending => "pending",
+            CallbackStatus::Delivered => "delivered",
+            CallbackStatus::Failed => "failed",
+        }
+    }
+}
+
+/// One delivery attempt, as remembered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackAttempt {
+    /// When it was sent, ms since the epoch.
+    pub at_ms: u64,
+    /// How it ended: `ok`, or a [`CallbackError::code`].
+    pub outcome: String,
+    /// The receiver's status, where it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// What went wrong, without secrets (empty on success).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// How long it took, ms.
+    pub took_ms: u64,
+}
+
+/// The durable state of a job's callback: armed by the write that ends the job (so a crash
+/// cannot lose it between the two), delivered at least once by whichever instance's callback
+/// workers claim it ([`crate::JobStore::claim_callback`]), under one `webhook-id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Callback {
+    /// What it tells.
+    pub event: CallbackEvent,
+    /// The `webhook-id` of every attempt.
+    pub webhook_id: String,
+    /// Where its delivery stands.
+    pub status: CallbackStatus,
+    /// When it was armed (the job's end), ms since the epoch; the payload's `timestamp`.
+    pub created_ms: u64,
+    /// When the next attempt is due, ms since the epoch (while pending).
+    pub next_attempt_ms: u64,
+    /// Attempts sent so far.
+    pub attempts: u32,
+    /// The newest [`MAX_CALLBACK_ATTEMPTS_KEPT`] attempts.
+    #[serde(default)]
+    pub history: Vec<CallbackAttempt>,
+    /// When it was delivered or given up, ms since the epoch.
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
+}
+
+impl Callback {
+    /// A callback of `event`, due at once.
+    pub fn new(event: CallbackEvent, webhook_id: String, now_ms: u64) -> Callback {
+        Callback {
+            event,
+            webhook_id,
+            status: CallbackStatus::Pending,
+            created_ms: now_ms,
+            next_attempt_ms: now_ms,
+            attempts: 0,
+            history: Vec::new(),
+            ended_ms: None,
+        }
+    }
+
+    /// Whether it still has to be delivered.
+    pub fn is_pending(&self) -> bool {
+        self.status == CallbackStatus::Pending
+    }
+
+    /// Appends an attempt, dropping the oldest beyond [`MAX_CALLBACK_ATTEMPTS_KEPT`].
+    pub fn record(&mut self, attempt: CallbackAttempt) {
+        self.attempts = self.attempts.saturating_add(1);
+        self.history.push(attempt);
+        if self.history.len() > MAX_CALLBACK_ATTEMPTS_KEPT {
+            let extra = self.history.len() - MAX_CALLBACK_ATTEMPTS_KEPT;
+            self.history.drain(..extra);
+        }
+    }
+}
 
 /// One attempt of one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +242,38 @@ pub trait CallbackSender: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_and_states_have_their_wire_names() {
+        for event in CallbackEvent::ALL {
+            assert_eq!(
+                serde_json::to_value(event).unwrap(),
+                serde_json::json!(event.as_str())
+            );
+        }
+        assert_eq!(
+            serde_json::to_value(CallbackStatus::Delivered).unwrap(),
+            serde_json::json!("delivered")
+        );
+    }
+
+    #[test]
+    fn a_callback_keeps_its_newest_attempts_and_counts_all() {
+        let mut cb = Callback::new(CallbackEvent::TalkDone, "msg_1".into(), 5);
+        assert!(cb.is_pending());
+        for n in 0..(MAX_CALLBACK_ATTEMPTS_KEPT as u64 + 3) {
+            cb.record(CallbackAttempt {
+                at_ms: n,
+                outcome: "timeout".into(),
+                status: None,
+                error: String::new(),
+                took_ms: 1,
+            });
+        }
+        assert_eq!(cb.attempts as usize, MAX_CALLBACK_ATTEMPTS_KEPT + 3);
+        assert_eq!(cb.history.len(), MAX_CALLBACK_ATTEMPTS_KEPT);
+        assert_eq!(cb.history[0].at_ms, 3, "the oldest went first");
+    }
 
     #[test]
     fn only_refusals_and_request_errors_are_permanent() {

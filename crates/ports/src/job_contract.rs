@@ -27,6 +27,7 @@ use domain::{Priority, Script, TalkId, TalkRequest, Tenant};
 
 use async_trait::async_trait;
 
+use crate::callbacks::{Callback, CallbackAttempt, CallbackEvent, CallbackStatus};
 use crate::jobs::{
     Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,
     JobStoreError, Lease, NewJob, QueueLimits, ScopedKey, Submitted,
@@ -75,6 +76,12 @@ impl<S: JobStore> JobStore for Guarded<S> {
     }
     async fn next_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError> {
         self.store.next_due(now_ms).await
+    }
+    async fn claim_callback(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
+        self.store.claim_callback(terms).await
+    }
+    async fn next_callback_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError> {
+        self.store.next_callback_due(now_ms).await
     }
 
     async fn check(&self) -> Result<(), JobStoreError> {
@@ -763,6 +770,219 @@ where
     store.check().await.expect("still healthy");
 }
 
+/// Job `n`, submitted at [`T0`] and ended `done` at `at` in the same write that arms its
+/// callback, due at `due`.
+async fn ended_with_callback(store: &dyn JobStore, n: u64, at: u64, due: u64) -> Job {
+    let mut job = created(store, new_job(n, Priority::Normal, T0)).await;
+    job.status = JobStatus::Done;
+    job.result_url = Some(format!("https://example.com/video-{n}.mp4"));
+    job.finished_ms = Some(at);
+    job.callback = Some(Callback {
+        next_attempt_ms: due,
+        ..Callback::new(CallbackEvent::TalkDone, format!("msg_{n}"), at)
+    });
+    store.update(job).await.expect("update")
+}
+
+/// A pending callback is claimed once it is due, by one worker at a time (until its lease
+/// runs out), earliest due first; its outcome is written back with `update` and a
+/// delivered one is never claimed again. `next_callback_due` follows.
+pub async fn callbacks_are_claimed_when_due_one_worker_at_a_time<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn JobStore>>,
+{
+    let store = factory().await;
+    assert_eq!(store.next_callback_due(T0).await.unwrap(), None);
+    assert_eq!(
+        store
+            .claim_callback(LeaseTerms::new("cb", LEASE, T0))
+            .await
+            .unwrap(),
+        None
+    );
+    // A terminal job without a callback is nobody's to deliver.
+    let mut plain = created(&*store, new_job(9, Priority::Normal, T0)).await;
+    plain.status = JobStatus::Cancelled;
+    plain.finished_ms = Some(T0);
+    store.update(plain).await.unwrap();
+    ended_with_callback(&*store, 1, T0 + 10, T0 + 500).await;
+    ended_with_callback(&*store, 2, T0 + 20, T0 + 100).await;
+    assert_eq!(store.next_callback_due(T0).await.unwrap(), Some(T0 + 100));
+    assert_eq!(
+        store
+            .claim_callback(LeaseTerms::new("cb", LEASE, T0 + 99))
+            .await
+            .unwrap(),
+        None,
+        "nothing is due before its attempt"
+    );
+    let claimed = store
+        .claim_callback(LeaseTerms::new("cb-a", LEASE, T0 + 600))
+        .await
+        .unwrap()
+        .expect("both are due");
+    assert_eq!(claimed.id, job_id(2), "the earliest due first");
+    let lease = claimed.lease.clone().expect("the claim's lease");
+    assert_eq!(lease.owner, "cb-a");
+    assert_eq!(lease.until_ms, T0 + 600 + LEASE.as_millis() as u64);
+    assert_eq!(
+        claimed.status,
+        JobStatus::Done,
+        "the job's state is untouched"
+    );
+    let second = store
+        .claim_callback(LeaseTerms::new("cb-b", LEASE, T0 + 600))
+        .await
+        .unwrap()
+        .expect("job 1 is due too");
+    assert_eq!(second.id, job_id(1));
+    assert_eq!(
+        store
+            .claim_callback(LeaseTerms::new("cb-c", LEASE, T0 + 601))
+            .await
+            .unwrap(),
+        None,
+        "both are leased"
+    );
+    // cb-b's worker died: its lease runs out and the callback is claimable again.
+    let lease_end = T0 + 600 + LEASE.as_millis() as u64;
+    assert_eq!(
+        store.next_callback_due(T0 + 601).await.unwrap(),
+        Some(lease_end)
+    );
+    // cb-a delivers: written back without the lease.
+    let mut done = claimed;
+    done.lease = None;
+    let cb = done.callback.as_mut().unwrap();
+    cb.record(CallbackAttempt {
+        at_ms: T0 + 600,
+        outcome: "ok".into(),
+        status: Some(204),
+        error: String::new(),
+        took_ms: 3,
+    });
+    cb.status = CallbackStatus::Delivered;
+    cb.ended_ms = Some(T0 + 603);
+    let written = store.update(done).await.unwrap();
+    assert_eq!(store.get(&job_id(2)).await.unwrap(), Some(written.clone()));
+    let again = store
+        .claim_callback(LeaseTerms::new("cb-c", LEASE, lease_end))
+        .await
+        .unwrap()
+        .expect("job 1's lease ran out");
+    assert_eq!(again.id, job_id(1));
+    assert_eq!(again.lease.as_ref().map(|l| l.owner.as_str()), Some("cb-c"));
+    assert!(
+        again.version > second.version,
+        "a claim moves the version, so the dead worker's late write conflicts"
+    );
+    assert!(matches!(
+        store.update(second).await,
+        Err(JobStoreError::Conflict { .. })
+    ));
+    // A failed attempt: the next one later, without the lease.
+    let mut retry = again;
+    retry.lease = None;
+    let cb = retry.callback.as_mut().unwrap();
+    cb.next_attempt_ms = lease_end + 5_000;
+    cb.record(CallbackAttempt {
+        at_ms: lease_end,
+        outcome: "status".into(),
+        status: Some(503),
+        error: "callback answered 503".into(),
+        took_ms: 4,
+    });
+    store.update(retry).await.unwrap();
+    assert_eq!(
+        store.next_callback_due(lease_end).await.unwrap(),
+        Some(lease_end + 5_000)
+    );
+    assert_eq!(store.counts().await.unwrap().callbacks_pending, 1);
+    let last = store
+        .claim_callback(LeaseTerms::new("cb-d", LEASE, lease_end + 5_000))
+        .await
+        .unwrap()
+        .expect("due again");
+    assert_eq!(last.callback.as_ref().unwrap().attempts, 1);
+    let mut given_up = last;
+    given_up.lease = None;
+    given_up.callback.as_mut().unwrap().status = CallbackStatus::Failed;
+    store.update(given_up).await.unwrap();
+    assert_eq!(store.next_callback_due(lease_end).await.unwrap(), None);
+    assert_eq!(store.counts().await.unwrap().callbacks_pending, 0);
+    assert_eq!(
+        store
+            .claim_callback(LeaseTerms::new("cb", LEASE, u64::MAX / 2))
+            .await
+            .unwrap(),
+        None,
+        "settled callbacks are never claimed"
+    );
+}
+
+/// Concurrent callback claimers never get the same callback.
+pub async fn concurrent_callback_claims_hand_out_each_once<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn JobStore>>,
+{
+    let store = factory().await;
+    for n in 0..24 {
+        ended_with_callback(&*store, n, T0 + n, T0 + n).await;
+    }
+    let mut handles = Vec::new();
+    for w in 0..6 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(job) = store
+                .claim_callback(LeaseTerms::new(&format!("cb{w}"), LEASE, T0 + 100))
+                .await
+                .unwrap()
+            {
+                mine.push(job.id);
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let distinct: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!(
+        all.len(),
+        24,
+        "every callback claimed exactly once: {all:?}"
+    );
+    assert_eq!(distinct.len(), 24);
+}
+
+/// A finished job whose callback is pending outlives its retention until the callback is
+/// settled; then the purge takes it as any other.
+pub async fn purge_keeps_jobs_whose_callback_is_pending<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn JobStore>>,
+{
+    let store = factory().await;
+    let pending = ended_with_callback(&*store, 1, T0 + 10, T0 + 10).await;
+    ended_with_callback(&*store, 2, T0 + 10, T0 + 10).await;
+    let mut settled = store.get(&job_id(2)).await.unwrap().unwrap();
+    settled.callback.as_mut().unwrap().status = CallbackStatus::Delivered;
+    store.update(settled).await.unwrap();
+    assert_eq!(store.counts().await.unwrap().callbacks_pending, 1);
+    assert_eq!(store.purge(T0 + 1_000).await.unwrap(), 1, "only job 2");
+    assert!(store.get(&job_id(1)).await.unwrap().is_some());
+    assert_eq!(store.get(&job_id(2)).await.unwrap(), None);
+    let mut pending = store.get(&pending.id).await.unwrap().unwrap();
+    pending.callback.as_mut().unwrap().status = CallbackStatus::Failed;
+    store.update(pending).await.unwrap();
+    assert_eq!(store.purge(T0 + 1_000).await.unwrap(), 1, "settled now");
+    assert_eq!(store.counts().await.unwrap().callbacks_pending, 0);
+}
+
 /// Runs the whole job-store contract suite as `#[tokio::test]`s against `$factory`.
 #[macro_export]
 macro_rules! job_store_contract_tests {
@@ -779,7 +999,10 @@ macro_rules! job_store_contract_tests {
             list_pages_newest_first,
             purge_deletes_old_terminal_jobs_and_their_keys,
             counts_report_states_and_queue_age,
-            next_due_tells_when_a_job_becomes_claimable
+            next_due_tells_when_a_job_becomes_claimable,
+            callbacks_are_claimed_when_due_one_worker_at_a_time,
+            concurrent_callback_claims_hand_out_each_once,
+            purge_keeps_jobs_whose_callback_is_pending
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {

@@ -20,7 +20,10 @@
 //! - [`JobStore::renew`] extends a lease only for its holder;
 //! - [`JobStore::list`] pages through jobs newest first with an opaque cursor, optionally of
 //!   one status; [`JobStore::purge`] deletes terminal jobs finished before a time, and their
-//!   keys with them.
+//!   keys with them — but never a job whose [`Callback`] is still pending;
+//! - [`JobStore::claim_callback`] hands a due pending callback (earliest due first) to one
+//!   callback worker at a time, under the job's `lease` (a terminal job has no other use for
+//!   it); [`JobStore::next_callback_due`] says when the next one is due, from an index.
 //!
 //! Times are milliseconds since the Unix epoch, passed in by the caller, so a store never
 //! reads a clock of its own (and the contract suite can move time without sleeping).
@@ -32,6 +35,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::{Admission, CallbackUrl, Priority, TalkId, TalkRequest, Tenant};
 
+use crate::callbacks::Callback;
 use crate::limiter::LimiterError;
 use crate::video::VideoApiError;
 use serde::{Deserialize, Serialize};
@@ -352,8 +356,13 @@ pub struct Job {
     pub tenant: Tenant,
     /// The `POST /talks` body.
     pub request: TalkRequest,
-    /// Where to report the outcome (stored; delivered by the webhooks feature).
+    /// Where to report the outcome (see [`Job::callback`]).
     pub callback_url: Option<CallbackUrl>,
+    /// The outcome's callback to `callback_url`: armed by the write that ends the job (when
+    /// the service delivers callbacks), then delivered; `None` before, and for a job without
+    /// a `callback_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<Callback>,
     /// The caller's idempotency key, if it sent one.
     pub idempotency: Option<ScopedKey>,
     /// Whether the create token derives from the idempotency key (jobs submitted with a key
@@ -401,7 +410,8 @@ pub struct Job {
     pub polls: u32,
     /// The newest [`MAX_ATTEMPTS_KEPT`] worker turns.
     pub attempts: Vec<Attempt>,
-    /// The worker that holds it, if any.
+    /// The worker that holds it, if any: a job worker's while it runs; on a terminal job,
+    /// the callback worker's delivering its pending [`Job::callback`].
     pub lease: Option<Lease>,
 }
 
@@ -459,6 +469,7 @@ impl NewJob {
             tenant: self.tenant,
             request: self.request,
             callback_url: self.callback_url,
+            callback: None,
             token_from_key: self.idempotency.is_some(),
             idempotency: self.idempotency,
             fingerprint: self.fingerprint,
@@ -599,6 +610,9 @@ pub struct JobCounts {
     pub by_status: BTreeMap<JobStatus, u64>,
     /// `created_ms` of the oldest `queued` job of each priority, by [`Priority::index`].
     pub oldest_queued_ms: [Option<u64>; 4],
+    /// Jobs whose callback is still pending.
+    #[serde(default)]
+    pub callbacks_pending: u64,
 }
 
 /// What a job store can fail with.
@@ -655,8 +669,8 @@ pub trait JobStore: Send + Sync {
     async fn update(&self, job: Job) -> Result<Job, JobStoreError>;
     /// A page of jobs, newest first (see [`ListQuery`]).
     async fn list(&self, query: ListQuery<'_>) -> Result<JobPage, JobStoreError>;
-    /// Deletes terminal jobs that finished before `finished_before_ms`, and their keys;
-    /// returns how many.
+    /// Deletes terminal jobs that finished before `finished_before_ms`, and their keys,
+    /// except those whose callback is pending; returns how many.
     async fn purge(&self, finished_before_ms: u64) -> Result<u64, JobStoreError>;
     /// Jobs per state and queue age per priority.
     async fn counts(&self) -> Result<JobCounts, JobStoreError>;
@@ -665,6 +679,14 @@ pub trait JobStore: Send + Sync {
     /// `None` when every job is terminal. Workers sleep until then instead of asking the
     /// store over and over; one indexed look, not a scan.
     async fn next_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError>;
+    /// Claims the first due pending callback — [`callback_due_at`] at most `terms.now_ms`,
+    /// earliest first — for `terms.owner` until [`LeaseTerms::until_ms`] (in the job's
+    /// `lease`); the returned job carries the lease and its new version. The worker writes
+    /// the attempt's outcome back with [`JobStore::update`].
+    async fn claim_callback(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError>;
+    /// The earliest [`callback_due_at`] of any job, `None` when no callback is pending; one
+    /// indexed look.
+    async fn next_callback_due(&self, now_ms: u64) -> Result<Option<u64>, JobStoreError>;
     /// When this store last found itself emptied while processes that used it before were
     /// still running (Redis restarted without its data), ms since the epoch; `None` if it
     /// never did (or cannot tell). Jobs accepted before are gone then, and a caller replaying
@@ -693,6 +715,15 @@ pub fn claim_order(a: (Priority, u64), b: (Priority, u64)) -> std::cmp::Ordering
 pub fn due_at(job: &Job) -> Option<u64> {
     (!job.status.is_terminal()).then(|| {
         job.next_run_ms
+            .max(job.lease.as_ref().map_or(0, |l| l.until_ms))
+    })
+}
+
+/// When `job`'s pending callback may be claimed: `max(next_attempt_ms, lease until)`;
+/// `None` without a pending callback. Every store indexes it.
+pub fn callback_due_at(job: &Job) -> Option<u64> {
+    job.callback.as_ref().filter(|c| c.is_pending()).map(|c| {
+        c.next_attempt_ms
             .max(job.lease.as_ref().map_or(0, |l| l.until_ms))
     })
 }

@@ -15,7 +15,8 @@
 //!   seam); [`NoJobEvents`] when nobody listens. Its contract binds the caller (the engine
 //!   in `app`, whose tests check it).
 //! - [`callbacks`]: [`CallbackSender`], one signed attempt of a job event to a caller's
-//!   `callback_url` ([`CallbackDelivery`]), and why it failed ([`CallbackError`]).
+//!   `callback_url` ([`CallbackDelivery`]), and why it failed ([`CallbackError`]); the
+//!   durable state of a job's [`Callback`], which the job store keeps and indexes.
 //! - `contract` (feature `contract`): the behaviour every limiter must show, written once and
 //!   run against each adapter with `limiter_contract_tests!`.
 //! - `job_contract` (feature `contract`): the same for job stores, `job_store_contract_tests!`.
@@ -35,7 +36,10 @@ pub mod contract;
 #[cfg(feature = "contract")]
 pub mod job_contract;
 
-pub use callbacks::{CallbackDelivery, CallbackError, CallbackReceipt, CallbackSender};
+pub use callbacks::{
+    Callback, CallbackAttempt, CallbackDelivery, CallbackError, CallbackEvent, CallbackReceipt,
+    CallbackSender, CallbackStatus,
+};
 pub use events::{JobEvent, JobEvents, NoJobEvents};
 pub use jobs::{
     Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,
