@@ -87,6 +87,9 @@ pub struct JobsConfig {
     pub max_processing: Duration,
     /// Take D-ID's webhooks instead of polling (see [`crate::talk_webhooks`]); `None`: poll.
     pub talk_webhooks: Option<TalkWebhooks>,
+    /// Deliver callbacks to jobs' `callback_url` (see [`crate::callbacks`]); `None`: no
+    /// callback is armed.
+    pub callbacks: Option<crate::callbacks::CallbackSettings>,
 }
 
 impl Default for JobsConfig {
@@ -99,6 +102,7 @@ impl Default for JobsConfig {
             poll_max: Duration::from_secs(5),
             max_processing: Duration::from_secs(3600),
             talk_webhooks: None,
+            callbacks: None,
         }
     }
 }
@@ -151,6 +155,14 @@ pub struct Jobs {
     pub(crate) nudged: Mutex<HashMap<JobId, Instant>>,
     /// Slots of the receipts waiting to nudge their job.
     pub(crate) nudges: Arc<tokio::sync::Semaphore>,
+    /// Callback attempts and outcomes.
+    pub(crate) callbacks: crate::callbacks::Counters,
+    /// Wakes one idle callback worker: a callback armed here, the callback look found one due.
+    pub(crate) callback_wake: Notify,
+    /// Wakes the callback look early: a retry here is due sooner than it planned to look.
+    pub(crate) callback_replan: Notify,
+    /// When the callback look plans to look next, ms since the epoch.
+    pub(crate) next_callback_look_ms: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -247,6 +259,10 @@ impl Jobs {
             nudges: Arc::new(tokio::sync::Semaphore::new(
                 crate::talk_webhooks::MAX_NUDGES,
             )),
+            callbacks: crate::callbacks::Counters::default(),
+            callback_wake: Notify::new(),
+            callback_replan: Notify::new(),
+            next_callback_look_ms: AtomicU64::new(0),
         })
     }
 
@@ -280,6 +296,7 @@ impl Jobs {
         workers.push(tokio::spawn(async move { jobs.purger().await }));
         let jobs = Arc::clone(self);
         workers.push(tokio::spawn(async move { jobs.look().await }));
+        self.start_callbacks(&mut workers);
     }
 
     /// Stops claiming: idle workers exit at once, busy ones after their current step.
@@ -335,9 +352,14 @@ impl Jobs {
     /// Writes `job` (compare-and-set); a state change is logged and told to the events
     /// port once the store has it. A writer dropped between the commit and that call (a
     /// request cut off) tells nothing: an adapter that must not miss one reconciles from the
-    /// store.
-    pub(crate) async fn write(&self, job: Job, from: JobStatus) -> Result<Job, JobStoreError> {
+    /// store. The write that ends a job arms its callback in the same commit (see
+    /// [`crate::callbacks`]), so that one can never be missed.
+    pub(crate) async fn write(&self, mut job: Job, from: JobStatus) -> Result<Job, JobStoreError> {
+        let armed = self.arm_callback(&mut job, from);
         let written = self.store.update(job).await?;
+        if armed {
+            self.callback_wake.notify_one();
+        }
         if let Some(due) = ports::jobs::due_at(&written)
             && due < self.next_look_ms.load(Ordering::SeqCst)
         {

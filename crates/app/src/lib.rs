@@ -14,6 +14,8 @@
 //! - [`queries`]: reading, listing and cancelling jobs.
 //! - [`talk_webhooks`]: D-ID's webhook when a talk ends — a per-job token, a receipt that
 //!   makes the job due (its poll confirms), slow fallback polls while one is expected.
+//! - [`callbacks`]: talkgate → caller — the callback armed by the write that ends a job,
+//!   delivered at least once by the callback workers with back-off over a horizon.
 //! - [`failure`]: how a failed call becomes a job's stored failure.
 //! - [`counted`]: the job store with its calls counted.
 //! - [`mod@cutoff`]: the shutdown's cut-off signal, and where a request records its talk and job.
@@ -23,6 +25,7 @@
 //! the use cases are reached (HTTP in `http-api`), is decided by the caller.
 
 pub mod admission;
+pub mod callbacks;
 pub mod counted;
 pub mod cutoff;
 pub mod engine;
@@ -36,6 +39,7 @@ pub mod talk_webhooks;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use admission::{Accepting, Admitted, create_key, fingerprint, keyed_create_key, new_job_id};
+pub use callbacks::{CallbackCounts, CallbackSettings, RenderCallback};
 pub use cutoff::{Cutoff, CutoffTrigger, TalkSlot, cutoff};
 pub use engine::{Hold, IDLE_LOOK, Jobs, JobsConfig, purge_period};
 pub use error::AppError;
