@@ -537,6 +537,63 @@ settings! {
         help: "Comma-separated CIDRs callbacks may reach although internal (e.g. 10.1.0.0/16); unset: none",
         parse: parse::networks,
     }
+    /// Set: jobs with a `callback_url` get their outcome POSTed there, signed with it
+    /// (Standard Webhooks); unset: `POST /jobs` refuses a `callback_url`.
+    callback_secret: Option<SecretString> {
+        env: "CALLBACK_SECRET",
+        access: secret,
+        default: unset,
+        help: "Standard Webhooks secret (whsec_ + 24-64 bytes base64) callbacks are signed with; unset: callbacks off",
+        parse: parse::webhook_secret,
+    }
+    /// During a rotation: callbacks carry a signature with each secret.
+    callback_secret_previous: Option<SecretString> {
+        env: "CALLBACK_SECRET_PREVIOUS",
+        access: secret,
+        default: unset,
+        help: "The secret before CALLBACK_SECRET, while receivers move over: callbacks are signed with both",
+        parse: parse::webhook_secret,
+    }
+    /// Connect to answer, per attempt.
+    callback_timeout: Duration {
+        env: "CALLBACK_TIMEOUT_SECS",
+        access: flag("callback-timeout-secs"),
+        default: "15",
+        help: "Seconds one callback attempt may take before it counts as failed",
+        parse: |raw| parse::seconds(raw, false),
+    }
+    /// Doubling after each failed attempt, at most 2 h apart.
+    callback_first_retry: Duration {
+        env: "CALLBACK_FIRST_RETRY_SECS",
+        access: flag("callback-first-retry-secs"),
+        default: "5",
+        help: "Seconds before the second attempt of a failed callback (doubling, at most 2 h)",
+        parse: |raw| parse::seconds(raw, false),
+    }
+    /// After it, a callback that never got a 2xx is given up (`failed`).
+    callback_horizon: Duration {
+        env: "CALLBACK_HORIZON_SECS",
+        access: flag("callback-horizon-secs"),
+        default: "86400",
+        help: "Seconds after a job ends that its callback is retried",
+        parse: |raw| parse::seconds(raw, false),
+    }
+    /// One slow receiver holds at most this many attempts.
+    callback_per_endpoint: usize {
+        env: "CALLBACK_PER_ENDPOINT",
+        access: flag("callback-per-endpoint"),
+        default: "4",
+        help: "Callback attempts to one endpoint (scheme, host, port) at once",
+        parse: |raw| parse::whole(raw, 1usize),
+    }
+    /// Per instance.
+    callback_workers: usize {
+        env: "CALLBACK_WORKERS",
+        access: flag("callback-workers"),
+        default: "8",
+        help: "Callback attempts under way at once per instance",
+        parse: |raw| parse::whole(raw, 1usize),
+    }
     /// Their idempotency keys are kept as long.
     job_retention: Duration {
         env: "JOB_RETENTION_SECS",

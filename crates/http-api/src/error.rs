@@ -67,6 +67,12 @@ pub enum ApiError {
     /// The JSON was well formed but did not have the expected shape.
     #[error("invalid request body: {0}")]
     InvalidBody(String),
+    /// A `callback_url` was sent to a service that delivers no callbacks (no
+    /// `CALLBACK_SECRET`): accepting it would promise a call that never comes.
+    #[error(
+        "this service delivers no callbacks (CALLBACK_SECRET is not set); submit without callback_url, or poll the job"
+    )]
+    CallbacksNotConfigured,
     /// A query parameter had a value the route cannot use.
     #[error("invalid query parameter {name}: {message}")]
     InvalidParameter {
@@ -299,6 +305,9 @@ impl ApiError {
             }
             ApiError::MalformedJson(_) => row(S::BAD_REQUEST, "malformed_json"),
             ApiError::InvalidBody(_) => row(S::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::CallbacksNotConfigured => {
+                row(S::UNPROCESSABLE_ENTITY, "callbacks_not_configured")
+            }
             ApiError::InvalidParameter { .. } => row(S::BAD_REQUEST, "invalid_parameter"),
             ApiError::InvalidPriority(_) => row(S::BAD_REQUEST, "invalid_priority"),
             ApiError::InvalidTalkId(_) => row(S::BAD_REQUEST, "invalid_talk_id"),

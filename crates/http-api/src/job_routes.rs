@@ -25,7 +25,7 @@ use app::admission::JobRequest;
 use bytes::Bytes;
 use domain::{CallbackUrl, DestinationPolicy, Priority, Script, TalkConfig, TalkRequest};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use ports::{FailureCode, Job, JobFailure, JobId, JobStatus, ScopedKey};
+use ports::{Callback, FailureCode, Job, JobFailure, JobId, JobStatus, ScopedKey};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -205,7 +205,44 @@ pub fn view(job: &Job) -> Value {
         })).collect::<Vec<_>>(),
         "status_url": job_url(job.id.as_str()),
         "talk_status_url": job.talk_id.as_ref().map(status_url),
+        "callback": job.callback.as_ref().map(callback_view),
     })
+}
+
+/// How a job's callback is shown: its event and `webhook-id`, where its delivery stands,
+/// and its newest attempts.
+fn callback_view(cb: &Callback) -> Value {
+    json!({
+        "event": cb.event,
+        "webhook_id": cb.webhook_id,
+        "status": cb.status,
+        "attempts": cb.attempts,
+        "next_attempt_at": cb.is_pending().then(|| timestamp(cb.next_attempt_ms)),
+        "ended_at": cb.ended_ms.map(timestamp),
+        "history": cb.history.iter().map(|a| json!({
+            "at": timestamp(a.at_ms),
+            "outcome": a.outcome,
+            "status": a.status,
+            "error": (!a.error.is_empty()).then_some(&a.error),
+            "took_ms": a.took_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The body of a job's callback, the same bytes on every attempt: `{"type": <event>,
+/// "timestamp": <when the job ended>, "data": <the job as GET /jobs/{id} shows it, without
+/// its callback>}` (the Standard Webhooks payload convention).
+pub fn callback_body(job: &Job, cb: &Callback) -> Vec<u8> {
+    let mut data = view(job);
+    if let Some(fields) = data.as_object_mut() {
+        fields.remove("callback");
+    }
+    let body = json!({
+        "type": cb.event,
+        "timestamp": timestamp(cb.created_ms),
+        "data": data,
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 /// The answer a job's stored failure is replayed with: its status and code, the job id.
@@ -256,6 +293,9 @@ where
     let body: TalkBody = body::read_json(req, state.settings().json_body_limit).await?;
     let (request, priority) = body.request()?;
     let callback_url = body.callback_url(&state.settings().callback_policy)?;
+    if callback_url.is_some() && !state.settings().callbacks_enabled {
+        return Err(ApiError::CallbacksNotConfigured);
+    }
     let request = JobRequest {
         request,
         admission: state.admission(priority),

@@ -188,6 +188,12 @@ impl Metrics {
         s.talk_webhooks = Some(counts);
     }
 
+    /// Stores the callback counts that the next [`Metrics::encode`] reports.
+    pub fn set_callbacks(&self, counts: app::CallbackCounts) {
+        let mut s = self.snapshot.lock();
+        s.callbacks = Some(counts);
+    }
+
     /// Stores the job counts that the next [`Metrics::encode`] reports, as of `now_ms`.
     pub fn set_jobs(&self, counts: ports::JobCounts, now_ms: u64) {
         let mut s = self.snapshot.lock();
@@ -212,6 +218,19 @@ struct SnapshotState {
     upstream: Option<VideoApiStats>,
     jobs: Option<(ports::JobCounts, u64)>,
     talk_webhooks: Option<app::TalkWebhookCounts>,
+    callbacks: Option<app::CallbackCounts>,
+}
+
+/// Labels of one callback attempt's outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    outcome: &'static str,
+}
+
+/// Labels of one settled callback.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    result: &'static str,
 }
 
 /// Labels of one kind of D-ID webhook receipt.
@@ -387,7 +406,37 @@ impl Collector for SnapshotCollector {
                 .map(|(receipt, n)| (ReceiptLabels { receipt }, ConstCounter::new(n))),
             )?;
         }
+        if let Some(cb) = &s.callbacks {
+            family(
+                &mut enc,
+                "callback_attempts",
+                "Callback attempts sent to callers, by outcome (ok: a 2xx answer)",
+                MetricType::Counter,
+                [
+                    ("ok", cb.attempts_ok),
+                    ("status", cb.attempts_status),
+                    ("timeout", cb.attempts_timeout),
+                    ("transport", cb.attempts_transport),
+                    ("refused", cb.attempts_refused),
+                ]
+                .map(|(outcome, n)| (AttemptLabels { outcome }, ConstCounter::new(n))),
+            )?;
+            family(
+                &mut enc,
+                "callback_deliveries",
+                "Callbacks settled, by result (failed: refused for good or past the horizon)",
+                MetricType::Counter,
+                [("delivered", cb.delivered), ("failed", cb.failed)]
+                    .map(|(result, n)| (DeliveryLabels { result }, ConstCounter::new(n))),
+            )?;
+        }
         if let Some((counts, now)) = &s.jobs {
+            gauge(
+                &mut enc,
+                "callback_deliveries_pending",
+                "Callbacks not yet delivered nor given up (all instances)",
+                i64::try_from(counts.callbacks_pending).unwrap_or(i64::MAX),
+            )?;
             family(
                 &mut enc,
                 "jobs",

@@ -137,6 +137,23 @@ async fn jobs_json(state: &AppState) -> Value {
         "rejected": hooks.rejected,
         "confirmed": hooks.confirmed,
     });
+    // Callbacks to callers (CALLBACK_SECRET): attempts and outcomes on this instance; pending
+    // (in the store, every instance's) below with the counts.
+    let cb = jobs.callback_counts();
+    v["callbacks"] = json!({
+        "configured": config.callbacks.is_some(),
+        "attempted": cb.attempted(),
+        "succeeded": cb.delivered,
+        "failed": cb.failed,
+        "pending": null,
+        "attempts_by_outcome": {
+            "ok": cb.attempts_ok,
+            "status": cb.attempts_status,
+            "timed_out": cb.attempts_timeout,
+            "transport": cb.attempts_transport,
+            "refused": cb.attempts_refused,
+        },
+    });
     // Each fact once in /stats: the store's kind is `store` above, the names say the rest.
     let failure = state.job_store_failure();
     v["store_open"] = json!(failure.is_none());
@@ -149,6 +166,7 @@ async fn jobs_json(state: &AppState) -> Value {
     match jobs.store().counts().await {
         Ok(counts) => {
             let now = app::now_ms();
+            v["callbacks"]["pending"] = json!(counts.callbacks_pending);
             for (status, n) in &counts.by_status {
                 v[format!("{}_jobs", status.as_str())] = json!(n);
             }
@@ -287,6 +305,7 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
     let m = state.metrics();
     m.set_snapshot(limiter, upstream);
     m.set_talk_webhooks(state.jobs().talk_webhook_counts());
+    m.set_callbacks(state.jobs().callback_counts());
     match state.jobs().store().counts().await {
         Ok(counts) => m.set_jobs(counts, app::now_ms()),
         Err(e) => tracing::warn!(error = %e, "job counts unavailable for /metrics"),

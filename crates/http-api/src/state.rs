@@ -46,6 +46,9 @@ pub struct Settings {
     pub max_concurrent: u32,
     /// Where a job's `callback_url` may point (checked when the job is submitted).
     pub callback_policy: DestinationPolicy,
+    /// Whether callbacks are delivered (`CALLBACK_SECRET` is set); without, a
+    /// `callback_url` is refused.
+    pub callbacks_enabled: bool,
     /// Replaces the configured secrets in every response body (the logs have their own, in
     /// the log writer).
     pub scrubber: Scrubber,
@@ -69,12 +72,18 @@ impl Settings {
             body_idle_timeout: config.body_idle_timeout,
             shutdown_grace: config.shutdown_grace,
             max_concurrent: config.max_concurrent,
-            callback_policy: DestinationPolicy {
-                allow_http: config.callback_allow_http,
-                allowed_nets: config.callback_allowed_nets.clone().unwrap_or_default(),
-            },
+            callback_policy: callback_policy(config),
+            callbacks_enabled: config.callback_secret.is_some(),
             scrubber: Scrubber::from_config(config),
         }
+    }
+}
+
+/// Where callbacks may go, as configured (`CALLBACK_ALLOW_HTTP`, `CALLBACK_ALLOWED_NETS`).
+pub fn callback_policy(config: &Config) -> DestinationPolicy {
+    DestinationPolicy {
+        allow_http: config.callback_allow_http,
+        allowed_nets: config.callback_allowed_nets.clone().unwrap_or_default(),
     }
 }
 

@@ -31,6 +31,9 @@ pub enum BuildError {
     /// The job store could not be opened (never the password).
     #[error("could not open the job store: {0}")]
     JobStore(String),
+    /// The callback sender could not be built (never the secret).
+    #[error("could not set up callbacks: {0}")]
+    Callbacks(String),
 }
 
 /// Logs the configuration at start-up as one structured record: a field per setting an
@@ -68,6 +71,13 @@ pub fn log_start(config: &Config) {
         talk_webhook_poll_ms = ms(config.talk_webhook_poll),
         callback_allow_http = config.callback_allow_http,
         callback_allowed_nets = ?config.callback_allowed_nets,
+        callback_secret_set = config.callback_secret.is_some(),
+        callback_secret_previous_set = config.callback_secret_previous.is_some(),
+        callback_timeout_ms = ms(config.callback_timeout),
+        callback_first_retry_ms = ms(config.callback_first_retry),
+        callback_horizon_ms = ms(config.callback_horizon),
+        callback_per_endpoint = config.callback_per_endpoint,
+        callback_workers = config.callback_workers,
         poll_interval_ms = ms(config.poll_interval),
         max_wait_ms = ms(config.max_wait),
         log_format = ?config.log_format,
@@ -192,7 +202,49 @@ pub fn jobs_config(config: &Config) -> JobsConfig {
                 ),
                 fallback_poll: config.talk_webhook_poll,
             }),
+        // Built with their sender by `callback_settings` (it can fail).
+        callbacks: None,
     }
+}
+
+/// The callbacks a configuration asks for: with `CALLBACK_SECRET`, jobs' outcomes signed
+/// with it (and `CALLBACK_SECRET_PREVIOUS`) and sent by `callback-sender` under the
+/// callback policy, bodies scrubbed of the configured secrets as responses are; without,
+/// none.
+pub fn callback_settings(config: &Config) -> Result<Option<app::CallbackSettings>, BuildError> {
+    let Some(secret) = &config.callback_secret else {
+        if config.callback_secret_previous.is_some() {
+            return Err(BuildError::Callbacks(
+                "CALLBACK_SECRET_PREVIOUS is set without CALLBACK_SECRET".to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    let signer = callback_sender::Signer::new(secret, config.callback_secret_previous.as_ref())
+        .map_err(|e| BuildError::Callbacks(e.to_string()))?;
+    let sender = callback_sender::HttpCallbackSender::new(
+        callback_sender::CallbackConfig {
+            policy: crate::state::callback_policy(config),
+            timeout: config.callback_timeout,
+            per_endpoint: config.callback_per_endpoint,
+            ..callback_sender::CallbackConfig::default()
+        },
+        signer,
+    )
+    .map_err(|e| BuildError::Callbacks(e.to_string()))?;
+    let scrubber = crate::telemetry::Scrubber::from_config(config);
+    let render: app::RenderCallback = Arc::new(move |job, cb| {
+        let body = crate::job_routes::callback_body(job, cb);
+        scrubber.scrub_bytes(&body).into_owned()
+    });
+    Ok(Some(app::CallbackSettings {
+        workers: config.callback_workers,
+        first_retry: config.callback_first_retry,
+        horizon: config.callback_horizon,
+        // Beyond one attempt (its timeout), so a live worker never loses its claim.
+        lease: (config.callback_timeout * 2).max(std::time::Duration::from_secs(30)),
+        ..app::CallbackSettings::new(Arc::new(sender), render)
+    }))
 }
 
 /// The job store the configuration asks for (see `JOB_STORE`), and, for a Redis store that
@@ -310,7 +362,11 @@ pub async fn build_with(
             "job store ready"
         );
     }
-    let jobs = Jobs::new(store, client.clone(), jobs_config(config));
+    let jobs_config = JobsConfig {
+        callbacks: callback_settings(config)?,
+        ..jobs_config(config)
+    };
+    let jobs = Jobs::new(store, client.clone(), jobs_config);
     Ok(AppState::with_opening_jobs(
         client,
         limiter,

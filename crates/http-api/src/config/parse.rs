@@ -17,6 +17,23 @@ pub(super) fn secret(raw: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(raw.to_owned()))
 }
 
+/// A Standard Webhooks secret: `whsec_` and 24 to 64 random bytes in base64 (the message
+/// never quotes it).
+pub(super) fn webhook_secret(raw: &str) -> Result<SecretString, String> {
+    use base64::Engine as _;
+    let bytes = raw
+        .strip_prefix("whsec_")
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok());
+    match bytes {
+        Some(key) if (24..=64).contains(&key.len()) => Ok(SecretString::from(raw.to_owned())),
+        _ => Err(
+            "not a whsec_ secret of 24 to 64 bytes in base64 (make one with: \
+             echo whsec_$(head -c 32 /dev/urandom | base64))"
+                .to_owned(),
+        ),
+    }
+}
+
 pub(super) fn http_url(raw: &str) -> Result<String, String> {
     if raw.starts_with("http://") || raw.starts_with("https://") {
         Ok(raw.trim_end_matches('/').to_owned())

@@ -150,6 +150,11 @@ fn local_errors_have_their_status_and_code() {
         "invalid_request",
     );
     check(
+        ApiError::CallbacksNotConfigured,
+        422,
+        "callbacks_not_configured",
+    );
+    check(
         "urgent".parse::<Priority>().unwrap_err().into(),
         400,
         "invalid_priority",

@@ -64,7 +64,7 @@ async fn until_status(srv: &support::Server, id: &str, want: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_is_accepted_at_once_and_followed_to_its_video() {
     let fake = support::fake().await;
-    let srv = support::service(&fake, &[]).await;
+    let srv = support::service(&fake, &[("CALLBACK_SECRET", support::CALLBACK_SECRET)]).await;
     let http = client();
     let mut body = talk_body(1);
     body["priority"] = json!("high");
@@ -391,38 +391,13 @@ async fn jobs_are_listed_newest_first_with_a_cursor_and_a_status_filter() {
     srv.stop().await;
 }
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "talkgate-{tag}-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generate_cut_off_at_shutdown_is_finished_by_the_next_instance_and_re_attached() {
     // Talks render for about a second, so the shutdown cuts the wait off. The lease is long
     // (120 s): the replay finishing within 30 s shows that the cut-off request gave its
     // processing job's claim back instead of leaving it to run out.
     let fake = rendering_fake().await;
-    let dir = TempDir::new("reattach");
+    let dir = support::TempDir::new("reattach");
     let path = dir.file("jobs.sqlite3");
     let durable = [
         ("JOB_STORE", "sqlite"),
@@ -536,7 +511,7 @@ async fn a_caller_hanging_up_on_a_generate_leaves_a_job_that_goes_on_at_once() {
 async fn a_job_left_creating_by_a_dead_worker_adopts_its_talk_instead_of_paying_twice() {
     use ports::{JobStatus, JobStore, Lease, NewJob, VideoApi};
     let fake = support::fake().await;
-    let dir = TempDir::new("adopt");
+    let dir = support::TempDir::new("adopt");
     let path = dir.file("jobs.sqlite3");
     let request = domain::TalkRequest::new(
         Some("https://example.test/face.jpg".to_owned()),
@@ -671,7 +646,7 @@ async fn on_redis_a_key_is_one_job_on_every_instance_and_a_dead_instances_genera
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_file_belongs_to_one_instance_and_losing_it_makes_the_instance_unready() {
     let fake = support::fake().await;
-    let dir = TempDir::new("lost-file");
+    let dir = support::TempDir::new("lost-file");
     let path = dir.file("jobs.sqlite3");
     let durable = [("JOB_STORE", "sqlite"), ("JOB_STORE_PATH", path.as_str())];
     let srv = support::service(&fake, &durable).await;
@@ -752,7 +727,7 @@ async fn a_finished_jobs_key_is_freed_soon_after_its_retention() {
 async fn an_idle_instance_asks_its_store_once_per_look_whatever_its_workers() {
     // 32 workers used to ask every 200 ms each: 160 calls a second with nothing to do.
     let fake = support::fake().await;
-    let dir = TempDir::new("idle");
+    let dir = support::TempDir::new("idle");
     let path = dir.file("jobs.sqlite3");
     let srv = support::service(
         &fake,
@@ -957,7 +932,7 @@ async fn a_replayed_generate_answers_what_the_first_request_got() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_callback_urls_are_refused_at_submit_unless_allowed() {
     let fake = support::fake().await;
-    let srv = support::service(&fake, &[]).await;
+    let srv = support::service(&fake, &[("CALLBACK_SECRET", support::CALLBACK_SECRET)]).await;
     let http = client();
     for url in [
         "http://127.0.0.1/hook",
@@ -986,6 +961,7 @@ async fn internal_callback_urls_are_refused_at_submit_unless_allowed() {
     let open = support::service(
         &fake,
         &[
+            ("CALLBACK_SECRET", support::CALLBACK_SECRET),
             ("CALLBACK_ALLOW_HTTP", "true"),
             ("CALLBACK_ALLOWED_NETS", "127.0.0.0/8"),
         ],

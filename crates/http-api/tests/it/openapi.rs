@@ -129,7 +129,7 @@ impl Checker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_as_documented() {
     let fake = support::fake().await;
-    let srv = support::service(&fake, &[]).await;
+    let srv = support::service(&fake, &[("CALLBACK_SECRET", support::CALLBACK_SECRET)]).await;
     let http = client();
     // The service's API routes, through the one client.
     let post = |path: &str| http.post(srv.api(path));

@@ -39,6 +39,23 @@ fn configuration_table() -> BTreeMap<String, (String, String)> {
     rows
 }
 
+/// The README's receiver example is the one `callback-sender`'s example compiles and runs.
+#[test]
+fn the_readme_callback_verification_is_the_compiled_example() {
+    let example =
+        include_str!("../../../callback-sender/examples/verify_callback.rs").replace("\r\n", "\n");
+    let start = example
+        .find("/// The event of a callback")
+        .expect("the example's doc line");
+    let end = example.find("fn main()").expect("the example's main");
+    let function = example[start..end].trim_end();
+    assert!(
+        README.contains(function),
+        "README.md's Callbacks section must show verify_callback as in \
+         crates/callback-sender/examples/verify_callback.rs:\n{function}"
+    );
+}
+
 #[test]
 fn the_readme_configuration_table_lists_every_setting_with_its_default() {
     let table = configuration_table();

@@ -146,6 +146,9 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
     Config::from_source(&map).expect("valid test config")
 }
 
+/// A Standard Webhooks secret for services that deliver callbacks.
+pub const CALLBACK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 /// A fake D-ID that finishes talks in milliseconds.
 pub async fn fake() -> RunningFake {
     fake_with(Faults::default()).await
@@ -226,5 +229,30 @@ pub fn keyed_settings() -> Settings {
     Settings {
         api_key_configured: true,
         ..Settings::default()
+    }
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "talkgate-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
