@@ -242,7 +242,7 @@ pub fn callback_settings(config: &Config) -> Result<Option<app::CallbackSettings
         first_retry: config.callback_first_retry,
         horizon: config.callback_horizon,
         // Beyond one attempt (its timeout), so a live worker never loses its claim.
-        lease: (config.callback_timeout * 2).max(std::time::Duration::from_secs(30)),
+        lease: config.callback_timeout * 2 + std::time::Duration::from_secs(5),
         ..app::CallbackSettings::new(Arc::new(sender), render)
     }))
 }

@@ -126,7 +126,8 @@ pub(super) async fn submit(
     }
 }
 
-/// Reads the jobs until each is terminal (or not found), or `deadline` passes.
+/// Reads the jobs until each is terminal with its callback settled (or not found), or
+/// `deadline` passes.
 pub(super) async fn settle(
     client: &reqwest::Client,
     bases: &[String],
@@ -166,10 +167,11 @@ pub(super) async fn settle(
             let Ok(view) = resp.json::<Value>().await else {
                 continue;
             };
+            // Final once ended and its callback settled (delivered or given up).
             let terminal = matches!(
                 view["status"].as_str(),
                 Some("done" | "failed" | "cancelled")
-            );
+            ) && view["callback"]["status"] != "pending";
             finals.insert(
                 id,
                 if terminal {
@@ -191,9 +193,7 @@ pub(super) fn user_data_of(sub: &Submission) -> String {
         .ok()
         .and_then(|talk| {
             let (request, priority) = talk.request().ok()?;
-            let callback = talk
-                .callback_url(&domain::DestinationPolicy::default())
-                .ok()?;
+            let callback = talk.callback_url(&super::callback_policy()).ok()?;
             Some(app::fingerprint(&request, priority, callback.as_ref()))
         })
         .unwrap_or_default();

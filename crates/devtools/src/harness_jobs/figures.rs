@@ -43,6 +43,80 @@ pub(super) struct Figures {
     pub(super) left_creating: usize,
     pub(super) submit_secs: f64,
     pub(super) settle_secs: f64,
+    pub(super) callbacks: CallbackFigures,
+}
+
+/// What the callback receiver got.
+#[derive(Default)]
+pub(super) struct CallbackFigures {
+    /// Requests received (attempts, all answers).
+    pub(super) received: usize,
+    /// Ended jobs whose callback the receiver got at least once.
+    pub(super) jobs_called_back: usize,
+    /// Jobs that got more than one request (retried after a 503, or sent again after a kill).
+    pub(super) jobs_retried: usize,
+    /// Ended jobs whose callback is not `delivered` or never arrived.
+    pub(super) not_delivered: Vec<String>,
+    /// Jobs whose requests carried more than one `webhook-id`.
+    pub(super) several_ids: Vec<String>,
+    /// Requests the Standard Webhooks verifier refused.
+    pub(super) unsigned: Vec<String>,
+}
+
+/// The callback figures of a scenario: what the receiver got against the ended jobs.
+pub(super) fn callbacks(
+    finals: &HashMap<String, Final>,
+    received: &[test_support::receiver::Received],
+) -> CallbackFigures {
+    let verifier = standardwebhooks::Webhook::new(CALLBACK_SECRET).expect("the harness secret");
+    let mut by_job: HashMap<String, Vec<String>> = HashMap::new();
+    let mut f = CallbackFigures {
+        received: received.len(),
+        ..CallbackFigures::default()
+    };
+    for r in received {
+        let mut headers = http::HeaderMap::new();
+        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            if let Some(v) = r.header(name).and_then(|v| v.parse().ok()) {
+                headers.insert(name, v);
+            }
+        }
+        let job = r.json()["data"]["job_id"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
+        if verifier.verify(&r.body, &headers).is_err() {
+            f.unsigned.push(format!("{job}: {}", r.path));
+        }
+        by_job
+            .entry(job)
+            .or_default()
+            .push(r.header("webhook-id").unwrap_or("").to_owned());
+    }
+    for (id, fin) in finals {
+        let Final::Found(view) = fin else { continue };
+        let got = by_job.get(id);
+        if got.is_some() {
+            f.jobs_called_back += 1;
+        }
+        if view["callback"]["status"] != "delivered" || got.is_none() {
+            f.not_delivered.push(format!(
+                "{id}: callback {} ({} request(s) received)",
+                view["callback"],
+                got.map_or(0, Vec::len)
+            ));
+        }
+    }
+    for (id, ids) in &by_job {
+        if ids.len() > 1 {
+            f.jobs_retried += 1;
+        }
+        let distinct: HashSet<&String> = ids.iter().collect();
+        if distinct.len() != 1 {
+            f.several_ids.push(format!("{id}: {distinct:?}"));
+        }
+    }
+    f
 }
 
 impl Figures {
@@ -103,6 +177,21 @@ impl Figures {
                 format!("did-fake peak in-flight <= C ({LIMIT})"),
                 self.peak <= u64::from(LIMIT),
                 format!("peak {} > {LIMIT} ({} 429s)", self.peak, self.rate_limited),
+            ),
+            (
+                "every ended job called back (delivered, received at least once)".to_owned(),
+                self.callbacks.not_delivered.is_empty() && self.callbacks.jobs_called_back > 0,
+                list(&self.callbacks.not_delivered),
+            ),
+            (
+                "one webhook-id per job across retries and kills".to_owned(),
+                self.callbacks.several_ids.is_empty(),
+                list(&self.callbacks.several_ids),
+            ),
+            (
+                "every callback attempt signed (standardwebhooks verifier)".to_owned(),
+                self.callbacks.unsigned.is_empty(),
+                list(&self.callbacks.unsigned),
             ),
             (
                 "some jobs done (the run did real work)".to_owned(),
@@ -287,6 +376,19 @@ pub(super) fn print_figures(all: &[Figures]) {
         (
             "accepted as a replay of the key",
             all.iter().map(|f| f.replays.to_string()).collect(),
+        ),
+        (
+            "callbacks: requests / jobs called back / jobs sent > 1",
+            all.iter()
+                .map(|f| {
+                    format!(
+                        "{} / {} / {}",
+                        f.callbacks.received,
+                        f.callbacks.jobs_called_back,
+                        f.callbacks.jobs_retried
+                    )
+                })
+                .collect(),
         ),
         (
             "terminal: done / failed / cancelled",

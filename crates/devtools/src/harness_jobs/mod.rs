@@ -16,7 +16,12 @@
 //! every key accepted, one job id per key, no job lost or stuck, did-fake made exactly one
 //! talk for every done job and at most one for every other (the talk's `user_data` is
 //! `tg:<CreateToken::derive(app::keyed_create_key(key, fingerprint))>`), no talk that belongs to no accepted job, and
-//! did-fake's peak in-flight <= C. A figures table shows both scenarios side by side.//!
+//! did-fake's peak in-flight <= C. Every job has a `callback_url` at a receiver this run
+//! starts, which answers 503 until the kills are over (so callbacks are pending and being
+//! retried while instances die) and 200 after: every ended job must be called back, each
+//! under one `webhook-id` across retries and kills, every attempt signed (checked by the
+//! `standardwebhooks` verifier). A figures table shows both scenarios side by side.
+//!
 //! Layout: this file holds the scenarios and runs one (`scenario`); `fleet` the instances,
 //! `callers` the submitting and reading callers, `figures` what is measured and checked.
 
@@ -50,6 +55,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const SUBMIT_GIVE_UP: Duration = Duration::from_secs(30);
 /// Pause between two kills, uniform in this range (seconds).
 const KILL_EVERY: (f64, f64) = (1.5, 3.0);
+/// The instances' `CALLBACK_SECRET`, and what the harness verifies with.
+pub(super) const CALLBACK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Where the instances may send callbacks: the harness's receiver on loopback, over http.
+pub(super) fn callback_policy() -> domain::DestinationPolicy {
+    domain::DestinationPolicy {
+        allow_http: true,
+        allowed_nets: vec!["127.0.0.0/8".parse().expect("a network")],
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Store {
@@ -202,6 +217,8 @@ async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Res
         .build()?;
     let tag = format!("harness-jobs-{}", sc.name);
     let fake = spawn_fake(&client, &tag, seed, extra_faults).await?;
+    // 503 until the kills are over: callbacks wait and retry while instances die.
+    let receiver = test_support::receiver::Receiver::start(503).await;
 
     let mut envs: Vec<(&'static str, String)> = vec![
         ("D_ID_API_KEY", FAKE_KEY.to_owned()),
@@ -213,6 +230,11 @@ async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Res
         ("LIMITER_WAIT_TIMEOUT_SECS", "30".to_owned()),
         ("SHUTDOWN_GRACE_SECS", "1".to_owned()),
         ("RUST_LOG", "info".to_owned()),
+        ("CALLBACK_SECRET", CALLBACK_SECRET.to_owned()),
+        ("CALLBACK_ALLOW_HTTP", "true".to_owned()),
+        ("CALLBACK_ALLOWED_NETS", "127.0.0.0/8".to_owned()),
+        ("CALLBACK_FIRST_RETRY_SECS", "0.2".to_owned()),
+        ("CALLBACK_TIMEOUT_SECS", "1".to_owned()),
     ];
     // Kept alive to the end of the scenario (dropping them stops Redis / removes the dir).
     let mut redis = None;
@@ -250,6 +272,7 @@ async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Res
             "audio_url": format!("https://example.com/harness/speech-{i}.wav"),
             "source_url": format!("https://example.com/harness/face-{i}.png"),
             "priority": priority,
+            "callback_url": receiver.url(&format!("/cb/{i}")),
         });
         let start = t0 + sc.spread.mul_f64(i as f64 / sc.jobs as f64);
         let rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
@@ -290,6 +313,7 @@ async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Res
         );
     }
 
+    receiver.set_status(200);
     let mut subs = Vec::new();
     for c in callers {
         subs.push(c.await.context("a jobs caller panicked")?);
@@ -323,6 +347,7 @@ async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Res
     drop(redis);
     drop(dir);
 
+    let received = receiver.received();
     let mut f = figures(
         sc,
         &subs,
@@ -335,5 +360,6 @@ async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Res
     );
     f.multi_process = multi_process;
     f.left_creating = left_creating;
+    f.callbacks = figures::callbacks(&finals, &received);
     Ok(f)
 }
