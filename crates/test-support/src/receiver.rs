@@ -27,6 +27,8 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     /// The raw body.
     pub body: Vec<u8>,
+    /// When its body had arrived, ms since the Unix epoch.
+    pub at_ms: u64,
 }
 
 impl Received {
@@ -170,6 +172,9 @@ async fn answer(
             path,
             headers,
             body,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         });
     let delay = shared.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {

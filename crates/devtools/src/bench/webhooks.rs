@@ -8,6 +8,12 @@
 //! `TALK_WEBHOOK_POLL_SECS` the fallback for a lost webhook.
 //! Targets (issue 24): on, 0 % loss → ≤ 1.1 polls per completed job; 30 % lost → every job
 //! completes (the extra polls are reported).
+//!
+//! Callbacks (talkgate → caller), in the same scenario: N jobs with a `callback_url` at a
+//! receiver the bench starts (answering 200 at once); the latency of each callback is its
+//! arrival at the receiver minus the job's end (`finished_at`). Baseline, in the same run: a
+//! caller that polls `GET /jobs/{id}` every 200 ms for each of the same jobs, and the delay
+//! after the job's end at which it first sees the job ended.
 
 use std::time::{Duration, Instant};
 
@@ -119,6 +125,106 @@ async fn run(
     })
 }
 
+/// Milliseconds since the epoch of an RFC 3339 timestamp.
+fn epoch_ms(text: &str) -> Option<u64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// The `q` quantile (0..=1) of `v` (sorted here), nearest rank.
+fn quantile(v: &mut [u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Callback latencies (arrival − the job's end) and, for the same jobs, a 200 ms poller's
+/// delay in seeing the end, both in ms.
+struct Latencies {
+    callbacks: Vec<u64>,
+    polled: Vec<u64>,
+    jobs: usize,
+}
+
+async fn callback_run(ctx: &Ctx, rig: &Rig, jobs: usize) -> Result<Latencies> {
+    rig::set_faults(&ctx.client, &rig.base, json!({"webhooks": {"p_drop": 0.0}})).await?;
+    rig::reset_fake(&ctx.client, &rig.base).await?;
+    let receiver = test_support::receiver::Receiver::start(200).await;
+    let env: Vec<(&str, &str)> = vec![
+        ("JOB_QUEUE_MAX", "100000"),
+        ("CALLBACK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("CALLBACK_ALLOW_HTTP", "true"),
+        ("CALLBACK_ALLOWED_NETS", "127.0.0.0/8"),
+    ];
+    let api = rig
+        .api(8)
+        .env(&env)
+        .spawn(ctx, "bench10-http-api-callbacks")
+        .await?;
+    let base = api.base_url.clone();
+    let mut pollers = Vec::new();
+    for n in 0..jobs {
+        let mut body = job_body(n);
+        body["callback_url"] = json!(receiver.url(&format!("/cb/{n}")));
+        let resp = ctx
+            .client
+            .post(format!("{base}{PREFIX}/jobs"))
+            .json(&body)
+            .send()
+            .await?;
+        if resp.status() != reqwest::StatusCode::ACCEPTED {
+            bail!("POST /jobs answered {}", resp.status());
+        }
+        let job: serde_json::Value = resp.json().await?;
+        let id = job["job_id"].as_str().unwrap_or_default().to_owned();
+        let (client, url) = (ctx.client.clone(), format!("{base}{PREFIX}/jobs/{id}"));
+        pollers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                if let Ok(resp) = client.get(&url).send().await
+                    && let Ok(view) = resp.json::<serde_json::Value>().await
+                    && let Some(end) = view["finished_at"].as_str().and_then(epoch_ms)
+                {
+                    return Some(now_ms().saturating_sub(end));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None
+        }));
+    }
+    let mut polled = Vec::new();
+    for p in pollers {
+        if let Some(ms) = p.await? {
+            polled.push(ms);
+        }
+    }
+    let got = receiver.wait_for(jobs, Duration::from_secs(60)).await;
+    let callbacks = got
+        .iter()
+        .filter_map(|r| {
+            let end = r.json()["data"]["finished_at"]
+                .as_str()
+                .and_then(epoch_ms)?;
+            Some(r.at_ms.saturating_sub(end))
+        })
+        .collect();
+    Ok(Latencies {
+        callbacks,
+        polled,
+        jobs,
+    })
+}
+
 pub(crate) async fn run_scenario(ctx: &Ctx) -> Result<Section> {
     let jobs = if ctx.quick { 40 } else { 200 };
     let fallback_secs = if ctx.quick { 1.0 } else { 2.0 };
@@ -137,6 +243,7 @@ pub(crate) async fn run_scenario(ctx: &Ctx) -> Result<Section> {
         fallback_secs,
     )
     .await?;
+    let mut lat = callback_run(ctx, &rig, jobs).await?;
     drop(rig);
 
     let mut section = Section::new(
@@ -178,6 +285,43 @@ pub(crate) async fn run_scenario(ctx: &Ctx) -> Result<Section> {
         ]);
     }
     section.table(table);
+    let (cb50, cb99) = (
+        quantile(&mut lat.callbacks, 0.5),
+        quantile(&mut lat.callbacks, 0.99),
+    );
+    let (po50, po99) = (
+        quantile(&mut lat.polled, 0.5),
+        quantile(&mut lat.polled, 0.99),
+    );
+    let mut latency = Table::new(
+        "callback delivery latency (ms after the job's end)",
+        &["how the caller learns", "jobs", "seen", "p50", "p99"],
+    );
+    latency.row(vec![
+        "callback (talkgate → receiver)".to_owned(),
+        lat.jobs.to_string(),
+        lat.callbacks.len().to_string(),
+        cb50.to_string(),
+        cb99.to_string(),
+    ]);
+    latency.row(vec![
+        "baseline: polling GET /jobs/{id} every 200 ms".to_owned(),
+        lat.jobs.to_string(),
+        lat.polled.len().to_string(),
+        po50.to_string(),
+        po99.to_string(),
+    ]);
+    section.table(latency);
+    section.bound(
+        "every job with a callback_url called back",
+        lat.callbacks.len() == lat.jobs,
+        &format!(
+            "{} of {} callbacks received; p50 {cb50} ms, p99 {cb99} ms (200 ms poller: p50 {po50} ms, p99 {po99} ms)",
+            lat.callbacks.len(),
+            lat.jobs
+        ),
+        "the write that ends a job arms its callback and wakes a callback worker at once",
+    );
     section.ratio(
         "webhooks on, 0 % lost: ≤ 1.1 polls per completed job",
         on.done == jobs as u64 && on.polls_per_job() <= 1.1,

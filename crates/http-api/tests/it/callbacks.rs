@@ -271,3 +271,54 @@ async fn a_pending_callback_survives_a_restart_and_keeps_its_webhook_id() {
     assert_eq!(job["callback"]["history"][0]["status"], 500, "{job}");
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_hangs_holds_back_no_other() {
+    let fake = support::fake().await;
+    // Answers only after 3 s, within the 5 s timeout: each attempt holds its slot that long.
+    let slow = Receiver::start(200).await;
+    slow.set_delay(Duration::from_secs(3));
+    let fast = Receiver::start(200).await;
+    let mut env = callback_env();
+    env.extend([
+        ("CALLBACK_TIMEOUT_SECS", "5"),
+        ("CALLBACK_WORKERS", "4"),
+        ("CALLBACK_PER_ENDPOINT", "2"),
+    ]);
+    let srv = support::service(&fake, &env).await;
+    let submit = |n: u32, url: String| {
+        let srv = &srv;
+        async move {
+            let (status, job) =
+                post_json(&client(), srv.api("/jobs"), None, &job_body(n, &url)).await;
+            assert_eq!(status, 202, "{job}");
+            job["job_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let mut slow_ids = Vec::new();
+    for n in 0..8 {
+        slow_ids.push(submit(10 + n, slow.url(&format!("/slow/{n}"))).await);
+    }
+    // The slow receiver's callbacks are under way (two at a time) before the fast ones exist.
+    slow.wait_for(1, Duration::from_secs(20)).await;
+    let started = std::time::Instant::now();
+    let mut fast_ids = Vec::new();
+    for n in 0..4 {
+        fast_ids.push(submit(30 + n, fast.url(&format!("/fast/{n}"))).await);
+    }
+    fast.wait_for(4, Duration::from_secs(20)).await;
+    let waited = started.elapsed();
+    let slow_got = slow.received().len();
+    assert!(
+        slow_got < 8,
+        "the slow receiver still has callbacks to get ({slow_got} of 8), yet the fast one got all 4 after {waited:?}"
+    );
+    // And the slow ones all arrive in the end, none given up.
+    for id in &slow_ids {
+        let job = settled(&srv, id).await;
+        assert_eq!(job["callback"]["status"], "delivered", "{job}");
+    }
+    for id in &fast_ids {
+        assert_eq!(job(&srv, id).await["callback"]["status"], "delivered");
+    }
+}
