@@ -189,7 +189,9 @@ fn transport_error(e: &reqwest::Error, timeout: Duration) -> CallbackError {
     CallbackError::Transport(describe(e))
 }
 
-/// The error and its causes, on one line (reqwest's own text is only the outermost).
+/// The error and its causes, on one line (reqwest's own text is only the outermost), with
+/// the URL shown without its query and credentials: a caller may carry a secret there, and
+/// this text is logged and stored with the attempt.
 fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -198,7 +200,20 @@ fn describe(e: &reqwest::Error) -> String {
         text.push_str(&err.to_string());
         source = err.source();
     }
-    text
+    match e.url() {
+        Some(url) => text.replace(url.as_str(), &shown_url(url)),
+        None => text,
+    }
+}
+
+/// `scheme://host[:port]/path`: a URL without credentials, query or fragment.
+fn shown_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
 }
 
 fn unix_seconds() -> i64 {
@@ -261,5 +276,18 @@ impl Resolve for GuardedResolver {
             let addrs: Addrs = Box::new(allowed.into_iter());
             Ok(addrs)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_shown_url_has_no_credentials_query_or_fragment() {
+        let url =
+            url::Url::parse("https://u:pw@hooks.example.com:8443/cb/1?token=s3cret#x").unwrap();
+        assert_eq!(
+            super::shown_url(&url),
+            "https://hooks.example.com:8443/cb/1"
+        );
     }
 }

@@ -248,3 +248,25 @@ async fn refusals_by_the_receiver_say_whether_to_try_again() {
         .unwrap_err();
     assert!(!busy.is_permanent());
 }
+
+#[tokio::test]
+async fn a_failed_attempt_never_tells_the_urls_query() {
+    // A port nothing listens on: the connection is refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // (Credentials in a callback URL are refused when it is parsed.)
+    let url = format!("http://127.0.0.1:{port}/cb?token=s3cret-tok#frag");
+    let e = sender(loopback_allowed())
+        .send(&delivery(&url))
+        .await
+        .unwrap_err();
+    let CallbackError::Transport(text) = &e else {
+        panic!("a refused connection is a transport error: {e:?}");
+    };
+    assert!(text.contains(&format!("127.0.0.1:{port}/cb")), "{text}");
+    for secret in ["s3cret-tok", "token=", "frag"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+}
