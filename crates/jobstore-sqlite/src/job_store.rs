@@ -8,10 +8,9 @@ use ports::{
     Job, JobCounts, JobId, JobPage, JobStore, JobStoreError, NewJob, QueueLimits, ScopedKey,
     Submitted,
 };
-use rusqlite::OptionalExtension;
 
 use crate::SqliteJobStore;
-use crate::schema::NEXT_DUE;
+use crate::schema::{NEXT_CALLBACK_DUE, NEXT_DUE};
 
 #[async_trait]
 impl JobStore for SqliteJobStore {
@@ -64,16 +63,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn next_due(&self, _now_ms: u64) -> Result<Option<u64>, JobStoreError> {
-        self.blocking(|s| {
-            s.read(|tx| {
-                let due: Option<i64> = tx
-                    .prepare_cached(NEXT_DUE)
-                    .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
-                    .map_err(|e| s.err(e))?;
-                Ok(due.map(|t| u64::try_from(t).unwrap_or(0)))
-            })
-        })
-        .await
+        self.blocking(|s| s.first_time(NEXT_DUE)).await
     }
 
     async fn claim_callback(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError> {
@@ -83,7 +73,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn next_callback_due(&self, _now_ms: u64) -> Result<Option<u64>, JobStoreError> {
-        self.blocking(|s| s.next_callback_due()).await
+        self.blocking(|s| s.first_time(NEXT_CALLBACK_DUE)).await
     }
 
     async fn check(&self) -> Result<(), JobStoreError> {

@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use crate::checkpoint::{Checkpoint, checkpoint};
 use crate::codec::{JOB_COLUMNS, Row, db_error, to_sql};
 use crate::schema::{
-    CALLBACK_FROM, CALLBACKS_PENDING, CLAIM_FROM, LIST_ALL_FROM, LIST_STATUS_FROM,
-    NEXT_CALLBACK_DUE, QUEUED_AGE, TERMINAL,
+    CALLBACK_FROM, CALLBACKS_PENDING, CLAIM_FROM, LIST_ALL_FROM, LIST_STATUS_FROM, QUEUED_AGE,
+    TERMINAL,
 };
 use crate::{Inner, PURGE_BATCH, WAL_HARD_LIMIT, WAL_TRUNCATE_AT, file_len};
 
@@ -153,12 +153,40 @@ impl Inner {
         lease: Duration,
         now_ms: u64,
     ) -> Result<Option<Job>, JobStoreError> {
+        // The columns said runnable; the body must say so too.
+        self.claim_first(CLAIM_FROM, owner, lease, now_ms, |job| {
+            is_runnable(job, now_ms)
+        })
+    }
+
+    /// Claims the first due pending callback (see `JobStore::claim_callback`).
+    pub(crate) fn claim_callback(
+        &self,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+    ) -> Result<Option<Job>, JobStoreError> {
+        self.claim_first(CALLBACK_FROM, owner, lease, now_ms, |job| {
+            ports::jobs::callback_due_at(job).is_some_and(|due| due <= now_ms)
+        })
+    }
+
+    /// Leases the first job of `SELECT … FROM {from}` (with `now_ms` as `?1`) to `owner`, in
+    /// one transaction; a row whose body says it is not `claimable` is corrupt (its columns
+    /// and its body disagree).
+    fn claim_first(
+        &self,
+        from: &str,
+        owner: &str,
+        lease: Duration,
+        now_ms: u64,
+        claimable: impl Fn(&Job) -> bool,
+    ) -> Result<Option<Job>, JobStoreError> {
         self.write(|tx| {
-            let Some(mut job) = self.select_one(tx, CLAIM_FROM, params![to_sql(now_ms)])? else {
+            let Some(mut job) = self.select_one(tx, from, params![to_sql(now_ms)])? else {
                 return Ok(None);
             };
-            if !is_runnable(&job, now_ms) {
-                // The columns said runnable, the body does not: they disagree.
+            if !claimable(&job) {
                 return Err(JobStoreError::Corrupt(format!(
                     "{}: job {}'s columns disagree with its body",
                     self.path.display(),
@@ -182,46 +210,11 @@ impl Inner {
         })
     }
 
-    /// Claims the first due pending callback (see `JobStore::claim_callback`).
-    pub(crate) fn claim_callback(
-        &self,
-        owner: &str,
-        lease: Duration,
-        now_ms: u64,
-    ) -> Result<Option<Job>, JobStoreError> {
-        self.write(|tx| {
-            let Some(mut job) = self.select_one(tx, CALLBACK_FROM, params![to_sql(now_ms)])? else {
-                return Ok(None);
-            };
-            if ports::jobs::callback_due_at(&job).is_none_or(|due| due > now_ms) {
-                return Err(JobStoreError::Corrupt(format!(
-                    "{}: job {}'s callback column disagrees with its body",
-                    self.path.display(),
-                    job.id
-                )));
-            }
-            let read = job.version;
-            job.lease = Some(Lease {
-                owner: owner.to_owned(),
-                until_ms: now_ms.saturating_add(duration_ms(lease)),
-            });
-            job.version += 1;
-            if !self.write_row(tx, &job, read)? {
-                return Err(JobStoreError::Unavailable(format!(
-                    "{}: job {} changed inside its transaction",
-                    self.path.display(),
-                    job.id
-                )));
-            }
-            Ok(Some(job))
-        })
-    }
-
-    /// The earliest due pending callback, if any.
-    pub(crate) fn next_callback_due(&self) -> Result<Option<u64>, JobStoreError> {
+    /// The time the one-row query `sql` answers (`NEXT_DUE`, `NEXT_CALLBACK_DUE`), if any.
+    pub(crate) fn first_time(&self, sql: &str) -> Result<Option<u64>, JobStoreError> {
         self.read(|tx| {
             let due: Option<i64> = tx
-                .prepare_cached(NEXT_CALLBACK_DUE)
+                .prepare_cached(sql)
                 .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
                 .map_err(|e| self.err(e))?;
             Ok(due.map(|t| u64::try_from(t).unwrap_or(0)))
