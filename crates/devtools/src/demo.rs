@@ -146,8 +146,13 @@ async fn demo(guest: Option<&Guest>) -> Result<()> {
         fake.log.display()
     );
 
+    // Where the job of step 6 is called back: a receiver on loopback, allowed explicitly.
+    let receiver = test_support::receiver::Receiver::start(200).await;
     let api_port = procs::free_port()?;
     let mut envs = vec![
+        ("CALLBACK_SECRET", DEMO_CALLBACK_SECRET.to_owned()),
+        ("CALLBACK_ALLOW_HTTP", "true".to_owned()),
+        ("CALLBACK_ALLOWED_NETS", "127.0.0.0/8".to_owned()),
         ("D_ID_API_KEY", FAKE_KEY.to_owned()),
         ("D_ID_BASE_URL", fake.base_url.clone()),
         // One slot, so that the priority step below builds a real queue.
@@ -184,7 +189,11 @@ async fn demo(guest: Option<&Guest>) -> Result<()> {
         );
     }
 
-    let result = walk(&client, &api.base_url, &fake.base_url).await;
+    println!(
+        "    callbacks to a receiver at {}",
+        receiver.url("/demo-hook")
+    );
+    let result = walk(&client, &api.base_url, &fake.base_url, &receiver).await;
     step(
         11,
         "shutting down (SIGTERM: the service drains in-flight requests)",
@@ -202,7 +211,15 @@ async fn demo(guest: Option<&Guest>) -> Result<()> {
     result
 }
 
-async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<()> {
+/// The demo's `CALLBACK_SECRET` (a throw-away one: make your own, see the README).
+const DEMO_CALLBACK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+async fn walk(
+    client: &reqwest::Client,
+    base: &str,
+    fake_base: &str,
+    receiver: &test_support::receiver::Receiver,
+) -> Result<()> {
     let url = |path: &str| format!("{base}{PREFIX}{path}");
 
     step(2, "uploading a generated 64x64 PNG and 2 s of WAV audio");
@@ -282,9 +299,14 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
 
     step(
         6,
-        "a durable job: 202 at once, the same Idempotency-Key is the same job, workers finish it",
+        "a durable job: 202 at once, the same Idempotency-Key is the same job, workers finish it, its callback_url is told",
     );
-    let body = json!({"audio_url": audio_url, "source_url": image_url, "priority": "high"});
+    let body = json!({
+        "audio_url": audio_url,
+        "source_url": image_url,
+        "priority": "high",
+        "callback_url": receiver.url("/demo-hook"),
+    });
     let key = format!("demo-{}", std::process::id());
     let submit = |body: &Value| {
         client
@@ -345,6 +367,38 @@ async fn walk(client: &reqwest::Client, base: &str, fake_base: &str) -> Result<(
         "    result_url: {}  (expires {})",
         short(value["result_url"].as_str().unwrap_or("-")),
         value["result_expires_at"].as_str().unwrap_or("?")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        if let Some(got) = receiver.received().into_iter().next() {
+            break got;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no callback reached the receiver within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        if let Some(v) = got.header(name).and_then(|v| v.parse().ok()) {
+            headers.insert(name, v);
+        }
+    }
+    standardwebhooks::Webhook::new(DEMO_CALLBACK_SECRET)?
+        .verify(&got.body, &headers)
+        .map_err(|e| anyhow::anyhow!("the callback's signature does not verify: {e}"))?;
+    let event = got.json();
+    ensure!(
+        event["type"] == "talk.done" && event["data"]["job_id"] == job_id.as_str(),
+        "unexpected callback: {event}"
+    );
+    println!(
+        "    callback: {} {}  type={}  webhook-id={}  signature verified (standardwebhooks)",
+        got.method,
+        got.path,
+        event["type"],
+        got.header("webhook-id").unwrap_or("?")
     );
 
     step(

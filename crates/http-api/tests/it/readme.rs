@@ -47,8 +47,12 @@ fn the_readme_callback_verification_is_the_compiled_example() {
     let start = example
         .find("/// The event of a callback")
         .expect("the example's doc line");
-    let end = example.find("fn main()").expect("the example's main");
-    let function = example[start..end].trim_end();
+    let end = start
+        + example[start..]
+            .find("\n}\n")
+            .expect("the end of verify_callback")
+        + 2;
+    let function = &example[start..end];
     assert!(
         README.contains(function),
         "README.md's Callbacks section must show verify_callback as in \
