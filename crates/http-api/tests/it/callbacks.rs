@@ -154,14 +154,7 @@ async fn a_done_job_is_called_back_signed_and_retried_under_one_webhook_id() {
         (Some(2), Some(1), Some(0), Some(0)),
         "{s}"
     );
-    let metrics = client()
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = srv.metrics().await;
     for line in [
         "callback_attempts_total{outcome=\"status\"} 1",
         "callback_attempts_total{outcome=\"ok\"} 1",

@@ -107,14 +107,7 @@ async fn a_job_is_accepted_at_once_and_followed_to_its_video() {
     let (_, stats) = get_json(&http, srv.api("/stats"), None).await;
     assert_eq!(stats["jobs"]["store"], "memory");
     assert_eq!(stats["jobs"]["done_jobs"], 1, "{stats}");
-    let metrics = http
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = srv.metrics().await;
     assert!(
         metrics.contains("talkgate_jobs{status=\"done\"} 1"),
         "{metrics}"

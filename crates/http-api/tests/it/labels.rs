@@ -9,7 +9,6 @@ use ports::MockVideoApi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support;
-use test_support::http::client;
 
 const STANDARD: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
@@ -110,14 +109,7 @@ async fn random_methods_and_paths_do_not_grow_the_request_series() {
     }
     assert_eq!(answered, 10_000);
 
-    let text = client()
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = srv.metrics().await;
     let series = series(&text);
     let methods: BTreeSet<&str> = series.iter().map(|s| s.0.as_str()).collect();
     let routes: BTreeSet<&str> = series.iter().map(|s| s.1.as_str()).collect();

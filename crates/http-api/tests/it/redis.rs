@@ -71,14 +71,7 @@ async fn the_redis_limiter_serves_and_its_outage_shows_in_health_and_ready() {
     let (status, ready) = get_json(&http, srv.url("/ready"), None).await;
     assert_eq!(status, 503, "{ready}");
     assert!(ready["reasons"][0].as_str().unwrap().contains("degraded"));
-    let metrics = http
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = srv.metrics().await;
     assert!(metrics.contains("talkgate_limiter_degraded 1"), "{metrics}");
     srv.stop().await;
     fake.shutdown().await;

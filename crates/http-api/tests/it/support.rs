@@ -92,6 +92,18 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        test_support::http::client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text")
+    }
+
     /// `http://127.0.0.1:PORT/api/d_id_optimized{path}`.
     pub fn api(&self, path: &str) -> String {
         self.url(&format!("/api/d_id_optimized{path}"))
