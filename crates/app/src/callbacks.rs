@@ -283,6 +283,20 @@ impl Jobs {
         handles: &mut Vec<tokio::task::JoinHandle<()>>,
     ) {
         let Some(settings) = &self.config.callbacks else {
+            // Callbacks armed by an instance that delivers them (or by this one, before its
+            // secret was removed) wait in the store, and keep their jobs from the purge, until
+            // an instance that delivers callbacks sends them: say so once, at start.
+            let jobs = Arc::clone(self);
+            handles.push(tokio::spawn(async move {
+                if let Ok(counts) = jobs.store.counts().await
+                    && counts.callbacks_pending > 0
+                {
+                    tracing::warn!(
+                        pending = counts.callbacks_pending,
+                        "callbacks are pending in the job store but this instance delivers none (CALLBACK_SECRET is not set): they, and their jobs, are kept until an instance with CALLBACK_SECRET sends them"
+                    );
+                }
+            }));
             return;
         };
         for n in 0..settings.workers.max(1) {

@@ -134,7 +134,11 @@ async fn an_ended_job_is_called_back_until_a_2xx_under_one_webhook_id() {
         .collect();
     assert_eq!(
         outcomes,
-        [("status", Some(503)), ("timeout", None), ("ok", Some(204))]
+        [
+            ("status", Some(503)),
+            ("timed_out", None),
+            ("ok", Some(204))
+        ]
     );
     // The back-off: at least the first retry's 50 ms (−10 %), then twice that.
     let gaps: Vec<u64> = cb

@@ -182,7 +182,13 @@ fn transport_error(e: &reqwest::Error, timeout: Duration) -> CallbackError {
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = source {
         if let Some(refusal) = err.downcast_ref::<Refusal>() {
-            return CallbackError::Refused(refusal.to_string());
+            // A name that does not resolve (now) may resolve later (a DNS outage, a record
+            // not live yet): tried again, as any transport failure. Every other refusal is
+            // the policy's, and final.
+            return match refusal {
+                Refusal::Unresolved(_) => CallbackError::Transport(refusal.to_string()),
+                _ => CallbackError::Refused(refusal.to_string()),
+            };
         }
         source = err.source();
     }

@@ -270,3 +270,17 @@ async fn a_failed_attempt_never_tells_the_urls_query() {
         assert!(!text.contains(secret), "{secret} in {text}");
     }
 }
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_tried_again_not_refused() {
+    // `.invalid` never resolves (RFC 2606): as a DNS outage would look.
+    let e = tokio::time::timeout(
+        Duration::from_secs(30),
+        sender(CallbackConfig::default()).send(&delivery("https://talkgate-test.invalid/cb")),
+    )
+    .await
+    .expect("the look-up ends")
+    .unwrap_err();
+    assert!(matches!(e, CallbackError::Transport(_)), "{e:?}");
+    assert!(!e.is_permanent(), "a name may resolve later: {e:?}");
+}

@@ -235,6 +235,7 @@ macro_rules! settings {
                         $parse,
                     );
                 )*
+                r.cross_checks();
                 if !r.problems.is_empty() {
                     return Err(ConfigError {
                         problems: r.problems,
@@ -681,6 +682,16 @@ impl<S: Source + ?Sized> Reader<'_, S> {
             .filter(|v| !v.is_empty())
     }
 
+    /// The rules between settings, recorded with the others.
+    fn cross_checks(&mut self) {
+        if self.raw("CALLBACK_SECRET_PREVIOUS").is_some() && self.raw("CALLBACK_SECRET").is_none() {
+            self.problems.push(ConfigProblem {
+                var: "CALLBACK_SECRET_PREVIOUS",
+                message: "is set without CALLBACK_SECRET (during a rotation both are set: the new secret and the one before)".to_owned(),
+            });
+        }
+    }
+
     /// The setting's value (from its variable, else its alias, else its default), or `None`
     /// when it is unset without a default or is bad; a bad value is recorded under the name
     /// it was read from.
@@ -827,6 +838,36 @@ mod tests {
         for secret in ["s3cr3t", "tok-123", ":pw@"] {
             assert!(!debug.contains(secret), "{debug}");
         }
+    }
+
+    #[test]
+    fn a_previous_callback_secret_needs_a_current_one_and_is_reported_with_the_rest() {
+        let err = config(&[
+            (
+                "CALLBACK_SECRET_PREVIOUS",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+            ("MAX_CONCURRENT_REQUESTS", "abc"),
+        ])
+        .unwrap_err();
+        let vars: Vec<&str> = err.problems.iter().map(|p| p.var).collect();
+        assert_eq!(
+            vars,
+            ["MAX_CONCURRENT_REQUESTS", "CALLBACK_SECRET_PREVIOUS"],
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains("MfKQ9r8"),
+            "never the secret: {err}"
+        );
+        let ok = config(&[
+            ("CALLBACK_SECRET", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+            (
+                "CALLBACK_SECRET_PREVIOUS",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

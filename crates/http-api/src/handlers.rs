@@ -67,6 +67,12 @@ where
     let accepting = key.as_ref().map(|k| jobs.begin_accepting(k)).transpose()?;
     let body: TalkBody = body::read_json(req, state.settings().json_body_limit).await?;
     let (request, priority) = body.request()?;
+    if body.has_callback_url() {
+        // Silently dropping it would promise a call that never comes.
+        return Err(ApiError::InvalidBody(
+            "callback_url is taken by POST /jobs only (generate-video answers the outcome itself, or its job at status_url)".to_owned(),
+        ));
+    }
     let (asynchronous, by_header) = wants_async(body.wait, &headers);
     let input = GenerateInput {
         request,

@@ -146,6 +146,11 @@ impl TalkBody {
         Ok((request, priority))
     }
 
+    /// Whether the body names a `callback_url` (one that is not `null`).
+    pub fn has_callback_url(&self) -> bool {
+        self.callback_url.is_some()
+    }
+
     /// The checked `callback_url`: a valid URL that `policy` lets callbacks reach (its
     /// scheme, its host name, a literal address; a name's addresses are checked again at
     /// every delivery).
@@ -205,19 +210,20 @@ pub fn view(job: &Job) -> Value {
         })).collect::<Vec<_>>(),
         "status_url": job_url(job.id.as_str()),
         "talk_status_url": job.talk_id.as_ref().map(status_url),
-        "callback": job.callback.as_ref().map(callback_view),
+        "callback": job.callback.as_ref().map(|cb| callback_view(job, cb)),
     })
 }
 
-/// How a job's callback is shown: its event and `webhook-id`, where its delivery stands,
-/// and its newest attempts.
-fn callback_view(cb: &Callback) -> Value {
+/// How a job's callback is shown: its event and `webhook-id`, where its delivery stands
+/// (the next attempt: while one is under way, when its claim runs out), and its newest
+/// attempts.
+fn callback_view(job: &Job, cb: &Callback) -> Value {
     json!({
         "event": cb.event,
         "webhook_id": cb.webhook_id,
         "status": cb.status,
         "attempts": cb.attempts,
-        "next_attempt_at": cb.is_pending().then(|| timestamp(cb.next_attempt_ms)),
+        "next_attempt_at": ports::jobs::callback_due_at(job).map(timestamp),
         "ended_at": cb.ended_ms.map(timestamp),
         "history": cb.history.iter().map(|a| json!({
             "at": timestamp(a.at_ms),

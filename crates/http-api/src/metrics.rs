@@ -415,7 +415,7 @@ impl Collector for SnapshotCollector {
                 [
                     ("ok", cb.attempts_ok),
                     ("status", cb.attempts_status),
-                    ("timeout", cb.attempts_timeout),
+                    ("timed_out", cb.attempts_timeout),
                     ("transport", cb.attempts_transport),
                     ("refused", cb.attempts_refused),
                 ]

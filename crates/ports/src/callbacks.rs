@@ -220,12 +220,12 @@ impl CallbackError {
         }
     }
 
-    /// A short stable code (`refused`, `status`, `timeout`, `transport`, `busy`).
+    /// A short stable code (`refused`, `status`, `timed_out`, `transport`, `busy`).
     pub fn code(&self) -> &'static str {
         match self {
             CallbackError::Refused(_) => "refused",
             CallbackError::Status { .. } => "status",
-            CallbackError::Timeout(_) => "timeout",
+            CallbackError::Timeout(_) => "timed_out",
             CallbackError::Transport(_) => "transport",
             CallbackError::Busy => "busy",
         }

@@ -223,6 +223,19 @@ async fn a_callback_url_is_refused_without_a_secret_and_taken_with_one() {
     )
     .await;
     assert_eq!(status, 202, "a public https URL is taken: {body}");
+    // generate-video does not take one: refused, not silently dropped.
+    let mut generate = job_body(6, "https://hooks.example.com/talkgate");
+    generate["wait"] = json!(false);
+    let (status, body) = post_json(&client(), on.api("/generate-video"), None, &generate).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("POST /jobs"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,6 +262,29 @@ async fn a_pending_callback_survives_a_restart_and_keeps_its_webhook_id() {
     let first = receiver.wait_for(1, Duration::from_secs(20)).await;
     let webhook_id = first[0].header("webhook-id").unwrap().to_owned();
     srv.stop().await;
+
+    // An instance without the secret delivers nothing, keeps the job and says so at start.
+    support::init_logs();
+    let keep: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .filter(|(k, _)| !k.starts_with("CALLBACK_"))
+        .collect();
+    let off = support::service(&fake, &keep).await;
+    eventually(Duration::from_secs(10), "the start-up warning", || async {
+        let logs = support::logs();
+        if logs.contains("callbacks are pending in the job store but this instance delivers none")
+            && logs.contains("\"pending\":1")
+        {
+            Ok(())
+        } else {
+            Err(())
+        }
+    })
+    .await;
+    let (_, stats) = get_json(&client(), off.api("/stats"), None).await;
+    assert_eq!(stats["jobs"]["callbacks"]["pending"], 1, "{stats}");
+    off.stop().await;
 
     receiver.set_status(204);
     let srv = support::service(&fake, &env).await;
