@@ -76,6 +76,70 @@ impl fmt::Display for Tenant {
     }
 }
 
+/// A tenant's part in the fair share of the limiter: its weight among the tenants waiting
+/// at the same priority, and the most slots it may hold at once.
+///
+/// Between tenants queued at one priority, a limiter grants freed slots in proportion to
+/// their weights (a tenant of weight 3 gets three grants for every one of a tenant of weight
+/// 1 while both wait); within a tenant, in arrival order. A tenant holding `cap` slots is
+/// passed over (its waiters keep their places) until one of its slots is freed, and others
+/// are served meanwhile. The default, weight 1 and no cap, is what every caller had before
+/// tenants: with one tenant, the order is plain arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Share {
+    weight: u32,
+    cap: Option<u32>,
+}
+
+impl Share {
+    /// The largest weight (weights are 1 to this).
+    pub const MAX_WEIGHT: u32 = 100;
+    /// What one grant costs a tenant of weight 1 in a limiter's virtual time: weights 1 to
+    /// 12 divide it exactly, so their ratios are exact, and larger ones are off by less than
+    /// 0.2 %.
+    pub const COST_SCALE: u64 = 27_720;
+
+    /// `weight` (clamped to 1 ..= [`Share::MAX_WEIGHT`]) and an optional cap on the slots
+    /// held at once (a cap of 0 is raised to 1).
+    pub fn new(weight: u32, cap: Option<u32>) -> Share {
+        Share {
+            weight: weight.clamp(1, Share::MAX_WEIGHT),
+            cap: cap.map(|c| c.max(1)),
+        }
+    }
+
+    /// The weight.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// The most slots held at once, if capped.
+    pub fn cap(&self) -> Option<u32> {
+        self.cap
+    }
+
+    /// Whether this is the default share (weight 1, no cap).
+    pub fn is_default(&self) -> bool {
+        *self == Share::default()
+    }
+
+    /// What one grant costs this tenant in virtual time: [`Share::COST_SCALE`] ÷ weight,
+    /// rounded (at least 1).
+    pub fn cost(&self) -> u64 {
+        let w = u64::from(self.weight.max(1));
+        ((Share::COST_SCALE + w / 2) / w).max(1)
+    }
+}
+
+impl Default for Share {
+    fn default() -> Share {
+        Share {
+            weight: 1,
+            cap: None,
+        }
+    }
+}
+
 /// Who a call is for and how urgent it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct Admission {
@@ -83,12 +147,26 @@ pub struct Admission {
     pub tenant: Tenant,
     /// Its class in the limiter's order.
     pub priority: Priority,
+    /// The tenant's weight and cap in the limiter's fair share (see [`Share`]).
+    #[serde(default, skip_serializing_if = "Share::is_default")]
+    pub share: Share,
 }
 
 impl Admission {
-    /// `priority` for `tenant`.
+    /// `priority` for `tenant`, with the default share.
     pub fn new(tenant: Tenant, priority: Priority) -> Admission {
-        Admission { tenant, priority }
+        Admission {
+            tenant,
+            priority,
+            share: Share::default(),
+        }
+    }
+
+    /// The same admission with `share`.
+    #[must_use]
+    pub fn with_share(mut self, share: Share) -> Admission {
+        self.share = share;
+        self
     }
 }
 
@@ -128,5 +206,24 @@ mod tests {
         assert_eq!(a.priority, Priority::High);
         assert_eq!(a.tenant, Tenant::public());
         assert_eq!(a.to_string(), "high (public)");
+        assert!(a.share.is_default());
+    }
+
+    #[test]
+    fn shares_clamp_their_weight_and_cap_and_cost_inversely_to_weight() {
+        assert_eq!(Share::new(0, Some(0)), Share::new(1, Some(1)));
+        assert_eq!(Share::new(500, None).weight(), Share::MAX_WEIGHT);
+        assert_eq!(Share::default().cost(), Share::COST_SCALE);
+        assert_eq!(Share::new(3, None).cost() * 3, Share::COST_SCALE);
+        assert_eq!(Share::new(12, None).cost() * 12, Share::COST_SCALE);
+        assert_eq!(Share::new(100, None).cost(), 277);
+        let json = serde_json::to_value(Admission::from(Priority::Low)).unwrap();
+        assert!(
+            json.get("share").is_none(),
+            "the default share is not written"
+        );
+        let a = Admission::from(Priority::Low).with_share(Share::new(3, Some(2)));
+        let back: Admission = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
     }
 }

@@ -24,7 +24,7 @@ pub mod request;
 pub mod talk;
 pub mod upload;
 
-pub use admission::{Admission, InvalidTenant, Tenant};
+pub use admission::{Admission, InvalidTenant, Share, Tenant};
 pub use callback::{CallbackUrl, InvalidCallbackUrl};
 pub use destination::{DestinationPolicy, IpNet, Refusal};
 pub use priority::{ParsePriorityError, Priority};

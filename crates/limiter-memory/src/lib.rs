@@ -1,8 +1,15 @@
 //! An in-process, strict-priority concurrency limiter: the memory adapter of
 //! [`ports::ConcurrencyLimiter`].
 //!
-//! - **Strict priority, FIFO within a class.** One queue per [`Priority`]; a freed slot goes
-//!   to the head of the highest non-empty queue.
+//! - **Strict priority; weighted fair share between tenants within a class.** A freed slot
+//!   goes to the highest priority that has an eligible waiter; within it, to the waiter with
+//!   the smallest virtual finish (each tenant's waiters in arrival order, tenants by their
+//!   [`domain::Share`] weights; with one tenant, plain FIFO). A tenant holding its cap is
+//!   passed over, and others are served, until it frees a slot.
+//! - **Lock-free when uncontended.** A free slot with nobody queued is taken and given back
+//!   with one compare-and-swap on an atomic word (slots in use, and a bit set while anyone
+//!   is queued); the mutex is only taken to queue, to hand a slot to a waiter, or for a
+//!   capped tenant (whose slots are counted).
 //! - **Direct hand-off.** Releasing a permit while someone waits does not put the slot back
 //!   in a pool: it is assigned to the head waiter under the same lock, so a caller that
 //!   arrives later can never take it first ("barging").
@@ -15,10 +22,13 @@
 //!
 //! # Layout
 //! - [`MemoryLimiter`], [`MemoryLimiterBuilder`]: the limiter.
-//! - `state`: the queues and counters behind one mutex, and the grant decision.
+//! - `state`: the slot word, and the queues, tenants and counters behind one mutex, and the
+//!   grant decision.
 //!
 //! The critical sections are short and never await, so a `std::sync::Mutex` is the right lock;
-//! a poisoned lock is recovered because no section leaves the state half-updated.
+//! a poisoned lock is recovered because no section leaves the state half-updated. While the
+//! "queued" bit is set every acquire and release takes the lock, so a freed slot is handed to
+//! the head waiter under it and no late arrival can take it first.
 //!
 //! # Example
 //! ```
@@ -44,12 +54,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{Admission, Priority};
+use domain::{Admission, Tenant};
 use ports::{ConcurrencyLimiter, LimiterError, LimiterStats, Permit, PermitHandle};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::state::State;
+use crate::state::{Slots, State, Ticket};
 
 /// The backend name reported in [`LimiterStats::backend`] ([`ports::BackendStats::kind`]).
 pub const BACKEND: &str = "memory";
@@ -62,6 +72,7 @@ pub struct MemoryLimiter {
 
 #[derive(Debug)]
 struct Shared {
+    slots: Slots,
     state: Mutex<State>,
 }
 
@@ -72,10 +83,20 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Gives one slot back and hands free slots to waiters.
-    fn release_slot(&self) {
-        self.lock().release_one();
+    /// Gives one slot back and hands free slots to waiters; `tenant` is the capped tenant
+    /// whose slot it was, if any (its count goes down).
+    fn release_slot(&self, tenant: Option<&Tenant>) {
+        if tenant.is_none() && self.slots.try_give_back() {
+            return;
+        }
+        self.lock().release_one(&self.slots, tenant);
     }
+}
+
+/// The handle of a capped tenant's permit: releasing it also lowers the tenant's count.
+struct CappedSlot {
+    shared: Arc<Shared>,
+    tenant: Tenant,
 }
 
 /// Builds a [`MemoryLimiter`].
@@ -102,7 +123,8 @@ impl MemoryLimiterBuilder {
     pub fn build(self) -> MemoryLimiter {
         MemoryLimiter {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::new(self.max_concurrent, self.ageing)),
+                slots: Slots::new(self.max_concurrent),
+                state: Mutex::new(State::new(self.ageing)),
             }),
         }
     }
@@ -122,22 +144,26 @@ impl MemoryLimiter {
         }
     }
 
-    fn permit(&self, priority: Priority, waited: Duration) -> Permit {
-        // The shared state itself is the handle: granting a permit clones an `Arc` and
-        // allocates nothing.
-        Permit::new(
-            Arc::clone(&self.shared) as Arc<dyn PermitHandle>,
-            priority,
-            waited,
-        )
+    fn permit(&self, admission: &Admission, waited: Duration) -> Permit {
+        let handle: Arc<dyn PermitHandle> = if admission.share.cap().is_some() {
+            Arc::new(CappedSlot {
+                shared: Arc::clone(&self.shared),
+                tenant: admission.tenant.clone(),
+            })
+        } else {
+            // The shared state itself is the handle: granting an uncapped permit clones an
+            // `Arc` and allocates nothing.
+            Arc::clone(&self.shared) as Arc<dyn PermitHandle>
+        };
+        Permit::new(handle, admission.priority, waited)
     }
 }
 
 /// Removes a queued waiter if its `acquire` future is dropped before it resolves.
 struct QueuedGuard<'a> {
     shared: &'a Shared,
-    priority: Priority,
-    id: u64,
+    ticket: Ticket,
+    capped: bool,
     rx: oneshot::Receiver<()>,
     resolved: bool,
 }
@@ -146,11 +172,8 @@ impl QueuedGuard<'_> {
     /// Takes the waiter out of the queue. Returns true if it was still queued; false if it
     /// had already been granted a slot (which the caller then owns).
     fn withdraw(&mut self, state: &mut State) -> bool {
-        if state.remove_waiter(self.priority, self.id) {
-            return true;
-        }
-        // Not queued any more: the grant was sent (under this same lock), so the slot is ours.
-        false
+        // Not queued any more means the grant was sent (under this same lock): the slot is ours.
+        state.remove_waiter(&self.shared.slots, &self.ticket)
     }
 }
 
@@ -163,7 +186,8 @@ impl Drop for QueuedGuard<'_> {
         state.counters.cancelled += 1;
         if !self.withdraw(&mut state) {
             // Granted just before the cancellation: give the slot straight back.
-            state.release_one();
+            let tenant = self.capped.then_some(&self.ticket.tenant);
+            state.release_one(&self.shared.slots, tenant);
         }
     }
 }
@@ -172,10 +196,15 @@ impl Drop for QueuedGuard<'_> {
 impl ConcurrencyLimiter for MemoryLimiter {
     async fn acquire(&self, admission: &Admission, wait: Duration) -> Result<Permit, LimiterError> {
         let priority = admission.priority;
-        let (started, id, rx) = {
+        let capped = admission.share.cap().is_some();
+        // The uncontended path: one compare-and-swap, no lock.
+        if !capped && self.shared.slots.try_take() {
+            return Ok(self.permit(admission, Duration::ZERO));
+        }
+        let (started, ticket, rx) = {
             let mut state = self.shared.lock();
-            if state.try_acquire_now() {
-                return Ok(self.permit(priority, Duration::ZERO));
+            if state.try_acquire_now(&self.shared.slots, admission) {
+                return Ok(self.permit(admission, Duration::ZERO));
             }
             // Read the clock only on the slow path: it is a measurable share of a fast acquire.
             let started = Instant::now();
@@ -186,13 +215,13 @@ impl ConcurrencyLimiter for MemoryLimiter {
                     waited: Duration::ZERO,
                 });
             }
-            let (id, rx) = state.enqueue(priority, started);
-            (started, id, rx)
+            let (ticket, rx) = state.enqueue(&self.shared.slots, admission, started);
+            (started, ticket, rx)
         };
         let mut guard = QueuedGuard {
             shared: &self.shared,
-            priority,
-            id,
+            ticket,
+            capped,
             rx,
             resolved: false,
         };
@@ -220,11 +249,11 @@ impl ConcurrencyLimiter for MemoryLimiter {
         }
         state.record_wait(waited);
         drop(state);
-        Ok(self.permit(priority, waited))
+        Ok(self.permit(admission, waited))
     }
 
     async fn stats(&self) -> LimiterStats {
-        self.shared.lock().stats(Instant::now())
+        self.shared.lock().stats(&self.shared.slots, Instant::now())
     }
 
     async fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError> {
@@ -232,23 +261,37 @@ impl ConcurrencyLimiter for MemoryLimiter {
             return Err(LimiterError::InvalidLimit { given: 0 });
         }
         let mut state = self.shared.lock();
-        state.set_limit(max_concurrent);
+        state.set_limit(&self.shared.slots, max_concurrent);
         Ok(())
     }
 }
 
-/// A slot of a [`MemoryLimiter`]; releasing is synchronous and cannot fail. `Permit` calls
-/// one of these exactly once per granted slot.
+/// An uncapped slot of a [`MemoryLimiter`]; releasing is synchronous and cannot fail.
+/// `Permit` calls one of these exactly once per granted slot.
 impl PermitHandle for Shared {
     fn release_on_drop(self: Arc<Self>) {
-        self.release_slot();
+        self.release_slot(None);
     }
 
     fn release(
         self: Arc<Self>,
     ) -> Pin<Box<dyn Future<Output = Result<(), LimiterError>> + Send + 'static>> {
-        self.release_slot();
+        self.release_slot(None);
         // A zero-sized future: boxing it does not allocate.
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// A capped tenant's slot: releasing it also lowers the tenant's count.
+impl PermitHandle for CappedSlot {
+    fn release_on_drop(self: Arc<Self>) {
+        self.shared.release_slot(Some(&self.tenant));
+    }
+
+    fn release(
+        self: Arc<Self>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), LimiterError>> + Send + 'static>> {
+        self.shared.release_slot(Some(&self.tenant));
         Box::pin(std::future::ready(Ok(())))
     }
 }

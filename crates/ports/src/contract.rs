@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domain::Priority;
+use domain::{Admission, Priority, Share, Tenant};
 use rand::Rng;
 
 use crate::limiter::{ConcurrencyLimiter, LimiterError, LimiterStats, Permit};
@@ -450,6 +450,171 @@ pub async fn stats_match_reality(make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyL
     assert!(stats.counters.acquired_after_wait >= 4, "{stats:?}");
 }
 
+fn tenant_admission(tenant: &str, priority: Priority, share: Share) -> Admission {
+    Admission::new(Tenant::parse(tenant).expect("a valid tenant"), priority).with_share(share)
+}
+
+/// Queues `waiters` (label, admission) one after another, each once visibly queued; each
+/// records its label when granted and keeps its slot until `hold` has passed, then releases.
+async fn queue_admissions(
+    limiter: &Arc<dyn ConcurrencyLimiter>,
+    waiters: Vec<(&'static str, Admission)>,
+    hold: Duration,
+) -> (
+    Arc<Mutex<Vec<&'static str>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    let already = limiter.stats().await.queued.total();
+    for (i, (label, admission)) in waiters.into_iter().enumerate() {
+        let l = Arc::clone(limiter);
+        let o = Arc::clone(&order);
+        handles.push(tokio::spawn(async move {
+            let permit = l.acquire(&admission, SERVED).await.expect("waiter served");
+            o.lock().unwrap().push(label);
+            tokio::time::sleep(hold).await;
+            permit.release().await.expect("release");
+        }));
+        let queued = already + (i + 1) as u32;
+        wait_for_stats(&**limiter, &format!("{queued} waiters queued"), |s| {
+            s.queued.total() == queued
+        })
+        .await;
+    }
+    (order, handles)
+}
+
+/// Between tenants waiting at one priority, grants follow their weights: with 8 waiters of
+/// a tenant of weight 3 and 8 of one of weight 1, queued in that order, the first 8 grants
+/// are 6 and 2 (each one's virtual finish is its tenant's previous one plus 1/weight; ties
+/// may go either way), and each tenant's own waiters are served in arrival order.
+/// (Original gap: one busy caller starved every other caller of its priority.)
+pub async fn weighted_fair_share_within_a_priority(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
+    let limiter = make(1).await;
+    let holder = acquire_now(&*limiter, Priority::Normal).await;
+    let heavy = Share::new(3, None);
+    let light = Share::new(1, None);
+    const HEAVY: [&str; 8] = ["a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"];
+    const LIGHT: [&str; 8] = ["b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8"];
+    let mut waiters = Vec::new();
+    for label in HEAVY {
+        waiters.push((label, tenant_admission("heavy", Priority::Normal, heavy)));
+    }
+    for label in LIGHT {
+        waiters.push((label, tenant_admission("light", Priority::Normal, light)));
+    }
+    let (order, handles) = queue_admissions(&limiter, waiters, Duration::ZERO).await;
+    holder.release().await.unwrap();
+    for h in handles {
+        h.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let first: Vec<_> = order[..8].iter().filter(|l| l.starts_with('a')).collect();
+    assert_eq!(first.len(), 6, "3:1 in the first 8 grants: {order:?}");
+    let a: Vec<_> = order
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with('a'))
+        .collect();
+    let b: Vec<_> = order
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with('b'))
+        .collect();
+    assert_eq!(a, HEAVY, "FIFO within a tenant: {order:?}");
+    assert_eq!(b, LIGHT, "FIFO within a tenant: {order:?}");
+    assert!(
+        order[..4].contains(&"b1"),
+        "a tenant that arrives behind a busy one is served within its weight: {order:?}"
+    );
+}
+
+/// Strict priority holds across tenants: a light tenant's `high` waiter goes before every
+/// `normal` waiter of a heavy one, and weights only order waiters of one priority.
+pub async fn priority_beats_weight_across_tenants(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
+    let limiter = make(1).await;
+    let holder = acquire_now(&*limiter, Priority::Normal).await;
+    let heavy = Share::new(50, None);
+    let waiters = vec![
+        ("n1", tenant_admission("heavy", Priority::Normal, heavy)),
+        ("n2", tenant_admission("heavy", Priority::Normal, heavy)),
+        (
+            "low",
+            tenant_admission("light", Priority::Low, Share::default()),
+        ),
+        (
+            "high",
+            tenant_admission("light", Priority::High, Share::default()),
+        ),
+    ];
+    let (order, handles) = queue_admissions(&limiter, waiters, Duration::ZERO).await;
+    holder.release().await.unwrap();
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), ["high", "n1", "n2", "low"]);
+}
+
+/// A tenant with a cap never holds more slots than its cap, and the limiter stays
+/// work-conserving: while the capped tenant waits, another tenant takes the free slots; a
+/// slot the capped tenant frees goes to its own waiter.
+pub async fn a_capped_tenant_never_holds_more_than_its_cap(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
+    let limiter = make(4).await;
+    let capped = tenant_admission("capped", Priority::High, Share::new(1, Some(2)));
+    let other = tenant_admission("other", Priority::Low, Share::default());
+    let first = limiter.acquire(&capped, SERVED).await.expect("1 of 2");
+    let _second = limiter.acquire(&capped, SERVED).await.expect("2 of 2");
+    let err = limiter
+        .acquire(&capped, SHORT)
+        .await
+        .expect_err("a third slot for a tenant capped at 2");
+    assert!(matches!(err, LimiterError::Timeout { .. }), "{err:?}");
+    // A third one waits, at high priority, while a low one of another tenant is served.
+    let l = Arc::clone(&limiter);
+    let c = capped.clone();
+    let third = tokio::spawn(async move { l.acquire(&c, SERVED).await });
+    wait_for_stats(&*limiter, "the capped third queued", |s| s.queued.high == 1).await;
+    let o1 = limiter
+        .acquire(&other, SERVED)
+        .await
+        .expect("a free slot goes to another tenant while the capped one waits");
+    let stats = limiter.stats().await;
+    assert_eq!((stats.active, stats.queued.high), (3, 1), "{stats:?}");
+    let capped_stats = stats.tenants.get("capped").copied().unwrap_or_default();
+    assert_eq!(
+        (capped_stats.active, capped_stats.queued),
+        (2, 1),
+        "{stats:?}"
+    );
+    drop(first);
+    let third = third
+        .await
+        .unwrap()
+        .expect("its own freed slot goes to the capped waiter");
+    let stats = wait_for_stats(&*limiter, "the third holds", |s| s.queued.total() == 0).await;
+    assert_eq!(
+        stats.tenants.get("capped").map(|t| t.active),
+        Some(2),
+        "{stats:?}"
+    );
+    drop((third, o1));
+    let stats = wait_for_stats(&*limiter, "only one capped slot left", |s| s.active == 1).await;
+    assert!(
+        stats
+            .tenants
+            .get("other")
+            .is_none_or(|t| t.active == 0 && t.queued == 0),
+        "a tenant with nothing held or queued is not listed as busy: {stats:?}"
+    );
+}
+
 /// Many tasks with random priorities, timeouts and cancellations: the limit holds at every
 /// grant, and at the end nothing is held or queued.
 pub async fn randomized_stress_keeps_the_invariants(
@@ -525,6 +690,89 @@ pub async fn randomized_stress_keeps_the_invariants(
     assert_eq!(stats.available, LIMIT);
 }
 
+/// Many tasks of three tenants (capped at 1, capped at 2, uncapped; weights 1, 2 and 3) with
+/// random priorities, timeouts and cancellations: neither the limit nor a cap is ever
+/// exceeded, every tenant is served, and at the end nothing is held or queued.
+pub async fn randomized_tenants_keep_their_caps(
+    make: impl AsyncFn(u32) -> Arc<dyn ConcurrencyLimiter>,
+) {
+    const LIMIT: u32 = 4;
+    const TASKS: usize = 24;
+    const ROUNDS: usize = 10;
+    const CAPS: [Option<u32>; 3] = [Some(1), Some(2), None];
+    let limiter = make(LIMIT).await;
+    let holders = Arc::new(AtomicU32::new(0));
+    let by_tenant: Arc<[AtomicU32; 3]> = Arc::new(Default::default());
+    let granted: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let limiter = Arc::clone(&limiter);
+        let holders = Arc::clone(&holders);
+        let by_tenant = Arc::clone(&by_tenant);
+        let granted = Arc::clone(&granted);
+        let violations = Arc::clone(&violations);
+        tasks.push(tokio::spawn(async move {
+            let t = task % 3;
+            let share = Share::new(t as u32 + 1, CAPS[t]);
+            for _ in 0..ROUNDS {
+                let (priority, wait, cancel_after, hold_us) = {
+                    let mut rng = rand::rng();
+                    (
+                        Priority::ALL[rng.random_range(0..4)],
+                        Duration::from_millis(rng.random_range(20..200)),
+                        rng.random_bool(0.2)
+                            .then(|| Duration::from_millis(rng.random_range(0..20))),
+                        rng.random_range(0..3000),
+                    )
+                };
+                let admission = tenant_admission(["one", "two", "open"][t], priority, share);
+                let acquire = limiter.acquire(&admission, wait);
+                let result = match cancel_after {
+                    Some(after) => match tokio::time::timeout(after, acquire).await {
+                        Ok(r) => r,
+                        Err(_) => continue,
+                    },
+                    None => acquire.await,
+                };
+                let Ok(permit) = result else { continue };
+                granted[t].fetch_add(1, Ordering::SeqCst);
+                let all = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                let mine = by_tenant[t].fetch_add(1, Ordering::SeqCst) + 1;
+                if all > LIMIT || CAPS[t].is_some_and(|cap| mine > cap) {
+                    violations.lock().unwrap().push((t, mine, all));
+                }
+                tokio::time::sleep(Duration::from_micros(hold_us)).await;
+                by_tenant[t].fetch_sub(1, Ordering::SeqCst);
+                holders.fetch_sub(1, Ordering::SeqCst);
+                drop(permit);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        *violations.lock().unwrap(),
+        [],
+        "(tenant, its holders, all holders) over a cap or the limit"
+    );
+    for (t, n) in granted.iter().enumerate() {
+        assert!(n.load(Ordering::SeqCst) > 0, "tenant {t} was never served");
+    }
+    let stats = wait_for_stats(&*limiter, "nothing held or queued at the end", |s| {
+        s.active == 0 && s.queued.total() == 0
+    })
+    .await;
+    assert!(
+        stats
+            .tenants
+            .values()
+            .all(|t| t.active == 0 && t.queued == 0),
+        "{stats:?}"
+    );
+}
+
 /// Expands to one `#[tokio::test]` per contract test, each calling `$factory(limit)` for a
 /// fresh limiter. `$factory` is a path to `async fn(u32) -> Arc<dyn ConcurrencyLimiter>`.
 #[macro_export]
@@ -542,7 +790,11 @@ macro_rules! limiter_contract_tests {
             wait_timeout_expires_with_a_typed_error,
             set_limit_up_and_down,
             stats_match_reality,
-            randomized_stress_keeps_the_invariants
+            randomized_stress_keeps_the_invariants,
+            weighted_fair_share_within_a_priority,
+            priority_beats_weight_across_tenants,
+            a_capped_tenant_never_holds_more_than_its_cap,
+            randomized_tenants_keep_their_caps
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {

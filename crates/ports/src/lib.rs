@@ -48,6 +48,7 @@ pub use jobs::{
 pub use limiter::{
     BackendStats, ConcurrencyLimiter, DegradedReason, FailoverPolicy, FailoverStats,
     LimiterCounters, LimiterError, LimiterStats, Permit, PermitHandle, QueuedByPriority,
+    TenantSlots,
 };
 pub use video::{
     ClientStats, PollSchedule, PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats,

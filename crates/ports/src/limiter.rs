@@ -30,6 +30,7 @@
 //! so a serialized [`LimiterStats`] has the same keys as before the section existed, and that
 //! JSON still deserializes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -189,6 +190,15 @@ impl QueuedByPriority {
     }
 }
 
+/// One tenant's part of a limiter's state (see [`LimiterStats::tenants`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSlots {
+    /// Slots it holds now.
+    pub active: u32,
+    /// Its waiters queued now (all priorities).
+    pub queued: u32,
+}
+
 /// Monotonic counters since the limiter was built (per process for distributed adapters).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimiterCounters {
@@ -273,6 +283,13 @@ pub struct LimiterStats {
     /// True while a distributed limiter runs on its local fallback: the service reports
     /// itself degraded, and not ready once this lasts past its grace.
     pub degraded: bool,
+    /// Per tenant, its waiters queued now and the slots it holds: every tenant with waiters,
+    /// and every tenant with a cap that holds slots (uncapped tenants' slots need not be
+    /// counted, so `active` may be 0 for them). A tenant with neither is left out, so the
+    /// map is bounded by the limit plus the queue; empty (and left out of the JSON) when
+    /// nobody waits and no capped tenant holds a slot.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenants: BTreeMap<String, TenantSlots>,
     /// What the adapter says about the backend behind the slots.
     #[serde(flatten)]
     pub backend: BackendStats,
@@ -338,6 +355,14 @@ pub struct FailoverStats {
 }
 
 /// A priority-aware concurrency limiter. Object-safe; inject it as `Arc<dyn ConcurrencyLimiter>`.
+///
+/// Between tenants waiting at the same priority it grants by weighted fair share, and never
+/// lets a tenant hold more than its cap ([`domain::Share`], carried by the [`Admission`]):
+/// a waiter's virtual finish is `max(V, its tenant's last finish at that priority) +
+/// share.cost()`, where `V` is the finish of the last waiter granted at that priority; the
+/// waiter with the smallest finish goes first (ties in either order; an adapter in one
+/// process breaks them by arrival), a capped tenant's waiters are passed over until it
+/// frees a slot. With one tenant this is arrival order.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait ConcurrencyLimiter: Send + Sync {
