@@ -107,6 +107,12 @@ impl Default for JobsConfig {
     }
 }
 
+/// Where the engine finds a tenant's share of the limiter (the service's tenants file).
+pub trait TenantShares: Send + Sync {
+    /// The weight and cap of `tenant` now.
+    fn share_of(&self, tenant: &domain::Tenant) -> domain::Share;
+}
+
 /// How often finished jobs past their retention are purged: a tenth of the retention,
 /// between 1 s and 60 s. A job (and its idempotency key) is gone between `retention` and
 /// `retention + purge_period(retention)` after it finished: 7 days + at most 60 s by
@@ -117,6 +123,8 @@ pub fn purge_period(retention: Duration) -> Duration {
 
 /// The engine: the store, the D-ID port, the workers' signals.
 pub struct Jobs {
+    /// Each tenant's share of the limiter, for the engine's own calls (creates and polls).
+    pub(crate) shares: std::sync::RwLock<Option<Arc<dyn TenantShares>>>,
     pub(crate) store: Arc<dyn JobStore>,
     /// The same store, for its call count.
     pub(crate) counted: Arc<CountedStore>,
@@ -235,6 +243,7 @@ impl Jobs {
             .collect();
         let counted = Arc::new(CountedStore::new(store));
         Arc::new(Jobs {
+            shares: std::sync::RwLock::new(None),
             store: counted.clone(),
             counted,
             video,
@@ -264,6 +273,26 @@ impl Jobs {
             callback_replan: Notify::new(),
             next_callback_look_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Where the engine's calls for a job find its tenant's share of the limiter (weight
+    /// and cap): the service's tenants. Without, every job's calls take the default share.
+    pub fn set_shares(&self, shares: Arc<dyn TenantShares>) {
+        *self.shares.write().unwrap_or_else(PoisonError::into_inner) = Some(shares);
+    }
+
+    /// The admission of the engine's calls for `job`: its tenant and priority, with the
+    /// tenant's share now.
+    pub fn admission_of(&self, job: &ports::Job) -> domain::Admission {
+        let admission = job.admission();
+        let shares = self.shares.read().unwrap_or_else(PoisonError::into_inner);
+        match shares.as_ref() {
+            Some(s) => {
+                let share = s.share_of(&admission.tenant);
+                admission.with_share(share)
+            }
+            None => admission,
+        }
     }
 
     /// The store.

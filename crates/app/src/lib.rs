@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use admission::{Accepting, Admitted, create_key, fingerprint, keyed_create_key, new_job_id};
 pub use callbacks::{CallbackCounts, CallbackSettings, RenderCallback};
 pub use cutoff::{Cutoff, CutoffTrigger, TalkSlot, cutoff};
-pub use engine::{Hold, IDLE_LOOK, Jobs, JobsConfig, purge_period};
+pub use engine::{Hold, IDLE_LOOK, Jobs, JobsConfig, TenantShares, purge_period};
 pub use error::AppError;
 pub use failure::{failure_is_retryable, failure_of};
 pub use generate::{GenerateInput, Generated, Replay};

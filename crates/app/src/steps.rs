@@ -103,7 +103,7 @@ impl Jobs {
             .video
             .create_talk_keyed(
                 with_webhook.as_ref().unwrap_or(&job.request),
-                &job.admission(),
+                &self.admission_of(&job),
                 &create_key(&job),
                 look_first,
             )
@@ -216,7 +216,8 @@ impl Jobs {
             return self.write(job, JobStatus::Processing).await;
         };
         let at = now_ms();
-        let result = self.video.get_talk(&talk_id, &job.admission()).await;
+        let admission = self.admission_of(&job);
+        let result = self.video.get_talk(&talk_id, &admission).await;
         let now = now_ms();
         job.updated_ms = now;
         job.polls = job.polls.saturating_add(1);

@@ -120,9 +120,9 @@ async fn a_cancel_is_a_transition_and_a_replay_is_none() {
         jobs.enqueue(keyed, None).await.unwrap(),
         Admitted::Replay(_)
     ));
-    jobs.cancel_job(&job.id).await.unwrap();
+    jobs.cancel_job(&job.id, &job.tenant).await.unwrap();
     // Cancelling a cancelled job changes nothing, and tells nothing.
-    jobs.cancel_job(&job.id).await.unwrap();
+    jobs.cancel_job(&job.id, &job.tenant).await.unwrap();
     let seen = recorder.seen.lock().unwrap().clone();
     use JobStatus::*;
     assert_eq!(

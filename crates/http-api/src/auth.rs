@@ -25,19 +25,25 @@ pub enum AuthFailure {
     Mismatch,
 }
 
-/// Checks the request's bearer token against `expected`. `None` means auth is off.
-pub fn check(headers: &HeaderMap, expected: Option<&SecretString>) -> Result<(), AuthFailure> {
-    let Some(expected) = expected else {
-        return Ok(());
-    };
-    let given = headers
+/// The token of the request's `Authorization: Bearer` header, if it has a non-empty one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
-        .ok_or(AuthFailure::Missing)?;
+        .filter(|t| !t.is_empty())
+}
+
+/// Checks the request's bearer token against `expected`. `None` means auth is off. (The
+/// service checks tokens through [`crate::tenants::Tenants`], which compares digests.)
+pub fn check(headers: &HeaderMap, expected: Option<&SecretString>) -> Result<(), AuthFailure> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let given = bearer(headers).ok_or(AuthFailure::Missing)?;
     if constant_time_eq(given.as_bytes(), expected.expose_secret().as_bytes()) {
         Ok(())
     } else {

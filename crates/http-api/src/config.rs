@@ -397,6 +397,15 @@ settings! {
         help: "bearer token the API routes require; unset: no authentication",
         parse: parse::secret,
     }
+    /// Its tenants' `[[tenants]]` tables: name, `token_sha256`, weight, `max_concurrent`,
+    /// `max_priority`, `admin` (see [`crate::tenants`]). `SIGHUP` reads it again.
+    tenants_file: Option<crate::tenants::TenantsFile> {
+        env: "TENANTS_FILE",
+        access: flag("tenants-file"),
+        default: unset,
+        help: "TOML file of tenants (name, token_sha256, weight, max_concurrent, max_priority, admin), read again on SIGHUP; unset: one tenant",
+        parse: crate::tenants::TenantsFile::load,
+    }
     /// `text` and `pretty` are read as `human`.
     log_format: LogFormat {
         env: "LOG_FORMAT",
@@ -684,6 +693,16 @@ impl<S: Source + ?Sized> Reader<'_, S> {
 
     /// The rules between settings, recorded with the others.
     fn cross_checks(&mut self) {
+        if let (Some(file), Some(token)) = (self.raw("TENANTS_FILE"), self.raw("HTTP_API_TOKEN"))
+            && let Ok(file) = crate::tenants::TenantsFile::load(&file)
+            && !token.trim().is_empty()
+            && file.has_token(&SecretString::from(token.trim().to_owned()))
+        {
+            self.problems.push(ConfigProblem {
+                var: "TENANTS_FILE",
+                message: "a tenant has HTTP_API_TOKEN's token (HTTP_API_TOKEN is a tenant of its own; give each caller its own token)".to_owned(),
+            });
+        }
         if self.raw("CALLBACK_SECRET_PREVIOUS").is_some() && self.raw("CALLBACK_SECRET").is_none() {
             self.problems.push(ConfigProblem {
                 var: "CALLBACK_SECRET_PREVIOUS",

@@ -167,6 +167,19 @@ pub enum ApiError {
     /// The bearer token is missing or wrong.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// The caller's tenant may not ask for this priority (its `max_priority` is lower).
+    #[error("this tenant may ask for priorities up to {highest}, not {given}")]
+    PriorityNotAllowed {
+        /// The priority asked for.
+        given: domain::Priority,
+        /// The tenant's highest.
+        highest: domain::Priority,
+    },
+    /// An admin route was called by a tenant that is not an admin.
+    #[error(
+        "admin routes are for admin tenants (HTTP_API_TOKEN, or admin = true in the tenants file)"
+    )]
+    AdminOnly,
     /// An admin route was called while no `HTTP_API_TOKEN` is configured.
     #[error("admin routes are disabled: set HTTP_API_TOKEN to enable them")]
     AdminDisabled,
@@ -354,6 +367,8 @@ impl ApiError {
             }
             ApiError::Unauthorized => row(S::UNAUTHORIZED, "unauthorized").challenge(),
             ApiError::AdminDisabled => row(S::FORBIDDEN, "admin_disabled"),
+            ApiError::PriorityNotAllowed { .. } => row(S::FORBIDDEN, "priority_not_allowed"),
+            ApiError::AdminOnly => row(S::FORBIDDEN, "admin_only"),
             // This process serves nothing more: the next request goes to a new connection
             // (and, behind a balancer, to another replica).
             ApiError::ShuttingDown { .. } => row(S::SERVICE_UNAVAILABLE, "shutting_down")

@@ -19,6 +19,7 @@ use crate::cutoff::slot_of;
 use crate::error::{ApiError, Body, json_response};
 use crate::job_routes::{self, TalkBody, require_upstream};
 use crate::state::AppState;
+use crate::tenants::TenantPolicy;
 use crate::uri::{query_param, status_url};
 
 /// Parses an optional priority (see [`job_routes::priority`]).
@@ -52,6 +53,7 @@ fn wants_async(wait: Option<bool>, headers: &HeaderMap) -> (bool, bool) {
 /// follow the job).
 pub async fn generate_video<B>(
     state: &AppState,
+    caller: &TenantPolicy,
     req: Request<B>,
 ) -> Result<Response<Body>, ApiError>
 where
@@ -62,11 +64,12 @@ where
     let jobs = state.jobs();
     let headers = req.headers().clone();
     let slot = slot_of(&req);
-    let key = job_routes::idempotency_key(&headers, state)?;
+    let key = job_routes::idempotency_key(&headers, caller)?;
     // Taken before the body is read: a replay that arrives meanwhile is told to wait.
     let accepting = key.as_ref().map(|k| jobs.begin_accepting(k)).transpose()?;
     let body: TalkBody = body::read_json(req, state.settings().json_body_limit).await?;
     let (request, priority) = body.request()?;
+    let admission = caller.admission(priority)?;
     if body.has_callback_url() {
         // Silently dropping it would promise a call that never comes.
         return Err(ApiError::InvalidBody(
@@ -76,7 +79,7 @@ where
     let (asynchronous, by_header) = wants_async(body.wait, &headers);
     let input = GenerateInput {
         request,
-        admission: state.admission(priority),
+        admission,
         key,
         asynchronous,
         wait: state.settings().wait,
@@ -162,6 +165,7 @@ fn replayed(replay: Replay, by_header: bool) -> Response<Body> {
 /// `POST /upload-source-image` and `POST /upload-audio`.
 pub async fn upload<B>(
     state: &AppState,
+    caller: &TenantPolicy,
     req: Request<B>,
     kind: UploadKind,
 ) -> Result<Response<Body>, ApiError>
@@ -178,6 +182,7 @@ where
         Some(p) => priority(Some(p))?,
         None => priority(query_priority.as_deref())?,
     };
+    let admission = caller.admission(priority)?;
     let upload = form.upload;
     tracing::info!(
         %kind,
@@ -188,16 +193,8 @@ where
     );
     let video = &state.inner.video;
     let asset = match kind {
-        UploadKind::Image => {
-            video
-                .upload_image(upload, &state.admission(priority))
-                .await?
-        }
-        UploadKind::Audio => {
-            video
-                .upload_audio(upload, &state.admission(priority))
-                .await?
-        }
+        UploadKind::Image => video.upload_image(upload, &admission).await?,
+        UploadKind::Audio => video.upload_audio(upload, &admission).await?,
     };
     let mut body = json!({ "url": asset.url, "message": "Upload successful" });
     if let Some(id) = asset.id {
@@ -209,17 +206,15 @@ where
 /// `GET /talk-status/{talk_id}`: a failed talk is a normal answer with `status: "error"`.
 pub async fn talk_status<B>(
     state: &AppState,
+    caller: &TenantPolicy,
     req: &Request<B>,
     raw_id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let id = TalkId::parse(raw_id)?;
     let priority = priority(query_param(req.uri(), "priority").as_deref())?;
+    let admission = caller.admission(priority)?;
     require_upstream(state)?;
-    let talk = state
-        .inner
-        .video
-        .get_talk(&id, &state.admission(priority))
-        .await?;
+    let talk = state.inner.video.get_talk(&id, &admission).await?;
     let mut body = talk_json(&talk);
     body["error"] = json!(talk.error);
     Ok(json_response(StatusCode::OK, &body))

@@ -10,9 +10,8 @@
 //! - the same key with a different request: 422 `idempotency_key_reused`;
 //! - a key whose first request is still being accepted on this instance (its body is still
 //!   arriving, or it is being stored): 409 `idempotency_key_in_use`, `Retry-After: 1`;
-//! - keys are scoped per tenant (the request's [`domain::Admission`]); today a deployment has
-//!   one, derived from its credential: with `HTTP_API_TOKEN` set, a digest of the bearer
-//!   token, otherwise `public` (see [`crate::state::tenant_of`]);
+//! - keys are scoped per tenant (the caller's, [`crate::tenants`]): two tenants may use the
+//!   same key for two jobs, and neither sees the other's;
 //! - a key lives as long as its job: until the job's retention (`JOB_RETENTION_SECS` after
 //!   it finished) has passed.
 //!
@@ -35,6 +34,7 @@ use crate::error::{
     ApiError, Body, QUEUE_RETRY_AFTER, failure_status, json_response, retry_after_value,
 };
 use crate::state::AppState;
+use crate::tenants::TenantPolicy;
 use crate::uri::{job_url, query_param, status_url};
 
 /// The header.
@@ -56,7 +56,7 @@ pub(crate) fn require_upstream(state: &AppState) -> Result<(), ApiError> {
 /// The caller's idempotency key, scoped, if it sent one.
 pub fn idempotency_key(
     headers: &HeaderMap,
-    state: &AppState,
+    caller: &TenantPolicy,
 ) -> Result<Option<ScopedKey>, ApiError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
@@ -87,7 +87,7 @@ pub fn idempotency_key(
         ));
     }
     Ok(Some(ScopedKey {
-        tenant: state.tenant().clone(),
+        tenant: caller.tenant.clone(),
         key: key.to_owned(),
     }))
 }
@@ -286,25 +286,30 @@ fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
 }
 
 /// `POST /jobs`.
-pub async fn submit<B>(state: &AppState, req: Request<B>) -> Result<Response<Body>, ApiError>
+pub async fn submit<B>(
+    state: &AppState,
+    caller: &TenantPolicy,
+    req: Request<B>,
+) -> Result<Response<Body>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     require_upstream(state)?;
     let jobs = state.jobs();
-    let key = idempotency_key(req.headers(), state)?;
+    let key = idempotency_key(req.headers(), caller)?;
     // Taken before the body is read: a replay that arrives meanwhile is told to wait.
     let accepting = key.as_ref().map(|k| jobs.begin_accepting(k)).transpose()?;
     let body: TalkBody = body::read_json(req, state.settings().json_body_limit).await?;
     let (request, priority) = body.request()?;
+    let admission = caller.admission(priority)?;
     let callback_url = body.callback_url(&state.settings().callback_policy)?;
     if callback_url.is_some() && !state.settings().callbacks_enabled {
         return Err(ApiError::CallbacksNotConfigured);
     }
     let request = JobRequest {
         request,
-        admission: state.admission(priority),
+        admission,
         callback_url,
         key,
     };
@@ -322,22 +327,35 @@ where
     Ok(resp)
 }
 
-/// `GET /jobs/{id}`.
-pub async fn get(state: &AppState, raw_id: &str) -> Result<Response<Body>, ApiError> {
+/// `GET /jobs/{id}`: the caller's own jobs only (another tenant's is 404, as if it did
+/// not exist).
+pub async fn get(
+    state: &AppState,
+    caller: &TenantPolicy,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
     let id = parse_job_id(raw_id)?;
-    let job = state.jobs().job(&id).await?;
+    let job = state.jobs().job_of(&id, &caller.tenant).await?;
     Ok(json_response(StatusCode::OK, &view(&job)))
 }
 
 /// `DELETE /jobs/{id}`: cancels a queued job; a cancelled one answers as it is (idempotent).
-pub async fn cancel(state: &AppState, raw_id: &str) -> Result<Response<Body>, ApiError> {
+pub async fn cancel(
+    state: &AppState,
+    caller: &TenantPolicy,
+    raw_id: &str,
+) -> Result<Response<Body>, ApiError> {
     let id = parse_job_id(raw_id)?;
-    let job = state.jobs().cancel_job(&id).await?;
+    let job = state.jobs().cancel_job(&id, &caller.tenant).await?;
     Ok(json_response(StatusCode::OK, &view(&job)))
 }
 
-/// `GET /jobs?status=&limit=&cursor=`: newest first.
-pub async fn list<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+/// `GET /jobs?status=&limit=&cursor=`: the caller's jobs, newest first.
+pub async fn list<B>(
+    state: &AppState,
+    caller: &TenantPolicy,
+    req: &Request<B>,
+) -> Result<Response<Body>, ApiError> {
     let status = match query_param(req.uri(), "status") {
         None => None,
         Some(s) => Some(
@@ -368,7 +386,10 @@ pub async fn list<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body
             })?,
         ),
     };
-    let page = state.jobs().jobs(status, limit, cursor.as_deref()).await?;
+    let page = state
+        .jobs()
+        .jobs_of(&caller.tenant, status, limit, cursor.as_deref())
+        .await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({

@@ -45,6 +45,7 @@ pub mod state;
 pub mod store_open;
 pub mod talk_webhooks;
 pub mod telemetry;
+pub mod tenants;
 pub mod uri;
 pub mod wiring;
 

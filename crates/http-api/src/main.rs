@@ -50,6 +50,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("D_ID_API_KEY is not set: D-ID routes answer 503 until it is");
     }
     let state = http_api::wiring::build(&config).await?;
+    http_api::tenants::reload_on_sighup(state.tenants().clone());
     let listener = tokio::net::TcpListener::bind(config.bind_addr)
         .await
         .with_context(|| format!("binding {}", config.bind_addr))?;

@@ -68,6 +68,46 @@ pub struct AcquireLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of one tenant's answered requests.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantRequestLabels {
+    /// The tenant (a name from the tenants file, `HTTP_API_TOKEN`'s `t:…`, or `public`).
+    pub tenant: String,
+    /// The status class: `2xx`, `3xx`, `4xx` or `5xx`.
+    pub class: &'static str,
+}
+
+/// Labels of one tenant's limiter acquires.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantAcquireLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// `granted`, `timeout` or `unavailable`.
+    pub outcome: &'static str,
+}
+
+/// Labels of one tenant.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+/// Labels of a tenants-file reload's result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+/// The class of an HTTP status, a closed set of label values.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// Buckets for waits and latencies, in seconds: 1 ms … ~10 min.
 fn seconds_buckets() -> impl Iterator<Item = f64> {
     [
@@ -85,6 +125,8 @@ pub struct Metrics {
     http_duration: Family<RouteLabels, Histogram>,
     limiter_wait: Family<PriorityLabels, Histogram>,
     limiter_acquires: Family<AcquireLabels, Counter>,
+    tenant_requests: Family<TenantRequestLabels, Counter>,
+    tenant_acquires: Family<TenantAcquireLabels, Counter>,
     snapshot: Arc<SnapshotCollector>,
 }
 
@@ -127,6 +169,20 @@ impl Metrics {
             "Limiter acquires by priority and outcome",
             limiter_acquires.clone(),
         );
+        // Tenant names come from the tenants file (at most 256), `HTTP_API_TOKEN`'s one and
+        // `public`: a closed set, never a value a caller picks.
+        let tenant_requests = Family::<TenantRequestLabels, Counter>::default();
+        registry.register(
+            "tenant_requests",
+            "Authenticated requests answered, by tenant and status class",
+            tenant_requests.clone(),
+        );
+        let tenant_acquires = Family::<TenantAcquireLabels, Counter>::default();
+        registry.register(
+            "tenant_limiter_acquires",
+            "Limiter acquires by tenant and outcome",
+            tenant_acquires.clone(),
+        );
         let snapshot = Arc::new(SnapshotCollector::default());
         registry.register_collector(Box::new(snapshot.clone()));
         Metrics {
@@ -135,6 +191,8 @@ impl Metrics {
             http_duration,
             limiter_wait,
             limiter_acquires,
+            tenant_requests,
+            tenant_acquires,
             snapshot,
         }
     }
@@ -154,7 +212,24 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    fn record_acquire(&self, priority: Priority, result: &Result<Permit, LimiterError>) {
+    /// Counts one answered request of an authenticated `tenant`.
+    pub fn record_tenant_request(&self, tenant: &domain::Tenant, status: u16) {
+        self.tenant_requests
+            .get_or_create(&TenantRequestLabels {
+                tenant: tenant.as_str().to_owned(),
+                class: status_class(status),
+            })
+            .inc();
+    }
+
+    /// Stores the tenants-file reload counts that the next [`Metrics::encode`] reports.
+    pub fn set_tenant_reloads(&self, ok: u64, refused: u64) {
+        let mut s = self.snapshot.lock();
+        s.tenant_reloads = Some((ok, refused));
+    }
+
+    fn record_acquire(&self, admission: &Admission, result: &Result<Permit, LimiterError>) {
+        let priority = admission.priority;
         let outcome = match result {
             Ok(permit) => {
                 self.limiter_wait
@@ -170,6 +245,12 @@ impl Metrics {
         self.limiter_acquires
             .get_or_create(&AcquireLabels {
                 priority: priority.as_str(),
+                outcome,
+            })
+            .inc();
+        self.tenant_acquires
+            .get_or_create(&TenantAcquireLabels {
+                tenant: admission.tenant.as_str().to_owned(),
                 outcome,
             })
             .inc();
@@ -219,6 +300,7 @@ struct SnapshotState {
     jobs: Option<(ports::JobCounts, u64)>,
     talk_webhooks: Option<app::TalkWebhookCounts>,
     callbacks: Option<app::CallbackCounts>,
+    tenant_reloads: Option<(u64, u64)>,
 }
 
 /// Labels of one callback attempt's outcome.
@@ -331,6 +413,34 @@ impl Collector for SnapshotCollector {
                     )
                 }),
             )?;
+            family(
+                &mut enc,
+                "tenant_limiter_queued",
+                "Waiters queued now, by tenant (tenants with waiters)",
+                MetricType::Gauge,
+                l.tenants.iter().map(|(tenant, t)| {
+                    (
+                        TenantLabels {
+                            tenant: tenant.clone(),
+                        },
+                        ConstGauge::new(i64::from(t.queued)),
+                    )
+                }),
+            )?;
+            family(
+                &mut enc,
+                "tenant_limiter_active",
+                "Slots held now by each tenant with a cap",
+                MetricType::Gauge,
+                l.tenants.iter().map(|(tenant, t)| {
+                    (
+                        TenantLabels {
+                            tenant: tenant.clone(),
+                        },
+                        ConstGauge::new(i64::from(t.active)),
+                    )
+                }),
+            )?;
             if let Some(f) = &l.backend.failover {
                 for (name, help, v) in [
                     (
@@ -404,6 +514,16 @@ impl Collector for SnapshotCollector {
                     ("confirmed", hooks.confirmed),
                 ]
                 .map(|(receipt, n)| (ReceiptLabels { receipt }, ConstCounter::new(n))),
+            )?;
+        }
+        if let Some((ok, refused)) = s.tenant_reloads {
+            family(
+                &mut enc,
+                "tenants_reloads",
+                "Reloads of the tenants file on SIGHUP, by result (refused: the tenants before it stay)",
+                MetricType::Counter,
+                [("ok", ok), ("refused", refused)]
+                    .map(|(result, n)| (ReloadLabels { result }, ConstCounter::new(n))),
             )?;
         }
         if let Some(cb) = &s.callbacks {
@@ -514,10 +634,9 @@ impl MeteredLimiter {
 #[async_trait]
 impl ConcurrencyLimiter for MeteredLimiter {
     async fn acquire(&self, admission: &Admission, wait: Duration) -> Result<Permit, LimiterError> {
-        let priority = admission.priority;
         // Dropping this future drops the inner one, which is cancel-safe by contract.
         let result = self.inner.acquire(admission, wait).await;
-        self.metrics.record_acquire(priority, &result);
+        self.metrics.record_acquire(admission, &result);
         result
     }
 

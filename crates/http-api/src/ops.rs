@@ -18,6 +18,7 @@ use crate::body::{self, BoxError};
 use crate::error::{ApiError, Body, json_response};
 use crate::metrics::CONTENT_TYPE;
 use crate::state::AppState;
+use crate::tenants::TenantPolicy;
 
 /// The limiter as `/health` shows it under `rate_limiter`, which `/stats` extends: the
 /// backend section's facts, the limit and the slots.
@@ -91,7 +92,7 @@ fn upstream_json(u: &VideoApiStats) -> Value {
 /// The original's keys stay where they were (`client.api_key_configured`,
 /// `client.pool_limits`); `client.upstream` is the D-ID client's configuration and counters
 /// (`retries` among them) without what those keys already say.
-pub async fn stats(state: &AppState) -> Result<Response<Body>, ApiError> {
+pub async fn stats(state: &AppState, caller: &TenantPolicy) -> Result<Response<Body>, ApiError> {
     let limiter = state.limiter().stats().await;
     state.observe_degraded(limiter.degraded);
     let upstream = state.inner.video.stats();
@@ -110,8 +111,48 @@ pub async fn stats(state: &AppState) -> Result<Response<Body>, ApiError> {
             "client": client,
             "rate_limiter": limiter_json(&limiter, state.settings().max_concurrent),
             "jobs": jobs_json(state).await,
+            "tenants": tenants_json(state, caller, &limiter),
         }),
     ))
+}
+
+/// The tenants part of `/stats`: whether callers authenticate, the file and its reloads,
+/// and per tenant its policy and its part of the limiter now (`limiter_queued`; for a
+/// capped tenant `limiter_active`). An admin caller (or everyone, without authentication)
+/// sees every tenant; any other tenant only itself.
+fn tenants_json(state: &AppState, caller: &TenantPolicy, limiter: &LimiterStats) -> Value {
+    let view = state.tenants().view();
+    let sees_all = caller.admin || !view.auth;
+    let by_tenant: serde_json::Map<String, Value> = view
+        .tenants
+        .iter()
+        .filter(|(name, _)| sees_all || name.as_str() == caller.tenant.as_str())
+        .map(|(name, p)| {
+            let slots = limiter.tenants.get(name).copied().unwrap_or_default();
+            (
+                name.clone(),
+                json!({
+                    "weight": p.share.weight(),
+                    "max_concurrent": p.share.cap(),
+                    "max_priority": p.max_priority.as_str(),
+                    "admin": p.admin,
+                    "limiter_active": slots.active,
+                    "limiter_queued": slots.queued,
+                }),
+            )
+        })
+        .collect();
+    let mut v = json!({
+        "auth": view.auth,
+        "file": view.file,
+        "by_tenant": by_tenant,
+    });
+    if view.file.is_some() && sees_all {
+        v["reloads_ok"] = json!(view.reloads_ok);
+        v["reloads_refused"] = json!(view.reloads_failed);
+        v["reload_error"] = json!(view.last_error);
+    }
+    v
 }
 
 /// The jobs part of `/stats`: the store, jobs per state (`<state>_jobs`), the age of the
@@ -306,6 +347,10 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
     m.set_snapshot(limiter, upstream);
     m.set_talk_webhooks(state.jobs().talk_webhook_counts());
     m.set_callbacks(state.jobs().callback_counts());
+    let tenants = state.tenants().view();
+    if tenants.file.is_some() {
+        m.set_tenant_reloads(tenants.reloads_ok, tenants.reloads_failed);
+    }
     match state.jobs().store().counts().await {
         Ok(counts) => m.set_jobs(counts, app::now_ms()),
         Err(e) => tracing::warn!(error = %e, "job counts unavailable for /metrics"),
@@ -363,14 +408,16 @@ pub async fn limit(state: &AppState) -> Result<Response<Body>, ApiError> {
 /// limiter (stored in Redis; each serves it at its next script, within a heartbeat), or of
 /// this process with the in-memory limiter. While Redis is unreachable it is stored when
 /// Redis answers again.
-pub async fn set_limit<B>(state: &AppState, req: Request<B>) -> Result<Response<Body>, ApiError>
+pub async fn set_limit<B>(
+    state: &AppState,
+    caller: &TenantPolicy,
+    req: Request<B>,
+) -> Result<Response<Body>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    if state.settings().api_token.is_none() {
-        return Err(ApiError::AdminDisabled);
-    }
+    require_admin(state, caller)?;
     let asked: LimitRequest = body::read_json(req, 4096).await?;
     if !(1..=MAX_LIMIT).contains(&asked.max_concurrent) {
         return Err(ApiError::InvalidBody(format!(
@@ -392,6 +439,18 @@ where
     Ok(json_response(StatusCode::OK, &limit_json(state).await))
 }
 
+/// Admin routes need authentication (without it they are disabled) and an admin tenant:
+/// `HTTP_API_TOKEN`'s, or one with `admin = true` in the tenants file.
+fn require_admin(state: &AppState, caller: &TenantPolicy) -> Result<(), ApiError> {
+    if !state.tenants().auth_required() {
+        return Err(ApiError::AdminDisabled);
+    }
+    if !caller.admin {
+        return Err(ApiError::AdminOnly);
+    }
+    Ok(())
+}
+
 /// The largest limit `PUT /limit` accepts: far above any D-ID account's concurrency, low
 /// enough that a typo (an extra digit or three) is refused.
 const MAX_LIMIT: u32 = 10_000;
@@ -401,14 +460,16 @@ const MAX_LIMIT: u32 = 10_000;
 /// (the router has already checked the bearer token then); `max_age_seconds` is accepted
 /// for compatibility and ignored, but must be a number of seconds when given (as the
 /// OpenAPI document says), so a caller's mistake is not silently swallowed.
-pub async fn cleanup<B>(state: &AppState, req: Request<B>) -> Result<Response<Body>, ApiError>
+pub async fn cleanup<B>(
+    state: &AppState,
+    caller: &TenantPolicy,
+    req: Request<B>,
+) -> Result<Response<Body>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    if state.settings().api_token.is_none() {
-        return Err(ApiError::AdminDisabled);
-    }
+    require_admin(state, caller)?;
     if let Some(raw) = crate::uri::query_param(req.uri(), "max_age_seconds")
         && !raw.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0)
     {

@@ -16,13 +16,13 @@
 use bytes::Bytes;
 use http::{Request, Response};
 
-use crate::auth;
 use crate::body::BoxError;
 use crate::error::{ApiError, Body};
 use crate::handlers;
 use crate::job_routes;
 use crate::ops;
 use crate::state::AppState;
+use crate::tenants::{CallerCell, TenantPolicy};
 use crate::uri::PREFIX;
 
 /// Route templates, used as metrics labels and in logs.
@@ -182,12 +182,24 @@ where
         let template = match_path(req.uri().path()).map_or(templates::UNMATCHED, |r| r.template());
         return (template, Err(e));
     }
+    let caller = if is_open(req.uri().path()) {
+        TenantPolicy::public()
+    } else {
+        match state.tenants().authenticate(req.headers()) {
+            Ok(caller) => caller,
+            Err(why) => {
+                tracing::info!(reason = ?why, "request not authorised");
+                return (template(req.uri().path()), Err(ApiError::Unauthorized));
+            }
+        }
+    };
+    tracing::Span::current().record("tenant", caller.tenant.as_str());
     if !is_open(req.uri().path())
-        && let Err(why) = auth::check(req.headers(), state.settings().api_token.as_ref())
+        && let Some(cell) = req.extensions().get::<CallerCell>()
     {
-        tracing::info!(reason = ?why, "request not authorised");
-        return (template(req.uri().path()), Err(ApiError::Unauthorized));
+        cell.set(&caller.tenant);
     }
+    let caller = &caller;
     let Some(route) = match_path(req.uri().path()) else {
         return (
             templates::UNMATCHED,
@@ -202,23 +214,27 @@ where
         return (template, Err(ApiError::MethodNotAllowed { allow: allowed }));
     }
     let result = match route {
-        Route::GenerateVideo => handlers::generate_video(state, req).await,
-        Route::UploadImage => handlers::upload(state, req, domain::UploadKind::Image).await,
-        Route::UploadAudio => handlers::upload(state, req, domain::UploadKind::Audio).await,
-        Route::TalkStatus(id) => handlers::talk_status(state, &req, &id).await,
-        Route::Stats => ops::stats(state).await,
+        Route::GenerateVideo => handlers::generate_video(state, caller, req).await,
+        Route::UploadImage => handlers::upload(state, caller, req, domain::UploadKind::Image).await,
+        Route::UploadAudio => handlers::upload(state, caller, req, domain::UploadKind::Audio).await,
+        Route::TalkStatus(id) => handlers::talk_status(state, caller, &req, &id).await,
+        Route::Stats => ops::stats(state, caller).await,
         Route::Health => ops::health(state).await,
         Route::Ready => ops::ready(state).await,
         Route::Metrics => ops::metrics(state).await,
-        Route::Cleanup => ops::cleanup(state, req).await,
-        Route::Limit if req.method() == http::Method::PUT => ops::set_limit(state, req).await,
-        Route::Limit => ops::limit(state).await,
-        Route::Jobs if req.method() == http::Method::POST => job_routes::submit(state, req).await,
-        Route::Jobs => job_routes::list(state, &req).await,
-        Route::Job(id) if req.method() == http::Method::DELETE => {
-            job_routes::cancel(state, &id).await
+        Route::Cleanup => ops::cleanup(state, caller, req).await,
+        Route::Limit if req.method() == http::Method::PUT => {
+            ops::set_limit(state, caller, req).await
         }
-        Route::Job(id) => job_routes::get(state, &id).await,
+        Route::Limit => ops::limit(state).await,
+        Route::Jobs if req.method() == http::Method::POST => {
+            job_routes::submit(state, caller, req).await
+        }
+        Route::Jobs => job_routes::list(state, caller, &req).await,
+        Route::Job(id) if req.method() == http::Method::DELETE => {
+            job_routes::cancel(state, caller, &id).await
+        }
+        Route::Job(id) => job_routes::get(state, caller, &id).await,
         Route::TalkWebhook(id) => crate::talk_webhooks::receive(state, req, &id).await,
     };
     (template, result)

@@ -63,6 +63,7 @@ use crate::cutoff::{Cutoff, TalkSlot};
 use crate::error::{ApiError, Body};
 use crate::router;
 use crate::state::AppState;
+use crate::tenants::CallerCell;
 
 /// How many header fields hyper parses before it refuses a request itself (its bare 431).
 /// Above [`MAX_HEADERS`](crate::head::MAX_HEADERS) so that
@@ -112,12 +113,14 @@ where
     let id = request_id(req.headers());
     let method = req.method().clone();
     let path: String = req.uri().path().chars().take(200).collect();
-    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
+    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path, tenant = tracing::field::Empty);
 
     let template = router::template(req.uri().path());
     let talk = TalkSlot::default();
     talk.watch_cutoff(cutoff.clone());
     req.extensions_mut().insert(talk.clone());
+    let caller = CallerCell::default();
+    req.extensions_mut().insert(caller.clone());
     let dispatch = AssertUnwindSafe(async { router::dispatch(&state, req).await }).catch_unwind();
     let outcome = async {
         tokio::select! {
@@ -177,6 +180,9 @@ where
     state
         .metrics()
         .record_request(route, method.as_str(), status, took);
+    if let Some(tenant) = caller.get() {
+        state.metrics().record_tenant_request(&tenant, status);
+    }
     tracing::info!(
         status,
         route,

@@ -6,15 +6,15 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use domain::{Admission, DestinationPolicy, Priority, Tenant};
+use domain::DestinationPolicy;
 use ports::{ConcurrencyLimiter, VideoApi, WaitOptions};
-use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
+use secrecy::SecretString;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store_open::{OpenFailure, OpeningStore};
 use crate::telemetry::Scrubber;
+use crate::tenants::{Tenants, TenantsFile};
 use app::Jobs;
 
 /// Settings the handlers read (a subset of [`Config`], without adapter details).
@@ -23,8 +23,10 @@ pub struct Settings {
     /// Whether a D-ID key is configured; without one, D-ID routes answer 503 before reading
     /// the body.
     pub api_key_configured: bool,
-    /// The bearer token for API routes, if any.
+    /// The bearer token for API routes, if any (one implicit tenant).
     pub api_token: Option<SecretString>,
+    /// The tenants file, if any (`TENANTS_FILE`).
+    pub tenants_file: Option<TenantsFile>,
     /// Polling of a synchronous generate.
     pub wait: WaitOptions,
     /// Largest JSON body.
@@ -60,6 +62,7 @@ impl Settings {
         Settings {
             api_key_configured: config.did_api_key.is_some(),
             api_token: config.http_api_token.clone(),
+            tenants_file: config.tenants_file.clone(),
             wait: WaitOptions {
                 poll_interval: config.poll_interval,
                 max_wait: config.max_wait,
@@ -87,19 +90,6 @@ pub fn callback_policy(config: &Config) -> DestinationPolicy {
     }
 }
 
-/// The tenant of a deployment whose callers present `api_token`: `t:` and the first 8 bytes
-/// of its SHA-256 in hex (every authorised caller presents the same token), or `public`
-/// when auth is off. These are the scopes idempotency keys had before tenants, so keys
-/// stored by earlier builds still match.
-pub fn tenant_of(api_token: Option<&SecretString>) -> Tenant {
-    let Some(token) = api_token else {
-        return Tenant::public();
-    };
-    let digest = Sha256::digest(token.expose_secret().as_bytes());
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    Tenant::parse(&format!("t:{hex}")).unwrap_or_default()
-}
-
 impl Default for Settings {
     fn default() -> Self {
         Settings::from_config(&Config::default())
@@ -117,8 +107,8 @@ pub(crate) struct Inner {
     pub limiter: Arc<dyn ConcurrencyLimiter>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
-    /// The one tenant of this deployment, derived from its credential (see [`tenant_of`]).
-    pub tenant: Tenant,
+    /// Who may call, and each caller's tenant (reloaded on `SIGHUP`).
+    pub tenants: Arc<Tenants>,
     /// The job engine (every generate runs as a job).
     pub jobs: Arc<Jobs>,
     /// Since when the limiter has been seen degraded (by `/ready`, `/health` or `/stats`).
@@ -140,12 +130,18 @@ impl AppState {
         jobs: Arc<Jobs>,
         opening: Option<Arc<OpeningStore>>,
     ) -> AppState {
+        let tenants = Arc::new(Tenants::new(
+            settings.tenants_file.as_ref(),
+            settings.api_token.as_ref(),
+        ));
+        // The engine's calls (creates and polls by workers) take the same shares.
+        jobs.set_shares(tenants.clone());
         AppState {
             inner: Arc::new(Inner {
                 video,
                 limiter,
                 metrics,
-                tenant: tenant_of(settings.api_token.as_ref()),
+                tenants,
                 settings,
                 jobs,
                 degraded_since: Mutex::new(None),
@@ -179,14 +175,9 @@ impl AppState {
         &self.inner.settings
     }
 
-    /// Who a request is for and how urgent it is: the deployment's tenant at `priority`.
-    pub fn admission(&self, priority: Priority) -> Admission {
-        Admission::new(self.inner.tenant.clone(), priority)
-    }
-
-    /// The deployment's tenant (every caller's, until callers have tenants of their own).
-    pub fn tenant(&self) -> &Tenant {
-        &self.inner.tenant
+    /// The tenants: who may call, with which share and priorities.
+    pub fn tenants(&self) -> &Arc<Tenants> {
+        &self.inner.tenants
     }
 
     /// Records whether the limiter is degraded now; returns for how long it has been.
@@ -203,30 +194,5 @@ impl AppState {
             *since = None;
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_tenant_is_public_without_a_token_and_a_token_digest_with_one() {
-        assert_eq!(tenant_of(None), Tenant::public());
-        let token = SecretString::from("s3cret-token");
-        let tenant = tenant_of(Some(&token));
-        let name = tenant.as_str();
-        assert!(name.starts_with("t:"), "{name}");
-        assert_eq!(name.len(), 2 + 16, "{name}");
-        assert!(
-            !name.contains("s3cret"),
-            "the token itself never becomes a name"
-        );
-        assert_eq!(
-            tenant_of(Some(&token)),
-            tenant,
-            "the same token, the same tenant"
-        );
-        assert_ne!(tenant_of(Some(&SecretString::from("other"))), tenant);
     }
 }

@@ -51,6 +51,8 @@ pub fn log_start(config: &Config) {
         did_base_url = %config.did_base_url,
         did_api_key_set = config.did_api_key.is_some(),
         http_api_token_set = config.http_api_token.is_some(),
+        tenants_file = config.tenants_file.as_ref().map(|f| f.path().display().to_string()).as_deref().unwrap_or("-"),
+        tenants = config.tenants_file.as_ref().map_or(0, |f| f.policies().count()),
         limiter = if redis.is_some() { "redis" } else { "memory" },
         redis_address = redis.as_deref().unwrap_or("-"),
         redis_tls_ca_file = ?config.redis_tls_ca_file,

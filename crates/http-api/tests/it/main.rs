@@ -22,4 +22,5 @@ mod shutdown;
 mod stats;
 mod support;
 mod talk_webhooks;
+mod tenants;
 mod transport;
