@@ -36,6 +36,12 @@
 //!    `/health` at the same rate; creates per second while a backlog of jobs drains, against
 //!    C workers creating straight at did-fake.
 //!
+//! 9. `operated`: the SQLite store over 100 000 jobs, idle CPU and store calls.
+//! 10. `webhooks`: status polls per job with D-ID's webhooks off, on, and on with losses.
+//! 11. `fairness`: two saturating tenants with weights 3:1 (memory, and Redis with 3
+//!     instances) beside the same load without weights; a capped tenant and a `high` stream
+//!     in the mix (most slots held, priority inversions).
+//!
 //! Results go to `target/bench-report/` (`report.json`, `report.md`, `docs-section.md` to
 //! paste into `docs/BENCHMARKS.md`, one SVG per latency plot), and one PASS/FAIL line per
 //! target is printed. The exit code is non-zero if a target fails.
@@ -45,6 +51,7 @@
 mod before_after;
 mod budget;
 mod crash;
+mod fairness;
 mod gateway;
 mod jobs;
 mod kills;
@@ -82,7 +89,7 @@ pub(crate) struct Ctx {
     pub(crate) client: reqwest::Client,
 }
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "before/after",
     "budget utilisation",
     "priority under contention",
@@ -93,6 +100,7 @@ const SCENARIOS: [&str; 10] = [
     "durable jobs",
     "operated for days",
     "D-ID webhooks",
+    "fair share between tenants",
 ];
 
 /// The command line of `cargo xtask bench`.
@@ -121,7 +129,7 @@ impl Options {
                         .split(',')
                         .map(|s| s.trim().parse::<usize>())
                         .collect::<Result<Vec<_>, _>>()
-                        .context("--only takes scenario numbers 1..=10, e.g. 1,3")?;
+                        .context("--only takes scenario numbers 1..=11, e.g. 1,3")?;
                     if picked.iter().any(|n| !(1..=SCENARIOS.len()).contains(n)) {
                         bail!("--only takes scenario numbers 1..={}", SCENARIOS.len());
                     }
@@ -226,7 +234,8 @@ async fn bench(opts: Options) -> Result<()> {
             7 => kills::run(&ctx).await,
             8 => jobs::run(&ctx).await,
             9 => operated::run(&ctx).await,
-            _ => webhooks::run_scenario(&ctx).await,
+            10 => webhooks::run_scenario(&ctx).await,
+            _ => fairness::run(&ctx).await,
         };
         let mut section = result.unwrap_or_else(|e| {
             println!("scenario {n} failed to run: {e:#}");
@@ -275,7 +284,7 @@ mod tests {
             (true, false, Some(vec![2, 6]))
         );
         for bad in [
-            &["--only", "11"][..],
+            &["--only", "12"][..],
             &["--only"],
             &["--only", "x"],
             &["--fast"],
