@@ -152,7 +152,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         for _ in 0..3 {
             let config = RedisLimiterConfig {
                 max_concurrent: LIMIT,
-                ..RedisLimiterConfig::new(&url, &format!("bench11-{i}"))
+                ..RedisLimiterConfig::new(&url, format!("bench11-{i}"))
             };
             let fallback = Arc::new(MemoryLimiter::new(LIMIT));
             shared.push(Arc::new(
