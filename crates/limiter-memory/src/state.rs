@@ -356,7 +356,9 @@ impl State {
                 continue;
             };
             debug_assert_eq!(waiter.id, id);
-            class.vtime = waiter.finish;
+            // V only moves forward (as in limiter-redis): a passed-over capped waiter granted
+            // late does not rewind it.
+            class.vtime = class.vtime.max(waiter.finish);
             class.len -= 1;
             self.queued -= 1;
             if self.queued == 0 {

@@ -3,7 +3,7 @@
 //! (the baseline; issue 12's target is a cycle ≤ 2.3 × `SET`, the physical floor being two
 //! round trips). Two more baselines split the cycle's cost: `noop_bare`, an `EVALSHA` of
 //! `return 1` without keys or arguments (the price of a script call), and
-//! `noop_script_call`, the same script called with the acquire script's 8 keys and 6
+//! `noop_script_call`, the same script called with the acquire script's 9 keys and 6
 //! arguments (the price of its call shape). Two `noop_script_call`s against the cycle leave
 //! the scripts' own work. `script_floor` is the cheapest cycle two scripts can make: a bare
 //! counting semaphore (`TIME` + `ZADD`; `TIME` + `ZREM` + tombstone `ZADD`) without the queue,
@@ -91,7 +91,7 @@ fn round_trip(c: &mut Criterion) {
             permit.release().await.unwrap();
         });
     });
-    // The shape of one acquire call without its work: the same 8 keys and 6 arguments (default
+    // The shape of one acquire call without its work: the same 9 keys and 6 arguments (default
     // limit, epoch, token, priority, mode, first call), a body that returns at once. Two of
     // these against the cycle below split its cost into the round trips and call overhead
     // (this) and the scripts' own work.

@@ -178,7 +178,7 @@ impl Inner {
         let mut waiters = waiters.into_iter();
         while let Some(waiter) = waiters.next() {
             let queued = self
-                .acquire_script(&waiter.token, waiter.priority, Mode::Wait, true)
+                .acquire_script(&waiter.token, &waiter.admission, Mode::Wait, true)
                 .await;
             match queued {
                 Ok(_) => {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use domain::Priority;
+use domain::{Admission, Share, Tenant};
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::scripts::Script;
@@ -121,7 +121,8 @@ pub(crate) struct FallbackWaiters {
 pub(crate) struct FallbackWaiter {
     /// The token it is known by in Redis once moved.
     pub(crate) token: String,
-    pub(crate) priority: Priority,
+    /// What it asked for (its priority and its tenant's share, for the Redis queue).
+    pub(crate) admission: Admission,
     /// Tells it where it stands once the probe took it.
     pub(crate) moved: tokio::sync::oneshot::Sender<Moved>,
 }
@@ -205,7 +206,7 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    /// The script's `ARGV[8]`.
+    /// The script's `ARGV[5]`.
     fn as_str(self) -> &'static str {
         match self {
             Mode::Wait => "wait",
@@ -298,29 +299,44 @@ impl Inner {
         }
     }
 
-    /// A token no other acquire of any process uses, now or later.
-    pub(crate) fn new_token(&self) -> String {
+    /// A token no other acquire of any process uses, now or later, for `admission`:
+    /// `<instance>-<n>` for the public tenant with the default share, else
+    /// `<instance>-<n>.<cap>.<tenant>` (cap 0: none), so every script can tell a holder's or
+    /// a waiter's tenant and cap from its token alone (see [`crate::scripts`]).
+    pub(crate) fn new_token(&self, admission: &Admission) -> String {
         let n = self.next_token.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.instance)
+        if admission.tenant.as_str() == Tenant::PUBLIC && admission.share.is_default() {
+            format!("{}-{n}", self.instance)
+        } else {
+            let cap = admission.share.cap().unwrap_or(0);
+            format!("{}-{n}.{cap}.{}", self.instance, admission.tenant)
+        }
     }
 
     /// Runs the acquire script for `token`: queue it, refresh its ticket, or confirm its
     /// grant (see [`Acquire`] for the answers).
     /// `first` says this is the acquire's first call for `token` (a new token, so Redis
     /// skips looking for it among holders and tickets).
+    /// The share's cost in the fair order is sent only when it is not the default one's
+    /// (the script text carries that).
     pub(crate) async fn acquire_script(
         &self,
         token: &str,
-        priority: Priority,
+        admission: &Admission,
         mode: Mode,
         first: bool,
     ) -> Result<Acquire, BackendError> {
-        let args = vec![
+        let mut args = Vec::with_capacity(5);
+        args.extend([
             Value::from(token),
-            Value::Integer(priority.index() as i64),
+            Value::Integer(admission.priority.index() as i64),
             Value::from(mode.as_str()),
             Value::from(if first { "1" } else { "0" }),
-        ];
+        ]);
+        let cost = admission.share.cost();
+        if cost != Share::default().cost() {
+            args.push(Value::Integer(i64::try_from(cost).unwrap_or(i64::MAX)));
+        }
         Acquire::decode(self.eval(&self.scripts.acquire, args).await?)
     }
 

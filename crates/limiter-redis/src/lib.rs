@@ -1,6 +1,7 @@
 //! A distributed priority limiter on Redis: every process that shares one Redis and one
 //! limiter name never exceeds the global limit, and waiters are served in one global order —
-//! priority first, then arrival — whichever process they live in.
+//! priority first, then weighted fair share between tenants (arrival order within a
+//! tenant), with per-tenant caps — whichever process they live in.
 //!
 //! [`RedisLimiter`] implements [`ports::ConcurrencyLimiter`] and passes the same contract
 //! suite as the in-memory limiter. While Redis is unreachable it serves from an injected
@@ -83,8 +84,8 @@
 //!
 //! # Time and clocks
 //! No client timestamp is ever written to Redis. Lease and ticket deadlines come from
-//! `redis.call('TIME')` inside the scripts, and arrival order from a counter in Redis
-//! (`HINCRBY`), so clock skew between hosts changes nothing. Local code only uses the
+//! `redis.call('TIME')` inside the scripts, and arrival order from the virtual finishes
+//! the enqueues compute in Redis, so clock skew between hosts changes nothing. Local code only uses the
 //! monotonic `tokio::time::Instant` to bound its own waits.
 //!
 //! # Instances and their peers

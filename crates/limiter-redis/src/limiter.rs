@@ -312,10 +312,10 @@ async fn redis_acquire(
     wait_timeout: Duration,
 ) -> Result<Permit, LimiterError> {
     let priority = admission.priority;
-    let token = inner.new_token();
+    let token = inner.new_token(admission);
     if wait_timeout.is_zero() {
         return match inner
-            .acquire_script(&token, priority, Mode::Try, true)
+            .acquire_script(&token, admission, Mode::Try, true)
             .await
         {
             Ok(Acquire::Granted) => {
@@ -364,7 +364,7 @@ async fn redis_wait(
     let mut ticket = Ticket::new(inner, &token, Arc::clone(&notify));
     loop {
         match inner
-            .acquire_script(&token, priority, Mode::Wait, first)
+            .acquire_script(&token, admission, Mode::Wait, first)
             .await
         {
             Ok(Acquire::Granted) => {
@@ -467,11 +467,11 @@ async fn fallback_acquire(
                     switched.as_mut().enable();
                     Some(None)
                 } else {
-                    let token = inner.new_token();
+                    let token = inner.new_token(admission);
                     let (moved, rx) = tokio::sync::oneshot::channel();
                     let seq = waiters.register(FallbackWaiter {
                         token: token.clone(),
-                        priority,
+                        admission: admission.clone(),
                         moved,
                     });
                     Some(Some((seq, token, rx)))
@@ -500,6 +500,7 @@ async fn fallback_acquire(
         let (seq, token, mut rx) = registered;
         let mut guard = Registered {
             inner,
+            admission,
             seq,
             token: Some(token),
         };
@@ -560,6 +561,8 @@ async fn fallback_acquire(
 /// Redis if the switch back may have queued it there.
 struct Registered<'a> {
     inner: &'a Arc<Inner>,
+    /// What the waiter asked for (a fresh token carries its tenant and cap).
+    admission: &'a Admission,
     seq: u64,
     token: Option<String>,
 }
@@ -583,7 +586,7 @@ impl Registered<'_> {
     /// fresh token (the probe gives back the one it may have sent to Redis).
     fn keep(&mut self) -> String {
         self.token = None;
-        let fresh = self.inner.new_token();
+        let fresh = self.inner.new_token(self.admission);
         lock(&self.inner.fallback_held).insert(fresh.clone(), false);
         fresh
     }

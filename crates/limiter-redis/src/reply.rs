@@ -7,6 +7,7 @@
 //! [`redis_connect::reply::UnexpectedReply`], turned into a [`BackendError`] (as if Redis had
 //! failed), never silently read as something else.
 
+use fred::types::Value;
 use redis_connect::BackendError;
 use redis_connect::reply::unexpected;
 
@@ -113,7 +114,7 @@ pub(crate) fn decode_set_limit(reply: i64) -> Result<(), BackendError> {
 /// The answer of [`STATS`](crate::scripts::STATS), field by field, as Redis counted it
 /// (after its reclaim and promote steps). Values are as the script returned them; the
 /// caller clamps them into its own types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Stats {
     /// The global limit stored in Redis.
     pub(crate) limit: i64,
@@ -133,10 +134,21 @@ pub(crate) struct Stats {
     pub(crate) epoch: i64,
     /// Instances declared dead since the data was created.
     pub(crate) instances_reclaimed: i64,
+    /// Every tenant that holds or waits for a slot: `(tenant, slots held, waiters queued)`.
+    pub(crate) tenants: Vec<(String, i64, i64)>,
 }
 
 impl Stats {
-    pub(crate) fn decode(reply: Vec<i64>) -> Result<Self, BackendError> {
+    /// Twelve integers in the order of the fields, then one `tenant, held, queued` triple
+    /// per tenant.
+    pub(crate) fn decode(reply: Vec<Value>) -> Result<Self, BackendError> {
+        let bad = |reply: &[Value]| BackendError::from(unexpected("stats", reply));
+        let int = |v: &Value| match v {
+            Value::Integer(i) => Some(*i),
+            _ => None,
+        };
+        let (counts, rest) = reply.split_at(reply.len().min(12));
+        let counts: Vec<i64> = counts.iter().map_while(int).collect();
         let [
             limit,
             active,
@@ -150,10 +162,25 @@ impl Stats {
             instances,
             epoch,
             instances_reclaimed,
-        ] = reply[..]
+        ] = counts[..]
         else {
-            return Err(unexpected("stats", reply).into());
+            return Err(bad(&reply));
         };
+        if rest.len() % 3 != 0 {
+            return Err(bad(&reply));
+        }
+        let mut tenants = Vec::with_capacity(rest.len() / 3);
+        for triple in rest.chunks(3) {
+            let name = match &triple[0] {
+                Value::String(s) => s.to_string(),
+                Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => return Err(bad(&reply)),
+            };
+            let (Some(held), Some(queued)) = (int(&triple[1]), int(&triple[2])) else {
+                return Err(bad(&reply));
+            };
+            tenants.push((name, held, queued));
+        }
         Ok(Stats {
             limit,
             active,
@@ -164,6 +191,7 @@ impl Stats {
             instances,
             epoch,
             instances_reclaimed,
+            tenants,
         })
     }
 }
@@ -313,7 +341,11 @@ mod tests {
 
     #[test]
     fn stats_and_beat_replies_are_numbers_in_the_documented_order() {
-        let stats = Stats::decode(vec![5, 2, 1, 2, 3, 4, 7, 80, 9, 3, 1700, 2]).unwrap();
+        let ints = |xs: &[i64]| xs.iter().map(|&x| Value::Integer(x)).collect::<Vec<_>>();
+        let mut reply = ints(&[5, 2, 1, 2, 3, 4, 7, 80, 9, 3, 1700, 2]);
+        reply.extend([Value::from("capped"), Value::Integer(2), Value::Integer(1)]);
+        reply.extend([Value::from("12"), Value::Integer(0), Value::Integer(3)]);
+        let stats = Stats::decode(reply).unwrap();
         assert_eq!(
             stats,
             Stats {
@@ -326,7 +358,19 @@ mod tests {
                 instances: 3,
                 epoch: 1700,
                 instances_reclaimed: 2,
+                tenants: vec![("capped".to_owned(), 2, 1), ("12".to_owned(), 0, 3)],
             }
+        );
+        let plain = Stats::decode(ints(&[5, 2, 1, 2, 3, 4, 7, 80, 9, 3, 1700, 2])).unwrap();
+        assert!(plain.tenants.is_empty());
+        let mut torn = ints(&[5, 2, 1, 2, 3, 4, 7, 80, 9, 3, 1700, 2]);
+        torn.extend([Value::from("capped"), Value::Integer(2)]);
+        assert!(Stats::decode(torn).is_err(), "a tenant without its counts");
+        let mut unnamed = ints(&[5, 2, 1, 2, 3, 4, 7, 80, 9, 3, 1700, 2]);
+        unnamed.extend(ints(&[7, 2, 1]));
+        assert!(
+            Stats::decode(unnamed).is_err(),
+            "a tenant's name must be a string"
         );
         let beat = Beat::decode(vec![1, 4, 6, 1700, 2, 1]).unwrap();
         assert!(beat.was_unknown);
@@ -341,8 +385,11 @@ mod tests {
         );
         assert!(Beat::decode(vec![2, 4, 6, 1700, 2]).is_err());
         assert!(Beat::decode(vec![1, 4]).is_err());
-        let err = Stats::decode(vec![5, 2]).unwrap_err();
-        assert_eq!(err.to_string(), "stats script returned [5, 2]");
+        let err = Stats::decode(ints(&[5, 2])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "stats script returned [Integer(5), Integer(2)]"
+        );
         assert_eq!(err.reason, DegradedReason::Other);
     }
 }

@@ -4,21 +4,23 @@
 //! | key | type | member → score / field → value |
 //! |---|---|---|
 //! | `{talkgate:<name>}:holders` | ZSET | token → lease deadline (ms, Redis `TIME`) |
-//! | `{talkgate:<name>}:queue` | ZSET | token → `(3 - priority index) · 2^40 + seq` |
+//! | `{talkgate:<name>}:queue` | ZSET | token → `(3 - priority index) · 2^40 + finish` (its virtual finish, below) |
 //! | `{talkgate:<name>}:waiters` | ZSET | token → ticket deadline (ms, Redis `TIME`) |
 //! | `{talkgate:<name>}:enqueued` | ZSET | token → time it was queued (ms, Redis `TIME`) |
-//! | `{talkgate:<name>}:meta` | HASH | `limit`, `seq`, `reclaimed`, `max_wait_ms`, `epoch`, `last_ms`, `warm_until`, `warmups`, `instances_reclaimed`, `p:<instance id>` (it listens on its presence channel) |
+//! | `{talkgate:<name>}:meta` | HASH | `limit`, `seq` (only versions before fair share write it), `reclaimed`, `max_wait_ms`, `epoch`, `last_ms`, `warm_until`, `warmups`, `instances_reclaimed`, `p:<instance id>` (it listens on its presence channel) |
 //! | `{talkgate:<name>}:cancelled` | ZSET | token → tombstone deadline (ms, Redis `TIME`) |
 //! | `{talkgate:<name>}:instances` | ZSET | instance id → liveness deadline (ms, Redis `TIME`) |
 //! | `{talkgate:<name>}:dead` | ZSET | instance id declared dead → when to forget it (ms) |
+//! | `{talkgate:<name>}:fair` | HASH | `v:<priority index>` → that priority's virtual time `V`; `f:<priority index>:<tenant>` → the tenant's last finish there |
 //!
 //! The wake-up channel is `{talkgate:<name>}:wake`; a message is the space-separated list of
 //! tokens just granted.
 //!
 //! A token is in at most one of `holders` and `queue`; `queue`, `waiters` and `enqueued`
-//! always hold the same members. `seq` comes from `HINCRBY`, so arrival order is the order
-//! in which Redis ran the enqueues, whatever the processes' clocks say. Every deadline is
-//! computed from `redis.call('TIME')` inside the script: no client clock is ever written.
+//! always hold the same members. A finish is computed by the enqueue itself, so arrival
+//! order is the order in which Redis ran the enqueues, whatever the processes' clocks say.
+//! Every deadline is computed from `redis.call('TIME')` inside the script: no client clock
+//! is ever written.
 //!
 //! `cancelled` holds a *tombstone* for every token that was cancelled or released, for
 //! `max(lease_ttl, waiter_ttl)` (the caller's `tombstone_ttl`). An acquire for a
@@ -27,8 +29,52 @@
 //! re-create a ticket or a slot that nobody owns. Tokens are never reused, so a tombstone
 //! never refuses a live caller.
 //!
+//! # Tokens
+//! A token is `<instance id>-<n>` for the public tenant with the default share (every
+//! token of a version before tenants), else `<instance id>-<n>.<cap>.<tenant>`, `cap` 0
+//! for none. A script reads whose a token is (`owner`), its tenant and its cap
+//! (`share_of`) from the token alone, so Redis keeps no record per token: every path that
+//! adds or removes a holder (a grant, the fast path, release, cancel, the reclaim of an
+//! expired lease or of a dead instance, [`RENEW`] and [`BEAT`] re-establishing one)
+//! changes each tenant's count of held slots by changing `holders`, with nothing else to
+//! keep right.
+//!
+//! # Fair share between tenants
+//! Within a priority, waiters are ordered by their *virtual finish*, written into their
+//! queue score at the enqueue: `finish = max(V_p, F_p,t) + cost`, where `cost` is the
+//! share's `round(27720 / weight)` (sent as `ARGV[7]` only when the weight is not 1; the
+//! default is in the script text), `F_p,t` is the finish of tenant `t`'s previous waiter
+//! at priority `p` and `V_p` the largest finish granted from the queue at `p` (`fair`).
+//! So a tenant's own waiters keep their arrival order (each finish is above the last), a
+//! tenant of weight 3 gets three grants for one of weight 1 while both wait, one that
+//! arrives behind a busy tenant starts at `V_p`, not behind that tenant's backlog, and the
+//! priority bands still decide first. Ties go by token (the ZSET's order). With one tenant
+//! of the default share this is exactly arrival order: each finish is the previous + 27720.
+//! `V_p` only moves forward (a grant from behind it, such as a capped tenant's waiter
+//! passed over earlier, leaves it), so a last finish below it says nothing and is dropped;
+//! the reclaim step (when due, at most every 20 ms) also drops a priority's `V_p` and last
+//! finishes once its queue is empty (`prune_fair`). So `fair` holds, per priority, `V_p`
+//! and a last finish for each tenant that queued there since its queue was last empty and
+//! is not yet passed by `V_p` (in practice: the tenants waiting there).
+//! Finishes restart from 0 with every emptied queue; one that would reach `2^40` is held
+//! at `2^40 - 1` (then ties, ordered by token, until that priority's queue empties once):
+//! 39.7 million grants of weight 1 at one priority without its queue ever emptying.
+//!
+//! A tenant holding its `cap` slots (counted from the tokens in `holders`) is *passed
+//! over* by the promote step: its waiters keep their places and scores, and the next
+//! waiters are served (work-conserving: a lower priority may take a slot a capped one
+//! cannot). An acquire of a capped tenant at its cap queues (or, in `try` mode, is
+//! refused) even with a slot free; the fast path leaves capped tokens to the full script.
+//!
+//! Rolling upgrade: entries queued by an older version are scored `band + seq`. A new
+//! enqueue at a priority with no `V_p` starts from the last entry's score, so it queues
+//! behind them; an older instance's later enqueues (by `seq`) may land ahead of newer
+//! waiters until the fleet runs one version. No slot is ever lost or double-granted by
+//! this, only the order within a priority is approximate meanwhile. An older version's
+//! tokens are the public tenant's.
+//!
 //! # Instances
-//! Every token is `<instance id>-<n>`, and every instance keeps a record in `instances`
+//! Every token starts with its instance id, and every instance keeps a record in `instances`
 //! alive with [`BEAT`] every `instance_ttl / 4`. Its record says whose a holder or a waiter
 //! is, and whether that process still lives. An instance is declared *dead* (moved to
 //! `dead`) when its record expired, or when it is both *stale* and *absent* (below) — a
@@ -52,7 +98,7 @@
 //! text of its scripts: the names of the keys and the wake-up channel (every byte escaped,
 //! so any limiter name is safe), and the grant TTL, instance TTL, warm-up, lease, waiter
 //! TTL and tombstone TTL in ms ([`ScriptSettings`]). Processes with other settings load
-//! other texts (other SHA-1s) that work on the same keys. A call still declares its 8 keys
+//! other texts (other SHA-1s) that work on the same keys. A call still declares its 9 keys
 //! (Redis Cluster routes it, and handles a slot being migrated, by its declared keys; only
 //! `holders` is read from `KEYS`), and sends `ARGV[1]` the default limit and `ARGV[2]` the
 //! data epoch the caller last saw (`''` if none); a script's own arguments start at
@@ -63,8 +109,8 @@
 //! It starts by reading `TIME` and the meta hash, and notes whether the call is *quiet*:
 //! the limiter is set up, the reclaim step ran less than 20 ms ago, and nothing stalled.
 //! On a quiet limiter the two hot scripts may take a *fast path* right there, for the
-//! uncontended case only ([`ACQUIRE`]: the first call of a token, no queue, a free slot;
-//! [`RELEASE`]: no queue), skipping the rest of the prelude; what they do there is exactly
+//! uncontended case only ([`ACQUIRE`]: the first call of a token without a cap, no queue,
+//! a free slot; [`RELEASE`]: no queue), skipping the rest of the prelude; what they do there is exactly
 //! what the full script would do in that state (its reclaim step is not due and its
 //! promote step finds no queue). The rest of the prelude:
 //! - when Redis has no limit (a new limiter, or Redis lost its data) it stores the caller's
@@ -89,9 +135,12 @@
 //!   never makes a caller queue for a slot that is really free);
 //! - `promote()`: while `active < limit` and no warm-up runs, moves the queue head into
 //!   `holders` (the grant is decided here, atomically, so a freed slot goes straight to the
-//!   head waiter and no late arrival can take it) and publishes the granted tokens; heads
-//!   of dead instances are dropped, heads of stale ones skipped (at most `free + 64` looked
-//!   at; presence is looked up once per instance per call). Until its owner confirms it, a grant only lives for the *grant TTL* (`grant_ttl`,
+//!   head waiter and no late arrival can take it), raises each granted priority's `V_p` to
+//!   the finish granted, and publishes the granted tokens; heads of dead instances are
+//!   dropped, heads of stale ones skipped (at most 64 of both per call; presence is looked
+//!   up once per instance per call), heads of a tenant at its cap passed over (at most 512
+//!   per call: past that a free slot waits for the next call, the one price of keeping the
+//!   scan bounded). Until its owner confirms it, a grant only lives for the *grant TTL* (`grant_ttl`,
 //!   capped by the ticket's own deadline): a grant whose owner is gone (its process died,
 //!   or its acquire was a stale command run after the caller gave up) frees the slot within
 //!   `grant_ttl`, not within a whole `waiter_ttl`. The reclaim step also drops expired
@@ -104,8 +153,10 @@
 //! - [`ACQUIRE`]: reclaim, promote; a tombstoned token is refused (returns 3); then a token
 //!   already in `holders` is confirmed (full
 //!   lease, returns 1); a queued token refreshes its ticket (returns 0); a new token takes a
-//!   free slot (only possible with an empty queue, returns 1), or, in `try` mode, returns 2
-//!   without queueing, or is queued with the next `seq` (returns 0).
+//!   free slot unless its tenant is at its cap (a slot is only free after promote with an
+//!   empty queue, or one whose heads are all skipped or passed over; returns 1), or, in
+//!   `try` mode, returns 2 without queueing, or is queued with its virtual finish (returns
+//!   0).
 //! - [`RELEASE`]: removes the token from `holders`, tombstones it, reclaims, promotes.
 //!   Returns 1 if it held a slot (0 makes a second release, or a release after the lease was
 //!   reclaimed, a no-op).
@@ -119,7 +170,8 @@
 //!   revived (0). Then reclaims and promotes.
 //! - [`STATS`]: reclaims, promotes, and returns `{limit, active, queued low, normal, high,
 //!   critical, reclaimed, max_wait_ms, oldest_ms, live instances, epoch, instances
-//!   reclaimed}`.
+//!   reclaimed}`, then `tenant, held, queued` for every tenant with a token in `holders` or
+//!   `queue` (the public one included), counted from the tokens (O(active + queued)).
 //! - [`SET_LIMIT`]: stores the new limit, reclaims, promotes (raising it admits at once).
 //! - [`BEAT`]: renews the caller's instance record, records whether it listens on its
 //!   presence channel, and holds the tokens it passes (skipping tombstoned ones), then
@@ -130,14 +182,15 @@
 
 use std::time::Duration;
 
+use domain::Share;
 use fred::types::Key;
 use fred::types::scripts::Script;
 
 use crate::config::RedisLimiterConfig;
 use crate::util::duration_ms;
 
-/// `2^40`: the width of one priority band in the queue score. Each band holds 2^40
-/// sequence numbers, and `3 · 2^40 + seq` stays exact in a Lua double.
+/// `2^40`: the width of one priority band in the queue score. Each band holds finishes
+/// below 2^40, and `3 · 2^40 + finish` stays exact in a Lua double.
 pub const BAND: u64 = 1 << 40;
 
 /// The first half of the prelude: the time, the meta hash, and whether the call is *quiet*
@@ -181,6 +234,7 @@ if not epoch then
   epoch = num(now)
   redis.call('HSET', M, 'epoch', epoch)
 end
+local BAND = 1099511627776
 local function owner(tok) return string.match(tok, '^(.-)%-') end
 -- Whether instance `id` listens: an instance that said it subscribes to its presence
 -- channel (`<wake channel>:<id>`, sharded pub/sub, same slot) and has no subscriber there
@@ -204,6 +258,61 @@ local active = nil
 local function count_active()
   if not active then active = redis.call('ZCARD', H) end
   return active
+end
+-- A token's tenant and cap: `<instance>-<n>.<cap>.<tenant>` (cap 0: none), or a plain
+-- `<instance>-<n>`, the public tenant's with the default share.
+local function share_of(tok)
+  local c, t = string.match(tok, '^[^-]*%-%d+%.(%d+)%.(.+)$')
+  if not t then return 'public', 0 end
+  return t, tonumber(c)
+end
+-- Slots held per tenant, counted from the holders' tokens once per call when a cap is
+-- looked at (so no path that adds or removes a holder keeps a count), then kept by promote.
+local held_by = nil
+local function held_of(t)
+  if not held_by then
+    held_by = {}
+    local hs = redis.call('ZRANGE', H, 0, -1)
+    for i = 1, #hs do
+      local x = share_of(hs[i])
+      held_by[x] = (held_by[x] or 0) + 1
+    end
+  end
+  return held_by[t] or 0
+end
+local function at_cap(tok)
+  local t, cap = share_of(tok)
+  return cap > 0 and held_of(t) >= cap
+end
+-- Drops what the fair order no longer needs: a priority's virtual time and last finishes
+-- once its queue is empty, and a last finish the virtual time has passed (`max(V, F)` is
+-- `V` then, and `V` never goes back).
+local function prune_fair()
+  if redis.call('ZCARD', Q) == 0 then
+    redis.call('DEL', S)
+    return
+  end
+  local all = redis.call('HGETALL', S)
+  if #all == 0 then return end
+  local v, empty, drop = {}, {}, {}
+  for p = 0, 3 do
+    local lo = (3 - p) * BAND
+    empty[p] = redis.call('ZCOUNT', Q, num(lo), '(' .. num(lo + BAND)) == 0
+  end
+  for i = 1, #all, 2 do
+    local p = string.match(all[i], '^v:(%d)$')
+    if p then v[tonumber(p)] = tonumber(all[i + 1]) end
+  end
+  for i = 1, #all, 2 do
+    local kind, p = string.match(all[i], '^([vf]):(%d)')
+    p = tonumber(p)
+    if p and (empty[p] or (kind == 'f' and v[p] and tonumber(all[i + 1]) <= v[p])) then
+      drop[#drop + 1] = all[i]
+    end
+  end
+  for i = 1, #drop, 500 do
+    redis.call('HDEL', S, unpack(drop, i, math.min(i + 499, #drop)))
+  end
 end
 local function reclaim(force)
   if reclaimed or not (force or due) then return end
@@ -247,6 +356,8 @@ local function reclaim(force)
   n = n + #gone
   if n > 0 then redis.call('HINCRBY', M, 'reclaimed', n) end
   active = nil
+  held_by = nil
+  if due then prune_fair() end
 end
 local function unqueue(tok)
   redis.call('ZREM', Q, tok)
@@ -257,49 +368,73 @@ local function promote()
   if now < warm_until or redis.call('ZCARD', Q) == 0 then return end
   local free = limit - count_active()
   if free <= 0 then return end
-  local granted, dropped, rank, scanned = {}, 0, 0, 0
+  local granted, dropped, rank, skipped, passed = {}, 0, 0, 0, 0
   local maxw = tonumber(redis.call('HGET', M, 'max_wait_ms')) or 0
   local fresh_after = now + inst_ttl * 5 / 8
-  while free > 0 and scanned < free + 64 do
-    local heads = redis.call('ZRANGE', Q, rank, rank + free - 1)
+  local finished = {}
+  while free > 0 and skipped < 64 and passed < 512 do
+    local heads = redis.call('ZRANGE', Q, rank, rank + math.max(free, 8) - 1, 'WITHSCORES')
     if #heads == 0 then break end
-    for i = 1, #heads do
+    for i = 1, #heads, 2 do
+      if free <= 0 then break end
       local tok = heads[i]
-      scanned = scanned + 1
       local id = owner(tok)
-      local beat = id and tonumber(redis.call('ZSCORE', I, id))
-      if id and redis.call('ZSCORE', D, id) then
+      if at_cap(tok) then
+        -- Its tenant holds its cap: passed over, keeping its place (tested first: once the
+        -- holders are counted it is a table look-up, cheaper than the instance checks).
+        rank = rank + 1
+        passed = passed + 1
+      elseif id and redis.call('ZSCORE', D, id) then
         unqueue(tok)
         dropped = dropped + 1
-      elseif beat and (beat < fresh_after or not present(id)) then
-        rank = rank + 1
+        skipped = skipped + 1
       else
-        local deadline = tonumber(redis.call('ZSCORE', W, tok)) or (now + grant_ttl)
-        if deadline > now + grant_ttl then deadline = now + grant_ttl end
-        local since = tonumber(redis.call('ZSCORE', E, tok)) or now
-        if now - since > maxw then maxw = now - since end
-        unqueue(tok)
-        redis.call('ZADD', H, num(deadline), tok)
-        granted[#granted + 1] = tok
-        free = free - 1
+        local beat = id and tonumber(redis.call('ZSCORE', I, id))
+        if beat and (beat < fresh_after or not present(id)) then
+          rank = rank + 1
+          skipped = skipped + 1
+        else
+          local deadline = tonumber(redis.call('ZSCORE', W, tok)) or (now + grant_ttl)
+          if deadline > now + grant_ttl then deadline = now + grant_ttl end
+          local since = tonumber(redis.call('ZSCORE', E, tok)) or now
+          if now - since > maxw then maxw = now - since end
+          unqueue(tok)
+          redis.call('ZADD', H, num(deadline), tok)
+          granted[#granted + 1] = tok
+          free = free - 1
+          if held_by then
+            local t = share_of(tok)
+            held_by[t] = (held_by[t] or 0) + 1
+          end
+          local score = tonumber(heads[i + 1])
+          local band = math.floor(score / BAND)
+          local p, f = 3 - band, score - band * BAND
+          if not finished[p] or f > finished[p] then finished[p] = f end
+        end
       end
     end
   end
   if dropped > 0 then redis.call('HINCRBY', M, 'reclaimed', dropped) end
   active = active + #granted
   if #granted == 0 then return end
+  for p, f in pairs(finished) do
+    local v = tonumber(redis.call('HGET', S, 'v:' .. p))
+    if not v or f > v then redis.call('HSET', S, 'v:' .. p, num(f)) end
+  end
   redis.call('HSET', M, 'max_wait_ms', num(maxw))
   redis.call('PUBLISH', CH, table.concat(granted, ' '))
 end
 "#;
 
 /// The fast path of [`ACQUIRE`], run between the two halves of the prelude: the first call
-/// of an acquire, on a quiet limiter outside a warm-up, that finds no queue and a free slot
-/// takes it (or is refused for a tombstone) without the rest of the prelude. Anything else
+/// of an acquire whose token has no cap, on a quiet limiter outside a warm-up, that finds
+/// no queue and a free slot takes it (or is refused for a tombstone) without the rest of
+/// the prelude; the cap test is one anchored match on the token. Anything else
 /// falls through to the full script, which decides exactly the same for this case: its
 /// reclaim step is not due, its promote step finds no queue.
 const ACQUIRE_FAST: &str = r#"
-if quiet and ARGV[6] == '1' and now >= warm_until and redis.call('ZCARD', Q) == 0 then
+if quiet and ARGV[6] == '1' and now >= warm_until and redis.call('ZCARD', Q) == 0
+    and not string.match(ARGV[3], '^[^-]*%-%d+%.[1-9]') then
   if redis.call('ZSCORE', C, ARGV[3]) then return 3 end
   if redis.call('ZCARD', H) < limit then
     redis.call('ZADD', H, num(now + lease_ms), ARGV[3])
@@ -318,11 +453,11 @@ if quiet and redis.call('ZCARD', Q) == 0 then
 end
 "#;
 
-/// ARGV 3 token, 4 priority index (0 low … 3 critical), 5 mode (`wait` or `try`), 6 `1` for
-/// the first call of an acquire (its token is new,
+/// ARGV 3 token (with its tenant and cap, see the module docs), 4 priority index (0 low …
+/// 3 critical), 5 mode (`wait` or `try`), 6 `1` for the first call of an acquire (its token is new,
 /// so the look-ups among holders and tickets are skipped on the way to a free slot; a copy
 /// of the call replayed after a reconnect that finds its token held still confirms it
-/// before queueing anything). Returns 1 granted,
+/// before queueing anything), 7 the share's cost when not the default one. Returns 1 granted,
 /// 0 queued, 2 refused (`try` only), 3 the token was cancelled or released already (a stale
 /// command: nothing is created).
 pub const ACQUIRE: &str = r#"
@@ -344,14 +479,28 @@ if now >= warm_until and not reclaimed and count_active() >= limit then
   reclaim(true)
   promote()
 end
-if now >= warm_until and count_active() < limit then
+if now >= warm_until and count_active() < limit and not at_cap(tok) then
   redis.call('ZADD', H, num(now + lease), tok)
   return 1
 end
 if ARGV[6] == '1' and redis.call('ZSCORE', H, tok) then return 1 end
 if ARGV[5] == 'try' then return 2 end
-local seq = redis.call('HINCRBY', M, 'seq', 1)
-redis.call('ZADD', Q, num((3 - tonumber(ARGV[4])) * 1099511627776 + seq), tok)
+local p = tonumber(ARGV[4])
+local lo = (3 - p) * BAND
+local vk, fk = 'v:' .. p, 'f:' .. p .. ':' .. share_of(tok)
+local fair = redis.call('HMGET', S, vk, fk)
+local v = tonumber(fair[1])
+if not v then
+  -- No virtual time at this priority: its queue is empty, or holds only entries of an
+  -- older version (scored by `seq`), which keep their places ahead of this one.
+  v = 0
+  local last = redis.call('ZREVRANGEBYSCORE', Q, '(' .. num(lo + BAND), num(lo), 'WITHSCORES', 'LIMIT', 0, 1)
+  if #last == 2 then v = tonumber(last[2]) - lo end
+end
+local finish = math.max(v, tonumber(fair[2]) or 0) + (tonumber(ARGV[7]) or unit_cost)
+if finish > BAND - 1 then finish = BAND - 1 end
+redis.call('HSET', S, vk, num(v), fk, num(finish))
+redis.call('ZADD', Q, num(lo + finish), tok)
 redis.call('ZADD', W, num(now + waiter_ttl), tok)
 redis.call('ZADD', E, num(now), tok)
 return 0
@@ -405,15 +554,15 @@ return out
 "#;
 
 /// No extra ARGV. Returns `{limit, active, low, normal, high, critical, reclaimed,
-/// max_wait_ms, oldest_ms, live instances, epoch, instances reclaimed}`.
+/// max_wait_ms, oldest_ms, live instances, epoch, instances reclaimed}`, then a `tenant,
+/// held, queued` triple per tenant that holds or waits.
 pub const STATS: &str = r#"
 reclaim(true)
 promote()
-local band = 1099511627776
 local out = {limit, redis.call('ZCARD', H)}
 for p = 0, 3 do
-  local lo = (3 - p) * band
-  out[#out + 1] = redis.call('ZCOUNT', Q, num(lo), '(' .. num(lo + band))
+  local lo = (3 - p) * BAND
+  out[#out + 1] = redis.call('ZCOUNT', Q, num(lo), '(' .. num(lo + BAND))
 end
 out[#out + 1] = tonumber(redis.call('HGET', M, 'reclaimed')) or 0
 out[#out + 1] = tonumber(redis.call('HGET', M, 'max_wait_ms')) or 0
@@ -422,6 +571,27 @@ if #oldest == 2 then out[#out + 1] = now - tonumber(oldest[2]) else out[#out + 1
 out[#out + 1] = redis.call('ZCOUNT', I, '(' .. num(now), '+inf')
 out[#out + 1] = tonumber(epoch)
 out[#out + 1] = tonumber(redis.call('HGET', M, 'instances_reclaimed')) or 0
+local per, names = {}, {}
+local function count(list, slot)
+  for i = 1, #list do
+    local t = share_of(list[i])
+    local e = per[t]
+    if not e then
+      e = {0, 0}
+      per[t] = e
+      names[#names + 1] = t
+    end
+    e[slot] = e[slot] + 1
+  end
+end
+count(redis.call('ZRANGE', H, 0, -1), 1)
+count(redis.call('ZRANGE', Q, 0, -1), 2)
+for i = 1, #names do
+  local t = names[i]
+  out[#out + 1] = t
+  out[#out + 1] = per[t][1]
+  out[#out + 1] = per[t][2]
+end
 return out
 "#;
 
@@ -510,8 +680,8 @@ impl ScriptSettings {
 /// The keys and channel of one limiter, and its scripts with their SHA-1s computed once.
 #[derive(Debug, Clone)]
 pub struct Scripts {
-    /// `holders, queue, waiters, enqueued, meta, cancelled, instances, dead`, in the order
-    /// the scripts read them.
+    /// `holders, queue, waiters, enqueued, meta, cancelled, instances, dead, fair`, in the
+    /// order the scripts read them.
     pub keys: Vec<Key>,
     /// The keys a call declares: all of them, although the scripts name them in their text
     /// too. Redis Cluster routes a call and handles a slot migration by its declared keys:
@@ -563,6 +733,7 @@ impl Scripts {
             "cancelled",
             "instances",
             "dead",
+            "fair",
         ]
         .iter()
         .map(|k| format!("{tag}:{k}"))
@@ -571,10 +742,11 @@ impl Scripts {
         let ms = |d: Duration| duration_ms(d);
         let constants = format!(
             "local H = KEYS[1]\n\
-             local Q, W, E, M, C, I, D = {}\n\
+             local Q, W, E, M, C, I, D, S = {}\n\
              local CH = {}\n\
              local grant_ttl, inst_ttl, warmup = {}, {}, {}\n\
-             local lease_ms, waiter_ttl, tomb_ms = {}, {}, {}\n",
+             local lease_ms, waiter_ttl, tomb_ms = {}, {}, {}\n\
+             local unit_cost = {}\n",
             names[1..]
                 .iter()
                 .map(|n| lua_string(n))
@@ -587,6 +759,7 @@ impl Scripts {
             ms(settings.lease_ttl),
             ms(settings.waiter_ttl),
             ms(settings.tombstone_ttl),
+            Share::default().cost(),
         );
         let script = |body: &str| Script::from_lua(format!("{constants}{HEAD}{PRELUDE}{body}"));
         let fast = |fast: &str, body: &str| {
@@ -639,7 +812,7 @@ mod tests {
         // the declared keys only: declaring fewer could run a script on half a migrated state.
         let s = Scripts::new("d-id", settings());
         assert_eq!(s.call_keys, s.keys);
-        assert_eq!(s.keys.len(), 8);
+        assert_eq!(s.keys.len(), 9);
     }
 
     #[test]

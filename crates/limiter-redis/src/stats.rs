@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use ports::{BackendStats, DegradedReason, FailoverStats, LimiterStats};
+use ports::{BackendStats, DegradedReason, FailoverStats, LimiterStats, TenantSlots};
 use redis_connect::BackendError;
 
 use crate::config::FailoverPolicy;
@@ -23,6 +23,7 @@ impl Inner {
             reclaimed,
             max_wait_ms: max_wait,
             oldest_ms: oldest,
+            tenants,
             ..
         } = self.read_stats().await?;
         let u32_of = |x: i64| u32::try_from(x.max(0)).unwrap_or(u32::MAX);
@@ -44,6 +45,17 @@ impl Inner {
             max_wait_ms: u64_of(max_wait),
             oldest_queued_ms: u64_of(oldest),
             degraded: false,
+            tenants: tenants
+                .into_iter()
+                .filter(|&(_, held, queued)| held > 0 || queued > 0)
+                .map(|(name, held, queued)| {
+                    let slots = TenantSlots {
+                        active: u32_of(held),
+                        queued: u32_of(queued),
+                    };
+                    (name, slots)
+                })
+                .collect(),
             backend: BackendStats {
                 kind: "redis".to_owned(),
                 configured: "redis".to_owned(),

@@ -11,4 +11,5 @@ mod load;
 mod processes;
 mod sentinel;
 mod support;
+mod tenants;
 mod tls;
