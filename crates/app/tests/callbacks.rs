@@ -118,8 +118,13 @@ async fn an_ended_job_is_called_back_until_a_2xx_under_one_webhook_id() {
         store.get(&id).await.unwrap().unwrap().callback.is_none(),
         "nothing is armed before the job ends"
     );
-    jobs.cancel_job(&quiet, &domain::Tenant::public()).await.unwrap();
-    let cancelled = jobs.cancel_job(&id, &domain::Tenant::public()).await.unwrap();
+    jobs.cancel_job(&quiet, &domain::Tenant::public())
+        .await
+        .unwrap();
+    let cancelled = jobs
+        .cancel_job(&id, &domain::Tenant::public())
+        .await
+        .unwrap();
     let armed = cancelled.callback.clone().expect("the cancel armed it");
     assert_eq!(armed.event, CallbackEvent::JobCancelled);
     let job = settled(&*store, &id, Duration::from_secs(10)).await;
@@ -174,7 +179,10 @@ async fn an_ended_job_is_called_back_until_a_2xx_under_one_webhook_id() {
     );
     assert_eq!(store.counts().await.unwrap().callbacks_pending, 0);
     // Cancelling again changes nothing and arms nothing new.
-    let again = jobs.cancel_job(&id, &domain::Tenant::public()).await.unwrap();
+    let again = jobs
+        .cancel_job(&id, &domain::Tenant::public())
+        .await
+        .unwrap();
     assert_eq!(again.callback, job.callback);
 }
 
@@ -183,7 +191,9 @@ async fn a_permanent_refusal_gives_up_at_once_and_the_horizon_ends_retries() {
     let gone = Scripted::new(vec![Err(CallbackError::Status { status: 410 })]);
     let (jobs, store) = engine(Arc::clone(&gone), Duration::from_secs(3600));
     let id = submit(&jobs, Some("https://hooks.example.com/gone")).await;
-    jobs.cancel_job(&id, &domain::Tenant::public()).await.unwrap();
+    jobs.cancel_job(&id, &domain::Tenant::public())
+        .await
+        .unwrap();
     let job = settled(&*store, &id, Duration::from_secs(10)).await;
     let cb = job.callback.unwrap();
     assert_eq!((cb.status, cb.attempts), (CallbackStatus::Failed, 1));
@@ -194,7 +204,9 @@ async fn a_permanent_refusal_gives_up_at_once_and_the_horizon_ends_retries() {
     let failing = Scripted::new(vec![Err(CallbackError::Status { status: 500 })]);
     let (jobs, store) = engine(Arc::clone(&failing), Duration::from_millis(300));
     let id = submit(&jobs, Some("https://hooks.example.com/down")).await;
-    jobs.cancel_job(&id, &domain::Tenant::public()).await.unwrap();
+    jobs.cancel_job(&id, &domain::Tenant::public())
+        .await
+        .unwrap();
     let job = settled(&*store, &id, Duration::from_secs(10)).await;
     let cb = job.callback.unwrap();
     assert_eq!(cb.status, CallbackStatus::Failed);

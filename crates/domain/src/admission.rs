@@ -13,10 +13,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::priority::Priority;
 
-/// A tenant's name: 1 to [`Tenant::MAX_LEN`] visible ASCII characters. Cheap to clone.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A tenant's name: 1 to [`Tenant::MAX_LEN`] visible ASCII characters. Cheap to clone;
+/// the public tenant (every caller of a service without credentials, and every caller that
+/// names none) costs no allocation and no reference count.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Tenant(Arc<str>);
+pub struct Tenant(Name);
+
+#[derive(Clone)]
+enum Name {
+    Public,
+    Named(Arc<str>),
+}
 
 /// A tenant name that breaks a rule of [`Tenant`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,17 +45,64 @@ impl Tenant {
         {
             return Err(InvalidTenant);
         }
-        Ok(Tenant(Arc::from(name)))
+        if name == Tenant::PUBLIC {
+            return Ok(Tenant::public());
+        }
+        Ok(Tenant(Name::Named(Arc::from(name))))
     }
 
     /// The tenant of a deployment without credentials ([`Tenant::PUBLIC`]).
-    pub fn public() -> Tenant {
-        Tenant(Arc::from(Tenant::PUBLIC))
+    pub const fn public() -> Tenant {
+        Tenant(Name::Public)
+    }
+
+    /// Whether this is the public tenant.
+    pub fn is_public(&self) -> bool {
+        matches!(self.0, Name::Public)
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Name::Public => Tenant::PUBLIC,
+            Name::Named(name) => name,
+        }
+    }
+}
+
+impl PartialEq for Tenant {
+    fn eq(&self, other: &Tenant) -> bool {
+        match (&self.0, &other.0) {
+            (Name::Public, Name::Public) => true,
+            (Name::Named(a), Name::Named(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Tenant {}
+
+impl std::hash::Hash for Tenant {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for Tenant {
+    fn partial_cmp(&self, other: &Tenant) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Tenant {
+    fn cmp(&self, other: &Tenant) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Tenant").field(&self.as_str()).finish()
     }
 }
 
@@ -66,13 +121,13 @@ impl TryFrom<String> for Tenant {
 
 impl From<Tenant> for String {
     fn from(tenant: Tenant) -> String {
-        tenant.0.to_string()
+        tenant.as_str().to_owned()
     }
 }
 
 impl fmt::Display for Tenant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -198,6 +253,10 @@ mod tests {
         let t: Tenant = serde_json::from_str("\"acme\"").unwrap();
         assert_eq!(serde_json::to_string(&t).unwrap(), "\"acme\"");
         assert!(serde_json::from_str::<Tenant>("\"\"").is_err());
+        let parsed = Tenant::parse("public").unwrap();
+        assert!(parsed.is_public() && parsed == Tenant::public());
+        assert_eq!(format!("{parsed:?}"), "Tenant(\"public\")");
+        assert!(Tenant::parse("acme").unwrap() > Tenant::parse("Acme").unwrap());
     }
 
     #[test]

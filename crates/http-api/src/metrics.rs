@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{Admission, Priority};
-use ports::{ConcurrencyLimiter, LimiterError, LimiterStats, Permit, VideoApiStats};
+use ports::{Acquire, ConcurrencyLimiter, LimiterError, LimiterStats, Permit, VideoApiStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -633,11 +633,12 @@ impl MeteredLimiter {
 
 #[async_trait]
 impl ConcurrencyLimiter for MeteredLimiter {
-    async fn acquire(&self, admission: &Admission, wait: Duration) -> Result<Permit, LimiterError> {
-        // Dropping this future drops the inner one, which is cancel-safe by contract.
-        let result = self.inner.acquire(admission, wait).await;
-        self.metrics.record_acquire(admission, &result);
-        result
+    fn acquire<'a>(&'a self, admission: &'a Admission, wait: Duration) -> Acquire<'a> {
+        // Dropping this future drops the inner one, which is cancel-safe by contract; an
+        // acquire the inner limiter decided at once is recorded at once and stays unboxed.
+        self.inner
+            .acquire(admission, wait)
+            .inspect(move |result| self.metrics.record_acquire(admission, result))
     }
 
     async fn stats(&self) -> LimiterStats {

@@ -50,12 +50,12 @@ mod state;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{Admission, Tenant};
-use ports::{ConcurrencyLimiter, LimiterError, LimiterStats, Permit, PermitHandle};
+use ports::{Acquire, ConcurrencyLimiter, LimiterError, LimiterStats, Permit, PermitHandle};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -93,10 +93,20 @@ impl Shared {
     }
 }
 
-/// The handle of a capped tenant's permit: releasing it also lowers the tenant's count.
+/// The handle of a capped tenant's permits (one per tenant, kept in its entry): releasing
+/// one also lowers the tenant's count. It holds the limiter weakly, since the limiter's state
+/// holds it: a permit that outlives its limiter has nothing left to give back to.
 struct CappedSlot {
-    shared: Arc<Shared>,
+    shared: Weak<Shared>,
     tenant: Tenant,
+}
+
+impl CappedSlot {
+    fn release(&self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.release_slot(Some(&self.tenant));
+        }
+    }
 }
 
 /// Builds a [`MemoryLimiter`].
@@ -144,12 +154,16 @@ impl MemoryLimiter {
         }
     }
 
+    fn capped_slot(&self, tenant: &Tenant) -> Arc<dyn PermitHandle> {
+        Arc::new(CappedSlot {
+            shared: Arc::downgrade(&self.shared),
+            tenant: tenant.clone(),
+        })
+    }
+
     fn permit(&self, admission: &Admission, waited: Duration) -> Permit {
         let handle: Arc<dyn PermitHandle> = if admission.share.cap().is_some() {
-            Arc::new(CappedSlot {
-                shared: Arc::clone(&self.shared),
-                tenant: admission.tenant.clone(),
-            })
+            self.capped_slot(&admission.tenant)
         } else {
             // The shared state itself is the handle: granting an uncapped permit clones an
             // `Arc` and allocates nothing.
@@ -192,15 +206,16 @@ impl Drop for QueuedGuard<'_> {
     }
 }
 
-#[async_trait]
-impl ConcurrencyLimiter for MemoryLimiter {
-    async fn acquire(&self, admission: &Admission, wait: Duration) -> Result<Permit, LimiterError> {
+impl MemoryLimiter {
+    /// The acquire that takes the lock: an immediate grant for a capped tenant, or a wait
+    /// in the queue.
+    async fn acquire_locked(
+        &self,
+        admission: &Admission,
+        wait: Duration,
+    ) -> Result<Permit, LimiterError> {
         let priority = admission.priority;
         let capped = admission.share.cap().is_some();
-        // The uncontended path: one compare-and-swap, no lock.
-        if !capped && self.shared.slots.try_take() {
-            return Ok(self.permit(admission, Duration::ZERO));
-        }
         let (started, ticket, rx) = {
             let mut state = self.shared.lock();
             if state.try_acquire_now(&self.shared.slots, admission) {
@@ -251,6 +266,29 @@ impl ConcurrencyLimiter for MemoryLimiter {
         drop(state);
         Ok(self.permit(admission, waited))
     }
+}
+
+#[async_trait]
+impl ConcurrencyLimiter for MemoryLimiter {
+    fn acquire<'a>(&'a self, admission: &'a Admission, wait: Duration) -> Acquire<'a> {
+        // The uncontended path: one compare-and-swap, no lock, no allocation, nothing awaited.
+        if admission.share.cap().is_none() {
+            if self.shared.slots.try_take() {
+                return Acquire::ready(Ok(self.permit(admission, Duration::ZERO)));
+            }
+        } else {
+            // A capped tenant below its cap: one short locked section, not boxed, and the
+            // tenant's handle made once.
+            let mut state = self.shared.lock();
+            if state.try_acquire_now(&self.shared.slots, admission) {
+                let handle =
+                    state.capped_handle(&admission.tenant, || self.capped_slot(&admission.tenant));
+                drop(state);
+                return Acquire::ready(Ok(Permit::new(handle, admission.priority, Duration::ZERO)));
+            }
+        }
+        Acquire::pending(self.acquire_locked(admission, wait))
+    }
 
     async fn stats(&self) -> LimiterStats {
         self.shared.lock().stats(&self.shared.slots, Instant::now())
@@ -285,13 +323,13 @@ impl PermitHandle for Shared {
 /// A capped tenant's slot: releasing it also lowers the tenant's count.
 impl PermitHandle for CappedSlot {
     fn release_on_drop(self: Arc<Self>) {
-        self.shared.release_slot(Some(&self.tenant));
+        CappedSlot::release(&self);
     }
 
     fn release(
         self: Arc<Self>,
     ) -> Pin<Box<dyn Future<Output = Result<(), LimiterError>> + Send + 'static>> {
-        self.shared.release_slot(Some(&self.tenant));
+        CappedSlot::release(&self);
         Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -12,11 +12,17 @@
 //! so a grant is a `BTreeMap` pop, whatever waits behind a capped tenant.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use domain::{Admission, Priority, Tenant};
-use ports::{BackendStats, LimiterCounters, LimiterStats, QueuedByPriority, TenantSlots};
+use std::sync::Arc;
+
+use ports::{
+    BackendStats, LimiterCounters, LimiterStats, PermitHandle, QueuedByPriority, TenantSlots,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -107,6 +113,9 @@ impl Slots {
     }
 }
 
+/// The idle tenants kept before [`State::forget_idle`] sweeps them.
+const KEEP_IDLE: usize = 1024;
+
 /// One queued `acquire`.
 #[derive(Debug)]
 struct Waiter {
@@ -126,6 +135,18 @@ struct TenantQueue {
     queues: [VecDeque<Waiter>; 4],
     /// The finish of its last waiter queued at each priority.
     last_finish: [u64; 4],
+    /// Its permits' handle, made once (a capped tenant's permit must name its tenant).
+    handle: CachedHandle,
+}
+
+/// A tenant's cached permit handle (its `Debug` says only whether there is one).
+#[derive(Default)]
+struct CachedHandle(Option<Arc<dyn PermitHandle>>);
+
+impl std::fmt::Debug for CachedHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "cached" } else { "none" })
+    }
 }
 
 impl TenantQueue {
@@ -160,8 +181,12 @@ pub(crate) struct Ticket {
 #[derive(Debug)]
 pub(crate) struct State {
     classes: [Class; 4],
-    tenants: HashMap<Tenant, TenantQueue>,
+    /// Hashed with foldhash: a tenant name is short, and SipHash's cost showed on the capped
+    /// path (three lookups per acquire and release).
+    tenants: HashMap<Tenant, TenantQueue, RandomState>,
     queued: u32,
+    /// Some tenant may have become idle (nothing queued, no capped slot) since the last sweep.
+    idle_left: bool,
     next_id: u64,
     ageing: Option<Duration>,
     pub(crate) counters: LimiterCounters,
@@ -175,8 +200,9 @@ impl State {
     pub(crate) fn new(ageing: Option<Duration>) -> Self {
         State {
             classes: Default::default(),
-            tenants: HashMap::new(),
+            tenants: HashMap::default(),
             queued: 0,
+            idle_left: false,
             next_id: 0,
             ageing,
             counters: LimiterCounters::default(),
@@ -188,30 +214,64 @@ impl State {
     /// Takes a slot at once for `admission` if one is free and nobody is queued (queued
     /// waiters go first) and its tenant is below its cap. Called under the lock.
     pub(crate) fn try_acquire_now(&mut self, slots: &Slots, admission: &Admission) -> bool {
-        let cap = admission.share.cap();
-        if let Some(cap) = cap
-            && self
-                .tenants
-                .get(&admission.tenant)
-                .is_some_and(|t| t.active >= cap)
-        {
-            return false;
-        }
-        if !slots.try_take() {
-            // The word's grant count may be full: move it here and try again.
-            let grants = slots.take_grants();
-            self.counters.acquired_immediately += grants;
-            self.granted += grants;
-            if grants == 0 || !slots.try_take() {
-                return false;
+        let Some(cap) = admission.share.cap() else {
+            return self.take(slots);
+        };
+        // One lookup: the entry is made only when the slot is taken.
+        match self.tenants.get_mut(&admission.tenant) {
+            Some(t) if t.active >= cap => false,
+            Some(t) => {
+                if !Self::take_counted(slots, &mut self.counters, &mut self.granted) {
+                    return false;
+                }
+                t.cap = Some(cap);
+                t.active += 1;
+                true
+            }
+            None => {
+                if !self.take(slots) {
+                    return false;
+                }
+                self.tenants.insert(
+                    admission.tenant.clone(),
+                    TenantQueue {
+                        cap: Some(cap),
+                        active: 1,
+                        ..TenantQueue::default()
+                    },
+                );
+                true
             }
         }
-        if cap.is_some() {
-            let tenant = self.tenants.entry(admission.tenant.clone()).or_default();
-            tenant.cap = cap;
-            tenant.active += 1;
+    }
+
+    /// The permit handle of capped `tenant` (whose entry exists: it holds a slot), made by
+    /// `make` the first time.
+    pub(crate) fn capped_handle(
+        &mut self,
+        tenant: &Tenant,
+        make: impl FnOnce() -> Arc<dyn PermitHandle>,
+    ) -> Arc<dyn PermitHandle> {
+        match self.tenants.get_mut(tenant) {
+            Some(t) => Arc::clone(t.handle.0.get_or_insert_with(make)),
+            None => make(),
         }
-        true
+    }
+
+    /// Takes a free slot if nobody is queued (see [`Slots::try_take`]).
+    fn take(&mut self, slots: &Slots) -> bool {
+        Self::take_counted(slots, &mut self.counters, &mut self.granted)
+    }
+
+    fn take_counted(slots: &Slots, counters: &mut LimiterCounters, granted: &mut u64) -> bool {
+        if slots.try_take() {
+            return true;
+        }
+        // The word's grant count may be full: move it here and try again.
+        let grants = slots.take_grants();
+        counters.acquired_immediately += grants;
+        *granted += grants;
+        grants > 0 && slots.try_take()
     }
 
     /// Queues a waiter; the receiver resolves when it is granted a slot (possibly at once, if
@@ -246,6 +306,7 @@ impl State {
             slots.word.fetch_or(QUEUED, Ordering::AcqRel);
         }
         self.queued += 1;
+        self.forget_idle();
         // A slot freed before the bit was set, or one a capped tenant cannot take, is
         // handed out now.
         self.grant_waiters(slots);
@@ -281,14 +342,23 @@ impl State {
                 .insert((next.finish, next.id), ticket.tenant.clone());
         }
         class.len -= 1;
-        if tenant.is_idle() {
-            self.tenants.remove(&ticket.tenant);
-        }
+        self.idle_left = true;
         self.queued -= 1;
         if self.queued == 0 {
             slots.word.fetch_and(!QUEUED, Ordering::AcqRel);
         }
+        self.forget_idle();
         true
+    }
+
+    /// Forgets idle tenants once more than [`KEEP_IDLE`] are known: an idle tenant's entry
+    /// is kept until then, so a capped tenant that takes and frees slots in turn does not
+    /// make and drop its entry every time; the map stays bounded.
+    fn forget_idle(&mut self) {
+        if self.idle_left && self.tenants.len() > KEEP_IDLE {
+            self.tenants.retain(|_, t| !t.is_idle());
+            self.idle_left = false;
+        }
     }
 
     /// Records the wait of an acquire that was granted after queueing.
@@ -314,10 +384,9 @@ impl State {
                     }
                 }
             }
-            if t.is_idle() {
-                self.tenants.remove(name);
-            }
+            self.idle_left = true;
         }
+        self.forget_idle();
         // `Permit` releases exactly once, so `active` is positive here; saturate anyway so
         // that no sequence of calls can ever create capacity.
         // This runs inside `Drop`, possibly while unwinding, so it reports instead of panicking.
@@ -388,15 +457,11 @@ impl State {
                 // happens, the slot is given back.
                 tracing::error!("a granted waiter was gone; slot given back");
                 let tenant_name = tenant.cap.is_some().then(|| name.clone());
-                if tenant.is_idle() {
-                    self.tenants.remove(&name);
-                }
+                self.idle_left = true;
                 self.release_one(slots, tenant_name.as_ref());
                 return;
             }
-            if tenant.is_idle() {
-                self.tenants.remove(&name);
-            }
+            self.idle_left = true;
         }
     }
 
@@ -486,5 +551,29 @@ impl State {
                 failover: None,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// When the word's grant count is full, the lock-free path stops and a locked acquire
+    /// moves the count into the state's counters: nothing is lost and the count never wraps.
+    #[test]
+    fn a_full_grant_count_moves_into_the_counters() {
+        let slots = Slots::new(4);
+        let mut state = State::new(None);
+        slots.word.store(MAX_GRANTS << 33, Ordering::SeqCst);
+        assert!(!slots.try_take(), "the lock-free path refuses a full count");
+        let admission = Admission::from(Priority::Normal);
+        assert!(state.try_acquire_now(&slots, &admission));
+        let stats = state.stats(&slots, Instant::now());
+        assert_eq!(stats.active, 1);
+        assert_eq!(stats.counters.acquired_immediately, MAX_GRANTS + 1);
+        assert!(slots.try_take(), "and the lock-free path works again");
+        assert!(slots.try_give_back() && slots.try_give_back());
+        let stats = state.stats(&slots, Instant::now());
+        assert_eq!((stats.active, stats.counters.released), (0, MAX_GRANTS + 2));
     }
 }

@@ -246,13 +246,15 @@ impl Drop for Ticket {
 #[async_trait]
 impl ConcurrencyLimiter for RedisLimiter {
     #[tracing::instrument(skip(self), fields(limiter = %self.inner.config.name))]
-    async fn acquire(&self, admission: &Admission, wait: Duration) -> Result<Permit, LimiterError> {
-        let inner = &self.inner;
-        let started = Instant::now();
-        if inner.is_degraded() {
-            return fallback_acquire(inner, admission, started, wait).await;
-        }
-        redis_acquire(inner, admission, started, wait).await
+    fn acquire<'a>(&'a self, admission: &'a Admission, wait: Duration) -> ports::Acquire<'a> {
+        ports::Acquire::pending(async move {
+            let inner = &self.inner;
+            let started = Instant::now();
+            if inner.is_degraded() {
+                return fallback_acquire(inner, admission, started, wait).await;
+            }
+            redis_acquire(inner, admission, started, wait).await
+        })
     }
 
     async fn stats(&self) -> LimiterStats {

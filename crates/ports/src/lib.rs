@@ -46,7 +46,7 @@ pub use jobs::{
     JobStoreError, Lease, LeaseTerms, ListQuery, NewJob, QueueLimits, ScopedKey, Submitted,
 };
 pub use limiter::{
-    BackendStats, ConcurrencyLimiter, DegradedReason, FailoverPolicy, FailoverStats,
+    Acquire, BackendStats, ConcurrencyLimiter, DegradedReason, FailoverPolicy, FailoverStats,
     LimiterCounters, LimiterError, LimiterStats, Permit, PermitHandle, QueuedByPriority,
     TenantSlots,
 };

@@ -35,6 +35,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -354,6 +355,78 @@ pub struct FailoverStats {
     pub fleet_limit: u32,
 }
 
+/// The future [`ConcurrencyLimiter::acquire`] returns: already resolved when the adapter
+/// decided without waiting (a free slot taken in process: no allocation, no `await` on
+/// anything), else the adapter's boxed future. Await it like any future; it is `Unpin`.
+#[must_use = "an acquire does nothing until it is awaited"]
+pub struct Acquire<'a>(AcquireState<'a>);
+
+/// A boxed future of an acquire.
+type BoxedAcquire<'a> = Pin<Box<dyn Future<Output = Result<Permit, LimiterError>> + Send + 'a>>;
+
+enum AcquireState<'a> {
+    Ready(Option<Result<Permit, LimiterError>>),
+    Pending(BoxedAcquire<'a>),
+}
+
+impl<'a> Acquire<'a> {
+    /// An acquire decided at once.
+    pub fn ready(result: Result<Permit, LimiterError>) -> Acquire<'a> {
+        Acquire(AcquireState::Ready(Some(result)))
+    }
+
+    /// An acquire that waits: `future` is boxed.
+    pub fn pending(
+        future: impl Future<Output = Result<Permit, LimiterError>> + Send + 'a,
+    ) -> Acquire<'a> {
+        Acquire(AcquireState::Pending(Box::pin(future)))
+    }
+
+    /// The same acquire, telling `observe` of its result when it has one (at once for a
+    /// decided acquire, which stays unboxed; a decorator such as a metrics wrapper uses it).
+    pub fn inspect(
+        self,
+        observe: impl FnOnce(&Result<Permit, LimiterError>) + Send + 'a,
+    ) -> Acquire<'a> {
+        match self.0 {
+            AcquireState::Ready(Some(result)) => {
+                observe(&result);
+                Acquire::ready(result)
+            }
+            AcquireState::Ready(None) => Acquire(AcquireState::Ready(None)),
+            AcquireState::Pending(future) => Acquire::pending(async move {
+                let result = future.await;
+                observe(&result);
+                result
+            }),
+        }
+    }
+}
+
+impl Future for Acquire<'_> {
+    type Output = Result<Permit, LimiterError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            AcquireState::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
+                Err(LimiterError::Unavailable {
+                    message: "an acquire was polled after it completed".to_owned(),
+                })
+            })),
+            AcquireState::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for Acquire<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            AcquireState::Ready(_) => "Acquire(ready)",
+            AcquireState::Pending(_) => "Acquire(pending)",
+        })
+    }
+}
+
 /// A priority-aware concurrency limiter. Object-safe; inject it as `Arc<dyn ConcurrencyLimiter>`.
 ///
 /// Between tenants waiting at the same priority it grants by weighted fair share, and never
@@ -363,13 +436,13 @@ pub struct FailoverStats {
 /// waiter with the smallest finish goes first (ties in either order; an adapter in one
 /// process breaks them by arrival), a capped tenant's waiters are passed over until it
 /// frees a slot. With one tenant this is arrival order.
-#[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait ConcurrencyLimiter: Send + Sync {
     /// Waits up to `wait` for a slot at `admission`'s priority (its tenant travels
     /// with it, for the tenants feature; a zero timeout only takes a slot that is free now
     /// with nobody queued). Cancel-safe: dropping the future leaves no trace.
-    async fn acquire(&self, admission: &Admission, wait: Duration) -> Result<Permit, LimiterError>;
+    /// The returned [`Acquire`] resolves at once when the adapter decides without waiting.
+    fn acquire<'a>(&'a self, admission: &'a Admission, wait: Duration) -> Acquire<'a>;
 
     /// A snapshot of the limiter's state. Infallible: a distributed adapter that cannot reach
     /// its backend reports its fallback's state with `degraded: true`.
@@ -378,6 +451,37 @@ pub trait ConcurrencyLimiter: Send + Sync {
     /// Changes the limit (≥ 1). Raising it admits waiters at once; lowering it lets holders
     /// finish, admitting nobody until `active` is below the new limit.
     async fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError>;
+}
+
+#[cfg(feature = "mock")]
+mockall::mock! {
+    /// A mockall mock of [`ConcurrencyLimiter`] (feature `mock`): `expect_acquire`,
+    /// `expect_stats`, `expect_set_limit`, each answered at once (an acquire's
+    /// [`Acquire`] is always ready; a test that needs waiting uses a real limiter).
+    pub ConcurrencyLimiter {
+        /// What `acquire` resolves to.
+        pub fn acquire(&self, admission: &Admission, wait: Duration) -> Result<Permit, LimiterError>;
+        /// What `stats` resolves to.
+        pub fn stats(&self) -> LimiterStats;
+        /// What `set_limit` resolves to.
+        pub fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError>;
+    }
+}
+
+#[cfg(feature = "mock")]
+#[async_trait]
+impl ConcurrencyLimiter for MockConcurrencyLimiter {
+    fn acquire<'a>(&'a self, admission: &'a Admission, wait: Duration) -> Acquire<'a> {
+        Acquire::ready(MockConcurrencyLimiter::acquire(self, admission, wait))
+    }
+
+    async fn stats(&self) -> LimiterStats {
+        MockConcurrencyLimiter::stats(self)
+    }
+
+    async fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError> {
+        MockConcurrencyLimiter::set_limit(self, max_concurrent)
+    }
 }
 
 /// What a limiter that keeps its count in a shared store (Redis, for `limiter-redis`) grants

@@ -42,12 +42,12 @@ struct ClusterLimiter {
 
 #[async_trait::async_trait]
 impl ConcurrencyLimiter for ClusterLimiter {
-    async fn acquire(
-        &self,
-        admission: &domain::Admission,
+    fn acquire<'a>(
+        &'a self,
+        admission: &'a domain::Admission,
         wait: Duration,
-    ) -> Result<ports::Permit, ports::LimiterError> {
-        self.limiter.acquire(admission, wait).await
+    ) -> ports::Acquire<'a> {
+        self.limiter.acquire(admission, wait)
     }
 
     async fn stats(&self) -> LimiterStats {

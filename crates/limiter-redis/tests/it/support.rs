@@ -52,12 +52,12 @@ pub struct OwnedServerLimiter {
 
 #[async_trait::async_trait]
 impl ConcurrencyLimiter for OwnedServerLimiter {
-    async fn acquire(
-        &self,
-        admission: &domain::Admission,
+    fn acquire<'a>(
+        &'a self,
+        admission: &'a domain::Admission,
         wait: Duration,
-    ) -> Result<ports::Permit, ports::LimiterError> {
-        self.limiter.acquire(admission, wait).await
+    ) -> ports::Acquire<'a> {
+        self.limiter.acquire(admission, wait)
     }
 
     async fn stats(&self) -> LimiterStats {
