@@ -64,7 +64,8 @@
 //! over* by the promote step: its waiters keep their places and scores, and the next
 //! waiters are served (work-conserving: a lower priority may take a slot a capped one
 //! cannot). An acquire of a capped tenant at its cap queues (or, in `try` mode, is
-//! refused) even with a slot free; the fast path leaves capped tokens to the full script.
+//! refused) even with a slot free; the fast path counts a capped token's tenant's holders the
+//! same way before it takes a slot.
 //!
 //! Rolling upgrade: entries queued by an older version are scored `band + seq`. A new
 //! enqueue at a priority with no `V_p` starts from the last entry's score, so it queues
@@ -427,16 +428,27 @@ end
 "#;
 
 /// The fast path of [`ACQUIRE`], run between the two halves of the prelude: the first call
-/// of an acquire whose token has no cap, on a quiet limiter outside a warm-up, that finds
-/// no queue and a free slot takes it (or is refused for a tombstone) without the rest of
-/// the prelude; the cap test is one anchored match on the token. Anything else
-/// falls through to the full script, which decides exactly the same for this case: its
-/// reclaim step is not due, its promote step finds no queue.
+/// of an acquire on a quiet limiter outside a warm-up that finds no queue and a free slot
+/// (for a capped tenant: also fewer of its tokens in `holders` than its cap) takes it (or
+/// is refused for a tombstone) without the rest of the prelude. Anything else falls through
+/// to the full script, which decides exactly the same for this case: its reclaim step is not
+/// due, its promote step finds no queue, and it counts a tenant's holders the same way.
 const ACQUIRE_FAST: &str = r#"
-if quiet and ARGV[6] == '1' and now >= warm_until and redis.call('ZCARD', Q) == 0
-    and not string.match(ARGV[3], '^[^-]*%-%d+%.[1-9]') then
-  if redis.call('ZSCORE', C, ARGV[3]) then return 3 end
-  if redis.call('ZCARD', H) < limit then
+if quiet and ARGV[6] == '1' and now >= warm_until and redis.call('ZCARD', Q) == 0 then
+  local room = redis.call('ZCARD', H) < limit
+  local cap, tenant = string.match(ARGV[3], '^[^-]*%-%d+%.(%d+)%.(.+)$')
+  cap = tonumber(cap or '0')
+  if room and cap > 0 then
+    -- A capped tenant: its holders counted from the tokens, as the full script counts them.
+    local held, hs = 0, redis.call('ZRANGE', H, 0, -1)
+    for i = 1, #hs do
+      local _, t = string.match(hs[i], '^[^-]*%-%d+%.(%d+)%.(.+)$')
+      if t == tenant then held = held + 1 end
+    end
+    room = held < cap
+  end
+  if room then
+    if redis.call('ZSCORE', C, ARGV[3]) then return 3 end
     redis.call('ZADD', H, num(now + lease_ms), ARGV[3])
     return 1
   end
