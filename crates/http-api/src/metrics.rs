@@ -216,7 +216,7 @@ impl Metrics {
     pub fn record_tenant_request(&self, tenant: &domain::Tenant, status: u16) {
         self.tenant_requests
             .get_or_create(&TenantRequestLabels {
-                tenant: tenant.as_str().to_owned(),
+                tenant: crate::tenants::public_name(tenant.as_str()).to_owned(),
                 class: status_class(status),
             })
             .inc();
@@ -250,7 +250,7 @@ impl Metrics {
             .inc();
         self.tenant_acquires
             .get_or_create(&TenantAcquireLabels {
-                tenant: admission.tenant.as_str().to_owned(),
+                tenant: crate::tenants::public_name(admission.tenant.as_str()).to_owned(),
                 outcome,
             })
             .inc();
@@ -421,7 +421,7 @@ impl Collector for SnapshotCollector {
                 l.tenants.iter().map(|(tenant, t)| {
                     (
                         TenantLabels {
-                            tenant: tenant.clone(),
+                            tenant: crate::tenants::public_name(tenant).to_owned(),
                         },
                         ConstGauge::new(i64::from(t.queued)),
                     )
@@ -435,7 +435,7 @@ impl Collector for SnapshotCollector {
                 l.tenants.iter().map(|(tenant, t)| {
                     (
                         TenantLabels {
-                            tenant: tenant.clone(),
+                            tenant: crate::tenants::public_name(tenant).to_owned(),
                         },
                         ConstGauge::new(i64::from(t.active)),
                     )

@@ -130,7 +130,7 @@ fn tenants_json(state: &AppState, caller: &TenantPolicy, limiter: &LimiterStats)
         .map(|(name, p)| {
             let slots = limiter.tenants.get(name).copied().unwrap_or_default();
             (
-                name.clone(),
+                crate::tenants::public_name(name).to_owned(),
                 json!({
                     "weight": p.share.weight(),
                     "max_concurrent": p.share.cap(),
@@ -144,10 +144,10 @@ fn tenants_json(state: &AppState, caller: &TenantPolicy, limiter: &LimiterStats)
         .collect();
     let mut v = json!({
         "auth": view.auth,
-        "file": view.file,
         "by_tenant": by_tenant,
     });
     if view.file.is_some() && sees_all {
+        v["file"] = json!(view.file);
         v["reloads_ok"] = json!(view.reloads_ok);
         v["reloads_refused"] = json!(view.reloads_failed);
         v["reload_error"] = json!(view.last_error);

@@ -193,11 +193,15 @@ where
             }
         }
     };
-    tracing::Span::current().record("tenant", caller.tenant.as_str());
-    if !is_open(req.uri().path())
-        && let Some(cell) = req.extensions().get::<CallerCell>()
-    {
-        cell.set(&caller.tenant);
+    if !is_open(req.uri().path()) {
+        // (An open route has no caller to name.)
+        tracing::Span::current().record(
+            "tenant",
+            crate::tenants::public_name(caller.tenant.as_str()),
+        );
+        if let Some(cell) = req.extensions().get::<CallerCell>() {
+            cell.set(&caller.tenant);
+        }
     }
     let caller = &caller;
     let Some(route) = match_path(req.uri().path()) else {

@@ -243,9 +243,9 @@ fn parse_tenant(i: usize, item: &toml::Value, problems: &mut Vec<String>) -> Opt
             None
         }
         Some(toml::Value::String(name)) => {
-            if name == Tenant::PUBLIC || name.starts_with("t:") {
+            if name == Tenant::PUBLIC || name == TOKEN_TENANT_LABEL || name.starts_with("t:") {
                 problems.push(format!(
-                    "{at}: the name `public` and names starting `t:` are reserved"
+                    "{at}: the names `public` and `{TOKEN_TENANT_LABEL}` and names starting `t:` are reserved"
                 ));
                 None
             } else {
@@ -495,6 +495,7 @@ impl Tenants {
         let Some(path) = &self.path else {
             return Ok(0);
         };
+        // (Called from the SIGHUP task through `spawn_blocking`: it reads a file.)
         let loaded = path
             .to_str()
             .ok_or_else(|| format!("{}: not a UTF-8 path", path.display()))
@@ -567,6 +568,22 @@ impl Tenants {
     }
 }
 
+/// How a tenant is shown where anyone may look (`/metrics`, log lines, `/stats`): its name,
+/// except `HTTP_API_TOKEN`'s implicit tenant, whose stored name (`t:` and 16 hex digits of
+/// its token's SHA-256, the scope its keys always had) would let a scraper test guesses of
+/// the token offline: it shows as [`TOKEN_TENANT_LABEL`].
+pub fn public_name(name: &str) -> &str {
+    if name.starts_with("t:") {
+        TOKEN_TENANT_LABEL
+    } else {
+        name
+    }
+}
+
+/// How `HTTP_API_TOKEN`'s tenant is shown (see [`public_name`]); the tenants file cannot use the
+/// name (`t:` names are reserved, and this one has no `t:`, but it is refused too).
+pub const TOKEN_TENANT_LABEL: &str = "http_api_token";
+
 /// Where the router leaves the tenant of an authenticated request, for the server's
 /// per-tenant metrics (a request extension; empty for the open routes).
 #[derive(Debug, Clone, Default)]
@@ -604,7 +621,11 @@ pub fn reload_on_sighup(tenants: Arc<Tenants>) {
                     tracing::info!("SIGHUP: no TENANTS_FILE to read again");
                     continue;
                 }
-                match tenants.reload() {
+                let t = Arc::clone(&tenants);
+                let result = tokio::task::spawn_blocking(move || t.reload())
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the reload task failed: {e}")));
+                match result {
                     Ok(n) => tracing::info!(tenants = n, "SIGHUP: tenants file read again"),
                     Err(e) => tracing::error!(
                         error = %e,
@@ -732,7 +753,7 @@ token_sha256 = "{a}"
             "tenants[0] (acme): `max_concurrent` must be",
             "tenants[0] (acme): `max_priority` must be low, normal, high or critical",
             "tenants[0] (acme): `admin` must be true or false",
-            "tenants[1] (public): the name `public`",
+            "tenants[1] (public): the names `public` and `http_api_token`",
             "tenants[2]: `name` is missing",
             "tenants[4] (dup): the name is used by an earlier tenant",
             "tenants[4] (dup): token_sha256 is an earlier tenant's",
