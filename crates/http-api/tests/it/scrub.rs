@@ -160,44 +160,16 @@ async fn secrets_echoed_by_the_upstream_or_sent_by_a_client_never_reach_a_respon
 /// echoing upstream sent back is logged with the request id, without the secrets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_echoed_by_the_upstream_never_reach_the_binary_s_log() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let upstream = echoing_upstream().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_http-api"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("D_ID_BASE_URL", format!("http://{upstream}"))
-        .env("D_ID_API_KEY", KEY)
-        .env("HTTP_API_TOKEN", TOKEN)
-        .env("BIND_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .env("JOB_STORE", "memory")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the http-api binary runs");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut log = String::new();
-    let addr = loop {
-        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.recv())
-            .await
-            .expect("the binary logs `listening` in time")
-            .expect("the binary is running");
-        log.push_str(&line);
-        log.push('\n');
-        let v: Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "listening" {
-            break v["fields"]["addr"].as_str().unwrap().to_owned();
-        }
-    };
+    let base = format!("http://{upstream}");
+    let binary = support::Binary::start(&[
+        ("D_ID_BASE_URL", base.as_str()),
+        ("D_ID_API_KEY", KEY),
+        ("HTTP_API_TOKEN", TOKEN),
+        ("RUST_LOG", "debug"),
+    ])
+    .await;
+    let addr = binary.addr.clone();
     let resp = client()
         .get(format!(
             "http://{addr}/api/d_id_optimized/talk-status/tlk_echoerr"
@@ -208,12 +180,7 @@ async fn secrets_echoed_by_the_upstream_never_reach_the_binary_s_log() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
-    let _ = child.kill();
-    let _ = child.wait();
-    while let Some(line) = lines.recv().await {
-        log.push_str(&line);
-        log.push('\n');
-    }
+    let log = binary.kill().await;
     assert_clean("the log", &log);
     let failed = log
         .lines()

@@ -268,3 +268,77 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The `http-api` binary as an operator runs it: a clean environment (`PATH`, and `env`
+/// over `BIND_ADDR=127.0.0.1:0`, `LOG_FORMAT=json`, `JOB_STORE=memory`), its stderr log
+/// read line by line.
+pub struct Binary {
+    pub child: std::process::Child,
+    /// The address it logged `listening` on.
+    pub addr: String,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// The log lines read so far.
+    log: String,
+}
+
+impl Binary {
+    /// Starts it and waits (up to 20 s) until it logs `listening`.
+    pub async fn start(env: &[(&str, &str)]) -> Binary {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_http-api"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BIND_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("JOB_STORE", "memory");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the http-api binary runs");
+        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut log = String::new();
+        let addr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+                .await
+                .expect("the binary logs `listening` in time")
+                .expect("the binary is running");
+            log.push_str(&line);
+            log.push('\n');
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "listening" {
+                break v["fields"]["addr"].as_str().unwrap().to_owned();
+            }
+        };
+        Binary {
+            child,
+            addr,
+            lines,
+            log,
+        }
+    }
+
+    /// Kills it and returns its whole log.
+    pub async fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(5), self.lines.recv()).await
+        {
+            self.log.push_str(&line);
+            self.log.push('\n');
+        }
+        self.log
+    }
+}

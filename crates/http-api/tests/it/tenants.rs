@@ -278,42 +278,15 @@ async fn a_bad_tenants_file_is_a_configuration_error_with_every_problem() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reads_the_tenants_file_again_without_dropping_requests() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
     let dir = support::TempDir::new("tenants-hup");
     let file = dir.file("tenants.toml");
     std::fs::write(&file, tenant("one", "tok-1", "admin = true")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_http-api"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TENANTS_FILE", &file)
-        .env("BIND_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env("JOB_STORE", "memory")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the http-api binary runs");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
-            .await
-            .expect("the binary logs `listening` in time")
-            .expect("the binary is running");
-        let v: Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "listening" {
-            break v["fields"]["addr"].as_str().unwrap().to_owned();
-        }
-    };
+    let binary = support::Binary::start(&[("TENANTS_FILE", file.as_str())]).await;
+    let addr = binary.addr.clone();
     let url = |path: &str| format!("http://{addr}/api/d_id_optimized{path}");
     let http = client();
     let (status, _) = get_json(&http, url("/jobs"), Some("tok-1")).await;
@@ -343,7 +316,7 @@ async fn sighup_reads_the_tenants_file_again_without_dropping_requests() {
     }
     let hup = || {
         let ok = Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
+            .args(["-HUP", &binary.child.id().to_string()])
             .status()
             .expect("kill runs")
             .success();
@@ -392,13 +365,7 @@ async fn sighup_reads_the_tenants_file_again_without_dropping_requests() {
     assert_eq!(status, 200, "the tenants before the bad file stay");
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut log = String::new();
-    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(2), lines.recv()).await {
-        log.push_str(&line);
-        log.push('\n');
-    }
+    let log = binary.kill().await;
     assert_eq!(
         failed.load(Ordering::SeqCst),
         0,
