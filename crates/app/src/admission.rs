@@ -214,6 +214,7 @@ impl Jobs {
                 id: new_job_id(),
                 priority: request.admission.priority,
                 tenant: request.admission.tenant,
+                share: request.admission.share,
                 request: request.request,
                 callback_url: request.callback_url,
                 idempotency: request.key,

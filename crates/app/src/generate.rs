@@ -110,6 +110,7 @@ impl Jobs {
             id: new_job_id(),
             priority,
             tenant: admission.tenant.clone(),
+            share: admission.share,
             request,
             callback_url: None,
             idempotency: key,

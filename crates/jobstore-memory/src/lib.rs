@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use ports::jobs::{callback_due_at, claim_order, due_at, duration_ms, is_runnable};
+use ports::jobs::{FairRanks, callback_due_at, claim_order, due_at, duration_ms, is_runnable};
 use ports::{
     Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease, NewJob, QueueLimits,
     ScopedKey, Submitted,
@@ -32,6 +32,8 @@ struct State {
     by_id: HashMap<JobId, u64>,
     by_key: HashMap<ScopedKey, u64>,
     next_seq: u64,
+    /// The claims' fair order: `V` per priority and the tenants' last ranks.
+    fair: FairRanks,
 }
 
 impl MemoryJobStore {
@@ -79,7 +81,8 @@ impl JobStore for MemoryJobStore {
         }
         state.next_seq += 1;
         let seq = state.next_seq;
-        let job = job.into_job(seq);
+        let rank = state.fair.rank(job.priority, &job.tenant, job.share);
+        let job = job.into_job(seq, rank);
         state.by_id.insert(job.id.clone(), seq);
         if let Some(key) = &job.idempotency {
             state.by_key.insert(key.clone(), seq);
@@ -105,10 +108,12 @@ impl JobStore for MemoryJobStore {
             .jobs
             .values()
             .filter(|j| is_runnable(j, now_ms))
-            .min_by(|a, b| claim_order((a.priority, a.seq), (b.priority, b.seq)))
+            .min_by(|a, b| claim_order(a, b))
             .map(|j| j.seq);
         let Some(seq) = best else { return Ok(None) };
+        let state = &mut *state;
         let job = state.jobs.get_mut(&seq).expect("present");
+        state.fair.claimed(job.priority, job.rank);
         job.lease = Some(Lease {
             owner: owner.to_owned(),
             until_ms: now_ms.saturating_add(duration_ms(lease)),
@@ -186,6 +191,7 @@ impl JobStore for MemoryJobStore {
                 }
             }
         }
+        state.fair.sweep();
         Ok(old.len() as u64)
     }
 

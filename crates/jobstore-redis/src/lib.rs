@@ -16,12 +16,15 @@
 //! | `T:ver` | HASH | id → version |
 //! | `T:lease` | HASH | id → `<until_ms> <owner>` (absent without a lease) |
 //! | `T:next` | HASH | id → `next_run_ms` (non-terminal jobs) |
-//! | `T:order` | HASH | id → claim order, `(3 - priority index) · 2^40 + seq` (non-terminal jobs) |
+//! | `T:order` | HASH | id → `(3 - priority index) · 2^40 + seq` (non-terminal jobs; the priority, and the claim order of builds before the fair order) |
+//! | `T:rank` | HASH | id → [`Job::rank`](ports::Job::rank) (non-terminal jobs) |
+//! | `T:fair` | HASH | `v:<p>` → the fair order's `V` of priority index `p`; `<p>:<tenant>` → the tenant's last rank there (those behind `V` dropped by `purge`) |
 //! | `T:key` | HASH | key field → id |
 //! | `T:keyof` | HASH | id → key field |
 //! | `T:seq` | ZSET | id → seq (every job; `list` pages over it newest first) |
 //! | `T:next_seq` | STRING | the last seq handed out (`INCR`) |
-//! | `T:due` | ZSET | id → claim order: non-terminal jobs whose timer some claim saw pass |
+//! | `T:due:<p>` | ZSET | id → rank: non-terminal jobs of priority index `p` whose timer some claim saw pass |
+//! | `T:due` | ZSET | id → claim order: the same, moved by a build before the fair order (a claim moves them back to `wait`) |
 //! | `T:wait` | ZSET | id → timer, `max(next_run_ms, lease until)`: the other non-terminal jobs |
 //! | `T:finished` | ZSET | id → `finished_ms` (terminal jobs that have one; `purge` reads it) |
 //! | `T:status:<status>` | ZSET | id → seq, one per [`JobStatus`] (`list` of one status, counts) |
@@ -31,8 +34,8 @@
 //! A key field is `<byte length of scope>:<scope><key>`, so no scope and key pair can be
 //! mistaken for another. `seq`, `version`, the lease and the idempotency key of a job live
 //! only in their own fields (the JSON leaves them out), so a claim or a renew never rewrites
-//! the JSON; a read puts them back. Every non-terminal job is in exactly one of `due` and
-//! `wait`; a terminal job in neither.
+//! the JSON; a read puts them back. Every non-terminal job is in exactly one of the `due`
+//! sets and `wait`; a terminal job in none.
 //!
 //! # Atomicity
 //! Every [`JobStore`] method is one Lua script (`EVALSHA`, loaded again after a `NOSCRIPT`),
@@ -41,8 +44,11 @@
 //! The Rust side computes the index fields (status, priority, `next_run_ms`, lease,
 //! `finished_ms`) from the job it writes and passes them next to the JSON, so Lua never
 //! parses JSON. Times are the caller's `now_ms` (never Redis `TIME`), as the port requires.
-//! A claim first moves every job of `wait` whose timer is at most `now_ms` into `due`, then
-//! leases the head of `due` (in claim order). Only [`purge`](JobStore::purge) may take more
+//! A claim first moves every job of `wait` whose timer is at most `now_ms` into its
+//! priority's `due:<p>`, then leases the first head of `due:3` … `due:0` (the lowest rank
+//! of the highest priority: the fair order of the port's docs) and moves that priority's
+//! `V` up to its rank; a submit ranks its job from `V` and its tenant's last rank, in the
+//! same script, so every instance follows one order. Only [`purge`](JobStore::purge) may take more
 //! than one script call: it deletes at most [`PURGE_BATCH`] jobs per call and repeats until
 //! a call deletes fewer.
 //!
@@ -118,7 +124,7 @@ use scripts::{INDEX_ARGS, Scripts};
 pub const PURGE_BATCH: usize = 500;
 
 /// The JSON fields that live in side fields, not in `T:job`.
-const SIDE_FIELDS: [&str; 4] = ["seq", "version", "lease", "idempotency"];
+const SIDE_FIELDS: [&str; 5] = ["seq", "version", "lease", "idempotency", "rank"];
 
 /// The job store on Redis. Cheap to share behind an `Arc`; all clones of the fred client
 /// share its connections.
@@ -363,7 +369,8 @@ fn body_json(job: &Job) -> Result<String, JobStoreError> {
     Ok(value.to_string())
 }
 
-/// A job from `read()`'s `{json, version, lease, seq, key field}`.
+/// A job from `read()`'s `{json, version, lease, seq, key field, rank}` (a rank of `''`, a
+/// job queued before the fair order, reads as 0).
 fn decode_job(value: Value) -> Result<Job, JobStoreError> {
     let items = array(value, 5, "read")?;
     let json = text(&items[0], "job json")?;
@@ -377,11 +384,17 @@ fn decode_job(value: Value) -> Result<Job, JobStoreError> {
         "" => None,
         f => Some(parse_key_field(f)?),
     };
+    let rank = match items.get(5) {
+        Some(v) if v.as_str().is_some_and(|t| t.is_empty()) => 0,
+        Some(v) => number(v, "rank")?,
+        None => 0,
+    };
     let corrupt = |e: serde_json::Error| JobStoreError::Corrupt(format!("job json: {e}"));
     let mut object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&json).map_err(corrupt)?;
     object.insert("seq".into(), seq.into());
     object.insert("version".into(), version.into());
+    object.insert("rank".into(), rank.into());
     object.insert(
         "lease".into(),
         serde_json::to_value(&lease).map_err(corrupt)?,
@@ -438,7 +451,8 @@ fn index_args(job: &Job) -> Result<Vec<Value>, JobStoreError> {
 #[async_trait]
 impl JobStore for RedisJobStore {
     async fn submit(&self, job: NewJob, limits: QueueLimits) -> Result<Submitted, JobStoreError> {
-        let job = job.into_job(0);
+        let cost = ports::jobs::rank_cost(job.share);
+        let job = job.into_job(0, 0);
         let field = job.idempotency.as_ref().map(key_field).unwrap_or_default();
         let mut args: Vec<Value> = vec![
             job.id.as_str().into(),
@@ -446,6 +460,8 @@ impl JobStore for RedisJobStore {
             limits.max_queued.to_string().into(),
         ];
         args.extend(index_args(&job)?);
+        args.push(job.tenant.as_str().into());
+        args.push(cost.to_string().into());
         args.push(self.epoch.known().into());
         args.push(job.created_ms.to_string().into());
         let items = array(self.eval(&self.scripts.submit, args).await?, 1, "submit")?;
@@ -455,10 +471,14 @@ impl JobStore for RedisJobStore {
                 if let (Some(epoch), Some(lost)) = (items.get(2), items.get(3)) {
                     self.epoch.learn(epoch, lost, &self.address)?;
                 }
+                let rank = match items.get(4) {
+                    Some(rank) => number(rank, "rank")?,
+                    None => 0,
+                };
                 if job.lease.is_none() {
                     self.announce();
                 }
-                Ok(Submitted::Created(Job { seq, ..job }))
+                Ok(Submitted::Created(Job { seq, rank, ..job }))
             }
             "existing" if items.len() >= 2 => {
                 let mut items = items;

@@ -9,7 +9,7 @@ use fred::types::scripts::Script;
 
 /// The key suffixes, in `KEYS` order (`KEYS[1]` is `job`). Statuses are in
 /// [`ports::JobStatus::ALL`] order, priorities in `Priority::index` order (0 = low).
-pub(crate) const KEYS: [&str; 26] = [
+pub(crate) const KEYS: [&str; 32] = [
     "job",
     "ver",
     "lease",
@@ -36,12 +36,21 @@ pub(crate) const KEYS: [&str; 26] = [
     "epoch",
     "lost_at",
     "callbacks",
+    "due:0",
+    "due:1",
+    "due:2",
+    "due:3",
+    "rank",
+    "fair",
 ];
 
 /// Shared by every script: key names and the helpers.
 ///
-/// - `read(id)`: `{json, version, lease, seq, key field}` (`''` for a missing lease or key),
-///   or `false` if there is no such job;
+/// - `read(id)`: `{json, version, lease, seq, key field, rank}` (`''` for a missing lease,
+///   key or rank), or `false` if there is no such job;
+/// - `fair_v(p)`: the fair order's `V` of priority index `p` (set, on first use, to the last
+///   seq handed out, so that jobs queued by a build before the fair order — ranked by their
+///   seq — stay ahead of new ones);
 /// - `timer_of(id)`: `max(next_run_ms, lease until)` of a non-terminal job, as a string;
 /// - `index(id, seq)`: writes the body and every index of a job from `ARGV[4..13]` (see
 ///   [`INDEX_ARGS`]);
@@ -52,6 +61,23 @@ local JOB, VER, LEASE, NEXT, ORDER, KEY, KEYOF, SEQ, NEXT_SEQ, DUE, WAIT, FINISH
   KEYS[11], KEYS[12]
 local STATUS0, QUEUED0 = 13, 19
 local EPOCH, LOST_AT, CALLBACKS = KEYS[24], KEYS[25], KEYS[26]
+local DUE0, RANK, FAIR = 27, KEYS[31], KEYS[32]
+
+local function fair_v(p)
+  local field = 'v:' .. p
+  local v = redis.call('HGET', FAIR, field)
+  if not v then
+    v = redis.call('GET', NEXT_SEQ) or '0'
+    redis.call('HSET', FAIR, field, v)
+  end
+  return tonumber(v)
+end
+
+local function unqueue(id)
+  local n = redis.call('ZREM', DUE, id)
+  for p = 0, 3 do n = n + redis.call('ZREM', KEYS[DUE0 + p], id) end
+  return n
+end
 
 -- The store's epoch: set by the first call that finds none (a new store, or one whose data
 -- Redis lost). A caller that knew another epoch sees that the data was lost, and records
@@ -78,7 +104,8 @@ local function read(id)
     redis.call('HGET', VER, id) or '',
     redis.call('HGET', LEASE, id) or '',
     redis.call('ZSCORE', SEQ, id) or '',
-    redis.call('HGET', KEYOF, id) or ''
+    redis.call('HGET', KEYOF, id) or '',
+    redis.call('HGET', RANK, id) or ''
   }
 end
 
@@ -111,11 +138,12 @@ local function index(id, seq)
   else
     redis.call('HSET', LEASE, id, lease)
   end
-  redis.call('ZREM', DUE, id)
+  unqueue(id)
   if terminal == '1' then
     redis.call('ZREM', WAIT, id)
     redis.call('HDEL', NEXT, id)
     redis.call('HDEL', ORDER, id)
+    redis.call('HDEL', RANK, id)
     if finished == '' or callback ~= '' then
       redis.call('ZREM', FINISHED, id)
     else
@@ -132,8 +160,9 @@ end
 local function forget(id)
   local kf = redis.call('HGET', KEYOF, id)
   if kf and redis.call('HGET', KEY, kf) == id then redis.call('HDEL', KEY, kf) end
-  for _, k in ipairs({JOB, VER, LEASE, NEXT, ORDER, KEYOF}) do redis.call('HDEL', k, id) end
-  for _, k in ipairs({SEQ, DUE, WAIT, FINISHED, CALLBACKS}) do redis.call('ZREM', k, id) end
+  for _, k in ipairs({JOB, VER, LEASE, NEXT, ORDER, KEYOF, RANK}) do redis.call('HDEL', k, id) end
+  for _, k in ipairs({SEQ, WAIT, FINISHED, CALLBACKS}) do redis.call('ZREM', k, id) end
+  unqueue(id)
   for i = 0, 5 do redis.call('ZREM', KEYS[STATUS0 + i], id) end
   for i = 0, 3 do redis.call('ZREM', KEYS[QUEUED0 + i], id) end
 end
@@ -145,9 +174,10 @@ end
 /// (or `''`), and when its pending callback is due (`ports::jobs::callback_due_at`, or `''`).
 pub(crate) const INDEX_ARGS: usize = 9;
 
-/// `ARGV`: id, key field (`''` if none), max queued, then [`INDEX_ARGS`], then the epoch the
-/// caller knows (`''` if none) and now. Returns `{'existing', job}`, `{'duplicate', job}`
-/// (the id exists), `{'full', queued}` or `{'created', seq, epoch, lost_at}`.
+/// `ARGV`: id, key field (`''` if none), max queued, then [`INDEX_ARGS`], then the tenant and
+/// the job's rank cost (`ports::jobs::rank_cost`), the epoch the caller knows (`''` if none)
+/// and now. Returns `{'existing', job}`, `{'duplicate', job}` (the id exists),
+/// `{'full', queued}` or `{'created', seq, epoch, lost_at, rank}`.
 const SUBMIT: &str = r#"
 local id, kf = ARGV[1], ARGV[2]
 local epoch = epoch_check(ARGV[#ARGV - 1], ARGV[#ARGV])
@@ -163,6 +193,14 @@ local same = read(id)
 if same then return {'duplicate', same} end
 local queued = redis.call('ZCARD', KEYS[STATUS0])
 if queued >= tonumber(ARGV[3]) then return {'full', queued} end
+local prio = ARGV[7]
+local v = fair_v(prio)
+local last_field = prio .. ':' .. ARGV[#ARGV - 3]
+local last = tonumber(redis.call('HGET', FAIR, last_field) or '0')
+if last > v then v = last end
+local rank = string.format('%.0f', v + tonumber(ARGV[#ARGV - 2]))
+redis.call('HSET', FAIR, last_field, rank)
+redis.call('HSET', RANK, id, rank)
 local seq = redis.call('INCR', NEXT_SEQ)
 redis.call('HSET', VER, id, 1)
 redis.call('ZADD', SEQ, seq, id)
@@ -171,7 +209,7 @@ if kf ~= '' then
   redis.call('HSET', KEYOF, id, kf)
 end
 index(id, seq)
-return {'created', seq, epoch[1], epoch[2]}
+return {'created', seq, epoch[1], epoch[2], rank}
 "#;
 
 /// `ARGV`: id. Returns the job or nil.
@@ -187,33 +225,59 @@ return read(id)
 "#;
 
 /// `ARGV`: now, owner, lease until (`now + lease`). Moves every job whose timer has come
-/// from `wait` to `due`, then claims the head of `due` (a head whose timer is still ahead of
-/// `now`, moved by a caller whose clock runs ahead, goes back to `wait`; at most 64 of them
-/// per call). Returns `{'claimed', job}` or nil.
+/// from `wait` to its priority's `due:<p>` (scored by its rank; a job queued by a build before
+/// the fair order has none and is scored by its seq), then claims the first head of
+/// `due:3` … `due:0` and moves that priority's `V` up to its rank. A head whose timer is
+/// still ahead of `now` (moved by a caller whose clock runs ahead) goes back to `wait`, and
+/// one that ended meanwhile (ended by an earlier build, which does not know `due:<p>`) is
+/// dropped; at most 64 such heads per call. Jobs that an earlier build moved into the old
+/// single `due` go back to `wait` first. Returns `{'claimed', job}` or nil.
 const CLAIM: &str = r#"
 local now = tonumber(ARGV[1])
 while true do
+  local old = redis.call('ZRANGE', DUE, 0, 255)
+  for _, id in ipairs(old) do
+    redis.call('ZREM', DUE, id)
+    redis.call('ZADD', WAIT, timer_of(id), id)
+  end
+  if #old < 256 then break end
+end
+while true do
   local ready = redis.call('ZRANGEBYSCORE', WAIT, '-inf', ARGV[1], 'LIMIT', 0, 256)
   for _, id in ipairs(ready) do
-    local order = redis.call('HGET', ORDER, id)
-    if order then redis.call('ZADD', DUE, order, id) end
+    local order = tonumber(redis.call('HGET', ORDER, id) or '')
+    if order then
+      local p = 3 - math.floor(order / BAND)
+      local rank = redis.call('HGET', RANK, id) or string.format('%.0f', order % BAND)
+      redis.call('ZADD', KEYS[DUE0 + p], rank, id)
+    end
     redis.call('ZREM', WAIT, id)
   end
   if #ready < 256 then break end
 end
 for _ = 1, 64 do
-  local head = redis.call('ZRANGE', DUE, 0, 0)[1]
-  if not head then return false end
-  local timer = timer_of(head)
-  if tonumber(timer) > now then
-    redis.call('ZREM', DUE, head)
-    redis.call('ZADD', WAIT, timer, head)
+  local head, p
+  for q = 3, 0, -1 do
+    head = redis.call('ZRANGE', KEYS[DUE0 + q], 0, 0, 'WITHSCORES')
+    if head[1] then p = q break end
+  end
+  if not p then return false end
+  local id, rank = head[1], tonumber(head[2])
+  local timer = timer_of(id)
+  if redis.call('HEXISTS', ORDER, id) == 0 then
+    redis.call('ZREM', KEYS[DUE0 + p], id)
+  elseif tonumber(timer) > now then
+    redis.call('ZREM', KEYS[DUE0 + p], id)
+    redis.call('ZADD', WAIT, timer, id)
   else
-    redis.call('HINCRBY', VER, head, 1)
-    redis.call('HSET', LEASE, head, ARGV[3] .. ' ' .. ARGV[2])
-    redis.call('ZREM', DUE, head)
-    redis.call('ZADD', WAIT, timer_of(head), head)
-    return {'claimed', read(head)}
+    redis.call('HINCRBY', VER, id, 1)
+    redis.call('HSET', LEASE, id, ARGV[3] .. ' ' .. ARGV[2])
+    redis.call('ZREM', KEYS[DUE0 + p], id)
+    redis.call('ZADD', WAIT, timer_of(id), id)
+    if rank > fair_v(p) then
+      redis.call('HSET', FAIR, 'v:' .. p, string.format('%.0f', rank))
+    end
+    return {'claimed', read(id)}
   end
 end
 return false
@@ -244,7 +308,9 @@ return head[2] or ''
 const NEXT_DUE: &str = r#"
 local epoch = epoch_check(ARGV[1], ARGV[2])
 local due = ''
-if redis.call('ZCARD', DUE) > 0 then
+local queued = redis.call('ZCARD', DUE)
+for p = 0, 3 do queued = queued + redis.call('ZCARD', KEYS[DUE0 + p]) end
+if queued > 0 then
   due = '0'
 else
   local head = redis.call('ZRANGE', WAIT, 0, 0, 'WITHSCORES')
@@ -270,8 +336,8 @@ local untl, owner = string.match(lease, '^(%d+) (.*)$')
 if owner ~= ARGV[2] or tonumber(untl) <= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', LEASE, id, ARGV[4] .. ' ' .. owner)
 local waiting = redis.call('ZSCORE', WAIT, id)
-local due = redis.call('ZREM', DUE, id)
-if waiting or due == 1 then redis.call('ZADD', WAIT, timer_of(id), id) end
+local due = unqueue(id)
+if waiting or due > 0 then redis.call('ZADD', WAIT, timer_of(id), id) end
 return 1
 "#;
 
@@ -308,6 +374,12 @@ return out
 const PURGE: &str = r#"
 local ids = redis.call('ZRANGEBYSCORE', FINISHED, '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, id in ipairs(ids) do forget(id) end
+-- Tenants whose last rank is not ahead of V are as good as absent.
+local fair = redis.call('HGETALL', FAIR)
+for i = 1, #fair, 2 do
+  local p, tenant = string.match(fair[i], '^(%d):(.+)$')
+  if p and tonumber(fair[i + 1]) <= fair_v(p) then redis.call('HDEL', FAIR, fair[i]) end
+end
 return #ids
 "#;
 
@@ -392,5 +464,8 @@ mod tests {
             assert_eq!(KEYS[12 + i], format!("status:{status}"));
         }
         assert_eq!(KEYS[18], "queued:0");
+        assert_eq!(KEYS[26], "due:0", "DUE0 = 27 in Lua's 1-based KEYS");
+        assert_eq!(KEYS[30], "rank");
+        assert_eq!(KEYS[31], "fair");
     }
 }

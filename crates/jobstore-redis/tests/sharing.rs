@@ -275,3 +275,62 @@ async fn a_submit_through_one_store_wakes_the_others_of_its_name_only() {
         "a store of another name is not woken"
     );
 }
+
+/// Jobs queued by a build before the fair order (no rank; in the single `due` set, scored by
+/// `(3 - priority) · 2^40 + seq`) are claimed first, in their old order, after an upgrade,
+/// and jobs submitted since rank behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_queued_by_an_earlier_build_keep_their_place_after_an_upgrade() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let name = unique_name("upgrade");
+    let store = store(&server, &name).await;
+    let tag = format!("{{talkgate-jobs:{name}}}");
+    // 40 000 jobs' worth of seqs, so that old seqs are larger than new jobs' first ranks.
+    server.command(None, &["SET", &format!("{tag}:next_seq"), "40000"]);
+    for n in 1..=3 {
+        let Submitted::Created(_) = store
+            .submit(new_job(n, Priority::Normal, T0 + n), ROOMY)
+            .await
+            .unwrap()
+        else {
+            panic!("created");
+        };
+    }
+    // Make them what the earlier build left: no ranks, no fair state, two of them in `due`.
+    for key in ["rank", "fair"] {
+        server.command(None, &["DEL", &format!("{tag}:{key}")]);
+    }
+    let band: u64 = 1 << 40;
+    for n in [1, 2] {
+        let id = job_id(n).to_string();
+        // Priority normal (index 2): band 3 - 2 = 1.
+        let order = band + 40_000 + n;
+        server.command(None, &["ZREM", &format!("{tag}:wait"), &id]);
+        server.command(None, &["ZADD", &format!("{tag}:due"), &order.to_string(), &id]);
+    }
+    // Submitted after the upgrade, at the same priority and before any claim.
+    let mut newer = new_job(4, Priority::Normal, T0 + 4);
+    newer.tenant = domain::Tenant::parse("newcomer").unwrap();
+    newer.share = domain::Share::new(100, None);
+    let Submitted::Created(newer) = store.submit(newer, ROOMY).await.unwrap() else {
+        panic!("created");
+    };
+    assert!(newer.rank > 40_003, "ranked past every old seq: {}", newer.rank);
+    let mut claimed = Vec::new();
+    while let Some(job) = store
+        .claim(LeaseTerms::new("w", LEASE, T0 + 10))
+        .await
+        .unwrap()
+    {
+        claimed.push(job.id);
+    }
+    let expected: Vec<_> = [1, 2, 3, 4].into_iter().map(job_id).collect();
+    assert_eq!(claimed, expected);
+    assert_eq!(
+        server.command(None, &["ZCARD", &format!("{tag}:due")]).trim(),
+        ":0",
+        "the old set is emptied"
+    );
+}

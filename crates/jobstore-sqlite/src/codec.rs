@@ -123,7 +123,7 @@ impl Inner {
             .prepare_cached(
                 "UPDATE jobs SET version = ?1, status = ?2, prio = ?3, next_run_ms = ?4,
                    lease_until_ms = ?5, finished_ms = ?6, created_ms = ?7, body = ?8,
-                   callback_due_ms = ?11
+                   callback_due_ms = ?11, rank = ?12
                  WHERE seq = ?9 AND version = ?10",
             )
             .and_then(|mut stmt| {
@@ -139,6 +139,7 @@ impl Inner {
                     to_sql(job.seq),
                     to_sql(expected_version),
                     ports::jobs::callback_due_at(job).map(to_sql),
+                    to_sql(job.rank),
                 ])
             })
             .map_err(|e| self.err(e))?;

@@ -12,8 +12,9 @@
 //!   the price of one fsync per write (on the 2-core test VM: p50 0.66 ms, p99 6.1 ms per
 //!   commit with `Full`, 0.016 / 0.078 ms with `Normal`).
 //! - **One file**, copied, backed up and inspected with the `sqlite3` shell.
-//! - **The claim order is an index.** "Highest priority, then oldest, among the runnable jobs"
-//!   is one `SELECT … ORDER BY prio DESC, seq ASC LIMIT 1` over a partial index of the
+//! - **The claim order is an index.** "Highest priority, then the tenants' fair rank, then
+//!   oldest, among the runnable jobs" is one `SELECT … ORDER BY prio DESC, rank, seq LIMIT 1`
+//!   over a partial index of the
 //!   non-terminal jobs; the idempotency key is a `UNIQUE` index. A pure key-value store such as
 //!   redb would do as well for durability, but every index (by key, by status, claim order,
 //!   finish time) would be hand-rolled and kept in sync by this crate.
@@ -54,7 +55,8 @@
 //! - **What a write costs.** SQLite logs whole 4 KiB pages: a transaction that changes a job
 //!   writes its table page and a page of each index whose columns it sets (`jobs_claim`,
 //!   `jobs_by_status`, `jobs_finished`, `jobs_queued_age`, `jobs_due`): about 5 pages, 20 KiB,
-//!   for a claim, a renewal or an update, 8 pages for a submit. A job makes 10–15 such
+//!   for a renewal or an update, 6 for a first claim (the fair order's `V` moves; a job's
+//!   later claims leave it), 9 for a submit (its tenant's last rank). A job makes 10–15 such
 //!   writes (submit, claims, `creating`, `processing`, each poll, renewals, the end), which
 //!   is the ~290 KB of WAL per job seen in the service; checkpoints copy it back, so it is
 //!   write traffic, not space.
@@ -90,8 +92,14 @@
 //!   key_scope TEXT,                        -- the idempotency key, if any
 //!   key TEXT,
 //!   body TEXT NOT NULL,                    -- the whole Job as JSON
-//!   callback_due_ms INTEGER                -- ports::jobs::callback_due_at; NULL unless pending
+//!   callback_due_ms INTEGER,               -- ports::jobs::callback_due_at; NULL unless pending
+//!   rank INTEGER NOT NULL DEFAULT 0        -- Job::rank, the tenants' fair order
 //! ) STRICT;
+//! -- The fair order's state (ports::jobs, "The fair order of claims"): V per priority, and
+//! -- each tenant's last rank per priority (rows behind V are dropped by the purge).
+//! CREATE TABLE fair_clock (prio INTEGER PRIMARY KEY, v INTEGER NOT NULL) STRICT;
+//! CREATE TABLE fair_last (prio INTEGER NOT NULL, tenant TEXT NOT NULL, last INTEGER NOT NULL,
+//!   PRIMARY KEY (prio, tenant)) STRICT, WITHOUT ROWID;
 //! ```
 //!
 //! The `body` is the job as read back; the other columns copy the fields the queries filter
@@ -136,7 +144,7 @@ use schema::{migrate, setup, vacuum_mode};
 
 /// The schema version this build writes and reads (`PRAGMA user_version`). A file with a
 /// newer version is refused with [`JobStoreError::Corrupt`].
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The most jobs one purge transaction deletes (a purge repeats until done).
 pub const PURGE_BATCH: usize = 1000;

@@ -15,7 +15,7 @@ use ports::{
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::checkpoint::{Checkpoint, checkpoint};
-use crate::codec::{JOB_COLUMNS, Row, db_error, to_sql};
+use crate::codec::{JOB_COLUMNS, Row, db_error, priority_index, to_sql};
 use crate::schema::{
     CALLBACK_FROM, CALLBACKS_PENDING, CLAIM_FROM, LIST_ALL_FROM, LIST_STATUS_FROM, QUEUED_AGE,
     TERMINAL,
@@ -141,7 +141,8 @@ impl Inner {
             let seq = u64::try_from(tx.last_insert_rowid()).map_err(|_| {
                 JobStoreError::Corrupt(format!("{}: negative seq", self.path.display()))
             })?;
-            let job = new.into_job(seq);
+            let rank = self.rank(tx, &new)?;
+            let job = new.into_job(seq, rank);
             self.write_row(tx, &job, 0)?;
             Ok(Submitted::Created(job))
         })
@@ -154,9 +155,40 @@ impl Inner {
         now_ms: u64,
     ) -> Result<Option<Job>, JobStoreError> {
         // The columns said runnable; the body must say so too.
-        self.claim_first(CLAIM_FROM, owner, lease, now_ms, |job| {
+        self.claim_first(CLAIM_FROM, owner, lease, now_ms, true, |job| {
             is_runnable(job, now_ms)
         })
+    }
+
+    /// The rank of `new` in its priority's fair order (`ports::jobs::next_rank`), recorded as
+    /// its tenant's last, inside the submit's transaction.
+    fn rank(&self, tx: &Transaction<'_>, new: &NewJob) -> Result<u64, JobStoreError> {
+        let prio = i64::try_from(new.priority.index()).unwrap_or(0);
+        let err = |e| self.err(e);
+        let v: Option<i64> = tx
+            .prepare_cached("SELECT v FROM fair_clock WHERE prio = ?1")
+            .and_then(|mut s| s.query_row([prio], |r| r.get(0)).optional())
+            .map_err(err)?;
+        let last: Option<i64> = tx
+            .prepare_cached("SELECT last FROM fair_last WHERE prio = ?1 AND tenant = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![prio, new.tenant.as_str()], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(err)?;
+        let read = |n: Option<i64>| n.map(|n| u64::try_from(n).unwrap_or(0));
+        let rank = ports::jobs::next_rank(
+            read(v).unwrap_or(0),
+            read(last),
+            ports::jobs::rank_cost(new.share),
+        );
+        tx.prepare_cached(
+            "INSERT INTO fair_last (prio, tenant, last) VALUES (?1, ?2, ?3)
+             ON CONFLICT (prio, tenant) DO UPDATE SET last = excluded.last",
+        )
+        .and_then(|mut s| s.execute(params![prio, new.tenant.as_str(), to_sql(rank)]))
+        .map_err(err)?;
+        Ok(rank)
     }
 
     /// Claims the first due pending callback (see `JobStore::claim_callback`).
@@ -166,20 +198,21 @@ impl Inner {
         lease: Duration,
         now_ms: u64,
     ) -> Result<Option<Job>, JobStoreError> {
-        self.claim_first(CALLBACK_FROM, owner, lease, now_ms, |job| {
+        self.claim_first(CALLBACK_FROM, owner, lease, now_ms, false, |job| {
             ports::jobs::callback_due_at(job).is_some_and(|due| due <= now_ms)
         })
     }
 
     /// Leases the first job of `SELECT … FROM {from}` (with `now_ms` as `?1`) to `owner`, in
     /// one transaction; a row whose body says it is not `claimable` is corrupt (its columns
-    /// and its body disagree).
+    /// and its body disagree). With `fair`, the priority's `V` moves up to the job's rank.
     fn claim_first(
         &self,
         from: &str,
         owner: &str,
         lease: Duration,
         now_ms: u64,
+        fair: bool,
         claimable: impl Fn(&Job) -> bool,
     ) -> Result<Option<Job>, JobStoreError> {
         self.write(|tx| {
@@ -199,6 +232,14 @@ impl Inner {
                 until_ms: now_ms.saturating_add(duration_ms(lease)),
             });
             job.version += 1;
+            if fair {
+                tx.prepare_cached(
+                    "INSERT INTO fair_clock (prio, v) VALUES (?1, ?2)
+                     ON CONFLICT (prio) DO UPDATE SET v = excluded.v WHERE excluded.v > v",
+                )
+                .and_then(|mut s| s.execute(params![priority_index(&job), to_sql(job.rank)]))
+                .map_err(|e| self.err(e))?;
+            }
             if !self.write_row(tx, &job, read)? {
                 return Err(JobStoreError::Unavailable(format!(
                     "{}: job {} changed inside its transaction",
@@ -336,6 +377,13 @@ impl Inner {
                     ))
                     .and_then(|mut s| s.execute(params![to_sql(finished_before_ms), PURGE_BATCH as i64]))
                     .map_err(|e| self.err(e))?;
+                // Tenants whose last rank is behind V are as good as absent.
+                tx.prepare_cached(
+                    "DELETE FROM fair_last WHERE last <= (SELECT v FROM fair_clock
+                       WHERE fair_clock.prio = fair_last.prio)",
+                )
+                .and_then(|mut s| s.execute([]))
+                .map_err(|e| self.err(e))?;
                 if deleted > 0 {
                     // Frees at most the pages this batch emptied, and more from earlier ones.
                     // Stepped to its end: each step frees one page.

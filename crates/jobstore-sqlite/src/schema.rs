@@ -18,7 +18,7 @@ pub(crate) const TERMINAL: &str = "('done','failed','cancelled')";
 pub(crate) const CLAIM_FROM: &str = "jobs INDEXED BY jobs_claim
  WHERE status IN ('queued','creating','processing') AND next_run_ms <= ?1
    AND (lease_until_ms IS NULL OR lease_until_ms <= ?1)
- ORDER BY prio DESC, seq ASC LIMIT 1";
+ ORDER BY prio DESC, rank ASC, seq ASC LIMIT 1";
 /// The oldest queued job per priority, from the partial index `jobs_queued_age` (in
 /// `(prio, created_ms)` order, so nothing is sorted).
 pub(crate) const QUEUED_AGE: &str =
@@ -62,10 +62,21 @@ CREATE TABLE IF NOT EXISTS jobs (
   key_scope TEXT,
   key TEXT,
   body TEXT NOT NULL,
-  callback_due_ms INTEGER
+  callback_due_ms INTEGER,
+  rank INTEGER NOT NULL DEFAULT 0
 ) STRICT;
+CREATE TABLE IF NOT EXISTS fair_clock (
+  prio INTEGER PRIMARY KEY,
+  v INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS fair_last (
+  prio INTEGER NOT NULL,
+  tenant TEXT NOT NULL,
+  last INTEGER NOT NULL,
+  PRIMARY KEY (prio, tenant)
+) STRICT, WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_key ON jobs (key_scope, key) WHERE key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (prio DESC, seq)
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (prio DESC, rank, seq)
   WHERE status IN ('queued','creating','processing');
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_ms) WHERE finished_ms IS NOT NULL;
@@ -79,6 +90,12 @@ CREATE INDEX IF NOT EXISTS jobs_callbacks ON jobs (callback_due_ms)
 /// From schema version 1 (before callbacks) to 2: the column `callback_due_ms`, `NULL` in
 /// every row written before (none of them has a callback); its index comes with [`SCHEMA`].
 const V1_TO_V2: &str = "ALTER TABLE jobs ADD COLUMN callback_due_ms INTEGER;";
+
+/// From schema version 2 (before the tenants' fair order) to 3: the column `rank`, 0 in every
+/// row written before (claimed first among their priority, by `seq`, as they were), and the
+/// claim index rebuilt on it; the tables `fair_clock` and `fair_last` come with [`SCHEMA`].
+const V2_TO_V3: &str = "ALTER TABLE jobs ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;
+DROP INDEX IF EXISTS jobs_claim;";
 
 /// Connection settings, applied on every open.
 pub(crate) fn setup(
@@ -144,9 +161,13 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JobStore
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(err)?;
         }
-        1 => {
-            tracing::info!(path = %path.display(), "job store: schema 1 → 2 (callbacks)");
-            tx.execute_batch(V1_TO_V2).map_err(err)?;
+        1 | 2 => {
+            if version == 1 {
+                tracing::info!(path = %path.display(), "job store: schema 1 → 2 (callbacks)");
+                tx.execute_batch(V1_TO_V2).map_err(err)?;
+            }
+            tracing::info!(path = %path.display(), "job store: schema 2 → 3 (fair order)");
+            tx.execute_batch(V2_TO_V3).map_err(err)?;
             tx.execute_batch(SCHEMA).map_err(err)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(err)?;

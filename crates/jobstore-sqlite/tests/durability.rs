@@ -151,6 +151,7 @@ async fn a_schema_1_file_is_migrated_in_place() {
     {
         // What a build before callbacks left: no column, no index, user_version 1.
         let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(TO_SCHEMA_2).unwrap();
         conn.execute_batch(
             "DROP INDEX jobs_callbacks; ALTER TABLE jobs DROP COLUMN callback_due_ms;
              PRAGMA user_version = 1;",
@@ -185,6 +186,53 @@ async fn a_schema_1_file_is_migrated_in_place() {
         .unwrap()
         .expect("due");
     assert_eq!(claimed.id, old.id);
+}
+
+/// What a build before the fair order left: no `rank`, the claim index on `(prio, seq)`, no
+/// fair tables, user_version 2.
+const TO_SCHEMA_2: &str = "DROP INDEX jobs_claim; ALTER TABLE jobs DROP COLUMN rank;
+  DROP TABLE fair_clock; DROP TABLE fair_last;
+  CREATE INDEX jobs_claim ON jobs (prio DESC, seq)
+    WHERE status IN ('queued','creating','processing');
+  PRAGMA user_version = 2;";
+
+#[tokio::test]
+async fn a_schema_2_file_is_migrated_and_its_jobs_are_claimed_first() {
+    let dir = TempDir::new();
+    let path = dir.path().join("jobs.db");
+    let store = SqliteJobStore::open(&path).expect("create");
+    let old = create(&store, keyed_job(1, T0)).await;
+    drop(store);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(TO_SCHEMA_2).unwrap();
+        // The body as such a build wrote it: no rank.
+        let body: String = conn
+            .query_row("SELECT body FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        json.as_object_mut().unwrap().remove("rank");
+        conn.execute("UPDATE jobs SET body = ?1", [json.to_string()])
+            .unwrap();
+    }
+    let store = SqliteJobStore::open(&path).expect("a schema 2 file opens");
+    let version: i64 = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(version, SCHEMA_VERSION);
+    let kept = store.get(&old.id).await.unwrap().expect("kept");
+    assert_eq!(kept.rank, 0, "ranked before every job submitted since");
+    // A job submitted after the upgrade comes after the one from before.
+    let mut same_priority = keyed_job(5, T0 + 1);
+    same_priority.priority = old.priority;
+    create(&store, same_priority).await;
+    let lease = |now| LeaseTerms::new("w", LEASE, now);
+    let first = store.claim(lease(T0 + 2)).await.unwrap().expect("claimable");
+    assert_eq!(first.id, old.id);
+    let second = store.claim(lease(T0 + 2)).await.unwrap().expect("claimable");
+    assert!(second.rank > 0);
 }
 
 #[test]

@@ -135,6 +135,7 @@ pub fn new_job(n: u64, priority: Priority, now_ms: u64) -> NewJob {
         id: job_id(n),
         priority,
         tenant: Tenant::public(),
+        share: domain::Share::default(),
         request: request(n),
         callback_url: None,
         idempotency: None,
@@ -325,6 +326,86 @@ where
     }
     let expected: Vec<JobId> = [3, 6, 5, 2, 4, 1].into_iter().map(job_id).collect();
     assert_eq!(claimed, expected);
+}
+
+/// Within a priority, claims follow the tenants' weights (the fair order of the module docs
+/// of `ports::jobs`): a backlog submitted first does not hold back a tenant that comes later,
+/// each tenant's jobs keep their order, two backlogged tenants of weights 3 and 1 are claimed
+/// 3 to 1, and priority still comes before any weight.
+pub async fn claims_share_a_priority_by_weight<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn JobStore>>,
+{
+    let store = factory().await;
+    let tenant = |name: &str, weight: u32| {
+        (
+            Tenant::parse(name).expect("a valid tenant"),
+            domain::Share::new(weight, None),
+        )
+    };
+    let (batch, web, other) = (tenant("batch", 1), tenant("web", 3), tenant("other", 1));
+    let submit = |n: u64, who: &(Tenant, domain::Share), p: Priority| {
+        let mut job = new_job(n, p, T0 + n);
+        job.tenant = who.0.clone();
+        job.share = who.1;
+        job
+    };
+    // batch queues 12 jobs first; web (weight 3) 12 after; then one high job of other's.
+    for n in 1..=12 {
+        created(&*store, submit(n, &batch, Priority::Normal)).await;
+    }
+    for n in 13..=24 {
+        created(&*store, submit(n, &web, Priority::Normal)).await;
+    }
+    created(&*store, submit(25, &other, Priority::High)).await;
+    let mut claimed = Vec::new();
+    while let Some(job) = store
+        .claim(LeaseTerms::new("w1", LEASE, T0 + 100))
+        .await
+        .unwrap()
+    {
+        claimed.push(job);
+        assert!(claimed.len() <= 25, "a claimed job was handed out again");
+    }
+    assert_eq!(claimed.len(), 25);
+    assert_eq!(claimed[0].id, job_id(25), "priority before any weight");
+    let names: String = claimed[1..]
+        .iter()
+        .map(|j| if j.tenant == batch.0 { 'b' } else { 'w' })
+        .collect();
+    let first8 = &names[..8];
+    assert_eq!(
+        first8.matches('w').count(),
+        6,
+        "3:1 from the start, although batch's 12 came first: {names}"
+    );
+    assert!(
+        names[..3].contains('b'),
+        "web's backlog does not hold back batch's first job either: {names}"
+    );
+    for who in [&batch.0, &web.0] {
+        let seqs: Vec<u64> = claimed
+            .iter()
+            .filter(|j| &j.tenant == who)
+            .map(|j| j.seq)
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "FIFO within {who}: {seqs:?}");
+    }
+    // A tenant coming back after the others were served starts from where the claims are,
+    // not from its old rank: it is not owed a burst, nor held back.
+    created(&*store, submit(26, &web, Priority::Normal)).await;
+    created(&*store, submit(27, &batch, Priority::Normal)).await;
+    created(&*store, submit(28, &web, Priority::Normal)).await;
+    let mut after = Vec::new();
+    while let Some(job) = store
+        .claim(LeaseTerms::new("w1", LEASE, T0 + 200))
+        .await
+        .unwrap()
+    {
+        after.push(job.id);
+    }
+    assert_eq!(after, vec![job_id(26), job_id(28), job_id(27)], "web's two cost one of batch's");
 }
 
 /// A claimed job is nobody else's until its lease runs out; then another worker takes it over.
@@ -992,6 +1073,7 @@ macro_rules! job_store_contract_tests {
             one_key_is_one_job_under_concurrent_submits,
             a_full_queue_refuses_new_jobs_and_stores_nothing,
             claims_follow_priority_then_arrival,
+            claims_share_a_priority_by_weight,
             a_lease_is_exclusive_until_it_expires,
             concurrent_claims_hand_out_each_job_once,
             update_is_compare_and_set,

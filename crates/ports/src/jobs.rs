@@ -12,8 +12,9 @@
 //!   [`Submitted::Existing`] with that job; a full queue refuses a new job with
 //!   [`JobStoreError::QueueFull`] and stores nothing;
 //! - [`JobStore::claim`] hands a runnable job to one worker at a time: the highest priority
-//!   first, then the oldest (`seq`, the store's own arrival order); a job is runnable when it
-//!   is not terminal, its `next_run_ms` has come and nobody holds an unexpired lease on it;
+//!   first, then the lowest [`Job::rank`] (the tenants' fair order, below), then the oldest
+//!   (`seq`, the store's own arrival order); a job is runnable when it is not terminal, its
+//!   `next_run_ms` has come and nobody holds an unexpired lease on it;
 //! - [`JobStore::update`] writes a job only if its version is still the one read
 //!   ([`JobStoreError::Conflict`] otherwise), so two workers that race never lose an update;
 //!   the stored version is then one higher;
@@ -27,13 +28,25 @@
 //!
 //! Times are milliseconds since the Unix epoch, passed in by the caller, so a store never
 //! reads a clock of its own (and the contract suite can move time without sleeping).
+//!
+//! # The fair order of claims
+//! Within a priority, tenants share the workers by weight, as they share the limiter's slots
+//! (the limiter port's rule, applied at submit): [`JobStore::submit`] gives a job the rank
+//! `max(V, the tenant's last rank at that priority) + cost`, where `cost` is
+//! [`rank_cost`] of the job's [`NewJob::share`] and `V` is the highest rank claimed at that
+//! priority so far. A tenant's jobs so keep their order, a tenant that submits a large
+//! backlog first does not hold back one that comes later (its first job ranks just past
+//! `V`), and two backlogged tenants of weights 3 and 1 are claimed 3 to 1. Each store keeps
+//! `V` and the last ranks in its own backend, updated in the same transaction as the submit
+//! or claim, so every process sharing the store follows one order. [`FairRanks`] is that
+//! bookkeeping for a store that holds it in memory.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{Admission, CallbackUrl, Priority, TalkId, TalkRequest, Tenant};
+use domain::{Admission, CallbackUrl, Priority, Share, TalkId, TalkRequest, Tenant};
 
 use crate::callbacks::Callback;
 use crate::limiter::LimiterError;
@@ -350,6 +363,11 @@ pub struct Job {
     pub version: u64,
     /// The limiter class of its upstream calls and its place in the claim order.
     pub priority: Priority,
+    /// Its place among its priority's jobs in the tenants' fair order (see the module docs),
+    /// set by [`JobStore::submit`]; jobs stored by builds before it read as 0 (claimed first,
+    /// as they were: by `seq`).
+    #[serde(default)]
+    pub rank: u64,
     /// Whose job it is: the tenant of its upstream calls (jobs stored by builds before
     /// tenants read as the public tenant).
     #[serde(default)]
@@ -440,6 +458,8 @@ pub struct NewJob {
     pub priority: Priority,
     /// Whose job it is.
     pub tenant: Tenant,
+    /// The tenant's weight, which spaces its jobs' ranks (its cap is the limiter's business).
+    pub share: Share,
     /// The `POST /talks` body.
     pub request: TalkRequest,
     /// Where to report the outcome.
@@ -459,13 +479,14 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// The job as [`JobStore::submit`] stores it, with the store's `seq`.
-    pub fn into_job(self, seq: u64) -> Job {
+    /// The job as [`JobStore::submit`] stores it, with the store's `seq` and `rank`.
+    pub fn into_job(self, seq: u64, rank: u64) -> Job {
         Job {
             id: self.id,
             seq,
             version: 1,
             priority: self.priority,
+            rank,
             tenant: self.tenant,
             request: self.request,
             callback_url: self.callback_url,
@@ -658,7 +679,7 @@ pub trait JobStore: Send + Sync {
     async fn get(&self, id: &JobId) -> Result<Option<Job>, JobStoreError>;
     /// The job of an idempotency key.
     async fn get_by_key(&self, key: &ScopedKey) -> Result<Option<Job>, JobStoreError>;
-    /// Claims the first runnable job (priority, then `seq`) for `terms.owner` until
+    /// Claims the first runnable job (priority, rank, then `seq`) for `terms.owner` until
     /// [`LeaseTerms::until_ms`]; the returned job carries the lease and its new version.
     async fn claim(&self, terms: LeaseTerms<'_>) -> Result<Option<Job>, JobStoreError>;
     /// Extends `terms.owner`'s lease on `id` to [`LeaseTerms::until_ms`]; `false` if it is
@@ -706,9 +727,70 @@ pub trait JobStore: Send + Sync {
     fn kind(&self) -> &'static str;
 }
 
-/// Whether job `a` is claimed before job `b`: higher priority first, then lower `seq`.
-pub fn claim_order(a: (Priority, u64), b: (Priority, u64)) -> std::cmp::Ordering {
-    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+/// Whether job `a` is claimed before job `b`: higher priority first, then lower rank, then
+/// lower `seq`.
+pub fn claim_order(a: &Job, b: &Job) -> std::cmp::Ordering {
+    b.priority
+        .cmp(&a.priority)
+        .then(a.rank.cmp(&b.rank))
+        .then(a.seq.cmp(&b.seq))
+}
+
+/// What one job of weight 1 adds to its tenant's rank; weights 1 to 12 divide it exactly.
+pub const RANK_SCALE: u64 = Share::COST_SCALE;
+
+/// What one job of a tenant with `share` adds to its rank: [`RANK_SCALE`] ÷ weight, rounded
+/// (the limiter's [`Share::cost`]).
+pub fn rank_cost(share: Share) -> u64 {
+    share.cost()
+}
+
+/// The rank of a tenant's next job: `max(v, its last rank) + cost`.
+pub fn next_rank(v: u64, last: Option<u64>, cost: u64) -> u64 {
+    v.max(last.unwrap_or(0)).saturating_add(cost)
+}
+
+/// The fair-order bookkeeping of a store that holds it in memory: `V` per priority and each
+/// tenant's last rank. A tenant whose last rank is behind `V` counts as absent, so those
+/// entries are dropped by [`FairRanks::sweep`] and the map holds only tenants with jobs
+/// ahead of `V`.
+#[derive(Debug, Default, Clone)]
+pub struct FairRanks {
+    v: [u64; 4],
+    last: std::collections::HashMap<(usize, Tenant), u64>,
+}
+
+impl FairRanks {
+    /// Ranks a new job of `tenant` at `priority` and records it as the tenant's last.
+    pub fn rank(&mut self, priority: Priority, tenant: &Tenant, share: Share) -> u64 {
+        let p = priority.index();
+        let key = (p, tenant.clone());
+        let rank = next_rank(self.v[p], self.last.get(&key).copied(), rank_cost(share));
+        self.last.insert(key, rank);
+        rank
+    }
+
+    /// A job of `rank` at `priority` was claimed: `V` moves up to it (never back).
+    pub fn claimed(&mut self, priority: Priority, rank: u64) {
+        let v = &mut self.v[priority.index()];
+        *v = (*v).max(rank);
+    }
+
+    /// Drops the tenants whose last rank is not ahead of `V`.
+    pub fn sweep(&mut self) {
+        let v = self.v;
+        self.last.retain(|(p, _), last| *last > v[*p]);
+    }
+
+    /// Tenants with a rank ahead of `V`, for tests and bounds.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    /// Whether no tenant is ahead of `V`.
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
 }
 
 /// When `job` becomes claimable: `max(next_run_ms, lease until)`; `None` for a terminal job.
@@ -763,11 +845,39 @@ mod tests {
     }
 
     #[test]
+    fn fair_ranks_interleave_a_late_tenant_and_keep_each_tenants_order() {
+        let (a, b) = (Tenant::parse("a").unwrap(), Tenant::parse("b").unwrap());
+        let (three, one) = (Share::new(3, None), Share::new(1, None));
+        let mut fair = FairRanks::default();
+        let p = Priority::Normal;
+        let backlog: Vec<u64> = (0..9).map(|_| fair.rank(p, &a, three)).collect();
+        assert!(backlog.windows(2).all(|w| w[0] < w[1]), "FIFO within a tenant");
+        // Two of a's jobs are claimed; then b arrives behind a's backlog of 7.
+        fair.claimed(p, backlog[0]);
+        fair.claimed(p, backlog[1]);
+        let late: Vec<u64> = (0..3).map(|_| fair.rank(p, &b, one)).collect();
+        let mut all: Vec<(u64, &str)> = backlog[2..].iter().map(|r| (*r, "a")).collect();
+        all.extend(late.iter().map(|r| (*r, "b")));
+        all.sort();
+        let first8: String = all.iter().take(8).map(|(_, t)| *t).collect();
+        assert_eq!(first8.matches('b').count(), 2, "3:1 from b's arrival: {first8}");
+        assert!(first8.starts_with("aaab"), "b's first job ranks one cost past V: {first8}");
+        // Another priority has its own V.
+        assert_eq!(fair.rank(Priority::High, &b, one), rank_cost(one));
+        // Claimed past everything: the sweep drops every tenant.
+        fair.claimed(p, u64::MAX / 2);
+        fair.claimed(Priority::High, u64::MAX / 2);
+        fair.sweep();
+        assert!(fair.is_empty());
+    }
+
+    #[test]
     fn a_job_stored_before_tenants_reads_as_the_public_tenant_with_its_key_scope() {
         let job = NewJob {
             id: JobId::parse("job_0000000000000000000001").unwrap(),
             priority: Priority::High,
             tenant: Tenant::parse("t:0011223344556677").unwrap(),
+            share: Share::default(),
             request: TalkRequest::new(
                 Some("https://example.test/face.jpg".into()),
                 domain::Script::Audio {
@@ -786,7 +896,7 @@ mod tests {
             lease: None,
             status: JobStatus::Queued,
         }
-        .into_job(1);
+        .into_job(1, 0);
         let mut stored = serde_json::to_value(&job).unwrap();
         assert_eq!(
             stored["idempotency"],
@@ -795,8 +905,10 @@ mod tests {
         );
         // An earlier build wrote no tenant.
         stored.as_object_mut().unwrap().remove("tenant");
+        stored.as_object_mut().unwrap().remove("rank");
         let read: Job = serde_json::from_value(stored).unwrap();
         assert_eq!(read.tenant, Tenant::public());
+        assert_eq!(read.rank, 0, "claimed by seq among its priority's first");
         assert_eq!(read.idempotency, job.idempotency);
         assert_eq!(
             read.admission(),

@@ -525,6 +525,7 @@ async fn a_job_left_creating_by_a_dead_worker_adopts_its_talk_instead_of_paying_
                     id: id.clone(),
                     priority: Priority::Normal,
                     tenant: domain::Tenant::public(),
+                    share: domain::Share::default(),
                     request: request.clone(),
                     callback_url: None,
                     idempotency: None,
