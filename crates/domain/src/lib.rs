@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`admission`]: [`Admission`] (a [`Tenant`] and a [`Priority`]), what every call that
 //!   takes capacity carries.
+//! - [`budget`]: [`Budget`] and its [`BudgetPeriod`], and what a talk is estimated to cost
+//!   ([`budget::estimate`]).
 //! - [`callback`]: [`CallbackUrl`], where a job's outcome is reported.
 //! - [`priority`]: [`Priority`], the four request classes the limiter orders by.
 //! - [`talk`]: [`TalkId`], [`TalkStatus`], [`Talk`] and its parts, as D-ID returns them.
@@ -17,6 +19,7 @@
 //! This crate does no I/O and depends on nothing that does (checked by `cargo xtask test`).
 
 pub mod admission;
+pub mod budget;
 pub mod callback;
 pub mod destination;
 pub mod priority;
@@ -25,6 +28,9 @@ pub mod talk;
 pub mod upload;
 
 pub use admission::{Admission, InvalidTenant, Share, Tenant};
+pub use budget::{
+    Budget, BudgetPeriod, Estimate, EstimateBasis, InvalidBudgetPeriod, PeriodWindow,
+};
 pub use callback::{CallbackUrl, InvalidCallbackUrl};
 pub use destination::{DestinationPolicy, IpNet, Refusal};
 pub use priority::{ParsePriorityError, Priority};

@@ -5,8 +5,12 @@
 //! same contract suite (`ports::job_contract`) as the durable adapters, so code tested on it
 //! behaves the same on them.
 //!
+//! It is also a [`ports::CreditLedger`] (the tenants' credit budgets, beside the jobs).
+//!
 //! Every operation takes the lock once and does no I/O; `claim`, `claim_callback` and
 //! `counts` scan all jobs (O(n)), which is fine for the thousands of jobs a test or a small setup holds.
+
+mod credits;
 
 use ports::{LeaseTerms, ListQuery};
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +27,8 @@ use ports::{
 #[derive(Debug, Default)]
 pub struct MemoryJobStore {
     state: Mutex<State>,
+    /// The tenants' credit budgets ([`ports::CreditLedger`], in `credits`).
+    ledger: Mutex<credits::Ledger>,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +46,11 @@ impl MemoryJobStore {
     /// An empty store.
     pub fn new() -> MemoryJobStore {
         MemoryJobStore::default()
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, credits::Ledger> {
+        // Every write is a few map updates that cannot panic halfway.
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

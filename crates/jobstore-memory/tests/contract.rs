@@ -10,3 +10,16 @@ async fn new_store() -> Arc<dyn JobStore> {
 }
 
 ports::job_store_contract_tests!(new_store);
+
+mod credits {
+    use std::sync::Arc;
+
+    use jobstore_memory::MemoryJobStore;
+    use ports::CreditLedger;
+
+    async fn new_ledger() -> Arc<dyn CreditLedger> {
+        Arc::new(MemoryJobStore::new())
+    }
+
+    ports::credit_ledger_contract_tests!(new_ledger);
+}

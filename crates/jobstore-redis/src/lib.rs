@@ -104,7 +104,7 @@ use domain::Tenant;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
 use fred::types::scripts::Script;
-use fred::types::{FromValue, Value};
+use fred::types::{FromValue, Key, Value};
 use ports::jobs::duration_ms;
 use ports::{
     DegradedReason, Job, JobCounts, JobId, JobPage, JobStatus, JobStore, JobStoreError, Lease,
@@ -116,6 +116,7 @@ use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
+mod credits;
 mod scripts;
 
 use scripts::{INDEX_ARGS, Scripts};
@@ -141,6 +142,8 @@ pub struct RedisJobStore {
     /// What this process knows of the store's epoch, and when the store last lost its data.
     epoch: Arc<Epoch>,
     scripts: Scripts,
+    /// The credit ledger's keys and scripts (`credits`).
+    credit_scripts: credits::CreditScripts,
     name: String,
     address: String,
     op_timeout: Duration,
@@ -262,6 +265,7 @@ impl RedisJobStore {
             channel,
             epoch: Arc::new(Epoch::default()),
             scripts: Scripts::new(&hash_tag(name)),
+            credit_scripts: credits::CreditScripts::new(&hash_tag(name)),
             name: name.to_owned(),
             address,
             op_timeout: config.op_timeout,
@@ -306,8 +310,18 @@ impl RedisJobStore {
         script: &Script,
         args: Vec<Value>,
     ) -> Result<R, JobStoreError> {
-        let call =
-            script.evalsha_with_reload::<R, _, _>(&self.client, self.scripts.keys.clone(), args);
+        self.eval_keys(script, self.scripts.keys.clone(), args)
+            .await
+    }
+
+    /// Runs `script` over `keys` (all under the store's hash tag) within the op timeout.
+    pub(crate) async fn eval_keys<R: FromValue>(
+        &self,
+        script: &Script,
+        keys: Vec<Key>,
+        args: Vec<Value>,
+    ) -> Result<R, JobStoreError> {
+        let call = script.evalsha_with_reload::<R, _, _>(&self.client, keys, args);
         match tokio::time::timeout(self.op_timeout, call).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(JobStoreError::Unavailable(format!(

@@ -54,6 +54,25 @@ async fn new_store() -> Arc<dyn JobStore> {
 
 ports::job_store_contract_tests!(new_store);
 
+/// The credit ledger of a fresh store on the shared standalone server.
+mod credits {
+    use super::*;
+    use ports::CreditLedger;
+
+    async fn new_ledger() -> Arc<dyn CreditLedger> {
+        static SERVER: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
+        let server = tokio::task::spawn_blocking(|| shared(&SERVER, RedisServer::start))
+            .await
+            .expect("the server starts");
+        let store = RedisJobStore::connect(config(server.url()), &unique_name("credits"))
+            .await
+            .expect("the store connects");
+        Arc::new(Guarded::new(store, server))
+    }
+
+    ports::credit_ledger_contract_tests!(new_ledger);
+}
+
 /// The same suite on a real 3-master cluster.
 mod cluster {
     use super::*;

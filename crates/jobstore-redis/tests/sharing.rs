@@ -308,7 +308,10 @@ async fn jobs_queued_by_an_earlier_build_keep_their_place_after_an_upgrade() {
         // Priority normal (index 2): band 3 - 2 = 1.
         let order = band + 40_000 + n;
         server.command(None, &["ZREM", &format!("{tag}:wait"), &id]);
-        server.command(None, &["ZADD", &format!("{tag}:due"), &order.to_string(), &id]);
+        server.command(
+            None,
+            &["ZADD", &format!("{tag}:due"), &order.to_string(), &id],
+        );
     }
     // Submitted after the upgrade, at the same priority and before any claim.
     let mut newer = new_job(4, Priority::Normal, T0 + 4);
@@ -317,7 +320,11 @@ async fn jobs_queued_by_an_earlier_build_keep_their_place_after_an_upgrade() {
     let Submitted::Created(newer) = store.submit(newer, ROOMY).await.unwrap() else {
         panic!("created");
     };
-    assert!(newer.rank > 40_003, "ranked past every old seq: {}", newer.rank);
+    assert!(
+        newer.rank > 40_003,
+        "ranked past every old seq: {}",
+        newer.rank
+    );
     let mut claimed = Vec::new();
     while let Some(job) = store
         .claim(LeaseTerms::new("w", LEASE, T0 + 10))
@@ -329,8 +336,58 @@ async fn jobs_queued_by_an_earlier_build_keep_their_place_after_an_upgrade() {
     let expected: Vec<_> = [1, 2, 3, 4].into_iter().map(job_id).collect();
     assert_eq!(claimed, expected);
     assert_eq!(
-        server.command(None, &["ZCARD", &format!("{tag}:due")]).trim(),
+        server
+            .command(None, &["ZCARD", &format!("{tag}:due")])
+            .trim(),
         ":0",
         "the old set is emptied"
     );
+}
+
+/// Two stores of one name (two processes' clients) reserving the last credits of one budget
+/// at once never go over it together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_reserving_the_last_credits_never_go_over_the_budget() {
+    use ports::{CreditLedger, Reservation, Reserved};
+    use std::sync::Arc;
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let name = unique_name("budget");
+    let a = Arc::new(store(&server, &name).await);
+    let b = Arc::new(store(&server, &name).await);
+    let web = domain::Tenant::parse("web").unwrap();
+    let hold = |n: u64, credits: u64| Reservation {
+        job: job_id(n),
+        tenant: web.clone(),
+        period: "2026-12".into(),
+        credits,
+        at_ms: T0 + n,
+    };
+    // 7 of 10 credits are spent or held; 60 talks of 1 or 2 credits race for the last 3.
+    assert!(matches!(
+        a.reserve(&hold(1000, 7), 10).await.unwrap(),
+        Reserved::Taken(_)
+    ));
+    let tasks: Vec<_> = (1..=60u64)
+        .map(|n| {
+            let ledger = if n % 2 == 0 {
+                Arc::clone(&a)
+            } else {
+                Arc::clone(&b)
+            };
+            let r = hold(n, 1 + n % 2);
+            tokio::spawn(async move { (r.credits, ledger.reserve(&r, 10).await.unwrap()) })
+        })
+        .collect();
+    let mut taken = 0;
+    for task in tasks {
+        if let (credits, Reserved::Taken(_)) = task.await.unwrap() {
+            taken += credits;
+        }
+    }
+    let usage = b.usage(&web, "2026-12").await.unwrap();
+    assert_eq!(usage.reserved, 7 + taken);
+    assert!(usage.reserved <= 10, "{usage:?}");
+    assert!(taken >= 2, "the last credits were taken: {taken}");
 }

@@ -218,7 +218,10 @@ mod wal_cost {
             let mut step: Vec<u64> = rounds.iter().map(|r| r[i]).collect();
             step.sort_unstable();
             let median = step[step.len() / 2];
-            assert!(median <= m, "step {i} wrote {median} pages (at most {m}): {rounds:?}");
+            assert!(
+                median <= m,
+                "step {i} wrote {median} pages (at most {m}): {rounds:?}"
+            );
         }
         drop(store);
         let _ = std::fs::remove_dir_all(dir);

@@ -121,6 +121,7 @@
 
 mod checkpoint;
 mod codec;
+mod credits;
 mod file;
 mod job_store;
 mod ops;

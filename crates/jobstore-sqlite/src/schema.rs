@@ -85,6 +85,22 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (MAX(next_run_ms, IFNULL(lease_until
   WHERE status IN ('queued','creating','processing');
 CREATE INDEX IF NOT EXISTS jobs_callbacks ON jobs (callback_due_ms)
   WHERE callback_due_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS credit_usage (
+  tenant TEXT NOT NULL,
+  period TEXT NOT NULL,
+  spent INTEGER NOT NULL,
+  reserved INTEGER NOT NULL,
+  written_ms INTEGER NOT NULL,
+  PRIMARY KEY (tenant, period)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS credit_holds (
+  job TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  period TEXT NOT NULL,
+  credits INTEGER NOT NULL,
+  at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS credit_holds_by_age ON credit_holds (at_ms);
 ";
 
 /// From schema version 1 (before callbacks) to 2: the column `callback_due_ms`, `NULL` in

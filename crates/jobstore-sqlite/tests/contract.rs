@@ -17,3 +17,21 @@ async fn new_store() -> Arc<dyn JobStore> {
 }
 
 ports::job_store_contract_tests!(new_store);
+
+mod credits {
+    use std::sync::Arc;
+
+    use jobstore_sqlite::SqliteJobStore;
+    use ports::CreditLedger;
+    use ports::job_contract::Guarded;
+
+    use super::common::TempDir;
+
+    async fn new_ledger() -> Arc<dyn CreditLedger> {
+        let dir = TempDir::new();
+        let store = SqliteJobStore::open(dir.path().join("jobs.db")).expect("open a fresh store");
+        Arc::new(Guarded::new(store, dir))
+    }
+
+    ports::credit_ledger_contract_tests!(new_ledger);
+}

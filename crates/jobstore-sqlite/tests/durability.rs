@@ -191,7 +191,7 @@ async fn a_schema_1_file_is_migrated_in_place() {
 /// What a build before the fair order left: no `rank`, the claim index on `(prio, seq)`, no
 /// fair tables, user_version 2.
 const TO_SCHEMA_2: &str = "DROP INDEX jobs_claim; ALTER TABLE jobs DROP COLUMN rank;
-  DROP TABLE fair_clock; DROP TABLE fair_last;
+  DROP TABLE fair_clock; DROP TABLE fair_last; DROP TABLE credit_usage; DROP TABLE credit_holds;
   CREATE INDEX jobs_claim ON jobs (prio DESC, seq)
     WHERE status IN ('queued','creating','processing');
   PRAGMA user_version = 2;";
@@ -229,9 +229,17 @@ async fn a_schema_2_file_is_migrated_and_its_jobs_are_claimed_first() {
     same_priority.priority = old.priority;
     create(&store, same_priority).await;
     let lease = |now| LeaseTerms::new("w", LEASE, now);
-    let first = store.claim(lease(T0 + 2)).await.unwrap().expect("claimable");
+    let first = store
+        .claim(lease(T0 + 2))
+        .await
+        .unwrap()
+        .expect("claimable");
     assert_eq!(first.id, old.id);
-    let second = store.claim(lease(T0 + 2)).await.unwrap().expect("claimable");
+    let second = store
+        .claim(lease(T0 + 2))
+        .await
+        .unwrap()
+        .expect("claimable");
     assert!(second.rank > 0);
 }
 

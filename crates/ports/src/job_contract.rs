@@ -37,7 +37,7 @@ use crate::jobs::{
 /// its file, the test server it talks to. What a factory returns when the store's
 /// resources must go when the test drops the store. Every method is the inner store's.
 pub struct Guarded<S> {
-    store: S,
+    pub(crate) store: S,
     _guard: Box<dyn Any + Send + Sync>,
 }
 
@@ -390,7 +390,10 @@ where
             .filter(|j| &j.tenant == who)
             .map(|j| j.seq)
             .collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "FIFO within {who}: {seqs:?}");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "FIFO within {who}: {seqs:?}"
+        );
     }
     // A tenant coming back after the others were served starts from where the claims are,
     // not from its old rank: it is not owed a burst, nor held back.
@@ -405,7 +408,11 @@ where
     {
         after.push(job.id);
     }
-    assert_eq!(after, vec![job_id(26), job_id(28), job_id(27)], "web's two cost one of batch's");
+    assert_eq!(
+        after,
+        vec![job_id(26), job_id(28), job_id(27)],
+        "web's two cost one of batch's"
+    );
 }
 
 /// A claimed job is nobody else's until its lease runs out; then another worker takes it over.

@@ -851,7 +851,10 @@ mod tests {
         let mut fair = FairRanks::default();
         let p = Priority::Normal;
         let backlog: Vec<u64> = (0..9).map(|_| fair.rank(p, &a, three)).collect();
-        assert!(backlog.windows(2).all(|w| w[0] < w[1]), "FIFO within a tenant");
+        assert!(
+            backlog.windows(2).all(|w| w[0] < w[1]),
+            "FIFO within a tenant"
+        );
         // Two of a's jobs are claimed; then b arrives behind a's backlog of 7.
         fair.claimed(p, backlog[0]);
         fair.claimed(p, backlog[1]);
@@ -860,8 +863,15 @@ mod tests {
         all.extend(late.iter().map(|r| (*r, "b")));
         all.sort();
         let first8: String = all.iter().take(8).map(|(_, t)| *t).collect();
-        assert_eq!(first8.matches('b').count(), 2, "3:1 from b's arrival: {first8}");
-        assert!(first8.starts_with("aaab"), "b's first job ranks one cost past V: {first8}");
+        assert_eq!(
+            first8.matches('b').count(),
+            2,
+            "3:1 from b's arrival: {first8}"
+        );
+        assert!(
+            first8.starts_with("aaab"),
+            "b's first job ranks one cost past V: {first8}"
+        );
         // Another priority has its own V.
         assert_eq!(fair.rank(Priority::High, &b, one), rank_cost(one));
         // Claimed past everything: the sweep drops every tenant.

@@ -20,12 +20,15 @@
 //! - `contract` (feature `contract`): the behaviour every limiter must show, written once and
 //!   run against each adapter with `limiter_contract_tests!`.
 //! - `job_contract` (feature `contract`): the same for job stores, `job_store_contract_tests!`.
+//! - [`credits`]: [`CreditLedger`], tenants' credit budgets reserved before a talk and
+//!   settled after it; `credit_contract` (feature `contract`), `credit_ledger_contract_tests!`.
 //!
 //! # Features
 //! - `mock`: mockall mocks `MockConcurrencyLimiter` and `MockVideoApi`.
 //! - `contract`: the limiter and job-store contract suites (pull in tokio and rand).
 
 pub mod callbacks;
+pub mod credits;
 pub mod events;
 pub mod jobs;
 pub mod limiter;
@@ -34,12 +37,15 @@ pub mod video;
 #[cfg(feature = "contract")]
 pub mod contract;
 #[cfg(feature = "contract")]
+pub mod credit_contract;
+#[cfg(feature = "contract")]
 pub mod job_contract;
 
 pub use callbacks::{
     Callback, CallbackAttempt, CallbackDelivery, CallbackError, CallbackEvent, CallbackReceipt,
     CallbackSender, CallbackStatus,
 };
+pub use credits::{CreditError, CreditLedger, Reservation, Reserved, Usage};
 pub use events::{JobEvent, JobEvents, NoJobEvents};
 pub use jobs::{
     Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,
