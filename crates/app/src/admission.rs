@@ -98,11 +98,32 @@ impl Jobs {
 
     /// Stores a queued job (or finds the job of its key) and wakes a worker.
     pub async fn submit(&self, job: NewJob) -> Result<Submitted, AppError> {
-        let submitted = self
-            .store
-            .submit(job, self.config.queue)
-            .await
-            .map_err(|e| self.store_error(e))?;
+        // A budget is reserved before the job is stored, so before anything is sent.
+        let credits = self.credits();
+        let replay = match (&credits, &job.idempotency) {
+            // A replay reserves nothing, so an exhausted budget still answers it.
+            (Some(c), Some(key)) if c.budget_of(&job.tenant).is_some() => self
+                .store
+                .get_by_key(key)
+                .await
+                .map_err(|e| self.store_error(e))?
+                .is_some(),
+            _ => false,
+        };
+        let reserved = match &credits {
+            Some(c) if !replay => c.reserve(&job, crate::now_ms()).await?,
+            _ => false,
+        };
+        let id = job.id.clone();
+        let submitted = self.store.submit(job, self.config.queue).await;
+        if reserved
+            && let Some(c) = &credits
+            && !matches!(&submitted, Ok(Submitted::Created(_)))
+        {
+            // Not stored, or a replay whose job holds its own reservation.
+            c.release(&id, crate::now_ms()).await;
+        }
+        let submitted = submitted.map_err(|e| self.store_error(e))?;
         if let Submitted::Created(job) = &submitted {
             tracing::info!(job_id = %job.id, priority = %job.priority, status = %job.status, "job submitted");
             self.wake.notify_one();

@@ -125,6 +125,8 @@ pub fn purge_period(retention: Duration) -> Duration {
 pub struct Jobs {
     /// Each tenant's share of the limiter, for the engine's own calls (creates and polls).
     pub(crate) shares: std::sync::RwLock<Option<Arc<dyn TenantShares>>>,
+    /// The tenants' credit budgets, if any tenant has one (see [`crate::credits`]).
+    pub(crate) credits: std::sync::RwLock<Option<Arc<crate::credits::Credits>>>,
     pub(crate) store: Arc<dyn JobStore>,
     /// The same store, for its call count.
     pub(crate) counted: Arc<CountedStore>,
@@ -244,6 +246,7 @@ impl Jobs {
         let counted = Arc::new(CountedStore::new(store));
         Arc::new(Jobs {
             shares: std::sync::RwLock::new(None),
+            credits: std::sync::RwLock::new(None),
             store: counted.clone(),
             counted,
             video,
@@ -279,6 +282,20 @@ impl Jobs {
     /// and cap): the service's tenants. Without, every job's calls take the default share.
     pub fn set_shares(&self, shares: Arc<dyn TenantShares>) {
         *self.shares.write().unwrap_or_else(PoisonError::into_inner) = Some(shares);
+    }
+
+    /// Where jobs reserve and settle their tenants' credit budgets (see [`crate::credits`]).
+    /// Without, no job reserves anything.
+    pub fn set_credits(&self, credits: Arc<crate::credits::Credits>) {
+        *self.credits.write().unwrap_or_else(PoisonError::into_inner) = Some(credits);
+    }
+
+    /// The budgets, if set.
+    pub fn credits(&self) -> Option<Arc<crate::credits::Credits>> {
+        self.credits
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The admission of the engine's calls for `job`: its tenant and priority, with the
@@ -335,7 +352,7 @@ impl Jobs {
     }
 
     /// Returns once [`Jobs::stop`] was called (at once if it was before).
-    pub(crate) async fn stopped(&self) {
+    pub async fn stopped(&self) {
         let mut rx = self.stop_signal.subscribe();
         let _ = rx.wait_for(|stopped| *stopped).await;
     }
@@ -393,6 +410,12 @@ impl Jobs {
             && due < self.next_look_ms.load(Ordering::SeqCst)
         {
             self.replan.notify_one();
+        }
+        if written.status.is_terminal()
+            && !from.is_terminal()
+            && let Some(credits) = self.credits()
+        {
+            credits.settle(&written, now_ms()).await;
         }
         if written.status != from {
             tracing::info!(
@@ -552,6 +575,12 @@ impl Jobs {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "finished jobs past their retention purged"),
                 Err(e) => tracing::warn!(error = %e, "could not purge old jobs"),
+            }
+            if let Some(credits) = self.credits() {
+                let ended = credits.sweep(&*self.store, now_ms()).await;
+                if ended > 0 {
+                    tracing::info!(ended, "credit sweep: stale reservations settled");
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(purge_period(self.config.retention)) => {}

@@ -48,6 +48,32 @@ pub enum AppError {
         /// The job the key belongs to.
         job_id: JobId,
     },
+    /// The tenant's budget for the period cannot take the talk's estimated credits; nothing
+    /// was stored or sent.
+    #[error(
+        "the credit budget is exhausted: this talk needs an estimated {needed} credits, and \
+         {spent} of the {budget} credits of this {period} ({period_key}) are spent, {reserved} \
+         held by talks in progress"
+    )]
+    BudgetExhausted {
+        /// The talk's estimated credits.
+        needed: u64,
+        /// The budget per period.
+        budget: u64,
+        /// Spent in this period.
+        spent: u64,
+        /// Held by talks not ended yet.
+        reserved: u64,
+        /// The budget's period.
+        period: domain::BudgetPeriod,
+        /// This period's key (`2026-12`).
+        period_key: String,
+        /// When the next period starts, ms since the epoch.
+        resets_at_ms: u64,
+    },
+    /// The credit ledger could not be reached, so a budget could not be checked.
+    #[error("the credit ledger is unavailable: {0}")]
+    CreditsUnavailable(String),
     /// The job is past the point where cancelling could help.
     #[error("job {job_id} is {status} and cannot be cancelled")]
     JobNotCancellable {

@@ -16,6 +16,8 @@
 //!   makes the job due (its poll confirms), slow fallback polls while one is expected.
 //! - [`callbacks`]: talkgate → caller — the callback armed by the write that ends a job,
 //!   delivered at least once by the callback workers with back-off over a horizon.
+//! - [`credits`]: tenants' credit budgets — a job reserves its estimated credits before it
+//!   is stored, the write that ends it settles them, a sweep ends what was left behind.
 //! - [`failure`]: how a failed call becomes a job's stored failure.
 //! - [`counted`]: the job store with its calls counted.
 //! - [`mod@cutoff`]: the shutdown's cut-off signal, and where a request records its talk and job.
@@ -27,6 +29,7 @@
 pub mod admission;
 pub mod callbacks;
 pub mod counted;
+pub mod credits;
 pub mod cutoff;
 pub mod engine;
 pub mod error;

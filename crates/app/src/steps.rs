@@ -237,6 +237,7 @@ impl Jobs {
             Ok(talk) => match &talk.status {
                 TalkStatus::Done => {
                     job.result_url = talk.result_url.clone();
+                    job.video_seconds = talk.duration;
                     job.result_expires_ms = Some(now + ports::jobs::duration_ms(RESULT_TTL));
                     ended(&mut job, None);
                 }
@@ -332,6 +333,7 @@ impl Jobs {
             Ok(talk) => {
                 job.status = JobStatus::Done;
                 job.result_url = talk.result_url.clone();
+                job.video_seconds = talk.duration;
                 job.result_expires_ms = Some(now + ports::jobs::duration_ms(RESULT_TTL));
                 job.finished_ms = Some(now);
                 // What the caller's answer carries, for a replay to carry it too.

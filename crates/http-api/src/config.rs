@@ -398,12 +398,12 @@ settings! {
         parse: parse::secret,
     }
     /// Its tenants' `[[tenants]]` tables: name, `token_sha256`, weight, `max_concurrent`,
-    /// `max_priority`, `admin` (see [`crate::tenants`]). `SIGHUP` reads it again.
+    /// `max_priority`, `admin`, `budget` (see [`crate::tenants`]). `SIGHUP` reads it again.
     tenants_file: Option<crate::tenants::TenantsFile> {
         env: "TENANTS_FILE",
         access: flag("tenants-file"),
         default: unset,
-        help: "TOML file of tenants (name, token_sha256, weight, max_concurrent, max_priority, admin), read again on SIGHUP; unset: one tenant",
+        help: "TOML file of tenants (name, token_sha256, weight, max_concurrent, max_priority, admin, budget), read again on SIGHUP; unset: one tenant",
         parse: crate::tenants::TenantsFile::load,
     }
     /// `text` and `pretty` are read as `human`.
@@ -611,6 +611,23 @@ settings! {
         default: "604800",
         help: "Seconds finished jobs (and their idempotency keys) are kept",
         parse: |raw| parse::seconds(raw, false),
+    }
+    /// What a talk whose audio URL the service did not upload (so whose length it does not
+    /// know) is taken to last when its tenant's budget is checked; settled at the real cost.
+    budget_unknown_audio_secs: f64 {
+        env: "BUDGET_UNKNOWN_AUDIO_SECS",
+        access: flag("budget-unknown-audio-secs"),
+        default: "60",
+        help: "Seconds an audio of unknown length is estimated to last, for credit budgets (1 to 3600)",
+        parse: |raw| parse::seconds(raw, false).and_then(|d| if d > Duration::from_secs(3600) || d < Duration::from_secs(1) { Err(format!("{raw:?} is not from 1 to 3600")) } else { Ok(d.as_secs_f64()) }),
+    }
+    /// `GET /credits` of the D-ID account, for `/stats` and `/metrics`; `0`: never.
+    credits_check: Duration {
+        env: "CREDITS_CHECK_SECS",
+        access: flag("credits-check-secs"),
+        default: "300",
+        help: "Seconds between reads of the D-ID account's credits (GET /credits, beside the budgets); 0: never (at least 10 otherwise)",
+        parse: |raw| parse::seconds(raw, true).and_then(|d| if !d.is_zero() && d < Duration::from_secs(10) { Err(format!("{raw:?} is below the 10 s minimum")) } else { Ok(d) }),
     }
     /// A dead worker's job is taken over this long after its last renewal.
     job_lease: Duration {

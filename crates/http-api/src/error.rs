@@ -229,6 +229,32 @@ pub enum ApiError {
     /// The job store failed; nothing is known to have been written.
     #[error("job store unavailable: {0}")]
     JobStore(String),
+    /// The tenant's credit budget cannot take the talk's estimate; nothing was stored or sent.
+    #[error(
+        "the credit budget is exhausted: this talk needs an estimated {needed} credits and \
+         {left} of this {period}'s {budget} are left ({spent} spent, {reserved} held by talks \
+         in progress)",
+        left = budget.saturating_sub(spent.saturating_add(*reserved))
+    )]
+    BudgetExhausted {
+        /// The talk's estimated credits.
+        needed: u64,
+        /// Credits per period.
+        budget: u64,
+        /// Spent this period.
+        spent: u64,
+        /// Held by talks in progress.
+        reserved: u64,
+        /// The period.
+        period: domain::BudgetPeriod,
+        /// This period's key.
+        period_key: String,
+        /// When the next period starts, ms since the epoch.
+        resets_at_ms: u64,
+    },
+    /// The credit ledger failed, so a budget could not be checked; nothing was stored.
+    #[error("the credit ledger is unavailable: {0}")]
+    CreditsUnavailable(String),
     /// The job cannot be cancelled in its state.
     #[error("job {job_id} is {status} and cannot be cancelled")]
     JobNotCancellable {
@@ -391,6 +417,10 @@ impl ApiError {
                 row(S::SERVICE_UNAVAILABLE, "job_store_unavailable").retry_after(QUEUE_RETRY_AFTER)
             }
             ApiError::JobNotCancellable { .. } => row(S::CONFLICT, "job_not_cancellable"),
+            ApiError::BudgetExhausted { .. } => row(S::PAYMENT_REQUIRED, "budget_exhausted"),
+            ApiError::CreditsUnavailable(_) => {
+                row(S::SERVICE_UNAVAILABLE, "credits_unavailable").retry_after(QUEUE_RETRY_AFTER)
+            }
         }
     }
 
@@ -489,6 +519,35 @@ impl ApiError {
             ApiError::JobStore(_) => {
                 said("the job store is unavailable; retry after the Retry-After delay".to_owned())
             }
+            ApiError::CreditsUnavailable(_) => said(
+                "the credit ledger is unavailable, so the budget cannot be checked; retry after \
+                 the Retry-After delay"
+                    .to_owned(),
+            ),
+            ApiError::BudgetExhausted {
+                needed,
+                budget,
+                spent,
+                reserved,
+                period,
+                period_key,
+                resets_at_ms,
+            } => (
+                self.to_string(),
+                vec![(
+                    "budget",
+                    json!({
+                        "credits": budget,
+                        "period": period.as_str(),
+                        "period_key": period_key,
+                        "spent": spent,
+                        "reserved": reserved,
+                        "remaining": budget.saturating_sub(spent.saturating_add(*reserved)),
+                        "needed": needed,
+                        "resets_at": crate::time_text::timestamp(*resets_at_ms),
+                    }),
+                )],
+            ),
             ApiError::Internal(_) => {
                 said("internal error; the request id identifies the log entry".to_owned())
             }
@@ -611,6 +670,24 @@ impl From<AppError> for ApiError {
                 message: "not a cursor this service handed out for this status filter".to_owned(),
             },
             AppError::JobStore(message) => ApiError::JobStore(message),
+            AppError::BudgetExhausted {
+                needed,
+                budget,
+                spent,
+                reserved,
+                period,
+                period_key,
+                resets_at_ms,
+            } => ApiError::BudgetExhausted {
+                needed,
+                budget,
+                spent,
+                reserved,
+                period,
+                period_key,
+                resets_at_ms,
+            },
+            AppError::CreditsUnavailable(m) => ApiError::CreditsUnavailable(m),
             lost @ AppError::LostJob(_) => ApiError::JobStore(lost.to_string()),
             AppError::IdempotencyKeyInUse => ApiError::IdempotencyKeyInUse,
             AppError::IdempotencyKeyReused { job_id } => ApiError::IdempotencyKeyReused {

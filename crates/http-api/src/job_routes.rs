@@ -169,17 +169,7 @@ impl TalkBody {
     }
 }
 
-/// An RFC 3339 UTC timestamp of `ms` since the epoch.
-pub fn timestamp(ms: u64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+pub use crate::time_text::timestamp;
 
 /// How a job is shown.
 pub fn view(job: &Job) -> Value {
@@ -190,6 +180,7 @@ pub fn view(job: &Job) -> Value {
         "talk_id": job.talk_id,
         "result_url": job.result_url,
         "result_expires_at": job.result_expires_ms.map(timestamp),
+        "video_seconds": job.video_seconds,
         "error": job.error.as_ref().map(|f| json!({
             "code": f.code,
             "message": f.message,

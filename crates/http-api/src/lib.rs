@@ -29,8 +29,10 @@
 //! - [`metrics`]: the Prometheus registry and [`metrics::MeteredLimiter`].
 //! - [`telemetry`]: the tracing subscriber (human or JSON).
 
+pub mod account;
 pub mod auth;
 pub mod body;
+pub mod budgets;
 pub mod config;
 pub mod cutoff;
 pub mod error;
@@ -46,6 +48,7 @@ pub mod store_open;
 pub mod talk_webhooks;
 pub mod telemetry;
 pub mod tenants;
+pub mod time_text;
 pub mod uri;
 pub mod wiring;
 

@@ -275,6 +275,12 @@ impl Metrics {
         s.callbacks = Some(counts);
     }
 
+    /// Stores the budgets' figures that the next [`Metrics::encode`] reports.
+    pub fn set_credits(&self, credits: CreditsSnapshot) {
+        let mut s = self.snapshot.lock();
+        s.credits = Some(credits);
+    }
+
     /// Stores the job counts that the next [`Metrics::encode`] reports, as of `now_ms`.
     pub fn set_jobs(&self, counts: ports::JobCounts, now_ms: u64) {
         let mut s = self.snapshot.lock();
@@ -301,6 +307,104 @@ struct SnapshotState {
     talk_webhooks: Option<app::TalkWebhookCounts>,
     callbacks: Option<app::CallbackCounts>,
     tenant_reloads: Option<(u64, u64)>,
+    credits: Option<CreditsSnapshot>,
+}
+
+/// The budgets' figures for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct CreditsSnapshot {
+    /// Per budgeted tenant (its shown name): budget, spent and reserved this period.
+    pub tenants: Vec<(String, u64, u64, u64)>,
+    /// This instance's reservation decisions.
+    pub counts: app::credits::CreditCounts,
+    /// The D-ID account's checks.
+    pub account: crate::account::AccountSnapshot,
+}
+
+/// Labels of one kind of reservation decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReservationLabels {
+    result: &'static str,
+}
+
+/// Labels of an account check's result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    result: &'static str,
+}
+
+fn encode_credits(enc: &mut DescriptorEncoder<'_>, c: &CreditsSnapshot) -> std::fmt::Result {
+    let per_tenant = |pick: fn(&(String, u64, u64, u64)) -> u64| {
+        c.tenants
+            .iter()
+            .map(move |t| {
+                (
+                    TenantLabels {
+                        tenant: t.0.clone(),
+                    },
+                    ConstGauge::new(i64::try_from(pick(t)).unwrap_or(i64::MAX)),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    for (name, help, pick) in [
+        (
+            "tenant_credits_budget",
+            "Credits per period of each tenant with a budget",
+            (|t: &(String, u64, u64, u64)| t.1) as fn(&(String, u64, u64, u64)) -> u64,
+        ),
+        (
+            "tenant_credits_spent",
+            "Credits spent this period by each tenant with a budget",
+            |t| t.2,
+        ),
+        (
+            "tenant_credits_reserved",
+            "Credits held by talks in progress, by tenant with a budget",
+            |t| t.3,
+        ),
+    ] {
+        family(enc, name, help, MetricType::Gauge, per_tenant(pick))?;
+    }
+    let n = &c.counts;
+    family(
+        enc,
+        "credit_reservations",
+        "Budget reservations by what became of them (this instance)",
+        MetricType::Counter,
+        [
+            ("taken", n.reserved),
+            ("refused", n.refused),
+            ("settled", n.settled),
+            ("released", n.released),
+            ("swept", n.swept),
+            ("error", n.errors),
+        ]
+        .map(|(result, v)| (ReservationLabels { result }, ConstCounter::new(v))),
+    )?;
+    family(
+        enc,
+        "account_credit_checks",
+        "Reads of the D-ID account's credits (GET /credits) by result",
+        MetricType::Counter,
+        [("ok", c.account.ok), ("failed", c.account.failed)]
+            .map(|(result, v)| (CheckLabels { result }, ConstCounter::new(v))),
+    )?;
+    if let Some(b) = c.account.last {
+        gauge(
+            enc,
+            "account_credits_remaining",
+            "Credits left on the D-ID account, as last read",
+            b.remaining,
+        )?;
+        gauge(
+            enc,
+            "account_credits_total",
+            "Credits granted to the D-ID account, as last read",
+            b.total,
+        )?;
+    }
+    Ok(())
 }
 
 /// Labels of one callback attempt's outcome.
@@ -383,6 +487,9 @@ struct StatusLabels {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.lock();
+        if let Some(c) = &s.credits {
+            encode_credits(&mut enc, c)?;
+        }
         if let Some(l) = &s.limiter {
             let i = |v: u32| i64::from(v);
             for (name, help, v) in [

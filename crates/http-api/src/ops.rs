@@ -105,22 +105,33 @@ pub async fn stats(state: &AppState, caller: &TenantPolicy) -> Result<Response<B
         },
         "upstream": upstream_json(&upstream),
     });
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "client": client,
-            "rate_limiter": limiter_json(&limiter, state.settings().max_concurrent),
-            "jobs": jobs_json(state).await,
-            "tenants": tenants_json(state, caller, &limiter),
-        }),
-    ))
+    let view = state.tenants().view();
+    let sees_all = caller.admin || !view.auth;
+    let budgets =
+        crate::budgets::rows(state, |name| sees_all || name == caller.tenant.as_str()).await;
+    let mut body = json!({
+        "client": client,
+        "rate_limiter": limiter_json(&limiter, state.settings().max_concurrent),
+        "jobs": jobs_json(state).await,
+        "tenants": tenants_json(state, caller, &limiter, &budgets),
+    });
+    // The service's budget decisions and the account's balance are the admins'.
+    if sees_all {
+        body["credits"] = crate::budgets::stats_json(state, &budgets);
+    }
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// The tenants part of `/stats`: whether callers authenticate, the file and its reloads,
 /// and per tenant its policy and its part of the limiter now (`limiter_queued`; for a
 /// capped tenant `limiter_active`). An admin caller (or everyone, without authentication)
 /// sees every tenant; any other tenant only itself.
-fn tenants_json(state: &AppState, caller: &TenantPolicy, limiter: &LimiterStats) -> Value {
+fn tenants_json(
+    state: &AppState,
+    caller: &TenantPolicy,
+    limiter: &LimiterStats,
+    budgets: &[crate::budgets::BudgetRow],
+) -> Value {
     let view = state.tenants().view();
     let sees_all = caller.admin || !view.auth;
     let by_tenant: serde_json::Map<String, Value> = view
@@ -129,17 +140,19 @@ fn tenants_json(state: &AppState, caller: &TenantPolicy, limiter: &LimiterStats)
         .filter(|(name, _)| sees_all || name.as_str() == caller.tenant.as_str())
         .map(|(name, p)| {
             let slots = limiter.tenants.get(name).copied().unwrap_or_default();
-            (
-                crate::tenants::public_name(name).to_owned(),
-                json!({
-                    "weight": p.share.weight(),
-                    "max_concurrent": p.share.cap(),
-                    "max_priority": p.max_priority.as_str(),
-                    "admin": p.admin,
-                    "limiter_active": slots.active,
-                    "limiter_queued": slots.queued,
-                }),
-            )
+            let shown = crate::tenants::public_name(name);
+            let mut entry = json!({
+                "weight": p.share.weight(),
+                "max_concurrent": p.share.cap(),
+                "max_priority": p.max_priority.as_str(),
+                "admin": p.admin,
+                "limiter_active": slots.active,
+                "limiter_queued": slots.queued,
+            });
+            if let Some(row) = budgets.iter().find(|r| r.tenant == shown) {
+                entry["budget"] = row.json();
+            }
+            (shown.to_owned(), entry)
         })
         .collect();
     let mut v = json!({
@@ -351,6 +364,22 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
     if tenants.file.is_some() {
         m.set_tenant_reloads(tenants.reloads_ok, tenants.reloads_failed);
     }
+    let budgets = crate::budgets::rows(state, |_| true).await;
+    m.set_credits(crate::metrics::CreditsSnapshot {
+        tenants: budgets
+            .iter()
+            .filter_map(|r| {
+                let u = r.usage.as_ref().ok()?;
+                Some((r.tenant.clone(), r.budget.credits, u.spent, u.reserved))
+            })
+            .collect(),
+        counts: state
+            .jobs()
+            .credits()
+            .map(|c| c.counts())
+            .unwrap_or_default(),
+        account: state.account().snapshot(),
+    });
     match state.jobs().store().counts().await {
         Ok(counts) => m.set_jobs(counts, app::now_ms()),
         Err(e) => tracing::warn!(error = %e, "job counts unavailable for /metrics"),

@@ -257,6 +257,11 @@ pub async fn run(
 
     // The job workers run while the server does (every instance works on the shared jobs).
     state.jobs().start();
+    // The D-ID account's balance, beside the budgets (ends when the engine stops).
+    tokio::spawn(crate::budgets::check_account(
+        state.clone(),
+        state.settings().credits_check,
+    ));
     let mut accept_log = FailureLog::new(ACCEPT_LOG_WINDOW);
     loop {
         tokio::select! {

@@ -54,6 +54,8 @@ pub struct Settings {
     /// Replaces the configured secrets in every response body (the logs have their own, in
     /// the log writer).
     pub scrubber: Scrubber,
+    /// How often the D-ID account's credits are read (`CREDITS_CHECK_SECS`); zero: never.
+    pub credits_check: Duration,
 }
 
 impl Settings {
@@ -78,6 +80,7 @@ impl Settings {
             callback_policy: callback_policy(config),
             callbacks_enabled: config.callback_secret.is_some(),
             scrubber: Scrubber::from_config(config),
+            credits_check: config.credits_check,
         }
     }
 }
@@ -115,6 +118,8 @@ pub(crate) struct Inner {
     pub degraded_since: Mutex<Option<Instant>>,
     /// The job store being opened in the background, if it could not be at start.
     pub opening: Option<Arc<OpeningStore>>,
+    /// The D-ID account's balance, read every `CREDITS_CHECK_SECS`.
+    pub account: crate::account::SharedChecks,
 }
 
 impl AppState {
@@ -146,6 +151,7 @@ impl AppState {
                 jobs,
                 degraded_since: Mutex::new(None),
                 opening,
+                account: Arc::default(),
             }),
         }
     }
@@ -153,6 +159,11 @@ impl AppState {
     /// Why the job store is not open yet, if it is being opened in the background.
     pub fn job_store_failure(&self) -> Option<OpenFailure> {
         self.inner.opening.as_ref().and_then(|o| o.failure())
+    }
+
+    /// The D-ID account's balance checks.
+    pub fn account(&self) -> &crate::account::SharedChecks {
+        &self.inner.account
     }
 
     /// The job engine.

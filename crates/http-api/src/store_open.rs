@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use domain::Tenant;
 use ports::{
-    DegradedReason, Job, JobCounts, JobId, JobPage, JobStore, JobStoreError, NewJob, QueueLimits,
-    ScopedKey, Submitted,
+    CreditError, CreditLedger, DegradedReason, Job, JobCounts, JobId, JobPage, JobStore,
+    JobStoreError, NewJob, QueueLimits, Reservation, Reserved, ScopedKey, Submitted, Usage,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -44,9 +45,15 @@ pub struct OpenFailure {
     pub attempts: u64,
 }
 
+/// What the job store's backend holds: the jobs and, beside them, the tenants' credit
+/// ledger (every job-store adapter is both).
+pub trait Backend: JobStore + CreditLedger {}
+
+impl<T: JobStore + CreditLedger> Backend for T {}
+
 /// One attempt at opening the store.
 pub type OpenFuture =
-    Pin<Box<dyn Future<Output = Result<Arc<dyn JobStore>, OpenFailure>> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = Result<Arc<dyn Backend>, OpenFailure>> + Send + 'static>>;
 
 /// Makes an attempt.
 pub type Open = Box<dyn Fn() -> OpenFuture + Send + Sync>;
@@ -54,7 +61,7 @@ pub type Open = Box<dyn Fn() -> OpenFuture + Send + Sync>;
 /// A store that is opened in the background (see the module docs).
 pub struct OpeningStore {
     kind: &'static str,
-    store: OnceLock<Arc<dyn JobStore>>,
+    store: OnceLock<Arc<dyn Backend>>,
     failure: Mutex<Option<OpenFailure>>,
     /// Notified once when the store opens.
     opened: Notify,
@@ -86,7 +93,7 @@ impl OpeningStore {
         lock(&self.failure).clone()
     }
 
-    fn open_store(&self) -> Result<&Arc<dyn JobStore>, JobStoreError> {
+    fn open_store(&self) -> Result<&Arc<dyn Backend>, JobStoreError> {
         self.store.get().ok_or_else(|| {
             let shown = match lock(&self.failure).as_ref() {
                 Some(f) => format!(
@@ -157,6 +164,36 @@ async fn retry(weak: Weak<OpeningStore>, open: Open) {
             }
         }
         pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+/// The ledger of a store not open yet is unavailable, as its jobs are.
+#[async_trait]
+impl CreditLedger for OpeningStore {
+    async fn reserve(&self, r: &Reservation, budget: u64) -> Result<Reserved, CreditError> {
+        self.ledger()?.reserve(r, budget).await
+    }
+    async fn settle(&self, job: &JobId, credits: u64, now_ms: u64) -> Result<bool, CreditError> {
+        self.ledger()?.settle(job, credits, now_ms).await
+    }
+    async fn release(&self, job: &JobId, now_ms: u64) -> Result<bool, CreditError> {
+        self.ledger()?.release(job, now_ms).await
+    }
+    async fn usage(&self, tenant: &Tenant, period: &str) -> Result<Usage, CreditError> {
+        self.ledger()?.usage(tenant, period).await
+    }
+    async fn stale(&self, before_ms: u64, limit: usize) -> Result<Vec<Reservation>, CreditError> {
+        self.ledger()?.stale(before_ms, limit).await
+    }
+    async fn purge_usage(&self, before_ms: u64) -> Result<u64, CreditError> {
+        self.ledger()?.purge_usage(before_ms).await
+    }
+}
+
+impl OpeningStore {
+    fn ledger(&self) -> Result<&Arc<dyn Backend>, CreditError> {
+        self.open_store()
+            .map_err(|e| CreditError::Unavailable(e.to_string()))
     }
 }
 
@@ -260,7 +297,7 @@ mod tests {
                 if n < 2 {
                     Err(failure(DegradedReason::Auth))
                 } else {
-                    Ok(Arc::new(jobstore_memory::MemoryJobStore::new()) as Arc<dyn JobStore>)
+                    Ok(Arc::new(jobstore_memory::MemoryJobStore::new()) as Arc<dyn Backend>)
                 }
             })
         });

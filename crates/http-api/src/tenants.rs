@@ -6,7 +6,9 @@
 //!   `name`, `token_sha256` (the SHA-256 of the tenant's bearer token, in hex: the file
 //!   never holds a token), `weight` (1 to 100, default 1), `max_concurrent` (a cap on the
 //!   slots it holds at once; unset: none), `max_priority` (`low` … `critical`, default
-//!   `high`) and `admin` (may call `PUT /limit` and `cleanup-expired`; default `false`).
+//!   `high`), `admin` (may call `PUT /limit` and `cleanup-expired`; default `false`) and
+//!   `budget` (`{ credits = N, period = "day" | "week" | "month" }`: see
+//!   [`app::credits`]; unset: none).
 //!   Every problem in the file is reported at once, with the tenant it belongs to. `SIGHUP`
 //!   reads the file again: a good file replaces the tenants for the requests that start
 //!   after it; a bad one is reported (log, `/stats`, `/metrics`) and the tenants before it
@@ -27,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use domain::{Admission, Priority, Share, Tenant};
+use domain::{Admission, Budget, BudgetPeriod, Priority, Share, Tenant};
 use http::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -41,14 +43,19 @@ pub const MAX_TENANTS: usize = 256;
 /// The largest `max_concurrent` a tenant may have.
 pub const MAX_CAP: i64 = 100_000;
 /// The keys a tenant's table may have.
-const KEYS: [&str; 6] = [
+const KEYS: [&str; 7] = [
     "name",
     "token_sha256",
     "weight",
     "max_concurrent",
     "max_priority",
     "admin",
+    "budget",
 ];
+/// The keys of a tenant's `budget` table.
+const BUDGET_KEYS: [&str; 2] = ["credits", "period"];
+/// The largest budget, in credits per period.
+pub const MAX_BUDGET: i64 = 100_000_000;
 
 /// One tenant: its name, share, highest priority and whether it may call admin routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +68,8 @@ pub struct TenantPolicy {
     pub max_priority: Priority,
     /// Whether it may call the admin routes.
     pub admin: bool,
+    /// Its credit budget per period, if it has one.
+    pub budget: Option<Budget>,
 }
 
 impl TenantPolicy {
@@ -71,6 +80,7 @@ impl TenantPolicy {
             share: Share::default(),
             max_priority: Priority::Critical,
             admin: false,
+            budget: None,
         }
     }
 
@@ -82,6 +92,7 @@ impl TenantPolicy {
             share: Share::default(),
             max_priority: Priority::Critical,
             admin: true,
+            budget: None,
         }
     }
 
@@ -339,6 +350,17 @@ fn parse_tenant(i: usize, item: &toml::Value, problems: &mut Vec<String>) -> Opt
             None
         }
     };
+    let budget = match t.get("budget") {
+        None => Some(None),
+        Some(toml::Value::Table(b)) => parse_budget(&at, b, problems).map(Some),
+        Some(other) => {
+            problems.push(format!(
+                "{at}: `budget` must be a table such as {{ credits = 500, period = \"month\" }}, not {}",
+                shown(other)
+            ));
+            None
+        }
+    };
     if problems.len() != before {
         return None;
     }
@@ -348,8 +370,65 @@ fn parse_tenant(i: usize, item: &toml::Value, problems: &mut Vec<String>) -> Opt
             share: Share::new(weight?, cap?),
             max_priority: max_priority?,
             admin: admin?,
+            budget: budget?,
         },
         digest: digest?,
+    })
+}
+
+/// A tenant's `budget`: `credits` (1 to [`MAX_BUDGET`]) per `period` (`day`, `week` or
+/// `month`, UTC; default `month`).
+fn parse_budget(
+    at: &str,
+    b: &toml::map::Map<String, toml::Value>,
+    problems: &mut Vec<String>,
+) -> Option<Budget> {
+    let before = problems.len();
+    for key in b.keys().filter(|k| !BUDGET_KEYS.contains(&k.as_str())) {
+        problems.push(format!(
+            "{at}: unknown key `budget.{key}` (known: {})",
+            BUDGET_KEYS.join(", ")
+        ));
+    }
+    let credits = match b.get("credits") {
+        Some(toml::Value::Integer(c)) if (1..=MAX_BUDGET).contains(c) => u64::try_from(*c).ok(),
+        None => {
+            problems.push(format!("{at}: `budget.credits` is missing"));
+            None
+        }
+        Some(other) => {
+            problems.push(format!(
+                "{at}: `budget.credits` must be a whole number from 1 to {MAX_BUDGET}, not {}",
+                shown(other)
+            ));
+            None
+        }
+    };
+    let period = match b.get("period") {
+        None => Some(BudgetPeriod::Month),
+        Some(toml::Value::String(p)) => match BudgetPeriod::parse(p) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                problems.push(format!(
+                    "{at}: `budget.period` must be day, week or month, not {p:?}"
+                ));
+                None
+            }
+        },
+        Some(other) => {
+            problems.push(format!(
+                "{at}: `budget.period` must be a string, not {}",
+                shown(other)
+            ));
+            None
+        }
+    };
+    if problems.len() != before {
+        return None;
+    }
+    Some(Budget {
+        credits: credits?,
+        period: period?,
     })
 }
 
@@ -486,6 +565,25 @@ impl Tenants {
             .iter()
             .find(|e| &e.policy.tenant == tenant)
             .map_or_else(Share::default, |e| e.policy.share)
+    }
+
+    /// The credit budget of `tenant` now (none for a tenant no longer in the file, or the
+    /// implicit and public ones).
+    pub fn budget_of(&self, tenant: &Tenant) -> Option<Budget> {
+        let directory = self.directory();
+        directory
+            .entries
+            .iter()
+            .find(|e| &e.policy.tenant == tenant)
+            .and_then(|e| e.policy.budget)
+    }
+
+    /// Whether any tenant of the file has a budget now.
+    pub fn any_budget(&self) -> bool {
+        self.directory()
+            .entries
+            .iter()
+            .any(|e| e.policy.budget.is_some())
     }
 
     /// Reads the file again: a good one replaces the tenants (returns how many it names), a
@@ -646,6 +744,12 @@ impl app::TenantShares for Tenants {
     }
 }
 
+impl app::credits::TenantBudgets for Tenants {
+    fn budget_of(&self, tenant: &Tenant) -> Option<Budget> {
+        Tenants::budget_of(self, tenant)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,6 +786,7 @@ admin = true
 [[tenants]]
 name = "beta"
 token_sha256 = "{}"
+budget = {{ credits = 500, period = "week" }}
 "#,
             sha("acme-token"),
             sha("beta-token").to_uppercase()
@@ -711,6 +816,15 @@ token_sha256 = "{}"
         let a = acme.admission(Priority::Critical).unwrap();
         assert_eq!(a.share.weight(), 3);
         assert_eq!(tenants.share_of(&acme.tenant).cap(), Some(2));
+        assert_eq!(acme.budget, None);
+        assert_eq!(
+            tenants.budget_of(&beta.tenant),
+            Some(Budget {
+                credits: 500,
+                period: BudgetPeriod::Week
+            })
+        );
+        assert!(tenants.any_budget());
     }
 
     #[test]
@@ -726,6 +840,7 @@ max_concurrent = -1
 max_priority = "urgent"
 admin = "yes"
 credits = 100
+budget = {{ credits = 0, period = "year", per = 1 }}
 
 [[tenants]]
 name = "public"
@@ -753,6 +868,9 @@ token_sha256 = "{a}"
             "tenants[0] (acme): `max_concurrent` must be",
             "tenants[0] (acme): `max_priority` must be low, normal, high or critical",
             "tenants[0] (acme): `admin` must be true or false",
+            "tenants[0] (acme): `budget.credits` must be a whole number from 1 to",
+            "tenants[0] (acme): `budget.period` must be day, week or month",
+            "tenants[0] (acme): unknown key `budget.per`",
             "tenants[1] (public): the names `public` and `http_api_token`",
             "tenants[2]: `name` is missing",
             "tenants[4] (dup): the name is used by an earlier tenant",

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use did_client::{DidClient, DidClientConfig};
 use limiter_redis::RedisLimiterConfig;
-use ports::{ConcurrencyLimiter, JobStore};
+use ports::ConcurrencyLimiter;
 use secrecy::ExposeSecret;
 
 use crate::config::{Config, JobStoreKind, JobStoreSync};
 use crate::metrics::{MeteredLimiter, Metrics};
 use crate::state::{AppState, Settings};
-use crate::store_open::{OpenFailure, OpeningStore};
+use crate::store_open::{Backend, OpenFailure, OpeningStore};
 use app::{Jobs, JobsConfig};
 
 /// Why the adapters could not be built.
@@ -250,7 +250,7 @@ pub fn callback_settings(config: &Config) -> Result<Option<app::CallbackSettings
 /// background, see [`OpeningStore`]).
 pub async fn job_store(
     config: &Config,
-) -> Result<(Arc<dyn JobStore>, Option<Arc<OpeningStore>>), BuildError> {
+) -> Result<(Arc<dyn Backend>, Option<Arc<OpeningStore>>), BuildError> {
     match (config.job_store, &config.redis_url) {
         (JobStoreKind::Memory, _) => Ok((Arc::new(jobstore_memory::MemoryJobStore::new()), None)),
         (JobStoreKind::Redis, None) => Err(BuildError::JobStore(
@@ -264,7 +264,7 @@ pub async fn job_store(
 }
 
 /// The SQLite job store at `JOB_STORE_PATH` (its directory is created).
-async fn sqlite_job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildError> {
+async fn sqlite_job_store(config: &Config) -> Result<Arc<dyn Backend>, BuildError> {
     let path = config.job_store_path.clone();
     let shown = path.display().to_string();
     let sync = match config.job_store_sync {
@@ -286,7 +286,7 @@ async fn sqlite_job_store(config: &Config) -> Result<Arc<dyn JobStore>, BuildErr
 /// config that can never work stops the start.
 async fn redis_job_store(
     config: &Config,
-) -> Result<(Arc<dyn JobStore>, Option<Arc<OpeningStore>>), BuildError> {
+) -> Result<(Arc<dyn Backend>, Option<Arc<OpeningStore>>), BuildError> {
     let redis = redis_config(config)?.connection;
     let name = config.limiter_name.clone();
     let first = match jobstore_redis::RedisJobStore::open(redis.clone(), &name).await {
@@ -311,7 +311,7 @@ async fn redis_job_store(
         let (redis, name) = (redis.clone(), name.clone());
         Box::pin(async move {
             match jobstore_redis::RedisJobStore::open(redis, &name).await {
-                Ok(store) => Ok(Arc::new(store) as Arc<dyn JobStore>),
+                Ok(store) => Ok(Arc::new(store) as Arc<dyn Backend>),
                 Err(jobstore_redis::OpenError::Connect(e)) => Err(open_failure(e)),
                 // The config was fine at start; it cannot turn bad. Kept for completeness.
                 Err(e @ jobstore_redis::OpenError::Config(_)) => Err(OpenFailure {
@@ -364,15 +364,27 @@ pub async fn build_with(
         callbacks: callback_settings(config)?,
         ..jobs_config(config)
     };
+    let ledger: Arc<dyn ports::CreditLedger> = store.clone();
     let jobs = Jobs::new(store, client.clone(), jobs_config);
-    Ok(AppState::with_opening_jobs(
+    let state = AppState::with_opening_jobs(
         client,
         limiter,
         metrics,
         Settings::from_config(config),
         jobs,
         opening,
-    ))
+    );
+    // Budgets come from the tenants file (also after a reload): the engine always has the
+    // ledger, and a tenant without a budget reserves nothing.
+    state
+        .jobs()
+        .set_credits(Arc::new(app::credits::Credits::new(
+            ledger,
+            state.tenants().clone(),
+            None,
+            config.budget_unknown_audio_secs,
+        )));
+    Ok(state)
 }
 
 /// Where the job store lives, for the log: the SQLite file, the Redis address (never the

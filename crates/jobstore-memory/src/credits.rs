@@ -93,7 +93,7 @@ impl CreditLedger for MemoryJobStore {
             .collect())
     }
 
-    async fn purge(&self, before_ms: u64) -> Result<u64, CreditError> {
+    async fn purge_usage(&self, before_ms: u64) -> Result<u64, CreditError> {
         let mut ledger = self.ledger();
         let before = ledger.usage.len();
         ledger

@@ -245,7 +245,7 @@ impl CreditLedger for RedisJobStore {
             .collect()
     }
 
-    async fn purge(&self, before_ms: u64) -> Result<u64, CreditError> {
+    async fn purge_usage(&self, before_ms: u64) -> Result<u64, CreditError> {
         let n = self
             .credit_eval(|s| &s.purge, vec![before_ms.to_string().into()])
             .await?;

@@ -186,7 +186,7 @@ impl Inner {
         })
     }
 
-    pub(crate) fn purge_usage(&self, before_ms: u64) -> Result<u64, JobStoreError> {
+    pub(crate) fn purge_usage_rows(&self, before_ms: u64) -> Result<u64, JobStoreError> {
         self.write(|tx| {
             let n = tx
                 .prepare_cached("DELETE FROM credit_usage WHERE written_ms < ?1 AND reserved = 0")
@@ -237,8 +237,8 @@ impl CreditLedger for SqliteJobStore {
             .map_err(credit_error)
     }
 
-    async fn purge(&self, before_ms: u64) -> Result<u64, CreditError> {
-        self.blocking(move |s| s.purge_usage(before_ms))
+    async fn purge_usage(&self, before_ms: u64) -> Result<u64, CreditError> {
+        self.blocking(move |s| s.purge_usage_rows(before_ms))
             .await
             .map_err(credit_error)
     }

@@ -32,8 +32,8 @@ impl<S: CreditLedger> CreditLedger for Guarded<S> {
     async fn stale(&self, before_ms: u64, limit: usize) -> Result<Vec<Reservation>, CreditError> {
         self.store.stale(before_ms, limit).await
     }
-    async fn purge(&self, before_ms: u64) -> Result<u64, CreditError> {
-        self.store.purge(before_ms).await
+    async fn purge_usage(&self, before_ms: u64) -> Result<u64, CreditError> {
+        self.store.purge_usage(before_ms).await
     }
 }
 
@@ -206,13 +206,13 @@ where
     }
     let web = Tenant::parse("web").unwrap();
     assert_eq!(
-        ledger.purge(T0 + 50).await.unwrap(),
+        ledger.purge_usage(T0 + 50).await.unwrap(),
         0,
         "written at T0 + 50: kept"
     );
     assert_eq!(ledger.usage(&web, "old").await.unwrap(), usage(3, 0));
     assert_eq!(
-        ledger.purge(T0 + 1_000).await.unwrap(),
+        ledger.purge_usage(T0 + 1_000).await.unwrap(),
         1,
         "the period holding job 4's reservation stays"
     );

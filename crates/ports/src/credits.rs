@@ -18,7 +18,7 @@
 //!   first call moves its credits (to `spent`, or back), later ones find nothing (`false`);
 //!   settled credits may exceed the estimate (a talk longer than estimated is paid anyway);
 //! - usage is kept per tenant and period key ([`domain::PeriodWindow::key`]): a new period
-//!   starts from nothing; [`CreditLedger::purge`] forgets periods not written since a time,
+//!   starts from nothing; [`CreditLedger::purge_usage`] forgets periods not written since a time,
 //!   so the ledger holds a bounded number of rows;
 //! - [`CreditLedger::stale`] lists reservations older than a time, oldest first, so that
 //!   one left behind (a process died between its reserve and the job's end) can be settled
@@ -105,5 +105,5 @@ pub trait CreditLedger: Send + Sync {
     async fn stale(&self, before_ms: u64, limit: usize) -> Result<Vec<Reservation>, CreditError>;
     /// Forgets the usage of periods that were last written before `before_ms` and hold no
     /// reservation; returns how many (tenant, period) entries went.
-    async fn purge(&self, before_ms: u64) -> Result<u64, CreditError>;
+    async fn purge_usage(&self, before_ms: u64) -> Result<u64, CreditError>;
 }

@@ -414,6 +414,9 @@ pub struct Job {
     pub result_url: Option<String>,
     /// When `result_url` stops working (D-ID keeps results about 24 h), ms since the epoch.
     pub result_expires_ms: Option<u64>,
+    /// The finished video's length in seconds, as D-ID reported it (what the talk cost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_seconds: Option<f64>,
     /// Why it failed.
     pub error: Option<JobFailure>,
     /// Submitted, ms since the epoch.
@@ -502,6 +505,7 @@ impl NewJob {
             talk_created_at: None,
             result_url: None,
             result_expires_ms: None,
+            video_seconds: None,
             error: None,
             created_ms: self.now_ms,
             updated_ms: self.now_ms,

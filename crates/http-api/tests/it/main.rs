@@ -4,6 +4,7 @@
 //! `127.0.0.1:0`, in front of `did-fake` (or a mock, where the interaction is the point).
 
 mod auth;
+mod budgets;
 mod callbacks;
 mod cli;
 mod e2e;
