@@ -59,7 +59,7 @@ use ports::{Acquire, ConcurrencyLimiter, LimiterError, LimiterStats, Permit, Per
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::state::{Slots, State, Ticket};
+use crate::state::{Slots, State, TenantCount, Ticket};
 
 /// The backend name reported in [`LimiterStats::backend`] ([`ports::BackendStats::kind`]).
 pub const BACKEND: &str = "memory";
@@ -72,7 +72,8 @@ pub struct MemoryLimiter {
 
 #[derive(Debug)]
 struct Shared {
-    slots: Slots,
+    /// Shared with capped tenants' permit handles, whose lock-free release needs only it.
+    slots: Arc<Slots>,
     state: Mutex<State>,
 }
 
@@ -83,13 +84,12 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Gives one slot back and hands free slots to waiters; `tenant` is the capped tenant
-    /// whose slot it was, if any (its count goes down).
-    fn release_slot(&self, tenant: Option<&Tenant>) {
-        if tenant.is_none() && self.slots.try_give_back() {
+    /// Gives one uncapped slot back and hands free slots to waiters.
+    fn release_slot(&self) {
+        if self.slots.try_give_back() {
             return;
         }
-        self.lock().release_one(&self.slots, tenant);
+        self.lock().release_one(&self.slots, None, false);
     }
 }
 
@@ -97,14 +97,29 @@ impl Shared {
 /// one also lowers the tenant's count. It holds the limiter weakly, since the limiter's state
 /// holds it: a permit that outlives its limiter has nothing left to give back to.
 struct CappedSlot {
+    /// The limiter's slot word (held strongly: it holds nothing back).
+    slots: Arc<Slots>,
     shared: Weak<Shared>,
     tenant: Tenant,
+    /// The tenant's slots held (the same count its entry in the state has).
+    count: Arc<TenantCount>,
 }
 
 impl CappedSlot {
+    /// Lowers the tenant's count, then gives the slot back without the lock if nobody
+    /// waits; else under the lock, which also makes the tenant's waiters eligible again.
+    /// (In that order: a waiter that queues in between either saw the tenant below its cap,
+    /// or made the word say so, sending this release down the locked path.)
     fn release(&self) {
+        self.count.sub();
+        if self.slots.try_give_back() {
+            return;
+        }
+        // A limiter that is gone has nobody left to hand the slot to.
         if let Some(shared) = self.shared.upgrade() {
-            shared.release_slot(Some(&self.tenant));
+            shared
+                .lock()
+                .release_one(&shared.slots, Some(&self.tenant), true);
         }
     }
 }
@@ -133,7 +148,7 @@ impl MemoryLimiterBuilder {
     pub fn build(self) -> MemoryLimiter {
         MemoryLimiter {
             shared: Arc::new(Shared {
-                slots: Slots::new(self.max_concurrent),
+                slots: Arc::new(Slots::new(self.max_concurrent)),
                 state: Mutex::new(State::new(self.ageing)),
             }),
         }
@@ -154,22 +169,37 @@ impl MemoryLimiter {
         }
     }
 
-    fn capped_slot(&self, tenant: &Tenant) -> Arc<dyn PermitHandle> {
+    /// The handle of `tenant`'s permits, over its count.
+    fn capped_slot(&self, tenant: &Tenant, count: Arc<TenantCount>) -> Arc<dyn PermitHandle> {
         Arc::new(CappedSlot {
+            slots: Arc::clone(&self.shared.slots),
             shared: Arc::downgrade(&self.shared),
             tenant: tenant.clone(),
+            count,
         })
     }
 
-    fn permit(&self, admission: &Admission, waited: Duration) -> Permit {
+    /// The permit of a slot granted to `admission` (under the lock, which `state` is).
+    fn permit(&self, state: &mut State, admission: &Admission, waited: Duration) -> Permit {
         let handle: Arc<dyn PermitHandle> = if admission.share.cap().is_some() {
-            self.capped_slot(&admission.tenant)
+            state.capped_handle(&admission.tenant, |count| {
+                self.capped_slot(&admission.tenant, count)
+            })
         } else {
             // The shared state itself is the handle: granting an uncapped permit clones an
             // `Arc` and allocates nothing.
             Arc::clone(&self.shared) as Arc<dyn PermitHandle>
         };
         Permit::new(handle, admission.priority, waited)
+    }
+
+    /// An uncapped permit, without the lock.
+    fn uncapped_permit(&self, admission: &Admission) -> Permit {
+        Permit::new(
+            Arc::clone(&self.shared) as Arc<dyn PermitHandle>,
+            admission.priority,
+            Duration::ZERO,
+        )
     }
 }
 
@@ -201,7 +231,7 @@ impl Drop for QueuedGuard<'_> {
         if !self.withdraw(&mut state) {
             // Granted just before the cancellation: give the slot straight back.
             let tenant = self.capped.then_some(&self.ticket.tenant);
-            state.release_one(&self.shared.slots, tenant);
+            state.release_one(&self.shared.slots, tenant, false);
         }
     }
 }
@@ -218,8 +248,20 @@ impl MemoryLimiter {
         let capped = admission.share.cap().is_some();
         let (started, ticket, rx) = {
             let mut state = self.shared.lock();
-            if state.try_acquire_now(&self.shared.slots, admission) {
-                return Ok(self.permit(admission, Duration::ZERO));
+            match admission.share.cap() {
+                None if state.try_acquire_now(&self.shared.slots) => {
+                    return Ok(self.uncapped_permit(admission));
+                }
+                Some(cap) => {
+                    if let Some(handle) =
+                        state.try_acquire_capped(&self.shared.slots, admission, cap, |count| {
+                            self.capped_slot(&admission.tenant, count)
+                        })
+                    {
+                        return Ok(Permit::new(handle, priority, Duration::ZERO));
+                    }
+                }
+                None => {}
             }
             // Read the clock only on the slow path: it is a measurable share of a fast acquire.
             let started = Instant::now();
@@ -263,8 +305,9 @@ impl MemoryLimiter {
             }
         }
         state.record_wait(waited);
+        let permit = self.permit(&mut state, admission, waited);
         drop(state);
-        Ok(self.permit(admission, waited))
+        Ok(permit)
     }
 }
 
@@ -272,19 +315,29 @@ impl MemoryLimiter {
 impl ConcurrencyLimiter for MemoryLimiter {
     fn acquire<'a>(&'a self, admission: &'a Admission, wait: Duration) -> Acquire<'a> {
         // The uncontended path: one compare-and-swap, no lock, no allocation, nothing awaited.
-        if admission.share.cap().is_none() {
-            if self.shared.slots.try_take() {
-                return Acquire::ready(Ok(self.permit(admission, Duration::ZERO)));
+        match admission.share.cap() {
+            None => {
+                if self.shared.slots.try_take() {
+                    return Acquire::ready(Ok(self.uncapped_permit(admission)));
+                }
             }
-        } else {
-            // A capped tenant below its cap: one short locked section, not boxed, and the
-            // tenant's handle made once.
-            let mut state = self.shared.lock();
-            if state.try_acquire_now(&self.shared.slots, admission) {
-                let handle =
-                    state.capped_handle(&admission.tenant, || self.capped_slot(&admission.tenant));
-                drop(state);
-                return Acquire::ready(Ok(Permit::new(handle, admission.priority, Duration::ZERO)));
+            Some(cap) => {
+                // A capped tenant below its cap: one short locked section with one lookup, not
+                // boxed, and the tenant's handle made once (its release takes no lock while
+                // nobody waits).
+                let handle = self.shared.lock().try_acquire_capped(
+                    &self.shared.slots,
+                    admission,
+                    cap,
+                    |count| self.capped_slot(&admission.tenant, count),
+                );
+                if let Some(handle) = handle {
+                    return Acquire::ready(Ok(Permit::new(
+                        handle,
+                        admission.priority,
+                        Duration::ZERO,
+                    )));
+                }
             }
         }
         Acquire::pending(self.acquire_locked(admission, wait))
@@ -308,13 +361,13 @@ impl ConcurrencyLimiter for MemoryLimiter {
 /// `Permit` calls one of these exactly once per granted slot.
 impl PermitHandle for Shared {
     fn release_on_drop(self: Arc<Self>) {
-        self.release_slot(None);
+        self.release_slot();
     }
 
     fn release(
         self: Arc<Self>,
     ) -> Pin<Box<dyn Future<Output = Result<(), LimiterError>> + Send + 'static>> {
-        self.release_slot(None);
+        self.release_slot();
         // A zero-sized future: boxing it does not allocate.
         Box::pin(std::future::ready(Ok(())))
     }

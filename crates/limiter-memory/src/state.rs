@@ -125,12 +125,34 @@ struct Waiter {
     grant: oneshot::Sender<()>,
 }
 
+/// A capped tenant's slots held, shared with its permits' handle: a permit given back while
+/// nobody waits lowers it without the lock (see `MemoryLimiter`'s release).
+#[derive(Debug, Default)]
+pub(crate) struct TenantCount(AtomicU32);
+
+impl TenantCount {
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One slot fewer. Every slot counted here is given back exactly once (`Permit`), so
+    /// the count never goes below zero.
+    pub(crate) fn sub(&self) {
+        let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a capped tenant's count went below zero");
+    }
+}
+
 /// A tenant that waits, or holds slots under a cap.
 #[derive(Debug, Default)]
 struct TenantQueue {
     cap: Option<u32>,
     /// Slots held (counted for capped tenants only: nobody else needs the count).
-    active: u32,
+    active: Arc<TenantCount>,
     /// By `Priority::index()`, in arrival order.
     queues: [VecDeque<Waiter>; 4],
     /// The finish of its last waiter queued at each priority.
@@ -150,12 +172,21 @@ impl std::fmt::Debug for CachedHandle {
 }
 
 impl TenantQueue {
+    /// Its permits' handle, made by `make` from its count the first time.
+    fn handle_or(
+        &mut self,
+        make: impl FnOnce(Arc<TenantCount>) -> Arc<dyn PermitHandle>,
+    ) -> Arc<dyn PermitHandle> {
+        let count = &self.active;
+        Arc::clone(self.handle.0.get_or_insert_with(|| make(Arc::clone(count))))
+    }
+
     fn below_cap(&self) -> bool {
-        self.cap.is_none_or(|cap| self.active < cap)
+        self.cap.is_none_or(|cap| self.active.get() < cap)
     }
 
     fn is_idle(&self) -> bool {
-        self.active == 0 && self.queues.iter().all(VecDeque::is_empty)
+        self.active.get() == 0 && self.queues.iter().all(VecDeque::is_empty)
     }
 }
 
@@ -211,51 +242,58 @@ impl State {
         }
     }
 
-    /// Takes a slot at once for `admission` if one is free and nobody is queued (queued
-    /// waiters go first) and its tenant is below its cap. Called under the lock.
-    pub(crate) fn try_acquire_now(&mut self, slots: &Slots, admission: &Admission) -> bool {
-        let Some(cap) = admission.share.cap() else {
-            return self.take(slots);
-        };
-        // One lookup: the entry is made only when the slot is taken.
+    /// Takes a slot at once for uncapped `admission` if one is free and nobody is queued
+    /// (queued waiters go first). Called under the lock.
+    pub(crate) fn try_acquire_now(&mut self, slots: &Slots) -> bool {
+        self.take(slots)
+    }
+
+    /// Takes a slot at once for capped `admission` (cap `cap`) if one is free, nobody is
+    /// queued and its tenant is below its cap; returns its permits' handle (made by `make`
+    /// from the tenant's count the first time). One lookup; the entry is made only when the
+    /// slot is taken. Called under the lock.
+    pub(crate) fn try_acquire_capped(
+        &mut self,
+        slots: &Slots,
+        admission: &Admission,
+        cap: u32,
+        make: impl FnOnce(Arc<TenantCount>) -> Arc<dyn PermitHandle>,
+    ) -> Option<Arc<dyn PermitHandle>> {
         match self.tenants.get_mut(&admission.tenant) {
-            Some(t) if t.active >= cap => false,
+            Some(t) if t.active.get() >= cap => None,
             Some(t) => {
                 if !Self::take_counted(slots, &mut self.counters, &mut self.granted) {
-                    return false;
+                    return None;
                 }
                 t.cap = Some(cap);
-                t.active += 1;
-                true
+                t.active.add();
+                Some(t.handle_or(make))
             }
             None => {
                 if !self.take(slots) {
-                    return false;
+                    return None;
                 }
-                self.tenants.insert(
-                    admission.tenant.clone(),
-                    TenantQueue {
-                        cap: Some(cap),
-                        active: 1,
-                        ..TenantQueue::default()
-                    },
-                );
-                true
+                let mut t = TenantQueue {
+                    cap: Some(cap),
+                    ..TenantQueue::default()
+                };
+                t.active.add();
+                let handle = t.handle_or(make);
+                self.tenants.insert(admission.tenant.clone(), t);
+                Some(handle)
             }
         }
     }
 
-    /// The permit handle of capped `tenant` (whose entry exists: it holds a slot), made by
-    /// `make` the first time.
+    /// The permit handle of capped `tenant`, which was just granted a slot from the queue
+    /// (its entry exists), made by `make` the first time.
     pub(crate) fn capped_handle(
         &mut self,
         tenant: &Tenant,
-        make: impl FnOnce() -> Arc<dyn PermitHandle>,
+        make: impl FnOnce(Arc<TenantCount>) -> Arc<dyn PermitHandle>,
     ) -> Arc<dyn PermitHandle> {
-        match self.tenants.get_mut(tenant) {
-            Some(t) => Arc::clone(t.handle.0.get_or_insert_with(make)),
-            None => make(),
-        }
+        let t = self.tenants.entry(tenant.clone()).or_default();
+        t.handle_or(make)
     }
 
     /// Takes a free slot if nobody is queued (see [`Slots::try_take`]).
@@ -368,14 +406,24 @@ impl State {
     }
 
     /// Gives back one slot of `tenant` (capped tenants count their slots) under the lock,
-    /// and hands free slots to waiters.
-    pub(crate) fn release_one(&mut self, slots: &Slots, tenant: Option<&Tenant>) {
+    /// and hands free slots to waiters. `counted_down`: the tenant's count was lowered
+    /// already (by the lock-free part of a release).
+    pub(crate) fn release_one(
+        &mut self,
+        slots: &Slots,
+        tenant: Option<&Tenant>,
+        counted_down: bool,
+    ) {
         if let Some(name) = tenant
             && let Some(t) = self.tenants.get_mut(name)
         {
-            let was_full = !t.below_cap();
-            t.active = t.active.saturating_sub(1);
-            if was_full && t.below_cap() {
+            if !counted_down {
+                t.active.sub();
+            }
+            // Below its cap again (the count may have dropped outside the lock, so whether it
+            // was full is not known here): its heads are eligible; inserting a head that is
+            // there already changes nothing.
+            if t.below_cap() {
                 for (c, queue) in t.queues.iter().enumerate() {
                     if let Some(head) = queue.front() {
                         self.classes[c]
@@ -436,7 +484,7 @@ impl State {
             slots.word.fetch_add(1, Ordering::AcqRel);
             self.granted += 1;
             if tenant.cap.is_some() {
-                tenant.active += 1;
+                tenant.active.add();
             }
             if tenant.below_cap() {
                 if let Some(next) = tenant.queues[c].front() {
@@ -458,7 +506,7 @@ impl State {
                 tracing::error!("a granted waiter was gone; slot given back");
                 let tenant_name = tenant.cap.is_some().then(|| name.clone());
                 self.idle_left = true;
-                self.release_one(slots, tenant_name.as_ref());
+                self.release_one(slots, tenant_name.as_ref(), false);
                 return;
             }
             self.idle_left = true;
@@ -512,11 +560,12 @@ impl State {
                     oldest = oldest.max(now.duration_since(head.enqueued));
                 }
             }
-            if waiting > 0 || tenant.active > 0 {
+            let active = tenant.active.get();
+            if waiting > 0 || active > 0 {
                 tenants.insert(
                     name.as_str().to_owned(),
                     TenantSlots {
-                        active: tenant.active,
+                        active,
                         queued: waiting,
                     },
                 );
@@ -567,7 +616,8 @@ mod tests {
         slots.word.store(MAX_GRANTS << 33, Ordering::SeqCst);
         assert!(!slots.try_take(), "the lock-free path refuses a full count");
         let admission = Admission::from(Priority::Normal);
-        assert!(state.try_acquire_now(&slots, &admission));
+        let _ = &admission;
+        assert!(state.try_acquire_now(&slots));
         let stats = state.stats(&slots, Instant::now());
         assert_eq!(stats.active, 1);
         assert_eq!(stats.counters.acquired_immediately, MAX_GRANTS + 1);

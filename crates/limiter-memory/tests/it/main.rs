@@ -2,6 +2,7 @@
 //! ageing, which only this adapter has.
 
 mod ageing;
+mod capped;
 
 use std::sync::Arc;
 
