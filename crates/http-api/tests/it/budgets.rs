@@ -157,3 +157,72 @@ async fn a_talk_over_budget_is_402_before_any_paid_call_and_done_talks_settle_th
         assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
     }
 }
+
+/// Two instances sharing one Redis job store (so one ledger) take 24 talks of one tenant at
+/// once, 12 through each, for a budget of 10 credits: 10 are accepted, 14 refused, and D-ID
+/// is asked for at most 10 talks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_racing_for_the_last_credits_never_go_over_the_budget() {
+    support::init_logs();
+    let redis = tokio::task::spawn_blocking(test_support::redis::RedisServer::start)
+        .await
+        .unwrap();
+    let url = redis.url();
+    let dir = support::TempDir::new("budgets-two");
+    let file = dir.file("tenants.toml");
+    std::fs::write(
+        &file,
+        tenant(
+            "web",
+            "web-token",
+            "budget = { credits = 10, period = \"month\" }",
+        ),
+    )
+    .unwrap();
+    let fake = support::fake().await;
+    let name = test_support::unique_name("http-api-it-budget");
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        instances.push(
+            support::service(
+                &fake,
+                &[
+                    ("TENANTS_FILE", file.as_str()),
+                    ("REDIS_URL", url.as_str()),
+                    ("JOB_STORE", "redis"),
+                    ("LIMITER_NAME", name.as_str()),
+                    ("BUDGET_UNKNOWN_AUDIO_SECS", "10"),
+                    ("CREDITS_CHECK_SECS", "0"),
+                ],
+            )
+            .await,
+        );
+    }
+    let posts: Vec<_> = (0..24u32)
+        .map(|n| {
+            let url = instances[(n % 2) as usize].api("/jobs");
+            tokio::spawn(async move {
+                let resp = client()
+                    .post(url)
+                    .bearer_auth("web-token")
+                    .json(&audio_body(100 + n, 0))
+                    .send()
+                    .await
+                    .unwrap();
+                resp.status().as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for p in posts {
+        statuses.push(p.await.unwrap());
+    }
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    let refused = statuses.iter().filter(|s| **s == 402).count();
+    assert_eq!((accepted, refused), (10, 14), "{statuses:?}");
+    let (_, stats) = get_json(&client(), instances[1].api("/stats"), Some("web-token")).await;
+    let b = &stats["tenants"]["by_tenant"]["web"]["budget"];
+    let held = b["spent"].as_u64().unwrap() + b["reserved"].as_u64().unwrap();
+    assert_eq!(held, 10, "{stats}");
+    assert!(fake.stats().talks_created <= 10);
+}
