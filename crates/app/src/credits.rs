@@ -107,6 +107,39 @@ impl std::fmt::Debug for Credits {
     }
 }
 
+/// Why a talk does not fit its tenant's budget: the figures a refusal shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the credit budget is exhausted: this talk needs an estimated {needed} credits and \
+     {left} of this {period}'s {budget} are left ({spent} spent, {reserved} held by talks in \
+     progress)",
+    left = budget.saturating_sub(spent.saturating_add(*reserved))
+)]
+pub struct Exhausted {
+    /// The talk's estimated credits.
+    pub needed: u64,
+    /// The budget per period.
+    pub budget: u64,
+    /// Spent in this period.
+    pub spent: u64,
+    /// Held by talks not ended yet.
+    pub reserved: u64,
+    /// The budget's period.
+    pub period: domain::BudgetPeriod,
+    /// This period's key (`2026-12`).
+    pub period_key: String,
+    /// When the next period starts, ms since the epoch.
+    pub resets_at_ms: u64,
+}
+
+impl Exhausted {
+    /// What is left of the budget.
+    pub fn remaining(&self) -> u64 {
+        self.budget
+            .saturating_sub(self.spent.saturating_add(self.reserved))
+    }
+}
+
 /// How a job's reservation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
@@ -219,7 +252,7 @@ impl Credits {
                     period = %window.key,
                     "budget exhausted: job refused"
                 );
-                Err(AppError::BudgetExhausted {
+                Err(AppError::BudgetExhausted(Exhausted {
                     needed: estimate.credits,
                     budget: budget.credits,
                     spent: usage.spent,
@@ -227,7 +260,7 @@ impl Credits {
                     period: budget.period,
                     period_key: window.key,
                     resets_at_ms: window.ends_ms,
-                })
+                }))
             }
             Err(e) => {
                 tracing::warn!(error = %e, tenant = %new.tenant, "credit ledger: could not reserve");

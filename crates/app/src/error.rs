@@ -50,27 +50,8 @@ pub enum AppError {
     },
     /// The tenant's budget for the period cannot take the talk's estimated credits; nothing
     /// was stored or sent.
-    #[error(
-        "the credit budget is exhausted: this talk needs an estimated {needed} credits, and \
-         {spent} of the {budget} credits of this {period} ({period_key}) are spent, {reserved} \
-         held by talks in progress"
-    )]
-    BudgetExhausted {
-        /// The talk's estimated credits.
-        needed: u64,
-        /// The budget per period.
-        budget: u64,
-        /// Spent in this period.
-        spent: u64,
-        /// Held by talks not ended yet.
-        reserved: u64,
-        /// The budget's period.
-        period: domain::BudgetPeriod,
-        /// This period's key (`2026-12`).
-        period_key: String,
-        /// When the next period starts, ms since the epoch.
-        resets_at_ms: u64,
-    },
+    #[error(transparent)]
+    BudgetExhausted(crate::credits::Exhausted),
     /// The credit ledger could not be reached, so a budget could not be checked.
     #[error("the credit ledger is unavailable: {0}")]
     CreditsUnavailable(String),

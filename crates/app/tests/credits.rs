@@ -81,14 +81,14 @@ async fn a_job_that_does_not_fit_is_refused_and_a_replay_still_answers() {
         }
     );
     let err = jobs.enqueue(web_request(None), None).await.unwrap_err();
-    let AppError::BudgetExhausted {
+    let AppError::BudgetExhausted(app::credits::Exhausted {
         needed,
         budget,
         reserved,
         period,
         resets_at_ms,
         ..
-    } = err
+    }) = err
     else {
         panic!("402, not {err:?}");
     };

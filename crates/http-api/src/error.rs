@@ -230,28 +230,8 @@ pub enum ApiError {
     #[error("job store unavailable: {0}")]
     JobStore(String),
     /// The tenant's credit budget cannot take the talk's estimate; nothing was stored or sent.
-    #[error(
-        "the credit budget is exhausted: this talk needs an estimated {needed} credits and \
-         {left} of this {period}'s {budget} are left ({spent} spent, {reserved} held by talks \
-         in progress)",
-        left = budget.saturating_sub(spent.saturating_add(*reserved))
-    )]
-    BudgetExhausted {
-        /// The talk's estimated credits.
-        needed: u64,
-        /// Credits per period.
-        budget: u64,
-        /// Spent this period.
-        spent: u64,
-        /// Held by talks in progress.
-        reserved: u64,
-        /// The period.
-        period: domain::BudgetPeriod,
-        /// This period's key.
-        period_key: String,
-        /// When the next period starts, ms since the epoch.
-        resets_at_ms: u64,
-    },
+    #[error(transparent)]
+    BudgetExhausted(app::credits::Exhausted),
     /// The credit ledger failed, so a budget could not be checked; nothing was stored.
     #[error("the credit ledger is unavailable: {0}")]
     CreditsUnavailable(String),
@@ -417,7 +397,7 @@ impl ApiError {
                 row(S::SERVICE_UNAVAILABLE, "job_store_unavailable").retry_after(QUEUE_RETRY_AFTER)
             }
             ApiError::JobNotCancellable { .. } => row(S::CONFLICT, "job_not_cancellable"),
-            ApiError::BudgetExhausted { .. } => row(S::PAYMENT_REQUIRED, "budget_exhausted"),
+            ApiError::BudgetExhausted(_) => row(S::PAYMENT_REQUIRED, "budget_exhausted"),
             ApiError::CreditsUnavailable(_) => {
                 row(S::SERVICE_UNAVAILABLE, "credits_unavailable").retry_after(QUEUE_RETRY_AFTER)
             }
@@ -524,27 +504,19 @@ impl ApiError {
                  the Retry-After delay"
                     .to_owned(),
             ),
-            ApiError::BudgetExhausted {
-                needed,
-                budget,
-                spent,
-                reserved,
-                period,
-                period_key,
-                resets_at_ms,
-            } => (
+            ApiError::BudgetExhausted(e) => (
                 self.to_string(),
                 vec![(
                     "budget",
                     json!({
-                        "credits": budget,
-                        "period": period.as_str(),
-                        "period_key": period_key,
-                        "spent": spent,
-                        "reserved": reserved,
-                        "remaining": budget.saturating_sub(spent.saturating_add(*reserved)),
-                        "needed": needed,
-                        "resets_at": crate::time_text::timestamp(*resets_at_ms),
+                        "credits": e.budget,
+                        "period": e.period.as_str(),
+                        "period_key": e.period_key,
+                        "spent": e.spent,
+                        "reserved": e.reserved,
+                        "remaining": e.remaining(),
+                        "needed": e.needed,
+                        "resets_at": crate::time_text::timestamp(e.resets_at_ms),
                     }),
                 )],
             ),
@@ -670,23 +642,7 @@ impl From<AppError> for ApiError {
                 message: "not a cursor this service handed out for this status filter".to_owned(),
             },
             AppError::JobStore(message) => ApiError::JobStore(message),
-            AppError::BudgetExhausted {
-                needed,
-                budget,
-                spent,
-                reserved,
-                period,
-                period_key,
-                resets_at_ms,
-            } => ApiError::BudgetExhausted {
-                needed,
-                budget,
-                spent,
-                reserved,
-                period,
-                period_key,
-                resets_at_ms,
-            },
+            AppError::BudgetExhausted(e) => ApiError::BudgetExhausted(e),
             AppError::CreditsUnavailable(m) => ApiError::CreditsUnavailable(m),
             lost @ AppError::LostJob(_) => ApiError::JobStore(lost.to_string()),
             AppError::IdempotencyKeyInUse => ApiError::IdempotencyKeyInUse,
