@@ -4,6 +4,9 @@
 //! baseline: every tenant the default share, which is arrival order). A second run mixes a
 //! capped tenant and a `high` stream into the saturated `normal` load: its holders are counted
 //! by the callers, and priority inversions are counted from every acquire's start and grant.
+//! A third part is the job stores' claim order: a heavy tenant's backlog queued first, a
+//! light one's after, and the share of the first claims each gets (memory, SQLite, and three
+//! Redis store clients claiming in turn), with weights and without.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -163,8 +166,169 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
         }
         runs.push(drive(name, &shared, callers, secs).await?);
     }
+    let claim_runs = claim_runs(&redis).await?;
     drop(redis);
-    report(&runs, secs, warmup)
+    let mut section = report(&runs, secs, warmup)?;
+    claims_report(&mut section, &claim_runs);
+    Ok(section)
+}
+
+/// Jobs each saturating tenant queues in the claims part.
+const BACKLOG: u64 = 400;
+/// Claims counted (both tenants still have jobs queued throughout).
+const CLAIMS: usize = 200;
+
+/// One claims run: the store, whether the tenants had weights, and heavy's claims of the first
+/// [`CLAIMS`].
+struct ClaimRun {
+    name: String,
+    weights: bool,
+    heavy: usize,
+}
+
+fn queued_job(n: u64, tenant: &Tenant, share: Share) -> Result<ports::NewJob> {
+    let digits = format!("{n:022}");
+    Ok(ports::NewJob {
+        id: ports::JobId::from_chars(digits.chars()).context("a job id")?,
+        priority: Priority::Normal,
+        tenant: tenant.clone(),
+        share,
+        request: domain::TalkRequest::new(
+            Some("https://example.test/face.jpg".into()),
+            domain::Script::Audio {
+                audio_url: format!("https://example.test/voice-{n}.wav"),
+            },
+        )?,
+        callback_url: None,
+        idempotency: None,
+        fingerprint: format!("fp-{n}"),
+        webhook_token: None,
+        now_ms: 1_800_000_000_000 + n,
+        lease: None,
+        status: ports::JobStatus::Queued,
+    })
+}
+
+/// Queues heavy's backlog, then light's, through `stores[0]`, then claims [`CLAIMS`] jobs
+/// through the stores in turn; returns how many were heavy's (its jobs are the first
+/// [`BACKLOG`] numbers). With `weights` they are two tenants of weights 3 and 1; without, the
+/// baseline, both callers are one tenant, as every caller was before tenants (arrival order).
+async fn claim_share(stores: &[Arc<dyn ports::JobStore>], weights: bool) -> Result<usize> {
+    let (heavy, light, hs, ls) = if weights {
+        (
+            Tenant::parse("heavy")?,
+            Tenant::parse("light")?,
+            Share::new(WEIGHT, None),
+            Share::new(1, None),
+        )
+    } else {
+        (
+            Tenant::public(),
+            Tenant::public(),
+            Share::default(),
+            Share::default(),
+        )
+    };
+    let limits = ports::QueueLimits {
+        max_queued: 10 * BACKLOG,
+    };
+    for n in 0..BACKLOG {
+        stores[0].submit(queued_job(n, &heavy, hs)?, limits).await?;
+    }
+    for n in BACKLOG..2 * BACKLOG {
+        stores[0].submit(queued_job(n, &light, ls)?, limits).await?;
+    }
+    let mut heavy_claims = 0;
+    for i in 0..CLAIMS {
+        let store = &stores[i % stores.len()];
+        let terms = ports::LeaseTerms::new("bench", Duration::from_secs(60), 1_800_000_100_000);
+        let job = store.claim(terms).await?.context("a queued job to claim")?;
+        if job
+            .fingerprint
+            .strip_prefix("fp-")
+            .and_then(|n| n.parse::<u64>().ok())
+            < Some(BACKLOG)
+        {
+            heavy_claims += 1;
+        }
+    }
+    Ok(heavy_claims)
+}
+
+async fn claim_runs(redis: &RedisServer) -> Result<Vec<ClaimRun>> {
+    let dir = std::env::temp_dir().join(format!("talkgate-bench11-{}", std::process::id()));
+    let mut out = Vec::new();
+    for weights in [true, false] {
+        let memory: Arc<dyn ports::JobStore> = Arc::new(jobstore_memory::MemoryJobStore::new());
+        let path = dir.join(format!("jobs-{weights}.db"));
+        let _ = std::fs::remove_file(&path);
+        let sqlite: Arc<dyn ports::JobStore> = Arc::new(
+            tokio::task::spawn_blocking(move || jobstore_sqlite::SqliteJobStore::open(path))
+                .await??,
+        );
+        let name = format!("bench11-claims-{weights}-{}", std::process::id());
+        let mut redis_stores: Vec<Arc<dyn ports::JobStore>> = Vec::new();
+        for _ in 0..3 {
+            let config = redis_connect::RedisConnectionConfig::new(redis.url());
+            redis_stores.push(Arc::new(
+                jobstore_redis::RedisJobStore::connect(config, &name)
+                    .await
+                    .context("connecting the Redis job store")?,
+            ));
+        }
+        for (store, stores) in [
+            ("memory", vec![memory]),
+            ("SQLite", vec![sqlite]),
+            ("Redis, 3 clients claiming in turn", redis_stores),
+        ] {
+            out.push(ClaimRun {
+                name: store.to_owned(),
+                weights,
+                heavy: claim_share(&stores, weights).await?,
+            });
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
+}
+
+fn claims_report(section: &mut Section, runs: &[ClaimRun]) {
+    let mut table = Table::new(
+        &format!(
+            "Job claims: heavy (weight {WEIGHT}) queues {BACKLOG} jobs, then light (weight 1) \
+             {BACKLOG}, all `normal`; the first {CLAIMS} claims (both still have jobs queued)"
+        ),
+        &[
+            "store",
+            "two tenants, weights 3:1: heavy's claims",
+            "baseline, one tenant (arrival order): heavy's claims",
+        ],
+    );
+    let expected = f64::from(WEIGHT) / f64::from(WEIGHT + 1);
+    for store in ["memory", "SQLite", "Redis, 3 clients claiming in turn"] {
+        let find = |w: bool| runs.iter().find(|r| r.name == store && r.weights == w);
+        let (Some(fair), Some(base)) = (find(true), find(false)) else {
+            continue;
+        };
+        let pct = |n: usize| 100.0 * n as f64 / CLAIMS as f64;
+        table.row(vec![
+            store.to_owned(),
+            format!("{} ({} %)", fair.heavy, f1(pct(fair.heavy))),
+            format!("{} ({} %)", base.heavy, f1(pct(base.heavy))),
+        ]);
+        section.ratio(
+            &format!("{store}: job claims at weights 3:1 give heavy 75 % ± 5 %"),
+            (pct(fair.heavy) / 100.0 - expected).abs() <= TOLERANCE,
+            &format!(
+                "{} % (baseline, both callers one tenant as before tenants, same run: {} %: \
+                 heavy's backlog came first)",
+                f1(pct(fair.heavy)),
+                f1(pct(base.heavy))
+            ),
+            "Workers claim queued jobs in the same fair order as the limiter grants slots.",
+        );
+    }
+    section.table(table);
 }
 
 /// Runs `callers` against `limiters` (caller i on limiter i mod n) for `secs`.
