@@ -9,7 +9,9 @@
 //! - **Lock-free when uncontended.** A free slot with nobody queued is taken and given back
 //!   with one compare-and-swap on an atomic word (slots in use, and a bit set while anyone
 //!   is queued); the mutex is only taken to queue, to hand a slot to a waiter, or for a
-//!   capped tenant (whose slots are counted).
+//!   capped tenant's acquire (its count is checked against its cap there: one lookup). A
+//!   capped tenant's release lowers its count, an atomic shared with its permits' handle, and
+//!   gives the slot back without the lock while nobody waits.
 //! - **Direct hand-off.** Releasing a permit while someone waits does not put the slot back
 //!   in a pool: it is assigned to the head waiter under the same lock, so a caller that
 //!   arrives later can never take it first ("barging").
