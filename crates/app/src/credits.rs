@@ -302,7 +302,17 @@ impl Credits {
         }
     }
 
-    /// Settles the reservation of `job`, which has just ended; `true` if one was ended.
+    /// Settles the reservation of `job`, which has just ended, if its tenant has a budget
+    /// (a job of a tenant without one reserved nothing: no ledger call; one whose budget was
+    /// removed since its submit is left to the sweep).
+    pub async fn settle_ended(&self, job: &Job, now_ms: u64) -> bool {
+        if self.budgets.budget_of(&job.tenant).is_none() {
+            return false;
+        }
+        self.settle(job, now_ms).await
+    }
+
+    /// Settles the reservation of `job`, which has ended; `true` if one was ended.
     pub async fn settle(&self, job: &Job, now_ms: u64) -> bool {
         let result = match self.settlement(job).await {
             Settlement::Paid(credits) => self

@@ -415,7 +415,7 @@ impl Jobs {
             && !from.is_terminal()
             && let Some(credits) = self.credits()
         {
-            credits.settle(&written, now_ms()).await;
+            credits.settle_ended(&written, now_ms()).await;
         }
         if written.status != from {
             tracing::info!(
