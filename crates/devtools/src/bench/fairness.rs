@@ -269,7 +269,7 @@ async fn claim_runs(redis: &RedisServer) -> Result<Vec<ClaimRun>> {
         let name = format!("bench11-claims-{weights}-{}", std::process::id());
         let mut redis_stores: Vec<Arc<dyn ports::JobStore>> = Vec::new();
         for _ in 0..3 {
-            let config = redis_connect::RedisConnectionConfig::new(redis.url());
+            let config = limiter_redis::RedisConnectionConfig::new(redis.url());
             redis_stores.push(Arc::new(
                 jobstore_redis::RedisJobStore::connect(config, &name)
                     .await
