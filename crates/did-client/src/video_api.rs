@@ -23,6 +23,9 @@ struct UploadedWire {
     id: Option<String>,
     #[serde(default)]
     url: Option<String>,
+    /// `POST /audios` only: the audio's length in seconds.
+    #[serde(default)]
+    duration: Option<f64>,
 }
 
 pub(crate) fn talk_path(id: &TalkId) -> String {
@@ -69,6 +72,7 @@ impl DidClient {
         Ok(Asset {
             id: wire.id.and_then(|id| AssetId::parse(&id).ok()),
             url,
+            duration: wire.duration.filter(|d| d.is_finite() && *d >= 0.0),
         })
     }
 

@@ -38,4 +38,6 @@ pub use request::{Script, TalkConfig, TalkRequest, TalkRequestError};
 pub use talk::{
     CreatedTalk, Credits, InvalidTalkId, Talk, TalkError, TalkId, TalkPage, TalkStatus,
 };
-pub use upload::{Asset, AssetId, MediaType, Upload, UploadError, UploadKind};
+pub use upload::{
+    Asset, AssetId, MediaType, Upload, UploadError, UploadKind, estimate_audio_seconds,
+};

@@ -318,20 +318,121 @@ impl<'de> Deserialize<'de> for AssetId {
 
 /// An uploaded file: its id (when D-ID gives one) and the `s3://` (or https) URL to pass to
 /// `POST /talks`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Asset {
     /// The upload's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<AssetId>,
     /// Where D-ID stored it.
     pub url: String,
+    /// An audio's length in seconds, as D-ID's `POST /audios` answer gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+}
+
+/// Seconds of audio in `bytes`, for a budget's estimate when D-ID gave no duration: exact for
+/// a PCM WAV (its header's byte rate and data size); for an MP3, the size (after an ID3v2
+/// tag) at the bitrate of its first frame header — exact for constant bitrate, off by the
+/// ratio of the first frame's bitrate to the mean for variable bitrate; otherwise the size
+/// at 128 kbit/s.
+pub fn estimate_audio_seconds(bytes: &[u8]) -> f64 {
+    wav_seconds(bytes)
+        .or_else(|| mp3_seconds(bytes))
+        .unwrap_or_else(|| bytes_at_bitrate(bytes.len(), 128_000))
+}
+
+fn bytes_at_bitrate(len: usize, bits_per_second: u32) -> f64 {
+    // Uploads are at most a few MiB: exact in f64.
+    let len = u32::try_from(len).map_or(f64::from(u32::MAX), f64::from);
+    len * 8.0 / f64::from(bits_per_second.max(1))
+}
+
+fn wav_seconds(bytes: &[u8]) -> Option<f64> {
+    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return None;
+    }
+    let mut pos = 12usize;
+    let mut byte_rate = None;
+    while pos.checked_add(8)? <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let size = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().ok()?);
+        let data = pos + 8;
+        if id == b"fmt " && data + 12 <= bytes.len() {
+            byte_rate = Some(u32::from_le_bytes(
+                bytes[data + 8..data + 12].try_into().ok()?,
+            ));
+        } else if id == b"data" {
+            let rate = byte_rate.filter(|r| *r > 0)?;
+            let available = u32::try_from(bytes.len() - data).unwrap_or(u32::MAX);
+            // A streaming writer may leave the size at 0 or u32::MAX: use what is there.
+            let size = if size == 0 || size > available {
+                available
+            } else {
+                size
+            };
+            return Some(f64::from(size) / f64::from(rate));
+        }
+        // Chunks are padded to an even size.
+        pos = data
+            .checked_add(usize::try_from(size).ok()?)?
+            .checked_add(size as usize & 1)?;
+    }
+    None
+}
+
+/// MPEG-1 Layer III bitrates in kbit/s by the header's index (0 and 15 are invalid).
+const MP3_V1_L3_KBPS: [u32; 16] = [
+    0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 0,
+];
+/// MPEG-2 and 2.5 Layer III bitrates in kbit/s.
+const MP3_V2_L3_KBPS: [u32; 16] = [
+    0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 0,
+];
+
+fn mp3_seconds(bytes: &[u8]) -> Option<f64> {
+    let mut start = 0usize;
+    // An ID3v2 tag: "ID3", version, flags, then a 28-bit syncsafe size.
+    if bytes.len() >= 10 && &bytes[0..3] == b"ID3" {
+        let size = bytes[6..10]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 7) | usize::from(b & 0x7f));
+        start = 10 + size;
+    }
+    let h = bytes.get(start..start.checked_add(4)?)?;
+    // Frame sync (11 bits), then the version and layer bits: Layer III only.
+    if h[0] != 0xff || h[1] & 0xe0 != 0xe0 || (h[1] >> 1) & 0b11 != 0b01 {
+        return None;
+    }
+    let version = (h[1] >> 3) & 0b11; // 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
+    let index = usize::from(h[2] >> 4);
+    let kbps = match version {
+        3 => MP3_V1_L3_KBPS[index],
+        0 | 2 => MP3_V2_L3_KBPS[index],
+        _ => 0,
+    };
+    (kbps > 0).then(|| bytes_at_bitrate(bytes.len() - start, kbps * 1000))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use test_support::media::{jpeg, png, wav};
+    use test_support::media::{jpeg, mp3, png, silent_wav, wav};
+
+    #[test]
+    fn audio_lengths_are_read_from_wav_and_mp3_headers() {
+        let close = |a: f64, b: f64| (a - b).abs() < 0.01;
+        assert!(close(estimate_audio_seconds(&silent_wav(31.5)), 31.5));
+        assert!(close(estimate_audio_seconds(wav()), 0.1));
+        // Ten 128 kbit/s frames of 417 bytes behind a 10-byte tag: 4170 bytes at 16 000 B/s.
+        assert!(close(estimate_audio_seconds(mp3()), 4170.0 / 16_000.0));
+        // Anything else: the size at 128 kbit/s.
+        assert!(close(estimate_audio_seconds(&[0u8; 32_000]), 2.0));
+        assert!(close(
+            estimate_audio_seconds(b"RIFF\0\0\0\0WAVE"),
+            12.0 / 16_000.0
+        ));
+    }
 
     fn check(data: &[u8], expected: Option<MediaType>) {
         assert_eq!(MediaType::sniff(data), expected, "{data:?}");

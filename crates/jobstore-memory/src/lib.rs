@@ -5,12 +5,14 @@
 //! same contract suite (`ports::job_contract`) as the durable adapters, so code tested on it
 //! behaves the same on them.
 //!
-//! It is also a [`ports::CreditLedger`] (the tenants' credit budgets, beside the jobs).
+//! It is also a [`ports::CreditLedger`] (the tenants' credit budgets, beside the jobs) and an
+//! [`ports::UploadCache`] (uploads by content).
 //!
 //! Every operation takes the lock once and does no I/O; `claim`, `claim_callback` and
 //! `counts` scan all jobs (O(n)), which is fine for the thousands of jobs a test or a small setup holds.
 
 mod credits;
+mod upload_cache;
 
 use ports::{LeaseTerms, ListQuery};
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +31,8 @@ pub struct MemoryJobStore {
     state: Mutex<State>,
     /// The tenants' credit budgets ([`ports::CreditLedger`], in `credits`).
     ledger: Mutex<credits::Ledger>,
+    /// Uploads by content ([`ports::UploadCache`], in `upload_cache`).
+    uploads: Mutex<upload_cache::Uploads>,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +50,11 @@ impl MemoryJobStore {
     /// An empty store.
     pub fn new() -> MemoryJobStore {
         MemoryJobStore::default()
+    }
+
+    fn uploads(&self) -> MutexGuard<'_, upload_cache::Uploads> {
+        // Every write is a few map updates that cannot panic halfway.
+        self.uploads.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn ledger(&self) -> MutexGuard<'_, credits::Ledger> {

@@ -23,3 +23,16 @@ mod credits {
 
     ports::credit_ledger_contract_tests!(new_ledger);
 }
+
+mod uploads {
+    use std::sync::Arc;
+
+    use jobstore_memory::MemoryJobStore;
+    use ports::UploadCache;
+
+    async fn new_cache() -> Arc<dyn UploadCache> {
+        Arc::new(MemoryJobStore::new())
+    }
+
+    ports::upload_cache_contract_tests!(new_cache);
+}

@@ -118,6 +118,7 @@ use tokio::task::JoinHandle;
 
 mod credits;
 mod scripts;
+mod upload_cache;
 
 use scripts::{INDEX_ARGS, Scripts};
 
@@ -144,6 +145,8 @@ pub struct RedisJobStore {
     scripts: Scripts,
     /// The credit ledger's keys and scripts (`credits`).
     credit_scripts: credits::CreditScripts,
+    /// The upload cache's keys and scripts (`upload_cache`).
+    upload_scripts: upload_cache::UploadScripts,
     name: String,
     address: String,
     op_timeout: Duration,
@@ -266,6 +269,7 @@ impl RedisJobStore {
             epoch: Arc::new(Epoch::default()),
             scripts: Scripts::new(&hash_tag(name)),
             credit_scripts: credits::CreditScripts::new(&hash_tag(name)),
+            upload_scripts: upload_cache::UploadScripts::new(&hash_tag(name)),
             name: name.to_owned(),
             address,
             op_timeout: config.op_timeout,

@@ -73,6 +73,25 @@ mod credits {
     ports::credit_ledger_contract_tests!(new_ledger);
 }
 
+/// The upload cache of a fresh store on the shared standalone server.
+mod uploads {
+    use super::*;
+    use ports::UploadCache;
+
+    async fn new_cache() -> Arc<dyn UploadCache> {
+        static SERVER: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
+        let server = tokio::task::spawn_blocking(|| shared(&SERVER, RedisServer::start))
+            .await
+            .expect("the server starts");
+        let store = RedisJobStore::connect(config(server.url()), &unique_name("uploads"))
+            .await
+            .expect("the store connects");
+        Arc::new(Guarded::new(store, server))
+    }
+
+    ports::upload_cache_contract_tests!(new_cache);
+}
+
 /// The same suite on a real 3-master cluster.
 mod cluster {
     use super::*;

@@ -100,6 +100,14 @@
 //! CREATE TABLE fair_clock (prio INTEGER PRIMARY KEY, v INTEGER NOT NULL) STRICT;
 //! CREATE TABLE fair_last (prio INTEGER NOT NULL, tenant TEXT NOT NULL, last INTEGER NOT NULL,
 //!   PRIMARY KEY (prio, tenant)) STRICT, WITHOUT ROWID;
+//! -- The tenants' credit budgets (ports::CreditLedger): usage per tenant and period, and one
+//! -- hold per job in progress.
+//! CREATE TABLE credit_usage (tenant, period, spent, reserved, written_ms,
+//!   PRIMARY KEY (tenant, period)) STRICT, WITHOUT ROWID;
+//! CREATE TABLE credit_holds (job PRIMARY KEY, tenant, period, credits, at_ms) STRICT;
+//! -- Uploads by content (ports::UploadCache): UploadKey::field → the entry as JSON.
+//! CREATE TABLE upload_cache (field PRIMARY KEY, tenant, url, body, expires_ms)
+//!   STRICT, WITHOUT ROWID;
 //! ```
 //!
 //! The `body` is the job as read back; the other columns copy the fields the queries filter
@@ -126,6 +134,7 @@ mod file;
 mod job_store;
 mod ops;
 mod schema;
+mod upload_cache;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -101,6 +101,15 @@ CREATE TABLE IF NOT EXISTS credit_holds (
   at_ms INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS credit_holds_by_age ON credit_holds (at_ms);
+CREATE TABLE IF NOT EXISTS upload_cache (
+  field TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  url TEXT NOT NULL,
+  body TEXT NOT NULL,
+  expires_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS upload_cache_expiry ON upload_cache (expires_ms);
+CREATE INDEX IF NOT EXISTS upload_cache_url ON upload_cache (tenant, url, expires_ms);
 ";
 
 /// From schema version 1 (before callbacks) to 2: the column `callback_due_ms`, `NULL` in

@@ -35,3 +35,21 @@ mod credits {
 
     ports::credit_ledger_contract_tests!(new_ledger);
 }
+
+mod uploads {
+    use std::sync::Arc;
+
+    use jobstore_sqlite::SqliteJobStore;
+    use ports::UploadCache;
+    use ports::job_contract::Guarded;
+
+    use super::common::TempDir;
+
+    async fn new_cache() -> Arc<dyn UploadCache> {
+        let dir = TempDir::new();
+        let store = SqliteJobStore::open(dir.path().join("jobs.db")).expect("open a fresh store");
+        Arc::new(Guarded::new(store, dir))
+    }
+
+    ports::upload_cache_contract_tests!(new_cache);
+}

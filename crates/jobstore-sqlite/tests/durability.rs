@@ -191,7 +191,7 @@ async fn a_schema_1_file_is_migrated_in_place() {
 /// What a build before the fair order left: no `rank`, the claim index on `(prio, seq)`, no
 /// fair tables, user_version 2.
 const TO_SCHEMA_2: &str = "DROP INDEX jobs_claim; ALTER TABLE jobs DROP COLUMN rank;
-  DROP TABLE fair_clock; DROP TABLE fair_last; DROP TABLE credit_usage; DROP TABLE credit_holds;
+  DROP TABLE fair_clock; DROP TABLE fair_last; DROP TABLE credit_usage; DROP TABLE credit_holds; DROP TABLE upload_cache;
   CREATE INDEX jobs_claim ON jobs (prio DESC, seq)
     WHERE status IN ('queued','creating','processing');
   PRAGMA user_version = 2;";

@@ -22,6 +22,9 @@
 //! - `job_contract` (feature `contract`): the same for job stores, `job_store_contract_tests!`.
 //! - [`credits`]: [`CreditLedger`], tenants' credit budgets reserved before a talk and
 //!   settled after it; `credit_contract` (feature `contract`), `credit_ledger_contract_tests!`.
+//! - [`upload_cache`]: [`UploadCache`], uploads by tenant and content hash, so the same
+//!   bytes are paid (and stored at D-ID) once; `upload_cache_contract`,
+//!   `upload_cache_contract_tests!`.
 //!
 //! # Features
 //! - `mock`: mockall mocks `MockConcurrencyLimiter` and `MockVideoApi`.
@@ -32,6 +35,7 @@ pub mod credits;
 pub mod events;
 pub mod jobs;
 pub mod limiter;
+pub mod upload_cache;
 pub mod video;
 
 #[cfg(feature = "contract")]
@@ -40,6 +44,8 @@ pub mod contract;
 pub mod credit_contract;
 #[cfg(feature = "contract")]
 pub mod job_contract;
+#[cfg(feature = "contract")]
+pub mod upload_cache_contract;
 
 pub use callbacks::{
     Callback, CallbackAttempt, CallbackDelivery, CallbackError, CallbackEvent, CallbackReceipt,
@@ -56,6 +62,7 @@ pub use limiter::{
     LimiterCounters, LimiterError, LimiterStats, Permit, PermitHandle, QueuedByPriority,
     TenantSlots,
 };
+pub use upload_cache::{CachedUpload, UploadCache, UploadCacheError, UploadKey};
 pub use video::{
     ClientStats, PollSchedule, PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats,
     WaitOptions,
