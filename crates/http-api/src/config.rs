@@ -629,6 +629,30 @@ settings! {
         help: "Seconds between reads of the D-ID account's credits (GET /credits, beside the budgets); 0: never (at least 10 otherwise)",
         parse: |raw| parse::seconds(raw, true).and_then(|d| if !d.is_zero() && d < Duration::from_secs(10) { Err(format!("{raw:?} is below the 10 s minimum")) } else { Ok(d) }),
     }
+    /// Answer an upload of bytes the same tenant uploaded before with the stored URL.
+    upload_cache: bool {
+        env: "UPLOAD_CACHE",
+        access: flag("upload-cache"),
+        default: "on",
+        help: "Answer an upload of the same bytes by the same tenant from the job store's cache, without a D-ID call (on or off)",
+        parse: parse::boolean,
+    }
+    /// D-ID keeps uploads 24–48 h: entries stop being served after this.
+    upload_cache_ttl: Duration {
+        env: "UPLOAD_CACHE_TTL_SECS",
+        access: flag("upload-cache-ttl-secs"),
+        default: "86400",
+        help: "Seconds a cached upload's URL is served (60 to 172800; D-ID keeps uploads 24-48 h)",
+        parse: |raw| parse::seconds(raw, false).and_then(|d| if d < Duration::from_secs(60) || d > Duration::from_secs(172_800) { Err(format!("{raw:?} is not from 60 to 172800")) } else { Ok(d) }),
+    }
+    /// The bound of the cache (all instances together): the entries that expire first go.
+    upload_cache_max_entries: usize {
+        env: "UPLOAD_CACHE_MAX_ENTRIES",
+        access: flag("upload-cache-max-entries"),
+        default: "10000",
+        help: "Most uploads the cache keeps (1 to 1000000)",
+        parse: |raw| parse::whole(raw, 1usize).and_then(|n| if n > 1_000_000 { Err(format!("{raw:?} is over 1000000")) } else { Ok(n) }),
+    }
     /// A dead worker's job is taken over this long after its last renewal.
     job_lease: Duration {
         env: "JOB_LEASE_SECS",

@@ -20,6 +20,7 @@ use crate::error::{ApiError, Body, json_response};
 use crate::job_routes::{self, TalkBody, require_upstream};
 use crate::state::AppState;
 use crate::tenants::TenantPolicy;
+use crate::upload_cache::Lookup;
 use crate::uri::{query_param, status_url};
 
 /// Parses an optional priority (see [`job_routes::priority`]).
@@ -191,16 +192,47 @@ where
         %priority,
         "uploading"
     );
-    let video = &state.inner.video;
-    let asset = match kind {
-        UploadKind::Image => video.upload_image(upload, &admission).await?,
-        UploadKind::Audio => video.upload_audio(upload, &admission).await?,
+    // The same bytes by the same tenant within the cache's TTL: the stored URL, no call.
+    let cached = match state.uploads() {
+        Some(cache) => {
+            let key = crate::upload_cache::Uploads::key(&caller.tenant, &upload);
+            let hit = cache.lookup(&key).await;
+            Some((cache, key, hit))
+        }
+        None => None,
+    };
+    let (asset, cache_header) = match cached {
+        Some((_, _, Lookup::Hit(asset))) => {
+            tracing::info!(%kind, "upload answered from the cache");
+            (asset, Some("hit"))
+        }
+        other => {
+            let video = &state.inner.video;
+            // The bytes stay here for the cache's entry (an audio's length).
+            let asset = match kind {
+                UploadKind::Image => video.upload_image(upload.clone(), &admission).await?,
+                UploadKind::Audio => video.upload_audio(upload.clone(), &admission).await?,
+            };
+            let header = match other {
+                Some((cache, key, Lookup::Miss)) => {
+                    cache.store(&key, &upload, &asset).await;
+                    Some("miss")
+                }
+                _ => None,
+            };
+            (asset, header)
+        }
     };
     let mut body = json!({ "url": asset.url, "message": "Upload successful" });
     if let Some(id) = asset.id {
         body["id"] = json!(id);
     }
-    Ok(json_response(StatusCode::OK, &body))
+    let mut resp = json_response(StatusCode::OK, &body);
+    if let Some(h) = cache_header {
+        resp.headers_mut()
+            .insert("x-talkgate-upload-cache", http::HeaderValue::from_static(h));
+    }
+    Ok(resp)
 }
 
 /// `GET /talk-status/{talk_id}`: a failed talk is a normal answer with `status: "error"`.

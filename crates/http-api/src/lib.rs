@@ -49,6 +49,7 @@ pub mod talk_webhooks;
 pub mod telemetry;
 pub mod tenants;
 pub mod time_text;
+pub mod upload_cache;
 pub mod uri;
 pub mod wiring;
 

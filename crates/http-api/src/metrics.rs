@@ -275,6 +275,13 @@ impl Metrics {
         s.callbacks = Some(counts);
     }
 
+    /// Stores the upload cache's counts (image, audio) that the next [`Metrics::encode`]
+    /// reports.
+    pub fn set_uploads(&self, counts: [crate::upload_cache::KindCounts; 2]) {
+        let mut s = self.snapshot.lock();
+        s.uploads = Some(counts);
+    }
+
     /// Stores the budgets' figures that the next [`Metrics::encode`] reports.
     pub fn set_credits(&self, credits: CreditsSnapshot) {
         let mut s = self.snapshot.lock();
@@ -308,6 +315,44 @@ struct SnapshotState {
     callbacks: Option<app::CallbackCounts>,
     tenant_reloads: Option<(u64, u64)>,
     credits: Option<CreditsSnapshot>,
+    uploads: Option<[crate::upload_cache::KindCounts; 2]>,
+}
+
+/// Labels of one upload-cache lookup's result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UploadLookupLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+/// Labels of one upload kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UploadKindLabels {
+    kind: &'static str,
+}
+
+fn encode_uploads(
+    enc: &mut DescriptorEncoder<'_>,
+    counts: &[crate::upload_cache::KindCounts; 2],
+) -> std::fmt::Result {
+    let kinds = [("image", counts[0]), ("audio", counts[1])];
+    family(
+        enc,
+        "upload_cache_lookups",
+        "Upload-cache lookups by kind and result (hit: answered without a D-ID call)",
+        MetricType::Counter,
+        kinds.iter().flat_map(|(kind, c)| {
+            [("hit", c.hits), ("miss", c.misses), ("error", c.errors)]
+                .map(|(result, v)| (UploadLookupLabels { kind, result }, ConstCounter::new(v)))
+        }),
+    )?;
+    family(
+        enc,
+        "upload_cache_stored",
+        "Uploads written to the cache, by kind",
+        MetricType::Counter,
+        kinds.map(|(kind, c)| (UploadKindLabels { kind }, ConstCounter::new(c.stored))),
+    )
 }
 
 /// The budgets' figures for `/metrics`.
@@ -489,6 +534,9 @@ impl Collector for SnapshotCollector {
         let s = self.lock();
         if let Some(c) = &s.credits {
             encode_credits(&mut enc, c)?;
+        }
+        if let Some(u) = &s.uploads {
+            encode_uploads(&mut enc, u)?;
         }
         if let Some(l) = &s.limiter {
             let i = |v: u32| i64::from(v);

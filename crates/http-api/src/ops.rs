@@ -119,7 +119,32 @@ pub async fn stats(state: &AppState, caller: &TenantPolicy) -> Result<Response<B
     if sees_all {
         body["credits"] = crate::budgets::stats_json(state, &budgets);
     }
+    body["upload_cache"] = upload_cache_json(state);
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// The upload cache's part of `/stats`: on or off, its settings, and per kind the lookups
+/// that hit (no D-ID call), missed, failed (uploaded without the cache), and entries stored.
+fn upload_cache_json(state: &AppState) -> Value {
+    let Some(u) = state.uploads() else {
+        return json!({ "cache_enabled": false });
+    };
+    let mut v = json!({
+        "cache_enabled": true,
+        "cache_ttl_ms": ports::jobs::duration_ms(u.ttl()),
+        "cache_max_entries": u.max_entries(),
+    });
+    for (name, kind) in [
+        ("image", domain::UploadKind::Image),
+        ("audio", domain::UploadKind::Audio),
+    ] {
+        let c = u.counts(kind);
+        v[format!("{name}_hits")] = json!(c.hits);
+        v[format!("{name}_misses")] = json!(c.misses);
+        v[format!("{name}_errors")] = json!(c.errors);
+        v[format!("{name}_stored")] = json!(c.stored);
+    }
+    v
 }
 
 /// The tenants part of `/stats`: whether callers authenticate, the file and its reloads,
@@ -363,6 +388,12 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
     let tenants = state.tenants().view();
     if tenants.file.is_some() {
         m.set_tenant_reloads(tenants.reloads_ok, tenants.reloads_failed);
+    }
+    if let Some(u) = state.uploads() {
+        m.set_uploads([
+            u.counts(domain::UploadKind::Image),
+            u.counts(domain::UploadKind::Audio),
+        ]);
     }
     let budgets = crate::budgets::rows(state, |_| true).await;
     m.set_credits(crate::metrics::CreditsSnapshot {

@@ -120,6 +120,8 @@ pub(crate) struct Inner {
     pub opening: Option<Arc<OpeningStore>>,
     /// The D-ID account's balance, read every `CREDITS_CHECK_SECS`.
     pub account: crate::account::SharedChecks,
+    /// The upload cache (`UPLOAD_CACHE`), set by the wiring when on.
+    pub uploads: std::sync::OnceLock<Arc<crate::upload_cache::Uploads>>,
 }
 
 impl AppState {
@@ -152,6 +154,7 @@ impl AppState {
                 degraded_since: Mutex::new(None),
                 opening,
                 account: Arc::default(),
+                uploads: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -159,6 +162,16 @@ impl AppState {
     /// Why the job store is not open yet, if it is being opened in the background.
     pub fn job_store_failure(&self) -> Option<OpenFailure> {
         self.inner.opening.as_ref().and_then(|o| o.failure())
+    }
+
+    /// The upload cache, when on.
+    pub fn uploads(&self) -> Option<&Arc<crate::upload_cache::Uploads>> {
+        self.inner.uploads.get()
+    }
+
+    /// Turns the upload cache on (once; later calls change nothing).
+    pub fn set_uploads(&self, uploads: Arc<crate::upload_cache::Uploads>) {
+        let _ = self.inner.uploads.set(uploads);
     }
 
     /// The D-ID account's balance checks.

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::Tenant;
+use ports::{CachedUpload, UploadCache, UploadCacheError, UploadKey};
 use ports::{
     CreditError, CreditLedger, DegradedReason, Job, JobCounts, JobId, JobPage, JobStore,
     JobStoreError, NewJob, QueueLimits, Reservation, Reserved, ScopedKey, Submitted, Usage,
@@ -46,10 +47,10 @@ pub struct OpenFailure {
 }
 
 /// What the job store's backend holds: the jobs and, beside them, the tenants' credit
-/// ledger (every job-store adapter is both).
-pub trait Backend: JobStore + CreditLedger {}
+/// ledger and the upload cache (every job-store adapter is all three).
+pub trait Backend: JobStore + CreditLedger + UploadCache {}
 
-impl<T: JobStore + CreditLedger> Backend for T {}
+impl<T: JobStore + CreditLedger + UploadCache> Backend for T {}
 
 /// One attempt at opening the store.
 pub type OpenFuture =
@@ -190,7 +191,45 @@ impl CreditLedger for OpeningStore {
     }
 }
 
+/// The cache of a store not open yet is unavailable (an upload then goes to D-ID).
+#[async_trait]
+impl UploadCache for OpeningStore {
+    async fn cached_upload(
+        &self,
+        key: &UploadKey,
+        now_ms: u64,
+    ) -> Result<Option<CachedUpload>, UploadCacheError> {
+        self.cache()?.cached_upload(key, now_ms).await
+    }
+    async fn cache_upload(
+        &self,
+        key: &UploadKey,
+        entry: &CachedUpload,
+        now_ms: u64,
+        max_entries: usize,
+    ) -> Result<(), UploadCacheError> {
+        self.cache()?
+            .cache_upload(key, entry, now_ms, max_entries)
+            .await
+    }
+    async fn uploaded_audio_seconds(
+        &self,
+        tenant: &Tenant,
+        url: &str,
+        now_ms: u64,
+    ) -> Result<Option<f64>, UploadCacheError> {
+        self.cache()?
+            .uploaded_audio_seconds(tenant, url, now_ms)
+            .await
+    }
+}
+
 impl OpeningStore {
+    fn cache(&self) -> Result<&Arc<dyn Backend>, UploadCacheError> {
+        self.open_store()
+            .map_err(|e| UploadCacheError::Unavailable(e.to_string()))
+    }
+
     fn ledger(&self) -> Result<&Arc<dyn Backend>, CreditError> {
         self.open_store()
             .map_err(|e| CreditError::Unavailable(e.to_string()))

@@ -365,6 +365,7 @@ pub async fn build_with(
         ..jobs_config(config)
     };
     let ledger: Arc<dyn ports::CreditLedger> = store.clone();
+    let cache: Arc<dyn ports::UploadCache> = store.clone();
     let jobs = Jobs::new(store, client.clone(), jobs_config);
     let state = AppState::with_opening_jobs(
         client,
@@ -374,14 +375,25 @@ pub async fn build_with(
         jobs,
         opening,
     );
+    let uploads = config.upload_cache.then(|| {
+        Arc::new(crate::upload_cache::Uploads::new(
+            cache,
+            config.upload_cache_ttl,
+            config.upload_cache_max_entries,
+        ))
+    });
+    if let Some(u) = &uploads {
+        state.set_uploads(u.clone());
+    }
     // Budgets come from the tenants file (also after a reload): the engine always has the
-    // ledger, and a tenant without a budget reserves nothing.
+    // ledger, and a tenant without a budget reserves nothing. Audio lengths come from the
+    // upload cache's entries.
     state
         .jobs()
         .set_credits(Arc::new(app::credits::Credits::new(
             ledger,
             state.tenants().clone(),
-            None,
+            uploads.map(|u| u as Arc<dyn app::credits::AudioLengths>),
             config.budget_unknown_audio_secs,
         )));
     Ok(state)

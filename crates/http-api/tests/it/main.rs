@@ -25,3 +25,4 @@ mod support;
 mod talk_webhooks;
 mod tenants;
 mod transport;
+mod uploads;
