@@ -391,12 +391,14 @@ const MP3_V2_L3_KBPS: [u32; 16] = [
 
 fn mp3_seconds(bytes: &[u8]) -> Option<f64> {
     let mut start = 0usize;
-    // An ID3v2 tag: "ID3", version, flags, then a 28-bit syncsafe size.
+    // An ID3v2 tag: "ID3", version, flags, then a 28-bit syncsafe size (of the tag after its
+    // 10-byte header, and before the 10-byte footer that v2.4's flag 0x10 announces).
     if bytes.len() >= 10 && &bytes[0..3] == b"ID3" {
         let size = bytes[6..10]
             .iter()
             .fold(0usize, |acc, b| (acc << 7) | usize::from(b & 0x7f));
-        start = 10 + size;
+        let footer = if bytes[5] & 0x10 != 0 { 10 } else { 0 };
+        start = 10 + size + footer;
     }
     let h = bytes.get(start..start.checked_add(4)?)?;
     // Frame sync (11 bits), then the version and layer bits: Layer III only.
@@ -426,6 +428,11 @@ mod tests {
         assert!(close(estimate_audio_seconds(wav()), 0.1));
         // Ten 128 kbit/s frames of 417 bytes behind a 10-byte tag: 4170 bytes at 16 000 B/s.
         assert!(close(estimate_audio_seconds(mp3()), 4170.0 / 16_000.0));
+        // A v2.4 tag with a footer ("3DI"): the frames start 10 bytes later (missed, the
+        // estimate would be the whole size at 128 kbit/s, 0.261875 s, not the frames' 0.260625).
+        let mut footed = b"ID3\x04\x00\x10\x00\x00\x00\x003DI\x04\x00\x10\x00\x00\x00\x00".to_vec();
+        footed.extend_from_slice(&mp3()[10..]);
+        assert!((estimate_audio_seconds(&footed) - 0.260_625).abs() < 1e-9);
         // Anything else: the size at 128 kbit/s.
         assert!(close(estimate_audio_seconds(&[0u8; 32_000]), 2.0));
         assert!(close(

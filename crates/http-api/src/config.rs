@@ -642,8 +642,8 @@ settings! {
         env: "UPLOAD_CACHE_TTL_SECS",
         access: flag("upload-cache-ttl-secs"),
         default: "86400",
-        help: "Seconds a cached upload's URL is served (60 to 172800; D-ID keeps uploads 24-48 h)",
-        parse: |raw| parse::seconds(raw, false).and_then(|d| if d < Duration::from_secs(60) || d > Duration::from_secs(172_800) { Err(format!("{raw:?} is not from 60 to 172800")) } else { Ok(d) }),
+        help: "Seconds a cached upload's URL is served (1 to 172800; D-ID keeps uploads 24-48 h)",
+        parse: |raw| parse::seconds(raw, false).and_then(|d| if d < Duration::from_secs(1) || d > Duration::from_secs(172_800) { Err(format!("{raw:?} is not from 1 to 172800")) } else { Ok(d) }),
     }
     /// The bound of the cache (all instances together): the entries that expire first go.
     upload_cache_max_entries: usize {
@@ -821,6 +821,51 @@ mod tests {
         assert!(c.http_api_token.is_none());
         assert_eq!(c.log_format, LogFormat::Human);
         assert_eq!(c.json_body_limit, 65536);
+    }
+
+    #[test]
+    fn the_upload_cache_is_on_for_a_day_and_bounded_and_one_setting_turns_it_off() {
+        let c = config(&[]).unwrap();
+        assert!(c.upload_cache);
+        assert_eq!(c.upload_cache_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.upload_cache_max_entries, 10_000);
+        assert!(!config(&[("UPLOAD_CACHE", "off")]).unwrap().upload_cache);
+        let c = config(&[
+            ("UPLOAD_CACHE_TTL_SECS", "1"),
+            ("UPLOAD_CACHE_MAX_ENTRIES", "1000000"),
+        ])
+        .unwrap();
+        assert_eq!(c.upload_cache_ttl, Duration::from_secs(1));
+        assert_eq!(c.upload_cache_max_entries, 1_000_000);
+        assert_eq!(
+            config(&[("UPLOAD_CACHE_TTL_SECS", "172800")])
+                .unwrap()
+                .upload_cache_ttl,
+            Duration::from_secs(172_800)
+        );
+        let err = config(&[
+            ("UPLOAD_CACHE", "maybe"),
+            ("UPLOAD_CACHE_TTL_SECS", "172801"),
+            ("UPLOAD_CACHE_MAX_ENTRIES", "0"),
+        ])
+        .unwrap_err();
+        let vars: Vec<_> = err.problems.iter().map(|p| p.var).collect();
+        assert_eq!(
+            vars,
+            [
+                "UPLOAD_CACHE",
+                "UPLOAD_CACHE_TTL_SECS",
+                "UPLOAD_CACHE_MAX_ENTRIES"
+            ],
+            "{err}"
+        );
+        for bad in ["0", "0.5", "-1", "1e9"] {
+            assert!(
+                config(&[("UPLOAD_CACHE_TTL_SECS", bad)]).is_err(),
+                "TTL {bad}"
+            );
+        }
+        assert!(config(&[("UPLOAD_CACHE_MAX_ENTRIES", "1000001")]).is_err());
     }
 
     #[test]

@@ -195,7 +195,7 @@ where
     // The same bytes by the same tenant within the cache's TTL: the stored URL, no call.
     let cached = match state.uploads() {
         Some(cache) => {
-            let key = crate::upload_cache::Uploads::key(&caller.tenant, &upload);
+            let key = crate::upload_cache::Uploads::key(&caller.tenant, &upload).await;
             let hit = cache.lookup(&key).await;
             Some((cache, key, hit))
         }

@@ -7,6 +7,10 @@
 //! | `T:upload_expiry` | ZSET | key field → `expires_ms` (the bound drops the lowest first) |
 //! | `T:upload_urls` | HASH | `<byte length of tenant>:<tenant><url>` → key field |
 //! | `T:upload_url_of` | HASH | key field → its URL field (to drop both together) |
+//!
+//! Each store sets the four keys to expire an hour after the last entry does ([`KEY_SLACK_MS`],
+//! counted on the caller's clock, as the entries are): a cache nobody writes to any more (a
+//! renamed store, the cache turned off) leaves nothing behind in Redis.
 
 use async_trait::async_trait;
 use domain::Tenant;
@@ -40,8 +44,13 @@ const GET: &str = r#"
 return live(ARGV[1], tonumber(ARGV[2]))
 "#;
 
-/// `ARGV`: key field, url field, JSON, expires_ms, now, max entries. Drops expired entries
-/// (at most 256 a call), stores, then drops what expires first beyond the bound.
+/// How long after the last entry's expiry the cache's keys are kept (slack for the clocks of
+/// the instances writing).
+const KEY_SLACK_MS: u64 = 3_600_000;
+
+/// `ARGV`: key field, url field, JSON, expires_ms, now, max entries, key slack. Drops expired
+/// entries (at most 256 a call), stores, drops what expires first beyond the bound, then sets
+/// the keys to expire `ARGV[7]` ms after the last entry.
 const PUT: &str = r#"
 local field, url, now, max = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
 for _, old in ipairs(redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now, 'LIMIT', 0, 256)) do
@@ -56,6 +65,11 @@ while redis.call('ZCARD', EXPIRY) > max do
   local first = redis.call('ZRANGE', EXPIRY, 0, 0)[1]
   if not first then break end
   drop(first)
+end
+local last = redis.call('ZRANGE', EXPIRY, -1, -1, 'WITHSCORES')[2]
+if last then
+  local ttl = math.max(tonumber(last) - now, 0) + tonumber(ARGV[7])
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], string.format('%d', ttl)) end
 end
 return 1
 "#;
@@ -155,6 +169,7 @@ impl UploadCache for RedisJobStore {
             entry.expires_ms.to_string().into(),
             now_ms.to_string().into(),
             max_entries.max(1).to_string().into(),
+            KEY_SLACK_MS.to_string().into(),
         ];
         self.upload_eval(|s| &s.put, args).await.map(drop)
     }

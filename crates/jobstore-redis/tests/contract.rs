@@ -90,15 +90,65 @@ mod uploads {
     }
 
     ports::upload_cache_contract_tests!(new_cache);
+
+    /// The cache's four keys expire an hour after its last entry does, so a cache nobody
+    /// writes to any more leaves nothing behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_keys_expire_an_hour_after_the_last_entry() {
+        use domain::{Asset, Tenant, UploadKind};
+        use ports::{CachedUpload, UploadKey};
+
+        let server = tokio::task::spawn_blocking(RedisServer::start)
+            .await
+            .expect("the server starts");
+        let name = unique_name("upload-ttl");
+        let store = RedisJobStore::connect(config(server.url()), &name)
+            .await
+            .expect("the store connects");
+        let now = 1_800_000_000_000u64;
+        for (n, expires) in [
+            (1u32, now + 60_000),
+            (2, now + 7_200_000),
+            (3, now + 30_000),
+        ] {
+            let key = UploadKey {
+                tenant: Tenant::parse("web").unwrap(),
+                kind: UploadKind::Image,
+                sha256: format!("{n:064x}"),
+            };
+            let entry = CachedUpload {
+                asset: Asset {
+                    id: None,
+                    url: format!("s3://d-id-images-prod/u/{n}.png"),
+                    duration: None,
+                },
+                audio_seconds: None,
+                expires_ms: expires,
+            };
+            store.cache_upload(&key, &entry, now, 10).await.unwrap();
+        }
+        let tag = jobstore_redis::hash_tag(&name);
+        for key in ["uploads", "upload_expiry", "upload_urls", "upload_url_of"] {
+            let reply = server.command(None, &["PTTL", &format!("{tag}:{key}")]);
+            let ttl: i64 = reply.trim_start_matches(':').parse().expect(&reply);
+            // The last entry expires in 2 h: the key an hour later (less the test's time).
+            assert!(
+                (10_700_000..=10_800_000).contains(&ttl),
+                "{key}: PTTL {ttl}"
+            );
+        }
+    }
 }
 
 /// The same suite on a real 3-master cluster.
 mod cluster {
     use super::*;
 
+    /// The cluster the job and upload-cache suites share while both run.
+    static CLUSTER: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+
     /// A fresh store on the shared cluster, through a URL that names every node.
     async fn new_cluster_store() -> Arc<dyn JobStore> {
-        static CLUSTER: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
         let cluster = tokio::task::spawn_blocking(|| {
             let cluster = shared(&CLUSTER, RedisCluster::start);
             cluster.wait_until_ok(Duration::from_secs(30));
@@ -110,4 +160,26 @@ mod cluster {
     }
 
     ports::job_store_contract_tests!(new_cluster_store);
+
+    /// The upload cache on the cluster: every script's keys are in the store's one slot.
+    mod uploads {
+        use super::*;
+        use ports::UploadCache;
+
+        async fn new_cluster_cache() -> Arc<dyn UploadCache> {
+            let cluster = tokio::task::spawn_blocking(|| {
+                let cluster = shared(&CLUSTER, RedisCluster::start);
+                cluster.wait_until_ok(Duration::from_secs(30));
+                cluster
+            })
+            .await
+            .expect("the cluster starts");
+            let store = RedisJobStore::connect(config(cluster.url()), &unique_name("uploads"))
+                .await
+                .expect("the store connects");
+            Arc::new(Guarded::new(store, cluster))
+        }
+
+        ports::upload_cache_contract_tests!(new_cluster_cache);
+    }
 }

@@ -108,6 +108,8 @@
 //! -- Uploads by content (ports::UploadCache): UploadKey::field → the entry as JSON.
 //! CREATE TABLE upload_cache (field PRIMARY KEY, tenant, url, body, expires_ms)
 //!   STRICT, WITHOUT ROWID;
+//! -- Its number of rows, kept by triggers on upload_cache (recounted at open).
+//! CREATE TABLE upload_cache_size (id PRIMARY KEY CHECK (id = 0), n) STRICT;
 //! ```
 //!
 //! The `body` is the job as read back; the other columns copy the fields the queries filter
@@ -235,6 +237,7 @@ impl SqliteJobStore {
         setup(&mut conn, &path, synchronous)?;
         vacuum_mode(&mut conn, &path)?;
         migrate(&mut conn, &path)?;
+        upload_cache::prepare(&mut conn, &path)?;
         // Checkpoints (copying the WAL into the database file, with its fsync) run on a
         // connection of their own, so no write waits for the bulk of one (`CHECKPOINT_EVERY`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)

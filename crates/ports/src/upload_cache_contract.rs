@@ -183,13 +183,86 @@ where
     }
 }
 
+/// Storing a key again replaces its entry: it counts once against the bound, however often it
+/// is stored.
+pub async fn an_entry_stored_again_counts_once_against_the_bound<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn UploadCache>>,
+{
+    let cache = factory().await;
+    let again = key("web", UploadKind::Audio, 1);
+    for n in 0..10u64 {
+        let e = entry(1, Some(1.0), T0 + 50_000 + n);
+        cache.cache_upload(&again, &e, T0 + n, 3).await.unwrap();
+    }
+    // Two more fit beside it (they expire first, so a miscount would drop them).
+    for n in 2..4u32 {
+        let e = entry(n, None, T0 + 20_000);
+        let k = key("web", UploadKind::Audio, n);
+        cache.cache_upload(&k, &e, T0 + 20, 3).await.unwrap();
+    }
+    for n in 1..4u32 {
+        assert!(
+            cache
+                .cached_upload(&key("web", UploadKind::Audio, n), T0 + 21)
+                .await
+                .unwrap()
+                .is_some(),
+            "entry {n} is kept: three entries fit a bound of three"
+        );
+    }
+}
+
+/// An entry replaced (at another URL) or dropped by the bound no longer gives an audio's
+/// length at its old URL; the one that replaced it does at its own.
+pub async fn a_replaced_or_dropped_entry_gives_no_length_at_its_url<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn UploadCache>>,
+{
+    let cache = factory().await;
+    let web = Tenant::parse("web").unwrap();
+    let k = key("web", UploadKind::Audio, 1);
+    let old = entry(1, Some(4.0), T0 + 10_000);
+    cache.cache_upload(&k, &old, T0, 2).await.unwrap();
+    let new = entry(2, Some(6.0), T0 + 10_000);
+    cache.cache_upload(&k, &new, T0 + 1, 2).await.unwrap();
+    let seconds = |url: String| {
+        let (cache, web) = (cache.clone(), web.clone());
+        async move {
+            cache
+                .uploaded_audio_seconds(&web, &url, T0 + 2)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(seconds(old.asset.url.clone()).await, None, "replaced");
+    assert_eq!(seconds(new.asset.url.clone()).await, Some(6.0));
+    // Two entries that expire later push it out of a bound of two.
+    for n in 3..5u32 {
+        let e = entry(n, Some(1.0), T0 + 20_000);
+        let k = key("web", UploadKind::Audio, n);
+        cache.cache_upload(&k, &e, T0 + 2, 2).await.unwrap();
+    }
+    assert_eq!(
+        cache.cached_upload(&k, T0 + 2).await.unwrap(),
+        None,
+        "dropped by the bound"
+    );
+    assert_eq!(seconds(new.asset.url.clone()).await, None, "dropped");
+    assert_eq!(seconds(entry(4, None, 0).asset.url).await, Some(1.0));
+}
+
 /// Runs the whole upload-cache contract suite as `#[tokio::test]`s against `$factory`.
 #[macro_export]
 macro_rules! upload_cache_contract_tests {
     ($factory:path) => {
         $crate::upload_cache_contract_tests!(@tests $factory;
             entries_are_found_by_key_until_they_expire,
-            the_cache_is_bounded_and_drops_what_expires_first
+            the_cache_is_bounded_and_drops_what_expires_first,
+            an_entry_stored_again_counts_once_against_the_bound,
+            a_replaced_or_dropped_entry_gives_no_length_at_its_url
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {

@@ -151,3 +151,156 @@ async fn a_cache_whose_store_is_down_never_fails_an_upload() {
         "{stats}"
     );
 }
+
+/// `POST /upload-source-image` of `bytes` without a token: status, body, the cache header.
+async fn upload_image(srv: &support::Server, bytes: Vec<u8>) -> (u16, Value, Option<String>) {
+    let resp = client()
+        .post(srv.api("/upload-source-image"))
+        .multipart(file_form("face.png", bytes, "image/png"))
+        .send()
+        .await
+        .unwrap();
+    let header = resp
+        .headers()
+        .get("x-talkgate-upload-cache")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let (status, body) = test_support::http::json(resp).await;
+    (status, body, header)
+}
+
+fn image_uploads(fake: &did_fake::RunningFake) -> u64 {
+    fake.stats()
+        .requests
+        .get("POST /images")
+        .map_or(0, |by_status| by_status.values().sum())
+}
+
+/// An image is answered from the cache (here the SQLite job store's) until its entry
+/// expires, then uploaded again. The TTL is the smallest allowed, 1 s, so the test sleeps
+/// past it: the entry's expiry is read from the wall clock, which a paused tokio clock does
+/// not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_entry_is_uploaded_again() {
+    support::init_logs();
+    let dir = support::TempDir::new("uploads-expiry");
+    let path = dir.file("jobs.sqlite3");
+    let fake = support::fake().await;
+    let srv = support::service(
+        &fake,
+        &[
+            ("JOB_STORE", "sqlite"),
+            ("JOB_STORE_PATH", path.as_str()),
+            ("UPLOAD_CACHE_TTL_SECS", "1"),
+        ],
+    )
+    .await;
+    let face = media::png().to_vec();
+    let (status, first, header) = upload_image(&srv, face.clone()).await;
+    assert_eq!((status, header.as_deref()), (200, Some("miss")), "{first}");
+    let (status, again, header) = upload_image(&srv, face.clone()).await;
+    assert_eq!((status, header.as_deref()), (200, Some("hit")), "{again}");
+    assert_eq!(again, first);
+    assert_eq!(image_uploads(&fake), 1, "the hit made no call to D-ID");
+
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let (status, later, header) = upload_image(&srv, face).await;
+    assert_eq!((status, header.as_deref()), (200, Some("miss")), "{later}");
+    assert_ne!(later["url"], first["url"], "uploaded again: a new URL");
+    assert_eq!(image_uploads(&fake), 2);
+    let (_, stats) = get_json(&client(), srv.api("/stats"), None).await;
+    let cache = &stats["upload_cache"];
+    assert_eq!(
+        (
+            &cache["image_hits"],
+            &cache["image_misses"],
+            &cache["cache_ttl_ms"]
+        ),
+        (&json!(1), &json!(2), &json!(1000)),
+        "{stats}"
+    );
+}
+
+/// Two instances on one Redis job store share its cache: bytes uploaded through one are
+/// answered by the other without a call to D-ID, and the other's tenant isolation holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_redis_store_share_the_cache() {
+    support::init_logs();
+    let redis = tokio::task::spawn_blocking(test_support::redis::RedisServer::start)
+        .await
+        .unwrap();
+    let url = redis.url();
+    let dir = support::TempDir::new("uploads-shared");
+    let file = dir.file("tenants.toml");
+    std::fs::write(
+        &file,
+        tenant("web", "web-token", "") + &tenant("batch", "batch-token", ""),
+    )
+    .unwrap();
+    let fake = support::fake().await;
+    let name = test_support::unique_name("http-api-it-uploads");
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        instances.push(
+            support::service(
+                &fake,
+                &[
+                    ("TENANTS_FILE", file.as_str()),
+                    ("REDIS_URL", url.as_str()),
+                    ("JOB_STORE", "redis"),
+                    ("LIMITER_NAME", name.as_str()),
+                    ("CREDITS_CHECK_SECS", "0"),
+                ],
+            )
+            .await,
+        );
+    }
+    let voice = media::silent_wav(3.0);
+    let (status, first, header) = upload(&instances[0], Some("web-token"), voice.clone()).await;
+    assert_eq!((status, header.as_deref()), (200, Some("miss")), "{first}");
+    let (status, other, header) = upload(&instances[1], Some("web-token"), voice.clone()).await;
+    assert_eq!((status, header.as_deref()), (200, Some("hit")), "{other}");
+    assert_eq!(
+        other, first,
+        "the other instance answers with the same upload"
+    );
+    let (status, theirs, header) = upload(&instances[1], Some("batch-token"), voice).await;
+    assert_eq!((status, header.as_deref()), (200, Some("miss")), "{theirs}");
+    assert_ne!(theirs["url"], first["url"]);
+    assert_eq!(audio_uploads(&fake), 2);
+}
+
+/// A Redis job store that dies after the cache answered: the next upload of the same bytes
+/// goes to D-ID and succeeds, counted as a failed lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_whose_redis_dies_still_uploads() {
+    support::init_logs();
+    let mut redis = tokio::task::spawn_blocking(test_support::redis::RedisServer::start)
+        .await
+        .unwrap();
+    let url = redis.url();
+    let fake = support::fake().await;
+    let name = test_support::unique_name("http-api-it-uploads-down");
+    let srv = support::service(
+        &fake,
+        &[
+            ("REDIS_URL", url.as_str()),
+            ("JOB_STORE", "redis"),
+            ("LIMITER_NAME", name.as_str()),
+        ],
+    )
+    .await;
+    let bytes = media::wav().to_vec();
+    let (_, first, header) = upload(&srv, None, bytes.clone()).await;
+    assert_eq!(header.as_deref(), Some("miss"), "{first}");
+    let (_, _, header) = upload(&srv, None, bytes.clone()).await;
+    assert_eq!(header.as_deref(), Some("hit"));
+    redis.kill();
+    let (status, after, header) = upload(&srv, None, bytes).await;
+    assert_eq!((status, header), (200, None), "{after}");
+    assert_eq!(audio_uploads(&fake), 2, "uploaded, the cache being down");
+    let (_, stats) = get_json(&client(), srv.api("/stats"), None).await;
+    assert_eq!(stats["upload_cache"]["audio_errors"], json!(1), "{stats}");
+    let metrics = srv.metrics().await;
+    let line = "talkgate_upload_cache_lookups_total{kind=\"audio\",result=\"error\"} 1";
+    assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+}
