@@ -13,7 +13,7 @@ use domain::Tenant;
 use fred::types::Key;
 use fred::types::Value;
 use fred::types::scripts::Script;
-use ports::{CreditError, CreditLedger, JobId, JobStoreError, Reservation, Reserved, Usage};
+use ports::{CreditError, CreditLedger, JobId, Reservation, Reserved, Usage};
 use redis_connect::reply::{array, number, tag, text};
 
 use crate::RedisJobStore;
@@ -141,13 +141,6 @@ fn parse_usage_field(field: &str) -> Option<(Tenant, String)> {
     Some((tenant, rest.get(len..)?.to_owned()))
 }
 
-fn credit_error(e: JobStoreError) -> CreditError {
-    match e {
-        JobStoreError::Corrupt(m) => CreditError::Corrupt(m),
-        other => CreditError::Unavailable(other.to_string()),
-    }
-}
-
 fn corrupt(e: impl std::fmt::Display) -> CreditError {
     CreditError::Corrupt(e.to_string())
 }
@@ -168,7 +161,7 @@ impl RedisJobStore {
         let scripts = &self.credit_scripts;
         self.eval_keys(pick(scripts), scripts.keys.clone(), args)
             .await
-            .map_err(credit_error)
+            .map_err(CreditError::from)
     }
 }
 

@@ -17,7 +17,7 @@ use domain::Tenant;
 use fred::types::Key;
 use fred::types::Value;
 use fred::types::scripts::Script;
-use ports::{CachedUpload, JobStoreError, UploadCache, UploadCacheError, UploadKey};
+use ports::{CachedUpload, UploadCache, UploadCacheError, UploadKey};
 
 use crate::RedisJobStore;
 
@@ -110,13 +110,6 @@ fn url_field(tenant: &Tenant, url: &str) -> String {
     format!("{}:{t}{url}", t.len())
 }
 
-fn cache_error(e: JobStoreError) -> UploadCacheError {
-    match e {
-        JobStoreError::Corrupt(m) => UploadCacheError::Corrupt(m),
-        other => UploadCacheError::Unavailable(other.to_string()),
-    }
-}
-
 fn decode(value: Value) -> Result<Option<CachedUpload>, UploadCacheError> {
     if value.is_null() {
         return Ok(None);
@@ -138,7 +131,7 @@ impl RedisJobStore {
         let scripts = &self.upload_scripts;
         self.eval_keys(pick(scripts), scripts.keys.clone(), args)
             .await
-            .map_err(cache_error)
+            .map_err(UploadCacheError::from)
     }
 }
 

@@ -11,13 +11,6 @@ use crate::Inner;
 use crate::SqliteJobStore;
 use crate::codec::to_sql;
 
-fn credit_error(e: JobStoreError) -> CreditError {
-    match e {
-        JobStoreError::Corrupt(m) => CreditError::Corrupt(m),
-        other => CreditError::Unavailable(other.to_string()),
-    }
-}
-
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
@@ -207,39 +200,39 @@ impl CreditLedger for SqliteJobStore {
         let r = reservation.clone();
         self.blocking(move |s| s.reserve(&r, budget))
             .await
-            .map_err(credit_error)
+            .map_err(CreditError::from)
     }
 
     async fn settle(&self, job: &JobId, credits: u64, now_ms: u64) -> Result<bool, CreditError> {
         let job = job.clone();
         self.blocking(move |s| s.end_hold(&job, Some(credits), now_ms))
             .await
-            .map_err(credit_error)
+            .map_err(CreditError::from)
     }
 
     async fn release(&self, job: &JobId, now_ms: u64) -> Result<bool, CreditError> {
         let job = job.clone();
         self.blocking(move |s| s.end_hold(&job, None, now_ms))
             .await
-            .map_err(credit_error)
+            .map_err(CreditError::from)
     }
 
     async fn usage(&self, tenant: &Tenant, period: &str) -> Result<Usage, CreditError> {
         let (tenant, period) = (tenant.clone(), period.to_owned());
         self.blocking(move |s| s.read(|tx| s.usage_of(tx, tenant.as_str(), &period)))
             .await
-            .map_err(credit_error)
+            .map_err(CreditError::from)
     }
 
     async fn stale(&self, before_ms: u64, limit: usize) -> Result<Vec<Reservation>, CreditError> {
         self.blocking(move |s| s.stale_holds(before_ms, limit))
             .await
-            .map_err(credit_error)
+            .map_err(CreditError::from)
     }
 
     async fn purge_usage(&self, before_ms: u64) -> Result<u64, CreditError> {
         self.blocking(move |s| s.purge_usage_rows(before_ms))
             .await
-            .map_err(credit_error)
+            .map_err(CreditError::from)
     }
 }

@@ -66,13 +66,6 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), JobStore
     tx.commit().map_err(err)
 }
 
-fn cache_error(e: JobStoreError) -> UploadCacheError {
-    match e {
-        JobStoreError::Corrupt(m) => UploadCacheError::Corrupt(m),
-        other => UploadCacheError::Unavailable(other.to_string()),
-    }
-}
-
 impl Inner {
     fn decode_upload(&self, body: &str) -> Result<CachedUpload, JobStoreError> {
         serde_json::from_str(body).map_err(|e| {
@@ -167,7 +160,7 @@ impl UploadCache for SqliteJobStore {
         let field = key.field();
         self.blocking(move |s| s.cached_upload(&field, now_ms))
             .await
-            .map_err(cache_error)
+            .map_err(UploadCacheError::from)
     }
 
     async fn cache_upload(
@@ -180,7 +173,7 @@ impl UploadCache for SqliteJobStore {
         let (key, entry) = (key.clone(), entry.clone());
         self.blocking(move |s| s.cache_upload(&key, &entry, now_ms, max_entries))
             .await
-            .map_err(cache_error)
+            .map_err(UploadCacheError::from)
     }
 
     async fn uploaded_audio_seconds(
@@ -192,7 +185,7 @@ impl UploadCache for SqliteJobStore {
         let (tenant, url) = (tenant.clone(), url.to_owned());
         self.blocking(move |s| s.uploaded_audio(tenant.as_str(), &url, now_ms))
             .await
-            .map_err(cache_error)
+            .map_err(UploadCacheError::from)
     }
 }
 

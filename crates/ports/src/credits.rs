@@ -83,6 +83,17 @@ pub enum CreditError {
     Corrupt(String),
 }
 
+/// A ledger kept in a job store's backend fails as the store does: corrupt data stays
+/// corrupt, anything else is the backend unavailable.
+impl From<crate::jobs::JobStoreError> for CreditError {
+    fn from(e: crate::jobs::JobStoreError) -> Self {
+        match e {
+            crate::jobs::JobStoreError::Corrupt(m) => Self::Corrupt(m),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
 /// The tenants' credit budgets. Object-safe; inject it as `Arc<dyn CreditLedger>`.
 #[async_trait]
 pub trait CreditLedger: Send + Sync {

@@ -61,6 +61,17 @@ pub enum UploadCacheError {
     Corrupt(String),
 }
 
+/// A cache kept in a job store's backend fails as the store does: corrupt data stays
+/// corrupt, anything else is the backend unavailable.
+impl From<crate::jobs::JobStoreError> for UploadCacheError {
+    fn from(e: crate::jobs::JobStoreError) -> Self {
+        match e {
+            crate::jobs::JobStoreError::Corrupt(m) => Self::Corrupt(m),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
 /// Uploads by content. Object-safe; inject it as `Arc<dyn UploadCache>`.
 #[async_trait]
 pub trait UploadCache: Send + Sync {
