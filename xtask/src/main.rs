@@ -3,10 +3,14 @@
 //! - `cargo xtask test`: the one gate (format, layering, clippy, tests, docs), `test.rs`.
 //! - `cargo xtask demo`: fake D-ID + the service, walking a real request flow.
 //! - `cargo xtask harness`: multi-process fault-injection run that checks the invariants.
-//! - `cargo xtask bench`: macro benchmarks over real sockets, baselines in the same run.
+//! - `cargo xtask bench`: macro benchmarks over real sockets, baselines in the same run; the
+//!   report in `target/bench-report/`, `index.html` the page to read.
+//! - `cargo xtask bench-report`: opens that `index.html` in headless Chromium, checks that it
+//!   rendered, saves `screenshot.png`.
 //!
 //! xtask depends on `anyhow` and the tiny `task-cli` alone, so the gate's first step (`cargo
-//! fmt --check`) runs after seconds of compiling. `demo`, `harness` and `bench` need the adapters; they live in
+//! fmt --check`) runs after seconds of compiling. `demo`, `harness`, `bench` and `bench-report`
+//! need the adapters (or the bench's report writer); they live in
 //! `crates/devtools`, which xtask runs with `cargo run -p devtools -- <task> <args>`.
 //!
 //! The dispatch, usage, exit codes and error printing are `task-cli`'s, shared with
@@ -37,7 +41,11 @@ tasks:
           overhead, reclaim under periodic kills, durable jobs, operated for days, D-ID
           webhooks), every
           target a ratio to a baseline of the same run or a bound from the configuration,
-          report in target/bench-report/ [--quick] [--debug] [--only 1,2,..]
+          report in target/bench-report/ (index.html: the page to read)
+          [--quick] [--debug] [--only 1,2,..]
+  bench-report
+          opens target/bench-report/index.html in headless Chromium, checks every table,
+          plot and target rendered, saves screenshot.png [--dir PATH] [--sample]
 
 `cargo xtask <task> --help` prints a task's options.
 ";
@@ -48,8 +56,10 @@ usage: cargo xtask test
 
 The one gate, fast checks first: cargo fmt --check, the layering check (inner crates stay free
 of I/O), cargo clippy --workspace --all-targets -D warnings, cargo test --workspace (Redis and
-end-to-end tests included; they start their own servers), harness --quick, and cargo doc with
-broken intra-doc links denied. Takes no options; needs redis-server on PATH.
+end-to-end tests included; they start their own servers), the bench report's render check on
+a sample report (bench-report --sample, headless Chromium), harness --quick, and cargo doc
+with broken intra-doc links denied. Takes no options; needs redis-server and chromium on PATH
+(apt-get install -y redis-server redis-tools redis-sentinel chromium).
 ";
 
 /// `cargo xtask bench --help`.
@@ -70,9 +80,26 @@ completed job with webhooks off, on, and on with 30 % lost).
   --debug      run everything as debug builds (default: did-fake, http-api and the load
                generator, i.e. the bench itself, run as release builds)
   --only N,..  run only these scenarios, e.g. --only 2,6
-The report goes to target/bench-report/ (report.md, report.json, SVG plots, and
-docs-section.md, the same report shaped to paste into docs/BENCHMARKS.md). Exit code 1 if a
-target fails.
+The report goes to target/bench-report/: index.html (the page to read: every section, table,
+target and plot in one self-contained file, nothing fetched), report.md, report.json, SVG
+plots, and docs-section.md (the same report shaped to paste into docs/BENCHMARKS.md). Exit
+code 1 if a target fails. `cargo xtask bench-report` then checks index.html renders.
+";
+
+/// `cargo xtask bench-report --help`.
+const BENCH_REPORT_USAGE: &str = "\
+usage: cargo xtask bench-report [--dir PATH] [--sample]
+
+Opens the last bench report's index.html in headless Chromium (new empty profile, no network,
+each run killed after 60 s) and checks that it rendered: the page's own script counts the
+sections, tables, plots and targets drawn with a non-zero size, and each count must equal what
+report.json lists. Then saves a screenshot of the whole page beside it, screenshot.png (1280
+pixels wide, as tall as the page up to 16000), and checks it is a PNG of that size. Needs
+chromium (apt-get install -y chromium).
+  --dir PATH   the report directory [default: target/bench-report]
+  --sample     first write a report built in code (every kind of element, real SVG plots)
+               with the bench's report writer, into a new temporary directory (or --dir),
+               removed after a pass; what `cargo xtask test` runs, no bench run needed
 ";
 
 /// `cargo xtask demo --help`.
@@ -106,7 +133,7 @@ Two runs, each checking its invariants:
   --jobs-faults JSON  more did-fake faults for the jobs run (experiments)
 ";
 
-/// The tasks; `demo`, `harness` and `bench` run in `devtools`.
+/// The tasks; `demo`, `harness`, `bench` and `bench-report` run in `devtools`.
 const CLI: Cli = Cli {
     name: "xtask",
     usage: USAGE,
@@ -130,6 +157,11 @@ const CLI: Cli = Cli {
             name: "bench",
             run: |args| devtools("bench", args),
             help: Some(BENCH_USAGE),
+        },
+        Task {
+            name: "bench-report",
+            run: |args| devtools("bench-report", args),
+            help: Some(BENCH_REPORT_USAGE),
         },
     ],
 };
@@ -189,7 +221,14 @@ mod tests {
         check("test", &[]);
         check("demo", &["REDIS_URL"]);
         check("harness", &["--quick", "--seed"]);
-        check("bench", &["--quick", "--debug", "--only"]);
+        check(
+            "bench",
+            &["--quick", "--debug", "--only", "index.html", "bench-report"],
+        );
+        check(
+            "bench-report",
+            &["--dir", "--sample", "apt-get install -y chromium"],
+        );
         // Help after other options counts too; a task without --help runs.
         assert!(task_help(&args(&["bench", "--quick", "--help"])).is_some());
         assert_eq!(task_help(&args(&["bench", "--quick"])), None);

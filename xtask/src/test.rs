@@ -5,9 +5,12 @@
 //! 3. `cargo clippy --workspace --all-targets -- -D warnings`
 //! 4. `cargo test --workspace` (Redis and end-to-end tests included; they start their own
 //!    servers)
-//! 5. `cargo xtask harness --quick` (`cargo run -p devtools -- harness --quick`): redis-server +
+//! 5. `cargo xtask bench-report --sample` (`cargo run -p devtools -- bench-report --sample`):
+//!    a report built in code, written by the bench's report writer, rendered in headless
+//!    Chromium and checked (tables, plots, targets drawn; a screenshot); seconds, no bench run
+//! 6. `cargo xtask harness --quick` (`cargo run -p devtools -- harness --quick`): redis-server +
 //!    did-fake with faults + 2 http-api processes
-//! 6. `cargo doc --workspace --no-deps` with broken intra-doc links denied
+//! 7. `cargo doc --workspace --no-deps` with broken intra-doc links denied
 
 use anyhow::{Result, bail};
 
@@ -196,6 +199,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         ]),
     )?;
     run_step("tests", cargo().args(["test", "--workspace"]))?;
+    run_step(
+        "bench report: a sample report rendered in headless Chromium",
+        &mut crate::devtools_command("bench-report", &["--sample".to_owned()]),
+    )?;
     run_step(
         "harness (quick): multi-process run with faults, invariants checked",
         &mut crate::devtools_command("harness", &["--quick".to_owned()]),

@@ -2,7 +2,10 @@
 //!
 //! - `devtools demo`: fake D-ID + the service, walking a real request flow.
 //! - `devtools harness`: multi-process fault-injection run that checks the invariants.
-//! - `devtools bench`: macro benchmarks over real sockets, baselines in the same run.
+//! - `devtools bench`: macro benchmarks over real sockets, baselines in the same run; the
+//!   report under `target/bench-report/`, `index.html` the page to read.
+//! - `devtools bench-report`: opens that `index.html` in headless Chromium, checks it
+//!   rendered, saves `screenshot.png` (`--sample`: on a report built in code, for the gate).
 //!
 //! It lives apart from `xtask` so that `cargo xtask test` starts with `cargo fmt --check`
 //! without first compiling what these tasks need (reqwest, fred, the adapters). The usage
@@ -24,7 +27,7 @@ use std::process::ExitCode;
 
 use task_cli::{Cli, Task};
 
-const USAGE: &str = "usage: devtools <demo|harness|bench> [options]  (run it as `cargo xtask <task>`; \
+const USAGE: &str = "usage: devtools <demo|harness|bench|bench-report> [options]  (run it as `cargo xtask <task>`; \
 `cargo xtask <task> --help` lists a task's options)\n";
 
 /// The tasks; each parses its own options.
@@ -45,6 +48,11 @@ const CLI: Cli = Cli {
         Task {
             name: "bench",
             run: bench::run,
+            help: None,
+        },
+        Task {
+            name: "bench-report",
+            run: bench::run_report,
             help: None,
         },
     ],

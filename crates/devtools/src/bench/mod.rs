@@ -43,16 +43,23 @@
 //!     in the mix (most slots held, priority inversions).
 //!
 //! Results go to `target/bench-report/` (`report.json`, `report.md`, `docs-section.md` to
-//! paste into `docs/BENCHMARKS.md`, one SVG per latency plot), and one PASS/FAIL line per
-//! target is printed. The exit code is non-zero if a target fails.
+//! paste into `docs/BENCHMARKS.md`, one SVG per latency plot, and `index.html`: all of it on
+//! one self-contained page, the plots inlined), and one PASS/FAIL line per target is printed.
+//! The exit code is non-zero if a target fails. `cargo xtask bench-report` (`devtools
+//! bench-report`, [`run_report`]) then opens `index.html` in headless Chromium, checks that
+//! every table, plot and target rendered, and saves `screenshot.png`; with `--sample` it does
+//! so on a report built in code, which is what `cargo xtask test` runs.
+//!
 //! Layout: `rig` (servers and HTTP helpers), `load` (closed-loop load driver), `report`
-//! (percentiles, report files, SVG), one module per scenario.
+//! (percentiles, report files, SVG), `html` (the HTML page), `render` (the Chromium check and
+//! the sample report), one module per scenario.
 
 mod before_after;
 mod budget;
 mod crash;
 mod fairness;
 mod gateway;
+mod html;
 mod jobs;
 mod kills;
 mod load;
@@ -60,6 +67,7 @@ mod operated;
 mod outage;
 mod priority;
 mod redis_probe;
+mod render;
 mod report;
 mod rig;
 mod webhooks;
@@ -70,6 +78,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::procs;
 use report::{Report, Section};
+
+pub(crate) use render::run as run_report;
 
 /// Set in the environment of the release-built bench process that a debug-built `devtools
 /// bench` starts, so that it neither builds again nor starts yet another process.
@@ -255,7 +265,8 @@ async fn bench(opts: Options) -> Result<()> {
     let (passed, failed) = report.tally();
     println!(
         "\nbench: {passed} target(s) passed, {failed} failed, {:.0} s, load average {} at the \
-         end; report in {} (docs-section.md: the same, to paste into docs/BENCHMARKS.md)",
+         end; report in {} (index.html to read it, `cargo xtask bench-report` to check it \
+         renders; docs-section.md to paste into docs/BENCHMARKS.md)",
         report.total_seconds,
         report.load_end,
         dir.display()

@@ -1,7 +1,8 @@
 //! The benchmark report: percentiles from sorted samples, one [`Section`] per scenario
 //! (tables with their baseline column, targets with their reasoning, raw JSON, latency
 //! plots), written as `report.json`, `report.md`, `docs-section.md` (the same Markdown shaped
-//! to paste into `docs/BENCHMARKS.md`) and hand-drawn SVG bar charts under
+//! to paste into `docs/BENCHMARKS.md`), hand-drawn SVG bar charts and `index.html` (one
+//! self-contained page with everything, SVGs inlined; written by `html`) under
 //! `target/bench-report/`.
 //!
 //! The file stays whole although it is long: one `Report` value feeds every output, and the
@@ -13,6 +14,8 @@ use std::process::Command;
 
 use anyhow::Result;
 use serde_json::{Value, json};
+
+use super::html::escape;
 
 /// Latency (or wait) figures of one set of samples, in milliseconds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -153,7 +156,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Ratio => "ratio",
             Kind::Bound => "bound",
@@ -272,6 +275,9 @@ impl Section {
             })).collect::<Vec<_>>(),
             "tables": self.tables.iter().map(|t| json!({
                 "caption": t.caption, "headers": t.headers, "rows": t.rows,
+            })).collect::<Vec<_>>(),
+            "plots": self.plots.iter().map(|p| json!({
+                "file": p.file, "title": p.title,
             })).collect::<Vec<_>>(),
             "notes": self.notes,
             "data": self.data,
@@ -479,10 +485,12 @@ impl Report {
 
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)?;
-        // Plots of an earlier run must not pass for this run's.
+        // Plots and a screenshot of an earlier run must not pass for this run's.
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "svg") {
+            if path.extension().is_some_and(|e| e == "svg")
+                || path.file_name().is_some_and(|n| n == "screenshot.png")
+            {
                 std::fs::remove_file(path)?;
             }
         }
@@ -515,6 +523,7 @@ impl Report {
         }
         std::fs::write(dir.join("report.md"), self.markdown(false))?;
         std::fs::write(dir.join("docs-section.md"), self.markdown(true))?;
+        std::fs::write(dir.join("index.html"), super::html::page(self))?;
         Ok(())
     }
 }
@@ -603,12 +612,6 @@ fn fmt_value(v: f64) -> String {
     } else {
         format!("{v:.3} ms")
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
