@@ -244,6 +244,7 @@ impl Jobs {
                 now_ms: crate::now_ms(),
                 lease: None,
                 status: ports::JobStatus::Queued,
+                trace: self.current_trace(),
             })
             .await;
         drop(accepting);

@@ -37,6 +37,7 @@ use ports::{
     CallbackStatus, FailureCode, Job, JobId, JobStatus, JobStoreError, LeaseTerms,
 };
 use rand::Rng;
+use tracing::Instrument as _;
 
 use crate::engine::Jobs;
 use crate::now_ms;
@@ -392,6 +393,21 @@ impl Jobs {
         let Some(cb) = job.callback.clone() else {
             return;
         };
+        let span = tracing::info_span!(
+            "callback.deliver",
+            otel.kind = "producer",
+            job.id = %job.id,
+            job.status = %job.status,
+            callback.attempt = cb.attempts + 1,
+            callback.status_code = tracing::field::Empty,
+        );
+        self.link_to_submit(&span, &job);
+        self.deliver_in(settings, job, cb, owner)
+            .instrument(span)
+            .await;
+    }
+
+    async fn deliver_in(&self, settings: &CallbackSettings, job: Job, cb: Callback, owner: &str) {
         let at_ms = now_ms();
         let started = Instant::now();
         let outcome: Result<u16, CallbackError> = match &job.callback_url {
@@ -401,12 +417,16 @@ impl Jobs {
                     url: url.clone(),
                     webhook_id: cb.webhook_id.clone(),
                     payload: (settings.render)(&job, &cb),
+                    trace: self.current_trace(),
                 })
                 .await
                 .map(|r| r.status),
             None => Err(CallbackError::Refused("the job has no callback_url".into())),
         };
         let took = started.elapsed();
+        if let Ok(status) = &outcome {
+            tracing::Span::current().record("callback.status_code", status);
+        }
         self.callbacks.attempt(&outcome);
         let mut current = job;
         for _ in 0..WRITE_TRIES {

@@ -45,6 +45,7 @@ use ports::{
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use tokio::sync::{Notify, watch};
+use tracing::Instrument as _;
 
 use crate::talk_webhooks::{Counters, TalkWebhooks};
 use tokio::task::JoinHandle;
@@ -127,6 +128,8 @@ pub struct Jobs {
     pub(crate) shares: std::sync::RwLock<Option<Arc<dyn TenantShares>>>,
     /// The tenants' credit budgets, if any tenant has one (see [`crate::credits`]).
     pub(crate) credits: std::sync::RwLock<Option<Arc<crate::credits::Credits>>>,
+    /// Where trace contexts are taken and linked (see [`crate::traces`]).
+    pub(crate) traces: std::sync::RwLock<Option<Arc<dyn crate::traces::JobTraces>>>,
     pub(crate) store: Arc<dyn JobStore>,
     /// The same store, for its call count.
     pub(crate) counted: Arc<CountedStore>,
@@ -247,6 +250,7 @@ impl Jobs {
         Arc::new(Jobs {
             shares: std::sync::RwLock::new(None),
             credits: std::sync::RwLock::new(None),
+            traces: std::sync::RwLock::new(None),
             store: counted.clone(),
             counted,
             video,
@@ -402,7 +406,14 @@ impl Jobs {
     /// [`crate::callbacks`]), so that one can never be missed.
     pub(crate) async fn write(&self, mut job: Job, from: JobStatus) -> Result<Job, JobStoreError> {
         let armed = self.arm_callback(&mut job, from);
-        let written = self.store.update(job).await?;
+        let span = tracing::info_span!(
+            "job.update",
+            job.id = %job.id,
+            job.status.from = %from,
+            job.status.to = %job.status,
+            job.version = job.version,
+        );
+        let written = self.store.update(job).instrument(span).await?;
         if armed {
             self.callback_wake.notify_one();
         }
@@ -477,7 +488,17 @@ impl Jobs {
                     self.wake.notify_one();
                     let _renew = self.renew_in_background(job.id.clone(), name.clone());
                     let id = job.id.clone();
-                    if let Err(e) = self.step(job, &name).await {
+                    let span = tracing::info_span!(
+                        "job.step",
+                        otel.name = %format_args!("job.step {}", job.status),
+                        job.id = %job.id,
+                        job.status = %job.status,
+                        job.priority = %job.priority,
+                        job.polls = job.polls,
+                        worker = %name,
+                    );
+                    self.link_to_submit(&span, &job);
+                    if let Err(e) = self.step(job, &name).instrument(span).await {
                         tracing::warn!(job_id = %id, worker = %name, error = %e, "job step not written");
                     }
                 }

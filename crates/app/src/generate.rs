@@ -119,6 +119,7 @@ impl Jobs {
             now_ms: now_ms(),
             lease: Some(self.lease_for(&owner)),
             status: JobStatus::Creating,
+            trace: self.current_trace(),
         };
         let admitted = self.admit(new).await;
         drop(accepting);

@@ -18,6 +18,8 @@
 //!   delivered at least once by the callback workers with back-off over a horizon.
 //! - [`credits`]: tenants' credit budgets — a job reserves its estimated credits before it
 //!   is stored, the write that ends it settles them, a sweep ends what was left behind.
+//! - [`traces`]: a job keeps the trace of the request that submitted it; its later steps
+//!   run in spans linked to it ([`JobTraces`], the service's OpenTelemetry bridge).
 //! - [`failure`]: how a failed call becomes a job's stored failure.
 //! - [`counted`]: the job store with its calls counted.
 //! - [`mod@cutoff`]: the shutdown's cut-off signal, and where a request records its talk and job.
@@ -38,6 +40,7 @@ pub mod generate;
 pub mod queries;
 pub mod steps;
 pub mod talk_webhooks;
+pub mod traces;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -50,6 +53,7 @@ pub use failure::{failure_is_retryable, failure_of};
 pub use generate::{GenerateInput, Generated, Replay};
 pub use steps::{CreateMode, MAX_CREATE_ATTEMPTS, RESULT_TTL};
 pub use talk_webhooks::{TalkWebhookCounts, TalkWebhookReceipt, TalkWebhooks};
+pub use traces::JobTraces;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {

@@ -140,6 +140,18 @@ impl Jobs {
             Ok(id) => self.store.get(&id).await.map_err(|e| self.store_error(e))?,
             Err(_) => None,
         };
+        let span = tracing::info_span!(
+            "talk_webhook.receive",
+            job.id = tracing::field::Empty,
+            job.status = tracing::field::Empty,
+            talk_webhook.receipt = tracing::field::Empty,
+        );
+        if let Some(job) = &job {
+            span.record("job.id", tracing::field::display(&job.id));
+            span.record("job.status", tracing::field::display(&job.status));
+            self.link_to_submit(&span, job);
+        }
+        let _entered = span.enter();
         let receipt = match job {
             Some(job)
                 if job
@@ -174,6 +186,7 @@ impl Jobs {
             TalkWebhookReceipt::Rejected => &self.talk_webhooks.rejected,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        span.record("talk_webhook.receipt", tracing::field::debug(&receipt));
         let job_id: String = raw_id.chars().take(64).collect();
         tracing::info!(%job_id, receipt = ?receipt, "D-ID webhook received");
         Ok(receipt)

@@ -14,6 +14,7 @@
 //!     url: domain::CallbackUrl::parse("https://example.com/hooks/talkgate")?,
 //!     webhook_id: "msg_job_1_talk.done".to_owned(),
 //!     payload: br#"{"type":"talk.done","data":{}}"#.to_vec(),
+//!     trace: None,
 //! };
 //! match sender.send(&delivery).await {
 //!     Ok(receipt) => println!("delivered: {}", receipt.status),

@@ -147,6 +147,16 @@ impl CallbackSender for HttpCallbackSender {
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .body(delivery.payload.clone());
+        let request = match &delivery.trace {
+            Some(trace) => {
+                let request = request.header("traceparent", &trace.traceparent);
+                match &trace.tracestate {
+                    Some(state) => request.header("tracestate", state),
+                    None => request,
+                }
+            }
+            None => request,
+        };
         let mut response = request
             .send()
             .await

@@ -36,6 +36,7 @@ fn delivery(url: &str) -> CallbackDelivery {
         url: CallbackUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}")),
         webhook_id: "msg_job_0001_talk.done".to_owned(),
         payload: br#"{"type":"talk.done","timestamp":"2026-12-07T12:00:00Z","data":{"job_id":"job_0001"}}"#.to_vec(),
+        trace: None,
     }
 }
 
@@ -49,6 +50,29 @@ fn verifies(secret: &str, got: &Received) -> bool {
         .unwrap()
         .verify(&got.body, &headers)
         .is_ok()
+}
+
+#[tokio::test]
+async fn a_traced_delivery_carries_its_trace_context_and_an_untraced_one_none() {
+    let receiver = Receiver::start(204).await;
+    let sender = sender(loopback_allowed());
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = CallbackDelivery {
+        trace: ports::TraceContext::new(traceparent, Some("talkgate=1")),
+        ..delivery(&receiver.url("/traced"))
+    };
+    assert!(traced.trace.is_some());
+    sender.send(&traced).await.expect("delivered");
+    sender
+        .send(&delivery(&receiver.url("/plain")))
+        .await
+        .expect("delivered");
+    let got = receiver.wait_for(2, WAIT).await;
+    let of = |path: &str| got.iter().find(|r| r.path == path).unwrap();
+    assert_eq!(of("/traced").header("traceparent"), Some(traceparent));
+    assert_eq!(of("/traced").header("tracestate"), Some("talkgate=1"));
+    assert_eq!(of("/plain").header("traceparent"), None);
+    assert_eq!(of("/plain").header("tracestate"), None);
 }
 
 #[tokio::test]

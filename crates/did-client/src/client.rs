@@ -11,6 +11,7 @@ use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{AuthScheme, DidClientConfig};
+use crate::observe::ExchangeObserver;
 use crate::stats::{Counters, DidClientStats};
 
 /// Why a [`DidClient`] could not be built.
@@ -42,6 +43,10 @@ pub struct DidClient {
     pub(crate) limiter: Arc<dyn ConcurrencyLimiter>,
     /// Shared with the exchange tasks, which may outlive the call that started them.
     pub(crate) counters: Arc<Counters>,
+    /// Told of every exchange ([`DidClient::with_observer`]).
+    pub(crate) observer: Option<Arc<dyn ExchangeObserver>>,
+    /// The base URL's host and port, for the exchange spans' `server.*` attributes.
+    pub(crate) server: (String, u16),
 }
 
 impl fmt::Debug for DidClient {
@@ -79,13 +84,15 @@ impl DidClient {
         limiter: Arc<dyn ConcurrencyLimiter>,
     ) -> Result<DidClient, DidClientError> {
         let base = config.base_url.trim_end_matches('/').to_owned();
-        let valid_base = reqwest::Url::parse(&base)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
-        if !valid_base {
+        let server = reqwest::Url::parse(&base)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .and_then(|u| Some((u.host_str()?.to_owned(), u.port_or_known_default()?)));
+        let Some(server) = server else {
             return Err(DidClientError::InvalidBaseUrl {
                 url: config.base_url.clone(),
             });
-        }
+        };
         let auth = match &config.api_key {
             Some(key) => auth_header(key, config.auth_scheme)?,
             None => None,
@@ -107,8 +114,16 @@ impl DidClient {
             auth,
             limiter,
             counters: Arc::default(),
+            observer: None,
+            server,
             config,
         })
+    }
+
+    /// This client telling `observer` of every exchange (see [`ExchangeObserver`]).
+    pub fn with_observer(mut self, observer: Arc<dyn ExchangeObserver>) -> DidClient {
+        self.observer = Some(observer);
+        self
     }
 
     /// The configuration the client was built with.

@@ -109,7 +109,7 @@ impl DidClient {
     ) -> Result<Outcome<L::Found>, VideoApiError> {
         let mut attempt = 1;
         loop {
-            let error = match self.attempt(call, admission, deadline).await {
+            let error = match self.attempt(call, admission, deadline, attempt).await {
                 Ok(answer) => return Ok(Outcome::Answered(answer)),
                 Err(error) => error,
             };

@@ -39,6 +39,9 @@
 //! - [`tag`]: the create token in `user_data` ([`CreateToken`]: random, or derived from a
 //!   caller's key): format, 1000-character limit, stripping.
 //! - [`stats`]: [`DidClientStats`], the serializable snapshot of [`DidClient::stats`].
+//! - [`observe`]: [`ExchangeObserver`], told of every exchange (headers to add, such as a
+//!   W3C `traceparent`; how it ended and how long it took); each exchange runs in an
+//!   `upstream` span with the OpenTelemetry HTTP client attributes.
 //!
 //! # Example: using did-client from your own binary
 //! ```no_run
@@ -79,6 +82,7 @@ pub mod config;
 mod create;
 mod errors;
 mod execute;
+pub mod observe;
 mod poll;
 pub mod retry;
 pub mod stats;
@@ -88,6 +92,7 @@ mod video_api;
 
 pub use client::{DidClient, DidClientError};
 pub use config::{AuthScheme, DEFAULT_BASE_URL, DidClientConfig};
+pub use observe::{Exchange, ExchangeObserver, ExchangeOutcome};
 pub use ports::{ClientStats, PoolStats, RetryStats};
 pub use retry::{RetryDecision, RetryPolicy};
 pub use stats::DidClientStats;

@@ -40,12 +40,14 @@ use bytes::Bytes;
 use domain::{Admission, Upload};
 use ports::VideoApiError;
 use reqwest::Method;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::client::DidClient;
 use crate::errors::{map_status, map_transport, retry_after};
+use crate::observe::{self, Exchange, ExchangeOutcome};
 use crate::stats::{Counters, bump};
 
 /// What is sent in one exchange.
@@ -103,6 +105,37 @@ impl Answer {
         serde_json::from_slice(&self.body).map_err(|e| VideoApiError::Protocol {
             message: format!("invalid {what} body: {e}"),
         })
+    }
+}
+
+/// The method's name for spans and labels (the client sends GET, POST and DELETE only).
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        _ => "_OTHER",
+    }
+}
+
+/// Puts how an exchange ended on its span: the status, or the error type; a 5xx or no
+/// answer marks the span as an error (a 4xx is D-ID's answer, per the client conventions
+/// an error too).
+fn record_outcome(span: &tracing::Span, outcome: ExchangeOutcome) {
+    match outcome {
+        ExchangeOutcome::Answered(status) => {
+            span.record("http.response.status_code", status);
+            if status >= 400 {
+                span.record("error.type", status.to_string());
+                span.record("otel.status_code", "error");
+            }
+        }
+        ExchangeOutcome::Failed(kind) => {
+            span.record("error.type", kind);
+            span.record("otel.status_code", "error");
+        }
     }
 }
 
@@ -176,7 +209,12 @@ impl DidClient {
     /// this future only awaits its result. A caller that gives up detaches from the task, but
     /// the request may already be at D-ID, so the slot stays taken until the exchange is
     /// really over (answered, failed, or cut by the request timeout).
-    async fn exchange(&self, call: &Call, admission: &Admission) -> Result<Answer, VideoApiError> {
+    async fn exchange(
+        &self,
+        call: &Call,
+        admission: &Admission,
+        attempt: u32,
+    ) -> Result<Answer, VideoApiError> {
         let auth = self.auth.as_ref().ok_or(VideoApiError::NotConfigured)?;
         let (request, timeout) = self.request(call, auth)?;
         let permit = self
@@ -184,26 +222,80 @@ impl DidClient {
             .acquire(admission, self.config.limiter_wait_timeout)
             .await?;
         bump(&self.counters.requests);
+        let template = observe::template(call.op);
+        let method = method_name(&call.method);
+        let span = tracing::info_span!(
+            "upstream",
+            otel.name = %format_args!("{method} {template}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = method,
+            url.template = template,
+            server.address = %self.server.0,
+            server.port = self.server.1,
+            did.operation = call.op,
+            http.request.resend_count = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        if attempt > 1 {
+            span.record("http.request.resend_count", attempt - 1);
+        }
+        let request = match &self.observer {
+            Some(observer) => {
+                let mut extra = HeaderMap::new();
+                span.in_scope(|| observer.headers(&mut extra));
+                // The client's own headers stay the client's.
+                for own in [AUTHORIZATION, ACCEPT, CONTENT_TYPE] {
+                    extra.remove(own);
+                }
+                request.headers(extra)
+            }
+            None => request,
+        };
         let counters = self.counters.clone();
+        let observer = self.observer.clone();
         let caps = Caps {
             body: self.config.max_body_bytes,
             error_body: self.config.max_error_body_bytes,
         };
-        let exchange = tokio::spawn(async move {
-            // reqwest's timeout already covers the body; this one also bounds a stalled
-            // `chunk()` whatever reqwest does, so the permit can never be held longer.
-            let answer = match tokio::time::timeout(timeout, send(request, &counters, caps)).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    bump(&counters.transport_errors);
-                    Err(VideoApiError::Timeout)
+        let op = call.op;
+        let exchange = tokio::spawn(
+            async move {
+                let started = Instant::now();
+                // reqwest's timeout already covers the body; this one also bounds a stalled
+                // `chunk()` whatever reqwest does, so the permit can never be held longer.
+                let answer =
+                    match tokio::time::timeout(timeout, send(request, &counters, caps)).await {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            bump(&counters.transport_errors);
+                            Err(VideoApiError::Timeout)
+                        }
+                    };
+                // The slot is given back the moment the bytes are in: parsing, backoff and
+                // polling happen without it (see the module docs for why this is a drop).
+                drop(permit);
+                let took = started.elapsed();
+                let outcome = match &answer {
+                    Ok(answer) => ExchangeOutcome::Answered(answer.status),
+                    Err(error) => ExchangeOutcome::Failed(observe::error_type(error)),
+                };
+                record_outcome(&tracing::Span::current(), outcome);
+                if let Some(observer) = observer {
+                    observer.exchanged(&Exchange {
+                        operation: op,
+                        method,
+                        template,
+                        attempt,
+                        outcome,
+                        took,
+                    });
                 }
-            };
-            // The slot is given back the moment the bytes are in: parsing, backoff and
-            // polling happen without it (see the module docs for why this is a drop).
-            drop(permit);
-            answer
-        });
+                answer
+            }
+            .instrument(span),
+        );
         match exchange.await {
             Ok(answer) => answer,
             // The task panicked or the runtime is shutting down; either way no answer.
@@ -260,8 +352,9 @@ impl DidClient {
         call: &Call,
         admission: &Admission,
         deadline: Instant,
+        attempt: u32,
     ) -> Result<Answer, VideoApiError> {
-        match tokio::time::timeout_at(deadline, self.exchange(call, admission)).await {
+        match tokio::time::timeout_at(deadline, self.exchange(call, admission, attempt)).await {
             Ok(answer) => answer?.success(),
             Err(_) => Err(VideoApiError::Timeout),
         }

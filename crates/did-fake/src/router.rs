@@ -82,6 +82,13 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: http::Request<Incoming>) ->
     }
     let route = Route::parse(req.method(), &path);
     let key = route.as_ref().map_or(UNMATCHED, Route::key);
+    if let Some(tp) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        lock(&shared.stats).traceparent(key, tp);
+    }
     let _in_flight = InFlight::enter(&shared);
     let outcome = api(&shared, route, req).await;
     let mut stats = lock(&shared.stats);

@@ -36,7 +36,14 @@ pub struct FakeStats {
     pub renders_in_progress: u64,
     /// Webhook deliveries.
     pub webhooks: WebhookStats,
+    /// The W3C `traceparent` headers of the last [`TRACEPARENTS_KEPT`] D-ID API requests that
+    /// carried one, oldest first, each as `"<route key> <traceparent>"`.
+    #[serde(default)]
+    pub traceparents: std::collections::VecDeque<String>,
 }
+
+/// How many `traceparent` headers [`FakeStats::traceparents`] keeps.
+pub const TRACEPARENTS_KEPT: usize = 64;
 
 impl FakeStats {
     /// Responses with `status` on `route`, 0 if none.
@@ -60,6 +67,16 @@ impl FakeStats {
             .or_default()
             .entry(status)
             .or_default() += 1;
+    }
+
+    /// Keeps the `traceparent` a request on `route` carried (the newest
+    /// [`TRACEPARENTS_KEPT`]; at most 128 bytes of it).
+    pub(crate) fn traceparent(&mut self, route: &str, value: &str) {
+        if self.traceparents.len() == TRACEPARENTS_KEPT {
+            self.traceparents.pop_front();
+        }
+        let value: String = value.chars().take(128).collect();
+        self.traceparents.push_back(format!("{route} {value}"));
     }
 
     pub(crate) fn enter(&mut self) {

@@ -28,6 +28,8 @@
 //! - [`error`]: [`ApiError`] and its mapping to status, code and headers.
 //! - [`metrics`]: the Prometheus registry and [`metrics::MeteredLimiter`].
 //! - [`telemetry`]: the tracing subscriber (human or JSON).
+//! - [`traces`]: OpenTelemetry traces over OTLP (when the `OTEL_*` variables ask), the
+//!   W3C trace context in and out, the job engine's and did-client's bridges.
 
 pub mod account;
 pub mod auth;
@@ -49,6 +51,7 @@ pub mod talk_webhooks;
 pub mod telemetry;
 pub mod tenants;
 pub mod time_text;
+pub mod traces;
 pub mod upload_cache;
 pub mod uri;
 pub mod wiring;

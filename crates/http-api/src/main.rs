@@ -40,20 +40,29 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    http_api::telemetry::init(
+    let env = |name: &str| std::env::var(name).ok();
+    let traces = http_api::telemetry::init(
         config.log_format,
-        http_api::telemetry::Scrubber::from_config(&config),
+        http_api::telemetry::Scrubber::from_config(&config).with_otlp_headers(env),
+        http_api::traces::TraceSetup::from_env(env),
     )
     .context("installing the log subscriber")?;
     http_api::wiring::log_start(&config);
+    http_api::traces::log_setup(&traces);
     if config.did_api_key.is_none() {
         tracing::warn!("D_ID_API_KEY is not set: D-ID routes answer 503 until it is");
     }
     let state = http_api::wiring::build(&config).await?;
+    state.set_traces(traces.clone());
     http_api::tenants::reload_on_sighup(state.tenants().clone());
     let listener = tokio::net::TcpListener::bind(config.bind_addr)
         .await
         .with_context(|| format!("binding {}", config.bind_addr))?;
-    http_api::run(listener, state, http_api::shutdown_signal()).await?;
+    let served = http_api::run(listener, state, http_api::shutdown_signal()).await;
+    // The last spans (the shutdown's among them) leave before the process does.
+    tokio::task::spawn_blocking(move || traces.shutdown())
+        .await
+        .ok();
+    served?;
     Ok(())
 }

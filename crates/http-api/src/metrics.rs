@@ -17,9 +17,10 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
+use tracing::Instrument as _;
 
 /// Labels of one HTTP request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +44,25 @@ pub fn method_label(method: &str) -> &'static str {
         .into_iter()
         .find(|m| *m == method)
         .unwrap_or("other")
+}
+
+/// The conventions' value of a request method: a standard one by name, else `_OTHER`.
+pub fn otel_method(method: &str) -> &'static str {
+    match method_label(method) {
+        "other" => "_OTHER",
+        known => known,
+    }
+}
+
+/// A request counted in `http_server_active_requests` until dropped (an answered request, or
+/// one whose connection went away).
+#[derive(Debug)]
+pub struct ActiveRequest(Gauge);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Labels of one route.
@@ -92,7 +112,7 @@ struct TenantLabels {
     tenant: String,
 }
 
-/// Labels of a tenants-file reload's result.
+/// Labels of a result (a tenants-file reload's, a trace export's).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
@@ -108,6 +128,60 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// The buckets the OpenTelemetry HTTP conventions advise for `http.server.request.duration`
+/// and `http.client.request.duration`, in seconds.
+pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Labels of `http_server_request_duration_seconds` (the conventions' attribute names, dots
+/// as underscores).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    /// The method: a standard one, or `_OTHER` (the conventions' value).
+    pub http_request_method: &'static str,
+    /// The route template, or `unmatched`.
+    pub http_route: &'static str,
+    /// The status the service answered with (the service's own, a closed set).
+    pub http_response_status_code: u16,
+}
+
+/// Labels of `http_server_active_requests`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActiveLabels {
+    /// As in [`ServerLabels`].
+    pub http_request_method: &'static str,
+}
+
+/// Labels of `http_client_request_duration_seconds`: the exchanges with D-ID.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    /// `GET`, `POST` or `DELETE`.
+    pub http_request_method: &'static str,
+    /// D-ID's route (`/talks/{id}`).
+    pub url_template: &'static str,
+    /// The D-ID operation (`create_talk`, `get_talk`, …).
+    pub did_operation: &'static str,
+    /// D-ID's status when it answered with a registered status, `_OTHER` for any other,
+    /// empty (no label) without an answer.
+    pub http_response_status_code: &'static str,
+    /// `timeout`, `connect` or `protocol` without an answer, else empty (no label).
+    pub error_type: &'static str,
+}
+
+/// The label of an upstream status: the registered statuses by number, anything else
+/// `_OTHER`, so a misbehaving upstream cannot mint series.
+pub fn status_label(status: u16) -> &'static str {
+    const KNOWN: [&str; 45] = [
+        "200", "201", "202", "203", "204", "205", "206", "300", "301", "302", "303", "304", "307",
+        "308", "400", "401", "402", "403", "404", "405", "406", "407", "408", "409", "410", "411",
+        "412", "413", "414", "415", "416", "417", "421", "422", "425", "426", "428", "429", "431",
+        "451", "500", "501", "502", "503", "504",
+    ];
+    let text = status.to_string();
+    KNOWN.into_iter().find(|k| *k == text).unwrap_or("_OTHER")
+}
+
 /// Buckets for waits and latencies, in seconds: 1 ms … ~10 min.
 fn seconds_buckets() -> impl Iterator<Item = f64> {
     [
@@ -121,6 +195,9 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    server_duration: Family<ServerLabels, Histogram>,
+    server_active: Family<ActiveLabels, Gauge>,
+    client_duration: Family<ClientLabels, Histogram>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram>,
     limiter_wait: Family<PriorityLabels, Histogram>,
@@ -137,9 +214,33 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A fresh registry with every family registered under the `talkgate` prefix.
+    /// A fresh registry: the OpenTelemetry HTTP families under their conventional names,
+    /// every other family under the `talkgate` prefix.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("talkgate");
+        let mut root = Registry::default();
+        let http_histogram = (|| Histogram::new(HTTP_DURATION_BUCKETS)) as fn() -> Histogram;
+        let server_duration = Family::new_with_constructor(http_histogram);
+        root.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests (OpenTelemetry http.server.request.duration)",
+            Unit::Seconds,
+            server_duration.clone(),
+        );
+        let server_active = Family::<ActiveLabels, Gauge>::default();
+        root.register(
+            "http_server_active_requests",
+            "Number of active HTTP server requests (OpenTelemetry http.server.active_requests)",
+            server_active.clone(),
+        );
+        let client_duration = Family::new_with_constructor(http_histogram);
+        root.register_with_unit(
+            "http_client_request_duration",
+            "Duration of HTTP client requests to D-ID, one per attempt (OpenTelemetry \
+             http.client.request.duration)",
+            Unit::Seconds,
+            client_duration.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("talkgate");
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -152,7 +253,8 @@ impl Metrics {
             );
         registry.register(
             "http_request_duration_seconds",
-            "Time to answer an HTTP request, by route template",
+            "Deprecated, removed in the next release: use http_server_request_duration_seconds. \
+             Time to answer an HTTP request, by route template",
             http_duration.clone(),
         );
         let limiter_wait = Family::new_with_constructor(
@@ -186,7 +288,10 @@ impl Metrics {
         let snapshot = Arc::new(SnapshotCollector::default());
         registry.register_collector(Box::new(snapshot.clone()));
         Metrics {
-            registry,
+            registry: root,
+            server_duration,
+            server_active,
+            client_duration,
             http_requests,
             http_duration,
             limiter_wait,
@@ -197,9 +302,45 @@ impl Metrics {
         }
     }
 
+    /// One more request under way (until the guard is dropped).
+    pub fn request_started(&self, method: &str) -> ActiveRequest {
+        let gauge = self
+            .server_active
+            .get_or_create(&ActiveLabels {
+                http_request_method: otel_method(method),
+            })
+            .clone();
+        gauge.inc();
+        ActiveRequest(gauge)
+    }
+
+    /// Counts one exchange with D-ID.
+    pub fn record_exchange(&self, exchange: &did_client::Exchange) {
+        let (status, error_type) = match exchange.outcome {
+            did_client::ExchangeOutcome::Answered(status) => (status_label(status), ""),
+            did_client::ExchangeOutcome::Failed(kind) => ("", kind),
+        };
+        self.client_duration
+            .get_or_create(&ClientLabels {
+                http_request_method: exchange.method,
+                url_template: exchange.template,
+                did_operation: exchange.operation,
+                http_response_status_code: status,
+                error_type,
+            })
+            .observe(exchange.took.as_secs_f64());
+    }
+
     /// Counts one answered request. `route` must be a template (never a raw path);
     /// `method` is mapped onto a closed set by [`method_label`].
     pub fn record_request(&self, route: &'static str, method: &str, status: u16, took: Duration) {
+        self.server_duration
+            .get_or_create(&ServerLabels {
+                http_request_method: otel_method(method),
+                http_route: route,
+                http_response_status_code: status,
+            })
+            .observe(took.as_secs_f64());
         self.http_requests
             .get_or_create(&HttpLabels {
                 route,
@@ -282,6 +423,12 @@ impl Metrics {
         s.uploads = Some(counts);
     }
 
+    /// Stores the trace exports' counts (batches accepted, batches failed, spans exported)
+    /// that the next [`Metrics::encode`] reports.
+    pub fn set_trace_exports(&self, counts: (u64, u64, u64)) {
+        self.snapshot.lock().trace_exports = Some(counts);
+    }
+
     /// Stores the budgets' figures that the next [`Metrics::encode`] reports.
     pub fn set_credits(&self, credits: CreditsSnapshot) {
         let mut s = self.snapshot.lock();
@@ -316,6 +463,8 @@ struct SnapshotState {
     tenant_reloads: Option<(u64, u64)>,
     credits: Option<CreditsSnapshot>,
     uploads: Option<[crate::upload_cache::KindCounts; 2]>,
+    /// Trace export batches accepted and failed, spans exported.
+    trace_exports: Option<(u64, u64, u64)>,
 }
 
 /// Labels of one upload-cache lookup's result.
@@ -538,6 +687,22 @@ impl Collector for SnapshotCollector {
         if let Some(u) = &s.uploads {
             encode_uploads(&mut enc, u)?;
         }
+        if let Some((ok, failed, spans)) = s.trace_exports {
+            family(
+                &mut enc,
+                "trace_export_batches",
+                "Span batches sent to the OTLP collector, by result (ok, failed)",
+                MetricType::Counter,
+                [("ok", ok), ("failed", failed)]
+                    .map(|(result, n)| (ReloadLabels { result }, ConstCounter::new(n))),
+            )?;
+            counter(
+                &mut enc,
+                "trace_spans_exported",
+                "Spans the OTLP collector accepted",
+                spans,
+            )?;
+        }
         if let Some(l) = &s.limiter {
             let i = |v: u32| i64::from(v);
             for (name, help, v) in [
@@ -623,10 +788,20 @@ impl Collector for SnapshotCollector {
                     f.instances_reclaimed,
                 )?;
             }
+            let oldest = ConstGauge::new(l.oldest_queued_ms as f64 / 1000.0);
+            let m = enc.encode_descriptor(
+                "limiter_oldest_queued_seconds",
+                "How long the oldest current waiter has waited",
+                None,
+                oldest.metric_type(),
+            )?;
+            oldest.encode(m)?;
             gauge(
                 &mut enc,
                 "limiter_oldest_queued_milliseconds",
-                "How long the oldest current waiter has waited",
+                "Deprecated, removed in the next release: use \
+                 talkgate_limiter_oldest_queued_seconds. How long the oldest current waiter has \
+                 waited",
                 i64::try_from(l.oldest_queued_ms).unwrap_or(i64::MAX),
             )?;
             let c = &l.counters;
@@ -791,9 +966,48 @@ impl ConcurrencyLimiter for MeteredLimiter {
     fn acquire<'a>(&'a self, admission: &'a Admission, wait: Duration) -> Acquire<'a> {
         // Dropping this future drops the inner one, which is cancel-safe by contract; an
         // acquire the inner limiter decided at once is recorded at once and stays unboxed.
-        self.inner
-            .acquire(admission, wait)
-            .inspect(move |result| self.metrics.record_acquire(admission, result))
+        if !crate::traces::enabled() {
+            return self
+                .inner
+                .acquire(admission, wait)
+                .inspect(move |result| self.metrics.record_acquire(admission, result));
+        }
+        // Exported: the acquire is a span (boxed; this costs only when traces are on).
+        let span = tracing::info_span!(
+            "limiter.acquire",
+            talkgate.priority = admission.priority.as_str(),
+            talkgate.tenant = crate::tenants::public_name(admission.tenant.as_str()),
+            talkgate.limiter.waited_ms = tracing::field::Empty,
+            talkgate.limiter.outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let acquire = span.in_scope(|| self.inner.acquire(admission, wait));
+        Acquire::pending(
+            async move {
+                let result = acquire.await;
+                self.metrics.record_acquire(admission, &result);
+                let span = tracing::Span::current();
+                match &result {
+                    Ok(permit) => {
+                        span.record(
+                            "talkgate.limiter.waited_ms",
+                            u64::try_from(permit.waited().as_millis()).unwrap_or(u64::MAX),
+                        );
+                        span.record("talkgate.limiter.outcome", "granted");
+                    }
+                    Err(e) => {
+                        let outcome = match e {
+                            LimiterError::Timeout { .. } => "timeout",
+                            _ => "unavailable",
+                        };
+                        span.record("talkgate.limiter.outcome", outcome);
+                        span.record("otel.status_code", "error");
+                    }
+                }
+                result
+            }
+            .instrument(span),
+        )
     }
 
     async fn stats(&self) -> LimiterStats {
@@ -802,6 +1016,30 @@ impl ConcurrencyLimiter for MeteredLimiter {
 
     async fn set_limit(&self, max_concurrent: u32) -> Result<(), LimiterError> {
         self.inner.set_limit(max_concurrent).await
+    }
+}
+
+/// did-client's observer: the upstream duration histogram, and the `traceparent` of each
+/// exchange.
+#[derive(Debug)]
+pub struct UpstreamObserver {
+    metrics: Arc<Metrics>,
+}
+
+impl UpstreamObserver {
+    /// Records into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> UpstreamObserver {
+        UpstreamObserver { metrics }
+    }
+}
+
+impl did_client::ExchangeObserver for UpstreamObserver {
+    fn headers(&self, headers: &mut http::HeaderMap) {
+        crate::traces::inject(&tracing::Span::current(), headers);
+    }
+
+    fn exchanged(&self, exchange: &did_client::Exchange) {
+        self.metrics.record_exchange(exchange);
     }
 }
 

@@ -120,6 +120,11 @@ pub async fn stats(state: &AppState, caller: &TenantPolicy) -> Result<Response<B
         body["credits"] = crate::budgets::stats_json(state, &budgets);
     }
     body["upload_cache"] = upload_cache_json(state);
+    let traces = state.traces().map_or_else(
+        || crate::traces::Traces::off().stats(),
+        crate::traces::Traces::stats,
+    );
+    body["traces"] = json!(traces);
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -385,6 +390,9 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
     m.set_snapshot(limiter, upstream);
     m.set_talk_webhooks(state.jobs().talk_webhook_counts());
     m.set_callbacks(state.jobs().callback_counts());
+    if let Some(counts) = state.traces().and_then(crate::traces::Traces::counts) {
+        m.set_trace_exports(counts);
+    }
     let tenants = state.tenants().view();
     if tenants.file.is_some() {
         m.set_tenant_reloads(tenants.reloads_ok, tenants.reloads_failed);

@@ -113,9 +113,33 @@ where
     let id = request_id(req.headers());
     let method = req.method().clone();
     let path: String = req.uri().path().chars().take(200).collect();
-    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path, tenant = tracing::field::Empty);
-
     let template = router::template(req.uri().path());
+    let _active = state.metrics().request_started(method.as_str());
+    let span = if crate::traces::enabled() {
+        // The server span of the HTTP conventions; the route is known before dispatch.
+        let otel_method = crate::metrics::otel_method(method.as_str());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id,
+            method = %method,
+            path = %path,
+            tenant = tracing::field::Empty,
+            otel.name = %format_args!("{otel_method} {template}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = otel_method,
+            http.route = template,
+            url.path = %path,
+            url.scheme = "http",
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        crate::traces::continue_from(&span, req.headers());
+        span
+    } else {
+        tracing::info_span!("request", request_id = %id, method = %method, path = %path, tenant = tracing::field::Empty)
+    };
+
     let talk = TalkSlot::default();
     talk.watch_cutoff(cutoff.clone());
     req.extensions_mut().insert(talk.clone());
@@ -177,6 +201,11 @@ where
     let mut resp = state.settings().scrubber.scrub_response(resp);
     let took = started.elapsed();
     let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("error.type", status.to_string());
+        span.record("otel.status_code", "error");
+    }
     state
         .metrics()
         .record_request(route, method.as_str(), status, took);

@@ -122,6 +122,8 @@ pub(crate) struct Inner {
     pub account: crate::account::SharedChecks,
     /// The upload cache (`UPLOAD_CACHE`), set by the wiring when on.
     pub uploads: std::sync::OnceLock<Arc<crate::upload_cache::Uploads>>,
+    /// The process's traces (set by `main` once the subscriber is installed).
+    pub traces: std::sync::OnceLock<crate::traces::Traces>,
 }
 
 impl AppState {
@@ -155,6 +157,7 @@ impl AppState {
                 opening,
                 account: Arc::default(),
                 uploads: std::sync::OnceLock::new(),
+                traces: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -172,6 +175,17 @@ impl AppState {
     /// Turns the upload cache on (once; later calls change nothing).
     pub fn set_uploads(&self, uploads: Arc<crate::upload_cache::Uploads>) {
         let _ = self.inner.uploads.set(uploads);
+    }
+
+    /// The process's traces, if `main` set them.
+    pub fn traces(&self) -> Option<&crate::traces::Traces> {
+        self.inner.traces.get()
+    }
+
+    /// Sets the process's traces (once; later calls change nothing), for `/stats` and
+    /// `/metrics`.
+    pub fn set_traces(&self, traces: crate::traces::Traces) {
+        let _ = self.inner.traces.set(traces);
     }
 
     /// The D-ID account's balance checks.

@@ -27,6 +27,7 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{Config, LogFormat};
 use crate::error::Body;
+use crate::traces::{TraceSetup, Traces};
 
 /// The default filter when `RUST_LOG` is unset (declared with the other settings).
 pub const DEFAULT_FILTER: &str = crate::config::DEFAULT_LOG_FILTER;
@@ -110,6 +111,37 @@ impl Scrubber {
                     }
                 }
             }
+        }
+        let mut needles: Vec<Box<[u8]>> = self.needles.iter().cloned().collect();
+        needles.extend(Scrubber::of(raw).needles.iter().cloned());
+        Scrubber::sorted(needles)
+    }
+
+    /// This scrubber plus the values of the OTLP exporter's headers
+    /// (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TRACES_HEADERS`: `key=value,…`,
+    /// which carry a vendor's API key), as written and percent-decoded, when at least 8
+    /// characters long. `var` reads the environment.
+    pub fn with_otlp_headers(self, var: impl Fn(&str) -> Option<String>) -> Scrubber {
+        let mut raw = Vec::new();
+        for name in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
+            let Some(list) = var(name) else { continue };
+            for (_, value) in list.split(',').filter_map(|pair| pair.split_once('=')) {
+                let value = value.trim();
+                let decoded = percent_encoding::percent_decode_str(value)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                for v in [value.to_owned(), decoded] {
+                    if v.len() >= MIN_PART_LEN {
+                        raw.push(v);
+                    }
+                }
+            }
+        }
+        if raw.is_empty() {
+            return self;
         }
         let mut needles: Vec<Box<[u8]>> = self.needles.iter().cloned().collect();
         needles.extend(Scrubber::of(raw).needles.iter().cloned());
@@ -290,18 +322,26 @@ pub fn use_ansi(is_terminal: bool, no_color: Option<&str>) -> bool {
     is_terminal && no_color.is_none_or(str::is_empty)
 }
 
-/// Installs the global subscriber writing to stderr through [`Redacting`] with `scrubber`.
-/// Returns an error if one is installed.
+/// Installs the global subscriber writing to stderr through [`Redacting`] with `scrubber`,
+/// and the span exporter `traces` asks for (see [`crate::traces`]). Returns an error if a
+/// subscriber is installed.
 pub fn init(
     format: LogFormat,
     scrubber: Scrubber,
-) -> Result<(), tracing_subscriber::util::TryInitError> {
+    traces: TraceSetup,
+) -> Result<Traces, tracing_subscriber::util::TryInitError> {
     use std::io::IsTerminal;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let no_color = std::env::var("NO_COLOR").ok();
     let ansi = use_ansi(io::stderr().is_terminal(), no_color.as_deref());
-    install(format, filter, Redacting::new(io::stderr, scrubber), ansi)
+    install(
+        format,
+        filter,
+        Redacting::new(io::stderr, scrubber),
+        ansi,
+        traces,
+    )
 }
 
 /// Installs the global subscriber with an explicit filter and writer (tests capture logs),
@@ -314,27 +354,40 @@ pub fn init_with<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    install(format, filter, writer, false)
+    install(
+        format,
+        filter,
+        writer,
+        false,
+        TraceSetup::Off("not asked for"),
+    )
+    .map(drop)
 }
 
+/// The subscriber: the span exporter (its own filter: talkgate's spans) beside the log
+/// layer (filtered by `RUST_LOG`), so a quiet log still exports every span.
 fn install<W>(
     format: LogFormat,
     filter: EnvFilter,
     writer: W,
     ansi: bool,
-) -> Result<(), tracing_subscriber::util::TryInitError>
+    traces: TraceSetup,
+) -> Result<Traces, tracing_subscriber::util::TryInitError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let registry = tracing_subscriber::registry().with(filter);
+    let (exporter, traces) = crate::traces::layer::<tracing_subscriber::Registry>(traces);
+    let registry = tracing_subscriber::registry().with(exporter);
     match format {
         LogFormat::Human => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(ansi)
-                    .with_writer(writer),
+                    .with_writer(writer)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -344,10 +397,13 @@ where
                     .with_ansi(false)
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_writer(writer),
+                    .with_writer(writer)
+                    .with_filter(filter),
             )
             .try_init(),
-    }
+    }?;
+    crate::traces::activate(&traces);
+    Ok(traces)
 }
 
 #[cfg(test)]

@@ -350,8 +350,13 @@ pub async fn build_with(
     let metrics = Arc::new(Metrics::new());
     let raw = limiter(config).await?;
     let limiter: Arc<dyn ConcurrencyLimiter> = Arc::new(MeteredLimiter::new(raw, metrics.clone()));
-    let client: Arc<dyn ports::VideoApi> =
-        Arc::new(DidClient::new(did_config, limiter.clone()).map_err(BuildError::DidClient)?);
+    let client: Arc<dyn ports::VideoApi> = Arc::new(
+        DidClient::new(did_config, limiter.clone())
+            .map_err(BuildError::DidClient)?
+            .with_observer(Arc::new(crate::metrics::UpstreamObserver::new(
+                metrics.clone(),
+            ))),
+    );
     let (store, opening) = job_store(config).await?;
     if opening.is_none() {
         tracing::info!(
@@ -367,6 +372,8 @@ pub async fn build_with(
     let ledger: Arc<dyn ports::CreditLedger> = store.clone();
     let cache: Arc<dyn ports::UploadCache> = store.clone();
     let jobs = Jobs::new(store, client.clone(), jobs_config);
+    // Stores and links trace contexts only while spans are exported.
+    jobs.set_traces(Arc::new(crate::traces::OtelJobTraces));
     let state = AppState::with_opening_jobs(
         client,
         limiter,

@@ -172,6 +172,9 @@ pub struct CallbackDelivery {
     pub webhook_id: String,
     /// The JSON body, signed as it is sent.
     pub payload: Vec<u8>,
+    /// The W3C trace context to send (`traceparent`, `tracestate`), so the receiver can
+    /// continue the delivery's trace; `None` when nothing is traced.
+    pub trace: Option<crate::jobs::TraceContext>,
 }
 
 /// How a 2xx attempt went.

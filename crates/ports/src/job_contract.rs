@@ -144,6 +144,7 @@ pub fn new_job(n: u64, priority: Priority, now_ms: u64) -> NewJob {
         now_ms,
         lease: None,
         status: JobStatus::Queued,
+        trace: None,
     }
 }
 

@@ -352,6 +352,45 @@ pub struct Lease {
     pub until_ms: u64,
 }
 
+/// The W3C trace context of the request that submitted a job (`traceparent` and
+/// `tracestate` as received or made by the service), kept with the job so that its later
+/// steps (a worker's, a webhook's, a callback's) can be linked to that trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// `00-<trace id>-<span id>-<flags>`.
+    pub traceparent: String,
+    /// The vendors' list, if any (at most [`MAX_TRACESTATE_LEN`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+/// The longest `tracestate` kept with a job: W3C Trace Context caps it at 32 entries and
+/// advises propagating at least 512 bytes.
+pub const MAX_TRACESTATE_LEN: usize = 512;
+
+impl TraceContext {
+    /// The context if `traceparent` has the W3C version-00 form (55 characters, lowercase
+    /// hex, neither id all zeros); a `tracestate` longer than [`MAX_TRACESTATE_LEN`] is
+    /// dropped (as W3C allows), not cut.
+    pub fn new(traceparent: &str, tracestate: Option<&str>) -> Option<TraceContext> {
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        let hex = |p: &str, n: usize| {
+            p.len() == n
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let valid = matches!(parts.as_slice(), [v, t, s, f]
+            if *v == "00" && hex(t, 32) && hex(s, 16) && hex(f, 2)
+                && t.bytes().any(|b| b != b'0') && s.bytes().any(|b| b != b'0'));
+        valid.then(|| TraceContext {
+            traceparent: traceparent.to_owned(),
+            tracestate: tracestate
+                .filter(|t| !t.is_empty() && t.len() <= MAX_TRACESTATE_LEN && t.is_ascii())
+                .map(str::to_owned),
+        })
+    }
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -434,6 +473,9 @@ pub struct Job {
     /// The worker that holds it, if any: a job worker's while it runs; on a terminal job,
     /// the callback worker's delivering its pending [`Job::callback`].
     pub lease: Option<Lease>,
+    /// The trace of the request that submitted it, when traces are exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 impl Job {
@@ -479,6 +521,8 @@ pub struct NewJob {
     pub lease: Option<Lease>,
     /// The status it starts in: `queued`, or `creating` for a job claimed at once.
     pub status: JobStatus,
+    /// See [`Job::trace`].
+    pub trace: Option<TraceContext>,
 }
 
 impl NewJob {
@@ -514,6 +558,7 @@ impl NewJob {
             polls: 0,
             attempts: Vec::new(),
             lease: self.lease,
+            trace: self.trace,
         }
     }
 }
@@ -909,6 +954,7 @@ mod tests {
             now_ms: 1,
             lease: None,
             status: JobStatus::Queued,
+            trace: None,
         }
         .into_job(1, 0);
         let mut stored = serde_json::to_value(&job).unwrap();

@@ -56,6 +56,7 @@ pub use events::{JobEvent, JobEvents, NoJobEvents};
 pub use jobs::{
     Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,
     JobStoreError, Lease, LeaseTerms, ListQuery, NewJob, QueueLimits, ScopedKey, Submitted,
+    TraceContext,
 };
 pub use limiter::{
     Acquire, BackendStats, ConcurrencyLimiter, DegradedReason, FailoverPolicy, FailoverStats,

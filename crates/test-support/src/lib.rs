@@ -19,17 +19,22 @@
 //! - `receiver` (feature `receiver`): an HTTP/1 server on a free loopback port that takes
 //!   webhook and callback POSTs, answers a status (after a delay, with a `Location`) the
 //!   test sets, and keeps every request.
+//! - `otlp` (feature `otlp`): the receiver as an OTLP/HTTP traces receiver, each export
+//!   decoded with the protocol's own types into spans (ids, parents, links, attributes).
 //! - [`free_port`], [`unique_name`]: loopback ports and names no other test shares.
 //!
 //! # Features
 //! - `http`: the request helpers (pulls in reqwest and serde_json).
 //! - `redis`: the redis-server harness (pulls in rcgen for the TLS certificates).
 //! - `receiver`: the receiver (pulls in hyper).
+//! - `otlp`: the OTLP receiver (pulls in opentelemetry-proto and prost).
 
 pub mod eventually;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod media;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 #[cfg(feature = "receiver")]
 pub mod receiver;
 #[cfg(feature = "redis")]

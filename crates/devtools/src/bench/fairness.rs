@@ -206,6 +206,7 @@ fn queued_job(n: u64, tenant: &Tenant, share: Share) -> Result<ports::NewJob> {
         now_ms: 1_800_000_000_000 + n,
         lease: None,
         status: ports::JobStatus::Queued,
+        trace: None,
     })
 }
 

@@ -537,6 +537,7 @@ async fn a_job_left_creating_by_a_dead_worker_adopts_its_talk_instead_of_paying_
                         until_ms: past + 1_000,
                     }),
                     status: JobStatus::Creating,
+                    trace: None,
                 },
                 ports::QueueLimits { max_queued: 10 },
             )

@@ -24,5 +24,6 @@ mod stats;
 mod support;
 mod talk_webhooks;
 mod tenants;
+mod traces;
 mod transport;
 mod uploads;
