@@ -188,3 +188,76 @@ async fn list_talks_passes_limit_and_token() {
         "/talks?limit=5&token=abc%3D"
     );
 }
+
+/// An observer that adds headers (one of them the client's own) and records each exchange.
+#[derive(Default)]
+struct Recording(std::sync::Mutex<Vec<did_client::Exchange>>);
+
+impl did_client::ExchangeObserver for Recording {
+    fn headers(&self, headers: &mut reqwest::header::HeaderMap) {
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        headers.insert("authorization", "Basic stolen".parse().unwrap());
+    }
+
+    fn exchanged(&self, exchange: &did_client::Exchange) {
+        self.0.lock().unwrap().push(*exchange);
+    }
+}
+
+#[tokio::test]
+async fn an_observer_adds_headers_but_not_the_clients_own_and_is_told_every_attempt() {
+    let server = Scripted::start(|seen: &Request, n: usize| match seen.path() {
+        // The first attempt fails (a retried 503), the second answers.
+        "/credits" if n == 0 => reply::error(503, "ServiceUnavailable", "busy"),
+        "/credits" => reply::json(200, json!({"remaining": 1, "total": 2})),
+        _ => reply::empty(404),
+    })
+    .await;
+    let observer = std::sync::Arc::new(Recording::default());
+    let mut cfg = config(&server.base_url);
+    cfg.retry = crate::support::fast_retry();
+    let did = client(cfg, limiter(2)).with_observer(observer.clone());
+    did.credits(&Priority::Low.into()).await.unwrap();
+    let seen = server.seen().await;
+    assert_eq!(seen.len(), 2);
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(KEY)
+    );
+    for request in &seen {
+        assert_eq!(
+            request.header("traceparent"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(request.header("authorization"), Some(expected.as_str()));
+    }
+    let told = observer.0.lock().unwrap().clone();
+    let summary: Vec<_> = told
+        .iter()
+        .map(|e| (e.operation, e.method, e.template, e.attempt, e.outcome))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "credits",
+                "GET",
+                "/credits",
+                1,
+                did_client::ExchangeOutcome::Answered(503)
+            ),
+            (
+                "credits",
+                "GET",
+                "/credits",
+                2,
+                did_client::ExchangeOutcome::Answered(200)
+            ),
+        ]
+    );
+}
