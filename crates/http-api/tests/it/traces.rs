@@ -47,13 +47,30 @@ fn ancestors<'a>(spans: &'a [ReceivedSpan], span: &'a ReceivedSpan) -> Vec<&'a R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to_submit() {
     let otlp = OtlpReceiver::start().await;
-    let fake = support::fake().await;
+    // did-fake calls the service's talk webhook; the job's callback goes to a receiver here.
+    let fake = did_fake::FakeDid::builder()
+        .time_scale(0.001)
+        .allow_http_webhooks(true)
+        .spawn()
+        .await
+        .unwrap();
+    let callbacks = test_support::receiver::Receiver::start(204).await;
     let base = fake.base_url();
     let endpoint = otlp.endpoint();
+    let port = test_support::free_port();
+    let (bind, public) = (
+        format!("127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{port}"),
+    );
     let binary = support::Binary::start(&[
         ("D_ID_BASE_URL", base.as_str()),
         ("D_ID_API_KEY", did_fake::DEFAULT_API_KEY),
         ("POLL_INTERVAL_SECS", "0.01"),
+        ("BIND_ADDR", bind.as_str()),
+        ("PUBLIC_BASE_URL", public.as_str()),
+        ("CALLBACK_SECRET", support::CALLBACK_SECRET),
+        ("CALLBACK_ALLOW_HTTP", "true"),
+        ("CALLBACK_ALLOWED_NETS", "127.0.0.0/8"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_SERVICE_NAME", "talkgate-test"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
@@ -74,11 +91,14 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
     let (status, body) = read_json(resp).await;
     assert_eq!(status, 200, "{body}");
 
-    // A queued job, in a trace of its own, followed to its end by the workers.
+    // A queued job, in a trace of its own, followed to its end by the workers, with a
+    // callback.
+    let mut job_body = talk();
+    job_body["callback_url"] = json!(callbacks.url("/hooks/talkgate"));
     let resp = http
         .post(api("/jobs"))
         .header("traceparent", traceparent(JOB_TRACE, JOB_SPAN))
-        .json(&talk())
+        .json(&job_body)
         .send()
         .await
         .unwrap();
@@ -98,16 +118,20 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
     let (_, stats) = read_json(resp).await;
     assert_eq!(stats["traces"]["traces_exported"], true, "{stats}");
 
+    let delivered = callbacks.wait_for(1, Duration::from_secs(20)).await;
     eventually(
         Duration::from_secs(20),
-        "the job's steps are exported",
+        "the job's later spans are exported",
         || {
             let spans = otlp.spans();
             async move {
-                spans
-                    .iter()
-                    .filter(|s| s.name.starts_with("job.step"))
-                    .any(|s| s.links.iter().any(|(t, _)| t == JOB_TRACE))
+                let linked = |name: &str| {
+                    spans
+                        .iter()
+                        .filter(|s| s.name.starts_with(name))
+                        .any(|s| s.links.iter().any(|(t, _)| t == JOB_TRACE))
+                };
+                linked("job.step") && linked("talk_webhook.receive") && linked("callback.deliver")
             }
         },
     )
@@ -233,6 +257,27 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
             && s.attr("job.id") == Some(job_id.as_str())
             && s.attr("job.status.to") == Some("done")),
         "{spans:#?}"
+    );
+    // D-ID's webhook and the callback are linked to the submit too, and the callback carried
+    // its delivery span's context to the receiver.
+    for name in ["talk_webhook.receive", "callback.deliver"] {
+        let span = spans
+            .iter()
+            .find(|s| s.name == name && s.attr("job.id") == Some(job_id.as_str()))
+            .unwrap_or_else(|| panic!("no {name} span: {spans:#?}"));
+        assert_eq!(
+            span.links,
+            vec![(JOB_TRACE.to_owned(), submit.span_id.clone())],
+            "{span:#?}"
+        );
+    }
+    let deliver = spans.iter().find(|s| s.name == "callback.deliver").unwrap();
+    assert_eq!(deliver.attr("callback.status_code"), Some("204"));
+    assert_eq!(
+        delivered[0].header("traceparent"),
+        Some(traceparent(&deliver.trace_id, &deliver.span_id).as_str()),
+        "{:?}",
+        delivered[0].headers
     );
     let log = binary.kill().await;
     assert!(log.contains("exporting traces over OTLP"), "{log}");
