@@ -328,3 +328,37 @@ async fn without_the_variables_nothing_is_exported_and_a_refused_protocol_is_rep
     // No traceparent reached D-ID either: none was made.
     assert!(fake.stats().traceparents.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_json_is_the_other_protocol_built_in() {
+    let otlp = test_support::receiver::Receiver::start(200).await;
+    let fake = support::fake().await;
+    let base = fake.base_url();
+    let endpoint = otlp.url("");
+    let binary = support::Binary::start(&[
+        ("D_ID_BASE_URL", base.as_str()),
+        ("D_ID_API_KEY", did_fake::DEFAULT_API_KEY),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ])
+    .await;
+    let url = format!("http://{}/api/d_id_optimized/generate-video", binary.addr);
+    let resp = client()
+        .post(url)
+        .header("traceparent", traceparent(CALLER_TRACE, CALLER_SPAN))
+        .json(&talk())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = otlp.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].path, "/v1/traces");
+    assert_eq!(got[0].header("content-type"), Some("application/json"));
+    let body = got[0].json();
+    let spans = &body["resourceSpans"][0]["scopeSpans"][0]["spans"];
+    assert!(spans.as_array().is_some_and(|s| !s.is_empty()), "{body}");
+    // JSON OTLP writes ids as hex: the caller's trace is there.
+    assert!(body.to_string().contains(CALLER_TRACE), "{body}");
+    binary.kill().await;
+}
