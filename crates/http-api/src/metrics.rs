@@ -435,6 +435,12 @@ impl Metrics {
         s.credits = Some(credits);
     }
 
+    /// Stores whether the job store is usable (open, and a small write commits), which the
+    /// next [`Metrics::encode`] reports as `talkgate_job_store_up`.
+    pub fn set_job_store_up(&self, up: bool) {
+        self.snapshot.lock().job_store_up = Some(up);
+    }
+
     /// Stores the job counts that the next [`Metrics::encode`] reports, as of `now_ms`.
     pub fn set_jobs(&self, counts: ports::JobCounts, now_ms: u64) {
         let mut s = self.snapshot.lock();
@@ -465,6 +471,8 @@ struct SnapshotState {
     uploads: Option<[crate::upload_cache::KindCounts; 2]>,
     /// Trace export batches accepted and failed, spans exported.
     trace_exports: Option<(u64, u64, u64)>,
+    /// Whether the job store is open and takes writes.
+    job_store_up: Option<bool>,
 }
 
 /// Labels of one upload-cache lookup's result.
@@ -878,6 +886,14 @@ impl Collector for SnapshotCollector {
                 MetricType::Counter,
                 [("delivered", cb.delivered), ("failed", cb.failed)]
                     .map(|(result, n)| (DeliveryLabels { result }, ConstCounter::new(n))),
+            )?;
+        }
+        if let Some(up) = s.job_store_up {
+            gauge(
+                &mut enc,
+                "job_store_up",
+                "1 while the job store is open and takes a write (as /ready checks), else 0",
+                i64::from(up),
             )?;
         }
         if let Some((counts, now)) = &s.jobs {

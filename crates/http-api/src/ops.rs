@@ -419,7 +419,12 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
             .unwrap_or_default(),
         account: state.account().snapshot(),
     });
-    match state.jobs().store().counts().await {
+    // The same facts as `/health` (opened?) and `/ready` (takes a write?), so an alert can
+    // page on a store that generates and jobs cannot use.
+    let store = state.jobs().store();
+    let store_up = state.job_store_failure().is_none() && store.check().await.is_ok();
+    m.set_job_store_up(store_up);
+    match store.counts().await {
         Ok(counts) => m.set_jobs(counts, app::now_ms()),
         Err(e) => tracing::warn!(error = %e, "job counts unavailable for /metrics"),
     }

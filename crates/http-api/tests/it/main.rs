@@ -7,6 +7,7 @@ mod auth;
 mod budgets;
 mod callbacks;
 mod cli;
+mod dashboard;
 mod e2e;
 mod jobs;
 mod labels;
