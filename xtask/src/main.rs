@@ -59,8 +59,8 @@ of I/O), cargo clippy --workspace --all-targets -D warnings, cargo test --worksp
 end-to-end tests included; they start their own servers), the bench report's render check on
 a sample report (bench-report --sample, headless Chromium), harness --quick, and cargo doc
 with broken intra-doc links denied. Takes no options; needs redis-server, chromium and
-promtool on PATH
-(apt-get install -y redis-server redis-tools redis-sentinel chromium).
+promtool on PATH (apt-get install -y redis-server redis-tools redis-sentinel chromium
+prometheus).
 ";
 
 /// `cargo xtask bench --help`.

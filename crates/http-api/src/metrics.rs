@@ -982,13 +982,12 @@ impl ConcurrencyLimiter for MeteredLimiter {
     fn acquire<'a>(&'a self, admission: &'a Admission, wait: Duration) -> Acquire<'a> {
         // Dropping this future drops the inner one, which is cancel-safe by contract; an
         // acquire the inner limiter decided at once is recorded at once and stays unboxed.
-        if !crate::traces::enabled() {
-            return self
-                .inner
-                .acquire(admission, wait)
-                .inspect(move |result| self.metrics.record_acquire(admission, result));
+        let acquire = self.inner.acquire(admission, wait);
+        // A decided acquire (a free slot, or a refusal) waited for nothing: no span. One
+        // that queues is a span while traces are exported (boxed; paid only then).
+        if acquire.is_ready() || !crate::traces::enabled() {
+            return acquire.inspect(move |result| self.metrics.record_acquire(admission, result));
         }
-        // Exported: the acquire is a span (boxed; this costs only when traces are on).
         let span = tracing::info_span!(
             "limiter.acquire",
             talkgate.priority = admission.priority.as_str(),
@@ -997,7 +996,6 @@ impl ConcurrencyLimiter for MeteredLimiter {
             talkgate.limiter.outcome = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let acquire = span.in_scope(|| self.inner.acquire(admission, wait));
         Acquire::pending(
             async move {
                 let result = acquire.await;

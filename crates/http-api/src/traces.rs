@@ -18,7 +18,8 @@
 //!   `http.request.method`, `http.route`, `url.path`, `url.scheme`,
 //!   `http.response.status_code`; a 5xx is an error), the parent taken from the caller's
 //!   W3C `traceparent`/`tracestate`.
-//! - `limiter.acquire` (priority, tenant, wait, outcome) for every slot taken.
+//! - `limiter.acquire` (priority, tenant, wait, outcome) for every acquire that queues (one
+//!   decided at once waited for nothing, and costs no span).
 //! - did-client's operation spans and, under them, one `upstream` client span per exchange
 //!   (see [`did_client::observe`]); each exchange carries the trace to D-ID in its
 //!   `traceparent` header.
@@ -26,7 +27,8 @@
 //!   `callback.deliver`): a job keeps the trace context it was submitted in, and a step
 //!   minutes or hours later, on any instance, is linked to it (see [`app::traces`]). A
 //!   callback carries its delivery span's `traceparent` to the receiver.
-//! - Log events inside these spans become span events.
+//! - Warnings and errors logged inside these spans become span events (`info` lines stay in
+//!   the log only).
 //!
 //! Spans of other crates (hyper, reqwest, fred…) are not exported; the OTLP client's own
 //! requests are never traced, so exporting cannot feed itself.
@@ -51,7 +53,6 @@ use ports::TraceContext;
 use serde::Serialize;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{LevelFilter, Targets};
 
 /// Whether spans are exported in this process (set once by [`install`]).
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -191,6 +192,31 @@ pub struct TraceStats {
     pub spans_exported: u64,
 }
 
+/// [`exported`] as a per-layer filter, decided once per callsite (it reads nothing but the
+/// metadata), so a span or event pays no filter call after its first.
+struct Exported;
+
+impl<S> tracing_subscriber::layer::Filter<S> for Exported {
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        exported(meta)
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if exported(meta) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+}
+
 /// The exporter wrapped to count what it did (see [`ExportCounts`]).
 #[derive(Debug)]
 struct Counted<E> {
@@ -306,14 +332,20 @@ impl Traces {
     }
 }
 
-/// The targets whose spans (and the events in them) are exported: talkgate's own crates.
-fn exported_targets() -> Targets {
-    Targets::new()
-        .with_target("http_api", LevelFilter::INFO)
-        .with_target("app", LevelFilter::INFO)
-        .with_target("did_client", LevelFilter::INFO)
-        .with_target("callback_sender", LevelFilter::INFO)
-        .with_default(LevelFilter::OFF)
+/// What is exported: the spans of talkgate's own crates at `info` and above, and the
+/// warnings and errors logged inside them (as span events). The `info` log lines (a request
+/// finished, a job's state changed) are left to the log: the spans already say the same
+/// (`http.response.status_code`, `job.update`), and an event per line would double the
+/// export's cost per request.
+fn exported(meta: &tracing::Metadata<'_>) -> bool {
+    let krate = meta.target().split("::").next().unwrap_or_default();
+    let ours = matches!(krate, "http_api" | "app" | "did_client" | "callback_sender");
+    let level = if meta.is_span() {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    };
+    ours && *meta.level() <= level
 }
 
 /// The tracing layer that exports spans, and the [`Traces`] behind it, for `setup`; `None`
@@ -380,7 +412,9 @@ where
         .with_tracer(tracer)
         .with_tracked_inactivity(false)
         .with_threads(false)
-        .with_filter(exported_targets());
+        .with_location(false)
+        .with_target(false)
+        .with_filter(Exported);
     (
         Some(Box::new(layer)),
         Traces {

@@ -382,6 +382,11 @@ impl<'a> Acquire<'a> {
         Acquire(AcquireState::Pending(Box::pin(future)))
     }
 
+    /// Whether the adapter decided at once (the future is resolved; nothing waits).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.0, AcquireState::Ready(_))
+    }
+
     /// The same acquire, telling `observe` of its result when it has one (at once for a
     /// decided acquire, which stays unboxed; a decorator such as a metrics wrapper uses it).
     pub fn inspect(

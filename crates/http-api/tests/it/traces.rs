@@ -5,7 +5,10 @@
 //! in each exchange's `traceparent`, and a worker's step of a queued job is linked to the
 //! request that submitted it. Without the variables nothing is exported.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use did_fake::{Delay, Faults, Latency};
 
 use serde_json::{Value, json};
 use test_support::eventually::eventually;
@@ -48,9 +51,18 @@ fn ancestors<'a>(spans: &'a [ReceivedSpan], span: &'a ReceivedSpan) -> Vec<&'a R
 async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to_submit() {
     let otlp = OtlpReceiver::start().await;
     // did-fake calls the service's talk webhook; the job's callback goes to a receiver here.
+    // Status reads take 300 ms, so a read can hold the one slot while the traced request
+    // queues for it.
     let fake = did_fake::FakeDid::builder()
         .time_scale(0.001)
         .allow_http_webhooks(true)
+        .faults(Faults {
+            latency: Latency {
+                all: None,
+                routes: BTreeMap::from([("GET /talks/{id}".to_owned(), Delay::Fixed(300))]),
+            },
+            ..Faults::default()
+        })
         .spawn()
         .await
         .unwrap();
@@ -66,6 +78,7 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
         ("D_ID_BASE_URL", base.as_str()),
         ("D_ID_API_KEY", did_fake::DEFAULT_API_KEY),
         ("POLL_INTERVAL_SECS", "0.01"),
+        ("MAX_CONCURRENT_REQUESTS", "1"),
         ("BIND_ADDR", bind.as_str()),
         ("PUBLIC_BASE_URL", public.as_str()),
         ("CALLBACK_SECRET", support::CALLBACK_SECRET),
@@ -79,7 +92,20 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
     let api = |path: &str| format!("http://{}/api/d_id_optimized{path}", binary.addr);
     let http = client();
 
-    // A synchronous generate, continuing the caller's trace.
+    // A status read (untraced) holds the slot; then a synchronous generate, continuing the
+    // caller's trace, queues for it.
+    let hold = tokio::spawn({
+        let (http, url) = (http.clone(), api("/talk-status/tlk_holding"));
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    eventually(Duration::from_secs(10), "the slot is held", || {
+        let (http, url) = (http.clone(), api("/stats"));
+        async move {
+            let (_, stats) = read_json(http.get(url).send().await.unwrap()).await;
+            stats["rate_limiter"]["active_requests"] == 1
+        }
+    })
+    .await;
     let resp = http
         .post(api("/generate-video"))
         .header("traceparent", traceparent(CALLER_TRACE, CALLER_SPAN))
@@ -90,6 +116,7 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
         .unwrap();
     let (status, body) = read_json(resp).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(hold.await.unwrap().unwrap(), 404);
 
     // A queued job, in a trace of its own, followed to its end by the workers, with a
     // callback.
@@ -200,7 +227,11 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
     assert!(under_server(acquire));
     assert_eq!(acquire.attr("talkgate.priority"), Some("normal"));
     assert_eq!(acquire.attr("talkgate.limiter.outcome"), Some("granted"));
-    assert!(acquire.attr("talkgate.limiter.waited_ms").is_some());
+    let waited: u64 = acquire
+        .attr("talkgate.limiter.waited_ms")
+        .and_then(|w| w.parse().ok())
+        .expect("the wait is recorded");
+    assert!(waited > 0, "{acquire:#?}");
 
     // did-fake saw the trace in the create's traceparent, naming the exchange's span.
     let seen = fake.stats().traceparents;
