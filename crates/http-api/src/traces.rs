@@ -20,8 +20,9 @@
 //!   W3C `traceparent`/`tracestate`.
 //! - `limiter.acquire` (priority, tenant, wait, outcome) for every acquire that queues (one
 //!   decided at once waited for nothing, and costs no span).
-//! - did-client's operation spans and, under them, one `upstream` client span per exchange
-//!   (see [`did_client::observe`]); each exchange carries the trace to D-ID in its
+//! - did-client's operation spans of several exchanges (a create with its look-ups, a wait
+//!   with its polls) and one `upstream` client span per exchange (see
+//!   [`did_client::observe`]; an operation of one exchange is that span alone); each exchange carries the trace to D-ID in its
 //!   `traceparent` header.
 //! - The job engine's spans (`job.step`, `job.update`, `talk_webhook.receive`,
 //!   `callback.deliver`): a job keeps the trace context it was submitted in, and a step
@@ -340,6 +341,25 @@ impl Traces {
 fn exported(meta: &tracing::Metadata<'_>) -> bool {
     let krate = meta.target().split("::").next().unwrap_or_default();
     let ours = matches!(krate, "http_api" | "app" | "did_client" | "callback_sender");
+    // did-client's operations of one exchange (a read, an upload, a delete) would be a span
+    // around their `upstream` span saying nothing more; those of several (a create with its
+    // look-ups, a wait with its polls) group them and are kept.
+    let single_exchange = krate == "did_client"
+        && meta.is_span()
+        && matches!(
+            meta.name(),
+            "get_talk"
+                | "list_talks"
+                | "delete_talk"
+                | "upload_image"
+                | "upload_audio"
+                | "delete_image"
+                | "delete_audio"
+                | "credits"
+        );
+    if single_exchange {
+        return false;
+    }
     let level = if meta.is_span() {
         tracing::Level::INFO
     } else {
