@@ -2,7 +2,9 @@
 //!
 //! 1. `talk-status` through http-api against the same `GET /talks/{id}` sent straight to
 //!    did-fake (zero added latency), requests alternating between the two so both see the same
-//!    machine load; the target is the ratio of the medians;
+//!    machine load; the target is the ratio of the medians; a third stream goes through a
+//!    second http-api exporting every span to an OTLP receiver, against the first (tracing
+//!    overhead);
 //! 2. synchronous `generate-video` with the default `POLL_INTERVAL_SECS` (5 s): polls per video
 //!    (did-fake's count of `GET /talks/{id}` over talks created) against the most the poll
 //!    schedule needs for did-fake's longest render;
@@ -85,7 +87,11 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             "Added latency: `GET {PREFIX}/talk-status/{{id}}` through http-api (memory limiter, \
              16 slots) versus `GET /talks/{{id}}` straight to did-fake with no added latency, \
              one request at a time, alternating, over pooled keep-alive connections; the \
-             target is the ratio of the medians. Synchronous generate: 4 callers send \
+             target is the ratio of the medians. Traces: a third stream, alternating with \
+             those two, reads through a second http-api whose only difference is \
+             `OTEL_EXPORTER_OTLP_ENDPOINT` (every span exported over OTLP/HTTP to a receiver \
+             in the bench process, decoded and counted at the end); the target is its median \
+             over the untraced gateway's. Synchronous generate: 4 callers send \
              `POST {PREFIX}/generate-video` (https audio and image URLs, so every talk takes \
              did-fake's model time for 10 s of audio, at most {FAKE_LONGEST_TALK_SECS} s × \
              time scale {TIME_SCALE}) to an http-api with `POLL_INTERVAL_SECS` = \
