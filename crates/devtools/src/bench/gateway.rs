@@ -246,8 +246,9 @@ async fn added_latency(ctx: &Ctx, section: &mut Section, base: &str, talk: &str)
         "Both gateways run the same build with the same settings on the same did-fake, and the \
          requests alternate, so both medians see the same machine load; the only difference is \
          `OTEL_EXPORTER_OTLP_ENDPOINT`, pointing at an OTLP/HTTP receiver (protobuf) in the \
-         bench process. Exporting means a server span, a limiter span, did-client's operation \
-         span and an upstream span per read, each sent in batches from the SDK's own thread \
+         bench process. Exporting means a server span and an upstream span per read (a slot \
+         granted at once has no limiter span, and a read's did-client operation is its \
+         upstream span), sent in batches from the SDK's own thread \
          (default batching, 5 s or 512 spans): the issue's bound is 1.2× of tracing off. The \
          spans are counted at the end (after a graceful stop flushes the last batch), so a \
          gateway that dropped them would fail too.",
