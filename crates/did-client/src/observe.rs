@@ -6,7 +6,9 @@
 //! OpenTelemetry HTTP client conventions (`otel.name` = `"{method} {url.template}"`,
 //! `otel.kind` = `client`, `http.request.method`, `url.template`, `server.address`,
 //! `server.port`, `http.request.resend_count` from the second attempt on,
-//! `http.response.status_code`, `error.type`) and the D-ID operation (`did.operation`). The
+//! `http.response.status_code`, `error.type`), the D-ID operation (`did.operation`), the
+//! caller's priority (`talkgate.priority`) and how long the exchange waited for its limiter
+//! slot (`talkgate.limiter.waited_ms`, 0 for a slot granted at once). The
 //! URL carries no secret (the key is in a header), and no header is recorded. The observer's
 //! [`ExchangeObserver::headers`] runs inside that span, so it can read the span's context.
 

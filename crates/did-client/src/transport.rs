@@ -234,6 +234,8 @@ impl DidClient {
             server.address = %self.server.0,
             server.port = self.server.1,
             did.operation = call.op,
+            talkgate.priority = admission.priority.as_str(),
+            talkgate.limiter.waited_ms = u64::try_from(permit.waited().as_millis()).unwrap_or(u64::MAX),
             http.request.resend_count = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,

@@ -215,6 +215,15 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
     assert_eq!(create.attr("url.template"), Some("/talks"));
     assert_eq!(create.attr("http.response.status_code"), Some("201"));
     assert_eq!(create.attr("server.address"), Some("127.0.0.1"));
+    assert_eq!(create.attr("talkgate.priority"), Some("normal"));
+    let create_waited: u64 = create
+        .attr("talkgate.limiter.waited_ms")
+        .and_then(|w| w.parse().ok())
+        .expect("the exchange's wait for its slot");
+    assert!(
+        create_waited > 0,
+        "the create queued behind the held read: {create:#?}"
+    );
     let polls = in_caller
         .iter()
         .filter(|s| s.kind == "client" && s.attr("did.operation") == Some("get_talk"))
