@@ -398,7 +398,7 @@ impl Jobs {
             otel.kind = "producer",
             job.id = %job.id,
             job.status = %job.status,
-            callback.attempt = cb.attempts + 1,
+            callback.attempt = i64::from(cb.attempts) + 1,
             callback.status_code = tracing::field::Empty,
         );
         self.link_to_submit(&span, &job);
@@ -425,7 +425,7 @@ impl Jobs {
         };
         let took = started.elapsed();
         if let Ok(status) = &outcome {
-            tracing::Span::current().record("callback.status_code", status);
+            tracing::Span::current().record("callback.status_code", i64::from(*status));
         }
         self.callbacks.attempt(&outcome);
         let mut current = job;

@@ -411,7 +411,7 @@ impl Jobs {
             job.id = %job.id,
             job.status.from = %from,
             job.status.to = %job.status,
-            job.version = job.version,
+            job.version = i64::try_from(job.version).unwrap_or(i64::MAX),
         );
         let written = self.store.update(job).instrument(span).await?;
         if armed {
@@ -494,7 +494,7 @@ impl Jobs {
                         job.id = %job.id,
                         job.status = %job.status,
                         job.priority = %job.priority,
-                        job.polls = job.polls,
+                        job.polls = i64::from(job.polls),
                         worker = %name,
                     );
                     self.link_to_submit(&span, &job);

@@ -120,13 +120,14 @@ fn method_name(method: &Method) -> &'static str {
     }
 }
 
-/// Puts how an exchange ended on its span: the status, or the error type; a 5xx or no
+/// Puts how an exchange ended on its span: the status, or the error type (numbers as `i64`:
+/// tracing-opentelemetry writes an unsigned value as text, the conventions want integers); a 5xx or no
 /// answer marks the span as an error (a 4xx is D-ID's answer, per the client conventions
 /// an error too).
 fn record_outcome(span: &tracing::Span, outcome: ExchangeOutcome) {
     match outcome {
         ExchangeOutcome::Answered(status) => {
-            span.record("http.response.status_code", status);
+            span.record("http.response.status_code", i64::from(status));
             if status >= 400 {
                 span.record("error.type", status.to_string());
                 span.record("otel.status_code", "error");
@@ -232,16 +233,16 @@ impl DidClient {
             http.request.method = method,
             url.template = template,
             server.address = %self.server.0,
-            server.port = self.server.1,
+            server.port = i64::from(self.server.1),
             did.operation = call.op,
             talkgate.priority = admission.priority.as_str(),
-            talkgate.limiter.waited_ms = u64::try_from(permit.waited().as_millis()).unwrap_or(u64::MAX),
+            talkgate.limiter.waited_ms = i64::try_from(permit.waited().as_millis()).unwrap_or(i64::MAX),
             http.request.resend_count = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
         if attempt > 1 {
-            span.record("http.request.resend_count", attempt - 1);
+            span.record("http.request.resend_count", i64::from(attempt - 1));
         }
         let request = match &self.observer {
             Some(observer) => {

@@ -108,7 +108,7 @@ impl VideoApi for DidClient {
         self.upload(UploadKind::Audio, upload, admission).await
     }
 
-    #[tracing::instrument(skip(self, admission), fields(priority = %admission.priority, asset_id = %id))]
+    #[tracing::instrument(skip(self, admission, id), fields(priority = %admission.priority, asset_id = %id))]
     async fn delete_image(&self, id: &AssetId, admission: &Admission) -> Result<(), VideoApiError> {
         self.delete_asset(
             "delete_image",
@@ -118,7 +118,7 @@ impl VideoApi for DidClient {
         .await
     }
 
-    #[tracing::instrument(skip(self, admission), fields(priority = %admission.priority, asset_id = %id))]
+    #[tracing::instrument(skip(self, admission, id), fields(priority = %admission.priority, asset_id = %id))]
     async fn delete_audio(&self, id: &AssetId, admission: &Admission) -> Result<(), VideoApiError> {
         self.delete_asset(
             "delete_audio",
@@ -141,7 +141,8 @@ impl VideoApi for DidClient {
         Ok(created)
     }
 
-    #[tracing::instrument(skip(self, admission, request), fields(priority = %admission.priority, talk_id = tracing::field::Empty))]
+    // Not the caller's key: its derived token is the create's field.
+    #[tracing::instrument(skip(self, admission, request, key), fields(priority = %admission.priority, talk_id = tracing::field::Empty))]
     async fn create_talk_keyed(
         &self,
         request: &TalkRequest,
@@ -156,7 +157,7 @@ impl VideoApi for DidClient {
         Ok(created)
     }
 
-    #[tracing::instrument(skip(self, admission), fields(priority = %admission.priority, talk_id = %id))]
+    #[tracing::instrument(skip(self, admission, id), fields(priority = %admission.priority, talk_id = %id))]
     async fn get_talk(&self, id: &TalkId, admission: &Admission) -> Result<Talk, VideoApiError> {
         self.fetch_talk(id, admission).await.map(untagged)
     }
@@ -174,7 +175,7 @@ impl VideoApi for DidClient {
         Ok(page)
     }
 
-    #[tracing::instrument(skip(self, admission), fields(priority = %admission.priority, talk_id = %id))]
+    #[tracing::instrument(skip(self, admission, id), fields(priority = %admission.priority, talk_id = %id))]
     async fn delete_talk(&self, id: &TalkId, admission: &Admission) -> Result<Talk, VideoApiError> {
         let answer = self
             .execute(
@@ -201,7 +202,7 @@ impl VideoApi for DidClient {
     }
 
     #[tracing::instrument(
-        skip(self, admission, wait),
+        skip(self, admission, wait, id),
         fields(
             priority = %admission.priority,
             talk_id = %id,

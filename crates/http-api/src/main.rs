@@ -49,6 +49,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .context("installing the log subscriber")?;
     http_api::wiring::log_start(&config);
     http_api::traces::log_setup(&traces);
+    for problem in http_api::traces::otlp_header_problems(env) {
+        tracing::warn!(%problem, "an OTLP export header is dropped");
+    }
     if config.did_api_key.is_none() {
         tracing::warn!("D_ID_API_KEY is not set: D-ID routes answer 503 until it is");
     }

@@ -1005,7 +1005,7 @@ impl ConcurrencyLimiter for MeteredLimiter {
                     Ok(permit) => {
                         span.record(
                             "talkgate.limiter.waited_ms",
-                            u64::try_from(permit.waited().as_millis()).unwrap_or(u64::MAX),
+                            i64::try_from(permit.waited().as_millis()).unwrap_or(i64::MAX),
                         );
                         span.record("talkgate.limiter.outcome", "granted");
                     }

@@ -201,7 +201,7 @@ where
     let mut resp = state.settings().scrubber.scrub_response(resp);
     let took = started.elapsed();
     let status = resp.status().as_u16();
-    span.record("http.response.status_code", status);
+    span.record("http.response.status_code", i64::from(status));
     if status >= 500 {
         span.record("error.type", status.to_string());
         span.record("otel.status_code", "error");

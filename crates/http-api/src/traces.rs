@@ -158,6 +158,43 @@ impl TraceSetup {
     }
 }
 
+/// The entries of `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_EXPORTER_OTLP_TRACES_HEADERS`
+/// (`key=value,…`) that the exporter would drop without a word: no `=`, or a name or value
+/// that cannot be an HTTP header. Each problem names the variable and the entry's position
+/// and name, never its value (a vendor's key).
+pub fn otlp_header_problems(var: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ] {
+        let Some(list) = var(name) else { continue };
+        for (i, entry) in list
+            .split(',')
+            .enumerate()
+            .filter(|(_, e)| !e.trim().is_empty())
+        {
+            let n = i + 1;
+            let Some((key, value)) = entry.split_once('=') else {
+                problems.push(format!("{name}: entry {n} has no '='"));
+                continue;
+            };
+            let key = key.trim();
+            let decoded = percent_encoding::percent_decode_str(value.trim()).decode_utf8_lossy();
+            if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
+                problems.push(format!(
+                    "{name}: entry {n} ({key:?}) is not a valid header name"
+                ));
+            } else if http::HeaderValue::from_str(&decoded).is_err() {
+                problems.push(format!(
+                    "{name}: entry {n} ({key}) has a value that cannot be a header"
+                ));
+            }
+        }
+    }
+    problems
+}
+
 /// Export batches and spans, since start.
 #[derive(Debug, Default)]
 pub struct ExportCounts {
@@ -600,6 +637,26 @@ mod tests {
         ] {
             assert!(matches!(refused, TraceSetup::Refused(_)), "{refused:?}");
         }
+    }
+
+    #[test]
+    fn header_entries_the_exporter_would_drop_are_named_without_their_values() {
+        let map: HashMap<&str, &str> = HashMap::from([
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-api-key=s3cret-value,x api key=other-s3cret,novalue,",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "authorization=Bearer%20tok",
+            ),
+        ]);
+        let problems = otlp_header_problems(|k| map.get(k).map(|v| (*v).to_owned()));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("entry 2") && problems[0].contains("\"x api key\""));
+        assert!(problems[1].contains("entry 3") && problems[1].contains("no '='"));
+        assert!(problems.iter().all(|p| !p.contains("s3cret")));
+        assert!(otlp_header_problems(|_| None).is_empty());
     }
 
     #[test]

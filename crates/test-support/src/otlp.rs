@@ -28,6 +28,8 @@ pub struct ReceivedSpan {
     pub parent_span_id: String,
     /// Attributes, each value as text (numbers and booleans written out).
     pub attributes: HashMap<String, String>,
+    /// The attributes sent as integers (OTLP `intValue`), by key.
+    pub ints: HashMap<String, i64>,
     /// Links: (trace id, span id).
     pub links: Vec<(String, String)>,
     /// The names of its events (log lines inside the span).
@@ -37,6 +39,11 @@ pub struct ReceivedSpan {
 }
 
 impl ReceivedSpan {
+    /// The attribute `key` if it was sent as an integer.
+    pub fn int(&self, key: &str) -> Option<i64> {
+        self.ints.get(key).copied()
+    }
+
     /// The attribute `key` as text.
     pub fn attr(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
@@ -93,6 +100,14 @@ pub fn decode(body: &[u8]) -> Result<Vec<ReceivedSpan>, prost::DecodeError> {
                         .attributes
                         .iter()
                         .map(|a| (a.key.clone(), text(a.value.as_ref())))
+                        .collect(),
+                    ints: s
+                        .attributes
+                        .iter()
+                        .filter_map(|a| match a.value.as_ref()?.value.as_ref()? {
+                            any_value::Value::IntValue(i) => Some((a.key.clone(), *i)),
+                            _ => None,
+                        })
                         .collect(),
                     links: s
                         .links

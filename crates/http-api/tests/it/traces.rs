@@ -192,7 +192,11 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
         server.attr("http.route"),
         Some("/api/d_id_optimized/generate-video")
     );
-    assert_eq!(server.attr("http.response.status_code"), Some("200"));
+    assert_eq!(
+        server.int("http.response.status_code"),
+        Some(200),
+        "an integer"
+    );
     assert!(!server.error);
 
     // Under it: the limiter's wait and each exchange with D-ID, as client spans.
@@ -213,13 +217,17 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
     assert_eq!(create.name, "POST /talks");
     assert_eq!(create.attr("http.request.method"), Some("POST"));
     assert_eq!(create.attr("url.template"), Some("/talks"));
-    assert_eq!(create.attr("http.response.status_code"), Some("201"));
+    assert_eq!(
+        create.int("http.response.status_code"),
+        Some(201),
+        "an integer"
+    );
+    assert!(create.int("server.port").is_some_and(|p| p > 0));
     assert_eq!(create.attr("server.address"), Some("127.0.0.1"));
     assert_eq!(create.attr("talkgate.priority"), Some("normal"));
-    let create_waited: u64 = create
-        .attr("talkgate.limiter.waited_ms")
-        .and_then(|w| w.parse().ok())
-        .expect("the exchange's wait for its slot");
+    let create_waited = create
+        .int("talkgate.limiter.waited_ms")
+        .expect("the exchange's wait for its slot, an integer");
     assert!(
         create_waited > 0,
         "the create queued behind the held read: {create:#?}"
@@ -236,10 +244,9 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
     assert!(under_server(acquire));
     assert_eq!(acquire.attr("talkgate.priority"), Some("normal"));
     assert_eq!(acquire.attr("talkgate.limiter.outcome"), Some("granted"));
-    let waited: u64 = acquire
-        .attr("talkgate.limiter.waited_ms")
-        .and_then(|w| w.parse().ok())
-        .expect("the wait is recorded");
+    let waited = acquire
+        .int("talkgate.limiter.waited_ms")
+        .expect("the wait is recorded, an integer");
     assert!(waited > 0, "{acquire:#?}");
 
     // did-fake saw the trace in the create's traceparent, naming the exchange's span.
@@ -260,7 +267,7 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
         .find(|s| s.kind == "server" && s.trace_id == JOB_TRACE)
         .expect("the submit's server span");
     assert_eq!(submit.parent_span_id, JOB_SPAN);
-    assert_eq!(submit.attr("http.response.status_code"), Some("202"));
+    assert_eq!(submit.int("http.response.status_code"), Some(202));
     let steps: Vec<&ReceivedSpan> = spans
         .iter()
         .filter(|s| s.name.starts_with("job.step") && s.attr("job.id") == Some(job_id.as_str()))
@@ -312,7 +319,7 @@ async fn spans_reach_the_collector_linked_from_caller_to_d_id_and_from_worker_to
         );
     }
     let deliver = spans.iter().find(|s| s.name == "callback.deliver").unwrap();
-    assert_eq!(deliver.attr("callback.status_code"), Some("204"));
+    assert_eq!(deliver.int("callback.status_code"), Some(204));
     assert_eq!(
         delivered[0].header("traceparent"),
         Some(traceparent(&deliver.trace_id, &deliver.span_id).as_str()),
