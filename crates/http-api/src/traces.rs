@@ -412,20 +412,21 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
 {
     let counts = Arc::<ExportCounts>::default();
+    let untraced = |setup, counts| {
+        let traces = Traces {
+            setup,
+            counts,
+            provider: None,
+        };
+        (None, traces)
+    };
     let TraceSetup::Export {
         protocol,
         service_name,
         ..
     } = &setup
     else {
-        return (
-            None,
-            Traces {
-                setup,
-                counts,
-                provider: None,
-            },
-        );
+        return untraced(setup, counts);
     };
     use opentelemetry_otlp::{Protocol, WithExportConfig as _};
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -440,14 +441,7 @@ where
         Err(e) => {
             // Reported at start by `log_setup`; the service runs without traces.
             let setup = TraceSetup::Refused(format!("the OTLP exporter could not be built: {e}"));
-            return (
-                None,
-                Traces {
-                    setup,
-                    counts,
-                    provider: None,
-                },
-            );
+            return untraced(setup, counts);
         }
     };
     let resource = opentelemetry_sdk::Resource::builder()

@@ -210,7 +210,7 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JobStore
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rusqlite::Connection;
 
     use super::*;
@@ -238,7 +238,9 @@ mod tests {
         );
     }
 
-    fn plan(conn: &Connection, sql: &str) -> String {
+    /// SQLite's query plan of `sql` (its parameters bound to 1, 2, …), the steps joined
+    /// with `; ` (also the upload cache's tests).
+    pub(crate) fn plan(conn: &Connection, sql: &str) -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let args = rusqlite::params_from_iter(1..=stmt.parameter_count() as i64);
         let rows = stmt

@@ -195,17 +195,7 @@ mod tests {
 
     use super::*;
     use crate::schema::SCHEMA;
-
-    fn plan(conn: &Connection, sql: &str) -> String {
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let args = rusqlite::params_from_iter(1..=stmt.parameter_count() as i64);
-        let rows = stmt
-            .query_map(args, |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .unwrap();
-        rows.join("; ")
-    }
+    use crate::schema::tests::plan;
 
     #[test]
     fn the_cache_queries_walk_their_indexes_without_sorting_or_scanning() {
