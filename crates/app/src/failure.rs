@@ -117,6 +117,11 @@ pub fn describe(error: &VideoApiError) -> Described {
         V::Limiter(LimiterError::Unavailable { .. }) => {
             "the concurrency limiter is unavailable; retry later".to_owned()
         }
+        V::Limiter(LimiterError::UpstreamUnavailable { retry_after }) => format!(
+            "D-ID is failing, so talkgate is not sending to it for now (circuit breaker open); \
+             retry in {:.0}s",
+            retry_after.as_secs_f64().ceil().max(1.0)
+        ),
         V::Limiter(LimiterError::InvalidLimit { .. }) => {
             "internal error; the request id identifies the log entry".to_owned()
         }

@@ -20,6 +20,8 @@
 //!   is stored, the write that ends it settles them, a sweep ends what was left behind.
 //! - [`traces`]: a job keeps the trace of the request that submitted it; its later steps
 //!   run in spans linked to it ([`JobTraces`], the service's OpenTelemetry bridge).
+//! - [`upstream`]: the gate in front of D-ID — the adaptive limit and the circuit breaker
+//!   ([`Upstream`]), their state shared by the fleet through [`ports::SharedRecords`].
 //! - [`failure`]: how a failed call becomes a job's stored failure.
 //! - [`counted`]: the job store with its calls counted.
 //! - [`mod@cutoff`]: the shutdown's cut-off signal, and where a request records its talk and job.
@@ -41,6 +43,7 @@ pub mod queries;
 pub mod steps;
 pub mod talk_webhooks;
 pub mod traces;
+pub mod upstream;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -54,6 +57,7 @@ pub use generate::{GenerateInput, Generated, Replay};
 pub use steps::{CreateMode, MAX_CREATE_ATTEMPTS, RESULT_TTL};
 pub use talk_webhooks::{TalkWebhookCounts, TalkWebhookReceipt, TalkWebhooks};
 pub use traces::JobTraces;
+pub use upstream::{Upstream, UpstreamSettings, UpstreamStats};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {

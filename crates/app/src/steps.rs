@@ -52,6 +52,12 @@ fn classify_create(error: &VideoApiError) -> CreateOutcome {
         VideoApiError::Limiter(LimiterError::Unavailable { .. }) => {
             CreateOutcome::NotSent(Duration::from_secs(1))
         }
+        // The breaker held it back: nothing was sent; come back when it may let it through.
+        VideoApiError::Limiter(LimiterError::UpstreamUnavailable { retry_after }) => {
+            CreateOutcome::NotSent(
+                (*retry_after).clamp(Duration::from_millis(100), Duration::from_secs(60)),
+            )
+        }
         VideoApiError::RateLimited { retry_after } => CreateOutcome::NotSent(
             retry_after
                 .unwrap_or(Duration::from_secs(1))

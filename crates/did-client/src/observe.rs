@@ -51,6 +51,11 @@ pub struct Exchange {
     pub outcome: ExchangeOutcome,
     /// From sending the request (the permit held) to the last byte of the answer.
     pub took: Duration,
+    /// How long the exchange waited for its limiter slot (zero when granted at once): a
+    /// wait means the limit bound.
+    pub waited: Duration,
+    /// The answer's `Retry-After`, when it had one.
+    pub retry_after: Option<Duration>,
 }
 
 /// Watches the client's exchanges; both methods have empty defaults. Implementations must

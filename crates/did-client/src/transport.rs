@@ -263,6 +263,7 @@ impl DidClient {
             error_body: self.config.max_error_body_bytes,
         };
         let op = call.op;
+        let waited = permit.waited();
         let exchange = tokio::spawn(
             async move {
                 let started = Instant::now();
@@ -293,6 +294,8 @@ impl DidClient {
                         attempt,
                         outcome,
                         took,
+                        waited,
+                        retry_after: answer.as_ref().ok().and_then(|a| a.retry_after),
                     });
                 }
                 answer

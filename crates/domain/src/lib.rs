@@ -6,6 +6,10 @@
 //! levels and never a silent default.
 //!
 //! # Layout
+//! - [`adaptive`]: the adaptive concurrency limit ([`LimitState`], [`LimitPolicy`]): how
+//!   D-ID's 429s, timeouts and latency move the limit, with virtual time.
+//! - [`breaker`]: the circuit breaker in front of D-ID ([`BreakerState`], [`BreakerPolicy`]):
+//!   open after a burst of failures, shed below `critical`, probe, close.
 //! - [`admission`]: [`Admission`] (a [`Tenant`] and a [`Priority`]), what every call that
 //!   takes capacity carries.
 //! - [`budget`]: [`Budget`] and its [`BudgetPeriod`], and what a talk is estimated to cost
@@ -18,7 +22,9 @@
 //!
 //! This crate does no I/O and depends on nothing that does (checked by `cargo xtask test`).
 
+pub mod adaptive;
 pub mod admission;
+pub mod breaker;
 pub mod budget;
 pub mod callback;
 pub mod destination;
@@ -27,7 +33,11 @@ pub mod request;
 pub mod talk;
 pub mod upload;
 
+pub use adaptive::{LimitChange, LimitPolicy, LimitReason, LimitState};
 pub use admission::{Admission, InvalidTenant, Share, Tenant};
+pub use breaker::{
+    Admit, BreakerChange, BreakerMode, BreakerPolicy, BreakerState, Outcomes, TripReason,
+};
 pub use budget::{
     Budget, BudgetPeriod, Estimate, EstimateBasis, InvalidBudgetPeriod, PeriodWindow,
 };

@@ -333,6 +333,94 @@ settings! {
         help: "Maximum concurrent D-ID calls (across all instances with Redis)",
         parse: |raw| parse::whole(raw, 1u32),
     }
+    /// `adaptive` learns the limit from D-ID's answers (see `app::upstream`).
+    limit_mode: LimitMode {
+        env: "LIMIT_MODE",
+        access: flag("limit-mode"),
+        default: "fixed",
+        help: "fixed (MAX_CONCURRENT_REQUESTS) or adaptive (learned from D-ID's 429s, timeouts and latency, one limit for all instances; starts at the stored limit or MAX_CONCURRENT_REQUESTS)",
+        parse: parse::limit_mode,
+    }
+    /// The adaptive limit never goes below this.
+    limit_min: u32 {
+        env: "LIMIT_MIN",
+        access: flag("limit-min"),
+        default: "1",
+        help: "Adaptive mode: the lowest limit (1 to 10000)",
+        parse: |raw| parse::whole_within(raw, 1u32, 10_000),
+    }
+    /// The adaptive limit never goes above this.
+    limit_max: u32 {
+        env: "LIMIT_MAX",
+        access: flag("limit-max"),
+        default: "100",
+        help: "Adaptive mode: the highest limit (LIMIT_MIN to 10000)",
+        parse: |raw| parse::whole_within(raw, 1u32, 10_000),
+    }
+    /// The multiplicative decrease of a drop.
+    limit_backoff: f64 {
+        env: "LIMIT_BACKOFF",
+        access: flag("limit-backoff"),
+        default: "0.7",
+        help: "Adaptive mode: the factor a 429 or timeout multiplies the limit by (0.5 to 0.95)",
+        parse: |raw| parse::number_within(raw, 0.5, 0.95),
+    }
+    /// How long a level found too high is not tried again (doubling up to 15 min).
+    limit_probe_hold: Duration {
+        env: "LIMIT_PROBE_HOLD_SECS",
+        access: flag("limit-probe-hold-secs"),
+        default: "60",
+        help: "Adaptive mode: seconds a limit that earned 429s is not tried again, doubling each time it fails again up to 900 (1 to 900)",
+        parse: |raw| parse::seconds_within(raw, 1.0, 900.0),
+    }
+    /// The circuit breaker in front of D-ID.
+    breaker: bool {
+        env: "BREAKER",
+        access: flag("breaker"),
+        default: "on",
+        help: "Circuit breaker: after a burst of D-ID failures stop sending for a cooldown, shed below critical with 503, then probe (on or off)",
+        parse: parse::boolean,
+    }
+    /// Failures in one window that may open it.
+    breaker_min_failures: u32 {
+        env: "BREAKER_MIN_FAILURES",
+        access: flag("breaker-min-failures"),
+        default: "10",
+        help: "Breaker: failures (5xx, timeouts, cut connections) in one window that open it (1 to 100000)",
+        parse: |raw| parse::whole_within(raw, 1u32, 100_000),
+    }
+    /// And the share of the window's exchanges they must be.
+    breaker_failure_ratio: f64 {
+        env: "BREAKER_FAILURE_RATIO",
+        access: flag("breaker-failure-ratio"),
+        default: "0.5",
+        help: "Breaker: the share of a window's D-ID exchanges that must have failed (0.05 to 1)",
+        parse: |raw| parse::number_within(raw, 0.05, 1.0),
+    }
+    /// The counting window.
+    breaker_window: Duration {
+        env: "BREAKER_WINDOW_SECS",
+        access: flag("breaker-window-secs"),
+        default: "10",
+        help: "Breaker: seconds of the window failures are counted in (1 to 600)",
+        parse: |raw| parse::seconds_within(raw, 1.0, 600.0),
+    }
+    /// The first cooldown; each failed probe doubles it.
+    breaker_cooldown: Duration {
+        env: "BREAKER_COOLDOWN_SECS",
+        access: flag("breaker-cooldown-secs"),
+        default: "1",
+        help: "Breaker: seconds it stays open before the first probe; each failed probe doubles it (0.1 to 60)",
+        parse: |raw| parse::seconds_within(raw, 0.1, 60.0),
+    }
+    /// The longest cooldown.
+    breaker_max_cooldown: Duration {
+        env: "BREAKER_MAX_COOLDOWN_SECS",
+        access: flag("breaker-max-cooldown-secs"),
+        default: "5",
+        help: "Breaker: the longest cooldown, so recovery is seen within it plus one probe (BREAKER_COOLDOWN_SECS to 300)",
+        parse: |raw| parse::seconds_within(raw, 0.1, 300.0),
+    }
     /// The original's default; a longer wait answers 429.
     limiter_wait_timeout: Duration {
         env: "LIMITER_WAIT_TIMEOUT_SECS",
@@ -673,6 +761,17 @@ pub enum JobStoreSync {
     Full,
 }
 
+/// How the concurrency limit is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitMode {
+    /// `MAX_CONCURRENT_REQUESTS` (or `PUT /limit`), as given.
+    #[default]
+    Fixed,
+    /// Learned from D-ID's answers between `LIMIT_MIN` and `LIMIT_MAX`, one limit for the
+    /// fleet.
+    Adaptive,
+}
+
 /// Where jobs are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum JobStoreKind {
@@ -742,6 +841,23 @@ impl<S: Source + ?Sized> Reader<'_, S> {
             self.problems.push(ConfigProblem {
                 var: "TENANTS_FILE",
                 message: "a tenant has HTTP_API_TOKEN's token (HTTP_API_TOKEN is a tenant of its own; give each caller its own token)".to_owned(),
+            });
+        }
+        let number = |r: &Self, var: &str| r.raw(var).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(min), Some(max)) = (number(self, "LIMIT_MIN"), number(self, "LIMIT_MAX"))
+            && min > max
+        {
+            self.problems.push(ConfigProblem {
+                var: "LIMIT_MAX",
+                message: format!("{max} is below LIMIT_MIN ({min})"),
+            });
+        }
+        let cooldown = number(self, "BREAKER_COOLDOWN_SECS").unwrap_or(1.0);
+        let max_cooldown = number(self, "BREAKER_MAX_COOLDOWN_SECS").unwrap_or(5.0);
+        if max_cooldown < cooldown {
+            self.problems.push(ConfigProblem {
+                var: "BREAKER_MAX_COOLDOWN_SECS",
+                message: format!("{max_cooldown} is below BREAKER_COOLDOWN_SECS ({cooldown})"),
             });
         }
         if self.raw("CALLBACK_SECRET_PREVIOUS").is_some() && self.raw("CALLBACK_SECRET").is_none() {

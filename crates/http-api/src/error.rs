@@ -22,7 +22,7 @@ use bytes::Bytes;
 use domain::{InvalidTalkId, ParsePriorityError, TalkId, TalkRequestError, UploadError};
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
-use ports::{FailureCode, VideoApiError};
+use ports::{FailureCode, LimiterError, VideoApiError};
 use serde_json::{Value, json};
 
 /// The response body type of the whole service.
@@ -319,6 +319,9 @@ impl ApiError {
                     V::RateLimited { retry_after } => {
                         row.retry_after(retry_after.unwrap_or(QUEUE_RETRY_AFTER))
                     }
+                    V::Limiter(LimiterError::UpstreamUnavailable { retry_after }) => {
+                        row.retry_after(*retry_after)
+                    }
                     _ => row,
                 }
             }
@@ -601,6 +604,10 @@ fn failure_row(code: FailureCode, upstream_status: Option<u16>) -> Row {
         }
         F::LimiterUnavailable => {
             return row(S::SERVICE_UNAVAILABLE, code.as_str()).retry_after(QUEUE_RETRY_AFTER);
+        }
+        // The breaker's own cooldown replaces this one where the error has it.
+        F::UpstreamUnavailable => {
+            return row(S::SERVICE_UNAVAILABLE, code.as_str()).retry_after(Duration::from_secs(1));
         }
         F::InternalError => S::INTERNAL_SERVER_ERROR,
         // A job stored by a newer build, with a code this one does not know.

@@ -435,6 +435,12 @@ impl Metrics {
         s.credits = Some(credits);
     }
 
+    /// Stores the gate's state (adaptive limit, breaker) that the next [`Metrics::encode`]
+    /// reports.
+    pub fn set_gate(&self, stats: app::UpstreamStats) {
+        self.snapshot.lock().gate = Some(stats);
+    }
+
     /// Stores whether the job store is usable (open, and a small write commits), which the
     /// next [`Metrics::encode`] reports as `talkgate_job_store_up`.
     pub fn set_job_store_up(&self, up: bool) {
@@ -473,6 +479,90 @@ struct SnapshotState {
     trace_exports: Option<(u64, u64, u64)>,
     /// Whether the job store is open and takes writes.
     job_store_up: Option<bool>,
+    /// The gate in front of D-ID (adaptive limit, breaker).
+    gate: Option<app::UpstreamStats>,
+}
+
+/// Labels of one reason of an adaptive limit change.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitReasonLabels {
+    reason: &'static str,
+}
+
+/// Labels of one breaker state.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerStateLabels {
+    state: &'static str,
+}
+
+/// The gate's part of `/metrics`: the learned limit and its changes, the breaker's state,
+/// trips, sheds and probes, and whether the shared records answer.
+fn encode_gate(enc: &mut DescriptorEncoder<'_>, g: &app::UpstreamStats) -> std::fmt::Result {
+    if let Some(a) = &g.adaptive {
+        gauge(
+            enc,
+            "adaptive_limit",
+            "The adaptive limit learned from D-ID's answers (LIMIT_MODE=adaptive; the fleet's)",
+            i64::from(a.limit),
+        )?;
+        family(
+            enc,
+            "adaptive_limit_changes",
+            "Changes of the adaptive limit this instance made, by reason (throttled, timed_out, probe_failed, raised, operator)",
+            MetricType::Counter,
+            a.changes_here.iter().map(|(r, n)| {
+                (
+                    LimitReasonLabels { reason: r.as_str() },
+                    ConstCounter::new(*n),
+                )
+            }),
+        )?;
+    }
+    if let Some(b) = &g.breaker {
+        family(
+            enc,
+            "breaker_state",
+            "1 for the circuit breaker's current state (closed, open, half_open), 0 for the others",
+            MetricType::Gauge,
+            domain::BreakerMode::ALL.map(|m| {
+                (
+                    BreakerStateLabels { state: m.as_str() },
+                    ConstGauge::new(i64::from(m == b.state)),
+                )
+            }),
+        )?;
+        counter(
+            enc,
+            "breaker_trips",
+            "Times the breaker opened (the fleet's count, as stored with its state)",
+            b.trips,
+        )?;
+        family(
+            enc,
+            "breaker_shed",
+            "Requests this instance refused with 503 upstream_unavailable while the breaker was open, by priority",
+            MetricType::Counter,
+            Priority::ALL.map(|p| (priority_labels(p), ConstCounter::new(b.shed[p.index()]))),
+        )?;
+        counter(
+            enc,
+            "breaker_probes",
+            "Probes this instance sent while the breaker was half-open",
+            b.probes,
+        )?;
+    }
+    gauge(
+        enc,
+        "shared_records_up",
+        "1 while the shared records (Redis with a Redis limiter) answer; 0: this instance runs its own limit and breaker",
+        i64::from(g.shared),
+    )?;
+    counter(
+        enc,
+        "shared_records_errors",
+        "Calls to the shared records that failed",
+        g.records_errors,
+    )
 }
 
 /// Labels of one upload-cache lookup's result.
@@ -695,6 +785,9 @@ impl Collector for SnapshotCollector {
         if let Some(u) = &s.uploads {
             encode_uploads(&mut enc, u)?;
         }
+        if let Some(g) = &s.gate {
+            encode_gate(&mut enc, g)?;
+        }
         if let Some((ok, failed, spans)) = s.trace_exports {
             family(
                 &mut enc,
@@ -720,6 +813,11 @@ impl Collector for SnapshotCollector {
                     i(l.max_concurrent),
                 ),
                 ("limiter_active", "Permits held now", i(l.active)),
+                (
+                    "limiter_demand_slots",
+                    "Slots wanted now: held plus queued (with Redis, the fleet's); an autoscaler's signal beside talkgate_limiter_oldest_queued_seconds",
+                    i64::from(l.active) + i64::from(l.queued.total()),
+                ),
                 ("limiter_available", "Slots free now", i(l.available)),
                 (
                     "limiter_degraded",
@@ -1038,12 +1136,40 @@ impl ConcurrencyLimiter for MeteredLimiter {
 #[derive(Debug)]
 pub struct UpstreamObserver {
     metrics: Arc<Metrics>,
+    gate: Option<Arc<app::Upstream>>,
 }
 
 impl UpstreamObserver {
     /// Records into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> UpstreamObserver {
-        UpstreamObserver { metrics }
+        UpstreamObserver {
+            metrics,
+            gate: None,
+        }
+    }
+
+    /// Also tells `gate` (the adaptive limit and breaker) of every exchange.
+    pub fn with_gate(mut self, gate: Arc<app::Upstream>) -> UpstreamObserver {
+        self.gate = Some(gate);
+        self
+    }
+}
+
+/// An exchange as the gate counts it.
+fn sample_of(exchange: &did_client::Exchange) -> app::upstream::Sample {
+    use app::upstream::Outcome;
+    let outcome = match exchange.outcome {
+        did_client::ExchangeOutcome::Answered(status) => Outcome::of_status(status),
+        did_client::ExchangeOutcome::Failed("timeout") => Outcome::TimedOut,
+        // An unreadable answer is still an answer: D-ID is up.
+        did_client::ExchangeOutcome::Failed("protocol") => Outcome::Answered,
+        did_client::ExchangeOutcome::Failed(_) => Outcome::Failed,
+    };
+    app::upstream::Sample {
+        outcome,
+        took: exchange.took,
+        waited: exchange.waited,
+        retry_after: exchange.retry_after,
     }
 }
 
@@ -1054,6 +1180,9 @@ impl did_client::ExchangeObserver for UpstreamObserver {
 
     fn exchanged(&self, exchange: &did_client::Exchange) {
         self.metrics.record_exchange(exchange);
+        if let Some(gate) = &self.gate {
+            gate.observe(&sample_of(exchange));
+        }
     }
 }
 

@@ -125,7 +125,50 @@ pub async fn stats(state: &AppState, caller: &TenantPolicy) -> Result<Response<B
         crate::traces::Traces::stats,
     );
     body["traces"] = json!(traces);
+    if let Some(gate) = state.upstream() {
+        body["upstream_gate"] = gate_json(&gate.stats());
+    }
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// The gate's part of `/stats`: the limit mode, the learned limit (its bounds, the level
+/// held as too high, the recent changes) and the breaker (state, trips, sheds by priority,
+/// probes), and whether the fleet's shared records answer.
+fn gate_json(g: &app::UpstreamStats) -> Value {
+    let adaptive = g.adaptive.as_ref().map(|a| {
+        json!({
+            "limit": a.limit,
+            "floor": a.floor,
+            "ceiling": a.ceiling,
+            "held_level": a.held_level,
+            "held_until": a.held_until_ms.map(crate::time_text::timestamp),
+            "changes": a.changes,
+            "changes_here": a.changes_here.iter().map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "recent": a.recent.iter().map(|c| json!({
+                "from": c.from, "to": c.to, "reason": c.reason, "at": crate::time_text::timestamp(c.at_ms),
+            })).collect::<Vec<_>>(),
+        })
+    });
+    let breaker = g.breaker.as_ref().map(|b| {
+        json!({
+            "state": b.state,
+            "open_until": b.open_until_ms.map(crate::time_text::timestamp),
+            "reason": b.reason,
+            "trips": b.trips,
+            "shed": Priority::ALL.iter().map(|p| (p.as_str().to_owned(), json!(b.shed[p.index()]))).collect::<serde_json::Map<_, _>>(),
+            "probes": b.probes,
+            "last_change": b.last_change.map(|c| json!({
+                "from": c.from, "to": c.to, "reason": c.reason, "at": crate::time_text::timestamp(c.at_ms),
+            })),
+        })
+    });
+    json!({
+        "limit_mode": g.limit_mode,
+        "adaptive": adaptive,
+        "breaker": breaker,
+        "shared": g.shared,
+        "records_errors": g.records_errors,
+    })
 }
 
 /// The upload cache's part of `/stats`: on or off, its settings, and per kind the lookups
@@ -284,7 +327,11 @@ pub async fn health(state: &AppState) -> Result<Response<Body>, ApiError> {
     let s = state.limiter().stats().await;
     state.observe_degraded(s.degraded);
     let store = job_store_json(state);
-    let status = if s.degraded || store["open"] == false {
+    let breaker = state.upstream().and_then(|g| g.stats().breaker);
+    let breaker_open = breaker
+        .as_ref()
+        .is_some_and(|b| b.state != domain::BreakerMode::Closed);
+    let status = if s.degraded || store["open"] == false || breaker_open {
         "degraded"
     } else {
         "healthy"
@@ -298,6 +345,11 @@ pub async fn health(state: &AppState) -> Result<Response<Body>, ApiError> {
             "api_key_configured": state.settings().api_key_configured,
             "rate_limiter": rate_limiter_json(&s, state.settings().max_concurrent),
             "job_store": store,
+            "breaker": breaker.map(|b| json!({
+                "state": b.state,
+                "open_until": b.open_until_ms.map(crate::time_text::timestamp),
+                "reason": b.reason,
+            })),
         }),
     ))
 }
@@ -389,6 +441,9 @@ pub async fn metrics(state: &AppState) -> Result<Response<Body>, ApiError> {
     let m = state.metrics();
     m.set_snapshot(limiter, upstream);
     m.set_talk_webhooks(state.jobs().talk_webhook_counts());
+    if let Some(gate) = state.upstream() {
+        m.set_gate(gate.stats());
+    }
     m.set_callbacks(state.jobs().callback_counts());
     if let Some(counts) = state.traces().and_then(crate::traces::Traces::counts) {
         m.set_trace_exports(counts);

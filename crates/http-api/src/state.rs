@@ -124,6 +124,8 @@ pub(crate) struct Inner {
     pub uploads: std::sync::OnceLock<Arc<crate::upload_cache::Uploads>>,
     /// The process's traces (set by `main` once the subscriber is installed).
     pub traces: std::sync::OnceLock<crate::traces::Traces>,
+    /// The gate in front of D-ID (adaptive limit, breaker), set by the wiring.
+    pub upstream: std::sync::OnceLock<Arc<app::Upstream>>,
 }
 
 impl AppState {
@@ -158,6 +160,7 @@ impl AppState {
                 account: Arc::default(),
                 uploads: std::sync::OnceLock::new(),
                 traces: std::sync::OnceLock::new(),
+                upstream: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -186,6 +189,17 @@ impl AppState {
     /// `/metrics`.
     pub fn set_traces(&self, traces: crate::traces::Traces) {
         let _ = self.inner.traces.set(traces);
+    }
+
+    /// The gate in front of D-ID, if the wiring set one.
+    pub fn upstream(&self) -> Option<&Arc<app::Upstream>> {
+        self.inner.upstream.get()
+    }
+
+    /// Sets the gate in front of D-ID (once; later calls change nothing), for `/stats`,
+    /// `/health` and `/metrics`.
+    pub fn set_upstream(&self, gate: Arc<app::Upstream>) {
+        let _ = self.inner.upstream.set(gate);
     }
 
     /// The D-ID account's balance checks.

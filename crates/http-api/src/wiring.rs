@@ -89,16 +89,52 @@ pub fn log_start(config: &Config) {
 
 /// The limiter the configuration asks for: Redis when `REDIS_URL` is set, else in-memory.
 pub async fn limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
+    Ok(limiter_and_records(config).await?.0)
+}
+
+/// The limiter the configuration asks for and the shared records beside it: on the Redis
+/// limiter's connection when `REDIS_URL` is set (so a fleet shares its adaptive limit and
+/// breaker), else in memory.
+pub async fn limiter_and_records(
+    config: &Config,
+) -> Result<(Arc<dyn ConcurrencyLimiter>, Arc<dyn ports::SharedRecords>), BuildError> {
     match &config.redis_url {
         None if tls_requested(config) => Err(BuildError::Redis(
             "REDIS_TLS_* settings are set but REDIS_URL is not: set a rediss:// REDIS_URL \
              or remove them"
                 .to_owned(),
         )),
-        None => Ok(Arc::new(limiter_memory::MemoryLimiter::new(
-            config.max_concurrent,
-        ))),
+        None => Ok((
+            Arc::new(limiter_memory::MemoryLimiter::new(config.max_concurrent)),
+            Arc::new(limiter_memory::MemoryRecords::new()),
+        )),
         Some(_) => redis_limiter(config).await,
+    }
+}
+
+/// The gate's settings from the configuration (`LIMIT_MODE`, `LIMIT_*`, `BREAKER*`).
+pub fn upstream_settings(config: &Config) -> app::UpstreamSettings {
+    let adaptive =
+        (config.limit_mode == crate::config::LimitMode::Adaptive).then(|| domain::LimitPolicy {
+            backoff: config.limit_backoff,
+            probe_hold: config.limit_probe_hold,
+            max_probe_hold: config
+                .limit_probe_hold
+                .max(std::time::Duration::from_secs(900)),
+            ..domain::LimitPolicy::new(config.limit_min, config.limit_max.max(config.limit_min))
+        });
+    let breaker = config.breaker.then(|| domain::BreakerPolicy {
+        min_failures: config.breaker_min_failures,
+        failure_ratio: config.breaker_failure_ratio,
+        window: config.breaker_window,
+        cooldown: config.breaker_cooldown,
+        max_cooldown: config.breaker_max_cooldown.max(config.breaker_cooldown),
+        ..domain::BreakerPolicy::default()
+    });
+    app::UpstreamSettings {
+        adaptive,
+        breaker,
+        ..app::UpstreamSettings::default()
     }
 }
 
@@ -133,7 +169,9 @@ pub fn redis_config(config: &Config) -> Result<RedisLimiterConfig, BuildError> {
     Ok(redis)
 }
 
-async fn redis_limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, BuildError> {
+async fn redis_limiter(
+    config: &Config,
+) -> Result<(Arc<dyn ConcurrencyLimiter>, Arc<dyn ports::SharedRecords>), BuildError> {
     let redis = redis_config(config)?;
     // An unreachable Redis is not fatal: the limiter starts degraded on its in-memory
     // fallback and switches over once Redis answers (`/ready` reports it meanwhile).
@@ -141,15 +179,19 @@ async fn redis_limiter(config: &Config) -> Result<Arc<dyn ConcurrencyLimiter>, B
         .await
         // The error's Display redacts the URL's password.
         .map_err(|e| BuildError::Redis(e.to_string()))?;
-    Ok(Arc::new(limiter))
+    let records = Arc::new(limiter.records());
+    Ok((Arc::new(limiter), records))
 }
 
 /// The D-ID client configuration a service configuration asks for.
 pub fn did_client_config(config: &Config) -> DidClientConfig {
     DidClientConfig {
         limiter_wait_timeout: config.limiter_wait_timeout,
-        // Every permit holder should find a warm connection.
-        pool_max_idle_per_host: config.max_concurrent as usize,
+        // Every permit holder should find a warm connection (up to the adaptive ceiling).
+        pool_max_idle_per_host: match config.limit_mode {
+            crate::config::LimitMode::Adaptive => config.limit_max.max(config.max_concurrent),
+            crate::config::LimitMode::Fixed => config.max_concurrent,
+        } as usize,
         ..DidClientConfig::new(config.did_base_url.clone(), config.did_api_key.clone())
     }
 }
@@ -348,14 +390,18 @@ pub async fn build_with(
     did_config: DidClientConfig,
 ) -> Result<AppState, BuildError> {
     let metrics = Arc::new(Metrics::new());
-    let raw = limiter(config).await?;
-    let limiter: Arc<dyn ConcurrencyLimiter> = Arc::new(MeteredLimiter::new(raw, metrics.clone()));
+    let (raw, records) = limiter_and_records(config).await?;
+    // The gate (adaptive limit, breaker) sits on the limiter, under the metrics, so that
+    // its sheds are counted like any other refused acquire.
+    let gate = app::Upstream::start(raw, records, upstream_settings(config)).await;
+    let limiter: Arc<dyn ConcurrencyLimiter> =
+        Arc::new(MeteredLimiter::new(gate.clone(), metrics.clone()));
     let client: Arc<dyn ports::VideoApi> = Arc::new(
         DidClient::new(did_config, limiter.clone())
             .map_err(BuildError::DidClient)?
-            .with_observer(Arc::new(crate::metrics::UpstreamObserver::new(
-                metrics.clone(),
-            ))),
+            .with_observer(Arc::new(
+                crate::metrics::UpstreamObserver::new(metrics.clone()).with_gate(gate.clone()),
+            )),
     );
     let (store, opening) = job_store(config).await?;
     if opening.is_none() {
@@ -392,6 +438,7 @@ pub async fn build_with(
     if let Some(u) = &uploads {
         state.set_uploads(u.clone());
     }
+    state.set_upstream(gate);
     // Budgets come from the tenants file (also after a reload): the engine always has the
     // ledger, and a tenant without a budget reserves nothing. Audio lengths come from the
     // upload cache's entries.

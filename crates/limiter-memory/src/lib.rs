@@ -24,6 +24,8 @@
 //!
 //! # Layout
 //! - [`MemoryLimiter`], [`MemoryLimiterBuilder`]: the limiter.
+//! - [`MemoryRecords`] (`records`): the in-process [`ports::SharedRecords`], where one
+//!   instance keeps its adaptive limit and breaker.
 //! - `state`: the slot word, and the queues, tenants and counters behind one mutex, and the
 //!   grant decision.
 //!
@@ -48,7 +50,10 @@
 //! # }
 //! ```
 
+mod records;
 mod state;
+
+pub use records::MemoryRecords;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -35,7 +35,10 @@
 //! - `permit`: the Redis permit handle (lease renewal, release, loss detection) and the
 //!   fallback permit handle (tracked for adoption).
 //! - `limiter`: [`RedisLimiter`]: `connect`, the acquire loop and its ticket, `stats`,
-//!   `set_limit`.
+//!   `set_limit`, and [`RedisLimiter::records`].
+//! - `records`: [`RedisRecords`], the fleet's [`ports::SharedRecords`] (the adaptive limit's
+//!   and the breaker's state) on the limiter's connection and hash tag; one compare-and-swap
+//!   script.
 //! - `bin/limiter-holder.rs`: a tiny process used by the multi-process tests.
 //!
 //! # How it works
@@ -157,6 +160,7 @@ mod heartbeat;
 mod inner;
 mod limiter;
 mod permit;
+mod records;
 mod reply;
 pub mod scripts;
 mod stats;
@@ -168,4 +172,5 @@ pub use config::{
 };
 pub use error::RedisLimiterError;
 pub use limiter::RedisLimiter;
+pub use records::RedisRecords;
 pub use redis_connect::{ConnectError, client, connect, subscriber_client};

@@ -173,6 +173,17 @@ impl RedisLimiter {
         self.inner.is_degraded()
     }
 
+    /// The shared records of this limiter's fleet ([`ports::SharedRecords`]), on its
+    /// connection and under its name: where the adaptive limit and the breaker keep their
+    /// state, so every instance sharing the limit shares them too.
+    pub fn records(&self) -> crate::RedisRecords {
+        crate::RedisRecords::new(
+            self.inner.client.clone(),
+            &self.inner.config.name,
+            self.inner.config.connection.op_timeout,
+        )
+    }
+
     /// The config this limiter was built with.
     pub fn config(&self) -> &RedisLimiterConfig {
         &self.inner.config

@@ -242,6 +242,8 @@ pub enum FailureCode {
     QueueTimeout,
     /// The limiter's backend was unavailable.
     LimiterUnavailable,
+    /// The circuit breaker in front of D-ID was open.
+    UpstreamUnavailable,
     /// This service failed.
     InternalError,
     /// A code this build does not know (a job stored by a newer one).
@@ -272,6 +274,9 @@ impl FailureCode {
             V::TalkRejected { .. } => FailureCode::TalkRejected,
             V::Limiter(LimiterError::Timeout { .. }) => FailureCode::QueueTimeout,
             V::Limiter(LimiterError::Unavailable { .. }) => FailureCode::LimiterUnavailable,
+            V::Limiter(LimiterError::UpstreamUnavailable { .. }) => {
+                FailureCode::UpstreamUnavailable
+            }
             V::Limiter(LimiterError::InvalidLimit { .. }) => FailureCode::InternalError,
         }
     }
@@ -296,18 +301,20 @@ impl FailureCode {
             FailureCode::TalkRejected => "talk_rejected",
             FailureCode::QueueTimeout => "queue_timeout",
             FailureCode::LimiterUnavailable => "limiter_unavailable",
+            FailureCode::UpstreamUnavailable => "upstream_unavailable",
             FailureCode::InternalError => "internal_error",
             FailureCode::Unknown => "unknown",
         }
     }
 
     /// Whether the failure happened before anything reached D-ID, so that trying again
-    /// cannot pay twice (no slot, the limiter down, D-ID's throttle).
+    /// cannot pay twice (no slot, the limiter down, the breaker open, D-ID's throttle).
     pub fn is_before_upstream(self) -> bool {
         matches!(
             self,
             FailureCode::QueueTimeout
                 | FailureCode::LimiterUnavailable
+                | FailureCode::UpstreamUnavailable
                 | FailureCode::UpstreamRateLimited
         )
     }

@@ -26,6 +26,10 @@
 //!   bytes are paid (and stored at D-ID) once; `upload_cache_contract`,
 //!   `upload_cache_contract_tests!`.
 //!
+//! - [`records`]: [`SharedRecords`], small named values a fleet changes by compare-and-swap
+//!   (the adaptive limit's and the breaker's state); `records_contract`,
+//!   `records_contract_tests!`.
+//!
 //! # Features
 //! - `mock`: mockall mocks `MockConcurrencyLimiter` and `MockVideoApi`.
 //! - `contract`: the limiter and job-store contract suites (pull in tokio and rand).
@@ -35,6 +39,7 @@ pub mod credits;
 pub mod events;
 pub mod jobs;
 pub mod limiter;
+pub mod records;
 pub mod upload_cache;
 pub mod video;
 
@@ -44,6 +49,8 @@ pub mod contract;
 pub mod credit_contract;
 #[cfg(feature = "contract")]
 pub mod job_contract;
+#[cfg(feature = "contract")]
+pub mod records_contract;
 #[cfg(feature = "contract")]
 pub mod upload_cache_contract;
 
@@ -63,6 +70,7 @@ pub use limiter::{
     LimiterCounters, LimiterError, LimiterStats, Permit, PermitHandle, QueuedByPriority,
     TenantSlots,
 };
+pub use records::{RecordsError, SharedRecords, Swap, Versioned};
 pub use upload_cache::{CachedUpload, UploadCache, UploadCacheError, UploadKey};
 pub use video::{
     ClientStats, PollSchedule, PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats,

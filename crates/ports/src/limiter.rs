@@ -59,6 +59,13 @@ pub enum LimiterError {
         /// The rejected value.
         given: u32,
     },
+    /// The circuit breaker in front of the upstream is open: nothing is sent for now, and
+    /// the caller may come back after `retry_after`.
+    #[error("the upstream is unavailable (circuit breaker open); retry after {retry_after:?}")]
+    UpstreamUnavailable {
+        /// When the breaker may let requests through again.
+        retry_after: Duration,
+    },
     /// The backend failed and no fallback could serve the call.
     #[error("limiter backend unavailable: {message}")]
     Unavailable {

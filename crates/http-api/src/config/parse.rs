@@ -203,6 +203,40 @@ pub(super) fn boolean(raw: &str) -> Result<bool, String> {
     }
 }
 
+/// A whole number within `min..=max`.
+pub(super) fn whole_within<T>(raw: &str, min: T, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    match raw.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(format!("{raw:?} is not a whole number from {min} to {max}")),
+    }
+}
+
+/// A number within `min..=max`.
+pub(super) fn number_within(raw: &str, min: f64, max: f64) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= min && v <= max => Ok(v),
+        _ => Err(format!("{raw:?} is not a number from {min} to {max}")),
+    }
+}
+
+/// Seconds within `min..=max`.
+pub(super) fn seconds_within(raw: &str, min: f64, max: f64) -> Result<Duration, String> {
+    number_within(raw, min, max)
+        .map(Duration::from_secs_f64)
+        .map_err(|_| format!("{raw:?} is not a number of seconds from {min} to {max}"))
+}
+
+pub(super) fn limit_mode(raw: &str) -> Result<super::LimitMode, String> {
+    match raw.to_ascii_lowercase().as_str() {
+        "fixed" => Ok(super::LimitMode::Fixed),
+        "adaptive" => Ok(super::LimitMode::Adaptive),
+        _ => Err(format!("{raw:?} is not fixed or adaptive")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use secrecy::ExposeSecret;

@@ -9,6 +9,7 @@ mod callbacks;
 mod cli;
 mod dashboard;
 mod e2e;
+mod gate;
 mod jobs;
 mod labels;
 mod limits;
