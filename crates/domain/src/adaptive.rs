@@ -4,7 +4,7 @@
 //! D-ID publishes no concurrency limit, so the limit is learned (AIMD, with a memory of the
 //! level that was too high):
 //! - **A drop** (a 429, or an exchange that timed out) of a request *sent after the limit last
-//!   went down* lowers the limit. Answers to requests sent under the old, higher limit say
+//!   went down* (by more than [`LimitPolicy::settle`]) lowers the limit. Answers to requests sent under the old, higher limit say
 //!   nothing about the new one, so they are ignored; this is what keeps a burst of 429s from
 //!   cutting the limit once per 429.
 //!   - Right after a raise (within [`LimitPolicy::probe_window`]), the raise was a probe that
@@ -38,6 +38,10 @@ pub struct LimitPolicy {
     pub backoff: f64,
     /// The least time between two raises (default 1 s).
     pub raise_every: Duration,
+    /// Drops of requests sent within this long after a cut still count as sent before it
+    /// (default 100 ms): the new limit takes a moment to be in force everywhere (stored,
+    /// then served), and a send time is known to the millisecond.
+    pub settle: Duration,
     /// Drops this soon after a raise mean the raise failed (default 5 s).
     pub probe_window: Duration,
     /// How long a level that was too high is not tried again, the first time (default 60 s).
@@ -58,6 +62,7 @@ impl LimitPolicy {
             ceiling,
             backoff: 0.7,
             raise_every: Duration::from_secs(1),
+            settle: Duration::from_millis(100),
             probe_window: Duration::from_secs(5),
             probe_hold: Duration::from_secs(60),
             max_probe_hold: Duration::from_secs(15 * 60),
@@ -297,7 +302,9 @@ impl LimitState {
                 None => mean,
             });
         }
-        if window.drops() > 0 && window.last_drop_sent_ms >= self.lowered_ms {
+        if window.drops() > 0
+            && window.last_drop_sent_ms >= self.lowered_ms + millis(policy.settle)
+        {
             let reason = if window.throttled > 0 {
                 LimitReason::Throttled
             } else {
@@ -457,7 +464,7 @@ mod tests {
     fn drops_of_requests_sent_before_the_last_decrease_are_ignored() {
         let p = policy();
         let s = LimitState::new(20, &p, 0);
-        let (s, c) = s.apply(&throttled(100), &p, 200);
+        let (s, c) = s.apply(&throttled(150), &p, 200);
         assert_eq!(
             c.map(|c| (c.from, c.to, c.reason)),
             Some((20, 14, LimitReason::Throttled))
@@ -466,8 +473,10 @@ mod tests {
         let (s2, c) = s.apply(&throttled(150), &p, 300);
         assert_eq!(c, None);
         assert_eq!(s2.limit, 14);
-        // One sent after the cut does cut.
-        let (_, c) = s2.apply(&throttled(250), &p, 400);
+        // Nor one sent right after it, before the new limit is surely in force.
+        assert_eq!(s2.apply(&throttled(250), &p, 400).1, None);
+        // One sent after that does cut.
+        let (_, c) = s2.apply(&throttled(310), &p, 400);
         assert_eq!(c.map(|c| c.to), Some(9));
     }
 
@@ -526,7 +535,7 @@ mod tests {
         let mut s = LimitState::new(50, &p, 0);
         assert_eq!(s.limit, 10);
         for t in 1..20u64 {
-            s = s.apply(&throttled(t * 100 - 1), &p, t * 100).0;
+            s = s.apply(&throttled(t * 200 - 1), &p, t * 200).0;
         }
         assert_eq!(s.limit, 3, "never below the floor");
         let (s, c) = s.set(9, &p, 5_000);
@@ -548,11 +557,11 @@ mod tests {
         let s = LimitState::new(10, &p, 0);
         let w = Window {
             timed_out: 1,
-            last_drop_sent_ms: 10,
+            last_drop_sent_ms: 110,
             ..Window::default()
         };
         assert_eq!(
-            s.apply(&w, &p, 20).1.map(|c| (c.to, c.reason)),
+            s.apply(&w, &p, 200).1.map(|c| (c.to, c.reason)),
             Some((7, LimitReason::TimedOut))
         );
     }

@@ -145,7 +145,7 @@ fn gate_json(g: &app::UpstreamStats) -> Value {
             "changes": a.changes,
             "changes_here": a.changes_here.iter().map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "recent": a.recent.iter().map(|c| json!({
-                "from": c.from, "to": c.to, "reason": c.reason, "at": crate::time_text::timestamp(c.at_ms),
+                "from_limit": c.from, "to_limit": c.to, "why": c.reason, "at": crate::time_text::timestamp(c.at_ms),
             })).collect::<Vec<_>>(),
         })
     });
@@ -153,12 +153,15 @@ fn gate_json(g: &app::UpstreamStats) -> Value {
         json!({
             "state": b.state,
             "open_until": b.open_until_ms.map(crate::time_text::timestamp),
-            "reason": b.reason,
+            "trip_reason": b.reason,
             "trips": b.trips,
-            "shed": Priority::ALL.iter().map(|p| (p.as_str().to_owned(), json!(b.shed[p.index()]))).collect::<serde_json::Map<_, _>>(),
+            "shed_low": b.shed[Priority::Low.index()],
+            "shed_normal": b.shed[Priority::Normal.index()],
+            "shed_high": b.shed[Priority::High.index()],
+            "shed_critical": b.shed[Priority::Critical.index()],
             "probes": b.probes,
             "last_change": b.last_change.map(|c| json!({
-                "from": c.from, "to": c.to, "reason": c.reason, "at": crate::time_text::timestamp(c.at_ms),
+                "from_state": c.from, "to_state": c.to, "cause": c.reason, "changed_at": crate::time_text::timestamp(c.at_ms),
             })),
         })
     });

@@ -102,7 +102,9 @@ async fn the_adaptive_limit_comes_down_to_a_hidden_cap_and_stays() {
     let throttled = rate_limited(&fake) - throttled;
     let sent = status_requests(&fake) - sent;
     stop.store(true, Ordering::Relaxed);
-    assert!(steady.iter().all(|l| (6..=7).contains(l)), "{steady:?}");
+    // A probe of 8 lasts until its first 429 (a millisecond or so here), then 8 is held.
+    assert!(steady.iter().all(|l| (6..=8).contains(l)), "{steady:?}");
+    assert!(steady.iter().filter(|l| **l == 8).count() <= 1, "{steady:?}");
     assert!(sent > 200, "the readers kept D-ID busy: {sent}");
     assert!(
         throttled * 100 < sent,
@@ -113,7 +115,7 @@ async fn the_adaptive_limit_comes_down_to_a_hidden_cap_and_stays() {
     assert!(
         recent
             .iter()
-            .any(|c| c["reason"] == "throttled" && c["from"] == 20),
+            .any(|c| c["why"] == "throttled" && c["from_limit"] == 20),
         "{gate}"
     );
     let metrics = srv.metrics().await;
@@ -281,8 +283,8 @@ async fn the_breaker_sheds_low_during_an_outage_and_a_critical_probe_closes_it()
     let gate = gate_stats(&srv).await;
     assert_eq!(gate["breaker"]["state"], "closed", "{gate}");
     assert!(gate["breaker"]["trips"].as_u64().unwrap() >= 1);
-    assert!(gate["breaker"]["shed"]["low"].as_u64().unwrap() >= 20);
-    assert_eq!(gate["breaker"]["shed"]["critical"], 0);
+    assert!(gate["breaker"]["shed_low"].as_u64().unwrap() >= 20);
+    assert_eq!(gate["breaker"]["shed_critical"], 0);
     assert!(gate["breaker"]["probes"].as_u64().unwrap() >= 1);
     let metrics = srv.metrics().await;
     for needle in [
