@@ -13,8 +13,9 @@
 //! **One state for the fleet.** Both states live in [`SharedRecords`] (Redis when the limiter
 //! is on Redis, in memory otherwise): a report reads the record, folds this instance's window
 //! into it and stores it by compare-and-swap, folding again on a conflict. A drop (a 429 or a
-//! timeout of a request sent under the current limit), a burst of failures, and any outcome
-//! while the breaker is not closed are reported at once; anything else at most every
+//! timeout of a request sent under the current limit), the first failure of a window (so an
+//! instance learns at its first failure that another one opened the breaker), a burst of
+//! failures, and any outcome while the breaker is not closed are reported at once; anything else at most every
 //! [`UpstreamSettings::report_every`]. An instance that only sheds (it sends nothing) reloads
 //! the breaker at that pace while requests keep coming, to see another's probe close it.
 //! With nothing sent and nobody asking, nothing is reported: idle means idle.
@@ -366,11 +367,17 @@ impl Upstream {
                 .settings
                 .breaker
                 .is_some_and(|b| p.outcomes.failed >= b.min_failures);
+            // The first failure of a window is reported at once too: the report reads the
+            // fleet's breaker, which another instance may have opened already.
+            let first_failure = self.settings.breaker.is_some()
+                && matches!(sample.outcome, Outcome::Failed | Outcome::TimedOut)
+                && p.outcomes.failed == 1;
             urgent = self.settings.adaptive.is_some()
                 && p.window.drops() > 0
                 && p.window.last_drop_sent_ms >= lowered
                 || p.outcomes.retry_after_ms > 0
                 || failures_due
+                || first_failure
                 || breaker_busy;
         }
         if urgent {

@@ -302,8 +302,7 @@ impl LimitState {
                 None => mean,
             });
         }
-        if window.drops() > 0
-            && window.last_drop_sent_ms >= self.lowered_ms + millis(policy.settle)
+        if window.drops() > 0 && window.last_drop_sent_ms >= self.lowered_ms + millis(policy.settle)
         {
             let reason = if window.throttled > 0 {
                 LimitReason::Throttled

@@ -104,7 +104,10 @@ async fn the_adaptive_limit_comes_down_to_a_hidden_cap_and_stays() {
     stop.store(true, Ordering::Relaxed);
     // A probe of 8 lasts until its first 429 (a millisecond or so here), then 8 is held.
     assert!(steady.iter().all(|l| (6..=8).contains(l)), "{steady:?}");
-    assert!(steady.iter().filter(|l| **l == 8).count() <= 1, "{steady:?}");
+    assert!(
+        steady.iter().filter(|l| **l == 8).count() <= 1,
+        "{steady:?}"
+    );
     assert!(sent > 200, "the readers kept D-ID busy: {sent}");
     assert!(
         throttled * 100 < sent,
@@ -296,5 +299,106 @@ async fn the_breaker_sheds_low_during_an_outage_and_a_critical_probe_closes_it()
         assert!(metrics.contains(needle), "{needle}: {metrics}");
     }
     srv.stop().await;
+    fake.shutdown().await;
+}
+
+/// Three instances on one Redis learn one limit: each reports the same value, the Redis
+/// limiter serves it, and together they stay at D-ID's hidden cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_redis_share_one_learned_limit_and_one_breaker() {
+    let redis = test_support::redis::RedisServer::start();
+    let url = format!("redis://127.0.0.1:{}", redis.port());
+    let name = test_support::unique_name("http-api-it-gate");
+    let fake = support::fake_with(capped(7, 20)).await;
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("LIMITER_NAME", name.as_str()),
+        ("LIMIT_MODE", "adaptive"),
+        ("MAX_CONCURRENT_REQUESTS", "20"),
+        ("BREAKER_MIN_FAILURES", "5"),
+        ("BREAKER_COOLDOWN_SECS", "0.5"),
+        ("BREAKER_MAX_COOLDOWN_SECS", "1"),
+    ];
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(support::service(&fake, &env).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for srv in &fleet {
+        readers(srv, 8, "normal", &stop);
+    }
+    let started = Instant::now();
+    let limits = loop {
+        let mut limits = Vec::new();
+        for srv in &fleet {
+            limits.push(gate_stats(srv).await["adaptive"]["limit"].as_u64().unwrap());
+        }
+        if limits.iter().all(|l| (6..=7).contains(l)) && limits.windows(2).all(|w| w[0] == w[1]) {
+            break limits;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not one limit in [6, 7]: {limits:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let served = fleet[0].limiter_stats().await.max_concurrent;
+    assert_eq!(
+        u64::from(served),
+        limits[0],
+        "the Redis limiter serves the learned limit"
+    );
+    let (throttled, sent) = (rate_limited(&fake), status_requests(&fake));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let throttled = rate_limited(&fake) - throttled;
+    let sent = status_requests(&fake) - sent;
+    assert!(
+        throttled * 100 < sent.max(1),
+        "steady-state 429s {throttled} of {sent} requests over three instances"
+    );
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // One breaker: failures seen by one instance open it for all.
+    fake.set_faults(Faults {
+        p_500: 1.0,
+        routes: vec![STATUS.to_owned()],
+        ..Faults::default()
+    });
+    let low = fleet[0].api("/talk-status/tlk_gate?priority=low");
+    let started = Instant::now();
+    while client().get(&low).send().await.unwrap().status() != 503 {
+        assert!(started.elapsed() < Duration::from_secs(10), "never opened");
+    }
+    // Another instance learns it from the shared record at its first failure, or sooner.
+    let other_url = fleet[2].api("/talk-status/tlk_gate?priority=low");
+    let _first = client().get(&other_url).send().await.unwrap();
+    let other = client().get(&other_url).send().await.unwrap();
+    assert_eq!(other.status(), 503, "another instance sheds too");
+    let (_, err) = json(other).await;
+    assert_eq!(err["error"]["code"], "upstream_unavailable");
+    fake.set_faults(capped(7, 20));
+    let critical = client()
+        .get(fleet[1].api("/talk-status/tlk_gate?priority=critical"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        critical.status(),
+        404,
+        "a critical request probed and got D-ID's answer"
+    );
+    // The probe closed it for the fleet: the others see it at their next report.
+    let started = Instant::now();
+    while client().get(&low).send().await.unwrap().status() == 503 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not closed for the others"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for srv in fleet {
+        srv.stop().await;
+    }
     fake.shutdown().await;
 }
