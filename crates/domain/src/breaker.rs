@@ -38,7 +38,8 @@ pub struct BreakerPolicy {
     pub window: Duration,
     /// The first cooldown (default 1 s).
     pub cooldown: Duration,
-    /// The longest cooldown, reached by doubling (default 5 s).
+    /// The longest cooldown, reached by doubling (default 4 s: D-ID's recovery is seen
+    /// within it plus one probe, under 5 s).
     pub max_cooldown: Duration,
     /// The longest `Retry-After` honoured (default 60 s); longer ones are cut to it.
     pub max_retry_after: Duration,
@@ -54,7 +55,7 @@ impl Default for BreakerPolicy {
             failure_ratio: 0.5,
             window: Duration::from_secs(10),
             cooldown: Duration::from_secs(1),
-            max_cooldown: Duration::from_secs(5),
+            max_cooldown: Duration::from_secs(4),
             max_retry_after: Duration::from_secs(60),
             probe_timeout: Duration::from_secs(35),
         }
@@ -556,7 +557,7 @@ mod tests {
             cooldowns.push(n.cooldown_ms);
             s = n;
         }
-        assert_eq!(cooldowns, [2_000, 4_000, 5_000, 5_000, 5_000]);
+        assert_eq!(cooldowns, [2_000, 4_000, 4_000, 4_000, 4_000]);
         // A failure of a request sent before the half-open began does not reopen it.
         let now = s.open_until_ms;
         s = s.claim_probe(&p, now).unwrap();

@@ -417,7 +417,7 @@ settings! {
     breaker_max_cooldown: Duration {
         env: "BREAKER_MAX_COOLDOWN_SECS",
         access: flag("breaker-max-cooldown-secs"),
-        default: "5",
+        default: "4",
         help: "Breaker: the longest cooldown, so recovery is seen within it plus one probe (BREAKER_COOLDOWN_SECS to 300)",
         parse: |raw| parse::seconds_within(raw, 0.1, 300.0),
     }
@@ -853,7 +853,7 @@ impl<S: Source + ?Sized> Reader<'_, S> {
             });
         }
         let cooldown = number(self, "BREAKER_COOLDOWN_SECS").unwrap_or(1.0);
-        let max_cooldown = number(self, "BREAKER_MAX_COOLDOWN_SECS").unwrap_or(5.0);
+        let max_cooldown = number(self, "BREAKER_MAX_COOLDOWN_SECS").unwrap_or(4.0);
         if max_cooldown < cooldown {
             self.problems.push(ConfigProblem {
                 var: "BREAKER_MAX_COOLDOWN_SECS",

@@ -198,6 +198,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     let (ns, nt, _) = summaries[0];
     let (ps, pt, perr) = summaries[1];
     section.plots.push(Plot {
+        lines: Vec::new(),
         file: "1-before-after-latency.svg".into(),
         title: format!("Scenario 1: GET /talks/{{id}} latency, did-fake at {latency_ms} ms"),
         series: vec![naive.name.into(), pooled.name.into()],

@@ -175,6 +175,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
     }
     section.table(table);
     section.plots.push(Plot {
+        lines: Vec::new(),
         file: "2-budget-latency.svg".into(),
         title: format!(
             "Scenario 2: caller latency, C = {}, L = {} ms, {} callers (direct: C workers)",

@@ -200,6 +200,7 @@ async fn added_latency(ctx: &Ctx, section: &mut Section, base: &str, talk: &str)
     }
     section.table(table);
     section.plots.push(Plot {
+        lines: Vec::new(),
         file: "6-gateway-latency.svg".into(),
         title: "Scenario 6: talk-status latency (ms), direct vs through http-api".into(),
         series: vec![

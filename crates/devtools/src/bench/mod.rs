@@ -41,6 +41,11 @@
 //! 11. `fairness`: two saturating tenants with weights 3:1 (memory, and Redis with 3
 //!     instances) beside the same load without weights; a capped tenant and a `high` stream
 //!     in the mix (most slots held, priority inversions).
+//! 12. `adaptive`: `LIMIT_MODE=adaptive` against did-fake's hidden cap of 7, from 20 and from 1,
+//!     memory and Redis with 3 instances (the limit over time as an SVG plot), beside fixed
+//!     limits of 20 and 4.
+//! 13. `breaker`: a 10 s burst of 500s under load with the breaker on (memory, Redis ×3) and
+//!     off: calls to D-ID during the outage, recovery, critical requests refused.
 //!
 //! Results go to `target/bench-report/` (`report.json`, `report.md`, `docs-section.md` to
 //! paste into `docs/BENCHMARKS.md`, one SVG per latency plot, and `index.html`: all of it on
@@ -54,7 +59,9 @@
 //! (percentiles, report files, SVG), `html` (the HTML page), `render` (the Chromium check and
 //! the sample report), one module per scenario.
 
+mod adaptive;
 mod before_after;
+mod breaker;
 mod budget;
 mod crash;
 mod fairness;
@@ -99,7 +106,7 @@ pub(crate) struct Ctx {
     pub(crate) client: reqwest::Client,
 }
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 13] = [
     "before/after",
     "budget utilisation",
     "priority under contention",
@@ -111,6 +118,8 @@ const SCENARIOS: [&str; 11] = [
     "operated for days",
     "D-ID webhooks",
     "fair share between tenants",
+    "adaptive limit against a hidden cap",
+    "breaker under a 5xx burst",
 ];
 
 /// The command line of `cargo xtask bench`.
@@ -139,7 +148,7 @@ impl Options {
                         .split(',')
                         .map(|s| s.trim().parse::<usize>())
                         .collect::<Result<Vec<_>, _>>()
-                        .context("--only takes scenario numbers 1..=11, e.g. 1,3")?;
+                        .context("--only takes scenario numbers 1..=13, e.g. 1,3")?;
                     if picked.iter().any(|n| !(1..=SCENARIOS.len()).contains(n)) {
                         bail!("--only takes scenario numbers 1..={}", SCENARIOS.len());
                     }
@@ -245,7 +254,9 @@ async fn bench(opts: Options) -> Result<()> {
             8 => jobs::run(&ctx).await,
             9 => operated::run(&ctx).await,
             10 => webhooks::run_scenario(&ctx).await,
-            _ => fairness::run(&ctx).await,
+            11 => fairness::run(&ctx).await,
+            12 => adaptive::run(&ctx).await,
+            _ => breaker::run(&ctx).await,
         };
         let mut section = result.unwrap_or_else(|e| {
             println!("scenario {n} failed to run: {e:#}");
@@ -295,7 +306,7 @@ mod tests {
             (true, false, Some(vec![2, 6]))
         );
         for bad in [
-            &["--only", "12"][..],
+            &["--only", "14"][..],
             &["--only"],
             &["--only", "x"],
             &["--fast"],

@@ -426,6 +426,7 @@ fn report(p: &Params, capacity: f64, acquires: usize, runs: &[RunResult]) -> Res
         "ageing_ms": p.ageing_ms, "acquires": acquires, "runs": data,
     });
     section.plots.push(Plot {
+        lines: Vec::new(),
         file: "3-priority-waits.svg".into(),
         title: "Scenario 3: wait p99 per priority at 3× capacity".into(),
         series: runs.iter().map(|r| r.name.clone()).collect(),

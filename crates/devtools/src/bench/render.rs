@@ -451,6 +451,7 @@ pub(crate) fn sample() -> Report {
         .push(vec!["sync generate".into(), "6.0".into(), "9".into()]);
     a.tables.push(t);
     a.plots.push(Plot {
+        lines: Vec::new(),
         file: "6-sample-latency.svg".into(),
         title: "Sample: talk-status latency (ms), direct vs through http-api".into(),
         series: vec!["did-fake directly".into(), "through http-api".into()],
@@ -461,6 +462,7 @@ pub(crate) fn sample() -> Report {
         ],
     });
     a.plots.push(Plot {
+        lines: Vec::new(),
         file: "6-sample-stats.svg".into(),
         title: "Sample: /stats against /health under a saturated limiter".into(),
         series: vec!["/health".into(), "/stats".into(), "/stats idle".into()],
@@ -509,6 +511,7 @@ pub(crate) fn sample() -> Report {
     ]);
     b.tables.push(t);
     b.plots.push(Plot {
+        lines: Vec::new(),
         file: "2-sample-budget.svg".into(),
         title: "Sample: caller latency, C = 4, L = 50 ms".into(),
         series: vec!["direct".into(), "memory".into(), "redis ×4".into()],

@@ -175,7 +175,8 @@ pub(crate) struct Target {
     pub(crate) why: String,
 }
 
-/// A grouped bar chart: for each group (e.g. `p50`), one bar per series (e.g. naive, pooled).
+/// A grouped bar chart: for each group (e.g. `p50`), one bar per series (e.g. naive, pooled);
+/// or, when `lines` is not empty, a line chart of one polyline per series over time.
 #[derive(Debug, Clone)]
 pub(crate) struct Plot {
     pub(crate) file: String,
@@ -183,6 +184,9 @@ pub(crate) struct Plot {
     pub(crate) series: Vec<String>,
     /// (group label, one value per series).
     pub(crate) groups: Vec<(String, Vec<f64>)>,
+    /// A line chart: one series' points each, `(seconds, value)`, drawn as steps (the value
+    /// holds until the next point). Its series names are `series`.
+    pub(crate) lines: Vec<Vec<(f64, f64)>>,
 }
 
 /// The result of one scenario.
@@ -532,9 +536,102 @@ const COLOURS: [&str; 6] = [
     "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 ];
 
-/// A horizontal grouped bar chart, drawn by hand: one row of bars per group, one colour per
-/// series, the value written at the end of each bar; linear scale from 0 to the largest value.
+/// A line chart, drawn by hand: x in seconds from 0 to the last point, y from 0 to the
+/// largest value (whole-number ticks), one step line per series in its colour.
+fn line_svg(plot: &Plot) -> String {
+    let (width, height) = (760.0_f64, 300.0 + 16.0 * plot.series.len() as f64);
+    let (left, right, top) = (50.0, 20.0, 40.0 + 16.0 * plot.series.len() as f64);
+    let bottom = height - 30.0;
+    let x_max = plot
+        .lines
+        .iter()
+        .flat_map(|l| l.iter().map(|(x, _)| *x))
+        .fold(1e-9_f64, f64::max);
+    let y_max = plot
+        .lines
+        .iter()
+        .flat_map(|l| l.iter().map(|(_, y)| *y))
+        .fold(1.0_f64, f64::max)
+        .ceil();
+    let px = |x: f64| left + x / x_max * (width - left - right);
+    let py = |y: f64| bottom - y / y_max * (bottom - top);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        escape(&plot.title)
+    );
+    for (i, name) in plot.series.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        let y = 32.0 + 16.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{left}" y="{y}" width="12" height="12" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
+            left + 16.0,
+            y + 11.0,
+            escape(name)
+        );
+    }
+    // Axes, with a tick per whole value (at most 10) and per 10 % of the time.
+    let step = (y_max / 10.0).ceil().max(1.0);
+    let mut tick = 0.0;
+    while tick <= y_max {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" text-anchor="end">{tick}</text>"##,
+            width - right,
+            left - 6.0,
+            py(tick) + 4.0,
+            y = py(tick),
+        );
+        tick += step;
+    }
+    for i in 0..=10 {
+        let x = x_max * f64::from(i) / 10.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{x:.0} s</text>"#,
+            px(x),
+            bottom + 16.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/><line x1="{left}" y1="{bottom}" x2="{:.1}" y2="{bottom}" stroke="black"/>"#,
+        width - right
+    );
+    for (i, line) in plot.lines.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        let mut points = String::new();
+        let mut last: Option<f64> = None;
+        for (x, y) in line {
+            if let Some(prev) = last {
+                let _ = write!(points, "{:.1},{:.1} ", px(*x), py(prev));
+            }
+            let _ = write!(points, "{:.1},{:.1} ", px(*x), py(*y));
+            last = Some(*y);
+        }
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
+            points.trim_end()
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A plot as SVG: [`line_svg`] when it has lines, else a horizontal grouped bar chart, drawn by
+/// hand: one row of bars per group, one colour per series, the value written at the end of
+/// each bar; linear scale from 0 to the largest value.
 pub(crate) fn svg(plot: &Plot) -> String {
+    if !plot.lines.is_empty() {
+        return line_svg(plot);
+    }
     let bar_h = 16.0;
     let gap = 10.0;
     let left = 120.0;
@@ -641,6 +738,7 @@ mod tests {
             );
         }
         s.plots.push(Plot {
+            lines: Vec::new(),
             file: "6-x.svg".into(),
             title: "x".into(),
             series: vec!["a".into()],
@@ -698,6 +796,7 @@ mod tests {
     #[test]
     fn svg_has_one_bar_per_value() {
         let p = Plot {
+            lines: Vec::new(),
             file: "x.svg".into(),
             title: "t <1>".into(),
             series: vec!["a".into(), "b".into()],

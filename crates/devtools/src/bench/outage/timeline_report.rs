@@ -103,6 +103,7 @@ pub(super) fn tables(section: &mut Section, p: &Params, b: &Bounds, t: &Timeline
         p.limit
     ));
     section.plots.push(Plot {
+        lines: Vec::new(),
         file: format!("5-outage-{}-latency.svg", t.tag()),
         title: format!("Scenario 5 ({name}): caller latency per phase"),
         series: vec![
