@@ -406,6 +406,8 @@ async fn every_metric_the_dashboard_and_the_alerts_select_is_exposed_by_a_live_s
         ("LIMITER_NAME", name.as_str()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        // The adaptive limit's series exist in adaptive mode only.
+        ("LIMIT_MODE", "adaptive"),
     ])
     .await;
     let api = |path: &str| format!("http://{}/api/d_id_optimized{path}", binary.addr);
