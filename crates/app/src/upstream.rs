@@ -346,6 +346,7 @@ impl Upstream {
             match sample.outcome {
                 Outcome::Answered => {
                     o.answered = o.answered.saturating_add(1);
+                    o.trailing_failed = 0;
                     o.last_answered_sent_ms = o.last_answered_sent_ms.max(sent_ms);
                 }
                 Outcome::Throttled => {
@@ -358,6 +359,7 @@ impl Upstream {
                 }
                 Outcome::TimedOut | Outcome::Failed => {
                     o.failed = o.failed.saturating_add(1);
+                    o.trailing_failed = o.trailing_failed.saturating_add(1);
                     o.last_failed_sent_ms = o.last_failed_sent_ms.max(sent_ms);
                 }
             }
@@ -821,7 +823,34 @@ async fn report(gate: Weak<Upstream>, wake: Arc<Notify>) {
 impl ConcurrencyLimiter for Upstream {
     fn acquire<'a>(&'a self, admission: &'a Admission, wait: Duration) -> Acquire<'a> {
         match self.admit_now(admission.priority) {
-            Admit::Send => self.inner.acquire(admission, wait),
+            Admit::Send => {
+                let acquire = self.inner.acquire(admission, wait);
+                if acquire.is_ready() || self.settings.breaker.is_none() {
+                    return acquire;
+                }
+                // It queued: the breaker may open while it waits, and a request let through
+                // before must not be sent after.
+                Acquire::pending(async move {
+                    let started = Instant::now();
+                    let permit = acquire.await?;
+                    match self.admit_now(admission.priority) {
+                        Admit::Send => Ok(permit),
+                        Admit::Shed { retry_after_ms } => {
+                            drop(permit);
+                            self.note_shed(admission.priority);
+                            Err(LimiterError::UpstreamUnavailable {
+                                retry_after: Duration::from_millis(retry_after_ms.max(1)),
+                            })
+                        }
+                        Admit::Probe | Admit::Wait { .. } => {
+                            drop(permit);
+                            self.gate(admission.priority, started + wait).await?;
+                            let left = wait.saturating_sub(started.elapsed());
+                            self.inner.acquire(admission, left).await
+                        }
+                    }
+                })
+            }
             Admit::Shed { retry_after_ms } => {
                 self.note_shed(admission.priority);
                 Acquire::ready(Err(LimiterError::UpstreamUnavailable {
@@ -919,5 +948,108 @@ mod tests {
         }
         assert_eq!(gate.stats().adaptive.unwrap().limit, 3);
         assert_eq!(limiter.stats().await.max_concurrent, 3);
+    }
+
+    fn failed() -> Sample {
+        Sample {
+            outcome: Outcome::Failed,
+            took: Duration::from_millis(1),
+            waited: Duration::ZERO,
+            retry_after: None,
+        }
+    }
+
+    async fn breaker_gate(limit: u32) -> (Arc<Upstream>, Arc<dyn ConcurrencyLimiter>) {
+        let limiter: Arc<dyn ConcurrencyLimiter> =
+            Arc::new(limiter_memory::MemoryLimiter::new(limit));
+        let gate = Upstream::start(
+            limiter.clone(),
+            Arc::new(limiter_memory::MemoryRecords::new()),
+            UpstreamSettings {
+                adaptive: None,
+                breaker: Some(BreakerPolicy::default()),
+                report_every: Duration::from_millis(20),
+            },
+        )
+        .await;
+        (gate, limiter)
+    }
+
+    async fn opened(gate: &Upstream) {
+        for _ in 0..10 {
+            gate.observe(&failed());
+        }
+        let started = Instant::now();
+        while gate.breaker_mode(now_ms()) != Some(BreakerMode::Open) {
+            assert!(started.elapsed() < Duration::from_secs(2), "never opened");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_queued_before_the_breaker_opened_is_not_sent_after() {
+        let (gate, _) = breaker_gate(1).await;
+        let low = Admission::from(Priority::Low);
+        let held = gate.acquire(&low, Duration::from_secs(1)).await.unwrap();
+        let queued = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let low = Admission::from(Priority::Low);
+                gate.acquire(&low, Duration::from_secs(5)).await.map(drop)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        opened(&gate).await;
+        drop(held);
+        let result = queued.await.unwrap();
+        assert!(
+            matches!(result, Err(LimiterError::UpstreamUnavailable { .. })),
+            "{result:?}"
+        );
+        assert_eq!(gate.stats().breaker.unwrap().shed[Priority::Low.index()], 1);
+    }
+
+    #[tokio::test]
+    async fn while_open_low_is_refused_at_once_and_critical_waits_for_the_probe() {
+        let (gate, inner) = breaker_gate(4).await;
+        opened(&gate).await;
+        let low = Admission::from(Priority::Low);
+        let refused = gate.acquire(&low, Duration::from_secs(5));
+        assert!(refused.is_ready(), "a shed is decided at once");
+        assert!(matches!(
+            refused.await,
+            Err(LimiterError::UpstreamUnavailable { retry_after }) if retry_after <= Duration::from_secs(1)
+        ));
+        // A critical request waits out the cooldown (1 s) and is let through as the probe.
+        let critical = Admission::from(Priority::Critical);
+        let started = Instant::now();
+        let probe = gate
+            .acquire(&critical, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(gate.breaker_mode(now_ms()), Some(BreakerMode::HalfOpen));
+        assert_eq!(inner.stats().await.active, 1, "the probe holds a real slot");
+        // While it is out, another critical waits; its answer closes the breaker for both.
+        let second = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let critical = Admission::from(Priority::Critical);
+                gate.acquire(&critical, Duration::from_secs(5))
+                    .await
+                    .map(drop)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second.is_finished());
+        gate.observe(&answered(0));
+        drop(probe);
+        second.await.unwrap().unwrap();
+        assert_eq!(gate.breaker_mode(now_ms()), Some(BreakerMode::Closed));
+        assert_eq!(gate.stats().breaker.unwrap().probes, 1);
     }
 }

@@ -2,10 +2,11 @@
 //! cooldown, then lets one probe through. Pure: time is a number of milliseconds the caller
 //! passes in, so the state machine is tested with virtual time.
 //!
-//! - **Closed**: everything is sent. Answers are counted in a window of
-//!   [`BreakerPolicy::window`]; once it holds at least [`BreakerPolicy::min_failures`]
-//!   failures (5xx, timeouts, cut connections) that are at least
-//!   [`BreakerPolicy::failure_ratio`] of its exchanges, the breaker *opens*. So does a 429
+//! - **Closed**: everything is sent. The breaker *opens* after
+//!   [`BreakerPolicy::min_failures`] failures (5xx, timeouts, cut connections) in a row — an
+//!   outage, seen within a few calls however many answers came before it — or when a window
+//!   of [`BreakerPolicy::window`] holds at least that many failures that are at least
+//!   [`BreakerPolicy::failure_ratio`] of its exchanges (a sustained partial outage). So does a 429
 //!   storm (the same counts over 429s) when the caller says 429s count (a fixed limit, or an
 //!   adaptive one at its floor), and so does any 429 with a `Retry-After`, for that long.
 //! - **Open** until the cooldown ends: requests below `critical` are shed at once (the
@@ -29,7 +30,8 @@ use crate::Priority;
 /// checks it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerPolicy {
-    /// Failures in one window that may open it (default 10).
+    /// Failures in a row that open it, and the least failures in a window that may (default
+    /// 10: with 20 % of calls failing at random, ten in a row happen about once in 10⁷).
     pub min_failures: u32,
     /// The share of a window's exchanges that must have failed, within `0.0..=1.0`
     /// (default 0.5).
@@ -95,6 +97,9 @@ pub struct Outcomes {
     pub failed: u32,
     /// Exchanges answered 429.
     pub throttled: u32,
+    /// Failures after the last answered exchange (all of them if none was answered), in the
+    /// order they were seen.
+    pub trailing_failed: u32,
     /// The latest send time (ms) of an answered exchange; 0 if none.
     pub last_answered_sent_ms: u64,
     /// The latest send time (ms) of a failed exchange; 0 if none.
@@ -114,6 +119,11 @@ impl Outcomes {
         self.answered = self.answered.saturating_add(other.answered);
         self.failed = self.failed.saturating_add(other.failed);
         self.throttled = self.throttled.saturating_add(other.throttled);
+        self.trailing_failed = if other.answered > 0 {
+            other.trailing_failed
+        } else {
+            self.trailing_failed.saturating_add(other.failed)
+        };
         self.last_answered_sent_ms = self.last_answered_sent_ms.max(other.last_answered_sent_ms);
         self.last_failed_sent_ms = self.last_failed_sent_ms.max(other.last_failed_sent_ms);
         self.retry_after_ms = self.retry_after_ms.max(other.retry_after_ms);
@@ -234,6 +244,9 @@ pub struct BreakerState {
     pub failed: u32,
     /// Exchanges answered 429 in the window.
     pub throttled: u32,
+    /// Failures in a row (across the fleet, as reported).
+    #[serde(default)]
+    pub consecutive: u32,
     /// When it last opened (ms).
     #[serde(default)]
     pub opened_ms: u64,
@@ -266,6 +279,7 @@ impl BreakerState {
             answered: 0,
             failed: 0,
             throttled: 0,
+            consecutive: 0,
             opened_ms: 0,
             open_until_ms: 0,
             cooldown_ms: 0,
@@ -347,6 +361,11 @@ impl BreakerState {
                 next.answered = next.answered.saturating_add(outcomes.answered);
                 next.failed = next.failed.saturating_add(outcomes.failed);
                 next.throttled = next.throttled.saturating_add(outcomes.throttled);
+                next.consecutive = if outcomes.answered > 0 {
+                    outcomes.trailing_failed
+                } else {
+                    next.consecutive.saturating_add(outcomes.failed)
+                };
                 let total =
                     f64::from(next.answered) + f64::from(next.failed) + f64::from(next.throttled);
                 let tripped = |count: u32| {
@@ -354,7 +373,7 @@ impl BreakerState {
                 };
                 let reason = if retry_after > 0 {
                     Some(TripReason::RetryAfter)
-                } else if tripped(next.failed) {
+                } else if next.consecutive >= policy.min_failures || tripped(next.failed) {
                     Some(TripReason::Failures)
                 } else if throttle_counts && tripped(next.throttled) {
                     Some(TripReason::Throttled)
@@ -398,6 +417,7 @@ impl BreakerState {
                     next.answered = 0;
                     next.failed = 0;
                     next.throttled = 0;
+                    next.consecutive = 0;
                     next.probe_until_ms = 0;
                     let change = BreakerChange {
                         from,
@@ -425,6 +445,7 @@ impl BreakerState {
         self.answered = 0;
         self.failed = 0;
         self.throttled = 0;
+        self.consecutive = 0;
         let change = BreakerChange {
             from,
             to: BreakerMode::Open,
@@ -447,6 +468,7 @@ mod tests {
     fn failed(n: u32, sent_ms: u64) -> Outcomes {
         Outcomes {
             failed: n,
+            trailing_failed: n,
             last_failed_sent_ms: sent_ms,
             ..Outcomes::default()
         }
@@ -475,19 +497,21 @@ mod tests {
             100,
         );
         assert_eq!((c, s.mode(100)), (None, BreakerMode::Closed));
-        // 20 % failures: enough of them, but not half.
-        let (s, c) = s.record(
-            &Outcomes {
-                answered: 0,
-                ..failed(20, 10)
-            },
-            false,
-            &p,
-            200,
-        );
+        // Interleaved with answers (never more than 3 in a row): enough failures, not half.
+        let some = Outcomes {
+            answered: 60,
+            trailing_failed: 2,
+            ..failed(20, 10)
+        };
+        let (s, c) = s.record(&some, false, &p, 200);
         assert_eq!(c, None, "{s:?}");
-        // Many more: half of all.
-        let (s, c) = s.record(&failed(100, 250), false, &p, 300);
+        // Many more, still interleaved: half of all, so the ratio opens it.
+        let most = Outcomes {
+            answered: 10,
+            trailing_failed: 3,
+            ..failed(200, 250)
+        };
+        let (s, c) = s.record(&most, false, &p, 300);
         assert_eq!(
             c.map(|c| (c.to, c.reason)),
             Some((BreakerMode::Open, Some(TripReason::Failures)))
@@ -496,10 +520,51 @@ mod tests {
     }
 
     #[test]
+    fn failures_in_a_row_open_it_however_many_answers_came_before() {
+        let p = BreakerPolicy::default();
+        let (s, _) = BreakerState::new(0).record(&answered(5_000, 10), false, &p, 100);
+        // Answers, then 6 failures in a row; then 4 more: ten in a row.
+        let mixed = Outcomes {
+            answered: 3,
+            trailing_failed: 6,
+            ..failed(7, 150)
+        };
+        let (s, c) = s.record(&mixed, false, &p, 200);
+        assert_eq!((c, s.consecutive), (None, 6));
+        let (s, c) = s.record(&failed(4, 250), false, &p, 300);
+        assert_eq!(
+            c.map(|c| c.reason),
+            Some(Some(TripReason::Failures)),
+            "{s:?}"
+        );
+        // A failure, then an answer: the run is over.
+        let (s, _) = BreakerState::new(0).record(&failed(9, 10), false, &p, 20);
+        let (s, c) = s.record(
+            &Outcomes {
+                trailing_failed: 0,
+                ..answered(1, 30)
+            },
+            false,
+            &p,
+            40,
+        );
+        assert_eq!((c, s.consecutive), (None, 0));
+    }
+
+    #[test]
     fn the_window_forgets_old_failures() {
         let p = BreakerPolicy::default();
         let s = BreakerState::new(0);
         let (s, _) = s.record(&failed(9, 0), false, &p, 0);
+        let (s, _) = s.record(
+            &Outcomes {
+                trailing_failed: 0,
+                ..answered(1, 5)
+            },
+            false,
+            &p,
+            10,
+        );
         let (s, c) = s.record(&failed(9, 10_999), false, &p, 11_000);
         assert_eq!(c, None);
         assert_eq!(s.failed, 9);

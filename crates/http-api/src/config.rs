@@ -386,7 +386,7 @@ settings! {
         env: "BREAKER_MIN_FAILURES",
         access: flag("breaker-min-failures"),
         default: "10",
-        help: "Breaker: failures (5xx, timeouts, cut connections) in one window that open it (1 to 100000)",
+        help: "Breaker: failures (5xx, timeouts, cut connections) in a row that open it, and the least in a window that may (1 to 100000)",
         parse: |raw| parse::whole_within(raw, 1u32, 100_000),
     }
     /// And the share of the window's exchanges they must be.

@@ -535,11 +535,16 @@ impl ApiError {
     /// caller's (logged at `info`). A request cut off at shutdown is neither: the server logs
     /// it at `warn`.
     pub fn log_level_is_error(&self) -> bool {
-        // A missing key is a known, already-warned-about state, not a failure per request.
+        // A missing key is a known, already-warned-about state, not a failure per request;
+        // so is an open breaker (logged when it opens, each shed request counted in
+        // `talkgate_breaker_shed_total`): an outage must not write a line per refusal.
         self.status().is_server_error()
             && !matches!(
                 self,
-                ApiError::Upstream(VideoApiError::NotConfigured) | ApiError::ShuttingDown { .. }
+                ApiError::Upstream(
+                    VideoApiError::NotConfigured
+                        | VideoApiError::Limiter(LimiterError::UpstreamUnavailable { .. })
+                ) | ApiError::ShuttingDown { .. }
             )
     }
 

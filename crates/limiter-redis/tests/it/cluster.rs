@@ -94,6 +94,50 @@ mod contract {
     ports::limiter_contract_tests!(crate::cluster::cluster_contract_limiter);
 }
 
+/// The shared records of a limiter on a cluster (its hash tag, so its slot), through a node
+/// that does not own the slot.
+pub async fn cluster_records() -> Arc<dyn ports::SharedRecords> {
+    let cluster = tokio::task::spawn_blocking(shared_cluster)
+        .await
+        .expect("the cluster starts");
+    let (mut config, _, _) = config_via_other_node(&cluster, 4);
+    config.connection.op_timeout = Duration::from_secs(3);
+    let limiter = RedisLimiter::connect_with_memory_fallback(config)
+        .await
+        .expect("limiter builds");
+    assert!(!limiter.is_degraded(), "the cluster is up");
+    Arc::new(ClusterRecords {
+        records: limiter.records(),
+        _limiter: limiter,
+        _cluster: cluster,
+    })
+}
+
+struct ClusterRecords {
+    records: limiter_redis::RedisRecords,
+    _limiter: RedisLimiter,
+    _cluster: Arc<RedisCluster>,
+}
+
+#[async_trait::async_trait]
+impl ports::SharedRecords for ClusterRecords {
+    async fn load(&self, name: &str) -> Result<Option<ports::Versioned>, ports::RecordsError> {
+        self.records.load(name).await
+    }
+    async fn swap(
+        &self,
+        name: &str,
+        expected: Option<u64>,
+        value: &str,
+    ) -> Result<ports::Swap, ports::RecordsError> {
+        self.records.swap(name, expected, value).await
+    }
+}
+
+mod records_contract {
+    ports::records_contract_tests!(crate::cluster::cluster_records);
+}
+
 /// A plain client on one node (no cluster routing), to look at what that node holds.
 async fn node_client(port: u16) -> fred::prelude::Client {
     let url = format!("redis://127.0.0.1:{port}");
