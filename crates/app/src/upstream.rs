@@ -14,8 +14,9 @@
 //! is on Redis, in memory otherwise): a report reads the record, folds this instance's window
 //! into it and stores it by compare-and-swap, folding again on a conflict. A drop (a 429 or a
 //! timeout of a request sent under the current limit), the first failure of a window (so an
-//! instance learns at its first failure that another one opened the breaker), a burst of
-//! failures, and any outcome while the breaker is not closed are reported at once; anything else at most every
+//! instance learns at its first failure that another one opened the breaker), every failure
+//! while the fleet has a run of failures going, a burst of failures, and any outcome while the
+//! breaker is not closed are reported at once; anything else at most every
 //! [`UpstreamSettings::report_every`]. An instance that only sheds (it sends nothing) reloads
 //! the breaker at that pace while requests keep coming, to see another's probe close it.
 //! With nothing sent and nobody asking, nothing is reported: idle means idle.
@@ -370,10 +371,20 @@ impl Upstream {
                 .breaker
                 .is_some_and(|b| p.outcomes.failed >= b.min_failures);
             // The first failure of a window is reported at once too: the report reads the
-            // fleet's breaker, which another instance may have opened already.
-            let first_failure = self.settings.breaker.is_some()
-                && matches!(sample.outcome, Outcome::Failed | Outcome::TimedOut)
-                && p.outcomes.failed == 1;
+            // fleet's breaker, which another instance may have opened already. So is every
+            // failure while the fleet's last known state has a run of failures going: the
+            // breaker then opens at the run's tenth failure wherever it happens, and every
+            // instance hears of it at its next failure (one report per failure, only while
+            // failures come in a row).
+            let failure = matches!(sample.outcome, Outcome::Failed | Outcome::TimedOut);
+            let in_a_run = self
+                .view
+                .borrow()
+                .breaker
+                .as_ref()
+                .is_some_and(|b| b.consecutive > 0);
+            let first_failure =
+                self.settings.breaker.is_some() && failure && (p.outcomes.failed == 1 || in_a_run);
             urgent = self.settings.adaptive.is_some()
                 && p.window.drops() > 0
                 && p.window.last_drop_sent_ms >= lowered

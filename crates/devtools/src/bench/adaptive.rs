@@ -273,10 +273,12 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
             } else {
                 "(fixed)".to_owned()
             },
-            if r.adaptive {
-                when(r.reached_s)
-            } else {
+            if !r.adaptive {
                 "(fixed)".to_owned()
+            } else if r.start >= CAP - 1 {
+                "(started there)".to_owned()
+            } else {
+                when(r.reached_s)
             },
             if r.adaptive {
                 r.outside_after.to_string()
