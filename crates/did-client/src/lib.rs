@@ -17,7 +17,9 @@
 //!   creates again, and reports a talk it found as created. A caller that may repeat a create
 //!   from another process supplies the token ([`DidClient::create_talk_with_token`] with
 //!   [`CreateToken::derive`] of its job id); the client then looks before the first attempt
-//!   too.
+//!   too. A failed create says whether any of its attempts may have reached D-ID
+//!   ([`ports::CreateFailed`]'s [`ports::Sent`]): one throttled or refused before it left made
+//!   nothing, and the caller's next try need not look.
 //! - **Typed errors for every shape D-ID answers** (`{kind, description}`, the gateway's
 //!   `{message}`/`{Message}`, HTML, empty), uploads with their real content type, one
 //!   `Authorization: Basic base64(key)` for every call, a key that never reaches logs, `Debug`
