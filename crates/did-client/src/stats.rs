@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ports::{ClientStats, PoolStats, RetryStats, VideoApiStats};
+use ports::{ClientStats, PacingStats, PoolStats, RetryStats, VideoApiStats};
 
 use crate::config::DidClientConfig;
 
@@ -71,6 +71,8 @@ impl Counters {
             creates_untagged: get(&self.creates_untagged),
             polls: get(&self.polls),
             lookup_pages: get(&self.lookup_pages),
+            // Filled in by the client, which owns the pacer.
+            pacing: PacingStats::default(),
             client: ClientStats {
                 base_url: config.base_url.clone(),
                 api_key_configured,

@@ -273,8 +273,9 @@ impl DidClient {
     /// the request may already be at D-ID, so the slot stays taken until the exchange is
     /// really over (answered, failed, or cut by the request timeout).
     ///
-    /// The whole exchange is cut off at `deadline`; what was sent by then decides the
-    /// failure's [`Sent`].
+    /// Before the permit the send waits for its turn at the pacer (see [`crate::pace`]), so
+    /// no slot is held while it waits; D-ID's answer teaches the pacer. The whole exchange
+    /// is cut off at `deadline`; what was sent by then decides the failure's [`Sent`].
     async fn exchange(
         &self,
         call: &Call,
@@ -287,16 +288,22 @@ impl DidClient {
             .as_ref()
             .ok_or(Failed::nothing(VideoApiError::NotConfigured))?;
         let (request, timeout) = self.request(call, auth).map_err(Failed::nothing)?;
-        let waited = tokio::time::timeout_at(
-            deadline,
-            self.limiter
-                .acquire(admission, self.config.limiter_wait_timeout),
-        )
+        let waited = tokio::time::timeout_at(deadline, async {
+            let turn = match &self.pacer {
+                Some(pacer) => Some(pacer.turn(admission.priority).await?),
+                None => None,
+            };
+            let permit = self
+                .limiter
+                .acquire(admission, self.config.limiter_wait_timeout)
+                .await?;
+            Ok::<_, VideoApiError>((turn, permit))
+        })
         .await;
-        let permit = match waited {
+        let (turn, permit) = match waited {
             Ok(Ok(granted)) => granted,
-            Ok(Err(error)) => return Err(Failed::nothing(error.into())),
-            // Still waiting for a slot: nothing left.
+            Ok(Err(error)) => return Err(Failed::nothing(error)),
+            // Still waiting for a turn or a slot: nothing left.
             Err(_) => return Err(Failed::nothing(VideoApiError::Timeout)),
         };
         bump(&self.counters.requests);
@@ -335,6 +342,7 @@ impl DidClient {
         };
         let counters = self.counters.clone();
         let observer = self.observer.clone();
+        let pacer = self.pacer.clone();
         let caps = Caps {
             body: self.config.max_body_bytes,
             error_body: self.config.max_error_body_bytes,
@@ -357,6 +365,9 @@ impl DidClient {
                 // polling happen without it (see the module docs for why this is a drop).
                 drop(permit);
                 let took = started.elapsed();
+                if let (Some(pacer), Some(turn), Ok(answer)) = (&pacer, turn, &answer) {
+                    pacer.answered(turn, answer.status, answer.retry_after);
+                }
                 let outcome = match &answer {
                     Ok(answer) => ExchangeOutcome::Answered(answer.status),
                     Err(failed) => ExchangeOutcome::Failed(observe::error_type(&failed.error)),

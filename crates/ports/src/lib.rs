@@ -8,7 +8,7 @@
 //! - [`limiter`]: [`ConcurrencyLimiter`], [`Permit`], [`LimiterStats`] (with its adapter-filled
 //!   [`BackendStats`]), [`LimiterError`].
 //! - [`video`]: [`VideoApi`] (D-ID's operations), [`VideoApiError`], [`WaitOptions`],
-//!   [`VideoApiStats`] (with its adapter-filled [`ClientStats`]); a
+//!   [`VideoApiStats`] (with its adapter-filled [`ClientStats`] and [`PacingStats`]); a
 //!   failed create's [`CreateFailed`], which says whether it may have reached D-ID
 //!   ([`Sent`]).
 //! - [`jobs`]: [`JobStore`] (durable talk jobs, claimed in priority order), [`Job`],
@@ -67,8 +67,8 @@ pub use limiter::{
 };
 pub use upload_cache::{CachedUpload, UploadCache, UploadCacheError, UploadKey};
 pub use video::{
-    ClientStats, CreateFailed, PollSchedule, PoolStats, RetryStats, Sent, VideoApi, VideoApiError,
-    VideoApiStats, WaitOptions,
+    ClientStats, CreateFailed, PacingStats, PollSchedule, PoolStats, RetryStats, Sent, VideoApi,
+    VideoApiError, VideoApiStats, WaitOptions,
 };
 
 #[cfg(feature = "mock")]

@@ -290,9 +290,52 @@ pub struct VideoApiStats {
     /// create, or after an ambiguous failure), each page counted once.
     #[serde(default)]
     pub lookup_pages: u64,
+    /// How the adapter paces its sends by the rate D-ID allows (see [`PacingStats`]).
+    #[serde(default)]
+    pub pacing: PacingStats,
     /// How the adapter's client is set up.
     #[serde(flatten)]
     pub client: ClientStats,
+}
+
+/// How a video adapter paces its sends by the rate D-ID allows, learned from its 429s (part of
+/// [`VideoApiStats`]; did-client's `pace` module). Rates are requests per second, waits whole
+/// milliseconds. Counters only grow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PacingStats {
+    /// Whether the adapter paces at all (the service's `PACING`); `pacing_enabled` in JSON,
+    /// as `/stats` names each fact once.
+    #[serde(rename = "pacing_enabled")]
+    pub enabled: bool,
+    /// Whether sends are paced now: after a 429, until a quiet period without one passes.
+    pub paced: bool,
+    /// The learned rate sends are paced at now; `None` while unpaced.
+    pub rate_rps: Option<f64>,
+    /// How long sends are still held for a `Retry-After`, in milliseconds (0: not held).
+    pub held_ms: u64,
+    /// Callers waiting for their turn now.
+    pub waiting: u64,
+    /// Sends that had to wait for their turn.
+    pub delayed: u64,
+    /// The time those sends waited, in all, in milliseconds.
+    pub delayed_ms: u64,
+    /// 429 answers seen.
+    pub throttled: u64,
+    /// Times the rate was lowered (a 429 to a send made at the current rate).
+    pub decreases: u64,
+    /// Times sends were held for a 429's `Retry-After`.
+    pub retry_after_holds: u64,
+    /// The lowest rate the pacer goes down to.
+    pub min_rps: f64,
+    /// The highest rate it paces at.
+    pub max_rps: f64,
+    /// What each second of answers without a 429 adds to the rate, while paced.
+    pub increase_rps: f64,
+    /// The factor a 429 multiplies the rate with.
+    pub decrease: f64,
+    /// How long without a 429 until sends are unpaced again, in milliseconds.
+    pub quiet_ms: u64,
 }
 
 /// The adapter-filled section of [`VideoApiStats`]: where the client sends requests, how it
@@ -486,10 +529,16 @@ mod tests {
         assert_eq!(stats.client.pool.max_idle_per_host, 8);
         assert_eq!(stats.client.retry_policy.jitter, 0.25);
         assert_eq!(stats.lookup_pages, 0, "counted since it exists");
+        assert_eq!(stats.pacing, PacingStats::default());
         // Written back: the same keys with the same values, and the newer ones beside them.
         let mut written = serde_json::to_value(&stats).unwrap();
         let written = written.as_object_mut().unwrap();
         assert_eq!(written.remove("lookup_pages"), Some(json!(0)));
+        assert!(
+            written
+                .remove("pacing")
+                .is_some_and(|p| p["pacing_enabled"] == false)
+        );
         assert_eq!(Value::Object(written.clone()), flat);
     }
 

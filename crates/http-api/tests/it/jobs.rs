@@ -1047,6 +1047,31 @@ async fn a_throttled_create_is_sent_again_without_a_look_up() {
     assert_eq!(stats.count("POST /talks", 429), 1, "{stats:?}");
     assert_eq!(stats.total("GET /talks"), 0, "no look-up: {stats:?}");
     assert_eq!(stats.talks_created, 1);
+    // The 429 taught the pacer: /stats and /metrics show the rate it paces at.
+    let (_, service) = get_json(&http, srv.api("/stats"), None).await;
+    let pacing = &service["client"]["upstream"]["pacing"];
+    assert_eq!(pacing["paced"], true, "{pacing}");
+    assert_eq!(
+        (pacing["throttled"].as_u64(), pacing["decreases"].as_u64()),
+        (Some(1), Some(1)),
+        "{pacing}"
+    );
+    let rate = pacing["rate_rps"].as_f64().unwrap();
+    assert!((1.0..=100.0).contains(&rate), "{pacing}");
+    let metrics = srv.metrics().await;
+    for line in [
+        "talkgate_did_pacing_paced 1",
+        "talkgate_did_pacing_decreases_total 1",
+        "talkgate_did_lookup_pages_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("talkgate_did_pacing_requests_per_second {rate}")),
+        "{metrics}"
+    );
     srv.stop().await;
 }
 
@@ -1087,5 +1112,12 @@ async fn a_create_that_may_have_been_sent_is_looked_up_first_when_tried_again() 
     let stats = fake.stats();
     assert_eq!(stats.total("GET /talks"), looked + 1, "{stats:?}");
     assert_eq!(stats.talks_created, 1);
+    let metrics = srv.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("talkgate_did_lookup_pages_total {}", looked + 1)),
+        "{metrics}"
+    );
     srv.stop().await;
 }
