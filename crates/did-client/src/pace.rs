@@ -34,7 +34,7 @@
 //! A 429 from a concurrency cap teaches the pacer too (D-ID's answer does not say which limit
 //! it is); the rate then only comes down to what the concurrency allowed.
 //!
-//! The state machine ([`Pacer`]'s `State`) is a pure function of the instants passed in, so
+//! The state machine (the pacer's `State`) is a pure function of the instants passed in, so
 //! the tests drive it with made-up times; the waiting itself runs on `tokio::time`.
 
 use std::cmp::Reverse;
