@@ -445,24 +445,24 @@ impl Pacer {
     /// [`VideoApiError::RateLimited`] with the wait a turn would take, at once.
     pub(crate) async fn turn(&self, priority: Priority) -> Result<Turn, VideoApiError> {
         let since = Instant::now();
-        let place = {
+        let (first, ended) = {
             let mut state = self.lock();
-            let now = state.try_now(since);
-            let ended = std::mem::take(&mut state.ended);
-            if let Some(turn) = now {
-                drop(state);
-                Self::tell_ended(ended);
-                return Ok(turn);
-            }
-            Self::tell_ended(ended);
-            match state.enqueue(priority) {
-                Some(place) => place,
-                None => {
-                    return Err(VideoApiError::RateLimited {
+            let first = match state.try_now(since) {
+                Some(turn) => Ok(Ok(turn)),
+                None => match state.enqueue(priority) {
+                    Some(place) => Err(place),
+                    None => Ok(Err(VideoApiError::RateLimited {
                         retry_after: Some(state.earliest(since).saturating_duration_since(since)),
-                    });
-                }
-            }
+                    })),
+                },
+            };
+            (first, std::mem::take(&mut state.ended))
+        };
+        Self::tell_ended(ended);
+        let place = match first {
+            // A turn at once, or the queue is full.
+            Ok(decided) => return decided,
+            Err(place) => place,
         };
         let mut queued = Queued {
             pacer: self,
