@@ -119,6 +119,7 @@ Server logs are written to target/xtask-logs/.
 /// `cargo xtask harness --help`.
 const HARNESS_USAGE: &str = "\
 usage: cargo xtask harness [--quick] [--seed N] [--only mixed|jobs] [--jobs-faults JSON]
+                           [--jobs-env NAME=VALUE]...
 
 Two runs, each checking its invariants:
 - mixed: redis-server, did-fake with faults injected and several http-api processes sharing
@@ -132,6 +133,7 @@ Two runs, each checking its invariants:
   --seed N            the workloads' seed [default: 42]
   --only mixed|jobs   one of the two runs
   --jobs-faults JSON  more did-fake faults for the jobs run (experiments)
+  --jobs-env N=V      a variable for the jobs run's instances, e.g. PACING=off (repeatable)
 ";
 
 /// The tasks; `demo`, `harness`, `bench` and `bench-report` run in `devtools`.

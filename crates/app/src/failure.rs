@@ -142,7 +142,10 @@ pub fn failure_of(error: &VideoApiError) -> JobFailure {
     }
 }
 
-/// Whether a failure left nothing at D-ID and may be tried again by a replay of its key.
+/// Whether a failure may be tried again by a replay of its key: it came before D-ID did the
+/// work (no slot, the limiter down, D-ID's throttle) and no talk is known. A create of such a
+/// job that may still have reached D-ID (an earlier attempt of the same call timed out, say)
+/// says so in [`Job::create_sent`], and the retried create looks for its talk first.
 pub fn failure_is_retryable(job: &Job) -> bool {
     job.status == JobStatus::Failed
         && job.talk_id.is_none()

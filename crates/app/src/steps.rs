@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use domain::{CreatedTalk, TalkStatus};
 use ports::{
-    Attempt, FailureCode, Job, JobFailure, JobId, JobStatus, JobStoreError, LimiterError,
-    PollSchedule, VideoApiError,
+    Attempt, CreateSent, FailureCode, Job, JobFailure, JobId, JobStatus, JobStoreError,
+    LimiterError, PollSchedule, Sent, VideoApiError,
 };
 
 use crate::admission::create_key;
@@ -32,13 +32,14 @@ pub enum CreateMode {
     InlineAsync,
 }
 
-/// Why a create failed, as the engine treats it.
+/// Why a create failed, as the engine treats it. Whether the next try looks first is not
+/// decided here but by what the call may have sent ([`Job::create_sent`]).
 enum CreateOutcome {
     /// The call ended waiting for a slot or throttled: tried again soon, not counted as an
-    /// attempt (an earlier attempt of the same call may still have reached D-ID, so the job
-    /// stays `creating` and the next try looks first).
-    NotSent(Duration),
-    /// It may have reached D-ID: retry with the look-up.
+    /// attempt; the job stays `creating`.
+    Throttled(Duration),
+    /// It failed in a way that may pass (a timeout, a 5xx, a cut connection): retried with
+    /// a growing back-off, counted.
     Ambiguous,
     /// D-ID said no (or it can never work): the job fails.
     Final,
@@ -47,18 +48,18 @@ enum CreateOutcome {
 fn classify_create(error: &VideoApiError) -> CreateOutcome {
     match error {
         VideoApiError::Limiter(LimiterError::Timeout { .. }) => {
-            CreateOutcome::NotSent(Duration::ZERO)
+            CreateOutcome::Throttled(Duration::ZERO)
         }
         VideoApiError::Limiter(LimiterError::Unavailable { .. }) => {
-            CreateOutcome::NotSent(Duration::from_secs(1))
+            CreateOutcome::Throttled(Duration::from_secs(1))
         }
         // The breaker held it back: nothing was sent; come back when it may let it through.
         VideoApiError::Limiter(LimiterError::UpstreamUnavailable { retry_after }) => {
-            CreateOutcome::NotSent(
+            CreateOutcome::Throttled(
                 (*retry_after).clamp(Duration::from_millis(100), Duration::from_secs(60)),
             )
         }
-        VideoApiError::RateLimited { retry_after } => CreateOutcome::NotSent(
+        VideoApiError::RateLimited { retry_after } => CreateOutcome::Throttled(
             retry_after
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(60)),
@@ -83,18 +84,30 @@ impl Jobs {
         mode: CreateMode,
     ) -> Result<(Job, Result<CreatedTalk, VideoApiError>), JobStoreError> {
         let inline = mode != CreateMode::Worker;
-        // Look first when a create may have been sent before: the job was left `creating`
-        // (by a worker or a request that died), or any earlier attempt exists (even one that
-        // ended without a slot: an attempt inside the same client call may have reached D-ID).
-        let look_first = job.status == JobStatus::Creating && !inline
-            || !job.attempts.is_empty()
+        // Look first when a create may have reached D-ID before: one said it may have (a
+        // timeout, a 5xx, also one whose last attempt was then throttled), or the job was
+        // left in a create call by an owner that died. A create that sent nothing (throttled,
+        // no slot) leaves nothing to find: the next one goes straight to `POST /talks`.
+        // A request that works on its own job wrote the `InCall` itself.
+        let look_first = job.create_may_have_been_sent(inline)
             || job.idempotency.is_some() && self.store_lost_data_recently();
         let from = job.status;
-        if job.status == JobStatus::Queued {
+        // Before the call, the job must say that a create is under way, so that if this
+        // owner dies mid-call the next one looks first. Only a job that has sent nothing
+        // says otherwise and is written for it (a queued one is written `creating` anyway):
+        // `InCall` and `Maybe` say it already, and a job stored by an earlier build
+        // (`Unknown`) is looked up by the next owner as soon as it is `creating`.
+        let intent = job.create_sent == CreateSent::Nothing;
+        if job.status == JobStatus::Queued || intent {
+            if intent {
+                job.create_sent = CreateSent::InCall;
+            }
             job.status = JobStatus::Creating;
             job.updated_ms = now_ms();
             job = self.write(job, from).await?;
-            self.note_drained();
+            if from == JobStatus::Queued {
+                self.note_drained();
+            }
         }
         let at = now_ms();
         // With D-ID's webhooks taken, the create asks for the job's receiver.
@@ -118,6 +131,8 @@ impl Jobs {
         job.updated_ms = now;
         match result {
             Ok(created) => {
+                // The talk exists.
+                job.create_sent = CreateSent::Maybe;
                 job.record_attempt(Attempt {
                     worker: owner.to_owned(),
                     action: if look_first {
@@ -146,7 +161,16 @@ impl Jobs {
                 }
                 return Ok((self.write(job, JobStatus::Creating).await?, Ok(created)));
             }
-            Err(error) => {
+            Err(failed) => {
+                let error = failed.error;
+                // Sticky: what an earlier create (or a dead owner's) may have done stays
+                // possible. Only a job that had sent nothing and whose call sent nothing
+                // again is back to `Nothing`.
+                job.create_sent = if look_first || failed.sent == Sent::Maybe {
+                    CreateSent::Maybe
+                } else {
+                    CreateSent::Nothing
+                };
                 let outcome = classify_create(&error);
                 let sent_before = job
                     .attempts
@@ -154,22 +178,28 @@ impl Jobs {
                     .filter(|a| a.action.starts_with("create"))
                     .count();
                 match outcome {
-                    CreateOutcome::NotSent(delay) => {
+                    CreateOutcome::Throttled(delay) => {
                         job.record_attempt(Attempt {
                             worker: owner.to_owned(),
                             action: "wait".to_owned(),
                             at_ms: at,
-                            outcome: format!("not sent: {}", failure_of(&error).code),
+                            outcome: match failed.sent {
+                                Sent::Nothing => {
+                                    format!("not sent: {}", failure_of(&error).code)
+                                }
+                                Sent::Maybe => {
+                                    format!("maybe sent, then {}", failure_of(&error).code)
+                                }
+                            },
                         });
                         if inline {
                             job.status = JobStatus::Failed;
                             job.error = Some(failure_of(&error));
                             job.finished_ms = Some(now);
                         } else {
-                            // The error is the call's last: an earlier attempt inside it
-                            // (did-client retries) may have reached D-ID before this one
-                            // found no slot or was throttled. So the job stays `creating`
-                            // and the next try looks the talk up first.
+                            // The job stays `creating`; its next try looks first if an
+                            // attempt of this call (did-client's retries) may have reached
+                            // D-ID before the last one was throttled.
                             job.status = JobStatus::Creating;
                             job.next_run_ms = now + ports::jobs::duration_ms(delay);
                         }
@@ -360,9 +390,14 @@ impl Jobs {
         self.write(job, from).await
     }
 
-    /// Takes a failed-before-D-ID job of a replayed key back for another inline try.
+    /// Takes a failed-before-D-ID job of a replayed key back for another inline try. A job
+    /// whose creates sent nothing is marked as in a create call (the caller's own, which it
+    /// makes next); one that may have sent keeps saying so, and its create looks first.
     pub async fn retake(&self, mut job: Job, owner: &str) -> Result<Job, JobStoreError> {
         let from = job.status;
+        if job.create_sent == CreateSent::Nothing {
+            job.create_sent = CreateSent::InCall;
+        }
         job.status = JobStatus::Creating;
         job.error = None;
         job.finished_ms = None;
@@ -387,6 +422,219 @@ impl Jobs {
 mod tests {
     use super::*;
     use domain::Priority;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use domain::TalkId;
+    use jobstore_memory::MemoryJobStore;
+    use ports::{CreateFailed, JobStore, MockVideoApi, NewJob, QueueLimits};
+
+    use crate::admission::{Admitted, JobRequest};
+    use crate::engine::JobsConfig;
+
+    fn talk_request() -> domain::TalkRequest {
+        domain::TalkRequest::new(
+            Some("https://example.test/f.jpg".into()),
+            domain::Script::Audio {
+                audio_url: "https://example.test/v.wav".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    fn created() -> CreatedTalk {
+        CreatedTalk {
+            id: TalkId::parse("tlk_paced").unwrap(),
+            status: TalkStatus::Created,
+            created_at: None,
+        }
+    }
+
+    /// An engine (no workers running) over a memory store and `video`.
+    fn engine(video: MockVideoApi) -> (Arc<Jobs>, Arc<dyn JobStore>) {
+        let store: Arc<dyn JobStore> = Arc::new(MemoryJobStore::new());
+        let jobs = Jobs::new(store.clone(), Arc::new(video), JobsConfig::default());
+        (jobs, store)
+    }
+
+    async fn queued(jobs: &Jobs) -> Job {
+        let request = JobRequest {
+            request: talk_request(),
+            admission: Priority::Normal.into(),
+            callback_url: None,
+            key: None,
+        };
+        match jobs.enqueue(request, None).await.unwrap() {
+            Admitted::New(job) => job,
+            Admitted::Replay(_) => panic!("a new job"),
+        }
+    }
+
+    /// The create of a job returns the first of `failures` on the first call, then the
+    /// talk; each call must come with the `look_first` the test expects for it.
+    fn video(failures: Vec<CreateFailed>, looks: Vec<bool>) -> MockVideoApi {
+        let mut video = MockVideoApi::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        video
+            .expect_create_talk_keyed()
+            .times(looks.len())
+            .withf(move |_, _, _, look_first| {
+                looks.get(seen.load(Ordering::SeqCst)) == Some(look_first)
+            })
+            .returning(move |_, _, _, _| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                failures.get(n).cloned().map_or(Ok(created()), Err)
+            });
+        video
+    }
+
+    #[tokio::test]
+    async fn a_throttled_create_is_tried_again_without_a_look_up() {
+        let throttled = CreateFailed::not_sent(VideoApiError::RateLimited { retry_after: None });
+        let (jobs, _) = engine(video(vec![throttled], vec![false, false]));
+        let job = queued(&jobs).await;
+        let (job, result) = jobs.create(job, "w/0", CreateMode::Worker).await.unwrap();
+        assert!(result.is_err());
+        assert_eq!(job.status, JobStatus::Creating);
+        assert_eq!(job.create_sent, CreateSent::Nothing, "a 429 made nothing");
+        assert_eq!(
+            job.attempts.last().map(|a| a.outcome.as_str()),
+            Some("not sent: upstream_rate_limited")
+        );
+        let (job, result) = jobs.create(job, "w/1", CreateMode::Worker).await.unwrap();
+        assert_eq!(result.unwrap().id, created().id);
+        assert_eq!(job.status, JobStatus::Processing);
+        assert_eq!(job.attempts.last().unwrap().action, "create");
+    }
+
+    #[tokio::test]
+    async fn a_create_that_may_have_reached_d_id_is_looked_up_first_ever_after() {
+        for failure in [
+            // Its first attempt timed out, its retry was throttled: the error is a 429.
+            CreateFailed::maybe_sent(VideoApiError::RateLimited { retry_after: None }),
+            CreateFailed::maybe_sent(VideoApiError::Server { status: 503 }),
+        ] {
+            let then_throttled =
+                CreateFailed::not_sent(VideoApiError::RateLimited { retry_after: None });
+            let (jobs, _) = engine(video(
+                vec![failure.clone(), then_throttled],
+                vec![false, true, true],
+            ));
+            let job = queued(&jobs).await;
+            let (job, _) = jobs.create(job, "w/0", CreateMode::Worker).await.unwrap();
+            assert_eq!(job.create_sent, CreateSent::Maybe, "{failure:?}");
+            // A later try that sends nothing does not forget what the first may have done.
+            let (job, _) = jobs.create(job, "w/1", CreateMode::Worker).await.unwrap();
+            assert_eq!(job.create_sent, CreateSent::Maybe, "{failure:?}");
+            let (job, result) = jobs.create(job, "w/2", CreateMode::Worker).await.unwrap();
+            assert!(result.is_ok());
+            assert_eq!(
+                job.attempts.last().unwrap().action,
+                "create (looked up first)"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_left_in_a_create_call_is_looked_up_first_and_ones_own_is_not() {
+        // As a request that submitted its own job (claimed at once) leaves it when it dies
+        // mid-create: `creating`, in a call, the lease run out.
+        let (jobs, store) = engine(video(vec![], vec![true]));
+        let new = NewJob {
+            id: crate::admission::new_job_id(),
+            priority: Priority::Normal,
+            tenant: domain::Tenant::public(),
+            share: domain::Share::default(),
+            request: talk_request(),
+            callback_url: None,
+            idempotency: None,
+            fingerprint: "fp".into(),
+            webhook_token: None,
+            now_ms: now_ms(),
+            lease: None,
+            status: JobStatus::Creating,
+            trace: None,
+        };
+        let ports::Submitted::Created(left) = store
+            .submit(new.clone(), QueueLimits { max_queued: 10 })
+            .await
+            .unwrap()
+        else {
+            panic!("a new job");
+        };
+        assert_eq!(left.create_sent, CreateSent::InCall);
+        let (job, result) = jobs.create(left, "w/0", CreateMode::Worker).await.unwrap();
+        assert!(result.is_ok());
+        assert_eq!(job.attempts[0].action, "create (looked up first)");
+
+        // The request that submitted it makes its own call without looking.
+        let (jobs, store) = engine(video(vec![], vec![false]));
+        let ports::Submitted::Created(own) = store
+            .submit(new, QueueLimits { max_queued: 10 })
+            .await
+            .unwrap()
+        else {
+            panic!("a new job");
+        };
+        let (job, _) = jobs
+            .create(own, "r/0", CreateMode::InlineWait)
+            .await
+            .unwrap();
+        assert_eq!(job.attempts[0].action, "create");
+    }
+
+    /// The job says "in a create call" in the store while the call is under way, so a
+    /// worker that dies there leaves a job the next owner looks up first; a throttled
+    /// retry is written so before its call too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_call_under_way_is_in_the_store_before_it_is_sent() {
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let mut video = MockVideoApi::new();
+        video
+            .expect_create_talk_keyed()
+            .times(2)
+            .returning(move |_, _, _, _| {
+                entered_tx.send(()).unwrap();
+                // Blocks this worker thread until the test has read the store.
+                release_rx.recv().unwrap();
+                Err(CreateFailed::not_sent(VideoApiError::RateLimited {
+                    retry_after: None,
+                }))
+            });
+        let (jobs, store) = engine(video);
+        let mut job = queued(&jobs).await;
+        let entered = Arc::new(std::sync::Mutex::new(entered_rx));
+        for round in 0..2 {
+            let jobs_c = jobs.clone();
+            let call = tokio::spawn(async move {
+                jobs_c.create(job, "w/0", CreateMode::Worker).await.unwrap()
+            });
+            let entered = entered.clone();
+            tokio::task::spawn_blocking(move || entered.lock().unwrap().recv().unwrap())
+                .await
+                .unwrap();
+            let during = store.get(&call_id(&store).await).await.unwrap().unwrap();
+            assert_eq!(during.status, JobStatus::Creating, "round {round}");
+            assert_eq!(during.create_sent, CreateSent::InCall, "round {round}");
+            assert!(during.create_may_have_been_sent(false), "for another owner");
+            release_tx.send(()).unwrap();
+            let (after, _) = call.await.unwrap();
+            assert_eq!(after.create_sent, CreateSent::Nothing, "round {round}");
+            job = after;
+        }
+    }
+
+    /// The one job of the store.
+    async fn call_id(store: &Arc<dyn JobStore>) -> JobId {
+        let page = store
+            .list(ports::ListQuery::new(None, 10, None))
+            .await
+            .unwrap();
+        assert_eq!(page.jobs.len(), 1);
+        page.jobs[0].id.clone()
+    }
 
     #[test]
     fn creates_that_reached_nothing_are_requeued_and_ambiguous_ones_retried() {
@@ -394,12 +642,12 @@ mod tests {
             priority: Priority::Low,
             waited: Duration::from_secs(60),
         });
-        assert!(matches!(classify_create(&timeout), CreateOutcome::NotSent(d) if d.is_zero()));
+        assert!(matches!(classify_create(&timeout), CreateOutcome::Throttled(d) if d.is_zero()));
         let throttled = VideoApiError::RateLimited {
             retry_after: Some(Duration::from_secs(500)),
         };
         assert!(
-            matches!(classify_create(&throttled), CreateOutcome::NotSent(d) if d == Duration::from_secs(60)),
+            matches!(classify_create(&throttled), CreateOutcome::Throttled(d) if d == Duration::from_secs(60)),
             "a throttle's wait is capped"
         );
         assert!(matches!(

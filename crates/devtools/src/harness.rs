@@ -15,7 +15,9 @@
 //! Then the jobs chaos run (`harness_jobs`): durable jobs with idempotency keys while
 //! instances are SIGKILLed and restarted, on a Redis and on a SQLite job store.
 //! `--only mixed` / `--only jobs` runs one of the two; `--jobs-faults JSON` merges more
-//! did-fake faults into the jobs run (experiments, e.g. `{"rate_limit_rps": 20}`).
+//! did-fake faults into the jobs run (experiments, e.g. `{"rate_limit_rps": 20}`), and
+//! `--jobs-env NAME=VALUE` (repeatable) sets a variable of its http-api instances (e.g.
+//! `PACING=off`, to compare).
 //!
 //! Exit code non-zero on any violation. `cargo xtask test` runs it with `--quick`.
 //!
@@ -47,6 +49,8 @@ struct Plan {
     jobs: bool,
     /// `--jobs-faults JSON`: merged over the jobs run's did-fake faults (experiments).
     jobs_faults: Option<Value>,
+    /// `--jobs-env NAME=VALUE`: set for the jobs run's instances, after the run's own.
+    jobs_env: Vec<(String, String)>,
     processes: usize,
     requests: usize,
     workers: usize,
@@ -60,6 +64,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         mixed: true,
         jobs: true,
         jobs_faults: None,
+        jobs_env: Vec::new(),
         processes: 4,
         requests: 400,
         workers: 24,
@@ -91,13 +96,25 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 }
                 plan.jobs_faults = Some(v);
             }
+            "--jobs-env" => {
+                let raw = it.next().context("--jobs-env needs NAME=VALUE")?;
+                let (name, value) = raw.split_once('=').context("--jobs-env takes NAME=VALUE")?;
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    bail!("--jobs-env: {name:?} is not a variable name (A-Z, 0-9, _)");
+                }
+                plan.jobs_env.push((name.to_owned(), value.to_owned()));
+            }
             "--only" => match it.next().map(String::as_str) {
                 Some("mixed") => plan.jobs = false,
                 Some("jobs") => plan.mixed = false,
                 other => bail!("--only takes mixed or jobs, got {other:?}"),
             },
             other => bail!(
-                "unknown harness option {other:?} (expected --quick, --seed N, --only mixed|jobs, --jobs-faults JSON)"
+                "unknown harness option {other:?} (expected --quick, --seed N, --only mixed|jobs, --jobs-faults JSON, --jobs-env NAME=VALUE)"
             ),
         }
     }
@@ -118,7 +135,13 @@ async fn both(plan: &Plan) -> Result<()> {
         println!("\nharness: the mixed run failed: {e:#}");
     }
     let jobs = if plan.jobs {
-        crate::harness_jobs::run(plan.quick, plan.seed, plan.jobs_faults.as_ref()).await
+        crate::harness_jobs::run(
+            plan.quick,
+            plan.seed,
+            plan.jobs_faults.as_ref(),
+            &plan.jobs_env,
+        )
+        .await
     } else {
         Ok(())
     };

@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{AuthScheme, DidClientConfig};
 use crate::observe::ExchangeObserver;
+use crate::pace::{self, Pacer};
 use crate::stats::{Counters, DidClientStats};
 
 /// Why a [`DidClient`] could not be built.
@@ -29,6 +30,9 @@ pub enum DidClientError {
     /// reqwest could not build its client (TLS initialisation).
     #[error("could not build the HTTP client")]
     Http(#[source] reqwest::Error),
+    /// The pacing settings are out of their bounds.
+    #[error("invalid pacing settings: {0}")]
+    InvalidPacing(String),
 }
 
 /// The D-ID adapter of [`VideoApi`](ports::VideoApi): one pooled `reqwest::Client`, a limiter permit per
@@ -45,6 +49,9 @@ pub struct DidClient {
     pub(crate) counters: Arc<Counters>,
     /// Told of every exchange ([`DidClient::with_observer`]).
     pub(crate) observer: Option<Arc<dyn ExchangeObserver>>,
+    /// Paces sends by the rate D-ID allows; `None` when pacing is off. Shared with the
+    /// exchange tasks, which tell it D-ID's answers.
+    pub(crate) pacer: Option<Arc<Pacer>>,
     /// The base URL's host and port, for the exchange spans' `server.*` attributes.
     pub(crate) server: (String, u16),
 }
@@ -97,6 +104,14 @@ impl DidClient {
             Some(key) => auth_header(key, config.auth_scheme)?,
             None => None,
         };
+        config
+            .pacing
+            .validate()
+            .map_err(DidClientError::InvalidPacing)?;
+        let pacer = config
+            .pacing
+            .enabled
+            .then(|| Arc::new(Pacer::new(config.pacing)));
         let http = reqwest::Client::builder()
             .user_agent(concat!("talkgate-did-client/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
@@ -115,6 +130,7 @@ impl DidClient {
             limiter,
             counters: Arc::default(),
             observer: None,
+            pacer,
             server,
             config,
         })
@@ -136,9 +152,14 @@ impl DidClient {
         self.auth.is_some()
     }
 
-    /// Pool configuration and counters since the client was built.
+    /// Pool configuration and counters since the client was built, and what the pacer does.
     pub fn stats(&self) -> DidClientStats {
-        self.counters.snapshot(&self.config, self.auth.is_some())
+        let mut stats = self.counters.snapshot(&self.config, self.auth.is_some());
+        stats.pacing = match &self.pacer {
+            Some(pacer) => pacer.stats(),
+            None => pace::stats_off(&self.config.pacing),
+        };
+        stats
     }
 }
 
@@ -194,6 +215,29 @@ pub(crate) mod tests {
             assert!(!text.contains(&encoded), "{text}");
         }
         assert!(client.stats().client.api_key_configured);
+    }
+
+    #[test]
+    fn pacing_out_of_bounds_is_refused_when_the_client_is_built() {
+        let config = DidClientConfig {
+            pacing: crate::PacingConfig {
+                decrease: 1.5,
+                ..crate::PacingConfig::default()
+            },
+            ..DidClientConfig::new("https://api.d-id.com", None)
+        };
+        let err = DidClient::new(config, untouchable_limiter()).unwrap_err();
+        assert!(
+            matches!(&err, DidClientError::InvalidPacing(m) if m.contains("decrease")),
+            "{err}"
+        );
+        let off = DidClientConfig {
+            pacing: crate::PacingConfig::off(),
+            ..DidClientConfig::new("https://api.d-id.com", None)
+        };
+        let client = DidClient::new(off, untouchable_limiter()).unwrap();
+        assert!(client.pacer.is_none());
+        assert!(!client.stats().pacing.enabled);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::pace::PacingConfig;
 use crate::retry::RetryPolicy;
 
 /// D-ID's production API.
@@ -74,6 +75,8 @@ pub struct DidClientConfig {
     pub limiter_wait_timeout: Duration,
     /// Which failures are retried, and the backoff schedule.
     pub retry: RetryPolicy,
+    /// How sends are paced after D-ID throttles (on by default; see [`crate::pace`]).
+    pub pacing: PacingConfig,
     /// Pages of `GET /talks` scanned for a create token after an ambiguous create failure
     /// (default 3).
     pub recovery_pages: u32,
@@ -111,6 +114,7 @@ impl Default for DidClientConfig {
             upload_call_deadline: Duration::from_secs(150),
             limiter_wait_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
+            pacing: PacingConfig::default(),
             recovery_pages: 3,
             recovery_page_size: 100,
             poll_jitter: ports::PollSchedule::JITTER,
@@ -153,6 +157,7 @@ impl fmt::Debug for DidClientConfig {
             .field("upload_call_deadline", &self.upload_call_deadline)
             .field("limiter_wait_timeout", &self.limiter_wait_timeout)
             .field("retry", &self.retry)
+            .field("pacing", &self.pacing)
             .field("recovery_pages", &self.recovery_pages)
             .field("recovery_page_size", &self.recovery_page_size)
             .field("poll_jitter", &self.poll_jitter)

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use domain::{Admission, CreatedTalk, Talk, TalkPage, TalkRequest};
-use ports::VideoApiError;
+use ports::{CreateFailed, VideoApiError};
 use reqwest::Method;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -52,17 +52,18 @@ impl DidClient {
     /// may run the same job: a second process then finds the talk the first one created. The
     /// request must be the same too (its `user_data` is part of what is matched).
     ///
-    /// Errors as [`VideoApi::create_talk`](ports::VideoApi::create_talk); besides, a
-    /// `user_data` that leaves no room for the token is refused locally
-    /// ([`VideoApiError::Validation`], 400), and a look-up that fails before the first
-    /// attempt is returned as it is, without creating anything.
+    /// Errors as [`VideoApi::create_talk`](ports::VideoApi::create_talk), with whether any
+    /// attempt may have made the talk ([`CreateFailed::sent`]); besides, a `user_data` that
+    /// leaves no room for the token is refused locally ([`VideoApiError::Validation`], 400),
+    /// and a look-up that fails before the first attempt is returned as it is, without
+    /// creating anything.
     #[tracing::instrument(skip(self, admission, request), fields(priority = %admission.priority, create_token = %token, talk_id = tracing::field::Empty))]
     pub async fn create_talk_with_token(
         &self,
         request: &TalkRequest,
         admission: &Admission,
         token: &CreateToken,
-    ) -> Result<CreatedTalk, VideoApiError> {
+    ) -> Result<CreatedTalk, CreateFailed> {
         let created = self.create(request, admission, token, true).await?;
         tracing::Span::current().record("talk_id", tracing::field::display(&created.id));
         Ok(created)
@@ -70,17 +71,18 @@ impl DidClient {
 
     /// `POST /talks` exactly once for `token`: see [`crate::tag`] and the crate docs. With
     /// `look_first` (a token the caller supplied, which an earlier process may have used) the
-    /// newest talks are searched before the first attempt.
+    /// newest talks are searched before the first attempt. A failure says whether any
+    /// attempt may have made the talk.
     pub(crate) async fn create(
         &self,
         request: &TalkRequest,
         admission: &Admission,
         token: &CreateToken,
         look_first: bool,
-    ) -> Result<CreatedTalk, VideoApiError> {
+    ) -> Result<CreatedTalk, CreateFailed> {
         let tagged = tag::tagged(request.user_data(), token);
         if look_first && tagged.is_none() {
-            return Err(VideoApiError::Validation {
+            return Err(CreateFailed::not_sent(VideoApiError::Validation {
                 status: 400,
                 kind: "ValidationError".to_owned(),
                 description: format!(
@@ -88,7 +90,7 @@ impl DidClient {
                     tag::USER_DATA_MAX - tag::TAG_LEN
                 ),
                 details: None,
-            });
+            }));
         }
         bump(&self.counters.creates);
         let deadline = Instant::now() + self.config.call_deadline;
@@ -96,8 +98,10 @@ impl DidClient {
             Some(user_data) => request
                 .clone()
                 .with_user_data(user_data.clone())
-                .map_err(|e| VideoApiError::Protocol {
-                    message: format!("could not tag the create: {e}"),
+                .map_err(|e| {
+                    CreateFailed::not_sent(VideoApiError::Protocol {
+                        message: format!("could not tag the create: {e}"),
+                    })
                 })?,
             None => {
                 bump(&self.counters.creates_untagged);
@@ -107,8 +111,10 @@ impl DidClient {
                 request.clone()
             }
         };
-        let body = serde_json::to_vec(&body).map_err(|e| VideoApiError::Protocol {
-            message: format!("could not encode the talk request: {e}"),
+        let body = serde_json::to_vec(&body).map_err(|e| {
+            CreateFailed::not_sent(VideoApiError::Protocol {
+                message: format!("could not encode the talk request: {e}"),
+            })
         })?;
         let mut call = Call::new("create_talk", Method::POST, "/talks".to_owned());
         call.payload = Payload::Json(Bytes::from(body));
@@ -118,8 +124,12 @@ impl DidClient {
             tagged,
             admission,
         });
+        // A look-up that fails before the first attempt sent no create.
         if let (true, Some(look_up)) = (look_first, &look_up)
-            && let Some(talk) = look_up.look_up(deadline).await?
+            && let Some(talk) = look_up
+                .look_up(deadline)
+                .await
+                .map_err(CreateFailed::not_sent)?
         {
             bump(&self.counters.create_recoveries);
             info!(talk_id = %talk.id, "a talk with this create token exists already; not creating again");
@@ -132,7 +142,10 @@ impl DidClient {
             None => IfAmbiguous::GiveUp,
         };
         match self.run(&call, admission, deadline, if_ambiguous).await? {
-            Outcome::Answered(answer) => answer.json("created talk"),
+            // D-ID answered 2xx: the talk exists even if its answer cannot be read.
+            Outcome::Answered(answer) => answer
+                .json("created talk")
+                .map_err(CreateFailed::maybe_sent),
             Outcome::Found(talk) => {
                 bump(&self.counters.create_recoveries);
                 info!(talk_id = %talk.id, "found the talk an ambiguous create made; not creating again");
@@ -170,6 +183,7 @@ impl DidClient {
     ) -> Result<Option<Talk>, VideoApiError> {
         let mut token = None;
         for _ in 0..self.config.recovery_pages {
+            bump(&self.counters.lookup_pages);
             let page = self
                 .fetch_page(
                     Some(self.config.recovery_page_size),

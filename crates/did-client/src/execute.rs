@@ -1,27 +1,32 @@
 //! The one retry loop: attempts of a call until it succeeds, the policy gives up or the
 //! deadline passes, with a hook for failures after which the request may have taken effect.
 //!
-//! A failure is *ambiguous* when D-ID may have done the work anyway: a timeout, a cut
-//! connection or a 5xx. Repeating a read, a delete or an upload then is harmless, so most
+//! A failure is *ambiguous* when D-ID may have done the work anyway: a timeout or a cut
+//! connection after the request was sent, or a 5xx (a connection that could not be made is
+//! not: nothing left). Repeating a read, a delete or an upload then is harmless, so most
 //! calls retry it like any other failure ([`IfAmbiguous::Retry`]). Repeating a `POST /talks`
 //! could pay for a second video, so the exactly-once create either looks first
 //! ([`IfAmbiguous::LookUp`], with the talk its token finds) or gives up
 //! ([`IfAmbiguous::GiveUp`], when it could not carry a token). A 4xx or a 429 is D-ID's
 //! answer: nothing happened, and the policy alone decides.
+//!
+//! A call that fails reports the furthest any of its attempts got ([`Sent`]), not only its
+//! last attempt's: a create whose first attempt timed out and whose retry was throttled may
+//! have made the talk, and its caller must know that to look first when it tries again.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
 use domain::Admission;
-use ports::VideoApiError;
+use ports::{Sent, VideoApiError};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::client::DidClient;
 use crate::retry::RetryDecision;
 use crate::stats::bump;
-use crate::transport::{Answer, Call};
+use crate::transport::{Answer, Call, Failed};
 
 /// What an ambiguous failure means for a call (see the module docs).
 pub(crate) enum IfAmbiguous<L> {
@@ -90,7 +95,8 @@ impl DidClient {
     ) -> Result<Answer, VideoApiError> {
         match self
             .run(call, admission, deadline, IfAmbiguous::<NoLookUp>::Retry)
-            .await?
+            .await
+            .map_err(|failed| failed.error)?
         {
             Outcome::Answered(answer) => Ok(answer),
             Outcome::Found(never) => match never {},
@@ -99,28 +105,36 @@ impl DidClient {
 
     /// The retry loop: attempts of `call` until one succeeds, the policy gives up or
     /// `deadline` passes; `if_ambiguous` decides what an ambiguous failure leads to. The
-    /// caller gets the last attempt's typed error.
+    /// caller gets the last attempt's typed error, with the furthest any attempt got.
     pub(crate) async fn run<L: LookUp>(
         &self,
         call: &Call,
         admission: &Admission,
         deadline: Instant,
         if_ambiguous: IfAmbiguous<L>,
-    ) -> Result<Outcome<L::Found>, VideoApiError> {
+    ) -> Result<Outcome<L::Found>, Failed> {
+        let mut sent = Sent::Nothing;
+        let failed = |error: VideoApiError, sent: Sent| Failed { error, sent };
         let mut attempt = 1;
         loop {
-            let error = match self.attempt(call, admission, deadline, attempt).await {
+            let (error, ambiguous) = match self.attempt(call, admission, deadline, attempt).await {
                 Ok(answer) => return Ok(Outcome::Answered(answer)),
-                Err(error) => error,
+                Err(f) => {
+                    sent = sent.max(f.sent);
+                    // A transient failure of an attempt that never left (a refused
+                    // connection) did nothing: it is retried like any other.
+                    let ambiguous = f.error.is_retryable() && f.sent == Sent::Maybe;
+                    (f.error, ambiguous)
+                }
             };
             let retry = self.next_wait(attempt, &error, deadline);
             let look_up = match &if_ambiguous {
-                IfAmbiguous::LookUp(look_up) if error.is_retryable() => look_up,
-                IfAmbiguous::GiveUp if error.is_retryable() => return Err(error),
+                IfAmbiguous::LookUp(look_up) if ambiguous => look_up,
+                IfAmbiguous::GiveUp if ambiguous => return Err(failed(error, sent)),
                 // Not ambiguous, or harmless to repeat: the policy decides.
                 _ => {
                     let Some(wait) = retry else {
-                        return Err(error);
+                        return Err(failed(error, sent));
                     };
                     self.back_off(call.op, attempt, wait, &error).await;
                     attempt += 1;
@@ -146,11 +160,11 @@ impl DidClient {
                     );
                     attempt += 1;
                 }
-                Ok(None) => return Err(error),
+                Ok(None) => return Err(failed(error, sent)),
                 Err(lookup) => {
                     // Without the look-up a retry could do it twice: report the call's error.
                     warn!(op = call.op, error = %error, lookup_error = %lookup, "could not check whether the failed attempt went through");
-                    return Err(error);
+                    return Err(failed(error, sent));
                 }
             }
         }

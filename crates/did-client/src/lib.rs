@@ -11,13 +11,18 @@
 //!   if [`RetryPolicy::retry_rate_limited`], honouring `Retry-After` up to a cap). Backoff
 //!   2 s → 4 s → 8 s, capped at 10 s, with jitter; a total deadline bounds every call; after
 //!   the last attempt the caller gets the typed error itself, not a wrapper.
+//! - **Pacing by D-ID's rate.** After a 429 the client spaces its sends by a rate it learns
+//!   (down on a 429, up while answers come without one, held for a `Retry-After`, unpaced
+//!   again after a quiet period; [`pace`]), so it stops sending into the throttle.
 //! - **Exactly-once talk creation.** `POST /talks` has no idempotency key, so every create
 //!   carries a random token in `user_data` (format in [`tag`]); after an ambiguous failure
 //!   (timeout, cut connection, 5xx) the client looks for the token in `GET /talks` before it
 //!   creates again, and reports a talk it found as created. A caller that may repeat a create
 //!   from another process supplies the token ([`DidClient::create_talk_with_token`] with
 //!   [`CreateToken::derive`] of its job id); the client then looks before the first attempt
-//!   too.
+//!   too. A failed create says whether any of its attempts may have reached D-ID
+//!   ([`ports::CreateFailed`]'s [`ports::Sent`]): one throttled or refused before it left made
+//!   nothing, and the caller's next try need not look.
 //! - **Typed errors for every shape D-ID answers** (`{kind, description}`, the gateway's
 //!   `{message}`/`{Message}`, HTML, empty), uploads with their real content type, one
 //!   `Authorization: Basic base64(key)` for every call, a key that never reaches logs, `Debug`
@@ -34,6 +39,7 @@
 //!   [`DidClient::create_talk_with_token`]), `poll` (waiting for a talk), `video_api` (the
 //!   port).
 //! - [`retry`]: [`RetryPolicy`], a pure function from attempt and error to a wait.
+//! - [`pace`]: [`PacingConfig`] and the pacer every exchange takes its turn from.
 //! - `errors`: D-ID's answers and transport failures → [`ports::VideoApiError`],
 //!   `Retry-After` parsing.
 //! - [`tag`]: the create token in `user_data` ([`CreateToken`]: random, or derived from a
@@ -83,6 +89,7 @@ mod create;
 mod errors;
 mod execute;
 pub mod observe;
+pub mod pace;
 mod poll;
 pub mod retry;
 pub mod stats;
@@ -93,6 +100,7 @@ mod video_api;
 pub use client::{DidClient, DidClientError};
 pub use config::{AuthScheme, DEFAULT_BASE_URL, DidClientConfig};
 pub use observe::{Exchange, ExchangeObserver, ExchangeOutcome};
+pub use pace::PacingConfig;
 pub use ports::{ClientStats, PoolStats, RetryStats};
 pub use retry::{RetryDecision, RetryPolicy};
 pub use stats::DidClientStats;

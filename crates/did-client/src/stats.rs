@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ports::{ClientStats, PoolStats, RetryStats, VideoApiStats};
+use ports::{ClientStats, PacingStats, PoolStats, RetryStats, VideoApiStats};
 
 use crate::config::DidClientConfig;
 
@@ -29,6 +29,7 @@ pub(crate) struct Counters {
     pub create_recoveries: AtomicU64,
     pub creates_untagged: AtomicU64,
     pub polls: AtomicU64,
+    pub lookup_pages: AtomicU64,
     responses: Mutex<BTreeMap<u16, u64>>,
 }
 
@@ -69,6 +70,9 @@ impl Counters {
             create_recoveries: get(&self.create_recoveries),
             creates_untagged: get(&self.creates_untagged),
             polls: get(&self.polls),
+            lookup_pages: get(&self.lookup_pages),
+            // Filled in by the client, which owns the pacer.
+            pacing: PacingStats::default(),
             client: ClientStats {
                 base_url: config.base_url.clone(),
                 api_key_configured,

@@ -21,6 +21,14 @@
 //! held), so a queued caller that gives up leaves the queue at once. At runtime shutdown the
 //! tasks are dropped with the runtime, and their permits with them.
 //!
+//! # What was sent
+//! Every failed exchange says whether D-ID may have acted on it ([`ports::Sent`]): nothing
+//! was sent when it failed before the request left (no key, no turn at the pacer, no limiter
+//! slot, the deadline passed while waiting, the connection could not be made) or when D-ID
+//! answered with a refusal (a 4xx other than 408, a 429 among them); anything else (a
+//! timeout or a cut connection once the request was out, a 5xx, a 2xx whose body could not
+//! be read) may have been acted on. The retry loop keeps the furthest any attempt got.
+//!
 //! # Time
 //! Each call has a total deadline ([`DidClientConfig::call_deadline`], uploads
 //! [`DidClientConfig::upload_call_deadline`]) covering limiter waits, attempts and backoffs;
@@ -38,7 +46,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use domain::{Admission, Upload};
-use ports::VideoApiError;
+use ports::{Sent, VideoApiError};
 use reqwest::Method;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
@@ -83,6 +91,40 @@ impl Call {
     }
 }
 
+/// A failed attempt (or call): its error, and whether what it sent may have been acted on.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) error: VideoApiError,
+    pub(crate) sent: Sent,
+}
+
+impl Failed {
+    /// Failed before anything left, or refused by D-ID.
+    pub(crate) fn nothing(error: VideoApiError) -> Failed {
+        Failed {
+            error,
+            sent: Sent::Nothing,
+        }
+    }
+
+    /// Failed after the request may have been acted on.
+    pub(crate) fn maybe(error: VideoApiError) -> Failed {
+        Failed {
+            error,
+            sent: Sent::Maybe,
+        }
+    }
+}
+
+impl From<Failed> for ports::CreateFailed {
+    fn from(f: Failed) -> ports::CreateFailed {
+        ports::CreateFailed {
+            error: f.error,
+            sent: f.sent,
+        }
+    }
+}
+
 /// A 2xx or error answer, read to the end.
 pub(crate) struct Answer {
     status: u16,
@@ -91,12 +133,15 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// The answer if it is a success, else its mapped error.
-    fn success(self) -> Result<Answer, VideoApiError> {
+    /// The answer if it is a success, else its mapped error (a refusal sent nothing).
+    fn success(self) -> Result<Answer, Failed> {
         if (200..300).contains(&self.status) {
             Ok(self)
         } else {
-            Err(map_status(self.status, self.retry_after, &self.body))
+            Err(Failed {
+                error: map_status(self.status, self.retry_after, &self.body),
+                sent: Sent::by_status(self.status),
+            })
         }
     }
 
@@ -150,29 +195,46 @@ struct Caps {
 }
 
 /// Sends `request` and reads its answer, at most the cap of its kind; no permit logic here.
+///
+/// A failure to connect sent nothing; any other failure before the answer (a timeout, a cut
+/// connection) may have come after D-ID read the request. Once the status is in, what was
+/// sent is what the status says ([`Sent::by_status`]), also if the body then fails.
 async fn send(
     request: reqwest::RequestBuilder,
     counters: &Counters,
     caps: Caps,
-) -> Result<Answer, VideoApiError> {
-    let transport = |e: reqwest::Error| {
+) -> Result<Answer, Failed> {
+    let transport = |e: reqwest::Error, sent: Sent| {
         bump(&counters.transport_errors);
-        map_transport(e)
+        Failed {
+            error: map_transport(e),
+            sent,
+        }
     };
-    let mut response = request.send().await.map_err(transport)?;
+    let mut response = request.send().await.map_err(|e| {
+        let sent = if e.is_connect() {
+            Sent::Nothing
+        } else {
+            Sent::Maybe
+        };
+        transport(e, sent)
+    })?;
     let status = response.status().as_u16();
     counters.response(status);
     let retry_after = retry_after(response.headers(), SystemTime::now());
     let success = (200..300).contains(&status);
     let cap = if success { caps.body } else { caps.error_body };
-    let body = match read_capped(&mut response, cap).await.map_err(transport)? {
+    let body = match read_capped(&mut response, cap)
+        .await
+        .map_err(|e| transport(e, Sent::by_status(status)))?
+    {
         Some(body) => body,
         // An error answer is still D-ID's answer: keep the status, drop the words.
         None if !success => Bytes::new(),
         None => {
-            return Err(VideoApiError::Protocol {
+            return Err(Failed::maybe(VideoApiError::Protocol {
                 message: format!("answer body larger than {cap} bytes"),
-            });
+            }));
         }
     };
     Ok(Answer {
@@ -210,18 +272,40 @@ impl DidClient {
     /// this future only awaits its result. A caller that gives up detaches from the task, but
     /// the request may already be at D-ID, so the slot stays taken until the exchange is
     /// really over (answered, failed, or cut by the request timeout).
+    ///
+    /// Before the permit the send waits for its turn at the pacer (see [`crate::pace`]), so
+    /// no slot is held while it waits; D-ID's answer teaches the pacer. The whole exchange
+    /// is cut off at `deadline`; what was sent by then decides the failure's [`Sent`].
     async fn exchange(
         &self,
         call: &Call,
         admission: &Admission,
         attempt: u32,
-    ) -> Result<Answer, VideoApiError> {
-        let auth = self.auth.as_ref().ok_or(VideoApiError::NotConfigured)?;
-        let (request, timeout) = self.request(call, auth)?;
-        let permit = self
-            .limiter
-            .acquire(admission, self.config.limiter_wait_timeout)
-            .await?;
+        deadline: Instant,
+    ) -> Result<Answer, Failed> {
+        let auth = self
+            .auth
+            .as_ref()
+            .ok_or(Failed::nothing(VideoApiError::NotConfigured))?;
+        let (request, timeout) = self.request(call, auth).map_err(Failed::nothing)?;
+        let waited = tokio::time::timeout_at(deadline, async {
+            let turn = match &self.pacer {
+                Some(pacer) => Some(pacer.turn(admission.priority).await?),
+                None => None,
+            };
+            let permit = self
+                .limiter
+                .acquire(admission, self.config.limiter_wait_timeout)
+                .await?;
+            Ok::<_, VideoApiError>((turn, permit))
+        })
+        .await;
+        let (turn, permit) = match waited {
+            Ok(Ok(granted)) => granted,
+            Ok(Err(error)) => return Err(Failed::nothing(error)),
+            // Still waiting for a turn or a slot: nothing left.
+            Err(_) => return Err(Failed::nothing(VideoApiError::Timeout)),
+        };
         bump(&self.counters.requests);
         let template = observe::template(call.op);
         let method = method_name(&call.method);
@@ -258,6 +342,7 @@ impl DidClient {
         };
         let counters = self.counters.clone();
         let observer = self.observer.clone();
+        let pacer = self.pacer.clone();
         let caps = Caps {
             body: self.config.max_body_bytes,
             error_body: self.config.max_error_body_bytes,
@@ -274,16 +359,19 @@ impl DidClient {
                         Ok(answer) => answer,
                         Err(_) => {
                             bump(&counters.transport_errors);
-                            Err(VideoApiError::Timeout)
+                            Err(Failed::maybe(VideoApiError::Timeout))
                         }
                     };
                 // The slot is given back the moment the bytes are in: parsing, backoff and
                 // polling happen without it (see the module docs for why this is a drop).
                 drop(permit);
                 let took = started.elapsed();
+                if let (Some(pacer), Some(turn), Ok(answer)) = (&pacer, turn, &answer) {
+                    pacer.answered(turn, answer.status, answer.retry_after);
+                }
                 let outcome = match &answer {
                     Ok(answer) => ExchangeOutcome::Answered(answer.status),
-                    Err(error) => ExchangeOutcome::Failed(observe::error_type(error)),
+                    Err(failed) => ExchangeOutcome::Failed(observe::error_type(&failed.error)),
                 };
                 record_outcome(&tracing::Span::current(), outcome);
                 if let Some(observer) = observer {
@@ -302,12 +390,14 @@ impl DidClient {
             }
             .instrument(span),
         );
-        match exchange.await {
-            Ok(answer) => answer,
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(answer)) => answer,
             // The task panicked or the runtime is shutting down; either way no answer.
-            Err(error) => Err(VideoApiError::Connect {
+            Ok(Err(error)) => Err(Failed::maybe(VideoApiError::Connect {
                 message: format!("the exchange task ended without an answer: {error}"),
-            }),
+            })),
+            // The request is out: D-ID may act on it although the call stops waiting.
+            Err(_) => Err(Failed::maybe(VideoApiError::Timeout)),
         }
     }
 
@@ -359,10 +449,9 @@ impl DidClient {
         admission: &Admission,
         deadline: Instant,
         attempt: u32,
-    ) -> Result<Answer, VideoApiError> {
-        match tokio::time::timeout_at(deadline, self.exchange(call, admission, attempt)).await {
-            Ok(answer) => answer?.success(),
-            Err(_) => Err(VideoApiError::Timeout),
-        }
+    ) -> Result<Answer, Failed> {
+        self.exchange(call, admission, attempt, deadline)
+            .await?
+            .success()
     }
 }

@@ -6,7 +6,7 @@ use domain::{
     Admission, Asset, AssetId, CreatedTalk, Credits, Talk, TalkId, TalkPage, TalkRequest, Upload,
     UploadKind,
 };
-use ports::{VideoApi, VideoApiError, VideoApiStats, WaitOptions};
+use ports::{CreateFailed, VideoApi, VideoApiError, VideoApiStats, WaitOptions};
 use reqwest::Method;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -136,7 +136,8 @@ impl VideoApi for DidClient {
     ) -> Result<CreatedTalk, VideoApiError> {
         let created = self
             .create(request, admission, &CreateToken::random(), false)
-            .await?;
+            .await
+            .map_err(|failed| failed.error)?;
         tracing::Span::current().record("talk_id", tracing::field::display(&created.id));
         Ok(created)
     }
@@ -149,7 +150,7 @@ impl VideoApi for DidClient {
         admission: &Admission,
         key: &str,
         look_first: bool,
-    ) -> Result<CreatedTalk, VideoApiError> {
+    ) -> Result<CreatedTalk, CreateFailed> {
         let created = self
             .create(request, admission, &CreateToken::derive(key), look_first)
             .await?;
@@ -241,7 +242,8 @@ impl VideoApi for DidClient {
         let started = Instant::now();
         let created = self
             .create(request, admission, &CreateToken::random(), false)
-            .await?;
+            .await
+            .map_err(|failed| failed.error)?;
         tracing::Span::current().record("talk_id", tracing::field::display(&created.id));
         let span = tracing::debug_span!("poll", talk_id = %created.id);
         self.wait_for(&created.id, admission, wait, started)

@@ -717,6 +717,55 @@ settings! {
         help: "Seconds between reads of the D-ID account's credits (GET /credits, beside the budgets); 0: never (at least 10 otherwise)",
         parse: |raw| parse::seconds(raw, true).and_then(|d| if !d.is_zero() && d < Duration::from_secs(10) { Err(format!("{raw:?} is below the 10 s minimum")) } else { Ok(d) }),
     }
+    /// After a 429, D-ID calls are spaced by a rate learned per instance (down on a 429, up
+    /// while answers come without one, held for a `Retry-After`), until a quiet period.
+    pacing: bool {
+        env: "PACING",
+        access: flag("pacing"),
+        default: "on",
+        help: "Pace D-ID calls by the rate learned from its 429s (on or off)",
+        parse: parse::boolean,
+    }
+    /// The pacer never goes below it, however many 429s come.
+    pacing_min_rps: f64 {
+        env: "PACING_MIN_RPS",
+        access: flag("pacing-min-rps"),
+        default: "1",
+        help: "Lowest rate the pacer slows D-ID calls to, requests per second (0.01 to 10000)",
+        parse: |raw| parse::number_in(raw, 0.01, 10_000.0),
+    }
+    /// Checked against `PACING_MIN_RPS`.
+    pacing_max_rps: f64 {
+        env: "PACING_MAX_RPS",
+        access: flag("pacing-max-rps"),
+        default: "100",
+        help: "Highest rate paced D-ID calls go at, requests per second (PACING_MIN_RPS to 10000)",
+        parse: |raw| parse::number_in(raw, 0.01, 10_000.0),
+    }
+    /// The additive increase.
+    pacing_increase_rps: f64 {
+        env: "PACING_INCREASE_RPS",
+        access: flag("pacing-increase-rps"),
+        default: "1",
+        help: "Requests per second that each second of answers without a 429 adds to the paced rate (0 to 1000)",
+        parse: |raw| parse::number_in(raw, 0.0, 1_000.0),
+    }
+    /// The multiplicative decrease.
+    pacing_decrease: f64 {
+        env: "PACING_DECREASE",
+        access: flag("pacing-decrease"),
+        default: "0.8",
+        help: "Factor a 429 multiplies the paced rate by (above 0, below 1)",
+        parse: parse::fraction,
+    }
+    /// Then calls go at once again, as before the first 429.
+    pacing_quiet: Duration {
+        env: "PACING_QUIET_SECS",
+        access: flag("pacing-quiet-secs"),
+        default: "30",
+        help: "Seconds without a 429 after which D-ID calls are no longer paced (1 to 3600)",
+        parse: |raw| parse::seconds(raw, false).and_then(|d| if d < Duration::from_secs(1) || d > Duration::from_secs(3600) { Err(format!("{raw:?} is not from 1 to 3600")) } else { Ok(d) }),
+    }
     /// Answer an upload of bytes the same tenant uploaded before with the stored URL.
     upload_cache: bool {
         env: "UPLOAD_CACHE",
@@ -843,21 +892,34 @@ impl<S: Source + ?Sized> Reader<'_, S> {
                 message: "a tenant has HTTP_API_TOKEN's token (HTTP_API_TOKEN is a tenant of its own; give each caller its own token)".to_owned(),
             });
         }
-        let number = |r: &Self, var: &str| r.raw(var).and_then(|v| v.parse::<f64>().ok());
-        if let (Some(min), Some(max)) = (number(self, "LIMIT_MIN"), number(self, "LIMIT_MAX"))
-            && min > max
+        if let (Some(min), Some(max)) = (
+            self.number_or_default("LIMIT_MIN"),
+            self.number_or_default("LIMIT_MAX"),
+        ) && max < min
         {
             self.problems.push(ConfigProblem {
                 var: "LIMIT_MAX",
                 message: format!("{max} is below LIMIT_MIN ({min})"),
             });
         }
-        let cooldown = number(self, "BREAKER_COOLDOWN_SECS").unwrap_or(1.0);
-        let max_cooldown = number(self, "BREAKER_MAX_COOLDOWN_SECS").unwrap_or(4.0);
-        if max_cooldown < cooldown {
+        if let (Some(cooldown), Some(max_cooldown)) = (
+            self.number_or_default("BREAKER_COOLDOWN_SECS"),
+            self.number_or_default("BREAKER_MAX_COOLDOWN_SECS"),
+        ) && max_cooldown < cooldown
+        {
             self.problems.push(ConfigProblem {
                 var: "BREAKER_MAX_COOLDOWN_SECS",
                 message: format!("{max_cooldown} is below BREAKER_COOLDOWN_SECS ({cooldown})"),
+            });
+        }
+        if let (Some(min), Some(max)) = (
+            self.number_or_default("PACING_MIN_RPS"),
+            self.number_or_default("PACING_MAX_RPS"),
+        ) && max < min
+        {
+            self.problems.push(ConfigProblem {
+                var: "PACING_MAX_RPS",
+                message: format!("{max} is below PACING_MIN_RPS ({min})"),
             });
         }
         if self.raw("CALLBACK_SECRET_PREVIOUS").is_some() && self.raw("CALLBACK_SECRET").is_none() {
@@ -866,6 +928,19 @@ impl<S: Source + ?Sized> Reader<'_, S> {
                 message: "is set without CALLBACK_SECRET (during a rotation both are set: the new secret and the one before)".to_owned(),
             });
         }
+    }
+
+    /// The number `var` is set to, else its declared default; `None` when that does not
+    /// parse (the variable's own check reports it).
+    fn number_or_default(&self, var: &str) -> Option<f64> {
+        let raw = self.raw(var).or_else(|| {
+            SETTINGS
+                .iter()
+                .find(|s| s.env == var)
+                .and_then(|s| s.default)
+                .map(str::to_owned)
+        })?;
+        raw.parse::<f64>().ok().filter(|v| v.is_finite())
     }
 
     /// The setting's value (from its variable, else its alias, else its default), or `None`
@@ -982,6 +1057,67 @@ mod tests {
             );
         }
         assert!(config(&[("UPLOAD_CACHE_MAX_ENTRIES", "1000001")]).is_err());
+    }
+
+    #[test]
+    fn pacing_is_on_by_default_bounded_and_one_setting_turns_it_off() {
+        let c = config(&[]).unwrap();
+        assert!(c.pacing);
+        assert_eq!(
+            (
+                c.pacing_min_rps,
+                c.pacing_max_rps,
+                c.pacing_increase_rps,
+                c.pacing_decrease
+            ),
+            (1.0, 100.0, 1.0, 0.8)
+        );
+        assert_eq!(c.pacing_quiet, Duration::from_secs(30));
+        assert!(!config(&[("PACING", "off")]).unwrap().pacing);
+        let c = config(&[
+            ("PACING_MIN_RPS", "0.5"),
+            ("PACING_MAX_RPS", "20"),
+            ("PACING_INCREASE_RPS", "0"),
+            ("PACING_DECREASE", "0.5"),
+            ("PACING_QUIET_SECS", "3600"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.pacing_min_rps,
+                c.pacing_max_rps,
+                c.pacing_increase_rps,
+                c.pacing_decrease
+            ),
+            (0.5, 20.0, 0.0, 0.5)
+        );
+        let err = config(&[
+            ("PACING", "sometimes"),
+            ("PACING_MIN_RPS", "0"),
+            ("PACING_MAX_RPS", "1e9"),
+            ("PACING_INCREASE_RPS", "-1"),
+            ("PACING_DECREASE", "1"),
+            ("PACING_QUIET_SECS", "0.5"),
+        ])
+        .unwrap_err();
+        let vars: Vec<_> = err.problems.iter().map(|p| p.var).collect();
+        assert_eq!(
+            vars,
+            [
+                "PACING",
+                "PACING_MIN_RPS",
+                "PACING_MAX_RPS",
+                "PACING_INCREASE_RPS",
+                "PACING_DECREASE",
+                "PACING_QUIET_SECS"
+            ],
+            "{err}"
+        );
+        // A ceiling below the floor, also the default one, with the other problems.
+        let err = config(&[("PACING_MIN_RPS", "200"), ("PACING_DECREASE", "x")]).unwrap_err();
+        let vars: Vec<_> = err.problems.iter().map(|p| p.var).collect();
+        assert_eq!(vars, ["PACING_DECREASE", "PACING_MAX_RPS"], "{err}");
+        assert!(err.to_string().contains("below PACING_MIN_RPS"), "{err}");
     }
 
     #[test]

@@ -1058,8 +1058,79 @@ impl Collector for SnapshotCollector {
                     .map(|(status, n)| (StatusLabels { status: *status }, ConstCounter::new(*n))),
             )?;
         }
+        if let Some(u) = &s.upstream {
+            encode_did_rate(&mut enc, u)?;
+        }
         Ok(())
     }
+}
+
+/// What the D-ID client does about D-ID's rate limit: the `GET /talks` pages its look-ups
+/// read, and its pacer (the rate it learned from 429s, who waits for a turn).
+fn encode_did_rate(enc: &mut DescriptorEncoder<'_>, u: &VideoApiStats) -> std::fmt::Result {
+    let ms = |v: u64| v as f64 / 1000.0;
+    let p = &u.pacing;
+    counter(
+        enc,
+        "did_lookup_pages",
+        "Pages of D-ID's GET /talks read to find the talk a create may have made",
+        u.lookup_pages,
+    )?;
+    gauge(
+        enc,
+        "did_pacing_paced",
+        "1 while D-ID calls are paced by a rate learned from 429s, else 0",
+        i64::from(p.paced),
+    )?;
+    let rate = ConstGauge::new(p.rate_rps.unwrap_or(0.0));
+    let m = enc.encode_descriptor(
+        "did_pacing_requests_per_second",
+        "The rate paced D-ID calls go at (0 while unpaced)",
+        None,
+        rate.metric_type(),
+    )?;
+    rate.encode(m)?;
+    let held = ConstGauge::new(ms(p.held_ms));
+    let m = enc.encode_descriptor(
+        "did_pacing_held_seconds",
+        "How long D-ID calls are still held for a 429's Retry-After",
+        None,
+        held.metric_type(),
+    )?;
+    held.encode(m)?;
+    gauge(
+        enc,
+        "did_pacing_waiting",
+        "D-ID calls waiting for their turn at the pacer now",
+        i64::try_from(p.waiting).unwrap_or(i64::MAX),
+    )?;
+    for (name, help, v) in [
+        (
+            "did_pacing_delayed",
+            "D-ID calls that waited for their turn at the pacer",
+            p.delayed,
+        ),
+        (
+            "did_pacing_decreases",
+            "Times a 429 lowered the paced rate",
+            p.decreases,
+        ),
+        (
+            "did_pacing_retry_after_holds",
+            "Times D-ID calls were held for a 429's Retry-After",
+            p.retry_after_holds,
+        ),
+    ] {
+        counter(enc, name, help, v)?;
+    }
+    let waited = ConstCounter::new(ms(p.delayed_ms));
+    let m = enc.encode_descriptor(
+        "did_pacing_delay_seconds",
+        "Time D-ID calls waited for their turn at the pacer, in all",
+        None,
+        waited.metric_type(),
+    )?;
+    waited.encode(m)
 }
 
 /// A limiter decorator that records each acquire's outcome and wait time in [`Metrics`].

@@ -83,6 +83,8 @@ fn upstream_json(u: &VideoApiStats) -> Value {
         "create_recoveries": u.create_recoveries,
         "creates_untagged": u.creates_untagged,
         "polls": u.polls,
+        "lookup_pages": u.lookup_pages,
+        "pacing": u.pacing,
     })
 }
 

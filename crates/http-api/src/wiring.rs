@@ -80,6 +80,12 @@ pub fn log_start(config: &Config) {
         callback_horizon_ms = ms(config.callback_horizon),
         callback_per_endpoint = config.callback_per_endpoint,
         callback_workers = config.callback_workers,
+        pacing = config.pacing,
+        pacing_min_rps = config.pacing_min_rps,
+        pacing_max_rps = config.pacing_max_rps,
+        pacing_increase_rps = config.pacing_increase_rps,
+        pacing_decrease = config.pacing_decrease,
+        pacing_quiet_ms = ms(config.pacing_quiet),
         poll_interval_ms = ms(config.poll_interval),
         max_wait_ms = ms(config.max_wait),
         log_format = ?config.log_format,
@@ -192,7 +198,21 @@ pub fn did_client_config(config: &Config) -> DidClientConfig {
             crate::config::LimitMode::Adaptive => config.limit_max.max(config.max_concurrent),
             crate::config::LimitMode::Fixed => config.max_concurrent,
         } as usize,
+        pacing: pacing_config(config),
         ..DidClientConfig::new(config.did_base_url.clone(), config.did_api_key.clone())
+    }
+}
+
+/// How the D-ID client paces its calls after a 429 (`PACING*`).
+pub fn pacing_config(config: &Config) -> did_client::PacingConfig {
+    did_client::PacingConfig {
+        enabled: config.pacing,
+        min_rps: config.pacing_min_rps,
+        max_rps: config.pacing_max_rps,
+        increase_rps: config.pacing_increase_rps,
+        decrease: config.pacing_decrease,
+        quiet: config.pacing_quiet,
+        ..did_client::PacingConfig::default()
     }
 }
 

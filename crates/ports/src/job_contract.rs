@@ -29,8 +29,8 @@ use async_trait::async_trait;
 
 use crate::callbacks::{Callback, CallbackAttempt, CallbackEvent, CallbackStatus};
 use crate::jobs::{
-    Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,
-    JobStoreError, Lease, NewJob, QueueLimits, ScopedKey, Submitted,
+    Attempt, CreateSent, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus,
+    JobStore, JobStoreError, Lease, NewJob, QueueLimits, ScopedKey, Submitted,
 };
 
 /// A store that keeps something alive for as long as it lives: the temporary directory of
@@ -544,8 +544,10 @@ where
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(claimed.create_sent, CreateSent::Nothing, "never sent");
     let mut a = claimed.clone();
     a.status = JobStatus::Processing;
+    a.create_sent = CreateSent::Maybe;
     a.talk_id = Some(TalkId::parse("tlk_abc").unwrap());
     a.updated_ms = T0 + 5;
     a.next_run_ms = T0 + 2_000;
@@ -561,6 +563,7 @@ where
     assert_eq!(written.version, claimed.version + 1);
     assert_eq!(written.talk_id, a.talk_id);
     assert_eq!(written.attempts, a.attempts);
+    assert_eq!(written.create_sent, CreateSent::Maybe, "kept with the job");
     let err = store.update(b).await.unwrap_err();
     assert_eq!(
         err,

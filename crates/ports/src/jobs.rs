@@ -398,6 +398,39 @@ impl TraceContext {
     }
 }
 
+/// What a job's creates may have done at D-ID, kept with the job so that a create looks for
+/// an earlier talk first exactly when one may exist.
+///
+/// A create that may have reached D-ID (see [`Sent`](crate::Sent)) could have made the talk
+/// even though it failed; its token then finds it. A create that sent nothing (a 429, no
+/// limiter slot) made nothing, and the next one need not spend `GET /talks` pages looking.
+/// The owner of a job writes [`CreateSent::InCall`] *before* each create call that could
+/// otherwise leave nothing behind, so that a worker killed mid-call leaves a job the next
+/// owner looks up first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreateSent {
+    /// No create of this job has sent anything D-ID could act on.
+    Nothing,
+    /// A create call was under way when the job was written. Read by its own caller that is
+    /// its call; read by any other owner, the caller may have died mid-call, so it counts
+    /// as [`CreateSent::Maybe`].
+    InCall,
+    /// A create may have reached D-ID (or did: the talk exists). It stays so.
+    Maybe,
+    /// Stored by a build before this field existed: decided as that build did (see
+    /// [`Job::create_may_have_been_sent`]).
+    #[serde(other)]
+    Unknown,
+}
+
+impl CreateSent {
+    /// What a job stored without the field reads as.
+    fn unknown() -> CreateSent {
+        CreateSent::Unknown
+    }
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -434,6 +467,9 @@ pub struct Job {
     /// by earlier builds, whose talks carry the id's token).
     #[serde(default)]
     pub token_from_key: bool,
+    /// What its creates may have done at D-ID: whether the next one looks first.
+    #[serde(default = "CreateSent::unknown")]
+    pub create_sent: CreateSent,
     /// A digest of the request as the caller sent it, to tell a replay from a misuse.
     pub fingerprint: String,
     /// The secret of the webhook D-ID calls when the talk ends (in the receiver URL the
@@ -486,6 +522,23 @@ pub struct Job {
 }
 
 impl Job {
+    /// Whether a create of this job may have reached D-ID before, so that the next one must
+    /// look for the talk first. `own_call`: the caller wrote the job's state itself for the
+    /// create it is about to make (a request that submitted or took back its own job), so a
+    /// [`CreateSent::InCall`] is its own and not a dead owner's.
+    pub fn create_may_have_been_sent(&self, own_call: bool) -> bool {
+        match self.create_sent {
+            CreateSent::Nothing => false,
+            CreateSent::InCall => !own_call,
+            CreateSent::Maybe => true,
+            // The rule of the builds before the field: left `creating` by another owner, or
+            // any earlier attempt at all.
+            CreateSent::Unknown => {
+                (self.status == JobStatus::Creating && !own_call) || !self.attempts.is_empty()
+            }
+        }
+    }
+
     /// Who its upstream calls are for and how urgent they are.
     pub fn admission(&self) -> Admission {
         Admission::new(self.tenant.clone(), self.priority)
@@ -546,6 +599,13 @@ impl NewJob {
             callback_url: self.callback_url,
             callback: None,
             token_from_key: self.idempotency.is_some(),
+            // A job claimed at once is created by its submitter right after this write: if
+            // that caller dies mid-call, the next owner must look first.
+            create_sent: if self.status == JobStatus::Creating {
+                CreateSent::InCall
+            } else {
+                CreateSent::Nothing
+            },
             idempotency: self.idempotency,
             fingerprint: self.fingerprint,
             webhook_token: self.webhook_token,
@@ -981,5 +1041,94 @@ mod tests {
             read.admission(),
             Admission::new(Tenant::public(), Priority::High)
         );
+    }
+
+    fn job_in(status: JobStatus) -> Job {
+        NewJob {
+            id: JobId::parse("job_0000000000000000000002").unwrap(),
+            priority: Priority::Normal,
+            tenant: Tenant::public(),
+            share: Share::default(),
+            request: TalkRequest::new(
+                Some("https://example.test/face.jpg".into()),
+                domain::Script::Audio {
+                    audio_url: "https://example.test/voice.mp3".into(),
+                },
+            )
+            .unwrap(),
+            callback_url: None,
+            idempotency: None,
+            fingerprint: "fp".into(),
+            webhook_token: None,
+            now_ms: 1,
+            lease: None,
+            status,
+            trace: None,
+        }
+        .into_job(1, 0)
+    }
+
+    #[test]
+    fn a_create_looks_first_only_when_an_earlier_one_may_have_reached_d_id() {
+        let queued = job_in(JobStatus::Queued);
+        assert_eq!(queued.create_sent, CreateSent::Nothing);
+        assert!(!queued.create_may_have_been_sent(false));
+        // Claimed at once by its submitter: its own call, unless someone else reads it.
+        let inline = job_in(JobStatus::Creating);
+        assert_eq!(inline.create_sent, CreateSent::InCall);
+        assert!(!inline.create_may_have_been_sent(true));
+        assert!(inline.create_may_have_been_sent(false), "a dead submitter");
+        let maybe = Job {
+            create_sent: CreateSent::Maybe,
+            ..queued.clone()
+        };
+        assert!(maybe.create_may_have_been_sent(true));
+        assert!(maybe.create_may_have_been_sent(false));
+        let nothing = Job {
+            status: JobStatus::Creating,
+            create_sent: CreateSent::Nothing,
+            ..queued.clone()
+        };
+        assert!(
+            !nothing.create_may_have_been_sent(false),
+            "throttled before"
+        );
+        // Stored round trip keeps it.
+        let text = serde_json::to_string(&maybe).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Job>(&text).unwrap().create_sent,
+            CreateSent::Maybe
+        );
+    }
+
+    #[test]
+    fn a_job_stored_before_create_sent_decides_as_that_build_did() {
+        let strip = |job: &Job| {
+            let mut v = serde_json::to_value(job).unwrap();
+            v.as_object_mut().unwrap().remove("create_sent");
+            serde_json::from_value::<Job>(v).unwrap()
+        };
+        let queued = strip(&job_in(JobStatus::Queued));
+        assert_eq!(queued.create_sent, CreateSent::Unknown);
+        assert!(!queued.create_may_have_been_sent(false), "never tried");
+        let creating = strip(&job_in(JobStatus::Creating));
+        assert!(creating.create_may_have_been_sent(false), "left creating");
+        assert!(!creating.create_may_have_been_sent(true));
+        let mut tried = job_in(JobStatus::Queued);
+        tried.record_attempt(Attempt {
+            worker: "w/0".into(),
+            action: "wait".into(),
+            at_ms: 2,
+            outcome: "not sent: upstream_rate_limited".into(),
+        });
+        assert!(
+            strip(&tried).create_may_have_been_sent(true),
+            "tried before"
+        );
+        // A value a newer build writes reads as unknown too, never as nothing.
+        let mut v = serde_json::to_value(job_in(JobStatus::Creating)).unwrap();
+        v["create_sent"] = serde_json::json!("sent_twice");
+        let newer: Job = serde_json::from_value(v).unwrap();
+        assert_eq!(newer.create_sent, CreateSent::Unknown);
     }
 }

@@ -8,7 +8,9 @@
 //! - [`limiter`]: [`ConcurrencyLimiter`], [`Permit`], [`LimiterStats`] (with its adapter-filled
 //!   [`BackendStats`]), [`LimiterError`].
 //! - [`video`]: [`VideoApi`] (D-ID's operations), [`VideoApiError`], [`WaitOptions`],
-//!   [`VideoApiStats`] (with its adapter-filled [`ClientStats`]).
+//!   [`VideoApiStats`] (with its adapter-filled [`ClientStats`] and [`PacingStats`]); a
+//!   failed create's [`CreateFailed`], which says whether it may have reached D-ID
+//!   ([`Sent`]).
 //! - [`jobs`]: [`JobStore`] (durable talk jobs, claimed in priority order), [`Job`],
 //!   [`JobStatus`], [`JobStoreError`].
 //! - [`events`]: [`JobEvents`], told of every committed job transition (the webhooks'
@@ -61,9 +63,9 @@ pub use callbacks::{
 pub use credits::{CreditError, CreditLedger, Reservation, Reserved, Usage};
 pub use events::{JobEvent, JobEvents, NoJobEvents};
 pub use jobs::{
-    Attempt, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus, JobStore,
-    JobStoreError, Lease, LeaseTerms, ListQuery, NewJob, QueueLimits, ScopedKey, Submitted,
-    TraceContext,
+    Attempt, CreateSent, FailureCode, Job, JobCounts, JobFailure, JobId, JobPage, JobStatus,
+    JobStore, JobStoreError, Lease, LeaseTerms, ListQuery, NewJob, QueueLimits, ScopedKey,
+    Submitted, TraceContext,
 };
 pub use limiter::{
     Acquire, BackendStats, ConcurrencyLimiter, DegradedReason, FailoverPolicy, FailoverStats,
@@ -73,8 +75,8 @@ pub use limiter::{
 pub use records::{RecordsError, SharedRecords, Swap, Versioned};
 pub use upload_cache::{CachedUpload, UploadCache, UploadCacheError, UploadKey};
 pub use video::{
-    ClientStats, PollSchedule, PoolStats, RetryStats, VideoApi, VideoApiError, VideoApiStats,
-    WaitOptions,
+    ClientStats, CreateFailed, PacingStats, PollSchedule, PoolStats, RetryStats, Sent, VideoApi,
+    VideoApiError, VideoApiStats, WaitOptions,
 };
 
 #[cfg(feature = "mock")]

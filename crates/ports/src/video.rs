@@ -136,6 +136,68 @@ impl VideoApiError {
     }
 }
 
+/// How far a failed call got: whether any of its attempts may have been acted on by D-ID.
+///
+/// A call's error is its *last* attempt's, which does not say what the attempts before it
+/// did: a create whose first attempt timed out and whose second was throttled fails with
+/// [`VideoApiError::RateLimited`], yet its first attempt may have made the talk. An adapter
+/// that retries inside one call therefore reports the furthest any attempt got, so that a
+/// caller repeating the call (a durable job) knows whether it must look for what an earlier
+/// attempt did before it sends again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Sent {
+    /// No attempt sent anything D-ID could act on: each was refused before it left (no
+    /// limiter slot, no connection, the call's deadline passed while it waited) or D-ID
+    /// answered it with a refusal (a 429 or another 4xx, which creates nothing).
+    Nothing,
+    /// Some attempt may have been acted on: it timed out or its connection was cut after it
+    /// was sent, D-ID answered 5xx (or 408), or D-ID answered 2xx and the answer could not
+    /// be read.
+    Maybe,
+}
+
+impl Sent {
+    /// What an exchange that got D-ID's answer `status` sent: a 4xx other than 408 is a
+    /// refusal and made nothing; any other answer may have been acted on.
+    pub fn by_status(status: u16) -> Sent {
+        if (400..500).contains(&status) && status != 408 {
+            Sent::Nothing
+        } else {
+            Sent::Maybe
+        }
+    }
+}
+
+/// A create that failed: the call's error (its last attempt's) and how far its attempts got
+/// ([`Sent`]), so that whoever tries again knows whether a talk may exist already.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{error}")]
+pub struct CreateFailed {
+    /// The error the call ended with.
+    pub error: VideoApiError,
+    /// Whether any attempt of the call may have made the talk.
+    pub sent: Sent,
+}
+
+impl CreateFailed {
+    /// A create that failed before anything D-ID could act on was sent.
+    pub fn not_sent(error: VideoApiError) -> CreateFailed {
+        CreateFailed {
+            error,
+            sent: Sent::Nothing,
+        }
+    }
+
+    /// A create of which some attempt may have reached D-ID (the safe assumption when it
+    /// cannot be told).
+    pub fn maybe_sent(error: VideoApiError) -> CreateFailed {
+        CreateFailed {
+            error,
+            sent: Sent::Maybe,
+        }
+    }
+}
+
 /// How a talk's status is polled, by a request that waits for it (`VideoApi::wait_for_talk`)
 /// and by the job engine alike: the first pause short ([`PollSchedule::FIRST`], a talk may
 /// be done at once), doubling with every poll up to `interval` (never more), then `±jitter`
@@ -224,9 +286,56 @@ pub struct VideoApiStats {
     pub creates_untagged: u64,
     /// Status polls made by [`VideoApi::wait_for_talk`] and [`VideoApi::create_talk_and_wait`].
     pub polls: u64,
+    /// Pages of `GET /talks` read to find what a create may have made (a look-up before a
+    /// create, or after an ambiguous failure), each page counted once.
+    #[serde(default)]
+    pub lookup_pages: u64,
+    /// How the adapter paces its sends by the rate D-ID allows (see [`PacingStats`]).
+    #[serde(default)]
+    pub pacing: PacingStats,
     /// How the adapter's client is set up.
     #[serde(flatten)]
     pub client: ClientStats,
+}
+
+/// How a video adapter paces its sends by the rate D-ID allows, learned from its 429s (part of
+/// [`VideoApiStats`]; did-client's `pace` module). Rates are requests per second, waits whole
+/// milliseconds. Counters only grow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PacingStats {
+    /// Whether the adapter paces at all (the service's `PACING`); `pacing_enabled` in JSON,
+    /// as `/stats` names each fact once.
+    #[serde(rename = "pacing_enabled")]
+    pub enabled: bool,
+    /// Whether sends are paced now: after a 429, until a quiet period without one passes.
+    pub paced: bool,
+    /// The learned rate sends are paced at now; `None` while unpaced.
+    pub rate_rps: Option<f64>,
+    /// How long sends are still held for a `Retry-After`, in milliseconds (0: not held).
+    pub held_ms: u64,
+    /// Callers waiting for their turn now.
+    pub waiting: u64,
+    /// Sends that had to wait for their turn.
+    pub delayed: u64,
+    /// The time those sends waited, in all, in milliseconds.
+    pub delayed_ms: u64,
+    /// 429 answers seen.
+    pub throttled: u64,
+    /// Times the rate was lowered (a 429 to a send made at the current rate).
+    pub decreases: u64,
+    /// Times sends were held for a 429's `Retry-After`.
+    pub retry_after_holds: u64,
+    /// The lowest rate the pacer goes down to.
+    pub min_rps: f64,
+    /// The highest rate it paces at.
+    pub max_rps: f64,
+    /// What each second of answers without a 429 adds to the rate, while paced.
+    pub increase_rps: f64,
+    /// The factor a 429 multiplies the rate with.
+    pub decrease: f64,
+    /// How long without a 429 until sends are unpaced again, in milliseconds.
+    pub quiet_ms: u64,
 }
 
 /// The adapter-filled section of [`VideoApiStats`]: where the client sends requests, how it
@@ -314,13 +423,18 @@ pub trait VideoApi: Send + Sync {
     /// sent before, e.g. by a worker that died) the adapter first looks for that talk among
     /// the newest ones and returns it instead of creating another; the look-up is bounded by
     /// the adapter (did-client: `recovery_pages` pages of `GET /talks`).
+    ///
+    /// A failure says whether any attempt of this call may have made the talk
+    /// ([`CreateFailed::sent`]): a caller that tries the key again needs `look_first` only
+    /// if one may have (or if an earlier call's may have). A failed look-up before the
+    /// first attempt sent nothing.
     async fn create_talk_keyed(
         &self,
         request: &TalkRequest,
         admission: &Admission,
         key: &str,
         look_first: bool,
-    ) -> Result<CreatedTalk, VideoApiError>;
+    ) -> Result<CreatedTalk, CreateFailed>;
     /// `GET /talks/{id}`.
     async fn get_talk(&self, id: &TalkId, admission: &Admission) -> Result<Talk, VideoApiError>;
     /// `GET /talks?limit=&token=`.
@@ -362,7 +476,7 @@ pub trait VideoApi: Send + Sync {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -414,6 +528,35 @@ mod tests {
         assert_eq!(stats.responses.get(&503), Some(&1));
         assert_eq!(stats.client.pool.max_idle_per_host, 8);
         assert_eq!(stats.client.retry_policy.jitter, 0.25);
-        assert_eq!(serde_json::to_value(&stats).unwrap(), flat);
+        assert_eq!(stats.lookup_pages, 0, "counted since it exists");
+        assert_eq!(stats.pacing, PacingStats::default());
+        // Written back: the same keys with the same values, and the newer ones beside them.
+        let mut written = serde_json::to_value(&stats).unwrap();
+        let written = written.as_object_mut().unwrap();
+        assert_eq!(written.remove("lookup_pages"), Some(json!(0)));
+        assert!(
+            written
+                .remove("pacing")
+                .is_some_and(|p| p["pacing_enabled"] == false)
+        );
+        assert_eq!(Value::Object(written.clone()), flat);
+    }
+
+    #[test]
+    fn only_a_refusal_sends_nothing() {
+        for (status, sent) in [
+            (429, Sent::Nothing),
+            (400, Sent::Nothing),
+            (403, Sent::Nothing),
+            (404, Sent::Nothing),
+            (408, Sent::Maybe),
+            (500, Sent::Maybe),
+            (504, Sent::Maybe),
+            (200, Sent::Maybe),
+            (302, Sent::Maybe),
+        ] {
+            assert_eq!(Sent::by_status(status), sent, "{status}");
+        }
+        assert!(Sent::Maybe > Sent::Nothing, "the furthest attempt wins");
     }
 }

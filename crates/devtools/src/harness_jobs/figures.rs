@@ -44,6 +44,94 @@ pub(super) struct Figures {
     pub(super) submit_secs: f64,
     pub(super) settle_secs: f64,
     pub(super) callbacks: CallbackFigures,
+    pub(super) rate: RateFigures,
+}
+
+/// What the run cost at did-fake's D-ID API, and how long it took against what the account's
+/// rate limit allows.
+#[derive(Default)]
+pub(super) struct RateFigures {
+    /// API calls did-fake answered with anything but a 429 (each took a token of its bucket;
+    /// cut connections included).
+    pub(super) answered: u64,
+    /// 429 answers (in-flight cap and token bucket; they take no token).
+    pub(super) throttled: u64,
+    /// `POST /talks`, `GET /talks/{id}` and `GET /talks` pages among `answered`.
+    pub(super) creates: u64,
+    pub(super) polls: u64,
+    pub(super) lookup_pages: u64,
+    /// did-fake's token bucket, when the run has one: requests per second and burst.
+    pub(super) limit: Option<(f64, f64)>,
+    /// From the first submission to the last job's `finished_at`, in seconds.
+    pub(super) finished_secs: Option<f64>,
+}
+
+impl RateFigures {
+    /// The least time the answered calls can take under the bucket: all but the burst it
+    /// starts with, at its rate.
+    pub(super) fn rate_bound_secs(&self) -> Option<f64> {
+        self.limit
+            .map(|(rps, burst)| (self.answered as f64 - burst).max(0.0) / rps)
+    }
+}
+
+/// The rate figures of a scenario: did-fake's counts per route and status, the bucket in its
+/// `faults`, and the end times of the jobs against `t0_ms` (the first submission).
+pub(super) fn rate_figures(
+    faults: &Value,
+    stats: &Value,
+    finals: &HashMap<String, Final>,
+    t0_ms: u64,
+) -> RateFigures {
+    let mut r = RateFigures::default();
+    if let Some(routes) = stats["requests"].as_object() {
+        for (route, by_status) in routes {
+            // The fake's S3 and unknown paths are not D-ID's API.
+            if route == "GET /_fake_s3" || route == "unmatched" {
+                continue;
+            }
+            for (status, n) in by_status.as_object().into_iter().flatten() {
+                let n = n.as_u64().unwrap_or(0);
+                if status == "429" {
+                    r.throttled += n;
+                    continue;
+                }
+                r.answered += n;
+                match route.as_str() {
+                    "POST /talks" => r.creates += n,
+                    "GET /talks/{id}" => r.polls += n,
+                    "GET /talks" => r.lookup_pages += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    r.limit = faults["rate_limit_rps"].as_f64().map(|rps| {
+        let burst = faults["rate_limit_burst"]
+            .as_f64()
+            .unwrap_or(rps.max(1.0))
+            .max(1.0);
+        (rps, burst)
+    });
+    let last = finals
+        .values()
+        .filter_map(|f| match f {
+            Final::Found(view) => view["finished_at"].as_str().and_then(epoch_ms),
+            _ => None,
+        })
+        .max();
+    let all_found = !finals.is_empty() && finals.values().all(|f| matches!(f, Final::Found(_)));
+    r.finished_secs = last
+        .filter(|_| all_found)
+        .map(|t| t.saturating_sub(t0_ms) as f64 / 1000.0);
+    r
+}
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp.
+fn epoch_ms(text: &str) -> Option<u64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// What the callback receiver got.
@@ -471,6 +559,46 @@ pub(super) fn print_figures(all: &[Figures]) {
             "submit phase / settle (s)",
             all.iter()
                 .map(|f| format!("{:.1} / {:.1}", f.submit_secs, f.settle_secs))
+                .collect(),
+        ),
+        (
+            "D-ID calls answered (not 429) / 429s",
+            all.iter()
+                .map(|f| format!("{} / {}", f.rate.answered, f.rate.throttled))
+                .collect(),
+        ),
+        (
+            "  creates / status polls / GET /talks pages",
+            all.iter()
+                .map(|f| {
+                    format!(
+                        "{} / {} / {}",
+                        f.rate.creates, f.rate.polls, f.rate.lookup_pages
+                    )
+                })
+                .collect(),
+        ),
+        (
+            "rate-bound time: (answered - burst) / rps (s)",
+            all.iter()
+                .map(|f| match (f.rate.limit, f.rate.rate_bound_secs()) {
+                    (Some((rps, burst)), Some(bound)) => {
+                        format!("{bound:.1} ({rps} rps, burst {burst})")
+                    }
+                    _ => "- (no rate limit)".to_owned(),
+                })
+                .collect(),
+        ),
+        (
+            "first submit -> last job finished (s, x rate-bound)",
+            all.iter()
+                .map(|f| match (f.rate.finished_secs, f.rate.rate_bound_secs()) {
+                    (Some(t), Some(bound)) if bound > 0.0 => {
+                        format!("{t:.1} (x{:.2})", t / bound)
+                    }
+                    (Some(t), _) => format!("{t:.1}"),
+                    (None, _) => "- (not all finished)".to_owned(),
+                })
                 .collect(),
         ),
     ];

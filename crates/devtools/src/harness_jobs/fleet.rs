@@ -42,7 +42,8 @@ impl Drop for TempDir {
 /// dropped), and which are up now (what the callers pick from).
 pub(super) struct Fleet {
     pub(super) tag: String,
-    pub(super) envs: Vec<(&'static str, String)>,
+    /// The instances' variables; a later one of a name wins.
+    pub(super) envs: Vec<(String, String)>,
     pub(super) ports: Vec<u16>,
     pub(super) servers: Vec<Option<Server>>,
     pub(super) alive: Arc<Vec<AtomicBool>>,
@@ -55,7 +56,7 @@ impl Fleet {
     pub(super) async fn start(
         client: &reqwest::Client,
         tag: String,
-        envs: Vec<(&'static str, String)>,
+        envs: Vec<(String, String)>,
         n: usize,
     ) -> Result<Fleet> {
         let mut fleet = Fleet {
@@ -92,9 +93,14 @@ impl Fleet {
             0 => format!("{}-http-api-{i}", self.tag),
             r => format!("{}-http-api-{i}-r{r}", self.tag),
         };
+        let envs: Vec<(&str, String)> = self
+            .envs
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.clone()))
+            .collect();
         let mut tries = 0;
         let server = loop {
-            match procs::spawn_api(client, &name, procs::bin("http-api"), &self.envs, port).await {
+            match procs::spawn_api(client, &name, procs::bin("http-api"), &envs, port).await {
                 Ok(server) => break server,
                 Err(e) if tries < 20 => {
                     tries += 1;

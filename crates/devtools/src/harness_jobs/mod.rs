@@ -20,7 +20,11 @@
 //! starts, which answers 503 until the kills are over (so callbacks are pending and being
 //! retried while instances die) and 200 after: every ended job must be called back, each
 //! under one `webhook-id` across retries and kills, every attempt signed (checked by the
-//! `standardwebhooks` verifier). A figures table shows both scenarios side by side.
+//! `standardwebhooks` verifier). A figures table shows both scenarios side by side, with
+//! what the run cost at did-fake's API (calls answered and 429s, creates, polls, look-up
+//! pages) and, when did-fake has a token bucket (`--jobs-faults '{"rate_limit_rps": R}'`),
+//! the rate-bound time (`(answered - burst) / R`: no client can be done sooner with those
+//! calls) against the time from the first submission to the last job's `finished_at`.
 //!
 //! Layout: this file holds the scenarios and runs one (`scenario`); `fleet` the instances,
 //! `callers` the submitting and reading callers, `figures` what is measured and checked.
@@ -131,8 +135,14 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
 }
 
 /// Runs both scenarios, prints the figures and the checks; fails if a check fails.
-/// `extra_faults` (`--jobs-faults JSON`) are merged over the run's did-fake faults.
-pub(crate) async fn run(quick: bool, seed: u64, extra_faults: Option<&Value>) -> Result<()> {
+/// `extra_faults` (`--jobs-faults JSON`) are merged over the run's did-fake faults,
+/// `extra_env` (`--jobs-env`) is set for the instances after the run's own variables.
+pub(crate) async fn run(
+    quick: bool,
+    seed: u64,
+    extra_faults: Option<&Value>,
+    extra_env: &[(String, String)],
+) -> Result<()> {
     println!(
         "\n==== jobs chaos run ({}): C = {LIMIT}, JOB_LEASE_SECS = {LEASE_SECS}, did-fake \
          p_create_then_fail 0.3 (mixed), in-flight cap C",
@@ -140,9 +150,14 @@ pub(crate) async fn run(quick: bool, seed: u64, extra_faults: Option<&Value>) ->
     );
     let mut all = Vec::new();
     for (i, sc) in scenarios(quick).iter().enumerate() {
-        let figures = scenario(sc, seed.wrapping_add(1000 * (i as u64 + 1)), extra_faults)
-            .await
-            .with_context(|| format!("jobs scenario {}", sc.name))?;
+        let figures = scenario(
+            sc,
+            seed.wrapping_add(1000 * (i as u64 + 1)),
+            extra_faults,
+            extra_env,
+        )
+        .await
+        .with_context(|| format!("jobs scenario {}", sc.name))?;
         all.push(figures);
     }
     print_figures(&all);
@@ -168,12 +183,13 @@ pub(crate) async fn run(quick: bool, seed: u64, extra_faults: Option<&Value>) ->
     Ok(())
 }
 
+/// did-fake for a scenario, and the faults it was given.
 async fn spawn_fake(
     client: &reqwest::Client,
     tag: &str,
     seed: u64,
     extra_faults: Option<&Value>,
-) -> Result<Server> {
+) -> Result<(Server, Value)> {
     let fake = procs::spawn_fake(
         client,
         &format!("{tag}-did-fake"),
@@ -195,11 +211,16 @@ async fn spawn_fake(
         obj.extend(extra.clone());
         println!("    did-fake faults: {faults}");
     }
-    procs::set_faults(client, &fake.base_url, faults).await?;
-    Ok(fake)
+    procs::set_faults(client, &fake.base_url, faults.clone()).await?;
+    Ok((fake, faults))
 }
 
-async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Result<Figures> {
+async fn scenario(
+    sc: &Scenario,
+    seed: u64,
+    extra_faults: Option<&Value>,
+    extra_env: &[(String, String)],
+) -> Result<Figures> {
     println!(
         "\n-- jobs scenario {}: {} jobs over {} instance(s) ({} store), {} kill(s)",
         sc.name,
@@ -216,7 +237,7 @@ async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Res
         .connect_timeout(Duration::from_secs(2))
         .build()?;
     let tag = format!("harness-jobs-{}", sc.name);
-    let fake = spawn_fake(&client, &tag, seed, extra_faults).await?;
+    let (fake, faults) = spawn_fake(&client, &tag, seed, extra_faults).await?;
     // 503 until the kills are over: callbacks wait and retry while instances die.
     let receiver = test_support::receiver::Receiver::start(503).await;
 
@@ -256,11 +277,22 @@ async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Res
             dir = Some(d);
         }
     }
+    let mut envs: Vec<(String, String)> = envs
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+    if !extra_env.is_empty() {
+        println!("    instance variables: {extra_env:?}");
+        envs.extend(extra_env.iter().cloned());
+    }
     let mut fleet = Fleet::start(&client, tag.clone(), envs, sc.instances).await?;
     let bases = fleet.bases();
 
     // The callers: one task per job, started evenly over the spread.
     let t0 = Instant::now();
+    let t0_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let mut callers = Vec::new();
     for i in 0..sc.jobs {
         let client = client.clone();
@@ -360,6 +392,7 @@ async fn scenario(sc: &Scenario, seed: u64, extra_faults: Option<&Value>) -> Res
     );
     f.multi_process = multi_process;
     f.left_creating = left_creating;
+    f.rate = figures::rate_figures(&faults, &stats, &finals, t0_ms);
     f.callbacks = figures::callbacks(&finals, &received);
     Ok(f)
 }

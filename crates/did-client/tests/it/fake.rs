@@ -7,7 +7,7 @@ use std::time::Duration;
 use did_client::{CreateToken, DidClient, DidClientConfig, RetryPolicy};
 use did_fake::{CreateThenFail, FakeDid, Faults, RunningFake};
 use domain::{Priority, Script, Talk, TalkRequest, TalkStatus};
-use ports::{VideoApi, VideoApiError, WaitOptions};
+use ports::{Sent, VideoApi, VideoApiError, WaitOptions};
 use secrecy::SecretString;
 
 use crate::support::{fast_retry, fast_wait, hello, limiter, png_upload, wav_upload};
@@ -379,7 +379,12 @@ async fn two_clients_with_the_same_token_make_one_talk_under_create_then_fail() 
         .create_talk_with_token(&request, &Priority::High.into(), &token)
         .await
         .unwrap_err();
-    assert_eq!(err, VideoApiError::Server { status: 500 });
+    assert_eq!(err.error, VideoApiError::Server { status: 500 });
+    assert_eq!(
+        err.sent,
+        Sent::Maybe,
+        "the 500 came after the talk was made"
+    );
     let tagged = format!("job-41|tg:{token}");
     assert_eq!(fake.stats().talks_by_user_data.get(&tagged), Some(&1));
     let posts = fake.stats().total("POST /talks");
@@ -430,10 +435,84 @@ async fn a_token_that_does_not_fit_in_user_data_is_refused_before_any_call() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, VideoApiError::Validation { status: 400, description, .. } if description.contains("create token")),
+        matches!(&err.error, VideoApiError::Validation { status: 400, description, .. } if description.contains("create token")),
         "{err:?}"
     );
+    assert_eq!(err.sent, Sent::Nothing);
     assert_eq!(did.stats().requests, 0);
     assert_eq!(fake.stats().talks_created, 0);
     fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_throttled_create_says_it_sent_nothing_and_is_not_looked_up() {
+    let fake = fake(Faults {
+        rate_limit_rps: Some(0.01),
+        rate_limit_burst: Some(1.0),
+        ..Faults::default()
+    })
+    .await;
+    let did = did(&fake);
+    // The bucket's one token.
+    did.credits(&Priority::Normal.into()).await.unwrap();
+    let err = did
+        .create_talk_keyed(
+            &hello(Some("job-7")),
+            &Priority::Normal.into(),
+            "job-7",
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.error, VideoApiError::RateLimited { retry_after: None });
+    assert_eq!(err.sent, Sent::Nothing);
+    let stats = fake.stats();
+    assert_eq!(stats.count("POST /talks", 429), 1);
+    assert_eq!(stats.total("GET /talks"), 0, "nothing to look for");
+    assert_eq!(stats.talks_created, 0);
+    assert_eq!(did.stats().lookup_pages, 0);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_create_answered_5xx_or_cut_says_it_may_have_sent() {
+    for faults in [
+        Faults {
+            p_500: 1.0,
+            ..Faults::default()
+        },
+        Faults {
+            p_reset: 1.0,
+            ..Faults::default()
+        },
+        Faults {
+            p_504: 1.0,
+            delay_504_ms: Some(5),
+            ..Faults::default()
+        },
+    ] {
+        let fake = fake(Faults {
+            routes: vec!["POST /talks".into()],
+            ..faults.clone()
+        })
+        .await;
+        let did = did(&fake);
+        let err = did
+            .create_talk_keyed(
+                &hello(Some("job-8")),
+                &Priority::Normal.into(),
+                "job-8",
+                false,
+            )
+            .await
+            .unwrap_err();
+        assert!(err.error.is_retryable(), "{faults:?}: {err:?}");
+        assert_eq!(err.sent, Sent::Maybe, "{faults:?}");
+        // Each ambiguous attempt was looked up (nothing was made: one page each).
+        let stats = fake.stats();
+        assert_eq!(stats.total("POST /talks"), 3, "{faults:?}");
+        assert_eq!(stats.total("GET /talks"), 3, "{faults:?}");
+        assert_eq!(did.stats().lookup_pages, 3, "{faults:?}");
+        fake.shutdown().await;
+    }
 }

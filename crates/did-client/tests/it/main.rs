@@ -15,12 +15,15 @@
 //!
 //! Modules against `did-fake` (the realistic upstream):
 //! - `fake`: every operation, exactly-once create under create-then-fail, polling to each
-//!   end state.
+//!   end state, what a failed create says it sent;
+//! - `pacing`: after a 429 sends are paced below the fake's token bucket, a `Retry-After`
+//!   holds them, and pacing off sends into the throttle.
 
 mod bodies;
 mod errors;
 mod fake;
 mod hardening;
+mod pacing;
 mod permits;
 mod requests;
 mod retries;

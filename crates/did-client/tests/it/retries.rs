@@ -267,3 +267,69 @@ async fn an_untagged_create_is_never_repeated_after_an_ambiguous_failure() {
     );
     assert_eq!(did.stats().creates_untagged, 1);
 }
+
+#[tokio::test]
+async fn a_create_throttled_after_an_ambiguous_attempt_says_it_may_have_been_sent() {
+    // The call's error is its last attempt's, a 429; its first attempt got a 500, which may
+    // have made the talk.
+    let server = Scripted::start(|seen, i| match (seen.method.as_str(), seen.path()) {
+        ("POST", "/talks") if i == 0 => reply::empty(500),
+        ("POST", "/talks") => reply::empty(429),
+        ("GET", "/talks") => reply::json(200, json!({"talks": []})),
+        _ => reply::empty(404),
+    })
+    .await;
+    let did = client(config(&server.base_url), limiter(1));
+    let err = did
+        .create_talk_keyed(&hello(None), &Priority::Normal.into(), "job-1", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.error, VideoApiError::RateLimited { retry_after: None });
+    assert_eq!(err.sent, ports::Sent::Maybe);
+    assert_eq!(did.stats().lookup_pages, 1, "looked once, after the 500");
+}
+
+#[tokio::test]
+async fn a_create_that_never_reached_a_server_sent_nothing_and_looks_for_nothing() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let did = client(config(&format!("http://127.0.0.1:{port}")), limiter(1));
+    let err = did
+        .create_talk_keyed(&hello(None), &Priority::Normal.into(), "job-2", false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.error, VideoApiError::Connect { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.sent, ports::Sent::Nothing);
+    let stats = did.stats();
+    assert_eq!(stats.requests, 3, "retried as any transient failure");
+    assert_eq!(stats.lookup_pages, 0, "nothing could have been made");
+}
+
+#[tokio::test]
+async fn a_create_cut_off_by_its_deadline_after_it_was_sent_may_have_been_sent() {
+    // D-ID takes longer than the whole call may: the request was out when time ran out.
+    let server = Scripted::start(|_, _| {
+        reply::json(201, json!({"id": "tlk_late", "status": "created"}))
+            .set_delay(Duration::from_secs(5))
+    })
+    .await;
+    let did = client(
+        did_client::DidClientConfig {
+            call_deadline: Duration::from_millis(300),
+            ..config(&server.base_url)
+        },
+        limiter(1),
+    );
+    let err = did
+        .create_talk_keyed(&hello(None), &Priority::Normal.into(), "job-3", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.error, VideoApiError::Timeout);
+    assert_eq!(err.sent, ports::Sent::Maybe);
+}

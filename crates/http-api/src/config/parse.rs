@@ -195,6 +195,22 @@ pub(super) fn networks(raw: &str) -> Result<Vec<domain::IpNet>, String> {
 }
 
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any ASCII case).
+/// A number from `low` to `high`, both included.
+pub(super) fn number_in(raw: &str, low: f64, high: f64) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() && (low..=high).contains(&v) => Ok(v),
+        _ => Err(format!("{raw:?} is not a number from {low} to {high}")),
+    }
+}
+
+/// A factor above 0 and below 1.
+pub(super) fn fraction(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err(format!("{raw:?} is not a number above 0 and below 1")),
+    }
+}
+
 pub(super) fn boolean(raw: &str) -> Result<bool, String> {
     match raw.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),

@@ -970,3 +970,154 @@ async fn internal_callback_urls_are_refused_at_submit_unless_allowed() {
     let (status, err, _) = post_keyed(&http, open.api("/jobs"), None, &body).await;
     assert_eq!(status, 422, "only the allowed network is open: {err}");
 }
+
+/// Reads the job until it has at least one attempt (its first create call ended).
+async fn until_attempted(srv: &support::Server, id: &str) -> Value {
+    let http = client();
+    let start = Instant::now();
+    loop {
+        let (_, job) = get_json(&http, srv.api(&format!("/jobs/{id}")), None).await;
+        if job["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
+            return job;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "job {id} never tried: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn actions(job: &Value) -> Vec<String> {
+    job["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{}: {}",
+                a["action"].as_str().unwrap(),
+                a["outcome"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// A create D-ID throttled made nothing: the job's next create is sent without a
+/// `GET /talks` look-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_create_is_sent_again_without_a_look_up() {
+    let fake = support::fake_with(did_fake::Faults {
+        rate_limit_rps: Some(0.01),
+        rate_limit_burst: Some(1.0),
+        ..did_fake::Faults::default()
+    })
+    .await;
+    let srv = support::service(&fake, &[("CREDITS_CHECK_SECS", "0")]).await;
+    // The bucket's one token goes to another caller of the key: the job's create is throttled.
+    let other = did_client::DidClient::new(
+        did_client::DidClientConfig::new(
+            fake.base_url(),
+            Some(did_fake::DEFAULT_API_KEY.to_owned().into()),
+        ),
+        std::sync::Arc::new(limiter_memory::MemoryLimiter::new(1)),
+    )
+    .unwrap();
+    ports::VideoApi::credits(&other, &Priority::Normal.into())
+        .await
+        .unwrap();
+    let http = client();
+    let (status, job, _) = post_keyed(&http, srv.api("/jobs"), None, &talk_body(71)).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let tried = until_attempted(&srv, &id).await;
+    assert_eq!(
+        actions(&tried),
+        ["wait: not sent: upstream_rate_limited"],
+        "{tried}"
+    );
+    fake.set_faults(did_fake::Faults::default());
+    let done = until_status(&srv, &id, &["done", "failed"]).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(
+        actions(&done)[1],
+        format!("create: ok: {}", done["talk_id"].as_str().unwrap())
+    );
+    let stats = fake.stats();
+    assert_eq!(stats.count("POST /talks", 429), 1, "{stats:?}");
+    assert_eq!(stats.total("GET /talks"), 0, "no look-up: {stats:?}");
+    assert_eq!(stats.talks_created, 1);
+    // The 429 taught the pacer: /stats and /metrics show the rate it paces at.
+    let (_, service) = get_json(&http, srv.api("/stats"), None).await;
+    let pacing = &service["client"]["upstream"]["pacing"];
+    assert_eq!(pacing["paced"], true, "{pacing}");
+    assert_eq!(
+        (pacing["throttled"].as_u64(), pacing["decreases"].as_u64()),
+        (Some(1), Some(1)),
+        "{pacing}"
+    );
+    let rate = pacing["rate_rps"].as_f64().unwrap();
+    assert!((1.0..=100.0).contains(&rate), "{pacing}");
+    let metrics = srv.metrics().await;
+    for line in [
+        "talkgate_did_pacing_paced 1",
+        "talkgate_did_pacing_decreases_total 1",
+        "talkgate_did_lookup_pages_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("talkgate_did_pacing_requests_per_second {rate}")),
+        "{metrics}"
+    );
+    srv.stop().await;
+}
+
+/// A create that may have reached D-ID (every attempt answered 500) is looked up first when
+/// the job tries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_may_have_been_sent_is_looked_up_first_when_tried_again() {
+    let fake = support::fake_with(did_fake::Faults {
+        p_500: 1.0,
+        routes: vec!["POST /talks".into()],
+        ..did_fake::Faults::default()
+    })
+    .await;
+    let srv = support::service(&fake, &[("CREDITS_CHECK_SECS", "0")]).await;
+    let http = client();
+    let (status, job, _) = post_keyed(&http, srv.api("/jobs"), None, &talk_body(72)).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let tried = until_attempted(&srv, &id).await;
+    assert_eq!(
+        actions(&tried),
+        ["create: retry: upstream_error"],
+        "{tried}"
+    );
+    // did-client looked after each of its 3 attempts; the job's next try looks again.
+    let looked = fake.stats().total("GET /talks");
+    assert_eq!(looked, 3);
+    fake.set_faults(did_fake::Faults::default());
+    let done = until_status(&srv, &id, &["done", "failed"]).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(
+        actions(&done)[1],
+        format!(
+            "create (looked up first): ok: {}",
+            done["talk_id"].as_str().unwrap()
+        )
+    );
+    let stats = fake.stats();
+    assert_eq!(stats.total("GET /talks"), looked + 1, "{stats:?}");
+    assert_eq!(stats.talks_created, 1);
+    let metrics = srv.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("talkgate_did_lookup_pages_total {}", looked + 1)),
+        "{metrics}"
+    );
+    srv.stop().await;
+}

@@ -120,6 +120,13 @@ async fn stats_has_one_unit_per_kind_and_each_fact_once() {
         stats["client"]["upstream"]["pool"]["connect_timeout_ms"],
         10_000
     );
+    // Pacing is on and idle: nothing throttled yet, so nothing paced.
+    let pacing = &stats["client"]["upstream"]["pacing"];
+    assert_eq!(pacing["pacing_enabled"], true, "{pacing}");
+    assert_eq!(pacing["paced"], false, "{pacing}");
+    assert_eq!(pacing["rate_rps"], Value::Null, "{pacing}");
+    assert_eq!(pacing["quiet_ms"], 30_000, "{pacing}");
+    assert_eq!(stats["client"]["upstream"]["lookup_pages"], 0);
     srv.stop().await;
     fake.shutdown().await;
 }
