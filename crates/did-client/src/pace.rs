@@ -66,7 +66,8 @@ pub struct PacingConfig {
     pub enabled: bool,
     /// The lowest rate, requests per second (default 1).
     pub min_rps: f64,
-    /// The highest paced rate, requests per second (default 100).
+    /// The highest paced rate, requests per second (default 1000: the pacer comes down from
+    /// what was sent, so the ceiling only bounds its climb).
     pub max_rps: f64,
     /// What a second of answers without a 429 adds to the rate, requests per second
     /// (default 1).
@@ -84,7 +85,7 @@ impl Default for PacingConfig {
         PacingConfig {
             enabled: true,
             min_rps: 1.0,
-            max_rps: 100.0,
+            max_rps: 1000.0,
             increase_rps: 1.0,
             decrease: 0.8,
             quiet: Duration::from_secs(30),

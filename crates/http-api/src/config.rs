@@ -363,7 +363,7 @@ settings! {
         access: flag("limit-backoff"),
         default: "0.7",
         help: "Adaptive mode: the factor a 429 or timeout multiplies the limit by (0.5 to 0.95)",
-        parse: |raw| parse::number_within(raw, 0.5, 0.95),
+        parse: |raw| parse::number_in(raw, 0.5, 0.95),
     }
     /// How long a level found too high is not tried again (doubling up to 15 min).
     limit_probe_hold: Duration {
@@ -395,7 +395,7 @@ settings! {
         access: flag("breaker-failure-ratio"),
         default: "0.5",
         help: "Breaker: the share of a window's D-ID exchanges that must have failed (0.05 to 1)",
-        parse: |raw| parse::number_within(raw, 0.05, 1.0),
+        parse: |raw| parse::number_in(raw, 0.05, 1.0),
     }
     /// The counting window.
     breaker_window: Duration {
@@ -719,12 +719,14 @@ settings! {
     }
     /// After a 429, D-ID calls are spaced by a rate learned per instance (down on a 429, up
     /// while answers come without one, held for a `Retry-After`), until a quiet period.
-    pacing: bool {
+    /// `auto`: on with a fixed limit, off with an adaptive one (whose limit already learns
+    /// from the same 429s: two controllers on one signal fight).
+    pacing: Pacing {
         env: "PACING",
         access: flag("pacing"),
-        default: "on",
-        help: "Pace D-ID calls by the rate learned from its 429s (on or off)",
-        parse: parse::boolean,
+        default: "auto",
+        help: "Pace D-ID calls by the rate learned from its 429s: on, off, or auto (on with LIMIT_MODE=fixed, off with adaptive)",
+        parse: parse::pacing,
     }
     /// The pacer never goes below it, however many 429s come.
     pacing_min_rps: f64 {
@@ -738,7 +740,7 @@ settings! {
     pacing_max_rps: f64 {
         env: "PACING_MAX_RPS",
         access: flag("pacing-max-rps"),
-        default: "100",
+        default: "1000",
         help: "Highest rate paced D-ID calls go at, requests per second (PACING_MIN_RPS to 10000)",
         parse: |raw| parse::number_in(raw, 0.01, 10_000.0),
     }
@@ -808,6 +810,18 @@ pub enum JobStoreSync {
     Normal,
     /// Survives a machine crash too: every write is fsynced.
     Full,
+}
+
+/// Whether D-ID calls are paced by a learned rate (`PACING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pacing {
+    /// On with `LIMIT_MODE=fixed`, off with `adaptive`.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
 }
 
 /// How the concurrency limit is set.
@@ -1060,9 +1074,9 @@ mod tests {
     }
 
     #[test]
-    fn pacing_is_on_by_default_bounded_and_one_setting_turns_it_off() {
+    fn pacing_is_auto_by_default_bounded_and_one_setting_turns_it_off() {
         let c = config(&[]).unwrap();
-        assert!(c.pacing);
+        assert_eq!(c.pacing, Pacing::Auto);
         assert_eq!(
             (
                 c.pacing_min_rps,
@@ -1070,10 +1084,12 @@ mod tests {
                 c.pacing_increase_rps,
                 c.pacing_decrease
             ),
-            (1.0, 100.0, 1.0, 0.8)
+            (1.0, 1000.0, 1.0, 0.8)
         );
         assert_eq!(c.pacing_quiet, Duration::from_secs(30));
-        assert!(!config(&[("PACING", "off")]).unwrap().pacing);
+        assert_eq!(config(&[("PACING", "off")]).unwrap().pacing, Pacing::Off);
+        assert_eq!(config(&[("PACING", "ON")]).unwrap().pacing, Pacing::On);
+        assert_eq!(config(&[]).unwrap().pacing, Pacing::Auto);
         let c = config(&[
             ("PACING_MIN_RPS", "0.5"),
             ("PACING_MAX_RPS", "20"),
@@ -1114,7 +1130,7 @@ mod tests {
             "{err}"
         );
         // A ceiling below the floor, also the default one, with the other problems.
-        let err = config(&[("PACING_MIN_RPS", "200"), ("PACING_DECREASE", "x")]).unwrap_err();
+        let err = config(&[("PACING_MIN_RPS", "2000"), ("PACING_DECREASE", "x")]).unwrap_err();
         let vars: Vec<_> = err.problems.iter().map(|p| p.var).collect();
         assert_eq!(vars, ["PACING_DECREASE", "PACING_MAX_RPS"], "{err}");
         assert!(err.to_string().contains("below PACING_MIN_RPS"), "{err}");

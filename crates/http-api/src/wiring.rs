@@ -80,7 +80,9 @@ pub fn log_start(config: &Config) {
         callback_horizon_ms = ms(config.callback_horizon),
         callback_per_endpoint = config.callback_per_endpoint,
         callback_workers = config.callback_workers,
-        pacing = config.pacing,
+        pacing = pacing_config(config).enabled,
+        limit_mode = ?config.limit_mode,
+        breaker = config.breaker,
         pacing_min_rps = config.pacing_min_rps,
         pacing_max_rps = config.pacing_max_rps,
         pacing_increase_rps = config.pacing_increase_rps,
@@ -206,7 +208,13 @@ pub fn did_client_config(config: &Config) -> DidClientConfig {
 /// How the D-ID client paces its calls after a 429 (`PACING*`).
 pub fn pacing_config(config: &Config) -> did_client::PacingConfig {
     did_client::PacingConfig {
-        enabled: config.pacing,
+        enabled: match config.pacing {
+            crate::config::Pacing::On => true,
+            crate::config::Pacing::Off => false,
+            // The adaptive limit learns from the same 429s; with a pacer too, the pacer's
+            // spacing hides the cap from the limit (measured: stuck at 14 over a cap of 7).
+            crate::config::Pacing::Auto => config.limit_mode == crate::config::LimitMode::Fixed,
+        },
         min_rps: config.pacing_min_rps,
         max_rps: config.pacing_max_rps,
         increase_rps: config.pacing_increase_rps,

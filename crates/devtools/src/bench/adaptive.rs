@@ -77,8 +77,8 @@ async fn one(ctx: &Ctx, rig: &Rig, setup: &Setup, secs: u64, n: usize) -> Result
         env.extend([("LIMIT_MODE", "adaptive"), ("LIMIT_MAX", "32")]);
     } else {
         // The fixed baselines measure the limit alone: with a fixed limit a 429 storm would
-        // open the breaker.
-        env.push(("BREAKER", "off"));
+        // open the breaker, and the pacer would slow the sends.
+        env.extend([("BREAKER", "off"), ("PACING", "off")]);
     }
     let opts = rig.api(setup.start).env(&env);
     let opts = if setup.instances > 1 {
@@ -244,7 +244,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<Section> {
              [{}, {CAP}]; the steady state is the second half of the run (did-fake's count of \
              status reads and 429s, the gateway's successful reads per second). Baselines in \
              the same run: a fixed limit of 20 and of 4 (breaker off, so that the fixed limit \
-             alone is measured).",
+             alone is measured; pacing off too). The adaptive runs have every other setting at its default, pacing included.",
             rig::PREFIX,
             SAMPLE_EVERY.as_millis(),
             CAP - 1

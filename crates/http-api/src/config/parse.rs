@@ -230,19 +230,26 @@ where
     }
 }
 
-/// A number within `min..=max`.
-pub(super) fn number_within(raw: &str, min: f64, max: f64) -> Result<f64, String> {
-    match raw.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= min && v <= max => Ok(v),
-        _ => Err(format!("{raw:?} is not a number from {min} to {max}")),
-    }
-}
-
 /// Seconds within `min..=max`.
 pub(super) fn seconds_within(raw: &str, min: f64, max: f64) -> Result<Duration, String> {
-    number_within(raw, min, max)
+    number_in(raw, min, max)
         .map(Duration::from_secs_f64)
         .map_err(|_| format!("{raw:?} is not a number of seconds from {min} to {max}"))
+}
+
+pub(super) fn pacing(raw: &str) -> Result<super::Pacing, String> {
+    match raw.to_ascii_lowercase().as_str() {
+        "auto" => Ok(super::Pacing::Auto),
+        _ => boolean(raw)
+            .map(|on| {
+                if on {
+                    super::Pacing::On
+                } else {
+                    super::Pacing::Off
+                }
+            })
+            .map_err(|_| format!("{raw:?} is not on, off or auto")),
+    }
 }
 
 pub(super) fn limit_mode(raw: &str) -> Result<super::LimitMode, String> {
