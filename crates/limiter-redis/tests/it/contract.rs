@@ -7,7 +7,7 @@ ports::limiter_contract_tests!(contract_limiter);
 
 /// The shared-records contract, on the limiter's Redis.
 mod records {
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex, Weak};
 
     use limiter_redis::RedisLimiter;
     use ports::{SharedRecords, Swap, Versioned};
@@ -15,10 +15,29 @@ mod records {
 
     use crate::support::config;
 
-    /// Records of a fresh limiter on a fresh server (kept alive by the records it returns).
+    /// One redis-server for the records tests (each gets a limiter of its own name, so
+    /// records no other test sees): fewer servers on a loaded machine.
+    fn shared_server() -> Arc<RedisServer> {
+        static SHARED: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(server) = shared.upgrade() {
+            return server;
+        }
+        let server = Arc::new(RedisServer::start());
+        *shared = Arc::downgrade(&server);
+        server
+    }
+
+    /// Records of a fresh limiter (its own name) on the shared server, kept alive by the
+    /// records it returns.
     async fn records() -> Arc<dyn SharedRecords> {
-        let server = RedisServer::start();
-        let limiter = RedisLimiter::connect_with_memory_fallback(config(&server, 4))
+        let server = tokio::task::spawn_blocking(shared_server)
+            .await
+            .expect("redis starts");
+        let mut config = config(&server, 4);
+        config.name = crate::support::unique_name("records");
+        config.connection.op_timeout = std::time::Duration::from_secs(3);
+        let limiter = RedisLimiter::connect_with_memory_fallback(config)
             .await
             .expect("limiter builds");
         assert!(
@@ -35,7 +54,7 @@ mod records {
     struct Owned {
         records: limiter_redis::RedisRecords,
         _limiter: RedisLimiter,
-        _server: RedisServer,
+        _server: Arc<RedisServer>,
     }
 
     #[async_trait::async_trait]
