@@ -527,6 +527,54 @@ impl Upstream {
         }
     }
 
+    /// Whether the fleet's breaker, as last known here, is closed with a run of failures
+    /// going (it may open at any moment).
+    fn in_a_run(&self) -> bool {
+        self.view
+            .borrow()
+            .breaker
+            .as_ref()
+            .is_some_and(|b| b.consecutive > 0 && b.mode(now_ms()) == BreakerMode::Closed)
+    }
+
+    /// Reads the fleet's breaker now.
+    async fn refresh(&self) {
+        if let Ok(Some(known)) = self.load::<BreakerState>(BREAKER_RECORD).await {
+            self.adopt_breaker(Some(known));
+        }
+    }
+
+    /// The end of an acquire that queued in the inner limiter: the breaker is asked again
+    /// (read afresh while failures come in a row), since it may have opened meanwhile.
+    async fn after_queue(
+        &self,
+        admission: &Admission,
+        wait: Duration,
+        started: Instant,
+        acquire: Acquire<'_>,
+    ) -> Result<ports::Permit, LimiterError> {
+        let permit = acquire.await?;
+        if self.in_a_run() {
+            self.refresh().await;
+        }
+        match self.admit_now(admission.priority) {
+            Admit::Send => Ok(permit),
+            Admit::Shed { retry_after_ms } => {
+                drop(permit);
+                self.note_shed(admission.priority);
+                Err(LimiterError::UpstreamUnavailable {
+                    retry_after: Duration::from_millis(retry_after_ms.max(1)),
+                })
+            }
+            Admit::Probe | Admit::Wait { .. } => {
+                drop(permit);
+                self.gate(admission.priority, started + wait).await?;
+                let left = wait.saturating_sub(started.elapsed());
+                self.inner.acquire(admission, left).await
+            }
+        }
+    }
+
     /// Claims the half-open breaker's probe for this request: `true` if it has the way.
     async fn claim_probe(&self) -> bool {
         let Some(policy) = self.settings.breaker else {
@@ -834,34 +882,39 @@ async fn report(gate: Weak<Upstream>, wake: Arc<Notify>) {
 impl ConcurrencyLimiter for Upstream {
     fn acquire<'a>(&'a self, admission: &'a Admission, wait: Duration) -> Acquire<'a> {
         match self.admit_now(admission.priority) {
-            Admit::Send => {
+            Admit::Send if self.settings.breaker.is_none() => self.inner.acquire(admission, wait),
+            Admit::Send if !self.in_a_run() => {
                 let acquire = self.inner.acquire(admission, wait);
-                if acquire.is_ready() || self.settings.breaker.is_none() {
+                if acquire.is_ready() {
                     return acquire;
                 }
                 // It queued: the breaker may open while it waits, and a request let through
                 // before must not be sent after.
-                Acquire::pending(async move {
-                    let started = Instant::now();
-                    let permit = acquire.await?;
-                    match self.admit_now(admission.priority) {
-                        Admit::Send => Ok(permit),
-                        Admit::Shed { retry_after_ms } => {
-                            drop(permit);
-                            self.note_shed(admission.priority);
-                            Err(LimiterError::UpstreamUnavailable {
-                                retry_after: Duration::from_millis(retry_after_ms.max(1)),
-                            })
-                        }
-                        Admit::Probe | Admit::Wait { .. } => {
-                            drop(permit);
-                            self.gate(admission.priority, started + wait).await?;
-                            let left = wait.saturating_sub(started.elapsed());
-                            self.inner.acquire(admission, left).await
-                        }
-                    }
-                })
+                Acquire::pending(self.after_queue(admission, wait, Instant::now(), acquire))
             }
+            // Failures are coming in a row somewhere in the fleet: the breaker may have opened
+            // on another instance a moment ago. Read it before letting this one through.
+            Admit::Send => Acquire::pending(async move {
+                let started = Instant::now();
+                self.refresh().await;
+                match self.admit_now(admission.priority) {
+                    Admit::Send => {
+                        let acquire = self.inner.acquire(admission, wait);
+                        self.after_queue(admission, wait, started, acquire).await
+                    }
+                    Admit::Shed { retry_after_ms } => {
+                        self.note_shed(admission.priority);
+                        Err(LimiterError::UpstreamUnavailable {
+                            retry_after: Duration::from_millis(retry_after_ms.max(1)),
+                        })
+                    }
+                    Admit::Probe | Admit::Wait { .. } => {
+                        self.gate(admission.priority, started + wait).await?;
+                        let left = wait.saturating_sub(started.elapsed());
+                        self.inner.acquire(admission, left).await
+                    }
+                }
+            }),
             Admit::Shed { retry_after_ms } => {
                 self.note_shed(admission.priority);
                 Acquire::ready(Err(LimiterError::UpstreamUnavailable {

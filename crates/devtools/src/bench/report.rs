@@ -606,11 +606,18 @@ fn line_svg(plot: &Plot) -> String {
     );
     for (i, line) in plot.lines.iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
+        // Steps: a corner where the value changes, and the last point; nothing between.
         let mut points = String::new();
         let mut last: Option<f64> = None;
-        for (x, y) in line {
-            if let Some(prev) = last {
-                let _ = write!(points, "{:.1},{:.1} ", px(*x), py(prev));
+        for (i, (x, y)) in line.iter().enumerate() {
+            match last {
+                Some(prev) if prev == *y && i + 1 < line.len() => continue,
+                // The end of a flat run: one point.
+                Some(prev) if prev == *y => {}
+                Some(prev) => {
+                    let _ = write!(points, "{:.1},{:.1} ", px(*x), py(prev));
+                }
+                None => {}
             }
             let _ = write!(points, "{:.1},{:.1} ", px(*x), py(*y));
             last = Some(*y);
@@ -791,6 +798,35 @@ mod tests {
         );
         assert!(md.contains("(Plot: `target/bench-report/6-x.svg`, written by the run.)"));
         assert!(!md.contains("![x]"));
+    }
+
+    #[test]
+    fn a_line_plot_draws_steps_with_a_corner_per_change() {
+        let p = Plot {
+            lines: vec![vec![
+                (0.0, 20.0),
+                (1.0, 20.0),
+                (2.0, 7.0),
+                (3.0, 7.0),
+                (4.0, 7.0),
+            ]],
+            file: "l.svg".into(),
+            title: "limit".into(),
+            series: vec!["adaptive".into()],
+            groups: Vec::new(),
+        };
+        let out = svg(&p);
+        assert_eq!(out.matches("<polyline").count(), 1);
+        let points = out
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        // The start, the corner at 2 s (from 20 to 7), and the end: four points.
+        assert_eq!(points.split_whitespace().count(), 4, "{points}");
+        assert!(out.contains(">adaptive</text>"));
     }
 
     #[test]
