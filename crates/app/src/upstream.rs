@@ -19,6 +19,9 @@
 //! breaker is not closed are reported at once; anything else at most every
 //! [`UpstreamSettings::report_every`]. An instance that only sheds (it sends nothing) reloads
 //! the breaker at that pace while requests keep coming, to see another's probe close it.
+//! While failures come in a row anywhere in the fleet, an acquire reads the breaker before it
+//! lets a request through (one read per request, only then), and one that queued in the limiter
+//! is asked again once it has its slot, so nothing goes out after the breaker opened elsewhere.
 //! With nothing sent and nobody asking, nothing is reported: idle means idle.
 //!
 //! **A broken store is reported, not fatal.** When the records cannot be read or stored, this
