@@ -67,6 +67,10 @@ pub struct UpstreamSettings {
     pub breaker: Option<BreakerPolicy>,
     /// The longest a window waits before it is reported (default 250 ms).
     pub report_every: Duration,
+    /// Whether a 429 storm opens the breaker under a fixed limit (default `true`). The
+    /// service turns it off while did-client paces its calls: the pacer answers D-ID's 429s
+    /// then, and a breaker opening on them too would stop what the pacer slows.
+    pub storms_open: bool,
 }
 
 impl Default for UpstreamSettings {
@@ -75,6 +79,7 @@ impl Default for UpstreamSettings {
             adaptive: None,
             breaker: Some(BreakerPolicy::default()),
             report_every: Duration::from_millis(250),
+            storms_open: true,
         }
     }
 }
@@ -657,7 +662,7 @@ impl Upstream {
     async fn fold_breaker(&self, policy: &BreakerPolicy, outcomes: &Outcomes) {
         let throttle_counts = match (&self.settings.adaptive, &*lock(&self.limit)) {
             (Some(p), Some(known)) => known.state.limit <= p.floor,
-            _ => true,
+            _ => self.settings.storms_open,
         };
         for _ in 0..MAX_SWAPS {
             let Some(known) = lock(&self.breaker).clone() else {
@@ -1005,6 +1010,7 @@ mod tests {
                 adaptive: Some(LimitPolicy::new(1, 10)),
                 breaker: None,
                 report_every: Duration::from_millis(50),
+                storms_open: true,
             },
         )
         .await;
@@ -1036,6 +1042,7 @@ mod tests {
                 adaptive: None,
                 breaker: Some(BreakerPolicy::default()),
                 report_every: Duration::from_millis(20),
+                storms_open: true,
             },
         )
         .await;

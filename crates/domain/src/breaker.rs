@@ -7,8 +7,8 @@
 //!   outage, seen within a few calls however many answers came before it — or when a window
 //!   of [`BreakerPolicy::window`] holds at least that many failures that are at least
 //!   [`BreakerPolicy::failure_ratio`] of its exchanges (a sustained partial outage). So does a 429
-//!   storm (the same counts over 429s) when the caller says 429s count (a fixed limit, or an
-//!   adaptive one at its floor), and so does any 429 with a `Retry-After`, for that long.
+//!   storm (the same counts over 429s) when the caller says 429s count (a fixed limit without
+//!   pacing, or an adaptive one at its floor), and so does any 429 with a `Retry-After`, for that long.
 //! - **Open** until the cooldown ends: requests below `critical` are shed at once (the
 //!   service answers 503 `upstream_unavailable` with `Retry-After`), `critical` ones wait.
 //! - **Half-open** after the cooldown: one probe at a time may be sent (a waiting `critical`

@@ -142,6 +142,8 @@ pub fn upstream_settings(config: &Config) -> app::UpstreamSettings {
     app::UpstreamSettings {
         adaptive,
         breaker,
+        // A pacing client answers 429s itself (it slows down); the breaker keeps to failures.
+        storms_open: !pacing_config(config).enabled,
         ..app::UpstreamSettings::default()
     }
 }
