@@ -500,12 +500,7 @@ impl Upstream {
             let now = now_ms();
             match self.admit_now(priority) {
                 Admit::Send => return Ok(()),
-                Admit::Shed { retry_after_ms } => {
-                    self.note_shed(priority);
-                    return Err(LimiterError::UpstreamUnavailable {
-                        retry_after: Duration::from_millis(retry_after_ms),
-                    });
-                }
+                Admit::Shed { retry_after_ms } => return Err(self.shed(priority, retry_after_ms)),
                 Admit::Probe => {
                     if self.claim_probe().await {
                         self.probes.fetch_add(1, Ordering::Relaxed);
@@ -517,10 +512,7 @@ impl Upstream {
                     self.note_demand();
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        self.note_shed(priority);
-                        return Err(LimiterError::UpstreamUnavailable {
-                            retry_after: Duration::from_millis(until_ms.saturating_sub(now).max(1)),
-                        });
+                        return Err(self.shed(priority, until_ms.saturating_sub(now)));
                     }
                     let nap = Duration::from_millis(until_ms.saturating_sub(now))
                         .min(self.settings.report_every)
@@ -567,19 +559,35 @@ impl Upstream {
         }
         match self.admit_now(admission.priority) {
             Admit::Send => Ok(permit),
-            Admit::Shed { retry_after_ms } => {
+            held => {
                 drop(permit);
-                self.note_shed(admission.priority);
-                Err(LimiterError::UpstreamUnavailable {
-                    retry_after: Duration::from_millis(retry_after_ms.max(1)),
-                })
+                self.held_back(admission, wait, started, held).await
             }
-            Admit::Probe | Admit::Wait { .. } => {
-                drop(permit);
-                self.gate(admission.priority, started + wait).await?;
-                let left = wait.saturating_sub(started.elapsed());
-                self.inner.acquire(admission, left).await
-            }
+        }
+    }
+
+    /// A request the breaker does not let through now (`decision` is not `Send`): shed at
+    /// once, or wait for the probe or the close (`gate`) and take its slot then.
+    async fn held_back(
+        &self,
+        admission: &Admission,
+        wait: Duration,
+        started: Instant,
+        decision: Admit,
+    ) -> Result<ports::Permit, LimiterError> {
+        if let Admit::Shed { retry_after_ms } = decision {
+            return Err(self.shed(admission.priority, retry_after_ms));
+        }
+        self.gate(admission.priority, started + wait).await?;
+        let left = wait.saturating_sub(started.elapsed());
+        self.inner.acquire(admission, left).await
+    }
+
+    /// Counts a shed request and makes its error.
+    fn shed(&self, priority: Priority, retry_after_ms: u64) -> LimiterError {
+        self.note_shed(priority);
+        LimiterError::UpstreamUnavailable {
+            retry_after: Duration::from_millis(retry_after_ms.max(1)),
         }
     }
 
@@ -910,31 +918,13 @@ impl ConcurrencyLimiter for Upstream {
                         let acquire = self.inner.acquire(admission, wait);
                         self.after_queue(admission, wait, started, acquire).await
                     }
-                    Admit::Shed { retry_after_ms } => {
-                        self.note_shed(admission.priority);
-                        Err(LimiterError::UpstreamUnavailable {
-                            retry_after: Duration::from_millis(retry_after_ms.max(1)),
-                        })
-                    }
-                    Admit::Probe | Admit::Wait { .. } => {
-                        self.gate(admission.priority, started + wait).await?;
-                        let left = wait.saturating_sub(started.elapsed());
-                        self.inner.acquire(admission, left).await
-                    }
+                    held => self.held_back(admission, wait, started, held).await,
                 }
             }),
             Admit::Shed { retry_after_ms } => {
-                self.note_shed(admission.priority);
-                Acquire::ready(Err(LimiterError::UpstreamUnavailable {
-                    retry_after: Duration::from_millis(retry_after_ms.max(1)),
-                }))
+                Acquire::ready(Err(self.shed(admission.priority, retry_after_ms)))
             }
-            Admit::Probe | Admit::Wait { .. } => Acquire::pending(async move {
-                let started = Instant::now();
-                self.gate(admission.priority, started + wait).await?;
-                let left = wait.saturating_sub(started.elapsed());
-                self.inner.acquire(admission, left).await
-            }),
+            held => Acquire::pending(self.held_back(admission, wait, Instant::now(), held)),
         }
     }
 
