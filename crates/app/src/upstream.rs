@@ -647,15 +647,7 @@ impl Upstream {
             }
             match self.store(LIMIT_RECORD, &known, &next).await {
                 Stored::Yes(version) | Stored::Local(version) => {
-                    if let Some(change) = change {
-                        self.changed_limit(change, true);
-                    }
-                    let limit = next.limit;
-                    *lock(&self.limit) = Some(Known {
-                        state: next,
-                        version,
-                    });
-                    self.apply_limit(limit).await;
+                    self.took_limit(next, version, change).await;
                     return;
                 }
                 Stored::Conflict(current) => {
@@ -715,6 +707,25 @@ impl Upstream {
 
     fn publish(&self, breaker: Option<BreakerState>) {
         self.view.send_replace(View { breaker });
+    }
+
+    /// Keeps `next`, stored with `version` by this instance (logging `change`), and gives its
+    /// limit to the limiter.
+    async fn took_limit(
+        &self,
+        next: LimitState,
+        version: Option<u64>,
+        change: Option<LimitChange>,
+    ) {
+        if let Some(change) = change {
+            self.changed_limit(change, true);
+        }
+        let limit = next.limit;
+        *lock(&self.limit) = Some(Known {
+            state: next,
+            version,
+        });
+        self.apply_limit(limit).await;
     }
 
     /// Takes the stored limit state (another instance changed it), and applies its limit.
@@ -948,16 +959,9 @@ impl ConcurrencyLimiter for Upstream {
             let (next, change) = known.state.set(max_concurrent, &policy, now_ms());
             match self.store(LIMIT_RECORD, &known, &next).await {
                 Stored::Yes(version) | Stored::Local(version) => {
-                    if let Some(change) = change {
-                        self.changed_limit(change, true);
-                    }
-                    let limit = next.limit;
-                    *lock(&self.limit) = Some(Known {
-                        state: next,
-                        version,
-                    });
+                    // An operator's limit goes to the limiter even if it was applied before.
                     *lock(&self.applied) = None;
-                    self.apply_limit(limit).await;
+                    self.took_limit(next, version, change).await;
                     return Ok(());
                 }
                 Stored::Conflict(Some(current)) => {

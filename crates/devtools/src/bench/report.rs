@@ -536,25 +536,9 @@ const COLOURS: [&str; 6] = [
     "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 ];
 
-/// A line chart, drawn by hand: x in seconds from 0 to the last point, y from 0 to the
-/// largest value (whole-number ticks), one step line per series in its colour.
-fn line_svg(plot: &Plot) -> String {
-    let (width, height) = (760.0_f64, 300.0 + 16.0 * plot.series.len() as f64);
-    let (left, right, top) = (50.0, 20.0, 40.0 + 16.0 * plot.series.len() as f64);
-    let bottom = height - 30.0;
-    let x_max = plot
-        .lines
-        .iter()
-        .flat_map(|l| l.iter().map(|(x, _)| *x))
-        .fold(1e-9_f64, f64::max);
-    let y_max = plot
-        .lines
-        .iter()
-        .flat_map(|l| l.iter().map(|(_, y)| *y))
-        .fold(1.0_f64, f64::max)
-        .ceil();
-    let px = |x: f64| left + x / x_max * (width - left - right);
-    let py = |y: f64| bottom - y / y_max * (bottom - top);
+/// The start of a plot's SVG: the canvas, the title, and one legend line per series (so long
+/// names never run off the canvas) from `left`.
+fn head(plot: &Plot, width: f64, height: f64, left: f64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -576,6 +560,29 @@ fn line_svg(plot: &Plot) -> String {
             escape(name)
         );
     }
+    s
+}
+
+/// A line chart, drawn by hand: x in seconds from 0 to the last point, y from 0 to the
+/// largest value (whole-number ticks), one step line per series in its colour.
+fn line_svg(plot: &Plot) -> String {
+    let (width, height) = (760.0_f64, 300.0 + 16.0 * plot.series.len() as f64);
+    let (left, right, top) = (50.0, 20.0, 40.0 + 16.0 * plot.series.len() as f64);
+    let bottom = height - 30.0;
+    let x_max = plot
+        .lines
+        .iter()
+        .flat_map(|l| l.iter().map(|(x, _)| *x))
+        .fold(1e-9_f64, f64::max);
+    let y_max = plot
+        .lines
+        .iter()
+        .flat_map(|l| l.iter().map(|(_, y)| *y))
+        .fold(1.0_f64, f64::max)
+        .ceil();
+    let px = |x: f64| left + x / x_max * (width - left - right);
+    let py = |y: f64| bottom - y / y_max * (bottom - top);
+    let mut s = head(plot, width, height, left);
     // Axes, with a tick per whole value (at most 10) and per 10 % of the time.
     let step = (y_max / 10.0).ceil().max(1.0);
     let mut tick = 0.0;
@@ -653,28 +660,7 @@ pub(crate) fn svg(plot: &Plot) -> String {
         .flat_map(|(_, v)| v.iter().copied())
         .fold(0.0_f64, f64::max)
         .max(1e-9);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#,
-        escape(&plot.title)
-    );
-    // One legend line per series, so long names never run off the canvas.
-    for (i, name) in plot.series.iter().enumerate() {
-        let c = COLOURS[i % COLOURS.len()];
-        let y = 32.0 + 16.0 * i as f64;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{left}" y="{y}" width="12" height="12" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
-            left + 16.0,
-            y + 11.0,
-            escape(name)
-        );
-    }
+    let mut s = head(plot, width, height, left);
     let mut y = 32.0 + legend_h;
     for (label, values) in &plot.groups {
         let _ = writeln!(
