@@ -150,7 +150,14 @@ async fn shutdown_drains_in_flight_requests() {
     let url = srv.api("/talk-status/tlk_abc");
     let in_flight =
         tokio::spawn(async move { client().get(url).send().await.map(|r| r.status().as_u16()) });
+    // The status read holds its slot for hundreds of ms at did-fake; a short call of the
+    // service's own (the account's credits at start) may hold one for a moment, so the slot
+    // must still be held after one.
     test_support::eventually(Duration::from_secs(5), "the call is in flight", || async {
+        if srv.limiter_stats().await.active != 1 || fake.stats().in_flight != 1 {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
         srv.limiter_stats().await.active == 1
     })
     .await;
@@ -192,7 +199,14 @@ async fn shutdown_grace_is_bounded_and_cut_off_requests_answer_503_and_release_t
         let retry_after = resp.headers().get("retry-after").cloned();
         (retry_after, json(resp).await)
     });
+    // The status read holds its slot for hundreds of ms at did-fake; a short call of the
+    // service's own (the account's credits at start) may hold one for a moment, so the slot
+    // must still be held after one.
     test_support::eventually(Duration::from_secs(5), "the call is in flight", || async {
+        if srv.limiter_stats().await.active != 1 || fake.stats().in_flight != 1 {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
         srv.limiter_stats().await.active == 1
     })
     .await;
