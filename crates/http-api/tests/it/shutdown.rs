@@ -154,7 +154,13 @@ async fn a_generate_cut_off_before_d_id_answered_the_create_names_no_talk() {
     let mut srv = support::service(&fake, &[("SHUTDOWN_GRACE_SECS", "0.3")]).await;
     let state = srv.state.clone();
     let in_flight = spawn_generate(&srv, "cutoff-generate-2");
+    // The create is held at did-fake; a short call of the service's own (the account's
+    // credits at start) may be in flight for a moment, so the call must still be there after.
     test_support::eventually(Duration::from_secs(5), "the create is at D-ID", || async {
+        if fake.stats().in_flight != 1 {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
         fake.stats().in_flight == 1
     })
     .await;
